@@ -1,0 +1,299 @@
+//! Parsed certificates: the DER bytes plus the facts cacertd reasons about.
+
+use std::fmt;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{KeyAlgorithm, PkiError, fmt_time};
+
+/// What a certificate's public key is: one istiod supports, or a description of what it is not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyDescription {
+    Supported(KeyAlgorithm),
+    Unsupported(String),
+}
+
+/// The facts about one certificate that status, planning and validation use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertInfo {
+    /// Serial number in lowercase hex, as `openssl x509 -serial` prints it (minus case).
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// SHA-256 over the DER, colon-separated uppercase hex (`openssl x509 -fingerprint -sha256`).
+    pub fingerprint_sha256: String,
+    pub is_ca: bool,
+    pub path_len: Option<u32>,
+    pub key_algorithm: String,
+}
+
+/// An X.509 certificate that parsed cleanly. Holds its DER and the facts above.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cert {
+    der: Vec<u8>,
+    info: CertInfo,
+    key: KeyDescription,
+}
+
+impl fmt::Debug for Cert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cert")
+            .field("subject", &self.info.subject)
+            .field("serial", &self.info.serial)
+            .finish()
+    }
+}
+
+impl Cert {
+    pub fn from_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
+        let (info, key) = {
+            let (rest, x509) =
+                X509Certificate::from_der(&der).map_err(|e| PkiError::BadCert {
+                    what: what.to_string(),
+                    reason: e.to_string(),
+                })?;
+            if !rest.is_empty() {
+                return Err(PkiError::BadCert {
+                    what: what.to_string(),
+                    reason: format!("{} trailing bytes after the certificate", rest.len()),
+                });
+            }
+            describe(&x509, &der, what)?
+        };
+        Ok(Cert { der, info, key })
+    }
+
+    /// Parses every `CERTIFICATE` block of a PEM text, in order. Any other block, or none, is
+    /// an error naming `what`.
+    pub fn all_from_pem(pem_text: &[u8], what: &str) -> Result<Vec<Self>, PkiError> {
+        let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        if blocks.is_empty() {
+            return Err(PkiError::NoPem {
+                what: what.to_string(),
+                expected: "CERTIFICATE",
+            });
+        }
+        blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| {
+                let what = if i == 0 {
+                    what.to_string()
+                } else {
+                    format!("{what} (certificate #{})", i + 1)
+                };
+                if block.tag() != "CERTIFICATE" {
+                    return Err(PkiError::BadPem {
+                        what,
+                        reason: format!("unexpected {:?} block; expected CERTIFICATE", block.tag()),
+                    });
+                }
+                Cert::from_der(block.into_contents(), &what)
+            })
+            .collect()
+    }
+
+    /// Parses a PEM text that must hold exactly one certificate.
+    pub fn one_from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
+        let mut certs = Cert::all_from_pem(pem_text, what)?;
+        if certs.len() != 1 {
+            return Err(PkiError::BadPem {
+                what: what.to_string(),
+                reason: format!("{} certificates found; expected exactly one", certs.len()),
+            });
+        }
+        Ok(certs.remove(0))
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn info(&self) -> &CertInfo {
+        &self.info
+    }
+
+    pub fn key(&self) -> &KeyDescription {
+        &self.key
+    }
+
+    pub fn to_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.der.clone()))
+    }
+
+    /// Re-borrows the parsed form. Cannot fail: the DER parsed when this value was built and
+    /// is immutable since.
+    pub fn x509(&self) -> X509Certificate<'_> {
+        #[allow(clippy::expect_used)]
+        X509Certificate::from_der(&self.der)
+            .map(|(_, c)| c)
+            .expect("DER parsed at construction")
+    }
+
+    pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
+        self.info.not_before <= now && now <= self.info.not_after
+    }
+
+    /// The subjectPublicKey bytes, for comparing with a private key's public half.
+    pub fn public_key_raw(&self) -> Vec<u8> {
+        self.x509().public_key().subject_public_key.data.to_vec()
+    }
+
+    pub fn is_self_issued(&self) -> bool {
+        let c = self.x509();
+        c.subject().as_raw() == c.issuer().as_raw()
+    }
+
+    /// Checks the expiry window at `now`, naming `what` on failure.
+    pub fn check_valid_at(&self, now: OffsetDateTime, what: &str) -> Result<(), PkiError> {
+        if now < self.info.not_before {
+            return Err(PkiError::NotYetValid {
+                what: what.to_string(),
+                not_before: fmt_time(self.info.not_before),
+            });
+        }
+        if now > self.info.not_after {
+            return Err(PkiError::Expired {
+                what: what.to_string(),
+                not_after: fmt_time(self.info.not_after),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the key algorithm is one istiod supports and returns it.
+    pub fn supported_key(&self, what: &str) -> Result<KeyAlgorithm, PkiError> {
+        match &self.key {
+            KeyDescription::Supported(a) => Ok(*a),
+            KeyDescription::Unsupported(found) => Err(PkiError::UnsupportedKey {
+                what: what.to_string(),
+                found: found.clone(),
+            }),
+        }
+    }
+}
+
+fn describe(
+    x509: &X509Certificate<'_>,
+    der: &[u8],
+    what: &str,
+) -> Result<(CertInfo, KeyDescription), PkiError> {
+    let bad = |reason: String| PkiError::BadCert {
+        what: what.to_string(),
+        reason,
+    };
+    let basic = x509
+        .basic_constraints()
+        .map_err(|e| bad(format!("basicConstraints: {e}")))?;
+    let (is_ca, path_len) = match basic {
+        Some(b) => (b.value.ca, b.value.path_len_constraint),
+        None => (false, None),
+    };
+    let key = key_description(x509);
+    let key_algorithm = match &key {
+        KeyDescription::Supported(a) => a.name().to_string(),
+        KeyDescription::Unsupported(s) => s.clone(),
+    };
+    let info = CertInfo {
+        serial: hex(x509.raw_serial()),
+        subject: x509.subject().to_string(),
+        issuer: x509.issuer().to_string(),
+        not_before: x509.validity().not_before.to_datetime(),
+        not_after: x509.validity().not_after.to_datetime(),
+        fingerprint_sha256: fingerprint_sha256(der),
+        is_ca,
+        path_len,
+        key_algorithm,
+    };
+    Ok((info, key))
+}
+
+fn key_description(x509: &X509Certificate<'_>) -> KeyDescription {
+    let spki = x509.public_key();
+    let oid = &spki.algorithm.algorithm;
+    if *oid == OID_PKCS1_RSAENCRYPTION {
+        return match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+                let bits = rsa.key_size();
+                KeyAlgorithm::from_rsa_bits(bits)
+                    .map(KeyDescription::Supported)
+                    .unwrap_or_else(|| KeyDescription::Unsupported(format!("RSA-{bits}")))
+            }
+            _ => KeyDescription::Unsupported("RSA (unreadable modulus)".to_string()),
+        };
+    }
+    if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if c == OID_EC_P256 => KeyDescription::Supported(KeyAlgorithm::EcdsaP256),
+            Some(c) if c == OID_NIST_EC_P384 => KeyDescription::Supported(KeyAlgorithm::EcdsaP384),
+            Some(c) if c.to_id_string() == "1.3.132.0.10" => {
+                KeyDescription::Unsupported("ECDSA secp256k1".to_string())
+            }
+            Some(c) => KeyDescription::Unsupported(format!("ECDSA curve {}", c.to_id_string())),
+            None => KeyDescription::Unsupported("ECDSA with explicit curve parameters".to_string()),
+        };
+    }
+    if *oid == OID_SIG_ED25519 {
+        return KeyDescription::Unsupported("Ed25519".to_string());
+    }
+    KeyDescription::Unsupported(format!("public key algorithm {}", oid.to_id_string()))
+}
+
+/// SHA-256 fingerprint of DER bytes, formatted like OpenSSL prints it.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_pem_is_named() {
+        let err = Cert::all_from_pem(b"not a pem", "root.pem").unwrap_err().to_string();
+        assert!(err.contains("root.pem") && err.contains("no PEM block"), "{err}");
+
+        let bogus = pem::encode(&pem::Pem::new("CERTIFICATE", vec![0x30, 0x03, 1, 2, 3]));
+        let err = Cert::all_from_pem(bogus.as_bytes(), "root.pem").unwrap_err().to_string();
+        assert!(err.contains("not a valid X.509"), "{err}");
+
+        let other = pem::encode(&pem::Pem::new("PUBLIC KEY", vec![1]));
+        let err = Cert::all_from_pem(other.as_bytes(), "x.pem").unwrap_err().to_string();
+        assert!(err.contains("PUBLIC KEY"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_is_openssl_shaped() {
+        let fp = fingerprint_sha256(b"abc");
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(fp.starts_with("BA:78:16:BF"));
+    }
+}

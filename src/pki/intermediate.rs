@@ -1,0 +1,288 @@
+//! Per-cluster intermediate CAs, signed by the common root.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SanType, SerialNumber,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::root::BACKDATE;
+use super::{CaKey, Cert, KeyAlgorithm, PkiError, RootCa, fmt_time};
+
+/// A certificate subject with concrete values (templates are rendered by the policy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    pub common_name: String,
+    pub locality: Option<String>,
+    pub country: Option<String>,
+}
+
+impl Subject {
+    /// O=Istio, CN=Root CA — the subject of Istio's reference root (tools/certs).
+    pub fn istio_root() -> Self {
+        Subject {
+            organization: Some("Istio".to_string()),
+            organizational_unit: None,
+            common_name: "Root CA".to_string(),
+            locality: None,
+            country: None,
+        }
+    }
+
+    /// O=Istio, CN=Intermediate CA, L=<cluster> — Istio's reference intermediate.
+    pub fn istio_intermediate(cluster: &str) -> Self {
+        Subject {
+            organization: Some("Istio".to_string()),
+            organizational_unit: None,
+            common_name: "Intermediate CA".to_string(),
+            locality: Some(cluster.to_string()),
+            country: None,
+        }
+    }
+
+    pub(crate) fn to_distinguished_name(&self) -> DistinguishedName {
+        let mut dn = DistinguishedName::new();
+        if let Some(c) = &self.country {
+            dn.push(DnType::CountryName, c.as_str());
+        }
+        if let Some(o) = &self.organization {
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &self.organizational_unit {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        if let Some(l) = &self.locality {
+            dn.push(DnType::LocalityName, l.as_str());
+        }
+        dn.push(DnType::CommonName, self.common_name.as_str());
+        dn
+    }
+}
+
+/// What to issue for one cluster, fully resolved from the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntermediateSpec {
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    pub path_len: u8,
+    pub subject: Subject,
+    pub dns_names: Vec<String>,
+}
+
+/// An issued intermediate with its (fresh) key. `Debug` shows no key material.
+#[derive(Debug)]
+pub struct IntermediateCa {
+    pub cert: Cert,
+    pub key: CaKey,
+}
+
+/// An intermediate whose remaining life is shorter than this is not worth issuing: the root is
+/// about to expire and must be rotated.
+const MIN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Issues an intermediate for one cluster with a NEW key. Validity is capped by the root's:
+/// an intermediate never outlives the root that signed it. The CA flag, path length, key
+/// usages, serial and validity are always set here, never taken from elsewhere.
+pub fn issue_intermediate(
+    root: &RootCa,
+    spec: &IntermediateSpec,
+    now: OffsetDateTime,
+) -> Result<IntermediateCa, PkiError> {
+    let root_info = root.cert().info();
+    root.cert().check_valid_at(now, "root certificate")?;
+    let not_after = (now + spec.validity).min(root_info.not_after);
+    if not_after < now + MIN_LIFETIME {
+        return Err(PkiError::RootExpiresTooSoon {
+            root_not_after: fmt_time(root_info.not_after),
+        });
+    }
+    let key = CaKey::generate(spec.key_algorithm)?;
+    let mut params = intermediate_params(spec, now, root_info.not_before)?;
+    params.not_after = not_after;
+
+    let issuer = Issuer::from_ca_cert_der(&root.cert().der().into(), root.key().signer())?;
+    let signed = params.signed_by(key.signer(), &issuer)?;
+    let cert = Cert::from_der(signed.der().to_vec(), "issued intermediate")?;
+    // Go's verifier (istiod) and OpenSSL chain by exact issuer/subject bytes; rcgen re-encodes
+    // the root's subject, so make sure it came out identical.
+    if cert.x509().issuer().as_raw() != root.cert().x509().subject().as_raw() {
+        return Err(PkiError::Invalid {
+            what: "root certificate".to_string(),
+            reason: "its subject name cannot be reproduced byte-for-byte in the issuer field \
+                     (multi-valued RDN or unusual string type)"
+                .to_string(),
+        });
+    }
+    Ok(IntermediateCa { cert, key })
+}
+
+/// Certificate parameters for an intermediate: basicConstraints critical CA:TRUE with the
+/// policy's pathlen, keyUsage keyCertSign+cRLSign+digitalSignature, SAN
+/// DNS:istiod.istio-system.svc, authority key id, and NO extendedKeyUsage (Go's verifier, as
+/// istiod uses it, rejects a CA whose EKU does not allow serverAuth — DESIGN.md fact 1).
+pub(crate) fn intermediate_params(
+    spec: &IntermediateSpec,
+    now: OffsetDateTime,
+    earliest: OffsetDateTime,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = spec.subject.to_distinguished_name();
+    params.serial_number = Some(random_serial());
+    params.not_before = (now - BACKDATE).max(earliest);
+    params.not_after = now + spec.validity;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(spec.path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.extended_key_usages = Vec::new();
+    params.use_authority_key_identifier_extension = true;
+    params.subject_alt_names = spec
+        .dns_names
+        .iter()
+        .map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|_| PkiError::Invalid {
+                    what: "subject alternative name".to_string(),
+                    reason: format!("{n:?} is not a valid DNS name"),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(params)
+}
+
+/// A random positive 128-bit serial. rcgen would otherwise derive the serial from the public
+/// key (DESIGN.md fact 2). The top bit is cleared so DER needs no sign byte, and the first byte
+/// is kept non-zero so the encoding is always exactly 16 bytes (127 bits of entropy).
+pub(crate) fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // The OS random source failing is not recoverable and says nothing secret.
+    #[allow(clippy::expect_used)]
+    aws_lc_rs::rand::fill(&mut bytes).expect("operating system random source");
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 0x01;
+    }
+    SerialNumber::from_slice(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{ISTIOD_SAN, RootSpec, generate_root};
+    use time::macros::datetime;
+
+    const DAY: u64 = 86400;
+
+    fn now() -> OffsetDateTime {
+        datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn root(valid_days: u64) -> RootCa {
+        let spec = RootSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(valid_days * DAY),
+            subject: Subject::istio_root(),
+        };
+        generate_root(&spec, now()).unwrap()
+    }
+
+    fn spec(path_len: u8) -> IntermediateSpec {
+        IntermediateSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(365 * DAY),
+            path_len,
+            subject: Subject::istio_intermediate("cluster1"),
+            dns_names: vec![ISTIOD_SAN.to_string()],
+        }
+    }
+
+    #[test]
+    fn intermediate_has_the_istio_shape() {
+        let root = root(3650);
+        let int = issue_intermediate(&root, &spec(0), now()).unwrap();
+        let x = int.cert.x509();
+        let bc = x.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = x.key_usage().unwrap().unwrap();
+        assert!(ku.value.key_cert_sign() && ku.value.crl_sign() && ku.value.digital_signature());
+        assert!(x.extended_key_usage().unwrap().is_none(), "CAs must carry no EKU");
+        let san = x.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(format!("{:?}", san.value.general_names), "[DNSName(\"istiod.istio-system.svc\")]");
+        assert_eq!(x.subject().to_string(), "O=Istio, L=cluster1, CN=Intermediate CA");
+        assert_eq!(x.issuer().as_raw(), root.cert().x509().subject().as_raw());
+        let aki = x
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.clone()
+                }
+                _ => None,
+            })
+            .expect("authority key id");
+        let root_x = root.cert().x509();
+        let ski = root_x
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(aki.0, ski.0);
+        assert_eq!(int.cert.info().not_after, now() + Duration::from_secs(365 * DAY));
+        assert_eq!(int.cert.info().serial.len(), 32);
+    }
+
+    #[test]
+    fn each_issuance_gets_a_new_key_and_serial() {
+        let root = root(3650);
+        let a = issue_intermediate(&root, &spec(0), now()).unwrap();
+        let b = issue_intermediate(&root, &spec(0), now()).unwrap();
+        assert_ne!(a.key.public_key_raw(), b.key.public_key_raw());
+        assert_ne!(a.cert.info().serial, b.cert.info().serial);
+    }
+
+    #[test]
+    fn validity_is_capped_by_the_root() {
+        let root = root(100);
+        let int = issue_intermediate(&root, &spec(0), now()).unwrap();
+        assert_eq!(int.cert.info().not_after, root.cert().info().not_after);
+        assert!(int.cert.info().not_before >= root.cert().info().not_before);
+    }
+
+    #[test]
+    fn a_root_about_to_expire_is_refused() {
+        let root = root(100);
+        let late = now() + Duration::from_secs(100 * DAY) - Duration::from_secs(60);
+        let err = issue_intermediate(&root, &spec(0), late).unwrap_err();
+        assert!(matches!(err, PkiError::RootExpiresTooSoon { .. }), "{err}");
+        let after = now() + Duration::from_secs(101 * DAY);
+        let err = issue_intermediate(&root, &spec(0), after).unwrap_err();
+        assert!(matches!(err, PkiError::Expired { .. }), "{err}");
+    }
+
+    #[test]
+    fn path_len_follows_the_spec() {
+        let root = root(3650);
+        let int = issue_intermediate(&root, &spec(2), now()).unwrap();
+        assert_eq!(int.cert.info().path_len, Some(2));
+    }
+
+    #[test]
+    fn serials_are_positive_and_sixteen_bytes() {
+        for _ in 0..200 {
+            let s = random_serial().to_bytes();
+            assert_eq!(s.len(), 16);
+            assert!(s[0] != 0 && s[0] < 0x80);
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Private keys of certificate authorities, kept in memory that is wiped on drop and never printed.
+
+use std::fmt;
+
+use rcgen::{KeyPair, PublicKeyData, RsaKeySize, SignatureAlgorithm};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::PkiError;
+
+/// The key algorithms istiod can sign with (DESIGN.md fact 1: RSA and ECDSA P-256/P-384;
+/// Ed25519 and other curves are refused by Go's crypto/x509 as istiod uses it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
+
+impl KeyAlgorithm {
+    pub const ALL: [KeyAlgorithm; 5] = [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
+    ];
+
+    /// The name used in policies and output (`ecdsa-p256`, `rsa-4096`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+            KeyAlgorithm::Rsa3072 => "rsa-3072",
+            KeyAlgorithm::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    pub fn from_rsa_bits(bits: usize) -> Option<Self> {
+        match bits {
+            2048 => Some(KeyAlgorithm::Rsa2048),
+            3072 => Some(KeyAlgorithm::Rsa3072),
+            4096 => Some(KeyAlgorithm::Rsa4096),
+            _ => None,
+        }
+    }
+
+    /// The signature algorithm a key of this kind signs with: SHA-256 for P-256 and RSA (what
+    /// Istio's tooling uses), SHA-384 for P-384 (matching the curve's strength).
+    fn signature_algorithm(self) -> &'static SignatureAlgorithm {
+        match self {
+            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                &rcgen::PKCS_RSA_SHA256
+            }
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = KeyAlgorithm::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown key algorithm {s:?} (expected one of {})", names.join(", "))
+            })
+    }
+}
+
+/// A CA private key. The DER buffer inside is wiped when the key is dropped; the
+/// aws-lc key objects free through `OPENSSL_free`, which cleanses before freeing.
+/// `Debug` shows the algorithm only.
+pub struct CaKey {
+    pair: KeyPair,
+    algorithm: KeyAlgorithm,
+}
+
+impl Drop for CaKey {
+    fn drop(&mut self) {
+        self.pair.zeroize();
+    }
+}
+
+impl fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaKey")
+            .field("algorithm", &self.algorithm)
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+impl CaKey {
+    /// Generates a fresh key from the operating system's random source.
+    pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, PkiError> {
+        let alg = algorithm.signature_algorithm();
+        let pair = match algorithm {
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => KeyPair::generate_for(alg)?,
+            KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(alg, RsaKeySize::_2048)?,
+            KeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(alg, RsaKeySize::_3072)?,
+            KeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(alg, RsaKeySize::_4096)?,
+        };
+        Ok(CaKey { pair, algorithm })
+    }
+
+    /// Parses a PEM private key: PKCS#8 `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY` or SEC1
+    /// `EC PRIVATE KEY` (the three forms istiod reads, DESIGN.md fact 1). `what` names the input
+    /// in errors; errors never include any byte of the key.
+    pub fn from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
+        let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut keys = Vec::new();
+        for block in blocks {
+            let tag = block.tag().to_string();
+            // Taking the contents moves the buffer; Zeroizing wipes it when we are done.
+            let der = Zeroizing::new(block.into_contents());
+            match tag.as_str() {
+                "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => keys.push((tag, der)),
+                // `openssl ecparam -genkey` writes the curve first; the key block names it again.
+                "EC PARAMETERS" => {}
+                "ENCRYPTED PRIVATE KEY" => {
+                    return Err(PkiError::BadKey {
+                        what: what.to_string(),
+                        reason: "the key is encrypted; decrypt it first (openssl pkey -in F -out F.plain)"
+                            .to_string(),
+                    });
+                }
+                other => {
+                    return Err(PkiError::BadKey {
+                        what: what.to_string(),
+                        reason: format!("unexpected PEM block {other:?}; expected a private key"),
+                    });
+                }
+            }
+        }
+        let (tag, der) = match keys.len() {
+            0 => {
+                return Err(PkiError::NoPem {
+                    what: what.to_string(),
+                    expected: "PRIVATE KEY",
+                });
+            }
+            1 => keys.remove(0),
+            n => {
+                return Err(PkiError::BadKey {
+                    what: what.to_string(),
+                    reason: format!("{n} private keys found; expected exactly one"),
+                });
+            }
+        };
+        let key_der: PrivateKeyDer<'_> = match tag.as_str() {
+            "PRIVATE KEY" => PrivatePkcs8KeyDer::from(der.as_slice()).into(),
+            "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der.as_slice()).into(),
+            _ => PrivateSec1KeyDer::from(der.as_slice()).into(),
+        };
+        let pair = match KeyPair::try_from(&key_der) {
+            Ok(pair) => pair,
+            Err(_) => {
+                return Err(match unsupported_curve_name(&der) {
+                    Some(found) => PkiError::UnsupportedKey {
+                        what: what.to_string(),
+                        found: found.to_string(),
+                    },
+                    None => PkiError::BadKey {
+                        what: what.to_string(),
+                        reason: format!("could not parse the {tag} block (corrupt, or an unsupported key type)"),
+                    },
+                });
+            }
+        };
+        let algorithm = classify(&pair).map_err(|found| PkiError::UnsupportedKey {
+            what: what.to_string(),
+            found,
+        })?;
+        // rcgen assumes SHA-256 for every RSA key and picks the curve's own hash for EC; make
+        // sure the pair signs with the algorithm we would have generated it for.
+        let pair = if pair.algorithm() == algorithm.signature_algorithm() {
+            pair
+        } else {
+            KeyPair::from_der_and_sign_algo(&key_der, algorithm.signature_algorithm())?
+        };
+        Ok(CaKey { pair, algorithm })
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// The key in PKCS#8 PEM, in a buffer wiped on drop.
+    pub fn to_pem(&self) -> Zeroizing<String> {
+        let der = Zeroizing::new(self.pair.serialize_der());
+        Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec())))
+    }
+
+    /// The subjectPublicKey bytes (the BIT STRING contents of the SPKI).
+    pub fn public_key_raw(&self) -> &[u8] {
+        self.pair.public_key_raw()
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn public_key_spki(&self) -> Vec<u8> {
+        self.pair.subject_public_key_info()
+    }
+
+    pub(crate) fn signer(&self) -> &KeyPair {
+        &self.pair
+    }
+}
+
+/// Maps a parsed key pair onto the algorithms istiod supports, or names what it is.
+fn classify(pair: &KeyPair) -> Result<KeyAlgorithm, String> {
+    let alg = pair.algorithm();
+    if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        Ok(KeyAlgorithm::EcdsaP256)
+    } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        Ok(KeyAlgorithm::EcdsaP384)
+    } else if alg == &rcgen::PKCS_ED25519 {
+        Err("Ed25519".to_string())
+    } else if alg == &rcgen::PKCS_RSA_SHA256 {
+        let spki = pair.subject_public_key_info();
+        let bits = rsa_bits(&spki).ok_or_else(|| "RSA (unreadable modulus)".to_string())?;
+        KeyAlgorithm::from_rsa_bits(bits).ok_or_else(|| format!("RSA-{bits}"))
+    } else {
+        Err("ECDSA P-521".to_string())
+    }
+}
+
+fn rsa_bits(spki_der: &[u8]) -> Option<usize> {
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    match spki.parsed().ok()? {
+        x509_parser::public_key::PublicKey::RSA(rsa) => Some(rsa.key_size()),
+        _ => None,
+    }
+}
+
+/// Names a curve that aws-lc refused to load, so the error says why rather than "corrupt".
+/// Looks for the DER-encoded OIDs of curves people commonly try.
+fn unsupported_curve_name(der: &[u8]) -> Option<&'static str> {
+    const KNOWN: [(&[u8], &str); 4] = [
+        // 1.3.132.0.10
+        (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a], "ECDSA secp256k1"),
+        // 1.3.101.112 / 1.3.101.113
+        (&[0x06, 0x03, 0x2b, 0x65, 0x70], "Ed25519"),
+        (&[0x06, 0x03, 0x2b, 0x65, 0x71], "Ed448"),
+        // 1.2.840.10045.3.1.1 (P-192)
+        (&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x01], "ECDSA P-192"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(oid, _)| der.windows(oid.len()).any(|w| w == *oid))
+        .map(|(_, name)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_through_pem() {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+            let key = CaKey::generate(alg).unwrap();
+            let pem = key.to_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            let back = CaKey::from_pem(pem.as_bytes(), "test key").unwrap();
+            assert_eq!(back.algorithm(), alg);
+            assert_eq!(back.public_key_raw(), key.public_key_raw());
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_key_material() {
+        let key = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let dbg = format!("{key:?}");
+        assert!(dbg.contains("EcdsaP256"));
+        let pem = key.to_pem();
+        let body: String = pem.lines().nth(1).unwrap().chars().take(20).collect();
+        assert!(!dbg.contains(&body));
+        assert!(!dbg.contains("PRIVATE"));
+    }
+
+    #[test]
+    fn garbage_and_truncated_keys_are_refused_without_echoing_them() {
+        let err = CaKey::from_pem(b"hello", "k.pem").unwrap_err().to_string();
+        assert!(err.contains("k.pem") && err.contains("no PEM block"), "{err}");
+
+        let key = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let pem = key.to_pem();
+        let truncated = &pem[..pem.len() / 2];
+        let err = CaKey::from_pem(truncated.as_bytes(), "k.pem").unwrap_err().to_string();
+        assert!(err.contains("k.pem"), "{err}");
+        let body_line = pem.lines().nth(1).unwrap();
+        assert!(!err.contains(body_line));
+
+        let mangled = pem.replace('A', "B");
+        assert!(CaKey::from_pem(mangled.as_bytes(), "k.pem").is_err());
+    }
+
+    #[test]
+    fn ed25519_is_refused_by_name() {
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let err = CaKey::from_pem(pair.serialize_pem().as_bytes(), "ed.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Ed25519"), "{err}");
+    }
+
+    #[test]
+    fn encrypted_keys_get_a_hint() {
+        let pem = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", vec![1, 2, 3]));
+        let err = CaKey::from_pem(pem.as_bytes(), "enc.pem").unwrap_err().to_string();
+        assert!(err.contains("encrypted"), "{err}");
+    }
+
+    #[test]
+    fn algorithm_names_parse_back() {
+        for a in KeyAlgorithm::ALL {
+            assert_eq!(a.name().parse::<KeyAlgorithm>().unwrap(), a);
+        }
+        assert!("ed25519".parse::<KeyAlgorithm>().is_err());
+    }
+}

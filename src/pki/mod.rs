@@ -1,0 +1,59 @@
+//! The certificate authority core: keys, roots, intermediates, `cacerts` bundles and their
+//! validation. Pure: no file, network or clock access — `now` is always a parameter.
+
+mod bundle;
+mod cert;
+mod intermediate;
+mod key;
+mod root;
+mod verify;
+
+pub use bundle::{CaCertsFiles, TrustBundle};
+pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
+pub use intermediate::{IntermediateCa, IntermediateSpec, Subject, issue_intermediate};
+pub use key::{CaKey, KeyAlgorithm};
+pub use root::{RootCa, RootSpec, generate_root, import_root};
+pub use verify::{BundleProblem, VerifiedCaCerts, verify_cacerts};
+
+/// The SAN Istio's reference tooling puts on every intermediate (tools/certs Makefile.selfsigned.mk).
+pub const ISTIOD_SAN: &str = "istiod.istio-system.svc";
+
+/// Errors of the PKI core. Every variant names the input it is about (`what`), and none ever
+/// carries key material: key parse errors are reduced to a reason string we choose ourselves.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{what}: no PEM block found (expected -----BEGIN {expected}-----)")]
+    NoPem { what: String, expected: &'static str },
+    #[error("{what}: malformed PEM: {reason}")]
+    BadPem { what: String, reason: String },
+    #[error("{what}: not a valid X.509 certificate: {reason}")]
+    BadCert { what: String, reason: String },
+    #[error("{what}: {reason}")]
+    BadKey { what: String, reason: String },
+    #[error("{what}: unsupported key {found}; istiod accepts ECDSA P-256, ECDSA P-384 and RSA 2048/3072/4096")]
+    UnsupportedKey { what: String, found: String },
+    #[error("{what}: the private key does not match the certificate's public key")]
+    KeyMismatch { what: String },
+    #[error("{what}: not a CA certificate (basicConstraints CA:TRUE is missing)")]
+    NotCa { what: String },
+    #[error("{what}: expired at {not_after}")]
+    Expired { what: String, not_after: String },
+    #[error("{what}: not valid before {not_before}")]
+    NotYetValid { what: String, not_before: String },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("the root expires at {root_not_after}; an intermediate issued now would live only until then — rotate the root first")]
+    RootExpiresTooSoon { root_not_after: String },
+    #[error("signing failed: {0}")]
+    Sign(#[from] rcgen::Error),
+}
+
+/// Formats a timestamp the way every cacertd output does: RFC 3339, UTC, whole seconds.
+pub fn fmt_time(t: time::OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}

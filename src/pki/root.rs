@@ -1,0 +1,185 @@
+//! The mesh's common root: generation and import.
+
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
+use time::OffsetDateTime;
+
+use super::intermediate::{Subject, random_serial};
+use super::{CaKey, Cert, KeyAlgorithm, PkiError};
+
+/// A root CA with its key in hand (file or Vault KV store). `Debug` shows no key material.
+#[derive(Debug)]
+pub struct RootCa {
+    cert: Cert,
+    key: CaKey,
+}
+
+/// What a freshly generated root looks like.
+#[derive(Clone, Debug)]
+pub struct RootSpec {
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    pub subject: Subject,
+}
+
+/// Clock skew allowance: certificates start this long before `now`, as Istio's own CA does, so
+/// a peer whose clock runs slightly behind does not see a not-yet-valid certificate.
+pub(crate) const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+/// Generates a self-signed root: explicit random serial, basicConstraints critical CA:TRUE
+/// (no path length: the root may sit above intermediate layers), keyUsage critical
+/// keyCertSign+cRLSign, subject key identifier (DESIGN.md fact 2).
+pub fn generate_root(spec: &RootSpec, now: OffsetDateTime) -> Result<RootCa, PkiError> {
+    let key = CaKey::generate(spec.key_algorithm)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = spec.subject.to_distinguished_name();
+    params.serial_number = Some(random_serial());
+    params.not_before = now - BACKDATE;
+    params.not_after = now + spec.validity;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(key.signer())?;
+    let cert = Cert::from_der(cert.der().to_vec(), "generated root")?;
+    Ok(RootCa { cert, key })
+}
+
+/// Imports an existing root from PEM, refusing anything istiod could not use: not a CA,
+/// expired or not yet valid at `now`, unsupported key algorithm, key not matching.
+pub fn import_root(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    now: OffsetDateTime,
+    cert_what: &str,
+    key_what: &str,
+) -> Result<RootCa, PkiError> {
+    let cert = Cert::one_from_pem(cert_pem, cert_what)?;
+    cert.supported_key(cert_what)?;
+    if !cert.info().is_ca {
+        return Err(PkiError::NotCa {
+            what: cert_what.to_string(),
+        });
+    }
+    if let Some(ku) = cert.x509().key_usage().ok().flatten() {
+        if !ku.value.key_cert_sign() {
+            return Err(PkiError::Invalid {
+                what: cert_what.to_string(),
+                reason: "keyUsage does not allow keyCertSign".to_string(),
+            });
+        }
+    }
+    cert.check_valid_at(now, cert_what)?;
+    let key = CaKey::from_pem(key_pem, key_what)?;
+    RootCa::new(cert, key, cert_what)
+}
+
+impl RootCa {
+    /// Pairs a certificate with its key, checking that they belong together.
+    pub fn new(cert: Cert, key: CaKey, what: &str) -> Result<Self, PkiError> {
+        if cert.public_key_raw() != key.public_key_raw() {
+            return Err(PkiError::KeyMismatch {
+                what: what.to_string(),
+            });
+        }
+        Ok(RootCa { cert, key })
+    }
+
+    pub fn cert(&self) -> &Cert {
+        &self.cert
+    }
+
+    pub fn key(&self) -> &CaKey {
+        &self.key
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.to_pem()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::KeyDescription;
+
+    fn now() -> OffsetDateTime {
+        time::macros::datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn spec(alg: KeyAlgorithm) -> RootSpec {
+        RootSpec {
+            key_algorithm: alg,
+            validity: Duration::from_secs(10 * 365 * 86400),
+            subject: Subject::istio_root(),
+        }
+    }
+
+    #[test]
+    fn generated_root_has_the_required_shape() {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+            let root = generate_root(&spec(alg), now()).unwrap();
+            let info = root.cert().info();
+            assert!(info.is_ca);
+            assert_eq!(info.path_len, None);
+            assert_eq!(root.cert().key(), &KeyDescription::Supported(alg));
+            assert_eq!(info.serial.len(), 32, "128-bit serial: {}", info.serial);
+            assert_eq!(info.not_before, now() - BACKDATE);
+            assert_eq!(info.not_after, now() + Duration::from_secs(10 * 365 * 86400));
+            let x = root.cert().x509();
+            let bc = x.basic_constraints().unwrap().unwrap();
+            assert!(bc.critical);
+            let ku = x.key_usage().unwrap().unwrap();
+            assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+            assert!(x.extended_key_usage().unwrap().is_none());
+            assert!(
+                x.iter_extensions()
+                    .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
+            );
+            assert!(root.cert().is_self_issued());
+        }
+    }
+
+    #[test]
+    fn serials_differ_between_roots_with_the_same_key_algorithm() {
+        let a = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
+        let b = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
+        assert_ne!(a.cert().info().serial, b.cert().info().serial);
+    }
+
+    #[test]
+    fn import_round_trips_and_checks_the_pair() {
+        let root = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
+        let other = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
+        let cert_pem = root.cert_pem();
+        let ok = import_root(cert_pem.as_bytes(), root.key().to_pem().as_bytes(), now(), "c", "k");
+        assert_eq!(ok.unwrap().cert(), root.cert());
+        let err = import_root(cert_pem.as_bytes(), other.key().to_pem().as_bytes(), now(), "c", "k")
+            .unwrap_err();
+        assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn import_refuses_expired_and_future_roots() {
+        let root = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
+        let (c, k) = (root.cert_pem(), root.key().to_pem());
+        let later = now() + Duration::from_secs(11 * 365 * 86400);
+        let err = import_root(c.as_bytes(), k.as_bytes(), later, "root.pem", "k").unwrap_err();
+        assert!(matches!(err, PkiError::Expired { .. }), "{err}");
+        let earlier = now() - Duration::from_secs(86400);
+        let err = import_root(c.as_bytes(), k.as_bytes(), earlier, "root.pem", "k").unwrap_err();
+        assert!(matches!(err, PkiError::NotYetValid { .. }), "{err}");
+    }
+
+    #[test]
+    fn import_refuses_a_non_ca_certificate() {
+        let key = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = CertificateParams::new(vec!["leaf.example".to_string()]).unwrap();
+        params.not_before = now() - BACKDATE;
+        params.not_after = now() + Duration::from_secs(86400);
+        let leaf = params.self_signed(key.signer()).unwrap();
+        let err = import_root(leaf.pem().as_bytes(), key.to_pem().as_bytes(), now(), "leaf.pem", "k")
+            .unwrap_err();
+        assert!(matches!(err, PkiError::NotCa { .. }), "{err}");
+        assert!(err.to_string().contains("leaf.pem"));
+    }
+}

@@ -1,0 +1,524 @@
+//! Validation of a `cacerts` set the way istiod does it (DESIGN.md fact 1), and stricter where
+//! istiod's check would let through material that breaks workloads later.
+//!
+//! istiod (security/pkg/pki/util/keycertbundle.go `verify`) parses `ca-cert.pem`, runs Go's
+//! `x509.Certificate.Verify` with `root-cert.pem` as roots and `cert-chain.pem` as
+//! intermediates (default key usage: serverAuth), parses the key and checks it matches. On top
+//! of that we check what Go checks inside `Verify` (signatures, validity at `now`, CA flags,
+//! path length, EKU) and what istiod needs from a signing CA: CA:TRUE, keyCertSign, a supported
+//! key algorithm, all four files present, and path lengths that leave room for workload leaves.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use super::{CaCertsFiles, CaKey, Cert, KeyAlgorithm, PkiError, TrustBundle, fmt_time};
+
+/// One reason a `cacerts` set is unusable, tied to the file it is about.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BundleProblem {
+    pub file: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for BundleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
+}
+
+/// A `cacerts` set that passed [`verify_cacerts`] at some instant. Only that function builds it.
+#[derive(Debug)]
+pub struct VerifiedCaCerts {
+    signing: Cert,
+    key_algorithm: KeyAlgorithm,
+    /// From the signing certificate (index 0) up to and including the trust anchor.
+    path: Vec<Cert>,
+    trust: TrustBundle,
+    warnings: Vec<BundleProblem>,
+}
+
+impl VerifiedCaCerts {
+    /// The signing (intermediate) certificate, `ca-cert.pem`.
+    pub fn signing_cert(&self) -> &Cert {
+        &self.signing
+    }
+
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.key_algorithm
+    }
+
+    /// The root in `root-cert.pem` that `ca-cert.pem` chains to.
+    pub fn anchor(&self) -> &Cert {
+        // The path always ends at the anchor; it has at least [signing, anchor].
+        &self.path[self.path.len() - 1]
+    }
+
+    pub fn path(&self) -> &[Cert] {
+        &self.path
+    }
+
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.trust
+    }
+
+    /// Things istiod accepts but an operator should know about.
+    pub fn warnings(&self) -> &[BundleProblem] {
+        &self.warnings
+    }
+}
+
+/// Longest chain we try to build; Istio meshes use one or two levels.
+const MAX_DEPTH: usize = 6;
+
+/// Validates a `cacerts` set at `now`. Returns every problem found, not just the first.
+pub fn verify_cacerts(
+    files: &CaCertsFiles,
+    now: OffsetDateTime,
+) -> Result<VerifiedCaCerts, Vec<BundleProblem>> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let problem = |file: &'static str, message: String| BundleProblem { file, message };
+
+    for (file, bytes) in files.entries() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            problems.push(problem(
+                file,
+                "missing or empty (istiod 1.27+ refuses a cacerts set without all four keys)"
+                    .to_string(),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let signing = match Cert::all_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT) {
+        Ok(mut certs) => {
+            if certs.len() > 1 {
+                warnings.push(problem(
+                    CaCertsFiles::CA_CERT,
+                    format!(
+                        "{} certificates; istiod uses the first and ignores the rest",
+                        certs.len()
+                    ),
+                ));
+            }
+            Some(certs.remove(0))
+        }
+        Err(e) => {
+            problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e)));
+            None
+        }
+    };
+    let key = match CaKey::from_pem(&files.ca_key, CaCertsFiles::CA_KEY) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.push(problem(CaCertsFiles::CA_KEY, strip_what(&e)));
+            None
+        }
+    };
+    let trust = match TrustBundle::from_pem(&files.root_cert, CaCertsFiles::ROOT_CERT) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(problem(CaCertsFiles::ROOT_CERT, strip_what(&e)));
+            None
+        }
+    };
+    let chain = match Cert::all_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(problem(CaCertsFiles::CERT_CHAIN, strip_what(&e)));
+            None
+        }
+    };
+
+    let mut key_algorithm = None;
+    if let Some(signing) = &signing {
+        let info = signing.info();
+        match signing.supported_key(CaCertsFiles::CA_CERT) {
+            Ok(a) => key_algorithm = Some(a),
+            Err(e) => problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e))),
+        }
+        if !info.is_ca {
+            problems.push(problem(
+                CaCertsFiles::CA_CERT,
+                "not a CA certificate (basicConstraints CA:TRUE is missing); istiod cannot sign with it"
+                    .to_string(),
+            ));
+        }
+        if let Err(msg) = check_signing_ca_usage(signing) {
+            problems.push(problem(CaCertsFiles::CA_CERT, msg));
+        }
+        if let Err(e) = signing.check_valid_at(now, CaCertsFiles::CA_CERT) {
+            problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e)));
+        }
+        if let Some(key) = &key {
+            if key.public_key_raw() != signing.public_key_raw().as_slice() {
+                problems.push(problem(
+                    CaCertsFiles::CA_KEY,
+                    "does not match the public key of ca-cert.pem".to_string(),
+                ));
+            }
+        }
+    }
+    if let (Some(signing), Some(chain)) = (&signing, &chain) {
+        if chain.first().map(Cert::der) != Some(signing.der()) {
+            problems.push(problem(
+                CaCertsFiles::CERT_CHAIN,
+                "must start with the certificate in ca-cert.pem (leaf-most first)".to_string(),
+            ));
+        }
+    }
+    if let Some(trust) = &trust {
+        for (i, root) in trust.roots().iter().enumerate() {
+            let n = i + 1;
+            if !root.info().is_ca {
+                warnings.push(problem(
+                    CaCertsFiles::ROOT_CERT,
+                    format!("certificate #{n} ({}) is not a CA", root.info().subject),
+                ));
+            }
+            if root.info().not_after < now {
+                warnings.push(problem(
+                    CaCertsFiles::ROOT_CERT,
+                    format!(
+                        "certificate #{n} ({}) expired at {}",
+                        root.info().subject,
+                        fmt_time(root.info().not_after)
+                    ),
+                ));
+            }
+        }
+    }
+
+    let path = match (&signing, &trust, &chain) {
+        (Some(signing), Some(trust), Some(chain)) => {
+            match build_path(signing, trust.roots(), chain, now) {
+                Ok(path) => Some(path),
+                Err(msg) => {
+                    problems.push(problem(CaCertsFiles::CA_CERT, msg));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    match (signing, key_algorithm, path, trust) {
+        (Some(signing), Some(key_algorithm), Some(path), Some(trust)) if problems.is_empty() => {
+            Ok(VerifiedCaCerts {
+                signing,
+                key_algorithm,
+                path,
+                trust,
+                warnings,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// Our errors lead with the file name; inside a [`BundleProblem`] the file is already named.
+fn strip_what(e: &PkiError) -> String {
+    let s = e.to_string();
+    for file in [
+        CaCertsFiles::CA_CERT,
+        CaCertsFiles::CA_KEY,
+        CaCertsFiles::ROOT_CERT,
+        CaCertsFiles::CERT_CHAIN,
+    ] {
+        if let Some(rest) = s.strip_prefix(&format!("{file}: ")) {
+            return rest.to_string();
+        }
+    }
+    s
+}
+
+/// A CA that signs workload certificates needs keyCertSign (if keyUsage is present at all) and
+/// an EKU that is either absent or allows serverAuth/any (Go's verifier, DESIGN.md fact 1).
+fn check_signing_ca_usage(cert: &Cert) -> Result<(), String> {
+    let x = cert.x509();
+    if let Ok(Some(ku)) = x.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err("keyUsage does not allow keyCertSign".to_string());
+        }
+    }
+    check_eku(cert)
+}
+
+fn check_eku(cert: &Cert) -> Result<(), String> {
+    match cert.x509().extended_key_usage() {
+        Ok(None) => Ok(()),
+        Ok(Some(eku)) if eku.value.any || eku.value.server_auth => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "{} has an extendedKeyUsage without serverAuth; Go's verifier (istiod) rejects the chain — \
+             CA certificates should carry no EKU",
+            cert.info().subject
+        )),
+        Err(e) => Err(format!("unreadable extendedKeyUsage: {e}")),
+    }
+}
+
+/// Builds a path from `signing` up to a certificate of `roots`, using `chain` as intermediates
+/// (Go's `VerifyOptions{Roots, Intermediates}`), and checks it. Returns the most telling
+/// reason when no valid path exists.
+fn build_path(
+    signing: &Cert,
+    roots: &[Cert],
+    chain: &[Cert],
+    now: OffsetDateTime,
+) -> Result<Vec<Cert>, String> {
+    let mut path = vec![signing.clone()];
+    let mut best_error = None;
+    if extend(&mut path, roots, chain, now, &mut best_error) {
+        return Ok(path);
+    }
+    Err(best_error.unwrap_or_else(|| {
+        format!(
+            "does not chain to any root in root-cert.pem (issuer {:?} not found among {} root(s) and the cert-chain.pem intermediates)",
+            signing.info().issuer,
+            roots.len()
+        )
+    }))
+}
+
+fn extend(
+    path: &mut Vec<Cert>,
+    roots: &[Cert],
+    chain: &[Cert],
+    now: OffsetDateTime,
+    best_error: &mut Option<String>,
+) -> bool {
+    // The path is never empty: it starts with the signing certificate.
+    let child = path[path.len() - 1].clone();
+    for (candidate, is_root) in roots
+        .iter()
+        .map(|r| (r, true))
+        .chain(chain.iter().map(|c| (c, false)))
+    {
+        if path.iter().any(|p| p.der() == candidate.der()) && !is_root {
+            continue;
+        }
+        if candidate.x509().subject().as_raw() != child.x509().issuer().as_raw() {
+            continue;
+        }
+        if let Err(msg) = check_signature(&child, candidate) {
+            best_error.get_or_insert(msg);
+            continue;
+        }
+        let depth = path.len();
+        if let Err(msg) = check_issuer(candidate, depth, now) {
+            *best_error = Some(msg);
+            continue;
+        }
+        path.push(candidate.clone());
+        if is_root {
+            return true;
+        }
+        if path.len() <= MAX_DEPTH && extend(path, roots, chain, now, best_error) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
+    let c = child.x509();
+    let alg = c.signature_algorithm.algorithm.to_id_string();
+    // sha1WithRSAEncryption, the old OIW one, ecdsa-with-SHA1: Go refuses SHA-1 signatures.
+    if ["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"].contains(&alg.as_str()) {
+        return Err(format!(
+            "{} is signed with SHA-1, which Go (istiod) refuses",
+            child.info().subject
+        ));
+    }
+    let i = issuer.x509();
+    x509_parser::verify::verify_signature(
+        i.public_key(),
+        &c.signature_algorithm,
+        &c.signature_value,
+        c.tbs_certificate.as_ref(),
+    )
+    .map_err(|e| {
+        format!(
+            "signature of {} does not verify with the key of {} ({e})",
+            child.info().subject,
+            issuer.info().subject
+        )
+    })
+}
+
+/// `issuer` sits `depth` places above the signing certificate. Workload leaves hang below the
+/// signing certificate, so `depth` intermediates follow `issuer` in every workload path, and
+/// its pathLenConstraint must allow that many (RFC 5280 4.2.1.9).
+fn check_issuer(issuer: &Cert, depth: usize, now: OffsetDateTime) -> Result<(), String> {
+    let info = issuer.info();
+    if !info.is_ca {
+        return Err(format!("issuer {} is not a CA", info.subject));
+    }
+    if let Ok(Some(ku)) = issuer.x509().key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(format!("issuer {} lacks keyUsage keyCertSign", info.subject));
+        }
+    }
+    if let Some(max) = info.path_len {
+        if (max as usize) < depth {
+            return Err(format!(
+                "issuer {} has pathlen:{max} but {depth} CA certificate(s) sit below it; workload \
+                 certificates signed by ca-cert.pem would be rejected",
+                info.subject
+            ));
+        }
+    }
+    if !issuer.is_valid_at(now) {
+        return Err(format!(
+            "issuer {} is not valid now (valid {} to {})",
+            info.subject,
+            fmt_time(info.not_before),
+            fmt_time(info.not_after)
+        ));
+    }
+    check_eku(issuer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{
+        ISTIOD_SAN, IntermediateSpec, RootCa, RootSpec, Subject, generate_root, issue_intermediate,
+    };
+    use std::time::Duration;
+    use time::macros::datetime;
+    use zeroize::Zeroizing;
+
+    const DAY: u64 = 86400;
+
+    fn now() -> OffsetDateTime {
+        datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn root() -> RootCa {
+        let spec = RootSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3650 * DAY),
+            subject: Subject::istio_root(),
+        };
+        generate_root(&spec, now()).unwrap()
+    }
+
+    fn spec() -> IntermediateSpec {
+        IntermediateSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(365 * DAY),
+            path_len: 0,
+            subject: Subject::istio_intermediate("c1"),
+            dns_names: vec![ISTIOD_SAN.to_string()],
+        }
+    }
+
+    fn bundle(root: &RootCa) -> CaCertsFiles {
+        let int = issue_intermediate(root, &spec(), now()).unwrap();
+        CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
+    }
+
+    fn messages(r: Result<VerifiedCaCerts, Vec<BundleProblem>>) -> Vec<String> {
+        r.unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_fresh_bundle_verifies() {
+        let root = root();
+        let v = verify_cacerts(&bundle(&root), now()).unwrap();
+        assert_eq!(v.anchor(), root.cert());
+        assert_eq!(v.path().len(), 2);
+        assert!(v.warnings().is_empty());
+    }
+
+    #[test]
+    fn every_missing_file_is_named() {
+        let root = root();
+        let mut b = bundle(&root);
+        b.cert_chain.clear();
+        b.ca_key = Zeroizing::new(Vec::new());
+        let m = messages(verify_cacerts(&b, now()));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("ca-key.pem: missing"));
+        assert!(m[1].starts_with("cert-chain.pem: missing"));
+    }
+
+    #[test]
+    fn a_foreign_key_is_caught() {
+        let root = root();
+        let mut b = bundle(&root);
+        b.ca_key = bundle(&root).ca_key;
+        let m = messages(verify_cacerts(&b, now()));
+        assert_eq!(m, vec!["ca-key.pem: does not match the public key of ca-cert.pem"]);
+    }
+
+    #[test]
+    fn an_unrelated_root_is_caught() {
+        let (r1, r2) = (root(), root());
+        let mut b = bundle(&r1);
+        b.root_cert = r2.cert_pem().into_bytes();
+        let m = messages(verify_cacerts(&b, now()));
+        assert!(m.iter().any(|m| m.contains("ca-cert.pem") && m.contains("does not verify")), "{m:?}");
+    }
+
+    #[test]
+    fn expiry_is_judged_at_the_given_instant() {
+        let root = root();
+        let b = bundle(&root);
+        assert!(verify_cacerts(&b, now() + Duration::from_secs(364 * DAY)).is_ok());
+        let m = messages(verify_cacerts(&b, now() + Duration::from_secs(366 * DAY)));
+        assert!(m.iter().any(|m| m.starts_with("ca-cert.pem: expired")), "{m:?}");
+    }
+
+    #[test]
+    fn chain_must_start_with_the_signing_cert() {
+        let root = root();
+        let mut b = bundle(&root);
+        b.cert_chain = root.cert_pem().into_bytes();
+        let m = messages(verify_cacerts(&b, now()));
+        assert_eq!(m, vec!["cert-chain.pem: must start with the certificate in ca-cert.pem (leaf-most first)"]);
+    }
+
+    #[test]
+    fn garbage_files_are_reported_per_file() {
+        let root = root();
+        let mut b = bundle(&root);
+        b.root_cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        b.ca_cert = b"garbage".to_vec();
+        let m = messages(verify_cacerts(&b, now()));
+        assert!(m.iter().any(|m| m.starts_with("ca-cert.pem: no PEM block")), "{m:?}");
+        assert!(m.iter().any(|m| m.starts_with("root-cert.pem:")), "{m:?}");
+    }
+
+    #[test]
+    fn a_bundle_with_two_roots_verifies_against_either() {
+        let (old, new) = (root(), root());
+        let mut b = bundle(&new);
+        let trust = TrustBundle::single(old.cert()).with_root_appended(new.cert());
+        b.root_cert = trust.pem_bytes().to_vec();
+        let v = verify_cacerts(&b, now()).unwrap();
+        assert_eq!(v.anchor(), new.cert());
+        assert_eq!(v.trust_bundle().roots().len(), 2);
+    }
+
+    #[test]
+    fn a_root_with_pathlen_zero_cannot_carry_an_intermediate() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
+        let key = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut p = CertificateParams::default();
+        p.not_before = now() - Duration::from_secs(60);
+        p.not_after = now() + Duration::from_secs(3650 * DAY);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = p.self_signed(key.signer()).unwrap();
+        let cert = Cert::from_der(cert.der().to_vec(), "root").unwrap();
+        let root = RootCa::new(cert, key, "root").unwrap();
+        let m = messages(verify_cacerts(&bundle(&root), now()));
+        assert!(m.iter().any(|m| m.contains("pathlen:0")), "{m:?}");
+    }
+}
