@@ -2,3 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod pki;
+pub mod policy;
+pub mod config;
+pub mod topology;

@@ -12,7 +12,7 @@ pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
 pub use intermediate::{IntermediateCa, IntermediateSpec, Subject, issue_intermediate};
 pub use key::{CaKey, KeyAlgorithm};
-pub use root::{RootCa, RootSpec, generate_root, import_root};
+pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
 pub use verify::{BundleProblem, VerifiedCaCerts, verify_cacerts};
 
 /// The SAN Istio's reference tooling puts on every intermediate (tools/certs Makefile.selfsigned.mk).

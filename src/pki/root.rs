@@ -25,7 +25,7 @@ pub struct RootSpec {
 
 /// Clock skew allowance: certificates start this long before `now`, as Istio's own CA does, so
 /// a peer whose clock runs slightly behind does not see a not-yet-valid certificate.
-pub(crate) const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// Generates a self-signed root: explicit random serial, basicConstraints critical CA:TRUE
 /// (no path length: the root may sit above intermediate layers), keyUsage critical

@@ -1,0 +1,461 @@
+//! The configuration file (`cacertd.toml`). Paths inside it are relative to the file itself.
+//! Every error names the file, and where it can, the line and the field.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::{PolicyError, PolicySet};
+use crate::topology::{Cluster, Role, TargetConfig, Topology};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("config {file}:{line}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+    #[error("config {file}: {0}", file = .1.display())]
+    Policy(#[source] PolicyError, PathBuf),
+}
+
+/// Where the common root lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootStoreConfig {
+    /// Files under `<state_dir>/root` (the embedded default).
+    File { dir: PathBuf },
+}
+
+/// A loaded, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub trust_domain: String,
+    pub state_dir: PathBuf,
+    pub policies: PolicySet,
+    pub default_policy: String,
+    pub root: RootStoreConfig,
+    pub topology: Topology,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: Spanned<String>,
+    state_dir: Spanned<PathBuf>,
+    policies_dir: Option<PathBuf>,
+    policy: Option<Spanned<String>>,
+    root: Option<RawRoot>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "store", rename_all = "kebab-case", deny_unknown_fields)]
+enum RawRoot {
+    File { dir: Option<PathBuf> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    role: Spanned<RawRole>,
+    network: Option<String>,
+    primary: Option<Spanned<String>>,
+    target: Option<Spanned<RawTarget>>,
+    policy: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawRole {
+    Primary,
+    Remote,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawTarget {
+    Dir { path: PathBuf },
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses config text as if read from `file` (relative paths resolve against its folder).
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let invalid = |span: std::ops::Range<usize>, field: String, message: String| {
+            ConfigError::Invalid {
+                file: file.to_path_buf(),
+                line: line_of(text, span.start),
+                field,
+                message,
+            }
+        };
+
+        let trust_domain = raw.trust_domain.get_ref().trim().to_string();
+        if trust_domain.is_empty() || trust_domain.contains(['/', ' ', ':']) {
+            return Err(invalid(
+                raw.trust_domain.span(),
+                "trust_domain".into(),
+                format!("{:?} is not a valid SPIFFE trust domain", raw.trust_domain.get_ref()),
+            ));
+        }
+        if raw.state_dir.get_ref().as_os_str().is_empty() {
+            return Err(invalid(raw.state_dir.span(), "state_dir".into(), "must not be empty".into()));
+        }
+        let state_dir = resolve(raw.state_dir.get_ref());
+
+        let policies = match &raw.policies_dir {
+            Some(dir) => PolicySet::load_dir(&resolve(dir)),
+            None => PolicySet::embedded(),
+        }
+        .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
+        let default_policy = match &raw.policy {
+            Some(p) => {
+                policies
+                    .get(p.get_ref())
+                    .map_err(|e| invalid(p.span(), "policy".into(), e.to_string()))?;
+                p.get_ref().clone()
+            }
+            None => {
+                policies
+                    .get("default")
+                    .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
+                "default".to_string()
+            }
+        };
+
+        let root = match raw.root {
+            None | Some(RawRoot::File { dir: None }) => RootStoreConfig::File {
+                dir: state_dir.join("root"),
+            },
+            Some(RawRoot::File { dir: Some(d) }) => RootStoreConfig::File { dir: resolve(&d) },
+        };
+
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut dir_targets: HashMap<PathBuf, String> = HashMap::new();
+        let mut clusters = Vec::new();
+        for (i, rc) in raw.clusters.iter().enumerate() {
+            let field = |f: &str| format!("clusters[{i}].{f}");
+            let name = rc.name.get_ref().clone();
+            if !valid_cluster_name(&name) {
+                return Err(invalid(
+                    rc.name.span(),
+                    field("name"),
+                    format!(
+                        "{name:?} is not a valid cluster name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters)"
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(name.clone(), i) {
+                return Err(invalid(
+                    rc.name.span(),
+                    field("name"),
+                    format!("duplicate cluster name {name:?} (already used by clusters[{first}])"),
+                ));
+            }
+            let role = match rc.role.get_ref() {
+                RawRole::Primary => Role::Primary,
+                RawRole::Remote => Role::Remote,
+            };
+            let target = rc.target.as_ref().map(|t| match t.get_ref() {
+                RawTarget::Dir { path } => TargetConfig::Dir { path: resolve(path) },
+            });
+            match role {
+                Role::Primary => {
+                    if let Some(p) = &rc.primary {
+                        return Err(invalid(
+                            p.span(),
+                            field("primary"),
+                            format!("{name} is a primary; only remote clusters name a primary"),
+                        ));
+                    }
+                    if target.is_none() {
+                        return Err(invalid(
+                            rc.name.span(),
+                            field("target"),
+                            format!(
+                                "primary {name} needs a target, e.g. target = {{ kind = \"dir\", path = \"out/{name}\" }}"
+                            ),
+                        ));
+                    }
+                }
+                Role::Remote => {
+                    if rc.primary.is_none() {
+                        return Err(invalid(
+                            rc.name.span(),
+                            field("primary"),
+                            format!("remote {name} must name the primary cluster whose istiod serves it"),
+                        ));
+                    }
+                }
+            }
+            if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
+                if role == Role::Primary {
+                    let key = normalize(path);
+                    if let Some(other) = dir_targets.insert(key, name.clone()) {
+                        return Err(invalid(
+                            t.span(),
+                            field("target.path"),
+                            format!("{name} and {other} write to the same directory"),
+                        ));
+                    }
+                }
+            }
+            let policy = match &rc.policy {
+                Some(p) => {
+                    policies
+                        .get(p.get_ref())
+                        .map_err(|e| invalid(p.span(), field("policy"), e.to_string()))?;
+                    p.get_ref().clone()
+                }
+                None => default_policy.clone(),
+            };
+            clusters.push(Cluster {
+                name,
+                role,
+                network: rc.network.clone(),
+                primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
+                target,
+                policy,
+            });
+        }
+        // Second pass: remotes must point at a primary defined in this file.
+        for (i, rc) in raw.clusters.iter().enumerate() {
+            let Some(p) = &rc.primary else { continue };
+            let target = clusters.iter().find(|c| c.name == *p.get_ref());
+            let problem = match target {
+                None => Some("is not defined in this file"),
+                Some(c) if c.role != Role::Primary => Some("is not a primary"),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(invalid(
+                    p.span(),
+                    format!("clusters[{i}].primary"),
+                    format!(
+                        "remote {} names primary {:?}, which {problem}",
+                        rc.name.get_ref(),
+                        p.get_ref()
+                    ),
+                ));
+            }
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            trust_domain,
+            state_dir,
+            policies,
+            default_policy,
+            root,
+            topology: Topology::new(clusters),
+        })
+    }
+
+    /// The policy that governs the root (the config's top-level `policy`).
+    pub fn root_policy(&self) -> &crate::policy::Policy {
+        // Checked to exist when the config was loaded.
+        #[allow(clippy::expect_used)]
+        self.policies
+            .get(&self.default_policy)
+            .expect("default policy checked at load")
+    }
+
+    /// The policy of one cluster.
+    pub fn policy_for(&self, cluster: &Cluster) -> &crate::policy::Policy {
+        // Every cluster's policy was checked to exist when the config was loaded.
+        #[allow(clippy::expect_used)]
+        self.policies
+            .get(&cluster.policy)
+            .expect("cluster policy checked at load")
+    }
+}
+
+fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    p.components().collect()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The acceptance-check configuration, verbatim.
+    pub(crate) const ACCEPTANCE: &str = r#"# cacertd.toml — acceptance-check config (paths relative to this file)
+trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+policy = "default"
+
+[root]
+store = "file"
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+network = "network1"
+target = { kind = "dir", path = "out/cluster1" }
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+network = "network2"
+target = { kind = "dir", path = "out/cluster2" }
+
+[[clusters]]
+name = "cluster3"
+role = "remote"
+primary = "cluster1"
+network = "network1"
+"#;
+
+    fn file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cacertd.toml")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &file())
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_acceptance_config_loads() {
+        let c = parse(ACCEPTANCE).unwrap();
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.state_dir, Path::new(env!("CARGO_MANIFEST_DIR")).join("state"));
+        let t = &c.topology;
+        assert_eq!(t.primaries().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["cluster1", "cluster2"]);
+        assert_eq!(t.remotes_of("cluster1").map(|c| c.name.as_str()).collect::<Vec<_>>(), ["cluster3"]);
+        assert_eq!(t.remotes_of("cluster2").count(), 0);
+        assert_eq!(t.networks(), ["network1", "network2"]);
+        assert_eq!(
+            t.get("cluster2").unwrap().target,
+            Some(TargetConfig::Dir { path: Path::new(env!("CARGO_MANIFEST_DIR")).join("out/cluster2") })
+        );
+        assert_eq!(c.root, RootStoreConfig::File { dir: c.state_dir.join("root") });
+    }
+
+    #[test]
+    fn a_remote_naming_an_unknown_primary_is_named_with_its_line() {
+        let text = ACCEPTANCE.replace("primary = \"cluster1\"", "primary = \"cluster9\"");
+        let e = err(&text);
+        assert!(e.contains(":25: clusters[2].primary:") && e.contains("cluster9"), "{e}");
+    }
+
+    #[test]
+    fn a_remote_naming_a_remote_is_refused() {
+        let text = format!(
+            "{ACCEPTANCE}\n[[clusters]]\nname = \"cluster4\"\nrole = \"remote\"\nprimary = \"cluster3\"\n"
+        );
+        assert!(err(&text).contains("is not a primary"), "{}", err(&text));
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let text = ACCEPTANCE.replace("name = \"cluster2\"", "name = \"cluster1\"");
+        let e = err(&text);
+        assert!(e.contains(":17: clusters[1].name: duplicate cluster name \"cluster1\""), "{e}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_line() {
+        let e = err(&ACCEPTANCE.replace("role = \"remote\"", "role = \"secondary\""));
+        assert!(e.contains("line 24") && e.contains("secondary"), "{e}");
+        let e = err(&ACCEPTANCE.replace("network = \"network2\"", "netwrk = \"network2\""));
+        assert!(e.contains("netwrk") && e.contains("line 19"), "{e}");
+        let e = err(&ACCEPTANCE.replace("store = \"file\"", "store = \"vault\""));
+        assert!(e.contains("vault"), "{e}");
+        let e = err(&ACCEPTANCE.replace("kind = \"dir\", path = \"out/cluster1\"", "kind = \"dir\""));
+        assert!(e.contains("path"), "{e}");
+        let e = err("trust_domain = \"x\"\n");
+        assert!(e.contains("state_dir"), "{e}");
+    }
+
+    #[test]
+    fn primaries_need_a_target_and_distinct_directories() {
+        let e = err(&ACCEPTANCE.replace("target = { kind = \"dir\", path = \"out/cluster2\" }\n", ""));
+        assert!(e.contains("clusters[1].target") && e.contains("needs a target"), "{e}");
+        let e = err(&ACCEPTANCE.replace("out/cluster2", "out/./cluster1"));
+        assert!(e.contains("same directory"), "{e}");
+    }
+
+    #[test]
+    fn unknown_policies_are_named() {
+        let e = err(&ACCEPTANCE.replace("policy = \"default\"", "policy = \"strict\""));
+        assert!(e.contains(":5: policy:") && e.contains("strict") && e.contains("istio-compatible"), "{e}");
+        let text = ACCEPTANCE.replace(
+            "network = \"network2\"",
+            "network = \"network2\"\npolicy = \"istio-compatible\"",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.topology.get("cluster2").unwrap().policy, "istio-compatible");
+        assert_eq!(c.policy_for(c.topology.get("cluster2").unwrap()).name, "istio-compatible");
+    }
+
+    #[test]
+    fn bad_names_and_trust_domains_are_refused() {
+        assert!(err(&ACCEPTANCE.replace("\"cluster2\"", "\"../evil\"")).contains("not a valid cluster name"));
+        assert!(err(&ACCEPTANCE.replace("\"cluster.local\"", "\"spiffe://x\"")).contains("trust_domain"));
+    }
+
+    #[test]
+    fn without_policies_dir_the_built_in_policies_are_used() {
+        let text = ACCEPTANCE.replace("policies_dir = \"policies\"\n", "");
+        let c = Config::parse(&text, Path::new("/nonexistent/cacertd.toml")).unwrap();
+        assert_eq!(c.root_policy().name, "default");
+        let e = Config::parse(ACCEPTANCE, Path::new("/nonexistent/cacertd.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/policies"), "{e}");
+    }
+}

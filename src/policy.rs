@@ -1,0 +1,690 @@
+//! Issuance policies (`policies/*.toml`): what roots and intermediates look like, when they are
+//! renewed, and which clusters they may be issued for. Enforced before every signature.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::pki::{Cert, CertInfo, IntermediateSpec, KeyAlgorithm, RootSpec, Subject};
+
+/// The policies shipped in `policies/`, compiled in so a config without `policies_dir` works.
+const EMBEDDED: [(&str, &str); 2] = [
+    ("default", include_str!("../policies/default.toml")),
+    ("istio-compatible", include_str!("../policies/istio-compatible.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policies from {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read policy {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("policy {file}: {field}: {message}")]
+    Invalid {
+        file: String,
+        field: &'static str,
+        message: String,
+    },
+    #[error("policy {name:?} not found in {source_desc} (available: {available})")]
+    NotFound {
+        name: String,
+        source_desc: String,
+        available: String,
+    },
+}
+
+/// An issuance the policy refuses, naming the rule it breaks.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {policy:?} refuses to issue for {cluster}: {rule} ({detail})")]
+pub struct PolicyViolation {
+    pub policy: String,
+    pub cluster: String,
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+/// When an intermediate is renewed: when this much of its lifetime remains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RenewBefore {
+    /// Fraction of the total lifetime, in (0, 1).
+    Fraction(f64),
+    Duration(Duration),
+}
+
+impl RenewBefore {
+    fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(pct) = s.strip_suffix('%') {
+            let p: f64 = pct
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a percentage"))?;
+            if !(p > 0.0 && p < 100.0) {
+                return Err(format!("{s:?} must be between 0% and 100% (exclusive)"));
+            }
+            return Ok(RenewBefore::Fraction(p / 100.0));
+        }
+        parse_duration(s).map(RenewBefore::Duration)
+    }
+}
+
+impl fmt::Display for RenewBefore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenewBefore::Fraction(x) => write!(f, "{}%", x * 100.0),
+            RenewBefore::Duration(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"365d\", \"8760h\""))
+}
+
+/// A subject whose values may contain `{cluster}` and `{trust_domain}`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectTemplate {
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    pub common_name: String,
+    pub locality: Option<String>,
+    pub country: Option<String>,
+}
+
+impl SubjectTemplate {
+    pub fn render(&self, cluster: &str, trust_domain: &str) -> Subject {
+        let r = |s: &str| s.replace("{cluster}", cluster).replace("{trust_domain}", trust_domain);
+        Subject {
+            organization: self.organization.as_deref().map(r),
+            organizational_unit: self.organizational_unit.as_deref().map(r),
+            common_name: r(&self.common_name),
+            locality: self.locality.as_deref().map(r),
+            country: self.country.as_deref().map(r),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RootPolicy {
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    pub subject: SubjectTemplate,
+    pub allowed_key_algorithms: Vec<KeyAlgorithm>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntermediatePolicy {
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    pub renew_before: RenewBefore,
+    pub path_len: u8,
+    pub subject: SubjectTemplate,
+    pub dns_names: Vec<String>,
+}
+
+/// One issuance policy, validated on load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub clusters: Vec<String>,
+    pub root: RootPolicy,
+    pub intermediate: IntermediatePolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    description: String,
+    clusters: Vec<String>,
+    root: RawRoot,
+    intermediate: RawIntermediate,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    key_algorithm: KeyAlgorithm,
+    validity: String,
+    subject: SubjectTemplate,
+    allowed_key_algorithms: Option<Vec<KeyAlgorithm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntermediate {
+    key_algorithm: KeyAlgorithm,
+    validity: String,
+    renew_before: String,
+    path_len: u8,
+    subject: SubjectTemplate,
+    dns_names: Vec<String>,
+}
+
+impl Policy {
+    /// Parses and validates one policy file's text. `file` names it in errors.
+    pub fn parse(name: &str, text: &str, file: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field: &'static str, message: String| PolicyError::Invalid {
+            file: file.to_string(),
+            field,
+            message,
+        };
+        let root_validity =
+            parse_duration(&raw.root.validity).map_err(|m| invalid("root.validity", m))?;
+        let int_validity = parse_duration(&raw.intermediate.validity)
+            .map_err(|m| invalid("intermediate.validity", m))?;
+        let renew_before = RenewBefore::parse(&raw.intermediate.renew_before)
+            .map_err(|m| invalid("intermediate.renew_before", m))?;
+        if root_validity < Duration::from_secs(86400) {
+            return Err(invalid("root.validity", "must be at least one day".to_string()));
+        }
+        if int_validity < Duration::from_secs(3600) {
+            return Err(invalid(
+                "intermediate.validity",
+                "must be at least one hour".to_string(),
+            ));
+        }
+        if int_validity > root_validity {
+            return Err(invalid(
+                "intermediate.validity",
+                "is longer than root.validity; an intermediate never outlives its root".to_string(),
+            ));
+        }
+        if let RenewBefore::Duration(d) = renew_before {
+            if d >= int_validity {
+                return Err(invalid(
+                    "intermediate.renew_before",
+                    "must be shorter than intermediate.validity, or every run would renew".to_string(),
+                ));
+            }
+        }
+        let allowed = raw
+            .root
+            .allowed_key_algorithms
+            .unwrap_or_else(|| KeyAlgorithm::ALL.to_vec());
+        if !allowed.contains(&raw.root.key_algorithm) {
+            return Err(invalid(
+                "root.allowed_key_algorithms",
+                format!("does not include root.key_algorithm {}", raw.root.key_algorithm),
+            ));
+        }
+        if raw.clusters.is_empty() {
+            return Err(invalid(
+                "clusters",
+                "is empty; use [\"*\"] to allow every cluster".to_string(),
+            ));
+        }
+        for (field, subject) in [
+            ("root.subject", &raw.root.subject),
+            ("intermediate.subject", &raw.intermediate.subject),
+        ] {
+            if subject.common_name.trim().is_empty() {
+                return Err(invalid(field, "common_name must not be empty".to_string()));
+            }
+            if let Some(c) = &subject.country {
+                if c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()) {
+                    return Err(invalid(field, format!("country {c:?} must be a two-letter ISO code")));
+                }
+            }
+        }
+        for n in &raw.intermediate.dns_names {
+            let label_ok = |l: &str| {
+                !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if n.len() > 253 || !n.split('.').all(label_ok) {
+                return Err(invalid(
+                    "intermediate.dns_names",
+                    format!("{n:?} is not a DNS name"),
+                ));
+            }
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            description: raw.description,
+            clusters: raw.clusters,
+            root: RootPolicy {
+                key_algorithm: raw.root.key_algorithm,
+                validity: root_validity,
+                subject: raw.root.subject,
+                allowed_key_algorithms: allowed,
+            },
+            intermediate: IntermediatePolicy {
+                key_algorithm: raw.intermediate.key_algorithm,
+                validity: int_validity,
+                renew_before,
+                path_len: raw.intermediate.path_len,
+                subject: raw.intermediate.subject,
+                dns_names: raw.intermediate.dns_names,
+            },
+        })
+    }
+
+    pub fn allows_cluster(&self, cluster: &str) -> bool {
+        self.clusters.iter().any(|p| glob_match(p, cluster))
+    }
+
+    pub fn root_spec(&self, trust_domain: &str) -> RootSpec {
+        RootSpec {
+            key_algorithm: self.root.key_algorithm,
+            validity: self.root.validity,
+            subject: self.root.subject.render("", trust_domain),
+        }
+    }
+
+    pub fn intermediate_spec(&self, cluster: &str, trust_domain: &str) -> IntermediateSpec {
+        IntermediateSpec {
+            key_algorithm: self.intermediate.key_algorithm,
+            validity: self.intermediate.validity,
+            path_len: self.intermediate.path_len,
+            subject: self.intermediate.subject.render(cluster, trust_domain),
+            dns_names: self.intermediate.dns_names.clone(),
+        }
+    }
+
+    /// When an intermediate with these dates is due for renewal.
+    pub fn renew_at(&self, info: &CertInfo) -> OffsetDateTime {
+        let lifetime = info.not_after - info.not_before;
+        let before = match self.intermediate.renew_before {
+            RenewBefore::Fraction(f) => lifetime * f,
+            RenewBefore::Duration(d) => time::Duration::try_from(d).unwrap_or(lifetime),
+        };
+        (info.not_after - before).clamp(info.not_before, info.not_after)
+    }
+
+    /// Checks a root about to be stored (generated or imported) against the policy.
+    pub fn check_root(&self, root: &Cert) -> Result<(), PolicyViolation> {
+        let violation = |rule, detail| PolicyViolation {
+            policy: self.name.clone(),
+            cluster: "the root".to_string(),
+            rule,
+            detail,
+        };
+        let alg = root
+            .supported_key("root")
+            .map_err(|e| violation("root.allowed_key_algorithms", e.to_string()))?;
+        if !self.root.allowed_key_algorithms.contains(&alg) {
+            return Err(violation(
+                "root.allowed_key_algorithms",
+                format!("the root is {alg}; allowed: {}", names(&self.root.allowed_key_algorithms)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enforced before signing: the request must be one this policy allows.
+    pub fn check_issuance(
+        &self,
+        cluster: &str,
+        spec: &IntermediateSpec,
+        root: &Cert,
+    ) -> Result<(), PolicyViolation> {
+        let violation = |rule, detail| PolicyViolation {
+            policy: self.name.clone(),
+            cluster: cluster.to_string(),
+            rule,
+            detail,
+        };
+        if !self.allows_cluster(cluster) {
+            return Err(violation(
+                "clusters",
+                format!("{cluster} matches none of {:?}", self.clusters),
+            ));
+        }
+        self.check_root(root).map_err(|v| violation(v.rule, v.detail))?;
+        if spec.key_algorithm != self.intermediate.key_algorithm {
+            return Err(violation(
+                "intermediate.key_algorithm",
+                format!("requested {}, policy requires {}", spec.key_algorithm, self.intermediate.key_algorithm),
+            ));
+        }
+        if spec.validity > self.intermediate.validity {
+            return Err(violation(
+                "intermediate.validity",
+                format!(
+                    "requested {}, policy allows at most {}",
+                    humantime::format_duration(spec.validity),
+                    humantime::format_duration(self.intermediate.validity)
+                ),
+            ));
+        }
+        if spec.path_len > self.intermediate.path_len {
+            return Err(violation(
+                "intermediate.path_len",
+                format!("requested pathlen:{}, policy allows at most {}", spec.path_len, self.intermediate.path_len),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checked after signing (and on anything a remote signer returns): the certificate must be
+    /// what the policy describes.
+    pub fn check_issued(&self, cluster: &str, cert: &Cert) -> Result<(), PolicyViolation> {
+        let violation = |rule, detail| PolicyViolation {
+            policy: self.name.clone(),
+            cluster: cluster.to_string(),
+            rule,
+            detail,
+        };
+        let info = cert.info();
+        if !info.is_ca || info.path_len != Some(u32::from(self.intermediate.path_len)) {
+            return Err(violation(
+                "intermediate.path_len",
+                format!("issued certificate has CA:{} pathlen:{:?}", info.is_ca, info.path_len),
+            ));
+        }
+        let lifetime = info.not_after - info.not_before;
+        let max = time::Duration::try_from(self.intermediate.validity + crate::pki::BACKDATE)
+            .unwrap_or(time::Duration::MAX);
+        if lifetime > max {
+            return Err(violation(
+                "intermediate.validity",
+                format!("issued certificate is valid for {lifetime}"),
+            ));
+        }
+        if cert.key() != &crate::pki::KeyDescription::Supported(self.intermediate.key_algorithm) {
+            return Err(violation(
+                "intermediate.key_algorithm",
+                format!("issued certificate has a {} key", info.key_algorithm),
+            ));
+        }
+        if let Ok(Some(_)) = cert.x509().extended_key_usage() {
+            return Err(violation(
+                "intermediate (no extendedKeyUsage)",
+                "issued certificate carries an extendedKeyUsage".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why an existing, valid intermediate no longer matches this policy, if it does not.
+    pub fn drift(&self, cert: &Cert) -> Option<String> {
+        let info = cert.info();
+        if cert.key() != &crate::pki::KeyDescription::Supported(self.intermediate.key_algorithm) {
+            return Some(format!(
+                "key is {}, policy now requires {}",
+                info.key_algorithm, self.intermediate.key_algorithm
+            ));
+        }
+        if info.path_len != Some(u32::from(self.intermediate.path_len)) {
+            return Some(format!(
+                "pathlen is {:?}, policy now requires {}",
+                info.path_len, self.intermediate.path_len
+            ));
+        }
+        None
+    }
+}
+
+fn names(algs: &[KeyAlgorithm]) -> String {
+    algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            let Some(tail) = name.strip_prefix(prefix) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+/// All policies available to a configuration.
+#[derive(Clone, Debug)]
+pub struct PolicySet {
+    policies: BTreeMap<String, Policy>,
+    source_desc: String,
+}
+
+impl PolicySet {
+    /// The policies compiled into cacertd (copies of `policies/`).
+    pub fn embedded() -> Result<Self, PolicyError> {
+        let mut policies = BTreeMap::new();
+        for (name, text) in EMBEDDED {
+            let file = format!("(built-in) policies/{name}.toml");
+            policies.insert(name.to_string(), Policy::parse(name, text, &file)?);
+        }
+        Ok(PolicySet {
+            policies,
+            source_desc: "the built-in policies".to_string(),
+        })
+    }
+
+    /// Every `*.toml` in `dir`; the policy's name is the file stem.
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::ReadDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let mut policies = BTreeMap::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|source| PolicyError::ReadDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?
+                .path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+                file: path.clone(),
+                source,
+            })?;
+            let policy = Policy::parse(name, &text, &path.display().to_string())?;
+            policies.insert(name.to_string(), policy);
+        }
+        Ok(PolicySet {
+            policies,
+            source_desc: dir.display().to_string(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Policy, PolicyError> {
+        self.policies.get(name).ok_or_else(|| PolicyError::NotFound {
+            name: name.to_string(),
+            source_desc: self.source_desc.clone(),
+            available: if self.policies.is_empty() {
+                "none".to_string()
+            } else {
+                self.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{RootSpec, generate_root, issue_intermediate};
+    use time::macros::datetime;
+
+    const DAY: u64 = 86400;
+
+    fn default_policy() -> Policy {
+        PolicySet::embedded().unwrap().get("default").unwrap().clone()
+    }
+
+    fn now() -> OffsetDateTime {
+        datetime!(2026-01-01 00:00 UTC)
+    }
+
+    #[test]
+    fn shipped_policies_load_with_their_documented_values() {
+        let set = PolicySet::embedded().unwrap();
+        let d = set.get("default").unwrap();
+        assert_eq!(d.root.key_algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(d.intermediate.validity, Duration::from_secs(365 * DAY));
+        assert_eq!(d.intermediate.path_len, 0);
+        let i = set.get("istio-compatible").unwrap();
+        assert_eq!(i.root.key_algorithm, KeyAlgorithm::Rsa4096);
+        assert_eq!(i.intermediate.key_algorithm, KeyAlgorithm::Rsa4096);
+        let err = set.get("nope").unwrap_err().to_string();
+        assert!(err.contains("default, istio-compatible"), "{err}");
+    }
+
+    #[test]
+    fn the_repo_policies_match_the_embedded_ones() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let from_dir = PolicySet::load_dir(&dir).unwrap();
+        let embedded = PolicySet::embedded().unwrap();
+        for name in ["default", "istio-compatible"] {
+            assert_eq!(from_dir.get(name).unwrap(), embedded.get(name).unwrap());
+        }
+    }
+
+    #[test]
+    fn renewal_is_at_two_thirds_of_life_by_default() {
+        let p = default_policy();
+        let root = generate_root(&p.root_spec("cluster.local"), now()).unwrap();
+        let int = issue_intermediate(&root, &p.intermediate_spec("c1", "cluster.local"), now()).unwrap();
+        let info = int.cert.info();
+        let at = p.renew_at(info);
+        let life = (info.not_after - info.not_before).whole_seconds() as f64;
+        let elapsed = (at - info.not_before).whole_seconds() as f64;
+        assert!((elapsed / life - 0.666).abs() < 0.001, "{}", elapsed / life);
+    }
+
+    #[test]
+    fn renewal_by_duration_and_clamping() {
+        let mut p = default_policy();
+        p.intermediate.renew_before = RenewBefore::Duration(Duration::from_secs(30 * DAY));
+        let info = CertInfo {
+            serial: String::new(),
+            subject: String::new(),
+            issuer: String::new(),
+            not_before: now(),
+            not_after: now() + time::Duration::days(100),
+            fingerprint_sha256: String::new(),
+            is_ca: true,
+            path_len: Some(0),
+            key_algorithm: String::new(),
+        };
+        assert_eq!(p.renew_at(&info), now() + time::Duration::days(70));
+        p.intermediate.renew_before = RenewBefore::Duration(Duration::from_secs(300 * DAY));
+        assert_eq!(p.renew_at(&info), now());
+    }
+
+    #[test]
+    fn templates_render_cluster_and_trust_domain() {
+        let t = SubjectTemplate {
+            organization: Some("{trust_domain}".into()),
+            organizational_unit: None,
+            common_name: "Intermediate CA {cluster}".into(),
+            locality: Some("{cluster}".into()),
+            country: None,
+        };
+        let s = t.render("east", "example.org");
+        assert_eq!(s.organization.as_deref(), Some("example.org"));
+        assert_eq!(s.common_name, "Intermediate CA east");
+        assert_eq!(s.locality.as_deref(), Some("east"));
+    }
+
+    #[test]
+    fn issuance_outside_the_policy_is_refused_with_the_rule() {
+        let mut p = default_policy();
+        let root = generate_root(&p.root_spec("td"), now()).unwrap();
+        p.clusters = vec!["prod-*".into()];
+        let spec = p.intermediate_spec("dev-1", "td");
+        let v = p.check_issuance("dev-1", &spec, root.cert()).unwrap_err();
+        assert_eq!(v.rule, "clusters");
+        assert!(v.to_string().contains("dev-1"));
+        assert!(p.check_issuance("prod-eu", &p.intermediate_spec("prod-eu", "td"), root.cert()).is_ok());
+
+        let mut spec = p.intermediate_spec("prod-eu", "td");
+        spec.path_len = 1;
+        assert_eq!(p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule, "intermediate.path_len");
+        let mut spec = p.intermediate_spec("prod-eu", "td");
+        spec.validity = Duration::from_secs(400 * DAY);
+        assert_eq!(p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule, "intermediate.validity");
+        let mut spec = p.intermediate_spec("prod-eu", "td");
+        spec.key_algorithm = KeyAlgorithm::EcdsaP384;
+        assert_eq!(
+            p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule,
+            "intermediate.key_algorithm"
+        );
+    }
+
+    #[test]
+    fn a_root_with_a_disallowed_algorithm_is_refused() {
+        let p = PolicySet::embedded().unwrap().get("istio-compatible").unwrap().clone();
+        let spec = RootSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3650 * DAY),
+            subject: Subject::istio_root(),
+        };
+        let root = generate_root(&spec, now()).unwrap();
+        let v = p.check_root(root.cert()).unwrap_err();
+        assert_eq!(v.rule, "root.allowed_key_algorithms");
+        assert!(v.detail.contains("ecdsa-p256"), "{v}");
+    }
+
+    #[test]
+    fn issued_certificates_are_checked_against_the_policy() {
+        let p = default_policy();
+        let root = generate_root(&p.root_spec("td"), now()).unwrap();
+        let int = issue_intermediate(&root, &p.intermediate_spec("c", "td"), now()).unwrap();
+        assert!(p.check_issued("c", &int.cert).is_ok());
+        assert!(p.drift(&int.cert).is_none());
+        let mut spec = p.intermediate_spec("c", "td");
+        spec.path_len = 1;
+        let wide = issue_intermediate(&root, &spec, now()).unwrap();
+        assert_eq!(p.check_issued("c", &wide.cert).unwrap_err().rule, "intermediate.path_len");
+        assert!(p.drift(&wide.cert).is_some());
+    }
+
+    #[test]
+    fn bad_policy_files_name_the_field() {
+        let good = EMBEDDED[0].1;
+        let cases = [
+            (good.replace("validity = \"365d\"", "validity = \"forever\""), "intermediate.validity"),
+            (good.replace("\"33.4%\"", "\"140%\""), "intermediate.renew_before"),
+            (good.replace("\"33.4%\"", "\"400d\""), "intermediate.renew_before"),
+            (good.replace("validity = \"365d\"", "validity = \"4000d\""), "intermediate.validity"),
+            (good.replace("clusters = [\"*\"]", "clusters = []"), "clusters"),
+            (good.replace("key_algorithm = \"ecdsa-p256\"\nvalidity = \"3650d\"", "key_algorithm = \"ed25519\"\nvalidity = \"3650d\""), "ed25519"),
+            (good.replace("path_len = 0", "path_len = 0\ncolour = \"blue\""), "colour"),
+        ];
+        for (text, expect) in cases {
+            let err = Policy::parse("x", &text, "policies/x.toml").unwrap_err().to_string();
+            assert!(err.contains("policies/x.toml") && err.contains(expect), "{expect}: {err}");
+        }
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("prod-*", "prod-eu"));
+        assert!(!glob_match("prod-*", "dev-eu"));
+        assert!(glob_match("*-eu", "prod-eu"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("cluster1", "cluster10"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The mesh as cacertd sees it: clusters, their roles, networks, and which primary serves
+//! which remote (DESIGN.md fact 5: only primaries run istiod and need `cacerts`).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Remote,
+}
+
+/// Where a cluster's `cacerts` goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TargetConfig {
+    /// A directory receiving the four PEM files and a `cacerts.yaml` manifest (GitOps, offline).
+    Dir { path: PathBuf },
+}
+
+impl std::fmt::Display for TargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetConfig::Dir { path } => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub role: Role,
+    pub network: Option<String>,
+    /// For a remote: the primary whose istiod signs its workloads.
+    pub primary: Option<String>,
+    pub target: Option<TargetConfig>,
+    /// Name of the issuance policy for this cluster.
+    pub policy: String,
+}
+
+/// A validated topology: names unique, every remote served by a primary of this topology,
+/// every primary with a target. Built only by the config loader.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    clusters: Vec<Cluster>,
+}
+
+impl Topology {
+    pub(crate) fn new(clusters: Vec<Cluster>) -> Self {
+        Topology { clusters }
+    }
+
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    pub fn primaries(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.iter().filter(|c| c.role == Role::Primary)
+    }
+
+    pub fn remotes_of<'a>(&'a self, primary: &'a str) -> impl Iterator<Item = &'a Cluster> {
+        self.clusters
+            .iter()
+            .filter(move |c| c.role == Role::Remote && c.primary.as_deref() == Some(primary))
+    }
+
+    pub fn networks(&self) -> Vec<&str> {
+        let mut n: Vec<&str> = self
+            .clusters
+            .iter()
+            .filter_map(|c| c.network.as_deref())
+            .collect();
+        n.sort_unstable();
+        n.dedup();
+        n
+    }
+}
