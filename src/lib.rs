@@ -5,3 +5,8 @@ pub mod pki;
 pub mod policy;
 pub mod config;
 pub mod topology;
+pub mod fsutil;
+pub mod store;
+pub mod target;
+pub mod clock;
+pub mod plan;

@@ -1,0 +1,180 @@
+//! Durable file writes: every file cacertd writes goes to a temporary file in the same folder,
+//! is fsynced, then renamed over the target, and the folder is fsynced — a crash leaves either
+//! the old file or the new one, never a torn one. Key-bearing files are 0600 from creation.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+/// Who may read a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 0600: private keys and anything embedding one.
+    Secret,
+    /// 0644: certificates.
+    Public,
+}
+
+impl Mode {
+    fn bits(self) -> u32 {
+        match self {
+            Mode::Secret => 0o600,
+            Mode::Public => 0o644,
+        }
+    }
+}
+
+/// An I/O error with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct FsError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+pub(crate) fn fs_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsError {
+    let path = path.to_path_buf();
+    move |source| FsError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Creates a directory (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), FsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fs_err("cannot create directory", dir))
+}
+
+/// A file written and fsynced under a temporary name, not yet in place.
+pub struct StagedFile {
+    temp: NamedTempFile,
+    dest: PathBuf,
+}
+
+impl StagedFile {
+    /// Writes `bytes` to a temporary file next to `dest`.
+    pub fn new(dest: &Path, bytes: &[u8], mode: Mode) -> Result<Self, FsError> {
+        let dir = parent_of(dest);
+        let mut temp = tempfile::Builder::new()
+            .prefix(".cacertd-")
+            .tempfile_in(dir)
+            .map_err(fs_err("cannot create a temporary file in", dir))?;
+        // tempfile creates 0600; widen only for public files, before any byte is written.
+        temp.as_file()
+            .set_permissions(Permissions::from_mode(mode.bits()))
+            .map_err(fs_err("cannot set permissions on", temp.path()))?;
+        temp.write_all(bytes)
+            .map_err(fs_err("cannot write", temp.path()))?;
+        temp.as_file()
+            .sync_all()
+            .map_err(fs_err("cannot fsync", temp.path()))?;
+        Ok(StagedFile {
+            temp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Renames the file into place, replacing whatever is there.
+    pub fn commit(self) -> Result<(), FsError> {
+        let dest = self.dest;
+        self.temp
+            .persist(&dest)
+            .map_err(|e| fs_err("cannot rename into place", &dest)(e.error))?;
+        Ok(())
+    }
+
+    /// Moves the file into place only if nothing exists there yet (link + unlink, atomic
+    /// against a concurrent writer of the same name).
+    pub fn commit_new(self) -> Result<(), FsError> {
+        let dest = self.dest;
+        self.temp
+            .persist_noclobber(&dest)
+            .map_err(|e| fs_err("refusing to overwrite", &dest)(e.error))?;
+        Ok(())
+    }
+}
+
+/// Atomically replaces (or creates) one file.
+pub fn write_atomic(dest: &Path, bytes: &[u8], mode: Mode) -> Result<(), FsError> {
+    StagedFile::new(dest, bytes, mode)?.commit()?;
+    sync_dir(parent_of(dest))
+}
+
+/// Flushes a directory's entries, so renames in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fs_err("cannot fsync directory", dir))
+}
+
+/// Reads a file if it exists.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fs_err("cannot read", path)(e)),
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn secret_files_are_0600_and_public_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k.pem");
+        let c = dir.path().join("c.pem");
+        write_atomic(&k, b"key", Mode::Secret).unwrap();
+        write_atomic(&c, b"cert", Mode::Public).unwrap();
+        assert_eq!(mode_of(&k), 0o600);
+        assert_eq!(mode_of(&c), 0o644);
+        write_atomic(&k, b"key2", Mode::Secret).unwrap();
+        assert_eq!(fs::read(&k).unwrap(), b"key2");
+        assert_eq!(mode_of(&k), 0o600);
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn commit_new_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root-key.pem");
+        StagedFile::new(&p, b"first", Mode::Secret).unwrap().commit_new().unwrap();
+        let err = StagedFile::new(&p, b"second", Mode::Secret)
+            .unwrap()
+            .commit_new()
+            .unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"));
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+    }
+
+    #[test]
+    fn private_dirs_are_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("a/b");
+        create_private_dir(&d).unwrap();
+        assert_eq!(mode_of(&d), 0o700);
+    }
+}

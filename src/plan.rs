@@ -1,0 +1,376 @@
+//! Planning, pure: from what a cluster holds, the root, the policy and the time, decide what to
+//! do. `status` shows the assessment, `plan` the decision, `issue` carries it out.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::pki::{CaCertsFiles, Cert, CertInfo, TrustBundle, verify_cacerts};
+use crate::policy::Policy;
+
+/// The state of one primary's `cacerts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterState {
+    /// No `cacerts` at all.
+    Missing,
+    /// Verifies, chains to the current root, renewal not yet due.
+    Valid,
+    /// Verifies, but the policy's renew-before point has passed.
+    RenewalDue,
+    /// Verifies, but no longer matches the policy (key algorithm, path length).
+    PolicyDrift,
+    /// Incomplete, tampered, expired, or otherwise refused by istiod.
+    Invalid,
+    /// The trust bundle does not contain the current root: the cluster lives in another trust
+    /// domain, and replacing its material outright would break its mTLS.
+    ForeignTrust,
+    /// Trusts the current root, but signs with a CA under another root (mid-transition).
+    OtherSigner,
+}
+
+impl ClusterState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterState::Missing => "missing",
+            ClusterState::Valid => "valid",
+            ClusterState::RenewalDue => "renewal-due",
+            ClusterState::PolicyDrift => "policy-drift",
+            ClusterState::Invalid => "invalid",
+            ClusterState::ForeignTrust => "foreign-trust",
+            ClusterState::OtherSigner => "other-signer",
+        }
+    }
+}
+
+/// What cacertd knows about one primary's `cacerts` at one instant.
+#[derive(Clone, Debug, Serialize)]
+pub struct Assessment {
+    pub state: ClusterState,
+    pub intermediate: Option<CertInfo>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub renew_at: Option<OffsetDateTime>,
+    /// Whether the intermediate's life is capped by the root: renewing would not extend it.
+    pub capped_by_root: bool,
+    pub trusts_root: bool,
+    pub trust_bundle: Vec<String>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub trust: Option<TrustBundle>,
+}
+
+/// Assesses a primary's current `cacerts` against the root and its policy at `now`.
+pub fn assess(
+    observed: Option<&CaCertsFiles>,
+    root: &Cert,
+    policy: &Policy,
+    now: OffsetDateTime,
+) -> Assessment {
+    let mut a = Assessment {
+        state: ClusterState::Missing,
+        intermediate: None,
+        renew_at: None,
+        capped_by_root: false,
+        trusts_root: false,
+        trust_bundle: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        trust: None,
+    };
+    let Some(files) = observed else {
+        return a;
+    };
+    a.trust = TrustBundle::from_pem(&files.root_cert, CaCertsFiles::ROOT_CERT).ok();
+    if let Some(t) = &a.trust {
+        a.trusts_root = t.contains(root);
+        a.trust_bundle = t.fingerprints();
+    }
+    match verify_cacerts(files, now) {
+        Ok(v) => {
+            let info = v.signing_cert().info().clone();
+            a.warnings = v.warnings().iter().map(ToString::to_string).collect();
+            let renew_at = policy.renew_at(&info);
+            a.capped_by_root = info.not_after >= root.info().not_after;
+            a.renew_at = Some(renew_at);
+            a.state = if !a.trusts_root {
+                ClusterState::ForeignTrust
+            } else if v.anchor() != root {
+                ClusterState::OtherSigner
+            } else if let Some(drift) = policy.drift(v.signing_cert()) {
+                a.problems.push(drift);
+                ClusterState::PolicyDrift
+            } else if now >= renew_at && !a.capped_by_root {
+                ClusterState::RenewalDue
+            } else {
+                ClusterState::Valid
+            };
+            a.intermediate = Some(info);
+        }
+        Err(problems) => {
+            a.problems = problems.iter().map(ToString::to_string).collect();
+            a.intermediate = Cert::all_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .map(|c| c.info().clone());
+            let foreign = a
+                .trust
+                .as_ref()
+                .is_some_and(|t| !t.roots().is_empty() && !a.trusts_root);
+            a.state = if foreign {
+                ClusterState::ForeignTrust
+            } else {
+                ClusterState::Invalid
+            };
+        }
+    }
+    a
+}
+
+/// Switches a run can be given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanOptions {
+    /// Re-issue even a valid intermediate.
+    pub force: bool,
+    /// Replace a trust bundle that does not contain the current root. Breaks mTLS between this
+    /// cluster's workloads and every workload still on the old root until all restart.
+    pub danger_replace_trust_bundle: bool,
+}
+
+/// Why a new intermediate is issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum IssueReason {
+    Missing,
+    Forced,
+    RenewalDue,
+    PolicyChanged,
+    Invalid,
+    ReplaceTrust,
+}
+
+impl IssueReason {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            IssueReason::Missing => "no cacerts yet",
+            IssueReason::Forced => "forced",
+            IssueReason::RenewalDue => "renewal due",
+            IssueReason::PolicyChanged => "policy changed",
+            IssueReason::Invalid => "current cacerts invalid",
+            IssueReason::ReplaceTrust => "replacing foreign trust bundle (danger)",
+        }
+    }
+}
+
+/// Which trust bundle the new `cacerts` carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustChoice {
+    /// The current `root-cert.pem`, byte for byte (it contains the root; may hold more roots
+    /// that a transition put there).
+    Keep(TrustBundle),
+    /// The current root alone.
+    RootOnly,
+}
+
+/// What to do for one primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    Issue {
+        reason: IssueReason,
+        trust: TrustChoice,
+    },
+    Refuse {
+        reason: String,
+    },
+}
+
+/// Decides from an assessment. Never replaces a trust bundle that lacks the root unless told
+/// to, in danger terms.
+pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
+    let keep_trust = || match &a.trust {
+        Some(t) if a.trusts_root => TrustChoice::Keep(t.clone()),
+        _ => TrustChoice::RootOnly,
+    };
+    let issue = |reason| Decision::Issue {
+        reason,
+        trust: keep_trust(),
+    };
+    match a.state {
+        ClusterState::Missing => issue(IssueReason::Missing),
+        ClusterState::Valid if opts.force => issue(IssueReason::Forced),
+        ClusterState::Valid => Decision::Keep,
+        ClusterState::RenewalDue => issue(IssueReason::RenewalDue),
+        ClusterState::PolicyDrift => issue(IssueReason::PolicyChanged),
+        ClusterState::Invalid => issue(IssueReason::Invalid),
+        ClusterState::ForeignTrust if opts.danger_replace_trust_bundle => Decision::Issue {
+            reason: IssueReason::ReplaceTrust,
+            trust: TrustChoice::RootOnly,
+        },
+        ClusterState::ForeignTrust => Decision::Refuse {
+            reason: format!(
+                "its root-cert.pem trusts {} but not the current root; replacing it would break \
+                 mTLS with every workload still on the old CA. Move it with a phased trust \
+                 transition, or pass --danger-replace-trust-bundle if no workload depends on it",
+                if a.trust_bundle.is_empty() {
+                    "nothing readable".to_string()
+                } else {
+                    a.trust_bundle.join(", ")
+                }
+            ),
+        },
+        ClusterState::OtherSigner if opts.danger_replace_trust_bundle => issue(IssueReason::ReplaceTrust),
+        ClusterState::OtherSigner => Decision::Refuse {
+            reason: "it signs with a CA under another root that it still trusts (a trust \
+                     transition is in progress); switching signers here could break clusters \
+                     that do not trust the current root yet"
+                .to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{RootCa, generate_root, issue_intermediate};
+    use crate::policy::PolicySet;
+    use std::time::Duration;
+    use time::macros::datetime;
+
+    const DAY: i64 = 86400;
+
+    fn t0() -> OffsetDateTime {
+        datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn policy() -> Policy {
+        PolicySet::embedded().unwrap().get("default").unwrap().clone()
+    }
+
+    fn root(p: &Policy) -> RootCa {
+        generate_root(&p.root_spec("td"), t0()).unwrap()
+    }
+
+    fn cacerts(root: &RootCa, p: &Policy, at: OffsetDateTime) -> CaCertsFiles {
+        let int = issue_intermediate(root, &p.intermediate_spec("c1", "td"), at).unwrap();
+        CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
+    }
+
+    #[test]
+    fn nothing_there_means_issue_with_the_root_alone() {
+        let p = policy();
+        let r = root(&p);
+        let a = assess(None, r.cert(), &p, t0());
+        assert_eq!(a.state, ClusterState::Missing);
+        assert_eq!(
+            decide(&a, PlanOptions::default()),
+            Decision::Issue { reason: IssueReason::Missing, trust: TrustChoice::RootOnly }
+        );
+    }
+
+    #[test]
+    fn renewal_happens_exactly_when_due_not_before() {
+        let p = policy();
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let a = assess(Some(&files), r.cert(), &p, t0());
+        assert_eq!(a.state, ClusterState::Valid);
+        let renew_at = a.renew_at.unwrap();
+        assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
+
+        let just_before = renew_at - time::Duration::seconds(1);
+        assert_eq!(assess(Some(&files), r.cert(), &p, just_before).state, ClusterState::Valid);
+        let due = assess(Some(&files), r.cert(), &p, renew_at);
+        assert_eq!(due.state, ClusterState::RenewalDue);
+        match decide(&due, PlanOptions::default()) {
+            Decision::Issue { reason: IssueReason::RenewalDue, trust: TrustChoice::Keep(t) } => {
+                assert_eq!(t.pem_bytes(), files.root_cert.as_slice());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expired_intermediate_is_reissued_keeping_the_bundle() {
+        let p = policy();
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let a = assess(Some(&files), r.cert(), &p, t0() + time::Duration::days(400));
+        assert_eq!(a.state, ClusterState::Invalid);
+        assert!(a.problems.iter().any(|m| m.contains("expired")), "{:?}", a.problems);
+        assert!(matches!(
+            decide(&a, PlanOptions::default()),
+            Decision::Issue { reason: IssueReason::Invalid, trust: TrustChoice::Keep(_) }
+        ));
+    }
+
+    #[test]
+    fn force_reissues_a_valid_intermediate() {
+        let p = policy();
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let a = assess(Some(&files), r.cert(), &p, t0());
+        let opts = PlanOptions { force: true, ..Default::default() };
+        assert!(matches!(decide(&a, opts), Decision::Issue { reason: IssueReason::Forced, .. }));
+    }
+
+    #[test]
+    fn a_cluster_on_another_root_is_refused_unless_told_in_danger_terms() {
+        let p = policy();
+        let (ours, theirs) = (root(&p), root(&p));
+        let files = cacerts(&theirs, &p, t0());
+        let a = assess(Some(&files), ours.cert(), &p, t0());
+        assert_eq!(a.state, ClusterState::ForeignTrust);
+        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else { panic!() };
+        assert!(reason.contains(&theirs.cert().info().fingerprint_sha256), "{reason}");
+        let opts = PlanOptions { danger_replace_trust_bundle: true, ..Default::default() };
+        assert_eq!(
+            decide(&a, opts),
+            Decision::Issue { reason: IssueReason::ReplaceTrust, trust: TrustChoice::RootOnly }
+        );
+    }
+
+    #[test]
+    fn a_cluster_mid_transition_is_not_touched() {
+        let p = policy();
+        let (old, new) = (root(&p), root(&p));
+        let mut files = cacerts(&old, &p, t0());
+        files.root_cert = TrustBundle::single(old.cert()).with_root_appended(new.cert()).pem_bytes().to_vec();
+        let a = assess(Some(&files), new.cert(), &p, t0());
+        assert_eq!(a.state, ClusterState::OtherSigner);
+        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Refuse { .. }));
+    }
+
+    #[test]
+    fn a_tampered_key_is_detected_and_repaired() {
+        let p = policy();
+        let r = root(&p);
+        let mut files = cacerts(&r, &p, t0());
+        files.ca_key = cacerts(&r, &p, t0()).ca_key;
+        let a = assess(Some(&files), r.cert(), &p, t0());
+        assert_eq!(a.state, ClusterState::Invalid);
+        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::Invalid, .. }));
+    }
+
+    #[test]
+    fn a_policy_change_triggers_reissue() {
+        let p = policy();
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let mut stricter = p.clone();
+        stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
+        let a = assess(Some(&files), r.cert(), &stricter, t0());
+        assert_eq!(a.state, ClusterState::PolicyDrift);
+        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::PolicyChanged, .. }));
+    }
+
+    #[test]
+    fn a_capped_intermediate_is_not_renewed_in_a_loop() {
+        let mut p = policy();
+        p.root.validity = Duration::from_secs(200 * DAY as u64);
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let a = assess(Some(&files), r.cert(), &p, t0() + time::Duration::days(190));
+        assert!(a.capped_by_root);
+        assert_eq!(a.state, ClusterState::Valid, "renewing cannot extend past the root");
+    }
+}

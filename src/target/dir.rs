@@ -1,0 +1,205 @@
+//! The directory target: the four PEM files plus `cacerts.yaml`, for GitOps and offline use.
+
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
+use super::{ClusterTarget, TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
+use crate::fsutil::{Mode, StagedFile, create_private_dir, read_optional, sync_dir, write_atomic};
+use crate::pki::CaCertsFiles;
+
+pub const MANIFEST: &str = "cacerts.yaml";
+
+pub struct DirTarget {
+    path: PathBuf,
+    backups: PathBuf,
+}
+
+impl DirTarget {
+    pub fn new(path: PathBuf, backups: PathBuf) -> Self {
+        DirTarget { path, backups }
+    }
+
+    fn mode_of(name: &str) -> Mode {
+        if name == CaCertsFiles::CA_KEY || name == MANIFEST || name == "tls.key" {
+            Mode::Secret
+        } else {
+            Mode::Public
+        }
+    }
+
+    /// Copies whatever is in the folder now into a fresh, timestamped backup folder.
+    fn backup_existing(&self, meta: &WriteMeta) -> Result<Option<String>, TargetError> {
+        let names = [
+            CaCertsFiles::CA_CERT,
+            CaCertsFiles::CA_KEY,
+            CaCertsFiles::ROOT_CERT,
+            CaCertsFiles::CERT_CHAIN,
+            MANIFEST,
+        ];
+        let mut existing = Vec::new();
+        for name in names {
+            if let Some(bytes) = read_optional(&self.path.join(name))? {
+                existing.push((name, Zeroizing::new(bytes)));
+            }
+        }
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        let stamp = meta
+            .written_at
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
+        let mut dir = self.backups.join(&stamp);
+        let mut n = 1;
+        while dir.exists() {
+            dir = self.backups.join(format!("{stamp}-{n}"));
+            n += 1;
+        }
+        create_private_dir(&dir)?;
+        for (name, bytes) in &existing {
+            // Backups are private whatever they hold.
+            write_atomic(&dir.join(name), bytes, Mode::Secret)?;
+        }
+        Ok(Some(dir.display().to_string()))
+    }
+}
+
+impl ClusterTarget for DirTarget {
+    fn describe(&self) -> String {
+        format!("directory {}", self.path.display())
+    }
+
+    fn read(&self) -> Result<Option<CaCertsFiles>, TargetError> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| read_optional(&self.path.join(name));
+        let ca_cert = read(CaCertsFiles::CA_CERT)?;
+        let ca_key = read(CaCertsFiles::CA_KEY)?.map(Zeroizing::new);
+        let root_cert = read(CaCertsFiles::ROOT_CERT)?;
+        let cert_chain = read(CaCertsFiles::CERT_CHAIN)?;
+        if ca_cert.is_none() && ca_key.is_none() && root_cert.is_none() && cert_chain.is_none() {
+            // cert-manager's form, which istiod ≥1.15 also reads (DESIGN.md fact 1).
+            let (crt, key, ca) = (read("tls.crt")?, read("tls.key")?, read("ca.crt")?);
+            if crt.is_none() && key.is_none() && ca.is_none() {
+                return Ok(None);
+            }
+            return Ok(Some(CaCertsFiles::from_cert_manager(
+                &crt.unwrap_or_default(),
+                Zeroizing::new(key.unwrap_or_default()),
+                &ca.unwrap_or_default(),
+            )));
+        }
+        Ok(Some(CaCertsFiles {
+            ca_cert: ca_cert.unwrap_or_default(),
+            ca_key: ca_key.unwrap_or_default(),
+            root_cert: root_cert.unwrap_or_default(),
+            cert_chain: cert_chain.unwrap_or_default(),
+        }))
+    }
+
+    fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError> {
+        if !self.path.exists() {
+            create_private_dir(&self.path)?;
+        }
+        let backup = self.backup_existing(meta)?;
+        let manifest = cacerts_secret_yaml(files, meta);
+        // Stage everything first, then rename in quick succession: the window in which the
+        // folder mixes old and new files is a few renames long, and a crash inside it leaves a
+        // set that fails validation (key/cert mismatch) and is re-issued on the next run, with
+        // the previous set safe in the backup.
+        let mut staged = Vec::new();
+        for (name, bytes) in files.entries() {
+            staged.push(StagedFile::new(&self.path.join(name), bytes, Self::mode_of(name))?);
+        }
+        staged.push(StagedFile::new(
+            &self.path.join(MANIFEST),
+            manifest.as_bytes(),
+            Mode::Secret,
+        )?);
+        for file in staged {
+            file.commit()?;
+        }
+        sync_dir(&self.path)?;
+        Ok(WriteReport { backup })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn files(tag: &str) -> CaCertsFiles {
+        CaCertsFiles {
+            ca_cert: format!("cert {tag}").into_bytes(),
+            ca_key: Zeroizing::new(format!("key {tag}").into_bytes()),
+            root_cert: format!("root {tag}").into_bytes(),
+            cert_chain: format!("chain {tag}").into_bytes(),
+        }
+    }
+
+    fn meta(secs: i64) -> WriteMeta {
+        WriteMeta {
+            cluster: "c1".into(),
+            serial: "0a".into(),
+            written_at: time::OffsetDateTime::from_unix_timestamp(secs).unwrap(),
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn writes_the_set_with_modes_and_backs_up_what_it_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = DirTarget::new(tmp.path().join("out/c1"), tmp.path().join("backups/c1"));
+        assert!(t.read().unwrap().is_none());
+        assert_eq!(t.write(&files("1"), &meta(1_700_000_000)).unwrap().backup, None);
+        assert_eq!(t.read().unwrap().unwrap(), files("1"));
+        let mode = |n: &str| {
+            std::fs::metadata(tmp.path().join("out/c1").join(n)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("ca-key.pem"), 0o600);
+        assert_eq!(mode("cacerts.yaml"), 0o600);
+        assert_eq!(mode("ca-cert.pem"), 0o644);
+
+        let r = t.write(&files("2"), &meta(1_700_000_000)).unwrap();
+        let r2 = t.write(&files("3"), &meta(1_700_000_000)).unwrap();
+        assert_eq!(t.read().unwrap().unwrap(), files("3"));
+        let b1 = PathBuf::from(r.backup.unwrap());
+        let b2 = PathBuf::from(r2.backup.unwrap());
+        assert_ne!(b1, b2, "same-second writes get distinct backups");
+        assert_eq!(std::fs::read(b1.join("ca-key.pem")).unwrap(), b"key 1");
+        assert_eq!(std::fs::read(b2.join("ca-key.pem")).unwrap(), b"key 2");
+        assert!(std::fs::read(b2.join("cacerts.yaml")).is_ok());
+        assert_eq!(
+            std::fs::metadata(b1.join("ca-cert.pem")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_partial_set_is_returned_with_gaps() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("ca-cert.pem"), b"c").unwrap();
+        let t = DirTarget::new(tmp.path().to_path_buf(), tmp.path().join("b"));
+        let got = t.read().unwrap().unwrap();
+        assert_eq!(got.ca_cert, b"c");
+        assert!(got.ca_key.is_empty() && got.root_cert.is_empty());
+    }
+
+    #[test]
+    fn the_cert_manager_form_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("tls.crt"), b"garbage-crt").unwrap();
+        std::fs::write(tmp.path().join("tls.key"), b"k").unwrap();
+        std::fs::write(tmp.path().join("ca.crt"), b"ca").unwrap();
+        let t = DirTarget::new(tmp.path().to_path_buf(), tmp.path().join("b"));
+        let got = t.read().unwrap().unwrap();
+        assert_eq!(got.root_cert, b"ca");
+        assert_eq!(got.cert_chain, b"garbage-crt");
+        assert_eq!(got.ca_key.as_slice(), b"k");
+    }
+}

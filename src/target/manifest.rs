@@ -1,0 +1,45 @@
+//! The `cacerts` Secret as a Kubernetes manifest, for `kubectl apply -f` or a GitOps repository.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
+
+use super::WriteMeta;
+use crate::pki::{CaCertsFiles, fmt_time};
+
+/// Renders Secret `istio-system/cacerts` (type Opaque, the four keys of DESIGN.md fact 1). The
+/// result embeds the private key, so it lives in a zeroizing buffer and is written 0600.
+pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(8192));
+    out.push_str(&format!(
+        "# Istio plug-in CA material for cluster {cluster}, written by cacertd.\n\
+         # Contains the intermediate CA's PRIVATE KEY: keep it encrypted at rest (e.g. SOPS).\n\
+         apiVersion: v1\n\
+         kind: Secret\n\
+         metadata:\n  \
+           name: cacerts\n  \
+           namespace: istio-system\n  \
+           labels:\n    \
+             app.kubernetes.io/managed-by: cacertd\n  \
+           annotations:\n    \
+             cacertd.io/cluster: {cluster:?}\n    \
+             cacertd.io/serial: {serial:?}\n    \
+             cacertd.io/written-at: {at:?}\n    \
+             cacertd.io/reason: {reason:?}\n\
+         type: Opaque\n\
+         data:\n",
+        cluster = meta.cluster,
+        serial = meta.serial,
+        at = fmt_time(meta.written_at),
+        reason = meta.reason,
+    ));
+    for (name, bytes) in files.entries() {
+        let encoded = Zeroizing::new(STANDARD.encode(bytes));
+        out.push_str("  ");
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(&encoded);
+        out.push('\n');
+    }
+    out
+}
