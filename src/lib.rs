@@ -10,3 +10,5 @@ pub mod store;
 pub mod target;
 pub mod clock;
 pub mod plan;
+pub mod issuance;
+pub mod cli;

@@ -59,10 +59,11 @@ pub struct Assessment {
     pub trust: Option<TrustBundle>,
 }
 
-/// Assesses a primary's current `cacerts` against the root and its policy at `now`.
+/// Assesses a primary's current `cacerts` against the root and its policy at `now`. Without a
+/// root (none created yet) only validity and renewal are judged.
 pub fn assess(
     observed: Option<&CaCertsFiles>,
-    root: &Cert,
+    root: Option<&Cert>,
     policy: &Policy,
     now: OffsetDateTime,
 ) -> Assessment {
@@ -82,7 +83,7 @@ pub fn assess(
     };
     a.trust = TrustBundle::from_pem(&files.root_cert, CaCertsFiles::ROOT_CERT).ok();
     if let Some(t) = &a.trust {
-        a.trusts_root = t.contains(root);
+        a.trusts_root = root.is_some_and(|r| t.contains(r));
         a.trust_bundle = t.fingerprints();
     }
     match verify_cacerts(files, now) {
@@ -90,11 +91,11 @@ pub fn assess(
             let info = v.signing_cert().info().clone();
             a.warnings = v.warnings().iter().map(ToString::to_string).collect();
             let renew_at = policy.renew_at(&info);
-            a.capped_by_root = info.not_after >= root.info().not_after;
+            a.capped_by_root = root.is_some_and(|r| info.not_after >= r.info().not_after);
             a.renew_at = Some(renew_at);
-            a.state = if !a.trusts_root {
+            a.state = if root.is_some() && !a.trusts_root {
                 ClusterState::ForeignTrust
-            } else if v.anchor() != root {
+            } else if root.is_some_and(|r| v.anchor() != r) {
                 ClusterState::OtherSigner
             } else if let Some(drift) = policy.drift(v.signing_cert()) {
                 a.problems.push(drift);
@@ -115,7 +116,7 @@ pub fn assess(
             let foreign = a
                 .trust
                 .as_ref()
-                .is_some_and(|t| !t.roots().is_empty() && !a.trusts_root);
+                .is_some_and(|t| root.is_some() && !t.roots().is_empty() && !a.trusts_root);
             a.state = if foreign {
                 ClusterState::ForeignTrust
             } else {
@@ -259,7 +260,7 @@ mod tests {
     fn nothing_there_means_issue_with_the_root_alone() {
         let p = policy();
         let r = root(&p);
-        let a = assess(None, r.cert(), &p, t0());
+        let a = assess(None, Some(r.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::Missing);
         assert_eq!(
             decide(&a, PlanOptions::default()),
@@ -272,14 +273,14 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), r.cert(), &p, t0());
+        let a = assess(Some(&files), Some(r.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::Valid);
         let renew_at = a.renew_at.unwrap();
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
 
         let just_before = renew_at - time::Duration::seconds(1);
-        assert_eq!(assess(Some(&files), r.cert(), &p, just_before).state, ClusterState::Valid);
-        let due = assess(Some(&files), r.cert(), &p, renew_at);
+        assert_eq!(assess(Some(&files), Some(r.cert()), &p, just_before).state, ClusterState::Valid);
+        let due = assess(Some(&files), Some(r.cert()), &p, renew_at);
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
             Decision::Issue { reason: IssueReason::RenewalDue, trust: TrustChoice::Keep(t) } => {
@@ -294,7 +295,7 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), r.cert(), &p, t0() + time::Duration::days(400));
+        let a = assess(Some(&files), Some(r.cert()), &p, t0() + time::Duration::days(400));
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(a.problems.iter().any(|m| m.contains("expired")), "{:?}", a.problems);
         assert!(matches!(
@@ -308,7 +309,7 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), r.cert(), &p, t0());
+        let a = assess(Some(&files), Some(r.cert()), &p, t0());
         let opts = PlanOptions { force: true, ..Default::default() };
         assert!(matches!(decide(&a, opts), Decision::Issue { reason: IssueReason::Forced, .. }));
     }
@@ -318,7 +319,7 @@ mod tests {
         let p = policy();
         let (ours, theirs) = (root(&p), root(&p));
         let files = cacerts(&theirs, &p, t0());
-        let a = assess(Some(&files), ours.cert(), &p, t0());
+        let a = assess(Some(&files), Some(ours.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else { panic!() };
         assert!(reason.contains(&theirs.cert().info().fingerprint_sha256), "{reason}");
@@ -335,7 +336,7 @@ mod tests {
         let (old, new) = (root(&p), root(&p));
         let mut files = cacerts(&old, &p, t0());
         files.root_cert = TrustBundle::single(old.cert()).with_root_appended(new.cert()).pem_bytes().to_vec();
-        let a = assess(Some(&files), new.cert(), &p, t0());
+        let a = assess(Some(&files), Some(new.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
         assert!(matches!(decide(&a, PlanOptions::default()), Decision::Refuse { .. }));
     }
@@ -346,7 +347,7 @@ mod tests {
         let r = root(&p);
         let mut files = cacerts(&r, &p, t0());
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
-        let a = assess(Some(&files), r.cert(), &p, t0());
+        let a = assess(Some(&files), Some(r.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::Invalid, .. }));
     }
@@ -358,7 +359,7 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut stricter = p.clone();
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
-        let a = assess(Some(&files), r.cert(), &stricter, t0());
+        let a = assess(Some(&files), Some(r.cert()), &stricter, t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::PolicyChanged, .. }));
     }
@@ -369,7 +370,7 @@ mod tests {
         p.root.validity = Duration::from_secs(200 * DAY as u64);
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), r.cert(), &p, t0() + time::Duration::days(190));
+        let a = assess(Some(&files), Some(r.cert()), &p, t0() + time::Duration::days(190));
         assert!(a.capped_by_root);
         assert_eq!(a.state, ClusterState::Valid, "renewing cannot extend past the root");
     }

@@ -22,16 +22,17 @@ pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<
            labels:\n    \
              app.kubernetes.io/managed-by: cacertd\n  \
            annotations:\n    \
-             cacertd.io/cluster: {cluster:?}\n    \
-             cacertd.io/serial: {serial:?}\n    \
-             cacertd.io/written-at: {at:?}\n    \
-             cacertd.io/reason: {reason:?}\n\
+             cacertd.io/cluster: {cluster}\n    \
+             cacertd.io/serial: {serial}\n    \
+             cacertd.io/written-at: {at}\n    \
+             cacertd.io/reason: {reason}\n\
          type: Opaque\n\
          data:\n",
-        cluster = meta.cluster,
-        serial = meta.serial,
-        at = fmt_time(meta.written_at),
-        reason = meta.reason,
+        // JSON strings are valid YAML double-quoted scalars, escapes included.
+        cluster = quote(&meta.cluster),
+        serial = quote(&meta.serial),
+        at = quote(&fmt_time(meta.written_at)),
+        reason = quote(&meta.reason),
     ));
     for (name, bytes) in files.entries() {
         let encoded = Zeroizing::new(STANDARD.encode(bytes));
@@ -42,4 +43,8 @@ pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<
         out.push('\n');
     }
     out
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }

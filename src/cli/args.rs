@@ -1,0 +1,166 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (nothing needed doing, or everything was done)
+  1  an operation failed (I/O, unreadable target, a cluster could not be updated)
+  2  usage or configuration error (bad flag, invalid config or policy file, unknown cluster)
+  3  invalid certificate or key material (bad PEM, key/cert mismatch, bundle fails validation)
+  4  refused by the issuance policy
+  5  refused as unsafe (a root already exists; a cluster trusts another root)
+
+Environment:
+  CACERTD_CONFIG  config file used when -c is not given (default: cacertd.toml)
+  RUST_LOG        log filter, e.g. RUST_LOG=cacertd=debug (logs go to stderr)";
+
+/// cacertd owns the common trust root of an Istio multicluster mesh: it keeps the root, issues
+/// one intermediate CA per primary cluster, and writes each cluster's `cacerts` (the plug-in CA
+/// Secret istiod reads from istio-system).
+///
+/// Quick start (local file root store, directory targets):
+///   cacertd -c cacertd.toml root init      # create the common root
+///   cacertd -c cacertd.toml issue          # intermediates for every primary
+///   cacertd -c cacertd.toml status         # what every cluster holds
+///   kubectl --context cluster1 apply -f out/cluster1/cacerts.yaml
+#[derive(Debug, Parser)]
+#[command(name = "cacertd", version, after_long_help = EXIT_CODES, verbatim_doc_comment)]
+pub struct Args {
+    /// Configuration file (TOML). Relative paths inside it are relative to the file.
+    #[arg(short, long, global = true, env = "CACERTD_CONFIG", default_value = "cacertd.toml")]
+    pub config: PathBuf,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, import or inspect the common root.
+    #[command(subcommand)]
+    Root(RootCommand),
+
+    /// Issue intermediates for primary clusters and write their cacerts.
+    ///
+    /// Idempotent: a cluster whose intermediate is valid, chains to the root and is not yet due
+    /// for renewal (per its policy) is left alone. A missing, invalid or tampered cacerts is
+    /// re-issued; the trust bundle (root-cert.pem) is kept byte-for-byte when it contains the
+    /// root. A cluster that trusts another root is refused: moving it needs a trust transition.
+    /// Everything replaced is first copied to <state_dir>/backups/<cluster>/<time>/.
+    #[command(verbatim_doc_comment)]
+    Issue(IssueArgs),
+
+    /// Show what `issue` would do, changing nothing.
+    Plan(PlanArgs),
+
+    /// Per cluster: intermediate serial, validity, days left, renewal time, trust bundle.
+    Status(OutputArgs),
+
+    /// Validate a cacerts directory the way istiod does (and stricter).
+    ///
+    /// Reads ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem (or the cert-manager
+    /// form tls.crt, tls.key, ca.crt) and checks: all present; the key parses, is a supported
+    /// algorithm and matches ca-cert.pem; ca-cert.pem is a CA allowed to sign; it chains to a
+    /// root in root-cert.pem through cert-chain.pem with valid signatures, dates, CA flags,
+    /// path lengths and key usages. Needs no config file.
+    #[command(verbatim_doc_comment)]
+    Verify(VerifyArgs),
+
+    /// Check the configuration and policies, and print the topology.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Generate a new root in the configured store, per the config's policy. Refuses if a root
+    /// already exists.
+    Init,
+    /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key).
+    /// Refuses if a root already exists, or if the root is unusable for istiod.
+    Import {
+        /// Root certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Root private key (PEM, unencrypted).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Show the root certificate held in the store.
+    Show(OutputArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct IssueArgs {
+    /// Clusters to issue for (default: every primary).
+    #[arg(value_name = "CLUSTER")]
+    pub clusters: Vec<String>,
+
+    /// Re-issue even intermediates that are valid and not yet due for renewal.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Create the root first if the store holds none (never replaces an existing root).
+    #[arg(long)]
+    pub init_root: bool,
+
+    /// Show what would be done without signing or writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// DANGER: replace a trust bundle that does not contain the current root. Workloads still
+    /// on the old CA lose mTLS with this cluster until they restart. Prefer a trust transition.
+    #[arg(long)]
+    pub danger_replace_trust_bundle: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PlanArgs {
+    /// Clusters to plan for (default: every primary).
+    #[arg(value_name = "CLUSTER")]
+    pub clusters: Vec<String>,
+
+    /// Plan as if --force were given.
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct VerifyArgs {
+    /// Directory holding the cacerts files.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Judge validity at this instant instead of now (RFC 3339, e.g. 2027-01-01T00:00:00Z):
+    /// "will this still be accepted then?"
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, ClapArgs)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}

@@ -1,0 +1,364 @@
+//! The `cacertd` command line: argument parsing, command dispatch, exit codes.
+
+mod args;
+mod output;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+pub use args::{Args, Command, Format, RootCommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::fsutil::{FsError, fs_err};
+use crate::issuance::{self, Outcome};
+use crate::pki::{PkiError, generate_root, import_root, verify_cacerts};
+use crate::plan::PlanOptions;
+use crate::policy::PolicyViolation;
+use crate::store::{self, StoreError};
+use crate::target::{ClusterTarget, DirTarget};
+use crate::topology::{Cluster, Role};
+
+/// Everything a command can fail with; each maps to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Material(#[from] PkiError),
+    #[error(transparent)]
+    Policy(#[from] PolicyViolation),
+    #[error(transparent)]
+    Io(#[from] FsError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    InvalidBundle(String),
+    /// Per-cluster results were already printed; this carries the exit code.
+    #[error("{message}")]
+    Partial { message: String, code: u8 },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Store(StoreError::AlreadyExists { .. }) => 5,
+            CliError::Store(StoreError::Material { .. }) => 3,
+            CliError::Store(_) | CliError::Io(_) => 1,
+            CliError::Material(_) | CliError::InvalidBundle(_) => 3,
+            CliError::Policy(_) => 4,
+            CliError::Partial { code, .. } => *code,
+        }
+    }
+}
+
+/// Entry point of the binary: parses arguments, sets up logging, runs, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    match run(args, &SystemClock) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one command.
+pub fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
+    let Args {
+        config: config_path,
+        verbose: _,
+        command,
+    } = args;
+    let now = clock.now();
+    match command {
+        // `verify` needs no configuration.
+        Command::Verify(v) => verify(&v.dir, v.at.as_deref(), v.output.output, now),
+        command => {
+            let config = Config::load(&config_path)?;
+            match command {
+                Command::Root(RootCommand::Init) => root_init(&config, now),
+                Command::Root(RootCommand::Import { cert, key }) => {
+                    root_import(&config, &cert, &key, now)
+                }
+                Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now),
+                Command::Issue(a) => {
+                    let opts = PlanOptions {
+                        force: a.force,
+                        danger_replace_trust_bundle: a.danger_replace_trust_bundle,
+                    };
+                    issue(&config, &a.clusters, opts, a.init_root, a.dry_run, a.output.output, now)
+                }
+                Command::Plan(a) => {
+                    let opts = PlanOptions {
+                        force: a.force,
+                        danger_replace_trust_bundle: false,
+                    };
+                    issue(&config, &a.clusters, opts, false, true, a.output.output, now)
+                }
+                Command::Status(o) => status(&config, o.output, now),
+                Command::Check => check(&config),
+                Command::Verify(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = store::open(&config.root);
+    if let Some(existing) = store.load_cert()? {
+        return Err(StoreError::AlreadyExists {
+            store: store.describe(),
+            fingerprint: existing.info().fingerprint_sha256.clone(),
+        }
+        .into());
+    }
+    let policy = config.root_policy();
+    let root = generate_root(&policy.root_spec(&config.trust_domain), now)?;
+    policy.check_root(root.cert())?;
+    store.create(&root)?;
+    tracing::info!(
+        serial = %root.cert().info().serial,
+        fingerprint = %root.cert().info().fingerprint_sha256,
+        store = %store.describe(),
+        "created root"
+    );
+    println!("created root in {}", store.describe());
+    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    Ok(())
+}
+
+fn root_import(config: &Config, cert: &Path, key: &Path, now: OffsetDateTime) -> Result<(), CliError> {
+    let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
+    let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
+    let root = import_root(
+        &cert_pem,
+        &key_pem,
+        now,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )?;
+    config.root_policy().check_root(root.cert())?;
+    let store = store::open(&config.root);
+    store.create(&root)?;
+    println!("imported root into {}", store.describe());
+    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    Ok(())
+}
+
+fn root_show(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = store::open(&config.root);
+    let cert = store.load_cert()?.ok_or_else(|| StoreError::NoRoot {
+        store: store.describe(),
+    })?;
+    match format {
+        Format::Json => output::print_json(&output::root_json(&store.describe(), cert.info(), now)),
+        Format::Table => {
+            println!("store: {}", store.describe());
+            output::print_root(&mut std::io::stdout(), cert.info(), now);
+        }
+    }
+    Ok(())
+}
+
+/// The primaries named on the command line, or all of them.
+fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Cluster>, CliError> {
+    if names.is_empty() {
+        return Ok(config.topology.primaries().collect());
+    }
+    names
+        .iter()
+        .map(|n| match config.topology.get(n) {
+            None => Err(CliError::Usage(format!(
+                "unknown cluster {n:?} (known: {})",
+                config
+                    .topology
+                    .clusters()
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            Some(c) if c.role == Role::Remote => Err(CliError::Usage(format!(
+                "{n} is a remote cluster: it runs no istiod and gets no cacerts; its workloads are \
+                 signed by primary {}",
+                c.primary.as_deref().unwrap_or("?")
+            ))),
+            Some(c) => Ok(c),
+        })
+        .collect()
+}
+
+fn issue(
+    config: &Config,
+    names: &[String],
+    opts: PlanOptions,
+    init_root: bool,
+    dry_run: bool,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let clusters = select(config, names)?;
+    let store = store::open(&config.root);
+    if init_root && store.load_cert()?.is_none() {
+        if dry_run {
+            return Err(CliError::Usage(
+                "--dry-run with --init-root: no root exists yet, so there is nothing to plan against"
+                    .into(),
+            ));
+        }
+        root_init(config, now)?;
+    }
+    let root = store.load()?;
+    let reports = issuance::run(config, &root, &clusters, opts, dry_run, now);
+    drop(root);
+    match format {
+        Format::Json => output::print_json(&reports),
+        Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
+    }
+    let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
+    let (failed, refused, policy) = (
+        count(Outcome::Failed),
+        count(Outcome::Refused),
+        count(Outcome::PolicyRefused),
+    );
+    let code = if failed > 0 {
+        1
+    } else if refused > 0 {
+        5
+    } else if policy > 0 {
+        4
+    } else {
+        0
+    };
+    if code != 0 {
+        return Err(CliError::Partial {
+            message: format!(
+                "{failed} cluster(s) failed, {refused} refused as unsafe, {policy} refused by policy"
+            ),
+            code,
+        });
+    }
+    Ok(())
+}
+
+fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = store::open(&config.root);
+    let root = store.load_cert()?;
+    let mut rows = Vec::new();
+    for cluster in config.topology.clusters() {
+        let observed = match cluster.role {
+            Role::Remote => None,
+            Role::Primary => {
+                let target = crate::target::open(cluster, &config.state_dir)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                match target.read() {
+                    Ok(o) => Some(Ok(o)),
+                    Err(e) => Some(Err(e.to_string())),
+                }
+            }
+        };
+        rows.push(output::status_row(config, cluster, root.as_ref(), observed, now));
+    }
+    let report = output::StatusReport {
+        root: root
+            .as_ref()
+            .map(|r| output::root_json(&store.describe(), r.info(), now)),
+        clusters: rows,
+    };
+    match format {
+        Format::Json => output::print_json(&report),
+        Format::Table => output::print_status(&mut std::io::stdout(), &store.describe(), &report),
+    }
+    Ok(())
+}
+
+fn verify(dir: &Path, at: Option<&str>, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+    let at = match at {
+        Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| CliError::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})")))?,
+        None => now,
+    };
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!("{}: not a directory", dir.display())));
+    }
+    let target = DirTarget::new(dir.to_path_buf(), dir.join(".unused"));
+    let files = target
+        .read()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::InvalidBundle(format!(
+                "{}: no cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) found",
+                dir.display()
+            ))
+        })?;
+    let result = verify_cacerts(&files, at);
+    let mut out = std::io::stdout();
+    match (&result, format) {
+        (_, Format::Json) => output::print_json(&output::verify_json(dir, &result, at)),
+        (Ok(v), Format::Table) => output::print_verified(&mut out, dir, v, at),
+        (Err(problems), Format::Table) => {
+            let _ = writeln!(out, "{}: INVALID — istiod would refuse this cacerts:", dir.display());
+            for p in problems {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(problems) => Err(CliError::InvalidBundle(format!(
+            "{}: {} problem(s) found",
+            dir.display(),
+            problems.len()
+        ))),
+    }
+}
+
+fn check(config: &Config) -> Result<(), CliError> {
+    println!("config {}: ok", config.file.display());
+    println!("trust domain: {}", config.trust_domain);
+    println!("state dir:    {}", config.state_dir.display());
+    println!("root policy:  {}", config.default_policy);
+    for c in config.topology.clusters() {
+        match c.role {
+            Role::Primary => println!(
+                "  {} primary network={} policy={} target={}",
+                c.name,
+                c.network.as_deref().unwrap_or("-"),
+                c.policy,
+                c.target.as_ref().map(ToString::to_string).unwrap_or_default()
+            ),
+            Role::Remote => println!(
+                "  {} remote  network={} served by {}",
+                c.name,
+                c.network.as_deref().unwrap_or("-"),
+                c.primary.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! Human (table) and machine (JSON) renderings of command results.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::issuance::{ClusterReport, Outcome};
+use crate::pki::{BundleProblem, CaCertsFiles, Cert, CertInfo, VerifiedCaCerts, fmt_time};
+use crate::plan::{Assessment, assess};
+use crate::topology::{Cluster, Role};
+
+pub fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+    }
+}
+
+fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (not_after - now).whole_days()
+}
+
+#[derive(Serialize)]
+pub struct RootJson {
+    pub store: String,
+    #[serde(flatten)]
+    pub certificate: CertInfo,
+    pub days_left: i64,
+}
+
+pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson {
+    RootJson {
+        store: store.to_string(),
+        certificate: info.clone(),
+        days_left: days_left(info.not_after, now),
+    }
+}
+
+pub fn print_root(out: &mut dyn Write, info: &CertInfo, now: OffsetDateTime) {
+    let _ = writeln!(out, "  subject:     {}", info.subject);
+    let _ = writeln!(out, "  serial:      {}", info.serial);
+    let _ = writeln!(out, "  key:         {}", info.key_algorithm);
+    let _ = writeln!(out, "  not before:  {}", fmt_time(info.not_before));
+    let _ = writeln!(
+        out,
+        "  not after:   {} ({} days left)",
+        fmt_time(info.not_after),
+        days_left(info.not_after, now)
+    );
+    let _ = writeln!(out, "  sha256:      {}", info.fingerprint_sha256);
+}
+
+pub fn print_reports(out: &mut dyn Write, reports: &[ClusterReport]) {
+    if reports.is_empty() {
+        let _ = writeln!(out, "no primary clusters selected");
+        return;
+    }
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.cluster.clone(),
+                match r.outcome {
+                    Outcome::Issued => "issued",
+                    Outcome::WouldIssue => "would issue",
+                    Outcome::Kept => "unchanged",
+                    Outcome::Refused => "REFUSED",
+                    Outcome::PolicyRefused => "POLICY REFUSED",
+                    Outcome::Failed => "FAILED",
+                }
+                .to_string(),
+                r.serial.clone().unwrap_or_else(|| "-".into()),
+                r.not_after.map(fmt_time).unwrap_or_else(|| "-".into()),
+                r.renew_at.map(fmt_time).unwrap_or_else(|| "-".into()),
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["CLUSTER", "RESULT", "SERIAL", "NOT AFTER", "RENEW AT", "REASON"],
+        &rows,
+    );
+    for r in reports.iter().filter(|r| r.backup.is_some()) {
+        let _ = writeln!(
+            out,
+            "{}: previous cacerts kept in {}",
+            r.cluster,
+            r.backup.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// Left-aligned columns; the last column is not padded.
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let _ = writeln!(out, "{}", line(header.to_vec()).trim_end());
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()).trim_end());
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatusReport {
+    pub root: Option<RootJson>,
+    pub clusters: Vec<StatusRow>,
+}
+
+#[derive(Serialize)]
+pub struct StatusRow {
+    pub name: String,
+    pub role: Role,
+    pub network: Option<String>,
+    /// For a remote: the primary that serves it.
+    pub served_by: Option<String>,
+    pub target: Option<String>,
+    pub policy: String,
+    /// For a primary: the assessment of its cacerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacerts: Option<Assessment>,
+    pub days_left: Option<i64>,
+    pub renewal_due: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn status_row(
+    config: &Config,
+    cluster: &Cluster,
+    root: Option<&Cert>,
+    observed: Option<Result<Option<CaCertsFiles>, String>>,
+    now: OffsetDateTime,
+) -> StatusRow {
+    let mut row = StatusRow {
+        name: cluster.name.clone(),
+        role: cluster.role,
+        network: cluster.network.clone(),
+        served_by: cluster.primary.clone(),
+        target: cluster.target.as_ref().map(ToString::to_string),
+        policy: cluster.policy.clone(),
+        cacerts: None,
+        days_left: None,
+        renewal_due: None,
+        error: None,
+    };
+    match observed {
+        None => {}
+        Some(Err(e)) => row.error = Some(e),
+        Some(Ok(files)) => {
+            let a = assess(files.as_ref(), root, config.policy_for(cluster), now);
+            row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
+            row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
+            row.cacerts = Some(a);
+        }
+    }
+    row
+}
+
+fn short_fp(fp: &str) -> String {
+    fp.chars().take(11).collect()
+}
+
+pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
+    match &report.root {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "root: {} serial {} expires {} ({} days) sha256 {} [{}]",
+                r.certificate.subject,
+                r.certificate.serial,
+                fmt_time(r.certificate.not_after),
+                r.days_left,
+                short_fp(&r.certificate.fingerprint_sha256),
+                store
+            );
+        }
+        None => {
+            let _ = writeln!(out, "root: none in {store} (run `cacertd root init`)");
+        }
+    }
+    let _ = writeln!(out);
+    let rows: Vec<Vec<String>> = report
+        .clusters
+        .iter()
+        .map(|c| {
+            let dash = || "-".to_string();
+            let mut row = vec![
+                c.name.clone(),
+                match c.role {
+                    Role::Primary => "primary".into(),
+                    Role::Remote => "remote".into(),
+                },
+                c.network.clone().unwrap_or_else(dash),
+            ];
+            match (&c.cacerts, &c.error, c.role) {
+                (_, _, Role::Remote) => {
+                    row.push(format!("served by {}", c.served_by.as_deref().unwrap_or("?")));
+                    row.extend(std::iter::repeat_with(dash).take(6));
+                }
+                (_, Some(e), _) => {
+                    row.push("unreadable".into());
+                    row.extend(std::iter::repeat_with(dash).take(5));
+                    row.push(e.clone());
+                }
+                (Some(a), None, _) => {
+                    let i = a.intermediate.as_ref();
+                    row.push(a.state.name().to_string());
+                    row.push(i.map(|i| i.serial.clone()).unwrap_or_else(dash));
+                    row.push(i.map(|i| fmt_time(i.not_before)).unwrap_or_else(dash));
+                    row.push(i.map(|i| fmt_time(i.not_after)).unwrap_or_else(dash));
+                    row.push(c.days_left.map(|d| d.to_string()).unwrap_or_else(dash));
+                    row.push(
+                        a.renew_at
+                            .map(|r| {
+                                let due = if c.renewal_due == Some(true) { " (due)" } else { "" };
+                                format!("{}{due}", fmt_time(r))
+                            })
+                            .unwrap_or_else(dash),
+                    );
+                    let trust: Vec<String> = a.trust_bundle.iter().map(|f| short_fp(f)).collect();
+                    let mut last = if trust.is_empty() { dash() } else { trust.join(",") };
+                    if let Some(p) = a.problems.first() {
+                        last = format!("{last}  ! {p}");
+                    }
+                    row.push(last);
+                }
+                (None, None, _) => row.extend(std::iter::repeat_with(dash).take(7)),
+            }
+            row
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "CLUSTER",
+            "ROLE",
+            "NETWORK",
+            "STATE",
+            "SERIAL",
+            "NOT BEFORE",
+            "NOT AFTER",
+            "DAYS LEFT",
+            "RENEW AT",
+            "TRUST BUNDLE (sha256)",
+        ],
+        &rows,
+    );
+}
+
+#[derive(Serialize)]
+pub struct VerifyJson {
+    pub dir: String,
+    pub valid: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub problems: Vec<BundleProblem>,
+    pub warnings: Vec<BundleProblem>,
+    pub ca_cert: Option<CertInfo>,
+    pub chain: Vec<CertInfo>,
+    pub trust_bundle: Vec<String>,
+}
+
+pub fn verify_json(
+    dir: &Path,
+    result: &Result<VerifiedCaCerts, Vec<BundleProblem>>,
+    at: OffsetDateTime,
+) -> VerifyJson {
+    let mut j = VerifyJson {
+        dir: dir.display().to_string(),
+        valid: result.is_ok(),
+        at,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        ca_cert: None,
+        chain: Vec::new(),
+        trust_bundle: Vec::new(),
+    };
+    match result {
+        Ok(v) => {
+            j.warnings = v.warnings().to_vec();
+            j.ca_cert = Some(v.signing_cert().info().clone());
+            j.chain = v.path().iter().map(|c| c.info().clone()).collect();
+            j.trust_bundle = v.trust_bundle().fingerprints();
+        }
+        Err(p) => j.problems = p.clone(),
+    }
+    j
+}
+
+pub fn print_verified(out: &mut dyn Write, dir: &Path, v: &VerifiedCaCerts, at: OffsetDateTime) {
+    let _ = writeln!(out, "{}: OK — istiod would accept this cacerts at {}", dir.display(), fmt_time(at));
+    let s = v.signing_cert().info();
+    let _ = writeln!(out, "  ca-cert:  {} serial {} ({})", s.subject, s.serial, s.key_algorithm);
+    let _ = writeln!(
+        out,
+        "            valid {} to {} ({} days left)",
+        fmt_time(s.not_before),
+        fmt_time(s.not_after),
+        days_left(s.not_after, at)
+    );
+    for c in &v.path()[1..] {
+        let _ = writeln!(out, "  chain:    {} ({})", c.info().subject, short_fp(&c.info().fingerprint_sha256));
+    }
+    for (i, r) in v.trust_bundle().roots().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  root #{}: {} expires {} sha256 {}",
+            i + 1,
+            r.info().subject,
+            fmt_time(r.info().not_after),
+            r.info().fingerprint_sha256
+        );
+    }
+    for w in v.warnings() {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+}
