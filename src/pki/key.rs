@@ -92,6 +92,9 @@ impl std::str::FromStr for KeyAlgorithm {
 pub struct CaKey {
     pair: KeyPair,
     algorithm: KeyAlgorithm,
+    /// The PEM label of the DER rcgen keeps: keys are written back in the form they came in
+    /// (PKCS#8 for generated keys; PKCS#1 or SEC1 for imported ones), all three read by istiod.
+    pem_tag: &'static str,
 }
 
 impl Drop for CaKey {
@@ -119,7 +122,11 @@ impl CaKey {
             KeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(alg, RsaKeySize::_3072)?,
             KeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(alg, RsaKeySize::_4096)?,
         };
-        Ok(CaKey { pair, algorithm })
+        Ok(CaKey {
+            pair,
+            algorithm,
+            pem_tag: "PRIVATE KEY",
+        })
     }
 
     /// Parses a PEM private key: PKCS#8 `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY` or SEC1
@@ -169,10 +176,13 @@ impl CaKey {
                 });
             }
         };
-        let key_der: PrivateKeyDer<'_> = match tag.as_str() {
-            "PRIVATE KEY" => PrivatePkcs8KeyDer::from(der.as_slice()).into(),
-            "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der.as_slice()).into(),
-            _ => PrivateSec1KeyDer::from(der.as_slice()).into(),
+        let (key_der, pem_tag): (PrivateKeyDer<'_>, &'static str) = match tag.as_str() {
+            "PRIVATE KEY" => (PrivatePkcs8KeyDer::from(der.as_slice()).into(), "PRIVATE KEY"),
+            "RSA PRIVATE KEY" => (
+                PrivatePkcs1KeyDer::from(der.as_slice()).into(),
+                "RSA PRIVATE KEY",
+            ),
+            _ => (PrivateSec1KeyDer::from(der.as_slice()).into(), "EC PRIVATE KEY"),
         };
         let pair = match KeyPair::try_from(&key_der) {
             Ok(pair) => pair,
@@ -200,17 +210,25 @@ impl CaKey {
         } else {
             KeyPair::from_der_and_sign_algo(&key_der, algorithm.signature_algorithm())?
         };
-        Ok(CaKey { pair, algorithm })
+        Ok(CaKey {
+            pair,
+            algorithm,
+            pem_tag,
+        })
     }
 
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
     }
 
-    /// The key in PKCS#8 PEM, in a buffer wiped on drop.
+    /// The key in PEM (PKCS#8, or the PKCS#1/SEC1 form it was imported in), in a buffer wiped
+    /// on drop.
     pub fn to_pem(&self) -> Zeroizing<String> {
-        let der = Zeroizing::new(self.pair.serialize_der());
-        Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec())))
+        let block = pem::Pem::new(self.pem_tag, self.pair.serialize_der());
+        let text = Zeroizing::new(pem::encode(&block));
+        // `Pem` does not wipe its buffer; take it back out and wipe it ourselves.
+        drop(Zeroizing::new(block.into_contents()));
+        text
     }
 
     /// The subjectPublicKey bytes (the BIT STRING contents of the SPKI).
@@ -286,6 +304,35 @@ mod tests {
             let back = CaKey::from_pem(pem.as_bytes(), "test key").unwrap();
             assert_eq!(back.algorithm(), alg);
             assert_eq!(back.public_key_raw(), key.public_key_raw());
+        }
+    }
+
+    #[test]
+    fn imported_sec1_keys_are_written_back_in_their_own_form() {
+        // PKCS#1 RSA keys take the same path; tests/issue_openssl.rs imports one made by openssl.
+        use rustls::pki_types::pem::PemObject;
+        for (alg, tag) in [(KeyAlgorithm::EcdsaP256, "EC PRIVATE KEY")] {
+            let key = CaKey::generate(alg).unwrap();
+            let pkcs8 = key.pair.serialize_der();
+            let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                &pkcs8,
+            )
+            .unwrap();
+            let inner = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::EcPrivateKeyRfc5915Der<'_>>::as_der(
+                &kp.private_key(),
+            )
+            .unwrap()
+            .as_ref()
+            .to_vec();
+            let pem_in = pem::encode(&pem::Pem::new(tag, inner));
+            let imported = CaKey::from_pem(pem_in.as_bytes(), "k").unwrap();
+            assert_eq!(imported.algorithm(), alg);
+            let out = imported.to_pem();
+            assert!(out.starts_with(&format!("-----BEGIN {tag}-----")), "{tag}");
+            let again = CaKey::from_pem(out.as_bytes(), "k").unwrap();
+            assert_eq!(again.public_key_raw(), key.public_key_raw());
+            assert!(rustls::pki_types::PrivateKeyDer::from_pem_slice(out.as_bytes()).is_ok());
         }
     }
 

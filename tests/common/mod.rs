@@ -1,0 +1,130 @@
+//! Helpers shared by the integration tests: a scratch copy of the acceptance setup, the
+//! cacertd binary, and the real `openssl` CLI.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The acceptance-check configuration from the project's specification, verbatim.
+pub const ACCEPTANCE_CONFIG: &str = r#"# cacertd.toml — acceptance-check config (paths relative to this file)
+trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+policy = "default"
+
+[root]
+store = "file"
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+network = "network1"
+target = { kind = "dir", path = "out/cluster1" }
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+network = "network2"
+target = { kind = "dir", path = "out/cluster2" }
+
+[[clusters]]
+name = "cluster3"
+role = "remote"
+primary = "cluster1"
+network = "network1"
+"#;
+
+/// A scratch directory with `cacertd.toml` and a copy of the repository's `policies/`.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Setup::with_config(ACCEPTANCE_CONFIG)
+    }
+
+    pub fn with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for entry in std::fs::read_dir(src).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(dir.path().join("cacertd.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs `cacertd -c cacertd.toml ARGS...` in the scratch directory.
+    pub fn cacertd(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacertd"));
+        cmd.current_dir(self.dir.path())
+            .arg("-c")
+            .arg("cacertd.toml")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("CACERTD_CONFIG");
+        Run::of(cmd.output().expect("run cacertd"))
+    }
+
+    /// Every file under the scratch directory with its bytes: to prove nothing changed.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn of(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn fails_with(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs the real `openssl` CLI in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl CLI must be installed (.ci/run installs it)");
+    Run::of(out)
+}
