@@ -119,25 +119,31 @@ impl Config {
                 base.join(p)
             }
         };
-        let invalid = |span: std::ops::Range<usize>, field: String, message: String| {
-            ConfigError::Invalid {
+        let invalid =
+            |span: std::ops::Range<usize>, field: String, message: String| ConfigError::Invalid {
                 file: file.to_path_buf(),
                 line: line_of(text, span.start),
                 field,
                 message,
-            }
-        };
+            };
 
         let trust_domain = raw.trust_domain.get_ref().trim().to_string();
         if trust_domain.is_empty() || trust_domain.contains(['/', ' ', ':']) {
             return Err(invalid(
                 raw.trust_domain.span(),
                 "trust_domain".into(),
-                format!("{:?} is not a valid SPIFFE trust domain", raw.trust_domain.get_ref()),
+                format!(
+                    "{:?} is not a valid SPIFFE trust domain",
+                    raw.trust_domain.get_ref()
+                ),
             ));
         }
         if raw.state_dir.get_ref().as_os_str().is_empty() {
-            return Err(invalid(raw.state_dir.span(), "state_dir".into(), "must not be empty".into()));
+            return Err(invalid(
+                raw.state_dir.span(),
+                "state_dir".into(),
+                "must not be empty".into(),
+            ));
         }
         let state_dir = resolve(raw.state_dir.get_ref());
 
@@ -195,7 +201,9 @@ impl Config {
                 RawRole::Remote => Role::Remote,
             };
             let target = rc.target.as_ref().map(|t| match t.get_ref() {
-                RawTarget::Dir { path } => TargetConfig::Dir { path: resolve(path) },
+                RawTarget::Dir { path } => TargetConfig::Dir {
+                    path: resolve(path),
+                },
             });
             match role {
                 Role::Primary => {
@@ -221,7 +229,9 @@ impl Config {
                         return Err(invalid(
                             rc.name.span(),
                             field("primary"),
-                            format!("remote {name} must name the primary cluster whose istiod serves it"),
+                            format!(
+                                "remote {name} must name the primary cluster whose istiod serves it"
+                            ),
                         ));
                     }
                 }
@@ -311,7 +321,10 @@ impl Config {
 fn valid_cluster_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -374,24 +387,45 @@ network = "network1"
     fn the_acceptance_config_loads() {
         let c = parse(ACCEPTANCE).unwrap();
         assert_eq!(c.trust_domain, "cluster.local");
-        assert_eq!(c.state_dir, Path::new(env!("CARGO_MANIFEST_DIR")).join("state"));
+        assert_eq!(
+            c.state_dir,
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("state")
+        );
         let t = &c.topology;
-        assert_eq!(t.primaries().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["cluster1", "cluster2"]);
-        assert_eq!(t.remotes_of("cluster1").map(|c| c.name.as_str()).collect::<Vec<_>>(), ["cluster3"]);
+        assert_eq!(
+            t.primaries().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["cluster1", "cluster2"]
+        );
+        assert_eq!(
+            t.remotes_of("cluster1")
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["cluster3"]
+        );
         assert_eq!(t.remotes_of("cluster2").count(), 0);
         assert_eq!(t.networks(), ["network1", "network2"]);
         assert_eq!(
             t.get("cluster2").unwrap().target,
-            Some(TargetConfig::Dir { path: Path::new(env!("CARGO_MANIFEST_DIR")).join("out/cluster2") })
+            Some(TargetConfig::Dir {
+                path: Path::new(env!("CARGO_MANIFEST_DIR")).join("out/cluster2")
+            })
         );
-        assert_eq!(c.root, RootStoreConfig::File { dir: c.state_dir.join("root") });
+        assert_eq!(
+            c.root,
+            RootStoreConfig::File {
+                dir: c.state_dir.join("root")
+            }
+        );
     }
 
     #[test]
     fn a_remote_naming_an_unknown_primary_is_named_with_its_line() {
         let text = ACCEPTANCE.replace("primary = \"cluster1\"", "primary = \"cluster9\"");
         let e = err(&text);
-        assert!(e.contains(":25: clusters[2].primary:") && e.contains("cluster9"), "{e}");
+        assert!(
+            e.contains(":25: clusters[2].primary:") && e.contains("cluster9"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -406,7 +440,10 @@ network = "network1"
     fn duplicate_names_are_refused() {
         let text = ACCEPTANCE.replace("name = \"cluster2\"", "name = \"cluster1\"");
         let e = err(&text);
-        assert!(e.contains(":17: clusters[1].name: duplicate cluster name \"cluster1\""), "{e}");
+        assert!(
+            e.contains(":17: clusters[1].name: duplicate cluster name \"cluster1\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -417,7 +454,8 @@ network = "network1"
         assert!(e.contains("netwrk") && e.contains("line 19"), "{e}");
         let e = err(&ACCEPTANCE.replace("store = \"file\"", "store = \"vault\""));
         assert!(e.contains("vault"), "{e}");
-        let e = err(&ACCEPTANCE.replace("kind = \"dir\", path = \"out/cluster1\"", "kind = \"dir\""));
+        let e =
+            err(&ACCEPTANCE.replace("kind = \"dir\", path = \"out/cluster1\"", "kind = \"dir\""));
         assert!(e.contains("path"), "{e}");
         let e = err("trust_domain = \"x\"\n");
         assert!(e.contains("state_dir"), "{e}");
@@ -425,8 +463,12 @@ network = "network1"
 
     #[test]
     fn primaries_need_a_target_and_distinct_directories() {
-        let e = err(&ACCEPTANCE.replace("target = { kind = \"dir\", path = \"out/cluster2\" }\n", ""));
-        assert!(e.contains("clusters[1].target") && e.contains("needs a target"), "{e}");
+        let e =
+            err(&ACCEPTANCE.replace("target = { kind = \"dir\", path = \"out/cluster2\" }\n", ""));
+        assert!(
+            e.contains("clusters[1].target") && e.contains("needs a target"),
+            "{e}"
+        );
         let e = err(&ACCEPTANCE.replace("out/cluster2", "out/./cluster1"));
         assert!(e.contains("same directory"), "{e}");
     }
@@ -434,20 +476,35 @@ network = "network1"
     #[test]
     fn unknown_policies_are_named() {
         let e = err(&ACCEPTANCE.replace("policy = \"default\"", "policy = \"strict\""));
-        assert!(e.contains(":5: policy:") && e.contains("strict") && e.contains("istio-compatible"), "{e}");
+        assert!(
+            e.contains(":5: policy:") && e.contains("strict") && e.contains("istio-compatible"),
+            "{e}"
+        );
         let text = ACCEPTANCE.replace(
             "network = \"network2\"",
             "network = \"network2\"\npolicy = \"istio-compatible\"",
         );
         let c = parse(&text).unwrap();
-        assert_eq!(c.topology.get("cluster2").unwrap().policy, "istio-compatible");
-        assert_eq!(c.policy_for(c.topology.get("cluster2").unwrap()).name, "istio-compatible");
+        assert_eq!(
+            c.topology.get("cluster2").unwrap().policy,
+            "istio-compatible"
+        );
+        assert_eq!(
+            c.policy_for(c.topology.get("cluster2").unwrap()).name,
+            "istio-compatible"
+        );
     }
 
     #[test]
     fn bad_names_and_trust_domains_are_refused() {
-        assert!(err(&ACCEPTANCE.replace("\"cluster2\"", "\"../evil\"")).contains("not a valid cluster name"));
-        assert!(err(&ACCEPTANCE.replace("\"cluster.local\"", "\"spiffe://x\"")).contains("trust_domain"));
+        assert!(
+            err(&ACCEPTANCE.replace("\"cluster2\"", "\"../evil\""))
+                .contains("not a valid cluster name")
+        );
+        assert!(
+            err(&ACCEPTANCE.replace("\"cluster.local\"", "\"spiffe://x\""))
+                .contains("trust_domain")
+        );
     }
 
     #[test]
@@ -455,7 +512,9 @@ network = "network1"
         let text = ACCEPTANCE.replace("policies_dir = \"policies\"\n", "");
         let c = Config::parse(&text, Path::new("/nonexistent/cacertd.toml")).unwrap();
         assert_eq!(c.root_policy().name, "default");
-        let e = Config::parse(ACCEPTANCE, Path::new("/nonexistent/cacertd.toml")).unwrap_err().to_string();
+        let e = Config::parse(ACCEPTANCE, Path::new("/nonexistent/cacertd.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/policies"), "{e}");
     }
 }

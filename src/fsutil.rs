@@ -161,7 +161,10 @@ mod tests {
     fn commit_new_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("root-key.pem");
-        StagedFile::new(&p, b"first", Mode::Secret).unwrap().commit_new().unwrap();
+        StagedFile::new(&p, b"first", Mode::Secret)
+            .unwrap()
+            .commit_new()
+            .unwrap();
         let err = StagedFile::new(&p, b"second", Mode::Secret)
             .unwrap()
             .commit_new()

@@ -155,7 +155,10 @@ fn one(
         Ok(_) => return failed("internal check: new cacerts does not chain to the root".into()),
         Err(problems) => {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return failed(format!("internal check of the new cacerts failed: {}", list.join("; ")));
+            return failed(format!(
+                "internal check of the new cacerts failed: {}",
+                list.join("; ")
+            ));
         }
     }
     let info = intermediate.cert.info();

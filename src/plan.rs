@@ -219,7 +219,9 @@ pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
                 }
             ),
         },
-        ClusterState::OtherSigner if opts.danger_replace_trust_bundle => issue(IssueReason::ReplaceTrust),
+        ClusterState::OtherSigner if opts.danger_replace_trust_bundle => {
+            issue(IssueReason::ReplaceTrust)
+        }
         ClusterState::OtherSigner => Decision::Refuse {
             reason: "it signs with a CA under another root that it still trusts (a trust \
                      transition is in progress); switching signers here could break clusters \
@@ -244,7 +246,11 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        PolicySet::embedded().unwrap().get("default").unwrap().clone()
+        PolicySet::embedded()
+            .unwrap()
+            .get("default")
+            .unwrap()
+            .clone()
     }
 
     fn root(p: &Policy) -> RootCa {
@@ -264,7 +270,10 @@ mod tests {
         assert_eq!(a.state, ClusterState::Missing);
         assert_eq!(
             decide(&a, PlanOptions::default()),
-            Decision::Issue { reason: IssueReason::Missing, trust: TrustChoice::RootOnly }
+            Decision::Issue {
+                reason: IssueReason::Missing,
+                trust: TrustChoice::RootOnly
+            }
         );
     }
 
@@ -279,11 +288,17 @@ mod tests {
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
 
         let just_before = renew_at - time::Duration::seconds(1);
-        assert_eq!(assess(Some(&files), Some(r.cert()), &p, just_before).state, ClusterState::Valid);
+        assert_eq!(
+            assess(Some(&files), Some(r.cert()), &p, just_before).state,
+            ClusterState::Valid
+        );
         let due = assess(Some(&files), Some(r.cert()), &p, renew_at);
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
-            Decision::Issue { reason: IssueReason::RenewalDue, trust: TrustChoice::Keep(t) } => {
+            Decision::Issue {
+                reason: IssueReason::RenewalDue,
+                trust: TrustChoice::Keep(t),
+            } => {
                 assert_eq!(t.pem_bytes(), files.root_cert.as_slice());
             }
             other => panic!("{other:?}"),
@@ -295,12 +310,24 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), Some(r.cert()), &p, t0() + time::Duration::days(400));
+        let a = assess(
+            Some(&files),
+            Some(r.cert()),
+            &p,
+            t0() + time::Duration::days(400),
+        );
         assert_eq!(a.state, ClusterState::Invalid);
-        assert!(a.problems.iter().any(|m| m.contains("expired")), "{:?}", a.problems);
+        assert!(
+            a.problems.iter().any(|m| m.contains("expired")),
+            "{:?}",
+            a.problems
+        );
         assert!(matches!(
             decide(&a, PlanOptions::default()),
-            Decision::Issue { reason: IssueReason::Invalid, trust: TrustChoice::Keep(_) }
+            Decision::Issue {
+                reason: IssueReason::Invalid,
+                trust: TrustChoice::Keep(_)
+            }
         ));
     }
 
@@ -310,8 +337,17 @@ mod tests {
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
         let a = assess(Some(&files), Some(r.cert()), &p, t0());
-        let opts = PlanOptions { force: true, ..Default::default() };
-        assert!(matches!(decide(&a, opts), Decision::Issue { reason: IssueReason::Forced, .. }));
+        let opts = PlanOptions {
+            force: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&a, opts),
+            Decision::Issue {
+                reason: IssueReason::Forced,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -321,12 +357,23 @@ mod tests {
         let files = cacerts(&theirs, &p, t0());
         let a = assess(Some(&files), Some(ours.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
-        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else { panic!() };
-        assert!(reason.contains(&theirs.cert().info().fingerprint_sha256), "{reason}");
-        let opts = PlanOptions { danger_replace_trust_bundle: true, ..Default::default() };
+        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
+            panic!()
+        };
+        assert!(
+            reason.contains(&theirs.cert().info().fingerprint_sha256),
+            "{reason}"
+        );
+        let opts = PlanOptions {
+            danger_replace_trust_bundle: true,
+            ..Default::default()
+        };
         assert_eq!(
             decide(&a, opts),
-            Decision::Issue { reason: IssueReason::ReplaceTrust, trust: TrustChoice::RootOnly }
+            Decision::Issue {
+                reason: IssueReason::ReplaceTrust,
+                trust: TrustChoice::RootOnly
+            }
         );
     }
 
@@ -335,10 +382,16 @@ mod tests {
         let p = policy();
         let (old, new) = (root(&p), root(&p));
         let mut files = cacerts(&old, &p, t0());
-        files.root_cert = TrustBundle::single(old.cert()).with_root_appended(new.cert()).pem_bytes().to_vec();
+        files.root_cert = TrustBundle::single(old.cert())
+            .with_root_appended(new.cert())
+            .pem_bytes()
+            .to_vec();
         let a = assess(Some(&files), Some(new.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
-        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Refuse { .. }));
+        assert!(matches!(
+            decide(&a, PlanOptions::default()),
+            Decision::Refuse { .. }
+        ));
     }
 
     #[test]
@@ -349,7 +402,13 @@ mod tests {
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
         let a = assess(Some(&files), Some(r.cert()), &p, t0());
         assert_eq!(a.state, ClusterState::Invalid);
-        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::Invalid, .. }));
+        assert!(matches!(
+            decide(&a, PlanOptions::default()),
+            Decision::Issue {
+                reason: IssueReason::Invalid,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -361,7 +420,13 @@ mod tests {
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
         let a = assess(Some(&files), Some(r.cert()), &stricter, t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
-        assert!(matches!(decide(&a, PlanOptions::default()), Decision::Issue { reason: IssueReason::PolicyChanged, .. }));
+        assert!(matches!(
+            decide(&a, PlanOptions::default()),
+            Decision::Issue {
+                reason: IssueReason::PolicyChanged,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -370,8 +435,17 @@ mod tests {
         p.root.validity = Duration::from_secs(200 * DAY as u64);
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), Some(r.cert()), &p, t0() + time::Duration::days(190));
+        let a = assess(
+            Some(&files),
+            Some(r.cert()),
+            &p,
+            t0() + time::Duration::days(190),
+        );
         assert!(a.capped_by_root);
-        assert_eq!(a.state, ClusterState::Valid, "renewing cannot extend past the root");
+        assert_eq!(
+            a.state,
+            ClusterState::Valid,
+            "renewing cannot extend past the root"
+        );
     }
 }

@@ -14,7 +14,10 @@ use crate::pki::{Cert, CertInfo, IntermediateSpec, KeyAlgorithm, RootSpec, Subje
 /// The policies shipped in `policies/`, compiled in so a config without `policies_dir` works.
 const EMBEDDED: [(&str, &str); 2] = [
     ("default", include_str!("../policies/default.toml")),
-    ("istio-compatible", include_str!("../policies/istio-compatible.toml")),
+    (
+        "istio-compatible",
+        include_str!("../policies/istio-compatible.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +110,10 @@ pub struct SubjectTemplate {
 
 impl SubjectTemplate {
     pub fn render(&self, cluster: &str, trust_domain: &str) -> Subject {
-        let r = |s: &str| s.replace("{cluster}", cluster).replace("{trust_domain}", trust_domain);
+        let r = |s: &str| {
+            s.replace("{cluster}", cluster)
+                .replace("{trust_domain}", trust_domain)
+        };
         Subject {
             organization: self.organization.as_deref().map(r),
             organizational_unit: self.organizational_unit.as_deref().map(r),
@@ -195,7 +201,10 @@ impl Policy {
         let renew_before = RenewBefore::parse(&raw.intermediate.renew_before)
             .map_err(|m| invalid("intermediate.renew_before", m))?;
         if root_validity < Duration::from_secs(86400) {
-            return Err(invalid("root.validity", "must be at least one day".to_string()));
+            return Err(invalid(
+                "root.validity",
+                "must be at least one day".to_string(),
+            ));
         }
         if int_validity < Duration::from_secs(3600) {
             return Err(invalid(
@@ -213,7 +222,8 @@ impl Policy {
             if d >= int_validity {
                 return Err(invalid(
                     "intermediate.renew_before",
-                    "must be shorter than intermediate.validity, or every run would renew".to_string(),
+                    "must be shorter than intermediate.validity, or every run would renew"
+                        .to_string(),
                 ));
             }
         }
@@ -224,7 +234,10 @@ impl Policy {
         if !allowed.contains(&raw.root.key_algorithm) {
             return Err(invalid(
                 "root.allowed_key_algorithms",
-                format!("does not include root.key_algorithm {}", raw.root.key_algorithm),
+                format!(
+                    "does not include root.key_algorithm {}",
+                    raw.root.key_algorithm
+                ),
             ));
         }
         if raw.clusters.is_empty() {
@@ -242,13 +255,18 @@ impl Policy {
             }
             if let Some(c) = &subject.country {
                 if c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()) {
-                    return Err(invalid(field, format!("country {c:?} must be a two-letter ISO code")));
+                    return Err(invalid(
+                        field,
+                        format!("country {c:?} must be a two-letter ISO code"),
+                    ));
                 }
             }
         }
         for n in &raw.intermediate.dns_names {
             let label_ok = |l: &str| {
-                !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             };
             if n.len() > 253 || !n.split('.').all(label_ok) {
                 return Err(invalid(
@@ -324,7 +342,10 @@ impl Policy {
         if !self.root.allowed_key_algorithms.contains(&alg) {
             return Err(violation(
                 "root.allowed_key_algorithms",
-                format!("the root is {alg}; allowed: {}", names(&self.root.allowed_key_algorithms)),
+                format!(
+                    "the root is {alg}; allowed: {}",
+                    names(&self.root.allowed_key_algorithms)
+                ),
             ));
         }
         Ok(())
@@ -349,11 +370,15 @@ impl Policy {
                 format!("{cluster} matches none of {:?}", self.clusters),
             ));
         }
-        self.check_root(root).map_err(|v| violation(v.rule, v.detail))?;
+        self.check_root(root)
+            .map_err(|v| violation(v.rule, v.detail))?;
         if spec.key_algorithm != self.intermediate.key_algorithm {
             return Err(violation(
                 "intermediate.key_algorithm",
-                format!("requested {}, policy requires {}", spec.key_algorithm, self.intermediate.key_algorithm),
+                format!(
+                    "requested {}, policy requires {}",
+                    spec.key_algorithm, self.intermediate.key_algorithm
+                ),
             ));
         }
         if spec.validity > self.intermediate.validity {
@@ -369,7 +394,10 @@ impl Policy {
         if spec.path_len > self.intermediate.path_len {
             return Err(violation(
                 "intermediate.path_len",
-                format!("requested pathlen:{}, policy allows at most {}", spec.path_len, self.intermediate.path_len),
+                format!(
+                    "requested pathlen:{}, policy allows at most {}",
+                    spec.path_len, self.intermediate.path_len
+                ),
             ));
         }
         Ok(())
@@ -388,7 +416,10 @@ impl Policy {
         if !info.is_ca || info.path_len != Some(u32::from(self.intermediate.path_len)) {
             return Err(violation(
                 "intermediate.path_len",
-                format!("issued certificate has CA:{} pathlen:{:?}", info.is_ca, info.path_len),
+                format!(
+                    "issued certificate has CA:{} pathlen:{:?}",
+                    info.is_ca, info.path_len
+                ),
             ));
         }
         let lifetime = info.not_after - info.not_before;
@@ -508,15 +539,17 @@ impl PolicySet {
     }
 
     pub fn get(&self, name: &str) -> Result<&Policy, PolicyError> {
-        self.policies.get(name).ok_or_else(|| PolicyError::NotFound {
-            name: name.to_string(),
-            source_desc: self.source_desc.clone(),
-            available: if self.policies.is_empty() {
-                "none".to_string()
-            } else {
-                self.policies.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-        })
+        self.policies
+            .get(name)
+            .ok_or_else(|| PolicyError::NotFound {
+                name: name.to_string(),
+                source_desc: self.source_desc.clone(),
+                available: if self.policies.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
     }
 }
 
@@ -529,7 +562,11 @@ mod tests {
     const DAY: u64 = 86400;
 
     fn default_policy() -> Policy {
-        PolicySet::embedded().unwrap().get("default").unwrap().clone()
+        PolicySet::embedded()
+            .unwrap()
+            .get("default")
+            .unwrap()
+            .clone()
     }
 
     fn now() -> OffsetDateTime {
@@ -564,7 +601,8 @@ mod tests {
     fn renewal_is_at_two_thirds_of_life_by_default() {
         let p = default_policy();
         let root = generate_root(&p.root_spec("cluster.local"), now()).unwrap();
-        let int = issue_intermediate(&root, &p.intermediate_spec("c1", "cluster.local"), now()).unwrap();
+        let int =
+            issue_intermediate(&root, &p.intermediate_spec("c1", "cluster.local"), now()).unwrap();
         let info = int.cert.info();
         let at = p.renew_at(info);
         let life = (info.not_after - info.not_before).whole_seconds() as f64;
@@ -616,25 +654,48 @@ mod tests {
         let v = p.check_issuance("dev-1", &spec, root.cert()).unwrap_err();
         assert_eq!(v.rule, "clusters");
         assert!(v.to_string().contains("dev-1"));
-        assert!(p.check_issuance("prod-eu", &p.intermediate_spec("prod-eu", "td"), root.cert()).is_ok());
+        assert!(
+            p.check_issuance(
+                "prod-eu",
+                &p.intermediate_spec("prod-eu", "td"),
+                root.cert()
+            )
+            .is_ok()
+        );
 
         let mut spec = p.intermediate_spec("prod-eu", "td");
         spec.path_len = 1;
-        assert_eq!(p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule, "intermediate.path_len");
+        assert_eq!(
+            p.check_issuance("prod-eu", &spec, root.cert())
+                .unwrap_err()
+                .rule,
+            "intermediate.path_len"
+        );
         let mut spec = p.intermediate_spec("prod-eu", "td");
         spec.validity = Duration::from_secs(400 * DAY);
-        assert_eq!(p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule, "intermediate.validity");
+        assert_eq!(
+            p.check_issuance("prod-eu", &spec, root.cert())
+                .unwrap_err()
+                .rule,
+            "intermediate.validity"
+        );
         let mut spec = p.intermediate_spec("prod-eu", "td");
         spec.key_algorithm = KeyAlgorithm::EcdsaP384;
         assert_eq!(
-            p.check_issuance("prod-eu", &spec, root.cert()).unwrap_err().rule,
+            p.check_issuance("prod-eu", &spec, root.cert())
+                .unwrap_err()
+                .rule,
             "intermediate.key_algorithm"
         );
     }
 
     #[test]
     fn a_root_with_a_disallowed_algorithm_is_refused() {
-        let p = PolicySet::embedded().unwrap().get("istio-compatible").unwrap().clone();
+        let p = PolicySet::embedded()
+            .unwrap()
+            .get("istio-compatible")
+            .unwrap()
+            .clone();
         let spec = RootSpec {
             key_algorithm: KeyAlgorithm::EcdsaP256,
             validity: Duration::from_secs(3650 * DAY),
@@ -656,7 +717,10 @@ mod tests {
         let mut spec = p.intermediate_spec("c", "td");
         spec.path_len = 1;
         let wide = issue_intermediate(&root, &spec, now()).unwrap();
-        assert_eq!(p.check_issued("c", &wide.cert).unwrap_err().rule, "intermediate.path_len");
+        assert_eq!(
+            p.check_issued("c", &wide.cert).unwrap_err().rule,
+            "intermediate.path_len"
+        );
         assert!(p.drift(&wide.cert).is_some());
     }
 
@@ -664,17 +728,46 @@ mod tests {
     fn bad_policy_files_name_the_field() {
         let good = EMBEDDED[0].1;
         let cases = [
-            (good.replace("validity = \"365d\"", "validity = \"forever\""), "intermediate.validity"),
-            (good.replace("\"33.4%\"", "\"140%\""), "intermediate.renew_before"),
-            (good.replace("\"33.4%\"", "\"400d\""), "intermediate.renew_before"),
-            (good.replace("validity = \"365d\"", "validity = \"4000d\""), "intermediate.validity"),
-            (good.replace("clusters = [\"*\"]", "clusters = []"), "clusters"),
-            (good.replace("key_algorithm = \"ecdsa-p256\"\nvalidity = \"3650d\"", "key_algorithm = \"ed25519\"\nvalidity = \"3650d\""), "ed25519"),
-            (good.replace("path_len = 0", "path_len = 0\ncolour = \"blue\""), "colour"),
+            (
+                good.replace("validity = \"365d\"", "validity = \"forever\""),
+                "intermediate.validity",
+            ),
+            (
+                good.replace("\"33.4%\"", "\"140%\""),
+                "intermediate.renew_before",
+            ),
+            (
+                good.replace("\"33.4%\"", "\"400d\""),
+                "intermediate.renew_before",
+            ),
+            (
+                good.replace("validity = \"365d\"", "validity = \"4000d\""),
+                "intermediate.validity",
+            ),
+            (
+                good.replace("clusters = [\"*\"]", "clusters = []"),
+                "clusters",
+            ),
+            (
+                good.replace(
+                    "key_algorithm = \"ecdsa-p256\"\nvalidity = \"3650d\"",
+                    "key_algorithm = \"ed25519\"\nvalidity = \"3650d\"",
+                ),
+                "ed25519",
+            ),
+            (
+                good.replace("path_len = 0", "path_len = 0\ncolour = \"blue\""),
+                "colour",
+            ),
         ];
         for (text, expect) in cases {
-            let err = Policy::parse("x", &text, "policies/x.toml").unwrap_err().to_string();
-            assert!(err.contains("policies/x.toml") && err.contains(expect), "{expect}: {err}");
+            let err = Policy::parse("x", &text, "policies/x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("policies/x.toml") && err.contains(expect),
+                "{expect}: {err}"
+            );
         }
     }
 

@@ -11,17 +11,37 @@ fn refused(s: &Setup, args: &[&str], code: i32, needles: &[&str]) -> String {
     let before = s.snapshot();
     let run = s.cacertd(args).fails_with(code);
     for n in needles {
-        assert!(run.stderr.contains(n), "expected {n:?} in stderr:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(n),
+            "expected {n:?} in stderr:\n{}",
+            run.stderr
+        );
     }
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    assert_eq!(s.snapshot(), before, "a refused command must change nothing");
+    assert_eq!(
+        s.snapshot(),
+        before,
+        "a refused command must change nothing"
+    );
     run.stderr
 }
 
 fn openssl_root(s: &Setup, keygen: &[&str], ext: &str) {
     let d = s.dir.path();
     openssl(d, keygen).ok();
-    let mut args = vec!["req", "-x509", "-new", "-key", "k.pem", "-days", "30", "-subj", "/CN=Bad Root", "-out", "c.pem"];
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "k.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Bad Root",
+        "-out",
+        "c.pem",
+    ];
     for e in ext.split(';').filter(|e| !e.is_empty()) {
         args.push("-addext");
         args.push(e);
@@ -34,33 +54,109 @@ fn garbage_and_truncated_pem_are_refused() {
     let s = Setup::new();
     std::fs::write(s.path("c.pem"), "this is not PEM at all\n").unwrap();
     std::fs::write(s.path("k.pem"), "nor is this\n").unwrap();
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 3, &["c.pem", "no PEM block"]);
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        3,
+        &["c.pem", "no PEM block"],
+    );
 
-    openssl_root(&s, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:TRUE",
+    );
     let cert = std::fs::read_to_string(s.path("c.pem")).unwrap();
     std::fs::write(s.path("t.pem"), &cert[..cert.len() / 2]).unwrap();
-    refused(&s, &["root", "import", "--cert", "t.pem", "--key", "k.pem"], 3, &["t.pem"]);
+    refused(
+        &s,
+        &["root", "import", "--cert", "t.pem", "--key", "k.pem"],
+        3,
+        &["t.pem"],
+    );
 
     let key = std::fs::read_to_string(s.path("k.pem")).unwrap();
     std::fs::write(s.path("tk.pem"), &key[..key.len() - 40]).unwrap();
-    let err = refused(&s, &["root", "import", "--cert", "c.pem", "--key", "tk.pem"], 3, &["tk.pem"]);
+    let err = refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "tk.pem"],
+        3,
+        &["tk.pem"],
+    );
     let body = key.lines().nth(1).unwrap();
-    assert!(!err.contains(body), "key material must never be echoed:\n{err}");
+    assert!(
+        !err.contains(body),
+        "key material must never be echoed:\n{err}"
+    );
 }
 
 #[test]
 fn a_key_that_does_not_match_is_refused() {
     let s = Setup::new();
-    openssl_root(&s, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
-    openssl(s.dir.path(), &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.pem"]).ok();
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "other.pem"], 3, &["does not match"]);
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:TRUE",
+    );
+    openssl(
+        s.dir.path(),
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "other.pem",
+        ],
+    )
+    .ok();
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "other.pem"],
+        3,
+        &["does not match"],
+    );
 }
 
 #[test]
 fn a_non_ca_certificate_is_refused_as_root() {
     let s = Setup::new();
-    openssl_root(&s, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:FALSE");
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 3, &["c.pem", "not a CA"]);
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:FALSE",
+    );
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        3,
+        &["c.pem", "not a CA"],
+    );
 }
 
 #[test]
@@ -75,27 +171,70 @@ fn an_expired_root_is_refused() {
     let cert = p.self_signed(&key).unwrap();
     std::fs::write(s.path("c.pem"), cert.pem()).unwrap();
     std::fs::write(s.path("k.pem"), key.serialize_pem()).unwrap();
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 3, &["c.pem", "expired at 2021-01-01"]);
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        3,
+        &["c.pem", "expired at 2021-01-01"],
+    );
 }
 
 #[test]
 fn secp256k1_and_ed25519_roots_are_refused_by_name() {
     let s = Setup::new();
-    openssl_root(&s, &["ecparam", "-name", "secp256k1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 3, &["secp256k1", "istiod"]);
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "secp256k1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:TRUE",
+    );
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        3,
+        &["secp256k1", "istiod"],
+    );
 
     let s = Setup::new();
-    openssl_root(&s, &["genpkey", "-algorithm", "ed25519", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 3, &["Ed25519"]);
+    openssl_root(
+        &s,
+        &["genpkey", "-algorithm", "ed25519", "-out", "k.pem"],
+        "basicConstraints=critical,CA:TRUE",
+    );
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        3,
+        &["Ed25519"],
+    );
 }
 
 #[test]
 fn config_errors_exit_2_and_name_the_place() {
     let cases = [
-        (ACCEPTANCE_CONFIG.replace("primary = \"cluster1\"", "primary = \"cluster9\""), vec!["cacertd.toml:25", "clusters[2].primary", "cluster9"]),
-        (ACCEPTANCE_CONFIG.replace("name = \"cluster2\"", "name = \"cluster1\""), vec!["cacertd.toml:17", "duplicate cluster name"]),
-        (ACCEPTANCE_CONFIG.replace("role = \"remote\"", "role = \"remote"), vec!["cacertd.toml", "line 24"]),
-        (ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"missing\""), vec!["policy", "missing"]),
+        (
+            ACCEPTANCE_CONFIG.replace("primary = \"cluster1\"", "primary = \"cluster9\""),
+            vec!["cacertd.toml:25", "clusters[2].primary", "cluster9"],
+        ),
+        (
+            ACCEPTANCE_CONFIG.replace("name = \"cluster2\"", "name = \"cluster1\""),
+            vec!["cacertd.toml:17", "duplicate cluster name"],
+        ),
+        (
+            ACCEPTANCE_CONFIG.replace("role = \"remote\"", "role = \"remote"),
+            vec!["cacertd.toml", "line 24"],
+        ),
+        (
+            ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"missing\""),
+            vec!["policy", "missing"],
+        ),
     ];
     for (config, needles) in cases {
         let s = Setup::with_config(&config);
@@ -109,16 +248,46 @@ fn a_second_root_is_never_written_over_the_first() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
     refused(&s, &["root", "init"], 5, &["already holds a root"]);
-    openssl_root(&s, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 5, &["already holds a root"]);
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:TRUE",
+    );
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        5,
+        &["already holds a root"],
+    );
 }
 
 #[test]
 fn clusters_that_get_no_cacerts_are_refused_by_name() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
-    refused(&s, &["issue", "cluster3"], 2, &["cluster3 is a remote", "cluster1"]);
-    refused(&s, &["issue", "cluster7"], 2, &["unknown cluster \"cluster7\"", "cluster1, cluster2, cluster3"]);
+    refused(
+        &s,
+        &["issue", "cluster3"],
+        2,
+        &["cluster3 is a remote", "cluster1"],
+    );
+    refused(
+        &s,
+        &["issue", "cluster7"],
+        2,
+        &[
+            "unknown cluster \"cluster7\"",
+            "cluster1, cluster2, cluster3",
+        ],
+    );
 }
 
 #[test]
@@ -134,12 +303,26 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
     // Another mesh's material lands in cluster2's folder.
     let other = Setup::new();
     other.cacertd(&["issue", "--init-root"]).ok();
-    for f in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem", "cacerts.yaml"] {
-        std::fs::copy(other.path(&format!("out/cluster2/{f}")), s.path(&format!("out/cluster2/{f}"))).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+        "cacerts.yaml",
+    ] {
+        std::fs::copy(
+            other.path(&format!("out/cluster2/{f}")),
+            s.path(&format!("out/cluster2/{f}")),
+        )
+        .unwrap();
     }
     let before = s.snapshot();
     let run = s.cacertd(&["issue"]).fails_with(5);
-    assert!(run.stdout.contains("REFUSED") && run.stdout.contains("break"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("REFUSED") && run.stdout.contains("break"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("cluster1  unchanged"), "{}", run.stdout);
     assert_eq!(s.snapshot(), before);
 
@@ -149,9 +332,14 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
         std::fs::read(s.path("state/root/root-cert.pem")).unwrap()
     );
     // The other mesh's material is still recoverable.
-    let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster2")).unwrap().collect();
+    let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster2"))
+        .unwrap()
+        .collect();
     let b = backups.last().unwrap().as_ref().unwrap().path();
-    assert_eq!(std::fs::read(b.join("ca-key.pem")).unwrap(), std::fs::read(other.path("out/cluster2/ca-key.pem")).unwrap());
+    assert_eq!(
+        std::fs::read(b.join("ca-key.pem")).unwrap(),
+        std::fs::read(other.path("out/cluster2/ca-key.pem")).unwrap()
+    );
 }
 
 #[test]
@@ -159,21 +347,47 @@ fn the_policy_refuses_what_it_does_not_allow() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
     let p = s.path("policies/default.toml");
-    let text = std::fs::read_to_string(&p).unwrap().replace("clusters = [\"*\"]", "clusters = [\"cluster1\"]");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("clusters = [\"*\"]", "clusters = [\"cluster1\"]");
     std::fs::write(&p, text).unwrap();
     let before = s.snapshot();
     let run = s.cacertd(&["issue"]).fails_with(4);
-    assert!(run.stdout.contains("POLICY REFUSED") && run.stdout.contains("clusters"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("POLICY REFUSED") && run.stdout.contains("clusters"),
+        "{}",
+        run.stdout
+    );
     let after = s.snapshot();
     assert!(!s.path("out/cluster2").exists());
-    assert!(s.path("out/cluster1/ca-cert.pem").exists(), "the allowed cluster is still issued");
+    assert!(
+        s.path("out/cluster1/ca-cert.pem").exists(),
+        "the allowed cluster is still issued"
+    );
     assert!(after.len() > before.len());
 
     // An ECDSA root under the RSA-only Istio-compatible policy.
     let config = ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"istio-compatible\"");
     let s = Setup::with_config(&config);
-    openssl_root(&s, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "k.pem"], "basicConstraints=critical,CA:TRUE");
-    refused(&s, &["root", "import", "--cert", "c.pem", "--key", "k.pem"], 4, &["root.allowed_key_algorithms", "ecdsa-p256"]);
+    openssl_root(
+        &s,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.pem",
+        ],
+        "basicConstraints=critical,CA:TRUE",
+    );
+    refused(
+        &s,
+        &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+        4,
+        &["root.allowed_key_algorithms", "ecdsa-p256"],
+    );
 }
 
 #[test]
@@ -183,8 +397,14 @@ fn verify_names_each_broken_file() {
     std::fs::write(s.path("out/cluster1/root-cert.pem"), "garbage").unwrap();
     std::fs::remove_file(s.path("out/cluster1/cert-chain.pem")).unwrap();
     let run = s.cacertd(&["verify", "out/cluster1"]).fails_with(3);
-    assert!(run.stdout.contains("cert-chain.pem: missing"), "{}", run.stdout);
-    let json = s.cacertd(&["verify", "out/cluster1", "-o", "json"]).fails_with(3);
+    assert!(
+        run.stdout.contains("cert-chain.pem: missing"),
+        "{}",
+        run.stdout
+    );
+    let json = s
+        .cacertd(&["verify", "out/cluster1", "-o", "json"])
+        .fails_with(3);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["valid"], false);
     let run = s.cacertd(&["verify", "out/nowhere"]).fails_with(2);
@@ -192,6 +412,12 @@ fn verify_names_each_broken_file() {
     // Valid now, but not in two years.
     let ok = s.cacertd(&["verify", "out/cluster2"]).ok();
     assert!(ok.stdout.contains("OK"));
-    let later = s.cacertd(&["verify", "out/cluster2", "--at", "2040-01-01T00:00:00Z"]).fails_with(3);
-    assert!(later.stdout.contains("ca-cert.pem: expired"), "{}", later.stdout);
+    let later = s
+        .cacertd(&["verify", "out/cluster2", "--at", "2040-01-01T00:00:00Z"])
+        .fails_with(3);
+    assert!(
+        later.stdout.contains("ca-cert.pem: expired"),
+        "{}",
+        later.stdout
+    );
 }

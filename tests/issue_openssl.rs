@@ -9,33 +9,69 @@ fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
     let run = s.cacertd(&["issue"]).ok();
-    assert!(run.stdout.contains("cluster1") && run.stdout.contains("cluster2"), "{}", run.stdout);
-    assert!(!run.stdout.contains("cluster3"), "a remote gets no intermediate:\n{}", run.stdout);
+    assert!(
+        run.stdout.contains("cluster1") && run.stdout.contains("cluster2"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("cluster3"),
+        "a remote gets no intermediate:\n{}",
+        run.stdout
+    );
     assert!(!s.path("out/cluster3").exists());
 
     for cluster in ["cluster1", "cluster2"] {
         let dir = s.path(&format!("out/{cluster}"));
-        let v = openssl(&dir, &["verify", "-CAfile", "root-cert.pem", "-untrusted", "cert-chain.pem", "ca-cert.pem"]).ok();
+        let v = openssl(
+            &dir,
+            &[
+                "verify",
+                "-CAfile",
+                "root-cert.pem",
+                "-untrusted",
+                "cert-chain.pem",
+                "ca-cert.pem",
+            ],
+        )
+        .ok();
         assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
 
-        let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"]).ok().stdout;
+        let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"])
+            .ok()
+            .stdout;
         assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
         assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
         assert!(text.contains("DNS:istiod.istio-system.svc"), "{text}");
         assert!(text.contains("Authority Key Identifier"), "{text}");
-        assert!(!text.contains("Extended Key Usage"), "CAs carry no EKU:\n{text}");
-        assert!(text.contains(&format!("L={cluster}")) || text.contains(&format!("L = {cluster}")), "{text}");
+        assert!(
+            !text.contains("Extended Key Usage"),
+            "CAs carry no EKU:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("L={cluster}")) || text.contains(&format!("L = {cluster}")),
+            "{text}"
+        );
         assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
 
-        let root = openssl(&dir, &["x509", "-in", "root-cert.pem", "-noout", "-text"]).ok().stdout;
-        let bc = root.split("X509v3 Basic Constraints: critical").nth(1).expect("critical basicConstraints");
+        let root = openssl(&dir, &["x509", "-in", "root-cert.pem", "-noout", "-text"])
+            .ok()
+            .stdout;
+        let bc = root
+            .split("X509v3 Basic Constraints: critical")
+            .nth(1)
+            .expect("critical basicConstraints");
         assert!(bc.trim_start().starts_with("CA:TRUE"), "{root}");
         assert!(root.contains("X509v3 Key Usage: critical"), "{root}");
         assert!(root.contains("Subject Key Identifier"), "{root}");
 
         // The key belongs to the certificate.
-        let from_cert = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-pubkey"]).ok().stdout;
-        let from_key = openssl(&dir, &["pkey", "-in", "ca-key.pem", "-pubout"]).ok().stdout;
+        let from_cert = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-pubkey"])
+            .ok()
+            .stdout;
+        let from_key = openssl(&dir, &["pkey", "-in", "ca-key.pem", "-pubout"])
+            .ok()
+            .stdout;
         assert_eq!(from_cert, from_key);
 
         // cert-chain.pem is the intermediate then the root.
@@ -50,7 +86,10 @@ fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
     let r1 = std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap();
     let r2 = std::fs::read(s.path("out/cluster2/root-cert.pem")).unwrap();
     assert_eq!(r1, r2);
-    assert_eq!(r1, std::fs::read(s.path("state/root/root-cert.pem")).unwrap());
+    assert_eq!(
+        r1,
+        std::fs::read(s.path("state/root/root-cert.pem")).unwrap()
+    );
     assert_ne!(
         std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap(),
         std::fs::read(s.path("out/cluster2/ca-key.pem")).unwrap()
@@ -65,20 +104,42 @@ fn the_secret_manifest_carries_the_four_files() {
     let yaml = std::fs::read_to_string(s.path("out/cluster1/cacerts.yaml")).unwrap();
     assert!(yaml.contains("kind: Secret\n") && yaml.contains("  name: cacerts\n"));
     assert!(yaml.contains("  namespace: istio-system\n") && yaml.contains("type: Opaque\n"));
-    for file in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"] {
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
         let line = yaml
             .lines()
             .find(|l| l.starts_with(&format!("  {file}: ")))
             .unwrap_or_else(|| panic!("{file} missing from manifest"));
         let b64 = line.split(": ").nth(1).unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-        assert_eq!(decoded, std::fs::read(s.path(&format!("out/cluster1/{file}"))).unwrap(), "{file}");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(
+            decoded,
+            std::fs::read(s.path(&format!("out/cluster1/{file}"))).unwrap(),
+            "{file}"
+        );
     }
-    let serial = openssl(&s.path("out/cluster1"), &["x509", "-in", "ca-cert.pem", "-noout", "-serial"]).ok().stdout;
+    let serial = openssl(
+        &s.path("out/cluster1"),
+        &["x509", "-in", "ca-cert.pem", "-noout", "-serial"],
+    )
+    .ok()
+    .stdout;
     let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
-    assert!(yaml.contains(&format!("cacertd.io/serial: \"{serial}\"")), "{yaml}");
+    assert!(
+        yaml.contains(&format!("cacertd.io/serial: \"{serial}\"")),
+        "{yaml}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(s.path("out/cluster1/cacerts.yaml")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(s.path("out/cluster1/cacerts.yaml"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -88,21 +149,41 @@ fn a_second_run_changes_nothing_and_force_keeps_a_backup() {
     s.cacertd(&["issue", "--init-root"]).ok();
     let before = s.snapshot();
     let run = s.cacertd(&["issue"]).ok();
-    assert!(run.stdout.matches("unchanged").count() == 2, "{}", run.stdout);
-    assert_eq!(s.snapshot(), before, "an idempotent run must not touch a byte");
+    assert!(
+        run.stdout.matches("unchanged").count() == 2,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        s.snapshot(),
+        before,
+        "an idempotent run must not touch a byte"
+    );
 
     let old_key = std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap();
     let old_bundle = std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap();
     let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
-    assert!(run.stdout.contains("previous cacerts kept in"), "{}", run.stdout);
-    assert_ne!(std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap(), old_key);
-    assert_eq!(std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap(), old_bundle);
+    assert!(
+        run.stdout.contains("previous cacerts kept in"),
+        "{}",
+        run.stdout
+    );
+    assert_ne!(
+        std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap(),
+        old_key
+    );
+    assert_eq!(
+        std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap(),
+        old_bundle
+    );
     // cluster2 untouched.
     assert_eq!(
         std::fs::read(s.path("out/cluster2/ca-key.pem")).unwrap(),
         before[&s.path("out/cluster2/ca-key.pem")]
     );
-    let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster1")).unwrap().collect();
+    let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster1"))
+        .unwrap()
+        .collect();
     assert_eq!(backups.len(), 1);
     let b = backups[0].as_ref().unwrap().path();
     assert_eq!(std::fs::read(b.join("ca-key.pem")).unwrap(), old_key);
@@ -113,17 +194,41 @@ fn tampering_is_detected_reported_and_repaired() {
     let s = Setup::new();
     s.cacertd(&["issue", "--init-root"]).ok();
     // Swap cluster1's key for cluster2's.
-    std::fs::copy(s.path("out/cluster2/ca-key.pem"), s.path("out/cluster1/ca-key.pem")).unwrap();
+    std::fs::copy(
+        s.path("out/cluster2/ca-key.pem"),
+        s.path("out/cluster1/ca-key.pem"),
+    )
+    .unwrap();
     let v = s.cacertd(&["verify", "out/cluster1"]).fails_with(3);
-    assert!(v.stdout.contains("ca-key.pem: does not match the public key of ca-cert.pem"), "{}", v.stdout);
+    assert!(
+        v.stdout
+            .contains("ca-key.pem: does not match the public key of ca-cert.pem"),
+        "{}",
+        v.stdout
+    );
     let st = s.cacertd(&["status", "-o", "json"]).ok();
     let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(json["clusters"][0]["cacerts"]["state"], "invalid");
     assert_eq!(json["clusters"][1]["cacerts"]["state"], "valid");
     let run = s.cacertd(&["issue"]).ok();
-    assert!(run.stdout.contains("current cacerts invalid"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("current cacerts invalid"),
+        "{}",
+        run.stdout
+    );
     s.cacertd(&["verify", "out/cluster1"]).ok();
-    openssl(&s.path("out/cluster1"), &["verify", "-CAfile", "root-cert.pem", "-untrusted", "cert-chain.pem", "ca-cert.pem"]).ok();
+    openssl(
+        &s.path("out/cluster1"),
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+    )
+    .ok();
 }
 
 #[test]
@@ -136,7 +241,10 @@ fn status_reports_every_cluster_as_json() {
     s.cacertd(&["issue"]).ok();
     let st = s.cacertd(&["status", "-o", "json"]).ok();
     let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
-    let root_fp = json["root"]["fingerprint_sha256"].as_str().unwrap().to_string();
+    let root_fp = json["root"]["fingerprint_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let c1 = &json["clusters"][0];
     assert_eq!(c1["name"], "cluster1");
     assert_eq!(c1["role"], "primary");
@@ -144,7 +252,13 @@ fn status_reports_every_cluster_as_json() {
     assert_eq!(c1["renewal_due"], false);
     assert!(c1["days_left"].as_i64().unwrap() >= 364);
     assert_eq!(c1["cacerts"]["trust_bundle"][0], root_fp.as_str());
-    assert_eq!(c1["cacerts"]["intermediate"]["serial"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        c1["cacerts"]["intermediate"]["serial"]
+            .as_str()
+            .unwrap()
+            .len(),
+        32
+    );
     let c3 = &json["clusters"][2];
     assert_eq!(c3["role"], "remote");
     assert_eq!(c3["served_by"], "cluster1");
@@ -156,16 +270,60 @@ fn status_reports_every_cluster_as_json() {
 fn an_openssl_made_root_imports_and_chains() {
     let s = Setup::new();
     let d = s.dir.path();
-    openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sec1.key"]).ok();
-    assert!(std::fs::read_to_string(d.join("sec1.key")).unwrap().contains("BEGIN EC PRIVATE KEY"));
-    openssl(d, &[
-        "req", "-x509", "-new", "-key", "sec1.key", "-days", "3650", "-subj", "/O=Example Corp/OU=Mesh/CN=Mesh Root",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "root.pem",
-    ]).ok();
-    s.cacertd(&["root", "import", "--cert", "root.pem", "--key", "sec1.key"]).ok();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.key",
+        ],
+    )
+    .ok();
+    assert!(
+        std::fs::read_to_string(d.join("sec1.key"))
+            .unwrap()
+            .contains("BEGIN EC PRIVATE KEY")
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "sec1.key",
+            "-days",
+            "3650",
+            "-subj",
+            "/O=Example Corp/OU=Mesh/CN=Mesh Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "root.pem",
+        ],
+    )
+    .ok();
+    s.cacertd(&["root", "import", "--cert", "root.pem", "--key", "sec1.key"])
+        .ok();
     s.cacertd(&["issue"]).ok();
-    let v = openssl(&s.path("out/cluster1"), &["verify", "-CAfile", "root-cert.pem", "-untrusted", "cert-chain.pem", "ca-cert.pem"]).ok();
+    let v = openssl(
+        &s.path("out/cluster1"),
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+    )
+    .ok();
     assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
     let show = s.cacertd(&["root", "show"]).ok().stdout;
     assert!(show.contains("CN=Mesh Root"), "{show}");
@@ -173,21 +331,62 @@ fn an_openssl_made_root_imports_and_chains() {
 
 #[test]
 fn a_pkcs1_rsa_root_imports_under_the_istio_compatible_policy() {
-    let config = common::ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"istio-compatible\"");
+    let config =
+        common::ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"istio-compatible\"");
     let s = Setup::with_config(&config);
     let d = s.dir.path();
     openssl(d, &["genrsa", "-traditional", "-out", "rsa.key", "2048"]).ok();
-    assert!(std::fs::read_to_string(d.join("rsa.key")).unwrap().contains("BEGIN RSA PRIVATE KEY"));
-    openssl(d, &[
-        "req", "-x509", "-new", "-key", "rsa.key", "-days", "3650", "-subj", "/O=Istio/CN=Root CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "root.pem",
-    ]).ok();
-    s.cacertd(&["root", "import", "--cert", "root.pem", "--key", "rsa.key"]).ok();
+    assert!(
+        std::fs::read_to_string(d.join("rsa.key"))
+            .unwrap()
+            .contains("BEGIN RSA PRIVATE KEY")
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "rsa.key",
+            "-days",
+            "3650",
+            "-subj",
+            "/O=Istio/CN=Root CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "root.pem",
+        ],
+    )
+    .ok();
+    s.cacertd(&["root", "import", "--cert", "root.pem", "--key", "rsa.key"])
+        .ok();
     s.cacertd(&["issue", "cluster2"]).ok();
     let dir = s.path("out/cluster2");
-    openssl(&dir, &["verify", "-CAfile", "root-cert.pem", "-untrusted", "cert-chain.pem", "ca-cert.pem"]).ok();
-    let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"]).ok().stdout;
-    assert!(text.contains("Public-Key: (4096 bit)"), "istio-compatible intermediates are RSA-4096:\n{text}");
-    assert!(!s.path("out/cluster1").exists(), "only the named cluster is issued");
+    openssl(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+    )
+    .ok();
+    let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"])
+        .ok()
+        .stdout;
+    assert!(
+        text.contains("Public-Key: (4096 bit)"),
+        "istio-compatible intermediates are RSA-4096:\n{text}"
+    );
+    assert!(
+        !s.path("out/cluster1").exists(),
+        "only the named cluster is issued"
+    );
 }

@@ -121,7 +121,10 @@ impl ServerCertVerifier for SpiffeVerifier {
             self.algs.all,
         )?;
         if !uri_sans(end_entity).contains(&self.expected) {
-            return Err(rustls::Error::General(format!("peer is not {}", self.expected)));
+            return Err(rustls::Error::General(format!(
+                "peer is not {}",
+                self.expected
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -153,9 +156,10 @@ impl ServerCertVerifier for SpiffeVerifier {
 /// seen by the server) or the first error either side hit.
 fn handshake(server: Workload, client: Workload) -> Result<Vec<String>, String> {
     let provider = provider();
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(server.roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(server.roots), provider.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
     let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -179,27 +183,37 @@ fn handshake(server: Workload, client: Workload) -> Result<Vec<String>, String> 
     let addr = listener.local_addr().unwrap();
     let server_thread = std::thread::spawn(move || -> Result<Vec<String>, String> {
         let (tcp, _) = listener.accept().map_err(|e| e.to_string())?;
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        let conn = rustls::ServerConnection::new(Arc::new(server_config)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let conn =
+            rustls::ServerConnection::new(Arc::new(server_config)).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).map_err(|e| format!("server: {e}"))?;
+        tls.read_exact(&mut buf)
+            .map_err(|e| format!("server: {e}"))?;
         assert_eq!(&buf, b"ping");
         tls.write_all(b"pong").map_err(|e| format!("server: {e}"))?;
         tls.flush().map_err(|e| e.to_string())?;
-        let peer = tls.conn.peer_certificates().ok_or("no client certificate")?[0].clone();
+        let peer = tls
+            .conn
+            .peer_certificates()
+            .ok_or("no client certificate")?[0]
+            .clone();
         Ok(uri_sans(&peer))
     });
 
     let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let name = ServerName::try_from("workload.invalid").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(client_config), name).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config), name).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let client_result = (|| -> Result<(), String> {
         tls.write_all(b"ping").map_err(|e| format!("client: {e}"))?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).map_err(|e| format!("client: {e}"))?;
+        tls.read_exact(&mut buf)
+            .map_err(|e| format!("client: {e}"))?;
         if &buf != b"pong" {
             return Err("client: wrong reply".into());
         }
@@ -217,7 +231,10 @@ fn workloads_of_two_clusters_complete_mutual_tls_both_ways() {
     s.cacertd(&["issue", "--init-root"]).ok();
     let (c1, c2) = (s.path("out/cluster1"), s.path("out/cluster2"));
     // The two intermediates differ: this is cross-cluster trust through the common root.
-    assert_ne!(std::fs::read(c1.join("ca-cert.pem")).unwrap(), std::fs::read(c2.join("ca-cert.pem")).unwrap());
+    assert_ne!(
+        std::fs::read(c1.join("ca-cert.pem")).unwrap(),
+        std::fs::read(c2.join("ca-cert.pem")).unwrap()
+    );
 
     let ids = handshake(workload(&c1), workload(&c2)).expect("cluster2 → cluster1");
     assert_eq!(ids, vec![SPIFFE_ID]);
@@ -231,12 +248,28 @@ fn a_cluster_under_another_root_is_not_trusted() {
     ours.cacertd(&["issue", "--init-root"]).ok();
     let theirs = Setup::new();
     theirs.cacertd(&["issue", "--init-root"]).ok();
-    let err = handshake(workload(&ours.path("out/cluster1")), workload(&theirs.path("out/cluster1")))
-        .expect_err("a workload under another root must be refused");
-    assert!(err.contains("BadSignature") || err.contains("UnknownIssuer") || err.contains("Certificate"), "{err}");
-    let err = handshake(workload(&theirs.path("out/cluster2")), workload(&ours.path("out/cluster2")))
-        .expect_err("and the other way round");
-    assert!(err.contains("BadSignature") || err.contains("UnknownIssuer") || err.contains("Certificate"), "{err}");
+    let err = handshake(
+        workload(&ours.path("out/cluster1")),
+        workload(&theirs.path("out/cluster1")),
+    )
+    .expect_err("a workload under another root must be refused");
+    assert!(
+        err.contains("BadSignature")
+            || err.contains("UnknownIssuer")
+            || err.contains("Certificate"),
+        "{err}"
+    );
+    let err = handshake(
+        workload(&theirs.path("out/cluster2")),
+        workload(&ours.path("out/cluster2")),
+    )
+    .expect_err("and the other way round");
+    assert!(
+        err.contains("BadSignature")
+            || err.contains("UnknownIssuer")
+            || err.contains("Certificate"),
+        "{err}"
+    );
 }
 
 #[test]

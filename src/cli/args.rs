@@ -30,7 +30,13 @@ Environment:
 #[command(name = "cacertd", version, after_long_help = EXIT_CODES, verbatim_doc_comment)]
 pub struct Args {
     /// Configuration file (TOML). Relative paths inside it are relative to the file.
-    #[arg(short, long, global = true, env = "CACERTD_CONFIG", default_value = "cacertd.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CACERTD_CONFIG",
+        default_value = "cacertd.toml"
+    )]
     pub config: PathBuf,
 
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.

@@ -111,14 +111,30 @@ pub fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                         force: a.force,
                         danger_replace_trust_bundle: a.danger_replace_trust_bundle,
                     };
-                    issue(&config, &a.clusters, opts, a.init_root, a.dry_run, a.output.output, now)
+                    issue(
+                        &config,
+                        &a.clusters,
+                        opts,
+                        a.init_root,
+                        a.dry_run,
+                        a.output.output,
+                        now,
+                    )
                 }
                 Command::Plan(a) => {
                     let opts = PlanOptions {
                         force: a.force,
                         danger_replace_trust_bundle: false,
                     };
-                    issue(&config, &a.clusters, opts, false, true, a.output.output, now)
+                    issue(
+                        &config,
+                        &a.clusters,
+                        opts,
+                        false,
+                        true,
+                        a.output.output,
+                        now,
+                    )
                 }
                 Command::Status(o) => status(&config, o.output, now),
                 Command::Check => check(&config),
@@ -152,7 +168,12 @@ fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
     Ok(())
 }
 
-fn root_import(config: &Config, cert: &Path, key: &Path, now: OffsetDateTime) -> Result<(), CliError> {
+fn root_import(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
     let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
     let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
     let root = import_root(
@@ -282,7 +303,13 @@ fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), Cl
                 }
             }
         };
-        rows.push(output::status_row(config, cluster, root.as_ref(), observed, now));
+        rows.push(output::status_row(
+            config,
+            cluster,
+            root.as_ref(),
+            observed,
+            now,
+        ));
     }
     let report = output::StatusReport {
         root: root
@@ -297,14 +324,22 @@ fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), Cl
     Ok(())
 }
 
-fn verify(dir: &Path, at: Option<&str>, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+fn verify(
+    dir: &Path,
+    at: Option<&str>,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
     let at = match at {
         Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map_err(|e| CliError::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})")))?,
         None => now,
     };
     if !dir.is_dir() {
-        return Err(CliError::Usage(format!("{}: not a directory", dir.display())));
+        return Err(CliError::Usage(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
     }
     let target = DirTarget::new(dir.to_path_buf(), dir.join(".unused"));
     let files = target
@@ -322,7 +357,11 @@ fn verify(dir: &Path, at: Option<&str>, format: Format, now: OffsetDateTime) -> 
         (_, Format::Json) => output::print_json(&output::verify_json(dir, &result, at)),
         (Ok(v), Format::Table) => output::print_verified(&mut out, dir, v, at),
         (Err(problems), Format::Table) => {
-            let _ = writeln!(out, "{}: INVALID — istiod would refuse this cacerts:", dir.display());
+            let _ = writeln!(
+                out,
+                "{}: INVALID — istiod would refuse this cacerts:",
+                dir.display()
+            );
             for p in problems {
                 let _ = writeln!(out, "  {p}");
             }
@@ -350,7 +389,10 @@ fn check(config: &Config) -> Result<(), CliError> {
                 c.name,
                 c.network.as_deref().unwrap_or("-"),
                 c.policy,
-                c.target.as_ref().map(ToString::to_string).unwrap_or_default()
+                c.target
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
             ),
             Role::Remote => println!(
                 "  {} remote  network={} served by {}",

@@ -81,7 +81,14 @@ pub fn print_reports(out: &mut dyn Write, reports: &[ClusterReport]) {
         .collect();
     table(
         out,
-        &["CLUSTER", "RESULT", "SERIAL", "NOT AFTER", "RENEW AT", "REASON"],
+        &[
+            "CLUSTER",
+            "RESULT",
+            "SERIAL",
+            "NOT AFTER",
+            "RENEW AT",
+            "REASON",
+        ],
         &rows,
     );
     for r in reports.iter().filter(|r| r.backup.is_some()) {
@@ -119,7 +126,11 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     };
     let _ = writeln!(out, "{}", line(header.to_vec()).trim_end());
     for row in rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()).trim_end());
+        let _ = writeln!(
+            out,
+            "{}",
+            line(row.iter().map(String::as_str).collect()).trim_end()
+        );
     }
 }
 
@@ -217,7 +228,10 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
             ];
             match (&c.cacerts, &c.error, c.role) {
                 (_, _, Role::Remote) => {
-                    row.push(format!("served by {}", c.served_by.as_deref().unwrap_or("?")));
+                    row.push(format!(
+                        "served by {}",
+                        c.served_by.as_deref().unwrap_or("?")
+                    ));
                     row.extend(std::iter::repeat_with(dash).take(6));
                 }
                 (_, Some(e), _) => {
@@ -235,13 +249,21 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
                     row.push(
                         a.renew_at
                             .map(|r| {
-                                let due = if c.renewal_due == Some(true) { " (due)" } else { "" };
+                                let due = if c.renewal_due == Some(true) {
+                                    " (due)"
+                                } else {
+                                    ""
+                                };
                                 format!("{}{due}", fmt_time(r))
                             })
                             .unwrap_or_else(dash),
                     );
                     let trust: Vec<String> = a.trust_bundle.iter().map(|f| short_fp(f)).collect();
-                    let mut last = if trust.is_empty() { dash() } else { trust.join(",") };
+                    let mut last = if trust.is_empty() {
+                        dash()
+                    } else {
+                        trust.join(",")
+                    };
                     if let Some(p) = a.problems.first() {
                         last = format!("{last}  ! {p}");
                     }
@@ -311,9 +333,18 @@ pub fn verify_json(
 }
 
 pub fn print_verified(out: &mut dyn Write, dir: &Path, v: &VerifiedCaCerts, at: OffsetDateTime) {
-    let _ = writeln!(out, "{}: OK — istiod would accept this cacerts at {}", dir.display(), fmt_time(at));
+    let _ = writeln!(
+        out,
+        "{}: OK — istiod would accept this cacerts at {}",
+        dir.display(),
+        fmt_time(at)
+    );
     let s = v.signing_cert().info();
-    let _ = writeln!(out, "  ca-cert:  {} serial {} ({})", s.subject, s.serial, s.key_algorithm);
+    let _ = writeln!(
+        out,
+        "  ca-cert:  {} serial {} ({})",
+        s.subject, s.serial, s.key_algorithm
+    );
     let _ = writeln!(
         out,
         "            valid {} to {} ({} days left)",
@@ -322,7 +353,12 @@ pub fn print_verified(out: &mut dyn Write, dir: &Path, v: &VerifiedCaCerts, at: 
         days_left(s.not_after, at)
     );
     for c in &v.path()[1..] {
-        let _ = writeln!(out, "  chain:    {} ({})", c.info().subject, short_fp(&c.info().fingerprint_sha256));
+        let _ = writeln!(
+            out,
+            "  chain:    {} ({})",
+            c.info().subject,
+            short_fp(&c.info().fingerprint_sha256)
+        );
     }
     for (i, r) in v.trust_bundle().roots().iter().enumerate() {
         let _ = writeln!(

@@ -22,7 +22,10 @@ impl fmt::Debug for CaCertsFiles {
             .field("ca_cert", &format_args!("{} bytes", self.ca_cert.len()))
             .field("ca_key", &"...")
             .field("root_cert", &format_args!("{} bytes", self.root_cert.len()))
-            .field("cert_chain", &format_args!("{} bytes", self.cert_chain.len()))
+            .field(
+                "cert_chain",
+                &format_args!("{} bytes", self.cert_chain.len()),
+            )
             .finish()
     }
 }

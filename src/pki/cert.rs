@@ -57,11 +57,10 @@ impl fmt::Debug for Cert {
 impl Cert {
     pub fn from_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
         let (info, key) = {
-            let (rest, x509) =
-                X509Certificate::from_der(&der).map_err(|e| PkiError::BadCert {
-                    what: what.to_string(),
-                    reason: e.to_string(),
-                })?;
+            let (rest, x509) = X509Certificate::from_der(&der).map_err(|e| PkiError::BadCert {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })?;
             if !rest.is_empty() {
                 return Err(PkiError::BadCert {
                     what: what.to_string(),
@@ -278,15 +277,24 @@ mod tests {
 
     #[test]
     fn garbage_pem_is_named() {
-        let err = Cert::all_from_pem(b"not a pem", "root.pem").unwrap_err().to_string();
-        assert!(err.contains("root.pem") && err.contains("no PEM block"), "{err}");
+        let err = Cert::all_from_pem(b"not a pem", "root.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("root.pem") && err.contains("no PEM block"),
+            "{err}"
+        );
 
         let bogus = pem::encode(&pem::Pem::new("CERTIFICATE", vec![0x30, 0x03, 1, 2, 3]));
-        let err = Cert::all_from_pem(bogus.as_bytes(), "root.pem").unwrap_err().to_string();
+        let err = Cert::all_from_pem(bogus.as_bytes(), "root.pem")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a valid X.509"), "{err}");
 
         let other = pem::encode(&pem::Pem::new("PUBLIC KEY", vec![1]));
-        let err = Cert::all_from_pem(other.as_bytes(), "x.pem").unwrap_err().to_string();
+        let err = Cert::all_from_pem(other.as_bytes(), "x.pem")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PUBLIC KEY"), "{err}");
     }
 

@@ -215,10 +215,19 @@ mod tests {
         assert_eq!(bc.value.path_len_constraint, Some(0));
         let ku = x.key_usage().unwrap().unwrap();
         assert!(ku.value.key_cert_sign() && ku.value.crl_sign() && ku.value.digital_signature());
-        assert!(x.extended_key_usage().unwrap().is_none(), "CAs must carry no EKU");
+        assert!(
+            x.extended_key_usage().unwrap().is_none(),
+            "CAs must carry no EKU"
+        );
         let san = x.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(format!("{:?}", san.value.general_names), "[DNSName(\"istiod.istio-system.svc\")]");
-        assert_eq!(x.subject().to_string(), "O=Istio, L=cluster1, CN=Intermediate CA");
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            "[DNSName(\"istiod.istio-system.svc\")]"
+        );
+        assert_eq!(
+            x.subject().to_string(),
+            "O=Istio, L=cluster1, CN=Intermediate CA"
+        );
         assert_eq!(x.issuer().as_raw(), root.cert().x509().subject().as_raw());
         let aki = x
             .iter_extensions()
@@ -233,12 +242,17 @@ mod tests {
         let ski = root_x
             .iter_extensions()
             .find_map(|e| match e.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.clone()),
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(k.clone())
+                }
                 _ => None,
             })
             .unwrap();
         assert_eq!(aki.0, ski.0);
-        assert_eq!(int.cert.info().not_after, now() + Duration::from_secs(365 * DAY));
+        assert_eq!(
+            int.cert.info().not_after,
+            now() + Duration::from_secs(365 * DAY)
+        );
         assert_eq!(int.cert.info().serial.len(), 32);
     }
 

@@ -81,7 +81,10 @@ impl std::str::FromStr for KeyAlgorithm {
             .find(|a| a.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = KeyAlgorithm::ALL.iter().map(|a| a.name()).collect();
-                format!("unknown key algorithm {s:?} (expected one of {})", names.join(", "))
+                format!(
+                    "unknown key algorithm {s:?} (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -177,12 +180,18 @@ impl CaKey {
             }
         };
         let (key_der, pem_tag): (PrivateKeyDer<'_>, &'static str) = match tag.as_str() {
-            "PRIVATE KEY" => (PrivatePkcs8KeyDer::from(der.as_slice()).into(), "PRIVATE KEY"),
+            "PRIVATE KEY" => (
+                PrivatePkcs8KeyDer::from(der.as_slice()).into(),
+                "PRIVATE KEY",
+            ),
             "RSA PRIVATE KEY" => (
                 PrivatePkcs1KeyDer::from(der.as_slice()).into(),
                 "RSA PRIVATE KEY",
             ),
-            _ => (PrivateSec1KeyDer::from(der.as_slice()).into(), "EC PRIVATE KEY"),
+            _ => (
+                PrivateSec1KeyDer::from(der.as_slice()).into(),
+                "EC PRIVATE KEY",
+            ),
         };
         let pair = match KeyPair::try_from(&key_der) {
             Ok(pair) => pair,
@@ -194,7 +203,9 @@ impl CaKey {
                     },
                     None => PkiError::BadKey {
                         what: what.to_string(),
-                        reason: format!("could not parse the {tag} block (corrupt, or an unsupported key type)"),
+                        reason: format!(
+                            "could not parse the {tag} block (corrupt, or an unsupported key type)"
+                        ),
                     },
                 });
             }
@@ -278,12 +289,18 @@ fn rsa_bits(spki_der: &[u8]) -> Option<usize> {
 fn unsupported_curve_name(der: &[u8]) -> Option<&'static str> {
     const KNOWN: [(&[u8], &str); 4] = [
         // 1.3.132.0.10
-        (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a], "ECDSA secp256k1"),
+        (
+            &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+            "ECDSA secp256k1",
+        ),
         // 1.3.101.112 / 1.3.101.113
         (&[0x06, 0x03, 0x2b, 0x65, 0x70], "Ed25519"),
         (&[0x06, 0x03, 0x2b, 0x65, 0x71], "Ed448"),
         // 1.2.840.10045.3.1.1 (P-192)
-        (&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x01], "ECDSA P-192"),
+        (
+            &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x01],
+            "ECDSA P-192",
+        ),
     ];
     KNOWN
         .iter()
@@ -297,7 +314,11 @@ mod tests {
 
     #[test]
     fn generated_keys_round_trip_through_pem() {
-        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+        for alg in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let key = CaKey::generate(alg).unwrap();
             let pem = key.to_pem();
             assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
@@ -311,29 +332,29 @@ mod tests {
     fn imported_sec1_keys_are_written_back_in_their_own_form() {
         // PKCS#1 RSA keys take the same path; tests/issue_openssl.rs imports one made by openssl.
         use rustls::pki_types::pem::PemObject;
-        for (alg, tag) in [(KeyAlgorithm::EcdsaP256, "EC PRIVATE KEY")] {
-            let key = CaKey::generate(alg).unwrap();
-            let pkcs8 = key.pair.serialize_der();
-            let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-                &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-                &pkcs8,
-            )
-            .unwrap();
-            let inner = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::EcPrivateKeyRfc5915Der<'_>>::as_der(
+        let (alg, tag) = (KeyAlgorithm::EcdsaP256, "EC PRIVATE KEY");
+        let key = CaKey::generate(alg).unwrap();
+        let pkcs8 = key.pair.serialize_der();
+        let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &pkcs8,
+        )
+        .unwrap();
+        let inner =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::EcPrivateKeyRfc5915Der<'_>>::as_der(
                 &kp.private_key(),
             )
             .unwrap()
             .as_ref()
             .to_vec();
-            let pem_in = pem::encode(&pem::Pem::new(tag, inner));
-            let imported = CaKey::from_pem(pem_in.as_bytes(), "k").unwrap();
-            assert_eq!(imported.algorithm(), alg);
-            let out = imported.to_pem();
-            assert!(out.starts_with(&format!("-----BEGIN {tag}-----")), "{tag}");
-            let again = CaKey::from_pem(out.as_bytes(), "k").unwrap();
-            assert_eq!(again.public_key_raw(), key.public_key_raw());
-            assert!(rustls::pki_types::PrivateKeyDer::from_pem_slice(out.as_bytes()).is_ok());
-        }
+        let pem_in = pem::encode(&pem::Pem::new(tag, inner));
+        let imported = CaKey::from_pem(pem_in.as_bytes(), "k").unwrap();
+        assert_eq!(imported.algorithm(), alg);
+        let out = imported.to_pem();
+        assert!(out.starts_with(&format!("-----BEGIN {tag}-----")), "{tag}");
+        let again = CaKey::from_pem(out.as_bytes(), "k").unwrap();
+        assert_eq!(again.public_key_raw(), key.public_key_raw());
+        assert!(rustls::pki_types::PrivateKeyDer::from_pem_slice(out.as_bytes()).is_ok());
     }
 
     #[test]
@@ -350,12 +371,17 @@ mod tests {
     #[test]
     fn garbage_and_truncated_keys_are_refused_without_echoing_them() {
         let err = CaKey::from_pem(b"hello", "k.pem").unwrap_err().to_string();
-        assert!(err.contains("k.pem") && err.contains("no PEM block"), "{err}");
+        assert!(
+            err.contains("k.pem") && err.contains("no PEM block"),
+            "{err}"
+        );
 
         let key = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let pem = key.to_pem();
         let truncated = &pem[..pem.len() / 2];
-        let err = CaKey::from_pem(truncated.as_bytes(), "k.pem").unwrap_err().to_string();
+        let err = CaKey::from_pem(truncated.as_bytes(), "k.pem")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("k.pem"), "{err}");
         let body_line = pem.lines().nth(1).unwrap();
         assert!(!err.contains(body_line));
@@ -376,7 +402,9 @@ mod tests {
     #[test]
     fn encrypted_keys_get_a_hint() {
         let pem = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", vec![1, 2, 3]));
-        let err = CaKey::from_pem(pem.as_bytes(), "enc.pem").unwrap_err().to_string();
+        let err = CaKey::from_pem(pem.as_bytes(), "enc.pem")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("encrypted"), "{err}");
     }
 

@@ -23,14 +23,19 @@ pub const ISTIOD_SAN: &str = "istiod.istio-system.svc";
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{what}: no PEM block found (expected -----BEGIN {expected}-----)")]
-    NoPem { what: String, expected: &'static str },
+    NoPem {
+        what: String,
+        expected: &'static str,
+    },
     #[error("{what}: malformed PEM: {reason}")]
     BadPem { what: String, reason: String },
     #[error("{what}: not a valid X.509 certificate: {reason}")]
     BadCert { what: String, reason: String },
     #[error("{what}: {reason}")]
     BadKey { what: String, reason: String },
-    #[error("{what}: unsupported key {found}; istiod accepts ECDSA P-256, ECDSA P-384 and RSA 2048/3072/4096")]
+    #[error(
+        "{what}: unsupported key {found}; istiod accepts ECDSA P-256, ECDSA P-384 and RSA 2048/3072/4096"
+    )]
     UnsupportedKey { what: String, found: String },
     #[error("{what}: the private key does not match the certificate's public key")]
     KeyMismatch { what: String },
@@ -42,7 +47,9 @@ pub enum PkiError {
     NotYetValid { what: String, not_before: String },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
-    #[error("the root expires at {root_not_after}; an intermediate issued now would live only until then — rotate the root first")]
+    #[error(
+        "the root expires at {root_not_after}; an intermediate issued now would live only until then — rotate the root first"
+    )]
     RootExpiresTooSoon { root_not_after: String },
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),

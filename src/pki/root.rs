@@ -116,7 +116,11 @@ mod tests {
 
     #[test]
     fn generated_root_has_the_required_shape() {
-        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+        for alg in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let root = generate_root(&spec(alg), now()).unwrap();
             let info = root.cert().info();
             assert!(info.is_ca);
@@ -124,7 +128,10 @@ mod tests {
             assert_eq!(root.cert().key(), &KeyDescription::Supported(alg));
             assert_eq!(info.serial.len(), 32, "128-bit serial: {}", info.serial);
             assert_eq!(info.not_before, now() - BACKDATE);
-            assert_eq!(info.not_after, now() + Duration::from_secs(10 * 365 * 86400));
+            assert_eq!(
+                info.not_after,
+                now() + Duration::from_secs(10 * 365 * 86400)
+            );
             let x = root.cert().x509();
             let bc = x.basic_constraints().unwrap().unwrap();
             assert!(bc.critical);
@@ -132,8 +139,9 @@ mod tests {
             assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
             assert!(x.extended_key_usage().unwrap().is_none());
             assert!(
-                x.iter_extensions()
-                    .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
+                x.iter_extensions().any(
+                    |e| e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER
+                )
             );
             assert!(root.cert().is_self_issued());
         }
@@ -151,10 +159,22 @@ mod tests {
         let root = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
         let other = generate_root(&spec(KeyAlgorithm::EcdsaP256), now()).unwrap();
         let cert_pem = root.cert_pem();
-        let ok = import_root(cert_pem.as_bytes(), root.key().to_pem().as_bytes(), now(), "c", "k");
+        let ok = import_root(
+            cert_pem.as_bytes(),
+            root.key().to_pem().as_bytes(),
+            now(),
+            "c",
+            "k",
+        );
         assert_eq!(ok.unwrap().cert(), root.cert());
-        let err = import_root(cert_pem.as_bytes(), other.key().to_pem().as_bytes(), now(), "c", "k")
-            .unwrap_err();
+        let err = import_root(
+            cert_pem.as_bytes(),
+            other.key().to_pem().as_bytes(),
+            now(),
+            "c",
+            "k",
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
     }
 
@@ -177,8 +197,14 @@ mod tests {
         params.not_before = now() - BACKDATE;
         params.not_after = now() + Duration::from_secs(86400);
         let leaf = params.self_signed(key.signer()).unwrap();
-        let err = import_root(leaf.pem().as_bytes(), key.to_pem().as_bytes(), now(), "leaf.pem", "k")
-            .unwrap_err();
+        let err = import_root(
+            leaf.pem().as_bytes(),
+            key.to_pem().as_bytes(),
+            now(),
+            "leaf.pem",
+            "k",
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::NotCa { .. }), "{err}");
         assert!(err.to_string().contains("leaf.pem"));
     }

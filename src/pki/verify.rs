@@ -360,7 +360,10 @@ fn check_issuer(issuer: &Cert, depth: usize, now: OffsetDateTime) -> Result<(), 
     }
     if let Ok(Some(ku)) = issuer.x509().key_usage() {
         if !ku.value.key_cert_sign() {
-            return Err(format!("issuer {} lacks keyUsage keyCertSign", info.subject));
+            return Err(format!(
+                "issuer {} lacks keyUsage keyCertSign",
+                info.subject
+            ));
         }
     }
     if let Some(max) = info.path_len {
@@ -454,7 +457,10 @@ mod tests {
         let mut b = bundle(&root);
         b.ca_key = bundle(&root).ca_key;
         let m = messages(verify_cacerts(&b, now()));
-        assert_eq!(m, vec!["ca-key.pem: does not match the public key of ca-cert.pem"]);
+        assert_eq!(
+            m,
+            vec!["ca-key.pem: does not match the public key of ca-cert.pem"]
+        );
     }
 
     #[test]
@@ -463,7 +469,11 @@ mod tests {
         let mut b = bundle(&r1);
         b.root_cert = r2.cert_pem().into_bytes();
         let m = messages(verify_cacerts(&b, now()));
-        assert!(m.iter().any(|m| m.contains("ca-cert.pem") && m.contains("does not verify")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("ca-cert.pem") && m.contains("does not verify")),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -472,7 +482,10 @@ mod tests {
         let b = bundle(&root);
         assert!(verify_cacerts(&b, now() + Duration::from_secs(364 * DAY)).is_ok());
         let m = messages(verify_cacerts(&b, now() + Duration::from_secs(366 * DAY)));
-        assert!(m.iter().any(|m| m.starts_with("ca-cert.pem: expired")), "{m:?}");
+        assert!(
+            m.iter().any(|m| m.starts_with("ca-cert.pem: expired")),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -481,7 +494,12 @@ mod tests {
         let mut b = bundle(&root);
         b.cert_chain = root.cert_pem().into_bytes();
         let m = messages(verify_cacerts(&b, now()));
-        assert_eq!(m, vec!["cert-chain.pem: must start with the certificate in ca-cert.pem (leaf-most first)"]);
+        assert_eq!(
+            m,
+            vec![
+                "cert-chain.pem: must start with the certificate in ca-cert.pem (leaf-most first)"
+            ]
+        );
     }
 
     #[test]
@@ -491,7 +509,10 @@ mod tests {
         b.root_cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
         b.ca_cert = b"garbage".to_vec();
         let m = messages(verify_cacerts(&b, now()));
-        assert!(m.iter().any(|m| m.starts_with("ca-cert.pem: no PEM block")), "{m:?}");
+        assert!(
+            m.iter().any(|m| m.starts_with("ca-cert.pem: no PEM block")),
+            "{m:?}"
+        );
         assert!(m.iter().any(|m| m.starts_with("root-cert.pem:")), "{m:?}");
     }
 

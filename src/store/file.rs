@@ -67,12 +67,13 @@ impl RootStore for FileRootStore {
             store: self.describe(),
         })?;
         let key_path = self.key_path();
-        let key_pem = Zeroizing::new(read_optional(&key_path)?.ok_or_else(|| {
-            StoreError::Incomplete {
-                store: self.describe(),
-                detail: format!("{CERT} exists without {KEY}; restore {KEY} from backup"),
-            }
-        })?);
+        let key_pem =
+            Zeroizing::new(
+                read_optional(&key_path)?.ok_or_else(|| StoreError::Incomplete {
+                    store: self.describe(),
+                    detail: format!("{CERT} exists without {KEY}; restore {KEY} from backup"),
+                })?,
+            );
         if let Ok(meta) = std::fs::metadata(&key_path) {
             if meta.permissions().mode() & 0o077 != 0 {
                 tracing::warn!(
@@ -134,15 +135,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileRootStore::new(dir.path().join("root"));
         assert!(store.load_cert().unwrap().is_none());
-        assert!(matches!(store.load().unwrap_err(), StoreError::NoRoot { .. }));
+        assert!(matches!(
+            store.load().unwrap_err(),
+            StoreError::NoRoot { .. }
+        ));
         let r = root();
         store.create(&r).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.cert(), r.cert());
         assert_eq!(loaded.key().public_key_raw(), r.key().public_key_raw());
-        let mode = std::fs::metadata(store.key_path()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(store.key_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = std::fs::metadata(dir.path().join("root")).unwrap().permissions().mode() & 0o777;
+        let dmode = std::fs::metadata(dir.path().join("root"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dmode, 0o700);
 
         let before = std::fs::read(store.key_path()).unwrap();
@@ -156,7 +168,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileRootStore::new(dir.path().to_path_buf());
         std::fs::write(store.key_path(), b"x").unwrap();
-        assert!(matches!(store.load_cert().unwrap_err(), StoreError::Incomplete { .. }));
+        assert!(matches!(
+            store.load_cert().unwrap_err(),
+            StoreError::Incomplete { .. }
+        ));
         assert!(store.create(&root()).is_err());
         assert_eq!(std::fs::read(store.key_path()).unwrap(), b"x");
     }
@@ -167,8 +182,15 @@ mod tests {
         let store = FileRootStore::new(dir.path().to_path_buf());
         let r = root();
         store.create(&r).unwrap();
-        std::fs::write(store.key_path(), b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(
+            store.key_path(),
+            b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let err = store.load().unwrap_err().to_string();
-        assert!(err.contains("root-key.pem") && !err.contains("U0VDUkVU"), "{err}");
+        assert!(
+            err.contains("root-key.pem") && !err.contains("U0VDUkVU"),
+            "{err}"
+        );
     }
 }

@@ -113,7 +113,11 @@ impl ClusterTarget for DirTarget {
         // the previous set safe in the backup.
         let mut staged = Vec::new();
         for (name, bytes) in files.entries() {
-            staged.push(StagedFile::new(&self.path.join(name), bytes, Self::mode_of(name))?);
+            staged.push(StagedFile::new(
+                &self.path.join(name),
+                bytes,
+                Self::mode_of(name),
+            )?);
         }
         staged.push(StagedFile::new(
             &self.path.join(MANIFEST),
@@ -156,10 +160,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let t = DirTarget::new(tmp.path().join("out/c1"), tmp.path().join("backups/c1"));
         assert!(t.read().unwrap().is_none());
-        assert_eq!(t.write(&files("1"), &meta(1_700_000_000)).unwrap().backup, None);
+        assert_eq!(
+            t.write(&files("1"), &meta(1_700_000_000)).unwrap().backup,
+            None
+        );
         assert_eq!(t.read().unwrap().unwrap(), files("1"));
         let mode = |n: &str| {
-            std::fs::metadata(tmp.path().join("out/c1").join(n)).unwrap().permissions().mode() & 0o777
+            std::fs::metadata(tmp.path().join("out/c1").join(n))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
         };
         assert_eq!(mode("ca-key.pem"), 0o600);
         assert_eq!(mode("cacerts.yaml"), 0o600);
@@ -175,7 +186,11 @@ mod tests {
         assert_eq!(std::fs::read(b2.join("ca-key.pem")).unwrap(), b"key 2");
         assert!(std::fs::read(b2.join("cacerts.yaml")).is_ok());
         assert_eq!(
-            std::fs::metadata(b1.join("ca-cert.pem")).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(b1.join("ca-cert.pem"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
     }
