@@ -342,34 +342,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// The acceptance-check configuration, verbatim.
-    pub(crate) const ACCEPTANCE: &str = r#"# cacertd.toml — acceptance-check config (paths relative to this file)
-trust_domain = "cluster.local"
-state_dir = "state"
-policies_dir = "policies"
-policy = "default"
-
-[root]
-store = "file"
-
-[[clusters]]
-name = "cluster1"
-role = "primary"
-network = "network1"
-target = { kind = "dir", path = "out/cluster1" }
-
-[[clusters]]
-name = "cluster2"
-role = "primary"
-network = "network2"
-target = { kind = "dir", path = "out/cluster2" }
-
-[[clusters]]
-name = "cluster3"
-role = "remote"
-primary = "cluster1"
-network = "network1"
-"#;
+    /// The acceptance-check configuration, verbatim (shared with the integration tests).
+    const ACCEPTANCE: &str = include_str!("../tests/data/acceptance.toml");
 
     fn file() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("cacertd.toml")

@@ -49,6 +49,20 @@ fn openssl_root(s: &Setup, keygen: &[&str], ext: &str) {
     openssl(d, &args).ok();
 }
 
+/// An ECDSA P-256 root made by OpenSSL, as `k.pem` and `c.pem`, with `ext` extensions.
+fn p256_root(s: &Setup, ext: &str) {
+    let keygen = [
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "k.pem",
+    ];
+    openssl_root(s, &keygen, ext);
+}
+
 #[test]
 fn garbage_and_truncated_pem_are_refused() {
     let s = Setup::new();
@@ -61,19 +75,7 @@ fn garbage_and_truncated_pem_are_refused() {
         &["c.pem", "no PEM block"],
     );
 
-    openssl_root(
-        &s,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.pem",
-        ],
-        "basicConstraints=critical,CA:TRUE",
-    );
+    p256_root(&s, "basicConstraints=critical,CA:TRUE");
     let cert = std::fs::read_to_string(s.path("c.pem")).unwrap();
     std::fs::write(s.path("t.pem"), &cert[..cert.len() / 2]).unwrap();
     refused(
@@ -101,19 +103,7 @@ fn garbage_and_truncated_pem_are_refused() {
 #[test]
 fn a_key_that_does_not_match_is_refused() {
     let s = Setup::new();
-    openssl_root(
-        &s,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.pem",
-        ],
-        "basicConstraints=critical,CA:TRUE",
-    );
+    p256_root(&s, "basicConstraints=critical,CA:TRUE");
     openssl(
         s.dir.path(),
         &[
@@ -138,19 +128,7 @@ fn a_key_that_does_not_match_is_refused() {
 #[test]
 fn a_non_ca_certificate_is_refused_as_root() {
     let s = Setup::new();
-    openssl_root(
-        &s,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.pem",
-        ],
-        "basicConstraints=critical,CA:FALSE",
-    );
+    p256_root(&s, "basicConstraints=critical,CA:FALSE");
     refused(
         &s,
         &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
@@ -248,19 +226,7 @@ fn a_second_root_is_never_written_over_the_first() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
     refused(&s, &["root", "init"], 5, &["already holds a root"]);
-    openssl_root(
-        &s,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.pem",
-        ],
-        "basicConstraints=critical,CA:TRUE",
-    );
+    p256_root(&s, "basicConstraints=critical,CA:TRUE");
     refused(
         &s,
         &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
@@ -328,8 +294,8 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
 
     s.cacertd(&["issue", "--danger-replace-trust-bundle"]).ok();
     assert_eq!(
-        std::fs::read(s.path("out/cluster2/root-cert.pem")).unwrap(),
-        std::fs::read(s.path("state/root/root-cert.pem")).unwrap()
+        s.read("out/cluster2/root-cert.pem"),
+        s.read("state/root/root-cert.pem")
     );
     // The other mesh's material is still recoverable.
     let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster2"))
@@ -338,7 +304,7 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
     let b = backups.last().unwrap().as_ref().unwrap().path();
     assert_eq!(
         std::fs::read(b.join("ca-key.pem")).unwrap(),
-        std::fs::read(other.path("out/cluster2/ca-key.pem")).unwrap()
+        other.read("out/cluster2/ca-key.pem")
     );
 }
 
@@ -369,19 +335,7 @@ fn the_policy_refuses_what_it_does_not_allow() {
     // An ECDSA root under the RSA-only Istio-compatible policy.
     let config = ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"istio-compatible\"");
     let s = Setup::with_config(&config);
-    openssl_root(
-        &s,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.pem",
-        ],
-        "basicConstraints=critical,CA:TRUE",
-    );
+    p256_root(&s, "basicConstraints=critical,CA:TRUE");
     refused(
         &s,
         &["root", "import", "--cert", "c.pem", "--key", "k.pem"],

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Setup, openssl};
+use common::{Setup, openssl, openssl_verify_cacerts};
 
 #[test]
 fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
@@ -23,18 +23,7 @@ fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
 
     for cluster in ["cluster1", "cluster2"] {
         let dir = s.path(&format!("out/{cluster}"));
-        let v = openssl(
-            &dir,
-            &[
-                "verify",
-                "-CAfile",
-                "root-cert.pem",
-                "-untrusted",
-                "cert-chain.pem",
-                "ca-cert.pem",
-            ],
-        )
-        .ok();
+        let v = openssl_verify_cacerts(&dir).ok();
         assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
 
         let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"])
@@ -83,16 +72,13 @@ fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
         s.cacertd(&["verify", dir.to_str().unwrap()]).ok();
     }
     // Both clusters hang off the same root, with different intermediates and keys.
-    let r1 = std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap();
-    let r2 = std::fs::read(s.path("out/cluster2/root-cert.pem")).unwrap();
+    let r1 = s.read("out/cluster1/root-cert.pem");
+    let r2 = s.read("out/cluster2/root-cert.pem");
     assert_eq!(r1, r2);
-    assert_eq!(
-        r1,
-        std::fs::read(s.path("state/root/root-cert.pem")).unwrap()
-    );
+    assert_eq!(r1, s.read("state/root/root-cert.pem"));
     assert_ne!(
-        std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap(),
-        std::fs::read(s.path("out/cluster2/ca-key.pem")).unwrap()
+        s.read("out/cluster1/ca-key.pem"),
+        s.read("out/cluster2/ca-key.pem")
     );
 }
 
@@ -160,25 +146,19 @@ fn a_second_run_changes_nothing_and_force_keeps_a_backup() {
         "an idempotent run must not touch a byte"
     );
 
-    let old_key = std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap();
-    let old_bundle = std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap();
+    let old_key = s.read("out/cluster1/ca-key.pem");
+    let old_bundle = s.read("out/cluster1/root-cert.pem");
     let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
     assert!(
         run.stdout.contains("previous cacerts kept in"),
         "{}",
         run.stdout
     );
-    assert_ne!(
-        std::fs::read(s.path("out/cluster1/ca-key.pem")).unwrap(),
-        old_key
-    );
-    assert_eq!(
-        std::fs::read(s.path("out/cluster1/root-cert.pem")).unwrap(),
-        old_bundle
-    );
+    assert_ne!(s.read("out/cluster1/ca-key.pem"), old_key);
+    assert_eq!(s.read("out/cluster1/root-cert.pem"), old_bundle);
     // cluster2 untouched.
     assert_eq!(
-        std::fs::read(s.path("out/cluster2/ca-key.pem")).unwrap(),
+        s.read("out/cluster2/ca-key.pem"),
         before[&s.path("out/cluster2/ca-key.pem")]
     );
     let backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster1"))
@@ -217,18 +197,7 @@ fn tampering_is_detected_reported_and_repaired() {
         run.stdout
     );
     s.cacertd(&["verify", "out/cluster1"]).ok();
-    openssl(
-        &s.path("out/cluster1"),
-        &[
-            "verify",
-            "-CAfile",
-            "root-cert.pem",
-            "-untrusted",
-            "cert-chain.pem",
-            "ca-cert.pem",
-        ],
-    )
-    .ok();
+    openssl_verify_cacerts(&s.path("out/cluster1")).ok();
 }
 
 #[test]
@@ -312,18 +281,7 @@ fn an_openssl_made_root_imports_and_chains() {
     s.cacertd(&["root", "import", "--cert", "root.pem", "--key", "sec1.key"])
         .ok();
     s.cacertd(&["issue"]).ok();
-    let v = openssl(
-        &s.path("out/cluster1"),
-        &[
-            "verify",
-            "-CAfile",
-            "root-cert.pem",
-            "-untrusted",
-            "cert-chain.pem",
-            "ca-cert.pem",
-        ],
-    )
-    .ok();
+    let v = openssl_verify_cacerts(&s.path("out/cluster1")).ok();
     assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
     let show = s.cacertd(&["root", "show"]).ok().stdout;
     assert!(show.contains("CN=Mesh Root"), "{show}");
@@ -366,18 +324,7 @@ fn a_pkcs1_rsa_root_imports_under_the_istio_compatible_policy() {
         .ok();
     s.cacertd(&["issue", "cluster2"]).ok();
     let dir = s.path("out/cluster2");
-    openssl(
-        &dir,
-        &[
-            "verify",
-            "-CAfile",
-            "root-cert.pem",
-            "-untrusted",
-            "cert-chain.pem",
-            "ca-cert.pem",
-        ],
-    )
-    .ok();
+    openssl_verify_cacerts(&dir).ok();
     let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-text"])
         .ok()
         .stdout;

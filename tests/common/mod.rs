@@ -7,33 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The acceptance-check configuration from the project's specification, verbatim.
-pub const ACCEPTANCE_CONFIG: &str = r#"# cacertd.toml — acceptance-check config (paths relative to this file)
-trust_domain = "cluster.local"
-state_dir = "state"
-policies_dir = "policies"
-policy = "default"
-
-[root]
-store = "file"
-
-[[clusters]]
-name = "cluster1"
-role = "primary"
-network = "network1"
-target = { kind = "dir", path = "out/cluster1" }
-
-[[clusters]]
-name = "cluster2"
-role = "primary"
-network = "network2"
-target = { kind = "dir", path = "out/cluster2" }
-
-[[clusters]]
-name = "cluster3"
-role = "remote"
-primary = "cluster1"
-network = "network1"
-"#;
+pub const ACCEPTANCE_CONFIG: &str = include_str!("../data/acceptance.toml");
 
 /// A scratch directory with `cacertd.toml` and a copy of the repository's `policies/`.
 pub struct Setup {
@@ -60,6 +34,10 @@ impl Setup {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     }
 
     /// Runs `cacertd -c cacertd.toml ARGS...` in the scratch directory.
@@ -125,6 +103,22 @@ impl Run {
         );
         self
     }
+}
+
+/// `openssl verify -CAfile root-cert.pem -untrusted cert-chain.pem ca-cert.pem` in a cacerts
+/// directory: the chain istiod's Go verifier builds, checked by OpenSSL.
+pub fn openssl_verify_cacerts(dir: &Path) -> Run {
+    openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+    )
 }
 
 /// Runs the real `openssl` CLI in `dir`.
