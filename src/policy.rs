@@ -48,6 +48,9 @@ pub enum PolicyError {
     },
 }
 
+/// Longest root lifetime a policy may ask for.
+const MAX_ROOT_VALIDITY: Duration = Duration::from_secs(36500 * 86400);
+
 /// An issuance the policy refuses, naming the rule it breaks.
 #[derive(Debug, thiserror::Error)]
 #[error("policy {policy:?} refuses to issue for {cluster}: {rule} ({detail})")]
@@ -204,6 +207,12 @@ impl Policy {
             return Err(invalid(
                 "root.validity",
                 "must be at least one day".to_string(),
+            ));
+        }
+        if root_validity > MAX_ROOT_VALIDITY {
+            return Err(invalid(
+                "root.validity",
+                "must be at most 100 years (36500d)".to_string(),
             ));
         }
         if int_validity < Duration::from_secs(3600) {
@@ -747,6 +756,10 @@ mod tests {
             (
                 good.replace("clusters = [\"*\"]", "clusters = []"),
                 "clusters",
+            ),
+            (
+                good.replace("validity = \"3650d\"", "validity = \"3000000d\""),
+                "at most 100 years",
             ),
             (
                 good.replace(

@@ -10,7 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::root::BACKDATE;
-use super::{CaKey, Cert, KeyAlgorithm, PkiError, RootCa, fmt_time};
+use super::{CaKey, Cert, KeyAlgorithm, PkiError, RootCa, add_validity, fmt_time};
 
 /// A certificate subject with concrete values (templates are rendered by the policy).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -95,7 +95,7 @@ pub fn issue_intermediate(
 ) -> Result<IntermediateCa, PkiError> {
     let root_info = root.cert().info();
     root.cert().check_valid_at(now, "root certificate")?;
-    let not_after = (now + spec.validity).min(root_info.not_after);
+    let not_after = add_validity(now, spec.validity)?.min(root_info.not_after);
     if not_after < now + MIN_LIFETIME {
         return Err(PkiError::RootExpiresTooSoon {
             root_not_after: fmt_time(root_info.not_after),
@@ -134,7 +134,7 @@ pub(crate) fn intermediate_params(
     params.distinguished_name = spec.subject.to_distinguished_name();
     params.serial_number = Some(random_serial());
     params.not_before = (now - BACKDATE).max(earliest);
-    params.not_after = now + spec.validity;
+    params.not_after = add_validity(now, spec.validity)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(spec.path_len));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

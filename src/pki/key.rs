@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::PkiError;
+use super::secret_pem;
 
 /// The key algorithms istiod can sign with (DESIGN.md fact 1: RSA and ECDSA P-256/P-384;
 /// Ed25519 and other curves are refused by Go's crypto/x509 as istiod uses it).
@@ -89,21 +90,24 @@ impl std::str::FromStr for KeyAlgorithm {
     }
 }
 
-/// A CA private key. The DER buffer inside is wiped when the key is dropped; the
-/// aws-lc key objects free through `OPENSSL_free`, which cleanses before freeing.
-/// `Debug` shows the algorithm only.
+/// An rcgen key pair whose DER buffer is wiped on drop (rcgen only wipes on request). Every
+/// `KeyPair` is put in one of these the moment it exists, error paths included. The aws-lc key
+/// objects inside free through `OPENSSL_free`, which cleanses before freeing.
+struct WipedKeyPair(KeyPair);
+
+impl Drop for WipedKeyPair {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// A CA private key, in memory wiped on drop. `Debug` shows the algorithm only.
 pub struct CaKey {
-    pair: KeyPair,
+    pair: WipedKeyPair,
     algorithm: KeyAlgorithm,
     /// The PEM label of the DER rcgen keeps: keys are written back in the form they came in
     /// (PKCS#8 for generated keys; PKCS#1 or SEC1 for imported ones), all three read by istiod.
     pem_tag: &'static str,
-}
-
-impl Drop for CaKey {
-    fn drop(&mut self) {
-        self.pair.zeroize();
-    }
 }
 
 impl fmt::Debug for CaKey {
@@ -119,12 +123,12 @@ impl CaKey {
     /// Generates a fresh key from the operating system's random source.
     pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, PkiError> {
         let alg = algorithm.signature_algorithm();
-        let pair = match algorithm {
+        let pair = WipedKeyPair(match algorithm {
             KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => KeyPair::generate_for(alg)?,
             KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(alg, RsaKeySize::_2048)?,
             KeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(alg, RsaKeySize::_3072)?,
             KeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(alg, RsaKeySize::_4096)?,
-        };
+        });
         Ok(CaKey {
             pair,
             algorithm,
@@ -136,15 +140,13 @@ impl CaKey {
     /// `EC PRIVATE KEY` (the three forms istiod reads, DESIGN.md fact 1). `what` names the input
     /// in errors; errors never include any byte of the key.
     pub fn from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
-        let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {
+        let blocks = secret_pem::parse_blocks(pem_text).map_err(|reason| PkiError::BadKey {
             what: what.to_string(),
-            reason: e.to_string(),
+            reason,
         })?;
         let mut keys = Vec::new();
         for block in blocks {
-            let tag = block.tag().to_string();
-            // Taking the contents moves the buffer; Zeroizing wipes it when we are done.
-            let der = Zeroizing::new(block.into_contents());
+            let (tag, der) = (block.tag, block.der);
             match tag.as_str() {
                 "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => keys.push((tag, der)),
                 // `openssl ecparam -genkey` writes the curve first; the key block names it again.
@@ -194,7 +196,7 @@ impl CaKey {
             ),
         };
         let pair = match KeyPair::try_from(&key_der) {
-            Ok(pair) => pair,
+            Ok(pair) => WipedKeyPair(pair),
             Err(_) => {
                 return Err(match unsupported_curve_name(&der) {
                     Some(found) => PkiError::UnsupportedKey {
@@ -210,16 +212,19 @@ impl CaKey {
                 });
             }
         };
-        let algorithm = classify(&pair).map_err(|found| PkiError::UnsupportedKey {
+        let algorithm = classify(&pair.0).map_err(|found| PkiError::UnsupportedKey {
             what: what.to_string(),
             found,
         })?;
         // rcgen assumes SHA-256 for every RSA key and picks the curve's own hash for EC; make
         // sure the pair signs with the algorithm we would have generated it for.
-        let pair = if pair.algorithm() == algorithm.signature_algorithm() {
+        let pair = if pair.0.algorithm() == algorithm.signature_algorithm() {
             pair
         } else {
-            KeyPair::from_der_and_sign_algo(&key_der, algorithm.signature_algorithm())?
+            WipedKeyPair(KeyPair::from_der_and_sign_algo(
+                &key_der,
+                algorithm.signature_algorithm(),
+            )?)
         };
         Ok(CaKey {
             pair,
@@ -235,25 +240,21 @@ impl CaKey {
     /// The key in PEM (PKCS#8, or the PKCS#1/SEC1 form it was imported in), in a buffer wiped
     /// on drop.
     pub fn to_pem(&self) -> Zeroizing<String> {
-        let block = pem::Pem::new(self.pem_tag, self.pair.serialize_der());
-        let text = Zeroizing::new(pem::encode(&block));
-        // `Pem` does not wipe its buffer; take it back out and wipe it ourselves.
-        drop(Zeroizing::new(block.into_contents()));
-        text
+        secret_pem::encode_block(self.pem_tag, self.pair.0.serialized_der())
     }
 
     /// The subjectPublicKey bytes (the BIT STRING contents of the SPKI).
     pub fn public_key_raw(&self) -> &[u8] {
-        self.pair.public_key_raw()
+        self.pair.0.public_key_raw()
     }
 
     /// The DER SubjectPublicKeyInfo.
     pub fn public_key_spki(&self) -> Vec<u8> {
-        self.pair.subject_public_key_info()
+        self.pair.0.subject_public_key_info()
     }
 
     pub(crate) fn signer(&self) -> &KeyPair {
-        &self.pair
+        &self.pair.0
     }
 }
 
@@ -334,7 +335,7 @@ mod tests {
         use rustls::pki_types::pem::PemObject;
         let (alg, tag) = (KeyAlgorithm::EcdsaP256, "EC PRIVATE KEY");
         let key = CaKey::generate(alg).unwrap();
-        let pkcs8 = key.pair.serialize_der();
+        let pkcs8 = key.pair.0.serialize_der();
         let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             &pkcs8,
@@ -347,7 +348,7 @@ mod tests {
             .unwrap()
             .as_ref()
             .to_vec();
-        let pem_in = pem::encode(&pem::Pem::new(tag, inner));
+        let pem_in = secret_pem::encode_block(tag, &inner);
         let imported = CaKey::from_pem(pem_in.as_bytes(), "k").unwrap();
         assert_eq!(imported.algorithm(), alg);
         let out = imported.to_pem();
@@ -401,7 +402,7 @@ mod tests {
 
     #[test]
     fn encrypted_keys_get_a_hint() {
-        let pem = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", vec![1, 2, 3]));
+        let pem = secret_pem::encode_block("ENCRYPTED PRIVATE KEY", &[1, 2, 3]);
         let err = CaKey::from_pem(pem.as_bytes(), "enc.pem")
             .unwrap_err()
             .to_string();

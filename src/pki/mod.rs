@@ -6,12 +6,14 @@ mod cert;
 mod intermediate;
 mod key;
 mod root;
+mod secret_pem;
 mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
 pub use intermediate::{IntermediateCa, IntermediateSpec, Subject, issue_intermediate};
 pub use key::{CaKey, KeyAlgorithm};
+pub(crate) use secret_pem::base64_secret;
 pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
 pub use verify::{BundleProblem, VerifiedCaCerts, verify_cacerts};
 
@@ -53,6 +55,21 @@ pub enum PkiError {
     RootExpiresTooSoon { root_not_after: String },
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
+}
+
+/// `now + validity`, or an error if that is not a representable date.
+pub(crate) fn add_validity(
+    now: time::OffsetDateTime,
+    validity: std::time::Duration,
+) -> Result<time::OffsetDateTime, PkiError> {
+    time::Duration::try_from(validity)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| PkiError::Invalid {
+            what: "validity".to_string(),
+            reason: format!("{} is too long", humantime::format_duration(validity)),
+        })
 }
 
 /// Formats a timestamp the way every cacertd output does: RFC 3339, UTC, whole seconds.

@@ -6,7 +6,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
 use time::OffsetDateTime;
 
 use super::intermediate::{Subject, random_serial};
-use super::{CaKey, Cert, KeyAlgorithm, PkiError};
+use super::{CaKey, Cert, KeyAlgorithm, PkiError, add_validity};
 
 /// A root CA with its key in hand (file or Vault KV store). `Debug` shows no key material.
 #[derive(Debug)]
@@ -31,12 +31,13 @@ pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 /// (no path length: the root may sit above intermediate layers), keyUsage critical
 /// keyCertSign+cRLSign, subject key identifier (DESIGN.md fact 2).
 pub fn generate_root(spec: &RootSpec, now: OffsetDateTime) -> Result<RootCa, PkiError> {
+    let not_after = add_validity(now, spec.validity)?;
     let key = CaKey::generate(spec.key_algorithm)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = spec.subject.to_distinguished_name();
     params.serial_number = Some(random_serial());
     params.not_before = now - BACKDATE;
-    params.not_after = now + spec.validity;
+    params.not_after = not_after;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(key.signer())?;

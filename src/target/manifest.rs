@@ -1,17 +1,14 @@
 //! The `cacerts` Secret as a Kubernetes manifest, for `kubectl apply -f` or a GitOps repository.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
 use super::WriteMeta;
-use crate::pki::{CaCertsFiles, fmt_time};
+use crate::pki::{CaCertsFiles, base64_secret, fmt_time};
 
 /// Renders Secret `istio-system/cacerts` (type Opaque, the four keys of DESIGN.md fact 1). The
 /// result embeds the private key, so it lives in a zeroizing buffer and is written 0600.
 pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(8192));
-    out.push_str(&format!(
+    let header = format!(
         "# Istio plug-in CA material for cluster {cluster}, written by cacertd.\n\
          # Contains the intermediate CA's PRIVATE KEY: keep it encrypted at rest (e.g. SOPS).\n\
          apiVersion: v1\n\
@@ -33,15 +30,28 @@ pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<
         serial = quote(&meta.serial),
         at = quote(&fmt_time(meta.written_at)),
         reason = quote(&meta.reason),
-    ));
-    for (name, bytes) in files.entries() {
-        let encoded = Zeroizing::new(STANDARD.encode(bytes));
+    );
+    let encoded: Vec<(&str, Zeroizing<String>)> = files
+        .entries()
+        .into_iter()
+        .map(|(name, bytes)| (name, base64_secret(bytes)))
+        .collect();
+    // Sized exactly: a growing buffer would leave copies of the key behind as it reallocates.
+    let len = header.len()
+        + encoded
+            .iter()
+            .map(|(n, e)| 2 + n.len() + 2 + e.len() + 1)
+            .sum::<usize>();
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    out.push_str(&header);
+    for (name, encoded) in &encoded {
         out.push_str("  ");
         out.push_str(name);
         out.push_str(": ");
-        out.push_str(&encoded);
+        out.push_str(encoded);
         out.push('\n');
     }
+    debug_assert_eq!(out.len(), len);
     out
 }
 

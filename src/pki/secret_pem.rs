@@ -1,0 +1,142 @@
+//! PEM for private keys, in memory that is wiped: the `pem` crate builds its base64 in
+//! ordinary `String`s and `Vec`s that would leave copies of the key in freed memory.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
+
+/// One PEM block whose contents are secret.
+pub(crate) struct SecretBlock {
+    pub tag: String,
+    pub der: Zeroizing<Vec<u8>>,
+}
+
+/// Splits PEM text into blocks. Errors describe the structure, never the contents.
+pub(crate) fn parse_blocks(text: &[u8]) -> Result<Vec<SecretBlock>, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not PEM text (invalid UTF-8)".to_string())?;
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, Zeroizing<String>)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        match &mut current {
+            None => {
+                if let Some(tag) = line
+                    .strip_prefix("-----BEGIN ")
+                    .and_then(|l| l.strip_suffix("-----"))
+                {
+                    current = Some((tag.to_string(), Zeroizing::new(String::with_capacity(text.len()))));
+                }
+            }
+            Some((tag, body)) => {
+                if let Some(end) = line
+                    .strip_prefix("-----END ")
+                    .and_then(|l| l.strip_suffix("-----"))
+                {
+                    if end != tag {
+                        return Err(format!("line {}: END {end} closes BEGIN {tag}", n + 1));
+                    }
+                    let mut der = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
+                    STANDARD
+                        .decode_vec(body.as_bytes(), &mut der)
+                        .map_err(|_| format!("the {tag} block is not valid base64 (truncated or corrupt)"))?;
+                    blocks.push(SecretBlock {
+                        tag: std::mem::take(tag),
+                        der,
+                    });
+                    current = None;
+                } else if line.contains(':') {
+                    // RFC 1421 headers: only legacy encrypted keys carry them.
+                    return Err(format!(
+                        "the {tag} block has headers (a legacy encrypted key); decrypt it first \
+                         (openssl pkey -in F -out F.plain)"
+                    ));
+                } else {
+                    body.push_str(line);
+                }
+            }
+        }
+    }
+    if let Some((tag, _)) = current {
+        return Err(format!("the {tag} block has no END line (truncated file?)"));
+    }
+    Ok(blocks)
+}
+
+/// Encodes one block into a buffer sized exactly, so it never reallocates and leaves copies.
+pub(crate) fn encode_block(tag: &str, der: &[u8]) -> Zeroizing<String> {
+    let b64_len = der.len().div_ceil(3) * 4;
+    let mut b64 = Zeroizing::new(String::with_capacity(b64_len));
+    STANDARD.encode_string(der, &mut b64);
+    let lines = b64_len.div_ceil(64);
+    let cap = "-----BEGIN -----\n".len() * 2 + tag.len() * 2 + b64_len + lines;
+    let mut out = Zeroizing::new(String::with_capacity(cap));
+    out.push_str("-----BEGIN ");
+    out.push_str(tag);
+    out.push_str("-----\n");
+    let mut rest: &str = &b64;
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END ");
+    out.push_str(tag);
+    out.push_str("-----\n");
+    debug_assert!(out.len() <= cap);
+    out
+}
+
+/// Base64 of secret bytes, in a buffer sized exactly.
+pub(crate) fn base64_secret(bytes: &[u8]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
+    STANDARD.encode_string(bytes, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_matches_the_pem_crate() {
+        for len in [0usize, 1, 47, 48, 49, 121, 1217] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let ours = encode_block("PRIVATE KEY", &der);
+            let theirs = pem::encode_config(
+                &pem::Pem::new("PRIVATE KEY", der.clone()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            );
+            assert_eq!(ours.as_str(), theirs, "len {len}");
+            let back = parse_blocks(ours.as_bytes()).unwrap();
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].tag, "PRIVATE KEY");
+            assert_eq!(back[0].der.as_slice(), der.as_slice());
+        }
+    }
+
+    #[test]
+    fn structural_errors_do_not_quote_contents() {
+        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n").err().unwrap();
+        assert!(e.contains("no END line") && !e.contains("U0VDUkVU"), "{e}");
+        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU!!\n-----END PRIVATE KEY-----\n")
+            .err()
+            .unwrap();
+        assert!(e.contains("base64") && !e.contains("U0VDUkVU"), "{e}");
+        let e = parse_blocks(
+            b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("encrypted"), "{e}");
+        let e = parse_blocks(b"-----BEGIN A-----\nAAAA\n-----END B-----\n").err().unwrap();
+        assert!(e.contains("END B closes BEGIN A"), "{e}");
+    }
+
+    #[test]
+    fn crlf_and_surrounding_text_are_tolerated() {
+        let text = "comment\r\n-----BEGIN EC PRIVATE KEY-----\r\nAQID\r\n-----END EC PRIVATE KEY-----\r\ntrailer";
+        let b = parse_blocks(text.as_bytes()).unwrap();
+        assert_eq!(b[0].der.as_slice(), &[1, 2, 3]);
+    }
+}
