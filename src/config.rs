@@ -308,6 +308,20 @@ impl Config {
             .expect("default policy checked at load")
     }
 
+    /// What a primary's `cacerts` is judged against.
+    pub fn expected<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        root: Option<&'a crate::pki::Cert>,
+    ) -> crate::plan::Expected<'a> {
+        crate::plan::Expected {
+            root,
+            policy: self.policy_for(cluster),
+            cluster: &cluster.name,
+            trust_domain: &self.trust_domain,
+        }
+    }
+
     /// The policy of one cluster.
     pub fn policy_for(&self, cluster: &Cluster) -> &crate::policy::Policy {
         // Every cluster's policy was checked to exist when the config was loaded.

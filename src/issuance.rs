@@ -6,7 +6,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::pki::{CaCertsFiles, RootCa, TrustBundle, issue_intermediate, verify_cacerts};
+use crate::pki::{CaCertsFiles, RootCa, TrustBundle, issue_intermediate, verify_cacerts_for_mesh};
 use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
 use crate::target::{self, WriteMeta};
 use crate::topology::Cluster;
@@ -110,7 +110,11 @@ fn one(
         Err(e) => return failed(format!("reading {}: {e}", target.describe())),
     };
     let policy = config.policy_for(cluster);
-    let assessment = assess(observed.as_ref(), Some(root.cert()), policy, now);
+    let assessment = assess(
+        observed.as_ref(),
+        &config.expected(cluster, Some(root.cert())),
+        now,
+    );
     let (reason, trust) = match decide(&assessment, opts) {
         Decision::Keep => {
             let mut r = ClusterReport::new(name, Outcome::Kept).with_reason("valid");
@@ -150,7 +154,7 @@ fn one(
     };
     let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.cert(), &trust);
     // Never hand istiod something it would refuse: validate exactly what is about to be written.
-    match verify_cacerts(&files, now) {
+    match verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)) {
         Ok(v) if v.anchor() == root.cert() => {}
         Ok(_) => return failed("internal check: new cacerts does not chain to the root".into()),
         Err(problems) => {

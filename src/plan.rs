@@ -4,7 +4,9 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::pki::{CaCertsFiles, Cert, CertInfo, TrustBundle, verify_cacerts};
+use crate::pki::{
+    CaCertsFiles, Cert, CertInfo, TrustBundle, issuing_root, verify_cacerts_for_mesh,
+};
 use crate::policy::Policy;
 
 /// The state of one primary's `cacerts`.
@@ -59,14 +61,33 @@ pub struct Assessment {
     pub trust: Option<TrustBundle>,
 }
 
-/// Assesses a primary's current `cacerts` against the root and its policy at `now`. Without a
-/// root (none created yet) only validity and renewal are judged.
+/// What a primary's `cacerts` is judged against.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    /// The current root; `None` before one exists (then only validity and renewal are judged).
+    pub root: Option<&'a Cert>,
+    pub policy: &'a Policy,
+    pub cluster: &'a str,
+    pub trust_domain: &'a str,
+}
+
+/// Assesses a primary's current `cacerts` at `now`.
+///
+/// Trust is judged from what can be parsed, independently of whether the set validates: a set
+/// that does not demonstrably trust the current root is never classed as merely invalid, so
+/// `issue` cannot replace another trust domain's bundle just because something else about the
+/// set is broken.
 pub fn assess(
     observed: Option<&CaCertsFiles>,
-    root: Option<&Cert>,
-    policy: &Policy,
+    expected: &Expected<'_>,
     now: OffsetDateTime,
 ) -> Assessment {
+    let Expected {
+        root,
+        policy,
+        cluster,
+        trust_domain,
+    } = *expected;
     let mut a = Assessment {
         state: ClusterState::Missing,
         intermediate: None,
@@ -81,49 +102,68 @@ pub fn assess(
     let Some(files) = observed else {
         return a;
     };
-    a.trust = TrustBundle::from_pem(&files.root_cert, CaCertsFiles::ROOT_CERT).ok();
-    if let Some(t) = &a.trust {
-        a.trusts_root = root.is_some_and(|r| t.contains(r));
-        a.trust_bundle = t.fingerprints();
+    if files
+        .entries()
+        .iter()
+        .all(|(_, b)| b.iter().all(u8::is_ascii_whitespace))
+    {
+        return a;
     }
-    match verify_cacerts(files, now) {
-        Ok(v) => {
-            let info = v.signing_cert().info().clone();
-            a.warnings = v.warnings().iter().map(ToString::to_string).collect();
-            let renew_at = policy.renew_at(&info);
-            a.capped_by_root = root.is_some_and(|r| info.not_after >= r.info().not_after);
-            a.renew_at = Some(renew_at);
-            a.state = if root.is_some() && !a.trusts_root {
-                ClusterState::ForeignTrust
-            } else if root.is_some_and(|r| v.anchor() != r) {
-                ClusterState::OtherSigner
-            } else if let Some(drift) = policy.drift(v.signing_cert()) {
-                a.problems.push(drift);
-                ClusterState::PolicyDrift
-            } else if now >= renew_at && !a.capped_by_root {
-                ClusterState::RenewalDue
-            } else {
-                ClusterState::Valid
-            };
-            a.intermediate = Some(info);
+    let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
+    a.trusts_root = root.is_some_and(|r| trust.contains(r));
+    a.trust_bundle = trust.fingerprints();
+    let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+        .0
+        .into_iter()
+        .next();
+    a.intermediate = signing.as_ref().map(|c| c.info().clone());
+    // Who signs: the root of the bundle the signing certificate chains to, by signature.
+    let signer_root = signing.as_ref().and_then(|c| {
+        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+        issuing_root(c, &chain, trust.roots())
+    });
+    a.trust = Some(trust);
+
+    let verified = verify_cacerts_for_mesh(files, now, Some(trust_domain));
+    match &verified {
+        Ok(v) => a.warnings = v.warnings().iter().map(ToString::to_string).collect(),
+        Err(problems) => a.problems = problems.iter().map(ToString::to_string).collect(),
+    }
+    if let Some(root) = root {
+        if !a.trusts_root {
+            a.state = ClusterState::ForeignTrust;
+            return a;
         }
-        Err(problems) => {
-            a.problems = problems.iter().map(ToString::to_string).collect();
-            a.intermediate = Cert::all_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
-                .ok()
-                .and_then(|c| c.into_iter().next())
-                .map(|c| c.info().clone());
-            let foreign = a
-                .trust
-                .as_ref()
-                .is_some_and(|t| root.is_some() && !t.roots().is_empty() && !a.trusts_root);
-            a.state = if foreign {
-                ClusterState::ForeignTrust
-            } else {
-                ClusterState::Invalid
-            };
+        if signer_root.as_ref().is_some_and(|s| s != root) {
+            a.state = ClusterState::OtherSigner;
+            return a;
         }
     }
+    let v = match verified {
+        Ok(v) => v,
+        Err(_) => {
+            a.state = ClusterState::Invalid;
+            return a;
+        }
+    };
+    let info = v.signing_cert().info();
+    let renew_at = policy.renew_at(info);
+    a.renew_at = Some(renew_at);
+    a.capped_by_root = root.is_some_and(|r| info.not_after >= r.info().not_after);
+    a.state = if let Some(drift) = policy.drift(v.signing_cert(), cluster, trust_domain) {
+        a.problems.push(drift);
+        ClusterState::PolicyDrift
+    } else if now >= renew_at && a.capped_by_root {
+        a.warnings.push(format!(
+            "renewal is due but cannot extend validity past the root's expiry ({}); rotate the root",
+            crate::pki::fmt_time(info.not_after)
+        ));
+        ClusterState::Valid
+    } else if now >= renew_at {
+        ClusterState::RenewalDue
+    } else {
+        ClusterState::Valid
+    };
     a
 }
 
@@ -257,6 +297,15 @@ mod tests {
         generate_root(&p.root_spec("td"), t0()).unwrap()
     }
 
+    fn expected<'a>(root: &'a Cert, policy: &'a Policy) -> Expected<'a> {
+        Expected {
+            root: Some(root),
+            policy,
+            cluster: "c1",
+            trust_domain: "td",
+        }
+    }
+
     fn cacerts(root: &RootCa, p: &Policy, at: OffsetDateTime) -> CaCertsFiles {
         let int = issue_intermediate(root, &p.intermediate_spec("c1", "td"), at).unwrap();
         CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
@@ -266,7 +315,7 @@ mod tests {
     fn nothing_there_means_issue_with_the_root_alone() {
         let p = policy();
         let r = root(&p);
-        let a = assess(None, Some(r.cert()), &p, t0());
+        let a = assess(None, &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Missing);
         assert_eq!(
             decide(&a, PlanOptions::default()),
@@ -282,17 +331,17 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), Some(r.cert()), &p, t0());
+        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Valid);
         let renew_at = a.renew_at.unwrap();
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
 
         let just_before = renew_at - time::Duration::seconds(1);
         assert_eq!(
-            assess(Some(&files), Some(r.cert()), &p, just_before).state,
+            assess(Some(&files), &expected(r.cert(), &p), just_before).state,
             ClusterState::Valid
         );
-        let due = assess(Some(&files), Some(r.cert()), &p, renew_at);
+        let due = assess(Some(&files), &expected(r.cert(), &p), renew_at);
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
             Decision::Issue {
@@ -312,8 +361,7 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let a = assess(
             Some(&files),
-            Some(r.cert()),
-            &p,
+            &expected(r.cert(), &p),
             t0() + time::Duration::days(400),
         );
         assert_eq!(a.state, ClusterState::Invalid);
@@ -336,7 +384,7 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), Some(r.cert()), &p, t0());
+        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
         let opts = PlanOptions {
             force: true,
             ..Default::default()
@@ -355,7 +403,7 @@ mod tests {
         let p = policy();
         let (ours, theirs) = (root(&p), root(&p));
         let files = cacerts(&theirs, &p, t0());
-        let a = assess(Some(&files), Some(ours.cert()), &p, t0());
+        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
             panic!()
@@ -386,7 +434,7 @@ mod tests {
             .with_root_appended(new.cert())
             .pem_bytes()
             .to_vec();
-        let a = assess(Some(&files), Some(new.cert()), &p, t0());
+        let a = assess(Some(&files), &expected(new.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -400,7 +448,7 @@ mod tests {
         let r = root(&p);
         let mut files = cacerts(&r, &p, t0());
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
-        let a = assess(Some(&files), Some(r.cert()), &p, t0());
+        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -418,7 +466,7 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut stricter = p.clone();
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
-        let a = assess(Some(&files), Some(r.cert()), &stricter, t0());
+        let a = assess(Some(&files), &expected(r.cert(), &stricter), t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -437,15 +485,83 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let a = assess(
             Some(&files),
-            Some(r.cert()),
-            &p,
+            &expected(r.cert(), &p),
             t0() + time::Duration::days(190),
         );
         assert!(a.capped_by_root);
+        assert!(
+            a.warnings.iter().any(|w| w.contains("rotate the root")),
+            "{:?}",
+            a.warnings
+        );
         assert_eq!(
             a.state,
             ClusterState::Valid,
             "renewing cannot extend past the root"
         );
+    }
+
+    #[test]
+    fn a_foreign_bundle_stays_foreign_when_something_else_is_broken() {
+        let p = policy();
+        let (ours, theirs) = (root(&p), root(&p));
+        let mut files = cacerts(&theirs, &p, t0());
+        // A CRL block Go skips but a strict parser chokes on, and a missing chain.
+        files
+            .root_cert
+            .extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+        files.cert_chain.clear();
+        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
+        assert_eq!(a.state, ClusterState::ForeignTrust);
+        assert!(matches!(
+            decide(&a, PlanOptions::default()),
+            Decision::Refuse { .. }
+        ));
+        // Unreadable trust is not trust either.
+        files.root_cert = b"garbage".to_vec();
+        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
+        assert_eq!(a.state, ClusterState::ForeignTrust);
+    }
+
+    #[test]
+    fn mid_transition_is_recognised_even_when_the_set_does_not_validate() {
+        let p = policy();
+        let (old, new) = (root(&p), root(&p));
+        let mut files = cacerts(&old, &p, t0());
+        files.root_cert = TrustBundle::single(old.cert())
+            .with_root_appended(new.cert())
+            .pem_bytes()
+            .to_vec();
+        files.cert_chain.clear();
+        let a = assess(Some(&files), &expected(new.cert(), &p), t0());
+        assert_eq!(a.state, ClusterState::OtherSigner);
+    }
+
+    #[test]
+    fn an_empty_set_counts_as_missing() {
+        let p = policy();
+        let r = root(&p);
+        let files = CaCertsFiles {
+            ca_cert: Vec::new(),
+            ca_key: Default::default(),
+            root_cert: b"\n".to_vec(),
+            cert_chain: Vec::new(),
+        };
+        assert_eq!(
+            assess(Some(&files), &expected(r.cert(), &p), t0()).state,
+            ClusterState::Missing
+        );
+    }
+
+    #[test]
+    fn another_clusters_intermediate_is_drift() {
+        let p = policy();
+        let r = root(&p);
+        let files = cacerts(&r, &p, t0());
+        let mut e = expected(r.cert(), &p);
+        e.cluster = "c2";
+        let a = assess(Some(&files), &e, t0());
+        assert_eq!(a.state, ClusterState::PolicyDrift);
+        assert!(a.problems[0].contains("subject"), "{:?}", a.problems);
     }
 }

@@ -455,8 +455,10 @@ impl Policy {
         Ok(())
     }
 
-    /// Why an existing, valid intermediate no longer matches this policy, if it does not.
-    pub fn drift(&self, cert: &Cert) -> Option<String> {
+    /// Why an existing, valid intermediate no longer matches what this policy would issue for
+    /// `cluster`, if it does not: key algorithm, path length, or subject (which also catches a
+    /// set copied from another cluster).
+    pub fn drift(&self, cert: &Cert, cluster: &str, trust_domain: &str) -> Option<String> {
         let info = cert.info();
         if cert.key() != &crate::pki::KeyDescription::Supported(self.intermediate.key_algorithm) {
             return Some(format!(
@@ -470,8 +472,43 @@ impl Policy {
                 info.path_len, self.intermediate.path_len
             ));
         }
+        let want = self.intermediate.subject.render(cluster, trust_domain);
+        let x = cert.x509();
+        let subject = x.subject();
+        let first = |it: &mut dyn Iterator<
+            Item = &x509_parser::x509::AttributeTypeAndValue<'_>,
+        >| { it.next().and_then(|a| a.as_str().ok()).map(str::to_string) };
+        let have = crate::pki::Subject {
+            organization: first(&mut subject.iter_organization()),
+            organizational_unit: first(&mut subject.iter_organizational_unit()),
+            common_name: first(&mut subject.iter_common_name()).unwrap_or_default(),
+            locality: first(&mut subject.iter_locality()),
+            country: first(&mut subject.iter_country()),
+        };
+        if have != want {
+            return Some(format!(
+                "subject is {:?}, policy issues {} for {cluster}",
+                info.subject,
+                describe_subject(&want)
+            ));
+        }
         None
     }
+}
+
+fn describe_subject(s: &crate::pki::Subject) -> String {
+    let mut parts = Vec::new();
+    let mut add = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{k}={v}"));
+        }
+    };
+    add("C", &s.country);
+    add("O", &s.organization);
+    add("OU", &s.organizational_unit);
+    add("L", &s.locality);
+    parts.push(format!("CN={}", s.common_name));
+    format!("{:?}", parts.join(", "))
 }
 
 fn names(algs: &[KeyAlgorithm]) -> String {
@@ -722,7 +759,8 @@ mod tests {
         let root = generate_root(&p.root_spec("td"), now()).unwrap();
         let int = issue_intermediate(&root, &p.intermediate_spec("c", "td"), now()).unwrap();
         assert!(p.check_issued("c", &int.cert).is_ok());
-        assert!(p.drift(&int.cert).is_none());
+        assert!(p.drift(&int.cert, "c", "td").is_none());
+        assert!(p.drift(&int.cert, "other", "td").is_some());
         let mut spec = p.intermediate_spec("c", "td");
         spec.path_len = 1;
         let wide = issue_intermediate(&root, &spec, now()).unwrap();
@@ -730,7 +768,7 @@ mod tests {
             p.check_issued("c", &wide.cert).unwrap_err().rule,
             "intermediate.path_len"
         );
-        assert!(p.drift(&wide.cert).is_some());
+        assert!(p.drift(&wide.cert, "c", "td").is_some());
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub fn status_row(
         None => {}
         Some(Err(e)) => row.error = Some(e),
         Some(Ok(files)) => {
-            let a = assess(files.as_ref(), root, config.policy_for(cluster), now);
+            let a = assess(files.as_ref(), &config.expected(cluster, root), now);
             row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
             row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
             row.cacerts = Some(a);

@@ -112,6 +112,19 @@ impl TrustBundle {
         })
     }
 
+    /// A bundle read as istiod reads it: unusable blocks are skipped (see
+    /// [`Cert::lenient_from_pem`]); the bytes are kept verbatim all the same.
+    pub fn from_pem_lenient(pem_text: &[u8]) -> (Self, Vec<String>) {
+        let (roots, skipped) = Cert::lenient_from_pem(pem_text, CaCertsFiles::ROOT_CERT);
+        (
+            TrustBundle {
+                pem: pem_text.to_vec(),
+                roots,
+            },
+            skipped,
+        )
+    }
+
     /// A bundle holding one root.
     pub fn single(root: &Cert) -> Self {
         TrustBundle {

@@ -105,6 +105,33 @@ impl Cert {
             .collect()
     }
 
+    /// Reads certificates the way Go's `CertPool.AppendCertsFromPEM` does (istiod reads
+    /// `root-cert.pem` and `cert-chain.pem` so): blocks other than CERTIFICATE, and certificates
+    /// Go cannot parse, are skipped. Returns the certificates and a note per skipped block.
+    pub fn lenient_from_pem(pem_text: &[u8], what: &str) -> (Vec<Self>, Vec<String>) {
+        let (blocks, mut skipped) = super::secret_pem::parse_blocks_lenient(pem_text);
+        let mut certs = Vec::new();
+        for (i, block) in blocks.into_iter().enumerate() {
+            let n = i + 1;
+            if block.tag != "CERTIFICATE" {
+                skipped.push(format!(
+                    "block #{n} is {:?}, not a certificate: ignored",
+                    block.tag
+                ));
+                continue;
+            }
+            match Cert::from_der(block.der.to_vec(), what) {
+                Ok(c) if super::constraints::has_negative_serial(&c) => skipped.push(format!(
+                    "certificate #{n} ({}) has a negative serial; Go 1.23+ cannot parse it: ignored",
+                    c.info().subject
+                )),
+                Ok(c) => certs.push(c),
+                Err(e) => skipped.push(format!("block #{n}: {e}: ignored")),
+            }
+        }
+        (certs, skipped)
+    }
+
     /// Parses a PEM text that must hold exactly one certificate.
     pub fn one_from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
         let mut certs = Cert::all_from_pem(pem_text, what)?;

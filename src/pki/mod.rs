@@ -3,6 +3,7 @@
 
 mod bundle;
 mod cert;
+mod constraints;
 mod intermediate;
 mod key;
 mod root;
@@ -13,9 +14,11 @@ pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
 pub use intermediate::{IntermediateCa, IntermediateSpec, Subject, issue_intermediate};
 pub use key::{CaKey, KeyAlgorithm};
-pub(crate) use secret_pem::base64_secret;
 pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
-pub use verify::{BundleProblem, VerifiedCaCerts, verify_cacerts};
+pub(crate) use secret_pem::base64_secret;
+pub use verify::{
+    BundleProblem, VerifiedCaCerts, issuing_root, verify_cacerts, verify_cacerts_for_mesh,
+};
 
 /// The SAN Istio's reference tooling puts on every intermediate (tools/certs Makefile.selfsigned.mk).
 pub const ISTIOD_SAN: &str = "istiod.istio-system.svc";

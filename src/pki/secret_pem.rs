@@ -13,53 +13,97 @@ pub(crate) struct SecretBlock {
 
 /// Splits PEM text into blocks. Errors describe the structure, never the contents.
 pub(crate) fn parse_blocks(text: &[u8]) -> Result<Vec<SecretBlock>, String> {
+    scan(text, true).map(|(blocks, _)| blocks)
+}
+
+/// Splits PEM text the way Go's `CertPool.AppendCertsFromPEM` reads it: a block it cannot use
+/// (headers, bad base64, no END line) is skipped, with a note saying why, and the rest is kept.
+pub(crate) fn parse_blocks_lenient(text: &[u8]) -> (Vec<SecretBlock>, Vec<String>) {
+    scan(text, false).unwrap_or_else(|e| (Vec::new(), vec![e]))
+}
+
+fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), String> {
     let text = std::str::from_utf8(text).map_err(|_| "not PEM text (invalid UTF-8)".to_string())?;
     let mut blocks = Vec::new();
-    let mut current: Option<(String, Zeroizing<String>)> = None;
+    let mut skipped = Vec::new();
+    let fail = |msg: String, skipped: &mut Vec<String>| -> Result<(), String> {
+        if strict {
+            Err(msg)
+        } else {
+            skipped.push(msg);
+            Ok(())
+        }
+    };
+    // (tag, base64 body, whether the block had headers)
+    let mut current: Option<(String, Zeroizing<String>, bool)> = None;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
-        match &mut current {
-            None => {
-                if let Some(tag) = line
-                    .strip_prefix("-----BEGIN ")
-                    .and_then(|l| l.strip_suffix("-----"))
-                {
-                    current = Some((tag.to_string(), Zeroizing::new(String::with_capacity(text.len()))));
-                }
+        if let Some(tag) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            if let Some((open, _, _)) = current.take() {
+                fail(
+                    format!("line {}: BEGIN {tag} inside an open {open} block", n + 1),
+                    &mut skipped,
+                )?;
             }
-            Some((tag, body)) => {
-                if let Some(end) = line
-                    .strip_prefix("-----END ")
-                    .and_then(|l| l.strip_suffix("-----"))
-                {
-                    if end != tag {
-                        return Err(format!("line {}: END {end} closes BEGIN {tag}", n + 1));
-                    }
-                    let mut der = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
-                    STANDARD
-                        .decode_vec(body.as_bytes(), &mut der)
-                        .map_err(|_| format!("the {tag} block is not valid base64 (truncated or corrupt)"))?;
-                    blocks.push(SecretBlock {
-                        tag: std::mem::take(tag),
-                        der,
-                    });
-                    current = None;
-                } else if line.contains(':') {
-                    // RFC 1421 headers: only legacy encrypted keys carry them.
-                    return Err(format!(
-                        "the {tag} block has headers (a legacy encrypted key); decrypt it first \
+            current = Some((
+                tag.to_string(),
+                Zeroizing::new(String::with_capacity(text.len())),
+                false,
+            ));
+            continue;
+        }
+        let Some((tag, body, headers)) = &mut current else {
+            continue;
+        };
+        if let Some(end) = line
+            .strip_prefix("-----END ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            let (tag, body, headers) = (std::mem::take(tag), std::mem::take(body), *headers);
+            current = None;
+            if end != tag {
+                fail(
+                    format!("line {}: END {end} closes BEGIN {tag}", n + 1),
+                    &mut skipped,
+                )?;
+                continue;
+            }
+            if headers {
+                // RFC 1421 headers: only legacy encrypted keys carry them.
+                fail(
+                    format!(
+                        "the {tag} block has headers (a legacy encrypted key?); decrypt it first \
                          (openssl pkey -in F -out F.plain)"
-                    ));
-                } else {
-                    body.push_str(line);
-                }
+                    ),
+                    &mut skipped,
+                )?;
+                continue;
             }
+            let mut der = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
+            if STANDARD.decode_vec(body.as_bytes(), &mut der).is_err() {
+                fail(
+                    format!("the {tag} block is not valid base64 (truncated or corrupt)"),
+                    &mut skipped,
+                )?;
+                continue;
+            }
+            blocks.push(SecretBlock { tag, der });
+        } else if line.contains(':') {
+            *headers = true;
+        } else {
+            body.push_str(line);
         }
     }
-    if let Some((tag, _)) = current {
-        return Err(format!("the {tag} block has no END line (truncated file?)"));
+    if let Some((tag, _, _)) = current {
+        fail(
+            format!("the {tag} block has no END line (truncated file?)"),
+            &mut skipped,
+        )?;
     }
-    Ok(blocks)
+    Ok((blocks, skipped))
 }
 
 /// Encodes one block into a buffer sized exactly, so it never reallocates and leaves copies.
@@ -117,11 +161,14 @@ mod tests {
 
     #[test]
     fn structural_errors_do_not_quote_contents() {
-        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n").err().unwrap();
-        assert!(e.contains("no END line") && !e.contains("U0VDUkVU"), "{e}");
-        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU!!\n-----END PRIVATE KEY-----\n")
+        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n")
             .err()
             .unwrap();
+        assert!(e.contains("no END line") && !e.contains("U0VDUkVU"), "{e}");
+        let e =
+            parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU!!\n-----END PRIVATE KEY-----\n")
+                .err()
+                .unwrap();
         assert!(e.contains("base64") && !e.contains("U0VDUkVU"), "{e}");
         let e = parse_blocks(
             b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END RSA PRIVATE KEY-----\n",
@@ -129,7 +176,9 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("encrypted"), "{e}");
-        let e = parse_blocks(b"-----BEGIN A-----\nAAAA\n-----END B-----\n").err().unwrap();
+        let e = parse_blocks(b"-----BEGIN A-----\nAAAA\n-----END B-----\n")
+            .err()
+            .unwrap();
         assert!(e.contains("END B closes BEGIN A"), "{e}");
     }
 

@@ -12,6 +12,7 @@ use std::fmt;
 
 use time::OffsetDateTime;
 
+use super::constraints::{self, ConstrainedName};
 use super::{CaCertsFiles, CaKey, Cert, KeyAlgorithm, PkiError, TrustBundle, fmt_time};
 
 /// One reason a `cacerts` set is unusable, tied to the file it is about.
@@ -76,6 +77,16 @@ pub fn verify_cacerts(
     files: &CaCertsFiles,
     now: OffsetDateTime,
 ) -> Result<VerifiedCaCerts, Vec<BundleProblem>> {
+    verify_cacerts_for_mesh(files, now, None)
+}
+
+/// [`verify_cacerts`], also checking that name constraints in the chain admit the workload
+/// identities of `trust_domain` (`spiffe://<trust_domain>/...`).
+pub fn verify_cacerts_for_mesh(
+    files: &CaCertsFiles,
+    now: OffsetDateTime,
+    trust_domain: Option<&str>,
+) -> Result<VerifiedCaCerts, Vec<BundleProblem>> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let problem = |file: &'static str, message: String| BundleProblem { file, message };
@@ -118,19 +129,33 @@ pub fn verify_cacerts(
             None
         }
     };
-    let trust = match TrustBundle::from_pem(&files.root_cert, CaCertsFiles::ROOT_CERT) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            problems.push(problem(CaCertsFiles::ROOT_CERT, strip_what(&e)));
-            None
-        }
+    // istiod reads both with Go's AppendCertsFromPEM, which skips what it cannot use.
+    let (bundle, skipped) = TrustBundle::from_pem_lenient(&files.root_cert);
+    for note in skipped {
+        warnings.push(problem(CaCertsFiles::ROOT_CERT, note));
+    }
+    let trust = if bundle.roots().is_empty() {
+        problems.push(problem(
+            CaCertsFiles::ROOT_CERT,
+            "holds no usable certificate".to_string(),
+        ));
+        None
+    } else {
+        Some(bundle)
     };
-    let chain = match Cert::all_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            problems.push(problem(CaCertsFiles::CERT_CHAIN, strip_what(&e)));
-            None
-        }
+    let (chain_certs, skipped) =
+        Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+    for note in skipped {
+        warnings.push(problem(CaCertsFiles::CERT_CHAIN, note));
+    }
+    let chain = if chain_certs.is_empty() {
+        problems.push(problem(
+            CaCertsFiles::CERT_CHAIN,
+            "holds no usable certificate".to_string(),
+        ));
+        None
+    } else {
+        Some(chain_certs)
     };
 
     let mut key_algorithm = None;
@@ -148,6 +173,9 @@ pub fn verify_cacerts(
             ));
         }
         if let Err(msg) = check_signing_ca_usage(signing) {
+            problems.push(problem(CaCertsFiles::CA_CERT, msg));
+        }
+        if let Some(msg) = constraints::go_would_refuse(signing) {
             problems.push(problem(CaCertsFiles::CA_CERT, msg));
         }
         if let Err(e) = signing.check_valid_at(now, CaCertsFiles::CA_CERT) {
@@ -174,9 +202,13 @@ pub fn verify_cacerts(
         for (i, root) in trust.roots().iter().enumerate() {
             let n = i + 1;
             if !root.info().is_ca {
+                // Go does not require the CA flag on trust anchors; it is still a smell.
                 warnings.push(problem(
                     CaCertsFiles::ROOT_CERT,
-                    format!("certificate #{n} ({}) is not a CA", root.info().subject),
+                    format!(
+                        "certificate #{n} ({}) is not marked CA",
+                        root.info().subject
+                    ),
                 ));
             }
             if root.info().not_after < now {
@@ -195,7 +227,16 @@ pub fn verify_cacerts(
     let path = match (&signing, &trust, &chain) {
         (Some(signing), Some(trust), Some(chain)) => {
             match build_path(signing, trust.roots(), chain, now) {
-                Ok(path) => Some(path),
+                Ok(path) => {
+                    let mut names = constraints::dns_names(signing);
+                    names.extend(trust_domain.map(ConstrainedName::spiffe));
+                    for ca in &path[1..] {
+                        if let Err(msg) = constraints::check_name_constraints(ca, &names) {
+                            problems.push(problem(CaCertsFiles::CA_CERT, msg));
+                        }
+                    }
+                    Some(path)
+                }
                 Err(msg) => {
                     problems.push(problem(CaCertsFiles::CA_CERT, msg));
                     None
@@ -308,7 +349,7 @@ fn extend(
             continue;
         }
         let depth = path.len();
-        if let Err(msg) = check_issuer(candidate, depth, now) {
+        if let Err(msg) = check_issuer(candidate, is_root, depth, now) {
             *best_error = Some(msg);
             continue;
         }
@@ -322,6 +363,28 @@ fn extend(
         path.pop();
     }
     false
+}
+
+/// The root of `roots` that `signing` was issued under, through `chain`, judged by names and
+/// signatures only (no dates or constraints): who signs, even when the set is otherwise broken.
+pub fn issuing_root(signing: &Cert, chain: &[Cert], roots: &[Cert]) -> Option<Cert> {
+    fn up(child: &Cert, chain: &[Cert], roots: &[Cert], depth: usize) -> Option<Cert> {
+        let issued_by = |c: &Cert| {
+            c.x509().subject().as_raw() == child.x509().issuer().as_raw()
+                && check_signature(child, c).is_ok()
+        };
+        if let Some(root) = roots.iter().find(|r| issued_by(r)) {
+            return Some(root.clone());
+        }
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        chain
+            .iter()
+            .filter(|c| c.der() != child.der() && !c.is_self_issued() && issued_by(c))
+            .find_map(|c| up(c, chain, roots, depth + 1))
+    }
+    up(signing, chain, roots, 0)
 }
 
 fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
@@ -353,10 +416,19 @@ fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
 /// `issuer` sits `depth` places above the signing certificate. Workload leaves hang below the
 /// signing certificate, so `depth` intermediates follow `issuer` in every workload path, and
 /// its pathLenConstraint must allow that many (RFC 5280 4.2.1.9).
-fn check_issuer(issuer: &Cert, depth: usize, now: OffsetDateTime) -> Result<(), String> {
+fn check_issuer(
+    issuer: &Cert,
+    is_anchor: bool,
+    depth: usize,
+    now: OffsetDateTime,
+) -> Result<(), String> {
     let info = issuer.info();
-    if !info.is_ca {
+    // Go requires CA:TRUE of intermediates only; a trust anchor is trusted as configured.
+    if !info.is_ca && !is_anchor {
         return Err(format!("issuer {} is not a CA", info.subject));
+    }
+    if let Some(msg) = constraints::go_would_refuse(issuer) {
+        return Err(msg);
     }
     if let Ok(Some(ku)) = issuer.x509().key_usage() {
         if !ku.value.key_cert_sign() {
