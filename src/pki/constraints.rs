@@ -104,6 +104,11 @@ pub(crate) fn dns_names(cert: &Cert) -> Vec<ConstrainedName> {
         .collect()
 }
 
+/// Picks the constraint values of one name type out of a subtree.
+type ConstraintOfKind = fn(&GeneralName) -> Option<String>;
+/// Whether a name (or URI host) falls under a constraint value.
+type NameMatcher = fn(&str, &str) -> bool;
+
 /// Checks `names` against the name constraints of `ca` (RFC 5280 4.2.1.10, with Go's
 /// matching: a constraint "example.com" admits it and its subdomains, ".example.com" only
 /// subdomains; URI constraints match the URI's host).
@@ -120,23 +125,22 @@ pub(crate) fn check_name_constraints(ca: &Cert, names: &[ConstrainedName]) -> Re
         }
     };
     for name in names {
-        let (kind_matches, matches): (fn(&GeneralName) -> Option<String>, fn(&str, &str) -> bool) =
-            match name {
-                ConstrainedName::Dns(_) => (
-                    |g| match g {
-                        GeneralName::DNSName(d) => Some(d.to_string()),
-                        _ => None,
-                    },
-                    dns_matches,
-                ),
-                ConstrainedName::Uri { .. } => (
-                    |g| match g {
-                        GeneralName::URI(u) => Some(u.to_string()),
-                        _ => None,
-                    },
-                    uri_host_matches,
-                ),
-            };
+        let (kind_matches, matches): (ConstraintOfKind, NameMatcher) = match name {
+            ConstrainedName::Dns(_) => (
+                |g| match g {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                },
+                dns_matches,
+            ),
+            ConstrainedName::Uri { .. } => (
+                |g| match g {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                },
+                uri_host_matches,
+            ),
+        };
         let value = match name {
             ConstrainedName::Dns(d) => d.as_str(),
             ConstrainedName::Uri { host, .. } => host.as_str(),
