@@ -42,14 +42,15 @@ fn openssl_root(s: &Setup, keygen: &[&str], ext: &str) {
         "-out",
         "c.pem",
     ];
-    for e in ext.split(';').filter(|e| !e.is_empty()) {
+    for e in ext.split('|').filter(|e| !e.is_empty()) {
         args.push("-addext");
         args.push(e);
     }
     openssl(d, &args).ok();
 }
 
-/// An ECDSA P-256 root made by OpenSSL, as `k.pem` and `c.pem`, with `ext` extensions.
+/// An ECDSA P-256 root made by OpenSSL, as `k.pem` and `c.pem`, with `ext` extensions
+/// (separated by `|`).
 fn p256_root(s: &Setup, ext: &str) {
     let keygen = [
         "ecparam",
@@ -373,5 +374,55 @@ fn verify_names_each_broken_file() {
         later.stdout.contains("ca-cert.pem: expired"),
         "{}",
         later.stdout
+    );
+}
+
+#[test]
+fn roots_that_cannot_sign_usable_intermediates_are_refused_at_import() {
+    let cases = [
+        (
+            "basicConstraints=critical,CA:TRUE|nameConstraints=critical,permitted;DNS:.example.com",
+            "permits only",
+        ),
+        (
+            "basicConstraints=critical,CA:TRUE|nameConstraints=critical,excluded;URI:cluster.local",
+            "excludes",
+        ),
+        (
+            "basicConstraints=critical,CA:TRUE|1.2.3.4.5.6.7=critical,ASN1:NULL",
+            "1.2.3.4.5.6.7",
+        ),
+        ("basicConstraints=critical,CA:TRUE,pathlen:0", "pathlen:0"),
+        (
+            "basicConstraints=critical,CA:TRUE|extendedKeyUsage=clientAuth",
+            "serverAuth",
+        ),
+    ];
+    for (ext, needle) in cases {
+        let s = Setup::new();
+        p256_root(&s, ext);
+        refused(
+            &s,
+            &["root", "import", "--cert", "c.pem", "--key", "k.pem"],
+            3,
+            &[needle],
+        );
+    }
+}
+
+#[test]
+fn blocks_go_skips_in_a_bundle_are_warnings_not_failures() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let p = s.path("out/cluster1/root-cert.pem");
+    let mut bundle = std::fs::read(&p).unwrap();
+    bundle.extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    std::fs::write(&p, bundle).unwrap();
+    let run = s.cacertd(&["verify", "out/cluster1"]).ok();
+    assert!(
+        run.stdout
+            .contains("warning: root-cert.pem: block #2 is \"X509 CRL\""),
+        "{}",
+        run.stdout
     );
 }

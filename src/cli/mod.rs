@@ -17,7 +17,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::fsutil::{FsError, fs_err};
 use crate::issuance::{self, Outcome};
-use crate::pki::{PkiError, generate_root, import_root, verify_cacerts};
+use crate::pki::{
+    CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
+    verify_cacerts, verify_cacerts_for_mesh,
+};
 use crate::plan::PlanOptions;
 use crate::policy::PolicyViolation;
 use crate::store::{self, StoreError};
@@ -156,6 +159,7 @@ fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
     let policy = config.root_policy();
     let root = generate_root(&policy.root_spec(&config.trust_domain), now)?;
     policy.check_root(root.cert())?;
+    prove_root(config, &root, now)?;
     store.create(&root)?;
     tracing::info!(
         serial = %root.cert().info().serial,
@@ -184,10 +188,35 @@ fn root_import(
         &key.display().to_string(),
     )?;
     config.root_policy().check_root(root.cert())?;
+    prove_root(config, &root, now)?;
     let store = store::open(&config.root);
     store.create(&root)?;
     println!("imported root into {}", store.describe());
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    Ok(())
+}
+
+/// Before a root is stored: issue a throw-away intermediate with it under the policy and
+/// validate the result as istiod would, name constraints included. A root that cannot sign
+/// usable intermediates is refused now rather than discovered at the first `issue`.
+fn prove_root(config: &Config, root: &RootCa, now: OffsetDateTime) -> Result<(), CliError> {
+    let policy = config.root_policy();
+    let cluster = config
+        .topology
+        .primaries()
+        .next()
+        .map_or("trial", |c| c.name.as_str());
+    let spec = policy.intermediate_spec(cluster, &config.trust_domain);
+    let trial = issue_intermediate(root, &spec, now)?;
+    let files =
+        CaCertsFiles::for_intermediate(&trial, &[], root.cert(), &TrustBundle::single(root.cert()));
+    verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        CliError::InvalidBundle(format!(
+            "this root cannot sign intermediates istiod would accept: {}",
+            list.join("; ")
+        ))
+    })?;
     Ok(())
 }
 

@@ -61,13 +61,39 @@ pub fn import_root(
             what: cert_what.to_string(),
         });
     }
-    if let Some(ku) = cert.x509().key_usage().ok().flatten() {
+    let invalid = |reason: String| PkiError::Invalid {
+        what: cert_what.to_string(),
+        reason,
+    };
+    let x = cert.x509();
+    if let Some(ku) = x.key_usage().ok().flatten() {
         if !ku.value.key_cert_sign() {
-            return Err(PkiError::Invalid {
-                what: cert_what.to_string(),
-                reason: "keyUsage does not allow keyCertSign".to_string(),
-            });
+            return Err(invalid("keyUsage does not allow keyCertSign".to_string()));
         }
+    }
+    if cert.info().path_len == Some(0) {
+        return Err(invalid(
+            "pathlen:0 leaves no room for the per-cluster intermediates below it".to_string(),
+        ));
+    }
+    if let Ok(Some(eku)) = x.extended_key_usage() {
+        if !eku.value.any && !eku.value.server_auth {
+            return Err(invalid(
+                "its extendedKeyUsage lacks serverAuth; Go's verifier (istiod) would reject every \
+                 chain through it"
+                    .to_string(),
+            ));
+        }
+    }
+    if let Some(reason) = super::constraints::go_would_refuse(&cert) {
+        return Err(invalid(reason));
+    }
+    if !cert.is_self_issued() || super::verify::check_signature(&cert, &cert).is_err() {
+        return Err(invalid(
+            "not a self-signed root (importing a CA of another PKI as the mesh root is not \
+             supported)"
+                .to_string(),
+        ));
     }
     cert.check_valid_at(now, cert_what)?;
     let key = CaKey::from_pem(key_pem, key_what)?;

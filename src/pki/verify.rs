@@ -387,7 +387,7 @@ pub fn issuing_root(signing: &Cert, chain: &[Cert], roots: &[Cert]) -> Option<Ce
     up(signing, chain, roots, 0)
 }
 
-fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
+pub(crate) fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
     let c = child.x509();
     let alg = c.signature_algorithm.algorithm.to_id_string();
     // sha1WithRSAEncryption, the old OIW one, ecdsa-with-SHA1: Go refuses SHA-1 signatures.
