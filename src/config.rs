@@ -237,16 +237,26 @@ impl Config {
                 }
             }
             if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
-                if role == Role::Primary {
-                    let key = normalize(path);
-                    if let Some(other) = dir_targets.insert(key, name.clone()) {
-                        return Err(invalid(
-                            t.span(),
-                            field("target.path"),
-                            format!("{name} and {other} write to the same directory"),
-                        ));
-                    }
+                let key = normalize(path);
+                if overlaps(&key, &normalize(&state_dir)) {
+                    return Err(invalid(
+                        t.span(),
+                        field("target.path"),
+                        format!(
+                            "{} overlaps state_dir {}; cacerts and the root store must live apart",
+                            path.display(),
+                            state_dir.display()
+                        ),
+                    ));
                 }
+                if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
+                    return Err(invalid(
+                        t.span(),
+                        field("target.path"),
+                        format!("{name} and {other} write to the same or nested directories"),
+                    ));
+                }
+                dir_targets.insert(key, name.clone());
             }
             let policy = match &rc.policy {
                 Some(p) => {
@@ -344,8 +354,29 @@ fn valid_cluster_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Lexical normal form (`a/./b/../c` → `a/c`), for comparing configured folders.
 fn normalize(p: &Path) -> PathBuf {
-    p.components().collect()
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Whether one folder is the other or inside it.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -457,8 +488,19 @@ mod tests {
             e.contains("clusters[1].target") && e.contains("needs a target"),
             "{e}"
         );
-        let e = err(&ACCEPTANCE.replace("out/cluster2", "out/./cluster1"));
-        assert!(e.contains("same directory"), "{e}");
+        for clash in [
+            "out/./cluster1",
+            "out/x/../cluster1",
+            "out/cluster1/sub",
+            "out",
+        ] {
+            let e = err(&ACCEPTANCE.replace("out/cluster2", clash));
+            assert!(e.contains("same or nested directories"), "{clash}: {e}");
+        }
+        for clash in ["state/root", "state", "."] {
+            let e = err(&ACCEPTANCE.replace("out/cluster2", clash));
+            assert!(e.contains("overlaps state_dir"), "{clash}: {e}");
+        }
     }
 
     #[test]

@@ -117,6 +117,42 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(fs_err("cannot fsync directory", dir))
 }
 
+/// An exclusive advisory lock on `<state_dir>/.lock`, held while a command changes anything:
+/// two runs at once would each issue, and the second write would silently replace the first.
+/// Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path) -> Result<Self, FsError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(fs_err("cannot open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(FsError {
+                action: "another cacertd run holds the lock",
+                path,
+                source: io::Error::new(io::ErrorKind::WouldBlock, "try again when it has finished"),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(fs_err("cannot lock", &path)(e)),
+        }
+    }
+}
+
+/// Creates a new directory (0700) that did not exist before: the parent must exist, and an
+/// existing directory of that name is an error, so two writers never share one.
+pub fn create_new_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
 /// Reads a file if it exists.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     match fs::read(path) {
@@ -171,6 +207,16 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("refusing to overwrite"));
         assert_eq!(fs::read(&p).unwrap(), b"first");
+    }
+
+    #[test]
+    fn the_state_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path()).unwrap();
+        let err = StateLock::acquire(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another cacertd run"), "{err}");
+        drop(first);
+        StateLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

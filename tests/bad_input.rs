@@ -18,11 +18,7 @@ fn refused(s: &Setup, args: &[&str], code: i32, needles: &[&str]) -> String {
         );
     }
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    assert_eq!(
-        s.snapshot(),
-        before,
-        "a refused command must change nothing"
-    );
+    common::assert_unchanged(&before, &s.snapshot());
     run.stderr
 }
 
@@ -291,7 +287,7 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
         run.stdout
     );
     assert!(run.stdout.contains("cluster1  unchanged"), "{}", run.stdout);
-    assert_eq!(s.snapshot(), before);
+    common::assert_unchanged(&before, &s.snapshot());
 
     s.cacertd(&["issue", "--danger-replace-trust-bundle"]).ok();
     assert_eq!(
@@ -425,4 +421,38 @@ fn blocks_go_skips_in_a_bundle_are_warnings_not_failures() {
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn a_second_concurrent_run_is_turned_away() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let held = std::fs::File::open(s.path("state/.lock")).unwrap();
+    held.try_lock().unwrap();
+    refused(&s, &["issue"], 1, &["another cacertd run holds the lock"]);
+    drop(held);
+    s.cacertd(&["issue"]).ok();
+}
+
+#[test]
+fn a_cert_manager_managed_folder_is_read_but_not_written_over() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    // cluster1 becomes cert-manager's: tls.* from an unrelated mesh, next to our files.
+    let other = Setup::new();
+    other.cacertd(&["issue", "--init-root"]).ok();
+    let src = other.path("out/cluster1");
+    let dst = s.path("out/cluster1");
+    std::fs::copy(src.join("ca-cert.pem"), dst.join("tls.crt")).unwrap();
+    std::fs::copy(src.join("ca-key.pem"), dst.join("tls.key")).unwrap();
+    std::fs::copy(src.join("root-cert.pem"), dst.join("ca.crt")).unwrap();
+    // istiod would use tls.*, so that is what cacertd judges.
+    let st = s.cacertd(&["status", "-o", "json"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(json["clusters"][0]["cacerts"]["state"], "foreign-trust");
+    s.cacertd(&["verify", "out/cluster1"]).ok();
+    let run = s
+        .cacertd(&["issue", "--danger-replace-trust-bundle"])
+        .fails_with(1);
+    assert!(run.stdout.contains("cert-manager"), "{}", run.stdout);
 }

@@ -140,11 +140,7 @@ fn a_second_run_changes_nothing_and_force_keeps_a_backup() {
         "{}",
         run.stdout
     );
-    assert_eq!(
-        s.snapshot(),
-        before,
-        "an idempotent run must not touch a byte"
-    );
+    common::assert_unchanged(&before, &s.snapshot());
 
     let old_key = s.read("out/cluster1/ca-key.pem");
     let old_bundle = s.read("out/cluster1/root-cert.pem");

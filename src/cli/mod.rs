@@ -15,7 +15,7 @@ pub use args::{Args, Command, Format, RootCommand};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
-use crate::fsutil::{FsError, fs_err};
+use crate::fsutil::{FsError, StateLock, fs_err};
 use crate::issuance::{self, Outcome};
 use crate::pki::{
     CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
@@ -160,7 +160,10 @@ fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
     let root = generate_root(&policy.root_spec(&config.trust_domain), now)?;
     policy.check_root(root.cert())?;
     prove_root(config, &root, now)?;
-    store.create(&root)?;
+    {
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.create(&root)?;
+    }
     tracing::info!(
         serial = %root.cert().info().serial,
         fingerprint = %root.cert().info().fingerprint_sha256,
@@ -190,7 +193,10 @@ fn root_import(
     config.root_policy().check_root(root.cert())?;
     prove_root(config, &root, now)?;
     let store = store::open(&config.root);
-    store.create(&root)?;
+    {
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.create(&root)?;
+    }
     println!("imported root into {}", store.describe());
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
     Ok(())
@@ -283,6 +289,16 @@ fn issue(
         }
         root_init(config, now)?;
     }
+    // Fails (changing nothing) when there is no root; then, one writer at a time from reading
+    // the targets to writing them.
+    store.load_cert()?.ok_or_else(|| StoreError::NoRoot {
+        store: store.describe(),
+    })?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(StateLock::acquire(&config.state_dir)?)
+    };
     let root = store.load()?;
     let reports = issuance::run(config, &root, &clusters, opts, dry_run, now);
     drop(root);

@@ -60,18 +60,24 @@ impl CaCertsFiles {
     }
 
     /// Reads the cert-manager form (`tls.crt`, `tls.key`, `ca.crt`) that istiod ≥1.15 also
-    /// accepts: `tls.crt` is the signing certificate followed by its chain, `ca.crt` the roots.
+    /// accepts, the way istiod maps it (pilot/pkg/bootstrap `detectSigningCABundle`): the
+    /// signing certificate is `tls.crt`, the roots `ca.crt`, the chain `tls.crt` then `ca.crt`.
     pub fn from_cert_manager(tls_crt: &[u8], tls_key: Zeroizing<Vec<u8>>, ca_crt: &[u8]) -> Self {
         let ca_cert = match Cert::all_from_pem(tls_crt, "tls.crt") {
             Ok(certs) if !certs.is_empty() => certs[0].to_pem().into_bytes(),
             // Keep the bytes as they are; validation reports what is wrong with them.
             _ => tls_crt.to_vec(),
         };
+        let mut cert_chain = tls_crt.to_vec();
+        if !cert_chain.is_empty() && !cert_chain.ends_with(b"\n") {
+            cert_chain.push(b'\n');
+        }
+        cert_chain.extend_from_slice(ca_crt);
         CaCertsFiles {
             ca_cert,
             ca_key: tls_key,
             root_cert: ca_crt.to_vec(),
-            cert_chain: tls_crt.to_vec(),
+            cert_chain,
         }
     }
 

@@ -5,10 +5,18 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use super::{ClusterTarget, TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
-use crate::fsutil::{Mode, StagedFile, create_private_dir, read_optional, sync_dir, write_atomic};
+use crate::fsutil::{
+    Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional, sync_dir,
+    write_atomic,
+};
 use crate::pki::CaCertsFiles;
 
 pub const MANIFEST: &str = "cacerts.yaml";
+
+/// cert-manager's form of the plug-in CA (DESIGN.md fact 1).
+const TLS_CRT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+const CA_CRT: &str = "ca.crt";
 
 pub struct DirTarget {
     path: PathBuf,
@@ -21,7 +29,7 @@ impl DirTarget {
     }
 
     fn mode_of(name: &str) -> Mode {
-        if name == CaCertsFiles::CA_KEY || name == MANIFEST || name == "tls.key" {
+        if name == CaCertsFiles::CA_KEY || name == MANIFEST || name == TLS_KEY {
             Mode::Secret
         } else {
             Mode::Public
@@ -36,6 +44,9 @@ impl DirTarget {
             CaCertsFiles::ROOT_CERT,
             CaCertsFiles::CERT_CHAIN,
             MANIFEST,
+            TLS_CRT,
+            TLS_KEY,
+            CA_CRT,
         ];
         let mut existing = Vec::new();
         for name in names {
@@ -52,13 +63,19 @@ impl DirTarget {
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
+        create_private_dir(&self.backups)?;
         let mut dir = self.backups.join(&stamp);
         let mut n = 1;
-        while dir.exists() {
-            dir = self.backups.join(format!("{stamp}-{n}"));
-            n += 1;
+        loop {
+            match create_new_private_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    dir = self.backups.join(format!("{stamp}-{n}"));
+                    n += 1;
+                }
+                Err(e) => return Err(fs_err("cannot create backup directory", &dir)(e).into()),
+            }
         }
-        create_private_dir(&dir)?;
         for (name, bytes) in &existing {
             // Backups are private whatever they hold.
             write_atomic(&dir.join(name), bytes, Mode::Secret)?;
@@ -77,21 +94,22 @@ impl ClusterTarget for DirTarget {
             return Ok(None);
         }
         let read = |name: &str| read_optional(&self.path.join(name));
+        // istiod uses the cert-manager form whenever tls.crt exists (detectSigningCABundle).
+        if let Some(crt) = read(TLS_CRT)? {
+            let key = read(TLS_KEY)?.unwrap_or_default();
+            let ca = read(CA_CRT)?.unwrap_or_default();
+            return Ok(Some(CaCertsFiles::from_cert_manager(
+                &crt,
+                Zeroizing::new(key),
+                &ca,
+            )));
+        }
         let ca_cert = read(CaCertsFiles::CA_CERT)?;
         let ca_key = read(CaCertsFiles::CA_KEY)?.map(Zeroizing::new);
         let root_cert = read(CaCertsFiles::ROOT_CERT)?;
         let cert_chain = read(CaCertsFiles::CERT_CHAIN)?;
         if ca_cert.is_none() && ca_key.is_none() && root_cert.is_none() && cert_chain.is_none() {
-            // cert-manager's form, which istiod ≥1.15 also reads (DESIGN.md fact 1).
-            let (crt, key, ca) = (read("tls.crt")?, read("tls.key")?, read("ca.crt")?);
-            if crt.is_none() && key.is_none() && ca.is_none() {
-                return Ok(None);
-            }
-            return Ok(Some(CaCertsFiles::from_cert_manager(
-                &crt.unwrap_or_default(),
-                Zeroizing::new(key.unwrap_or_default()),
-                &ca.unwrap_or_default(),
-            )));
+            return Ok(None);
         }
         Ok(Some(CaCertsFiles {
             ca_cert: ca_cert.unwrap_or_default(),
@@ -102,6 +120,11 @@ impl ClusterTarget for DirTarget {
     }
 
     fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError> {
+        if self.path.join(TLS_CRT).exists() {
+            return Err(TargetError::ManagedByCertManager {
+                dir: self.path.display().to_string(),
+            });
+        }
         if !self.path.exists() {
             create_private_dir(&self.path)?;
         }
@@ -211,10 +234,21 @@ mod tests {
         std::fs::write(tmp.path().join("tls.crt"), b"garbage-crt").unwrap();
         std::fs::write(tmp.path().join("tls.key"), b"k").unwrap();
         std::fs::write(tmp.path().join("ca.crt"), b"ca").unwrap();
+        // Legacy files next to it are ignored, as istiod ignores them.
+        std::fs::write(tmp.path().join("ca-cert.pem"), b"legacy").unwrap();
         let t = DirTarget::new(tmp.path().to_path_buf(), tmp.path().join("b"));
         let got = t.read().unwrap().unwrap();
         assert_eq!(got.root_cert, b"ca");
-        assert_eq!(got.cert_chain, b"garbage-crt");
+        assert_eq!(got.cert_chain, b"garbage-crt\nca");
         assert_eq!(got.ca_key.as_slice(), b"k");
+        let err = t.write(&files("1"), &meta(1)).unwrap_err();
+        assert!(
+            matches!(err, TargetError::ManagedByCertManager { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("ca-cert.pem")).unwrap(),
+            b"legacy"
+        );
     }
 }

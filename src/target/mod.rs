@@ -21,6 +21,12 @@ pub enum TargetError {
     Io(#[from] FsError),
     #[error("cluster {cluster} has no target configured")]
     NoTarget { cluster: String },
+    #[error(
+        "{dir} holds cert-manager's tls.crt, which istiod uses in preference to ca-cert.pem: \
+         files written by cacertd would be ignored. Move the tls.* files away to hand this \
+         cluster to cacertd"
+    )]
+    ManagedByCertManager { dir: String },
 }
 
 /// What a write records next to the material, so a human sees who wrote it, when and why.

@@ -60,6 +60,22 @@ impl Setup {
     }
 }
 
+/// Asserts two snapshots are equal, naming the paths that differ.
+pub fn assert_unchanged(before: &BTreeMap<PathBuf, Vec<u8>>, after: &BTreeMap<PathBuf, Vec<u8>>) {
+    let mut diffs = Vec::new();
+    for (p, b) in before {
+        match after.get(p) {
+            None => diffs.push(format!("removed {}", p.display())),
+            Some(a) if a != b => diffs.push(format!("changed {}", p.display())),
+            Some(_) => {}
+        }
+    }
+    for p in after.keys().filter(|p| !before.contains_key(*p)) {
+        diffs.push(format!("added {}", p.display()));
+    }
+    assert!(diffs.is_empty(), "files changed: {diffs:#?}");
+}
+
 fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
