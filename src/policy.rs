@@ -227,14 +227,13 @@ impl Policy {
                 "is longer than root.validity; an intermediate never outlives its root".to_string(),
             ));
         }
-        if let RenewBefore::Duration(d) = renew_before {
-            if d >= int_validity {
-                return Err(invalid(
-                    "intermediate.renew_before",
-                    "must be shorter than intermediate.validity, or every run would renew"
-                        .to_string(),
-                ));
-            }
+        if let RenewBefore::Duration(d) = renew_before
+            && d >= int_validity
+        {
+            return Err(invalid(
+                "intermediate.renew_before",
+                "must be shorter than intermediate.validity, or every run would renew".to_string(),
+            ));
         }
         let allowed = raw
             .root
@@ -262,13 +261,13 @@ impl Policy {
             if subject.common_name.trim().is_empty() {
                 return Err(invalid(field, "common_name must not be empty".to_string()));
             }
-            if let Some(c) = &subject.country {
-                if c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()) {
-                    return Err(invalid(
-                        field,
-                        format!("country {c:?} must be a two-letter ISO code"),
-                    ));
-                }
+            if let Some(c) = &subject.country
+                && (c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
+            {
+                return Err(invalid(
+                    field,
+                    format!("country {c:?} must be a two-letter ISO code"),
+                ));
             }
         }
         for n in &raw.intermediate.dns_names {

@@ -145,18 +145,17 @@ pub(crate) fn check_name_constraints(ca: &Cert, names: &[ConstrainedName]) -> Re
             ConstrainedName::Dns(d) => d.as_str(),
             ConstrainedName::Uri { host, .. } => host.as_str(),
         };
-        if let Some(excluded) = &nc.excluded_subtrees {
-            if let Some(c) = excluded
+        if let Some(excluded) = &nc.excluded_subtrees
+            && let Some(c) = excluded
                 .iter()
                 .filter_map(|s| kind_matches(&s.base))
                 .find(|c| matches(value, c))
-            {
-                return Err(format!(
-                    "{} excludes {c:?}, which {} falls under",
-                    ca.info().subject,
-                    name.describe()
-                ));
-            }
+        {
+            return Err(format!(
+                "{} excludes {c:?}, which {} falls under",
+                ca.info().subject,
+                name.describe()
+            ));
         }
         if let Some(permitted) = &nc.permitted_subtrees {
             let of_kind: Vec<String> = permitted

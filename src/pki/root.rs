@@ -66,24 +66,25 @@ pub fn import_root(
         reason,
     };
     let x = cert.x509();
-    if let Some(ku) = x.key_usage().ok().flatten() {
-        if !ku.value.key_cert_sign() {
-            return Err(invalid("keyUsage does not allow keyCertSign".to_string()));
-        }
+    if let Some(ku) = x.key_usage().ok().flatten()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(invalid("keyUsage does not allow keyCertSign".to_string()));
     }
     if cert.info().path_len == Some(0) {
         return Err(invalid(
             "pathlen:0 leaves no room for the per-cluster intermediates below it".to_string(),
         ));
     }
-    if let Ok(Some(eku)) = x.extended_key_usage() {
-        if !eku.value.any && !eku.value.server_auth {
-            return Err(invalid(
-                "its extendedKeyUsage lacks serverAuth; Go's verifier (istiod) would reject every \
+    if let Ok(Some(eku)) = x.extended_key_usage()
+        && !eku.value.any
+        && !eku.value.server_auth
+    {
+        return Err(invalid(
+            "its extendedKeyUsage lacks serverAuth; Go's verifier (istiod) would reject every \
                  chain through it"
-                    .to_string(),
-            ));
-        }
+                .to_string(),
+        ));
     }
     if let Some(reason) = super::constraints::go_would_refuse(&cert) {
         return Err(invalid(reason));

@@ -181,22 +181,22 @@ pub fn verify_cacerts_for_mesh(
         if let Err(e) = signing.check_valid_at(now, CaCertsFiles::CA_CERT) {
             problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e)));
         }
-        if let Some(key) = &key {
-            if key.public_key_raw() != signing.public_key_raw().as_slice() {
-                problems.push(problem(
-                    CaCertsFiles::CA_KEY,
-                    "does not match the public key of ca-cert.pem".to_string(),
-                ));
-            }
-        }
-    }
-    if let (Some(signing), Some(chain)) = (&signing, &chain) {
-        if chain.first().map(Cert::der) != Some(signing.der()) {
+        if let Some(key) = &key
+            && key.public_key_raw() != signing.public_key_raw().as_slice()
+        {
             problems.push(problem(
-                CaCertsFiles::CERT_CHAIN,
-                "must start with the certificate in ca-cert.pem (leaf-most first)".to_string(),
+                CaCertsFiles::CA_KEY,
+                "does not match the public key of ca-cert.pem".to_string(),
             ));
         }
+    }
+    if let (Some(signing), Some(chain)) = (&signing, &chain)
+        && chain.first().map(Cert::der) != Some(signing.der())
+    {
+        problems.push(problem(
+            CaCertsFiles::CERT_CHAIN,
+            "must start with the certificate in ca-cert.pem (leaf-most first)".to_string(),
+        ));
     }
     if let Some(trust) = &trust {
         for (i, root) in trust.roots().iter().enumerate() {
@@ -280,10 +280,10 @@ fn strip_what(e: &PkiError) -> String {
 /// an EKU that is either absent or allows serverAuth/any (Go's verifier, DESIGN.md fact 1).
 fn check_signing_ca_usage(cert: &Cert) -> Result<(), String> {
     let x = cert.x509();
-    if let Ok(Some(ku)) = x.key_usage() {
-        if !ku.value.key_cert_sign() {
-            return Err("keyUsage does not allow keyCertSign".to_string());
-        }
+    if let Ok(Some(ku)) = x.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err("keyUsage does not allow keyCertSign".to_string());
     }
     check_eku(cert)
 }
@@ -430,22 +430,22 @@ fn check_issuer(
     if let Some(msg) = constraints::go_would_refuse(issuer) {
         return Err(msg);
     }
-    if let Ok(Some(ku)) = issuer.x509().key_usage() {
-        if !ku.value.key_cert_sign() {
-            return Err(format!(
-                "issuer {} lacks keyUsage keyCertSign",
-                info.subject
-            ));
-        }
+    if let Ok(Some(ku)) = issuer.x509().key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(format!(
+            "issuer {} lacks keyUsage keyCertSign",
+            info.subject
+        ));
     }
-    if let Some(max) = info.path_len {
-        if (max as usize) < depth {
-            return Err(format!(
-                "issuer {} has pathlen:{max} but {depth} CA certificate(s) sit below it; workload \
+    if let Some(max) = info.path_len
+        && (max as usize) < depth
+    {
+        return Err(format!(
+            "issuer {} has pathlen:{max} but {depth} CA certificate(s) sit below it; workload \
                  certificates signed by ca-cert.pem would be rejected",
-                info.subject
-            ));
-        }
+            info.subject
+        ));
     }
     if !issuer.is_valid_at(now) {
         return Err(format!(

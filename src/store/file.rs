@@ -74,14 +74,14 @@ impl RootStore for FileRootStore {
                     detail: format!("{CERT} exists without {KEY}; restore {KEY} from backup"),
                 })?,
             );
-        if let Ok(meta) = std::fs::metadata(&key_path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %key_path.display(),
-                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                    "root key file is readable by group or others; chmod 600 it"
-                );
-            }
+        if let Ok(meta) = std::fs::metadata(&key_path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "root key file is readable by group or others; chmod 600 it"
+            );
         }
         let key = CaKey::from_pem(&key_pem, &what(&key_path)).map_err(|e| self.material(e))?;
         RootCa::new(cert, key, &what(&self.cert_path())).map_err(|e| self.material(e))
