@@ -264,7 +264,7 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
                     } else {
                         trust.join(",")
                     };
-                    if let Some(p) = a.problems.first() {
+                    if let Some(p) = a.problems.first().or(a.warnings.first()) {
                         last = format!("{last}  ! {p}");
                     }
                     row.push(last);
