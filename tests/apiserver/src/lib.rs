@@ -1,0 +1,431 @@
+//! A Kubernetes API server for tests, because no real kube-apiserver can run on the machines
+//! cacertd is tested on. It speaks real HTTP/1.1 and keeps Kubernetes semantics strictly for
+//! the objects cacertd touches: namespaces, secrets, configmaps, deployments, daemonsets,
+//! statefulsets and leases — get, list (label and field selectors), watch, create, update
+//! (resourceVersion preconditions, 409 `Status` bodies), merge and strategic-merge patch,
+//! delete, 404, 401, 403 per bearer token, and a controller that completes rollouts after a
+//! restart patch. One server hosts many clusters, one port each, and injects faults on demand.
+//!
+//! Simplifications (documented, and exercised by kubectl in cacertd's tests): strategic merge
+//! patch is applied with JSON merge-patch semantics (exact for the map-only patches kubectl
+//! `rollout restart` and `apply` send for these objects); no server-side apply; no admission.
+
+// Handlers return ready-made error responses; their size does not matter in a test server.
+#![allow(clippy::result_large_err)]
+
+mod http;
+mod selectors;
+mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use serde_json::{Value, json};
+
+use store::Store;
+
+/// A verb/resource/namespace/name rule granted to a token, like an RBAC PolicyRule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub verbs: Vec<String>,
+    pub resources: Vec<String>,
+    /// `None`: every namespace (a ClusterRole binding).
+    pub namespaces: Option<Vec<String>>,
+    /// `None`: every name. Like RBAC, names never restrict `list`, `watch` or `create`.
+    pub names: Option<Vec<String>>,
+}
+
+impl Rule {
+    pub fn new(verbs: &[&str], resources: &[&str]) -> Self {
+        Rule {
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+            namespaces: None,
+            names: None,
+        }
+    }
+
+    pub fn in_namespace(mut self, ns: &str) -> Self {
+        self.namespaces = Some(vec![ns.to_string()]);
+        self
+    }
+
+    pub fn named(mut self, names: &[&str]) -> Self {
+        self.names = Some(names.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Everything.
+    pub fn admin() -> Self {
+        Rule::new(&["*"], &["*"])
+    }
+
+    fn allows(&self, verb: &str, resource: &str, ns: Option<&str>, name: Option<&str>) -> bool {
+        let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        if !any(&self.verbs, verb) || !any(&self.resources, resource) {
+            return false;
+        }
+        if let Some(allowed) = &self.namespaces {
+            match ns {
+                Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                _ => return false,
+            }
+        }
+        if let Some(names) = &self.names {
+            if matches!(verb, "list" | "watch" | "create") {
+                return false;
+            }
+            match name {
+                Some(n) if names.iter().any(|a| a == n) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// What to do to upcoming requests.
+#[derive(Clone, Debug)]
+pub enum FaultAction {
+    /// Answer with this HTTP status and a `Status` body.
+    Status(u16),
+    /// Close the connection without answering.
+    Drop,
+    /// Wait this long before handling the request normally.
+    Delay(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct Fault {
+    action: FaultAction,
+    remaining: usize,
+    writes_only: bool,
+}
+
+/// One recorded request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+}
+
+pub(crate) struct ClusterState {
+    pub(crate) store: Store,
+    tokens: HashMap<String, (String, Vec<Rule>)>,
+    faults: Vec<Fault>,
+    conflict_on_write: Option<u64>,
+    pub(crate) writes: u64,
+    pub(crate) requests: Vec<Request>,
+    pub(crate) rollout_delay: Duration,
+    pub(crate) rollouts_stuck: bool,
+}
+
+/// One simulated cluster, reachable at `http://{addr}` or, for a TLS server, `https://{addr}`.
+pub struct FakeCluster {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The serving certificate (PEM) when the cluster speaks TLS.
+    pub ca_pem: Option<String>,
+    state: Mutex<ClusterState>,
+    pub(crate) events: tokio::sync::broadcast::Sender<store::Event>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl FakeCluster {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ClusterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn url(&self) -> String {
+        match self.ca_pem {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The token with every permission.
+    pub fn admin_token(&self) -> String {
+        format!("admin-{}", self.name)
+    }
+
+    /// Grants `rules` to `token` (user name `user`).
+    pub fn add_token(&self, token: &str, user: &str, rules: Vec<Rule>) {
+        self.lock()
+            .tokens
+            .insert(token.to_string(), (user.to_string(), rules));
+    }
+
+    /// A kubeconfig for this cluster, authenticating with `token`; the context is the cluster's name.
+    pub fn kubeconfig(&self, token: &str) -> String {
+        use base64::Engine;
+        let ca = match &self.ca_pem {
+            Some(pem) => format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: {url}\n{ca}\
+             users:\n- name: {n}-user\n  user:\n    token: {token}\n\
+             contexts:\n- name: {n}\n  context:\n    cluster: {n}\n    user: {n}-user\n\
+             current-context: {n}\n",
+            n = self.name,
+            url = self.url(),
+        )
+    }
+
+    /// Creates or replaces an object directly (no auth, no faults), as a test fixture.
+    pub fn put(&self, object: Value) -> Value {
+        let mut st = self.lock();
+        let (obj, event) = st.store.put_fixture(object);
+        drop(st);
+        let _ = self.events.send(event);
+        obj
+    }
+
+    /// Creates a namespace with labels.
+    pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        self.put(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        }));
+    }
+
+    /// Reads an object (`plural` e.g. "secrets"; `ns` "" for cluster-scoped ones).
+    pub fn get(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        self.lock().store.get(plural, ns, name).cloned()
+    }
+
+    /// Every object of a kind, in one namespace or (`None`) all.
+    pub fn list(&self, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        self.lock()
+            .store
+            .list(plural, ns)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Applies `action` to the next `count` requests (or writes only).
+    pub fn inject(&self, action: FaultAction, count: usize, writes_only: bool) {
+        self.lock().faults.push(Fault {
+            action,
+            remaining: count,
+            writes_only,
+        });
+    }
+
+    /// Makes the `n`th write from now (1 = the next) fail with 409 Conflict.
+    pub fn conflict_on_write(&self, n: u64) {
+        let mut st = self.lock();
+        st.conflict_on_write = Some(st.writes + n);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut st = self.lock();
+        st.faults.clear();
+        st.conflict_on_write = None;
+    }
+
+    /// How long the simulated controllers take to finish a rollout.
+    pub fn set_rollout_delay(&self, d: Duration) {
+        self.lock().rollout_delay = d;
+    }
+
+    /// Rollouts never complete while set (for timeout tests).
+    pub fn set_rollouts_stuck(&self, stuck: bool) {
+        self.lock().rollouts_stuck = stuck;
+    }
+
+    /// Successful writes (create, update, patch, delete) so far.
+    pub fn writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
+    }
+
+    /// Takes the next fault that applies to a request, if any.
+    pub(crate) fn next_fault(&self, is_write: bool) -> Option<FaultAction> {
+        let mut st = self.lock();
+        let i = st
+            .faults
+            .iter()
+            .position(|f| f.remaining > 0 && (!f.writes_only || is_write))?;
+        st.faults[i].remaining -= 1;
+        let action = st.faults[i].action.clone();
+        st.faults.retain(|f| f.remaining > 0);
+        Some(action)
+    }
+
+    /// Whether this write must fail with a conflict (the Nth-write fault).
+    pub(crate) fn injected_conflict(st: &mut ClusterState) -> bool {
+        match st.conflict_on_write {
+            Some(n) if st.writes + 1 >= n => {
+                st.conflict_on_write = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn authorize(
+        st: &ClusterState,
+        token: Option<&str>,
+        verb: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), (u16, String)> {
+        let Some((user, rules)) = token.and_then(|t| st.tokens.get(t)) else {
+            return Err((401, "Unauthorized".to_string()));
+        };
+        if rules.iter().any(|r| r.allows(verb, resource, ns, name)) {
+            return Ok(());
+        }
+        let what = match name {
+            Some(n) => format!("{resource} \"{n}\" is forbidden"),
+            None => format!("{resource} is forbidden"),
+        };
+        let group = store::group_of(resource);
+        let scope = match ns {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        Err((
+            403,
+            format!(
+                "{what}: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
+            ),
+        ))
+    }
+}
+
+/// A running server with its clusters. Dropping it stops everything.
+pub struct TestApiServer {
+    clusters: Vec<Arc<FakeCluster>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestApiServer {
+    /// Starts one cluster per name, each on its own loopback port (plain HTTP), each with an
+    /// `admin-<name>` token and the namespaces `default`, `kube-system` and `istio-system`.
+    pub fn start(names: &[&str]) -> Self {
+        Self::start_with(names, false)
+    }
+
+    /// Like [`TestApiServer::start`], serving HTTPS with a self-signed certificate for
+    /// 127.0.0.1 (kubectl sends bearer tokens only over TLS).
+    pub fn start_tls(names: &[&str]) -> Self {
+        Self::start_with(names, true)
+    }
+
+    fn start_with(names: &[&str], tls: bool) -> Self {
+        let listeners: Vec<std::net::TcpListener> = names
+            .iter()
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let clusters: Vec<Arc<FakeCluster>> = names
+            .iter()
+            .zip(&listeners)
+            .map(|(name, l)| {
+                let (events, _) = tokio::sync::broadcast::channel(4096);
+                let cluster = Arc::new(FakeCluster {
+                    name: name.to_string(),
+                    addr: l.local_addr().expect("local addr"),
+                    ca_pem: None,
+                    state: Mutex::new(ClusterState {
+                        store: Store::default(),
+                        tokens: HashMap::new(),
+                        faults: Vec::new(),
+                        conflict_on_write: None,
+                        writes: 0,
+                        requests: Vec::new(),
+                        rollout_delay: Duration::from_millis(50),
+                        rollouts_stuck: false,
+                    }),
+                    events,
+                    runtime: runtime.handle().clone(),
+                });
+                cluster.add_token(&cluster.admin_token(), "admin", vec![Rule::admin()]);
+                for ns in ["default", "kube-system", "istio-system"] {
+                    cluster.namespace(ns, &[]);
+                }
+                cluster
+            })
+            .collect();
+        let tls = tls.then(http::TlsIdentity::generate);
+        let clusters: Vec<Arc<FakeCluster>> = clusters
+            .into_iter()
+            .map(|c| match (&tls, Arc::try_unwrap(c)) {
+                (Some(id), Ok(mut c)) => {
+                    c.ca_pem = Some(id.cert_pem.clone());
+                    Arc::new(c)
+                }
+                (_, Ok(c)) => Arc::new(c),
+                (_, Err(c)) => c,
+            })
+            .collect();
+        let acceptor = tls.map(|id| id.acceptor());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = clusters.clone();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                for (cluster, listener) in serving.into_iter().zip(listeners) {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    tokio::spawn(http::serve(cluster, listener, acceptor.clone()));
+                }
+                let _ = rx.await;
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        });
+        TestApiServer {
+            clusters,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> &Arc<FakeCluster> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    pub fn clusters(&self) -> &[Arc<FakeCluster>] {
+        &self.clusters
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! Objects, resource versions and the rules Kubernetes applies to writes.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+/// A kind of object the server knows.
+pub(crate) struct ResourceType {
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub namespaced: bool,
+    pub short: &'static [&'static str],
+}
+
+impl ResourceType {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Deployments, DaemonSets, StatefulSets: have a generation and a rollout.
+    pub fn is_workload(&self) -> bool {
+        self.group == "apps"
+    }
+}
+
+pub(crate) const TYPES: [ResourceType; 7] = [
+    ResourceType {
+        plural: "namespaces",
+        kind: "Namespace",
+        group: "",
+        version: "v1",
+        namespaced: false,
+        short: &["ns"],
+    },
+    ResourceType {
+        plural: "secrets",
+        kind: "Secret",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short: &[],
+    },
+    ResourceType {
+        plural: "configmaps",
+        kind: "ConfigMap",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short: &["cm"],
+    },
+    ResourceType {
+        plural: "deployments",
+        kind: "Deployment",
+        group: "apps",
+        version: "v1",
+        namespaced: true,
+        short: &["deploy"],
+    },
+    ResourceType {
+        plural: "daemonsets",
+        kind: "DaemonSet",
+        group: "apps",
+        version: "v1",
+        namespaced: true,
+        short: &["ds"],
+    },
+    ResourceType {
+        plural: "statefulsets",
+        kind: "StatefulSet",
+        group: "apps",
+        version: "v1",
+        namespaced: true,
+        short: &["sts"],
+    },
+    ResourceType {
+        plural: "leases",
+        kind: "Lease",
+        group: "coordination.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short: &[],
+    },
+];
+
+pub(crate) fn resource(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+    TYPES
+        .iter()
+        .find(|t| t.group == group && t.version == version && t.plural == plural)
+}
+
+pub(crate) fn group_of(plural: &str) -> &'static str {
+    TYPES
+        .iter()
+        .find(|t| t.plural == plural)
+        .map_or("", |t| t.group)
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Event {
+    pub rv: u64,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub ns: String,
+    pub object: Value,
+}
+
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    NotFound {
+        plural: String,
+        name: String,
+    },
+    AlreadyExists {
+        plural: String,
+        name: String,
+    },
+    Conflict {
+        plural: String,
+        name: String,
+    },
+    NamespaceNotFound(String),
+    BadRequest(String),
+    Invalid {
+        plural: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// (HTTP code, reason, message) as the real apiserver words them.
+    pub fn status(&self) -> (u16, &'static str, String) {
+        match self {
+            StoreError::NotFound { plural, name } => {
+                (404, "NotFound", format!("{plural} \"{name}\" not found"))
+            }
+            StoreError::AlreadyExists { plural, name } => (
+                409,
+                "AlreadyExists",
+                format!("{plural} \"{name}\" already exists"),
+            ),
+            StoreError::Conflict { plural, name } => (
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                ),
+            ),
+            StoreError::NamespaceNotFound(ns) => {
+                (404, "NotFound", format!("namespaces \"{ns}\" not found"))
+            }
+            StoreError::BadRequest(m) => (400, "BadRequest", m.clone()),
+            StoreError::Invalid {
+                plural,
+                name,
+                message,
+            } => (
+                422,
+                "Invalid",
+                format!("{plural} \"{name}\" is invalid: {message}"),
+            ),
+        }
+    }
+}
+
+type Key = (&'static str, String, String);
+
+#[derive(Default)]
+pub(crate) struct Store {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    uid: u64,
+    pub history: Vec<Event>,
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+pub(crate) fn name_of(obj: &Value) -> Option<&str> {
+    meta(obj)
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+}
+
+fn rv_of(obj: &Value) -> Option<&str> {
+    meta(obj)
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Store {
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn get(&self, plural: &str, ns: &str, name: &str) -> Option<&Value> {
+        let rt = TYPES.iter().find(|t| t.plural == plural)?;
+        self.objects
+            .get(&(rt.plural, ns.to_string(), name.to_string()))
+    }
+
+    pub fn list(&self, plural: &str, ns: Option<&str>) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|((p, n, _), _)| *p == plural && ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn record(
+        &mut self,
+        kind: &'static str,
+        rt: &'static ResourceType,
+        ns: &str,
+        object: &Value,
+    ) -> Event {
+        let event = Event {
+            rv: self.rv,
+            kind,
+            plural: rt.plural,
+            ns: ns.to_string(),
+            object: object.clone(),
+        };
+        self.history.push(event.clone());
+        if self.history.len() > 20_000 {
+            self.history.drain(..10_000);
+        }
+        event
+    }
+
+    /// Fills in what the apiserver owns and checks what it validates.
+    fn normalize(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        mut obj: Value,
+        old: Option<&Value>,
+    ) -> Result<Value, StoreError> {
+        let name = name_of(&obj).unwrap_or_default().to_string();
+        let invalid = |message: String| StoreError::Invalid {
+            plural: rt.plural.to_string(),
+            name: name.clone(),
+            message,
+        };
+        let Some(map) = obj.as_object_mut() else {
+            return Err(StoreError::BadRequest("body is not a JSON object".into()));
+        };
+        map.insert("apiVersion".into(), Value::from(rt.api_version()));
+        map.insert("kind".into(), Value::from(rt.kind));
+        self.rv += 1;
+        let rv = self.rv;
+        let metadata = map
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| StoreError::BadRequest("metadata is not an object".into()))?;
+        if rt.namespaced {
+            metadata.insert("namespace".into(), Value::from(ns));
+        } else {
+            metadata.remove("namespace");
+        }
+        metadata.insert("resourceVersion".into(), Value::from(rv.to_string()));
+        match old.and_then(meta) {
+            Some(old_meta) => {
+                for k in ["uid", "creationTimestamp"] {
+                    if let Some(v) = old_meta.get(k) {
+                        metadata.insert(k.into(), v.clone());
+                    }
+                }
+            }
+            None => {
+                self.uid += 1;
+                metadata.insert(
+                    "uid".into(),
+                    Value::from(format!("00000000-0000-0000-0000-{:012}", self.uid)),
+                );
+                metadata.insert("creationTimestamp".into(), Value::from(now()));
+            }
+        }
+        if rt.plural == "secrets" {
+            if let Some(Value::Object(string_data)) = map.remove("stringData") {
+                let data = map.entry("data").or_insert_with(|| json!({}));
+                for (k, v) in string_data {
+                    let s = v.as_str().unwrap_or_default();
+                    data[k] = Value::from(base64::engine::general_purpose::STANDARD.encode(s));
+                }
+            }
+            if let Some(data) = map.get("data").and_then(Value::as_object) {
+                for (k, v) in data {
+                    let ok = v.as_str().is_some_and(|s| {
+                        base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+                    });
+                    if !ok {
+                        return Err(invalid(format!(
+                            "data[{k}]: Invalid value: illegal base64 data"
+                        )));
+                    }
+                }
+            }
+            let ty = map
+                .entry("type")
+                .or_insert_with(|| Value::from("Opaque"))
+                .clone();
+            if let Some(old_ty) = old.and_then(|o| o.get("type"))
+                && *old_ty != ty
+            {
+                return Err(invalid("type: Invalid value: field is immutable".into()));
+            }
+        }
+        if rt.plural == "namespaces" {
+            map.insert("status".into(), json!({"phase": "Active"}));
+        }
+        if rt.is_workload() {
+            let old_gen = old.and_then(|o| o["metadata"]["generation"].as_i64());
+            let spec_changed = old.is_none_or(|o| o.get("spec") != map.get("spec"));
+            let generation = match old_gen {
+                Some(g) if !spec_changed => g,
+                Some(g) => g + 1,
+                None => 1,
+            };
+            map["metadata"]["generation"] = Value::from(generation);
+            // Writes to the main resource never change status (that is the status subresource).
+            let status = old
+                .and_then(|o| o.get("status").cloned())
+                .unwrap_or_else(|| json!({}));
+            map.insert("status".into(), status);
+        }
+        Ok(obj)
+    }
+
+    fn check_namespace(&self, rt: &ResourceType, ns: &str) -> Result<(), StoreError> {
+        if rt.namespaced
+            && !self
+                .objects
+                .contains_key(&("namespaces", String::new(), ns.to_string()))
+        {
+            return Err(StoreError::NamespaceNotFound(ns.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn create(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        obj: Value,
+    ) -> Result<(Value, Event), StoreError> {
+        let name = name_of(&obj)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| StoreError::BadRequest("metadata.name is required".into()))?
+            .to_string();
+        self.check_namespace(rt, ns)?;
+        let key = (rt.plural, ns.to_string(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists {
+                plural: rt.plural.into(),
+                name,
+            });
+        }
+        let obj = self.normalize(rt, ns, obj, None)?;
+        self.objects.insert(key, obj.clone());
+        let event = self.record("ADDED", rt, ns, &obj);
+        Ok((obj, event))
+    }
+
+    pub fn replace(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+    ) -> Result<(Value, Event), StoreError> {
+        if name_of(&obj) != Some(name) {
+            return Err(StoreError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(&obj).unwrap_or("")
+            )));
+        }
+        let key = (rt.plural, ns.to_string(), name.to_string());
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                plural: rt.plural.into(),
+                name: name.into(),
+            })?;
+        if let Some(want) = rv_of(&obj)
+            && Some(want) != rv_of(&old)
+        {
+            return Err(StoreError::Conflict {
+                plural: rt.plural.into(),
+                name: name.into(),
+            });
+        }
+        let obj = self.normalize(rt, ns, obj, Some(&old))?;
+        self.objects.insert(key, obj.clone());
+        let event = self.record("MODIFIED", rt, ns, &obj);
+        Ok((obj, event))
+    }
+
+    pub fn patch(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(Value, Event), StoreError> {
+        let key = (rt.plural, ns.to_string(), name.to_string());
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                plural: rt.plural.into(),
+                name: name.into(),
+            })?;
+        if let Some(want) = rv_of(patch)
+            && Some(want) != rv_of(&old)
+        {
+            return Err(StoreError::Conflict {
+                plural: rt.plural.into(),
+                name: name.into(),
+            });
+        }
+        let mut obj = old.clone();
+        merge_patch(&mut obj, patch);
+        if name_of(&obj) != Some(name) {
+            return Err(StoreError::BadRequest(
+                "a patch may not change metadata.name".into(),
+            ));
+        }
+        let obj = self.normalize(rt, ns, obj, Some(&old))?;
+        self.objects.insert(key, obj.clone());
+        let event = self.record("MODIFIED", rt, ns, &obj);
+        Ok((obj, event))
+    }
+
+    pub fn delete(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> Result<(Value, Event), StoreError> {
+        let key = (rt.plural, ns.to_string(), name.to_string());
+        let obj = self
+            .objects
+            .remove(&key)
+            .ok_or_else(|| StoreError::NotFound {
+                plural: rt.plural.into(),
+                name: name.into(),
+            })?;
+        self.rv += 1;
+        let event = self.record("DELETED", rt, ns, &obj);
+        Ok((obj, event))
+    }
+
+    /// Test fixture: create or replace, ignoring preconditions.
+    pub fn put_fixture(&mut self, obj: Value) -> (Value, Event) {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let rt = TYPES
+            .iter()
+            .find(|t| t.kind == kind)
+            .unwrap_or_else(|| panic!("unknown kind {kind}"));
+        let ns = if rt.namespaced {
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
+        let name = name_of(&obj)
+            .expect("fixture needs metadata.name")
+            .to_string();
+        let key = (rt.plural, ns.clone(), name);
+        let old = self.objects.get(&key).cloned();
+        let mut obj = obj;
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let status = obj.get("status").cloned();
+        let mut obj = self
+            .normalize(rt, &ns, obj, old.as_ref())
+            .expect("valid fixture");
+        if let Some(status) = status {
+            obj["status"] = status;
+        }
+        self.objects.insert(key, obj.clone());
+        let event = self.record(
+            if old.is_some() { "MODIFIED" } else { "ADDED" },
+            rt,
+            &ns,
+            &obj,
+        );
+        (obj, event)
+    }
+
+    /// The simulated controller finishing a rollout of `generation`.
+    pub fn complete_rollout(
+        &mut self,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        generation: i64,
+    ) -> Option<Event> {
+        let rt = TYPES.iter().find(|t| t.plural == plural)?;
+        let key = (rt.plural, ns.to_string(), name.to_string());
+        let obj = self.objects.get_mut(&key)?;
+        if obj["metadata"]["generation"].as_i64() != Some(generation) {
+            return None;
+        }
+        let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+        let status = match plural {
+            "deployments" => json!({
+                "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                "readyReplicas": replicas, "availableReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True"},
+                               {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
+            }),
+            "daemonsets" => json!({
+                "observedGeneration": generation, "desiredNumberScheduled": replicas,
+                "currentNumberScheduled": replicas, "updatedNumberScheduled": replicas,
+                "numberReady": replicas, "numberAvailable": replicas, "numberMisscheduled": 0,
+            }),
+            _ => json!({
+                "observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
+                "currentReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
+                "currentRevision": format!("{name}-{generation}"), "updateRevision": format!("{name}-{generation}"),
+            }),
+        };
+        obj["status"] = status;
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
+        let obj = obj.clone();
+        Some(self.record("MODIFIED", rt, ns, &obj))
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().expect("object");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
