@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -37,6 +38,30 @@ pub enum RootStoreConfig {
     File { dir: PathBuf },
 }
 
+/// How cacertd talks to Kubernetes clusters (`[kubernetes]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// Per API call: connect, read and write timeouts.
+    pub timeout: Duration,
+    /// Retries of a call that failed with a 5xx, 429, timeout or connection error.
+    pub retries: u32,
+    /// Clusters worked on at once.
+    pub concurrency: usize,
+    /// How long to wait for a rollout to finish.
+    pub rollout_timeout: Duration,
+}
+
+impl Default for KubeSettings {
+    fn default() -> Self {
+        KubeSettings {
+            timeout: Duration::from_secs(10),
+            retries: 3,
+            concurrency: 8,
+            rollout_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -47,6 +72,7 @@ pub struct Config {
     pub default_policy: String,
     pub root: RootStoreConfig,
     pub topology: Topology,
+    pub kubernetes: KubeSettings,
 }
 
 #[derive(Deserialize)]
@@ -57,8 +83,18 @@ struct RawConfig {
     policies_dir: Option<PathBuf>,
     policy: Option<Spanned<String>>,
     root: Option<RawRoot>,
+    kubernetes: Option<RawKube>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKube {
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    concurrency: Option<Spanned<usize>>,
+    rollout_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +124,13 @@ enum RawRole {
 #[derive(Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum RawTarget {
-    Dir { path: PathBuf },
+    Dir {
+        path: PathBuf,
+    },
+    Kube {
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+    },
 }
 
 impl Config {
@@ -204,6 +246,13 @@ impl Config {
                 RawTarget::Dir { path } => TargetConfig::Dir {
                     path: resolve(path),
                 },
+                RawTarget::Kube {
+                    kubeconfig,
+                    context,
+                } => TargetConfig::Kube {
+                    kubeconfig: kubeconfig.as_deref().map(resolve),
+                    context: context.clone(),
+                },
             });
             match role {
                 Role::Primary => {
@@ -298,6 +347,41 @@ impl Config {
             }
         }
 
+        let mut kubernetes = KubeSettings::default();
+        if let Some(k) = raw.kubernetes {
+            let duration = |field: &str, v: &Spanned<String>| {
+                humantime::parse_duration(v.get_ref())
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            v.span(),
+                            format!("kubernetes.{field}"),
+                            format!("{:?} is not a positive duration (e.g. \"10s\")", v.get_ref()),
+                        )
+                    })
+            };
+            if let Some(t) = &k.timeout {
+                kubernetes.timeout = duration("timeout", t)?;
+            }
+            if let Some(t) = &k.rollout_timeout {
+                kubernetes.rollout_timeout = duration("rollout_timeout", t)?;
+            }
+            if let Some(r) = k.retries {
+                kubernetes.retries = r;
+            }
+            if let Some(c) = &k.concurrency {
+                if *c.get_ref() == 0 {
+                    return Err(invalid(
+                        c.span(),
+                        "kubernetes.concurrency".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                kubernetes.concurrency = *c.get_ref();
+            }
+        }
+
         Ok(Config {
             file: file.to_path_buf(),
             trust_domain,
@@ -306,6 +390,7 @@ impl Config {
             default_policy,
             root,
             topology: Topology::new(clusters),
+            kubernetes,
         })
     }
 
@@ -523,6 +608,29 @@ mod tests {
             c.policy_for(c.topology.get("cluster2").unwrap()).name,
             "istio-compatible"
         );
+    }
+
+    #[test]
+    fn kube_targets_and_settings_parse() {
+        let text = ACCEPTANCE.replace(
+            "target = { kind = \"dir\", path = \"out/cluster2\" }",
+            "target = { kind = \"kube\", kubeconfig = \"kc/c2.yaml\", context = \"c2\" }",
+        ) + "\n[kubernetes]\ntimeout = \"2s\"\nconcurrency = 3\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.topology.get("cluster2").unwrap().target,
+            Some(TargetConfig::Kube {
+                kubeconfig: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("kc/c2.yaml")),
+                context: Some("c2".into()),
+            })
+        );
+        assert_eq!(c.kubernetes.timeout, Duration::from_secs(2));
+        assert_eq!(c.kubernetes.concurrency, 3);
+        assert_eq!(c.kubernetes.retries, 3);
+        let e = err(&format!("{ACCEPTANCE}\n[kubernetes]\nconcurrency = 0\n"));
+        assert!(e.contains("kubernetes.concurrency"), "{e}");
+        let e = err(&format!("{ACCEPTANCE}\n[kubernetes]\ntimeout = \"soon\"\n"));
+        assert!(e.contains("kubernetes.timeout"), "{e}");
     }
 
     #[test]

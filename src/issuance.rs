@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::pki::{CaCertsFiles, RootCa, TrustBundle, issue_intermediate, verify_cacerts_for_mesh};
 use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
-use crate::target::{self, WriteMeta};
+use futures::StreamExt;
+
+use crate::target::{Target, TargetError, WriteMeta};
 use crate::topology::Cluster;
 
 /// What happened to one cluster.
@@ -57,9 +59,10 @@ impl ClusterReport {
     }
 }
 
-/// Runs the issuance for `clusters` (primaries). `root` signs; with `dry_run` nothing is
-/// signed or written. Each cluster is independent: one failing does not stop the others.
-pub fn run(
+/// Runs the issuance for `clusters` (primaries), up to `kubernetes.concurrency` at a time.
+/// `root` signs; with `dry_run` nothing is signed or written. Each cluster is independent: one
+/// failing or hanging does not stop the others. Reports come back in the order given.
+pub async fn run(
     config: &Config,
     root: &RootCa,
     clusters: &[&Cluster],
@@ -67,10 +70,15 @@ pub fn run(
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
-    clusters
-        .iter()
-        .map(|cluster| {
-            let report = one(config, root, cluster, opts, dry_run, now);
+    let mut reports: Vec<(usize, ClusterReport)> = futures::stream::iter(clusters.iter().enumerate())
+        .map(|(i, cluster)| async move { (i, one(config, root, cluster, opts, dry_run, now).await) })
+        .buffer_unordered(config.kubernetes.concurrency.max(1))
+        .collect()
+        .await;
+    reports.sort_by_key(|(i, _)| *i);
+    reports
+        .into_iter()
+        .map(|(_, report)| {
             match report.outcome {
                 Outcome::Issued => tracing::info!(
                     cluster = %report.cluster,
@@ -91,7 +99,10 @@ pub fn run(
         .collect()
 }
 
-fn one(
+/// How often a write that lost a race (409) is re-read and re-planned before giving up.
+const CONFLICT_ATTEMPTS: usize = 3;
+
+async fn one(
     config: &Config,
     root: &RootCa,
     cluster: &Cluster,
@@ -101,17 +112,37 @@ fn one(
 ) -> ClusterReport {
     let name = cluster.name.as_str();
     let failed = |msg: String| ClusterReport::new(name, Outcome::Failed).with_reason(msg);
-    let target = match target::open(cluster, &config.state_dir) {
+    let target = match Target::open(cluster, &config.state_dir, &config.kubernetes).await {
         Ok(t) => t,
         Err(e) => return failed(e.to_string()),
     };
-    let observed = match target.read() {
-        Ok(o) => o,
-        Err(e) => return failed(format!("reading {}: {e}", target.describe())),
-    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match attempt_once(config, root, cluster, &target, opts, dry_run, now).await {
+            Err(TargetError::Conflict { detail, .. }) if attempt < CONFLICT_ATTEMPTS => {
+                tracing::info!(cluster = name, detail = %detail, "cacerts changed meanwhile; re-reading");
+            }
+            Err(e) => return failed(e.to_string()),
+            Ok(report) => return report,
+        }
+    }
+}
+
+async fn attempt_once(
+    config: &Config,
+    root: &RootCa,
+    cluster: &Cluster,
+    target: &Target,
+    opts: PlanOptions,
+    dry_run: bool,
+    now: OffsetDateTime,
+) -> Result<ClusterReport, TargetError> {
+    let name = cluster.name.as_str();
+    let observed = target.read().await?;
     let policy = config.policy_for(cluster);
     let assessment = assess(
-        observed.as_ref(),
+        &observed.snapshot,
         &config.expected(cluster, Some(root.cert())),
         now,
     );
@@ -123,10 +154,10 @@ fn one(
                 r.not_after = Some(info.not_after);
             }
             r.renew_at = assessment.renew_at;
-            return r;
+            return Ok(r);
         }
         Decision::Refuse { reason } => {
-            return ClusterReport::new(name, Outcome::Refused).with_reason(reason);
+            return Ok(ClusterReport::new(name, Outcome::Refused).with_reason(reason));
         }
         Decision::Issue { reason, trust } => (reason, trust),
     };
@@ -136,17 +167,18 @@ fn one(
     }
     let spec = policy.intermediate_spec(name, &config.trust_domain);
     if let Err(v) = policy.check_issuance(name, &spec, root.cert()) {
-        return ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string());
+        return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
     }
     if dry_run {
-        return ClusterReport::new(name, Outcome::WouldIssue).with_reason(why);
+        return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
     }
+    let failed = |msg: String| Ok(ClusterReport::new(name, Outcome::Failed).with_reason(msg));
     let intermediate = match issue_intermediate(root, &spec, now) {
         Ok(i) => i,
         Err(e) => return failed(e.to_string()),
     };
     if let Err(v) = policy.check_issued(name, &intermediate.cert) {
-        return ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string());
+        return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
     }
     let trust = match trust {
         TrustChoice::Keep(t) => t,
@@ -172,15 +204,11 @@ fn one(
         written_at: now,
         reason: why.clone(),
     };
-    match target.write(&files, &meta) {
-        Ok(w) => {
-            let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
-            r.serial = Some(info.serial.clone());
-            r.not_after = Some(info.not_after);
-            r.renew_at = Some(policy.renew_at(info));
-            r.backup = w.backup;
-            r
-        }
-        Err(e) => failed(format!("writing {}: {e}", target.describe())),
-    }
+    let written = target.write(&files, &meta, &observed).await?;
+    let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
+    r.serial = Some(info.serial.clone());
+    r.not_after = Some(info.not_after);
+    r.renew_at = Some(policy.renew_at(info));
+    r.backup = written.backup;
+    Ok(r)
 }

@@ -28,6 +28,8 @@ pub enum ClusterState {
     ForeignTrust,
     /// Trusts the current root, but signs with a CA under another root (mid-transition).
     OtherSigner,
+    /// No plug-in CA: istiod runs its self-signed CA (`istio-ca-secret`).
+    SelfSigned,
 }
 
 impl ClusterState {
@@ -40,6 +42,7 @@ impl ClusterState {
             ClusterState::Invalid => "invalid",
             ClusterState::ForeignTrust => "foreign-trust",
             ClusterState::OtherSigner => "other-signer",
+            ClusterState::SelfSigned => "self-signed",
         }
     }
 }
@@ -57,8 +60,33 @@ pub struct Assessment {
     pub trust_bundle: Vec<String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    /// Kubernetes targets: the bundles istiod published to namespaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
     #[serde(skip)]
     pub trust: Option<TrustBundle>,
+}
+
+/// What one primary cluster holds, as read from its target. Directory targets fill in only
+/// `cacerts`; Kubernetes targets also report istiod's self-signed CA and the published bundles.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The plug-in CA (`cacerts`), in either form istiod reads.
+    pub cacerts: Option<CaCertsFiles>,
+    /// istiod's own self-signed CA (`istio-ca-secret`), present until a cluster is migrated.
+    pub self_signed_ca: Option<CaCertsFiles>,
+    /// `root-cert.pem` of each `istio-ca-root-cert` ConfigMap, by namespace: the bundle istiod
+    /// has actually published to workloads.
+    pub published_bundles: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl Snapshot {
+    pub fn of(cacerts: Option<CaCertsFiles>) -> Self {
+        Snapshot {
+            cacerts,
+            ..Default::default()
+        }
+    }
 }
 
 /// What a primary's `cacerts` is judged against.
@@ -77,11 +105,7 @@ pub struct Expected<'a> {
 /// that does not demonstrably trust the current root is never classed as merely invalid, so
 /// `issue` cannot replace another trust domain's bundle just because something else about the
 /// set is broken.
-pub fn assess(
-    observed: Option<&CaCertsFiles>,
-    expected: &Expected<'_>,
-    now: OffsetDateTime,
-) -> Assessment {
+pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime) -> Assessment {
     let Expected {
         root,
         policy,
@@ -97,18 +121,37 @@ pub fn assess(
         trust_bundle: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
+        published: None,
         trust: None,
     };
-    let Some(files) = observed else {
+    if let Some(bundles) = &snapshot.published_bundles {
+        let with_root = bundles
+            .iter()
+            .filter(|(_, pem)| {
+                let (b, _) = TrustBundle::from_pem_lenient(pem);
+                root.is_some_and(|r| b.contains(r))
+            })
+            .count();
+        a.published = Some(Published {
+            namespaces: bundles.len(),
+            with_root,
+        });
+    }
+    let Some(files) = snapshot.cacerts.as_ref().filter(|f| !is_empty(f)) else {
+        // No plug-in CA: istiod signs with its self-signed CA, if it has one. Plugging in the
+        // common root now would leave every running workload trusting only the old root.
+        if let Some(ss) = &snapshot.self_signed_ca {
+            let (trust, _) = TrustBundle::from_pem_lenient(&ss.root_cert);
+            a.trust_bundle = trust.fingerprints();
+            a.intermediate = Cert::lenient_from_pem(&ss.ca_cert, CaCertsFiles::CA_CERT)
+                .0
+                .into_iter()
+                .next()
+                .map(|c| c.info().clone());
+            a.state = ClusterState::SelfSigned;
+        }
         return a;
     };
-    if files
-        .entries()
-        .iter()
-        .all(|(_, b)| b.iter().all(u8::is_ascii_whitespace))
-    {
-        return a;
-    }
     let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();
@@ -165,6 +208,21 @@ pub fn assess(
         ClusterState::Valid
     };
     a
+}
+
+fn is_empty(files: &CaCertsFiles) -> bool {
+    files
+        .entries()
+        .iter()
+        .all(|(_, b)| b.iter().all(u8::is_ascii_whitespace))
+}
+
+/// How many namespaces' `istio-ca-root-cert` ConfigMaps istiod has published, and how many of
+/// them contain the current root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub namespaces: usize,
+    pub with_root: usize,
 }
 
 /// Switches a run can be given.
@@ -268,6 +326,17 @@ pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
                      that do not trust the current root yet"
                 .to_string(),
         },
+        ClusterState::SelfSigned if opts.danger_replace_trust_bundle => Decision::Issue {
+            reason: IssueReason::ReplaceTrust,
+            trust: TrustChoice::RootOnly,
+        },
+        ClusterState::SelfSigned => Decision::Refuse {
+            reason: "istiod signs with its self-signed CA (istio-ca-secret); plugging in the \
+                     common root directly would break mTLS with every running workload. Migrate \
+                     it with a phased trust transition, or pass --danger-replace-trust-bundle if \
+                     no workload depends on it"
+                .to_string(),
+        },
     }
 }
 
@@ -315,7 +384,7 @@ mod tests {
     fn nothing_there_means_issue_with_the_root_alone() {
         let p = policy();
         let r = root(&p);
-        let a = assess(None, &expected(r.cert(), &p), t0());
+        let a = assess(&Snapshot::default(), &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Missing);
         assert_eq!(
             decide(&a, PlanOptions::default()),
@@ -331,17 +400,20 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Valid);
         let renew_at = a.renew_at.unwrap();
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
 
         let just_before = renew_at - time::Duration::seconds(1);
         assert_eq!(
-            assess(Some(&files), &expected(r.cert(), &p), just_before).state,
+            assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), just_before).state,
             ClusterState::Valid
         );
-        let due = assess(Some(&files), &expected(r.cert(), &p), renew_at);
+        let due = assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), renew_at);
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
             Decision::Issue {
@@ -360,7 +432,7 @@ mod tests {
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
         let a = assess(
-            Some(&files),
+            &Snapshot::of(Some(files.clone())),
             &expected(r.cert(), &p),
             t0() + time::Duration::days(400),
         );
@@ -384,7 +456,8 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
         let opts = PlanOptions {
             force: true,
             ..Default::default()
@@ -403,7 +476,8 @@ mod tests {
         let p = policy();
         let (ours, theirs) = (root(&p), root(&p));
         let files = cacerts(&theirs, &p, t0());
-        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
             panic!()
@@ -434,7 +508,8 @@ mod tests {
             .with_root_appended(new.cert())
             .pem_bytes()
             .to_vec();
-        let a = assess(Some(&files), &expected(new.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(new.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -448,7 +523,8 @@ mod tests {
         let r = root(&p);
         let mut files = cacerts(&r, &p, t0());
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
-        let a = assess(Some(&files), &expected(r.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -466,7 +542,8 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut stricter = p.clone();
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
-        let a = assess(Some(&files), &expected(r.cert(), &stricter), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &stricter), t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -484,7 +561,7 @@ mod tests {
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
         let a = assess(
-            Some(&files),
+            &Snapshot::of(Some(files.clone())),
             &expected(r.cert(), &p),
             t0() + time::Duration::days(190),
         );
@@ -511,7 +588,8 @@ mod tests {
             .root_cert
             .extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
         files.cert_chain.clear();
-        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -519,7 +597,8 @@ mod tests {
         ));
         // Unreadable trust is not trust either.
         files.root_cert = b"garbage".to_vec();
-        let a = assess(Some(&files), &expected(ours.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
     }
 
@@ -533,7 +612,8 @@ mod tests {
             .pem_bytes()
             .to_vec();
         files.cert_chain.clear();
-        let a = assess(Some(&files), &expected(new.cert(), &p), t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &expected(new.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
     }
 
@@ -548,7 +628,8 @@ mod tests {
             cert_chain: Vec::new(),
         };
         assert_eq!(
-            assess(Some(&files), &expected(r.cert(), &p), t0()).state,
+            assess(
+            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0()).state,
             ClusterState::Missing
         );
     }
@@ -560,8 +641,35 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut e = expected(r.cert(), &p);
         e.cluster = "c2";
-        let a = assess(Some(&files), &e, t0());
+        let a = assess(
+            &Snapshot::of(Some(files.clone())), &e, t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(a.problems[0].contains("subject"), "{:?}", a.problems);
+    }
+
+    #[test]
+    fn a_self_signed_cluster_is_not_plugged_in_directly() {
+        let p = policy();
+        let (ours, istiod) = (root(&p), root(&p));
+        let ss = CaCertsFiles {
+            ca_cert: istiod.cert_pem().into_bytes(),
+            ca_key: istiod.key().to_pem().as_bytes().to_vec().into(),
+            root_cert: istiod.cert_pem().into_bytes(),
+            cert_chain: Vec::new(),
+        };
+        let snap = Snapshot {
+            cacerts: None,
+            self_signed_ca: Some(ss),
+            published_bundles: Some(vec![
+                ("default".into(), istiod.cert_pem().into_bytes()),
+                ("app".into(), ours.cert_pem().into_bytes()),
+            ]),
+        };
+        let a = assess(&snap, &expected(ours.cert(), &p), t0());
+        assert_eq!(a.state, ClusterState::SelfSigned);
+        assert_eq!(a.published, Some(Published { namespaces: 2, with_root: 1 }));
+        assert_eq!(a.trust_bundle, vec![istiod.cert().info().fingerprint_sha256.clone()]);
+        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else { panic!() };
+        assert!(reason.contains("self-signed"), "{reason}");
     }
 }

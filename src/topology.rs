@@ -18,12 +18,31 @@ pub enum Role {
 pub enum TargetConfig {
     /// A directory receiving the four PEM files and a `cacerts.yaml` manifest (GitOps, offline).
     Dir { path: PathBuf },
+    /// A Kubernetes cluster: Secret `istio-system/cacerts`. Without a kubeconfig, the default
+    /// loading rules apply (KUBECONFIG, ~/.kube/config, then in-cluster configuration).
+    Kube {
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+    },
 }
 
 impl std::fmt::Display for TargetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TargetConfig::Dir { path } => write!(f, "dir:{}", path.display()),
+            TargetConfig::Kube {
+                kubeconfig,
+                context,
+            } => {
+                write!(f, "kube")?;
+                if let Some(k) = kubeconfig {
+                    write!(f, ":{}", k.display())?;
+                }
+                if let Some(c) = context {
+                    write!(f, "#{c}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

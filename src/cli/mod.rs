@@ -21,10 +21,10 @@ use crate::pki::{
     CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
     verify_cacerts, verify_cacerts_for_mesh,
 };
-use crate::plan::PlanOptions;
+use crate::plan::{PlanOptions, Snapshot};
 use crate::policy::PolicyViolation;
 use crate::store::{self, StoreError};
-use crate::target::{ClusterTarget, DirTarget};
+use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
 
 /// Everything a command can fail with; each maps to a documented exit code.
@@ -67,7 +67,18 @@ impl CliError {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.verbose);
-    match run(args, &SystemClock) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args, &SystemClock)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -91,7 +102,7 @@ fn init_tracing(verbose: u8) {
 }
 
 /// Runs one command.
-pub fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
+pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
     let Args {
         config: config_path,
         verbose: _,
@@ -122,7 +133,7 @@ pub fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                         a.dry_run,
                         a.output.output,
                         now,
-                    )
+                    ).await
                 }
                 Command::Plan(a) => {
                     let opts = PlanOptions {
@@ -137,9 +148,9 @@ pub fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                         true,
                         a.output.output,
                         now,
-                    )
+                    ).await
                 }
-                Command::Status(o) => status(&config, o.output, now),
+                Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
                 Command::Verify(_) => unreachable!("handled above"),
             }
@@ -269,7 +280,7 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Cluster>, 
         .collect()
 }
 
-fn issue(
+async fn issue(
     config: &Config,
     names: &[String],
     opts: PlanOptions,
@@ -300,7 +311,7 @@ fn issue(
         Some(StateLock::acquire(&config.state_dir)?)
     };
     let root = store.load()?;
-    let reports = issuance::run(config, &root, &clusters, opts, dry_run, now);
+    let reports = issuance::run(config, &root, &clusters, opts, dry_run, now).await;
     drop(root);
     match format {
         Format::Json => output::print_json(&reports),
@@ -332,30 +343,22 @@ fn issue(
     Ok(())
 }
 
-fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+    use futures::StreamExt;
     let store = store::open(&config.root);
     let root = store.load_cert()?;
-    let mut rows = Vec::new();
-    for cluster in config.topology.clusters() {
-        let observed = match cluster.role {
-            Role::Remote => None,
-            Role::Primary => {
-                let target = crate::target::open(cluster, &config.state_dir)
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-                match target.read() {
-                    Ok(o) => Some(Ok(o)),
-                    Err(e) => Some(Err(e.to_string())),
-                }
-            }
-        };
-        rows.push(output::status_row(
-            config,
-            cluster,
-            root.as_ref(),
-            observed,
-            now,
-        ));
-    }
+    let observed: Vec<_> = futures::stream::iter(config.topology.clusters())
+        .map(|cluster| read_snapshot(config, cluster))
+        .buffered(config.kubernetes.concurrency)
+        .collect()
+        .await;
+    let rows = config
+        .topology
+        .clusters()
+        .iter()
+        .zip(observed)
+        .map(|(cluster, observed)| output::status_row(config, cluster, root.as_ref(), observed, now))
+        .collect();
     let report = output::StatusReport {
         root: root
             .as_ref()
@@ -367,6 +370,19 @@ fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), Cl
         Format::Table => output::print_status(&mut std::io::stdout(), &store.describe(), &report),
     }
     Ok(())
+}
+
+/// A primary's snapshot for `status` (remotes have none), or why it could not be read.
+async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snapshot, String>> {
+    if cluster.role == Role::Remote {
+        return None;
+    }
+    Some(
+        match Target::open(cluster, &config.state_dir, &config.kubernetes).await {
+            Ok(t) => t.read().await.map(|o| o.snapshot).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
 }
 
 fn verify(

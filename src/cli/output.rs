@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::issuance::{ClusterReport, Outcome};
-use crate::pki::{BundleProblem, CaCertsFiles, Cert, CertInfo, VerifiedCaCerts, fmt_time};
-use crate::plan::{Assessment, assess};
+use crate::pki::{BundleProblem, Cert, CertInfo, VerifiedCaCerts, fmt_time};
+use crate::plan::{Assessment, Snapshot, assess};
 use crate::topology::{Cluster, Role};
 
 pub fn print_json<T: Serialize>(value: &T) {
@@ -162,7 +162,7 @@ pub fn status_row(
     config: &Config,
     cluster: &Cluster,
     root: Option<&Cert>,
-    observed: Option<Result<Option<CaCertsFiles>, String>>,
+    observed: Option<Result<Snapshot, String>>,
     now: OffsetDateTime,
 ) -> StatusRow {
     let mut row = StatusRow {
@@ -180,8 +180,8 @@ pub fn status_row(
     match observed {
         None => {}
         Some(Err(e)) => row.error = Some(e),
-        Some(Ok(files)) => {
-            let a = assess(files.as_ref(), &config.expected(cluster, root), now);
+        Some(Ok(snapshot)) => {
+            let a = assess(&snapshot, &config.expected(cluster, root), now);
             row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
             row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
             row.cacerts = Some(a);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use super::{ClusterTarget, TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
+use super::{TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
 use crate::fsutil::{
     Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional, sync_dir,
     write_atomic,
@@ -84,12 +84,14 @@ impl DirTarget {
     }
 }
 
-impl ClusterTarget for DirTarget {
-    fn describe(&self) -> String {
+impl DirTarget {
+    pub fn describe(&self) -> String {
         format!("directory {}", self.path.display())
     }
 
-    fn read(&self) -> Result<Option<CaCertsFiles>, TargetError> {
+    /// The current set, `None` if there is none. Partial sets come back with the missing files
+    /// empty, so validation can name them.
+    pub fn read(&self) -> Result<Option<CaCertsFiles>, TargetError> {
         if !self.path.exists() {
             return Ok(None);
         }
@@ -119,10 +121,11 @@ impl ClusterTarget for DirTarget {
         }))
     }
 
-    fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError> {
+    /// Replaces the set; any previous set is backed up first.
+    pub fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError> {
         if self.path.join(TLS_CRT).exists() {
             return Err(TargetError::ManagedByCertManager {
-                dir: self.path.display().to_string(),
+                target: self.describe(),
             });
         }
         if !self.path.exists() {

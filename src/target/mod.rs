@@ -1,18 +1,23 @@
-//! Where a cluster's `cacerts` goes. The directory target is the embedded default (GitOps,
-//! offline); the Kubernetes target plugs in behind the same trait.
+//! Where a cluster's `cacerts` goes: a directory (GitOps, offline; the embedded default) or a
+//! Kubernetes cluster.
 
 mod dir;
+mod kube;
 mod manifest;
+mod retry;
 
 pub use dir::DirTarget;
+pub use kube::{KubeTarget, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
 
 use std::path::Path;
 
 use time::OffsetDateTime;
 
+use crate::config::KubeSettings;
 use crate::fsutil::FsError;
 use crate::pki::CaCertsFiles;
+use crate::plan::Snapshot;
 use crate::topology::{Cluster, TargetConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +27,55 @@ pub enum TargetError {
     #[error("cluster {cluster} has no target configured")]
     NoTarget { cluster: String },
     #[error(
-        "{dir} holds cert-manager's tls.crt, which istiod uses in preference to ca-cert.pem: \
-         files written by cacertd would be ignored. Move the tls.* files away to hand this \
-         cluster to cacertd"
+        "{target} holds cert-manager's tls.crt, which istiod uses in preference to ca-cert.pem: \
+         what cacertd writes would be ignored. Hand the cluster to cacertd by removing the \
+         cert-manager Certificate and its tls.* material first"
     )]
-    ManagedByCertManager { dir: String },
+    ManagedByCertManager { target: String },
+    #[error("{target}: cacerts changed since it was read ({detail})")]
+    Conflict { target: String, detail: String },
+    #[error("{target}: cannot load the Kubernetes client configuration: {message}")]
+    KubeConfig { target: String, message: String },
+    #[error("{target}: {action}: {message}")]
+    Kube {
+        target: String,
+        action: String,
+        message: String,
+        /// HTTP status when the API server answered.
+        code: Option<u16>,
+    },
+    #[error("{target}: {action}: refused: {reason}")]
+    Refused {
+        target: String,
+        action: String,
+        reason: String,
+    },
+    #[error("{target}: rollout of {workload} did not finish within {timeout}: {pending}")]
+    RolloutTimeout {
+        target: String,
+        workload: String,
+        timeout: String,
+        pending: String,
+    },
+}
+
+impl TargetError {
+    /// A short, stable label for metrics and reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetError::Io(_) => "io",
+            TargetError::NoTarget { .. } => "no-target",
+            TargetError::ManagedByCertManager { .. } => "cert-manager",
+            TargetError::Conflict { .. } => "conflict",
+            TargetError::KubeConfig { .. } => "kubeconfig",
+            TargetError::Kube { code: Some(403), .. } => "forbidden",
+            TargetError::Kube { code: Some(c), .. } if *c >= 500 => "server-error",
+            TargetError::Kube { code: Some(_), .. } => "api-error",
+            TargetError::Kube { code: None, .. } => "unreachable",
+            TargetError::Refused { .. } => "refused",
+            TargetError::RolloutTimeout { .. } => "rollout-timeout",
+        }
+    }
 }
 
 /// What a write records next to the material, so a human sees who wrote it, when and why.
@@ -44,25 +93,79 @@ pub struct WriteReport {
     pub backup: Option<String>,
 }
 
-/// A cluster's `cacerts`: read what is there, write a new set keeping the old one recoverable.
-pub trait ClusterTarget {
-    fn describe(&self) -> String;
-    /// The current set, `None` if the cluster has none. Partial sets are returned with the
-    /// missing files empty, so validation can name them.
-    fn read(&self) -> Result<Option<CaCertsFiles>, TargetError>;
-    /// Replaces the set; any previous set is backed up first.
-    fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError>;
+/// What was read, and the version a write must start from (optimistic concurrency).
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub snapshot: Snapshot,
+    /// Kubernetes: the resourceVersion of `cacerts` (`None`: it did not exist).
+    pub version: Option<String>,
 }
 
-/// Opens the target of a cluster. Backups of directory targets go under `state_dir/backups`.
-pub fn open(cluster: &Cluster, state_dir: &Path) -> Result<Box<dyn ClusterTarget>, TargetError> {
-    match &cluster.target {
-        Some(TargetConfig::Dir { path }) => Ok(Box::new(DirTarget::new(
-            path.clone(),
-            state_dir.join("backups").join(&cluster.name),
-        ))),
-        None => Err(TargetError::NoTarget {
-            cluster: cluster.name.clone(),
-        }),
+/// A cluster's target.
+pub enum Target {
+    Dir(DirTarget),
+    Kube(KubeTarget),
+}
+
+impl Target {
+    /// Opens the target of a cluster. Backups of directory targets go under
+    /// `state_dir/backups/<cluster>`.
+    pub async fn open(
+        cluster: &Cluster,
+        state_dir: &Path,
+        settings: &KubeSettings,
+    ) -> Result<Self, TargetError> {
+        match &cluster.target {
+            Some(TargetConfig::Dir { path }) => Ok(Target::Dir(DirTarget::new(
+                path.clone(),
+                state_dir.join("backups").join(&cluster.name),
+            ))),
+            Some(TargetConfig::Kube {
+                kubeconfig,
+                context,
+            }) => Ok(Target::Kube(
+                KubeTarget::connect(
+                    &cluster.name,
+                    kubeconfig.as_deref(),
+                    context.as_deref(),
+                    settings,
+                )
+                .await?,
+            )),
+            None => Err(TargetError::NoTarget {
+                cluster: cluster.name.clone(),
+            }),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Dir(d) => d.describe(),
+            Target::Kube(k) => k.describe(),
+        }
+    }
+
+    pub async fn read(&self) -> Result<Observed, TargetError> {
+        match self {
+            Target::Dir(d) => Ok(Observed {
+                snapshot: Snapshot::of(d.read()?),
+                version: None,
+            }),
+            Target::Kube(k) => k.read().await,
+        }
+    }
+
+    /// Replaces the set, starting from `observed` (a concurrent change in between is a
+    /// [`TargetError::Conflict`]); what is replaced is backed up first.
+    pub async fn write(
+        &self,
+        files: &CaCertsFiles,
+        meta: &WriteMeta,
+        observed: &Observed,
+    ) -> Result<WriteReport, TargetError> {
+        match self {
+            Target::Dir(d) => d.write(files, meta),
+            Target::Kube(k) => k.write(files, meta, observed).await,
+        }
     }
 }

@@ -1,0 +1,624 @@
+//! The Kubernetes target: Secret `istio-system/cacerts` in a cluster reached with `kube`.
+//! Reads also collect istiod's self-signed CA (`istio-ca-secret`) and the bundles istiod
+//! published (`istio-ca-root-cert` ConfigMaps); writes are optimistic (resourceVersion
+//! preconditions) and keep every replaced version in a backup Secret.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::retry::retrying;
+use super::{Observed, TargetError, WriteMeta, WriteReport};
+use crate::config::KubeSettings;
+use crate::pki::{CaCertsFiles, fmt_time};
+use crate::plan::Snapshot;
+
+/// Istio's plug-in CA Secret and where istiod looks for it (DESIGN.md fact 1).
+pub const NAMESPACE: &str = "istio-system";
+pub const CACERTS: &str = "cacerts";
+/// istiod's self-signed CA (DESIGN.md fact 4).
+pub const ISTIO_CA_SECRET: &str = "istio-ca-secret";
+/// The bundle istiod publishes to every namespace (DESIGN.md fact 4).
+pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cacertd");
+const BACKUP_OF: &str = "cacertd.io/backup-of";
+
+pub struct KubeTarget {
+    client: Client,
+    cluster: String,
+    url: String,
+    settings: KubeSettings,
+}
+
+impl KubeTarget {
+    /// Builds a client from a kubeconfig file and context, or the default loading rules
+    /// (KUBECONFIG, ~/.kube/config, in-cluster), with the configured per-call timeouts.
+    pub async fn connect(
+        cluster: &str,
+        kubeconfig: Option<&Path>,
+        context: Option<&str>,
+        settings: &KubeSettings,
+    ) -> Result<Self, TargetError> {
+        let config_err = |message: String| TargetError::KubeConfig {
+            target: format!("cluster {cluster}"),
+            message,
+        };
+        let options = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..Default::default()
+        };
+        let mut config = match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?
+            }
+            None if context.is_some() => Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| config_err(e.to_string()))?,
+            None => Config::infer().await.map_err(|e| config_err(e.to_string()))?,
+        };
+        config.connect_timeout = Some(settings.timeout);
+        config.read_timeout = Some(settings.timeout);
+        config.write_timeout = Some(settings.timeout);
+        let url = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|e| config_err(e.to_string()))?;
+        Ok(KubeTarget {
+            client,
+            cluster: cluster.to_string(),
+            url,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("cluster {} ({})", self.cluster, self.url.trim_end_matches('/'))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn settings(&self) -> &KubeSettings {
+        &self.settings
+    }
+
+    pub(crate) fn error(&self, action: impl Into<String>, e: kube::Error) -> TargetError {
+        let (code, message) = match &e {
+            kube::Error::Api(s) => (Some(s.code), format!("{} ({})", s.message, s.code)),
+            other => (None, other.to_string()),
+        };
+        TargetError::Kube {
+            target: self.describe(),
+            action: action.into(),
+            message,
+            code,
+        }
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn read(&self) -> Result<Observed, TargetError> {
+        let secrets = self.secrets();
+        let cacerts = retrying(&self.settings, "get cacerts", || secrets.get_opt(CACERTS))
+            .await
+            .map_err(|e| self.error(format!("get secret {NAMESPACE}/{CACERTS}"), e))?;
+        let version = cacerts
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.clone());
+        let self_signed =
+            retrying(&self.settings, "get istio-ca-secret", || secrets.get_opt(ISTIO_CA_SECRET))
+                .await
+                .map_err(|e| self.error(format!("get secret {NAMESPACE}/{ISTIO_CA_SECRET}"), e))?;
+        let configmaps: Api<ConfigMap> = Api::all(self.client.clone());
+        let params = ListParams::default().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
+        let published = retrying(&self.settings, "list istio-ca-root-cert", || configmaps.list(&params))
+            .await
+            .map_err(|e| self.error(format!("list configmaps {ROOT_CERT_CONFIGMAP} in all namespaces"), e))?;
+        let published_bundles = published
+            .items
+            .into_iter()
+            .map(|cm| {
+                let ns = cm.metadata.namespace.unwrap_or_default();
+                let pem = cm
+                    .data
+                    .and_then(|mut d| d.remove("root-cert.pem"))
+                    .unwrap_or_default();
+                (ns, pem.into_bytes())
+            })
+            .collect();
+        Ok(Observed {
+            snapshot: Snapshot {
+                cacerts: cacerts.map(files_of),
+                self_signed_ca: self_signed.map(files_of),
+                published_bundles: Some(published_bundles),
+            },
+            version,
+        })
+    }
+
+    pub async fn write(
+        &self,
+        files: &CaCertsFiles,
+        meta: &WriteMeta,
+        observed: &Observed,
+    ) -> Result<WriteReport, TargetError> {
+        let secrets = self.secrets();
+        let action = format!("write secret {NAMESPACE}/{CACERTS}");
+        let conflict = |detail: String| TargetError::Conflict {
+            target: self.describe(),
+            detail,
+        };
+        let Some(version) = &observed.version else {
+            let mut secret = new_secret(files, meta, None, ObjectMeta::default());
+            let post = PostParams::default();
+            let created = retrying(&self.settings, "create cacerts", || secrets.create(&post, &secret))
+            .await;
+            wipe(&mut secret);
+            return match created {
+                Ok(_) => Ok(WriteReport::default()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Err(conflict("created by someone else meanwhile".into()))
+                }
+                Err(e) => Err(self.error(action, e)),
+            };
+        };
+        // Back up exactly the version we are about to replace.
+        let current = retrying(&self.settings, "get cacerts", || secrets.get_opt(CACERTS))
+            .await
+            .map_err(|e| self.error(format!("get secret {NAMESPACE}/{CACERTS}"), e))?
+            .ok_or_else(|| conflict("deleted meanwhile".into()))?;
+        if current.metadata.resource_version.as_ref() != Some(version) {
+            return Err(conflict(format!(
+                "resourceVersion {} is now {}",
+                version,
+                current.metadata.resource_version.as_deref().unwrap_or("?")
+            )));
+        }
+        if current.type_.as_deref() == Some("kubernetes.io/tls")
+            || current.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"))
+        {
+            return Err(TargetError::ManagedByCertManager {
+                target: self.describe(),
+            });
+        }
+        let backup = self.backup(&current, meta).await?;
+        let mut secret = new_secret(files, meta, Some(version.clone()), current.metadata.clone());
+        let post = PostParams::default();
+        let replaced = retrying(&self.settings, "replace cacerts", || {
+            secrets.replace(CACERTS, &post, &secret)
+        })
+        .await;
+        wipe(&mut secret);
+        let mut current = current;
+        wipe(&mut current);
+        match replaced {
+            Ok(_) => Ok(WriteReport {
+                backup: Some(format!("secret {NAMESPACE}/{backup}")),
+            }),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(conflict(s.message)),
+            Err(e) => Err(self.error(action, e)),
+        }
+    }
+
+    /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]` and returns its name.
+    async fn backup(&self, current: &Secret, meta: &WriteMeta) -> Result<String, TargetError> {
+        let secrets = self.secrets();
+        let stamp = meta
+            .written_at
+            .format(time::macros::format_description!(
+                "[year][month][day]t[hour][minute][second]z"
+            ))
+            .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
+        for n in 0..100 {
+            let name = if n == 0 {
+                format!("{CACERTS}-backup-{stamp}")
+            } else {
+                format!("{CACERTS}-backup-{stamp}-{n}")
+            };
+            let mut labels = BTreeMap::new();
+            labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+            labels.insert(BACKUP_OF.to_string(), CACERTS.to_string());
+            let mut annotations = current.metadata.annotations.clone().unwrap_or_default();
+            annotations.insert(
+                "cacertd.io/backed-up-at".into(),
+                fmt_time(meta.written_at),
+            );
+            annotations.insert(
+                "cacertd.io/replaced-resource-version".into(),
+                current.metadata.resource_version.clone().unwrap_or_default(),
+            );
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+            let mut backup = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(NAMESPACE.to_string()),
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                },
+                type_: current.type_.clone(),
+                data: current.data.clone(),
+                ..Default::default()
+            };
+            let post = PostParams::default();
+            let created = retrying(&self.settings, "create backup", || secrets.create(&post, &backup))
+            .await;
+            wipe(&mut backup);
+            match created {
+                Ok(_) => return Ok(name),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => {
+                    return Err(self.error(format!("create backup secret {NAMESPACE}/{name}"), e));
+                }
+            }
+        }
+        Err(TargetError::Refused {
+            target: self.describe(),
+            action: "back up cacerts".into(),
+            reason: "no free backup name".into(),
+        })
+    }
+}
+
+/// The files of a `cacerts`-shaped Secret (four-key or cert-manager form). The key moves out
+/// of the Secret into wiped memory.
+fn files_of(secret: Secret) -> CaCertsFiles {
+    let mut data = secret.data.unwrap_or_default();
+    let cert_manager = data.contains_key("tls.crt");
+    let mut take = |k: &str| data.remove(k).map(|b| b.0).unwrap_or_default();
+    let result = if cert_manager {
+        let (crt, key, ca) = (take("tls.crt"), Zeroizing::new(take("tls.key")), take("ca.crt"));
+        CaCertsFiles::from_cert_manager(&crt, key, &ca)
+    } else {
+        CaCertsFiles {
+            ca_cert: take(CaCertsFiles::CA_CERT),
+            ca_key: Zeroizing::new(take(CaCertsFiles::CA_KEY)),
+            root_cert: take(CaCertsFiles::ROOT_CERT),
+            cert_chain: take(CaCertsFiles::CERT_CHAIN),
+        }
+    };
+    drop(take);
+    for v in data.values_mut() {
+        v.0.zeroize();
+    }
+    result
+}
+
+/// The new `cacerts`: type Opaque, the four keys, our label and annotations (who, when, which
+/// serial, why) on top of whatever labels and annotations were there.
+fn new_secret(
+    files: &CaCertsFiles,
+    meta: &WriteMeta,
+    resource_version: Option<String>,
+    previous: ObjectMeta,
+) -> Secret {
+    let mut labels = previous.labels.unwrap_or_default();
+    labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    let mut annotations = previous.annotations.unwrap_or_default();
+    for (k, v) in [
+        ("cacertd.io/cluster", meta.cluster.clone()),
+        ("cacertd.io/serial", meta.serial.clone()),
+        ("cacertd.io/written-at", fmt_time(meta.written_at)),
+        ("cacertd.io/reason", meta.reason.clone()),
+    ] {
+        annotations.insert(k.to_string(), v);
+    }
+    let data = files
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+        .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(CACERTS.to_string()),
+            namespace: Some(NAMESPACE.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            resource_version,
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Wipes the data of a Secret we built or read (it holds a private key).
+fn wipe(secret: &mut Secret) {
+    if let Some(data) = secret.data.as_mut() {
+        for v in data.values_mut() {
+            v.0.zeroize();
+        }
+    }
+}
+
+/// Kinds `kubectl rollout restart` works on (DESIGN.md fact 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutKind {
+    Deployment,
+    DaemonSet,
+    StatefulSet,
+}
+
+impl RolloutKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutKind::Deployment => "deployment",
+            RolloutKind::DaemonSet => "daemonset",
+            RolloutKind::StatefulSet => "statefulset",
+        }
+    }
+}
+
+/// One restartable workload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Workload {
+    pub kind: RolloutKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// The generation and rollout progress of a workload, as `kubectl rollout status` reads it.
+struct Progress {
+    generation: i64,
+    done: Result<(), String>,
+}
+
+fn deployment_progress(d: &Deployment) -> Progress {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = d.spec.replicas.unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let done = if st.observed_generation.unwrap_or(0) < generation {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.updated_replicas.unwrap_or(0) < want {
+        Err(format!("{} of {want} replicas updated", st.updated_replicas.unwrap_or(0)))
+    } else if st.replicas.unwrap_or(0) > st.updated_replicas.unwrap_or(0) {
+        Err(format!(
+            "{} old replicas pending termination",
+            st.replicas.unwrap_or(0) - st.updated_replicas.unwrap_or(0)
+        ))
+    } else if st.available_replicas.unwrap_or(0) < st.updated_replicas.unwrap_or(0) {
+        Err(format!(
+            "{} of {} updated replicas available",
+            st.available_replicas.unwrap_or(0),
+            st.updated_replicas.unwrap_or(0)
+        ))
+    } else {
+        Ok(())
+    };
+    Progress { generation, done }
+}
+
+fn daemonset_progress(d: &DaemonSet) -> Progress {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let st = d.status.clone().unwrap_or_default();
+    let done = if st.observed_generation.unwrap_or(0) < generation {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled {
+        Err(format!(
+            "{} of {} pods updated",
+            st.updated_number_scheduled.unwrap_or(0),
+            st.desired_number_scheduled
+        ))
+    } else if st.number_available.unwrap_or(0) < st.desired_number_scheduled {
+        Err(format!(
+            "{} of {} updated pods available",
+            st.number_available.unwrap_or(0),
+            st.desired_number_scheduled
+        ))
+    } else {
+        Ok(())
+    };
+    Progress { generation, done }
+}
+
+fn statefulset_progress(s: &StatefulSet) -> Progress {
+    let generation = s.metadata.generation.unwrap_or(0);
+    let want = s.spec.replicas.unwrap_or(1);
+    let st = s.status.clone().unwrap_or_default();
+    let done = if st.observed_generation.unwrap_or(0) < generation {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.ready_replicas.unwrap_or(0) < want {
+        Err(format!("{} of {want} pods ready", st.ready_replicas.unwrap_or(0)))
+    } else if st.updated_replicas.unwrap_or(0) < want {
+        Err(format!("{} of {want} pods updated", st.updated_replicas.unwrap_or(0)))
+    } else if st.update_revision.is_some() && st.current_revision != st.update_revision {
+        Err("waiting for the update revision to become current".to_string())
+    } else {
+        Ok(())
+    };
+    Progress { generation, done }
+}
+
+impl KubeTarget {
+    async fn progress(&self, w: &Workload) -> Result<Progress, TargetError> {
+        let action = format!("get {w}");
+        let c = self.client.clone();
+        let ns = w.namespace.as_str();
+        let p = match w.kind {
+            RolloutKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(c, ns);
+                let d = retrying(&self.settings, "get deployment", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                deployment_progress(&d)
+            }
+            RolloutKind::DaemonSet => {
+                let api: Api<DaemonSet> = Api::namespaced(c, ns);
+                let d = retrying(&self.settings, "get daemonset", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                daemonset_progress(&d)
+            }
+            RolloutKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(c, ns);
+                let s = retrying(&self.settings, "get statefulset", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                statefulset_progress(&s)
+            }
+        };
+        Ok(p)
+    }
+
+    /// Restarts a workload the way `kubectl rollout restart` does: a strategic merge patch of
+    /// `spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]`. Paused
+    /// Deployments are refused, as kubectl refuses them.
+    pub async fn restart(&self, w: &Workload, at: time::OffsetDateTime) -> Result<(), TargetError> {
+        let action = format!("restart {w}");
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": fmt_time(at)
+        }}}}});
+        let params = PatchParams::default();
+        let patch = Patch::Strategic(&patch);
+        let c = self.client.clone();
+        let ns = w.namespace.as_str();
+        let result = match w.kind {
+            RolloutKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(c, ns);
+                let d = retrying(&self.settings, "get deployment", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                if d.spec.paused == Some(true) {
+                    return Err(TargetError::Refused {
+                        target: self.describe(),
+                        action,
+                        reason: "the deployment is paused; resume it first (kubectl rollout resume)".into(),
+                    });
+                }
+                retrying(&self.settings, "patch deployment", || {
+                    api.patch(&w.name, &params, &patch)
+                })
+                .await
+                .map(|_| ())
+            }
+            RolloutKind::DaemonSet => {
+                let api: Api<DaemonSet> = Api::namespaced(c, ns);
+                retrying(&self.settings, "patch daemonset", || {
+                    api.patch(&w.name, &params, &patch)
+                })
+                .await
+                .map(|_| ())
+            }
+            RolloutKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(c, ns);
+                retrying(&self.settings, "patch statefulset", || {
+                    api.patch(&w.name, &params, &patch)
+                })
+                .await
+                .map(|_| ())
+            }
+        };
+        result.map_err(|e| self.error(action, e))
+    }
+
+    /// Waits until a workload's rollout is complete, as `kubectl rollout status` judges it.
+    pub async fn wait_rollout(&self, w: &Workload, timeout: Duration) -> Result<(), TargetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let p = self.progress(w).await?;
+            let pending = match p.done {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError::RolloutTimeout {
+                    target: self.describe(),
+                    workload: format!("{w} (generation {})", p.generation),
+                    timeout: humantime::format_duration(timeout).to_string(),
+                    pending,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// istiod: Deployments in istio-system labelled `app=istiod`.
+    pub async fn istiod(&self) -> Result<Vec<Workload>, TargetError> {
+        self.workloads(Some(NAMESPACE), "app=istiod").await
+    }
+
+    /// Gateways (east-west, ingress, egress) selected by `selector` in every namespace.
+    pub async fn gateways(&self, selector: &str) -> Result<Vec<Workload>, TargetError> {
+        self.workloads(None, selector).await
+    }
+
+    /// Every Deployment, DaemonSet and StatefulSet of the namespaces with sidecar injection
+    /// (`istio-injection=enabled` or an `istio.io/rev` label), except those in `exclude`.
+    pub async fn injected_workloads(&self, exclude_selector: Option<&str>) -> Result<Vec<Workload>, TargetError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut namespaces = Vec::new();
+        for selector in ["istio-injection=enabled", "istio.io/rev"] {
+            let params = ListParams::default().labels(selector);
+            let list = retrying(&self.settings, "list namespaces", || api.list(&params))
+                .await
+                .map_err(|e| self.error(format!("list namespaces labelled {selector}"), e))?;
+            for ns in list.items {
+                if let Some(name) = ns.metadata.name {
+                    if !namespaces.contains(&name) {
+                        namespaces.push(name);
+                    }
+                }
+            }
+        }
+        namespaces.sort();
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let selector = exclude_selector.map(|s| format!("!{s}")).unwrap_or_default();
+            out.extend(self.workloads(Some(&ns), &selector).await?);
+        }
+        Ok(out)
+    }
+
+    async fn workloads(&self, ns: Option<&str>, selector: &str) -> Result<Vec<Workload>, TargetError> {
+        let params = ListParams::default().labels(selector);
+        let c = self.client.clone();
+        let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
+        let mut out = Vec::new();
+        macro_rules! collect {
+            ($ty:ty, $kind:expr, $plural:literal) => {{
+                let api: Api<$ty> = match ns {
+                    Some(ns) => Api::namespaced(c.clone(), ns),
+                    None => Api::all(c.clone()),
+                };
+                let list = retrying(&self.settings, concat!("list ", $plural), || api.list(&params))
+                    .await
+                    .map_err(|e| self.error(format!("list {} in {scope}", $plural), e))?;
+                for item in list.items {
+                    out.push(Workload {
+                        kind: $kind,
+                        namespace: item.metadata.namespace.unwrap_or_default(),
+                        name: item.metadata.name.unwrap_or_default(),
+                    });
+                }
+            }};
+        }
+        collect!(Deployment, RolloutKind::Deployment, "deployments");
+        collect!(DaemonSet, RolloutKind::DaemonSet, "daemonsets");
+        collect!(StatefulSet, RolloutKind::StatefulSet, "statefulsets");
+        Ok(out)
+    }
+}
