@@ -92,15 +92,14 @@ fn main() {
     store.create(&root).unwrap();
     let primaries: Vec<_> = config.topology.primaries().collect();
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = |opts| rt.block_on(issuance::run(&config, &root, &primaries, opts, false, now));
     let start = Instant::now();
-    let reports = issuance::run(
-        &config,
-        &root,
-        &primaries,
-        PlanOptions::default(),
-        false,
-        now,
-    );
+    let reports = run(PlanOptions::default());
     let first = start.elapsed();
     assert!(
         reports
@@ -108,22 +107,14 @@ fn main() {
             .all(|r| r.outcome == issuance::Outcome::Issued)
     );
     let start = Instant::now();
-    let reports = issuance::run(
-        &config,
-        &root,
-        &primaries,
-        PlanOptions::default(),
-        false,
-        now,
-    );
+    let reports = run(PlanOptions::default());
     let idle = start.elapsed();
     assert!(reports.iter().all(|r| r.outcome == issuance::Outcome::Kept));
     let start = Instant::now();
-    let force = PlanOptions {
+    run(PlanOptions {
         force: true,
         ..Default::default()
-    };
-    issuance::run(&config, &root, &primaries, force, false, now);
+    });
     let forced = start.elapsed();
     println!("\nissue, {clusters} primaries, directory targets (fsync'd writes):");
     println!(

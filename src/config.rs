@@ -357,7 +357,10 @@ impl Config {
                         invalid(
                             v.span(),
                             format!("kubernetes.{field}"),
-                            format!("{:?} is not a positive duration (e.g. \"10s\")", v.get_ref()),
+                            format!(
+                                "{:?} is not a positive duration (e.g. \"10s\")",
+                                v.get_ref()
+                            ),
                         )
                     })
             };

@@ -70,11 +70,13 @@ pub async fn run(
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
-    let mut reports: Vec<(usize, ClusterReport)> = futures::stream::iter(clusters.iter().enumerate())
-        .map(|(i, cluster)| async move { (i, one(config, root, cluster, opts, dry_run, now).await) })
-        .buffer_unordered(config.kubernetes.concurrency.max(1))
-        .collect()
-        .await;
+    let mut reports: Vec<(usize, ClusterReport)> = futures::stream::iter(
+        clusters.iter().enumerate(),
+    )
+    .map(|(i, cluster)| async move { (i, one(config, root, cluster, opts, dry_run, now).await) })
+    .buffer_unordered(config.kubernetes.concurrency.max(1))
+    .collect()
+    .await;
     reports.sort_by_key(|(i, _)| *i);
     reports
         .into_iter()

@@ -401,7 +401,10 @@ mod tests {
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(r.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::Valid);
         let renew_at = a.renew_at.unwrap();
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
@@ -409,11 +412,18 @@ mod tests {
         let just_before = renew_at - time::Duration::seconds(1);
         assert_eq!(
             assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), just_before).state,
+                &Snapshot::of(Some(files.clone())),
+                &expected(r.cert(), &p),
+                just_before
+            )
+            .state,
             ClusterState::Valid
         );
         let due = assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), renew_at);
+            &Snapshot::of(Some(files.clone())),
+            &expected(r.cert(), &p),
+            renew_at,
+        );
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
             Decision::Issue {
@@ -457,7 +467,10 @@ mod tests {
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(r.cert(), &p),
+            t0(),
+        );
         let opts = PlanOptions {
             force: true,
             ..Default::default()
@@ -477,7 +490,10 @@ mod tests {
         let (ours, theirs) = (root(&p), root(&p));
         let files = cacerts(&theirs, &p, t0());
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(ours.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::ForeignTrust);
         let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
             panic!()
@@ -509,7 +525,10 @@ mod tests {
             .pem_bytes()
             .to_vec();
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(new.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(new.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::OtherSigner);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -524,7 +543,10 @@ mod tests {
         let mut files = cacerts(&r, &p, t0());
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(r.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -543,7 +565,10 @@ mod tests {
         let mut stricter = p.clone();
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &stricter), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(r.cert(), &stricter),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -589,7 +614,10 @@ mod tests {
             .extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
         files.cert_chain.clear();
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(ours.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::ForeignTrust);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -598,7 +626,10 @@ mod tests {
         // Unreadable trust is not trust either.
         files.root_cert = b"garbage".to_vec();
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(ours.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(ours.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::ForeignTrust);
     }
 
@@ -613,7 +644,10 @@ mod tests {
             .to_vec();
         files.cert_chain.clear();
         let a = assess(
-            &Snapshot::of(Some(files.clone())), &expected(new.cert(), &p), t0());
+            &Snapshot::of(Some(files.clone())),
+            &expected(new.cert(), &p),
+            t0(),
+        );
         assert_eq!(a.state, ClusterState::OtherSigner);
     }
 
@@ -629,7 +663,11 @@ mod tests {
         };
         assert_eq!(
             assess(
-            &Snapshot::of(Some(files.clone())), &expected(r.cert(), &p), t0()).state,
+                &Snapshot::of(Some(files.clone())),
+                &expected(r.cert(), &p),
+                t0()
+            )
+            .state,
             ClusterState::Missing
         );
     }
@@ -641,8 +679,7 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut e = expected(r.cert(), &p);
         e.cluster = "c2";
-        let a = assess(
-            &Snapshot::of(Some(files.clone())), &e, t0());
+        let a = assess(&Snapshot::of(Some(files.clone())), &e, t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(a.problems[0].contains("subject"), "{:?}", a.problems);
     }
@@ -667,9 +704,20 @@ mod tests {
         };
         let a = assess(&snap, &expected(ours.cert(), &p), t0());
         assert_eq!(a.state, ClusterState::SelfSigned);
-        assert_eq!(a.published, Some(Published { namespaces: 2, with_root: 1 }));
-        assert_eq!(a.trust_bundle, vec![istiod.cert().info().fingerprint_sha256.clone()]);
-        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else { panic!() };
+        assert_eq!(
+            a.published,
+            Some(Published {
+                namespaces: 2,
+                with_root: 1
+            })
+        );
+        assert_eq!(
+            a.trust_bundle,
+            vec![istiod.cert().info().fingerprint_sha256.clone()]
+        );
+        let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
+            panic!()
+        };
         assert!(reason.contains("self-signed"), "{reason}");
     }
 }

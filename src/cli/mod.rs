@@ -133,7 +133,8 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                         a.dry_run,
                         a.output.output,
                         now,
-                    ).await
+                    )
+                    .await
                 }
                 Command::Plan(a) => {
                     let opts = PlanOptions {
@@ -148,7 +149,8 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                         true,
                         a.output.output,
                         now,
-                    ).await
+                    )
+                    .await
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
@@ -357,7 +359,9 @@ async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<
         .clusters()
         .iter()
         .zip(observed)
-        .map(|(cluster, observed)| output::status_row(config, cluster, root.as_ref(), observed, now))
+        .map(|(cluster, observed)| {
+            output::status_row(config, cluster, root.as_ref(), observed, now)
+        })
         .collect();
     let report = output::StatusReport {
         root: root
@@ -379,7 +383,11 @@ async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snap
     }
     Some(
         match Target::open(cluster, &config.state_dir, &config.kubernetes).await {
-            Ok(t) => t.read().await.map(|o| o.snapshot).map_err(|e| e.to_string()),
+            Ok(t) => t
+                .read()
+                .await
+                .map(|o| o.snapshot)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
     )

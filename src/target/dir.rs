@@ -122,7 +122,11 @@ impl DirTarget {
     }
 
     /// Replaces the set; any previous set is backed up first.
-    pub fn write(&self, files: &CaCertsFiles, meta: &WriteMeta) -> Result<WriteReport, TargetError> {
+    pub fn write(
+        &self,
+        files: &CaCertsFiles,
+        meta: &WriteMeta,
+    ) -> Result<WriteReport, TargetError> {
         if self.path.join(TLS_CRT).exists() {
             return Err(TargetError::ManagedByCertManager {
                 target: self.describe(),

@@ -69,7 +69,9 @@ impl KubeTarget {
             None if context.is_some() => Config::from_kubeconfig(&options)
                 .await
                 .map_err(|e| config_err(e.to_string()))?,
-            None => Config::infer().await.map_err(|e| config_err(e.to_string()))?,
+            None => Config::infer()
+                .await
+                .map_err(|e| config_err(e.to_string()))?,
         };
         config.connect_timeout = Some(settings.timeout);
         config.read_timeout = Some(settings.timeout);
@@ -85,7 +87,11 @@ impl KubeTarget {
     }
 
     pub fn describe(&self) -> String {
-        format!("cluster {} ({})", self.cluster, self.url.trim_end_matches('/'))
+        format!(
+            "cluster {} ({})",
+            self.cluster,
+            self.url.trim_end_matches('/')
+        )
     }
 
     pub fn client(&self) -> &Client {
@@ -121,15 +127,23 @@ impl KubeTarget {
         let version = cacerts
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
-        let self_signed =
-            retrying(&self.settings, "get istio-ca-secret", || secrets.get_opt(ISTIO_CA_SECRET))
-                .await
-                .map_err(|e| self.error(format!("get secret {NAMESPACE}/{ISTIO_CA_SECRET}"), e))?;
+        let self_signed = retrying(&self.settings, "get istio-ca-secret", || {
+            secrets.get_opt(ISTIO_CA_SECRET)
+        })
+        .await
+        .map_err(|e| self.error(format!("get secret {NAMESPACE}/{ISTIO_CA_SECRET}"), e))?;
         let configmaps: Api<ConfigMap> = Api::all(self.client.clone());
         let params = ListParams::default().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
-        let published = retrying(&self.settings, "list istio-ca-root-cert", || configmaps.list(&params))
-            .await
-            .map_err(|e| self.error(format!("list configmaps {ROOT_CERT_CONFIGMAP} in all namespaces"), e))?;
+        let published = retrying(&self.settings, "list istio-ca-root-cert", || {
+            configmaps.list(&params)
+        })
+        .await
+        .map_err(|e| {
+            self.error(
+                format!("list configmaps {ROOT_CERT_CONFIGMAP} in all namespaces"),
+                e,
+            )
+        })?;
         let published_bundles = published
             .items
             .into_iter()
@@ -167,7 +181,9 @@ impl KubeTarget {
         let Some(version) = &observed.version else {
             let mut secret = new_secret(files, meta, None, ObjectMeta::default());
             let post = PostParams::default();
-            let created = retrying(&self.settings, "create cacerts", || secrets.create(&post, &secret))
+            let created = retrying(&self.settings, "create cacerts", || {
+                secrets.create(&post, &secret)
+            })
             .await;
             wipe(&mut secret);
             return match created {
@@ -191,7 +207,10 @@ impl KubeTarget {
             )));
         }
         if current.type_.as_deref() == Some("kubernetes.io/tls")
-            || current.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"))
+            || current
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("tls.crt"))
         {
             return Err(TargetError::ManagedByCertManager {
                 target: self.describe(),
@@ -235,13 +254,14 @@ impl KubeTarget {
             labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
             labels.insert(BACKUP_OF.to_string(), CACERTS.to_string());
             let mut annotations = current.metadata.annotations.clone().unwrap_or_default();
-            annotations.insert(
-                "cacertd.io/backed-up-at".into(),
-                fmt_time(meta.written_at),
-            );
+            annotations.insert("cacertd.io/backed-up-at".into(), fmt_time(meta.written_at));
             annotations.insert(
                 "cacertd.io/replaced-resource-version".into(),
-                current.metadata.resource_version.clone().unwrap_or_default(),
+                current
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default(),
             );
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
             let mut backup = Secret {
@@ -257,7 +277,9 @@ impl KubeTarget {
                 ..Default::default()
             };
             let post = PostParams::default();
-            let created = retrying(&self.settings, "create backup", || secrets.create(&post, &backup))
+            let created = retrying(&self.settings, "create backup", || {
+                secrets.create(&post, &backup)
+            })
             .await;
             wipe(&mut backup);
             match created {
@@ -283,7 +305,11 @@ fn files_of(secret: Secret) -> CaCertsFiles {
     let cert_manager = data.contains_key("tls.crt");
     let mut take = |k: &str| data.remove(k).map(|b| b.0).unwrap_or_default();
     let result = if cert_manager {
-        let (crt, key, ca) = (take("tls.crt"), Zeroizing::new(take("tls.key")), take("ca.crt"));
+        let (crt, key, ca) = (
+            take("tls.crt"),
+            Zeroizing::new(take("tls.key")),
+            take("ca.crt"),
+        );
         CaCertsFiles::from_cert_manager(&crt, key, &ca)
     } else {
         CaCertsFiles {
@@ -293,7 +319,6 @@ fn files_of(secret: Secret) -> CaCertsFiles {
             cert_chain: take(CaCertsFiles::CERT_CHAIN),
         }
     };
-    drop(take);
     for v in data.values_mut() {
         v.0.zeroize();
     }
@@ -394,7 +419,10 @@ fn deployment_progress(d: &Deployment) -> Progress {
     let done = if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.updated_replicas.unwrap_or(0) < want {
-        Err(format!("{} of {want} replicas updated", st.updated_replicas.unwrap_or(0)))
+        Err(format!(
+            "{} of {want} replicas updated",
+            st.updated_replicas.unwrap_or(0)
+        ))
     } else if st.replicas.unwrap_or(0) > st.updated_replicas.unwrap_or(0) {
         Err(format!(
             "{} old replicas pending termination",
@@ -442,9 +470,15 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
     let done = if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.ready_replicas.unwrap_or(0) < want {
-        Err(format!("{} of {want} pods ready", st.ready_replicas.unwrap_or(0)))
+        Err(format!(
+            "{} of {want} pods ready",
+            st.ready_replicas.unwrap_or(0)
+        ))
     } else if st.updated_replicas.unwrap_or(0) < want {
-        Err(format!("{} of {want} pods updated", st.updated_replicas.unwrap_or(0)))
+        Err(format!(
+            "{} of {want} pods updated",
+            st.updated_replicas.unwrap_or(0)
+        ))
     } else if st.update_revision.is_some() && st.current_revision != st.update_revision {
         Err("waiting for the update revision to become current".to_string())
     } else {
@@ -506,7 +540,9 @@ impl KubeTarget {
                     return Err(TargetError::Refused {
                         target: self.describe(),
                         action,
-                        reason: "the deployment is paused; resume it first (kubectl rollout resume)".into(),
+                        reason:
+                            "the deployment is paused; resume it first (kubectl rollout resume)"
+                                .into(),
                     });
                 }
                 retrying(&self.settings, "patch deployment", || {
@@ -568,7 +604,10 @@ impl KubeTarget {
 
     /// Every Deployment, DaemonSet and StatefulSet of the namespaces with sidecar injection
     /// (`istio-injection=enabled` or an `istio.io/rev` label), except those in `exclude`.
-    pub async fn injected_workloads(&self, exclude_selector: Option<&str>) -> Result<Vec<Workload>, TargetError> {
+    pub async fn injected_workloads(
+        &self,
+        exclude_selector: Option<&str>,
+    ) -> Result<Vec<Workload>, TargetError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let mut namespaces = Vec::new();
         for selector in ["istio-injection=enabled", "istio.io/rev"] {
@@ -577,23 +616,29 @@ impl KubeTarget {
                 .await
                 .map_err(|e| self.error(format!("list namespaces labelled {selector}"), e))?;
             for ns in list.items {
-                if let Some(name) = ns.metadata.name {
-                    if !namespaces.contains(&name) {
-                        namespaces.push(name);
-                    }
+                if let Some(name) = ns.metadata.name
+                    && !namespaces.contains(&name)
+                {
+                    namespaces.push(name);
                 }
             }
         }
         namespaces.sort();
         let mut out = Vec::new();
         for ns in namespaces {
-            let selector = exclude_selector.map(|s| format!("!{s}")).unwrap_or_default();
+            let selector = exclude_selector
+                .map(|s| format!("!{s}"))
+                .unwrap_or_default();
             out.extend(self.workloads(Some(&ns), &selector).await?);
         }
         Ok(out)
     }
 
-    async fn workloads(&self, ns: Option<&str>, selector: &str) -> Result<Vec<Workload>, TargetError> {
+    async fn workloads(
+        &self,
+        ns: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Workload>, TargetError> {
         let params = ListParams::default().labels(selector);
         let c = self.client.clone();
         let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
@@ -604,9 +649,11 @@ impl KubeTarget {
                     Some(ns) => Api::namespaced(c.clone(), ns),
                     None => Api::all(c.clone()),
                 };
-                let list = retrying(&self.settings, concat!("list ", $plural), || api.list(&params))
-                    .await
-                    .map_err(|e| self.error(format!("list {} in {scope}", $plural), e))?;
+                let list = retrying(&self.settings, concat!("list ", $plural), || {
+                    api.list(&params)
+                })
+                .await
+                .map_err(|e| self.error(format!("list {} in {scope}", $plural), e))?;
                 for item in list.items {
                     out.push(Workload {
                         kind: $kind,

@@ -68,7 +68,9 @@ impl TargetError {
             TargetError::ManagedByCertManager { .. } => "cert-manager",
             TargetError::Conflict { .. } => "conflict",
             TargetError::KubeConfig { .. } => "kubeconfig",
-            TargetError::Kube { code: Some(403), .. } => "forbidden",
+            TargetError::Kube {
+                code: Some(403), ..
+            } => "forbidden",
             TargetError::Kube { code: Some(c), .. } if *c >= 500 => "server-error",
             TargetError::Kube { code: Some(_), .. } => "api-error",
             TargetError::Kube { code: None, .. } => "unreachable",

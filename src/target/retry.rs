@@ -25,7 +25,11 @@ fn backoff(attempt: u32) -> Duration {
     base + base.mul_f64(f64::from(byte[0]) / 512.0)
 }
 
-pub(crate) async fn retrying<T, F, Fut>(settings: &KubeSettings, what: &str, mut call: F) -> Result<T, kube::Error>
+pub(crate) async fn retrying<T, F, Fut>(
+    settings: &KubeSettings,
+    what: &str,
+    mut call: F,
+) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
