@@ -368,6 +368,9 @@ fn write(
     input: Value,
 ) -> Response<Body> {
     let mut st = cluster.lock();
+    if let Some(event) = FakeCluster::concurrent_update(&mut st) {
+        let _ = cluster.events.send(event);
+    }
     if FakeCluster::injected_conflict(&mut st) {
         let n = if name.is_empty() {
             crate::store::name_of(&input).unwrap_or("").to_string()

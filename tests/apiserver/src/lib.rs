@@ -118,6 +118,7 @@ pub(crate) struct ClusterState {
     tokens: HashMap<String, (String, Vec<Rule>)>,
     faults: Vec<Fault>,
     conflict_on_write: Option<u64>,
+    concurrent_update: Option<(u64, Value)>,
     pub(crate) writes: u64,
     pub(crate) requests: Vec<Request>,
     pub(crate) rollout_delay: Duration,
@@ -230,6 +231,13 @@ impl FakeCluster {
         st.conflict_on_write = Some(st.writes + n);
     }
 
+    /// Just before the `n`th write from now (1 = the next) is handled, another client replaces
+    /// `object` (a fixture write): the write then meets a real resourceVersion conflict.
+    pub fn concurrent_update_before_write(&self, n: u64, object: Value) {
+        let mut st = self.lock();
+        st.concurrent_update = Some((st.writes + n, object));
+    }
+
     pub fn clear_faults(&self) {
         let mut st = self.lock();
         st.faults.clear();
@@ -266,6 +274,17 @@ impl FakeCluster {
         let action = st.faults[i].action.clone();
         st.faults.retain(|f| f.remaining > 0);
         Some(action)
+    }
+
+    /// Applies a pending concurrent update if this write is the one it waits for.
+    pub(crate) fn concurrent_update(st: &mut ClusterState) -> Option<store::Event> {
+        match &st.concurrent_update {
+            Some((n, _)) if st.writes + 1 >= *n => {
+                let (_, object) = st.concurrent_update.take()?;
+                Some(st.store.put_fixture(object).1)
+            }
+            _ => None,
+        }
     }
 
     /// Whether this write must fail with a conflict (the Nth-write fault).
@@ -359,6 +378,7 @@ impl TestApiServer {
                         tokens: HashMap::new(),
                         faults: Vec::new(),
                         conflict_on_write: None,
+                        concurrent_update: None,
                         writes: 0,
                         requests: Vec::new(),
                         rollout_delay: Duration::from_millis(50),

@@ -1,0 +1,422 @@
+//! cacertd against Kubernetes clusters over real HTTP: the test apiserver hosts three clusters
+//! (two primaries, one remote) and the `cacertd` binary works on them through `kube`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cacertd_test_apiserver::{FakeCluster, FaultAction, Rule, TestApiServer, Value, json};
+use common::{Setup, openssl, openssl_verify_cacerts};
+
+const CLUSTERS: [&str; 3] = ["cluster1", "cluster2", "cluster3"];
+
+/// A scratch setup whose three clusters live on `server`, with `[kubernetes]` settings.
+fn setup(server: &TestApiServer, kubernetes: &str) -> Setup {
+    setup_with_tokens(server, kubernetes, |c| c.admin_token())
+}
+
+fn setup_with_tokens(
+    server: &TestApiServer,
+    kubernetes: &str,
+    token: impl Fn(&FakeCluster) -> String,
+) -> Setup {
+    let config = format!(
+        r#"trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+
+[kubernetes]
+{kubernetes}
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+network = "network1"
+target = {{ kind = "kube", kubeconfig = "kube/cluster1.yaml" }}
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+network = "network2"
+target = {{ kind = "kube", kubeconfig = "kube/cluster2.yaml", context = "cluster2" }}
+
+[[clusters]]
+name = "cluster3"
+role = "remote"
+primary = "cluster1"
+network = "network1"
+target = {{ kind = "kube", kubeconfig = "kube/cluster3.yaml" }}
+"#
+    );
+    let s = Setup::with_config(&config);
+    std::fs::create_dir(s.path("kube")).unwrap();
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        std::fs::write(
+            s.path(&format!("kube/{name}.yaml")),
+            c.kubeconfig(&token(c)),
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn decode(secret: &Value, key: &str) -> Vec<u8> {
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {secret}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// Writes a cacerts Secret's four files to a folder, for openssl and `cacertd verify`.
+fn export(s: &Setup, secret: &Value, dir: &str) -> std::path::PathBuf {
+    let d = s.path(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::write(d.join(f), decode(secret, f)).unwrap();
+    }
+    d
+}
+
+fn cacerts(c: &FakeCluster) -> Option<Value> {
+    c.get("secrets", "istio-system", "cacerts")
+}
+
+#[test]
+fn issue_to_two_primaries_and_a_remote_then_change_nothing() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    let run = s.cacertd(&["issue", "--init-root"]).ok();
+    assert!(
+        run.stdout.contains("cluster1  issued") && run.stdout.contains("cluster2  issued"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        cacerts(server.cluster("cluster3")).is_none(),
+        "a remote gets no cacerts"
+    );
+
+    for name in ["cluster1", "cluster2"] {
+        let secret = cacerts(server.cluster(name)).expect("cacerts written");
+        assert_eq!(secret["type"], "Opaque");
+        assert_eq!(
+            secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "cacertd"
+        );
+        let serial = secret["metadata"]["annotations"]["cacertd.io/serial"]
+            .as_str()
+            .unwrap();
+        assert_eq!(serial.len(), 32);
+        let dir = export(&s, &secret, &format!("exported/{name}"));
+        assert_eq!(
+            openssl_verify_cacerts(&dir).ok().stdout.trim(),
+            "ca-cert.pem: OK"
+        );
+        s.cacertd(&["verify", dir.to_str().unwrap()]).ok();
+        let text = openssl(&dir, &["x509", "-in", "ca-cert.pem", "-noout", "-subject"])
+            .ok()
+            .stdout;
+        assert!(text.contains(name), "{text}");
+    }
+
+    // Second run: nothing written, no new resourceVersion.
+    let versions: Vec<Value> = ["cluster1", "cluster2"]
+        .iter()
+        .map(|n| cacerts(server.cluster(n)).unwrap()["metadata"]["resourceVersion"].clone())
+        .collect();
+    let writes: Vec<u64> = CLUSTERS
+        .iter()
+        .map(|n| server.cluster(n).writes())
+        .collect();
+    let run = s.cacertd(&["issue"]).ok();
+    assert_eq!(run.stdout.matches("unchanged").count(), 2, "{}", run.stdout);
+    for (i, n) in ["cluster1", "cluster2"].iter().enumerate() {
+        assert_eq!(
+            cacerts(server.cluster(n)).unwrap()["metadata"]["resourceVersion"],
+            versions[i]
+        );
+    }
+    assert_eq!(
+        CLUSTERS
+            .iter()
+            .map(|n| server.cluster(n).writes())
+            .collect::<Vec<_>>(),
+        writes
+    );
+
+    let st = s.cacertd(&["status", "-o", "json"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(json["clusters"][0]["cacerts"]["state"], "valid");
+    assert_eq!(json["clusters"][1]["cacerts"]["state"], "valid");
+    assert_eq!(json["clusters"][2]["served_by"], "cluster1");
+}
+
+#[test]
+fn a_concurrent_writer_causes_a_reread_not_a_lost_update() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let c1 = server.cluster("cluster1");
+    let before = cacerts(c1).unwrap();
+    // Someone else annotates cacerts between cacertd's read and its replace (write 2 of
+    // backup + replace).
+    let mut theirs = before.clone();
+    theirs["metadata"]["annotations"]["example.com/owner"] = json!("platform-team");
+    c1.concurrent_update_before_write(2, theirs);
+
+    let run = s.cacertd(&["-v", "issue", "--force", "cluster1"]).ok();
+    assert!(run.stderr.contains("re-reading"), "{}", run.stderr);
+    let after = cacerts(c1).unwrap();
+    assert_ne!(
+        decode(&after, "ca-cert.pem"),
+        decode(&before, "ca-cert.pem")
+    );
+    assert_eq!(
+        after["metadata"]["annotations"]["example.com/owner"], "platform-team",
+        "their change survives"
+    );
+    let dir = export(&s, &after, "exported/c1");
+    openssl_verify_cacerts(&dir).ok();
+    // Every replaced version is recoverable: the original and the concurrently updated one.
+    let backups: Vec<Value> = c1
+        .list("secrets", Some("istio-system"))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["cacertd.io/backup-of"] == "cacerts")
+        .collect();
+    assert_eq!(backups.len(), 2, "{backups:#?}");
+    assert!(backups.iter().all(|b| b["data"] == before["data"]));
+}
+
+#[test]
+fn a_failing_or_hanging_cluster_does_not_hold_up_the_others() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "timeout = \"1s\"\nretries = 1");
+    s.cacertd(&["root", "init"]).ok();
+
+    let c2 = server.cluster("cluster2");
+    c2.inject(FaultAction::Status(500), 1000, false);
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
+    assert!(run.stdout.contains("cluster2  FAILED"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("injected fault (500)"),
+        "{}",
+        run.stdout
+    );
+    assert!(cacerts(c2).is_none(), "no partial Secret");
+
+    c2.clear_faults();
+    c2.inject(FaultAction::Delay(Duration::from_secs(30)), 1000, false);
+    let started = Instant::now();
+    let run = s.cacertd(&["issue", "--force"]).fails_with(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
+    assert!(run.stdout.contains("cluster2  FAILED"), "{}", run.stdout);
+    assert!(cacerts(c2).is_none());
+
+    // Fixed: the next run converges.
+    c2.clear_faults();
+    let run = s.cacertd(&["issue"]).ok();
+    assert!(run.stdout.contains("cluster2  issued"), "{}", run.stdout);
+}
+
+#[test]
+fn transient_errors_and_dropped_connections_are_retried() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    let c1 = server.cluster("cluster1");
+    c1.inject(FaultAction::Status(503), 2, false);
+    c1.inject(FaultAction::Drop, 1, true);
+    s.cacertd(&["issue", "cluster1"]).ok();
+    assert!(cacerts(c1).is_some());
+    let reqs = c1.requests();
+    assert_eq!(reqs.iter().filter(|r| r.status == 503).count(), 2);
+    assert_eq!(
+        reqs.iter().filter(|r| r.status == 0).count(),
+        1,
+        "one dropped connection"
+    );
+
+    // A 4xx other than 409/429 is never retried.
+    let c2 = server.cluster("cluster2");
+    c2.inject(FaultAction::Status(400), 1, false);
+    s.cacertd(&["issue", "cluster2"]).fails_with(1);
+    assert_eq!(c2.requests().iter().filter(|r| r.status == 400).count(), 1);
+    assert_eq!(c2.requests().len(), 1, "gave up after the 400");
+}
+
+#[test]
+fn missing_rbac_is_named_precisely() {
+    let server = TestApiServer::start(&CLUSTERS);
+    for name in CLUSTERS {
+        server.cluster(name).add_token(
+            "limited",
+            "system:serviceaccount:cacertd:cacertd",
+            vec![
+                Rule::new(&["get", "update"], &["secrets"])
+                    .in_namespace("istio-system")
+                    .named(&["cacerts"]),
+            ],
+        );
+    }
+    let s = setup_with_tokens(&server, "", |_| "limited".to_string());
+    s.cacertd(&["root", "init"]).ok();
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stdout.contains(
+            "User \"system:serviceaccount:cacertd:cacertd\" cannot get resource \"secrets\" in API group \"\" in the namespace \"istio-system\""
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("istio-ca-secret"), "{}", run.stdout);
+}
+
+#[test]
+fn existing_material_is_read_and_reported() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    let b64 = |p: &std::path::Path| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap())
+    };
+
+    // cluster1: plugged in with Istio's Makefile tooling (RSA-4096 root and intermediate).
+    let d = s.path("make");
+    std::fs::create_dir(&d).unwrap();
+    let o = |args: &[&str]| openssl(&d, args).ok();
+    o(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:4096",
+        "-nodes",
+        "-keyout",
+        "root-key.pem",
+        "-out",
+        "root-cert.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/O=Istio/CN=Root CA",
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,keyCertSign",
+    ]);
+    o(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:4096",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.csr",
+        "-subj",
+        "/O=Istio/CN=Intermediate CA/L=cluster1",
+    ]);
+    std::fs::write(d.join("ext.cnf"), "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,digitalSignature,nonRepudiation,keyEncipherment,keyCertSign\nsubjectAltName=DNS:istiod.istio-system.svc\n").unwrap();
+    o(&[
+        "x509",
+        "-req",
+        "-in",
+        "ca.csr",
+        "-CA",
+        "root-cert.pem",
+        "-CAkey",
+        "root-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "730",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "ca-cert.pem",
+    ]);
+    let chain = [
+        std::fs::read(d.join("ca-cert.pem")).unwrap(),
+        std::fs::read(d.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("cert-chain.pem"), chain).unwrap();
+    server.cluster("cluster1").put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "istio-system"},
+        "type": "Opaque",
+        "data": {"ca-cert.pem": b64(&d.join("ca-cert.pem")), "ca-key.pem": b64(&d.join("ca-key.pem")),
+                 "root-cert.pem": b64(&d.join("root-cert.pem")), "cert-chain.pem": b64(&d.join("cert-chain.pem"))},
+    }));
+    // cluster2: cert-manager's istio-csr style kubernetes.io/tls Secret.
+    server.cluster("cluster2").put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "istio-system"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(&d.join("ca-cert.pem")), "tls.key": b64(&d.join("ca-key.pem")), "ca.crt": b64(&d.join("root-cert.pem"))},
+    }));
+
+    let st = s.cacertd(&["status", "-o", "json"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let serial = openssl(&d, &["x509", "-in", "ca-cert.pem", "-noout", "-serial"])
+        .ok()
+        .stdout;
+    let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
+    for i in [0, 1] {
+        let c = &json["clusters"][i]["cacerts"];
+        assert_eq!(c["state"], "foreign-trust", "{c}");
+        assert_eq!(c["intermediate"]["serial"], serial.as_str());
+        assert_eq!(c["intermediate"]["key_algorithm"], "rsa-4096");
+    }
+    // Neither is replaced without a transition.
+    let run = s.cacertd(&["issue"]).fails_with(5);
+    assert_eq!(run.stdout.matches("REFUSED").count(), 2, "{}", run.stdout);
+}
+
+#[test]
+fn a_self_signed_cluster_is_reported_and_left_alone() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    let other = Setup::new();
+    other.cacertd(&["issue", "--init-root"]).ok();
+    let b64 = |rel: &str| base64::engine::general_purpose::STANDARD.encode(other.read(rel));
+    let c1 = server.cluster("cluster1");
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-ca-secret", "namespace": "istio-system"},
+        "type": "istio.io/ca-root",
+        "data": {"ca-cert.pem": b64("state/root/root-cert.pem"), "ca-key.pem": b64("state/root/root-key.pem"),
+                 "root-cert.pem": b64("state/root/root-cert.pem"), "cert-chain.pem": ""},
+    }));
+    for ns in ["default", "istio-system"] {
+        c1.put(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
+            "data": {"root-cert.pem": String::from_utf8(other.read("state/root/root-cert.pem")).unwrap()},
+        }));
+    }
+    let st = s.cacertd(&["status", "-o", "json"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let c = &json["clusters"][0]["cacerts"];
+    assert_eq!(c["state"], "self-signed", "{c}");
+    assert_eq!(c["published"]["namespaces"], 2);
+    assert_eq!(c["published"]["with_root"], 0);
+    let run = s.cacertd(&["issue", "cluster1"]).fails_with(5);
+    assert!(run.stdout.contains("self-signed CA"), "{}", run.stdout);
+    assert!(cacerts(c1).is_none());
+}
