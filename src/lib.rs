@@ -9,6 +9,7 @@ pub mod issuance;
 pub mod pki;
 pub mod plan;
 pub mod policy;
+pub mod rollout;
 pub mod store;
 pub mod target;
 pub mod topology;

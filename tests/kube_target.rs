@@ -7,60 +7,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use cacertd_test_apiserver::{FakeCluster, FaultAction, Rule, TestApiServer, Value, json};
+use common::kube::{CLUSTERS, setup, setup_with_tokens};
 use common::{Setup, openssl, openssl_verify_cacerts};
-
-const CLUSTERS: [&str; 3] = ["cluster1", "cluster2", "cluster3"];
-
-/// A scratch setup whose three clusters live on `server`, with `[kubernetes]` settings.
-fn setup(server: &TestApiServer, kubernetes: &str) -> Setup {
-    setup_with_tokens(server, kubernetes, |c| c.admin_token())
-}
-
-fn setup_with_tokens(
-    server: &TestApiServer,
-    kubernetes: &str,
-    token: impl Fn(&FakeCluster) -> String,
-) -> Setup {
-    let config = format!(
-        r#"trust_domain = "cluster.local"
-state_dir = "state"
-policies_dir = "policies"
-
-[kubernetes]
-{kubernetes}
-
-[[clusters]]
-name = "cluster1"
-role = "primary"
-network = "network1"
-target = {{ kind = "kube", kubeconfig = "kube/cluster1.yaml" }}
-
-[[clusters]]
-name = "cluster2"
-role = "primary"
-network = "network2"
-target = {{ kind = "kube", kubeconfig = "kube/cluster2.yaml", context = "cluster2" }}
-
-[[clusters]]
-name = "cluster3"
-role = "remote"
-primary = "cluster1"
-network = "network1"
-target = {{ kind = "kube", kubeconfig = "kube/cluster3.yaml" }}
-"#
-    );
-    let s = Setup::with_config(&config);
-    std::fs::create_dir(s.path("kube")).unwrap();
-    for name in CLUSTERS {
-        let c = server.cluster(name);
-        std::fs::write(
-            s.path(&format!("kube/{name}.yaml")),
-            c.kubeconfig(&token(c)),
-        )
-        .unwrap();
-    }
-    s
-}
 
 fn decode(secret: &Value, key: &str) -> Vec<u8> {
     let b64 = secret["data"][key]

@@ -79,8 +79,48 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
 
+    /// Restart Istio in a primary's mesh: istiod, then gateways, then workloads.
+    ///
+    /// Works like `kubectl rollout restart` followed by `kubectl rollout status`, in the order
+    /// Istio needs: istiod of the primary first; then the gateways of the primary and of every
+    /// remote it serves; then every Deployment, DaemonSet and StatefulSet in namespaces with
+    /// sidecar injection (istio-injection=enabled or an istio.io/rev label). Each stage waits
+    /// for its rollouts before the next starts; a stage that does not finish within
+    /// [kubernetes] rollout_timeout stops the run. Paused Deployments are refused.
+    #[command(verbatim_doc_comment)]
+    Restart(RestartArgs),
+
     /// Check the configuration and policies, and print the topology.
     Check,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RestartArgs {
+    /// Primary clusters whose meshes to restart (required; remotes follow their primary).
+    #[arg(value_name = "PRIMARY", required = true)]
+    pub clusters: Vec<String>,
+
+    /// Restart only these stages (default: all three, in order).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<StageArg>,
+
+    /// Do not wait for rollouts to finish between stages.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Label selector of the gateways to restart.
+    #[arg(long, default_value = crate::rollout::DEFAULT_GATEWAY_SELECTOR)]
+    pub gateway_selector: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    Istiod,
+    Gateways,
+    Workloads,
 }
 
 #[derive(Debug, Subcommand)]

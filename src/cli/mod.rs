@@ -154,6 +154,7 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
+                Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) => unreachable!("handled above"),
             }
         }
@@ -444,6 +445,47 @@ fn verify(
             problems.len()
         ))),
     }
+}
+
+async fn restart(
+    config: &Config,
+    a: args::RestartArgs,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    use crate::rollout::{RestartOptions, Stage, restart_primary};
+    let primaries = select(config, &a.clusters)?;
+    let stages = if a.only.is_empty() {
+        Stage::ALL.to_vec()
+    } else {
+        a.only
+            .iter()
+            .map(|s| match s {
+                args::StageArg::Istiod => Stage::Istiod,
+                args::StageArg::Gateways => Stage::Gateways,
+                args::StageArg::Workloads => Stage::Workloads,
+            })
+            .collect()
+    };
+    let opts = RestartOptions {
+        stages,
+        wait: !a.no_wait,
+        gateway_selector: a.gateway_selector,
+    };
+    let mut all = Vec::new();
+    for primary in primaries {
+        let done = restart_primary(config, primary, &opts, now)
+            .await
+            .map_err(|e| CliError::Partial {
+                message: format!("restart of {}'s mesh stopped: {e}", primary.name),
+                code: 1,
+            })?;
+        all.extend(done);
+    }
+    match a.output.output {
+        Format::Json => output::print_json(&all),
+        Format::Table => output::print_restarts(&mut std::io::stdout(), &all),
+    }
+    Ok(())
 }
 
 fn check(config: &Config) -> Result<(), CliError> {

@@ -134,6 +134,25 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+pub fn print_restarts(out: &mut dyn Write, done: &[crate::rollout::Restarted]) {
+    if done.is_empty() {
+        let _ = writeln!(out, "nothing to restart");
+        return;
+    }
+    let rows: Vec<Vec<String>> = done
+        .iter()
+        .map(|r| {
+            vec![
+                r.stage.name().to_string(),
+                r.cluster.clone(),
+                r.workload.to_string(),
+                if r.waited { "rolled out" } else { "restarted" }.to_string(),
+            ]
+        })
+        .collect();
+    table(out, &["STAGE", "CLUSTER", "WORKLOAD", "RESULT"], &rows);
+}
+
 #[derive(Serialize)]
 pub struct StatusReport {
     pub root: Option<RootJson>,

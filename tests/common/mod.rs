@@ -2,6 +2,8 @@
 //! cacertd binary, and the real `openssl` CLI.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -176,8 +176,11 @@ async fn handle(
     Ok(response)
 }
 
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn record(cluster: &FakeCluster, method: &Method, path: &str, query: &str, status: u16) {
     cluster.lock().requests.push(Request {
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),

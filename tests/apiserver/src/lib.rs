@@ -107,6 +107,8 @@ struct Fault {
 /// One recorded request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Order of arrival across every cluster of every server in this process.
+    pub seq: u64,
     pub method: String,
     pub path: String,
     pub query: String,

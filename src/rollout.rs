@@ -1,0 +1,146 @@
+//! Restarts in the order Istio needs (DESIGN.md fact 5): istiod first, then the gateways, then
+//! the workloads — of the primary and of every remote it serves — waiting for each stage to
+//! finish rolling out before the next begins. Restarting gateways before istiod serves the new
+//! material leaves them with "unknown authority".
+
+use futures::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::target::{KubeTarget, Target, TargetError, Workload};
+use crate::topology::{Cluster, Role};
+
+/// The three stages, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Istiod,
+    Gateways,
+    Workloads,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Istiod, Stage::Gateways, Stage::Workloads];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Istiod => "istiod",
+            Stage::Gateways => "gateways",
+            Stage::Workloads => "workloads",
+        }
+    }
+}
+
+/// One restarted workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restarted {
+    pub stage: Stage,
+    pub cluster: String,
+    pub workload: Workload,
+    pub waited: bool,
+}
+
+/// What to restart and how.
+#[derive(Clone, Debug)]
+pub struct RestartOptions {
+    pub stages: Vec<Stage>,
+    /// Wait for each stage's rollouts to finish (`kubectl rollout status`) before the next.
+    pub wait: bool,
+    /// Label selector for gateways.
+    pub gateway_selector: String,
+}
+
+impl Default for RestartOptions {
+    fn default() -> Self {
+        RestartOptions {
+            stages: Stage::ALL.to_vec(),
+            wait: true,
+            gateway_selector: DEFAULT_GATEWAY_SELECTOR.to_string(),
+        }
+    }
+}
+
+/// The labels Istio's gateway charts put on ingress, east-west and egress gateways.
+pub const DEFAULT_GATEWAY_SELECTOR: &str =
+    "istio in (ingressgateway,eastwestgateway,egressgateway)";
+
+/// Restarts the mesh served by `primary`: its istiod, then gateways and workloads of the
+/// primary and of its remotes. Stops at the first failure (nothing later is restarted).
+pub async fn restart_primary(
+    config: &Config,
+    primary: &Cluster,
+    opts: &RestartOptions,
+    now: OffsetDateTime,
+) -> Result<Vec<Restarted>, TargetError> {
+    let mut members: Vec<(&Cluster, KubeTarget)> = Vec::new();
+    for cluster in std::iter::once(primary).chain(config.topology.remotes_of(&primary.name)) {
+        match Target::open(cluster, &config.state_dir, &config.kubernetes).await? {
+            Target::Kube(k) => members.push((cluster, k)),
+            Target::Dir(_) => {
+                if cluster.role == Role::Primary {
+                    return Err(TargetError::Refused {
+                        target: format!("cluster {}", cluster.name),
+                        action: "restart".into(),
+                        reason: "its target is a directory; restarts need a Kubernetes target"
+                            .into(),
+                    });
+                }
+                tracing::warn!(cluster = %cluster.name, "remote has no Kubernetes target; its workloads are not restarted");
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let mut gateways_seen: Vec<Workload> = Vec::new();
+    for stage in Stage::ALL.into_iter().filter(|s| opts.stages.contains(s)) {
+        // Which workloads, per cluster, this stage restarts.
+        let mut batch: Vec<(&str, &KubeTarget, Vec<Workload>)> = Vec::new();
+        for (cluster, target) in &members {
+            let workloads = match stage {
+                Stage::Istiod if cluster.role == Role::Primary => target.istiod().await?,
+                Stage::Istiod => Vec::new(),
+                Stage::Gateways => {
+                    let g = target.gateways(&opts.gateway_selector).await?;
+                    gateways_seen.extend(g.iter().cloned());
+                    g
+                }
+                Stage::Workloads => {
+                    let mut w = target.injected_workloads(None).await?;
+                    w.retain(|w| !gateways_seen.contains(w));
+                    w
+                }
+            };
+            batch.push((&cluster.name, target, workloads));
+        }
+        for (cluster, target, workloads) in &batch {
+            for w in workloads {
+                tracing::info!(cluster = %cluster, stage = stage.name(), workload = %w, "restarting");
+                target.restart(w, now).await?;
+            }
+        }
+        if opts.wait {
+            let timeout = config.kubernetes.rollout_timeout;
+            let waits = batch.iter().flat_map(|(_, target, workloads)| {
+                workloads
+                    .iter()
+                    .map(move |w| target.wait_rollout(w, timeout))
+            });
+            let results: Vec<Result<(), TargetError>> = futures::stream::iter(waits)
+                .buffer_unordered(config.kubernetes.concurrency.max(1))
+                .collect()
+                .await;
+            if let Some(err) = results.into_iter().find_map(Result::err) {
+                return Err(err);
+            }
+        }
+        for (cluster, _, workloads) in batch {
+            done.extend(workloads.into_iter().map(|workload| Restarted {
+                stage,
+                cluster: cluster.to_string(),
+                workload,
+                waited: opts.wait,
+            }));
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,210 @@
+//! `cacertd restart`: istiod, then gateways, then workloads, across a primary and its remotes,
+//! each stage waiting for the previous one to roll out — against the test apiserver's
+//! simulated controllers.
+
+mod common;
+
+use cacertd_test_apiserver::{FakeCluster, TestApiServer, Value, json};
+use common::kube::{CLUSTERS, setup};
+
+fn workload(c: &FakeCluster, kind: &str, ns: &str, name: &str, labels: Value) {
+    c.put(json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "example/app:1"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                   "availableReplicas": 1, "desiredNumberScheduled": 1, "updatedNumberScheduled": 1,
+                   "numberAvailable": 1},
+    }));
+}
+
+fn mesh(server: &TestApiServer) {
+    let c1 = server.cluster("cluster1");
+    workload(
+        c1,
+        "Deployment",
+        "istio-system",
+        "istiod",
+        json!({"app": "istiod"}),
+    );
+    workload(
+        c1,
+        "Deployment",
+        "istio-system",
+        "istio-eastwestgateway",
+        json!({"istio": "eastwestgateway"}),
+    );
+    c1.namespace("app", &[("istio-injection", "enabled")]);
+    workload(c1, "Deployment", "app", "web", json!({}));
+    workload(c1, "StatefulSet", "app", "db", json!({}));
+    c1.namespace("plain", &[]);
+    workload(c1, "Deployment", "plain", "other", json!({}));
+    let c3 = server.cluster("cluster3");
+    c3.namespace("istio-ingress", &[]);
+    workload(
+        c3,
+        "Deployment",
+        "istio-ingress",
+        "istio-ingressgateway",
+        json!({"istio": "ingressgateway"}),
+    );
+    c3.namespace("shop", &[("istio.io/rev", "default")]);
+    workload(c3, "DaemonSet", "shop", "agent", json!({}));
+    let c2 = server.cluster("cluster2");
+    workload(
+        c2,
+        "Deployment",
+        "istio-system",
+        "istiod",
+        json!({"app": "istiod"}),
+    );
+}
+
+fn restarted(c: &FakeCluster, plural: &str, ns: &str, name: &str) -> bool {
+    c.get(plural, ns, name).unwrap()["spec"]["template"]["metadata"]["annotations"]
+        ["kubectl.kubernetes.io/restartedAt"]
+        .is_string()
+}
+
+/// The arrival order of the restart PATCH of `name` in `c`.
+fn patch_seq(c: &FakeCluster, name: &str) -> u64 {
+    c.requests()
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path.ends_with(&format!("/{name}")))
+        .unwrap_or_else(|| panic!("{name} was not patched"))
+        .seq
+}
+
+#[test]
+fn restarts_go_istiod_then_gateways_then_workloads_across_primary_and_remotes() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    for c in CLUSTERS {
+        server
+            .cluster(c)
+            .set_rollout_delay(std::time::Duration::from_millis(200));
+    }
+    let s = setup(&server, "");
+    let run = s.cacertd(&["restart", "cluster1"]).ok();
+    assert!(
+        run.stdout.contains("deployment/istio-system/istiod"),
+        "{}",
+        run.stdout
+    );
+    let (c1, c2, c3) = (
+        server.cluster("cluster1"),
+        server.cluster("cluster2"),
+        server.cluster("cluster3"),
+    );
+    for (c, plural, ns, name) in [
+        (c1, "deployments", "istio-system", "istiod"),
+        (c1, "deployments", "istio-system", "istio-eastwestgateway"),
+        (c3, "deployments", "istio-ingress", "istio-ingressgateway"),
+        (c1, "deployments", "app", "web"),
+        (c1, "statefulsets", "app", "db"),
+        (c3, "daemonsets", "shop", "agent"),
+    ] {
+        assert!(restarted(c, plural, ns, name), "{name} not restarted");
+        // Every restart finished rolling out before the command returned.
+        let obj = c.get(plural, ns, name).unwrap();
+        assert_eq!(
+            obj["status"]["observedGeneration"], obj["metadata"]["generation"],
+            "{name}"
+        );
+    }
+    assert!(
+        !restarted(c1, "deployments", "plain", "other"),
+        "not an injected namespace"
+    );
+    assert!(
+        !restarted(c2, "deployments", "istio-system", "istiod"),
+        "another primary's mesh"
+    );
+
+    let istiod = patch_seq(c1, "istiod");
+    let gateways = [
+        patch_seq(c1, "istio-eastwestgateway"),
+        patch_seq(c3, "istio-ingressgateway"),
+    ];
+    let workloads = [
+        patch_seq(c1, "web"),
+        patch_seq(c1, "db"),
+        patch_seq(c3, "agent"),
+    ];
+    assert!(
+        gateways.iter().all(|g| *g > istiod),
+        "gateways after istiod"
+    );
+    let last_gateway = gateways.iter().max().unwrap();
+    assert!(
+        workloads.iter().all(|w| w > last_gateway),
+        "workloads after gateways"
+    );
+    // The gateway stage began only once istiod's rollout was seen complete.
+    let istiod_done = c1
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/deployments/istiod"))
+        .map(|r| r.seq)
+        .max()
+        .unwrap();
+    assert!(
+        istiod_done < gateways[0],
+        "waited for istiod before the gateways"
+    );
+}
+
+#[test]
+fn a_stage_that_does_not_roll_out_stops_the_run() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    server.cluster("cluster1").set_rollouts_stuck(true);
+    let s = setup(&server, "rollout_timeout = \"1s\"");
+    let run = s.cacertd(&["restart", "cluster1"]).fails_with(1);
+    assert!(
+        run.stderr.contains("deployment/istio-system/istiod"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did not finish within 1s"),
+        "{}",
+        run.stderr
+    );
+    let c1 = server.cluster("cluster1");
+    assert!(restarted(c1, "deployments", "istio-system", "istiod"));
+    assert!(!restarted(
+        c1,
+        "deployments",
+        "istio-system",
+        "istio-eastwestgateway"
+    ));
+    assert!(!restarted(c1, "deployments", "app", "web"));
+}
+
+#[test]
+fn paused_deployments_are_refused_and_remotes_cannot_be_named() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    let c1 = server.cluster("cluster1");
+    let mut istiod = c1.get("deployments", "istio-system", "istiod").unwrap();
+    istiod["spec"]["paused"] = json!(true);
+    c1.put(istiod);
+    let s = setup(&server, "");
+    let run = s.cacertd(&["restart", "cluster1"]).fails_with(1);
+    assert!(run.stderr.contains("paused"), "{}", run.stderr);
+    assert!(!restarted(c1, "deployments", "istio-system", "istiod"));
+    let run = s.cacertd(&["restart", "cluster3"]).fails_with(2);
+    assert!(
+        run.stderr.contains("cluster3 is a remote"),
+        "{}",
+        run.stderr
+    );
+    // Only one stage, no waiting.
+    let c2 = server.cluster("cluster2");
+    s.cacertd(&["restart", "cluster2", "--only", "istiod", "--no-wait"])
+        .ok();
+    assert!(restarted(c2, "deployments", "istio-system", "istiod"));
+}
