@@ -130,6 +130,7 @@ enum RawTarget {
     Kube {
         kubeconfig: Option<PathBuf>,
         context: Option<String>,
+        remote_secret_from: Option<String>,
     },
 }
 
@@ -249,11 +250,37 @@ impl Config {
                 RawTarget::Kube {
                     kubeconfig,
                     context,
+                    remote_secret_from: Some(source),
+                } if kubeconfig.is_none() && context.is_none() => TargetConfig::KubeRemoteSecret {
+                    source: source.clone(),
+                },
+                RawTarget::Kube {
+                    kubeconfig,
+                    context,
+                    ..
                 } => TargetConfig::Kube {
                     kubeconfig: kubeconfig.as_deref().map(resolve),
                     context: context.clone(),
                 },
             });
+            if let Some(t) = &rc.target {
+                if let RawTarget::Kube {
+                    kubeconfig,
+                    context,
+                    remote_secret_from: Some(_),
+                } = t.get_ref()
+                {
+                    if kubeconfig.is_some() || context.is_some() {
+                        return Err(invalid(
+                            t.span(),
+                            field("target"),
+                            "remote_secret_from takes the kubeconfig from Istio's remote secret; \
+                             do not also give kubeconfig or context"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             match role {
                 Role::Primary => {
                     if let Some(p) = &rc.primary {
@@ -324,6 +351,30 @@ impl Config {
                 target,
                 policy,
             });
+        }
+        // Remote-secret targets must name a cluster reached directly with a kubeconfig.
+        for (i, rc) in raw.clusters.iter().enumerate() {
+            let Some(t) = &rc.target else { continue };
+            let RawTarget::Kube {
+                remote_secret_from: Some(source),
+                ..
+            } = t.get_ref()
+            else {
+                continue;
+            };
+            let ok = clusters
+                .iter()
+                .find(|c| c.name == *source)
+                .is_some_and(|c| matches!(c.target, Some(TargetConfig::Kube { .. })));
+            if !ok || source == rc.name.get_ref() {
+                return Err(invalid(
+                    t.span(),
+                    format!("clusters[{i}].target.remote_secret_from"),
+                    format!(
+                        "{source:?} must be another cluster of this file with a kube target given by kubeconfig/context"
+                    ),
+                ));
+            }
         }
         // Second pass: remotes must point at a primary defined in this file.
         for (i, rc) in raw.clusters.iter().enumerate() {
@@ -630,6 +681,22 @@ mod tests {
         assert_eq!(c.kubernetes.timeout, Duration::from_secs(2));
         assert_eq!(c.kubernetes.concurrency, 3);
         assert_eq!(c.kubernetes.retries, 3);
+        let rs = text.replace(
+            "target = { kind = \"dir\", path = \"out/cluster1\" }",
+            "target = { kind = \"kube\", remote_secret_from = \"cluster2\" }",
+        );
+        let c = parse(&rs).unwrap();
+        assert_eq!(
+            c.topology.get("cluster1").unwrap().target,
+            Some(TargetConfig::KubeRemoteSecret {
+                source: "cluster2".into()
+            })
+        );
+        let bad = rs.replace(
+            "remote_secret_from = \"cluster2\"",
+            "remote_secret_from = \"cluster3\"",
+        );
+        assert!(err(&bad).contains("remote_secret_from"), "{}", err(&bad));
         let e = err(&format!("{ACCEPTANCE}\n[kubernetes]\nconcurrency = 0\n"));
         assert!(e.contains("kubernetes.concurrency"), "{e}");
         let e = err(&format!("{ACCEPTANCE}\n[kubernetes]\ntimeout = \"soon\"\n"));

@@ -114,7 +114,7 @@ async fn one(
 ) -> ClusterReport {
     let name = cluster.name.as_str();
     let failed = |msg: String| ClusterReport::new(name, Outcome::Failed).with_reason(msg);
-    let target = match Target::open(cluster, &config.state_dir, &config.kubernetes).await {
+    let target = match Target::open(cluster, config).await {
         Ok(t) => t,
         Err(e) => return failed(e.to_string()),
     };

@@ -75,7 +75,7 @@ pub async fn restart_primary(
 ) -> Result<Vec<Restarted>, TargetError> {
     let mut members: Vec<(&Cluster, KubeTarget)> = Vec::new();
     for cluster in std::iter::once(primary).chain(config.topology.remotes_of(&primary.name)) {
-        match Target::open(cluster, &config.state_dir, &config.kubernetes).await? {
+        match Target::open(cluster, config).await? {
             Target::Kube(k) => members.push((cluster, k)),
             Target::Dir(_) => {
                 if cluster.role == Role::Primary {

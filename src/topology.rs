@@ -24,6 +24,10 @@ pub enum TargetConfig {
         kubeconfig: Option<PathBuf>,
         context: Option<String>,
     },
+    /// A Kubernetes cluster reached with the kubeconfig Istio keeps for it in another
+    /// cluster's remote secrets (`istioctl create-remote-secret`: Secrets labelled
+    /// `istio/multiCluster=true` in istio-system, one key per cluster name).
+    KubeRemoteSecret { source: String },
 }
 
 impl std::fmt::Display for TargetConfig {
@@ -43,6 +47,7 @@ impl std::fmt::Display for TargetConfig {
                 }
                 Ok(())
             }
+            TargetConfig::KubeRemoteSecret { source } => write!(f, "kube:remote-secret@{source}"),
         }
     }
 }

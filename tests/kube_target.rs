@@ -368,3 +368,56 @@ fn a_self_signed_cluster_is_reported_and_left_alone() {
     assert!(run.stdout.contains("self-signed CA"), "{}", run.stdout);
     assert!(cacerts(c1).is_none());
 }
+
+#[test]
+fn clusters_are_reached_through_istios_remote_secrets() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    // cluster2 and cluster3 are reached through the remote secrets istioctl left in cluster1.
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(
+            "{ kind = \"kube\", kubeconfig = \"kube/cluster2.yaml\", context = \"cluster2\" }",
+            "{ kind = \"kube\", remote_secret_from = \"cluster1\" }",
+        )
+        .replace(
+            "{ kind = \"kube\", kubeconfig = \"kube/cluster3.yaml\" }",
+            "{ kind = \"kube\", remote_secret_from = \"cluster1\" }",
+        );
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    let c1 = server.cluster("cluster1");
+    let kc = |name: &str| {
+        let c = server.cluster(name);
+        base64::engine::general_purpose::STANDARD.encode(c.kubeconfig(&c.admin_token()))
+    };
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-cluster2", "namespace": "istio-system",
+                     "labels": {"istio/multiCluster": "true"}},
+        "data": {"cluster2": kc("cluster2")},
+    }));
+    let run = s.cacertd(&["issue", "--init-root"]).ok();
+    assert!(run.stdout.contains("cluster2  issued"), "{}", run.stdout);
+    assert!(cacerts(server.cluster("cluster2")).is_some());
+
+    // cluster3's secret is missing: a clear error saying where it was looked for.
+    let run = s.cacertd(&["status"]).ok();
+    assert!(run.stdout.contains("served by cluster1"), "{}", run.stdout);
+    let run = s
+        .cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .fails_with(1);
+    assert!(
+        run.stderr.contains("istio-remote-secret-cluster3"),
+        "{}",
+        run.stderr
+    );
+    // Found by label under another name.
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "east-remote", "namespace": "istio-system",
+                     "labels": {"istio/multiCluster": "true"}},
+        "data": {"cluster3": kc("cluster3")},
+    }));
+    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .ok();
+}

@@ -382,16 +382,14 @@ async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snap
     if cluster.role == Role::Remote {
         return None;
     }
-    Some(
-        match Target::open(cluster, &config.state_dir, &config.kubernetes).await {
-            Ok(t) => t
-                .read()
-                .await
-                .map(|o| o.snapshot)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-    )
+    Some(match Target::open(cluster, config).await {
+        Ok(t) => t
+            .read()
+            .await
+            .map(|o| o.snapshot)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 fn verify(

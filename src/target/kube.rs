@@ -58,7 +58,7 @@ impl KubeTarget {
             context: context.map(str::to_string),
             ..Default::default()
         };
-        let mut config = match kubeconfig {
+        let config = match kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path)
                     .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
@@ -73,6 +73,72 @@ impl KubeTarget {
                 .await
                 .map_err(|e| config_err(e.to_string()))?,
         };
+        Self::from_config(cluster, config, settings, config_err)
+    }
+
+    /// Connects to `cluster` with the kubeconfig Istio's remote secret for it holds in the
+    /// cluster `via` reaches: Secret `istio-remote-secret-<cluster>` in istio-system (the name
+    /// istioctl gives it), else any Secret there labelled `istio/multiCluster=true` with a key
+    /// named after the cluster.
+    pub async fn connect_via_remote_secret(
+        cluster: &str,
+        via: &KubeTarget,
+        settings: &KubeSettings,
+    ) -> Result<Self, TargetError> {
+        let secrets = via.secrets();
+        let by_name = format!("istio-remote-secret-{cluster}");
+        let named = retrying(settings, "get remote secret", || secrets.get_opt(&by_name))
+            .await
+            .map_err(|e| via.error(format!("get secret {NAMESPACE}/{by_name}"), e))?;
+        let mut kubeconfig = named
+            .and_then(|s| s.data)
+            .and_then(|mut d| d.remove(cluster));
+        if kubeconfig.is_none() {
+            let params = ListParams::default().labels("istio/multiCluster=true");
+            let list = retrying(settings, "list remote secrets", || secrets.list(&params))
+                .await
+                .map_err(|e| {
+                    via.error(
+                        format!("list secrets labelled istio/multiCluster=true in {NAMESPACE}"),
+                        e,
+                    )
+                })?;
+            kubeconfig = list
+                .items
+                .into_iter()
+                .find_map(|s| s.data.and_then(|mut d| d.remove(cluster)));
+        }
+        let config_err = |message: String| TargetError::KubeConfig {
+            target: format!("cluster {cluster}"),
+            message,
+        };
+        let Some(ByteString(mut yaml)) = kubeconfig else {
+            return Err(config_err(format!(
+                "no Istio remote secret for it in {} (expected {NAMESPACE}/{by_name}, or a Secret \
+                 labelled istio/multiCluster=true with a key {cluster:?})",
+                via.describe()
+            )));
+        };
+        let parsed = std::str::from_utf8(&yaml)
+            .map_err(|_| config_err("the remote secret's kubeconfig is not UTF-8".into()))
+            .and_then(|text| {
+                Kubeconfig::from_yaml(text)
+                    .map_err(|e| config_err(format!("the remote secret's kubeconfig: {e}")))
+            });
+        yaml.zeroize();
+        let kc = parsed?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| config_err(format!("the remote secret's kubeconfig: {e}")))?;
+        Self::from_config(cluster, config, settings, config_err)
+    }
+
+    fn from_config(
+        cluster: &str,
+        mut config: Config,
+        settings: &KubeSettings,
+        config_err: impl Fn(String) -> TargetError,
+    ) -> Result<Self, TargetError> {
         config.connect_timeout = Some(settings.timeout);
         config.read_timeout = Some(settings.timeout);
         config.write_timeout = Some(settings.timeout);

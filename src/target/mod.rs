@@ -10,11 +10,9 @@ pub use dir::DirTarget;
 pub use kube::{KubeTarget, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
 
-use std::path::Path;
-
 use time::OffsetDateTime;
 
-use crate::config::KubeSettings;
+use crate::config::Config;
 use crate::fsutil::FsError;
 use crate::pki::CaCertsFiles;
 use crate::plan::Snapshot;
@@ -112,11 +110,8 @@ pub enum Target {
 impl Target {
     /// Opens the target of a cluster. Backups of directory targets go under
     /// `state_dir/backups/<cluster>`.
-    pub async fn open(
-        cluster: &Cluster,
-        state_dir: &Path,
-        settings: &KubeSettings,
-    ) -> Result<Self, TargetError> {
+    pub async fn open(cluster: &Cluster, config: &Config) -> Result<Self, TargetError> {
+        let (state_dir, settings) = (&config.state_dir, &config.kubernetes);
         match &cluster.target {
             Some(TargetConfig::Dir { path }) => Ok(Target::Dir(DirTarget::new(
                 path.clone(),
@@ -134,6 +129,34 @@ impl Target {
                 )
                 .await?,
             )),
+            Some(TargetConfig::KubeRemoteSecret { source }) => {
+                let source_cluster =
+                    config
+                        .topology
+                        .get(source)
+                        .ok_or_else(|| TargetError::NoTarget {
+                            cluster: source.clone(),
+                        })?;
+                let Some(TargetConfig::Kube {
+                    kubeconfig,
+                    context,
+                }) = &source_cluster.target
+                else {
+                    return Err(TargetError::NoTarget {
+                        cluster: source.clone(),
+                    });
+                };
+                let via = KubeTarget::connect(
+                    source,
+                    kubeconfig.as_deref(),
+                    context.as_deref(),
+                    settings,
+                )
+                .await?;
+                Ok(Target::Kube(
+                    KubeTarget::connect_via_remote_secret(&cluster.name, &via, settings).await?,
+                ))
+            }
             None => Err(TargetError::NoTarget {
                 cluster: cluster.name.clone(),
             }),
