@@ -263,23 +263,21 @@ impl Config {
                     context: context.clone(),
                 },
             });
-            if let Some(t) = &rc.target {
-                if let RawTarget::Kube {
+            if let Some(t) = &rc.target
+                && let RawTarget::Kube {
                     kubeconfig,
                     context,
                     remote_secret_from: Some(_),
                 } = t.get_ref()
-                {
-                    if kubeconfig.is_some() || context.is_some() {
-                        return Err(invalid(
-                            t.span(),
-                            field("target"),
-                            "remote_secret_from takes the kubeconfig from Istio's remote secret; \
+                && (kubeconfig.is_some() || context.is_some())
+            {
+                return Err(invalid(
+                    t.span(),
+                    field("target"),
+                    "remote_secret_from takes the kubeconfig from Istio's remote secret; \
                              do not also give kubeconfig or context"
-                                .into(),
-                        ));
-                    }
-                }
+                        .into(),
+                ));
             }
             match role {
                 Role::Primary => {
