@@ -1,0 +1,107 @@
+//! The RBAC in deploy/kubernetes/target-cluster/rbac.yaml is enough for everything cacertd
+//! does in a target cluster — and each rule is needed: cacertd runs here with exactly those
+//! rules (read from the manifest itself), and fails precisely when one is taken away.
+
+mod common;
+
+use cacertd_test_apiserver::{Rule, TestApiServer, Value, json};
+use common::kube::{CLUSTERS, setup_with_tokens};
+
+/// The Role and ClusterRole rules of the manifest, as the test apiserver's rules.
+fn manifest_rules() -> Vec<Rule> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/target-cluster/rbac.yaml"
+    );
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut rules = Vec::new();
+    for item in list["items"].as_array().unwrap() {
+        let namespaces = match item["kind"].as_str() {
+            Some("Role") => Some(vec![
+                item["metadata"]["namespace"].as_str().unwrap().to_string(),
+            ]),
+            Some("ClusterRole") => None,
+            _ => continue,
+        };
+        for r in item["rules"].as_array().unwrap() {
+            let names = r.get("resourceNames").map(strings);
+            rules.push(Rule {
+                verbs: strings(&r["verbs"]),
+                resources: strings(&r["resources"]),
+                namespaces: namespaces.clone(),
+                names,
+            });
+        }
+    }
+    assert!(rules.len() >= 5, "{rules:?}");
+    rules
+}
+
+fn mesh(server: &TestApiServer) {
+    let c1 = server.cluster("cluster1");
+    c1.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    }));
+    c1.namespace("app", &[("istio-injection", "enabled")]);
+    c1.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "app"},
+        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {}}},
+    }));
+}
+
+#[test]
+fn the_shipped_rbac_is_sufficient() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    for c in CLUSTERS {
+        server.cluster(c).add_token(
+            "least",
+            "system:serviceaccount:cacertd:cacertd",
+            manifest_rules(),
+        );
+    }
+    let s = setup_with_tokens(&server, "", |_| "least".to_string());
+    s.cacertd(&["issue", "--init-root"]).ok();
+    s.cacertd(&["issue", "--force"]).ok();
+    s.cacertd(&["status"]).ok();
+    s.cacertd(&["restart", "cluster1"]).ok();
+    for c in ["cluster1", "cluster2"] {
+        let reqs = server.cluster(c).requests();
+        assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
+    }
+}
+
+#[test]
+fn each_rule_of_the_shipped_rbac_is_needed() {
+    let all = manifest_rules();
+    for i in 0..all.len() {
+        let server = TestApiServer::start(&CLUSTERS);
+        mesh(&server);
+        let mut rules = all.clone();
+        let removed = rules.remove(i);
+        for c in CLUSTERS {
+            server.cluster(c).add_token(
+                "less",
+                "system:serviceaccount:cacertd:cacertd",
+                rules.clone(),
+            );
+        }
+        let s = setup_with_tokens(&server, "", |_| "less".to_string());
+        s.cacertd(&["root", "init"]).ok();
+        let steps: [&[&str]; 3] = [&["issue"], &["issue", "--force"], &["restart", "cluster1"]];
+        let failed = steps.iter().any(|args| {
+            let run = s.cacertd(args);
+            run.code != 0 && (run.stdout.contains("forbidden") || run.stderr.contains("forbidden"))
+        });
+        assert!(failed, "nothing needed {removed:?}");
+    }
+}
