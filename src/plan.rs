@@ -375,6 +375,14 @@ mod tests {
         }
     }
 
+    fn judge(files: &CaCertsFiles, root: &RootCa, p: &Policy, at: OffsetDateTime) -> Assessment {
+        assess(
+            &Snapshot::of(Some(files.clone())),
+            &expected(root.cert(), p),
+            at,
+        )
+    }
+
     fn cacerts(root: &RootCa, p: &Policy, at: OffsetDateTime) -> CaCertsFiles {
         let int = issue_intermediate(root, &p.intermediate_spec("c1", "td"), at).unwrap();
         CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
@@ -400,30 +408,17 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &r, &p, t0());
         assert_eq!(a.state, ClusterState::Valid);
         let renew_at = a.renew_at.unwrap();
         assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
 
         let just_before = renew_at - time::Duration::seconds(1);
         assert_eq!(
-            assess(
-                &Snapshot::of(Some(files.clone())),
-                &expected(r.cert(), &p),
-                just_before
-            )
-            .state,
+            judge(&files, &r, &p, just_before).state,
             ClusterState::Valid
         );
-        let due = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            renew_at,
-        );
+        let due = judge(&files, &r, &p, renew_at);
         assert_eq!(due.state, ClusterState::RenewalDue);
         match decide(&due, PlanOptions::default()) {
             Decision::Issue {
@@ -441,11 +436,7 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            t0() + time::Duration::days(400),
-        );
+        let a = judge(&files, &r, &p, t0() + time::Duration::days(400));
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(
             a.problems.iter().any(|m| m.contains("expired")),
@@ -466,11 +457,7 @@ mod tests {
         let p = policy();
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &r, &p, t0());
         let opts = PlanOptions {
             force: true,
             ..Default::default()
@@ -489,11 +476,7 @@ mod tests {
         let p = policy();
         let (ours, theirs) = (root(&p), root(&p));
         let files = cacerts(&theirs, &p, t0());
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(ours.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &ours, &p, t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
             panic!()
@@ -524,11 +507,7 @@ mod tests {
             .with_root_appended(new.cert())
             .pem_bytes()
             .to_vec();
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(new.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &new, &p, t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -542,11 +521,7 @@ mod tests {
         let r = root(&p);
         let mut files = cacerts(&r, &p, t0());
         files.ca_key = cacerts(&r, &p, t0()).ca_key;
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &r, &p, t0());
         assert_eq!(a.state, ClusterState::Invalid);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -564,11 +539,7 @@ mod tests {
         let files = cacerts(&r, &p, t0());
         let mut stricter = p.clone();
         stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &stricter),
-            t0(),
-        );
+        let a = judge(&files, &r, &stricter, t0());
         assert_eq!(a.state, ClusterState::PolicyDrift);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -585,11 +556,7 @@ mod tests {
         p.root.validity = Duration::from_secs(200 * DAY as u64);
         let r = root(&p);
         let files = cacerts(&r, &p, t0());
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(r.cert(), &p),
-            t0() + time::Duration::days(190),
-        );
+        let a = judge(&files, &r, &p, t0() + time::Duration::days(190));
         assert!(a.capped_by_root);
         assert!(
             a.warnings.iter().any(|w| w.contains("rotate the root")),
@@ -613,11 +580,7 @@ mod tests {
             .root_cert
             .extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
         files.cert_chain.clear();
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(ours.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &ours, &p, t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
         assert!(matches!(
             decide(&a, PlanOptions::default()),
@@ -625,11 +588,7 @@ mod tests {
         ));
         // Unreadable trust is not trust either.
         files.root_cert = b"garbage".to_vec();
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(ours.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &ours, &p, t0());
         assert_eq!(a.state, ClusterState::ForeignTrust);
     }
 
@@ -643,11 +602,7 @@ mod tests {
             .pem_bytes()
             .to_vec();
         files.cert_chain.clear();
-        let a = assess(
-            &Snapshot::of(Some(files.clone())),
-            &expected(new.cert(), &p),
-            t0(),
-        );
+        let a = judge(&files, &new, &p, t0());
         assert_eq!(a.state, ClusterState::OtherSigner);
     }
 
@@ -661,15 +616,7 @@ mod tests {
             root_cert: b"\n".to_vec(),
             cert_chain: Vec::new(),
         };
-        assert_eq!(
-            assess(
-                &Snapshot::of(Some(files.clone())),
-                &expected(r.cert(), &p),
-                t0()
-            )
-            .state,
-            ClusterState::Missing
-        );
+        assert_eq!(judge(&files, &r, &p, t0()).state, ClusterState::Missing);
     }
 
     #[test]

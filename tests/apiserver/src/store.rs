@@ -393,25 +393,46 @@ impl Store {
                 name_of(&obj).unwrap_or("")
             )));
         }
-        let key = (rt.plural, ns.to_string(), name.to_string());
+        let old = self.current(rt, ns, name, rv_of(&obj))?;
+        self.store_modified(rt, ns, obj, &old)
+    }
+
+    /// The object a write starts from, checking the write's resourceVersion precondition.
+    fn current(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> Result<Value, StoreError> {
         let old = self
             .objects
-            .get(&key)
+            .get(&(rt.plural, ns.to_string(), name.to_string()))
             .cloned()
             .ok_or_else(|| StoreError::NotFound {
                 plural: rt.plural.into(),
                 name: name.into(),
             })?;
-        if let Some(want) = rv_of(&obj)
-            && Some(want) != rv_of(&old)
-        {
+        if precondition.is_some_and(|want| Some(want) != rv_of(&old)) {
             return Err(StoreError::Conflict {
                 plural: rt.plural.into(),
                 name: name.into(),
             });
         }
-        let obj = self.normalize(rt, ns, obj, Some(&old))?;
-        self.objects.insert(key, obj.clone());
+        Ok(old)
+    }
+
+    fn store_modified(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        obj: Value,
+        old: &Value,
+    ) -> Result<(Value, Event), StoreError> {
+        let obj = self.normalize(rt, ns, obj, Some(old))?;
+        let name = name_of(&obj).unwrap_or_default().to_string();
+        self.objects
+            .insert((rt.plural, ns.to_string(), name), obj.clone());
         let event = self.record("MODIFIED", rt, ns, &obj);
         Ok((obj, event))
     }
@@ -423,23 +444,7 @@ impl Store {
         name: &str,
         patch: &Value,
     ) -> Result<(Value, Event), StoreError> {
-        let key = (rt.plural, ns.to_string(), name.to_string());
-        let old = self
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                plural: rt.plural.into(),
-                name: name.into(),
-            })?;
-        if let Some(want) = rv_of(patch)
-            && Some(want) != rv_of(&old)
-        {
-            return Err(StoreError::Conflict {
-                plural: rt.plural.into(),
-                name: name.into(),
-            });
-        }
+        let old = self.current(rt, ns, name, rv_of(patch))?;
         let mut obj = old.clone();
         merge_patch(&mut obj, patch);
         if name_of(&obj) != Some(name) {
@@ -447,10 +452,7 @@ impl Store {
                 "a patch may not change metadata.name".into(),
             ));
         }
-        let obj = self.normalize(rt, ns, obj, Some(&old))?;
-        self.objects.insert(key, obj.clone());
-        let event = self.record("MODIFIED", rt, ns, &obj);
-        Ok((obj, event))
+        self.store_modified(rt, ns, obj, &old)
     }
 
     pub fn delete(
