@@ -119,9 +119,23 @@ async fn one(
         Err(e) => return failed(e.to_string()),
     };
     let mut attempt = 0;
+    // The serial of a write whose answer was lost: if it turns out to have landed, the next
+    // read finds it, and it is reported as issued rather than "kept".
+    let mut attempted: Option<String> = None;
     loop {
         attempt += 1;
-        match attempt_once(config, root, cluster, &target, opts, dry_run, now).await {
+        match attempt_once(
+            config,
+            root,
+            cluster,
+            &target,
+            opts,
+            dry_run,
+            now,
+            &mut attempted,
+        )
+        .await
+        {
             Err(TargetError::Conflict { detail, .. }) if attempt < CONFLICT_ATTEMPTS => {
                 tracing::info!(cluster = name, detail = %detail, "cacerts changed meanwhile; re-reading");
             }
@@ -131,6 +145,7 @@ async fn one(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     config: &Config,
     root: &RootCa,
@@ -139,6 +154,7 @@ async fn attempt_once(
     opts: PlanOptions,
     dry_run: bool,
     now: OffsetDateTime,
+    attempted: &mut Option<String>,
 ) -> Result<ClusterReport, TargetError> {
     let name = cluster.name.as_str();
     let observed = target.read().await?;
@@ -148,7 +164,24 @@ async fn attempt_once(
         &config.expected(cluster, Some(root.cert())),
         now,
     );
+    // A write of ours whose answer was lost, found in place and valid: done, not to redo.
+    let landed = assessment.state == crate::plan::ClusterState::Valid
+        && assessment
+            .intermediate
+            .as_ref()
+            .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
     let (reason, trust) = match decide(&assessment, opts) {
+        _ if landed => {
+            let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(
+                "issued (confirmed by re-reading after the answer to the write was lost)",
+            );
+            if let Some(info) = &assessment.intermediate {
+                r.serial = Some(info.serial.clone());
+                r.not_after = Some(info.not_after);
+            }
+            r.renew_at = assessment.renew_at;
+            return Ok(r);
+        }
         Decision::Keep => {
             let mut r = ClusterReport::new(name, Outcome::Kept).with_reason("valid");
             if let Some(info) = &assessment.intermediate {
@@ -206,6 +239,7 @@ async fn attempt_once(
         written_at: now,
         reason: why.clone(),
     };
+    *attempted = Some(info.serial.clone());
     let written = target.write(&files, &meta, &observed).await?;
     let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
     r.serial = Some(info.serial.clone());

@@ -3,7 +3,7 @@
 //! finish rolling out before the next begins. Restarting gateways before istiod serves the new
 //! material leaves them with "unknown authority".
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -75,7 +75,15 @@ pub async fn restart_primary(
 ) -> Result<Vec<Restarted>, TargetError> {
     let mut members: Vec<(&Cluster, KubeTarget)> = Vec::new();
     for cluster in std::iter::once(primary).chain(config.topology.remotes_of(&primary.name)) {
-        match Target::open(cluster, config).await? {
+        let opened = match Target::open(cluster, config).await {
+            Ok(t) => t,
+            Err(TargetError::NoTarget { .. }) if cluster.role == Role::Remote => {
+                tracing::warn!(cluster = %cluster.name, "remote has no target; its workloads are not restarted");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match opened {
             Target::Kube(k) => members.push((cluster, k)),
             Target::Dir(_) => {
                 if cluster.role == Role::Primary {
@@ -91,7 +99,7 @@ pub async fn restart_primary(
         }
     }
     let mut done = Vec::new();
-    let mut gateways_seen: Vec<Workload> = Vec::new();
+    let mut gateways_seen: Vec<(String, Workload)> = Vec::new();
     for stage in Stage::ALL.into_iter().filter(|s| opts.stages.contains(s)) {
         // Which workloads, per cluster, this stage restarts.
         let mut batch: Vec<(&str, &KubeTarget, Vec<Workload>)> = Vec::new();
@@ -101,12 +109,12 @@ pub async fn restart_primary(
                 Stage::Istiod => Vec::new(),
                 Stage::Gateways => {
                     let g = target.gateways(&opts.gateway_selector).await?;
-                    gateways_seen.extend(g.iter().cloned());
+                    gateways_seen.extend(g.iter().map(|w| (cluster.name.clone(), w.clone())));
                     g
                 }
                 Stage::Workloads => {
                     let mut w = target.injected_workloads(None).await?;
-                    w.retain(|w| !gateways_seen.contains(w));
+                    w.retain(|w| !gateways_seen.contains(&(cluster.name.clone(), w.clone())));
                     w
                 }
             };
@@ -125,13 +133,11 @@ pub async fn restart_primary(
                     .iter()
                     .map(move |w| target.wait_rollout(w, timeout))
             });
-            let results: Vec<Result<(), TargetError>> = futures::stream::iter(waits)
+            // The first failure ends the stage: no point waiting out the others' timeouts.
+            let _: Vec<()> = futures::stream::iter(waits)
                 .buffer_unordered(config.kubernetes.concurrency.max(1))
-                .collect()
-                .await;
-            if let Some(err) = results.into_iter().find_map(Result::err) {
-                return Err(err);
-            }
+                .try_collect()
+                .await?;
         }
         for (cluster, _, workloads) in batch {
             done.extend(workloads.into_iter().map(|workload| Restarted {

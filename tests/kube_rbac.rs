@@ -105,3 +105,35 @@ fn each_rule_of_the_shipped_rbac_is_needed() {
         assert!(failed, "nothing needed {removed:?}");
     }
 }
+
+#[test]
+fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mgmt = root.join("deploy/kubernetes/management");
+    for p in ["default.toml", "istio-compatible.toml"] {
+        assert_eq!(
+            std::fs::read(mgmt.join("policies").join(p)).unwrap(),
+            std::fs::read(root.join("policies").join(p)).unwrap(),
+            "deploy/kubernetes/management/policies/{p} must be a copy of policies/{p}"
+        );
+    }
+    // The config the CronJob mounts parses (paths are only resolved, not opened).
+    let config = cacertd::config::Config::load(&mgmt.join("cacertd.toml")).unwrap();
+    assert_eq!(config.topology.clusters().len(), 3);
+    // Every ConfigMap key the CronJob mounts is one the generator makes.
+    let kustomization = std::fs::read_to_string(mgmt.join("kustomization.yaml")).unwrap();
+    let cronjob = std::fs::read_to_string(mgmt.join("cronjob.yaml")).unwrap();
+    for key in ["cacertd.toml", "default.toml", "istio-compatible.toml"] {
+        assert!(
+            cronjob.contains(&format!("{{key: {key},")),
+            "cronjob mounts {key}"
+        );
+        assert!(
+            kustomization
+                .lines()
+                .any(|l| l.trim() == format!("- {key}")
+                    || l.trim().starts_with(&format!("- {key}="))),
+            "kustomization generates {key}"
+        );
+    }
+}

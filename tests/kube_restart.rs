@@ -208,3 +208,63 @@ fn paused_deployments_are_refused_and_remotes_cannot_be_named() {
         .ok();
     assert!(restarted(c2, "deployments", "istio-system", "istiod"));
 }
+
+#[test]
+fn what_kubectl_would_not_roll_out_is_refused_or_judged_like_kubectl() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    let c3 = server.cluster("cluster3");
+    let s = setup(&server, "rollout_timeout = \"60s\"");
+
+    // OnDelete: a restart annotation would replace no pod.
+    let mut agent = c3.get("daemonsets", "shop", "agent").unwrap();
+    agent["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    c3.put(agent);
+    let run = s
+        .cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .fails_with(1);
+    assert!(run.stderr.contains("OnDelete"), "{}", run.stderr);
+    let mut agent = c3.get("daemonsets", "shop", "agent").unwrap();
+    agent["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+    c3.put(agent);
+
+    // A partitioned StatefulSet is done once the ordinals above the partition are updated.
+    let c1 = server.cluster("cluster1");
+    let mut db = c1.get("statefulsets", "app", "db").unwrap();
+    db["spec"]["replicas"] = json!(3);
+    db["spec"]["updateStrategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
+    c1.put(db);
+    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .ok();
+    assert_eq!(
+        c1.get("statefulsets", "app", "db").unwrap()["status"]["updatedReplicas"],
+        1
+    );
+
+    // A Deployment past its progress deadline fails at once rather than at the timeout.
+    c1.set_rollouts_stuck(true);
+    let mut web = c1.get("deployments", "app", "web").unwrap();
+    web["status"]["conditions"] = json!([{"type": "Progressing", "status": "False",
+        "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet web-2 has timed out progressing."}]);
+    c1.put(web);
+    let started = std::time::Instant::now();
+    let run = s
+        .cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .fails_with(1);
+    assert!(
+        run.stderr.contains("progress deadline exceeded"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "failed fast, not at the 60 s timeout"
+    );
+
+    // Not waiting is only allowed for a single stage.
+    let run = s
+        .cacertd(&["restart", "cluster1", "--no-wait"])
+        .fails_with(2);
+    assert!(run.stderr.contains("--no-wait"), "{}", run.stderr);
+}

@@ -411,7 +411,7 @@ fn clusters_are_reached_through_istios_remote_secrets() {
         "{}",
         run.stderr
     );
-    // Found by label under another name.
+    // A Secret that is merely labelled is not trusted to redirect cacertd...
     c1.put(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "east-remote", "namespace": "istio-system",
@@ -419,5 +419,82 @@ fn clusters_are_reached_through_istios_remote_secrets() {
         "data": {"cluster3": kc("cluster3")},
     }));
     s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .fails_with(1);
+    // ...one that istioctl's annotation names the cluster in is.
+    let mut vouched = c1.get("secrets", "istio-system", "east-remote").unwrap();
+    vouched["metadata"]["annotations"] = json!({"networking.istio.io/cluster": "cluster3"});
+    c1.put(vouched);
+    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
         .ok();
+
+    // A kubeconfig that would run a command inside cacertd is refused.
+    let evil = server.cluster("cluster2").kubeconfig("x").replace(
+        "    token: x\n",
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [\"-c\", \"touch /tmp/pwned\"]\n",
+    );
+    let mut named = c1
+        .get("secrets", "istio-system", "istio-remote-secret-cluster2")
+        .unwrap();
+    named["data"]["cluster2"] = json!(base64::engine::general_purpose::STANDARD.encode(evil));
+    c1.put(named);
+    let run = s.cacertd(&["status"]).ok();
+    assert!(
+        run.stdout.contains("exec credential plugin"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_write_whose_answer_is_lost_is_recognised_as_done() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let c1 = server.cluster("cluster1");
+    // The replace (the second write, after the backup) is stored, but its answer is a 504.
+    c1.inject_after(1, FaultAction::StatusAfterCommit(504), 1, true);
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("confirmed by re-reading"),
+        "{}",
+        run.stdout
+    );
+    let secret = cacerts(c1).unwrap();
+    let serial = secret["metadata"]["annotations"]["cacertd.io/serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(run.stdout.contains(&serial), "{}", run.stdout);
+    let backups = c1
+        .list("secrets", Some("istio-system"))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["cacertd.io/backup-of"] == "cacerts")
+        .count();
+    assert_eq!(backups, 1);
+}
+
+#[test]
+fn kubectls_last_applied_copy_of_the_old_key_does_not_survive() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let c1 = server.cluster("cluster1");
+    // As if cacerts.yaml had been `kubectl apply`-ed: the whole object, old key included.
+    let mut applied = cacerts(c1).unwrap();
+    let copy = applied.to_string();
+    applied["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(copy);
+    c1.put(applied);
+    s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    for secret in c1.list("secrets", Some("istio-system")) {
+        let annotations = &secret["metadata"]["annotations"];
+        assert!(
+            annotations
+                .get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none(),
+            "{}",
+            secret["metadata"]["name"]
+        );
+    }
 }

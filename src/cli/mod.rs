@@ -464,24 +464,39 @@ async fn restart(
             })
             .collect()
     };
+    if a.no_wait && stages.len() > 1 {
+        return Err(CliError::Usage(
+            "--no-wait with more than one stage would restart gateways and workloads before istiod \
+             serves the new material; add --only with a single stage"
+                .into(),
+        ));
+    }
     let opts = RestartOptions {
         stages,
         wait: !a.no_wait,
         gateway_selector: a.gateway_selector,
     };
+    // Each primary's mesh is independent: one stopping does not spare the others.
     let mut all = Vec::new();
+    let mut failures = Vec::new();
     for primary in primaries {
-        let done = restart_primary(config, primary, &opts, now)
-            .await
-            .map_err(|e| CliError::Partial {
-                message: format!("restart of {}'s mesh stopped: {e}", primary.name),
-                code: 1,
-            })?;
-        all.extend(done);
+        match restart_primary(config, primary, &opts, now).await {
+            Ok(done) => all.extend(done),
+            Err(e) => {
+                eprintln!("error: restart of {}'s mesh stopped: {e}", primary.name);
+                failures.push(primary.name.clone());
+            }
+        }
     }
     match a.output.output {
         Format::Json => output::print_json(&all),
         Format::Table => output::print_restarts(&mut std::io::stdout(), &all),
+    }
+    if !failures.is_empty() {
+        return Err(CliError::Partial {
+            message: format!("restart stopped in the mesh of {}", failures.join(", ")),
+            code: 1,
+        });
     }
     Ok(())
 }

@@ -90,23 +90,37 @@ impl KubeTarget {
         let named = retrying(settings, "get remote secret", || secrets.get_opt(&by_name))
             .await
             .map_err(|e| via.error(format!("get secret {NAMESPACE}/{by_name}"), e))?;
-        let mut kubeconfig = named
-            .and_then(|s| s.data)
-            .and_then(|mut d| d.remove(cluster));
+        let mut kubeconfig = named.and_then(|s| take_key(s, cluster));
         if kubeconfig.is_none() {
+            // Other names count only when istioctl's cluster annotation vouches for them, so a
+            // Secret someone merely labelled cannot redirect cacertd.
             let params = ListParams::default().labels("istio/multiCluster=true");
-            let list = retrying(settings, "list remote secrets", || secrets.list(&params))
-                .await
-                .map_err(|e| {
-                    via.error(
+            match retrying(settings, "list remote secrets", || secrets.list(&params)).await {
+                Ok(list) => {
+                    for s in list.items {
+                        let vouched = s
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get("networking.istio.io/cluster"))
+                            .is_some_and(|c| c == cluster);
+                        let found = take_key(s, cluster);
+                        if vouched && kubeconfig.is_none() {
+                            kubeconfig = found;
+                        } else if let Some(mut other) = found {
+                            other.0.zeroize();
+                        }
+                    }
+                }
+                // With only the named Secret granted, "not found" is the useful answer.
+                Err(kube::Error::Api(s)) if s.code == 403 => {}
+                Err(e) => {
+                    return Err(via.error(
                         format!("list secrets labelled istio/multiCluster=true in {NAMESPACE}"),
                         e,
-                    )
-                })?;
-            kubeconfig = list
-                .items
-                .into_iter()
-                .find_map(|s| s.data.and_then(|mut d| d.remove(cluster)));
+                    ));
+                }
+            }
         }
         let config_err = |message: String| TargetError::KubeConfig {
             target: format!("cluster {cluster}"),
@@ -115,7 +129,8 @@ impl KubeTarget {
         let Some(ByteString(mut yaml)) = kubeconfig else {
             return Err(config_err(format!(
                 "no Istio remote secret for it in {} (expected {NAMESPACE}/{by_name}, or a Secret \
-                 labelled istio/multiCluster=true with a key {cluster:?})",
+                 labelled istio/multiCluster=true and annotated networking.istio.io/cluster={cluster} \
+                 with a key {cluster:?})",
                 via.describe()
             )));
         };
@@ -127,6 +142,12 @@ impl KubeTarget {
             });
         yaml.zeroize();
         let kc = parsed?;
+        check_remote_kubeconfig(&kc).map_err(|reason| {
+            config_err(format!(
+                "refusing the kubeconfig in {}'s remote secret: {reason}",
+                via.describe()
+            ))
+        })?;
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .map_err(|e| config_err(format!("the remote secret's kubeconfig: {e}")))?;
@@ -245,7 +266,7 @@ impl KubeTarget {
             detail,
         };
         let Some(version) = &observed.version else {
-            let mut secret = new_secret(files, meta, None, ObjectMeta::default());
+            let mut secret = new_secret(files, meta, None, ObjectMeta::default(), None);
             let post = PostParams::default();
             let created = retrying(&self.settings, "create cacerts", || {
                 secrets.create(&post, &secret)
@@ -283,7 +304,13 @@ impl KubeTarget {
             });
         }
         let backup = self.backup(&current, meta).await?;
-        let mut secret = new_secret(files, meta, Some(version.clone()), current.metadata.clone());
+        let mut secret = new_secret(
+            files,
+            meta,
+            Some(version.clone()),
+            current.metadata.clone(),
+            current.type_.clone(),
+        );
         let post = PostParams::default();
         let replaced = retrying(&self.settings, "replace cacerts", || {
             secrets.replace(CACERTS, &post, &secret)
@@ -364,6 +391,51 @@ impl KubeTarget {
     }
 }
 
+/// Removes one key from a Secret's data, wiping every other value.
+fn take_key(secret: Secret, key: &str) -> Option<ByteString> {
+    let mut data = secret.data?;
+    let found = data.remove(key);
+    for v in data.values_mut() {
+        v.0.zeroize();
+    }
+    found
+}
+
+/// A kubeconfig taken from a Secret in a cluster is data, not configuration to obey: it may
+/// not run commands (exec, auth-provider plugins) or read local files (token, certificate and
+/// key paths) inside the process that holds the root key. Only inline credentials and
+/// certificates are accepted.
+fn check_remote_kubeconfig(kc: &Kubeconfig) -> Result<(), String> {
+    for c in &kc.clusters {
+        if let Some(cluster) = &c.cluster {
+            if cluster.certificate_authority.is_some() {
+                return Err(format!(
+                    "cluster {:?} names a CA file (certificate-authority)",
+                    c.name
+                ));
+            }
+            if cluster.insecure_skip_tls_verify == Some(true) {
+                return Err(format!("cluster {:?} disables TLS verification", c.name));
+            }
+        }
+    }
+    for u in &kc.auth_infos {
+        if let Some(a) = &u.auth_info {
+            let forbidden = [
+                (a.exec.is_some(), "an exec credential plugin"),
+                (a.auth_provider.is_some(), "an auth-provider plugin"),
+                (a.token_file.is_some(), "a token file"),
+                (a.client_certificate.is_some(), "a client certificate file"),
+                (a.client_key.is_some(), "a client key file"),
+            ];
+            if let Some((_, what)) = forbidden.iter().find(|(present, _)| *present) {
+                return Err(format!("user {:?} uses {what}", u.name));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The files of a `cacerts`-shaped Secret (four-key or cert-manager form). The key moves out
 /// of the Secret into wiped memory.
 fn files_of(secret: Secret) -> CaCertsFiles {
@@ -398,10 +470,13 @@ fn new_secret(
     meta: &WriteMeta,
     resource_version: Option<String>,
     previous: ObjectMeta,
+    previous_type: Option<String>,
 ) -> Secret {
     let mut labels = previous.labels.unwrap_or_default();
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
     let mut annotations = previous.annotations.unwrap_or_default();
+    // `kubectl apply` keeps the whole applied object here — including the old private key.
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     for (k, v) in [
         ("cacertd.io/cluster", meta.cluster.clone()),
         ("cacertd.io/serial", meta.serial.clone()),
@@ -424,7 +499,8 @@ fn new_secret(
             resource_version,
             ..Default::default()
         },
-        type_: Some("Opaque".to_string()),
+        // A Secret's type is immutable; keep whatever it is (cert-manager's was refused).
+        type_: Some(previous_type.unwrap_or_else(|| "Opaque".to_string())),
         data: Some(data),
         ..Default::default()
     }
@@ -475,13 +551,30 @@ impl std::fmt::Display for Workload {
 /// The generation and rollout progress of a workload, as `kubectl rollout status` reads it.
 struct Progress {
     generation: i64,
+    /// `Err(pending)` while rolling out.
     done: Result<(), String>,
+    /// Set when the rollout can no longer finish (a Deployment past its progress deadline).
+    failed: Option<String>,
 }
 
 fn deployment_progress(d: &Deployment) -> Progress {
     let generation = d.metadata.generation.unwrap_or(0);
     let want = d.spec.replicas.unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
+    let failed = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        })
+        .map(|c| {
+            format!(
+                "progress deadline exceeded: {}",
+                c.message.as_deref().unwrap_or("")
+            )
+        });
     let done = if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.updated_replicas.unwrap_or(0) < want {
@@ -503,7 +596,11 @@ fn deployment_progress(d: &Deployment) -> Progress {
     } else {
         Ok(())
     };
-    Progress { generation, done }
+    Progress {
+        generation,
+        done,
+        failed,
+    }
 }
 
 fn daemonset_progress(d: &DaemonSet) -> Progress {
@@ -526,12 +623,24 @@ fn daemonset_progress(d: &DaemonSet) -> Progress {
     } else {
         Ok(())
     };
-    Progress { generation, done }
+    Progress {
+        generation,
+        done,
+        failed: None,
+    }
 }
 
 fn statefulset_progress(s: &StatefulSet) -> Progress {
     let generation = s.metadata.generation.unwrap_or(0);
     let want = s.spec.replicas.unwrap_or(1);
+    // With a partition, only the ordinals at or above it are updated (kubectl does the same).
+    let partition = s
+        .spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
     let st = s.status.clone().unwrap_or_default();
     let done = if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
@@ -540,6 +649,16 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
             "{} of {want} pods ready",
             st.ready_replicas.unwrap_or(0)
         ))
+    } else if partition > 0 {
+        let need = (want - partition).max(0);
+        if st.updated_replicas.unwrap_or(0) < need {
+            Err(format!(
+                "{} of {need} pods above partition {partition} updated",
+                st.updated_replicas.unwrap_or(0)
+            ))
+        } else {
+            Ok(())
+        }
     } else if st.updated_replicas.unwrap_or(0) < want {
         Err(format!(
             "{} of {want} pods updated",
@@ -550,7 +669,11 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
     } else {
         Ok(())
     };
-    Progress { generation, done }
+    Progress {
+        generation,
+        done,
+        failed: None,
+    }
 }
 
 impl KubeTarget {
@@ -619,6 +742,15 @@ impl KubeTarget {
             }
             RolloutKind::DaemonSet => {
                 let api: Api<DaemonSet> = Api::namespaced(c, ns);
+                let d = retrying(&self.settings, "get daemonset", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                let strategy = d
+                    .spec
+                    .update_strategy
+                    .as_ref()
+                    .and_then(|u| u.type_.as_deref());
+                self.refuse_on_delete(strategy, &action)?;
                 retrying(&self.settings, "patch daemonset", || {
                     api.patch(&w.name, &params, &patch)
                 })
@@ -627,6 +759,15 @@ impl KubeTarget {
             }
             RolloutKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(c, ns);
+                let sts = retrying(&self.settings, "get statefulset", || api.get(&w.name))
+                    .await
+                    .map_err(|e| self.error(&action, e))?;
+                let strategy = sts
+                    .spec
+                    .update_strategy
+                    .as_ref()
+                    .and_then(|u| u.type_.as_deref());
+                self.refuse_on_delete(strategy, &action)?;
                 retrying(&self.settings, "patch statefulset", || {
                     api.patch(&w.name, &params, &patch)
                 })
@@ -637,11 +778,33 @@ impl KubeTarget {
         result.map_err(|e| self.error(action, e))
     }
 
+    /// With the OnDelete strategy a restart annotation replaces no pod, and `kubectl rollout
+    /// status` refuses to watch it: say so instead of waiting for a rollout that never starts.
+    fn refuse_on_delete(&self, strategy: Option<&str>, action: &str) -> Result<(), TargetError> {
+        if strategy == Some("OnDelete") {
+            return Err(TargetError::Refused {
+                target: self.describe(),
+                action: action.to_string(),
+                reason: "it uses the OnDelete update strategy: a restart would replace no pod; \
+                         delete its pods to restart them"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Waits until a workload's rollout is complete, as `kubectl rollout status` judges it.
     pub async fn wait_rollout(&self, w: &Workload, timeout: Duration) -> Result<(), TargetError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let p = self.progress(w).await?;
+            if let Some(reason) = p.failed {
+                return Err(TargetError::Refused {
+                    target: self.describe(),
+                    action: format!("wait for {w}"),
+                    reason,
+                });
+            }
             let pending = match p.done {
                 Ok(()) => return Ok(()),
                 Err(pending) => pending,

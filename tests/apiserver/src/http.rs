@@ -159,18 +159,29 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_string();
     let is_write = !matches!(method, Method::GET | Method::HEAD);
     let mut response = None;
-    match cluster.next_fault(is_write) {
+    let fault = cluster.next_fault(is_write);
+    match fault {
         Some(FaultAction::Drop) => {
             record(&cluster, &method, &path, &query, 0);
             return Err(Dropped);
         }
         Some(FaultAction::Status(code)) => response = Some(error(code, "injected fault")),
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+        _ => {}
     }
     let response = match response {
         Some(r) => r,
         None => route(&cluster, req, &method, &path, &query).await,
+    };
+    let response = match fault {
+        Some(FaultAction::DropAfterCommit) => {
+            record(&cluster, &method, &path, &query, 0);
+            return Err(Dropped);
+        }
+        Some(FaultAction::StatusAfterCommit(code)) => {
+            error(code, "injected fault after the request was handled")
+        }
+        _ => response,
     };
     record(&cluster, &method, &path, &query, response.status().as_u16());
     Ok(response)
@@ -370,6 +381,17 @@ fn write(
     name: &str,
     input: Value,
 ) -> Response<Body> {
+    if matches!(verb, "create" | "update")
+        && rt.namespaced
+        && input["metadata"]["namespace"]
+            .as_str()
+            .is_some_and(|body_ns| body_ns != ns)
+    {
+        return error(
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request",
+        );
+    }
     let mut st = cluster.lock();
     if let Some(event) = FakeCluster::concurrent_update(&mut st) {
         let _ = cluster.events.send(event);

@@ -95,11 +95,18 @@ pub enum FaultAction {
     Drop,
     /// Wait this long before handling the request normally.
     Delay(Duration),
+    /// Handle the request (a write is stored), then answer with this status instead of the
+    /// result: the client cannot tell whether its write happened.
+    StatusAfterCommit(u16),
+    /// Handle the request, then close the connection without answering.
+    DropAfterCommit,
 }
 
 #[derive(Clone, Debug)]
 struct Fault {
     action: FaultAction,
+    /// Matching requests to let through before the fault starts.
+    skip: usize,
     remaining: usize,
     writes_only: bool,
 }
@@ -220,8 +227,14 @@ impl FakeCluster {
 
     /// Applies `action` to the next `count` requests (or writes only).
     pub fn inject(&self, action: FaultAction, count: usize, writes_only: bool) {
+        self.inject_after(0, action, count, writes_only);
+    }
+
+    /// Like [`FakeCluster::inject`], after letting `skip` matching requests through.
+    pub fn inject_after(&self, skip: usize, action: FaultAction, count: usize, writes_only: bool) {
         self.lock().faults.push(Fault {
             action,
+            skip,
             remaining: count,
             writes_only,
         });
@@ -272,6 +285,10 @@ impl FakeCluster {
             .faults
             .iter()
             .position(|f| f.remaining > 0 && (!f.writes_only || is_write))?;
+        if st.faults[i].skip > 0 {
+            st.faults[i].skip -= 1;
+            return None;
+        }
         st.faults[i].remaining -= 1;
         let action = st.faults[i].action.clone();
         st.faults.retain(|f| f.remaining > 0);

@@ -92,10 +92,50 @@ fn set_of(s: &str) -> Option<Vec<String>> {
     Some(inner.split(',').map(|v| v.trim().to_string()).collect())
 }
 
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of alphanumerics,
+/// '-', '_' and '.', beginning and ending alphanumeric.
+fn valid_key(k: &str) -> bool {
+    let name = k.rsplit_once('/').map_or(k, |(prefix, name)| {
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            ""
+        } else {
+            name
+        }
+    });
+    valid_value(name) && !name.is_empty() && name.len() <= 63
+}
+
+fn valid_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && v.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && v.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+}
+
+fn check(req: Req) -> Result<Req, String> {
+    let ok = match &req {
+        Req::Eq(k, v) | Req::NotEq(k, v) => valid_key(k) && valid_value(v),
+        Req::In(k, vs) | Req::NotIn(k, vs) => valid_key(k) && vs.iter().all(|v| valid_value(v)),
+        Req::Exists(k) | Req::NotExists(k) => valid_key(k),
+    };
+    if ok {
+        Ok(req)
+    } else {
+        Err(format!(
+            "unable to parse requirement: {req:?}: invalid label key or value"
+        ))
+    }
+}
+
 fn parse_label_selector(s: &str) -> Result<Vec<Req>, String> {
     terms(s)
         .into_iter()
-        .map(|t| {
+        .map(|t| -> Result<Req, String> {
             if let Some((k, v)) = t.split_once("!=") {
                 return Ok(Req::NotEq(k.trim().into(), v.trim().into()));
             }
@@ -117,6 +157,7 @@ fn parse_label_selector(s: &str) -> Result<Vec<Req>, String> {
             }
             Ok(Req::Exists(t))
         })
+        .map(|r| r.and_then(check))
         .collect()
 }
 
@@ -195,6 +236,17 @@ mod tests {
         assert!(!sel("app notin (x)").matches(&o));
         assert!(sel("!istio.io/rev").matches(&o));
         assert!(!sel("istio.io/rev").matches(&o));
+    }
+
+    #[test]
+    fn invalid_selectors_are_refused() {
+        for bad in ["!a=b", "a b", "a=b c", "app in x", "-bad=1", "a/=b"] {
+            let mut q = HashMap::new();
+            q.insert("labelSelector".to_string(), bad.to_string());
+            assert!(Selector::from_query(&q).is_err(), "{bad}");
+        }
+        sel("istio.io/rev");
+        sel("istio in (ingressgateway,eastwestgateway)");
     }
 
     #[test]

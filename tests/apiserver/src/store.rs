@@ -530,6 +530,23 @@ impl Store {
             return None;
         }
         let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+        // What a real controller would not roll out: a paused Deployment, an OnDelete
+        // DaemonSet/StatefulSet. The generation is observed, the pods stay as they are.
+        let paused = obj["spec"]["paused"] == Value::Bool(true);
+        let on_delete = obj["spec"]["updateStrategy"]["type"] == "OnDelete";
+        if paused || on_delete {
+            obj["status"]["observedGeneration"] = Value::from(generation);
+            self.rv += 1;
+            obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
+            let obj = obj.clone();
+            return Some(self.record("MODIFIED", rt, ns, &obj));
+        }
+        let partition = obj["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+            .as_i64()
+            .unwrap_or(0);
+        let desired = obj["status"]["desiredNumberScheduled"]
+            .as_i64()
+            .unwrap_or(1);
         let status = match plural {
             "deployments" => json!({
                 "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
@@ -538,13 +555,14 @@ impl Store {
                                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
             }),
             "daemonsets" => json!({
-                "observedGeneration": generation, "desiredNumberScheduled": replicas,
-                "currentNumberScheduled": replicas, "updatedNumberScheduled": replicas,
-                "numberReady": replicas, "numberAvailable": replicas, "numberMisscheduled": 0,
+                "observedGeneration": generation, "desiredNumberScheduled": desired,
+                "currentNumberScheduled": desired, "updatedNumberScheduled": desired,
+                "numberReady": desired, "numberAvailable": desired, "numberMisscheduled": 0,
             }),
             _ => json!({
                 "observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
-                "currentReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
+                "currentReplicas": replicas, "updatedReplicas": replicas - partition,
+                "availableReplicas": replicas,
                 "currentRevision": format!("{name}-{generation}"), "updateRevision": format!("{name}-{generation}"),
             }),
         };
