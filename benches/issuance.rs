@@ -12,7 +12,6 @@ use cacertd::pki::{
     generate_root, issue_intermediate, verify_cacerts,
 };
 use cacertd::plan::PlanOptions;
-use cacertd::store;
 
 fn per_op(total: Duration, n: u32) -> String {
     let us = total.as_secs_f64() * 1e6 / f64::from(n);
@@ -87,9 +86,10 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let config_path = write_config(tmp.path(), clusters);
     let config = Config::load(&config_path).unwrap();
-    let store = store::open(&config.root);
     let root = generate_root(&config.root_policy().root_spec(&config.trust_domain), now).unwrap();
-    store.create(&root).unwrap();
+    cacertd::store::FileRootStore::new(config.state_dir.join("root"))
+        .create(&root)
+        .unwrap();
     let primaries: Vec<_> = config.topology.primaries().collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -97,7 +97,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let run = |opts| rt.block_on(issuance::run(&config, &root, &primaries, opts, false, now));
+    let signer = cacertd::store::Signer::Local(root);
+    let run = |opts| {
+        rt.block_on(issuance::run(
+            &config, &signer, &primaries, opts, false, now,
+        ))
+    };
     let start = Instant::now();
     let reports = run(PlanOptions::default());
     let first = start.elapsed();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::policy::{PolicyError, PolicySet};
+use crate::store::{VaultAuth, VaultSettings};
 use crate::topology::{Cluster, Role, TargetConfig, Topology};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,13 @@ pub enum ConfigError {
 pub enum RootStoreConfig {
     /// Files under `<state_dir>/root` (the embedded default).
     File { dir: PathBuf },
+    /// A KV v2 secret in Vault holding certificate and key.
+    VaultKv { mount: String, path: String },
+    /// Vault's PKI engine; the key never leaves it.
+    VaultPki {
+        mount: String,
+        issuer: Option<String>,
+    },
 }
 
 /// How cacertd talks to Kubernetes clusters (`[kubernetes]`).
@@ -73,6 +81,7 @@ pub struct Config {
     pub root: RootStoreConfig,
     pub topology: Topology,
     pub kubernetes: KubeSettings,
+    pub vault: Option<VaultSettings>,
 }
 
 #[derive(Deserialize)]
@@ -84,8 +93,37 @@ struct RawConfig {
     policy: Option<Spanned<String>>,
     root: Option<RawRoot>,
     kubernetes: Option<RawKube>,
+    vault: Option<Spanned<RawVault>>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: Option<String>,
+    ca_cert: Option<PathBuf>,
+    namespace: Option<String>,
+    timeout: Option<String>,
+    auth: Option<RawVaultAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+enum RawVaultAuth {
+    Token {
+        token_file: Option<PathBuf>,
+    },
+    AppRole {
+        mount: Option<String>,
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+    Kubernetes {
+        mount: Option<String>,
+        role: String,
+        jwt_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -100,7 +138,17 @@ struct RawKube {
 #[derive(Deserialize)]
 #[serde(tag = "store", rename_all = "kebab-case", deny_unknown_fields)]
 enum RawRoot {
-    File { dir: Option<PathBuf> },
+    File {
+        dir: Option<PathBuf>,
+    },
+    VaultKv {
+        mount: Option<String>,
+        path: Option<String>,
+    },
+    VaultPki {
+        mount: Option<String>,
+        issuer: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -215,6 +263,71 @@ impl Config {
                 dir: state_dir.join("root"),
             },
             Some(RawRoot::File { dir: Some(d) }) => RootStoreConfig::File { dir: resolve(&d) },
+            Some(RawRoot::VaultKv { mount, path }) => RootStoreConfig::VaultKv {
+                mount: mount.unwrap_or_else(|| "secret".into()),
+                path: path.unwrap_or_else(|| "cacertd/root".into()),
+            },
+            Some(RawRoot::VaultPki { mount, issuer }) => RootStoreConfig::VaultPki {
+                mount: mount.unwrap_or_else(|| "pki".into()),
+                issuer,
+            },
+        };
+        let vault = match raw.vault {
+            None => None,
+            Some(v) => {
+                let span = v.span();
+                let v = v.into_inner();
+                let timeout = match &v.timeout {
+                    Some(t) => humantime::parse_duration(t)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            invalid(
+                                span.clone(),
+                                "vault.timeout".into(),
+                                format!("{t:?} is not a positive duration"),
+                            )
+                        })?,
+                    None => Duration::from_secs(10),
+                };
+                let auth = match v.auth {
+                    None | Some(RawVaultAuth::Token { token_file: None }) => {
+                        VaultAuth::Token { token_file: None }
+                    }
+                    Some(RawVaultAuth::Token {
+                        token_file: Some(f),
+                    }) => VaultAuth::Token {
+                        token_file: Some(resolve(&f)),
+                    },
+                    Some(RawVaultAuth::AppRole {
+                        mount,
+                        role_id,
+                        secret_id_file,
+                    }) => VaultAuth::AppRole {
+                        mount: mount.unwrap_or_else(|| "approle".into()),
+                        role_id,
+                        secret_id_file: resolve(&secret_id_file),
+                    },
+                    Some(RawVaultAuth::Kubernetes {
+                        mount,
+                        role,
+                        jwt_file,
+                    }) => VaultAuth::Kubernetes {
+                        mount: mount.unwrap_or_else(|| "kubernetes".into()),
+                        role,
+                        jwt_file: jwt_file.map(|f| resolve(&f)).unwrap_or_else(|| {
+                            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                        }),
+                    },
+                };
+                Some(VaultSettings {
+                    address: v.address,
+                    ca_cert: v.ca_cert.map(|c| resolve(&c)),
+                    namespace: v.namespace,
+                    timeout,
+                    auth,
+                })
+            }
         };
 
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -443,6 +556,7 @@ impl Config {
             root,
             topology: Topology::new(clusters),
             kubernetes,
+            vault,
         })
     }
 

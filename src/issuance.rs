@@ -6,8 +6,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::pki::{CaCertsFiles, RootCa, TrustBundle, issue_intermediate, verify_cacerts_for_mesh};
+use crate::pki::{CaCertsFiles, TrustBundle, verify_cacerts_for_mesh};
 use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
+use crate::store::Signer;
 use futures::StreamExt;
 
 use crate::target::{Target, TargetError, WriteMeta};
@@ -64,7 +65,7 @@ impl ClusterReport {
 /// failing or hanging does not stop the others. Reports come back in the order given.
 pub async fn run(
     config: &Config,
-    root: &RootCa,
+    root: &Signer,
     clusters: &[&Cluster],
     opts: PlanOptions,
     dry_run: bool,
@@ -106,7 +107,7 @@ const CONFLICT_ATTEMPTS: usize = 3;
 
 async fn one(
     config: &Config,
-    root: &RootCa,
+    root: &Signer,
     cluster: &Cluster,
     opts: PlanOptions,
     dry_run: bool,
@@ -148,7 +149,7 @@ async fn one(
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     config: &Config,
-    root: &RootCa,
+    root: &Signer,
     cluster: &Cluster,
     target: &Target,
     opts: PlanOptions,
@@ -161,7 +162,7 @@ async fn attempt_once(
     let policy = config.policy_for(cluster);
     let assessment = assess(
         &observed.snapshot,
-        &config.expected(cluster, Some(root.cert())),
+        &config.expected(cluster, Some(root.root_cert())),
         now,
     );
     // A write of ours whose answer was lost, found in place and valid: done, not to redo.
@@ -201,28 +202,28 @@ async fn attempt_once(
         why = format!("{why}: {first}");
     }
     let spec = policy.intermediate_spec(name, &config.trust_domain);
-    if let Err(v) = policy.check_issuance(name, &spec, root.cert()) {
+    if let Err(v) = policy.check_issuance(name, &spec, root.root_cert()) {
         return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
     }
     if dry_run {
         return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
     }
     let failed = |msg: String| Ok(ClusterReport::new(name, Outcome::Failed).with_reason(msg));
-    let intermediate = match issue_intermediate(root, &spec, now) {
+    let intermediate = match root.issue(&spec, now).await {
         Ok(i) => i,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(e),
     };
     if let Err(v) = policy.check_issued(name, &intermediate.cert) {
         return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
     }
     let trust = match trust {
         TrustChoice::Keep(t) => t,
-        TrustChoice::RootOnly => TrustBundle::single(root.cert()),
+        TrustChoice::RootOnly => TrustBundle::single(root.root_cert()),
     };
-    let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.cert(), &trust);
+    let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.root_cert(), &trust);
     // Never hand istiod something it would refuse: validate exactly what is about to be written.
     match verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)) {
-        Ok(v) if v.anchor() == root.cert() => {}
+        Ok(v) if v.anchor() == root.root_cert() => {}
         Ok(_) => return failed("internal check: new cacerts does not chain to the root".into()),
         Err(problems) => {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();

@@ -18,12 +18,12 @@ use crate::config::{Config, ConfigError};
 use crate::fsutil::{FsError, StateLock, fs_err};
 use crate::issuance::{self, Outcome};
 use crate::pki::{
-    CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
-    verify_cacerts, verify_cacerts_for_mesh,
+    CaCertsFiles, KeyAlgorithm, PkiError, RootCa, TrustBundle, generate_root, import_root,
+    issue_intermediate, verify_cacerts, verify_cacerts_for_mesh,
 };
 use crate::plan::{PlanOptions, Snapshot};
 use crate::policy::PolicyViolation;
-use crate::store::{self, StoreError};
+use crate::store::{RootSource, StoreError};
 use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
 
@@ -54,6 +54,7 @@ impl CliError {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Store(StoreError::AlreadyExists { .. }) => 5,
+            CliError::Store(StoreError::Unsupported { .. }) => 2,
             CliError::Store(StoreError::Material { .. }) => 3,
             CliError::Store(_) | CliError::Io(_) => 1,
             CliError::Material(_) | CliError::InvalidBundle(_) => 3,
@@ -115,11 +116,11 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
         command => {
             let config = Config::load(&config_path)?;
             match command {
-                Command::Root(RootCommand::Init) => root_init(&config, now),
+                Command::Root(RootCommand::Init) => root_init(&config, now).await,
                 Command::Root(RootCommand::Import { cert, key }) => {
-                    root_import(&config, &cert, &key, now)
+                    root_import(&config, &cert, &key, now).await
                 }
-                Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now),
+                Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now).await,
                 Command::Issue(a) => {
                     let opts = PlanOptions {
                         force: a.force,
@@ -161,9 +162,17 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
     }
 }
 
-fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
-    let store = store::open(&config.root);
-    if let Some(existing) = store.load_cert()? {
+async fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    root_init_in(config, &store, now).await
+}
+
+async fn root_init_in(
+    config: &Config,
+    store: &RootSource,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    if let Some(existing) = store.load_cert().await? {
         return Err(StoreError::AlreadyExists {
             store: store.describe(),
             fingerprint: existing.info().fingerprint_sha256.clone(),
@@ -171,25 +180,50 @@ fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
         .into());
     }
     let policy = config.root_policy();
-    let root = generate_root(&policy.root_spec(&config.trust_domain), now)?;
-    policy.check_root(root.cert())?;
-    prove_root(config, &root, now)?;
-    {
+    let spec = policy.root_spec(&config.trust_domain);
+    let cert = if let Some(pki) = store.as_vault_pki() {
+        // The key is generated inside Vault and never leaves it.
+        let key = match spec.key_algorithm {
+            KeyAlgorithm::EcdsaP256 => ("ec", 256),
+            KeyAlgorithm::EcdsaP384 => ("ec", 384),
+            KeyAlgorithm::Rsa2048 => ("rsa", 2048),
+            KeyAlgorithm::Rsa3072 => ("rsa", 3072),
+            KeyAlgorithm::Rsa4096 => ("rsa", 4096),
+        };
+        let cert = pki
+            .generate_root(
+                spec.subject.organization.as_deref(),
+                &spec.subject.common_name,
+                key,
+                spec.validity,
+            )
+            .await
+            .map_err(|source| StoreError::Vault {
+                store: store.describe(),
+                source,
+            })?;
+        policy.check_root(&cert)?;
+        cert
+    } else {
+        let root = generate_root(&spec, now)?;
+        policy.check_root(root.cert())?;
+        prove_root(config, &root, now)?;
         let _lock = StateLock::acquire(&config.state_dir)?;
-        store.create(&root)?;
-    }
+        store.create(&root).await?;
+        root.cert().clone()
+    };
     tracing::info!(
-        serial = %root.cert().info().serial,
-        fingerprint = %root.cert().info().fingerprint_sha256,
+        serial = %cert.info().serial,
+        fingerprint = %cert.info().fingerprint_sha256,
         store = %store.describe(),
         "created root"
     );
     println!("created root in {}", store.describe());
-    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    output::print_root(&mut std::io::stdout(), cert.info(), now);
     Ok(())
 }
 
-fn root_import(
+async fn root_import(
     config: &Config,
     cert: &Path,
     key: &Path,
@@ -206,10 +240,10 @@ fn root_import(
     )?;
     config.root_policy().check_root(root.cert())?;
     prove_root(config, &root, now)?;
-    let store = store::open(&config.root);
+    let store = RootSource::open(config).await?;
     {
         let _lock = StateLock::acquire(&config.state_dir)?;
-        store.create(&root)?;
+        store.create(&root).await?;
     }
     println!("imported root into {}", store.describe());
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
@@ -240,15 +274,16 @@ fn prove_root(config: &Config, root: &RootCa, now: OffsetDateTime) -> Result<(),
     Ok(())
 }
 
-fn root_show(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
-    let store = store::open(&config.root);
-    let cert = store.load_cert()?.ok_or_else(|| StoreError::NoRoot {
+async fn root_show(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    let cert = store.load_cert().await?.ok_or_else(|| StoreError::NoRoot {
         store: store.describe(),
     })?;
+    let location = store.location().await?;
     match format {
-        Format::Json => output::print_json(&output::root_json(&store.describe(), cert.info(), now)),
+        Format::Json => output::print_json(&output::root_json(&location, cert.info(), now)),
         Format::Table => {
-            println!("store: {}", store.describe());
+            println!("store: {location}");
             output::print_root(&mut std::io::stdout(), cert.info(), now);
         }
     }
@@ -293,19 +328,19 @@ async fn issue(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let clusters = select(config, names)?;
-    let store = store::open(&config.root);
-    if init_root && store.load_cert()?.is_none() {
+    let store = RootSource::open(config).await?;
+    if init_root && store.load_cert().await?.is_none() {
         if dry_run {
             return Err(CliError::Usage(
                 "--dry-run with --init-root: no root exists yet, so there is nothing to plan against"
                     .into(),
             ));
         }
-        root_init(config, now)?;
+        root_init_in(config, &store, now).await?;
     }
     // Fails (changing nothing) when there is no root; then, one writer at a time from reading
     // the targets to writing them.
-    store.load_cert()?.ok_or_else(|| StoreError::NoRoot {
+    store.load_cert().await?.ok_or_else(|| StoreError::NoRoot {
         store: store.describe(),
     })?;
     let _lock = if dry_run {
@@ -313,9 +348,10 @@ async fn issue(
     } else {
         Some(StateLock::acquire(&config.state_dir)?)
     };
-    let root = store.load()?;
-    let reports = issuance::run(config, &root, &clusters, opts, dry_run, now).await;
-    drop(root);
+    // Nothing is written to any cluster when the root cannot be obtained.
+    let signer = store.signer().await?;
+    let reports = issuance::run(config, &signer, &clusters, opts, dry_run, now).await;
+    drop(signer);
     match format {
         Format::Json => output::print_json(&reports),
         Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
@@ -348,8 +384,8 @@ async fn issue(
 
 async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
     use futures::StreamExt;
-    let store = store::open(&config.root);
-    let root = store.load_cert()?;
+    let store = RootSource::open(config).await?;
+    let root = store.load_cert().await?;
     let observed: Vec<_> = futures::stream::iter(config.topology.clusters())
         .map(|cluster| read_snapshot(config, cluster))
         .buffered(config.kubernetes.concurrency)

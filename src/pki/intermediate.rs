@@ -159,6 +159,69 @@ pub(crate) fn intermediate_params(
     Ok(params)
 }
 
+/// Parameters for the CSR of an intermediate that a remote CA (Vault PKI) signs: the same
+/// subject, SANs, CA flag and key usages cacertd would set itself.
+pub fn intermediate_params_for_csr(
+    spec: &IntermediateSpec,
+    now: OffsetDateTime,
+) -> Result<CertificateParams, PkiError> {
+    intermediate_params(spec, now, now - BACKDATE)
+}
+
+/// Checks an intermediate a remote CA signed for `key` before it is used: the key is ours,
+/// it is a CA with the path length asked for, it carries no EKU, the root signed it, and it
+/// neither outlives the root nor lives longer than asked.
+pub fn check_signed_intermediate(
+    cert: &Cert,
+    key: &CaKey,
+    root: &Cert,
+    spec: &IntermediateSpec,
+    what: &str,
+) -> Result<(), PkiError> {
+    let invalid = |reason: String| PkiError::Invalid {
+        what: what.to_string(),
+        reason,
+    };
+    if cert.public_key_raw() != key.public_key_raw() {
+        return Err(PkiError::KeyMismatch {
+            what: what.to_string(),
+        });
+    }
+    let info = cert.info();
+    if !info.is_ca || info.path_len != Some(u32::from(spec.path_len)) {
+        return Err(invalid(format!(
+            "expected CA:TRUE pathlen:{}, got CA:{} pathlen:{:?}",
+            spec.path_len, info.is_ca, info.path_len
+        )));
+    }
+    if let Ok(Some(_)) = cert.x509().extended_key_usage() {
+        return Err(invalid("carries an extendedKeyUsage; CAs must not".into()));
+    }
+    if cert.x509().issuer().as_raw() != root.x509().subject().as_raw() {
+        return Err(invalid(format!(
+            "issued by {:?}, not by the root {:?}",
+            info.issuer,
+            root.info().subject
+        )));
+    }
+    super::verify::check_signature(cert, root).map_err(invalid)?;
+    if info.not_after > root.info().not_after {
+        return Err(invalid("outlives the root".into()));
+    }
+    // Remote CAs backdate a little too; allow for it.
+    let slack = time::Duration::minutes(10);
+    let max = time::Duration::try_from(spec.validity).unwrap_or(time::Duration::MAX) + slack;
+    if info.not_after - info.not_before > max {
+        return Err(invalid(format!(
+            "valid {} to {}, longer than the {} asked for",
+            fmt_time(info.not_before),
+            fmt_time(info.not_after),
+            humantime::format_duration(spec.validity)
+        )));
+    }
+    Ok(())
+}
+
 /// A random positive 128-bit serial. rcgen would otherwise derive the serial from the public
 /// key (DESIGN.md fact 2). The top bit is cleared so DER needs no sign byte, and the first byte
 /// is kept non-zero so the encoding is always exactly 16 bytes (127 bits of entropy).

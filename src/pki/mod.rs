@@ -12,7 +12,10 @@ mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
-pub use intermediate::{IntermediateCa, IntermediateSpec, Subject, issue_intermediate};
+pub use intermediate::{
+    IntermediateCa, IntermediateSpec, Subject, check_signed_intermediate,
+    intermediate_params_for_csr, issue_intermediate,
+};
 pub use key::{CaKey, KeyAlgorithm};
 pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
 pub(crate) use secret_pem::base64_secret;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{RootStore, StoreError};
+use super::StoreError;
 use crate::fsutil::{Mode, StagedFile, create_private_dir, read_optional, sync_dir};
 use crate::pki::{CaKey, Cert, RootCa};
 
@@ -42,12 +42,12 @@ fn what(path: &Path) -> String {
     path.display().to_string()
 }
 
-impl RootStore for FileRootStore {
-    fn describe(&self) -> String {
+impl FileRootStore {
+    pub fn describe(&self) -> String {
         format!("file store {}", self.dir.display())
     }
 
-    fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
+    pub fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
         let cert_path = self.cert_path();
         let Some(pem) = read_optional(&cert_path)? else {
             if self.key_path().exists() {
@@ -62,7 +62,7 @@ impl RootStore for FileRootStore {
         Ok(Some(cert))
     }
 
-    fn load(&self) -> Result<RootCa, StoreError> {
+    pub fn load(&self) -> Result<RootCa, StoreError> {
         let cert = self.load_cert()?.ok_or_else(|| StoreError::NoRoot {
             store: self.describe(),
         })?;
@@ -87,7 +87,7 @@ impl RootStore for FileRootStore {
         RootCa::new(cert, key, &what(&self.cert_path())).map_err(|e| self.material(e))
     }
 
-    fn create(&self, root: &RootCa) -> Result<(), StoreError> {
+    pub fn create(&self, root: &RootCa) -> Result<(), StoreError> {
         if let Some(existing) = self.load_cert()? {
             return Err(StoreError::AlreadyExists {
                 store: self.describe(),

@@ -1,13 +1,18 @@
-//! Where the common root lives. The file store is the embedded default; Vault stores plug in
-//! behind the same trait.
+//! Where the common root lives: a local file store (the embedded default), a Vault KV v2
+//! secret, or Vault's PKI engine (the key never leaves Vault).
 
 mod file;
+pub mod vault;
 
 pub use file::FileRootStore;
+pub use vault::{VaultAuth, VaultError, VaultSettings};
 
-use crate::config::RootStoreConfig;
+use time::OffsetDateTime;
+
+use crate::config::{Config, RootStoreConfig};
 use crate::fsutil::FsError;
-use crate::pki::{Cert, PkiError, RootCa};
+use crate::pki::{Cert, IntermediateCa, IntermediateSpec, PkiError, RootCa, issue_intermediate};
+use vault::{SignError, VaultKv, VaultPki, VaultSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,23 +30,208 @@ pub enum StoreError {
         #[source]
         source: PkiError,
     },
+    #[error("{store}: {source}")]
+    Vault {
+        store: String,
+        #[source]
+        source: VaultError,
+    },
+    #[error("{store}: {operation} is not possible: {reason}")]
+    Unsupported {
+        store: String,
+        operation: &'static str,
+        reason: &'static str,
+    },
 }
 
-/// A place that holds the common root.
-pub trait RootStore {
-    /// Human-readable location, e.g. `file store state/root`.
-    fn describe(&self) -> String;
-    /// The root certificate, or `None` when no root has been created yet.
-    fn load_cert(&self) -> Result<Option<Cert>, StoreError>;
-    /// The root with its key, for signing. The key lives in zeroizing memory.
-    fn load(&self) -> Result<RootCa, StoreError>;
-    /// Stores a new root. Never replaces an existing one.
-    fn create(&self, root: &RootCa) -> Result<(), StoreError>;
+/// The configured root store, opened (and, for Vault, logged in).
+pub enum RootSource {
+    File(FileRootStore),
+    VaultKv(VaultKv),
+    VaultPki(VaultPki),
 }
 
-/// Opens the store a configuration names.
-pub fn open(config: &RootStoreConfig) -> Box<dyn RootStore> {
-    match config {
-        RootStoreConfig::File { dir } => Box::new(FileRootStore::new(dir.clone())),
+/// What signs intermediates: the root in hand, or Vault's PKI engine.
+pub enum Signer {
+    Local(RootCa),
+    Vault { root: Cert, pki: VaultPkiRef },
+}
+
+/// A handle to the PKI store a [`Signer::Vault`] signs through.
+pub struct VaultPkiRef(std::sync::Arc<VaultPki>);
+
+impl RootSource {
+    pub async fn open(config: &Config) -> Result<Self, StoreError> {
+        let vault_settings = || {
+            config.vault.clone().ok_or_else(|| StoreError::Vault {
+                store: "vault".into(),
+                source: VaultError::Config("a Vault root store needs a [vault] section".into()),
+            })
+        };
+        match &config.root {
+            RootStoreConfig::File { dir } => Ok(RootSource::File(FileRootStore::new(dir.clone()))),
+            RootStoreConfig::VaultKv { mount, path } => {
+                let session =
+                    VaultSession::connect(&vault_settings()?)
+                        .await
+                        .map_err(|source| StoreError::Vault {
+                            store: format!("vault-kv {mount}/{path}"),
+                            source,
+                        })?;
+                Ok(RootSource::VaultKv(VaultKv {
+                    session,
+                    mount: mount.clone(),
+                    path: path.clone(),
+                }))
+            }
+            RootStoreConfig::VaultPki { mount, issuer } => {
+                let session =
+                    VaultSession::connect(&vault_settings()?)
+                        .await
+                        .map_err(|source| StoreError::Vault {
+                            store: format!("vault-pki {mount}"),
+                            source,
+                        })?;
+                Ok(RootSource::VaultPki(VaultPki {
+                    session,
+                    mount: mount.clone(),
+                    issuer: issuer.clone(),
+                }))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            RootSource::File(f) => f.describe(),
+            RootSource::VaultKv(v) => v.describe(),
+            RootSource::VaultPki(v) => v.describe(),
+        }
+    }
+
+    fn vault_err(&self, source: VaultError) -> StoreError {
+        StoreError::Vault {
+            store: self.describe(),
+            source,
+        }
+    }
+
+    /// The root certificate, `None` before a root exists.
+    pub async fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
+        match self {
+            RootSource::File(f) => f.load_cert(),
+            RootSource::VaultKv(v) => Ok(v
+                .load()
+                .await
+                .map_err(|e| self.vault_err(e))?
+                .map(|(r, _)| r.cert().clone())),
+            RootSource::VaultPki(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
+        }
+    }
+
+    /// For `root show`: where exactly the root is (the KV version in use, for vault-kv).
+    pub async fn location(&self) -> Result<String, StoreError> {
+        match self {
+            RootSource::VaultKv(v) => match v.version().await.map_err(|e| self.vault_err(e))? {
+                Some(version) => Ok(format!("{} (version {version})", self.describe())),
+                None => Ok(self.describe()),
+            },
+            _ => Ok(self.describe()),
+        }
+    }
+
+    /// What signs intermediates with this store's root.
+    pub async fn signer(self) -> Result<Signer, StoreError> {
+        let store = self.describe();
+        match self {
+            RootSource::File(f) => Ok(Signer::Local(f.load()?)),
+            RootSource::VaultKv(v) => match v.load().await.map_err(|source| StoreError::Vault {
+                store: store.clone(),
+                source,
+            })? {
+                Some((root, version)) => {
+                    tracing::debug!(store = %store, version, "root fetched from Vault KV");
+                    Ok(Signer::Local(root))
+                }
+                None => Err(StoreError::NoRoot { store }),
+            },
+            RootSource::VaultPki(v) => {
+                let root = v
+                    .root_cert()
+                    .await
+                    .map_err(|source| StoreError::Vault {
+                        store: store.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| StoreError::NoRoot {
+                        store: store.clone(),
+                    })?;
+                Ok(Signer::Vault {
+                    root,
+                    pki: VaultPkiRef(std::sync::Arc::new(v)),
+                })
+            }
+        }
+    }
+
+    /// Stores a root made or imported here. Never replaces one.
+    pub async fn create(&self, root: &RootCa) -> Result<(), StoreError> {
+        match self {
+            RootSource::File(f) => f.create(root),
+            RootSource::VaultKv(v) => match v.create(root).await.map_err(|e| self.vault_err(e))? {
+                Ok(_) => Ok(()),
+                Err(()) => Err(StoreError::AlreadyExists {
+                    store: self.describe(),
+                    fingerprint: "written by another run (check-and-set 0 lost)".into(),
+                }),
+            },
+            RootSource::VaultPki(_) => Err(StoreError::Unsupported {
+                store: self.describe(),
+                operation: "storing a root made outside Vault",
+                reason: "the PKI store keeps the root key inside Vault; use `root init` to have Vault generate it, or import it into Vault's PKI engine yourself",
+            }),
+        }
+    }
+
+    /// Whether the root key is ever in cacertd's hands (file, vault-kv) or not (vault-pki).
+    pub fn key_is_remote(&self) -> bool {
+        matches!(self, RootSource::VaultPki(_))
+    }
+
+    pub fn as_vault_pki(&self) -> Option<&VaultPki> {
+        match self {
+            RootSource::VaultPki(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Signer {
+    pub fn root_cert(&self) -> &Cert {
+        match self {
+            Signer::Local(r) => r.cert(),
+            Signer::Vault { root, .. } => root,
+        }
+    }
+
+    /// Issues an intermediate per `spec`: locally with the root key, or through Vault (then
+    /// checked before it is returned).
+    pub async fn issue(
+        &self,
+        spec: &IntermediateSpec,
+        now: OffsetDateTime,
+    ) -> Result<IntermediateCa, String> {
+        match self {
+            Signer::Local(root) => issue_intermediate(root, spec, now).map_err(|e| e.to_string()),
+            Signer::Vault { root, pki } => {
+                pki.0
+                    .sign_intermediate(spec, root, now)
+                    .await
+                    .map_err(|e: SignError| match e {
+                        SignError::Vault(v) => format!("{}: {v}", pki.0.describe()),
+                        SignError::Pki(p) => p.to_string(),
+                    })
+            }
+        }
     }
 }

@@ -1,3 +1,6 @@
+//! Servers for cacertd's tests: a Kubernetes API server (this module) and a HashiCorp Vault
+//! ([`vault`]).
+//!
 //! A Kubernetes API server for tests, because no real kube-apiserver can run on the machines
 //! cacertd is tested on. It speaks real HTTP/1.1 and keeps Kubernetes semantics strictly for
 //! the objects cacertd touches: namespaces, secrets, configmaps, deployments, daemonsets,
@@ -16,6 +19,7 @@
 mod http;
 mod selectors;
 mod store;
+pub mod vault;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

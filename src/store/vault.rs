@@ -1,0 +1,676 @@
+//! Root stores in HashiCorp Vault, through `vaultrs`:
+//!
+//! - **vault-kv** ("hold"): the root certificate and key in a KV v2 secret. Written with
+//!   check-and-set 0, so an existing root is never replaced and of two concurrent `root init`s
+//!   exactly one wins; every earlier version stays readable in Vault. When signing, the key is
+//!   fetched into wiped memory, used, and dropped; it never touches disk.
+//! - **vault-pki** ("fetch signatures"): the root key lives in Vault's PKI engine and never
+//!   leaves it. cacertd makes the intermediate's key and a CSR locally; Vault signs it
+//!   (`root/sign-intermediate`, or `issuer/<ref>/sign-intermediate`), and cacertd checks what
+//!   comes back before using it.
+//!
+//! Authentication: a token (VAULT_TOKEN or a file), AppRole, or Kubernetes (the projected
+//! service-account token). The token's lifetime is tracked; it is renewed when a third of it
+//! is left, and cacertd logs in again when renewal is refused or the token was rejected.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::pki::{CaKey, Cert, IntermediateCa, IntermediateSpec, PkiError, RootCa};
+
+/// How cacertd authenticates to Vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// A token from `token_file`, else VAULT_TOKEN.
+    Token { token_file: Option<PathBuf> },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+}
+
+/// `[vault]`: where Vault is and how to log in. Unset fields fall back to VAULT_ADDR,
+/// VAULT_CACERT and VAULT_NAMESPACE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultSettings {
+    pub address: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+}
+
+/// Why a Vault call failed, in terms a security team can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("Vault at {address} is sealed (503); unseal it and retry")]
+    Sealed { address: String },
+    #[error(
+        "Vault denied {action} ({path}): permission denied (403); grant the token's policy this path"
+    )]
+    PermissionDenied { action: String, path: String },
+    #[error("Vault {action} ({path}): not found (404)")]
+    NotFound { action: String, path: String },
+    #[error("Vault mount {mount:?}: {problem}")]
+    Mount { mount: String, problem: String },
+    #[error("Vault {action} ({path}): {message}")]
+    Api {
+        action: String,
+        path: String,
+        code: u16,
+        message: String,
+    },
+    #[error("Vault at {address} unreachable during {action}: {message}")]
+    Unreachable {
+        address: String,
+        action: String,
+        message: String,
+    },
+    #[error("Vault login ({method}) failed: {message}")]
+    Login {
+        method: &'static str,
+        message: String,
+    },
+    #[error("Vault configuration: {0}")]
+    Config(String),
+    #[error("{what} from Vault is malformed: {reason}")]
+    Malformed { what: String, reason: String },
+}
+
+/// An authenticated client that keeps its token alive.
+pub struct VaultSession {
+    client: RwLock<VaultClient>,
+    settings: VaultSettings,
+    address: String,
+    /// When the token expires; `None` for tokens without a TTL (root tokens).
+    expires: RwLock<Option<(Instant, Duration)>>,
+}
+
+impl VaultSession {
+    pub async fn connect(settings: &VaultSettings) -> Result<Self, VaultError> {
+        let mut builder = VaultClientSettingsBuilder::default();
+        let address = match &settings.address {
+            Some(a) => a.clone(),
+            None => std::env::var("VAULT_ADDR").map_err(|_| {
+                VaultError::Config("no Vault address: set [vault] address or VAULT_ADDR".into())
+            })?,
+        };
+        builder.address(&address);
+        if let Some(ca) = settings
+            .ca_cert
+            .clone()
+            .or_else(|| std::env::var("VAULT_CACERT").ok().map(PathBuf::from))
+        {
+            builder.ca_certs(vec![ca.display().to_string()]);
+        }
+        if let Some(ns) = settings
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("VAULT_NAMESPACE").ok())
+        {
+            builder.set_namespace(ns);
+        }
+        // Never skip TLS verification, whatever VAULT_SKIP_VERIFY says.
+        builder
+            .verify(true)
+            .timeout(Some(settings.timeout))
+            .token("");
+        let client_settings = builder
+            .build()
+            .map_err(|e| VaultError::Config(format!("{e}")))?;
+        let client =
+            VaultClient::new(client_settings).map_err(|e| VaultError::Config(e.to_string()))?;
+        let session = VaultSession {
+            client: RwLock::new(client),
+            settings: settings.clone(),
+            address,
+            expires: RwLock::new(None),
+        };
+        session.login().await?;
+        Ok(session)
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Obtains a token per the configured method and records its lifetime.
+    async fn login(&self) -> Result<(), VaultError> {
+        let (token, ttl) = match &self.settings.auth {
+            VaultAuth::Token { token_file } => {
+                let token = match token_file {
+                    Some(f) => Zeroizing::new(read_secret_file(f)?),
+                    None => Zeroizing::new(std::env::var("VAULT_TOKEN").map_err(|_| {
+                        VaultError::Login {
+                            method: "token",
+                            message: "no token: set VAULT_TOKEN or [vault] auth.token_file".into(),
+                        }
+                    })?),
+                };
+                self.client.write().await.set_token(&token);
+                let client = self.client.read().await;
+                let info =
+                    vaultrs::token::lookup_self(&*client)
+                        .await
+                        .map_err(|e| VaultError::Login {
+                            method: "token",
+                            message: describe_client_error(&e),
+                        })?;
+                (None, (info.ttl > 0).then(|| Duration::from_secs(info.ttl)))
+            }
+            VaultAuth::AppRole {
+                mount,
+                role_id,
+                secret_id_file,
+            } => {
+                let secret_id = Zeroizing::new(read_secret_file(secret_id_file)?);
+                let client = self.client.read().await;
+                let auth = vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id)
+                    .await
+                    .map_err(|e| VaultError::Login {
+                        method: "approle",
+                        message: describe_client_error(&e),
+                    })?;
+                (
+                    Some(Zeroizing::new(auth.client_token)),
+                    Some(Duration::from_secs(auth.lease_duration)),
+                )
+            }
+            VaultAuth::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = Zeroizing::new(read_secret_file(jwt_file)?);
+                let client = self.client.read().await;
+                let auth = vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt)
+                    .await
+                    .map_err(|e| VaultError::Login {
+                        method: "kubernetes",
+                        message: describe_client_error(&e),
+                    })?;
+                (
+                    Some(Zeroizing::new(auth.client_token)),
+                    Some(Duration::from_secs(auth.lease_duration)),
+                )
+            }
+        };
+        if let Some(token) = token {
+            self.client.write().await.set_token(&token);
+        }
+        *self.expires.write().await = ttl
+            .filter(|t| !t.is_zero())
+            .map(|t| (Instant::now() + t, t));
+        tracing::debug!(ttl = ?ttl, "logged in to Vault");
+        Ok(())
+    }
+
+    /// Renews the token when a third of its life is left, or logs in again if it cannot.
+    async fn keep_alive(&self) -> Result<(), VaultError> {
+        let Some((expires, ttl)) = *self.expires.read().await else {
+            return Ok(());
+        };
+        if Instant::now() + ttl / 3 < expires {
+            return Ok(());
+        }
+        let renewed = {
+            let client = self.client.read().await;
+            vaultrs::token::renew_self(&*client, None).await
+        };
+        match renewed {
+            Ok(auth) if auth.lease_duration > 0 => {
+                let ttl = Duration::from_secs(auth.lease_duration);
+                *self.expires.write().await = Some((Instant::now() + ttl, ttl));
+                tracing::debug!(?ttl, "renewed the Vault token");
+                Ok(())
+            }
+            other => {
+                tracing::info!(error = ?other.err().map(|e| describe_client_error(&e)), "cannot renew the Vault token; logging in again");
+                self.login().await
+            }
+        }
+    }
+
+    /// Runs a Vault call with a live token; a 403 (the token may have expired or been revoked
+    /// under us) triggers one fresh login and a retry.
+    pub async fn call<T>(
+        &self,
+        action: &str,
+        path: &str,
+        f: impl AsyncFn(&VaultClient) -> Result<T, ClientError>,
+    ) -> Result<T, VaultError> {
+        self.keep_alive().await?;
+        for attempt in 0..2 {
+            let result = {
+                let client = self.client.read().await;
+                f(&client).await
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(ClientError::APIError { code: 403, .. })
+                    if attempt == 0 && !matches!(self.settings.auth, VaultAuth::Token { .. }) =>
+                {
+                    tracing::info!(action, "Vault refused the token; logging in again");
+                    self.login().await?;
+                }
+                Err(e) => return Err(self.classify(action, path, e)),
+            }
+        }
+        Err(VaultError::PermissionDenied {
+            action: action.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    fn classify(&self, action: &str, path: &str, e: ClientError) -> VaultError {
+        let (action, path) = (action.to_string(), path.to_string());
+        match e {
+            ClientError::APIError { code: 503, .. } => VaultError::Sealed {
+                address: self.address.clone(),
+            },
+            ClientError::APIError { code: 403, .. } => {
+                VaultError::PermissionDenied { action, path }
+            }
+            ClientError::APIError { code: 404, .. } => VaultError::NotFound { action, path },
+            ClientError::APIError { code, errors } => VaultError::Api {
+                action,
+                path,
+                code,
+                message: format!("{} ({code})", errors.join("; ")),
+            },
+            ClientError::RestClientError { source } => VaultError::Unreachable {
+                address: self.address.clone(),
+                action,
+                message: source.to_string(),
+            },
+            other => VaultError::Api {
+                action,
+                path,
+                code: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// The type and KV version of the mount at `mount` (what the vault CLI asks before KV use).
+    pub async fn mount_info(&self, mount: &str) -> Result<MountInfo, VaultError> {
+        let endpoint = MountInfoRequest {
+            path: mount.to_string(),
+        };
+        self.call(
+            "look up mount",
+            &format!("sys/internal/ui/mounts/{mount}"),
+            async |c: &VaultClient| vaultrs::api::exec_with_result(c, endpoint.clone()).await,
+        )
+        .await
+        .map_err(|e| match e {
+            VaultError::Api { code: 400, .. } | VaultError::NotFound { .. } => VaultError::Mount {
+                mount: mount.to_string(),
+                problem: "no such mount (enable the secrets engine, or fix [root] mount)".into(),
+            },
+            other => other,
+        })
+    }
+}
+
+fn read_secret_file(path: &PathBuf) -> Result<String, VaultError> {
+    let mut s = std::fs::read_to_string(path)
+        .map_err(|e| VaultError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let trimmed = s.trim().to_string();
+    s.zeroize();
+    Ok(trimmed)
+}
+
+fn describe_client_error(e: &ClientError) -> String {
+    match e {
+        ClientError::APIError { code, errors } => format!("{} ({code})", errors.join("; ")),
+        other => other.to_string(),
+    }
+}
+
+/// `sys/internal/ui/mounts/<path>` (no special policy needed; the vault CLI uses it).
+#[derive(Clone, Debug)]
+struct MountInfoRequest {
+    path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MountInfo {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub options: Option<HashMap<String, String>>,
+}
+
+impl rustify::Endpoint for MountInfoRequest {
+    type Response = MountInfo;
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
+
+    fn path(&self) -> String {
+        format!("sys/internal/ui/mounts/{}", self.path)
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        rustify::enums::RequestMethod::GET
+    }
+}
+
+/// The KV v2 secret holding the root.
+#[derive(Serialize, Deserialize)]
+struct RootSecret {
+    certificate: String,
+    private_key: String,
+}
+
+/// vault-kv: the root held in a KV v2 secret.
+pub struct VaultKv {
+    pub session: VaultSession,
+    pub mount: String,
+    pub path: String,
+}
+
+impl VaultKv {
+    pub fn describe(&self) -> String {
+        format!(
+            "vault-kv {}/{} at {}",
+            self.mount,
+            self.path,
+            self.session.address()
+        )
+    }
+
+    async fn check_mount(&self) -> Result<(), VaultError> {
+        let info = self.session.mount_info(&self.mount).await?;
+        let version = info
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .map(String::as_str);
+        if info.kind != "kv" || version != Some("2") {
+            return Err(VaultError::Mount {
+                mount: self.mount.clone(),
+                problem: format!(
+                    "is {} (version {}); cacertd needs a KV version 2 mount (vault secrets enable -version=2 kv)",
+                    info.kind,
+                    version.unwrap_or("1")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The current version number of the root secret, `None` if there is none.
+    pub async fn version(&self) -> Result<Option<u64>, VaultError> {
+        self.check_mount().await?;
+        let path = format!("{}/metadata/{}", self.mount, self.path);
+        match self
+            .session
+            .call("read root metadata", &path, async |c: &VaultClient| {
+                vaultrs::kv2::read_metadata(c, &self.mount, &self.path).await
+            })
+            .await
+        {
+            Ok(m) => Ok(Some(m.current_version)),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The root (certificate and key) at the current version, with that version.
+    pub async fn load(&self) -> Result<Option<(RootCa, u64)>, VaultError> {
+        let Some(version) = self.version().await? else {
+            return Ok(None);
+        };
+        let path = format!("{}/data/{}", self.mount, self.path);
+        let secret: RootSecret = self
+            .session
+            .call("read root", &path, async |c: &VaultClient| {
+                vaultrs::kv2::read_version(c, &self.mount, &self.path, version).await
+            })
+            .await?;
+        let RootSecret {
+            certificate,
+            private_key,
+        } = secret;
+        let key_pem = Zeroizing::new(private_key.into_bytes());
+        let what = format!("vault-kv {path} (version {version})");
+        let malformed = |e: PkiError| VaultError::Malformed {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let cert = Cert::one_from_pem(certificate.as_bytes(), &format!("{what} certificate"))
+            .map_err(malformed)?;
+        let key = CaKey::from_pem(&key_pem, &format!("{what} private_key")).map_err(malformed)?;
+        let root = RootCa::new(cert, key, &what).map_err(malformed)?;
+        Ok(Some((root, version)))
+    }
+
+    /// Stores a new root with check-and-set 0: fails if any version exists.
+    pub async fn create(&self, root: &RootCa) -> Result<Result<u64, ()>, VaultError> {
+        self.check_mount().await?;
+        let key = root.key().to_pem();
+        let mut secret = RootSecret {
+            certificate: root.cert_pem(),
+            private_key: key.to_string(),
+        };
+        let path = format!("{}/data/{}", self.mount, self.path);
+        let result = self
+            .session
+            .call("write root", &path, async |c: &VaultClient| {
+                vaultrs::kv2::set_with_options(
+                    c,
+                    &self.mount,
+                    &self.path,
+                    &secret,
+                    vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: 0 },
+                )
+                .await
+            })
+            .await;
+        secret.private_key.zeroize();
+        match result {
+            Ok(meta) => Ok(Ok(meta.version)),
+            Err(VaultError::Api {
+                code: 400, message, ..
+            }) if message.contains("check-and-set") => Ok(Err(())),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// vault-pki: the root key stays in Vault's PKI engine.
+pub struct VaultPki {
+    pub session: VaultSession,
+    pub mount: String,
+    /// An issuer name or id; `None` signs with the mount's default issuer.
+    pub issuer: Option<String>,
+}
+
+impl VaultPki {
+    pub fn describe(&self) -> String {
+        match &self.issuer {
+            Some(i) => format!(
+                "vault-pki {} issuer {i} at {}",
+                self.mount,
+                self.session.address()
+            ),
+            None => format!("vault-pki {} at {}", self.mount, self.session.address()),
+        }
+    }
+
+    /// The root certificate Vault signs with, `None` if the mount has no issuer yet.
+    pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
+        let pem = match &self.issuer {
+            Some(issuer) => {
+                let path = format!("{}/issuer/{issuer}/json", self.mount);
+                match self
+                    .session
+                    .call("read issuer", &path, async |c: &VaultClient| {
+                        vaultrs::pki::issuer::read(c, &self.mount, Some(issuer.as_str())).await
+                    })
+                    .await
+                {
+                    Ok(r) => r.certificate,
+                    Err(VaultError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                let path = format!("{}/cert/ca", self.mount);
+                match self
+                    .session
+                    .call("read CA certificate", &path, async |c: &VaultClient| {
+                        vaultrs::pki::cert::read(c, &self.mount, "ca").await
+                    })
+                    .await
+                {
+                    Ok(r) if !r.certificate.trim().is_empty() => r.certificate,
+                    Ok(_) | Err(VaultError::NotFound { .. }) => return Ok(None),
+                    Err(VaultError::Api { code: 400, .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let what = format!("{} root certificate", self.describe());
+        Cert::one_from_pem(pem.as_bytes(), &what)
+            .map(Some)
+            .map_err(|e| VaultError::Malformed {
+                what,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Asks Vault to generate the root inside the PKI engine (`root/generate/internal`: the
+    /// key is never returned).
+    pub async fn generate_root(
+        &self,
+        organization: Option<&str>,
+        common_name: &str,
+        key: (&str, u64),
+        ttl: Duration,
+    ) -> Result<Cert, VaultError> {
+        let path = format!("{}/root/generate/internal", self.mount);
+        let ttl = format!("{}s", ttl.as_secs());
+        let resp = self
+            .session
+            .call("generate root", &path, async |c: &VaultClient| {
+                let mut opts = vaultrs::api::pki::requests::GenerateRootRequest::builder();
+                opts.common_name(common_name)
+                    .key_type(key.0)
+                    .key_bits(key.1)
+                    .ttl(ttl.clone());
+                if let Some(o) = organization {
+                    opts.organization(vec![o.to_string()]);
+                }
+                vaultrs::pki::cert::ca::generate(c, &self.mount, "internal", Some(&mut opts)).await
+            })
+            .await?
+            .ok_or_else(|| VaultError::Malformed {
+                what: path.clone(),
+                reason: "empty response".into(),
+            })?;
+        let what = format!("{} generated root", self.describe());
+        Cert::one_from_pem(resp.certificate.as_bytes(), &what).map_err(|e| VaultError::Malformed {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Has Vault sign an intermediate for a key made here. The CSR carries the subject and
+    /// SANs (`use_csr_values`); the CA flag, path length and TTL are set by the request.
+    pub async fn sign_intermediate(
+        &self,
+        spec: &IntermediateSpec,
+        root: &Cert,
+        now: time::OffsetDateTime,
+    ) -> Result<IntermediateCa, SignError> {
+        let key = CaKey::generate(spec.key_algorithm)?;
+        let params = crate::pki::intermediate_params_for_csr(spec, now)?;
+        let csr = params
+            .serialize_request(key.signer())
+            .map_err(PkiError::from)?
+            .pem()
+            .map_err(PkiError::from)?;
+        let ttl = format!("{}s", spec.validity.as_secs());
+        let cn = spec.subject.common_name.clone();
+        let path = match &self.issuer {
+            Some(i) => format!("{}/issuer/{i}/sign-intermediate", self.mount),
+            None => format!("{}/root/sign-intermediate", self.mount),
+        };
+        let (certificate, chain) = match &self.issuer {
+            Some(issuer) => {
+                let r = self
+                    .session
+                    .call("sign intermediate", &path, async |c: &VaultClient| {
+                        let mut opts =
+                            vaultrs::api::pki::requests::SignIntermediateIssuerRequest::builder();
+                        opts.max_path_length(i32::from(spec.path_len))
+                            .ttl(ttl.clone())
+                            .use_csr_values(true)
+                            .format("pem");
+                        vaultrs::pki::issuer::sign_intermediate(
+                            c,
+                            &self.mount,
+                            &csr,
+                            &cn,
+                            Some(issuer),
+                            Some(&mut opts),
+                        )
+                        .await
+                    })
+                    .await?;
+                (r.certificate, r.ca_chain)
+            }
+            None => {
+                let r = self
+                    .session
+                    .call("sign intermediate", &path, async |c: &VaultClient| {
+                        let mut opts =
+                            vaultrs::api::pki::requests::SignIntermediateRequest::builder();
+                        opts.max_path_length(i32::from(spec.path_len))
+                            .ttl(ttl.clone())
+                            .use_csr_values(true)
+                            .format("pem");
+                        vaultrs::pki::cert::ca::sign_intermediate(
+                            c,
+                            &self.mount,
+                            &csr,
+                            &cn,
+                            Some(&mut opts),
+                        )
+                        .await
+                    })
+                    .await?;
+                (r.certificate, r.ca_chain.unwrap_or_default())
+            }
+        };
+        drop(chain);
+        let what = format!("certificate signed by {}", self.describe());
+        let cert = Cert::one_from_pem(certificate.as_bytes(), &what)?;
+        crate::pki::check_signed_intermediate(&cert, &key, root, spec, &what)?;
+        Ok(IntermediateCa { cert, key })
+    }
+}
+
+/// Signing through Vault fails either at Vault or in the check of what it returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}

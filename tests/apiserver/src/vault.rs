@@ -1,0 +1,822 @@
+//! A HashiCorp Vault for tests, because no Vault server can run where cacertd is tested. Real
+//! HTTP, Vault's documented request and response shapes (`{"data": …}`, `{"auth": …}`,
+//! `{"errors": […]}`) for exactly the endpoints cacertd uses:
+//!
+//! - KV v2: `GET/POST <mount>/data/<path>` (versions, `options.cas`), `GET <mount>/metadata/<path>`
+//! - PKI: `root/generate/internal` (and `root/generate/exported`, which cacertd must never
+//!   call), `root/sign-intermediate`, `issuer/<ref>/sign-intermediate`, `cert/ca`, `ca/pem` —
+//!   signing does real X.509 work (rcgen), so results can be checked with openssl;
+//! - auth: `auth/approle/login`, `auth/kubernetes/login`, `auth/token/lookup-self`,
+//!   `auth/token/renew-self`; tokens expire after their TTL;
+//! - `sys/internal/ui/mounts/<path>` (how the vault CLI learns a mount's type and KV version).
+//!
+//! Policies per token (path prefix globs with capabilities; 403 "permission denied"), a sealed
+//! mode (503 "Vault is sealed") and faults (status codes, delays) on demand.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// A policy rule: a path (a trailing `*` matches any suffix) and its capabilities.
+#[derive(Clone, Debug)]
+pub struct PathRule {
+    pub path: String,
+    pub capabilities: Vec<String>,
+}
+
+impl PathRule {
+    pub fn new(path: &str, capabilities: &[&str]) -> Self {
+        PathRule {
+            path: path.to_string(),
+            capabilities: capabilities.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn allows(&self, path: &str, capability: &str) -> bool {
+        let matches = match self.path.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.path,
+        };
+        matches
+            && self
+                .capabilities
+                .iter()
+                .any(|c| c == capability || c == "sudo" && capability == "sudo")
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    rules: Vec<PathRule>,
+    ttl: Duration,
+    expires: Option<Instant>,
+    renewable: bool,
+    /// Renewals allowed before renew-self fails (the max TTL is reached).
+    renewals_left: u32,
+}
+
+struct KvVersion {
+    data: Value,
+    created: String,
+}
+
+struct Issuer {
+    id: String,
+    name: String,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: rcgen::KeyPair,
+    not_after: time::OffsetDateTime,
+}
+
+#[derive(Default)]
+struct State {
+    sealed: bool,
+    tokens: HashMap<String, Token>,
+    approles: HashMap<(String, String), (Vec<PathRule>, Duration)>,
+    kube_roles: HashMap<(String, String), (Vec<PathRule>, Duration)>,
+    kv_mounts: HashMap<String, u8>,
+    kv: HashMap<(String, String), Vec<KvVersion>>,
+    pki_mounts: HashMap<String, Vec<Issuer>>,
+    requests: Vec<(String, String)>,
+    faults: Vec<(u16, usize)>,
+    delay: Option<Duration>,
+    next_id: u64,
+}
+
+/// A running test Vault on one loopback port. Dropping it stops the server.
+pub struct TestVault {
+    pub addr: std::net::SocketAddr,
+    state: Arc<Mutex<State>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl TestVault {
+    /// Starts an unsealed Vault with a KV v2 mount `secret`, a KV v1 mount `kv1`, a PKI mount
+    /// `pki`, and a root token `root-token` with every permission.
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        {
+            let mut st = state.lock().unwrap();
+            st.kv_mounts.insert("secret".into(), 2);
+            st.kv_mounts.insert("kv1".into(), 1);
+            st.pki_mounts.insert("pki".into(), Vec::new());
+        }
+        let vault = TestVault {
+            addr,
+            state: state.clone(),
+            shutdown: None,
+            thread: None,
+        };
+        vault.add_token(
+            "root-token",
+            vec![PathRule::new(
+                "*",
+                &["create", "read", "update", "delete", "list", "sudo"],
+            )],
+            Duration::from_secs(3600),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req| handle(state.clone(), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = rx => {}
+                }
+            });
+        });
+        let mut vault = vault;
+        vault.shutdown = Some(tx);
+        vault.thread = Some(thread);
+        vault
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add_token(&self, token: &str, rules: Vec<PathRule>, ttl: Duration) {
+        self.lock().tokens.insert(
+            token.to_string(),
+            Token {
+                rules,
+                ttl,
+                expires: Some(Instant::now() + ttl),
+                renewable: true,
+                renewals_left: 100,
+            },
+        );
+    }
+
+    /// Limits how often `token` can be renewed before renew-self fails.
+    pub fn set_renewals_left(&self, token: &str, n: u32) {
+        if let Some(t) = self.lock().tokens.get_mut(token) {
+            t.renewals_left = n;
+        }
+    }
+
+    pub fn add_approle(&self, role_id: &str, secret_id: &str, rules: Vec<PathRule>, ttl: Duration) {
+        self.lock()
+            .approles
+            .insert((role_id.into(), secret_id.into()), (rules, ttl));
+    }
+
+    pub fn add_kubernetes_role(&self, role: &str, jwt: &str, rules: Vec<PathRule>, ttl: Duration) {
+        self.lock()
+            .kube_roles
+            .insert((role.into(), jwt.into()), (rules, ttl));
+    }
+
+    pub fn seal(&self, sealed: bool) {
+        self.lock().sealed = sealed;
+    }
+
+    /// The next `count` requests answer `status`.
+    pub fn fail_next(&self, status: u16, count: usize) {
+        self.lock().faults.push((status, count));
+    }
+
+    pub fn set_delay(&self, d: Option<Duration>) {
+        self.lock().delay = d;
+    }
+
+    /// Every request so far: (method, path without `/v1/`).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.lock().requests.clone()
+    }
+
+    /// The KV v2 versions stored at `mount`/`path`, oldest first.
+    pub fn kv_versions(&self, mount: &str, path: &str) -> Vec<Value> {
+        self.lock()
+            .kv
+            .get(&(mount.to_string(), path.to_string()))
+            .map(|v| v.iter().map(|x| x.data.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Certificates of the issuers of a PKI mount, as PEM.
+    pub fn pki_issuers(&self, mount: &str) -> Vec<String> {
+        self.lock()
+            .pki_mounts
+            .get(mount)
+            .map(|i| i.iter().map(|i| i.cert_pem.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestVault {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("response")
+}
+
+fn errors(status: u16, messages: &[&str]) -> Response<Full<Bytes>> {
+    reply(status, json!({"errors": messages}))
+}
+
+/// Vault's envelope around `data` or `auth`.
+fn envelope(data: Value, auth: Value) -> Value {
+    json!({
+        "request_id": "00000000-0000-0000-0000-000000000000", "lease_id": "", "renewable": false,
+        "lease_duration": 0, "data": data, "wrap_info": null, "warnings": null, "auth": auth,
+    })
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let full_path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let token = req
+        .headers()
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).unwrap_or(json!({}))
+    };
+    let path = full_path.trim_start_matches("/v1/").to_string();
+    let delay = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requests.push((method.to_string(), path.clone()));
+        st.delay
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = st.faults.iter().position(|(_, n)| *n > 0) {
+        st.faults[i].1 -= 1;
+        let code = st.faults[i].0;
+        st.faults.retain(|(_, n)| *n > 0);
+        return Ok(errors(code, &["injected fault"]));
+    }
+    if st.sealed {
+        return Ok(errors(503, &["Vault is sealed"]));
+    }
+    Ok(route(
+        &mut st,
+        &method,
+        &path,
+        &query,
+        token.as_deref(),
+        &body,
+    ))
+}
+
+/// The capability a request needs (Vault's mapping of HTTP verbs).
+fn capability(method: &Method, exists: bool) -> &'static str {
+    match *method {
+        Method::GET => "read",
+        Method::DELETE => "delete",
+        _ if exists => "update",
+        _ => "create",
+    }
+}
+
+fn route(
+    st: &mut State,
+    method: &Method,
+    path: &str,
+    query: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Response<Full<Bytes>> {
+    // Unauthenticated endpoints.
+    match (method, path) {
+        (&Method::POST | &Method::PUT, "auth/approle/login") => {
+            let key = (
+                body["role_id"].as_str().unwrap_or("").to_string(),
+                body["secret_id"].as_str().unwrap_or("").to_string(),
+            );
+            return match st.approles.get(&key).cloned() {
+                Some((rules, ttl)) => login(st, rules, ttl),
+                None => errors(400, &["invalid role or secret ID"]),
+            };
+        }
+        (&Method::POST | &Method::PUT, "auth/kubernetes/login") => {
+            let key = (
+                body["role"].as_str().unwrap_or("").to_string(),
+                body["jwt"].as_str().unwrap_or("").to_string(),
+            );
+            return match st.kube_roles.get(&key).cloned() {
+                Some((rules, ttl)) => login(st, rules, ttl),
+                None => errors(403, &["permission denied"]),
+            };
+        }
+        _ => {}
+    }
+    let Some(token_id) = token else {
+        return errors(403, &["permission denied"]);
+    };
+    let valid = st
+        .tokens
+        .get(token_id)
+        .filter(|t| t.expires.is_none_or(|e| e > Instant::now()))
+        .cloned();
+    let Some(tok) = valid else {
+        // Vault answers an expired or unknown token exactly as a missing permission.
+        return errors(403, &["permission denied"]);
+    };
+    match (method, path) {
+        (&Method::GET, "auth/token/lookup-self") => {
+            let ttl = tok
+                .expires
+                .map_or(0, |e| e.saturating_duration_since(Instant::now()).as_secs());
+            return reply(
+                200,
+                envelope(
+                    json!({"ttl": ttl, "renewable": tok.renewable, "policies": ["default"], "creation_ttl": tok.ttl.as_secs()}),
+                    Value::Null,
+                ),
+            );
+        }
+        (&Method::POST | &Method::PUT, "auth/token/renew-self") => {
+            let t = st.tokens.get_mut(token_id).expect("checked above");
+            if t.renewals_left == 0 {
+                return errors(400, &["lease is not renewable: max TTL reached"]);
+            }
+            t.renewals_left -= 1;
+            t.expires = Some(Instant::now() + t.ttl);
+            let ttl = t.ttl.as_secs();
+            return reply(
+                200,
+                envelope(
+                    Value::Null,
+                    json!({"client_token": token_id, "accessor": "a", "policies": ["default"], "lease_duration": ttl, "renewable": true}),
+                ),
+            );
+        }
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("sys/internal/ui/mounts/") {
+        let mount = rest.split('/').next().unwrap_or("");
+        if let Some(v) = st.kv_mounts.get(mount) {
+            return reply(
+                200,
+                envelope(
+                    json!({"type": "kv", "path": format!("{mount}/"), "options": {"version": v.to_string()}}),
+                    Value::Null,
+                ),
+            );
+        }
+        if st.pki_mounts.contains_key(mount) {
+            return reply(
+                200,
+                envelope(
+                    json!({"type": "pki", "path": format!("{mount}/"), "options": null}),
+                    Value::Null,
+                ),
+            );
+        }
+        return errors(400, &[&format!("no mount found for path {rest:?}")]);
+    }
+    let mount = path.split('/').next().unwrap_or("").to_string();
+    let rest = path[mount.len()..].trim_start_matches('/').to_string();
+    let exists = match rest.strip_prefix("data/") {
+        Some(p) => st.kv.contains_key(&(mount.clone(), p.to_string())),
+        None => true,
+    };
+    let cap = capability(method, exists);
+    if !tok.rules.iter().any(|r| r.allows(path, cap)) {
+        return errors(403, &["1 error occurred:\n\t* permission denied\n\n"]);
+    }
+    if let Some(version) = st.kv_mounts.get(&mount).copied() {
+        return kv(st, method, &mount, &rest, query, body, version);
+    }
+    if st.pki_mounts.contains_key(&mount) {
+        return pki(st, method, &mount, &rest, body);
+    }
+    errors(
+        404,
+        &[&format!(
+            "no handler for route \"{path}\". route entry not found."
+        )],
+    )
+}
+
+fn login(st: &mut State, rules: Vec<PathRule>, ttl: Duration) -> Response<Full<Bytes>> {
+    st.next_id += 1;
+    let token = format!("hvs.test{}", st.next_id);
+    st.tokens.insert(
+        token.clone(),
+        Token {
+            rules,
+            ttl,
+            expires: Some(Instant::now() + ttl),
+            renewable: true,
+            renewals_left: 100,
+        },
+    );
+    reply(
+        200,
+        envelope(
+            Value::Null,
+            json!({
+                "client_token": token, "accessor": format!("acc{}", st.next_id), "policies": ["default", "cacertd"],
+                "token_policies": ["default", "cacertd"], "metadata": {}, "lease_duration": ttl.as_secs(),
+                "renewable": true, "entity_id": "", "token_type": "service", "orphan": true,
+            }),
+        ),
+    )
+}
+
+fn kv(
+    st: &mut State,
+    method: &Method,
+    mount: &str,
+    rest: &str,
+    query: &str,
+    body: &Value,
+    version: u8,
+) -> Response<Full<Bytes>> {
+    if version != 2 {
+        // A v1 mount has no data/ or metadata/ API: this is just a secret named "data/...".
+        return errors(404, &[]);
+    }
+    if let Some(p) = rest.strip_prefix("metadata/") {
+        let Some(versions) = st.kv.get(&(mount.to_string(), p.to_string())) else {
+            return errors(404, &[]);
+        };
+        let map: serde_json::Map<String, Value> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                (
+                    (i + 1).to_string(),
+                    json!({"created_time": v.created, "deletion_time": "", "destroyed": false}),
+                )
+            })
+            .collect();
+        return reply(
+            200,
+            envelope(
+                json!({
+                    "current_version": versions.len(), "oldest_version": 1, "max_versions": 0, "cas_required": false,
+                    "created_time": versions[0].created, "updated_time": versions[versions.len() - 1].created,
+                    "custom_metadata": null, "delete_version_after": "0s", "versions": map,
+                }),
+                Value::Null,
+            ),
+        );
+    }
+    let Some(p) = rest.strip_prefix("data/") else {
+        return errors(404, &[]);
+    };
+    let key = (mount.to_string(), p.to_string());
+    match *method {
+        Method::GET => {
+            let Some(versions) = st.kv.get(&key) else {
+                return errors(404, &[]);
+            };
+            let wanted = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("version="))
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(versions.len());
+            let Some(v) = versions.get(wanted - 1) else {
+                return errors(404, &[]);
+            };
+            reply(
+                200,
+                envelope(
+                    json!({
+                        "data": v.data,
+                        "metadata": {"created_time": v.created, "custom_metadata": null, "deletion_time": "", "destroyed": false, "version": wanted},
+                    }),
+                    Value::Null,
+                ),
+            )
+        }
+        Method::POST | Method::PUT => {
+            let current = st.kv.get(&key).map_or(0, Vec::len);
+            if let Some(cas) = body["options"]["cas"].as_u64()
+                && cas as usize != current
+            {
+                return errors(
+                    400,
+                    &["check-and-set parameter did not match the current version"],
+                );
+            }
+            if !body["data"].is_object() {
+                return errors(400, &["no data provided"]);
+            }
+            let created = now_rfc3339();
+            st.kv.entry(key).or_default().push(KvVersion {
+                data: body["data"].clone(),
+                created: created.clone(),
+            });
+            reply(
+                200,
+                envelope(
+                    json!({"created_time": created, "custom_metadata": null, "deletion_time": "", "destroyed": false, "version": current + 1}),
+                    Value::Null,
+                ),
+            )
+        }
+        _ => errors(405, &["unsupported operation"]),
+    }
+}
+
+fn pki(
+    st: &mut State,
+    method: &Method,
+    mount: &str,
+    rest: &str,
+    body: &Value,
+) -> Response<Full<Bytes>> {
+    match (method, rest) {
+        (&Method::POST | &Method::PUT, "root/generate/internal" | "root/generate/exported") => {
+            let exported = rest.ends_with("exported");
+            let alg = match (
+                body["key_type"].as_str().unwrap_or("ec"),
+                body["key_bits"].as_u64().unwrap_or(256),
+            ) {
+                ("ec", 384) => &rcgen::PKCS_ECDSA_P384_SHA384,
+                ("ec", _) => &rcgen::PKCS_ECDSA_P256_SHA256,
+                _ => &rcgen::PKCS_RSA_SHA256,
+            };
+            let key = if alg == &rcgen::PKCS_RSA_SHA256 {
+                let size = match body["key_bits"].as_u64() {
+                    Some(3072) => rcgen::RsaKeySize::_3072,
+                    Some(4096) => rcgen::RsaKeySize::_4096,
+                    _ => rcgen::RsaKeySize::_2048,
+                };
+                rcgen::KeyPair::generate_rsa_for(alg, size)
+            } else {
+                rcgen::KeyPair::generate_for(alg)
+            }
+            .expect("key");
+            let ttl = parse_ttl(&body["ttl"]).unwrap_or(Duration::from_secs(87600 * 3600));
+            let now = time::OffsetDateTime::now_utc();
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            if let Some(o) = body["organization"].as_str() {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, o);
+            }
+            params.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                body["common_name"].as_str().unwrap_or("Root CA"),
+            );
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            params.not_before = now - time::Duration::seconds(30);
+            params.not_after = now + ttl;
+            params.serial_number = Some(serial(st));
+            let cert = params.self_signed(&key).expect("self-signed");
+            st.next_id += 1;
+            let issuer = Issuer {
+                id: format!("issuer-{}", st.next_id),
+                name: body["issuer_name"].as_str().unwrap_or("").to_string(),
+                cert_pem: cert.pem(),
+                cert_der: cert.der().to_vec(),
+                key,
+                not_after: params.not_after,
+            };
+            let mut data = json!({
+                "certificate": issuer.cert_pem, "issuing_ca": issuer.cert_pem, "serial_number": "00",
+                "issuer_id": issuer.id, "issuer_name": issuer.name, "key_id": format!("key-{}", st.next_id),
+                "expiration": params.not_after.unix_timestamp(),
+            });
+            if exported {
+                data["private_key"] = Value::from(issuer.key.serialize_pem());
+                data["private_key_type"] = Value::from("ec");
+            }
+            st.pki_mounts.get_mut(mount).expect("mount").push(issuer);
+            reply(200, envelope(data, Value::Null))
+        }
+        (&Method::POST | &Method::PUT, r)
+            if r == "root/sign-intermediate"
+                || (r.starts_with("issuer/") && r.ends_with("/sign-intermediate")) =>
+        {
+            let issuers = st.pki_mounts.get(mount).expect("mount");
+            let issuer = if r == "root/sign-intermediate" {
+                issuers.first()
+            } else {
+                let reference = r
+                    .trim_start_matches("issuer/")
+                    .trim_end_matches("/sign-intermediate");
+                if reference == "default" {
+                    issuers.first()
+                } else {
+                    issuers
+                        .iter()
+                        .find(|i| i.id == reference || (!i.name.is_empty() && i.name == reference))
+                }
+            };
+            let Some(issuer) = issuer else {
+                return errors(400, &["unable to find PKI issuer for reference"]);
+            };
+            let Some(csr_pem) = body["csr"].as_str() else {
+                return errors(400, &["\"csr\" is empty"]);
+            };
+            let Ok(mut csr) = rcgen::CertificateSigningRequestParams::from_pem(csr_pem) else {
+                return errors(400, &["certificate request could not be parsed"]);
+            };
+            let use_csr = body["use_csr_values"].as_bool().unwrap_or(false);
+            if !use_csr {
+                let mut dn = rcgen::DistinguishedName::new();
+                dn.push(
+                    rcgen::DnType::CommonName,
+                    body["common_name"].as_str().unwrap_or(""),
+                );
+                csr.params.distinguished_name = dn;
+                csr.params.subject_alt_names.clear();
+            }
+            let ttl = parse_ttl(&body["ttl"]).unwrap_or(Duration::from_secs(30 * 86400));
+            let now = time::OffsetDateTime::now_utc();
+            let not_after = now + ttl;
+            if not_after > issuer.not_after {
+                return errors(
+                    400,
+                    &[
+                        "cannot satisfy request, as TTL would result in notAfter of the issued certificate that is beyond the expiration of the CA certificate",
+                    ],
+                );
+            }
+            let max_path = body["max_path_length"].as_i64().unwrap_or(-1);
+            csr.params.is_ca = if max_path < 0 {
+                rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+            } else {
+                rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(max_path as u8))
+            };
+            csr.params.key_usages = vec![
+                rcgen::KeyUsagePurpose::DigitalSignature,
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            csr.params.extended_key_usages.clear();
+            csr.params.not_before = now - time::Duration::seconds(30);
+            csr.params.not_after = not_after;
+            csr.params.use_authority_key_identifier_extension = true;
+            csr.params.serial_number = Some(serial(st));
+            let issuers = st.pki_mounts.get(mount).expect("mount");
+            let issuer = issuers
+                .iter()
+                .find(|i| i.cert_der == issuer_der(issuers, r))
+                .expect("issuer");
+            let signer =
+                rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.clone().into(), &issuer.key)
+                    .expect("issuer");
+            let cert = match csr.signed_by(&signer) {
+                Ok(c) => c,
+                Err(e) => return errors(500, &[&format!("error signing: {e}")]),
+            };
+            reply(
+                200,
+                envelope(
+                    json!({
+                        "certificate": cert.pem(), "issuing_ca": issuer.cert_pem, "ca_chain": [issuer.cert_pem],
+                        "serial_number": "00", "expiration": not_after.unix_timestamp(),
+                    }),
+                    Value::Null,
+                ),
+            )
+        }
+        (&Method::GET, "cert/ca") => match st.pki_mounts.get(mount).and_then(|i| i.first()) {
+            Some(i) => reply(
+                200,
+                envelope(
+                    json!({"certificate": i.cert_pem, "revocation_time": 0}),
+                    Value::Null,
+                ),
+            ),
+            None => errors(400, &["no default issuer currently configured"]),
+        },
+        (&Method::GET, r) if r.starts_with("issuer/") && r.ends_with("/json") => {
+            let reference = r.trim_start_matches("issuer/").trim_end_matches("/json");
+            match st
+                .pki_mounts
+                .get(mount)
+                .and_then(|is| is.iter().find(|i| i.id == reference || i.name == reference))
+            {
+                Some(i) => reply(
+                    200,
+                    envelope(
+                        json!({"certificate": i.cert_pem, "ca_chain": [i.cert_pem], "issuer_id": i.id, "issuer_name": i.name}),
+                        Value::Null,
+                    ),
+                ),
+                None => errors(404, &[]),
+            }
+        }
+        (&Method::GET, "ca/pem") => match st.pki_mounts.get(mount).and_then(|i| i.first()) {
+            Some(i) => Response::builder()
+                .status(200)
+                .header("content-type", "application/pem-certificate-chain")
+                .body(Full::new(Bytes::from(i.cert_pem.clone())))
+                .expect("response"),
+            None => errors(400, &["no default issuer currently configured"]),
+        },
+        _ => errors(404, &["unsupported path"]),
+    }
+}
+
+fn issuer_der(issuers: &[Issuer], route: &str) -> Vec<u8> {
+    let reference = route
+        .trim_start_matches("issuer/")
+        .trim_end_matches("/sign-intermediate");
+    let found = if route == "root/sign-intermediate" || reference == "default" {
+        issuers.first()
+    } else {
+        issuers
+            .iter()
+            .find(|i| i.id == reference || (!i.name.is_empty() && i.name == reference))
+    };
+    found.map(|i| i.cert_der.clone()).unwrap_or_default()
+}
+
+fn serial(st: &mut State) -> rcgen::SerialNumber {
+    st.next_id += 1;
+    let mut bytes = [0u8; 16];
+    bytes[0] = 0x11;
+    bytes[8..].copy_from_slice(&st.next_id.to_be_bytes());
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// Vault TTLs: seconds as a number, or a Go duration string ("720h", "30m", "90s").
+fn parse_ttl(v: &Value) -> Option<Duration> {
+    if let Some(n) = v.as_u64() {
+        return Some(Duration::from_secs(n));
+    }
+    let s = v.as_str()?;
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    Some(Duration::from_secs(match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return None,
+    }))
+}
