@@ -89,9 +89,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(verbose: u8) {
+    // vaultrs and rustify log every failed call at ERROR with terse messages; cacertd reports
+    // those failures itself, with the path and what to do.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,rustify=off,vaultrs=off",
+        1 => "info,rustify=off,vaultrs=off",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

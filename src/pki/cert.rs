@@ -156,8 +156,12 @@ impl Cert {
         &self.key
     }
 
+    /// PEM with LF line endings (the `pem` crate defaults to CRLF).
     pub fn to_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.der.clone()))
+        pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", self.der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
     }
 
     /// Re-borrows the parsed form. Cannot fail: the DER parsed when this value was built and

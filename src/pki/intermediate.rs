@@ -159,13 +159,15 @@ pub(crate) fn intermediate_params(
     Ok(params)
 }
 
-/// Parameters for the CSR of an intermediate that a remote CA (Vault PKI) signs: the same
-/// subject, SANs, CA flag and key usages cacertd would set itself.
-pub fn intermediate_params_for_csr(
-    spec: &IntermediateSpec,
-    now: OffsetDateTime,
-) -> Result<CertificateParams, PkiError> {
-    intermediate_params(spec, now, now - BACKDATE)
+/// Parameters for the CSR of an intermediate that a remote CA (Vault PKI) signs: the subject
+/// and SANs cacertd would set itself. The CA flag, path length, validity and serial are the
+/// signer's to set (a CSR cannot carry them), and are checked on what comes back.
+pub fn intermediate_params_for_csr(spec: &IntermediateSpec) -> Result<CertificateParams, PkiError> {
+    let full = intermediate_params(spec, OffsetDateTime::UNIX_EPOCH, OffsetDateTime::UNIX_EPOCH)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = full.distinguished_name;
+    params.subject_alt_names = full.subject_alt_names;
+    Ok(params)
 }
 
 /// Checks an intermediate a remote CA signed for `key` before it is used: the key is ours,

@@ -225,7 +225,7 @@ impl Signer {
             Signer::Local(root) => issue_intermediate(root, spec, now).map_err(|e| e.to_string()),
             Signer::Vault { root, pki } => {
                 pki.0
-                    .sign_intermediate(spec, root, now)
+                    .sign_intermediate(spec, root)
                     .await
                     .map_err(|e: SignError| match e {
                         SignError::Vault(v) => format!("{}: {v}", pki.0.describe()),

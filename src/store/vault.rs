@@ -162,13 +162,9 @@ impl VaultSession {
                 };
                 self.client.write().await.set_token(&token);
                 let client = self.client.read().await;
-                let info =
-                    vaultrs::token::lookup_self(&*client)
-                        .await
-                        .map_err(|e| VaultError::Login {
-                            method: "token",
-                            message: describe_client_error(&e),
-                        })?;
+                let info = vaultrs::token::lookup_self(&*client)
+                    .await
+                    .map_err(|e| login_error("token", &self.address, &e))?;
                 (None, (info.ttl > 0).then(|| Duration::from_secs(info.ttl)))
             }
             VaultAuth::AppRole {
@@ -180,10 +176,7 @@ impl VaultSession {
                 let client = self.client.read().await;
                 let auth = vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id)
                     .await
-                    .map_err(|e| VaultError::Login {
-                        method: "approle",
-                        message: describe_client_error(&e),
-                    })?;
+                    .map_err(|e| login_error("approle", &self.address, &e))?;
                 (
                     Some(Zeroizing::new(auth.client_token)),
                     Some(Duration::from_secs(auth.lease_duration)),
@@ -198,10 +191,7 @@ impl VaultSession {
                 let client = self.client.read().await;
                 let auth = vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt)
                     .await
-                    .map_err(|e| VaultError::Login {
-                        method: "kubernetes",
-                        message: describe_client_error(&e),
-                    })?;
+                    .map_err(|e| login_error("kubernetes", &self.address, &e))?;
                 (
                     Some(Zeroizing::new(auth.client_token)),
                     Some(Duration::from_secs(auth.lease_duration)),
@@ -291,10 +281,10 @@ impl VaultSession {
                 code,
                 message: format!("{} ({code})", errors.join("; ")),
             },
-            ClientError::RestClientError { source } => VaultError::Unreachable {
+            ref e @ ClientError::RestClientError { .. } => VaultError::Unreachable {
                 address: self.address.clone(),
                 action,
-                message: source.to_string(),
+                message: describe_client_error(e),
             },
             other => VaultError::Api {
                 action,
@@ -334,10 +324,37 @@ fn read_secret_file(path: &PathBuf) -> Result<String, VaultError> {
     Ok(trimmed)
 }
 
+/// vaultrs' own messages are terse ("An error occurred with the request"): add the causes.
 fn describe_client_error(e: &ClientError) -> String {
     match e {
         ClientError::APIError { code, errors } => format!("{} ({code})", errors.join("; ")),
-        other => other.to_string(),
+        other => {
+            let mut msg = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            msg
+        }
+    }
+}
+
+fn login_error(method: &'static str, address: &str, e: &ClientError) -> VaultError {
+    match e {
+        ClientError::APIError { code: 503, .. } => VaultError::Sealed {
+            address: address.to_string(),
+        },
+        ClientError::RestClientError { .. } => VaultError::Unreachable {
+            address: address.to_string(),
+            action: format!("{method} login"),
+            message: describe_client_error(e),
+        },
+        _ => VaultError::Login {
+            method,
+            message: describe_client_error(e),
+        },
     }
 }
 
@@ -596,10 +613,9 @@ impl VaultPki {
         &self,
         spec: &IntermediateSpec,
         root: &Cert,
-        now: time::OffsetDateTime,
     ) -> Result<IntermediateCa, SignError> {
         let key = CaKey::generate(spec.key_algorithm)?;
-        let params = crate::pki::intermediate_params_for_csr(spec, now)?;
+        let params = crate::pki::intermediate_params_for_csr(spec)?;
         let csr = params
             .serialize_request(key.signer())
             .map_err(PkiError::from)?

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod mtls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -91,6 +91,7 @@ struct State {
     faults: Vec<(u16, usize)>,
     delay: Option<Duration>,
     next_id: u64,
+    login_renewals: u32,
 }
 
 /// A running test Vault on one loopback port. Dropping it stops the server.
@@ -120,6 +121,7 @@ impl TestVault {
             st.kv_mounts.insert("secret".into(), 2);
             st.kv_mounts.insert("kv1".into(), 1);
             st.pki_mounts.insert("pki".into(), Vec::new());
+            st.login_renewals = 100;
         }
         let vault = TestVault {
             addr,
@@ -209,6 +211,24 @@ impl TestVault {
             .insert((role.into(), jwt.into()), (rules, ttl));
     }
 
+    /// Logins through AppRole or Kubernetes hand out tokens that cannot be renewed (their max
+    /// TTL is reached), so a client must log in again when they run out.
+    pub fn set_login_tokens_renewable(&self, renewable: bool) {
+        self.lock().login_renewals = if renewable { 100 } else { 0 };
+    }
+
+    /// Writes a KV v2 version directly (a fixture, no policy check).
+    pub fn kv_put(&self, mount: &str, path: &str, data: Value) {
+        self.lock()
+            .kv
+            .entry((mount.to_string(), path.to_string()))
+            .or_default()
+            .push(KvVersion {
+                data,
+                created: now_rfc3339(),
+            });
+    }
+
     pub fn seal(&self, sealed: bool) {
         self.lock().sealed = sealed;
     }
@@ -233,6 +253,15 @@ impl TestVault {
             .kv
             .get(&(mount.to_string(), path.to_string()))
             .map(|v| v.iter().map(|x| x.data.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The ids of the issuers of a PKI mount.
+    pub fn pki_issuer_ids(&self, mount: &str) -> Vec<String> {
+        self.lock()
+            .pki_mounts
+            .get(mount)
+            .map(|i| i.iter().map(|i| i.id.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -391,7 +420,13 @@ fn route(
             return reply(
                 200,
                 envelope(
-                    json!({"ttl": ttl, "renewable": tok.renewable, "policies": ["default"], "creation_ttl": tok.ttl.as_secs()}),
+                    json!({
+                        "accessor": "acc", "creation_time": 1_700_000_000u64, "creation_ttl": tok.ttl.as_secs(),
+                        "display_name": "token", "entity_id": "", "expire_time": null, "explicit_max_ttl": 0,
+                        "id": token_id, "identity_policies": null, "issue_time": null, "meta": null,
+                        "num_uses": 0, "orphan": true, "path": "auth/token/create", "policies": ["default"],
+                        "renewable": tok.renewable, "role": null, "ttl": ttl, "type": "service",
+                    }),
                     Value::Null,
                 ),
             );

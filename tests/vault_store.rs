@@ -1,0 +1,379 @@
+//! The Vault root stores against the test Vault: vault-kv (Vault holds the root) and vault-pki
+//! (Vault signs; its key never leaves it), with token, AppRole and Kubernetes logins, token
+//! renewal and re-login, and the failures a security team must be told about clearly.
+
+mod common;
+
+use std::time::Duration;
+
+use cacertd_test_apiserver::json;
+use cacertd_test_apiserver::vault::{PathRule, TestVault};
+use common::mtls::{SPIFFE_ID, handshake, workload};
+use common::{Setup, assert_unchanged, openssl_verify_cacerts};
+
+fn config(vault: &TestVault, root: &str, auth: &str) -> String {
+    format!(
+        r#"trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+
+[root]
+{root}
+
+[vault]
+address = "{url}"
+timeout = "2s"
+auth = {auth}
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+network = "network1"
+target = {{ kind = "dir", path = "out/cluster1" }}
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+network = "network2"
+target = {{ kind = "dir", path = "out/cluster2" }}
+
+[[clusters]]
+name = "cluster3"
+role = "remote"
+primary = "cluster1"
+network = "network1"
+"#,
+        url = vault.url()
+    )
+}
+
+const KV: &str = "store = \"vault-kv\"\nmount = \"secret\"\npath = \"cacertd/root\"";
+const PKI: &str = "store = \"vault-pki\"\nmount = \"pki\"";
+const TOKEN_AUTH: &str = "{ method = \"token\", token_file = \"vault-token\" }";
+
+fn setup(vault: &TestVault, root: &str, token: &str) -> Setup {
+    let s = Setup::with_config(&config(vault, root, TOKEN_AUTH));
+    std::fs::write(s.path("vault-token"), token).unwrap();
+    s
+}
+
+fn assert_issued_and_trusted(s: &Setup) {
+    for c in ["cluster1", "cluster2"] {
+        let v = openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();
+        assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
+    }
+    assert!(!s.path("out/cluster3").exists());
+    let ids = handshake(
+        workload(&s.path("out/cluster1")),
+        workload(&s.path("out/cluster2")),
+    )
+    .expect("mTLS");
+    assert_eq!(ids, vec![SPIFFE_ID]);
+}
+
+#[test]
+fn vault_kv_holds_the_root_and_never_gives_it_up_twice() {
+    let vault = TestVault::start();
+    let s = setup(&vault, KV, "root-token");
+    s.cacertd(&["root", "init"]).ok();
+    let versions = vault.kv_versions("secret", "cacertd/root");
+    assert_eq!(versions.len(), 1);
+    assert!(
+        versions[0]["private_key"]
+            .as_str()
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert!(
+        !s.path("state/root").exists(),
+        "the root is not cached on disk"
+    );
+
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    let root_in_vault = versions[0]["certificate"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(s.path("out/cluster1/root-cert.pem")).unwrap(),
+        root_in_vault
+    );
+
+    let show = s.cacertd(&["root", "show"]).ok().stdout;
+    assert!(
+        show.contains("vault-kv secret/cacertd/root") && show.contains("(version 1)"),
+        "{show}"
+    );
+    let run = s.cacertd(&["root", "init"]).fails_with(5);
+    assert!(
+        run.stderr.contains("already holds a root"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        vault.kv_versions("secret", "cacertd/root").len(),
+        1,
+        "no second version written"
+    );
+}
+
+#[test]
+fn two_concurrent_root_inits_leave_exactly_one_root() {
+    let vault = TestVault::start();
+    // Both runs see "no root" before either writes.
+    vault.set_delay(Some(Duration::from_millis(150)));
+    let a = setup(&vault, KV, "root-token");
+    let b = setup(&vault, KV, "root-token");
+    let (ra, rb) = std::thread::scope(|scope| {
+        let ta = scope.spawn(|| a.cacertd(&["root", "init"]));
+        let tb = scope.spawn(|| b.cacertd(&["root", "init"]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let mut codes = [ra.code, rb.code];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [0, 5],
+        "one wins, one is refused:\n{}\n{}",
+        ra.stderr,
+        rb.stderr
+    );
+    assert_eq!(vault.kv_versions("secret", "cacertd/root").len(), 1);
+}
+
+#[test]
+fn vault_pki_signs_and_its_key_never_leaves_vault() {
+    let vault = TestVault::start();
+    let s = setup(&vault, PKI, "root-token");
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    let issuer = vault.pki_issuers("pki").remove(0);
+    assert_eq!(
+        std::fs::read_to_string(s.path("out/cluster2/root-cert.pem")).unwrap(),
+        issuer
+    );
+    let requests = vault.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|(_, p)| p == "pki/root/generate/internal")
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|(_, p)| p == "pki/root/sign-intermediate")
+            .count(),
+        2
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|(_, p)| !p.contains("exported") && !p.contains("keys")),
+        "cacertd must never ask Vault for the root key: {requests:?}"
+    );
+    assert!(!s.path("state/root").exists());
+    // The intermediates are what the policy asks for, whatever Vault's defaults.
+    let text = common::openssl(
+        &s.path("out/cluster1"),
+        &["x509", "-in", "ca-cert.pem", "-noout", "-text"],
+    )
+    .ok()
+    .stdout;
+    assert!(
+        text.contains("CA:TRUE, pathlen:0") && text.contains("L=cluster1")
+            || text.contains("L = cluster1"),
+        "{text}"
+    );
+    // import makes no sense when Vault keeps the key.
+    let other = Setup::new();
+    other.cacertd(&["root", "init"]).ok();
+    let cert = other.path("state/root/root-cert.pem");
+    let key = other.path("state/root/root-key.pem");
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .fails_with(2);
+    assert!(run.stderr.contains("inside Vault"), "{}", run.stderr);
+}
+
+#[test]
+fn a_named_issuer_is_signed_with_through_its_own_path() {
+    let vault = TestVault::start();
+    let s = setup(&vault, PKI, "root-token");
+    s.cacertd(&["root", "init"]).ok();
+    // A second issuer appears in the mount (a Vault-side root rotation); cacertd is pointed at
+    // the first one by its id.
+    let id = vault.pki_issuer_ids("pki").remove(0);
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(PKI, &format!("{PKI}\nissuer = \"{id}\""));
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    s.cacertd(&["issue", "cluster1"]).ok();
+    assert!(
+        vault
+            .requests()
+            .iter()
+            .any(|(_, p)| p == &format!("pki/issuer/{id}/sign-intermediate"))
+    );
+    openssl_verify_cacerts(&s.path("out/cluster1")).ok();
+}
+
+#[test]
+fn approle_tokens_are_renewed_and_logins_repeated_when_renewal_is_refused() {
+    let vault = TestVault::start();
+    let rules = vec![
+        PathRule::new("secret/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+        PathRule::new("auth/token/*", &["read", "update"]),
+    ];
+    vault.add_approle("role-1", "secret-1", rules.clone(), Duration::from_secs(3));
+    let s = Setup::with_config(&config(
+        &vault,
+        KV,
+        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
+    ));
+    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    // Every call now takes 0.8 s: the 3 s token needs renewing during the run.
+    vault.set_delay(Some(Duration::from_millis(800)));
+    s.cacertd(&["issue"]).ok();
+    openssl_verify_cacerts(&s.path("out/cluster1")).ok();
+    assert!(
+        vault
+            .requests()
+            .iter()
+            .any(|(_, p)| p == "auth/token/renew-self"),
+        "{:?}",
+        vault.requests()
+    );
+
+    // Renewal refused (max TTL reached): log in again instead.
+    vault.set_login_tokens_renewable(false);
+    let logins_before = vault
+        .requests()
+        .iter()
+        .filter(|(_, p)| p == "auth/approle/login")
+        .count();
+    s.cacertd(&["issue", "--force"]).ok();
+    let logins = vault
+        .requests()
+        .iter()
+        .filter(|(_, p)| p == "auth/approle/login")
+        .count()
+        - logins_before;
+    assert!(
+        logins >= 2,
+        "logged in again after renewal was refused ({logins} logins)"
+    );
+}
+
+#[test]
+fn kubernetes_auth_logs_in_with_the_service_account_token() {
+    let vault = TestVault::start();
+    let rules = vec![
+        PathRule::new("pki/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+    ];
+    vault.add_kubernetes_role("cacertd", "jwt-abc", rules, Duration::from_secs(600));
+    let s = Setup::with_config(&config(
+        &vault,
+        PKI,
+        "{ method = \"kubernetes\", role = \"cacertd\", jwt_file = \"sa-token\" }",
+    ));
+    std::fs::write(s.path("sa-token"), "jwt-abc").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    assert!(
+        vault
+            .requests()
+            .iter()
+            .any(|(_, p)| p == "auth/kubernetes/login")
+    );
+    std::fs::write(s.path("sa-token"), "someone-else").unwrap();
+    let run = s.cacertd(&["issue", "--force"]).fails_with(1);
+    assert!(
+        run.stderr.contains("Vault login (kubernetes) failed"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn vault_failures_are_explained_and_touch_no_cluster() {
+    let vault = TestVault::start();
+    let s = setup(&vault, KV, "root-token");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    std::fs::remove_dir_all(s.path("out/cluster2")).unwrap();
+    let before = s.snapshot();
+
+    vault.seal(true);
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(run.stderr.contains("sealed"), "{}", run.stderr);
+    assert_unchanged(&before, &s.snapshot());
+    vault.seal(false);
+
+    vault.add_token(
+        "reader",
+        vec![
+            PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+            PathRule::new("auth/token/*", &["read"]),
+        ],
+        Duration::from_secs(600),
+    );
+    std::fs::write(s.path("vault-token"), "reader").unwrap();
+    let before = s.snapshot();
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stderr.contains("permission denied")
+            && run.stderr.contains("secret/metadata/cacertd/root"),
+        "{}",
+        run.stderr
+    );
+    assert_unchanged(&before, &s.snapshot());
+    std::fs::write(s.path("vault-token"), "root-token").unwrap();
+
+    let before = s.snapshot();
+    vault.set_delay(Some(Duration::from_secs(5)));
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stderr.contains("unreachable") || run.stderr.contains("timed out"),
+        "{}",
+        run.stderr
+    );
+    assert_unchanged(&before, &s.snapshot());
+    vault.set_delay(None);
+
+    // Fixed: the next run converges.
+    s.cacertd(&["issue"]).ok();
+    assert!(s.path("out/cluster2/ca-cert.pem").exists());
+}
+
+#[test]
+fn wrong_mounts_and_malformed_secrets_are_named() {
+    let vault = TestVault::start();
+    let s = setup(&vault, &KV.replace("\"secret\"", "\"kv1\""), "root-token");
+    let run = s.cacertd(&["root", "init"]).fails_with(1);
+    assert!(run.stderr.contains("KV version 2"), "{}", run.stderr);
+    let s = setup(&vault, &KV.replace("\"secret\"", "\"nope\""), "root-token");
+    let run = s.cacertd(&["root", "init"]).fails_with(1);
+    assert!(run.stderr.contains("no such mount"), "{}", run.stderr);
+
+    vault.kv_put("secret", "cacertd/root", json!({"certificate": "garbage", "private_key": "-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n-----END PRIVATE KEY-----\n"}));
+    let s = setup(&vault, KV, "root-token");
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stderr.contains("malformed") && run.stderr.contains("secret/data/cacertd/root"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("U0VDUkVU"),
+        "key bytes must not be echoed"
+    );
+    assert!(!s.path("out").exists());
+}
