@@ -377,3 +377,44 @@ fn wrong_mounts_and_malformed_secrets_are_named() {
     );
     assert!(!s.path("out").exists());
 }
+
+#[test]
+fn vault_over_tls_with_a_configured_ca_and_the_vault_environment() {
+    let vault = TestVault::start_tls();
+    // Address, CA bundle, token and namespace from VAULT_* only; no [vault] address here.
+    let s = Setup::with_config(
+        &config(&vault, KV, "{ method = \"token\" }")
+            .replace(&format!("address = \"{}\"\n", vault.url()), ""),
+    );
+    std::fs::write(s.path("vault-ca.pem"), vault.ca_pem.clone().unwrap()).unwrap();
+    let ca = s.path("vault-ca.pem");
+    let env = [
+        ("VAULT_ADDR", vault.url()),
+        ("VAULT_CACERT", ca.display().to_string()),
+        ("VAULT_TOKEN", "root-token".to_string()),
+        ("VAULT_NAMESPACE", "team-mesh".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.cacertd_env(&["issue", "--init-root"], &env).ok();
+    openssl_verify_cacerts(&s.path("out/cluster1")).ok();
+    assert!(
+        vault
+            .namespaces()
+            .iter()
+            .all(|n| n.as_deref() == Some("team-mesh"))
+    );
+
+    // Without the CA, the server is not trusted, whatever VAULT_SKIP_VERIFY says.
+    let mut untrusting: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "VAULT_CACERT")
+        .copied()
+        .collect();
+    untrusting.push(("VAULT_SKIP_VERIFY", "true"));
+    let run = s.cacertd_env(&["root", "show"], &untrusting).fails_with(1);
+    assert!(
+        run.stderr.contains("unreachable") && run.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr
+    );
+}

@@ -45,7 +45,22 @@ impl Setup {
 
     /// Runs `cacertd -c cacertd.toml ARGS...` in the scratch directory.
     pub fn cacertd(&self, args: &[&str]) -> Run {
+        self.cacertd_env(args, &[])
+    }
+
+    /// Like [`Setup::cacertd`], with extra environment variables (other VAULT_* are removed).
+    pub fn cacertd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacertd"));
+        for v in [
+            "VAULT_ADDR",
+            "VAULT_TOKEN",
+            "VAULT_CACERT",
+            "VAULT_NAMESPACE",
+            "VAULT_SKIP_VERIFY",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied());
         cmd.current_dir(self.dir.path())
             .arg("-c")
             .arg("cacertd.toml")

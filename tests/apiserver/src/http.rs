@@ -19,24 +19,33 @@ use crate::{FakeCluster, FaultAction, Request};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// A self-signed serving certificate for 127.0.0.1 and localhost.
+/// A test CA and a serving certificate it signed for 127.0.0.1 and localhost (clients that
+/// use webpki refuse a CA certificate as a server certificate).
 pub(crate) struct TlsIdentity {
+    /// The CA certificate clients trust.
     pub cert_pem: String,
-    cert_der: Vec<u8>,
+    chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 }
 
 impl TlsIdentity {
     pub fn generate() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test servers CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
+        let params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).expect("self-signed");
+        let leaf = params.signed_by(&key, &issuer).expect("leaf");
         TlsIdentity {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
+            cert_pem: ca.pem(),
+            chain: vec![leaf.der().to_vec(), ca.der().to_vec()],
             key_der: key.serialize_der(),
         }
     }
@@ -49,7 +58,10 @@ impl TlsIdentity {
             .expect("protocols")
             .with_no_client_auth()
             .with_single_cert(
-                vec![CertificateDer::from(self.cert_der.clone())],
+                self.chain
+                    .iter()
+                    .map(|c| CertificateDer::from(c.clone()))
+                    .collect(),
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
             )
             .expect("server config");

@@ -88,6 +88,7 @@ struct State {
     kv: HashMap<(String, String), Vec<KvVersion>>,
     pki_mounts: HashMap<String, Vec<Issuer>>,
     requests: Vec<(String, String)>,
+    namespaces: Vec<Option<String>>,
     faults: Vec<(u16, usize)>,
     delay: Option<Duration>,
     next_id: u64,
@@ -97,6 +98,8 @@ struct State {
 /// A running test Vault on one loopback port. Dropping it stops the server.
 pub struct TestVault {
     pub addr: std::net::SocketAddr,
+    /// The serving certificate (PEM) when the server speaks TLS.
+    pub ca_pem: Option<String>,
     state: Arc<Mutex<State>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -112,6 +115,17 @@ impl TestVault {
     /// Starts an unsealed Vault with a KV v2 mount `secret`, a KV v1 mount `kv1`, a PKI mount
     /// `pki`, and a root token `root-token` with every permission.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`TestVault::start`], serving HTTPS with a self-signed certificate for 127.0.0.1.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
+        let identity = tls.then(crate::http::TlsIdentity::generate);
+        let acceptor = identity.as_ref().map(|i| i.acceptor());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -125,6 +139,7 @@ impl TestVault {
         }
         let vault = TestVault {
             addr,
+            ca_pem: identity.map(|i| i.cert_pem),
             state: state.clone(),
             shutdown: None,
             thread: None,
@@ -151,11 +166,22 @@ impl TestVault {
                             continue;
                         };
                         let state = state.clone();
+                        let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             let service = service_fn(move |req| handle(state.clone(), req));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
+                            let http = hyper::server::conn::http1::Builder::new();
+                            match acceptor {
+                                Some(a) => {
+                                    if let Ok(tls) = a.accept(stream).await {
+                                        let _ =
+                                            http.serve_connection(TokioIo::new(tls), service).await;
+                                    }
+                                }
+                                None => {
+                                    let _ =
+                                        http.serve_connection(TokioIo::new(stream), service).await;
+                                }
+                            }
                         });
                     }
                 };
@@ -176,7 +202,15 @@ impl TestVault {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.ca_pem {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The X-Vault-Namespace header of every request so far.
+    pub fn namespaces(&self) -> Vec<Option<String>> {
+        self.lock().namespaces.clone()
     }
 
     pub fn add_token(&self, token: &str, rules: Vec<PathRule>, ttl: Duration) {
@@ -318,6 +352,11 @@ async fn handle(
         .get("x-vault-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let namespace = req
+        .headers()
+        .get("x-vault-namespace")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = req
         .into_body()
         .collect()
@@ -333,6 +372,7 @@ async fn handle(
     let delay = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.requests.push((method.to_string(), path.clone()));
+        st.namespaces.push(namespace);
         st.delay
     };
     if let Some(d) = delay {
