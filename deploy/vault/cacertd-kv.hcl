@@ -1,0 +1,13 @@
+# Vault policy for cacertd with [root] store = "vault-kv" (mount "secret", path "cacertd/root").
+# cacertd reads and writes only this secret; check-and-set 0 on create means it can never
+# overwrite an existing root, so "update" is not needed.
+path "secret/data/cacertd/root" {
+  capabilities = ["create", "read"]
+}
+path "secret/metadata/cacertd/root" {
+  capabilities = ["read"]
+}
+# Mount type and KV version (what the vault CLI checks too).
+path "sys/internal/ui/mounts/secret/*" {
+  capabilities = ["read"]
+}
