@@ -231,7 +231,7 @@ fn approle_tokens_are_renewed_and_logins_repeated_when_renewal_is_refused() {
         PathRule::new("sys/internal/ui/mounts/*", &["read"]),
         PathRule::new("auth/token/*", &["read", "update"]),
     ];
-    vault.add_approle("role-1", "secret-1", rules.clone(), Duration::from_secs(3));
+    vault.add_approle("role-1", "secret-1", rules.clone(), Duration::from_secs(6));
     let s = Setup::with_config(&config(
         &vault,
         KV,
@@ -239,10 +239,22 @@ fn approle_tokens_are_renewed_and_logins_repeated_when_renewal_is_refused() {
     ));
     std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
     s.cacertd(&["root", "init"]).ok();
-    // Every call now takes 0.8 s: the 3 s token needs renewing during the run.
+    // Every call now takes 0.8 s: the 6 s token needs renewing during the run.
     vault.set_delay(Some(Duration::from_millis(800)));
+    let logins = |v: &TestVault| {
+        v.requests()
+            .iter()
+            .filter(|(_, p)| p == "auth/approle/login")
+            .count()
+    };
+    let before = logins(&vault);
     s.cacertd(&["issue"]).ok();
     openssl_verify_cacerts(&s.path("out/cluster1")).ok();
+    assert_eq!(
+        logins(&vault) - before,
+        1,
+        "renewal succeeded, so no second login was needed"
+    );
     assert!(
         vault
             .requests()
@@ -417,4 +429,48 @@ fn vault_over_tls_with_a_configured_ca_and_the_vault_environment() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn vault_shortening_or_misnaming_is_caught() {
+    let vault = TestVault::start();
+    // Real Vault silently caps TTLs at the mount's max lease TTL (768 h by default).
+    vault.set_pki_max_ttl(Some(Duration::from_secs(768 * 3600)));
+    let s = setup(&vault, PKI, "root-token");
+    let run = s.cacertd(&["root", "init"]).fails_with(1);
+    assert!(
+        run.stderr.contains("max lease TTL") && run.stderr.contains("vault secrets tune"),
+        "{}",
+        run.stderr
+    );
+
+    // (The short root stays in that Vault, as cacertd cannot and should not delete it.)
+    let vault = TestVault::start();
+    let s = setup(&vault, PKI, "root-token");
+    let named = setup(
+        &vault,
+        &format!("{PKI}\nissuer = \"mesh-root\""),
+        "root-token",
+    );
+    let run = named.cacertd(&["root", "init"]).fails_with(1);
+    assert!(
+        run.stderr.contains("issuer \"mesh-root\" does not exist"),
+        "{}",
+        run.stderr
+    );
+    s.cacertd(&["root", "init"]).ok();
+    let run = named.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stderr.contains("issuer \"mesh-root\" does not exist"),
+        "{}",
+        run.stderr
+    );
+
+    // Plain HTTP only on loopback: anything else would send the token in cleartext.
+    let remote = Setup::with_config(
+        &config(&vault, KV, TOKEN_AUTH).replace(&vault.url(), "http://vault.example:8200"),
+    );
+    std::fs::write(remote.path("vault-token"), "root-token").unwrap();
+    let run = remote.cacertd(&["root", "show"]).fails_with(1);
+    assert!(run.stderr.contains("plain HTTP"), "{}", run.stderr);
 }

@@ -17,6 +17,5 @@ path "pki/issuer/+/json" {
 path "pki/cert/ca" {
   capabilities = ["read"]
 }
-path "sys/internal/ui/mounts/pki/*" {
-  capabilities = ["read"]
-}
+# sys/internal/ui/mounts/<mount> needs no policy; auth/token/lookup-self and renew-self come
+# with Vault's built-in "default" policy.

@@ -196,8 +196,48 @@ pub fn check_signed_intermediate(
             spec.path_len, info.is_ca, info.path_len
         )));
     }
-    if let Ok(Some(_)) = cert.x509().extended_key_usage() {
-        return Err(invalid("carries an extendedKeyUsage; CAs must not".into()));
+    match cert.x509().extended_key_usage() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(invalid("carries an extendedKeyUsage; CAs must not".into())),
+        Err(e) => return Err(invalid(format!("unreadable extendedKeyUsage: {e}"))),
+    }
+    // The signer must have kept the CSR's subject and SANs (use_csr_values), or every later
+    // run would see a cluster whose intermediate does not match its policy.
+    let x = cert.x509();
+    let cn = x
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("");
+    if cn != spec.subject.common_name {
+        return Err(invalid(format!(
+            "subject CN is {cn:?}, {:?} was asked for",
+            spec.subject.common_name
+        )));
+    }
+    let mut dns: Vec<String> = x
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut want = spec.dns_names.clone();
+    dns.sort();
+    want.sort();
+    if dns != want {
+        return Err(invalid(format!(
+            "DNS SANs are {dns:?}, {want:?} were asked for"
+        )));
     }
     if cert.x509().issuer().as_raw() != root.x509().subject().as_raw() {
         return Err(invalid(format!(
@@ -363,5 +403,35 @@ mod tests {
             assert_eq!(s.len(), 16);
             assert!(s[0] != 0 && s[0] < 0x80);
         }
+    }
+
+    #[test]
+    fn what_a_remote_signer_returns_is_checked() {
+        let (r, other) = (root(3650), root(3650));
+        let int = issue_intermediate(&r, &spec(0), now()).unwrap();
+        let what = "signed";
+        assert!(check_signed_intermediate(&int.cert, &int.key, r.cert(), &spec(0), what).is_ok());
+        let stranger = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let e =
+            check_signed_intermediate(&int.cert, &stranger, r.cert(), &spec(0), what).unwrap_err();
+        assert!(matches!(e, PkiError::KeyMismatch { .. }), "{e}");
+        let e = check_signed_intermediate(&int.cert, &int.key, other.cert(), &spec(0), what)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not by the root") || e.to_string().contains("signature"),
+            "{e}"
+        );
+        let e =
+            check_signed_intermediate(&int.cert, &int.key, r.cert(), &spec(1), what).unwrap_err();
+        assert!(e.to_string().contains("pathlen"), "{e}");
+        let mut short = spec(0);
+        short.validity = Duration::from_secs(30 * DAY);
+        let e = check_signed_intermediate(&int.cert, &int.key, r.cert(), &short, what).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        let mut renamed = spec(0);
+        renamed.subject.common_name = "Other CA".into();
+        let e =
+            check_signed_intermediate(&int.cert, &int.key, r.cert(), &renamed, what).unwrap_err();
+        assert!(e.to_string().contains("subject CN"), "{e}");
     }
 }

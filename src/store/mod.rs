@@ -180,9 +180,13 @@ impl RootSource {
             RootSource::File(f) => f.create(root),
             RootSource::VaultKv(v) => match v.create(root).await.map_err(|e| self.vault_err(e))? {
                 Ok(_) => Ok(()),
+                // Check-and-set 0 lost: someone stored a root first. Name the winner.
                 Err(()) => Err(StoreError::AlreadyExists {
                     store: self.describe(),
-                    fingerprint: "written by another run (check-and-set 0 lost)".into(),
+                    fingerprint: match v.load().await {
+                        Ok(Some((winner, _))) => winner.cert().info().fingerprint_sha256.clone(),
+                        _ => "unknown".into(),
+                    },
                 }),
             },
             RootSource::VaultPki(_) => Err(StoreError::Unsupported {

@@ -97,6 +97,8 @@ pub struct VaultSession {
     address: String,
     /// When the token expires; `None` for tokens without a TTL (root tokens).
     expires: RwLock<Option<(Instant, Duration)>>,
+    /// One renewal or login at a time, however many calls run concurrently.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl VaultSession {
@@ -108,6 +110,15 @@ impl VaultSession {
                 VaultError::Config("no Vault address: set [vault] address or VAULT_ADDR".into())
             })?,
         };
+        if let Some(rest) = address.strip_prefix("http://") {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            if !matches!(host, "127.0.0.1" | "localhost" | "[") && !rest.starts_with("[::1]") {
+                return Err(VaultError::Config(format!(
+                    "{address}: plain HTTP would send the Vault token (and a vault-kv root key) in \
+                     cleartext; use https (plain HTTP is allowed on loopback only)"
+                )));
+            }
+        }
         builder.address(&address);
         if let Some(ca) = settings
             .ca_cert
@@ -138,6 +149,7 @@ impl VaultSession {
             settings: settings.clone(),
             address,
             expires: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
         };
         session.login().await?;
         Ok(session)
@@ -210,10 +222,18 @@ impl VaultSession {
 
     /// Renews the token when a third of its life is left, or logs in again if it cannot.
     async fn keep_alive(&self) -> Result<(), VaultError> {
+        let due = |e: Option<(Instant, Duration)>| {
+            e.is_some_and(|(expires, ttl)| Instant::now() + ttl / 3 >= expires)
+        };
+        if !due(*self.expires.read().await) {
+            return Ok(());
+        }
+        // Re-check under the lock: another call may have refreshed meanwhile.
+        let _refreshing = self.refresh.lock().await;
         let Some((expires, ttl)) = *self.expires.read().await else {
             return Ok(());
         };
-        if Instant::now() + ttl / 3 < expires {
+        if !due(Some((expires, ttl))) {
             return Ok(());
         }
         let renewed = {
@@ -221,15 +241,28 @@ impl VaultSession {
             vaultrs::token::renew_self(&*client, None).await
         };
         match renewed {
-            Ok(auth) if auth.lease_duration > 0 => {
+            // A renewal that comes back much shorter than the TTL means the token nears its
+            // max TTL: log in afresh instead of renewing ever-shorter tokens.
+            Ok(auth)
+                if auth.lease_duration > 0
+                    && Duration::from_secs(auth.lease_duration) >= ttl / 2 =>
+            {
                 let ttl = Duration::from_secs(auth.lease_duration);
                 *self.expires.write().await = Some((Instant::now() + ttl, ttl));
                 tracing::debug!(?ttl, "renewed the Vault token");
                 Ok(())
             }
             other => {
-                tracing::info!(error = ?other.err().map(|e| describe_client_error(&e)), "cannot renew the Vault token; logging in again");
-                self.login().await
+                tracing::info!(error = ?other.err().map(|e| describe_client_error(&e)), "cannot renew the Vault token fully; logging in again");
+                match self.login().await {
+                    Ok(()) => Ok(()),
+                    // The current token still has time left: keep using it.
+                    Err(e) if Instant::now() < expires => {
+                        tracing::warn!(error = %e, "Vault login failed; continuing with the current token");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }
@@ -250,10 +283,19 @@ impl VaultSession {
             };
             match result {
                 Ok(v) => return Ok(v),
+                // A 403 is usually a policy denial; log in again only if the token itself is
+                // dead (expired or revoked under us), so denials do not burn AppRole secret-id
+                // uses or leave tokens behind.
                 Err(ClientError::APIError { code: 403, .. })
-                    if attempt == 0 && !matches!(self.settings.auth, VaultAuth::Token { .. }) =>
+                    if attempt == 0
+                        && !matches!(self.settings.auth, VaultAuth::Token { .. })
+                        && !self.token_alive().await =>
                 {
-                    tracing::info!(action, "Vault refused the token; logging in again");
+                    tracing::info!(
+                        action,
+                        "the Vault token is no longer valid; logging in again"
+                    );
+                    let _refreshing = self.refresh.lock().await;
                     self.login().await?;
                 }
                 Err(e) => return Err(self.classify(action, path, e)),
@@ -263,6 +305,11 @@ impl VaultSession {
             action: action.to_string(),
             path: path.to_string(),
         })
+    }
+
+    async fn token_alive(&self) -> bool {
+        let client = self.client.read().await;
+        vaultrs::token::lookup_self(&*client).await.is_ok()
     }
 
     fn classify(&self, action: &str, path: &str, e: ClientError) -> VaultError {
@@ -280,6 +327,26 @@ impl VaultSession {
                 path,
                 code,
                 message: format!("{} ({code})", errors.join("; ")),
+            },
+            ClientError::RestClientError {
+                source: rustify::errors::ClientError::ServerResponseError { code, .. },
+            } => match code {
+                404 => VaultError::NotFound { action, path },
+                503 => VaultError::Sealed {
+                    address: self.address.clone(),
+                },
+                code => VaultError::Api {
+                    action,
+                    path,
+                    code,
+                    message: format!("unexpected response ({code})"),
+                },
+            },
+            ClientError::RestClientError {
+                source: ref s @ rustify::errors::ClientError::ResponseParseError { .. },
+            } => VaultError::Malformed {
+                what: format!("Vault's answer to {action} ({path})"),
+                reason: s.to_string(),
             },
             ref e @ ClientError::RestClientError { .. } => VaultError::Unreachable {
                 address: self.address.clone(),
@@ -307,9 +374,15 @@ impl VaultSession {
         )
         .await
         .map_err(|e| match e {
-            VaultError::Api { code: 400, .. } | VaultError::NotFound { .. } => VaultError::Mount {
+            // Real Vault answers 403 ("preflight capability check") for a path under no mount.
+            VaultError::Api { code: 400, .. }
+            | VaultError::NotFound { .. }
+            | VaultError::PermissionDenied { .. } => VaultError::Mount {
                 mount: mount.to_string(),
-                problem: "no such mount (enable the secrets engine, or fix [root] mount)".into(),
+                problem:
+                    "no such mount, or no access to it (enable the secrets engine, fix [root] \
+                          mount, or grant the token's policy read on it)"
+                        .into(),
             },
             other => other,
         })
@@ -391,6 +464,19 @@ impl rustify::Endpoint for MountInfoRequest {
 struct RootSecret {
     certificate: String,
     private_key: String,
+}
+
+/// The same secret as written: the key in a buffer wiped on drop (vaultrs' own JSON buffers
+/// are out of reach).
+#[derive(Serialize)]
+struct WrittenRootSecret {
+    certificate: String,
+    #[serde(serialize_with = "serialize_str")]
+    private_key: Zeroizing<String>,
+}
+
+fn serialize_str<S: serde::Serializer>(v: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
 }
 
 /// vault-kv: the root held in a KV v2 secret.
@@ -480,9 +566,9 @@ impl VaultKv {
     pub async fn create(&self, root: &RootCa) -> Result<Result<u64, ()>, VaultError> {
         self.check_mount().await?;
         let key = root.key().to_pem();
-        let mut secret = RootSecret {
+        let secret = WrittenRootSecret {
             certificate: root.cert_pem(),
-            private_key: key.to_string(),
+            private_key: Zeroizing::new(key.to_string()),
         };
         let path = format!("{}/data/{}", self.mount, self.path);
         let result = self
@@ -498,7 +584,7 @@ impl VaultKv {
                 .await
             })
             .await;
-        secret.private_key.zeroize();
+        drop(secret);
         match result {
             Ok(meta) => Ok(Ok(meta.version)),
             Err(VaultError::Api {
@@ -543,6 +629,14 @@ impl VaultPki {
                 {
                     Ok(r) => r.certificate,
                     Err(VaultError::NotFound { .. }) => return Ok(None),
+                    Err(VaultError::Api { message, .. })
+                        if message.contains("unable to find PKI issuer") =>
+                    {
+                        return Err(VaultError::Config(format!(
+                            "[root] issuer {issuer:?} does not exist in mount {} (vault list {}/issuers)",
+                            self.mount, self.mount
+                        )));
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -580,7 +674,16 @@ impl VaultPki {
         key: (&str, u64),
         ttl: Duration,
     ) -> Result<Cert, VaultError> {
+        if let Some(issuer) = &self.issuer {
+            return Err(VaultError::Config(format!(
+                "root init with [root] issuer = {issuer:?}: Vault names issuers itself; run \
+                 `root init` without `issuer`, then name the issuer Vault created (vault \
+                 list {}/issuers) if you need a specific one",
+                self.mount
+            )));
+        }
         let path = format!("{}/root/generate/internal", self.mount);
+        let ttl_asked = ttl;
         let ttl = format!("{}s", ttl.as_secs());
         let resp = self
             .session
@@ -601,10 +704,25 @@ impl VaultPki {
                 reason: "empty response".into(),
             })?;
         let what = format!("{} generated root", self.describe());
-        Cert::one_from_pem(resp.certificate.as_bytes(), &what).map_err(|e| VaultError::Malformed {
-            what,
-            reason: e.to_string(),
-        })
+        let cert = Cert::one_from_pem(resp.certificate.as_bytes(), &what).map_err(|e| {
+            VaultError::Malformed {
+                what: what.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        check_lifetime(&cert, ttl_asked, &self.mount, &what)?;
+        // Two concurrent `root init`s each make an issuer; only the default one is the root.
+        if let Some(default) = self.root_cert().await?
+            && default != cert
+        {
+            return Err(VaultError::Config(format!(
+                "another run generated a root in {} at the same time; its default issuer is {} \
+                 — use that one",
+                self.mount,
+                default.info().fingerprint_sha256
+            )));
+        }
+        Ok(cert)
     }
 
     /// Has Vault sign an intermediate for a key made here. The CSR carries the subject and
@@ -621,7 +739,14 @@ impl VaultPki {
             .map_err(PkiError::from)?
             .pem()
             .map_err(PkiError::from)?;
-        let ttl = format!("{}s", spec.validity.as_secs());
+        // Like the local signer: never ask for more than the root has left.
+        let left: Duration = (root.info().not_after - time::OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let validity = spec
+            .validity
+            .min(left.saturating_sub(Duration::from_secs(60)));
+        let ttl = format!("{}s", validity.as_secs());
         let cn = spec.subject.common_name.clone();
         let path = match &self.issuer {
             Some(i) => format!("{}/issuer/{i}/sign-intermediate", self.mount),
@@ -678,8 +803,32 @@ impl VaultPki {
         let what = format!("certificate signed by {}", self.describe());
         let cert = Cert::one_from_pem(certificate.as_bytes(), &what)?;
         crate::pki::check_signed_intermediate(&cert, &key, root, spec, &what)?;
+        check_lifetime(&cert, validity, &self.mount, &what)?;
         Ok(IntermediateCa { cert, key })
     }
+}
+
+/// Vault silently shortens certificates to the mount's max lease TTL (768 h by default): a
+/// "10-year" root that lives a month must not go unnoticed.
+fn check_lifetime(cert: &Cert, asked: Duration, mount: &str, what: &str) -> Result<(), VaultError> {
+    let info = cert.info();
+    let got: Duration = (info.not_after - info.not_before)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    if got + Duration::from_secs(3600) < asked.mul_f64(0.95) {
+        return Err(VaultError::Malformed {
+            what: what.to_string(),
+            reason: format!(
+                "valid for {} but {} was asked for: the mount's max lease TTL is shorter. Raise it \
+                 (vault secrets tune -max-lease-ttl={}h {mount}); a root Vault generated this \
+                 short stays in the mount until you delete it (vault delete {mount}/root)",
+                humantime::format_duration(Duration::from_secs(got.as_secs())),
+                humantime::format_duration(asked),
+                asked.as_secs().div_ceil(3600)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Signing through Vault fails either at Vault or in the check of what it returned.

@@ -91,6 +91,7 @@ struct State {
     namespaces: Vec<Option<String>>,
     faults: Vec<(u16, usize)>,
     delay: Option<Duration>,
+    pki_max_ttl: Option<Duration>,
     next_id: u64,
     login_renewals: u32,
 }
@@ -261,6 +262,12 @@ impl TestVault {
                 data,
                 created: now_rfc3339(),
             });
+    }
+
+    /// Like a PKI mount's max lease TTL (768 h by default in real Vault): longer TTLs asked for
+    /// are silently shortened to it.
+    pub fn set_pki_max_ttl(&self, ttl: Option<Duration>) {
+        self.lock().pki_max_ttl = ttl;
     }
 
     pub fn seal(&self, sealed: bool) {
@@ -483,7 +490,11 @@ fn route(
                 200,
                 envelope(
                     Value::Null,
-                    json!({"client_token": token_id, "accessor": "a", "policies": ["default"], "lease_duration": ttl, "renewable": true}),
+                    json!({
+                        "client_token": token_id, "accessor": "a", "policies": ["default", "cacertd"],
+                        "token_policies": ["default", "cacertd"], "metadata": null, "lease_duration": ttl,
+                        "renewable": true, "entity_id": "", "token_type": "service", "orphan": true,
+                    }),
                 ),
             );
         }
@@ -509,7 +520,13 @@ fn route(
                 ),
             );
         }
-        return errors(400, &[&format!("no mount found for path {rest:?}")]);
+        // What real Vault answers for a path under no mount.
+        return errors(
+            403,
+            &[&format!(
+                "preflight capability check returned 403, please ensure client's policies grant access to path \"{rest}/\""
+            )],
+        );
     }
     let mount = path.split('/').next().unwrap_or("").to_string();
     let rest = path[mount.len()..].trim_start_matches('/').to_string();
@@ -544,8 +561,8 @@ fn login(st: &mut State, rules: Vec<PathRule>, ttl: Duration) -> Response<Full<B
             rules,
             ttl,
             expires: Some(Instant::now() + ttl),
-            renewable: true,
-            renewals_left: 100,
+            renewable: st.login_renewals > 0,
+            renewals_left: st.login_renewals,
         },
     );
     reply(
@@ -689,6 +706,7 @@ fn pki(
             }
             .expect("key");
             let ttl = parse_ttl(&body["ttl"]).unwrap_or(Duration::from_secs(87600 * 3600));
+            let ttl = st.pki_max_ttl.map_or(ttl, |max| ttl.min(max));
             let now = time::OffsetDateTime::now_utc();
             let mut params = rcgen::CertificateParams::default();
             params.distinguished_name = rcgen::DistinguishedName::new();
@@ -751,7 +769,12 @@ fn pki(
                 }
             };
             let Some(issuer) = issuer else {
-                return errors(400, &["unable to find PKI issuer for reference"]);
+                return errors(
+                    500,
+                    &[
+                        "1 error occurred:\n\t* unable to find PKI issuer for reference: no such issuer\n\n",
+                    ],
+                );
             };
             let Some(csr_pem) = body["csr"].as_str() else {
                 return errors(400, &["\"csr\" is empty"]);
@@ -770,6 +793,7 @@ fn pki(
                 csr.params.subject_alt_names.clear();
             }
             let ttl = parse_ttl(&body["ttl"]).unwrap_or(Duration::from_secs(30 * 86400));
+            let ttl = st.pki_max_ttl.map_or(ttl, |max| ttl.min(max));
             let now = time::OffsetDateTime::now_utc();
             let not_after = now + ttl;
             if not_after > issuer.not_after {
@@ -843,7 +867,12 @@ fn pki(
                         Value::Null,
                     ),
                 ),
-                None => errors(404, &[]),
+                None => errors(
+                    500,
+                    &[
+                        "1 error occurred:\n\t* unable to find PKI issuer for reference: no such issuer\n\n",
+                    ],
+                ),
             }
         }
         (&Method::GET, "ca/pem") => match st.pki_mounts.get(mount).and_then(|i| i.first()) {
