@@ -70,6 +70,21 @@ impl Default for KubeSettings {
     }
 }
 
+/// `[daemon]`: how `cacertd serve` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonSettings {
+    /// Where /metrics, /healthz, /readyz and /status are served.
+    pub listen: std::net::SocketAddr,
+    /// How often every cluster is reconciled (sooner when a renewal falls due).
+    pub interval: Duration,
+    /// Random spread added to each interval, as a fraction of it.
+    pub jitter: f64,
+    /// Longest wait before retrying a failing cluster (the wait doubles from 10 s).
+    pub backoff_max: Duration,
+    /// The append-only audit log (JSON lines).
+    pub audit_log: PathBuf,
+}
+
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -82,6 +97,7 @@ pub struct Config {
     pub topology: Topology,
     pub kubernetes: KubeSettings,
     pub vault: Option<VaultSettings>,
+    pub daemon: DaemonSettings,
 }
 
 #[derive(Deserialize)]
@@ -94,8 +110,19 @@ struct RawConfig {
     root: Option<RawRoot>,
     kubernetes: Option<RawKube>,
     vault: Option<Spanned<RawVault>>,
+    daemon: Option<Spanned<RawDaemon>>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<String>,
+    interval: Option<String>,
+    jitter: Option<f64>,
+    backoff_max: Option<String>,
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -547,6 +574,49 @@ impl Config {
             }
         }
 
+        let mut daemon = DaemonSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
+            interval: Duration::from_secs(600),
+            jitter: 0.1,
+            backoff_max: Duration::from_secs(1800),
+            audit_log: state_dir.join("audit.log"),
+        };
+        if let Some(d) = raw.daemon {
+            let span = d.span();
+            let d = d.into_inner();
+            let bad =
+                |field: &str, msg: String| invalid(span.clone(), format!("daemon.{field}"), msg);
+            let dur = |field: &str, v: &str| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| bad(field, format!("{v:?} is not a positive duration")))
+            };
+            if let Some(l) = &d.listen {
+                daemon.listen = l.parse().map_err(|_| {
+                    bad(
+                        "listen",
+                        format!("{l:?} is not an address like 0.0.0.0:9090"),
+                    )
+                })?;
+            }
+            if let Some(i) = &d.interval {
+                daemon.interval = dur("interval", i)?;
+            }
+            if let Some(b) = &d.backoff_max {
+                daemon.backoff_max = dur("backoff_max", b)?;
+            }
+            if let Some(j) = d.jitter {
+                if !(0.0..=1.0).contains(&j) {
+                    return Err(bad("jitter", "must be between 0 and 1".into()));
+                }
+                daemon.jitter = j;
+            }
+            if let Some(a) = &d.audit_log {
+                daemon.audit_log = resolve(a);
+            }
+        }
+
         Ok(Config {
             file: file.to_path_buf(),
             trust_domain,
@@ -557,6 +627,7 @@ impl Config {
             topology: Topology::new(clusters),
             kubernetes,
             vault,
+            daemon,
         })
     }
 

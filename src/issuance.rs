@@ -35,6 +35,8 @@ pub struct ClusterReport {
     pub reason: Option<String>,
     pub serial: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub not_after: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub renew_at: Option<OffsetDateTime>,
@@ -48,6 +50,7 @@ impl ClusterReport {
             outcome,
             reason: None,
             serial: None,
+            not_before: None,
             not_after: None,
             renew_at: None,
             backup: None,
@@ -178,6 +181,7 @@ async fn attempt_once(
             );
             if let Some(info) = &assessment.intermediate {
                 r.serial = Some(info.serial.clone());
+                r.not_before = Some(info.not_before);
                 r.not_after = Some(info.not_after);
             }
             r.renew_at = assessment.renew_at;
@@ -187,6 +191,7 @@ async fn attempt_once(
             let mut r = ClusterReport::new(name, Outcome::Kept).with_reason("valid");
             if let Some(info) = &assessment.intermediate {
                 r.serial = Some(info.serial.clone());
+                r.not_before = Some(info.not_before);
                 r.not_after = Some(info.not_after);
             }
             r.renew_at = assessment.renew_at;
@@ -244,6 +249,7 @@ async fn attempt_once(
     let written = target.write(&files, &meta, &observed).await?;
     let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
     r.serial = Some(info.serial.clone());
+    r.not_before = Some(info.not_before);
     r.not_after = Some(info.not_after);
     r.renew_at = Some(policy.renew_at(info));
     r.backup = written.backup;

@@ -1,9 +1,11 @@
 //! cacertd: owns the common trust root of an Istio multicluster mesh.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod issuance;
 pub mod pki;

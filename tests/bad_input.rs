@@ -289,6 +289,13 @@ fn a_cluster_on_another_root_is_not_silently_moved() {
     assert!(run.stdout.contains("cluster1  unchanged"), "{}", run.stdout);
     common::assert_unchanged(&before, &s.snapshot());
 
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    assert!(
+        audit.lines().any(
+            |l| l.contains("\"cluster\":\"cluster2\"") && l.contains("\"outcome\":\"refused\"")
+        ),
+        "the refusal is audited:\n{audit}"
+    );
     s.cacertd(&["issue", "--danger-replace-trust-bundle"]).ok();
     assert_eq!(
         s.read("out/cluster2/root-cert.pem"),

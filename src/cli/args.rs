@@ -90,6 +90,19 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Restart(RestartArgs),
 
+    /// Run as a daemon: reconcile every primary on a schedule, serve metrics and health.
+    ///
+    /// Every [daemon] interval (with jitter), and sooner when an intermediate's renewal falls
+    /// due, each primary is reconciled exactly as `issue` would: renewed when due, re-issued
+    /// when missing, invalid or tampered, left alone otherwise. A failing cluster is retried
+    /// with backoff (10 s doubling up to [daemon] backoff_max) without holding up the others.
+    /// Serves /metrics (Prometheus), /healthz, /readyz and /status on [daemon] listen; appends
+    /// every issuance, refusal and failure to [daemon] audit_log. Only the holder of the lock
+    /// on state_dir acts; a second process on the same machine stands by and takes over when
+    /// the first stops. SIGTERM or Ctrl-C: the current pass finishes, the lock is released.
+    #[command(verbatim_doc_comment)]
+    Serve,
+
     /// Check the configuration and policies, and print the topology.
     Check,
 }

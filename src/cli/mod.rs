@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 pub use args::{Args, Command, Format, RootCommand};
+pub use output::StatusReport;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
@@ -157,6 +158,7 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
+                Command::Serve => serve(config).await,
                 Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) => unreachable!("handled above"),
             }
@@ -354,6 +356,9 @@ async fn issue(
     let signer = store.signer().await?;
     let reports = issuance::run(config, &signer, &clusters, opts, dry_run, now).await;
     drop(signer);
+    if !dry_run {
+        crate::audit::Audit::new(config.daemon.audit_log.clone()).issuance(&reports, now);
+    }
     match format {
         Format::Json => output::print_json(&reports),
         Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
@@ -385,14 +390,28 @@ async fn issue(
 }
 
 async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
-    use futures::StreamExt;
+    let (store, report) = status_report(config, now).await?;
+    match format {
+        Format::Json => output::print_json(&report),
+        Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),
+    }
+    Ok(())
+}
+
+/// What `status -o json` prints (and the daemon serves on /status), with the store's name.
+pub async fn status_report(
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<(String, StatusReport), CliError> {
     let store = RootSource::open(config).await?;
     let root = store.load_cert().await?;
-    let observed: Vec<_> = futures::stream::iter(config.topology.clusters())
+    let reads: Vec<_> = config
+        .topology
+        .clusters()
+        .iter()
         .map(|cluster| read_snapshot(config, cluster))
-        .buffered(config.kubernetes.concurrency)
-        .collect()
-        .await;
+        .collect();
+    let observed = futures::future::join_all(reads).await;
     let rows = config
         .topology
         .clusters()
@@ -402,17 +421,13 @@ async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<
             output::status_row(config, cluster, root.as_ref(), observed, now)
         })
         .collect();
-    let report = output::StatusReport {
+    let report = StatusReport {
         root: root
             .as_ref()
             .map(|r| output::root_json(&store.describe(), r.info(), now)),
         clusters: rows,
     };
-    match format {
-        Format::Json => output::print_json(&report),
-        Format::Table => output::print_status(&mut std::io::stdout(), &store.describe(), &report),
-    }
-    Ok(())
+    Ok((store.describe(), report))
 }
 
 /// A primary's snapshot for `status` (remotes have none), or why it could not be read.
@@ -537,6 +552,31 @@ async fn restart(
         });
     }
     Ok(())
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let daemon = crate::daemon::Daemon::new(config, std::sync::Arc::new(SystemClock));
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    };
+    daemon
+        .run(shutdown)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot serve: {e}")))
 }
 
 fn check(config: &Config) -> Result<(), CliError> {

@@ -1,0 +1,184 @@
+//! The daemon's Prometheus metrics, shaped like the ones users already alert on (istiod's
+//! `citadel_server_*_expiry_timestamp`, cert-manager's `certmanager_certificate_*`): unix-second
+//! gauges labelled by cluster, kind and serial. No label ever carries key material or PEM.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::pki::CertInfo;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub struct Metrics {
+    registry: Registry,
+    expiration: Family<Labels, Gauge>,
+    not_before: Family<Labels, Gauge>,
+    renewal: Family<Labels, Gauge>,
+    ready: Family<Labels, Gauge>,
+    reconciles: Family<Labels, Counter>,
+    duration: Histogram,
+    last_success: Family<Labels, Gauge>,
+    root_errors: Family<Labels, Counter>,
+    leader: Gauge,
+    /// The certificate series exported per (cluster, kind), to drop them when replaced.
+    current: Mutex<HashMap<(String, &'static str), Labels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cacertd");
+        let m = Metrics {
+            expiration: Family::default(),
+            not_before: Family::default(),
+            renewal: Family::default(),
+            ready: Family::default(),
+            reconciles: Family::default(),
+            duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            last_success: Family::default(),
+            root_errors: Family::default(),
+            leader: Gauge::default(),
+            current: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "certificate_expiration_timestamp_seconds",
+            "Unix time the certificate expires (notAfter)",
+            m.expiration.clone(),
+        );
+        registry.register(
+            "certificate_not_before_timestamp_seconds",
+            "Unix time the certificate becomes valid (notBefore)",
+            m.not_before.clone(),
+        );
+        registry.register(
+            "certificate_renewal_timestamp_seconds",
+            "Unix time the intermediate is due for renewal under its policy",
+            m.renewal.clone(),
+        );
+        registry.register(
+            "cluster_ready",
+            "1 when the cluster's served cacerts verifies and matches what cacertd intends",
+            m.ready.clone(),
+        );
+        registry.register(
+            "reconcile",
+            "Reconciliations by cluster and result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one cluster's reconciliation took",
+            m.duration.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the cluster's last successful reconciliation",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "root_source_errors",
+            "Failures to obtain the root, by store and reason",
+            m.root_errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader",
+            m.leader.clone(),
+        );
+        let info = prometheus_client::metrics::info::Info::new(vec![(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]);
+        registry.register("build", "cacertd build information", info);
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Exports a certificate's dates; a previous serial of the same (cluster, kind) is dropped.
+    pub fn certificate(&self, cluster: &str, kind: &'static str, info: &CertInfo) {
+        let l = labels(&[
+            ("cluster", cluster),
+            ("kind", kind),
+            ("serial", &info.serial),
+        ]);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.insert((cluster.to_string(), kind), l.clone())
+            && old != l
+        {
+            self.expiration.remove(&old);
+            self.not_before.remove(&old);
+        }
+        self.expiration
+            .get_or_create(&l)
+            .set(info.not_after.unix_timestamp());
+        self.not_before
+            .get_or_create(&l)
+            .set(info.not_before.unix_timestamp());
+    }
+
+    pub fn renewal_at(&self, cluster: &str, at: Option<time::OffsetDateTime>) {
+        let l = labels(&[("cluster", cluster)]);
+        match at {
+            Some(t) => {
+                self.renewal.get_or_create(&l).set(t.unix_timestamp());
+            }
+            None => {
+                self.renewal.remove(&l);
+            }
+        }
+    }
+
+    pub fn ready(&self, cluster: &str, ready: bool) {
+        self.ready
+            .get_or_create(&labels(&[("cluster", cluster)]))
+            .set(i64::from(ready));
+    }
+
+    pub fn reconciled(&self, cluster: &str, result: &str, seconds: f64, at: time::OffsetDateTime) {
+        self.reconciles
+            .get_or_create(&labels(&[("cluster", cluster), ("result", result)]))
+            .inc();
+        self.duration.observe(seconds);
+        if result != "failure" {
+            self.last_success
+                .get_or_create(&labels(&[("cluster", cluster)]))
+                .set(at.unix_timestamp());
+        }
+    }
+
+    pub fn root_error(&self, store: &str, reason: &str) {
+        self.root_errors
+            .get_or_create(&labels(&[("store", store), ("reason", reason)]))
+            .inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}

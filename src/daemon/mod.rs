@@ -1,0 +1,344 @@
+//! `cacertd serve`: reconciles every primary on a schedule, renews intermediates when their
+//! policy says so, repairs missing or tampered `cacerts`, exports Prometheus metrics and health
+//! endpoints, and writes an audit log. Level-triggered and idempotent: every pass reads what
+//! each cluster holds and decides afresh. A failing cluster backs off on its own; the others
+//! carry on. Only the holder of the leader lock acts (in local mode, a lock on `state_dir`).
+
+mod metrics;
+
+pub use metrics::Metrics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use crate::audit::Audit;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fsutil::StateLock;
+use crate::issuance::{self, ClusterReport, Outcome};
+use crate::plan::PlanOptions;
+use crate::store::{RootSource, StoreError};
+
+/// When a cluster is next looked at, and how often it has failed in a row.
+#[derive(Clone, Copy, Debug)]
+struct Schedule {
+    next: OffsetDateTime,
+    failures: u32,
+}
+
+pub struct Daemon {
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    audit: Audit,
+    schedule: Mutex<HashMap<String, Schedule>>,
+    /// The root store answered on the last pass.
+    root_ok: AtomicBool,
+    leader: AtomicBool,
+    lock: Mutex<Option<StateLock>>,
+}
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let audit = Audit::new(config.daemon.audit_log.clone());
+        Arc::new(Daemon {
+            config: Arc::new(config),
+            clock,
+            metrics: Metrics::new(),
+            audit,
+            schedule: Mutex::new(HashMap::new()),
+            root_ok: AtomicBool::new(false),
+            leader: AtomicBool::new(false),
+            lock: Mutex::new(None),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    /// Takes the leader lock if it is free. Only the leader reconciles; a standby keeps trying.
+    pub async fn try_lead(&self) -> bool {
+        let mut lock = self.lock.lock().await;
+        if lock.is_none() {
+            match StateLock::acquire(&self.config.state_dir) {
+                Ok(l) => {
+                    tracing::info!("leader lock acquired; this replica now acts");
+                    *lock = Some(l);
+                }
+                Err(_) => tracing::debug!("another replica holds the leader lock; standing by"),
+            }
+        }
+        let leading = lock.is_some();
+        self.leader.store(leading, Ordering::SeqCst);
+        self.metrics.set_leader(leading);
+        leading
+    }
+
+    /// Gives up leadership (on shutdown), so a standby can take over at once.
+    pub async fn step_down(&self) {
+        self.lock.lock().await.take();
+        self.leader.store(false, Ordering::SeqCst);
+        self.metrics.set_leader(false);
+    }
+
+    /// One pass: every primary whose time has come is reconciled. Nothing happens unless this
+    /// replica leads.
+    pub async fn tick(&self) -> Vec<ClusterReport> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let now = self.clock.now();
+        let due: Vec<_> = {
+            let schedule = self.schedule.lock().await;
+            self.config
+                .topology
+                .primaries()
+                .filter(|c| schedule.get(&c.name).is_none_or(|s| s.next <= now))
+                .collect()
+        };
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let started = std::time::Instant::now();
+        let signer = match RootSource::open(&self.config).await {
+            Ok(source) => {
+                if let Ok(Some(root)) = source.load_cert().await {
+                    self.metrics.certificate("all", "root", root.info());
+                }
+                source.signer().await
+            }
+            Err(e) => Err(e),
+        };
+        let signer = match signer {
+            Ok(s) => {
+                self.root_ok.store(true, Ordering::SeqCst);
+                s
+            }
+            Err(e) => {
+                // No root, no writes: every due cluster waits and retries with backoff.
+                self.root_ok.store(false, Ordering::SeqCst);
+                self.metrics
+                    .root_error(&store_kind(&self.config), &root_error_reason(&e));
+                tracing::warn!(error = %e, "cannot obtain the root; no cluster is touched");
+                let mut schedule = self.schedule.lock().await;
+                for c in &due {
+                    self.back_off(&mut schedule, &c.name, now);
+                }
+                return Vec::new();
+            }
+        };
+        let reports = issuance::run(
+            &self.config,
+            &signer,
+            &due,
+            PlanOptions::default(),
+            false,
+            now,
+        )
+        .await;
+        drop(signer);
+        let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
+        self.audit.issuance(&reports, now);
+        let mut schedule = self.schedule.lock().await;
+        for r in &reports {
+            let result = match r.outcome {
+                Outcome::Issued => "issued",
+                Outcome::Kept => "unchanged",
+                Outcome::Refused | Outcome::PolicyRefused => "refused",
+                Outcome::Failed | Outcome::WouldIssue => "failure",
+            };
+            self.metrics.reconciled(&r.cluster, result, seconds, now);
+            let ok = matches!(r.outcome, Outcome::Issued | Outcome::Kept);
+            self.metrics.ready(&r.cluster, ok);
+            if let (Some(serial), Some(nb), Some(na)) = (&r.serial, r.not_before, r.not_after) {
+                let info = crate::pki::CertInfo {
+                    serial: serial.clone(),
+                    subject: String::new(),
+                    issuer: String::new(),
+                    not_before: nb,
+                    not_after: na,
+                    fingerprint_sha256: String::new(),
+                    is_ca: true,
+                    path_len: None,
+                    key_algorithm: String::new(),
+                };
+                self.metrics.certificate(&r.cluster, "intermediate", &info);
+            }
+            self.metrics.renewal_at(&r.cluster, r.renew_at);
+            if matches!(r.outcome, Outcome::Failed) {
+                self.back_off(&mut schedule, &r.cluster, now);
+            } else {
+                // Next look: after the interval (with jitter), or when renewal falls due.
+                let mut next =
+                    now + jittered(self.config.daemon.interval, self.config.daemon.jitter);
+                if let Some(renew) = r.renew_at
+                    && renew > now
+                {
+                    next = next.min(renew);
+                }
+                schedule.insert(r.cluster.clone(), Schedule { next, failures: 0 });
+            }
+        }
+        reports
+    }
+
+    fn back_off(
+        &self,
+        schedule: &mut HashMap<String, Schedule>,
+        cluster: &str,
+        now: OffsetDateTime,
+    ) {
+        let failures = schedule.get(cluster).map_or(0, |s| s.failures) + 1;
+        let wait = BACKOFF_START
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(self.config.daemon.backoff_max);
+        tracing::info!(cluster, failures, wait = %humantime::format_duration(wait), "backing off");
+        schedule.insert(
+            cluster.to_string(),
+            Schedule {
+                next: now + wait,
+                failures,
+            },
+        );
+    }
+
+    /// The HTTP endpoints: /metrics, /healthz, /readyz, /status.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz_handler))
+            .route("/status", get(status_handler))
+            .with_state(self.clone())
+    }
+
+    /// Runs until `shutdown` resolves: serves HTTP, contends for leadership, and reconciles on
+    /// a one-second heartbeat (each cluster only when due). Steps down on the way out.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.config.daemon.listen).await?;
+        tracing::info!(listen = %self.config.daemon.listen, "serving /metrics, /healthz, /readyz, /status");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        });
+        let http = tokio::spawn(async move { server.await });
+        tokio::pin!(shutdown);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = heartbeat.tick() => {
+                    if self.try_lead().await {
+                        // A pass is finished, not abandoned midway, before shutdown is noticed.
+                        self.tick().await;
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: releasing the leader lock");
+        self.step_down().await;
+        let _ = stop_tx.send(true);
+        let _ = http.await;
+        drop(stop_rx);
+        Ok(())
+    }
+}
+
+fn store_kind(config: &Config) -> String {
+    match &config.root {
+        crate::config::RootStoreConfig::File { .. } => "file".into(),
+        crate::config::RootStoreConfig::VaultKv { .. } => "vault-kv".into(),
+        crate::config::RootStoreConfig::VaultPki { .. } => "vault-pki".into(),
+    }
+}
+
+fn root_error_reason(e: &StoreError) -> String {
+    match e {
+        StoreError::NoRoot { .. } => "no-root",
+        StoreError::Vault { source, .. } => match source {
+            crate::store::VaultError::Sealed { .. } => "sealed",
+            crate::store::VaultError::PermissionDenied { .. } => "permission-denied",
+            crate::store::VaultError::Unreachable { .. } => "unreachable",
+            crate::store::VaultError::Login { .. } => "login",
+            _ => "vault",
+        },
+        StoreError::Material { .. } => "malformed",
+        _ => "io",
+    }
+    .to_string()
+}
+
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    interval + interval.mul_f64(jitter * f64::from(byte[0]) / 255.0)
+}
+
+async fn metrics_handler(State(d): State<Arc<Daemon>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        d.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz_handler(State(d): State<Arc<Daemon>>) -> Response {
+    if !d.is_leader() {
+        // A standby is ready to take over: its role is known.
+        return (StatusCode::OK, "standby\n").into_response();
+    }
+    if d.root_ok.load(Ordering::SeqCst) {
+        (StatusCode::OK, "leader\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "root store not reachable yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn status_handler(State(d): State<Arc<Daemon>>) -> Response {
+    // Reading every target is not a Send future (the clients' retry closures), so it runs on a
+    // blocking thread of its own, driven by the same runtime.
+    let handle = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || {
+        handle.block_on(crate::cli::status_report(&d.config, d.clock.now()))
+    })
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match report {
+        Ok((_, report)) => match serde_json::to_string_pretty(&report) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}

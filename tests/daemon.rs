@@ -1,0 +1,368 @@
+//! `cacertd serve` as a library, driven by an injected clock: renewal exactly when due, repair
+//! of tampered material, per-cluster backoff, metrics scraped over HTTP, the audit log, the
+//! leader lock — and no key material in anything it serves or logs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use cacertd::clock::{Clock, FixedClock};
+use cacertd::config::Config;
+use cacertd::daemon::Daemon;
+use cacertd::issuance::Outcome;
+use common::{ACCEPTANCE_CONFIG, Setup};
+use time::OffsetDateTime;
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
+}
+
+fn daemon(s: &Setup, clock: &Arc<FixedClock>) -> Arc<Daemon> {
+    let config = Config::load(&s.path("cacertd.toml")).unwrap();
+    Daemon::new(config, clock.clone())
+}
+
+/// Serves the daemon's endpoints on an ephemeral port; returns the address.
+async fn serve(d: &Arc<Daemon>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = d.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// A plain HTTP GET; returns (status line, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of the metric line with this name and these label pairs.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| l.starts_with(name)).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
+fn serial(s: &Setup, cluster: &str) -> String {
+    let pem = s.read(&format!("out/{cluster}/ca-cert.pem"));
+    let out = common::openssl(
+        &s.path(&format!("out/{cluster}")),
+        &["x509", "-in", "ca-cert.pem", "-noout", "-serial"],
+    )
+    .ok()
+    .stdout;
+    assert!(!pem.is_empty());
+    out.trim().trim_start_matches("serial=").to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_exactly_when_due_and_metrics_follow() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let addr = serve(&d).await;
+
+    let first = d.tick().await;
+    assert_eq!(
+        first
+            .iter()
+            .filter(|r| r.outcome == Outcome::Issued)
+            .count(),
+        2
+    );
+    let renew_at = first[0].renew_at.unwrap();
+    let not_after = first[0].not_after.unwrap();
+    let serial1 = serial(&s, "cluster1");
+
+    let (status, text) = get(addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let expiry = metric(
+        &text,
+        "cacertd_certificate_expiration_timestamp_seconds",
+        &[
+            ("cluster", "cluster1"),
+            ("kind", "intermediate"),
+            ("serial", &serial1),
+        ],
+    );
+    assert_eq!(expiry, Some(not_after.unix_timestamp() as f64), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "cacertd_certificate_renewal_timestamp_seconds",
+            &[("cluster", "cluster1")]
+        ),
+        Some(renew_at.unix_timestamp() as f64)
+    );
+    assert_eq!(
+        metric(&text, "cacertd_cluster_ready", &[("cluster", "cluster1")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cacertd_reconcile_total",
+            &[("cluster", "cluster1"), ("result", "issued")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &text,
+            "cacertd_certificate_expiration_timestamp_seconds",
+            &[("kind", "root")]
+        )
+        .is_some()
+    );
+    assert_eq!(metric(&text, "cacertd_leader", &[]), Some(1.0));
+    assert!(!text.contains("PRIVATE KEY"));
+
+    // One second before the renewal point: nothing is renewed.
+    clock.set(renew_at - time::Duration::seconds(1));
+    let before = d.tick().await;
+    assert!(
+        before.iter().all(|r| r.outcome == Outcome::Kept),
+        "{before:?}"
+    );
+    assert_eq!(serial(&s, "cluster1"), serial1);
+    // At the renewal point: renewed, and the metrics move to the new serial.
+    clock.set(renew_at);
+    let due = d.tick().await;
+    assert!(due.iter().all(|r| r.outcome == Outcome::Issued), "{due:?}");
+    let serial2 = serial(&s, "cluster1");
+    assert_ne!(serial1, serial2);
+    let (_, text) = get(addr, "/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "cacertd_certificate_expiration_timestamp_seconds",
+            &[("serial", &serial2)]
+        )
+        .is_some()
+    );
+    assert!(
+        metric(
+            &text,
+            "cacertd_certificate_expiration_timestamp_seconds",
+            &[("serial", &serial1)]
+        )
+        .is_none(),
+        "old series dropped"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cacertd_reconcile_total",
+            &[("cluster", "cluster1"), ("result", "issued")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_tomorrow_is_renewed_on_the_next_tick() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let serial1 = serial(&s, "cluster2");
+    let st: serde_json::Value =
+        serde_json::from_str(&s.cacertd(&["status", "-o", "json"]).ok().stdout).unwrap();
+    let not_after = OffsetDateTime::parse(
+        st["clusters"][1]["cacerts"]["intermediate"]["not_after"]
+            .as_str()
+            .unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let clock = Arc::new(FixedClock::new(not_after - time::Duration::days(1)));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let reports = d.tick().await;
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Issued),
+        "{reports:?}"
+    );
+    assert_ne!(serial(&s, "cluster2"), serial1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_repaired_and_audited_and_nothing_leaks() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    d.tick().await;
+    let key2 = s.read("out/cluster2/ca-key.pem");
+    std::fs::write(s.path("out/cluster1/ca-key.pem"), &key2).unwrap();
+    // The next scheduled look (after the interval plus jitter).
+    clock.advance(time::Duration::minutes(12));
+    let reports = d.tick().await;
+    let c1 = reports.iter().find(|r| r.cluster == "cluster1").unwrap();
+    assert_eq!(c1.outcome, Outcome::Issued);
+    assert!(c1.reason.as_deref().unwrap().contains("invalid"), "{c1:?}");
+    let at = clock
+        .now()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    s.cacertd(&["verify", "out/cluster1", "--at", &at]).ok();
+
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["cluster"] == "cluster1"
+        && l["outcome"] == "issued"
+        && l["reason"].as_str().unwrap().contains("invalid")));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["actor"].as_str().unwrap().starts_with("cacertd@"))
+    );
+
+    let addr = serve(&d).await;
+    let (status, body) = get(addr, "/status").await;
+    assert!(status.contains("200"), "{status} {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["clusters"][0]["cacerts"]["state"], "valid");
+    // No private key anywhere we serve or log: neither PEM nor its base64 body.
+    let key_body: String = String::from_utf8(key2)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let (_, metrics) = get(addr, "/metrics").await;
+    for text in [&body, &audit, &metrics] {
+        assert!(!text.contains("PRIVATE KEY"));
+        assert!(!text.contains(&key_body[..40]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cluster_backs_off_without_holding_up_the_others() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    // cluster2's target is a file where a folder should be: every write fails.
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::write(s.path("out/cluster2"), "not a directory").unwrap();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let mut attempts = 0;
+    for _ in 0..60 {
+        let reports = d.tick().await;
+        attempts += reports.iter().filter(|r| r.cluster == "cluster2").count();
+        clock.advance(time::Duration::seconds(5));
+    }
+    // 5 minutes of 5-second ticks: with backoff from 10 s doubling, a handful of attempts.
+    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    common::openssl_verify_cacerts(&s.path("out/cluster1")).ok();
+    let text = d.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "cacertd_reconcile_total",
+            &[("cluster", "cluster2"), ("result", "failure")]
+        ),
+        Some(attempts as f64)
+    );
+    assert_eq!(
+        metric(&text, "cacertd_cluster_ready", &[("cluster", "cluster2")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "cacertd_cluster_ready", &[("cluster", "cluster1")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lock_holder_acts_and_a_standby_takes_over() {
+    let s = Setup::with_config(ACCEPTANCE_CONFIG);
+    s.cacertd(&["root", "init"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let (a, b) = (daemon(&s, &clock), daemon(&s, &clock));
+    assert!(a.try_lead().await);
+    assert!(!b.try_lead().await, "one leader at a time");
+    assert!(b.tick().await.is_empty(), "a standby writes nothing");
+    assert_eq!(a.tick().await.len(), 2);
+    let addr = serve(&b).await;
+    assert_eq!(get(addr, "/readyz").await.1.trim(), "standby");
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(metric(&text, "cacertd_leader", &[]), Some(0.0));
+    a.step_down().await;
+    assert!(
+        b.try_lead().await,
+        "the standby takes over once the leader lets go"
+    );
+    b.tick().await;
+    assert!(get(addr, "/readyz").await.0.contains("200"));
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap()
+        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+        .current_dir(s.dir.path())
+        .args(["-c", "cacertd.toml", "serve"])
+        .spawn()
+        .unwrap();
+    // Wait for the first pass to write both clusters.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(s.path("out/cluster2/cacerts.yaml").exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(s.path("out/cluster1/ca-cert.pem").exists());
+    let mut health = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        health,
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    health.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n"),
+        "{out}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The lock is free again: a CLI run that needs it succeeds.
+    s.cacertd(&["issue", "--force"]).ok();
+}
