@@ -366,3 +366,54 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
     // The lock is free again: a CLI run that needs it succeeds.
     s.cacertd(&["issue", "--force"]).ok();
 }
+
+/// Every `cacertd_*` series the alerts and dashboard query is one the daemon exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_query_metrics_that_exist() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    // One failing cluster, so that failure and error series exist too.
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::write(s.path("out/cluster2"), "not a directory").unwrap();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    d.tick().await;
+    // And a daemon with no root yet, for the root-store error series.
+    let empty = Setup::new();
+    let d2 = daemon(&empty, &clock);
+    assert!(d2.try_lead().await);
+    d2.tick().await;
+    let exported = d.metrics().encode() + &d2.metrics().encode();
+    let exported_names: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    let mut queried = std::collections::BTreeSet::new();
+    for file in ["prometheusrule.yaml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("cacertd_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 6, "{queried:?}");
+    for name in &queried {
+        assert!(
+            exported_names.contains(name.as_str()),
+            "{name} is queried but not exported:\n{exported}"
+        );
+    }
+    // The dashboard is valid JSON.
+    let _: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+}

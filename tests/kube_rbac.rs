@@ -122,11 +122,11 @@ fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
     assert_eq!(config.topology.clusters().len(), 3);
     // Every ConfigMap key the CronJob mounts is one the generator makes.
     let kustomization = std::fs::read_to_string(mgmt.join("kustomization.yaml")).unwrap();
-    let cronjob = std::fs::read_to_string(mgmt.join("cronjob.yaml")).unwrap();
+    let deployment = std::fs::read_to_string(mgmt.join("deployment.yaml")).unwrap();
     for key in ["cacertd.toml", "default.toml", "istio-compatible.toml"] {
         assert!(
-            cronjob.contains(&format!("{{key: {key},")),
-            "cronjob mounts {key}"
+            deployment.contains(&format!("{{key: {key},")),
+            "the deployment mounts {key}"
         );
         assert!(
             kustomization
