@@ -83,6 +83,22 @@ pub struct DaemonSettings {
     pub backoff_max: Duration,
     /// The append-only audit log (JSON lines).
     pub audit_log: PathBuf,
+    /// Leader election with a Kubernetes Lease (several replicas); `None`: a lock file on
+    /// `state_dir` (one machine).
+    pub lease: Option<LeaseSettings>,
+}
+
+/// `[daemon] lease`: the Lease replicas contend for, in the management cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub namespace: String,
+    pub name: String,
+    /// How long a lease lasts without renewal; a standby takes over after it.
+    pub duration: Duration,
+    /// How long before expiry the leader renews (and stops acting if it cannot).
+    pub grace: Duration,
 }
 
 /// A loaded, validated configuration.
@@ -123,6 +139,18 @@ struct RawDaemon {
     jitter: Option<f64>,
     backoff_max: Option<String>,
     audit_log: Option<PathBuf>,
+    lease: Option<RawLease>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    duration: Option<String>,
+    grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -580,6 +608,7 @@ impl Config {
             jitter: 0.1,
             backoff_max: Duration::from_secs(1800),
             audit_log: state_dir.join("audit.log"),
+            lease: None,
         };
         if let Some(d) = raw.daemon {
             let span = d.span();
@@ -614,6 +643,30 @@ impl Config {
             }
             if let Some(a) = &d.audit_log {
                 daemon.audit_log = resolve(a);
+            }
+            if let Some(l) = &d.lease {
+                let duration = match &l.duration {
+                    Some(v) => dur("lease.duration", v)?,
+                    None => Duration::from_secs(15),
+                };
+                let grace = match &l.grace {
+                    Some(v) => dur("lease.grace", v)?,
+                    None => duration / 3,
+                };
+                if grace >= duration || duration < Duration::from_secs(2) {
+                    return Err(bad(
+                        "lease",
+                        "needs duration of at least 2s and grace shorter than duration".into(),
+                    ));
+                }
+                daemon.lease = Some(LeaseSettings {
+                    kubeconfig: l.kubeconfig.as_deref().map(resolve),
+                    context: l.context.clone(),
+                    namespace: l.namespace.clone().unwrap_or_else(|| "cacertd".into()),
+                    name: l.name.clone().unwrap_or_else(|| "cacertd-leader".into()),
+                    duration,
+                    grace,
+                });
             }
         }
 

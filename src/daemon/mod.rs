@@ -46,6 +46,15 @@ pub struct Daemon {
     root_ok: AtomicBool,
     leader: AtomicBool,
     lock: Mutex<Option<StateLock>>,
+    lease: Mutex<Option<LeaseHold>>,
+}
+
+/// A running Kubernetes Lease contest: the watcher task and its "am I leader" channel.
+struct LeaseHold {
+    leading: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -62,6 +71,7 @@ impl Daemon {
             root_ok: AtomicBool::new(false),
             leader: AtomicBool::new(false),
             lock: Mutex::new(None),
+            lease: Mutex::new(None),
         })
     }
 
@@ -73,8 +83,24 @@ impl Daemon {
         self.leader.load(Ordering::SeqCst)
     }
 
-    /// Takes the leader lock if it is free. Only the leader reconciles; a standby keeps trying.
+    /// Whether this replica leads: with a Kubernetes Lease when `[daemon] lease` is set, else
+    /// with a lock file on `state_dir`. Only the leader reconciles; a standby keeps trying.
     pub async fn try_lead(&self) -> bool {
+        if let Some(settings) = self.config.daemon.lease.clone() {
+            let mut hold = self.lease.lock().await;
+            if hold.is_none() {
+                match self.contest(&settings).await {
+                    Ok(h) => *hold = Some(h),
+                    Err(e) => tracing::warn!(error = %e, "cannot contend for the leader Lease"),
+                }
+            }
+            let leading = hold.as_ref().is_some_and(|h| *h.leading.borrow());
+            if leading != self.leader.swap(leading, Ordering::SeqCst) {
+                tracing::info!(leading, "leadership changed");
+            }
+            self.metrics.set_leader(leading);
+            return leading;
+        }
         let mut lock = self.lock.lock().await;
         if lock.is_none() {
             match StateLock::acquire(&self.config.state_dir) {
@@ -91,8 +117,49 @@ impl Daemon {
         leading
     }
 
+    async fn contest(&self, s: &crate::config::LeaseSettings) -> Result<LeaseHold, String> {
+        let target = crate::target::KubeTarget::connect(
+            "management",
+            s.kubeconfig.as_deref(),
+            s.context.as_deref(),
+            &self.config.kubernetes,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cacertd".into());
+        let mut nonce = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut nonce);
+        let identity = format!(
+            "{host}-{}-{:08x}",
+            std::process::id(),
+            u32::from_be_bytes(nonce)
+        );
+        let params = kube_lease_manager::LeaseParams::new(
+            identity.clone(),
+            s.duration.as_secs().max(2),
+            s.grace.as_secs().clamp(1, s.duration.as_secs().max(2) - 1),
+        );
+        let manager = kube_lease_manager::LeaseManager::new(
+            target.client().clone(),
+            s.name.clone(),
+            s.namespace.clone(),
+            params,
+            kube_lease_manager::LeaseCreateMode::AutoCreate,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(identity, lease = %s.name, namespace = %s.namespace, "contending for the leader Lease");
+        let (leading, task) = manager.watch().await;
+        Ok(LeaseHold { leading, task })
+    }
+
     /// Gives up leadership (on shutdown), so a standby can take over at once.
     pub async fn step_down(&self) {
+        if let Some(hold) = self.lease.lock().await.take() {
+            // Closing the channel makes the watcher release the Lease and stop.
+            drop(hold.leading);
+            let _ = tokio::time::timeout(Duration::from_secs(5), hold.task).await;
+        }
         self.lock.lock().await.take();
         self.leader.store(false, Ordering::SeqCst);
         self.metrics.set_leader(false);

@@ -350,6 +350,18 @@ async fn route(
         "create" | "update" | "patch" | "delete" => {
             let input = match verb {
                 "delete" => Value::Null,
+                "patch" if content_type.starts_with("application/apply-patch+yaml") => {
+                    // kube sends apply bodies as JSON, which is YAML.
+                    let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
+                        return error(400, "PATCH with apply requires a fieldManager");
+                    };
+                    let patch = match parsed() {
+                        Ok(v) => v,
+                        Err(r) => return r,
+                    };
+                    let force = q.get("force").is_some_and(|f| f == "true");
+                    return apply(cluster, rt, &ns, &name, patch, manager, force);
+                }
                 "patch" => {
                     if !(content_type.starts_with("application/merge-patch+json")
                         || content_type.starts_with("application/strategic-merge-patch+json"))
@@ -374,9 +386,34 @@ async fn route(
             if q.get("dryRun").is_some_and(|d| d == "All") {
                 return error(400, "dryRun is not supported by the test apiserver");
             }
-            write(cluster, verb, rt, &ns, &name, input)
+            let manager = q
+                .get("fieldManager")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            write(cluster, verb, rt, &ns, &name, input, &manager)
         }
         _ => error(405, "unsupported"),
+    }
+}
+
+fn apply(
+    cluster: &Arc<FakeCluster>,
+    rt: &'static ResourceType,
+    ns: &str,
+    name: &str,
+    patch: Value,
+    manager: &str,
+    force: bool,
+) -> Response<Body> {
+    let mut st = cluster.lock();
+    match st.store.apply(rt, ns, name, &patch, manager, force) {
+        Ok((obj, event)) => {
+            st.writes += 1;
+            drop(st);
+            let _ = cluster.events.send(event);
+            full(200, &obj)
+        }
+        Err(e) => store_error(&e),
     }
 }
 
@@ -392,6 +429,8 @@ fn write(
     ns: &str,
     name: &str,
     input: Value,
+
+    manager: &str,
 ) -> Response<Body> {
     if matches!(verb, "create" | "update")
         && rt.namespaced
@@ -419,6 +458,7 @@ fn write(
             name: n,
         });
     }
+    let input_copy = input.clone();
     let result = match verb {
         "create" => st.store.create(rt, ns, input),
         "update" => st.store.replace(rt, ns, name, input),
@@ -428,6 +468,12 @@ fn write(
     match result {
         Ok((obj, event)) => {
             st.writes += 1;
+            if verb != "delete" {
+                let name = crate::store::name_of(&obj).unwrap_or_default().to_string();
+                let written = if verb == "patch" { &input_copy } else { &obj };
+                st.store
+                    .record_owner(rt.plural, ns, &name, written, manager);
+            }
             let rollout = rt.is_workload() && verb != "delete";
             let delay = st.rollout_delay;
             drop(st);

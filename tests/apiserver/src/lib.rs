@@ -214,6 +214,18 @@ impl FakeCluster {
         }));
     }
 
+    /// Deletes an object directly (a fixture), if it exists.
+    pub fn delete(&self, plural: &str, ns: &str, name: &str) {
+        let mut st = self.lock();
+        let Some(rt) = store::TYPES.iter().find(|t| t.plural == plural) else {
+            return;
+        };
+        if let Ok((_, event)) = st.store.delete(rt, ns, name) {
+            drop(st);
+            let _ = self.events.send(event);
+        }
+    }
+
     /// Reads an object (`plural` e.g. "secrets"; `ns` "" for cluster-scoped ones).
     pub fn get(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
         self.lock().store.get(plural, ns, name).cloned()
