@@ -417,3 +417,26 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
     )
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_target_folder_is_reconciled_without_waiting_for_the_interval() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    assert_eq!(d.tick().await.len(), 2);
+    // Nothing changed, the interval has not passed: nothing to do.
+    d.notice_dir_changes().await;
+    assert!(d.tick().await.is_empty());
+    std::fs::write(
+        s.path("out/cluster1/ca-key.pem"),
+        s.read("out/cluster2/ca-key.pem"),
+    )
+    .unwrap();
+    d.notice_dir_changes().await;
+    let reports = d.tick().await;
+    assert_eq!(reports.len(), 1, "only the changed cluster: {reports:?}");
+    assert_eq!(reports[0].cluster, "cluster1");
+    assert_eq!(reports[0].outcome, Outcome::Issued);
+}

@@ -195,3 +195,68 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
         .expect("the Lease exists");
     assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
 }
+
+#[test]
+fn a_watched_cacerts_that_disappears_is_restored_at_once() {
+    let server = TestApiServer::start(&["cluster1", "cluster2"]);
+    let s = Setup::with_config(
+        r#"trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+
+[daemon]
+listen = "127.0.0.1:0"
+interval = "1h"
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+target = { kind = "kube", kubeconfig = "kube/cluster1.yaml" }
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
+"#,
+    );
+    std::fs::create_dir(s.path("kube")).unwrap();
+    for name in ["cluster1", "cluster2"] {
+        let c = server.cluster(name);
+        std::fs::write(
+            s.path(&format!("kube/{name}.yaml")),
+            c.kubeconfig(&c.admin_token()),
+        )
+        .unwrap();
+    }
+    s.cacertd(&["root", "init"]).ok();
+    let config = Config::load(&s.path("cacertd.toml")).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let d = Daemon::new(config, Arc::new(SystemClock));
+        rt.block_on(d.run(async {
+            let _ = stop_rx.await;
+        }))
+        .unwrap();
+    });
+    let c2 = server.cluster("cluster2");
+    let cacerts =
+        |c: &cacertd_test_apiserver::FakeCluster| c.get("secrets", "istio-system", "cacerts");
+    wait_until("first pass", Duration::from_secs(30), || {
+        cacerts(server.cluster("cluster1")).is_some() && cacerts(c2).is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    c2.delete("secrets", "istio-system", "cacerts");
+    // The interval is an hour: only the watch can bring it back this soon.
+    wait_until(
+        "cacerts restored by the watch",
+        Duration::from_secs(20),
+        || cacerts(c2).is_some(),
+    );
+    stop_tx.send(()).unwrap();
+    thread.join().unwrap();
+}

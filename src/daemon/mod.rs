@@ -42,6 +42,8 @@ pub struct Daemon {
     metrics: Metrics,
     audit: Audit,
     schedule: Mutex<HashMap<String, Schedule>>,
+    /// What each directory target looked like after its last pass (file sizes and times).
+    seen: Mutex<HashMap<String, Vec<(u64, Option<std::time::SystemTime>)>>>,
     /// The root store answered on the last pass.
     root_ok: AtomicBool,
     leader: AtomicBool,
@@ -68,6 +70,7 @@ impl Daemon {
             metrics: Metrics::new(),
             audit,
             schedule: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             root_ok: AtomicBool::new(false),
             leader: AtomicBool::new(false),
             lock: Mutex::new(None),
@@ -221,6 +224,7 @@ impl Daemon {
         )
         .await;
         drop(signer);
+        self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
         self.audit.issuance(&reports, now);
         let mut schedule = self.schedule.lock().await;
@@ -264,6 +268,101 @@ impl Daemon {
             }
         }
         reports
+    }
+
+    /// Makes a cluster due at once (something changed under it). A cluster backing off
+    /// after failures keeps its backoff.
+    pub async fn mark_due(&self, cluster: &str) {
+        let mut schedule = self.schedule.lock().await;
+        if let Some(s) = schedule.get_mut(cluster)
+            && s.failures == 0
+        {
+            s.next = OffsetDateTime::UNIX_EPOCH;
+        }
+    }
+
+    /// Directory targets whose files changed since their last pass become due at once (the
+    /// file-change trigger; cheap enough to run every heartbeat).
+    pub async fn notice_dir_changes(&self) {
+        let mut changed = Vec::new();
+        {
+            let seen = self.seen.lock().await;
+            for c in self.config.topology.primaries() {
+                if let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
+                    && seen
+                        .get(&c.name)
+                        .is_some_and(|before| *before != dir_signature(path))
+                {
+                    changed.push(c.name.clone());
+                }
+            }
+        }
+        for name in changed {
+            tracing::info!(cluster = %name, "target folder changed; reconciling now");
+            self.mark_due(&name).await;
+        }
+    }
+
+    async fn remember_dirs(&self, reports: &[ClusterReport]) {
+        let mut seen = self.seen.lock().await;
+        for r in reports {
+            if let Some(c) = self.config.topology.get(&r.cluster)
+                && let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
+            {
+                seen.insert(r.cluster.clone(), dir_signature(path));
+            }
+        }
+    }
+
+    /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
+    /// changes or deletes it (the level-triggered pass then decides what to do).
+    pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for c in self.config.topology.primaries() {
+            let Some(crate::topology::TargetConfig::Kube { .. }) = &c.target else {
+                continue;
+            };
+            let (daemon, name) = (self.clone(), c.name.clone());
+            tasks.push(tokio::spawn(
+                async move { daemon.watch_cacerts(name).await },
+            ));
+        }
+        tasks
+    }
+
+    async fn watch_cacerts(self: Arc<Self>, cluster: String) {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Secret;
+        let Some(c) = self.config.topology.get(&cluster) else {
+            return;
+        };
+        loop {
+            let target = match crate::target::Target::open(c, &self.config).await {
+                Ok(crate::target::Target::Kube(k)) => k,
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    continue;
+                }
+            };
+            let api: kube::Api<Secret> =
+                kube::Api::namespaced(target.client().clone(), "istio-system");
+            let params = kube::api::WatchParams::default().fields("metadata.name=cacerts");
+            match api.watch(&params, "0").await {
+                Ok(stream) => {
+                    let mut stream = std::pin::pin!(stream);
+                    while let Some(event) = stream.next().await {
+                        if event.is_err() {
+                            break;
+                        }
+                        self.mark_due(&cluster).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(cluster = %cluster, error = %e, "watch of cacerts failed; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
 
     fn back_off(
@@ -311,17 +410,22 @@ impl Daemon {
         });
         let http = tokio::spawn(async move { server.await });
         tokio::pin!(shutdown);
+        let watchers = self.spawn_watchers();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = heartbeat.tick() => {
                     if self.try_lead().await {
+                        self.notice_dir_changes().await;
                         // A pass is finished, not abandoned midway, before shutdown is noticed.
                         self.tick().await;
                     }
                 }
             }
+        }
+        for w in watchers {
+            w.abort();
         }
         tracing::info!("shutting down: releasing the leader lock");
         self.step_down().await;
@@ -330,6 +434,25 @@ impl Daemon {
         drop(stop_rx);
         Ok(())
     }
+}
+
+/// Sizes and modification times of the files of a cacerts folder.
+fn dir_signature(path: &std::path::Path) -> Vec<(u64, Option<std::time::SystemTime>)> {
+    [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+    ]
+    .iter()
+    .map(|f| match std::fs::metadata(path.join(f)) {
+        Ok(m) => (m.len(), m.modified().ok()),
+        Err(_) => (u64::MAX, None),
+    })
+    .collect()
 }
 
 fn store_kind(config: &Config) -> String {
