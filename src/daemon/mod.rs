@@ -43,7 +43,7 @@ pub struct Daemon {
     audit: Audit,
     schedule: Mutex<HashMap<String, Schedule>>,
     /// What each directory target looked like after its last pass (file sizes and times).
-    seen: Mutex<HashMap<String, Vec<(u64, Option<std::time::SystemTime>)>>>,
+    seen: Mutex<HashMap<String, DirSignature>>,
     /// The root store answered on the last pass.
     root_ok: AtomicBool,
     leader: AtomicBool,
@@ -436,8 +436,11 @@ impl Daemon {
     }
 }
 
+/// Size and modification time of each cacerts file of a target folder, in a fixed order.
+type DirSignature = Vec<(u64, Option<std::time::SystemTime>)>;
+
 /// Sizes and modification times of the files of a cacerts folder.
-fn dir_signature(path: &std::path::Path) -> Vec<(u64, Option<std::time::SystemTime>)> {
+fn dir_signature(path: &std::path::Path) -> DirSignature {
     [
         "ca-cert.pem",
         "ca-key.pem",
