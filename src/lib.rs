@@ -15,3 +15,4 @@ pub mod rollout;
 pub mod store;
 pub mod target;
 pub mod topology;
+pub mod transition;

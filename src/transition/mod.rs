@@ -1,0 +1,843 @@
+//! The phased trust transition (DESIGN.md, "The phased trust transition"): the pure phase
+//! machine shared by `migrate` (self-signed or unrelated roots → the common root) and
+//! `rotate-root` (common root A → B), and the `cacerts` material each phase serves.
+//!
+//! Nothing here performs I/O. [`next_step`] reads a [`Record`] and says what to do next;
+//! the driver does it and reports back with [`Record::record`]. Every step is idempotent, so a
+//! driver that crashed between doing a step and persisting the record simply does it again.
+//!
+//! The two rules the order enforces:
+//! - no cluster signs with the new CA before every cluster's gate showed it trusts the new root
+//!   (`SwitchSigner` starts only after `AddNewRoot`'s gate held in every cluster);
+//! - no cluster drops the old root before the drain period has passed since the last cluster
+//!   stopped signing with the old CA (`RemoveOldRoot` waits for it).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::pki::{CaCertsFiles, Cert, PkiError, TrustBundle};
+
+/// What a transition does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransitionKind {
+    /// Clusters on istiod's self-signed CA, or on an unrelated plugged-in root, move onto the
+    /// common root.
+    Migrate,
+    /// The common root is replaced by a new one.
+    RotateRoot,
+}
+
+/// The phases, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Every cluster keeps its signer and trusts old + new roots.
+    AddNewRoot,
+    /// Every cluster signs with its new intermediate and still trusts old + new.
+    SwitchSigner,
+    /// After the drain period, every cluster trusts the new root only.
+    RemoveOldRoot,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [
+        Phase::AddNewRoot,
+        Phase::SwitchSigner,
+        Phase::RemoveOldRoot,
+        Phase::Done,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::AddNewRoot => "AddNewRoot",
+            Phase::SwitchSigner => "SwitchSigner",
+            Phase::RemoveOldRoot => "RemoveOldRoot",
+            Phase::Done => "Done",
+        }
+    }
+
+    fn next(self) -> Phase {
+        match self {
+            Phase::AddNewRoot => Phase::SwitchSigner,
+            Phase::SwitchSigner => Phase::RemoveOldRoot,
+            Phase::RemoveOldRoot | Phase::Done => Phase::Done,
+        }
+    }
+
+    /// The phase whose material a rollback from `self` restores; `None` means the material the
+    /// cluster had before the transition.
+    fn previous(self) -> Option<Phase> {
+        match self {
+            Phase::AddNewRoot => None,
+            Phase::SwitchSigner => Some(Phase::AddNewRoot),
+            Phase::RemoveOldRoot | Phase::Done => Some(Phase::SwitchSigner),
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which material a cluster should serve: a phase's, or what it had before the transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaterialOf {
+    Original,
+    Phase(Phase),
+}
+
+/// The restarts after a write, in the order they must happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartStage {
+    Istiod,
+    Gateways,
+    Workloads,
+}
+
+impl RestartStage {
+    pub const ORDER: [RestartStage; 3] = [
+        RestartStage::Istiod,
+        RestartStage::Gateways,
+        RestartStage::Workloads,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartStage::Istiod => "istiod",
+            RestartStage::Gateways => "gateways",
+            RestartStage::Workloads => "workloads",
+        }
+    }
+}
+
+/// How far one primary cluster got in the current phase (or rollback).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterProgress {
+    /// The phase material is in its cacerts.
+    pub written: bool,
+    /// Restart stages finished, in order.
+    pub restarted: Vec<RestartStage>,
+}
+
+impl ClusterProgress {
+    fn next_restart(&self, skip_workloads: bool) -> Option<RestartStage> {
+        RestartStage::ORDER
+            .into_iter()
+            .filter(|s| !(skip_workloads && *s == RestartStage::Workloads))
+            .find(|s| !self.restarted.contains(s))
+    }
+}
+
+/// Where the transition stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum State {
+    /// Moving forward through `phase`.
+    Active,
+    /// A gate timed out; `report` names who is behind. `resume` or `rollback` continues.
+    Failed { report: String },
+    /// Returning every cluster to `to`'s material; on completion the transition rests at the
+    /// phase before the one rolled back from (or is abandoned when `to` is the original).
+    RollingBack { to: MaterialOf },
+    /// Rolled back to the original material: nothing more to do.
+    RolledBack,
+}
+
+/// Options fixed when the transition starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// How long the old root stays trusted after the last cluster switched signer.
+    pub drain_seconds: u64,
+    /// How long a gate may wait before the transition fails.
+    pub gate_timeout_seconds: u64,
+    /// Rely on istiod's multi-root hot reload instead of restarting workloads.
+    pub skip_workload_restarts: bool,
+    /// Wait for an operator's approval before starting each phase after the first.
+    pub approve_each_phase: bool,
+}
+
+/// The persisted transition record: everything needed to resume after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: TransitionKind,
+    pub phase: Phase,
+    pub state: State,
+    pub options: Options,
+    /// Progress of each primary cluster in the current phase or rollback.
+    pub clusters: BTreeMap<String, ClusterProgress>,
+    /// When the current gate started waiting (unix seconds), once every step before it is done.
+    pub gate_since: Option<i64>,
+    /// When every cluster had switched signer (unix seconds): the drain period starts here.
+    pub switched_at: Option<i64>,
+    /// Set by `approve` when `approve_each_phase` is on; cleared on entering a phase.
+    pub approved: bool,
+}
+
+/// The next thing a driver should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write `material` into `cluster`'s cacerts (keeping a backup of what was there).
+    Write {
+        cluster: String,
+        material: MaterialOf,
+    },
+    /// Restart `stage` in `cluster` (istiod / gateways in the primary; workloads in the primary
+    /// and every remote it serves) and wait for the rollout.
+    Restart {
+        cluster: String,
+        stage: RestartStage,
+    },
+    /// Check the gate of `material` in every cluster.
+    CheckGate {
+        material: MaterialOf,
+    },
+    /// The old root must stay trusted until `until`.
+    Drain {
+        until: OffsetDateTime,
+    },
+    /// An operator must approve entering `phase`.
+    AwaitApproval {
+        phase: Phase,
+    },
+    /// Nothing to do until an operator resumes or rolls back.
+    Stopped {
+        report: String,
+    },
+    Finished,
+}
+
+/// What a driver reports after a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    Restarted,
+    /// The gate held in every cluster.
+    GateHeld,
+    /// The gate does not hold yet; each entry names a cluster (and namespace) that is behind.
+    GateBehind(Vec<String>),
+}
+
+impl Record {
+    pub fn new(
+        kind: TransitionKind,
+        clusters: impl IntoIterator<Item = String>,
+        options: Options,
+    ) -> Self {
+        Record {
+            kind,
+            phase: Phase::AddNewRoot,
+            state: State::Active,
+            options,
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c, ClusterProgress::default()))
+                .collect(),
+            gate_since: None,
+            switched_at: None,
+            approved: false,
+        }
+    }
+
+    /// The material the clusters are being moved to right now.
+    pub fn target_material(&self) -> MaterialOf {
+        match &self.state {
+            State::RollingBack { to } => *to,
+            State::RolledBack => MaterialOf::Original,
+            _ => MaterialOf::Phase(self.phase),
+        }
+    }
+
+    /// Records the outcome of `step`, done at `now`.
+    pub fn record(&mut self, step: &Step, outcome: Outcome, now: OffsetDateTime) {
+        match (step, outcome) {
+            (Step::Write { cluster, .. }, Outcome::Written) => {
+                if let Some(p) = self.clusters.get_mut(cluster) {
+                    p.written = true;
+                }
+            }
+            (Step::Restart { cluster, stage }, Outcome::Restarted) => {
+                if let Some(p) = self.clusters.get_mut(cluster)
+                    && !p.restarted.contains(stage)
+                {
+                    p.restarted.push(*stage);
+                }
+            }
+            (Step::CheckGate { .. }, Outcome::GateHeld) => self.gate_passed(now),
+            (Step::CheckGate { .. }, Outcome::GateBehind(behind)) => {
+                let since = *self.gate_since.get_or_insert(now.unix_timestamp());
+                let waited = now.unix_timestamp() - since;
+                if waited >= self.options.gate_timeout_seconds as i64 {
+                    let what = match self.target_material() {
+                        MaterialOf::Phase(p) => format!("phase {p}"),
+                        MaterialOf::Original => "rollback to the original material".to_string(),
+                    };
+                    self.state = State::Failed {
+                        report: format!(
+                            "the gate of {what} did not hold within {}s; behind: {}",
+                            self.options.gate_timeout_seconds,
+                            behind.join("; ")
+                        ),
+                    };
+                }
+            }
+            // An outcome that does not belong to the step changes nothing.
+            _ => {}
+        }
+    }
+
+    fn gate_passed(&mut self, now: OffsetDateTime) {
+        self.reset_progress();
+        match self.state.clone() {
+            State::Active => {
+                if self.phase == Phase::SwitchSigner {
+                    self.switched_at = Some(now.unix_timestamp());
+                }
+                self.phase = self.phase.next();
+                self.approved = false;
+            }
+            State::RollingBack { to } => match to {
+                MaterialOf::Original => {
+                    self.phase = Phase::AddNewRoot;
+                    self.state = State::RolledBack;
+                }
+                MaterialOf::Phase(p) => {
+                    // The clusters serve `p`'s material again: the transition rests in phase
+                    // `p`, stopped, until `resume` (which redoes `p`, idempotently, and moves
+                    // on) or a further rollback.
+                    self.phase = p;
+                    self.state = State::Failed {
+                        report: format!("rolled back to the material of phase {p}"),
+                    };
+                }
+            },
+            State::Failed { .. } | State::RolledBack => {}
+        }
+    }
+
+    fn reset_progress(&mut self) {
+        for p in self.clusters.values_mut() {
+            *p = ClusterProgress::default();
+        }
+        self.gate_since = None;
+    }
+
+    /// Continues a failed transition: the current phase is retried from where it stopped.
+    pub fn resume(&mut self) -> Result<(), String> {
+        match self.state {
+            State::Failed { .. } => {
+                self.state = State::Active;
+                self.gate_since = None;
+                Ok(())
+            }
+            State::Active => Ok(()),
+            State::RollingBack { .. } => Err("a rollback is in progress".into()),
+            State::RolledBack => Err("the transition was rolled back; start a new one".into()),
+        }
+    }
+
+    /// Starts returning every cluster to the previous phase's material.
+    pub fn rollback(&mut self) -> Result<(), String> {
+        if self.phase == Phase::Done && self.state == State::Active {
+            return Err(
+                "the transition is done; the old root is no longer trusted anywhere, \
+                 so rolling back would break mTLS — start a new transition instead"
+                    .into(),
+            );
+        }
+        let to = match self.state {
+            State::RollingBack { .. } | State::RolledBack => {
+                return Err("a rollback is already in progress or finished".into());
+            }
+            // The phase in progress (or failed) may be partly written: its predecessor's
+            // material is what every cluster served completely.
+            _ => match self.phase.previous() {
+                Some(p) => MaterialOf::Phase(p),
+                None => MaterialOf::Original,
+            },
+        };
+        self.reset_progress();
+        self.state = State::RollingBack { to };
+        Ok(())
+    }
+
+    /// Approves entering the current phase (with `approve_each_phase`).
+    pub fn approve(&mut self) {
+        self.approved = true;
+    }
+}
+
+/// What to do next. Writes go cluster by cluster; each cluster's restarts follow its write, in
+/// order; the gate is checked once every cluster finished; drain and approval come first.
+pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
+    match &record.state {
+        State::Failed { report } => {
+            return Step::Stopped {
+                report: report.clone(),
+            };
+        }
+        State::RolledBack => return Step::Finished,
+        State::Active if record.phase == Phase::Done => return Step::Finished,
+        State::Active => {
+            let untouched = record.clusters.values().all(|p| !p.written);
+            if untouched
+                && record.options.approve_each_phase
+                && record.phase != Phase::AddNewRoot
+                && !record.approved
+            {
+                return Step::AwaitApproval {
+                    phase: record.phase,
+                };
+            }
+            if record.phase == Phase::RemoveOldRoot
+                && untouched
+                && let Some(switched) = record.switched_at
+            {
+                let until = OffsetDateTime::from_unix_timestamp(
+                    switched.saturating_add(record.options.drain_seconds as i64),
+                )
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                if now < until {
+                    return Step::Drain { until };
+                }
+            }
+        }
+        State::RollingBack { .. } => {}
+    }
+    let material = record.target_material();
+    for (cluster, progress) in &record.clusters {
+        if !progress.written {
+            return Step::Write {
+                cluster: cluster.clone(),
+                material,
+            };
+        }
+        if let Some(stage) = progress.next_restart(record.options.skip_workload_restarts) {
+            return Step::Restart {
+                cluster: cluster.clone(),
+                stage,
+            };
+        }
+    }
+    Step::CheckGate { material }
+}
+
+/// The material one primary cluster moves between.
+pub struct ClusterMaterial {
+    /// What the cluster served before the transition: its `cacerts`, or for a self-signed
+    /// cluster the `cacerts` form of `istio-ca-secret` (see [`from_self_signed`]).
+    pub original: CaCertsFiles,
+    /// Its new intermediate under the new root, with `root_cert` = the new root.
+    pub new: CaCertsFiles,
+}
+
+/// The `cacerts` form of istiod's self-signed CA: `istio-ca-secret`'s key and certificate
+/// verbatim; its empty `cert-chain.pem` becomes the self-signed certificate itself, since
+/// istiod requires all four files non-empty.
+pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
+    let mut files = istio_ca_secret.clone();
+    if files.cert_chain.iter().all(u8::is_ascii_whitespace) {
+        files.cert_chain = files.ca_cert.clone();
+    }
+    if files.root_cert.iter().all(u8::is_ascii_whitespace) {
+        files.root_cert = files.ca_cert.clone();
+    }
+    files
+}
+
+/// The `cacerts` a cluster serves for `of`. The old bundle's bytes are kept verbatim and the new
+/// root appended after them (istiod before 1.31 reloads a bundle only if the old one is a
+/// byte-substring of the new).
+pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
+    let new_root = Cert::one_from_pem(&m.new.root_cert, "new root-cert.pem")?;
+    let both = TrustBundle::from_pem(&m.original.root_cert, "current root-cert.pem")?
+        .with_root_appended(&new_root);
+    Ok(match of {
+        MaterialOf::Original => m.original.clone(),
+        MaterialOf::Phase(Phase::AddNewRoot) => CaCertsFiles {
+            root_cert: both.pem_bytes().to_vec(),
+            ..m.original.clone()
+        },
+        MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
+            root_cert: both.pem_bytes().to_vec(),
+            ..m.new.clone()
+        },
+        MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),
+    })
+}
+
+/// Every step of a transition over `clusters`, in order, as printed by `plan`.
+pub fn plan_steps(kind: TransitionKind, clusters: &[String], options: &Options) -> Vec<String> {
+    let mut record = Record::new(kind, clusters.iter().cloned(), options.clone());
+    record.approved = true;
+    let mut lines = Vec::new();
+    // Simulate at a time past any drain, with every step succeeding.
+    let mut now = OffsetDateTime::UNIX_EPOCH;
+    loop {
+        let step = next_step(&record, now);
+        let phase = record.phase;
+        let outcome = match &step {
+            Step::Write { cluster, .. } => {
+                lines.push(format!(
+                    "{phase}: {cluster}: write cacerts ({})",
+                    describe(phase)
+                ));
+                Outcome::Written
+            }
+            Step::Restart { cluster, stage } => {
+                lines.push(format!(
+                    "{phase}: {cluster}: restart {} and wait",
+                    stage.name()
+                ));
+                Outcome::Restarted
+            }
+            Step::CheckGate { .. } => {
+                lines.push(format!("{phase}: gate: {}", gate(phase)));
+                Outcome::GateHeld
+            }
+            Step::Drain { until } => {
+                lines.push(format!(
+                    "{phase}: wait the drain period ({}s) so no live workload certificate chains \
+                     to the old root",
+                    options.drain_seconds
+                ));
+                now = *until;
+                continue;
+            }
+            Step::AwaitApproval { .. } => {
+                record.approve();
+                continue;
+            }
+            Step::Stopped { .. } | Step::Finished => break,
+        };
+        record.record(&step, outcome, now);
+        if options.approve_each_phase && record.phase != phase && record.phase != Phase::Done {
+            lines.push(format!("{}: wait for approval", record.phase));
+        }
+    }
+    lines
+}
+
+fn describe(phase: Phase) -> &'static str {
+    match phase {
+        Phase::AddNewRoot => "current signer; root-cert.pem = current roots + new root",
+        Phase::SwitchSigner => "new intermediate; root-cert.pem = current roots + new root",
+        Phase::RemoveOldRoot | Phase::Done => "new intermediate; root-cert.pem = new root only",
+    }
+}
+
+fn gate(phase: Phase) -> &'static str {
+    match phase {
+        Phase::AddNewRoot => {
+            "every istio-ca-root-cert ConfigMap holds both roots; every restart finished"
+        }
+        Phase::SwitchSigner => {
+            "as above, and every istiod serves its new intermediate as ca-cert.pem"
+        }
+        Phase::RemoveOldRoot | Phase::Done => {
+            "every istio-ca-root-cert ConfigMap holds the new root only; every restart finished"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            drain_seconds: 86_400,
+            gate_timeout_seconds: 600,
+            skip_workload_restarts: false,
+            approve_each_phase: false,
+        }
+    }
+
+    fn t(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    /// Drives the record with every step succeeding; returns the steps in order.
+    fn run(record: &mut Record, mut now: OffsetDateTime) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..1000 {
+            let step = next_step(record, now);
+            steps.push(step.clone());
+            let outcome = match &step {
+                Step::Write { .. } => Outcome::Written,
+                Step::Restart { .. } => Outcome::Restarted,
+                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::Drain { until } => {
+                    now = *until;
+                    continue;
+                }
+                Step::AwaitApproval { .. } => {
+                    record.approve();
+                    continue;
+                }
+                Step::Stopped { .. } | Step::Finished => return steps,
+            };
+            record.record(&step, outcome, now);
+        }
+        panic!("the transition did not finish");
+    }
+
+    #[test]
+    fn no_cluster_switches_signer_before_every_cluster_trusts_the_new_root() {
+        let mut r = Record::new(
+            TransitionKind::Migrate,
+            ["east".to_string(), "west".to_string()],
+            opts(),
+        );
+        let steps = run(&mut r, t(0));
+        assert_eq!(r.phase, Phase::Done);
+        let first_switch = steps
+            .iter()
+            .position(|s| {
+                matches!(
+                    s,
+                    Step::Write {
+                        material: MaterialOf::Phase(Phase::SwitchSigner),
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        let add_writes: Vec<usize> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                matches!(
+                    s,
+                    Step::Write {
+                        material: MaterialOf::Phase(Phase::AddNewRoot),
+                        ..
+                    }
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(add_writes.len(), 2);
+        let gate = steps
+            .iter()
+            .position(|s| matches!(s, Step::CheckGate { .. }))
+            .unwrap();
+        assert!(add_writes.iter().all(|i| *i < gate) && gate < first_switch);
+        // Each cluster restarts istiod, then gateways, then workloads, after its write.
+        let east: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Write { cluster, .. } | Step::Restart { cluster, .. } if cluster == "east"))
+            .take(4)
+            .collect();
+        assert!(matches!(east[0], Step::Write { .. }));
+        assert!(matches!(
+            east[1],
+            Step::Restart {
+                stage: RestartStage::Istiod,
+                ..
+            }
+        ));
+        assert!(matches!(
+            east[2],
+            Step::Restart {
+                stage: RestartStage::Gateways,
+                ..
+            }
+        ));
+        assert!(matches!(
+            east[3],
+            Step::Restart {
+                stage: RestartStage::Workloads,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_old_root_stays_until_the_drain_period_has_passed() {
+        let mut r = Record::new(TransitionKind::RotateRoot, ["a".to_string()], opts());
+        let mut now = t(0);
+        while r.phase != Phase::RemoveOldRoot {
+            let step = next_step(&r, now);
+            let outcome = match step {
+                Step::Write { .. } => Outcome::Written,
+                Step::Restart { .. } => Outcome::Restarted,
+                Step::CheckGate { .. } => Outcome::GateHeld,
+                other => panic!("unexpected {other:?}"),
+            };
+            r.record(&step, outcome, now);
+            now += time::Duration::seconds(1);
+        }
+        let switched = r.switched_at.unwrap();
+        let until = OffsetDateTime::from_unix_timestamp(switched + 86_400).unwrap();
+        assert_eq!(next_step(&r, now), Step::Drain { until });
+        assert_eq!(
+            next_step(&r, until - time::Duration::seconds(1)),
+            Step::Drain { until }
+        );
+        assert!(matches!(next_step(&r, until), Step::Write { .. }));
+    }
+
+    #[test]
+    fn a_gate_that_does_not_hold_in_time_fails_with_who_is_behind_and_resume_continues() {
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
+        let write = Step::Write {
+            cluster: "a".into(),
+            material: MaterialOf::Phase(Phase::AddNewRoot),
+        };
+        r.record(&write, Outcome::Written, t(0));
+        for stage in RestartStage::ORDER {
+            r.record(
+                &Step::Restart {
+                    cluster: "a".into(),
+                    stage,
+                },
+                Outcome::Restarted,
+                t(0),
+            );
+        }
+        let gate = next_step(&r, t(0));
+        assert!(matches!(gate, Step::CheckGate { .. }));
+        let behind = vec!["a/bookinfo: istio-ca-root-cert lacks the new root".to_string()];
+        r.record(&gate, Outcome::GateBehind(behind.clone()), t(0));
+        assert_eq!(r.state, State::Active, "still within the gate timeout");
+        r.record(&gate, Outcome::GateBehind(behind), t(600));
+        let Step::Stopped { report } = next_step(&r, t(600)) else {
+            panic!("expected a stop")
+        };
+        assert!(
+            report.contains("a/bookinfo") && report.contains("AddNewRoot"),
+            "{report}"
+        );
+        r.resume().unwrap();
+        assert_eq!(
+            next_step(&r, t(700)),
+            gate,
+            "resume re-checks the gate, nothing redone"
+        );
+        r.record(&gate, Outcome::GateHeld, t(700));
+        assert_eq!(r.phase, Phase::SwitchSigner);
+    }
+
+    #[test]
+    fn rollback_returns_every_cluster_to_the_previous_phases_material() {
+        let mut r = Record::new(
+            TransitionKind::Migrate,
+            ["a".to_string(), "b".to_string()],
+            opts(),
+        );
+        // Finish AddNewRoot, write SwitchSigner to "a" only.
+        while r.phase == Phase::AddNewRoot {
+            let s = next_step(&r, t(0));
+            let o = match s {
+                Step::Write { .. } => Outcome::Written,
+                Step::Restart { .. } => Outcome::Restarted,
+                _ => Outcome::GateHeld,
+            };
+            r.record(&s, o, t(0));
+        }
+        let s = next_step(&r, t(0));
+        r.record(&s, Outcome::Written, t(0));
+        r.rollback().unwrap();
+        let steps = run(&mut r, t(1));
+        let writes: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Write { cluster, material } => Some((cluster.as_str(), *material)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                ("a", MaterialOf::Phase(Phase::AddNewRoot)),
+                ("b", MaterialOf::Phase(Phase::AddNewRoot))
+            ]
+        );
+        assert_eq!(r.phase, Phase::AddNewRoot);
+        assert!(matches!(r.state, State::Failed { .. }));
+        // A second rollback returns to the original material and ends the transition.
+        r.rollback().unwrap();
+        let steps = run(&mut r, t(2));
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::Write {
+                material: MaterialOf::Original,
+                ..
+            }
+        )));
+        assert_eq!(r.state, State::RolledBack);
+        assert_eq!(next_step(&r, t(3)), Step::Finished);
+    }
+
+    #[test]
+    fn a_finished_transition_cannot_be_rolled_back() {
+        let mut r = Record::new(TransitionKind::RotateRoot, ["a".to_string()], opts());
+        run(&mut r, t(0));
+        assert!(r.rollback().unwrap_err().contains("done"));
+    }
+
+    #[test]
+    fn skipping_workload_restarts_and_approval_between_phases() {
+        let mut o = opts();
+        o.skip_workload_restarts = true;
+        o.approve_each_phase = true;
+        o.drain_seconds = 0;
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], o);
+        let steps = run(&mut r, t(0));
+        assert!(!steps.iter().any(|s| matches!(
+            s,
+            Step::Restart {
+                stage: RestartStage::Workloads,
+                ..
+            }
+        )));
+        let approvals: Vec<Phase> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::AwaitApproval { phase } => Some(*phase),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(approvals, [Phase::SwitchSigner, Phase::RemoveOldRoot]);
+    }
+
+    #[test]
+    fn the_record_survives_a_json_round_trip() {
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
+        let s = next_step(&r, t(0));
+        r.record(&s, Outcome::Written, t(0));
+        r.rollback().unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn the_plan_lists_every_step_in_order_and_is_stable() {
+        let clusters = ["east".to_string(), "west".to_string()];
+        let lines = plan_steps(TransitionKind::Migrate, &clusters, &opts());
+        assert_eq!(
+            lines,
+            plan_steps(TransitionKind::Migrate, &clusters, &opts())
+        );
+        // 3 phases × 2 clusters × (1 write + 3 restarts) + 3 gates + 1 drain.
+        assert_eq!(lines.len(), 3 * 2 * 4 + 3 + 1, "{lines:#?}");
+        assert!(lines[0].starts_with("AddNewRoot: east: write cacerts"));
+        assert!(
+            lines.iter().position(|l| l.contains("drain")).unwrap()
+                > lines
+                    .iter()
+                    .position(|l| l.starts_with("SwitchSigner: gate"))
+                    .unwrap()
+        );
+    }
+}
