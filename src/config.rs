@@ -101,6 +101,25 @@ pub struct LeaseSettings {
     pub grace: Duration,
 }
 
+/// `[transition]`: how trust transitions (`migrate`, `rotate-root`) run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransitionSettings {
+    /// How long the old root stays trusted after every cluster switched signer: at least the
+    /// longest workload certificate lifetime (Istio's default: 24 h).
+    pub drain: Duration,
+    /// How long a phase's gate may wait for every cluster before the transition fails.
+    pub gate_timeout: Duration,
+}
+
+impl Default for TransitionSettings {
+    fn default() -> Self {
+        TransitionSettings {
+            drain: Duration::from_secs(24 * 3600),
+            gate_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -114,6 +133,7 @@ pub struct Config {
     pub kubernetes: KubeSettings,
     pub vault: Option<VaultSettings>,
     pub daemon: DaemonSettings,
+    pub transition: TransitionSettings,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +147,7 @@ struct RawConfig {
     kubernetes: Option<RawKube>,
     vault: Option<Spanned<RawVault>>,
     daemon: Option<Spanned<RawDaemon>>,
+    transition: Option<Spanned<RawTransition>>,
     #[serde(default)]
     clusters: Vec<RawCluster>,
 }
@@ -140,6 +161,13 @@ struct RawDaemon {
     backoff_max: Option<String>,
     audit_log: Option<PathBuf>,
     lease: Option<RawLease>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransition {
+    drain: Option<String>,
+    gate_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -670,6 +698,30 @@ impl Config {
             }
         }
 
+        let mut transition = TransitionSettings::default();
+        if let Some(t) = raw.transition {
+            let span = t.span();
+            let t = t.into_inner();
+            let parse = |field: &str, v: &str, zero_ok: bool| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| zero_ok || !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            span.clone(),
+                            format!("transition.{field}"),
+                            format!("{v:?} is not a duration (e.g. \"24h\")"),
+                        )
+                    })
+            };
+            if let Some(d) = &t.drain {
+                transition.drain = parse("drain", d, true)?;
+            }
+            if let Some(g) = &t.gate_timeout {
+                transition.gate_timeout = parse("gate_timeout", g, false)?;
+            }
+        }
+
         Ok(Config {
             file: file.to_path_buf(),
             trust_domain,
@@ -681,6 +733,7 @@ impl Config {
             kubernetes,
             vault,
             daemon,
+            transition,
         })
     }
 

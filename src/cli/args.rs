@@ -103,8 +103,54 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Serve,
 
+    /// Move clusters from istiod's self-signed CA (or an unrelated root) onto the common root.
+    ///
+    /// A trust transition in three phases, each gated on every cluster of the topology:
+    ///   AddNewRoot     every primary keeps its signer (copied verbatim from istio-ca-secret
+    ///                  when istiod is self-signed) and trusts its current roots + the common
+    ///                  root, appended after the current bundle's bytes;
+    ///   SwitchSigner   every primary signs with its intermediate under the common root,
+    ///                  still trusting both;
+    ///   RemoveOldRoot  after the drain period, only the common root is trusted.
+    /// After each cluster's write, istiod restarts, then the gateways, then the workloads of
+    /// every injected namespace of the primary and its remotes. No cluster signs with the new
+    /// CA before every cluster trusts it, so no mTLS connection breaks.
+    #[command(subcommand, verbatim_doc_comment)]
+    Migrate(TransitionCommand),
+
+    /// Replace the common root with a new one, in the same three phases as `migrate`.
+    #[command(subcommand)]
+    RotateRoot(TransitionCommand),
+
     /// Check the configuration and policies, and print the topology.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransitionCommand {
+    /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
+    /// configuration.
+    Plan(TransitionPlanArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct TransitionPlanArgs {
+    /// How long the old root stays trusted after every primary switched signer (default:
+    /// [transition] drain, 24h). At least the longest workload certificate lifetime.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain: Option<std::time::Duration>,
+
+    /// Do not restart workloads; rely on istiod's multi-root hot reload
+    /// (ISTIO_MULTIROOT_MESH=true) to hand proxies the new bundle.
+    #[arg(long)]
+    pub skip_workload_restarts: bool,
+
+    /// Wait for an operator's approval before each phase after the first.
+    #[arg(long)]
+    pub approve_each_phase: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, ClapArgs)]

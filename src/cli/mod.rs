@@ -11,7 +11,7 @@ use clap::Parser;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-pub use args::{Args, Command, Format, RootCommand};
+pub use args::{Args, Command, Format, RootCommand, TransitionCommand, TransitionPlanArgs};
 pub use output::StatusReport;
 
 use crate::clock::{Clock, SystemClock};
@@ -27,6 +27,7 @@ use crate::policy::PolicyViolation;
 use crate::store::{RootSource, StoreError};
 use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
+use crate::transition::{self, TransitionKind};
 
 /// Everything a command can fail with; each maps to a documented exit code.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +159,12 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
+                Command::Migrate(TransitionCommand::Plan(a)) => {
+                    transition_plan(&config, TransitionKind::Migrate, &a)
+                }
+                Command::RotateRoot(TransitionCommand::Plan(a)) => {
+                    transition_plan(&config, TransitionKind::RotateRoot, &a)
+                }
                 Command::Serve => serve(config).await,
                 Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) => unreachable!("handled above"),
@@ -577,6 +584,60 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .run(shutdown)
         .await
         .map_err(|e| CliError::Usage(format!("cannot serve: {e}")))
+}
+
+/// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary.
+fn transition_plan(
+    config: &Config,
+    kind: TransitionKind,
+    args: &TransitionPlanArgs,
+) -> Result<(), CliError> {
+    let drain = args.drain.unwrap_or(config.transition.drain);
+    let options = transition::Options {
+        drain_seconds: drain.as_secs(),
+        gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
+        skip_workload_restarts: args.skip_workload_restarts,
+        approve_each_phase: args.approve_each_phase,
+    };
+    let scopes: Vec<transition::Scope> = config
+        .topology
+        .primaries()
+        .map(|p| transition::Scope {
+            primary: p.name.clone(),
+            remotes: config
+                .topology
+                .remotes_of(&p.name)
+                .map(|r| r.name.clone())
+                .collect(),
+        })
+        .collect();
+    let steps = transition::plan_steps(kind, &scopes, &options);
+    if args.output.output == Format::Json {
+        output::print_json(&steps);
+        return Ok(());
+    }
+    let name = match kind {
+        TransitionKind::Migrate => "migrate",
+        TransitionKind::RotateRoot => "rotate-root",
+    };
+    println!(
+        "{name}: {} primaries; drain {}; each gate may wait {}. This plan changes nothing.",
+        scopes.len(),
+        humantime::format_duration(drain),
+        humantime::format_duration(config.transition.gate_timeout)
+    );
+    let mut phase = None;
+    for (i, step) in steps.iter().enumerate() {
+        if phase != Some(step.phase) {
+            println!("\n{}:", step.phase);
+            phase = Some(step.phase);
+        }
+        match &step.cluster {
+            Some(c) => println!("  {:>3}. {c}: {}", i + 1, step.action),
+            None => println!("  {:>3}. {}", i + 1, step.action),
+        }
+    }
+    Ok(())
 }
 
 fn check(config: &Config) -> Result<(), CliError> {

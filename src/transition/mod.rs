@@ -474,63 +474,126 @@ pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, Pki
     })
 }
 
-/// Every step of a transition over `clusters`, in order, as printed by `plan`.
-pub fn plan_steps(kind: TransitionKind, clusters: &[String], options: &Options) -> Vec<String> {
-    let mut record = Record::new(kind, clusters.iter().cloned(), options.clone());
-    record.approved = true;
-    let mut lines = Vec::new();
-    // Simulate at a time past any drain, with every step succeeding.
+/// One line of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedStep {
+    pub phase: Phase,
+    /// The primary the step acts on; `None` for steps over the whole topology.
+    pub cluster: Option<String>,
+    pub action: String,
+}
+
+/// A primary cluster and the remotes its istiod serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub primary: String,
+    pub remotes: Vec<String>,
+}
+
+impl Scope {
+    fn clusters(&self) -> String {
+        std::iter::once(self.primary.as_str())
+            .chain(self.remotes.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Every step of a transition over `scopes`, in order, as `plan` prints them: the machine
+/// driven with every step succeeding at once. Changes nothing and depends on nothing else, so
+/// the same topology and options always give the same plan.
+pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> Vec<PlannedStep> {
+    let mut record = Record::new(
+        kind,
+        scopes.iter().map(|s| s.primary.clone()),
+        options.clone(),
+    );
+    let scope_of = |cluster: &str| scopes.iter().find(|s| s.primary == cluster);
+    let mut steps = Vec::new();
     let mut now = OffsetDateTime::UNIX_EPOCH;
     loop {
         let step = next_step(&record, now);
         let phase = record.phase;
-        let outcome = match &step {
-            Step::Write { cluster, .. } => {
-                lines.push(format!(
-                    "{phase}: {cluster}: write cacerts ({})",
-                    describe(phase)
-                ));
-                Outcome::Written
-            }
+        let (cluster, action, outcome) = match &step {
+            Step::Write { cluster, .. } => (
+                Some(cluster.clone()),
+                format!("write cacerts: {}", describe(kind, phase)),
+                Outcome::Written,
+            ),
             Step::Restart { cluster, stage } => {
-                lines.push(format!(
-                    "{phase}: {cluster}: restart {} and wait",
-                    stage.name()
-                ));
-                Outcome::Restarted
+                let action = match (stage, scope_of(cluster)) {
+                    (RestartStage::Istiod, _) | (_, None) => {
+                        format!("restart {} and wait for the rollout", stage.name())
+                    }
+                    (RestartStage::Gateways, Some(s)) => format!(
+                        "restart the gateways of {} and wait for the rollouts",
+                        s.clusters()
+                    ),
+                    (RestartStage::Workloads, Some(s)) => format!(
+                        "restart the workloads of every injected namespace of {} and wait for \
+                         the rollouts",
+                        s.clusters()
+                    ),
+                };
+                (Some(cluster.clone()), action, Outcome::Restarted)
             }
-            Step::CheckGate { .. } => {
-                lines.push(format!("{phase}: gate: {}", gate(phase)));
-                Outcome::GateHeld
-            }
+            Step::CheckGate { .. } => (
+                None,
+                format!("gate, in every cluster: {}", gate(phase)),
+                Outcome::GateHeld,
+            ),
             Step::Drain { until } => {
-                lines.push(format!(
-                    "{phase}: wait the drain period ({}s) so no live workload certificate chains \
-                     to the old root",
-                    options.drain_seconds
-                ));
+                steps.push(PlannedStep {
+                    phase,
+                    cluster: None,
+                    action: format!(
+                        "wait the drain period ({}) so that no live workload certificate \
+                         chains to the old root",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            options.drain_seconds
+                        ))
+                    ),
+                });
                 now = *until;
                 continue;
             }
             Step::AwaitApproval { .. } => {
+                steps.push(PlannedStep {
+                    phase,
+                    cluster: None,
+                    action: "wait for an operator's approval".into(),
+                });
                 record.approve();
                 continue;
             }
             Step::Stopped { .. } | Step::Finished => break,
         };
+        steps.push(PlannedStep {
+            phase,
+            cluster,
+            action,
+        });
         record.record(&step, outcome, now);
-        if options.approve_each_phase && record.phase != phase && record.phase != Phase::Done {
-            lines.push(format!("{}: wait for approval", record.phase));
-        }
     }
-    lines
+    steps
 }
 
-fn describe(phase: Phase) -> &'static str {
-    match phase {
-        Phase::AddNewRoot => "current signer; root-cert.pem = current roots + new root",
-        Phase::SwitchSigner => "new intermediate; root-cert.pem = current roots + new root",
-        Phase::RemoveOldRoot | Phase::Done => "new intermediate; root-cert.pem = new root only",
+fn describe(kind: TransitionKind, phase: Phase) -> &'static str {
+    match (kind, phase) {
+        (TransitionKind::Migrate, Phase::AddNewRoot) => {
+            "the current signer, verbatim (from istio-ca-secret if istiod is self-signed); \
+             root-cert.pem = the current roots + the common root"
+        }
+        (TransitionKind::RotateRoot, Phase::AddNewRoot) => {
+            "the current intermediate, verbatim; root-cert.pem = the current roots + the new root"
+        }
+        (_, Phase::SwitchSigner) => {
+            "a new intermediate under the new root; root-cert.pem = the current roots + the new \
+             root"
+        }
+        (_, Phase::RemoveOldRoot | Phase::Done) => {
+            "the new intermediate; root-cert.pem = the new root only"
+        }
     }
 }
 
@@ -823,21 +886,38 @@ mod tests {
 
     #[test]
     fn the_plan_lists_every_step_in_order_and_is_stable() {
-        let clusters = ["east".to_string(), "west".to_string()];
-        let lines = plan_steps(TransitionKind::Migrate, &clusters, &opts());
-        assert_eq!(
-            lines,
-            plan_steps(TransitionKind::Migrate, &clusters, &opts())
-        );
+        let scopes = [
+            Scope {
+                primary: "east".into(),
+                remotes: vec!["east-remote".into()],
+            },
+            Scope {
+                primary: "west".into(),
+                remotes: vec![],
+            },
+        ];
+        let steps = plan_steps(TransitionKind::Migrate, &scopes, &opts());
+        assert_eq!(steps, plan_steps(TransitionKind::Migrate, &scopes, &opts()));
         // 3 phases × 2 clusters × (1 write + 3 restarts) + 3 gates + 1 drain.
-        assert_eq!(lines.len(), 3 * 2 * 4 + 3 + 1, "{lines:#?}");
-        assert!(lines[0].starts_with("AddNewRoot: east: write cacerts"));
+        assert_eq!(steps.len(), 3 * 2 * 4 + 3 + 1, "{steps:#?}");
+        assert_eq!(steps[0].phase, Phase::AddNewRoot);
+        assert_eq!(steps[0].cluster.as_deref(), Some("east"));
+        assert!(steps[0].action.contains("istio-ca-secret"));
         assert!(
-            lines.iter().position(|l| l.contains("drain")).unwrap()
-                > lines
-                    .iter()
-                    .position(|l| l.starts_with("SwitchSigner: gate"))
-                    .unwrap()
+            steps[3].action.contains("east, east-remote"),
+            "{:?}",
+            steps[3]
+        );
+        let drain = steps
+            .iter()
+            .position(|s| s.action.contains("drain"))
+            .unwrap();
+        assert_eq!(steps[drain].phase, Phase::RemoveOldRoot);
+        assert!(steps[drain].action.contains("1day"), "{:?}", steps[drain]);
+        assert!(
+            steps[..drain]
+                .iter()
+                .all(|s| s.phase < Phase::RemoveOldRoot)
         );
     }
 }

@@ -1,0 +1,111 @@
+//! `migrate plan` and `rotate-root plan`: every step, per cluster, in order; stable; changing
+//! nothing; settings from `[transition]` and flags, bad values refused with the field named.
+
+mod common;
+
+use common::{ACCEPTANCE_CONFIG, Setup, assert_unchanged};
+
+#[test]
+fn the_migration_plan_lists_every_step_and_changes_nothing() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let before = s.snapshot();
+
+    let first = s.cacertd(&["migrate", "plan"]).ok().stdout;
+    let again = s.cacertd(&["migrate", "plan"]).ok().stdout;
+    assert_eq!(first, again, "the plan is stable");
+    assert_unchanged(&before, &s.snapshot());
+
+    // The acceptance topology: primaries cluster1 (serving remote cluster3) and cluster2.
+    let numbered: Vec<&str> = first
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .split('.')
+                .next()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .collect();
+    // 3 phases × 2 primaries × (write + istiod + gateways + workloads) + 3 gates + the drain.
+    assert_eq!(numbered.len(), 28, "{first}");
+    assert!(first.contains("drain 1day"), "{first}");
+    let pos = |needle: &str| {
+        first
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{first}"))
+    };
+    assert!(
+        pos("AddNewRoot:") < pos("SwitchSigner:") && pos("SwitchSigner:") < pos("RemoveOldRoot:")
+    );
+    assert!(pos("1. cluster1: write cacerts") < pos("2. cluster1: restart istiod"));
+    assert!(
+        pos("3. cluster1: restart the gateways of cluster1, cluster3")
+            < pos("4. cluster1: restart the workloads")
+    );
+    assert!(
+        pos("9. gate, in every cluster") < pos("10. cluster1: write cacerts: a new intermediate")
+    );
+    assert!(
+        pos("wait the drain period (1day)")
+            < pos(
+                "20. cluster1: write cacerts: the new intermediate; root-cert.pem = the new root only"
+            )
+    );
+}
+
+#[test]
+fn flags_and_config_shape_the_plan() {
+    let config =
+        format!("{ACCEPTANCE_CONFIG}\n[transition]\ndrain = \"2h\"\ngate_timeout = \"5m\"\n");
+    let s = Setup::with_config(&config);
+    let out = s.cacertd(&["rotate-root", "plan"]).ok().stdout;
+    assert!(out.contains("drain 2h; each gate may wait 5m"), "{out}");
+    assert!(out.contains("wait the drain period (2h)"), "{out}");
+
+    let json = s
+        .cacertd(&[
+            "rotate-root",
+            "plan",
+            "--drain",
+            "0s",
+            "--skip-workload-restarts",
+            "--approve-each-phase",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .stdout;
+    let steps: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let actions: Vec<&str> = steps
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        !actions.iter().any(|a| a.contains("workloads")),
+        "{actions:#?}"
+    );
+    assert!(!actions.iter().any(|a| a.contains("drain")), "{actions:#?}");
+    assert_eq!(actions.iter().filter(|a| a.contains("approval")).count(), 2);
+    // 3 phases × 2 primaries × (write + istiod + gateways) + 3 gates + 2 approvals.
+    assert_eq!(steps.len(), 3 * 2 * 3 + 3 + 2);
+    assert_eq!(steps[0]["phase"], "add-new-root");
+    assert_eq!(steps[0]["cluster"], "cluster1");
+    assert_eq!(steps.last().unwrap()["phase"], "remove-old-root");
+    assert!(steps.last().unwrap()["cluster"].is_null());
+}
+
+#[test]
+fn a_bad_drain_is_refused_with_the_field_named() {
+    let s = Setup::with_config(&format!(
+        "{ACCEPTANCE_CONFIG}\n[transition]\ndrain = \"soon\"\n"
+    ));
+    let run = s.cacertd(&["migrate", "plan"]).fails_with(2);
+    assert!(run.stderr.contains("transition.drain"), "{}", run.stderr);
+    assert!(run.stderr.contains("soon"), "{}", run.stderr);
+
+    let s = Setup::new();
+    let run = s
+        .cacertd(&["migrate", "plan", "--drain", "forever"])
+        .fails_with(2);
+    assert!(run.stderr.contains("--drain"), "{}", run.stderr);
+}
