@@ -115,6 +115,7 @@ pub enum Command {
     /// After each cluster's write, istiod restarts, then the gateways, then the workloads of
     /// every injected namespace of the primary and its remotes. No cluster signs with the new
     /// CA before every cluster trusts it, so no mTLS connection breaks.
+    /// This version prints the plan; driving the phases against clusters is not available yet.
     #[command(subcommand, verbatim_doc_comment)]
     Migrate(TransitionCommand),
 
