@@ -74,6 +74,27 @@ impl Audit {
         }
     }
 
+    /// Records one event by this process.
+    pub fn note(
+        &self,
+        at: OffsetDateTime,
+        action: &str,
+        cluster: Option<&str>,
+        outcome: &str,
+        serial: Option<String>,
+        reason: Option<String>,
+    ) {
+        self.record(&AuditEvent {
+            time: fmt_time(at),
+            actor: self.actor.clone(),
+            action: action.into(),
+            cluster: cluster.map(str::to_string),
+            outcome: outcome.into(),
+            serial,
+            reason,
+        });
+    }
+
     /// Records what an issuance run did: issued, refused and failed clusters (unchanged ones
     /// are not events).
     pub fn issuance(&self, reports: &[ClusterReport], at: OffsetDateTime) {

@@ -115,23 +115,92 @@ pub enum Command {
     /// After each cluster's write, istiod restarts, then the gateways, then the workloads of
     /// every injected namespace of the primary and its remotes. No cluster signs with the new
     /// CA before every cluster trusts it, so no mTLS connection breaks.
-    /// This version prints the plan; driving the phases against clusters is not available yet.
+    /// `start` records the transition and drives it as far as it can without waiting;
+    /// `transition resume` continues it (`--wait`: through gates and the drain period).
     #[command(subcommand, verbatim_doc_comment)]
-    Migrate(TransitionCommand),
+    Migrate(MigrateCommand),
 
     /// Replace the common root with a new one, in the same three phases as `migrate`.
+    /// This version prints the plan; `start` is not available yet.
     #[command(subcommand)]
-    RotateRoot(TransitionCommand),
+    RotateRoot(RotateRootCommand),
+
+    /// The trust transition under way: status, resume, rollback, abort.
+    #[command(subcommand)]
+    Transition(TransitionCommand),
 
     /// Check the configuration and policies, and print the topology.
     Check,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TransitionCommand {
+pub enum MigrateCommand {
     /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
     /// configuration.
     Plan(TransitionPlanArgs),
+
+    /// Start the migration: read every primary (its cacerts, or istiod's istio-ca-secret),
+    /// save that material and a new intermediate under the common root to
+    /// <state_dir>/transition/, record the transition, then drive it. Primaries already
+    /// signing under the common root are left out. Refused while another transition is under
+    /// way.
+    Start(StartArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateRootCommand {
+    /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
+    /// configuration.
+    Plan(TransitionPlanArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransitionCommand {
+    /// Phase, state, per-cluster progress and what the transition waits for.
+    Status(OutputArgs),
+
+    /// Continue the transition: after a failed gate (once fixed), after the drain period, or
+    /// with --approve into the next phase.
+    Resume(ResumeArgs),
+
+    /// Return every cluster to the previous phase's material (from AddNewRoot: to what it had
+    /// before). Backups of everything replaced are kept.
+    Rollback(DriveArgs),
+
+    /// Forget the transition without touching any cluster; its files are moved aside to
+    /// <state_dir>/transition-<time>/, not deleted. Clusters keep whatever they serve now.
+    Abort,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub plan: TransitionPlanArgs,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ResumeArgs {
+    /// Approve entering the next phase (with --approve-each-phase).
+    #[arg(long)]
+    pub approve: bool,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DriveArgs {
+    /// Drive in the foreground until Done (or Failed: non-zero exit), sleeping through gates
+    /// that do not hold yet and through the drain period.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Stop after this many steps, as if the process had died (for crash testing).
+    #[arg(long, hide = true, value_name = "N")]
+    pub stop_after_steps: Option<usize>,
 }
 
 #[derive(Debug, ClapArgs)]

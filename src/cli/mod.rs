@@ -11,7 +11,10 @@ use clap::Parser;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-pub use args::{Args, Command, Format, RootCommand, TransitionCommand, TransitionPlanArgs};
+pub use args::{
+    Args, Command, DriveArgs, Format, MigrateCommand, RootCommand, RotateRootCommand,
+    TransitionCommand, TransitionPlanArgs,
+};
 pub use output::StatusReport;
 
 use crate::clock::{Clock, SystemClock};
@@ -27,7 +30,7 @@ use crate::policy::PolicyViolation;
 use crate::store::{RootSource, StoreError};
 use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
-use crate::transition::{self, TransitionKind};
+use crate::transition::{self, TransitionKind, driver};
 
 /// Everything a command can fail with; each maps to a documented exit code.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub enum CliError {
     Io(#[from] FsError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Transition(#[from] driver::DriveError),
     #[error("{0}")]
     InvalidBundle(String),
     /// Per-cluster results were already printed; this carries the exit code.
@@ -62,6 +67,8 @@ impl CliError {
             CliError::Material(_) | CliError::InvalidBundle(_) => 3,
             CliError::Policy(_) => 4,
             CliError::Partial { code, .. } => *code,
+            CliError::Transition(driver::DriveError::Refused(_)) => 5,
+            CliError::Transition(_) => 1,
         }
     }
 }
@@ -159,12 +166,16 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
-                Command::Migrate(TransitionCommand::Plan(a)) => {
+                Command::Migrate(MigrateCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::Migrate, &a)
                 }
-                Command::RotateRoot(TransitionCommand::Plan(a)) => {
+                Command::Migrate(MigrateCommand::Start(a)) => {
+                    migrate_start(&config, &a.plan, &a.drive, now).await
+                }
+                Command::RotateRoot(RotateRootCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::RotateRoot, &a)
                 }
+                Command::Transition(t) => transition_cmd(&config, t, now).await,
                 Command::Serve => serve(config).await,
                 Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) => unreachable!("handled above"),
@@ -586,6 +597,158 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("cannot serve: {e}")))
 }
 
+fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition::Options {
+    transition::Options {
+        drain_seconds: args.drain.unwrap_or(config.transition.drain).as_secs(),
+        gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
+        skip_workload_restarts: args.skip_workload_restarts,
+        approve_each_phase: args.approve_each_phase,
+    }
+}
+
+async fn migrate_start(
+    config: &Config,
+    plan: &TransitionPlanArgs,
+    drive: &DriveArgs,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let record = driver::start_migrate(config, transition_options(config, plan), now).await?;
+    println!(
+        "migration recorded for {}; material saved under {}",
+        record
+            .clusters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.state_dir.join("transition").display()
+    );
+    run_drive(config, drive).await
+}
+
+async fn run_drive(config: &Config, args: &DriveArgs) -> Result<(), CliError> {
+    let opts = driver::DriveOptions {
+        wait: args.wait,
+        poll: std::time::Duration::from_secs(2),
+        stop_after: args.stop_after_steps,
+    };
+    let rest = driver::drive(config, opts).await?;
+    match rest {
+        transition::Step::Finished => println!("transition finished"),
+        transition::Step::AwaitApproval { phase } => {
+            println!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
+        }
+        transition::Step::Drain { until } => println!(
+            "draining until {}: `cacertd transition resume` after that (or with --wait)",
+            crate::pki::fmt_time(until)
+        ),
+        transition::Step::CheckGate { .. } => println!(
+            "the gate does not hold yet (see `cacertd transition status`); \
+             `cacertd transition resume --wait` waits for it"
+        ),
+        transition::Step::Held { note } => println!(
+            "{note}; `cacertd transition resume` goes forward again, `transition rollback` \
+             further back"
+        ),
+        other => println!("stopped at {other:?}"),
+    }
+    Ok(())
+}
+
+async fn transition_cmd(
+    config: &Config,
+    cmd: TransitionCommand,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let files = driver::StateFiles::new(&config.state_dir);
+    if let TransitionCommand::Status(o) = cmd {
+        let Some(record) = files.load()? else {
+            println!("no transition is under way");
+            return Ok(());
+        };
+        let next = transition::next_step(&record, now);
+        if o.output == Format::Json {
+            output::print_json(&serde_json::json!({
+                "record": record,
+                "next": format!("{next:?}"),
+            }));
+            return Ok(());
+        }
+        println!(
+            "{:?} transition: phase {}, {:?}",
+            record.kind, record.phase, record.state
+        );
+        for (c, p) in &record.clusters {
+            let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
+            println!(
+                "  {c}: {}; restarted: {}",
+                if p.written { "written" } else { "not written" },
+                if restarts.is_empty() {
+                    "-".to_string()
+                } else {
+                    restarts.join(", ")
+                }
+            );
+        }
+        println!("next: {next:?}");
+        return Ok(());
+    }
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let Some(mut record) = files.load()? else {
+        return Err(CliError::Usage("no transition is under way".into()));
+    };
+    let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+    match cmd {
+        TransitionCommand::Status(_) => unreachable!("handled above"),
+        TransitionCommand::Resume(a) => {
+            record.resume().map_err(CliError::Usage)?;
+            if a.approve {
+                record.approve();
+            }
+            files.save(&record)?;
+            audit.note(
+                now,
+                "transition-resume",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            run_drive(config, &a.drive).await
+        }
+        TransitionCommand::Rollback(d) => {
+            record.rollback().map_err(CliError::Usage)?;
+            files.save(&record)?;
+            audit.note(
+                now,
+                "transition-rollback",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            run_drive(config, &d).await
+        }
+        TransitionCommand::Abort => {
+            files.abort(now)?;
+            audit.note(
+                now,
+                "transition-abort",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            println!(
+                "transition forgotten at phase {}; clusters keep what they serve now",
+                record.phase
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary.
 fn transition_plan(
     config: &Config,
@@ -593,12 +756,7 @@ fn transition_plan(
     args: &TransitionPlanArgs,
 ) -> Result<(), CliError> {
     let drain = args.drain.unwrap_or(config.transition.drain);
-    let options = transition::Options {
-        drain_seconds: drain.as_secs(),
-        gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
-        skip_workload_restarts: args.skip_workload_restarts,
-        approve_each_phase: args.approve_each_phase,
-    };
+    let options = transition_options(config, args);
     let scopes: Vec<transition::Scope> = config
         .topology
         .primaries()

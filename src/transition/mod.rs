@@ -12,6 +12,8 @@
 //! - no cluster drops the old root before the drain period has passed since the last cluster
 //!   stopped signing with the old CA (`RemoveOldRoot` waits for it).
 
+pub mod driver;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -148,6 +150,9 @@ pub enum State {
     /// Returning every cluster to `to`'s material; on completion the transition rests at the
     /// phase before the one rolled back from (or is abandoned when `to` is the original).
     RollingBack { to: MaterialOf },
+    /// A rollback to a phase's material finished; `resume` goes forward again, `rollback`
+    /// further back.
+    Held { note: String },
     /// Rolled back to the original material: nothing more to do.
     RolledBack,
 }
@@ -207,6 +212,10 @@ pub enum Step {
     /// An operator must approve entering `phase`.
     AwaitApproval {
         phase: Phase,
+    },
+    /// Held after a rollback: nothing to do until an operator resumes or rolls back further.
+    Held {
+        note: String,
     },
     /// Nothing to do until an operator resumes or rolls back.
     Stopped {
@@ -310,16 +319,16 @@ impl Record {
                     self.state = State::RolledBack;
                 }
                 MaterialOf::Phase(p) => {
-                    // The clusters serve `p`'s material again: the transition rests in phase
-                    // `p`, stopped, until `resume` (which redoes `p`, idempotently, and moves
-                    // on) or a further rollback.
-                    self.phase = p;
-                    self.state = State::Failed {
-                        report: format!("rolled back to the material of phase {p}"),
+                    // Every cluster serves `p`'s material again: the transition rests at the
+                    // start of the phase after `p`, stopped, until `resume` (which goes
+                    // forward again) or a further rollback.
+                    self.phase = p.next();
+                    self.state = State::Held {
+                        note: format!("rolled back to the material of phase {p}"),
                     };
                 }
             },
-            State::Failed { .. } | State::RolledBack => {}
+            State::Failed { .. } | State::Held { .. } | State::RolledBack => {}
         }
     }
 
@@ -333,7 +342,7 @@ impl Record {
     /// Continues a failed transition: the current phase is retried from where it stopped.
     pub fn resume(&mut self) -> Result<(), String> {
         match self.state {
-            State::Failed { .. } => {
+            State::Failed { .. } | State::Held { .. } => {
                 self.state = State::Active;
                 self.gate_since = None;
                 Ok(())
@@ -353,16 +362,21 @@ impl Record {
                     .into(),
             );
         }
-        let to = match self.state {
-            State::RollingBack { .. } | State::RolledBack => {
-                return Err("a rollback is already in progress or finished".into());
-            }
-            // The phase in progress (or failed) may be partly written: its predecessor's
-            // material is what every cluster served completely.
-            _ => match self.phase.previous() {
-                Some(p) => MaterialOf::Phase(p),
-                None => MaterialOf::Original,
-            },
+        if matches!(self.state, State::RollingBack { .. } | State::RolledBack) {
+            return Err("a rollback is already in progress or finished".into());
+        }
+        // The latest phase whose material any cluster serves: the current one once a cluster
+        // was written in it, else the one before (complete everywhere). Its predecessor's
+        // material is the target.
+        let untouched = self.clusters.values().all(|p| !p.written);
+        let latest = if untouched {
+            self.phase.previous()
+        } else {
+            Some(self.phase)
+        };
+        let to = match latest.and_then(Phase::previous) {
+            Some(p) => MaterialOf::Phase(p),
+            None => MaterialOf::Original,
         };
         self.reset_progress();
         self.state = State::RollingBack { to };
@@ -384,6 +398,7 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
                 report: report.clone(),
             };
         }
+        State::Held { note } => return Step::Held { note: note.clone() },
         State::RolledBack => return Step::Finished,
         State::Active if record.phase == Phase::Done => return Step::Finished,
         State::Active => {
@@ -566,7 +581,7 @@ pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> 
                 record.approve();
                 continue;
             }
-            Step::Stopped { .. } | Step::Finished => break,
+            Step::Stopped { .. } | Step::Held { .. } | Step::Finished => break,
         };
         steps.push(PlannedStep {
             phase,
@@ -646,7 +661,7 @@ mod tests {
                     record.approve();
                     continue;
                 }
-                Step::Stopped { .. } | Step::Finished => return steps,
+                Step::Stopped { .. } | Step::Held { .. } | Step::Finished => return steps,
             };
             record.record(&step, outcome, now);
         }
@@ -825,8 +840,8 @@ mod tests {
                 ("b", MaterialOf::Phase(Phase::AddNewRoot))
             ]
         );
-        assert_eq!(r.phase, Phase::AddNewRoot);
-        assert!(matches!(r.state, State::Failed { .. }));
+        assert_eq!(r.phase, Phase::SwitchSigner);
+        assert!(matches!(r.state, State::Held { .. }));
         // A second rollback returns to the original material and ends the transition.
         r.rollback().unwrap();
         let steps = run(&mut r, t(2));

@@ -1,0 +1,514 @@
+//! Drives a transition against the clusters' targets, one step at a time, persisting the record
+//! after every step under `<state_dir>/transition/` so that a crash anywhere resumes exactly.
+//!
+//! Layout: `record.json` (the [`Record`]), and per primary `<cluster>/original/` and
+//! `<cluster>/new/` holding the two `cacerts` sets it moves between (keys 0600). Both sets are
+//! saved before the record exists, so a resumed transition never issues a second intermediate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::{
+    ClusterMaterial, MaterialOf, Options, Outcome, Record, RestartStage, State, Step,
+    TransitionKind, from_self_signed, material, next_step,
+};
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::fsutil::{FsError, Mode, create_private_dir, read_optional, write_atomic};
+use crate::pki::{
+    CaCertsFiles, Cert, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
+};
+use crate::rollout::{self, RestartOptions, Stage};
+use crate::store::RootSource;
+use crate::target::{Target, TargetError, WriteMeta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Io(#[from] FsError),
+    #[error("transition record {path}: {reason}")]
+    BadRecord { path: PathBuf, reason: String },
+    #[error("{cluster}: {source}")]
+    Target {
+        cluster: String,
+        #[source]
+        source: TargetError,
+    },
+    /// Refused before anything changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The transition stopped; the record says where.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveError + '_ {
+    move |source| DriveError::Target {
+        cluster: cluster.to_string(),
+        source,
+    }
+}
+
+/// The files of a transition in `state_dir`.
+pub struct StateFiles {
+    dir: PathBuf,
+}
+
+impl StateFiles {
+    pub fn new(state_dir: &Path) -> Self {
+        StateFiles {
+            dir: state_dir.join("transition"),
+        }
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("record.json")
+    }
+
+    pub fn load(&self) -> Result<Option<Record>, DriveError> {
+        let path = self.record_path();
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| DriveError::BadRecord {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), DriveError> {
+        create_private_dir(&self.dir)?;
+        let json = serde_json::to_vec_pretty(record).map_err(|e| DriveError::BadRecord {
+            path: self.record_path(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.record_path(), &json, Mode::Secret)?;
+        Ok(())
+    }
+
+    /// Moves an unfinished transition's files aside without touching any cluster.
+    pub fn abort(&self, now: OffsetDateTime) -> Result<(), DriveError> {
+        self.archive(now)
+    }
+
+    /// Moves a finished transition's files aside (nothing is deleted) so a new one can start.
+    fn archive(&self, now: OffsetDateTime) -> Result<(), DriveError> {
+        let stamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+            .replace(':', "");
+        let to = self.dir.with_file_name(format!("transition-{stamp}"));
+        std::fs::rename(&self.dir, &to)
+            .map_err(crate::fsutil::fs_err("cannot move aside", &self.dir))?;
+        Ok(())
+    }
+
+    fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
+        self.dir.join(cluster).join(which)
+    }
+
+    fn save_files(
+        &self,
+        cluster: &str,
+        which: &str,
+        files: &CaCertsFiles,
+    ) -> Result<(), DriveError> {
+        let dir = self.material_dir(cluster, which);
+        create_private_dir(&dir)?;
+        for (name, bytes) in files.entries() {
+            write_atomic(&dir.join(name), bytes, Mode::Secret)?;
+        }
+        Ok(())
+    }
+
+    fn load_files(&self, cluster: &str, which: &str) -> Result<Option<CaCertsFiles>, DriveError> {
+        let dir = self.material_dir(cluster, which);
+        let read = |name: &str| read_optional(&dir.join(name));
+        let (Some(ca_cert), Some(ca_key), Some(root_cert), Some(cert_chain)) = (
+            read(CaCertsFiles::CA_CERT)?,
+            read(CaCertsFiles::CA_KEY)?,
+            read(CaCertsFiles::ROOT_CERT)?,
+            read(CaCertsFiles::CERT_CHAIN)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(CaCertsFiles {
+            ca_cert,
+            ca_key: Zeroizing::new(ca_key),
+            root_cert,
+            cert_chain,
+        }))
+    }
+
+    fn load_material(&self, cluster: &str) -> Result<ClusterMaterial, DriveError> {
+        let missing = |which: &str| DriveError::BadRecord {
+            path: self.material_dir(cluster, which),
+            reason: "the saved material is missing".into(),
+        };
+        Ok(ClusterMaterial {
+            original: self
+                .load_files(cluster, "original")?
+                .ok_or_else(|| missing("original"))?,
+            new: self
+                .load_files(cluster, "new")?
+                .ok_or_else(|| missing("new"))?,
+        })
+    }
+}
+
+/// `migrate start`: reads every primary, saves the material it moves between (issuing each
+/// new intermediate once), then records the transition. Changes no cluster.
+pub async fn start_migrate(
+    config: &Config,
+    options: Options,
+    now: OffsetDateTime,
+) -> Result<Record, DriveError> {
+    let files = StateFiles::new(&config.state_dir);
+    if let Some(existing) = files.load()? {
+        match existing.state {
+            State::RolledBack => files.archive(now)?,
+            _ if existing.phase == super::Phase::Done => files.archive(now)?,
+            _ => {
+                return Err(DriveError::Refused(format!(
+                    "a transition is already under way (phase {}): see `transition status`",
+                    existing.phase
+                )));
+            }
+        }
+    }
+    let signer = RootSource::open(config)
+        .await
+        .map_err(|e| DriveError::Refused(e.to_string()))?
+        .signer()
+        .await
+        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    let root = signer.root_cert().clone();
+    let audit = Audit::new(config.daemon.audit_log.clone());
+
+    let mut clusters = Vec::new();
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        let target = Target::open(cluster, config)
+            .await
+            .map_err(target_err(name))?;
+        let observed = target.read().await.map_err(target_err(name))?;
+        let original = match files.load_files(name, "original")? {
+            Some(saved) => saved,
+            None => match (
+                &observed.snapshot.cacerts,
+                &observed.snapshot.self_signed_ca,
+            ) {
+                (Some(c), _) => c.clone(),
+                (None, Some(ss)) => from_self_signed(ss),
+                (None, None) => {
+                    return Err(DriveError::Refused(format!(
+                        "{name}: neither cacerts nor istiod's istio-ca-secret found in {}",
+                        target.describe()
+                    )));
+                }
+            },
+        };
+        let verified = verify_cacerts(&original, now).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            DriveError::Refused(format!(
+                "{name}: the current material does not validate, so it cannot be kept during \
+                 the transition: {}",
+                list.join("; ")
+            ))
+        })?;
+        if verified.anchor() == &root {
+            tracing::info!(
+                cluster = name,
+                "already signs under the common root; not migrated"
+            );
+            continue;
+        }
+        files.save_files(name, "original", &original)?;
+        if files.load_files(name, "new")?.is_none() {
+            let new = issue_new(config, cluster, &signer, &root, now).await?;
+            files.save_files(name, "new", &new)?;
+            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
+                .map(|c| c.info().serial.clone())
+                .ok();
+            audit.note(now, "transition-issue", Some(name), "issued", serial, None);
+        }
+        clusters.push(name.to_string());
+    }
+    if clusters.is_empty() {
+        return Err(DriveError::Refused(
+            "every primary already signs under the common root: nothing to migrate".into(),
+        ));
+    }
+    let record = Record::new(TransitionKind::Migrate, clusters, options);
+    files.save(&record)?;
+    audit.note(now, "transition-start", None, "migrate", None, None);
+    Ok(record)
+}
+
+async fn issue_new(
+    config: &Config,
+    cluster: &crate::topology::Cluster,
+    signer: &crate::store::Signer,
+    root: &Cert,
+    now: OffsetDateTime,
+) -> Result<CaCertsFiles, DriveError> {
+    let name = cluster.name.as_str();
+    let policy = config.policy_for(cluster);
+    let spec = policy.intermediate_spec(name, &config.trust_domain);
+    policy
+        .check_issuance(name, &spec, root)
+        .map_err(|v| DriveError::Refused(v.to_string()))?;
+    let ica = signer
+        .issue(&spec, now)
+        .await
+        .map_err(|e| DriveError::Refused(format!("{name}: {e}")))?;
+    policy
+        .check_issued(name, &ica.cert)
+        .map_err(|v| DriveError::Refused(v.to_string()))?;
+    let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
+    verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        DriveError::Refused(format!(
+            "{name}: internal check of the new cacerts failed: {}",
+            list.join("; ")
+        ))
+    })?;
+    Ok(files)
+}
+
+/// How far [`drive`] goes.
+#[derive(Clone, Copy, Debug)]
+pub struct DriveOptions {
+    /// Sleep through gates that do not hold yet and through the drain period.
+    pub wait: bool,
+    /// How often a gate is re-checked while waiting.
+    pub poll: Duration,
+    /// Stop after this many steps (crash tests).
+    pub stop_after: Option<usize>,
+}
+
+/// Runs the transition from where its record stands until it is finished, must wait (and
+/// `wait` is off), needs an approval, or stopped. Returns the step it rests at.
+pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveError> {
+    let files = StateFiles::new(&config.state_dir);
+    let Some(mut record) = files.load()? else {
+        return Err(DriveError::Refused("no transition is under way".into()));
+    };
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+    let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
+    for name in record.clusters.keys() {
+        let cluster = config.topology.get(name).ok_or_else(|| {
+            DriveError::Refused(format!(
+                "{name} is in the transition but no longer in the configuration"
+            ))
+        })?;
+        targets.insert(
+            name.clone(),
+            Target::open(cluster, config)
+                .await
+                .map_err(target_err(name))?,
+        );
+        materials.insert(name.clone(), files.load_material(name)?);
+    }
+    let mut done = 0usize;
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let step = next_step(&record, now);
+        if step != Step::Finished && opts.stop_after.is_some_and(|n| done >= n) {
+            return Err(DriveError::Stopped(format!(
+                "stopped after {done} steps, as asked"
+            )));
+        }
+        let outcome = match &step {
+            Step::Write {
+                cluster,
+                material: of,
+            } => {
+                let target = &targets[cluster];
+                let want = material(&materials[cluster], *of)
+                    .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
+                let observed = target.read().await.map_err(target_err(cluster))?;
+                // Idempotent: a write that already happened is not repeated (no extra backup).
+                if observed.snapshot.cacerts.as_ref() != Some(&want) {
+                    let meta = WriteMeta {
+                        cluster: cluster.clone(),
+                        serial: Cert::one_from_pem(&want.ca_cert, "ca-cert.pem")
+                            .map(|c| c.info().serial.clone())
+                            .unwrap_or_default(),
+                        written_at: now,
+                        reason: format!("trust transition: {}", describe_material(*of)),
+                    };
+                    target
+                        .write(&want, &meta, &observed)
+                        .await
+                        .map_err(target_err(cluster))?;
+                    audit.note(
+                        now,
+                        "transition-write",
+                        Some(cluster),
+                        "written",
+                        Some(meta.serial),
+                        Some(meta.reason),
+                    );
+                }
+                Outcome::Written
+            }
+            Step::Restart { cluster, stage } => {
+                if let Target::Kube(_) = &targets[cluster] {
+                    let primary = config.topology.get(cluster).ok_or_else(|| {
+                        DriveError::Refused(format!("{cluster} is not in the configuration"))
+                    })?;
+                    let ro = RestartOptions {
+                        stages: vec![match stage {
+                            RestartStage::Istiod => Stage::Istiod,
+                            RestartStage::Gateways => Stage::Gateways,
+                            RestartStage::Workloads => Stage::Workloads,
+                        }],
+                        ..RestartOptions::default()
+                    };
+                    rollout::restart_primary(config, primary, &ro, now)
+                        .await
+                        .map_err(target_err(cluster))?;
+                    audit.note(
+                        now,
+                        "transition-restart",
+                        Some(cluster),
+                        stage.name(),
+                        None,
+                        None,
+                    );
+                } else {
+                    tracing::info!(
+                        cluster = %cluster,
+                        stage = stage.name(),
+                        "directory target: the restart is up to whoever applies the folder"
+                    );
+                }
+                Outcome::Restarted
+            }
+            Step::CheckGate { material: of } => {
+                let behind = check_gate(&targets, &materials, *of, now).await;
+                if behind.is_empty() {
+                    Outcome::GateHeld
+                } else {
+                    Outcome::GateBehind(behind)
+                }
+            }
+            Step::Drain { until } => {
+                if !opts.wait {
+                    return Ok(step);
+                }
+                let left = (*until - now).unsigned_abs();
+                tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
+                tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+                continue;
+            }
+            Step::AwaitApproval { .. } | Step::Held { .. } | Step::Finished => return Ok(step),
+            Step::Stopped { report } => return Err(DriveError::Stopped(report.clone())),
+        };
+        let before = (record.phase, record.state.clone());
+        let behind = matches!(outcome, Outcome::GateBehind(_));
+        record.record(&step, outcome, now);
+        files.save(&record)?;
+        done += 1;
+        if (record.phase, record.state.clone()) != before {
+            tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
+            let report = match &record.state {
+                State::Failed { report } => Some(report.clone()),
+                _ => None,
+            };
+            audit.note(
+                now,
+                "transition-phase",
+                None,
+                record.phase.name(),
+                None,
+                report,
+            );
+        }
+        if behind && matches!(record.state, State::Active | State::RollingBack { .. }) {
+            if !opts.wait {
+                return Ok(step);
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+    }
+}
+
+fn describe_material(of: MaterialOf) -> String {
+    match of {
+        MaterialOf::Original => "back to the material from before the transition".into(),
+        MaterialOf::Phase(p) => format!("phase {p}"),
+    }
+}
+
+/// Who is behind `of`'s gate: each primary must serve exactly the material (and it must
+/// validate); on Kubernetes, every `istio-ca-root-cert` ConfigMap must hold exactly its roots.
+async fn check_gate(
+    targets: &BTreeMap<String, Target>,
+    materials: &BTreeMap<String, ClusterMaterial>,
+    of: MaterialOf,
+    now: OffsetDateTime,
+) -> Vec<String> {
+    let mut behind = Vec::new();
+    for (cluster, target) in targets {
+        let Ok(want) = material(&materials[cluster], of) else {
+            behind.push(format!("{cluster}: its saved material is unreadable"));
+            continue;
+        };
+        let observed = match target.read().await {
+            Ok(o) => o,
+            Err(e) => {
+                behind.push(format!("{cluster}: unreachable: {e}"));
+                continue;
+            }
+        };
+        if observed.snapshot.cacerts.as_ref() != Some(&want) {
+            behind.push(format!(
+                "{cluster}: cacerts is not the material of this step"
+            ));
+            continue;
+        }
+        if let Err(problems) = verify_cacerts(&want, now) {
+            behind.push(format!(
+                "{cluster}: cacerts does not validate: {}",
+                problems[0]
+            ));
+            continue;
+        }
+        let expected: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(&want.root_cert)
+            .0
+            .roots()
+            .iter()
+            .map(|r| r.der().to_vec())
+            .collect();
+        for (ns, bundle) in observed.snapshot.published_bundles.iter().flatten() {
+            let mut got: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(bundle)
+                .0
+                .roots()
+                .iter()
+                .map(|r| r.der().to_vec())
+                .collect();
+            got.sort();
+            got.dedup();
+            let mut exp = expected.clone();
+            exp.sort();
+            exp.dedup();
+            if got != exp {
+                behind.push(format!(
+                    "{cluster}/{ns}: istio-ca-root-cert holds {} root(s), not the {} expected",
+                    got.len(),
+                    exp.len()
+                ));
+            }
+        }
+    }
+    behind
+}

@@ -1,0 +1,265 @@
+//! `migrate start`, `transition status|resume|rollback|abort` against directory targets: the
+//! phases run to Done, a crash after any single step resumes to the same end, rollback restores
+//! the material byte for byte, and a gate that does not hold fails with the cluster named.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ACCEPTANCE_CONFIG, Setup};
+
+const FILES: [&str; 4] = [
+    "ca-cert.pem",
+    "ca-key.pem",
+    "root-cert.pem",
+    "cert-chain.pem",
+];
+
+/// A setup whose two primaries serve cacerts under an unrelated root (another mesh's), and
+/// which holds its own common root.
+fn migrating(config: &str) -> Setup {
+    let other = Setup::new();
+    other.cacertd(&["issue", "--init-root"]).ok();
+    let s = Setup::with_config(config);
+    for c in ["cluster1", "cluster2"] {
+        let to = s.path(&format!("out/{c}"));
+        std::fs::create_dir_all(&to).unwrap();
+        for f in FILES {
+            std::fs::copy(other.path(&format!("out/{c}/{f}")), to.join(f)).unwrap();
+        }
+    }
+    s.cacertd(&["root", "init"]).ok();
+    s
+}
+
+fn served(s: &Setup, cluster: &str) -> Vec<Vec<u8>> {
+    FILES
+        .iter()
+        .map(|f| s.read(&format!("out/{cluster}/{f}")))
+        .collect()
+}
+
+fn count_certs(pem: &[u8]) -> usize {
+    String::from_utf8_lossy(pem)
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
+fn audit_count(s: &Setup, action: &str) -> usize {
+    std::fs::read_to_string(s.path("state/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+        .count()
+}
+
+fn assert_on_common_root(s: &Setup) {
+    let root = s.read("state/root/root-cert.pem");
+    for c in ["cluster1", "cluster2"] {
+        assert_eq!(s.read(&format!("out/{c}/root-cert.pem")), root, "{c}");
+        assert_eq!(
+            s.read(&format!("out/{c}/ca-cert.pem")),
+            s.read(&format!("state/transition/{c}/new/ca-cert.pem")),
+            "{c} serves the intermediate saved when the transition started"
+        );
+        s.cacertd(&["verify", &format!("out/{c}")]).ok();
+        common::openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();
+    }
+}
+
+#[test]
+fn a_migration_runs_through_every_phase_to_the_common_root() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    let before: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
+
+    // With approval between phases, start stops after AddNewRoot: old signer, both roots.
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+        .ok();
+    for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
+        let now = served(&s, c);
+        assert_eq!(now[0], before[i][0], "{c}: still signs with its old CA");
+        assert_eq!(now[1], before[i][1], "{c}: the old key is kept");
+        assert!(
+            now[2].starts_with(&before[i][2]),
+            "{c}: old bundle bytes kept verbatim"
+        );
+        assert_eq!(count_certs(&now[2]), 2, "{c}: old root + common root");
+    }
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase SwitchSigner") && status.contains("AwaitApproval"),
+        "{status}"
+    );
+
+    s.cacertd(&["transition", "resume", "--approve"]).ok();
+    // SwitchSigner done: new intermediate, both roots still trusted.
+    for c in ["cluster1", "cluster2"] {
+        assert_eq!(
+            s.read(&format!("out/{c}/ca-cert.pem")),
+            s.read(&format!("state/transition/{c}/new/ca-cert.pem"))
+        );
+        assert_eq!(count_certs(&s.read(&format!("out/{c}/root-cert.pem"))), 2);
+    }
+    s.cacertd(&["transition", "resume", "--approve", "--wait"])
+        .ok();
+    assert_on_common_root(&s);
+    let json = s
+        .cacertd(&["transition", "status", "-o", "json"])
+        .ok()
+        .stdout;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["record"]["phase"], "done");
+    assert_eq!(audit_count(&s, "transition-issue"), 2);
+    assert_eq!(audit_count(&s, "transition-write"), 6);
+    // Every replaced version is kept: three writes per cluster, three backups.
+    for c in ["cluster1", "cluster2"] {
+        let backups = std::fs::read_dir(s.path(&format!("state/backups/{c}")))
+            .unwrap()
+            .count();
+        assert_eq!(backups, 3, "{c}");
+    }
+    // A finished transition cannot be rolled back, and no key is printed anywhere.
+    let run = s.cacertd(&["transition", "rollback"]).fails_with(2);
+    assert!(run.stderr.contains("done"), "{}", run.stderr);
+    assert!(!json.contains("PRIVATE KEY") && !status.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn a_crash_after_any_step_resumes_to_the_same_end() {
+    // 3 phases × 2 primaries × (write + 3 restarts) + 3 gates.
+    const STEPS: usize = 27;
+    for k in 0..=STEPS {
+        let s = migrating(ACCEPTANCE_CONFIG);
+        let k_arg = k.to_string();
+        let run = s.cacertd(&[
+            "migrate",
+            "start",
+            "--drain",
+            "0s",
+            "--wait",
+            "--stop-after-steps",
+            &k_arg,
+        ]);
+        if k < STEPS {
+            assert_eq!(run.code, 1, "k={k}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("stopped after"),
+                "k={k}: {}",
+                run.stderr
+            );
+            s.cacertd(&["transition", "resume", "--wait"]).ok();
+        } else {
+            assert_eq!(run.code, 0, "k={k}: {}", run.stderr);
+        }
+        assert_on_common_root(&s);
+        assert_eq!(
+            audit_count(&s, "transition-issue"),
+            2,
+            "k={k}: one intermediate each"
+        );
+        assert_eq!(
+            audit_count(&s, "transition-write"),
+            6,
+            "k={k}: no write repeated"
+        );
+    }
+}
+
+#[test]
+fn rollback_restores_the_previous_material_byte_for_byte() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    let original: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+        .ok();
+    s.cacertd(&["transition", "resume", "--approve"]).ok();
+    let switched: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
+    assert_ne!(switched, original);
+
+    // From SwitchSigner (done, waiting to enter RemoveOldRoot): back to AddNewRoot's material.
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
+        let now = served(&s, c);
+        assert_eq!(now[0], original[i][0], "{c}");
+        assert_eq!(count_certs(&now[2]), 2, "{c}");
+    }
+    // From AddNewRoot: back to exactly what each cluster had.
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
+        assert_eq!(served(&s, c), original[i], "{c}");
+    }
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("RolledBack"), "{status}");
+    // A new migration may start; the old transition's files are moved aside, not deleted.
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    assert_on_common_root(&s);
+    let aside = std::fs::read_dir(s.path("state"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("transition-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}
+
+#[test]
+fn a_gate_that_does_not_hold_fails_naming_the_cluster_and_resume_completes_once_fixed() {
+    let config = format!("{ACCEPTANCE_CONFIG}\n[transition]\ngate_timeout = \"1s\"\n");
+    let s = migrating(&config);
+    // Stop right before AddNewRoot's gate, then change cluster2 behind the transition's back.
+    s.cacertd(&[
+        "migrate",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "8",
+    ])
+    .fails_with(1);
+    let bundle = s.path("out/cluster2/root-cert.pem");
+    let good = std::fs::read(&bundle).unwrap();
+    std::fs::write(&bundle, b"not a bundle").unwrap();
+
+    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
+    assert!(run.stderr.contains("cluster2"), "{}", run.stderr);
+    assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("Failed") && status.contains("cluster2"),
+        "{status}"
+    );
+
+    std::fs::write(&bundle, &good).unwrap();
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    assert_on_common_root(&s);
+}
+
+#[test]
+fn refusals_change_nothing() {
+    // No transition: resume and rollback say so.
+    let s = Setup::new();
+    s.cacertd(&["transition", "resume"]).fails_with(2);
+    let out = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(out.contains("no transition"), "{out}");
+
+    // A second start while one is under way is refused; abort moves it aside.
+    let s = migrating(ACCEPTANCE_CONFIG);
+    s.cacertd(&["migrate", "start", "--approve-each-phase"])
+        .ok();
+    let before = s.snapshot();
+    let run = s.cacertd(&["migrate", "start"]).fails_with(5);
+    assert!(run.stderr.contains("already under way"), "{}", run.stderr);
+    common::assert_unchanged(&before, &s.snapshot());
+    s.cacertd(&["transition", "abort"]).ok();
+    assert!(!Path::new(&s.path("state/transition")).exists());
+
+    // Clusters already on the common root are not migrated.
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let run = s.cacertd(&["migrate", "start"]).fails_with(5);
+    assert!(run.stderr.contains("nothing to migrate"), "{}", run.stderr);
+}
