@@ -1,10 +1,11 @@
 //! The phase machine's material keeps mTLS working at every step of a transition. After each
-//! single write of the machine, every cluster has live workloads of two generations — restarted
-//! ones holding the material it serves now, the rest still holding what it served before — and
-//! every pair of them, across every pair of clusters that trusted each other before, must
-//! complete a real mutual-TLS handshake (signed the way that cluster's istiod would sign with
-//! the material then in its cacerts, each side trusting only its own root-cert.pem). Once done,
-//! every pair of clusters must.
+//! single write of the machine, the cluster just written has live workloads of two generations
+//! — restarted ones holding the material it serves now, the rest still holding what it served
+//! before — while every other cluster has settled on what it serves; every pair of these
+//! workloads, across every pair of clusters that trusted each other before, must complete a
+//! real mutual-TLS handshake (signed the way that cluster's istiod would sign with the material
+//! then in its cacerts, each side trusting only its own root-cert.pem). Once done, every pair
+//! of clusters must.
 
 mod common;
 

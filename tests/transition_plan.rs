@@ -29,27 +29,38 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
     // 3 phases × 2 primaries × (write + istiod + gateways + workloads) + 3 gates + the drain.
     assert_eq!(numbered.len(), 28, "{first}");
     assert!(first.contains("drain 1day"), "{first}");
-    let pos = |needle: &str| {
+    // A numbered line, matched from its start ("  9." is not " 19.").
+    let pos = |n: usize, rest: &str| {
+        let needle = format!("\n  {n:>3}. {rest}");
         first
-            .find(needle)
+            .find(&needle)
             .unwrap_or_else(|| panic!("{needle:?} not in:\n{first}"))
     };
+    let phase = |p: &str| first.find(&format!("\n{p}:\n")).unwrap();
     assert!(
-        pos("AddNewRoot:") < pos("SwitchSigner:") && pos("SwitchSigner:") < pos("RemoveOldRoot:")
+        phase("AddNewRoot") < phase("SwitchSigner")
+            && phase("SwitchSigner") < phase("RemoveOldRoot")
     );
-    assert!(pos("1. cluster1: write cacerts") < pos("2. cluster1: restart istiod"));
+    assert!(pos(1, "cluster1: write cacerts") < pos(2, "cluster1: restart istiod"));
     assert!(
-        pos("3. cluster1: restart the gateways of cluster1, cluster3")
-            < pos("4. cluster1: restart the workloads")
+        pos(3, "cluster1: restart the gateways of cluster1, cluster3")
+            < pos(4, "cluster1: restart the workloads")
     );
+    pos(5, "cluster2: write cacerts");
     assert!(
-        pos("9. gate, in every cluster") < pos("10. cluster1: write cacerts: a new intermediate")
+        pos(9, "gate, in every cluster") < pos(10, "cluster1: write cacerts: a new intermediate")
     );
+    assert!(phase("SwitchSigner") < pos(10, "cluster1: write"));
     assert!(
-        pos("wait the drain period (1day)")
+        pos(19, "wait the drain period (1day)")
             < pos(
-                "20. cluster1: write cacerts: the new intermediate; root-cert.pem = the new root only"
+                20,
+                "cluster1: write cacerts: the new intermediate; root-cert.pem = the new root only"
             )
+    );
+    pos(
+        28,
+        "gate, in every cluster: every istio-ca-root-cert ConfigMap holds the new root only",
     );
 }
 

@@ -335,6 +335,10 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 let want = material(&materials[cluster], *of)
                     .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
                 let observed = target.read().await.map_err(target_err(cluster))?;
+                // Recorded before writing: a write that lands but is not recorded still counts
+                // when a rollback works out what clusters may serve.
+                record.begin_write(cluster);
+                files.save(&record)?;
                 // Idempotent: a write that already happened is not repeated (no extra backup).
                 if observed.snapshot.cacerts.as_ref() != Some(&want) {
                     let meta = WriteMeta {
@@ -421,7 +425,7 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
         if (record.phase, record.state.clone()) != before {
             tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
             let report = match &record.state {
-                State::Failed { report } => Some(report.clone()),
+                State::Failed { report, .. } => Some(report.clone()),
                 _ => None,
             };
             audit.note(

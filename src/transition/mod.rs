@@ -124,6 +124,10 @@ impl RestartStage {
 /// How far one primary cluster got in the current phase (or rollback).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterProgress {
+    /// A write of the phase material was started (it may have landed even if the process died
+    /// before `written` was recorded).
+    #[serde(default)]
+    pub writing: bool,
     /// The phase material is in its cacerts.
     pub written: bool,
     /// Restart stages finished, in order.
@@ -145,10 +149,15 @@ impl ClusterProgress {
 pub enum State {
     /// Moving forward through `phase`.
     Active,
-    /// A gate timed out; `report` names who is behind. `resume` or `rollback` continues.
-    Failed { report: String },
-    /// Returning every cluster to `to`'s material; on completion the transition rests at the
-    /// phase before the one rolled back from (or is abandoned when `to` is the original).
+    /// A gate timed out; `report` names who is behind. `resume` continues what was under way
+    /// (the rollback, if `rolling_back_to` is set), `rollback` goes back.
+    Failed {
+        report: String,
+        #[serde(default)]
+        rolling_back_to: Option<MaterialOf>,
+    },
+    /// Returning every cluster to `to`'s material; on completion the transition is held at the
+    /// start of the phase after `to` (or ends, when `to` is the original material).
     RollingBack { to: MaterialOf },
     /// A rollback to a phase's material finished; `resume` goes forward again, `rollback`
     /// further back.
@@ -183,8 +192,16 @@ pub struct Record {
     pub gate_since: Option<i64>,
     /// When every cluster had switched signer (unix seconds): the drain period starts here.
     pub switched_at: Option<i64>,
-    /// Set by `approve` when `approve_each_phase` is on; cleared on entering a phase.
+    /// Set by `approve` when `approve_each_phase` is on; cleared on entering a phase and by a
+    /// rollback.
     pub approved: bool,
+    /// A cluster was given the new signer at some point (a SwitchSigner or later write).
+    #[serde(default)]
+    pub new_signer_used: bool,
+    /// When a rollback took the new signer away from every cluster (unix seconds): certificates
+    /// it signed live on until then + the drain period, so the new root stays trusted that long.
+    #[serde(default)]
+    pub new_signer_retired_at: Option<i64>,
 }
 
 /// The next thing a driver should do.
@@ -253,6 +270,8 @@ impl Record {
             gate_since: None,
             switched_at: None,
             approved: false,
+            new_signer_used: false,
+            new_signer_retired_at: None,
         }
     }
 
@@ -268,9 +287,12 @@ impl Record {
     /// Records the outcome of `step`, done at `now`.
     pub fn record(&mut self, step: &Step, outcome: Outcome, now: OffsetDateTime) {
         match (step, outcome) {
-            (Step::Write { cluster, .. }, Outcome::Written) => {
+            (Step::Write { cluster, material }, Outcome::Written) => {
                 if let Some(p) = self.clusters.get_mut(cluster) {
                     p.written = true;
+                }
+                if matches!(material, MaterialOf::Phase(p) if *p >= Phase::SwitchSigner) {
+                    self.new_signer_used = true;
                 }
             }
             (Step::Restart { cluster, stage }, Outcome::Restarted) => {
@@ -284,7 +306,11 @@ impl Record {
             (Step::CheckGate { .. }, Outcome::GateBehind(behind)) => {
                 let since = *self.gate_since.get_or_insert(now.unix_timestamp());
                 let waited = now.unix_timestamp() - since;
-                if waited >= self.options.gate_timeout_seconds as i64 {
+                if waited >= i64::try_from(self.options.gate_timeout_seconds).unwrap_or(i64::MAX) {
+                    let rolling_back_to = match self.state {
+                        State::RollingBack { to } => Some(to),
+                        _ => None,
+                    };
                     let what = match self.target_material() {
                         MaterialOf::Phase(p) => format!("phase {p}"),
                         MaterialOf::Original => "rollback to the original material".to_string(),
@@ -295,6 +321,7 @@ impl Record {
                             self.options.gate_timeout_seconds,
                             behind.join("; ")
                         ),
+                        rolling_back_to,
                     };
                 }
             }
@@ -319,6 +346,9 @@ impl Record {
                     self.state = State::RolledBack;
                 }
                 MaterialOf::Phase(p) => {
+                    if p < Phase::SwitchSigner && self.new_signer_used {
+                        self.new_signer_retired_at = Some(now.unix_timestamp());
+                    }
                     // Every cluster serves `p`'s material again: the transition rests at the
                     // start of the phase after `p`, stopped, until `resume` (which goes
                     // forward again) or a further rollback.
@@ -342,6 +372,14 @@ impl Record {
     /// Continues a failed transition: the current phase is retried from where it stopped.
     pub fn resume(&mut self) -> Result<(), String> {
         match self.state {
+            State::Failed {
+                rolling_back_to: Some(to),
+                ..
+            } => {
+                self.state = State::RollingBack { to };
+                self.gate_since = None;
+                Ok(())
+            }
             State::Failed { .. } | State::Held { .. } => {
                 self.state = State::Active;
                 self.gate_since = None;
@@ -368,7 +406,7 @@ impl Record {
         // The latest phase whose material any cluster serves: the current one once a cluster
         // was written in it, else the one before (complete everywhere). Its predecessor's
         // material is the target.
-        let untouched = self.clusters.values().all(|p| !p.written);
+        let untouched = self.untouched();
         let latest = if untouched {
             self.phase.previous()
         } else {
@@ -379,8 +417,21 @@ impl Record {
             None => MaterialOf::Original,
         };
         self.reset_progress();
+        self.approved = false;
         self.state = State::RollingBack { to };
         Ok(())
+    }
+
+    /// No cluster was written (or began to be) in the current phase or rollback.
+    fn untouched(&self) -> bool {
+        self.clusters.values().all(|p| !p.written && !p.writing)
+    }
+
+    /// Notes that a write to `cluster` is about to start; persist the record before writing.
+    pub fn begin_write(&mut self, cluster: &str) {
+        if let Some(p) = self.clusters.get_mut(cluster) {
+            p.writing = true;
+        }
     }
 
     /// Approves entering the current phase (with `approve_each_phase`).
@@ -390,10 +441,12 @@ impl Record {
 }
 
 /// What to do next. Writes go cluster by cluster; each cluster's restarts follow its write, in
-/// order; the gate is checked once every cluster finished; drain and approval come first.
+/// order; the gate is checked once every cluster finished. Before a phase's first write come
+/// its approval (with `approve_each_phase`) and, for RemoveOldRoot, the drain period; a
+/// rollback to the original material after the new signer was used waits a drain period too.
 pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
     match &record.state {
-        State::Failed { report } => {
+        State::Failed { report, .. } => {
             return Step::Stopped {
                 report: report.clone(),
             };
@@ -402,7 +455,7 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
         State::RolledBack => return Step::Finished,
         State::Active if record.phase == Phase::Done => return Step::Finished,
         State::Active => {
-            let untouched = record.clusters.values().all(|p| !p.written);
+            let untouched = record.untouched();
             if untouched
                 && record.options.approve_each_phase
                 && record.phase != Phase::AddNewRoot
@@ -416,10 +469,20 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
                 && untouched
                 && let Some(switched) = record.switched_at
             {
-                let until = OffsetDateTime::from_unix_timestamp(
-                    switched.saturating_add(record.options.drain_seconds as i64),
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let until = drain_end(switched, record.options.drain_seconds);
+                if now < until {
+                    return Step::Drain { until };
+                }
+            }
+        }
+        State::RollingBack {
+            to: MaterialOf::Original,
+        } => {
+            // Removing the new root again: certificates the new signer issued must expire first.
+            if record.untouched()
+                && let Some(retired) = record.new_signer_retired_at
+            {
+                let until = drain_end(retired, record.options.drain_seconds);
                 if now < until {
                     return Step::Drain { until };
                 }
@@ -443,6 +506,15 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
         }
     }
     Step::CheckGate { material }
+}
+
+/// `from` + `drain_seconds`, saturating at the latest representable time (never wrapping to the
+/// past, which would skip the drain).
+fn drain_end(from: i64, drain_seconds: u64) -> OffsetDateTime {
+    let end = from.saturating_add(i64::try_from(drain_seconds).unwrap_or(i64::MAX));
+    OffsetDateTime::from_unix_timestamp(end).unwrap_or_else(|_| {
+        time::PrimitiveDateTime::new(time::Date::MAX, time::Time::MIDNIGHT).assume_utc()
+    })
 }
 
 /// The material one primary cluster moves between.
@@ -842,9 +914,14 @@ mod tests {
         );
         assert_eq!(r.phase, Phase::SwitchSigner);
         assert!(matches!(r.state, State::Held { .. }));
-        // A second rollback returns to the original material and ends the transition.
+        // A second rollback returns to the original material and ends the transition — after
+        // a drain, since "a" signed with the new CA and its certificates still live.
         r.rollback().unwrap();
         let steps = run(&mut r, t(2));
+        assert!(
+            matches!(steps[0], Step::Drain { until } if until == t(1) + time::Duration::days(1)),
+            "{steps:?}"
+        );
         assert!(steps.iter().any(|s| matches!(
             s,
             Step::Write {
@@ -934,5 +1011,118 @@ mod tests {
                 .iter()
                 .all(|s| s.phase < Phase::RemoveOldRoot)
         );
+    }
+
+    /// Drives until `phase` is about to start (nothing written in it yet).
+    fn until_phase(r: &mut Record, phase: Phase, now: OffsetDateTime) {
+        while r.phase < phase {
+            let s = next_step(r, now);
+            let o = match s {
+                Step::Write { .. } => Outcome::Written,
+                Step::Restart { .. } => Outcome::Restarted,
+                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::AwaitApproval { .. } => {
+                    r.approve();
+                    continue;
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            r.record(&s, o, now);
+        }
+    }
+
+    #[test]
+    fn a_write_begun_but_not_recorded_counts_when_rolling_back() {
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
+        until_phase(&mut r, Phase::SwitchSigner, t(0));
+        // The SwitchSigner write to "a" may have landed; the process died before recording it.
+        r.begin_write("a");
+        r.rollback().unwrap();
+        assert_eq!(
+            r.state,
+            State::RollingBack {
+                to: MaterialOf::Phase(Phase::AddNewRoot)
+            }
+        );
+    }
+
+    #[test]
+    fn a_rollback_whose_gate_fails_is_resumed_as_a_rollback() {
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
+        until_phase(&mut r, Phase::SwitchSigner, t(0));
+        let w = next_step(&r, t(0));
+        r.record(&w, Outcome::Written, t(0));
+        r.rollback().unwrap();
+        loop {
+            let s = next_step(&r, t(0));
+            if let Step::CheckGate { .. } = s {
+                r.record(&s, Outcome::GateBehind(vec!["a/app".into()]), t(0));
+                r.record(&s, Outcome::GateBehind(vec!["a/app".into()]), t(600));
+                break;
+            }
+            let o = match s {
+                Step::Write { .. } => Outcome::Written,
+                _ => Outcome::Restarted,
+            };
+            r.record(&s, o, t(0));
+        }
+        assert!(matches!(
+            r.state,
+            State::Failed {
+                rolling_back_to: Some(MaterialOf::Phase(Phase::AddNewRoot)),
+                ..
+            }
+        ));
+        r.resume().unwrap();
+        assert_eq!(
+            r.state,
+            State::RollingBack {
+                to: MaterialOf::Phase(Phase::AddNewRoot)
+            }
+        );
+        assert!(matches!(next_step(&r, t(700)), Step::CheckGate { .. }));
+    }
+
+    #[test]
+    fn a_rollback_withdraws_the_approval() {
+        let mut o = opts();
+        o.approve_each_phase = true;
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], o);
+        until_phase(&mut r, Phase::SwitchSigner, t(0));
+        r.approve();
+        let w = next_step(&r, t(0));
+        assert!(matches!(w, Step::Write { .. }));
+        r.record(&w, Outcome::Written, t(0));
+        r.rollback().unwrap();
+        run_rollback(&mut r);
+        assert!(matches!(r.state, State::Held { .. }));
+        r.resume().unwrap();
+        assert_eq!(
+            next_step(&r, t(1)),
+            Step::AwaitApproval {
+                phase: Phase::SwitchSigner
+            }
+        );
+    }
+
+    fn run_rollback(r: &mut Record) {
+        while matches!(r.state, State::RollingBack { .. }) {
+            let s = next_step(r, t(0));
+            let o = match s {
+                Step::Write { .. } => Outcome::Written,
+                Step::Restart { .. } => Outcome::Restarted,
+                _ => Outcome::GateHeld,
+            };
+            r.record(&s, o, t(0));
+        }
+    }
+
+    #[test]
+    fn an_enormous_drain_never_wraps_into_no_drain() {
+        let mut o = opts();
+        o.drain_seconds = u64::MAX;
+        let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], o);
+        until_phase(&mut r, Phase::RemoveOldRoot, t(0));
+        assert!(matches!(next_step(&r, t(10_000_000)), Step::Drain { .. }));
     }
 }
