@@ -220,13 +220,15 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
 "#,
     );
     std::fs::create_dir(s.path("kube")).unwrap();
+    // With exactly the shipped least-privilege RBAC: it must allow the watch.
     for name in ["cluster1", "cluster2"] {
         let c = server.cluster(name);
-        std::fs::write(
-            s.path(&format!("kube/{name}.yaml")),
-            c.kubeconfig(&c.admin_token()),
-        )
-        .unwrap();
+        c.add_token(
+            "least",
+            "system:serviceaccount:cacertd:cacertd",
+            common::kube::manifest_rules(),
+        );
+        std::fs::write(s.path(&format!("kube/{name}.yaml")), c.kubeconfig("least")).unwrap();
     }
     s.cacertd(&["root", "init"]).ok();
     let config = Config::load(&s.path("cacertd.toml")).unwrap();
@@ -259,4 +261,12 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
     );
     stop_tx.send(()).unwrap();
     thread.join().unwrap();
+    for c in [server.cluster("cluster1"), c2] {
+        let reqs = c.requests();
+        assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
+        assert!(
+            reqs.iter().any(|r| r.query.contains("watch=true")),
+            "{reqs:#?}"
+        );
+    }
 }

@@ -4,43 +4,8 @@
 
 mod common;
 
-use cacertd_test_apiserver::{Rule, TestApiServer, Value, json};
-use common::kube::{CLUSTERS, setup_with_tokens};
-
-/// The Role and ClusterRole rules of the manifest, as the test apiserver's rules.
-fn manifest_rules() -> Vec<Rule> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/target-cluster/rbac.yaml"
-    );
-    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
-    let mut rules = Vec::new();
-    for item in list["items"].as_array().unwrap() {
-        let namespaces = match item["kind"].as_str() {
-            Some("Role") => Some(vec![
-                item["metadata"]["namespace"].as_str().unwrap().to_string(),
-            ]),
-            Some("ClusterRole") => None,
-            _ => continue,
-        };
-        for r in item["rules"].as_array().unwrap() {
-            let names = r.get("resourceNames").map(strings);
-            rules.push(Rule {
-                verbs: strings(&r["verbs"]),
-                resources: strings(&r["resources"]),
-                namespaces: namespaces.clone(),
-                names,
-            });
-        }
-    }
-    assert!(rules.len() >= 5, "{rules:?}");
-    rules
-}
+use cacertd_test_apiserver::{TestApiServer, json};
+use common::kube::{CLUSTERS, manifest_rules, setup_with_tokens};
 
 fn mesh(server: &TestApiServer) {
     let c1 = server.cluster("cluster1");

@@ -336,6 +336,10 @@ impl Daemon {
         let Some(c) = self.config.topology.get(&cluster) else {
             return;
         };
+        // The resourceVersion last seen: a re-watch from "0" replays the current object as
+        // ADDED, which is no change. The first sight is not one either (the pass covers it).
+        let mut last_seen: Option<String> = None;
+        let mut failures = 0u32;
         loop {
             let target = match crate::target::Target::open(c, &self.config).await {
                 Ok(crate::target::Target::Kube(k)) => k,
@@ -349,16 +353,33 @@ impl Daemon {
             let params = kube::api::WatchParams::default().fields("metadata.name=cacerts");
             match api.watch(&params, "0").await {
                 Ok(stream) => {
+                    failures = 0;
                     let mut stream = std::pin::pin!(stream);
-                    while let Some(event) = stream.next().await {
-                        if event.is_err() {
-                            break;
+                    while let Some(Ok(event)) = stream.next().await {
+                        let seen = match event {
+                            kube::api::WatchEvent::Added(s)
+                            | kube::api::WatchEvent::Modified(s) => s.metadata.resource_version,
+                            kube::api::WatchEvent::Deleted(_) => Some("deleted".to_string()),
+                            kube::api::WatchEvent::Bookmark(_) => continue,
+                            kube::api::WatchEvent::Error(e) => {
+                                tracing::debug!(cluster = %cluster, error = %e.message, "watch of cacerts ended");
+                                break;
+                            }
+                        };
+                        let changed = last_seen.is_some() && seen != last_seen;
+                        last_seen = seen;
+                        if changed {
+                            self.mark_due(&cluster).await;
                         }
-                        self.mark_due(&cluster).await;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(cluster = %cluster, error = %e, "watch of cacerts failed; retrying")
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(cluster = %cluster, error = %e, "cannot watch cacerts (RBAC needs `watch` on it); changes are seen at the next interval");
+                    } else {
+                        tracing::debug!(cluster = %cluster, error = %e, "watch of cacerts failed; retrying");
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_secs(5)).await;

@@ -1,6 +1,6 @@
 //! A scratch setup whose clusters live on the test apiserver.
 
-use cacertd_test_apiserver::{FakeCluster, TestApiServer};
+use cacertd_test_apiserver::{FakeCluster, Rule, TestApiServer, Value};
 
 use super::Setup;
 
@@ -55,4 +55,39 @@ target = {{ kind = "kube", kubeconfig = "kube/cluster3.yaml" }}
         .unwrap();
     }
     s
+}
+
+/// The Role and ClusterRole rules of the manifest, as the test apiserver's rules.
+pub fn manifest_rules() -> Vec<Rule> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/target-cluster/rbac.yaml"
+    );
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut rules = Vec::new();
+    for item in list["items"].as_array().unwrap() {
+        let namespaces = match item["kind"].as_str() {
+            Some("Role") => Some(vec![
+                item["metadata"]["namespace"].as_str().unwrap().to_string(),
+            ]),
+            Some("ClusterRole") => None,
+            _ => continue,
+        };
+        for r in item["rules"].as_array().unwrap() {
+            let names = r.get("resourceNames").map(strings);
+            rules.push(Rule {
+                verbs: strings(&r["verbs"]),
+                resources: strings(&r["resources"]),
+                namespaces: namespaces.clone(),
+                names,
+            });
+        }
+    }
+    assert!(rules.len() >= 5, "{rules:?}");
+    rules
 }

@@ -307,6 +307,16 @@ async fn route(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // Like Kubernetes, a list or watch narrowed to one object by `fieldSelector=metadata.name=X`
+    // is authorized against rules naming X.
+    let selected_name = match verb {
+        "list" | "watch" => q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .filter(|n| !n.contains(','))
+            .map(str::to_string),
+        _ => None,
+    };
     {
         let st = cluster.lock();
         if let Err((code, message)) = FakeCluster::authorize(
@@ -315,7 +325,7 @@ async fn route(
             verb,
             target.rt.plural,
             target.ns.as_deref(),
-            target.name.as_deref(),
+            target.name.as_deref().or(selected_name.as_deref()),
         ) {
             let body = status_body(
                 code,

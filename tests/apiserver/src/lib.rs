@@ -37,7 +37,8 @@ pub struct Rule {
     pub resources: Vec<String>,
     /// `None`: every namespace (a ClusterRole binding).
     pub namespaces: Option<Vec<String>>,
-    /// `None`: every name. Like RBAC, names never restrict `list`, `watch` or `create`.
+    /// `None`: every name. Like RBAC, names never grant `create`, nor `list`/`watch` without a
+    /// `metadata.name` field selector.
     pub names: Option<Vec<String>>,
 }
 
@@ -78,7 +79,9 @@ impl Rule {
             }
         }
         if let Some(names) = &self.names {
-            if matches!(verb, "list" | "watch" | "create") {
+            // Names never grant `create`, nor a `list` or `watch` that is not narrowed to one
+            // object by a `metadata.name` field selector (then `name` is that object's).
+            if verb == "create" {
                 return false;
             }
             match name {
