@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cacertd::clock::SystemClock;
 use cacertd::config::Config;
 use cacertd::daemon::Daemon;
-use cacertd_test_apiserver::TestApiServer;
+use cacertd_test_apiserver::{FaultAction, TestApiServer};
 use common::Setup;
 
 struct Replica {
@@ -194,6 +194,20 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
         .get("leases", "cacertd", "cacertd-leader")
         .expect("the Lease exists");
     assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
+
+    // The new leader is cut off from the management cluster: it stops acting at once, well
+    // before its lease could be taken; once it reaches the Lease again, it leads again.
+    let mgmt = server.cluster("mgmt");
+    mgmt.inject(FaultAction::Status(503), 1_000_000, false);
+    wait_until(
+        "the cut-off leader to stop acting",
+        Duration::from_secs(2),
+        || !standby.leading.load(Ordering::SeqCst),
+    );
+    mgmt.clear_faults();
+    wait_until("leading again", Duration::from_secs(20), || {
+        standby.leading.load(Ordering::SeqCst)
+    });
 }
 
 #[test]

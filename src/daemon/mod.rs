@@ -54,6 +54,10 @@ pub struct Daemon {
 /// A running Kubernetes Lease contest: the watcher task and its "am I leader" channel.
 struct LeaseHold {
     leading: tokio::sync::watch::Receiver<bool>,
+    /// To check the Lease itself before acting (the manager's view can be stale when the
+    /// management cluster is unreachable).
+    client: kube::Client,
+    identity: String,
     task: tokio::task::JoinHandle<
         Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
     >,
@@ -97,7 +101,10 @@ impl Daemon {
                     Err(e) => tracing::warn!(error = %e, "cannot contend for the leader Lease"),
                 }
             }
-            let leading = hold.as_ref().is_some_and(|h| *h.leading.borrow());
+            let mut leading = hold.as_ref().is_some_and(|h| *h.leading.borrow());
+            if leading && let Some(h) = hold.as_ref() {
+                leading = self.lease_still_held(h, &settings).await;
+            }
             if leading != self.leader.swap(leading, Ordering::SeqCst) {
                 tracing::info!(leading, "leadership changed");
             }
@@ -118,6 +125,49 @@ impl Daemon {
         self.leader.store(leading, Ordering::SeqCst);
         self.metrics.set_leader(leading);
         leading
+    }
+
+    /// Reads the Lease: this replica holds it and its renewal is recent enough that no standby
+    /// can take it for a while yet (half of `grace`). A leader cut off from the
+    /// management cluster thus stops acting before its lease can be taken.
+    async fn lease_still_held(&self, h: &LeaseHold, s: &crate::config::LeaseSettings) -> bool {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: kube::Api<Lease> = kube::Api::namespaced(h.client.clone(), &s.namespace);
+        // No longer than the margin below: an answer that comes later is stale anyway.
+        let wait = (s.grace / 2).clamp(Duration::from_millis(500), self.config.kubernetes.timeout);
+        let lease = match tokio::time::timeout(wait, api.get(&s.name)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the leader Lease; not acting this pass");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!("reading the leader Lease timed out; not acting this pass");
+                return false;
+            }
+        };
+        let Some(spec) = lease.spec else {
+            return false;
+        };
+        let holder = spec.holder_identity.as_deref() == Some(h.identity.as_str());
+        let renewed = spec.renew_time.map(|t| t.0.as_second());
+        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+        // The manager renews `grace` before expiry; half of it is the margin kept for the pass.
+        let margin = i64::try_from(s.grace.as_secs() / 2)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        // Lease times are wall-clock times, whatever clock drives the schedule.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let fresh =
+            renewed.is_some_and(|r| now < r.saturating_add(duration).saturating_sub(margin));
+        if !(holder && fresh) {
+            tracing::warn!(
+                holder,
+                fresh,
+                "the leader Lease is not safely ours; not acting this pass"
+            );
+        }
+        holder && fresh
     }
 
     async fn contest(&self, s: &crate::config::LeaseSettings) -> Result<LeaseHold, String> {
@@ -153,7 +203,12 @@ impl Daemon {
         .map_err(|e| e.to_string())?;
         tracing::info!(identity, lease = %s.name, namespace = %s.namespace, "contending for the leader Lease");
         let (leading, task) = manager.watch().await;
-        Ok(LeaseHold { leading, task })
+        Ok(LeaseHold {
+            leading,
+            client: target.client().clone(),
+            identity,
+            task,
+        })
     }
 
     /// Gives up leadership (on shutdown), so a standby can take over at once.
