@@ -263,3 +263,50 @@ fn refusals_change_nothing() {
     let run = s.cacertd(&["migrate", "start"]).fails_with(5);
     assert!(run.stderr.contains("nothing to migrate"), "{}", run.stderr);
 }
+
+#[test]
+fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
+    use cacertd::clock::SystemClock;
+    use cacertd::config::Config;
+    use cacertd::daemon::Daemon;
+    use std::sync::Arc;
+
+    let s = migrating(ACCEPTANCE_CONFIG);
+    // Started by hand; the process dies after three steps.
+    s.cacertd(&[
+        "migrate",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "3",
+    ])
+    .fails_with(1);
+    let config = Config::load(&s.path("cacertd.toml")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = Daemon::new(config, Arc::new(SystemClock));
+        assert!(d.try_lead().await);
+        d.drive_transition().await;
+        let metrics = d.metrics().encode();
+        assert!(
+            metrics.contains(
+                "cacertd_transition_phase{transition=\"migrate\",phase=\"Done\",state=\"active\"} 1"
+            ),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                "cacertd_transition_phase{transition=\"migrate\",phase=\"AddNewRoot\",state=\"active\"} 0"
+            ),
+            "{metrics}"
+        );
+        assert!(metrics.contains("cacertd_transition_gate_wait_seconds 0"), "{metrics}");
+        d.step_down().await;
+    });
+    assert_on_common_root(&s);
+    assert_eq!(audit_count(&s, "transition-issue"), 2);
+}

@@ -33,6 +33,9 @@ pub struct Metrics {
     last_success: Family<Labels, Gauge>,
     root_errors: Family<Labels, Counter>,
     leader: Gauge,
+    transition_phase: Family<Labels, Gauge>,
+    transition_cluster_steps: Family<Labels, Gauge>,
+    transition_gate_wait: Gauge,
     /// The certificate series exported per (cluster, kind), to drop them when replaced.
     current: Mutex<HashMap<(String, &'static str), Labels>>,
 }
@@ -56,6 +59,9 @@ impl Metrics {
             last_success: Family::default(),
             root_errors: Family::default(),
             leader: Gauge::default(),
+            transition_phase: Family::default(),
+            transition_cluster_steps: Family::default(),
+            transition_gate_wait: Gauge::default(),
             current: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -103,6 +109,21 @@ impl Metrics {
             "leader",
             "1 while this replica is the leader",
             m.leader.clone(),
+        );
+        registry.register(
+            "transition_phase",
+            "1 for the phase (and state) the trust transition under way is in, 0 for the others",
+            m.transition_phase.clone(),
+        );
+        registry.register(
+            "transition_cluster_steps",
+            "Steps a primary has finished in the current phase (write, then each restart stage)",
+            m.transition_cluster_steps.clone(),
+        );
+        registry.register(
+            "transition_gate_wait_seconds",
+            "How long the current phase's gate has been waiting for every cluster",
+            m.transition_gate_wait.clone(),
         );
         let info = prometheus_client::metrics::info::Info::new(vec![(
             "version".to_string(),
@@ -176,6 +197,51 @@ impl Metrics {
         self.root_errors
             .get_or_create(&labels(&[("store", store), ("reason", reason)]))
             .inc();
+    }
+
+    /// Exports where a transition stands (`None`: no transition under way).
+    pub fn transition(
+        &self,
+        record: Option<&crate::transition::Record>,
+        now: time::OffsetDateTime,
+    ) {
+        use crate::transition::{Phase, State, TransitionKind};
+        self.transition_phase.clear();
+        self.transition_cluster_steps.clear();
+        self.transition_gate_wait.set(0);
+        let Some(r) = record else {
+            return;
+        };
+        let kind = match r.kind {
+            TransitionKind::Migrate => "migrate",
+            TransitionKind::RotateRoot => "rotate-root",
+        };
+        let state = match r.state {
+            State::Active => "active",
+            State::Failed { .. } => "failed",
+            State::RollingBack { .. } => "rolling-back",
+            State::Held { .. } => "held",
+            State::RolledBack => "rolled-back",
+        };
+        for p in Phase::ALL {
+            self.transition_phase
+                .get_or_create(&labels(&[
+                    ("transition", kind),
+                    ("phase", p.name()),
+                    ("state", state),
+                ]))
+                .set(i64::from(p == r.phase));
+        }
+        for (cluster, progress) in &r.clusters {
+            let steps = usize::from(progress.written) + progress.restarted.len();
+            self.transition_cluster_steps
+                .get_or_create(&labels(&[("cluster", cluster)]))
+                .set(i64::try_from(steps).unwrap_or(i64::MAX));
+        }
+        if let Some(since) = r.gate_since {
+            self.transition_gate_wait
+                .set((now.unix_timestamp() - since).max(0));
+        }
     }
 
     pub fn set_leader(&self, leader: bool) {

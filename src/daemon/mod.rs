@@ -49,6 +49,8 @@ pub struct Daemon {
     leader: AtomicBool,
     lock: Mutex<Option<StateLock>>,
     lease: Mutex<Option<LeaseHold>>,
+    /// When the trust transition under way is next driven.
+    next_transition_drive: Mutex<std::time::Instant>,
 }
 
 /// A running Kubernetes Lease contest: the watcher task and its "am I leader" channel.
@@ -79,6 +81,7 @@ impl Daemon {
             leader: AtomicBool::new(false),
             lock: Mutex::new(None),
             lease: Mutex::new(None),
+            next_transition_drive: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -371,6 +374,50 @@ impl Daemon {
 
     /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
     /// changes or deletes it (the level-triggered pass then decides what to do).
+    /// Advances the trust transition under way, if any, as far as it goes without waiting;
+    /// a gate that does not hold yet is re-checked every 5 s, a drain every minute.
+    pub async fn drive_transition(&self) {
+        let mut next = self.next_transition_drive.lock().await;
+        if std::time::Instant::now() < *next {
+            return;
+        }
+        let files = crate::transition::driver::StateFiles::new(&self.config.state_dir);
+        let record = match files.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the transition record");
+                *next = std::time::Instant::now() + Duration::from_secs(60);
+                return;
+            }
+        };
+        let active = record.as_ref().is_some_and(|r| {
+            matches!(
+                r.state,
+                crate::transition::State::Active | crate::transition::State::RollingBack { .. }
+            ) && r.phase != crate::transition::Phase::Done
+        });
+        let mut pause = Duration::from_secs(5);
+        if active {
+            let opts = crate::transition::driver::DriveOptions {
+                wait: false,
+                poll: Duration::from_secs(5),
+                stop_after: None,
+            };
+            match crate::transition::driver::drive(&self.config, opts).await {
+                Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
+                Ok(step) => tracing::debug!(?step, "transition driven"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the trust transition stopped");
+                    pause = Duration::from_secs(30);
+                }
+            }
+        }
+        let record = files.load().ok().flatten();
+        self.metrics
+            .transition(record.as_ref(), time::OffsetDateTime::now_utc());
+        *next = std::time::Instant::now() + pause;
+    }
+
     pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for c in self.config.topology.primaries() {
@@ -493,6 +540,7 @@ impl Daemon {
                 _ = &mut shutdown => break,
                 _ = heartbeat.tick() => {
                     if self.try_lead().await {
+                        self.drive_transition().await;
                         self.notice_dir_changes().await;
                         // A pass is finished, not abandoned midway, before shutdown is noticed.
                         self.tick().await;
