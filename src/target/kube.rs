@@ -796,6 +796,8 @@ impl KubeTarget {
     /// Waits until a workload's rollout is complete, as `kubectl rollout status` judges it.
     pub async fn wait_rollout(&self, w: &Workload, timeout: Duration) -> Result<(), TargetError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Quick rollouts are seen quickly; long ones are polled once a second.
+        let mut pause = Duration::from_millis(50);
         loop {
             let p = self.progress(w).await?;
             if let Some(reason) = p.failed {
@@ -817,7 +819,8 @@ impl KubeTarget {
                     pending,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -1,0 +1,198 @@
+//! Benchmark (`cargo bench --bench transition`): a whole migration — 50 self-signed Kubernetes
+//! primaries with 20 injected namespaces each, on the test apiserver, rollouts completing at
+//! once and a stand-in istiod publishing each cluster's bundle to its ConfigMaps — from
+//! `migrate start` to Done with no drain. Prints the wall time (orchestration overhead: nothing
+//! is waited for but the stand-in istiod) and the API requests per cluster and per namespace.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cacertd::config::Config;
+use cacertd::transition::driver::{self, DriveOptions};
+use cacertd::transition::{Options, Step};
+use cacertd_test_apiserver::{FakeCluster, TestApiServer, json};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn deployment(c: &FakeCluster, ns: &str, name: &str, labels: serde_json::Value) {
+    c.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "example/app:1"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                   "availableReplicas": 1},
+    }));
+}
+
+fn config_map(c: &FakeCluster, ns: &str, bundle: &str) {
+    c.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
+        "data": {"root-cert.pem": bundle},
+    }));
+}
+
+/// Publishes each cluster's bundle (cacerts' root-cert.pem, else its self-signed certificate).
+fn stand_in_istiod(server: &TestApiServer) {
+    let decode = |v: &serde_json::Value| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    for c in server.clusters() {
+        let bundle = match c.get("secrets", "istio-system", "cacerts") {
+            Some(s) => decode(&s["data"]["root-cert.pem"]),
+            None => decode(
+                &c.get("secrets", "istio-system", "istio-ca-secret").unwrap()["data"]["ca-cert.pem"],
+            ),
+        };
+        for cm in c.list("configmaps", None) {
+            if cm["data"]["root-cert.pem"].as_str() != Some(bundle.as_str()) {
+                config_map(c, cm["metadata"]["namespace"].as_str().unwrap(), &bundle);
+            }
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n, namespaces) = if quick { (5, 4) } else { (50, 20) };
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = Arc::new(TestApiServer::start(&refs));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("kube")).unwrap();
+    let mut config = String::from(
+        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[transition]\ngate_timeout = \"10m\"\n",
+    );
+    // One self-signed CA serves every cluster's istio-ca-secret here: generating 50 is not
+    // what is measured.
+    let self_signed = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "cluster.local");
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    for c in server.clusters() {
+        std::fs::write(
+            dir.path().join(format!("kube/{}.yaml", c.name)),
+            c.kubeconfig(&c.admin_token()),
+        )
+        .unwrap();
+        config.push_str(&format!(
+            "\n[[clusters]]\nname = \"{0}\"\nrole = \"primary\"\ntarget = {{ kind = \"kube\", kubeconfig = \"kube/{0}.yaml\" }}\n",
+            c.name
+        ));
+        c.put(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "istio-ca-secret", "namespace": "istio-system"},
+            "type": "istio.io/ca-root",
+            "data": {"ca-cert.pem": b64(self_signed.0.as_bytes()), "ca-key.pem": b64(self_signed.1.as_bytes()),
+                     "root-cert.pem": b64(self_signed.0.as_bytes()), "cert-chain.pem": ""},
+        }));
+        c.set_rollout_delay(Duration::ZERO);
+        deployment(c, "istio-system", "istiod", json!({"app": "istiod"}));
+        config_map(c, "istio-system", &self_signed.0);
+        for i in 0..namespaces {
+            let ns = format!("app{i}");
+            c.namespace(&ns, &[("istio-injection", "enabled")]);
+            deployment(c, &ns, "web", json!({}));
+            config_map(c, &ns, &self_signed.0);
+        }
+    }
+    std::fs::write(dir.path().join("cacertd.toml"), config).unwrap();
+    let config = Config::load(&dir.path().join("cacertd.toml")).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let istiod = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                stand_in_istiod(&server);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let before: usize = server.clusters().iter().map(|c| c.requests().len()).sum();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let end = rt.block_on(async {
+        cacertd::store::RootSource::open(&config)
+            .await
+            .unwrap()
+            .create(
+                &cacertd::pki::generate_root(
+                    &config.root_policy().root_spec(&config.trust_domain),
+                    now,
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let root_created = started.elapsed();
+        let options = Options {
+            drain_seconds: 0,
+            gate_timeout_seconds: 600,
+            skip_workload_restarts: false,
+            approve_each_phase: false,
+        };
+        driver::start_migrate(&config, options, now).await.unwrap();
+        let step = driver::drive(
+            &config,
+            DriveOptions {
+                wait: true,
+                poll: Duration::from_millis(20),
+                stop_after: None,
+            },
+        )
+        .await
+        .unwrap();
+        (step, root_created)
+    });
+    let total = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    istiod.join().unwrap();
+    assert_eq!(end.0, Step::Finished);
+    let requests: usize = server
+        .clusters()
+        .iter()
+        .map(|c| c.requests().len())
+        .sum::<usize>()
+        - before;
+    println!(
+        "migrate, {n} self-signed Kubernetes primaries × {namespaces} injected namespaces, \
+         test apiserver on loopback\n"
+    );
+    println!(
+        "  start → Done (3 phases, {} writes, {} restart stages, 3 gates)   {:>7.2} s",
+        3 * n,
+        9 * n,
+        (total - end.1).as_secs_f64()
+    );
+    println!(
+        "  API requests: {requests} in all, {:.1} per cluster, {:.2} per cluster-namespace",
+        requests as f64 / n as f64,
+        requests as f64 / (n * (namespaces + 1)) as f64
+    );
+}
