@@ -310,3 +310,79 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
     assert_on_common_root(&s);
     assert_eq!(audit_count(&s, "transition-issue"), 2);
 }
+
+#[test]
+fn a_root_rotation_moves_every_primary_and_then_the_store_to_the_new_root() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let old_root = s.read("state/root/root-cert.pem");
+    let before: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
+
+    // Import a new root made elsewhere.
+    let elsewhere = Setup::new();
+    elsewhere.cacertd(&["root", "init"]).ok();
+    let new_root = elsewhere.read("state/root/root-cert.pem");
+    let (cert, key) = (
+        elsewhere.path("state/root/root-cert.pem"),
+        elsewhere.path("state/root/root-key.pem"),
+    );
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--new-root-cert",
+        cert.to_str().unwrap(),
+        "--new-root-key",
+        key.to_str().unwrap(),
+        "--drain",
+        "0s",
+        "--approve-each-phase",
+    ])
+    .ok();
+    // AddNewRoot: old intermediate, old root bytes + the new root; the store still on the old.
+    for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
+        let now = served(&s, c);
+        assert_eq!(now[0], before[i][0], "{c}");
+        assert!(
+            now[2].starts_with(&old_root) && now[2].ends_with(&new_root),
+            "{c}"
+        );
+    }
+    assert_eq!(s.read("state/root/root-cert.pem"), old_root);
+
+    s.cacertd(&["transition", "resume", "--approve", "--wait"])
+        .ok();
+    s.cacertd(&["transition", "resume", "--approve", "--wait"])
+        .ok();
+    // Done: the store holds the new root; the old one is kept aside, never deleted.
+    assert_eq!(s.read("state/root/root-cert.pem"), new_root);
+    assert_on_common_root(&s);
+    let aside: Vec<_> = std::fs::read_dir(s.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("root-replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        s.read(&format!("state/{}/root-cert.pem", aside[0])),
+        old_root
+    );
+    // Everything agrees afterwards: `issue` has nothing to do.
+    let out = s.cacertd(&["issue"]).ok().stdout;
+    assert_eq!(out.matches("unchanged").count(), 2, "{out}");
+    assert_eq!(audit_count(&s, "root-rotated"), 1);
+
+    // A second rotation generates its root per the policy.
+    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    assert_ne!(s.read("state/root/root-cert.pem"), new_root);
+    assert_on_common_root(&s);
+}
+
+#[test]
+fn a_rotation_refuses_clusters_not_on_the_current_root() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    let before = s.snapshot();
+    let run = s.cacertd(&["rotate-root", "start"]).fails_with(5);
+    assert!(run.stderr.contains("migrate it first"), "{}", run.stderr);
+    common::assert_unchanged(&before, &s.snapshot());
+}

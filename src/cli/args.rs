@@ -121,7 +121,6 @@ pub enum Command {
     Migrate(MigrateCommand),
 
     /// Replace the common root with a new one, in the same three phases as `migrate`.
-    /// This version prints the plan; `start` is not available yet.
     #[command(subcommand)]
     RotateRoot(RotateRootCommand),
 
@@ -152,6 +151,30 @@ pub enum RotateRootCommand {
     /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
     /// configuration.
     Plan(TransitionPlanArgs),
+
+    /// Start the rotation (file root store): the new root — imported with --new-root-cert and
+    /// --new-root-key, or generated per the root policy — is kept in
+    /// <state_dir>/transition/new-root/ with a new intermediate per primary; when the rotation
+    /// is done it replaces the root in the store (the old one is moved aside, not deleted).
+    /// Every primary must be on the current root.
+    Start(RotateStartArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RotateStartArgs {
+    /// The new root's certificate (PEM); with --new-root-key.
+    #[arg(long, value_name = "FILE", requires = "new_root_key")]
+    pub new_root_cert: Option<PathBuf>,
+
+    /// The new root's private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, value_name = "FILE", requires = "new_root_cert")]
+    pub new_root_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub plan: TransitionPlanArgs,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
 }
 
 #[derive(Debug, Subcommand)]

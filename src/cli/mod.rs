@@ -175,6 +175,9 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                 Command::RotateRoot(RotateRootCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::RotateRoot, &a)
                 }
+                Command::RotateRoot(RotateRootCommand::Start(a)) => {
+                    rotate_root_start(&config, &a, now).await
+                }
                 Command::Transition(t) => transition_cmd(&config, t, now).await,
                 Command::Serve => serve(config).await,
                 Command::Restart(a) => restart(&config, a, now).await,
@@ -625,6 +628,48 @@ async fn migrate_start(
         config.state_dir.join("transition").display()
     );
     run_drive(config, drive).await
+}
+
+async fn rotate_root_start(
+    config: &Config,
+    args: &args::RotateStartArgs,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let new_root = match (&args.new_root_cert, &args.new_root_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
+            let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
+            let root = import_root(
+                &cert_pem,
+                &key_pem,
+                now,
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            )?;
+            prove_root(config, &root, now)?;
+            Some(root)
+        }
+        _ => None,
+    };
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let record = driver::start_rotate_root(
+        config,
+        transition_options(config, &args.plan),
+        new_root,
+        now,
+    )
+    .await?;
+    println!(
+        "root rotation recorded for {}; material saved under {}",
+        record
+            .clusters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.state_dir.join("transition").display()
+    );
+    run_drive(config, &args.drive).await
 }
 
 async fn run_drive(config: &Config, args: &DriveArgs) -> Result<(), CliError> {

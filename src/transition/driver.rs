@@ -92,6 +92,23 @@ impl StateFiles {
         Ok(())
     }
 
+    /// Refuses while a transition is under way; moves a finished one aside.
+    fn make_room(&self, now: OffsetDateTime) -> Result<(), DriveError> {
+        if let Some(existing) = self.load()? {
+            match existing.state {
+                State::RolledBack => self.archive(now)?,
+                _ if existing.phase == super::Phase::Done => self.archive(now)?,
+                _ => {
+                    return Err(DriveError::Refused(format!(
+                        "a transition is already under way (phase {}): see `transition status`",
+                        existing.phase
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Moves an unfinished transition's files aside without touching any cluster.
     pub fn abort(&self, now: OffsetDateTime) -> Result<(), DriveError> {
         self.archive(now)
@@ -170,18 +187,7 @@ pub async fn start_migrate(
     now: OffsetDateTime,
 ) -> Result<Record, DriveError> {
     let files = StateFiles::new(&config.state_dir);
-    if let Some(existing) = files.load()? {
-        match existing.state {
-            State::RolledBack => files.archive(now)?,
-            _ if existing.phase == super::Phase::Done => files.archive(now)?,
-            _ => {
-                return Err(DriveError::Refused(format!(
-                    "a transition is already under way (phase {}): see `transition status`",
-                    existing.phase
-                )));
-            }
-        }
-    }
+    files.make_room(now)?;
     let signer = RootSource::open(config)
         .await
         .map_err(|e| DriveError::Refused(e.to_string()))?
@@ -249,6 +255,198 @@ pub async fn start_migrate(
     files.save(&record)?;
     audit.note(now, "transition-start", None, "migrate", None, None);
     Ok(record)
+}
+
+/// Where the new root waits until a root rotation is done.
+fn new_root_store(files: &StateFiles) -> crate::store::FileRootStore {
+    crate::store::FileRootStore::new(files.dir.join("new-root"))
+}
+
+/// `rotate-root start`: the new root (imported, or generated per the root policy) is kept in
+/// `<state_dir>/transition/new-root/` until the rotation is done, then replaces the root in the
+/// file store (the old one is moved aside). Every primary must be on the current root.
+pub async fn start_rotate_root(
+    config: &Config,
+    options: Options,
+    new_root: Option<crate::pki::RootCa>,
+    now: OffsetDateTime,
+) -> Result<Record, DriveError> {
+    let crate::config::RootStoreConfig::File { dir } = &config.root else {
+        return Err(DriveError::Refused(
+            "rotate-root start needs the file root store; with a Vault store, the new root \
+             is not managed by cacertd yet"
+                .into(),
+        ));
+    };
+    let files = StateFiles::new(&config.state_dir);
+    files.make_room(now)?;
+    let current = crate::store::FileRootStore::new(dir.clone())
+        .load_cert()
+        .map_err(|e| DriveError::Refused(e.to_string()))?
+        .ok_or_else(|| DriveError::Refused("there is no root to rotate yet".into()))?;
+    // Everything is worked out in memory first: a refusal leaves nothing behind.
+    let pending = new_root_store(&files);
+    let (new_root, saved) = match pending.load() {
+        Ok(saved) => {
+            if new_root
+                .as_ref()
+                .is_some_and(|given| given.cert() != saved.cert())
+            {
+                return Err(DriveError::Refused(format!(
+                    "a different new root is already waiting in {}: start with it (no \
+                     --new-root-cert) or `transition abort` first",
+                    files.dir.join("new-root").display()
+                )));
+            }
+            (saved, true)
+        }
+        Err(crate::store::StoreError::NoRoot { .. }) => {
+            let root = match new_root {
+                Some(r) => r,
+                None => crate::pki::generate_root(
+                    &config.root_policy().root_spec(&config.trust_domain),
+                    now,
+                )
+                .map_err(|e| DriveError::Refused(e.to_string()))?,
+            };
+            config
+                .root_policy()
+                .check_root(root.cert())
+                .map_err(|v| DriveError::Refused(v.to_string()))?;
+            (root, false)
+        }
+        Err(e) => return Err(DriveError::Refused(e.to_string())),
+    };
+    if new_root.cert() == &current {
+        return Err(DriveError::Refused(
+            "the new root is the current root".into(),
+        ));
+    }
+    let root = new_root.cert().clone();
+    let signer = crate::store::Signer::Local(new_root);
+    let mut moving: Vec<(String, CaCertsFiles, Option<CaCertsFiles>)> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        let original = match files.load_files(name, "original")? {
+            Some(saved) => saved,
+            None => {
+                let target = Target::open(cluster, config)
+                    .await
+                    .map_err(target_err(name))?;
+                let observed = target.read().await.map_err(target_err(name))?;
+                observed.snapshot.cacerts.ok_or_else(|| {
+                    DriveError::Refused(format!(
+                        "{name}: no cacerts in {}: issue (or migrate) it first",
+                        target.describe()
+                    ))
+                })?
+            }
+        };
+        let verified = verify_cacerts(&original, now).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            DriveError::Refused(format!(
+                "{name}: the current cacerts does not validate: {}",
+                list.join("; ")
+            ))
+        })?;
+        if verified.anchor() == &root {
+            tracing::info!(cluster = name, "already signs under the new root");
+            continue;
+        }
+        if verified.anchor() != &current {
+            return Err(DriveError::Refused(format!(
+                "{name}: signs under another root than the current one: migrate it first"
+            )));
+        }
+        let new = match files.load_files(name, "new")? {
+            Some(_) => None,
+            None => Some(issue_new(config, cluster, &signer, &root, now).await?),
+        };
+        moving.push((name.to_string(), original, new));
+    }
+    if moving.is_empty() {
+        return Err(DriveError::Refused(
+            "every primary already signs under the new root".into(),
+        ));
+    }
+    // Then saved: the new root before anything issued under it.
+    let crate::store::Signer::Local(new_root) = &signer else {
+        unreachable!("built as a local signer above")
+    };
+    if !saved {
+        create_private_dir(&files.dir)?;
+        pending
+            .create(new_root)
+            .map_err(|e| DriveError::Refused(e.to_string()))?;
+    }
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let mut clusters = Vec::new();
+    for (name, original, new) in moving {
+        files.save_files(&name, "original", &original)?;
+        if let Some(new) = new {
+            files.save_files(&name, "new", &new)?;
+            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
+                .map(|c| c.info().serial.clone())
+                .ok();
+            audit.note(now, "transition-issue", Some(&name), "issued", serial, None);
+        }
+        clusters.push(name);
+    }
+    let record = Record::new(TransitionKind::RotateRoot, clusters, options);
+    files.save(&record)?;
+    audit.note(now, "transition-start", None, "rotate-root", None, None);
+    Ok(record)
+}
+
+/// After a root rotation is done: the new root replaces the old in the file store; the old one
+/// is moved aside to `<root dir>-replaced-<time>`. Idempotent.
+fn finish_rotation(
+    config: &Config,
+    files: &StateFiles,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    let crate::config::RootStoreConfig::File { dir } = &config.root else {
+        return Ok(());
+    };
+    let pending = new_root_store(files);
+    let Some(new_cert) = pending
+        .load_cert()
+        .map_err(|e| DriveError::Refused(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let store = crate::store::FileRootStore::new(dir.clone());
+    if store
+        .load_cert()
+        .map_err(|e| DriveError::Refused(e.to_string()))?
+        .as_ref()
+        == Some(&new_cert)
+    {
+        return Ok(());
+    }
+    let new_root = pending
+        .load()
+        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    let stamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+        .replace(':', "");
+    let aside = PathBuf::from(format!("{}-replaced-{stamp}", dir.display()));
+    if dir.exists() {
+        std::fs::rename(dir, &aside).map_err(crate::fsutil::fs_err("cannot move aside", dir))?;
+    }
+    store
+        .create(&new_root)
+        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    Audit::new(config.daemon.audit_log.clone()).note(
+        now,
+        "root-rotated",
+        None,
+        "replaced",
+        Some(new_cert.info().serial.clone()),
+        Some(format!("the previous root is kept in {}", aside.display())),
+    );
+    Ok(())
 }
 
 async fn issue_new(
@@ -414,7 +612,13 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 tokio::time::sleep(left.min(Duration::from_secs(60))).await;
                 continue;
             }
-            Step::AwaitApproval { .. } | Step::Held { .. } | Step::Finished => return Ok(step),
+            Step::Finished => {
+                if record.kind == TransitionKind::RotateRoot && record.phase == super::Phase::Done {
+                    finish_rotation(config, &files, now)?;
+                }
+                return Ok(step);
+            }
+            Step::AwaitApproval { .. } | Step::Held { .. } => return Ok(step),
             Step::Stopped { report } => return Err(DriveError::Stopped(report.clone())),
         };
         let before = (record.phase, record.state.clone());
