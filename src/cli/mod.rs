@@ -254,6 +254,25 @@ async fn root_import(
     key: &Path,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
+    let root = read_root(config, cert, key, now)?;
+    let store = RootSource::open(config).await?;
+    {
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.create(&root).await?;
+    }
+    println!("imported root into {}", store.describe());
+    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    Ok(())
+}
+
+/// Reads a root to import (certificate and key files) and refuses anything istiod could not use
+/// or the root policy does not allow.
+fn read_root(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+    now: OffsetDateTime,
+) -> Result<RootCa, CliError> {
     let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
     let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
     let root = import_root(
@@ -265,14 +284,7 @@ async fn root_import(
     )?;
     config.root_policy().check_root(root.cert())?;
     prove_root(config, &root, now)?;
-    let store = RootSource::open(config).await?;
-    {
-        let _lock = StateLock::acquire(&config.state_dir)?;
-        store.create(&root).await?;
-    }
-    println!("imported root into {}", store.describe());
-    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
-    Ok(())
+    Ok(root)
 }
 
 /// Before a root is stored: issue a throw-away intermediate with it under the policy and
@@ -636,19 +648,7 @@ async fn rotate_root_start(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let new_root = match (&args.new_root_cert, &args.new_root_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
-            let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
-            let root = import_root(
-                &cert_pem,
-                &key_pem,
-                now,
-                &cert.display().to_string(),
-                &key.display().to_string(),
-            )?;
-            prove_root(config, &root, now)?;
-            Some(root)
-        }
+        (Some(cert), Some(key)) => Some(read_root(config, cert, key, now)?),
         _ => None,
     };
     let _lock = StateLock::acquire(&config.state_dir)?;
