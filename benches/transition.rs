@@ -164,6 +164,7 @@ fn main() {
                 wait: true,
                 poll: Duration::from_millis(20),
                 stop_after: None,
+                max_steps: None,
             },
         )
         .await

@@ -289,8 +289,20 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         .unwrap();
     rt.block_on(async {
         let d = Daemon::new(config, Arc::new(SystemClock));
-        assert!(d.try_lead().await);
-        d.drive_transition().await;
+        // One step per heartbeat, leadership checked before each.
+        let mut heartbeats = 0;
+        while !cacertd::transition::driver::StateFiles::new(&s.path("state"))
+            .load()
+            .unwrap()
+            .unwrap()
+            .is_over()
+        {
+            assert!(d.try_lead().await);
+            d.drive_transition().await;
+            heartbeats += 1;
+            assert!(heartbeats < 100, "the daemon does not get the transition done");
+        }
+        assert!(heartbeats > 20, "{heartbeats}: one step at a time");
         let metrics = d.metrics().encode();
         assert!(
             metrics.contains(

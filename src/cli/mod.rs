@@ -68,6 +68,7 @@ impl CliError {
             CliError::Policy(_) => 4,
             CliError::Partial { code, .. } => *code,
             CliError::Transition(driver::DriveError::Refused(_)) => 5,
+            CliError::Transition(driver::DriveError::Policy(_)) => 4,
             CliError::Transition(_) => 1,
         }
     }
@@ -677,6 +678,7 @@ async fn run_drive(config: &Config, args: &DriveArgs) -> Result<(), CliError> {
         wait: args.wait,
         poll: std::time::Duration::from_secs(2),
         stop_after: args.stop_after_steps,
+        max_steps: None,
     };
     let rest = driver::drive(config, opts).await?;
     match rest {

@@ -153,14 +153,14 @@ impl Daemon {
             return false;
         };
         let holder = spec.holder_identity.as_deref() == Some(h.identity.as_str());
-        let renewed = spec.renew_time.map(|t| t.0.as_second());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+        // In milliseconds: the margin is a fraction of a second in small setups.
+        let renewed = spec.renew_time.map(|t| t.0.as_millisecond());
+        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0)).saturating_mul(1000);
         // The manager renews `grace` before expiry; half of it is the margin kept for the pass.
-        let margin = i64::try_from(s.grace.as_secs() / 2)
-            .unwrap_or(i64::MAX)
-            .max(1);
+        let margin = i64::try_from(s.grace.as_millis() / 2).unwrap_or(i64::MAX);
         // Lease times are wall-clock times, whatever clock drives the schedule.
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX);
         let fresh =
             renewed.is_some_and(|r| now < r.saturating_add(duration).saturating_sub(margin));
         if !(holder && fresh) {
@@ -233,11 +233,21 @@ impl Daemon {
             return Vec::new();
         }
         let now = self.clock.now();
+        // Clusters a trust transition holds are changed only through it.
+        let held: std::collections::BTreeSet<String> =
+            crate::transition::driver::StateFiles::new(&self.config.state_dir)
+                .load()
+                .ok()
+                .flatten()
+                .filter(|r| r.holds_clusters())
+                .map(|r| r.clusters.into_keys().collect())
+                .unwrap_or_default();
         let due: Vec<_> = {
             let schedule = self.schedule.lock().await;
             self.config
                 .topology
                 .primaries()
+                .filter(|c| !held.contains(&c.name))
                 .filter(|c| schedule.get(&c.name).is_none_or(|s| s.next <= now))
                 .collect()
         };
@@ -374,8 +384,10 @@ impl Daemon {
 
     /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
     /// changes or deletes it (the level-triggered pass then decides what to do).
-    /// Advances the trust transition under way, if any, as far as it goes without waiting;
-    /// a gate that does not hold yet is re-checked every 5 s, a drain every minute.
+    /// Advances the trust transition under way, if any, by one step per heartbeat (leadership
+    /// is checked before each); a gate that does not hold yet is re-checked every 5 s, a drain
+    /// every minute. With a Lease, the lock on `state_dir` is taken for the step too, so a
+    /// `transition` command run beside the daemon never drives at the same time.
     pub async fn drive_transition(&self) {
         let mut next = self.next_transition_drive.lock().await;
         if std::time::Instant::now() < *next {
@@ -394,18 +406,42 @@ impl Daemon {
             matches!(
                 r.state,
                 crate::transition::State::Active | crate::transition::State::RollingBack { .. }
-            ) && r.phase != crate::transition::Phase::Done
+            ) && !r.is_over()
         });
         let mut pause = Duration::from_secs(5);
+        let _lock = if active && self.config.daemon.lease.is_some() {
+            match StateLock::acquire(&self.config.state_dir) {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    tracing::info!("a transition command holds the state lock; not driving");
+                    *next = std::time::Instant::now() + pause;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         if active {
             let opts = crate::transition::driver::DriveOptions {
                 wait: false,
                 poll: Duration::from_secs(5),
                 stop_after: None,
+                max_steps: Some(1),
             };
             match crate::transition::driver::drive(&self.config, opts).await {
                 Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
-                Ok(step) => tracing::debug!(?step, "transition driven"),
+                Ok(crate::transition::Step::AwaitApproval { .. }) => {}
+                // A gate that was checked and does not hold yet.
+                Ok(crate::transition::Step::CheckGate { .. })
+                    if files
+                        .load()
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.gate_since.is_some()) => {}
+                Ok(step) => {
+                    tracing::debug!(?step, "transition step done");
+                    pause = Duration::ZERO;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the trust transition stopped");
                     pause = Duration::from_secs(30);

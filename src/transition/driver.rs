@@ -30,6 +30,8 @@ use crate::target::{Target, TargetError, WriteMeta};
 pub enum DriveError {
     #[error(transparent)]
     Io(#[from] FsError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyViolation),
     #[error("transition record {path}: {reason}")]
     BadRecord { path: PathBuf, reason: String },
     #[error("{cluster}: {source}")]
@@ -95,16 +97,18 @@ impl StateFiles {
     /// Refuses while a transition is under way; moves a finished one aside.
     fn make_room(&self, now: OffsetDateTime) -> Result<(), DriveError> {
         if let Some(existing) = self.load()? {
-            match existing.state {
-                State::RolledBack => self.archive(now)?,
-                _ if existing.phase == super::Phase::Done => self.archive(now)?,
-                _ => {
-                    return Err(DriveError::Refused(format!(
-                        "a transition is already under way (phase {}): see `transition status`",
-                        existing.phase
-                    )));
-                }
+            if !existing.is_over() {
+                return Err(DriveError::Refused(format!(
+                    "a transition is already under way (phase {}{}): see `transition status`",
+                    existing.phase,
+                    if existing.phase == super::Phase::Done {
+                        ", the root swap pending: `transition resume`"
+                    } else {
+                        ""
+                    }
+                )));
             }
+            self.archive(now)?;
         }
         Ok(())
     }
@@ -399,7 +403,9 @@ pub async fn start_rotate_root(
 }
 
 /// After a root rotation is done: the new root replaces the old in the file store; the old one
-/// is moved aside to `<root dir>-replaced-<time>`. Idempotent.
+/// is moved aside to `<root dir>-replaced-<time>`. The new store is built complete in a
+/// sibling folder first, so the root folder is always either the old root or the new one.
+/// Idempotent.
 fn finish_rotation(
     config: &Config,
     files: &StateFiles,
@@ -408,25 +414,23 @@ fn finish_rotation(
     let crate::config::RootStoreConfig::File { dir } = &config.root else {
         return Ok(());
     };
+    let store_err = |e: crate::store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
     let pending = new_root_store(files);
-    let Some(new_cert) = pending
-        .load_cert()
-        .map_err(|e| DriveError::Refused(e.to_string()))?
-    else {
-        return Ok(());
-    };
+    let new_root = pending.load().map_err(store_err)?;
     let store = crate::store::FileRootStore::new(dir.clone());
-    if store
-        .load_cert()
-        .map_err(|e| DriveError::Refused(e.to_string()))?
-        .as_ref()
-        == Some(&new_cert)
-    {
+    if store.load_cert().ok().flatten().as_ref() == Some(new_root.cert()) {
         return Ok(());
     }
-    let new_root = pending
-        .load()
-        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    let staging = PathBuf::from(format!("{}.new", dir.display()));
+    let staged = crate::store::FileRootStore::new(staging.clone());
+    if staged.load_cert().ok().flatten().as_ref() != Some(new_root.cert()) {
+        if staging.exists() {
+            // Our own half-built staging folder from an interrupted swap.
+            std::fs::remove_dir_all(&staging)
+                .map_err(crate::fsutil::fs_err("cannot clear", &staging))?;
+        }
+        staged.create(&new_root).map_err(store_err)?;
+    }
     let stamp = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -435,15 +439,16 @@ fn finish_rotation(
     if dir.exists() {
         std::fs::rename(dir, &aside).map_err(crate::fsutil::fs_err("cannot move aside", dir))?;
     }
-    store
-        .create(&new_root)
-        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    std::fs::rename(&staging, dir).map_err(crate::fsutil::fs_err("cannot move into place", dir))?;
+    if let Some(parent) = dir.parent() {
+        crate::fsutil::sync_dir(parent)?;
+    }
     Audit::new(config.daemon.audit_log.clone()).note(
         now,
         "root-rotated",
         None,
         "replaced",
-        Some(new_cert.info().serial.clone()),
+        Some(new_root.cert().info().serial.clone()),
         Some(format!("the previous root is kept in {}", aside.display())),
     );
     Ok(())
@@ -459,16 +464,12 @@ async fn issue_new(
     let name = cluster.name.as_str();
     let policy = config.policy_for(cluster);
     let spec = policy.intermediate_spec(name, &config.trust_domain);
-    policy
-        .check_issuance(name, &spec, root)
-        .map_err(|v| DriveError::Refused(v.to_string()))?;
+    policy.check_issuance(name, &spec, root)?;
     let ica = signer
         .issue(&spec, now)
         .await
         .map_err(|e| DriveError::Refused(format!("{name}: {e}")))?;
-    policy
-        .check_issued(name, &ica.cert)
-        .map_err(|v| DriveError::Refused(v.to_string()))?;
+    policy.check_issued(name, &ica.cert)?;
     let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -487,8 +488,10 @@ pub struct DriveOptions {
     pub wait: bool,
     /// How often a gate is re-checked while waiting.
     pub poll: Duration,
-    /// Stop after this many steps (crash tests).
+    /// Stop after this many steps, as if the process had died (crash tests).
     pub stop_after: Option<usize>,
+    /// Return (normally) after this many steps: the daemon checks its leadership between.
+    pub max_steps: Option<usize>,
 }
 
 /// Runs the transition from where its record stands until it is finished, must wait (and
@@ -519,6 +522,9 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
     loop {
         let now = OffsetDateTime::now_utc();
         let step = next_step(&record, now);
+        if step != Step::Finished && opts.max_steps.is_some_and(|n| done >= n) {
+            return Ok(step);
+        }
         if step != Step::Finished && opts.stop_after.is_some_and(|n| done >= n) {
             return Err(DriveError::Stopped(format!(
                 "stopped after {done} steps, as asked"
@@ -532,6 +538,16 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 let target = &targets[cluster];
                 let want = material(&materials[cluster], *of)
                     .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
+                // Never hand istiod material it would refuse (an original that expired while
+                // the transition was held, say): stop before touching the cluster.
+                if let Err(problems) = verify_cacerts(&want, now) {
+                    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    return Err(DriveError::Stopped(format!(
+                        "{cluster}: the cacerts for {} does not validate, so it was not written: {}",
+                        describe_material(*of),
+                        list.join("; ")
+                    )));
+                }
                 let observed = target.read().await.map_err(target_err(cluster))?;
                 // Recorded before writing: a write that lands but is not recorded still counts
                 // when a rollback works out what clusters may serve.
@@ -613,8 +629,13 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 continue;
             }
             Step::Finished => {
-                if record.kind == TransitionKind::RotateRoot && record.phase == super::Phase::Done {
+                if record.kind == TransitionKind::RotateRoot
+                    && record.phase == super::Phase::Done
+                    && !record.root_swapped
+                {
                     finish_rotation(config, &files, now)?;
+                    record.root_swapped = true;
+                    files.save(&record)?;
                 }
                 return Ok(step);
             }

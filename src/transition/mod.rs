@@ -202,6 +202,9 @@ pub struct Record {
     /// it signed live on until then + the drain period, so the new root stays trusted that long.
     #[serde(default)]
     pub new_signer_retired_at: Option<i64>,
+    /// A root rotation is complete only once the store holds the new root.
+    #[serde(default)]
+    pub root_swapped: bool,
 }
 
 /// The next thing a driver should do.
@@ -272,6 +275,7 @@ impl Record {
             approved: false,
             new_signer_used: false,
             new_signer_retired_at: None,
+            root_swapped: false,
         }
     }
 
@@ -420,6 +424,24 @@ impl Record {
         self.approved = false;
         self.state = State::RollingBack { to };
         Ok(())
+    }
+
+    /// Nothing left to do: done (a root rotation with the store swapped) or rolled back.
+    pub fn is_over(&self) -> bool {
+        match self.state {
+            State::RolledBack => true,
+            State::Active => {
+                self.phase == Phase::Done
+                    && (self.kind != TransitionKind::RotateRoot || self.root_swapped)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the transition still owns its clusters: until it is over, nothing else may
+    /// write their cacerts.
+    pub fn holds_clusters(&self) -> bool {
+        !self.is_over()
     }
 
     /// No cluster was written (or began to be) in the current phase or rollback.
