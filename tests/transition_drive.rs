@@ -289,6 +289,12 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         .unwrap();
     rt.block_on(async {
         let d = Daemon::new(config, Arc::new(SystemClock));
+        // Reconciliation leaves the clusters the transition holds alone.
+        assert!(d.try_lead().await);
+        let before = [served(&s, "cluster1"), served(&s, "cluster2")];
+        let reports = d.tick().await;
+        assert!(reports.is_empty(), "{reports:?}");
+        assert_eq!([served(&s, "cluster1"), served(&s, "cluster2")], before);
         // One step per heartbeat, leadership checked before each.
         let mut heartbeats = 0;
         while !cacertd::transition::driver::StateFiles::new(&s.path("state"))
