@@ -630,16 +630,7 @@ async fn migrate_start(
 ) -> Result<(), CliError> {
     let _lock = StateLock::acquire(&config.state_dir)?;
     let record = driver::start_migrate(config, transition_options(config, plan), now).await?;
-    println!(
-        "migration recorded for {}; material saved under {}",
-        record
-            .clusters
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        config.state_dir.join("transition").display()
-    );
+    started(config, "migration", &record);
     run_drive(config, drive).await
 }
 
@@ -660,17 +651,17 @@ async fn rotate_root_start(
         now,
     )
     .await?;
+    started(config, "root rotation", &record);
+    run_drive(config, &args.drive).await
+}
+
+fn started(config: &Config, what: &str, record: &transition::Record) {
+    let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
     println!(
-        "root rotation recorded for {}; material saved under {}",
-        record
-            .clusters
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
+        "{what} recorded for {}; material saved under {}",
+        clusters.join(", "),
         config.state_dir.join("transition").display()
     );
-    run_drive(config, &args.drive).await
 }
 
 async fn run_drive(config: &Config, args: &DriveArgs) -> Result<(), CliError> {
