@@ -214,7 +214,9 @@ mod tests {
     fn debug_of_files_hides_the_key() {
         let files = CaCertsFiles {
             ca_cert: b"c".to_vec(),
-            ca_key: Zeroizing::new(b"-----BEGIN PRIVATE KEY-----secret".to_vec()),
+            ca_key: Zeroizing::new(
+                crate::pki::secret_pem::armour("PRIVATE KEY", "secret", None).into_bytes(),
+            ),
             root_cert: vec![],
             cert_chain: vec![],
         };

@@ -7,7 +7,7 @@ mod constraints;
 mod intermediate;
 mod key;
 mod root;
-mod secret_pem;
+pub(crate) mod secret_pem;
 mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};

