@@ -239,7 +239,7 @@ impl Daemon {
                 .load()
                 .ok()
                 .flatten()
-                .filter(|r| r.holds_clusters())
+                .filter(|r| !r.is_over())
                 .map(|r| r.clusters.into_keys().collect())
                 .unwrap_or_default();
         let due: Vec<_> = {

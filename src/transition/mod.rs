@@ -426,7 +426,8 @@ impl Record {
         Ok(())
     }
 
-    /// Nothing left to do: done (a root rotation with the store swapped) or rolled back.
+    /// Nothing left to do: done (a root rotation with the store swapped) or rolled back. Until
+    /// then the transition owns its clusters: nothing else may write their cacerts.
     pub fn is_over(&self) -> bool {
         match self.state {
             State::RolledBack => true,
@@ -436,12 +437,6 @@ impl Record {
             }
             _ => false,
         }
-    }
-
-    /// Whether the transition still owns its clusters: until it is over, nothing else may
-    /// write their cacerts.
-    pub fn holds_clusters(&self) -> bool {
-        !self.is_over()
     }
 
     /// No cluster was written (or began to be) in the current phase or rollback.
