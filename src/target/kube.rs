@@ -163,6 +163,9 @@ impl KubeTarget {
         config.connect_timeout = Some(settings.timeout);
         config.read_timeout = Some(settings.timeout);
         config.write_timeout = Some(settings.timeout);
+        // kube's own retry layer would retry 429/503/504 up to 15 times with backoff growing to
+        // minutes, under our `retries` and unseen by it: the configured retries are the only ones.
+        config.default_retry = false;
         let url = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(|e| config_err(e.to_string()))?;
         Ok(KubeTarget {
