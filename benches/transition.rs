@@ -157,9 +157,15 @@ fn main() {
             skip_workload_restarts: false,
             approve_each_phase: false,
         };
-        driver::start_migrate(&config, options, now).await.unwrap();
+        let store = cacertd::transition::store::RecordStore::open(&config)
+            .await
+            .unwrap();
+        driver::start_migrate(&config, &store, options, now, false)
+            .await
+            .unwrap();
         let step = driver::drive(
             &config,
+            &store,
             DriveOptions {
                 wait: true,
                 poll: Duration::from_millis(20),

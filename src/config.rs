@@ -109,6 +109,27 @@ pub struct TransitionSettings {
     pub drain: Duration,
     /// How long a phase's gate may wait for every cluster before the transition fails.
     pub gate_timeout: Duration,
+    /// Where the transition record (and the material it moves between) is kept.
+    pub record: RecordLocation,
+    /// Namespaces whose workloads a transition does not restart (their owners do, before the
+    /// drain ends). Their `istio-ca-root-cert` is still checked: istiod publishes it anyway.
+    pub exclude_namespaces: Vec<String>,
+}
+
+/// `[transition] record`: where a transition's record lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordLocation {
+    /// `<state_dir>/transition/` (local mode).
+    StateDir,
+    /// Secrets in the management cluster named by `[daemon] lease` (in its namespace): the
+    /// default when a Lease is configured, so every replica and the CLI share one record.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+        namespace: String,
+        /// The record Secret; each primary's material is in `<name>-<cluster>`.
+        name: String,
+    },
 }
 
 impl Default for TransitionSettings {
@@ -116,6 +137,8 @@ impl Default for TransitionSettings {
         TransitionSettings {
             drain: Duration::from_secs(24 * 3600),
             gate_timeout: Duration::from_secs(30 * 60),
+            record: RecordLocation::StateDir,
+            exclude_namespaces: Vec::new(),
         }
     }
 }
@@ -168,6 +191,9 @@ struct RawDaemon {
 struct RawTransition {
     drain: Option<String>,
     gate_timeout: Option<String>,
+    record: Option<String>,
+    record_secret: Option<String>,
+    exclude_namespaces: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -720,6 +746,57 @@ impl Config {
             if let Some(g) = &t.gate_timeout {
                 transition.gate_timeout = parse("gate_timeout", g, false)?;
             }
+            let field =
+                |f: &str, reason: String| invalid(span.clone(), format!("transition.{f}"), reason);
+            let secret = t
+                .record_secret
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RECORD_SECRET.into());
+            if !valid_dns_label(&secret) || secret.len() > 40 {
+                return Err(field(
+                    "record_secret",
+                    format!("{secret:?} is not a lowercase DNS label of at most 40 characters"),
+                ));
+            }
+            transition.record = match (t.record.as_deref(), &daemon.lease) {
+                (None | Some("kubernetes"), Some(l)) => RecordLocation::Kubernetes {
+                    kubeconfig: l.kubeconfig.clone(),
+                    context: l.context.clone(),
+                    namespace: l.namespace.clone(),
+                    name: secret,
+                },
+                (Some("kubernetes"), None) => {
+                    return Err(field(
+                        "record",
+                        "\"kubernetes\" keeps the record in the management cluster, which \
+                         [daemon] lease names: configure the lease, or use \"state_dir\""
+                            .into(),
+                    ));
+                }
+                (None | Some("state_dir"), _) => RecordLocation::StateDir,
+                (Some(other), _) => {
+                    return Err(field(
+                        "record",
+                        format!("{other:?}: expected \"kubernetes\" or \"state_dir\""),
+                    ));
+                }
+            };
+            for ns in t.exclude_namespaces.iter().flatten() {
+                if !valid_dns_label(ns) {
+                    return Err(field(
+                        "exclude_namespaces",
+                        format!("{ns:?} is not a namespace name"),
+                    ));
+                }
+            }
+            transition.exclude_namespaces = t.exclude_namespaces.unwrap_or_default();
+        } else if let Some(l) = &daemon.lease {
+            transition.record = RecordLocation::Kubernetes {
+                kubeconfig: l.kubeconfig.clone(),
+                context: l.context.clone(),
+                namespace: l.namespace.clone(),
+                name: DEFAULT_RECORD_SECRET.into(),
+            };
         }
 
         Ok(Config {
@@ -768,6 +845,19 @@ impl Config {
             .get(&cluster.policy)
             .expect("cluster policy checked at load")
     }
+}
+
+const DEFAULT_RECORD_SECRET: &str = "cacertd-transition";
+
+/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
+fn valid_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn valid_cluster_name(name: &str) -> bool {

@@ -297,7 +297,7 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         assert_eq!([served(&s, "cluster1"), served(&s, "cluster2")], before);
         // One step per heartbeat, leadership checked before each.
         let mut heartbeats = 0;
-        while !cacertd::transition::driver::StateFiles::new(&s.path("state"))
+        while !cacertd::transition::store::StateFiles::new(&s.path("state"))
             .load()
             .unwrap()
             .unwrap()
@@ -403,4 +403,63 @@ fn a_rotation_refuses_clusters_not_on_the_current_root() {
     let run = s.cacertd(&["rotate-root", "start"]).fails_with(5);
     assert!(run.stderr.contains("migrate it first"), "{}", run.stderr);
     common::assert_unchanged(&before, &s.snapshot());
+}
+
+#[test]
+fn every_command_has_a_dry_run_that_changes_nothing() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["migrate", "start", "--drain", "0s", "--dry-run"])
+        .ok();
+    assert!(
+        run.stdout.contains("would cover cluster1, cluster2")
+            && run.stdout.contains("AddNewRoot:")
+            && run.stdout.contains("RemoveOldRoot:"),
+        "{}",
+        run.stdout
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+    assert!(!s.path("state/transition").exists());
+    let run = s
+        .cacertd(&["rotate-root", "start", "--dry-run"])
+        .fails_with(5);
+    assert!(run.stderr.contains("migrate it first"), "{}", run.stderr);
+    common::assert_unchanged(&before, &s.snapshot());
+
+    // Under way and waiting for approval into SwitchSigner.
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+        .ok();
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["transition", "resume", "--approve", "--dry-run"])
+        .ok();
+    assert!(
+        run.stdout.contains("SwitchSigner:")
+            && run
+                .stdout
+                .contains("cluster2: write cacerts: a new intermediate")
+            && run.stdout.contains("wait for an operator's approval"),
+        "{}",
+        run.stdout
+    );
+    let run = s.cacertd(&["transition", "rollback", "--dry-run"]).ok();
+    assert!(
+        run.stdout
+            .contains("rolling back to the material from before the transition:")
+            && run
+                .stdout
+                .contains("cluster1: write cacerts: the material it had before")
+            && !run.stdout.contains("new intermediate"),
+        "{}",
+        run.stdout
+    );
+    let run = s.cacertd(&["transition", "abort", "--dry-run"]).ok();
+    assert!(run.stdout.contains("would move"), "{}", run.stdout);
+    common::assert_unchanged(&before, &s.snapshot());
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("AwaitApproval"), "{status}");
+    // A dry run and a real flag that would act are not accepted together.
+    s.cacertd(&["transition", "resume", "--dry-run", "--wait"])
+        .fails_with(2);
 }

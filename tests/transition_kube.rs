@@ -81,21 +81,9 @@ fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Ar
     }
 }
 
-#[test]
-fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    std::fs::write(
-        s.path("cacertd.toml"),
-        format!(
-            "{}\n[transition]\ngate_timeout = \"1s\"\n",
-            std::fs::read_to_string(s.path("cacertd.toml")).unwrap()
-        ),
-    )
-    .unwrap();
-    s.cacertd(&["root", "init"]).ok();
-
-    // Each primary runs istiod with its own self-signed CA (different roots).
+/// Each primary runs istiod with its own self-signed CA (different roots); every cluster has
+/// an injected namespace `app` with a Deployment `web`. Returns the `istio-ca-secret`s.
+fn self_signed_mesh(server: &TestApiServer) -> Vec<Value> {
     let mut secrets = Vec::new();
     for name in ["cluster1", "cluster2"] {
         let other = Setup::new();
@@ -128,13 +116,55 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
             })),
         );
     }
+    secrets
+}
 
-    let paused = Arc::new(AtomicBool::new(true));
-    let stop = Arc::new(AtomicBool::new(false));
-    let istiod = {
-        let (server, paused, stop) = (server.clone(), paused.clone(), stop.clone());
-        std::thread::spawn(move || stand_in_istiod(server, paused, stop))
-    };
+/// The stand-in istiod, running until `stop`; it skips cluster2 while `paused`.
+struct Istiod {
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Istiod {
+    fn start(server: &Arc<TestApiServer>, paused: bool) -> Self {
+        let paused = Arc::new(AtomicBool::new(paused));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, paused, stop) = (server.clone(), paused.clone(), stop.clone());
+            std::thread::spawn(move || stand_in_istiod(server, paused, stop))
+        };
+        Istiod {
+            paused,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Istiod {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn append_config(s: &Setup, extra: &str) {
+    let path = s.path("cacertd.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(path, format!("{config}\n{extra}\n")).unwrap();
+}
+
+#[test]
+fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"1s\"");
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    let istiod = Istiod::start(&server, true);
 
     // cluster2's istiod lags: AddNewRoot's gate fails, naming it.
     let run = s
@@ -164,10 +194,9 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         );
     }
 
-    paused.store(false, Ordering::SeqCst);
+    istiod.paused.store(false, Ordering::SeqCst);
     s.cacertd(&["transition", "resume", "--wait"]).ok();
-    stop.store(true, Ordering::SeqCst);
-    istiod.join().unwrap();
+    drop(istiod);
 
     let root = s.read("state/root/root-cert.pem");
     for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
@@ -221,4 +250,247 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         "3 phases × 2 primaries × (istiod, gateways, workloads)"
     );
     assert!(!audit.contains("PRIVATE KEY"));
+}
+
+fn secret_data(c: &FakeCluster, ns: &str, name: &str) -> Option<Value> {
+    c.get("secrets", ns, name).map(|s| s["data"].clone())
+}
+
+/// The four files each primary serves now.
+fn served(server: &TestApiServer, name: &str) -> Value {
+    secret_data(server.cluster(name), "istio-system", "cacerts").unwrap()
+}
+
+#[test]
+fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_is_stopped() {
+    let mut names = CLUSTERS.to_vec();
+    names.push("mgmt");
+    let server = Arc::new(TestApiServer::start(&names));
+    let s = setup(&server, "");
+    let mgmt = server.cluster("mgmt");
+    mgmt.namespace("cacertd", &[]);
+    // With exactly the shipped Role of the management cluster.
+    mgmt.add_token(
+        "cacertd",
+        "system:serviceaccount:cacertd:cacertd",
+        common::kube::management_rules(),
+    );
+    std::fs::write(s.path("kube/mgmt.yaml"), mgmt.kubeconfig("cacertd")).unwrap();
+    append_config(
+        &s,
+        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
+         [transition]\ngate_timeout = \"30s\"",
+    );
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+
+    // Killed after its fourth step: the record and material are in the management cluster.
+    let run = s
+        .cacertd(&[
+            "migrate",
+            "start",
+            "--drain",
+            "0s",
+            "--stop-after-steps",
+            "4",
+        ])
+        .fails_with(1);
+    assert!(
+        run.stdout
+            .contains("Secret cacertd/cacertd-transition in the management cluster"),
+        "{}",
+        run.stdout
+    );
+    assert!(!s.path("state/transition").exists());
+    let record = secret_data(mgmt, "cacertd", "cacertd-transition").unwrap();
+    let json: Value = serde_json::from_slice(&unb64(&record["record.json"])).unwrap();
+    assert_eq!(json["phase"], "add-new-root", "{json}");
+    for name in ["cluster1", "cluster2"] {
+        let material = secret_data(mgmt, "cacertd", &format!("cacertd-transition-{name}")).unwrap();
+        assert_eq!(material.as_object().unwrap().len(), 8, "{name}: {material}");
+    }
+    let material1 = secret_data(mgmt, "cacertd", "cacertd-transition-cluster1").unwrap();
+
+    // Another driver advances the record between this one's read and its save: this one stops
+    // and leaves the other's record as it is.
+    let mut theirs = json.clone();
+    theirs["options"]["drain_seconds"] = json!(7);
+    let theirs = serde_json::to_vec(&theirs).unwrap();
+    mgmt.concurrent_update_before_write(
+        1,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacertd-transition", "namespace": "cacertd",
+                         "labels": {"cacertd.io/transition": "cacertd-transition"}},
+            "type": "Opaque",
+            "data": {"record.json": b64(&theirs)},
+        }),
+    );
+    let before = server
+        .cluster("cluster2")
+        .get("secrets", "istio-system", "cacerts");
+    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
+    assert!(
+        run.stderr.contains("changed by someone else"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        unb64(&secret_data(mgmt, "cacertd", "cacertd-transition").unwrap()["record.json"]),
+        theirs
+    );
+    assert_eq!(
+        server
+            .cluster("cluster2")
+            .get("secrets", "istio-system", "cacerts"),
+        before,
+        "nothing was written after the conflict"
+    );
+
+    // Resumed: it finishes from the shared record, with the material saved at the start.
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("phase Done"), "{status}");
+    let root = s.read("state/root/root-cert.pem");
+    assert_eq!(unb64(&served(&server, "cluster1")["root-cert.pem"]), root);
+    assert_eq!(
+        served(&server, "cluster1")["ca-cert.pem"],
+        material1["new.ca-cert.pem"]
+    );
+
+    // The next start moves the finished transition aside: copied, labelled, then removed.
+    let run = s.cacertd(&["migrate", "start"]).fails_with(5);
+    assert!(run.stderr.contains("nothing to migrate"), "{}", run.stderr);
+    assert!(secret_data(mgmt, "cacertd", "cacertd-transition").is_none());
+    let archived: Vec<Value> = mgmt
+        .list("secrets", Some("cacertd"))
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["cacertd.io/archived"] == "true")
+        .collect();
+    assert_eq!(
+        archived.len(),
+        3,
+        "the record and two materials: {archived:#?}"
+    );
+    assert!(archived.iter().any(|a| a["data"] == material1));
+    let reqs = mgmt.requests();
+    assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
+}
+
+#[test]
+fn an_unreachable_cluster_fails_the_gate_by_name_and_resume_completes_once_it_is_back() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "retries = 0\ntimeout = \"2s\"");
+    append_config(&s, "[transition]\ngate_timeout = \"1s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+
+    // Both primaries written and restarted; the next step is AddNewRoot's gate.
+    s.cacertd(&[
+        "migrate",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "8",
+    ])
+    .fails_with(1);
+    let cluster2 = server.cluster("cluster2");
+    cluster2.inject(
+        cacertd_test_apiserver::FaultAction::Status(503),
+        1_000_000,
+        false,
+    );
+    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
+    assert!(
+        run.stderr.contains("cluster2: unreachable"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase AddNewRoot") && status.contains("Failed"),
+        "{status}"
+    );
+
+    cluster2.clear_faults();
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let root = s.read("state/root/root-cert.pem");
+    for name in ["cluster1", "cluster2"] {
+        assert_eq!(
+            unb64(&served(&server, name)["root-cert.pem"]),
+            root,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+    let primaries = ["cluster1", "cluster2"];
+    let snapshot = || primaries.map(|c| served(&server, c));
+
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+        .ok();
+    let added = snapshot();
+    s.cacertd(&["transition", "resume", "--approve"]).ok();
+    let switched = snapshot();
+    assert_ne!(added, switched);
+    // Into RemoveOldRoot: cluster1 written and partly restarted, then the process stops.
+    s.cacertd(&[
+        "transition",
+        "resume",
+        "--approve",
+        "--stop-after-steps",
+        "3",
+    ])
+    .fails_with(1);
+    assert_ne!(served(&server, "cluster1"), switched[0]);
+
+    for (expected, phase) in [(&switched, "SwitchSigner"), (&added, "AddNewRoot")] {
+        s.cacertd(&["transition", "rollback", "--wait"]).ok();
+        assert_eq!(&snapshot(), expected, "back to {phase}'s material");
+    }
+    // From AddNewRoot: back to what istiod had, its own CA as a plugged-in cacerts, byte for
+    // byte; istio-ca-secret itself is untouched.
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    for (i, name) in primaries.iter().enumerate() {
+        let ss = &secrets[i]["data"];
+        let now = served(&server, name);
+        assert_eq!(now["ca-cert.pem"], ss["ca-cert.pem"], "{name}");
+        assert_eq!(now["ca-key.pem"], ss["ca-key.pem"], "{name}");
+        assert_eq!(now["root-cert.pem"], ss["ca-cert.pem"], "{name}");
+        assert_eq!(
+            secret_data(server.cluster(name), "istio-system", "istio-ca-secret").as_ref(),
+            Some(ss),
+            "{name}"
+        );
+    }
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("RolledBack"), "{status}");
+    // Every cacerts that was replaced is kept: cluster1 went through five replacements
+    // (SwitchSigner, RemoveOldRoot, and three rollbacks), cluster2 through three.
+    for (name, replaced) in [("cluster1", 5), ("cluster2", 3)] {
+        let backups = server
+            .cluster(name)
+            .list("secrets", Some("istio-system"))
+            .into_iter()
+            .filter(|s| {
+                s["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cacerts-backup-")
+            })
+            .count();
+        assert_eq!(backups, replaced, "{name}");
+    }
 }

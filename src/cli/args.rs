@@ -190,9 +190,10 @@ pub enum TransitionCommand {
     /// before). Backups of everything replaced are kept.
     Rollback(DriveArgs),
 
-    /// Forget the transition without touching any cluster; its files are moved aside to
-    /// <state_dir>/transition-<time>/, not deleted. Clusters keep whatever they serve now.
-    Abort,
+    /// Forget the transition without touching any cluster; its record and material are moved
+    /// aside (to <state_dir>/transition-<time>/, or to Secrets suffixed with the time in the
+    /// management cluster), not deleted. Clusters keep whatever they serve now.
+    Abort(AbortArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -224,6 +225,18 @@ pub struct DriveArgs {
     /// Stop after this many steps, as if the process had died (for crash testing).
     #[arg(long, hide = true, value_name = "N")]
     pub stop_after_steps: Option<usize>,
+
+    /// Print what would be done — the clusters it would move and every step still ahead —
+    /// and change nothing (no record, no material, no intermediate issued, no cluster written).
+    #[arg(long, conflicts_with_all = ["wait", "stop_after_steps"])]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct AbortArgs {
+    /// Print what would be moved aside and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -30,6 +30,7 @@ use crate::policy::PolicyViolation;
 use crate::store::{RootSource, StoreError};
 use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
+use crate::transition::store::RecordStore;
 use crate::transition::{self, TransitionKind, driver};
 
 /// Everything a command can fail with; each maps to a documented exit code.
@@ -629,9 +630,15 @@ async fn migrate_start(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let _lock = StateLock::acquire(&config.state_dir)?;
-    let record = driver::start_migrate(config, transition_options(config, plan), now).await?;
-    started(config, "migration", &record);
-    run_drive(config, drive).await
+    let store = RecordStore::open(config).await?;
+    let options = transition_options(config, plan);
+    let record = driver::start_migrate(config, &store, options, now, drive.dry_run).await?;
+    if drive.dry_run {
+        print_dry_run(config, &record, "migration", now);
+        return Ok(());
+    }
+    started(&store, "migration", &record);
+    run_drive(config, &store, drive).await
 }
 
 async fn rotate_root_start(
@@ -644,34 +651,104 @@ async fn rotate_root_start(
         _ => None,
     };
     let _lock = StateLock::acquire(&config.state_dir)?;
+    let store = RecordStore::open(config).await?;
     let record = driver::start_rotate_root(
         config,
+        &store,
         transition_options(config, &args.plan),
         new_root,
         now,
+        args.drive.dry_run,
     )
     .await?;
-    started(config, "root rotation", &record);
-    run_drive(config, &args.drive).await
+    if args.drive.dry_run {
+        print_dry_run(config, &record, "root rotation", now);
+        return Ok(());
+    }
+    started(&store, "root rotation", &record);
+    run_drive(config, &store, &args.drive).await
 }
 
-fn started(config: &Config, what: &str, record: &transition::Record) {
+/// Each primary with the remotes its istiod serves.
+fn scopes(config: &Config) -> Vec<transition::Scope> {
+    config
+        .topology
+        .primaries()
+        .map(|p| transition::Scope {
+            primary: p.name.clone(),
+            remotes: config
+                .topology
+                .remotes_of(&p.name)
+                .map(|r| r.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+/// `--dry-run`: which primaries the transition covers and every step still ahead of it.
+fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
     println!(
-        "{what} recorded for {}; material saved under {}",
+        "dry run: the {what} would cover {} (phase {}, {:?}). Nothing was changed.",
         clusters.join(", "),
-        config.state_dir.join("transition").display()
+        record.phase,
+        record.state
+    );
+    let scopes: Vec<transition::Scope> = scopes(config)
+        .into_iter()
+        .filter(|s| record.clusters.contains_key(&s.primary))
+        .collect();
+    let steps = transition::remaining_steps(record, &scopes, now);
+    match record.state {
+        transition::State::RollingBack { to } => {
+            println!(
+                "\nrolling back to {}:",
+                match to {
+                    transition::MaterialOf::Original =>
+                        "the material from before the transition".into(),
+                    transition::MaterialOf::Phase(p) => format!("{p}'s material"),
+                }
+            );
+            print_steps(&steps, false);
+        }
+        _ => print_steps(&steps, true),
+    }
+}
+
+fn print_steps(steps: &[transition::PlannedStep], by_phase: bool) {
+    let mut phase = None;
+    for (i, step) in steps.iter().enumerate() {
+        if by_phase && phase != Some(step.phase) {
+            println!("\n{}:", step.phase);
+            phase = Some(step.phase);
+        }
+        match &step.cluster {
+            Some(c) => println!("  {:>3}. {c}: {}", i + 1, step.action),
+            None => println!("  {:>3}. {}", i + 1, step.action),
+        }
+    }
+    if steps.is_empty() {
+        println!("no step is left");
+    }
+}
+
+fn started(store: &RecordStore, what: &str, record: &transition::Record) {
+    let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
+    println!(
+        "{what} recorded for {} in {}",
+        clusters.join(", "),
+        store.describe()
     );
 }
 
-async fn run_drive(config: &Config, args: &DriveArgs) -> Result<(), CliError> {
+async fn run_drive(config: &Config, store: &RecordStore, args: &DriveArgs) -> Result<(), CliError> {
     let opts = driver::DriveOptions {
         wait: args.wait,
         poll: std::time::Duration::from_secs(2),
         stop_after: args.stop_after_steps,
         max_steps: None,
     };
-    let rest = driver::drive(config, opts).await?;
+    let rest = driver::drive(config, store, opts).await?;
     match rest {
         transition::Step::Finished => println!("transition finished"),
         transition::Step::AwaitApproval { phase } => {
@@ -699,9 +776,9 @@ async fn transition_cmd(
     cmd: TransitionCommand,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
-    let files = driver::StateFiles::new(&config.state_dir);
+    let files = RecordStore::open(config).await?;
     if let TransitionCommand::Status(o) = cmd {
-        let Some(record) = files.load()? else {
+        let Some(record) = files.load().await? else {
             println!("no transition is under way");
             return Ok(());
         };
@@ -732,10 +809,48 @@ async fn transition_cmd(
         println!("next: {next:?}");
         return Ok(());
     }
-    let _lock = StateLock::acquire(&config.state_dir)?;
-    let Some(mut record) = files.load()? else {
+    let dry_run = match &cmd {
+        TransitionCommand::Status(_) => false,
+        TransitionCommand::Resume(a) => a.drive.dry_run,
+        TransitionCommand::Rollback(d) => d.dry_run,
+        TransitionCommand::Abort(a) => a.dry_run,
+    };
+    // A dry run takes no lock: it may look while the daemon drives.
+    let _lock = match dry_run {
+        true => None,
+        false => Some(StateLock::acquire(&config.state_dir)?),
+    };
+    let Some(mut record) = files.load().await? else {
         return Err(CliError::Usage("no transition is under way".into()));
     };
+    if dry_run {
+        let what = match &cmd {
+            TransitionCommand::Resume(a) => {
+                record.resume().map_err(CliError::Usage)?;
+                if a.approve {
+                    record.approve();
+                }
+                "resumed transition"
+            }
+            TransitionCommand::Rollback(_) => {
+                record.rollback().map_err(CliError::Usage)?;
+                "rollback"
+            }
+            _ => {
+                println!(
+                    "dry run: would move the record and material in {} aside (nothing is \
+                     deleted) and forget the transition at phase {}, {:?}; no cluster would be \
+                     touched. Nothing was changed.",
+                    files.describe(),
+                    record.phase,
+                    record.state
+                );
+                return Ok(());
+            }
+        };
+        print_dry_run(config, &record, what, now);
+        return Ok(());
+    }
     let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
     match cmd {
         TransitionCommand::Status(_) => unreachable!("handled above"),
@@ -744,7 +859,7 @@ async fn transition_cmd(
             if a.approve {
                 record.approve();
             }
-            files.save(&record)?;
+            files.save(&record).await?;
             audit.note(
                 now,
                 "transition-resume",
@@ -753,11 +868,11 @@ async fn transition_cmd(
                 None,
                 None,
             );
-            run_drive(config, &a.drive).await
+            run_drive(config, &files, &a.drive).await
         }
         TransitionCommand::Rollback(d) => {
             record.rollback().map_err(CliError::Usage)?;
-            files.save(&record)?;
+            files.save(&record).await?;
             audit.note(
                 now,
                 "transition-rollback",
@@ -766,10 +881,10 @@ async fn transition_cmd(
                 None,
                 None,
             );
-            run_drive(config, &d).await
+            run_drive(config, &files, &d).await
         }
-        TransitionCommand::Abort => {
-            files.abort(now)?;
+        TransitionCommand::Abort(_) => {
+            files.archive(&record, now).await?;
             audit.note(
                 now,
                 "transition-abort",
@@ -795,18 +910,7 @@ fn transition_plan(
 ) -> Result<(), CliError> {
     let drain = args.drain.unwrap_or(config.transition.drain);
     let options = transition_options(config, args);
-    let scopes: Vec<transition::Scope> = config
-        .topology
-        .primaries()
-        .map(|p| transition::Scope {
-            primary: p.name.clone(),
-            remotes: config
-                .topology
-                .remotes_of(&p.name)
-                .map(|r| r.name.clone())
-                .collect(),
-        })
-        .collect();
+    let scopes = scopes(config);
     let steps = transition::plan_steps(kind, &scopes, &options);
     if args.output.output == Format::Json {
         output::print_json(&steps);
@@ -822,17 +926,7 @@ fn transition_plan(
         humantime::format_duration(drain),
         humantime::format_duration(config.transition.gate_timeout)
     );
-    let mut phase = None;
-    for (i, step) in steps.iter().enumerate() {
-        if phase != Some(step.phase) {
-            println!("\n{}:", step.phase);
-            phase = Some(step.phase);
-        }
-        match &step.cluster {
-            Some(c) => println!("  {:>3}. {c}: {}", i + 1, step.action),
-            None => println!("  {:>3}. {}", i + 1, step.action),
-        }
-    }
+    print_steps(&steps, true);
     Ok(())
 }
 

@@ -28,6 +28,8 @@ use crate::fsutil::StateLock;
 use crate::issuance::{self, ClusterReport, Outcome};
 use crate::plan::PlanOptions;
 use crate::store::{RootSource, StoreError};
+use crate::transition::driver::DriveError;
+use crate::transition::store::RecordStore;
 
 /// When a cluster is next looked at, and how often it has failed in a row.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +53,8 @@ pub struct Daemon {
     lease: Mutex<Option<LeaseHold>>,
     /// When the trust transition under way is next driven.
     next_transition_drive: Mutex<std::time::Instant>,
+    /// Where the transition record is kept, opened once.
+    transition_store: tokio::sync::OnceCell<RecordStore>,
 }
 
 /// A running Kubernetes Lease contest: the watcher task and its "am I leader" channel.
@@ -82,6 +86,7 @@ impl Daemon {
             lock: Mutex::new(None),
             lease: Mutex::new(None),
             next_transition_drive: Mutex::new(std::time::Instant::now()),
+            transition_store: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -234,14 +239,17 @@ impl Daemon {
         }
         let now = self.clock.now();
         // Clusters a trust transition holds are changed only through it.
-        let held: std::collections::BTreeSet<String> =
-            crate::transition::driver::StateFiles::new(&self.config.state_dir)
-                .load()
-                .ok()
-                .flatten()
+        let held: std::collections::BTreeSet<String> = match self.transition_record().await {
+            Ok(record) => record
                 .filter(|r| !r.is_over())
                 .map(|r| r.clusters.into_keys().collect())
-                .unwrap_or_default();
+                .unwrap_or_default(),
+            // Unknown: nothing that a transition may hold is touched.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the transition record; reconciliation waits");
+                return Vec::new();
+            }
+        };
         let due: Vec<_> = {
             let schedule = self.schedule.lock().await;
             self.config
@@ -393,12 +401,11 @@ impl Daemon {
         if std::time::Instant::now() < *next {
             return;
         }
-        let files = crate::transition::driver::StateFiles::new(&self.config.state_dir);
-        let record = match files.load() {
+        let record = match self.transition_record().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the transition record");
-                *next = std::time::Instant::now() + Duration::from_secs(60);
+                *next = std::time::Instant::now() + Duration::from_secs(30);
                 return;
             }
         };
@@ -409,7 +416,9 @@ impl Daemon {
             ) && !r.is_over()
         });
         let mut pause = Duration::from_secs(5);
-        let _lock = if active && self.config.daemon.lease.is_some() {
+        // A record in the management cluster is guarded by compare-and-swap instead.
+        let local_record = self.config.transition.record == crate::config::RecordLocation::StateDir;
+        let _lock = if active && local_record && self.config.daemon.lease.is_some() {
             match StateLock::acquire(&self.config.state_dir) {
                 Ok(l) => Some(l),
                 Err(_) => {
@@ -428,13 +437,17 @@ impl Daemon {
                 stop_after: None,
                 max_steps: Some(1),
             };
-            match crate::transition::driver::drive(&self.config, opts).await {
+            let Ok(store) = self.transition_store().await else {
+                return;
+            };
+            match crate::transition::driver::drive(&self.config, store, opts).await {
                 Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
                 Ok(crate::transition::Step::AwaitApproval { .. }) => {}
                 // A gate that was checked and does not hold yet.
                 Ok(crate::transition::Step::CheckGate { .. })
-                    if files
+                    if store
                         .load()
+                        .await
                         .ok()
                         .flatten()
                         .is_some_and(|r| r.gate_since.is_some()) => {}
@@ -448,10 +461,20 @@ impl Daemon {
                 }
             }
         }
-        let record = files.load().ok().flatten();
+        let record = self.transition_record().await.ok().flatten();
         self.metrics
             .transition(record.as_ref(), time::OffsetDateTime::now_utc());
         *next = std::time::Instant::now() + pause;
+    }
+
+    async fn transition_store(&self) -> Result<&RecordStore, DriveError> {
+        self.transition_store
+            .get_or_try_init(|| RecordStore::open(&self.config))
+            .await
+    }
+
+    async fn transition_record(&self) -> Result<Option<crate::transition::Record>, DriveError> {
+        self.transition_store().await?.load().await
     }
 
     pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {

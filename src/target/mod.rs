@@ -4,7 +4,7 @@
 mod dir;
 mod kube;
 mod manifest;
-mod retry;
+pub(crate) mod retry;
 
 pub use dir::DirTarget;
 pub use kube::{KubeTarget, RolloutKind, Workload};

@@ -6,19 +6,19 @@
 //! saved before the record exists, so a resumed transition never issues a second intermediate.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
+use super::store::{NEW, ORIGINAL, RecordStore, new_root_dir};
 use super::{
     ClusterMaterial, MaterialOf, Options, Outcome, Record, RestartStage, State, Step,
     TransitionKind, from_self_signed, material, next_step,
 };
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::fsutil::{FsError, Mode, create_private_dir, read_optional, write_atomic};
+use crate::fsutil::{FsError, create_private_dir};
 use crate::pki::{
     CaCertsFiles, Cert, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
 };
@@ -32,8 +32,9 @@ pub enum DriveError {
     Io(#[from] FsError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyViolation),
-    #[error("transition record {path}: {reason}")]
-    BadRecord { path: PathBuf, reason: String },
+    /// The record or material could not be read or written.
+    #[error("transition record, {location}: {reason}")]
+    Record { location: String, reason: String },
     #[error("{cluster}: {source}")]
     Target {
         cluster: String,
@@ -55,143 +56,16 @@ fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveError + '_ {
     }
 }
 
-/// The files of a transition in `state_dir`.
-pub struct StateFiles {
-    dir: PathBuf,
-}
-
-impl StateFiles {
-    pub fn new(state_dir: &Path) -> Self {
-        StateFiles {
-            dir: state_dir.join("transition"),
-        }
-    }
-
-    fn record_path(&self) -> PathBuf {
-        self.dir.join("record.json")
-    }
-
-    pub fn load(&self) -> Result<Option<Record>, DriveError> {
-        let path = self.record_path();
-        let Some(bytes) = read_optional(&path)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| DriveError::BadRecord {
-                path,
-                reason: e.to_string(),
-            })
-    }
-
-    pub fn save(&self, record: &Record) -> Result<(), DriveError> {
-        create_private_dir(&self.dir)?;
-        let json = serde_json::to_vec_pretty(record).map_err(|e| DriveError::BadRecord {
-            path: self.record_path(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&self.record_path(), &json, Mode::Secret)?;
-        Ok(())
-    }
-
-    /// Refuses while a transition is under way; moves a finished one aside.
-    fn make_room(&self, now: OffsetDateTime) -> Result<(), DriveError> {
-        if let Some(existing) = self.load()? {
-            if !existing.is_over() {
-                return Err(DriveError::Refused(format!(
-                    "a transition is already under way (phase {}{}): see `transition status`",
-                    existing.phase,
-                    if existing.phase == super::Phase::Done {
-                        ", the root swap pending: `transition resume`"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            self.archive(now)?;
-        }
-        Ok(())
-    }
-
-    /// Moves an unfinished transition's files aside without touching any cluster.
-    pub fn abort(&self, now: OffsetDateTime) -> Result<(), DriveError> {
-        self.archive(now)
-    }
-
-    /// Moves a finished transition's files aside (nothing is deleted) so a new one can start.
-    fn archive(&self, now: OffsetDateTime) -> Result<(), DriveError> {
-        let stamp = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-            .replace(':', "");
-        let to = self.dir.with_file_name(format!("transition-{stamp}"));
-        std::fs::rename(&self.dir, &to)
-            .map_err(crate::fsutil::fs_err("cannot move aside", &self.dir))?;
-        Ok(())
-    }
-
-    fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
-        self.dir.join(cluster).join(which)
-    }
-
-    fn save_files(
-        &self,
-        cluster: &str,
-        which: &str,
-        files: &CaCertsFiles,
-    ) -> Result<(), DriveError> {
-        let dir = self.material_dir(cluster, which);
-        create_private_dir(&dir)?;
-        for (name, bytes) in files.entries() {
-            write_atomic(&dir.join(name), bytes, Mode::Secret)?;
-        }
-        Ok(())
-    }
-
-    fn load_files(&self, cluster: &str, which: &str) -> Result<Option<CaCertsFiles>, DriveError> {
-        let dir = self.material_dir(cluster, which);
-        let read = |name: &str| read_optional(&dir.join(name));
-        let (Some(ca_cert), Some(ca_key), Some(root_cert), Some(cert_chain)) = (
-            read(CaCertsFiles::CA_CERT)?,
-            read(CaCertsFiles::CA_KEY)?,
-            read(CaCertsFiles::ROOT_CERT)?,
-            read(CaCertsFiles::CERT_CHAIN)?,
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(CaCertsFiles {
-            ca_cert,
-            ca_key: Zeroizing::new(ca_key),
-            root_cert,
-            cert_chain,
-        }))
-    }
-
-    fn load_material(&self, cluster: &str) -> Result<ClusterMaterial, DriveError> {
-        let missing = |which: &str| DriveError::BadRecord {
-            path: self.material_dir(cluster, which),
-            reason: "the saved material is missing".into(),
-        };
-        Ok(ClusterMaterial {
-            original: self
-                .load_files(cluster, "original")?
-                .ok_or_else(|| missing("original"))?,
-            new: self
-                .load_files(cluster, "new")?
-                .ok_or_else(|| missing("new"))?,
-        })
-    }
-}
-
 /// `migrate start`: reads every primary, saves the material it moves between (issuing each
 /// new intermediate once), then records the transition. Changes no cluster.
 pub async fn start_migrate(
     config: &Config,
+    files: &RecordStore,
     options: Options,
     now: OffsetDateTime,
+    dry_run: bool,
 ) -> Result<Record, DriveError> {
-    let files = StateFiles::new(&config.state_dir);
-    files.make_room(now)?;
+    let own = files.make_room(now, dry_run).await?;
     let signer = RootSource::open(config)
         .await
         .map_err(|e| DriveError::Refused(e.to_string()))?
@@ -208,7 +82,11 @@ pub async fn start_migrate(
             .await
             .map_err(target_err(name))?;
         let observed = target.read().await.map_err(target_err(name))?;
-        let original = match files.load_files(name, "original")? {
+        let saved = match own {
+            true => files.load_files(name, ORIGINAL).await?,
+            false => None,
+        };
+        let original = match saved {
             Some(saved) => saved,
             None => match (
                 &observed.snapshot.cacerts,
@@ -239,10 +117,14 @@ pub async fn start_migrate(
             );
             continue;
         }
-        files.save_files(name, "original", &original)?;
-        if files.load_files(name, "new")?.is_none() {
+        if dry_run {
+            clusters.push(name.to_string());
+            continue;
+        }
+        files.save_files(name, ORIGINAL, &original).await?;
+        if files.load_files(name, NEW).await?.is_none() {
             let new = issue_new(config, cluster, &signer, &root, now).await?;
-            files.save_files(name, "new", &new)?;
+            files.save_files(name, NEW, &new).await?;
             let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
                 .map(|c| c.info().serial.clone())
                 .ok();
@@ -256,14 +138,17 @@ pub async fn start_migrate(
         ));
     }
     let record = Record::new(TransitionKind::Migrate, clusters, options);
-    files.save(&record)?;
+    if dry_run {
+        return Ok(record);
+    }
+    files.save(&record).await?;
     audit.note(now, "transition-start", None, "migrate", None, None);
     Ok(record)
 }
 
 /// Where the new root waits until a root rotation is done.
-fn new_root_store(files: &StateFiles) -> crate::store::FileRootStore {
-    crate::store::FileRootStore::new(files.dir.join("new-root"))
+fn new_root_store(config: &Config) -> crate::store::FileRootStore {
+    crate::store::FileRootStore::new(new_root_dir(&config.state_dir))
 }
 
 /// `rotate-root start`: the new root (imported, or generated per the root policy) is kept in
@@ -271,9 +156,11 @@ fn new_root_store(files: &StateFiles) -> crate::store::FileRootStore {
 /// file store (the old one is moved aside). Every primary must be on the current root.
 pub async fn start_rotate_root(
     config: &Config,
+    files: &RecordStore,
     options: Options,
     new_root: Option<crate::pki::RootCa>,
     now: OffsetDateTime,
+    dry_run: bool,
 ) -> Result<Record, DriveError> {
     let crate::config::RootStoreConfig::File { dir } = &config.root else {
         return Err(DriveError::Refused(
@@ -282,15 +169,20 @@ pub async fn start_rotate_root(
                 .into(),
         ));
     };
-    let files = StateFiles::new(&config.state_dir);
-    files.make_room(now)?;
+    let own = files.make_room(now, dry_run).await?;
     let current = crate::store::FileRootStore::new(dir.clone())
         .load_cert()
         .map_err(|e| DriveError::Refused(e.to_string()))?
         .ok_or_else(|| DriveError::Refused("there is no root to rotate yet".into()))?;
     // Everything is worked out in memory first: a refusal leaves nothing behind.
-    let pending = new_root_store(&files);
-    let (new_root, saved) = match pending.load() {
+    let pending = new_root_store(config);
+    let waiting = match own {
+        true => pending.load(),
+        false => Err(crate::store::StoreError::NoRoot {
+            store: String::new(),
+        }),
+    };
+    let (new_root, saved) = match waiting {
         Ok(saved) => {
             if new_root
                 .as_ref()
@@ -299,7 +191,7 @@ pub async fn start_rotate_root(
                 return Err(DriveError::Refused(format!(
                     "a different new root is already waiting in {}: start with it (no \
                      --new-root-cert) or `transition abort` first",
-                    files.dir.join("new-root").display()
+                    new_root_dir(&config.state_dir).display()
                 )));
             }
             (saved, true)
@@ -331,7 +223,11 @@ pub async fn start_rotate_root(
     let mut moving: Vec<(String, CaCertsFiles, Option<CaCertsFiles>)> = Vec::new();
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
-        let original = match files.load_files(name, "original")? {
+        let saved = match own {
+            true => files.load_files(name, ORIGINAL).await?,
+            false => None,
+        };
+        let original = match saved {
             Some(saved) => saved,
             None => {
                 let target = Target::open(cluster, config)
@@ -362,9 +258,9 @@ pub async fn start_rotate_root(
                 "{name}: signs under another root than the current one: migrate it first"
             )));
         }
-        let new = match files.load_files(name, "new")? {
-            Some(_) => None,
-            None => Some(issue_new(config, cluster, &signer, &root, now).await?),
+        let new = match (dry_run, files.load_files(name, NEW).await?) {
+            (true, _) | (false, Some(_)) => None,
+            (false, None) => Some(issue_new(config, cluster, &signer, &root, now).await?),
         };
         moving.push((name.to_string(), original, new));
     }
@@ -373,12 +269,18 @@ pub async fn start_rotate_root(
             "every primary already signs under the new root".into(),
         ));
     }
+    if dry_run {
+        let clusters = moving.into_iter().map(|(name, ..)| name);
+        return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
+    }
     // Then saved: the new root before anything issued under it.
     let crate::store::Signer::Local(new_root) = &signer else {
         unreachable!("built as a local signer above")
     };
     if !saved {
-        create_private_dir(&files.dir)?;
+        if let Some(parent) = new_root_dir(&config.state_dir).parent() {
+            create_private_dir(parent)?;
+        }
         pending
             .create(new_root)
             .map_err(|e| DriveError::Refused(e.to_string()))?;
@@ -386,9 +288,9 @@ pub async fn start_rotate_root(
     let audit = Audit::new(config.daemon.audit_log.clone());
     let mut clusters = Vec::new();
     for (name, original, new) in moving {
-        files.save_files(&name, "original", &original)?;
+        files.save_files(&name, ORIGINAL, &original).await?;
         if let Some(new) = new {
-            files.save_files(&name, "new", &new)?;
+            files.save_files(&name, NEW, &new).await?;
             let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
                 .map(|c| c.info().serial.clone())
                 .ok();
@@ -397,7 +299,7 @@ pub async fn start_rotate_root(
         clusters.push(name);
     }
     let record = Record::new(TransitionKind::RotateRoot, clusters, options);
-    files.save(&record)?;
+    files.save(&record).await?;
     audit.note(now, "transition-start", None, "rotate-root", None, None);
     Ok(record)
 }
@@ -406,16 +308,12 @@ pub async fn start_rotate_root(
 /// is moved aside to `<root dir>-replaced-<time>`. The new store is built complete in a
 /// sibling folder first, so the root folder is always either the old root or the new one.
 /// Idempotent.
-fn finish_rotation(
-    config: &Config,
-    files: &StateFiles,
-    now: OffsetDateTime,
-) -> Result<(), DriveError> {
+fn finish_rotation(config: &Config, now: OffsetDateTime) -> Result<(), DriveError> {
     let crate::config::RootStoreConfig::File { dir } = &config.root else {
         return Ok(());
     };
     let store_err = |e: crate::store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
-    let pending = new_root_store(files);
+    let pending = new_root_store(config);
     let new_root = pending.load().map_err(store_err)?;
     let store = crate::store::FileRootStore::new(dir.clone());
     if store.load_cert().ok().flatten().as_ref() == Some(new_root.cert()) {
@@ -496,9 +394,12 @@ pub struct DriveOptions {
 
 /// Runs the transition from where its record stands until it is finished, must wait (and
 /// `wait` is off), needs an approval, or stopped. Returns the step it rests at.
-pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveError> {
-    let files = StateFiles::new(&config.state_dir);
-    let Some(mut record) = files.load()? else {
+pub async fn drive(
+    config: &Config,
+    files: &RecordStore,
+    opts: DriveOptions,
+) -> Result<Step, DriveError> {
+    let Some(mut record) = files.load().await? else {
         return Err(DriveError::Refused("no transition is under way".into()));
     };
     let audit = Audit::new(config.daemon.audit_log.clone());
@@ -516,7 +417,7 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 .await
                 .map_err(target_err(name))?,
         );
-        materials.insert(name.clone(), files.load_material(name)?);
+        materials.insert(name.clone(), files.load_material(name).await?);
     }
     let mut done = 0usize;
     loop {
@@ -552,7 +453,7 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                 // Recorded before writing: a write that lands but is not recorded still counts
                 // when a rollback works out what clusters may serve.
                 record.begin_write(cluster);
-                files.save(&record)?;
+                files.save(&record).await?;
                 // Idempotent: a write that already happened is not repeated (no extra backup).
                 if observed.snapshot.cacerts.as_ref() != Some(&want) {
                     let meta = WriteMeta {
@@ -633,9 +534,9 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
                     && record.phase == super::Phase::Done
                     && !record.root_swapped
                 {
-                    finish_rotation(config, &files, now)?;
+                    finish_rotation(config, now)?;
                     record.root_swapped = true;
-                    files.save(&record)?;
+                    files.save(&record).await?;
                 }
                 return Ok(step);
             }
@@ -645,7 +546,7 @@ pub async fn drive(config: &Config, opts: DriveOptions) -> Result<Step, DriveErr
         let before = (record.phase, record.state.clone());
         let behind = matches!(outcome, Outcome::GateBehind(_));
         record.record(&step, outcome, now);
-        files.save(&record)?;
+        files.save(&record).await?;
         done += 1;
         if (record.phase, record.state.clone()) != before {
             tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");

@@ -13,6 +13,7 @@
 //!   stopped signing with the old CA (`RemoveOldRoot` waits for it).
 
 pub mod driver;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -607,21 +608,38 @@ impl Scope {
 /// driven with every step succeeding at once. Changes nothing and depends on nothing else, so
 /// the same topology and options always give the same plan.
 pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> Vec<PlannedStep> {
-    let mut record = Record::new(
+    let record = Record::new(
         kind,
         scopes.iter().map(|s| s.primary.clone()),
         options.clone(),
     );
+    remaining_steps(&record, scopes, OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The steps still ahead of `record` at `now`, as [`plan_steps`] prints them, if every step
+/// succeeds at once and every approval is given (`--dry-run` of `resume` and `rollback`).
+/// Stops where an operator must act (a failed or held transition).
+pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -> Vec<PlannedStep> {
+    let mut record = record.clone();
+    let kind = record.kind;
+    let options = record.options.clone();
+    let mut now = now;
     let scope_of = |cluster: &str| scopes.iter().find(|s| s.primary == cluster);
     let mut steps = Vec::new();
-    let mut now = OffsetDateTime::UNIX_EPOCH;
     loop {
         let step = next_step(&record, now);
         let phase = record.phase;
         let (cluster, action, outcome) = match &step {
-            Step::Write { cluster, .. } => (
+            Step::Write { cluster, material } => (
                 Some(cluster.clone()),
-                format!("write cacerts: {}", describe(kind, phase)),
+                format!(
+                    "write cacerts: {}",
+                    match material {
+                        MaterialOf::Phase(p) => describe(kind, *p),
+                        MaterialOf::Original =>
+                            "the material it had before the transition, verbatim",
+                    }
+                ),
                 Outcome::Written,
             ),
             Step::Restart { cluster, stage } => {
@@ -641,9 +659,18 @@ pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> 
                 };
                 (Some(cluster.clone()), action, Outcome::Restarted)
             }
-            Step::CheckGate { .. } => (
+            Step::CheckGate { material } => (
                 None,
-                format!("gate, in every cluster: {}", gate(phase)),
+                format!(
+                    "gate, in every cluster: {}",
+                    match material {
+                        MaterialOf::Phase(p) => gate(*p),
+                        MaterialOf::Original => {
+                            "every primary serves its material from before the transition; \
+                             every istio-ca-root-cert ConfigMap holds exactly its roots"
+                        }
+                    }
+                ),
                 Outcome::GateHeld,
             ),
             Step::Drain { until } => {
@@ -670,7 +697,23 @@ pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> 
                 record.approve();
                 continue;
             }
-            Step::Stopped { .. } | Step::Held { .. } | Step::Finished => break,
+            Step::Stopped { report } => {
+                steps.push(PlannedStep {
+                    phase,
+                    cluster: None,
+                    action: format!("stopped until an operator resumes or rolls back: {report}"),
+                });
+                break;
+            }
+            Step::Held { note } => {
+                steps.push(PlannedStep {
+                    phase,
+                    cluster: None,
+                    action: format!("held until an operator resumes or rolls back: {note}"),
+                });
+                break;
+            }
+            Step::Finished => break,
         };
         steps.push(PlannedStep {
             phase,

@@ -91,3 +91,47 @@ pub fn manifest_rules() -> Vec<Rule> {
     assert!(rules.len() >= 5, "{rules:?}");
     rules
 }
+
+/// The rules of the management cluster's Role (deploy/kubernetes/management/lease-rbac.yaml,
+/// whose lists are written as JSON flow sequences), in the namespace kustomize gives it.
+pub fn management_rules() -> Vec<Rule> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/management/lease-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let list = |v: &str| -> Vec<String> { serde_json::from_str(v.trim()).unwrap() };
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut in_role = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("kind:") {
+            in_role = t == "kind: Role";
+        }
+        if !in_role {
+            continue;
+        }
+        if let Some(v) = t.strip_prefix("- apiGroups:") {
+            let _ = list(v);
+            rules.push(Rule {
+                verbs: Vec::new(),
+                resources: Vec::new(),
+                namespaces: Some(vec!["cacertd".into()]),
+                names: None,
+            });
+        } else if let Some(rule) = rules.last_mut() {
+            if let Some(v) = t.strip_prefix("resources:") {
+                rule.resources = list(v);
+            } else if let Some(v) = t.strip_prefix("resourceNames:") {
+                rule.names = Some(list(v));
+            } else if let Some(v) = t.strip_prefix("verbs:") {
+                rule.verbs = list(v);
+            }
+        }
+    }
+    assert!(
+        rules.len() >= 3 && rules.iter().all(|r| !r.verbs.is_empty()),
+        "{rules:?}"
+    );
+    rules
+}

@@ -1,0 +1,533 @@
+//! Where a transition's record and material are kept, so that a crash anywhere resumes
+//! exactly: in `state_dir` (local mode), or in Secrets of the management cluster (a Kubernetes
+//! deployment, `[daemon] lease`), shared by every replica and by the CLI.
+//!
+//! The material of each primary is the two `cacerts` sets it moves between (`original`,
+//! `new`, keys included). It is saved before the record exists, so a `start` that is run again
+//! after a crash never issues a second intermediate.
+//!
+//! In the management cluster every save of the record is a compare-and-swap on the Secret's
+//! resourceVersion: a second driver (another replica, a `transition` command) that advanced
+//! the record in between makes the save fail, and this driver stops instead of overwriting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::Record;
+use super::driver::DriveError;
+use crate::config::{Config, RecordLocation};
+use crate::fsutil::{Mode, create_private_dir, fs_err, read_optional, write_atomic};
+use crate::pki::CaCertsFiles;
+use crate::target::KubeTarget;
+use crate::target::retry::retrying;
+
+const RECORD_KEY: &str = "record.json";
+/// The two sets of `cacerts` a primary moves between.
+pub(crate) const ORIGINAL: &str = "original";
+pub(crate) const NEW: &str = "new";
+
+/// A transition's record and material, wherever the configuration keeps them.
+pub enum RecordStore {
+    Dir(StateFiles),
+    Kube(Box<KubeRecord>),
+}
+
+impl RecordStore {
+    /// The store `[transition] record` names (state_dir unless a Lease is configured).
+    pub async fn open(config: &Config) -> Result<Self, DriveError> {
+        match &config.transition.record {
+            RecordLocation::StateDir => Ok(RecordStore::Dir(StateFiles::new(&config.state_dir))),
+            RecordLocation::Kubernetes {
+                kubeconfig,
+                context,
+                namespace,
+                name,
+            } => {
+                let target = KubeTarget::connect(
+                    "management",
+                    kubeconfig.as_deref(),
+                    context.as_deref(),
+                    &config.kubernetes,
+                )
+                .await
+                .map_err(|e| DriveError::Record {
+                    location: format!("Secret {namespace}/{name} in the management cluster"),
+                    reason: e.to_string(),
+                })?;
+                Ok(RecordStore::Kube(Box::new(KubeRecord {
+                    secrets: Api::namespaced(target.client().clone(), namespace),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    settings: config.kubernetes.clone(),
+                    version: Mutex::new(None),
+                    state_dir: config.state_dir.clone(),
+                })))
+            }
+        }
+    }
+
+    /// Where the record is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            RecordStore::Dir(f) => f.record_path().display().to_string(),
+            RecordStore::Kube(k) => k.describe(&k.name),
+        }
+    }
+
+    pub async fn load(&self) -> Result<Option<Record>, DriveError> {
+        match self {
+            RecordStore::Dir(f) => f.load(),
+            RecordStore::Kube(k) => k.load().await,
+        }
+    }
+
+    pub async fn save(&self, record: &Record) -> Result<(), DriveError> {
+        match self {
+            RecordStore::Dir(f) => f.save(record),
+            RecordStore::Kube(k) => k.save(record).await,
+        }
+    }
+
+    /// Refuses while a transition is under way; moves a finished one aside (unless `dry_run`).
+    /// Returns whether saved material belongs to the transition being started: material left
+    /// by a `start` that stopped before recording it, not a finished transition's.
+    pub(crate) async fn make_room(
+        &self,
+        now: OffsetDateTime,
+        dry_run: bool,
+    ) -> Result<bool, DriveError> {
+        if let Some(existing) = self.load().await? {
+            if !existing.is_over() {
+                return Err(DriveError::Refused(format!(
+                    "a transition is already under way (phase {}{}): see `transition status`",
+                    existing.phase,
+                    if existing.phase == super::Phase::Done {
+                        ", the root swap pending: `transition resume`"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            if dry_run {
+                return Ok(false);
+            }
+            self.archive(&existing, now).await?;
+        }
+        Ok(true)
+    }
+
+    /// Moves a transition's record and material aside (nothing is deleted) without touching
+    /// any cluster, so that a new one can start.
+    pub async fn archive(&self, record: &Record, now: OffsetDateTime) -> Result<(), DriveError> {
+        let stamp = stamp(now);
+        match self {
+            RecordStore::Dir(f) => f.archive(&stamp),
+            RecordStore::Kube(k) => {
+                k.archive(record, &stamp).await?;
+                // A root rotation's pending new root waits in state_dir in either case.
+                let local = StateFiles::new(&k.state_dir);
+                if local.dir.exists() {
+                    local.archive(&stamp)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn save_files(
+        &self,
+        cluster: &str,
+        which: &str,
+        files: &CaCertsFiles,
+    ) -> Result<(), DriveError> {
+        match self {
+            RecordStore::Dir(f) => f.save_files(cluster, which, files),
+            RecordStore::Kube(k) => k.save_files(cluster, which, files).await,
+        }
+    }
+
+    pub(crate) async fn load_files(
+        &self,
+        cluster: &str,
+        which: &str,
+    ) -> Result<Option<CaCertsFiles>, DriveError> {
+        match self {
+            RecordStore::Dir(f) => f.load_files(cluster, which),
+            RecordStore::Kube(k) => k.load_files(cluster, which).await,
+        }
+    }
+
+    pub(crate) async fn load_material(
+        &self,
+        cluster: &str,
+    ) -> Result<super::ClusterMaterial, DriveError> {
+        let missing = |which: &str| DriveError::Record {
+            location: match self {
+                RecordStore::Dir(f) => f.material_dir(cluster, which).display().to_string(),
+                RecordStore::Kube(k) => k.describe(&k.material_name(cluster)),
+            },
+            reason: format!("the saved {which} material of {cluster} is missing"),
+        };
+        Ok(super::ClusterMaterial {
+            original: self
+                .load_files(cluster, ORIGINAL)
+                .await?
+                .ok_or_else(|| missing(ORIGINAL))?,
+            new: self
+                .load_files(cluster, NEW)
+                .await?
+                .ok_or_else(|| missing(NEW))?,
+        })
+    }
+}
+
+fn stamp(now: OffsetDateTime) -> String {
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+        .replace(':', "")
+}
+
+/// Where a root rotation's new root waits until the rotation is done (beside the file root
+/// store it will replace, whichever store keeps the record).
+pub(crate) fn new_root_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("transition").join("new-root")
+}
+
+/// The files of a transition in `state_dir`: `transition/record.json` and, per primary,
+/// `transition/<cluster>/{original,new}/` (keys 0600).
+pub struct StateFiles {
+    dir: PathBuf,
+}
+
+impl StateFiles {
+    pub fn new(state_dir: &Path) -> Self {
+        StateFiles {
+            dir: state_dir.join("transition"),
+        }
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("record.json")
+    }
+
+    pub fn load(&self) -> Result<Option<Record>, DriveError> {
+        let path = self.record_path();
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| DriveError::Record {
+                location: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), DriveError> {
+        create_private_dir(&self.dir)?;
+        write_atomic(&self.record_path(), &to_json(record)?, Mode::Secret)?;
+        Ok(())
+    }
+
+    fn archive(&self, stamp: &str) -> Result<(), DriveError> {
+        let to = self.dir.with_file_name(format!("transition-{stamp}"));
+        std::fs::rename(&self.dir, &to).map_err(fs_err("cannot move aside", &self.dir))?;
+        Ok(())
+    }
+
+    fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
+        self.dir.join(cluster).join(which)
+    }
+
+    fn save_files(
+        &self,
+        cluster: &str,
+        which: &str,
+        files: &CaCertsFiles,
+    ) -> Result<(), DriveError> {
+        let dir = self.material_dir(cluster, which);
+        create_private_dir(&dir)?;
+        for (name, bytes) in files.entries() {
+            write_atomic(&dir.join(name), bytes, Mode::Secret)?;
+        }
+        Ok(())
+    }
+
+    fn load_files(&self, cluster: &str, which: &str) -> Result<Option<CaCertsFiles>, DriveError> {
+        let dir = self.material_dir(cluster, which);
+        let read = |name: &str| read_optional(&dir.join(name));
+        let (Some(ca_cert), Some(ca_key), Some(root_cert), Some(cert_chain)) = (
+            read(CaCertsFiles::CA_CERT)?,
+            read(CaCertsFiles::CA_KEY)?,
+            read(CaCertsFiles::ROOT_CERT)?,
+            read(CaCertsFiles::CERT_CHAIN)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(CaCertsFiles {
+            ca_cert,
+            ca_key: Zeroizing::new(ca_key),
+            root_cert,
+            cert_chain,
+        }))
+    }
+}
+
+fn to_json(record: &Record) -> Result<Vec<u8>, DriveError> {
+    serde_json::to_vec_pretty(record).map_err(|e| DriveError::Record {
+        location: "the transition record".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The record as Secret `<name>` (key `record.json`) and each primary's material as Secret
+/// `<name>-<cluster>` (keys `original.ca-cert.pem`, …, `new.cert-chain.pem`), in one
+/// namespace of the management cluster.
+pub struct KubeRecord {
+    secrets: Api<Secret>,
+    namespace: String,
+    name: String,
+    settings: crate::config::KubeSettings,
+    /// The record Secret's resourceVersion as last read or written: the next save's
+    /// precondition (`None`: it did not exist).
+    version: Mutex<Option<String>>,
+    state_dir: PathBuf,
+}
+
+impl KubeRecord {
+    fn describe(&self, secret: &str) -> String {
+        format!(
+            "Secret {}/{secret} in the management cluster",
+            self.namespace
+        )
+    }
+
+    fn error(&self, secret: &str, action: &str, e: kube::Error) -> DriveError {
+        DriveError::Record {
+            location: self.describe(secret),
+            reason: format!("{action}: {e}"),
+        }
+    }
+
+    /// Secret names are DNS subdomains; cluster names may hold '_' and capitals. Those are
+    /// mapped, with a hash of the real name so that two clusters never share a Secret.
+    fn material_name(&self, cluster: &str) -> String {
+        let plain: String = cluster
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | '0'..='9' | '-' | '.' => c,
+                'A'..='Z' => c.to_ascii_lowercase(),
+                _ => '-',
+            })
+            .collect();
+        if plain == cluster {
+            format!("{}-{cluster}", self.name)
+        } else {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cluster.as_bytes());
+            let hex: String = digest.as_ref()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("{}-{plain}-{hex}", self.name)
+        }
+    }
+
+    fn set_version(&self, v: Option<String>) {
+        if let Ok(mut g) = self.version.lock() {
+            *g = v;
+        }
+    }
+
+    fn known_version(&self) -> Option<String> {
+        self.version.lock().ok().and_then(|g| g.clone())
+    }
+
+    async fn get(&self, secret: &str) -> Result<Option<Secret>, DriveError> {
+        retrying(&self.settings, "get transition secret", || {
+            self.secrets.get_opt(secret)
+        })
+        .await
+        .map_err(|e| self.error(secret, "cannot read", e))
+    }
+
+    async fn load(&self) -> Result<Option<Record>, DriveError> {
+        let Some(secret) = self.get(&self.name).await? else {
+            self.set_version(None);
+            return Ok(None);
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(RECORD_KEY))
+            .ok_or_else(|| DriveError::Record {
+                location: self.describe(&self.name),
+                reason: format!("has no {RECORD_KEY}"),
+            })?;
+        let record = serde_json::from_slice(&bytes.0).map_err(|e| DriveError::Record {
+            location: self.describe(&self.name),
+            reason: format!("{RECORD_KEY}: {e}"),
+        })?;
+        self.set_version(secret.metadata.resource_version);
+        Ok(Some(record))
+    }
+
+    fn secret(
+        &self,
+        name: &str,
+        data: BTreeMap<String, ByteString>,
+        version: Option<String>,
+    ) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/name".to_string(), "cacertd".to_string()),
+                    ("cacertd.io/transition".to_string(), self.name.clone()),
+                ])),
+                resource_version: version,
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// Creates `name`, or replaces it at `version`. A write that landed although its answer
+    /// was lost (and so conflicts when retried) is recognised by reading it back.
+    async fn put(
+        &self,
+        name: &str,
+        data: BTreeMap<String, ByteString>,
+        version: Option<String>,
+    ) -> Result<Secret, DriveError> {
+        let secret = self.secret(name, data.clone(), version.clone());
+        let post = PostParams::default();
+        let result = retrying(&self.settings, "write transition secret", || async {
+            match &version {
+                Some(_) => self.secrets.replace(name, &post, &secret).await,
+                None => self.secrets.create(&post, &secret).await,
+            }
+        })
+        .await;
+        match result {
+            Ok(s) => Ok(s),
+            Err(kube::Error::Api(s)) if s.code == 409 => match self.get(name).await? {
+                Some(now) if now.data.as_ref() == Some(&data) => Ok(now),
+                _ => Err(DriveError::Stopped(format!(
+                    "{} was changed by someone else since it was read (another cacertd replica, \
+                     or a `transition` command?): stopped without overwriting it; see \
+                     `transition status`",
+                    self.describe(name)
+                ))),
+            },
+            Err(e) => Err(self.error(name, "cannot write", e)),
+        }
+    }
+
+    async fn save(&self, record: &Record) -> Result<(), DriveError> {
+        let data = BTreeMap::from([(RECORD_KEY.to_string(), ByteString(to_json(record)?))]);
+        let written = self.put(&self.name, data, self.known_version()).await?;
+        self.set_version(written.metadata.resource_version);
+        Ok(())
+    }
+
+    async fn save_files(
+        &self,
+        cluster: &str,
+        which: &str,
+        files: &CaCertsFiles,
+    ) -> Result<(), DriveError> {
+        let name = self.material_name(cluster);
+        let current = self.get(&name).await?;
+        let version = current
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.clone());
+        let mut data = current.and_then(|s| s.data).unwrap_or_default();
+        for (file, bytes) in files.entries() {
+            data.insert(format!("{which}.{file}"), ByteString(bytes.to_vec()));
+        }
+        self.put(&name, data, version).await?;
+        Ok(())
+    }
+
+    async fn load_files(
+        &self,
+        cluster: &str,
+        which: &str,
+    ) -> Result<Option<CaCertsFiles>, DriveError> {
+        let name = self.material_name(cluster);
+        let Some(mut data) = self.get(&name).await?.and_then(|s| s.data) else {
+            return Ok(None);
+        };
+        let mut take = |file: &str| data.remove(&format!("{which}.{file}")).map(|b| b.0);
+        let (Some(ca_cert), Some(ca_key), Some(root_cert), Some(cert_chain)) = (
+            take(CaCertsFiles::CA_CERT),
+            take(CaCertsFiles::CA_KEY),
+            take(CaCertsFiles::ROOT_CERT),
+            take(CaCertsFiles::CERT_CHAIN),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(CaCertsFiles {
+            ca_cert,
+            ca_key: Zeroizing::new(ca_key),
+            root_cert,
+            cert_chain,
+        }))
+    }
+
+    /// Copies each Secret to `<name>-<stamp>` (labelled archived), then deletes it: the
+    /// material first and the record last, so that an interrupted archive never leaves
+    /// material a later `start` would take for its own. Run again, it finishes.
+    async fn archive(&self, record: &Record, stamp: &str) -> Result<(), DriveError> {
+        let stamp = stamp.to_ascii_lowercase().replace(['+', '.'], "-");
+        let mut names: Vec<String> = record
+            .clusters
+            .keys()
+            .map(|c| self.material_name(c))
+            .collect();
+        names.push(self.name.clone());
+        for name in names {
+            let Some(secret) = self.get(&name).await? else {
+                continue;
+            };
+            let copy = format!("{name}-{stamp}");
+            let mut archived = self.secret(&copy, secret.data.unwrap_or_default(), None);
+            if let Some(labels) = archived.metadata.labels.as_mut() {
+                labels.insert("cacertd.io/archived".into(), "true".into());
+            }
+            let post = PostParams::default();
+            match retrying(&self.settings, "archive transition secret", || {
+                self.secrets.create(&post, &archived)
+            })
+            .await
+            {
+                Ok(_) => {}
+                // Copied by an earlier, interrupted archive.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(self.error(&copy, "cannot create", e)),
+            }
+            let delete = DeleteParams::default();
+            match retrying(&self.settings, "delete transition secret", || {
+                self.secrets.delete(&name, &delete)
+            })
+            .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.error(&name, "cannot delete", e)),
+            }
+        }
+        self.set_version(None);
+        Ok(())
+    }
+}
