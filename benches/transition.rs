@@ -156,6 +156,7 @@ fn main() {
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,
             approve_each_phase: false,
+            exclude_namespaces: Vec::new(),
         };
         let store = cacertd::transition::store::RecordStore::open(&config)
             .await

@@ -1095,6 +1095,38 @@ mod tests {
     }
 
     #[test]
+    fn the_transition_record_follows_the_lease_unless_told() {
+        let lease = "\n[daemon]\nlease = { namespace = \"mesh-ca\" }\n";
+        let c = parse(ACCEPTANCE).unwrap();
+        assert_eq!(c.transition.record, RecordLocation::StateDir);
+        let c = parse(&format!("{ACCEPTANCE}{lease}")).unwrap();
+        assert!(
+            matches!(&c.transition.record, RecordLocation::Kubernetes { namespace, name, .. }
+                if namespace == "mesh-ca" && name == "cacertd-transition"),
+            "{:?}",
+            c.transition.record
+        );
+        let c = parse(&format!(
+            "{ACCEPTANCE}{lease}[transition]\nrecord = \"state_dir\"\nexclude_namespaces = [\"db\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.transition.record, RecordLocation::StateDir);
+        assert_eq!(c.transition.exclude_namespaces, ["db"]);
+        for (bad, field) in [
+            ("record = \"kubernetes\"", "transition.record"),
+            ("record = \"etcd\"", "transition.record"),
+            ("record_secret = \"Not_A_Name\"", "transition.record_secret"),
+            (
+                "exclude_namespaces = [\"a/b\"]",
+                "transition.exclude_namespaces",
+            ),
+        ] {
+            let e = err(&format!("{ACCEPTANCE}\n[transition]\n{bad}\n"));
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn without_policies_dir_the_built_in_policies_are_used() {
         let text = ACCEPTANCE.replace("policies_dir = \"policies\"\n", "");
         let c = Config::parse(&text, Path::new("/nonexistent/cacertd.toml")).unwrap();

@@ -49,6 +49,8 @@ pub struct RestartOptions {
     pub wait: bool,
     /// Label selector for gateways.
     pub gateway_selector: String,
+    /// Namespaces whose workloads are left alone (istiod and gateways are still restarted).
+    pub exclude_namespaces: Vec<String>,
 }
 
 impl Default for RestartOptions {
@@ -57,6 +59,7 @@ impl Default for RestartOptions {
             stages: Stage::ALL.to_vec(),
             wait: true,
             gateway_selector: DEFAULT_GATEWAY_SELECTOR.to_string(),
+            exclude_namespaces: Vec::new(),
         }
     }
 }
@@ -114,7 +117,10 @@ pub async fn restart_primary(
                 }
                 Stage::Workloads => {
                     let mut w = target.injected_workloads(None).await?;
-                    w.retain(|w| !gateways_seen.contains(&(cluster.name.clone(), w.clone())));
+                    w.retain(|w| {
+                        !gateways_seen.contains(&(cluster.name.clone(), w.clone()))
+                            && !opts.exclude_namespaces.contains(&w.namespace)
+                    });
                     w
                 }
             };

@@ -432,9 +432,19 @@ fn an_unreachable_cluster_fails_the_gate_by_name_and_resume_completes_once_it_is
 fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
     let server = Arc::new(TestApiServer::start(&CLUSTERS));
     let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
+    append_config(
+        &s,
+        "[transition]\ngate_timeout = \"30s\"\nexclude_namespaces = [\"legacy\"]",
+    );
     s.cacertd(&["root", "init"]).ok();
     let secrets = self_signed_mesh(&server);
+    // Workloads in an excluded namespace are left to their owners.
+    let c1 = server.cluster("cluster1");
+    c1.namespace("legacy", &[("istio-injection", "enabled")]);
+    workload(c1, "legacy", "db", json!({}));
+    config_map(c1, "legacy", &bundle_of(c1));
+    let plan = s.cacertd(&["migrate", "plan"]).ok().stdout;
+    assert!(plan.contains("cluster1, cluster3 except legacy"), "{plan}");
     let _istiod = Istiod::start(&server, false);
     let primaries = ["cluster1", "cluster2"];
     let snapshot = || primaries.map(|c| served(&server, c));
@@ -477,6 +487,12 @@ fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
     }
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(status.contains("RolledBack"), "{status}");
+    let restarted = |ns: &str, name: &str| {
+        c1.get("deployments", ns, name).unwrap()["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    };
+    assert!(restarted("app", "web") && !restarted("legacy", "db"));
     // Every cacerts that was replaced is kept: cluster1 went through five replacements
     // (SwitchSigner, RemoveOldRoot, and three rollbacks), cluster2 through three.
     for (name, replaced) in [("cluster1", 5), ("cluster2", 3)] {

@@ -120,6 +120,7 @@ impl Mesh {
             gate_timeout_seconds: 60,
             skip_workload_restarts: false,
             approve_each_phase: false,
+            exclude_namespaces: Vec::new(),
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);
         let mut serving: BTreeMap<String, MaterialOf> = self

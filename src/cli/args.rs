@@ -277,6 +277,11 @@ pub struct RestartArgs {
     #[arg(long, default_value = crate::rollout::DEFAULT_GATEWAY_SELECTOR)]
     pub gateway_selector: String,
 
+    /// Leave the workloads of this namespace alone (repeatable); istiod and gateways are
+    /// still restarted. Trust transitions take theirs from [transition] exclude_namespaces.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub exclude_namespace: Vec<String>,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -563,6 +563,7 @@ async fn restart(
         stages,
         wait: !a.no_wait,
         gateway_selector: a.gateway_selector,
+        exclude_namespaces: a.exclude_namespace,
     };
     // Each primary's mesh is independent: one stopping does not spare the others.
     let mut all = Vec::new();
@@ -620,6 +621,7 @@ fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition:
         gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
         skip_workload_restarts: args.skip_workload_restarts,
         approve_each_phase: args.approve_each_phase,
+        exclude_namespaces: config.transition.exclude_namespaces.clone(),
     }
 }
 

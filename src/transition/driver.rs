@@ -490,6 +490,7 @@ pub async fn drive(
                             RestartStage::Gateways => Stage::Gateways,
                             RestartStage::Workloads => Stage::Workloads,
                         }],
+                        exclude_namespaces: record.options.exclude_namespaces.clone(),
                         ..RestartOptions::default()
                     };
                     rollout::restart_primary(config, primary, &ro, now)

@@ -178,6 +178,9 @@ pub struct Options {
     pub skip_workload_restarts: bool,
     /// Wait for an operator's approval before starting each phase after the first.
     pub approve_each_phase: bool,
+    /// Namespaces whose workloads are not restarted (their owners restart them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
 }
 
 /// The persisted transition record: everything needed to resume after a crash.
@@ -652,9 +655,14 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
                         s.clusters()
                     ),
                     (RestartStage::Workloads, Some(s)) => format!(
-                        "restart the workloads of every injected namespace of {} and wait for \
+                        "restart the workloads of every injected namespace of {}{} and wait for \
                          the rollouts",
-                        s.clusters()
+                        s.clusters(),
+                        if options.exclude_namespaces.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" except {}", options.exclude_namespaces.join(", "))
+                        }
                     ),
                 };
                 (Some(cluster.clone()), action, Outcome::Restarted)
@@ -764,6 +772,7 @@ mod tests {
 
     fn opts() -> Options {
         Options {
+            exclude_namespaces: Vec::new(),
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,
