@@ -397,18 +397,22 @@ fn an_unreachable_cluster_fails_the_gate_by_name_and_resume_completes_once_it_is
         "8",
     ])
     .fails_with(1);
-    let cluster2 = server.cluster("cluster2");
-    cluster2.inject(
-        cacertd_test_apiserver::FaultAction::Status(503),
-        1_000_000,
-        false,
-    );
+    // A primary and a remote (whose bundles count in cluster1's gate) are unreachable.
+    for name in ["cluster2", "cluster3"] {
+        server.cluster(name).inject(
+            cacertd_test_apiserver::FaultAction::Status(503),
+            1_000_000,
+            false,
+        );
+    }
     let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
-    assert!(
-        run.stderr.contains("cluster2: unreachable"),
-        "{}",
-        run.stderr
-    );
+    for name in ["cluster2", "cluster3"] {
+        assert!(
+            run.stderr.contains(&format!("{name}: unreachable")),
+            "{}",
+            run.stderr
+        );
+    }
     assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
@@ -416,7 +420,9 @@ fn an_unreachable_cluster_fails_the_gate_by_name_and_resume_completes_once_it_is
         "{status}"
     );
 
-    cluster2.clear_faults();
+    for name in ["cluster2", "cluster3"] {
+        server.cluster(name).clear_faults();
+    }
     s.cacertd(&["transition", "resume", "--wait"]).ok();
     let root = s.read("state/root/root-cert.pem");
     for name in ["cluster1", "cluster2"] {

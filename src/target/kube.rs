@@ -222,6 +222,18 @@ impl KubeTarget {
         })
         .await
         .map_err(|e| self.error(format!("get secret {NAMESPACE}/{ISTIO_CA_SECRET}"), e))?;
+        Ok(Observed {
+            snapshot: Snapshot {
+                cacerts: cacerts.map(files_of),
+                self_signed_ca: self_signed.map(files_of),
+                published_bundles: Some(self.published_bundles().await?),
+            },
+            version,
+        })
+    }
+
+    /// The bundle istiod published to each namespace (`istio-ca-root-cert`), by namespace.
+    pub async fn published_bundles(&self) -> Result<Vec<(String, Vec<u8>)>, TargetError> {
         let configmaps: Api<ConfigMap> = Api::all(self.client.clone());
         let params = ListParams::default().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
         let published = retrying(&self.settings, "list istio-ca-root-cert", || {
@@ -234,7 +246,7 @@ impl KubeTarget {
                 e,
             )
         })?;
-        let published_bundles = published
+        Ok(published
             .items
             .into_iter()
             .map(|cm| {
@@ -245,15 +257,7 @@ impl KubeTarget {
                     .unwrap_or_default();
                 (ns, pem.into_bytes())
             })
-            .collect();
-        Ok(Observed {
-            snapshot: Snapshot {
-                cacerts: cacerts.map(files_of),
-                self_signed_ca: self_signed.map(files_of),
-                published_bundles: Some(published_bundles),
-            },
-            version,
-        })
+            .collect())
     }
 
     pub async fn write(

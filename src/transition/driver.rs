@@ -24,7 +24,7 @@ use crate::pki::{
 };
 use crate::rollout::{self, RestartOptions, Stage};
 use crate::store::RootSource;
-use crate::target::{Target, TargetError, WriteMeta};
+use crate::target::{KubeTarget, Target, TargetError, WriteMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
@@ -405,6 +405,7 @@ pub async fn drive(
     let audit = Audit::new(config.daemon.audit_log.clone());
     let mut targets: BTreeMap<String, Target> = BTreeMap::new();
     let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
+    let mut remotes: BTreeMap<String, Vec<(String, KubeTarget)>> = BTreeMap::new();
     for name in record.clusters.keys() {
         let cluster = config.topology.get(name).ok_or_else(|| {
             DriveError::Refused(format!(
@@ -418,6 +419,19 @@ pub async fn drive(
                 .map_err(target_err(name))?,
         );
         materials.insert(name.clone(), files.load_material(name).await?);
+        // The remotes its istiod serves publish its bundle too; their gates count.
+        let mut served = Vec::new();
+        for remote in config.topology.remotes_of(name) {
+            match Target::open(remote, config).await {
+                Ok(Target::Kube(k)) => served.push((remote.name.clone(), k)),
+                Ok(Target::Dir(_)) | Err(TargetError::NoTarget { .. }) => tracing::info!(
+                    cluster = %remote.name,
+                    "remote without a Kubernetes target: its bundles are not gated"
+                ),
+                Err(e) => return Err(target_err(&remote.name)(e)),
+            }
+        }
+        remotes.insert(name.clone(), served);
     }
     let mut done = 0usize;
     loop {
@@ -514,7 +528,7 @@ pub async fn drive(
                 Outcome::Restarted
             }
             Step::CheckGate { material: of } => {
-                let behind = check_gate(&targets, &materials, *of, now).await;
+                let behind = check_gate(&targets, &remotes, &materials, *of, now).await;
                 if behind.is_empty() {
                     Outcome::GateHeld
                 } else {
@@ -581,9 +595,11 @@ fn describe_material(of: MaterialOf) -> String {
 }
 
 /// Who is behind `of`'s gate: each primary must serve exactly the material (and it must
-/// validate); on Kubernetes, every `istio-ca-root-cert` ConfigMap must hold exactly its roots.
+/// validate); on Kubernetes, every `istio-ca-root-cert` ConfigMap of the primary and of the
+/// remotes it serves must hold exactly its roots.
 async fn check_gate(
     targets: &BTreeMap<String, Target>,
+    remotes: &BTreeMap<String, Vec<(String, KubeTarget)>>,
     materials: &BTreeMap<String, ClusterMaterial>,
     of: MaterialOf,
     now: OffsetDateTime,
@@ -614,32 +630,47 @@ async fn check_gate(
             ));
             continue;
         }
-        let expected: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(&want.root_cert)
-            .0
-            .roots()
-            .iter()
-            .map(|r| r.der().to_vec())
-            .collect();
-        for (ns, bundle) in observed.snapshot.published_bundles.iter().flatten() {
-            let mut got: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(bundle)
-                .0
-                .roots()
-                .iter()
-                .map(|r| r.der().to_vec())
-                .collect();
-            got.sort();
-            got.dedup();
-            let mut exp = expected.clone();
-            exp.sort();
-            exp.dedup();
-            if got != exp {
-                behind.push(format!(
-                    "{cluster}/{ns}: istio-ca-root-cert holds {} root(s), not the {} expected",
-                    got.len(),
-                    exp.len()
-                ));
+        let expected = roots_of(&want.root_cert);
+        let published = observed.snapshot.published_bundles.unwrap_or_default();
+        bundles_behind(cluster, &published, &expected, &mut behind);
+        for (remote, target) in remotes.get(cluster).into_iter().flatten() {
+            match target.published_bundles().await {
+                Ok(published) => bundles_behind(remote, &published, &expected, &mut behind),
+                Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
             }
         }
     }
     behind
+}
+
+/// The distinct roots of a bundle, as DER, sorted.
+fn roots_of(bundle: &[u8]) -> Vec<Vec<u8>> {
+    let mut roots: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(bundle)
+        .0
+        .roots()
+        .iter()
+        .map(|r| r.der().to_vec())
+        .collect();
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+/// Adds each namespace of `cluster` whose `istio-ca-root-cert` does not hold exactly `expected`.
+fn bundles_behind(
+    cluster: &str,
+    published: &[(String, Vec<u8>)],
+    expected: &[Vec<u8>],
+    behind: &mut Vec<String>,
+) {
+    for (ns, bundle) in published {
+        let got = roots_of(bundle);
+        if got != expected {
+            behind.push(format!(
+                "{cluster}/{ns}: istio-ca-root-cert holds {} root(s), not the {} expected",
+                got.len(),
+                expected.len()
+            ));
+        }
+    }
 }
