@@ -516,3 +516,83 @@ fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
         assert_eq!(backups, replaced, "{name}");
     }
 }
+
+#[test]
+fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+
+    let run = s
+        .cacertd(&[
+            "migrate",
+            "start",
+            "--skip-workload-restarts",
+            "--drain",
+            "0s",
+        ])
+        .fails_with(5);
+    for name in ["cluster1", "cluster2"] {
+        assert!(
+            run.stderr.contains(&format!(
+                "{name}: off (istiod lacks ISTIO_MULTIROOT_MESH=true)"
+            )),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            server
+                .cluster(name)
+                .get("secrets", "istio-system", "cacerts")
+                .is_none()
+        );
+    }
+    assert!(!s.path("state/transition").exists());
+
+    for name in ["cluster1", "cluster2"] {
+        server.cluster(name).put(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                     "template": {"metadata": {"labels": {"app": "istiod"}},
+                                  "spec": {"containers": [{"name": "discovery", "image": "istio/pilot",
+                                           "env": [{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]}]}}},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                       "readyReplicas": 1, "availableReplicas": 1},
+        }));
+    }
+    let run = s
+        .cacertd(&[
+            "migrate",
+            "start",
+            "--skip-workload-restarts",
+            "--drain",
+            "0s",
+            "--wait",
+        ])
+        .ok();
+    assert!(
+        run.stdout
+            .contains("cluster1: istiod multi-root hot reload on (ISTIO_MULTIROOT_MESH=true)"),
+        "{}",
+        run.stdout
+    );
+    let annotations = |name: &str, ns: &str, w: &str| {
+        server.cluster(name).get("deployments", ns, w).unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]
+            .clone()
+    };
+    for name in ["cluster1", "cluster2"] {
+        assert!(
+            annotations(name, "istio-system", "istiod")["kubectl.kubernetes.io/restartedAt"]
+                .is_string()
+        );
+        assert!(
+            annotations(name, "app", "web")["kubectl.kubernetes.io/restartedAt"].is_null(),
+            "{name}: workloads are left to the hot reload"
+        );
+    }
+}

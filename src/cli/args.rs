@@ -247,7 +247,8 @@ pub struct TransitionPlanArgs {
     pub drain: Option<std::time::Duration>,
 
     /// Do not restart workloads; rely on istiod's multi-root hot reload
-    /// (ISTIO_MULTIROOT_MESH=true) to hand proxies the new bundle.
+    /// (ISTIO_MULTIROOT_MESH=true) to hand proxies the new bundle. `start` reads each
+    /// primary's istiod Deployment and refuses unless every one runs with it.
     #[arg(long)]
     pub skip_workload_restarts: bool,
 

@@ -635,6 +635,7 @@ async fn migrate_start(
     let store = RecordStore::open(config).await?;
     let options = transition_options(config, plan);
     let record = driver::start_migrate(config, &store, options, now, drive.dry_run).await?;
+    print_multiroot(config, &record).await;
     if drive.dry_run {
         print_dry_run(config, &record, "migration", now);
         return Ok(());
@@ -663,6 +664,7 @@ async fn rotate_root_start(
         args.drive.dry_run,
     )
     .await?;
+    print_multiroot(config, &record).await;
     if args.drive.dry_run {
         print_dry_run(config, &record, "root rotation", now);
         return Ok(());
@@ -685,6 +687,15 @@ fn scopes(config: &Config) -> Vec<transition::Scope> {
                 .collect(),
         })
         .collect()
+}
+
+/// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH).
+async fn print_multiroot(config: &Config, record: &transition::Record) {
+    for (cluster, state) in driver::multiroot(config).await {
+        if record.clusters.contains_key(&cluster) {
+            println!("{cluster}: istiod multi-root hot reload {state}");
+        }
+    }
 }
 
 /// `--dry-run`: which primaries the transition covers and every step still ahead of it.

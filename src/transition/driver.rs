@@ -56,6 +56,77 @@ fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveError + '_ {
     }
 }
 
+/// Whether a primary's istiod hot-reloads a changed `root-cert.pem` (`ISTIO_MULTIROOT_MESH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MultiRoot {
+    On,
+    Off,
+    /// No istiod Deployment (`app=istiod` in istio-system) was found.
+    NoIstiod,
+    /// A directory target: nothing to look at.
+    NotKubernetes,
+    Unreachable(String),
+}
+
+impl std::fmt::Display for MultiRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MultiRoot::On => f.write_str("on (ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::Off => f.write_str("off (istiod lacks ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::NoIstiod => f.write_str("unknown: no istiod Deployment found"),
+            MultiRoot::NotKubernetes => f.write_str("unknown: directory target"),
+            MultiRoot::Unreachable(e) => write!(f, "unknown: {e}"),
+        }
+    }
+}
+
+/// Multi-root hot reload of each primary's istiod, read from its Deployment's environment.
+pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let state = match Target::open(cluster, config).await {
+            Ok(Target::Kube(k)) => match k.istiod_multiroot().await {
+                Ok(Some(true)) => MultiRoot::On,
+                Ok(Some(false)) => MultiRoot::Off,
+                Ok(None) => MultiRoot::NoIstiod,
+                Err(e) => MultiRoot::Unreachable(e.to_string()),
+            },
+            Ok(Target::Dir(_)) => MultiRoot::NotKubernetes,
+            Err(e) => MultiRoot::Unreachable(e.to_string()),
+        };
+        out.push((cluster.name.clone(), state));
+    }
+    out
+}
+
+/// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
+/// hot reload; without it they would learn it only at their next certificate renewal, after
+/// the next phase may have begun. Refused unless every Kubernetes primary's istiod has it.
+async fn refuse_skip_without_multiroot(
+    config: &Config,
+    options: &Options,
+) -> Result<(), DriveError> {
+    if !options.skip_workload_restarts {
+        return Ok(());
+    }
+    let lacking: Vec<String> = multiroot(config)
+        .await
+        .into_iter()
+        .filter(|(_, m)| !matches!(m, MultiRoot::On | MultiRoot::NotKubernetes))
+        .map(|(c, m)| format!("{c}: {m}"))
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::Refused(format!(
+        "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
+         everywhere ({}); without it proxies learn the new root only when their certificate is \
+         next renewed. Set ISTIO_MULTIROOT_MESH=true on istiod (and PROXY_CONFIG_XDS_AGENT=true \
+         for proxies), or restart workloads",
+        lacking.join("; ")
+    )))
+}
+
 /// `migrate start`: reads every primary, saves the material it moves between (issuing each
 /// new intermediate once), then records the transition. Changes no cluster.
 pub async fn start_migrate(
@@ -65,6 +136,7 @@ pub async fn start_migrate(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
+    refuse_skip_without_multiroot(config, &options).await?;
     let own = files.make_room(now, dry_run).await?;
     let signer = RootSource::open(config)
         .await
@@ -169,6 +241,7 @@ pub async fn start_rotate_root(
                 .into(),
         ));
     };
+    refuse_skip_without_multiroot(config, &options).await?;
     let own = files.make_room(now, dry_run).await?;
     let current = crate::store::FileRootStore::new(dir.clone())
         .load_cert()
