@@ -596,3 +596,91 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
         );
     }
 }
+
+#[test]
+fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
+    let mut names = CLUSTERS.to_vec();
+    names.push("mgmt");
+    let server = Arc::new(TestApiServer::start(&names));
+    let s = setup(&server, "");
+    let mgmt = server.cluster("mgmt");
+    mgmt.namespace("cacertd", &[]);
+    std::fs::write(
+        s.path("kube/mgmt.yaml"),
+        mgmt.kubeconfig(&mgmt.admin_token()),
+    )
+    .unwrap();
+    append_config(
+        &s,
+        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
+         [transition]\ngate_timeout = \"30s\"",
+    );
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+
+    // Every process takes one step and dies; the next one picks up from the shared record.
+    s.cacertd(&[
+        "migrate",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "1",
+    ])
+    .fails_with(1);
+    let mut runs = 1;
+    loop {
+        let run = s.cacertd(&["transition", "resume", "--stop-after-steps", "1"]);
+        runs += 1;
+        if run.code == 0 {
+            assert!(run.stdout.contains("transition finished"), "{}", run.stdout);
+            break;
+        }
+        assert!(
+            run.stderr.contains("stopped after 1 steps"),
+            "{}",
+            run.stderr
+        );
+        assert!(runs < 60, "no end in sight: {}", run.stderr);
+    }
+    assert!(
+        runs >= 27,
+        "3 phases × (2 × (write + 3 restarts) + gate): {runs}"
+    );
+
+    let root = s.read("state/root/root-cert.pem");
+    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
+        let c = server.cluster(name);
+        let served = secret_data(c, "istio-system", "cacerts").unwrap();
+        let material = secret_data(mgmt, "cacertd", &format!("cacertd-transition-{name}")).unwrap();
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            assert_eq!(served[f], material[format!("new.{f}")], "{name}: {f}");
+        }
+        assert_eq!(unb64(&served["root-cert.pem"]), root, "{name}");
+        assert_eq!(
+            secret_data(c, "istio-system", "istio-ca-secret").as_ref(),
+            Some(&secrets[i]["data"])
+        );
+        // One write per phase: created in AddNewRoot, replaced twice (each backed up once).
+        let backups = c
+            .list("secrets", Some("istio-system"))
+            .into_iter()
+            .filter(|s| {
+                s["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cacerts-backup-")
+            })
+            .count();
+        assert_eq!(backups, 2, "{name}");
+    }
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    assert_eq!(audit.matches("\"action\":\"transition-issue\"").count(), 2);
+    assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
+}
