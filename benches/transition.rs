@@ -172,6 +172,7 @@ fn main() {
                 poll: Duration::from_millis(20),
                 stop_after: None,
                 max_steps: None,
+                progress: driver::Progress::Off,
             },
         )
         .await

@@ -176,6 +176,30 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         run.stderr
     );
     assert!(!run.stderr.contains("cluster1/"), "{}", run.stderr);
+    // Off a terminal, the wait shows as JSON lines: the phase changes and the gate's wait.
+    let events: Vec<Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["event"] == "gate"
+            && e["phase"] == "add-new-root"
+            && e["behind"][0]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cluster2/")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "phase"
+                && e["state"].as_str().unwrap_or("").starts_with("failed")),
+        "{}",
+        run.stderr
+    );
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
         status.contains("phase AddNewRoot") && status.contains("Failed"),

@@ -436,6 +436,7 @@ impl Daemon {
                 poll: Duration::from_secs(5),
                 stop_after: None,
                 max_steps: Some(1),
+                progress: crate::transition::driver::Progress::Off,
             };
             let Ok(store) = self.transition_store().await else {
                 return;

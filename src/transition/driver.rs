@@ -463,6 +463,74 @@ pub struct DriveOptions {
     pub stop_after: Option<usize>,
     /// Return (normally) after this many steps: the daemon checks its leadership between.
     pub max_steps: Option<usize>,
+    /// Where progress through long waits is shown.
+    pub progress: Progress,
+}
+
+/// How a foreground driver shows where it stands while it waits (a gate, the drain) and when
+/// the phase changes, on stderr: human lines on a terminal, JSON lines otherwise (for CI logs
+/// and log collectors). The daemon exports metrics instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Off,
+    Lines,
+    Json,
+}
+
+impl Progress {
+    /// Lines on a terminal, JSON otherwise.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Progress::Lines
+        } else {
+            Progress::Json
+        }
+    }
+
+    fn show(self, event: &str, record: &Record, detail: &str, fields: serde_json::Value) {
+        match self {
+            Progress::Off => {}
+            Progress::Lines => eprintln!(
+                "[{}] {:?} {} — {detail}",
+                fmt_time(OffsetDateTime::now_utc()),
+                record.kind,
+                record.phase
+            ),
+            Progress::Json => {
+                let mut line = serde_json::json!({
+                    "time": fmt_time(OffsetDateTime::now_utc()),
+                    "event": event,
+                    "transition": record.kind,
+                    "phase": record.phase,
+                    "detail": detail,
+                });
+                if let (Some(line), serde_json::Value::Object(more)) =
+                    (line.as_object_mut(), fields)
+                {
+                    line.extend(more);
+                }
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Shows a wait at most every 10 s (and its first time at once).
+struct Throttle(Option<std::time::Instant>);
+
+impl Throttle {
+    fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
 }
 
 /// Runs the transition from where its record stands until it is finished, must wait (and
@@ -507,6 +575,7 @@ pub async fn drive(
         remotes.insert(name.clone(), served);
     }
     let mut done = 0usize;
+    let mut shown = Throttle(None);
     loop {
         let now = OffsetDateTime::now_utc();
         let step = next_step(&record, now);
@@ -614,6 +683,18 @@ pub async fn drive(
                 }
                 let left = (*until - now).unsigned_abs();
                 tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
+                if shown.due() {
+                    opts.progress.show(
+                        "drain",
+                        &record,
+                        &format!(
+                            "draining: the old root stays trusted until {} ({} left)",
+                            fmt_time(*until),
+                            humantime::format_duration(Duration::from_secs(left.as_secs()))
+                        ),
+                        serde_json::json!({"until": fmt_time(*until), "left_seconds": left.as_secs()}),
+                    );
+                }
                 tokio::time::sleep(left.min(Duration::from_secs(60))).await;
                 continue;
             }
@@ -633,11 +714,18 @@ pub async fn drive(
         };
         let before = (record.phase, record.state.clone());
         let behind = matches!(outcome, Outcome::GateBehind(_));
+        let outcome_seen = outcome.clone();
         record.record(&step, outcome, now);
         files.save(&record).await?;
         done += 1;
         if (record.phase, record.state.clone()) != before {
             tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
+            opts.progress.show(
+                "phase",
+                &record,
+                &format!("now {}", state_name(&record.state)),
+                serde_json::json!({"state": state_name(&record.state)}),
+            );
             let report = match &record.state {
                 State::Failed { report, .. } => Some(report.clone()),
                 _ => None,
@@ -655,8 +743,35 @@ pub async fn drive(
             if !opts.wait {
                 return Ok(step);
             }
+            if let (Outcome::GateBehind(who), true) = (&outcome_seen, shown.due()) {
+                let waited = record
+                    .gate_since
+                    .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
+                opts.progress.show(
+                    "gate",
+                    &record,
+                    &format!(
+                        "waiting for the gate: {} behind ({}{}); waited {waited}s of {}s",
+                        who.len(),
+                        who.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                        if who.len() > 3 { "; …" } else { "" },
+                        record.options.gate_timeout_seconds
+                    ),
+                    serde_json::json!({"behind": who, "waited_seconds": waited}),
+                );
+            }
             tokio::time::sleep(opts.poll).await;
         }
+    }
+}
+
+fn state_name(state: &State) -> String {
+    match state {
+        State::Active => "active".into(),
+        State::Failed { report, .. } => format!("failed: {report}"),
+        State::RollingBack { to } => format!("rolling back to {}", describe_material(*to)),
+        State::Held { note } => format!("held: {note}"),
+        State::RolledBack => "rolled back".into(),
     }
 }
 
