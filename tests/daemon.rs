@@ -384,6 +384,19 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
     let d2 = daemon(&empty, &clock);
     assert!(d2.try_lead().await);
     d2.tick().await;
+    // And a transition under way, for its series.
+    let record = cacertd::transition::Record::new(
+        cacertd::transition::TransitionKind::Migrate,
+        ["cluster1".to_string()],
+        cacertd::transition::Options {
+            drain_seconds: 0,
+            gate_timeout_seconds: 60,
+            skip_workload_restarts: false,
+            approve_each_phase: false,
+            exclude_namespaces: Vec::new(),
+        },
+    );
+    d2.metrics().transition(Some(&record), t0());
     let exported = d.metrics().encode() + &d2.metrics().encode();
     let exported_names: std::collections::BTreeSet<&str> = exported
         .lines()
