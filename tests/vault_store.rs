@@ -474,3 +474,87 @@ fn vault_shortening_or_misnaming_is_caught() {
     let run = remote.cacertd(&["root", "show"]).fails_with(1);
     assert!(run.stderr.contains("plain HTTP"), "{}", run.stderr);
 }
+
+/// The rules of the policies in deploy/vault/ named `files`, as the test Vault's rules, plus
+/// what Vault's built-in "default" policy and the mounts lookup give every token.
+fn shipped_policies(files: &[&str]) -> Vec<PathRule> {
+    let mut rules = vec![
+        PathRule::new("auth/token/*", &["read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+    ];
+    for file in files {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/vault")
+            .join(file);
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut current: Option<String> = None;
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            if let Some(rest) = line.strip_prefix("path \"") {
+                current = Some(rest.split('"').next().unwrap().to_string());
+            } else if let Some(caps) = line.strip_prefix("capabilities = ") {
+                let caps: Vec<String> = serde_json::from_str(caps).unwrap();
+                let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+                rules.push(PathRule::new(current.as_deref().unwrap(), &caps));
+            }
+        }
+    }
+    assert!(rules.len() > 2 + files.len(), "{rules:?}");
+    rules
+}
+
+#[test]
+fn a_root_rotation_on_vault_kv_keeps_the_old_root_as_the_previous_version() {
+    let vault = TestVault::start();
+    vault.add_token(
+        "day-to-day",
+        shipped_policies(&["cacertd-kv.hcl"]),
+        Duration::from_secs(3600),
+    );
+    vault.add_token(
+        "rotation",
+        shipped_policies(&["cacertd-kv.hcl", "cacertd-kv-rotate.hcl"]),
+        Duration::from_secs(3600),
+    );
+    let s = setup(&vault, KV, "day-to-day");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let first = vault.kv_versions("secret", "cacertd/root");
+    assert_eq!(first.len(), 1);
+    // The day-to-day policy cannot rotate: refused before any cluster is touched.
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .fails_with(5);
+    assert!(run.stderr.contains("cacertd/root-next"), "{}", run.stderr);
+    assert_unchanged(&before, &s.snapshot());
+
+    std::fs::write(s.path("vault-token"), "rotation").unwrap();
+    for round in 2..=3 {
+        let run = s
+            .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+            .ok();
+        assert!(!run.stdout.contains("PRIVATE KEY"), "{}", run.stdout);
+        let versions = vault.kv_versions("secret", "cacertd/root");
+        assert_eq!(versions.len(), round, "one new version per rotation");
+        assert_eq!(versions[0], first[0], "the first root is kept as version 1");
+        let next = vault.kv_versions("secret", "cacertd/root-next");
+        assert_eq!(next.len(), round - 1);
+        let root = versions[round - 1]["certificate"].as_str().unwrap();
+        assert_eq!(next[round - 2]["certificate"], root);
+        assert_ne!(versions[round - 2]["certificate"], root);
+        for c in ["cluster1", "cluster2"] {
+            assert_eq!(
+                String::from_utf8(s.read(&format!("out/{c}/root-cert.pem"))).unwrap(),
+                root,
+                "{c}"
+            );
+        }
+        assert_issued_and_trusted(&s);
+    }
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    assert!(
+        audit.contains("the previous root is kept: version 1 of secret/cacertd/root")
+            && audit.contains("version 2 of secret/cacertd/root"),
+        "{audit}"
+    );
+    assert!(!audit.contains("PRIVATE KEY"));
+}

@@ -518,12 +518,22 @@ impl VaultKv {
 
     /// The current version number of the root secret, `None` if there is none.
     pub async fn version(&self) -> Result<Option<u64>, VaultError> {
+        self.version_at(&self.path).await
+    }
+
+    /// The secret where a root rotation keeps the new root until it is done: `<path>-next`.
+    pub fn next_path(&self) -> String {
+        format!("{}-next", self.path)
+    }
+
+    /// The current version number of the root secret at `at`, `None` if there is none.
+    pub async fn version_at(&self, at: &str) -> Result<Option<u64>, VaultError> {
         self.check_mount().await?;
-        let path = format!("{}/metadata/{}", self.mount, self.path);
+        let path = format!("{}/metadata/{at}", self.mount);
         match self
             .session
             .call("read root metadata", &path, async |c: &VaultClient| {
-                vaultrs::kv2::read_metadata(c, &self.mount, &self.path).await
+                vaultrs::kv2::read_metadata(c, &self.mount, at).await
             })
             .await
         {
@@ -535,14 +545,19 @@ impl VaultKv {
 
     /// The root (certificate and key) at the current version, with that version.
     pub async fn load(&self) -> Result<Option<(RootCa, u64)>, VaultError> {
-        let Some(version) = self.version().await? else {
+        self.load_at(&self.path).await
+    }
+
+    /// The root at the current version of the secret at `at`, with that version.
+    pub async fn load_at(&self, at: &str) -> Result<Option<(RootCa, u64)>, VaultError> {
+        let Some(version) = self.version_at(at).await? else {
             return Ok(None);
         };
-        let path = format!("{}/data/{}", self.mount, self.path);
+        let path = format!("{}/data/{at}", self.mount);
         let secret: RootSecret = self
             .session
             .call("read root", &path, async |c: &VaultClient| {
-                vaultrs::kv2::read_version(c, &self.mount, &self.path, version).await
+                vaultrs::kv2::read_version(c, &self.mount, at, version).await
             })
             .await?;
         let RootSecret {
@@ -564,22 +579,38 @@ impl VaultKv {
 
     /// Stores a new root with check-and-set 0: fails if any version exists.
     pub async fn create(&self, root: &RootCa) -> Result<Result<u64, ()>, VaultError> {
+        self.write_at(&self.path, root, 0).await
+    }
+
+    /// Writes `root` as the next version of the secret at `at`, only if its current version
+    /// is `cas` (0: only if there is none). KV v2 keeps the earlier versions. `Ok(Err(()))`:
+    /// the check-and-set was lost (someone else wrote first).
+    pub async fn write_at(
+        &self,
+        at: &str,
+        root: &RootCa,
+        cas: u64,
+    ) -> Result<Result<u64, ()>, VaultError> {
         self.check_mount().await?;
+        let cas = u32::try_from(cas).map_err(|_| VaultError::Malformed {
+            what: format!("{}/metadata/{at}", self.mount),
+            reason: format!("version {cas} is beyond what check-and-set can name"),
+        })?;
         let key = root.key().to_pem();
         let secret = WrittenRootSecret {
             certificate: root.cert_pem(),
             private_key: Zeroizing::new(key.to_string()),
         };
-        let path = format!("{}/data/{}", self.mount, self.path);
+        let path = format!("{}/data/{at}", self.mount);
         let result = self
             .session
             .call("write root", &path, async |c: &VaultClient| {
                 vaultrs::kv2::set_with_options(
                     c,
                     &self.mount,
-                    &self.path,
+                    at,
                     &secret,
-                    vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: 0 },
+                    vaultrs::api::kv2::requests::SetSecretRequestOptions { cas },
                 )
                 .await
             })

@@ -6,7 +6,7 @@
 //! saved before the record exists, so a resumed transition never issues a second intermediate.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -20,7 +20,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::fsutil::{FsError, create_private_dir};
 use crate::pki::{
-    CaCertsFiles, Cert, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
+    CaCertsFiles, Cert, RootCa, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
 };
 use crate::rollout::{self, RestartOptions, Stage};
 use crate::store::RootSource;
@@ -218,14 +218,188 @@ pub async fn start_migrate(
     Ok(record)
 }
 
-/// Where the new root waits until a root rotation is done.
-fn new_root_store(config: &Config) -> crate::store::FileRootStore {
-    crate::store::FileRootStore::new(new_root_dir(&config.state_dir))
+/// The root store a rotation replaces the root of: where the new root waits until the rotation
+/// is done, and how it then takes the old one's place (the old one always kept).
+enum RotationStore {
+    /// The new root waits in `<state_dir>/transition/new-root/`; the old root folder is moved
+    /// to `<root dir>-replaced-<time>`.
+    File { dir: PathBuf },
+    /// The new root waits in the secret `<path>-next`; it then becomes the next version of
+    /// `<path>` (check-and-set), so KV v2 keeps the old root as the version before.
+    VaultKv(Box<crate::store::vault::VaultKv>),
 }
 
-/// `rotate-root start`: the new root (imported, or generated per the root policy) is kept in
-/// `<state_dir>/transition/new-root/` until the rotation is done, then replaces the root in the
-/// file store (the old one is moved aside). Every primary must be on the current root.
+impl RotationStore {
+    async fn open(config: &Config) -> Result<Self, DriveError> {
+        match &config.root {
+            crate::config::RootStoreConfig::File { dir } => {
+                Ok(RotationStore::File { dir: dir.clone() })
+            }
+            crate::config::RootStoreConfig::VaultKv { .. } => {
+                match RootSource::open(config).await {
+                    Ok(RootSource::VaultKv(kv)) => Ok(RotationStore::VaultKv(Box::new(kv))),
+                    Ok(_) => unreachable!("a vault-kv configuration opens a vault-kv store"),
+                    Err(e) => Err(DriveError::Refused(e.to_string())),
+                }
+            }
+            crate::config::RootStoreConfig::VaultPki { .. } => Err(DriveError::Refused(
+                "rotate-root start is not supported with the vault-pki store yet: its root key \
+                 lives in Vault's PKI engine, where cacertd does not create a second issuer"
+                    .into(),
+            )),
+        }
+    }
+
+    fn vault_err(kv: &crate::store::vault::VaultKv, e: crate::store::VaultError) -> String {
+        format!("{}: {e}", kv.describe())
+    }
+
+    /// The root the store holds now.
+    async fn current(&self) -> Result<Cert, String> {
+        let cert = match self {
+            RotationStore::File { dir } => crate::store::FileRootStore::new(dir.clone())
+                .load_cert()
+                .map_err(|e| e.to_string())?,
+            RotationStore::VaultKv(kv) => kv
+                .load()
+                .await
+                .map_err(|e| Self::vault_err(kv, e))?
+                .map(|(r, _)| r.cert().clone()),
+        };
+        cert.ok_or_else(|| "there is no root to rotate yet".into())
+    }
+
+    fn pending_location(&self, state_dir: &Path) -> String {
+        match self {
+            RotationStore::File { .. } => new_root_dir(state_dir).display().to_string(),
+            RotationStore::VaultKv(kv) => {
+                format!(
+                    "vault-kv {}/{} at {}",
+                    kv.mount,
+                    kv.next_path(),
+                    kv.session.address()
+                )
+            }
+        }
+    }
+
+    /// The new root kept by a rotation, with its KV version (to write over it).
+    async fn pending(&self, state_dir: &Path) -> Result<Option<(RootCa, Option<u64>)>, String> {
+        match self {
+            RotationStore::File { .. } => {
+                match crate::store::FileRootStore::new(new_root_dir(state_dir)).load() {
+                    Ok(root) => Ok(Some((root, None))),
+                    Err(crate::store::StoreError::NoRoot { .. }) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            RotationStore::VaultKv(kv) => Ok(kv
+                .load_at(&kv.next_path())
+                .await
+                .map_err(|e| Self::vault_err(kv, e))?
+                .map(|(root, version)| (root, Some(version)))),
+        }
+    }
+
+    /// Keeps `root` as the new root; `over` is the version of a stale one to write over.
+    async fn keep_pending(
+        &self,
+        state_dir: &Path,
+        root: &RootCa,
+        over: Option<u64>,
+    ) -> Result<(), String> {
+        match self {
+            RotationStore::File { .. } => {
+                let dir = new_root_dir(state_dir);
+                if let Some(parent) = dir.parent() {
+                    create_private_dir(parent).map_err(|e| e.to_string())?;
+                }
+                crate::store::FileRootStore::new(dir)
+                    .create(root)
+                    .map_err(|e| e.to_string())
+            }
+            RotationStore::VaultKv(kv) => {
+                match kv
+                    .write_at(&kv.next_path(), root, over.unwrap_or(0))
+                    .await
+                    .map_err(|e| Self::vault_err(kv, e))?
+                {
+                    Ok(_) => Ok(()),
+                    Err(()) => Err(format!(
+                        "{}: someone else wrote a new root there at the same time",
+                        self.pending_location(state_dir)
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Makes the pending new root the store's root, keeping the old one. Idempotent.
+    async fn swap(&self, config: &Config, now: OffsetDateTime) -> Result<(), DriveError> {
+        let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
+        let new_root = self
+            .pending(&config.state_dir)
+            .await
+            .map_err(stop)?
+            .ok_or_else(|| stop("the new root is missing".into()))?
+            .0;
+        let kept = match self {
+            RotationStore::File { dir } => swap_file_store(dir, &new_root, now)?,
+            RotationStore::VaultKv(kv) => {
+                let Some((current, version)) =
+                    kv.load().await.map_err(|e| stop(Self::vault_err(kv, e)))?
+                else {
+                    return Err(stop(format!("{}: the root is gone", kv.describe())));
+                };
+                if current.cert() == new_root.cert() {
+                    return Ok(());
+                }
+                match kv
+                    .write_at(&kv.path, &new_root, version)
+                    .await
+                    .map_err(|e| stop(Self::vault_err(kv, e)))?
+                {
+                    Ok(_) => {}
+                    Err(()) => {
+                        let now_there = kv.load().await.ok().flatten();
+                        if now_there.as_ref().map(|(r, _)| r.cert()) != Some(new_root.cert()) {
+                            return Err(stop(format!(
+                                "{}: the root changed while it was being replaced",
+                                kv.describe()
+                            )));
+                        }
+                    }
+                }
+                match kv.load().await.ok().flatten() {
+                    Some((r, _)) if r.cert() == new_root.cert() => {}
+                    _ => {
+                        return Err(stop(format!(
+                            "{}: the new root did not stay",
+                            kv.describe()
+                        )));
+                    }
+                }
+                format!("version {version} of {}/{}", kv.mount, kv.path)
+            }
+        };
+        if kept.is_empty() {
+            return Ok(());
+        }
+        Audit::new(config.daemon.audit_log.clone()).note(
+            now,
+            "root-rotated",
+            None,
+            "replaced",
+            Some(new_root.cert().info().serial.clone()),
+            Some(format!("the previous root is kept: {kept}")),
+        );
+        Ok(())
+    }
+}
+
+/// `rotate-root start`: the new root (imported, or generated per the root policy) is kept
+/// apart ([`RotationStore`]) until the rotation is done, then replaces the store's root (the
+/// old one is kept). Every primary must be on the current root.
 pub async fn start_rotate_root(
     config: &Config,
     files: &RecordStore,
@@ -234,29 +408,23 @@ pub async fn start_rotate_root(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
-    let crate::config::RootStoreConfig::File { dir } = &config.root else {
-        return Err(DriveError::Refused(
-            "rotate-root start needs the file root store; with a Vault store, the new root \
-             is not managed by cacertd yet"
-                .into(),
-        ));
-    };
+    let store = RotationStore::open(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
     let own = files.make_room(now, dry_run).await?;
-    let current = crate::store::FileRootStore::new(dir.clone())
-        .load_cert()
-        .map_err(|e| DriveError::Refused(e.to_string()))?
-        .ok_or_else(|| DriveError::Refused("there is no root to rotate yet".into()))?;
+    let current = store.current().await.map_err(DriveError::Refused)?;
     // Everything is worked out in memory first: a refusal leaves nothing behind.
-    let pending = new_root_store(config);
-    let waiting = match own {
-        true => pending.load(),
-        false => Err(crate::store::StoreError::NoRoot {
-            store: String::new(),
-        }),
-    };
+    let pending = store
+        .pending(&config.state_dir)
+        .await
+        .map_err(DriveError::Refused)?;
+    let stale_version = pending.as_ref().and_then(|(_, v)| *v);
+    // A new root kept by an earlier rotation (in Vault: the one that became the root) is not
+    // this rotation's.
+    let waiting = pending
+        .map(|(root, _)| root)
+        .filter(|root| own && root.cert() != &current);
     let (new_root, saved) = match waiting {
-        Ok(saved) => {
+        Some(saved) => {
             if new_root
                 .as_ref()
                 .is_some_and(|given| given.cert() != saved.cert())
@@ -264,12 +432,12 @@ pub async fn start_rotate_root(
                 return Err(DriveError::Refused(format!(
                     "a different new root is already waiting in {}: start with it (no \
                      --new-root-cert) or `transition abort` first",
-                    new_root_dir(&config.state_dir).display()
+                    store.pending_location(&config.state_dir)
                 )));
             }
             (saved, true)
         }
-        Err(crate::store::StoreError::NoRoot { .. }) => {
+        None => {
             let root = match new_root {
                 Some(r) => r,
                 None => crate::pki::generate_root(
@@ -284,7 +452,6 @@ pub async fn start_rotate_root(
                 .map_err(|v| DriveError::Refused(v.to_string()))?;
             (root, false)
         }
-        Err(e) => return Err(DriveError::Refused(e.to_string())),
     };
     if new_root.cert() == &current {
         return Err(DriveError::Refused(
@@ -351,12 +518,10 @@ pub async fn start_rotate_root(
         unreachable!("built as a local signer above")
     };
     if !saved {
-        if let Some(parent) = new_root_dir(&config.state_dir).parent() {
-            create_private_dir(parent)?;
-        }
-        pending
-            .create(new_root)
-            .map_err(|e| DriveError::Refused(e.to_string()))?;
+        store
+            .keep_pending(&config.state_dir, new_root, stale_version)
+            .await
+            .map_err(DriveError::Refused)?;
     }
     let audit = Audit::new(config.daemon.audit_log.clone());
     let mut clusters = Vec::new();
@@ -377,20 +542,18 @@ pub async fn start_rotate_root(
     Ok(record)
 }
 
-/// After a root rotation is done: the new root replaces the old in the file store; the old one
-/// is moved aside to `<root dir>-replaced-<time>`. The new store is built complete in a
-/// sibling folder first, so the root folder is always either the old root or the new one.
-/// Idempotent.
-fn finish_rotation(config: &Config, now: OffsetDateTime) -> Result<(), DriveError> {
-    let crate::config::RootStoreConfig::File { dir } = &config.root else {
-        return Ok(());
-    };
+/// The file store's swap: the new store is built complete in a sibling folder first, so the
+/// root folder is always either the old root or the new one; the old folder is moved to
+/// `<root dir>-replaced-<time>`. Returns where the old root went ("" if already swapped).
+fn swap_file_store(
+    dir: &Path,
+    new_root: &RootCa,
+    now: OffsetDateTime,
+) -> Result<String, DriveError> {
     let store_err = |e: crate::store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
-    let pending = new_root_store(config);
-    let new_root = pending.load().map_err(store_err)?;
-    let store = crate::store::FileRootStore::new(dir.clone());
+    let store = crate::store::FileRootStore::new(dir.to_path_buf());
     if store.load_cert().ok().flatten().as_ref() == Some(new_root.cert()) {
-        return Ok(());
+        return Ok(String::new());
     }
     let staging = PathBuf::from(format!("{}.new", dir.display()));
     let staged = crate::store::FileRootStore::new(staging.clone());
@@ -400,7 +563,7 @@ fn finish_rotation(config: &Config, now: OffsetDateTime) -> Result<(), DriveErro
             std::fs::remove_dir_all(&staging)
                 .map_err(crate::fsutil::fs_err("cannot clear", &staging))?;
         }
-        staged.create(&new_root).map_err(store_err)?;
+        staged.create(new_root).map_err(store_err)?;
     }
     let stamp = now
         .format(&time::format_description::well_known::Rfc3339)
@@ -414,15 +577,7 @@ fn finish_rotation(config: &Config, now: OffsetDateTime) -> Result<(), DriveErro
     if let Some(parent) = dir.parent() {
         crate::fsutil::sync_dir(parent)?;
     }
-    Audit::new(config.daemon.audit_log.clone()).note(
-        now,
-        "root-rotated",
-        None,
-        "replaced",
-        Some(new_root.cert().info().serial.clone()),
-        Some(format!("the previous root is kept in {}", aside.display())),
-    );
-    Ok(())
+    Ok(aside.display().to_string())
 }
 
 async fn issue_new(
@@ -703,7 +858,11 @@ pub async fn drive(
                     && record.phase == super::Phase::Done
                     && !record.root_swapped
                 {
-                    finish_rotation(config, now)?;
+                    RotationStore::open(config)
+                        .await
+                        .map_err(|e| DriveError::Stopped(format!("root swap: {e}")))?
+                        .swap(config, now)
+                        .await?;
                     record.root_swapped = true;
                     files.save(&record).await?;
                 }
