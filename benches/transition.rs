@@ -157,6 +157,7 @@ fn main() {
             skip_workload_restarts: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
+            max_parallel: 1,
         };
         let store = cacertd::transition::store::RecordStore::open(&config)
             .await

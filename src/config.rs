@@ -114,6 +114,8 @@ pub struct TransitionSettings {
     /// Namespaces whose workloads a transition does not restart (their owners do, before the
     /// drain ends). Their `istio-ca-root-cert` is still checked: istiod publishes it anyway.
     pub exclude_namespaces: Vec<String>,
+    /// How many clusters a transition writes and restarts at once within a phase.
+    pub max_parallel: usize,
 }
 
 /// `[transition] record`: where a transition's record lives.
@@ -139,6 +141,7 @@ impl Default for TransitionSettings {
             gate_timeout: Duration::from_secs(30 * 60),
             record: RecordLocation::StateDir,
             exclude_namespaces: Vec::new(),
+            max_parallel: 1,
         }
     }
 }
@@ -194,6 +197,7 @@ struct RawTransition {
     record: Option<String>,
     record_secret: Option<String>,
     exclude_namespaces: Option<Vec<String>>,
+    max_parallel: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -790,6 +794,12 @@ impl Config {
                 }
             }
             transition.exclude_namespaces = t.exclude_namespaces.unwrap_or_default();
+            if let Some(n) = t.max_parallel {
+                if n == 0 {
+                    return Err(field("max_parallel", "must be at least 1".into()));
+                }
+                transition.max_parallel = usize::from(n);
+            }
         } else if let Some(l) = &daemon.lease {
             transition.record = RecordLocation::Kubernetes {
                 kubeconfig: l.kubeconfig.clone(),
@@ -1120,6 +1130,7 @@ mod tests {
                 "exclude_namespaces = [\"a/b\"]",
                 "transition.exclude_namespaces",
             ),
+            ("max_parallel = 0", "transition.max_parallel"),
         ] {
             let e = err(&format!("{ACCEPTANCE}\n[transition]\n{bad}\n"));
             assert!(e.contains(field), "{bad}: {e}");

@@ -394,6 +394,7 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
             skip_workload_restarts: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
+            max_parallel: 1,
         },
     );
     d2.metrics().transition(Some(&record), t0());

@@ -595,9 +595,26 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
             "--skip-workload-restarts",
             "--drain",
             "0s",
+            "--max-parallel",
+            "2",
             "--wait",
         ])
         .ok();
+    // Two clusters at once: both written before either restarts, in every phase.
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    let actions: Vec<&str> = audit
+        .lines()
+        .filter_map(|l| {
+            ["transition-write", "transition-restart"]
+                .into_iter()
+                .find(|a| l.contains(&format!("\"action\":\"{a}\"")))
+        })
+        .collect();
+    assert_eq!(
+        actions[..3],
+        ["transition-write", "transition-write", "transition-restart"],
+        "{audit}"
+    );
     assert!(
         run.stdout
             .contains("cluster1: istiod multi-root hot reload on (ISTIO_MULTIROOT_MESH=true)"),

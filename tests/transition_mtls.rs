@@ -121,6 +121,7 @@ impl Mesh {
             skip_workload_restarts: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
+            max_parallel: 1,
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);
         let mut serving: BTreeMap<String, MaterialOf> = self

@@ -257,6 +257,12 @@ pub struct TransitionPlanArgs {
     #[arg(long)]
     pub approve_each_phase: bool,
 
+    /// How many clusters are written and restarted at once within a phase (default:
+    /// [transition] max_parallel, 1). Each cluster's own steps stay in order, and every gate
+    /// still waits for all clusters.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: Option<u16>,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }

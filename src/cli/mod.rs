@@ -622,6 +622,9 @@ fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition:
         skip_workload_restarts: args.skip_workload_restarts,
         approve_each_phase: args.approve_each_phase,
         exclude_namespaces: config.transition.exclude_namespaces.clone(),
+        max_parallel: args
+            .max_parallel
+            .map_or(config.transition.max_parallel, usize::from),
     }
 }
 
@@ -935,8 +938,16 @@ fn transition_plan(
         TransitionKind::RotateRoot => "rotate-root",
     };
     println!(
-        "{name}: {} primaries; drain {}; each gate may wait {}. This plan changes nothing.",
+        "{name}: {} primaries{}; drain {}; each gate may wait {}. This plan changes nothing.",
         scopes.len(),
+        if options.max_parallel > 1 {
+            format!(
+                ", up to {} at once (each one's steps in this order)",
+                options.max_parallel
+            )
+        } else {
+            String::new()
+        },
         humantime::format_duration(drain),
         humantime::format_duration(config.transition.gate_timeout)
     );

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::store::{NEW, ORIGINAL, RecordStore, new_root_dir};
 use super::{
     ClusterMaterial, MaterialOf, Options, Outcome, Record, RestartStage, State, Step,
-    TransitionKind, from_self_signed, material, next_step,
+    TransitionKind, from_self_signed, material, next_step, next_steps,
 };
 use crate::audit::Audit;
 use crate::config::Config;
@@ -742,88 +742,83 @@ pub async fn drive(
                 "stopped after {done} steps, as asked"
             )));
         }
-        let outcome = match &step {
-            Step::Write {
-                cluster,
-                material: of,
-            } => {
-                let target = &targets[cluster];
-                let want = material(&materials[cluster], *of)
-                    .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
-                // Never hand istiod material it would refuse (an original that expired while
-                // the transition was held, say): stop before touching the cluster.
-                if let Err(problems) = verify_cacerts(&want, now) {
-                    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                    return Err(DriveError::Stopped(format!(
-                        "{cluster}: the cacerts for {} does not validate, so it was not written: {}",
-                        describe_material(*of),
-                        list.join("; ")
-                    )));
+        if matches!(step, Step::Write { .. } | Step::Restart { .. }) {
+            // Up to `max_parallel` clusters at once, within what this run may still do.
+            let room = [opts.max_steps, opts.stop_after]
+                .into_iter()
+                .flatten()
+                .map(|n| n.saturating_sub(done))
+                .min()
+                .unwrap_or(usize::MAX);
+            let batch = next_steps(&record, now, room);
+            let exclude = record.options.exclude_namespaces.clone();
+            let work = Work {
+                config,
+                targets: &targets,
+                materials: &materials,
+                audit: &audit,
+                exclude_namespaces: &exclude,
+            };
+            // Writes are checked and noted in the record before any of them starts: a write
+            // that lands but is not recorded still counts when a rollback works out what
+            // clusters may serve.
+            let mut prepared = Vec::new();
+            for s in &batch {
+                prepared.push(match s {
+                    Step::Write {
+                        cluster,
+                        material: of,
+                    } => Some(work.prepare_write(cluster, *of, now).await?),
+                    _ => None,
+                });
+            }
+            if prepared.iter().any(Option::is_some) {
+                for s in &batch {
+                    if let Step::Write { cluster, .. } = s {
+                        record.begin_write(cluster);
+                    }
                 }
-                let observed = target.read().await.map_err(target_err(cluster))?;
-                // Recorded before writing: a write that lands but is not recorded still counts
-                // when a rollback works out what clusters may serve.
-                record.begin_write(cluster);
                 files.save(&record).await?;
-                // Idempotent: a write that already happened is not repeated (no extra backup).
-                if observed.snapshot.cacerts.as_ref() != Some(&want) {
-                    let meta = WriteMeta {
-                        cluster: cluster.clone(),
-                        serial: Cert::one_from_pem(&want.ca_cert, "ca-cert.pem")
-                            .map(|c| c.info().serial.clone())
-                            .unwrap_or_default(),
-                        written_at: now,
-                        reason: format!("trust transition: {}", describe_material(*of)),
-                    };
-                    target
-                        .write(&want, &meta, &observed)
-                        .await
-                        .map_err(target_err(cluster))?;
-                    audit.note(
-                        now,
-                        "transition-write",
-                        Some(cluster),
-                        "written",
-                        Some(meta.serial),
-                        Some(meta.reason),
-                    );
-                }
-                Outcome::Written
             }
-            Step::Restart { cluster, stage } => {
-                if let Target::Kube(_) = &targets[cluster] {
-                    let primary = config.topology.get(cluster).ok_or_else(|| {
-                        DriveError::Refused(format!("{cluster} is not in the configuration"))
-                    })?;
-                    let ro = RestartOptions {
-                        stages: vec![match stage {
-                            RestartStage::Istiod => Stage::Istiod,
-                            RestartStage::Gateways => Stage::Gateways,
-                            RestartStage::Workloads => Stage::Workloads,
-                        }],
-                        exclude_namespaces: record.options.exclude_namespaces.clone(),
-                        ..RestartOptions::default()
-                    };
-                    rollout::restart_primary(config, primary, &ro, now)
-                        .await
-                        .map_err(target_err(cluster))?;
-                    audit.note(
-                        now,
-                        "transition-restart",
-                        Some(cluster),
-                        stage.name(),
-                        None,
-                        None,
-                    );
-                } else {
-                    tracing::info!(
-                        cluster = %cluster,
-                        stage = stage.name(),
-                        "directory target: the restart is up to whoever applies the folder"
-                    );
+            let results =
+                futures::future::join_all(batch.iter().zip(prepared).map(|(s, prepared)| {
+                    let work = &work;
+                    async move {
+                        match (s, prepared) {
+                            (
+                                Step::Write {
+                                    cluster,
+                                    material: of,
+                                },
+                                Some((want, observed)),
+                            ) => work.write(cluster, *of, &want, &observed, now).await,
+                            (Step::Restart { cluster, stage }, _) => {
+                                work.restart(cluster, *stage, now).await
+                            }
+                            _ => unreachable!("writes are prepared above"),
+                        }
+                    }
+                }))
+                .await;
+            let mut failed = None;
+            for (s, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(outcome) => {
+                        record.record(s, outcome, now);
+                        done += 1;
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
-                Outcome::Restarted
             }
+            files.save(&record).await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            continue;
+        }
+        let outcome = match &step {
             Step::CheckGate { material: of } => {
                 let behind = check_gate(&targets, &remotes, &materials, *of, now).await;
                 if behind.is_empty() {
@@ -869,6 +864,7 @@ pub async fn drive(
                 return Ok(step);
             }
             Step::AwaitApproval { .. } | Step::Held { .. } => return Ok(step),
+            Step::Write { .. } | Step::Restart { .. } => unreachable!("cluster steps run above"),
             Step::Stopped { report } => return Err(DriveError::Stopped(report.clone())),
         };
         let before = (record.phase, record.state.clone());
@@ -921,6 +917,119 @@ pub async fn drive(
             }
             tokio::time::sleep(opts.poll).await;
         }
+    }
+}
+
+/// What a cluster's write or restart step needs.
+struct Work<'a> {
+    config: &'a Config,
+    targets: &'a BTreeMap<String, Target>,
+    materials: &'a BTreeMap<String, ClusterMaterial>,
+    audit: &'a Audit,
+    exclude_namespaces: &'a [String],
+}
+
+impl Work<'_> {
+    /// The material a write would serve (validated) and what the cluster holds now.
+    async fn prepare_write(
+        &self,
+        cluster: &str,
+        of: MaterialOf,
+        now: OffsetDateTime,
+    ) -> Result<(CaCertsFiles, crate::target::Observed), DriveError> {
+        let want = material(&self.materials[cluster], of)
+            .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
+        // Never hand istiod material it would refuse (an original that expired while the
+        // transition was held, say): stop before touching the cluster.
+        if let Err(problems) = verify_cacerts(&want, now) {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(DriveError::Stopped(format!(
+                "{cluster}: the cacerts for {} does not validate, so it was not written: {}",
+                describe_material(of),
+                list.join("; ")
+            )));
+        }
+        let observed = self.targets[cluster]
+            .read()
+            .await
+            .map_err(target_err(cluster))?;
+        Ok((want, observed))
+    }
+
+    /// Writes `want` unless the cluster already serves it (no extra backup then).
+    async fn write(
+        &self,
+        cluster: &str,
+        of: MaterialOf,
+        want: &CaCertsFiles,
+        observed: &crate::target::Observed,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, DriveError> {
+        if observed.snapshot.cacerts.as_ref() != Some(want) {
+            let meta = WriteMeta {
+                cluster: cluster.to_string(),
+                serial: Cert::one_from_pem(&want.ca_cert, "ca-cert.pem")
+                    .map(|c| c.info().serial.clone())
+                    .unwrap_or_default(),
+                written_at: now,
+                reason: format!("trust transition: {}", describe_material(of)),
+            };
+            self.targets[cluster]
+                .write(want, &meta, observed)
+                .await
+                .map_err(target_err(cluster))?;
+            self.audit.note(
+                now,
+                "transition-write",
+                Some(cluster),
+                "written",
+                Some(meta.serial),
+                Some(meta.reason),
+            );
+        }
+        Ok(Outcome::Written)
+    }
+
+    /// Restarts `stage` of the mesh `cluster`'s istiod serves and waits for the rollouts.
+    async fn restart(
+        &self,
+        cluster: &str,
+        stage: RestartStage,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, DriveError> {
+        let Target::Kube(_) = &self.targets[cluster] else {
+            tracing::info!(
+                cluster = %cluster,
+                stage = stage.name(),
+                "directory target: the restart is up to whoever applies the folder"
+            );
+            return Ok(Outcome::Restarted);
+        };
+        let primary =
+            self.config.topology.get(cluster).ok_or_else(|| {
+                DriveError::Refused(format!("{cluster} is not in the configuration"))
+            })?;
+        let ro = RestartOptions {
+            stages: vec![match stage {
+                RestartStage::Istiod => Stage::Istiod,
+                RestartStage::Gateways => Stage::Gateways,
+                RestartStage::Workloads => Stage::Workloads,
+            }],
+            exclude_namespaces: self.exclude_namespaces.to_vec(),
+            ..RestartOptions::default()
+        };
+        rollout::restart_primary(self.config, primary, &ro, now)
+            .await
+            .map_err(target_err(cluster))?;
+        self.audit.note(
+            now,
+            "transition-restart",
+            Some(cluster),
+            stage.name(),
+            None,
+            None,
+        );
+        Ok(Outcome::Restarted)
     }
 }
 

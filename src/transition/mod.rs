@@ -181,6 +181,13 @@ pub struct Options {
     /// Namespaces whose workloads are not restarted (their owners restart them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_namespaces: Vec<String>,
+    /// How many clusters are written and restarted at once within a phase (at least 1).
+    #[serde(default = "one")]
+    pub max_parallel: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The persisted transition record: everything needed to resume after a crash.
@@ -529,6 +536,37 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
     Step::CheckGate { material }
 }
 
+/// The next steps when the next one is a cluster's write or restart: the next step of each of
+/// up to `record.options.max_parallel` clusters (each cluster's own write and restarts stay in
+/// order; the gate still comes after every cluster). Otherwise just [`next_step`].
+pub fn next_steps(record: &Record, now: OffsetDateTime, room: usize) -> Vec<Step> {
+    let first = next_step(record, now);
+    let max = record.options.max_parallel.min(room).max(1);
+    if max == 1 || !matches!(first, Step::Write { .. } | Step::Restart { .. }) {
+        return vec![first];
+    }
+    let material = record.target_material();
+    let skip = record.options.skip_workload_restarts;
+    record
+        .clusters
+        .iter()
+        .filter_map(|(cluster, progress)| {
+            if !progress.written {
+                Some(Step::Write {
+                    cluster: cluster.clone(),
+                    material,
+                })
+            } else {
+                progress.next_restart(skip).map(|stage| Step::Restart {
+                    cluster: cluster.clone(),
+                    stage,
+                })
+            }
+        })
+        .take(max)
+        .collect()
+}
+
 /// `from` + `drain_seconds`, saturating at the latest representable time (never wrapping to the
 /// past, which would skip the drain).
 fn drain_end(from: i64, drain_seconds: u64) -> OffsetDateTime {
@@ -773,6 +811,7 @@ mod tests {
     fn opts() -> Options {
         Options {
             exclude_namespaces: Vec::new(),
+            max_parallel: 1,
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,
@@ -807,6 +846,60 @@ mod tests {
             record.record(&step, outcome, now);
         }
         panic!("the transition did not finish");
+    }
+
+    #[test]
+    fn several_clusters_at_once_keep_each_clusters_order_and_the_gate_last() {
+        let mut o = opts();
+        o.max_parallel = 2;
+        let names = ["a", "b", "c"].map(String::from);
+        let mut r = Record::new(TransitionKind::Migrate, names, o);
+        let write = |c: &str| Step::Write {
+            cluster: c.into(),
+            material: MaterialOf::Phase(Phase::AddNewRoot),
+        };
+        let restart = |c: &str, stage| Step::Restart {
+            cluster: c.into(),
+            stage,
+        };
+        assert_eq!(next_steps(&r, t(0), usize::MAX), [write("a"), write("b")]);
+        assert_eq!(
+            next_steps(&r, t(0), 1),
+            [write("a")],
+            "no more than the room left"
+        );
+        r.record(&write("a"), Outcome::Written, t(0));
+        assert_eq!(
+            next_steps(&r, t(0), usize::MAX),
+            [restart("a", RestartStage::Istiod), write("b")]
+        );
+        // Run everything in batches: the gate comes only once all three clusters are done.
+        let mut seen = Vec::new();
+        loop {
+            let batch = next_steps(&r, t(0), usize::MAX);
+            if matches!(batch[0], Step::CheckGate { .. }) {
+                break;
+            }
+            assert!(batch.len() <= 2);
+            for s in batch {
+                let outcome = match s {
+                    Step::Write { .. } => Outcome::Written,
+                    _ => Outcome::Restarted,
+                };
+                r.record(&s, outcome, t(0));
+                seen.push(s);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            3 * 4 - 1,
+            "a's write was recorded before the loop"
+        );
+        assert!(
+            r.clusters
+                .values()
+                .all(|p| p.written && p.restarted.len() == 3)
+        );
     }
 
     #[test]
