@@ -725,3 +725,92 @@ fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
     assert_eq!(audit.matches("\"action\":\"transition-issue\"").count(), 2);
     assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
 }
+
+/// Every object of every cluster on `server` with its resourceVersion.
+fn versions(server: &TestApiServer, names: &[&str]) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for name in names {
+        let c = server.cluster(name);
+        for plural in [
+            "namespaces",
+            "secrets",
+            "configmaps",
+            "deployments",
+            "daemonsets",
+            "statefulsets",
+            "leases",
+        ] {
+            for o in c.list(plural, None) {
+                let m = &o["metadata"];
+                out.push((
+                    format!("{name}/{plural}"),
+                    m["namespace"].as_str().unwrap_or("").to_string(),
+                    m["name"].as_str().unwrap_or("").to_string(),
+                    m["resourceVersion"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn plan_and_every_dry_run_change_no_resource_version_anywhere() {
+    let mut names = CLUSTERS.to_vec();
+    names.push("mgmt");
+    let server = Arc::new(TestApiServer::start(&names));
+    let s = setup(&server, "");
+    let mgmt = server.cluster("mgmt");
+    mgmt.namespace("cacertd", &[]);
+    std::fs::write(
+        s.path("kube/mgmt.yaml"),
+        mgmt.kubeconfig(&mgmt.admin_token()),
+    )
+    .unwrap();
+    append_config(
+        &s,
+        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
+         [transition]\ngate_timeout = \"30s\"",
+    );
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+
+    let before = versions(&server, &names);
+    let plan = s.cacertd(&["migrate", "plan"]).ok().stdout;
+    assert_eq!(plan, s.cacertd(&["migrate", "plan"]).ok().stdout, "stable");
+    let run = s
+        .cacertd(&["migrate", "start", "--drain", "0s", "--dry-run"])
+        .ok();
+    assert!(
+        run.stdout.contains("would cover cluster1, cluster2"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(versions(&server, &names), before);
+    assert!(
+        s.cacertd(&["transition", "status"])
+            .ok()
+            .stdout
+            .contains("no transition")
+    );
+
+    // Under way, waiting for approval into SwitchSigner.
+    {
+        let _istiod = Istiod::start(&server, false);
+        s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+            .ok();
+    }
+    let before = versions(&server, &names);
+    for args in [
+        &["transition", "resume", "--approve", "--dry-run"][..],
+        &["transition", "rollback", "--dry-run"],
+        &["transition", "abort", "--dry-run"],
+        &["transition", "status"],
+        &["migrate", "plan"],
+    ] {
+        let run = s.cacertd(args).ok();
+        assert!(!run.stdout.contains("PRIVATE KEY"), "{args:?}");
+        assert_eq!(versions(&server, &names), before, "{args:?}");
+    }
+}
