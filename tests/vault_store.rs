@@ -558,3 +558,133 @@ fn a_root_rotation_on_vault_kv_keeps_the_old_root_as_the_previous_version() {
     );
     assert!(!audit.contains("PRIVATE KEY"));
 }
+
+#[test]
+fn a_root_rotation_on_vault_pki_adds_an_issuer_and_keeps_the_old_one() {
+    let vault = TestVault::start();
+    vault.add_token(
+        "rotation",
+        shipped_policies(&["cacertd-pki.hcl", "cacertd-pki-rotate.hcl"]),
+        Duration::from_secs(3600),
+    );
+    let s = setup(&vault, PKI, "rotation");
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    let first = vault.pki_issuers("pki");
+    // The key stays in Vault: no root may be brought in.
+    let other = Setup::new();
+    other.cacertd(&["root", "init"]).ok();
+    let (cert, key) = (
+        other.path("state/root/root-cert.pem"),
+        other.path("state/root/root-key.pem"),
+    );
+    let run = s
+        .cacertd(&[
+            "rotate-root",
+            "start",
+            "--new-root-cert",
+            cert.to_str().unwrap(),
+            "--new-root-key",
+            key.to_str().unwrap(),
+        ])
+        .fails_with(5);
+    assert!(run.stderr.contains("inside Vault"), "{}", run.stderr);
+    assert_eq!(vault.pki_issuers("pki"), first);
+
+    for round in 2..=3 {
+        s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+            .ok();
+        let issuers = vault.pki_issuers("pki");
+        assert_eq!(
+            issuers.len(),
+            round,
+            "one issuer more per rotation, none removed"
+        );
+        assert!(issuers.contains(&first[0]));
+        // The new issuer is the default: what the store now calls its root.
+        for c in ["cluster1", "cluster2"] {
+            assert_eq!(
+                std::fs::read_to_string(s.path(&format!("out/{c}/root-cert.pem"))).unwrap(),
+                issuers[0],
+                "{c}"
+            );
+        }
+        assert_issued_and_trusted(&s);
+        let run = s.cacertd(&["issue"]).ok();
+        assert!(
+            !run.stdout.contains("issued"),
+            "already up to date: {}",
+            run.stdout
+        );
+    }
+    let names = vault.pki_issuer_names("pki");
+    assert_eq!(names[0], "cacertd-root-next", "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("cacertd-root-1")),
+        "{names:?}"
+    );
+    let requests = vault.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|(_, p)| !p.contains("exported") && !p.contains("keys")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
+    let vault = TestVault::start();
+    let s = setup(&vault, PKI, "root-token");
+    s.cacertd(&["root", "init"]).ok();
+    let id = vault.pki_issuer_ids("pki").remove(0);
+    let old = vault.pki_issuers("pki").remove(0);
+    let point_at = |reference: &str| {
+        let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+        let config = match config.find("\nissuer = ") {
+            Some(at) => {
+                let end = config[at + 1..].find('\n').unwrap() + at + 1;
+                format!(
+                    "{}\nissuer = \"{reference}\"{}",
+                    &config[..at],
+                    &config[end..]
+                )
+            }
+            None => config.replace(PKI, &format!("{PKI}\nissuer = \"{reference}\"")),
+        };
+        std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    };
+    // By id: the name could not follow the root, so it is refused.
+    point_at(&id);
+    s.cacertd(&["issue"]).ok();
+    let run = s
+        .cacertd(&["rotate-root", "start", "--drain", "0s"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("not the name of an issuer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(vault.pki_issuers("pki").len(), 1);
+
+    vault.pki_name_issuer("pki", &id, "mesh-root");
+    point_at("mesh-root");
+    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let names = vault.pki_issuer_names("pki");
+    let issuers = vault.pki_issuers("pki");
+    let at = |name: &str| names.iter().position(|n| n == name);
+    let new = &issuers[at("mesh-root").expect("the name moved to the new issuer")];
+    assert_ne!(new, &old);
+    let replaced = names
+        .iter()
+        .position(|n| n.starts_with("mesh-root-replaced-"))
+        .unwrap();
+    assert_eq!(issuers[replaced], old, "the old issuer stays, renamed");
+    assert!(at("mesh-root-next").is_none());
+    assert_eq!(
+        &std::fs::read_to_string(s.path("out/cluster1/root-cert.pem")).unwrap(),
+        new
+    );
+    assert_issued_and_trusted(&s);
+}

@@ -152,12 +152,12 @@ pub enum RotateRootCommand {
     /// configuration.
     Plan(TransitionPlanArgs),
 
-    /// Start the rotation (file or vault-kv root store): the new root — imported with
-    /// --new-root-cert and --new-root-key, or generated per the root policy — is kept apart
-    /// (<state_dir>/transition/new-root/, or the Vault secret <path>-next) with a new
-    /// intermediate per primary; when the rotation is done it replaces the root in the store
-    /// (the old one is kept: moved aside, or the previous KV version). Every primary must be
-    /// on the current root.
+    /// Start the rotation: the new root — imported with --new-root-cert and --new-root-key, or
+    /// generated per the root policy (by Vault, for vault-pki) — is kept apart
+    /// (<state_dir>/transition/new-root/, the Vault secret <path>-next, or the PKI issuer
+    /// <issuer>-next) with a new intermediate per primary; when the rotation is done it
+    /// replaces the root in the store (the old one is kept: moved aside, the previous KV
+    /// version, or the old issuer). Every primary must be on the current root.
     Start(RotateStartArgs),
 }
 

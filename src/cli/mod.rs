@@ -22,8 +22,8 @@ use crate::config::{Config, ConfigError};
 use crate::fsutil::{FsError, StateLock, fs_err};
 use crate::issuance::{self, Outcome};
 use crate::pki::{
-    CaCertsFiles, KeyAlgorithm, PkiError, RootCa, TrustBundle, generate_root, import_root,
-    issue_intermediate, verify_cacerts, verify_cacerts_for_mesh,
+    CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
+    verify_cacerts, verify_cacerts_for_mesh,
 };
 use crate::plan::{PlanOptions, Snapshot};
 use crate::policy::PolicyViolation;
@@ -210,13 +210,7 @@ async fn root_init_in(
     let spec = policy.root_spec(&config.trust_domain);
     let cert = if let Some(pki) = store.as_vault_pki() {
         // The key is generated inside Vault and never leaves it.
-        let key = match spec.key_algorithm {
-            KeyAlgorithm::EcdsaP256 => ("ec", 256),
-            KeyAlgorithm::EcdsaP384 => ("ec", 384),
-            KeyAlgorithm::Rsa2048 => ("rsa", 2048),
-            KeyAlgorithm::Rsa3072 => ("rsa", 3072),
-            KeyAlgorithm::Rsa4096 => ("rsa", 4096),
-        };
+        let key = crate::store::vault::key_type(spec.key_algorithm);
         let cert = pki
             .generate_root(
                 spec.subject.organization.as_deref(),

@@ -227,6 +227,14 @@ enum RotationStore {
     /// The new root waits in the secret `<path>-next`; it then becomes the next version of
     /// `<path>` (check-and-set), so KV v2 keeps the old root as the version before.
     VaultKv(Box<crate::store::vault::VaultKv>),
+    /// The new root is a second issuer Vault generates in the PKI engine, `<base>-next`
+    /// (`<base>`: the configured issuer, else `cacertd-root`), its key never leaving Vault. It
+    /// then takes the configured issuer's name (the old one renamed `<name>-replaced-<time>`),
+    /// or becomes the mount's default issuer; the old issuer stays in the mount.
+    VaultPki {
+        pki: Box<crate::store::vault::VaultPki>,
+        base: String,
+    },
 }
 
 impl RotationStore {
@@ -242,11 +250,34 @@ impl RotationStore {
                     Err(e) => Err(DriveError::Refused(e.to_string())),
                 }
             }
-            crate::config::RootStoreConfig::VaultPki { .. } => Err(DriveError::Refused(
-                "rotate-root start is not supported with the vault-pki store yet: its root key \
-                 lives in Vault's PKI engine, where cacertd does not create a second issuer"
-                    .into(),
-            )),
+            crate::config::RootStoreConfig::VaultPki { issuer, .. } => {
+                match RootSource::open(config).await {
+                    Ok(RootSource::VaultPki(pki)) => {
+                        // The rotation moves the configured name to the new issuer: a
+                        // reference by id would still point at the old one.
+                        if let Some(reference) = issuer {
+                            let name = pki.issuer_name(reference).await.map_err(|e| {
+                                DriveError::Refused(format!("{}: {e}", pki.describe()))
+                            })?;
+                            if name.as_deref() != Some(reference.as_str()) {
+                                return Err(DriveError::Refused(format!(
+                                    "[root] issuer = {reference:?} is not the name of an issuer \
+                                     in {} (an id?): a rotation hands the name to the new \
+                                     issuer, so name the issuer (vault write {}/issuer/<id> \
+                                     issuer_name=...) and use that name",
+                                    pki.mount, pki.mount
+                                )));
+                            }
+                        }
+                        Ok(RotationStore::VaultPki {
+                            pki: Box::new(pki),
+                            base: issuer.clone().unwrap_or_else(|| "cacertd-root".into()),
+                        })
+                    }
+                    Ok(_) => unreachable!("a vault-pki configuration opens a vault-pki store"),
+                    Err(e) => Err(DriveError::Refused(e.to_string())),
+                }
+            }
         }
     }
 
@@ -265,6 +296,10 @@ impl RotationStore {
                 .await
                 .map_err(|e| Self::vault_err(kv, e))?
                 .map(|(r, _)| r.cert().clone()),
+            RotationStore::VaultPki { pki, .. } => pki
+                .root_cert()
+                .await
+                .map_err(|e| format!("{}: {e}", pki.describe()))?,
         };
         cert.ok_or_else(|| "there is no root to rotate yet".into())
     }
@@ -280,7 +315,70 @@ impl RotationStore {
                     kv.session.address()
                 )
             }
+            RotationStore::VaultPki { pki, base } => format!(
+                "vault-pki {} issuer {base}-next at {}",
+                pki.mount,
+                pki.session.address()
+            ),
         }
+    }
+
+    /// vault-pki: the certificate of the issuer a rotation generated, if there is one.
+    async fn pending_issuer(&self) -> Result<Option<Cert>, String> {
+        match self {
+            RotationStore::VaultPki { pki, base } => pki
+                .issuer_cert(&format!("{base}-next"))
+                .await
+                .map_err(|e| format!("{}: {e}", pki.describe())),
+            _ => Ok(None),
+        }
+    }
+
+    /// vault-pki: what signs under the new issuer, generated first unless `waiting`; a `stale`
+    /// `<base>-next` (an earlier rotation's, now the root) is renamed out of the way first.
+    async fn next_signer(
+        &self,
+        config: &Config,
+        waiting: bool,
+        stale: bool,
+        now: OffsetDateTime,
+    ) -> Result<crate::store::Signer, String> {
+        let RotationStore::VaultPki { pki, base } = self else {
+            return Err("not a vault-pki store".into());
+        };
+        let vault_err = |e: crate::store::VaultError| format!("{}: {e}", pki.describe());
+        let next = format!("{base}-next");
+        if stale {
+            pki.rename_issuer(&next, &format!("{base}-{}", now.unix_timestamp()))
+                .await
+                .map_err(vault_err)?;
+        }
+        if !waiting {
+            let policy = config.root_policy();
+            let spec = policy.root_spec(&config.trust_domain);
+            let cert = pki
+                .generate_issuer(
+                    &next,
+                    spec.subject.organization.as_deref(),
+                    &spec.subject.common_name,
+                    crate::store::vault::key_type(spec.key_algorithm),
+                    spec.validity,
+                )
+                .await
+                .map_err(vault_err)?;
+            policy.check_root(&cert).map_err(|v| v.to_string())?;
+        }
+        let mut signing = config.clone();
+        signing.root = crate::config::RootStoreConfig::VaultPki {
+            mount: pki.mount.clone(),
+            issuer: Some(next),
+        };
+        RootSource::open(&signing)
+            .await
+            .map_err(|e| e.to_string())?
+            .signer()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The new root kept by a rotation, with its KV version (to write over it).
@@ -298,6 +396,7 @@ impl RotationStore {
                 .await
                 .map_err(|e| Self::vault_err(kv, e))?
                 .map(|(root, version)| (root, Some(version)))),
+            RotationStore::VaultPki { .. } => Ok(None),
         }
     }
 
@@ -331,12 +430,16 @@ impl RotationStore {
                     )),
                 }
             }
+            RotationStore::VaultPki { .. } => Err("vault-pki keeps its new root in Vault".into()),
         }
     }
 
     /// Makes the pending new root the store's root, keeping the old one. Idempotent.
     async fn swap(&self, config: &Config, now: OffsetDateTime) -> Result<(), DriveError> {
         let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
+        if let RotationStore::VaultPki { pki, base } = self {
+            return swap_pki(pki, base, config, now).await;
+        }
         let new_root = self
             .pending(&config.state_dir)
             .await
@@ -345,6 +448,7 @@ impl RotationStore {
             .0;
         let kept = match self {
             RotationStore::File { dir } => swap_file_store(dir, &new_root, now)?,
+            RotationStore::VaultPki { .. } => unreachable!("swapped above"),
             RotationStore::VaultKv(kv) => {
                 let Some((current, version)) =
                     kv.load().await.map_err(|e| stop(Self::vault_err(kv, e)))?
@@ -382,24 +486,81 @@ impl RotationStore {
                 format!("version {version} of {}/{}", kv.mount, kv.path)
             }
         };
-        if kept.is_empty() {
-            return Ok(());
+        if !kept.is_empty() {
+            note_rotated(config, now, new_root.cert(), &kept);
         }
-        Audit::new(config.daemon.audit_log.clone()).note(
-            now,
-            "root-rotated",
-            None,
-            "replaced",
-            Some(new_root.cert().info().serial.clone()),
-            Some(format!("the previous root is kept: {kept}")),
-        );
         Ok(())
     }
 }
 
-/// `rotate-root start`: the new root (imported, or generated per the root policy) is kept
-/// apart ([`RotationStore`]) until the rotation is done, then replaces the store's root (the
-/// old one is kept). Every primary must be on the current root.
+fn note_rotated(config: &Config, now: OffsetDateTime, new_root: &Cert, kept: &str) {
+    Audit::new(config.daemon.audit_log.clone()).note(
+        now,
+        "root-rotated",
+        None,
+        "replaced",
+        Some(new_root.info().serial.clone()),
+        Some(format!("the previous root is kept: {kept}")),
+    );
+}
+
+/// vault-pki: `<base>-next` takes the configured issuer's name (the old issuer renamed
+/// `<name>-replaced-<unix time>`), or becomes the mount's default issuer. Idempotent.
+async fn swap_pki(
+    pki: &crate::store::vault::VaultPki,
+    base: &str,
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
+    let vault_err = |e: crate::store::VaultError| stop(format!("{}: {e}", pki.describe()));
+    let next = format!("{base}-next");
+    let new = pki.issuer_cert(&next).await.map_err(vault_err)?;
+    let (new, kept) = match (&pki.issuer, new) {
+        (Some(name), Some(new)) => {
+            let mut kept = "renamed by an earlier attempt".to_string();
+            if pki.issuer_cert(name).await.map_err(vault_err)?.is_some() {
+                let aside = format!("{name}-replaced-{}", now.unix_timestamp());
+                pki.rename_issuer(name, &aside).await.map_err(vault_err)?;
+                kept = format!("issuer {aside} of {}", pki.mount);
+            }
+            pki.rename_issuer(&next, name).await.map_err(vault_err)?;
+            (new, kept)
+        }
+        (Some(name), None) => {
+            return match pki.issuer_cert(name).await.map_err(vault_err)? {
+                Some(_) => Ok(()),
+                None => Err(stop(format!(
+                    "{}: neither issuer {name} nor {next} exists",
+                    pki.describe()
+                ))),
+            };
+        }
+        (None, Some(new)) => {
+            if pki.root_cert().await.map_err(vault_err)?.as_ref() == Some(&new) {
+                return Ok(());
+            }
+            pki.set_default_issuer(&next).await.map_err(vault_err)?;
+            (
+                new,
+                format!("the previous default issuer, still in {}", pki.mount),
+            )
+        }
+        (None, None) => {
+            return Err(stop(format!(
+                "{}: the new issuer {next} is missing",
+                pki.describe()
+            )));
+        }
+    };
+    note_rotated(config, now, &new, &kept);
+    Ok(())
+}
+
+/// `rotate-root start`: the new root (imported, or generated per the root policy; for
+/// vault-pki, generated inside Vault) is kept apart ([`RotationStore`]) until the rotation is
+/// done, then replaces the store's root (the old one is kept). Every primary must be on the
+/// current root. Everything that can be refused is checked before anything is kept.
 pub async fn start_rotate_root(
     config: &Config,
     files: &RecordStore,
@@ -412,55 +573,85 @@ pub async fn start_rotate_root(
     refuse_skip_without_multiroot(config, &options).await?;
     let own = files.make_room(now, dry_run).await?;
     let current = store.current().await.map_err(DriveError::Refused)?;
-    // Everything is worked out in memory first: a refusal leaves nothing behind.
-    let pending = store
-        .pending(&config.state_dir)
-        .await
-        .map_err(DriveError::Refused)?;
-    let stale_version = pending.as_ref().and_then(|(_, v)| *v);
-    // A new root kept by an earlier rotation (in Vault: the one that became the root) is not
-    // this rotation's.
-    let waiting = pending
-        .map(|(root, _)| root)
-        .filter(|root| own && root.cert() != &current);
-    let (new_root, saved) = match waiting {
-        Some(saved) => {
-            if new_root
-                .as_ref()
-                .is_some_and(|given| given.cert() != saved.cert())
-            {
-                return Err(DriveError::Refused(format!(
-                    "a different new root is already waiting in {}: start with it (no \
-                     --new-root-cert) or `transition abort` first",
-                    store.pending_location(&config.state_dir)
-                )));
+    let new = match &store {
+        RotationStore::VaultPki { .. } => {
+            if new_root.is_some() {
+                return Err(DriveError::Refused(
+                    "the vault-pki store generates the new root inside Vault (its key never \
+                     leaves it): --new-root-cert and --new-root-key cannot be used with it"
+                        .into(),
+                ));
             }
-            (saved, true)
+            let pending = store.pending_issuer().await.map_err(DriveError::Refused)?;
+            // An earlier rotation's new issuer that became the root is not this rotation's.
+            let stale = pending.as_ref() == Some(&current);
+            NewRoot::Vault {
+                waiting: pending.filter(|c| own && c != &current),
+                stale,
+            }
         }
-        None => {
-            let root = match new_root {
-                Some(r) => r,
-                None => crate::pki::generate_root(
-                    &config.root_policy().root_spec(&config.trust_domain),
-                    now,
-                )
-                .map_err(|e| DriveError::Refused(e.to_string()))?,
-            };
-            config
-                .root_policy()
-                .check_root(root.cert())
-                .map_err(|v| DriveError::Refused(v.to_string()))?;
-            (root, false)
+        _ => {
+            let pending = store
+                .pending(&config.state_dir)
+                .await
+                .map_err(DriveError::Refused)?;
+            let over = pending.as_ref().and_then(|(_, v)| *v);
+            // A new root kept by an earlier rotation (in Vault: the one that became the root)
+            // is not this rotation's.
+            let waiting = pending
+                .map(|(root, _)| root)
+                .filter(|root| own && root.cert() != &current);
+            match waiting {
+                Some(saved) => {
+                    if new_root
+                        .as_ref()
+                        .is_some_and(|given| given.cert() != saved.cert())
+                    {
+                        return Err(DriveError::Refused(format!(
+                            "a different new root is already waiting in {}: start with it (no \
+                             --new-root-cert) or `transition abort` first",
+                            store.pending_location(&config.state_dir)
+                        )));
+                    }
+                    NewRoot::Local {
+                        root: saved,
+                        saved: true,
+                        over,
+                    }
+                }
+                None => {
+                    let root = match new_root {
+                        Some(r) => r,
+                        None => crate::pki::generate_root(
+                            &config.root_policy().root_spec(&config.trust_domain),
+                            now,
+                        )
+                        .map_err(|e| DriveError::Refused(e.to_string()))?,
+                    };
+                    config
+                        .root_policy()
+                        .check_root(root.cert())
+                        .map_err(|v| DriveError::Refused(v.to_string()))?;
+                    NewRoot::Local {
+                        root,
+                        saved: false,
+                        over,
+                    }
+                }
+            }
         }
     };
-    if new_root.cert() == &current {
+    let new_cert = match &new {
+        NewRoot::Local { root, .. } => Some(root.cert().clone()),
+        NewRoot::Vault { waiting, .. } => waiting.clone(),
+    };
+    if new_cert.as_ref() == Some(&current) {
         return Err(DriveError::Refused(
             "the new root is the current root".into(),
         ));
     }
-    let root = new_root.cert().clone();
-    let signer = crate::store::Signer::Local(new_root);
-    let mut moving: Vec<(String, CaCertsFiles, Option<CaCertsFiles>)> = Vec::new();
+    // Every primary: what it serves now, which must be under the current root.
+    let mut moving: Vec<(&crate::topology::Cluster, CaCertsFiles, bool)> = Vec::new();
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
         let saved = match own {
@@ -489,7 +680,7 @@ pub async fn start_rotate_root(
                 list.join("; ")
             ))
         })?;
-        if verified.anchor() == &root {
+        if new_cert.as_ref() == Some(verified.anchor()) {
             tracing::info!(cluster = name, "already signs under the new root");
             continue;
         }
@@ -498,11 +689,8 @@ pub async fn start_rotate_root(
                 "{name}: signs under another root than the current one: migrate it first"
             )));
         }
-        let new = match (dry_run, files.load_files(name, NEW).await?) {
-            (true, _) | (false, Some(_)) => None,
-            (false, None) => Some(issue_new(config, cluster, &signer, &root, now).await?),
-        };
-        moving.push((name.to_string(), original, new));
+        let needs_new = !own || files.load_files(name, NEW).await?.is_none();
+        moving.push((cluster, original, needs_new));
     }
     if moving.is_empty() {
         return Err(DriveError::Refused(
@@ -510,22 +698,43 @@ pub async fn start_rotate_root(
         ));
     }
     if dry_run {
-        let clusters = moving.into_iter().map(|(name, ..)| name);
+        let clusters = moving.into_iter().map(|(c, ..)| c.name.clone());
         return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
     }
-    // Then saved: the new root before anything issued under it.
-    let crate::store::Signer::Local(new_root) = &signer else {
-        unreachable!("built as a local signer above")
+    // The new root's signer (for vault-pki: the new issuer, generated now unless a start that
+    // stopped early made it), then every new intermediate, in memory.
+    let keep = match &new {
+        NewRoot::Local {
+            saved: false, over, ..
+        } => Some(*over),
+        _ => None,
     };
-    if !saved {
+    let signer = match new {
+        NewRoot::Local { root, .. } => crate::store::Signer::Local(root),
+        NewRoot::Vault { ref waiting, stale } => store
+            .next_signer(config, waiting.is_some(), stale, now)
+            .await
+            .map_err(DriveError::Refused)?,
+    };
+    let root = signer.root_cert().clone();
+    let mut issued = Vec::new();
+    for (cluster, _, needs_new) in &moving {
+        issued.push(match needs_new {
+            true => Some(issue_new(config, cluster, &signer, &root, now).await?),
+            false => None,
+        });
+    }
+    // Then saved: the new root before anything issued under it.
+    if let (Some(over), crate::store::Signer::Local(new_root)) = (keep, &signer) {
         store
-            .keep_pending(&config.state_dir, new_root, stale_version)
+            .keep_pending(&config.state_dir, new_root, over)
             .await
             .map_err(DriveError::Refused)?;
     }
     let audit = Audit::new(config.daemon.audit_log.clone());
     let mut clusters = Vec::new();
-    for (name, original, new) in moving {
+    for ((cluster, original, _), new) in moving.into_iter().zip(issued) {
+        let name = cluster.name.clone();
         files.save_files(&name, ORIGINAL, &original).await?;
         if let Some(new) = new {
             files.save_files(&name, NEW, &new).await?;
@@ -540,6 +749,20 @@ pub async fn start_rotate_root(
     files.save(&record).await?;
     audit.note(now, "transition-start", None, "rotate-root", None, None);
     Ok(record)
+}
+
+/// The new root of a rotation being started.
+enum NewRoot {
+    /// In hand: kept by a start that stopped early (`saved`), or made or imported now.
+    /// `over`: the KV version of a stale `<path>-next` to write over.
+    Local {
+        root: RootCa,
+        saved: bool,
+        over: Option<u64>,
+    },
+    /// A Vault PKI issuer: `waiting` if a start that stopped early generated it; `stale` if
+    /// `<base>-next` names an earlier rotation's issuer.
+    Vault { waiting: Option<Cert>, stale: bool },
 }
 
 /// The file store's swap: the new store is built complete in a sibling folder first, so the

@@ -4,8 +4,10 @@
 //!
 //! - KV v2: `GET/POST <mount>/data/<path>` (versions, `options.cas`), `GET <mount>/metadata/<path>`
 //! - PKI: `root/generate/internal` (and `root/generate/exported`, which cacertd must never
-//!   call), `root/sign-intermediate`, `issuer/<ref>/sign-intermediate`, `cert/ca`, `ca/pem` —
-//!   signing does real X.509 work (rcgen), so results can be checked with openssl;
+//!   call; `issuer_name` must be unused), `root/sign-intermediate`,
+//!   `issuer/<ref>/sign-intermediate`, `issuer/<ref>/json`, `issuer/<ref>` (rename),
+//!   `config/issuers` (the default issuer), `cert/ca`, `ca/pem` — signing does real X.509 work
+//!   (rcgen), so results can be checked with openssl;
 //! - auth: `auth/approle/login`, `auth/kubernetes/login`, `auth/token/lookup-self`,
 //!   `auth/token/renew-self`; tokens expire after their TTL;
 //! - `sys/internal/ui/mounts/<path>` (how the vault CLI learns a mount's type and KV version).
@@ -41,11 +43,26 @@ impl PathRule {
         }
     }
 
+    /// Vault's policy paths: `+` matches one path segment, a trailing `*` any rest.
     fn allows(&self, path: &str, capability: &str) -> bool {
-        let matches = match self.path.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.path,
+        let (pattern, glob) = match self.path.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (self.path.as_str(), false),
         };
+        let mut want = pattern.split('/').peekable();
+        let mut got = path.split('/');
+        let mut matches = true;
+        while let Some(w) = want.next() {
+            let last = want.peek().is_none();
+            match got.next() {
+                Some(g) if last && glob => matches &= g.starts_with(w),
+                Some(g) => matches &= w == "+" || w == g,
+                None => matches = false,
+            }
+        }
+        if !glob && got.next().is_some() {
+            matches = false;
+        }
         matches
             && self
                 .capabilities
@@ -303,6 +320,28 @@ impl TestVault {
             .pki_mounts
             .get(mount)
             .map(|i| i.iter().map(|i| i.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Names issuer `id` of a PKI mount (what `vault write <mount>/issuer/<id> issuer_name=…`
+    /// does).
+    pub fn pki_name_issuer(&self, mount: &str, id: &str, name: &str) {
+        if let Some(i) = self
+            .lock()
+            .pki_mounts
+            .get_mut(mount)
+            .and_then(|is| is.iter_mut().find(|i| i.id == id))
+        {
+            i.name = name.to_string();
+        }
+    }
+
+    /// The names of the issuers of a PKI mount, the default first.
+    pub fn pki_issuer_names(&self, mount: &str) -> Vec<String> {
+        self.lock()
+            .pki_mounts
+            .get(mount)
+            .map(|i| i.iter().map(|i| i.name.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -686,6 +725,16 @@ fn pki(
     match (method, rest) {
         (&Method::POST | &Method::PUT, "root/generate/internal" | "root/generate/exported") => {
             let exported = rest.ends_with("exported");
+            if let Some(name) = body["issuer_name"].as_str().filter(|n| !n.is_empty())
+                && st
+                    .pki_mounts
+                    .get(mount)
+                    .expect("mount")
+                    .iter()
+                    .any(|i| i.name == name)
+            {
+                return errors(400, &[&format!("issuer name already in use: {name}")]);
+            }
             let alg = match (
                 body["key_type"].as_str().unwrap_or("ec"),
                 body["key_bits"].as_u64().unwrap_or(256),
@@ -839,6 +888,60 @@ fn pki(
                         "certificate": cert.pem(), "issuing_ca": issuer.cert_pem, "ca_chain": [issuer.cert_pem],
                         "serial_number": "00", "expiration": not_after.unix_timestamp(),
                     }),
+                    Value::Null,
+                ),
+            )
+        }
+        // The default issuer is the first of the mount's list.
+        (&Method::POST | &Method::PUT, "config/issuers") => {
+            let reference = body["default"].as_str().unwrap_or("");
+            let issuers = st.pki_mounts.get_mut(mount).expect("mount");
+            let Some(at) = issuers
+                .iter()
+                .position(|i| i.id == reference || (!i.name.is_empty() && i.name == reference))
+            else {
+                return errors(400, &["unable to find PKI issuer for reference"]);
+            };
+            let issuer = issuers.remove(at);
+            let id = issuer.id.clone();
+            issuers.insert(0, issuer);
+            reply(
+                200,
+                envelope(
+                    json!({"default": id, "default_follows_latest_issuer": false}),
+                    Value::Null,
+                ),
+            )
+        }
+        (&Method::POST | &Method::PUT, r)
+            if r.starts_with("issuer/") && r.matches('/').count() == 1 =>
+        {
+            let reference = r.trim_start_matches("issuer/");
+            let name = body["issuer_name"].as_str().unwrap_or("").to_string();
+            let issuers = st.pki_mounts.get_mut(mount).expect("mount");
+            if !name.is_empty()
+                && issuers
+                    .iter()
+                    .any(|i| i.name == name && i.id != reference && i.name != reference)
+            {
+                return errors(400, &[&format!("issuer name already in use: {name}")]);
+            }
+            let Some(issuer) = issuers
+                .iter_mut()
+                .find(|i| i.id == reference || (!i.name.is_empty() && i.name == reference))
+            else {
+                return errors(
+                    500,
+                    &[
+                        "1 error occurred:\n\t* unable to find PKI issuer for reference: no such issuer\n\n",
+                    ],
+                );
+            };
+            issuer.name = name;
+            reply(
+                200,
+                envelope(
+                    json!({"issuer_id": issuer.id, "issuer_name": issuer.name, "certificate": issuer.cert_pem}),
                     Value::Null,
                 ),
             )
