@@ -87,7 +87,8 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
     }
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("phase SwitchSigner") && status.contains("AwaitApproval"),
+        status.contains("phase SwitchSigner")
+            && status.contains("next: wait for an operator's approval to enter SwitchSigner"),
         "{status}"
     );
 
@@ -458,7 +459,10 @@ fn every_command_has_a_dry_run_that_changes_nothing() {
     assert!(run.stdout.contains("would move"), "{}", run.stdout);
     common::assert_unchanged(&before, &s.snapshot());
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
-    assert!(status.contains("AwaitApproval"), "{status}");
+    assert!(
+        status.contains("next: wait for an operator's approval to enter SwitchSigner"),
+        "{status}"
+    );
     // A dry run and a real flag that would act are not accepted together.
     s.cacertd(&["transition", "resume", "--dry-run", "--wait"])
         .fails_with(2);

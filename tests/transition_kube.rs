@@ -205,6 +205,11 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         status.contains("phase AddNewRoot") && status.contains("Failed"),
         "{status}"
     );
+    assert!(
+        status.contains("next: stopped until an operator resumes or rolls back")
+            && status.contains("cluster2/"),
+        "{status}"
+    );
     // Nobody signs with the new CA yet: each cacerts still holds the self-signed certificate.
     for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
         let cacerts = server

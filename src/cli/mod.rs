@@ -695,6 +695,35 @@ async fn print_multiroot(config: &Config, record: &transition::Record) {
     }
 }
 
+/// What the transition does next, in words.
+fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTime) -> String {
+    match transition::next_step(record, now) {
+        transition::Step::Drain { until } => format!(
+            "drain until {} (the old root stays trusted), then {}",
+            crate::pki::fmt_time(until),
+            record.phase
+        ),
+        transition::Step::AwaitApproval { phase } => format!(
+            "wait for an operator's approval to enter {phase}: `cacertd transition resume --approve`"
+        ),
+        transition::Step::Finished => match record.state {
+            transition::State::RolledBack => "nothing: rolled back".into(),
+            _ if record.is_over() => "nothing: done".into(),
+            _ => "swap the new root into the root store: `cacertd transition resume`".into(),
+        },
+        _ => {
+            let steps = transition::remaining_steps(record, &scopes(config), now);
+            match steps.first() {
+                Some(s) => match &s.cluster {
+                    Some(c) => format!("{c}: {}", s.action),
+                    None => s.action.clone(),
+                },
+                None => "nothing".into(),
+            }
+        }
+    }
+}
+
 /// `--dry-run`: which primaries the transition covers and every step still ahead of it.
 fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
@@ -793,11 +822,11 @@ async fn transition_cmd(
             println!("no transition is under way");
             return Ok(());
         };
-        let next = transition::next_step(&record, now);
+        let next = describe_next(config, &record, now);
         if o.output == Format::Json {
             output::print_json(&serde_json::json!({
                 "record": record,
-                "next": format!("{next:?}"),
+                "next": next,
             }));
             return Ok(());
         }
@@ -817,7 +846,21 @@ async fn transition_cmd(
                 }
             );
         }
-        println!("next: {next:?}");
+        if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
+            (record.gate_since, &record.state)
+        {
+            println!(
+                "gate: waiting for {}s (fails after {}s){}",
+                now.unix_timestamp().saturating_sub(since),
+                record.options.gate_timeout_seconds,
+                if record.behind.is_empty() {
+                    String::new()
+                } else {
+                    format!("; behind: {}", record.behind.join("; "))
+                }
+            );
+        }
+        println!("next: {next}");
         return Ok(());
     }
     let dry_run = match &cmd {

@@ -216,6 +216,9 @@ pub struct Record {
     /// A root rotation is complete only once the store holds the new root.
     #[serde(default)]
     pub root_swapped: bool,
+    /// Who was behind when the waiting gate was last checked (clusters and namespaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub behind: Vec<String>,
 }
 
 /// The next thing a driver should do.
@@ -287,6 +290,7 @@ impl Record {
             new_signer_used: false,
             new_signer_retired_at: None,
             root_swapped: false,
+            behind: Vec::new(),
         }
     }
 
@@ -319,6 +323,7 @@ impl Record {
             }
             (Step::CheckGate { .. }, Outcome::GateHeld) => self.gate_passed(now),
             (Step::CheckGate { .. }, Outcome::GateBehind(behind)) => {
+                self.behind.clone_from(&behind);
                 let since = *self.gate_since.get_or_insert(now.unix_timestamp());
                 let waited = now.unix_timestamp() - since;
                 if waited >= i64::try_from(self.options.gate_timeout_seconds).unwrap_or(i64::MAX) {
@@ -382,6 +387,7 @@ impl Record {
             *p = ClusterProgress::default();
         }
         self.gate_since = None;
+        self.behind.clear();
     }
 
     /// Continues a failed transition: the current phase is retried from where it stopped.
@@ -1021,6 +1027,7 @@ mod tests {
         let behind = vec!["a/bookinfo: istio-ca-root-cert lacks the new root".to_string()];
         r.record(&gate, Outcome::GateBehind(behind.clone()), t(0));
         assert_eq!(r.state, State::Active, "still within the gate timeout");
+        assert_eq!(r.behind, behind, "kept for `transition status`");
         r.record(&gate, Outcome::GateBehind(behind), t(600));
         let Step::Stopped { report } = next_step(&r, t(600)) else {
             panic!("expected a stop")
@@ -1036,6 +1043,7 @@ mod tests {
             "resume re-checks the gate, nothing redone"
         );
         r.record(&gate, Outcome::GateHeld, t(700));
+        assert!(r.behind.is_empty(), "cleared once the gate held");
         assert_eq!(r.phase, Phase::SwitchSigner);
     }
 
