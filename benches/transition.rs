@@ -173,6 +173,7 @@ fn main() {
                 poll: Duration::from_millis(20),
                 stop_after: None,
                 max_steps: None,
+                budget: None,
                 progress: driver::Progress::Off,
             },
         )

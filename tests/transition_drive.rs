@@ -296,7 +296,8 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         let reports = d.tick().await;
         assert!(reports.is_empty(), "{reports:?}");
         assert_eq!([served(&s, "cluster1"), served(&s, "cluster2")], before);
-        // One step per heartbeat, leadership checked before each.
+        // Leadership checked on each heartbeat, then as many steps as fit in the margin it
+        // keeps: with directory targets and no drain, the rest takes a heartbeat or two.
         let mut heartbeats = 0;
         while !cacertd::transition::store::StateFiles::new(&s.path("state"))
             .load()
@@ -309,7 +310,7 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
             heartbeats += 1;
             assert!(heartbeats < 100, "the daemon does not get the transition done");
         }
-        assert!(heartbeats > 20, "{heartbeats}: one step at a time");
+        assert!(heartbeats <= 3, "{heartbeats}: steps are batched");
         let metrics = d.metrics().encode();
         assert!(
             metrics.contains(

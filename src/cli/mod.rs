@@ -786,6 +786,7 @@ async fn run_drive(config: &Config, store: &RecordStore, args: &DriveArgs) -> Re
         poll: std::time::Duration::from_secs(2),
         stop_after: args.stop_after_steps,
         max_steps: None,
+        budget: None,
         progress: driver::Progress::for_stderr(),
     };
     let rest = driver::drive(config, store, opts).await?;

@@ -390,12 +390,13 @@ impl Daemon {
         }
     }
 
-    /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
-    /// changes or deletes it (the level-triggered pass then decides what to do).
-    /// Advances the trust transition under way, if any, by one step per heartbeat (leadership
-    /// is checked before each); a gate that does not hold yet is re-checked every 5 s, a drain
-    /// every minute. With a Lease, the lock on `state_dir` is taken for the step too, so a
-    /// `transition` command run beside the daemon never drives at the same time.
+    /// Advances the trust transition under way, if any, on each heartbeat: as many steps as fit
+    /// in the margin the leader check keeps (half the Lease's grace; 10 s with the local lock),
+    /// at least one, then leadership is checked again. A gate that does not hold yet is
+    /// re-checked every 5 s, a drain every minute. With a Lease and the record in `state_dir`,
+    /// the lock on `state_dir` is taken for the steps too, so a `transition` command run beside
+    /// the daemon never drives at the same time (a record in the management cluster is guarded
+    /// by compare-and-swap instead).
     pub async fn drive_transition(&self) {
         let mut next = self.next_transition_drive.lock().await;
         if std::time::Instant::now() < *next {
@@ -435,7 +436,12 @@ impl Daemon {
                 wait: false,
                 poll: Duration::from_secs(5),
                 stop_after: None,
-                max_steps: Some(1),
+                // Back within the margin the leader check keeps; at least one step each time.
+                max_steps: None,
+                budget: Some(match &self.config.daemon.lease {
+                    Some(l) => l.grace / 2,
+                    None => Duration::from_secs(10),
+                }),
                 progress: crate::transition::driver::Progress::Off,
             };
             let Ok(store) = self.transition_store().await else {
@@ -478,6 +484,8 @@ impl Daemon {
         self.transition_store().await?.load().await
     }
 
+    /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
+    /// changes or deletes it (the level-triggered pass then decides what to do).
     pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for c in self.config.topology.primaries() {

@@ -839,8 +839,12 @@ pub struct DriveOptions {
     pub poll: Duration,
     /// Stop after this many steps, as if the process had died (crash tests).
     pub stop_after: Option<usize>,
-    /// Return (normally) after this many steps: the daemon checks its leadership between.
+    /// Return (normally) after this many steps.
     pub max_steps: Option<usize>,
+    /// Return (normally) after the step during which this much time has passed: the daemon
+    /// checks its leadership between calls, and the targets and material are opened once per
+    /// call rather than once per step.
+    pub budget: Option<Duration>,
     /// Where progress through long waits is shown.
     pub progress: Progress,
 }
@@ -954,10 +958,15 @@ pub async fn drive(
     }
     let mut done = 0usize;
     let mut shown = Throttle(None);
+    let started = std::time::Instant::now();
     loop {
         let now = OffsetDateTime::now_utc();
         let step = next_step(&record, now);
         if step != Step::Finished && opts.max_steps.is_some_and(|n| done >= n) {
+            return Ok(step);
+        }
+        if step != Step::Finished && done > 0 && opts.budget.is_some_and(|b| started.elapsed() >= b)
+        {
             return Ok(step);
         }
         if step != Step::Finished && opts.stop_after.is_some_and(|n| done >= n) {
