@@ -3,6 +3,7 @@
 //! once and a stand-in istiod publishing each cluster's bundle to its ConfigMaps — from
 //! `migrate start` to Done with no drain. Prints the wall time (orchestration overhead: nothing
 //! is waited for but the stand-in istiod) and the API requests per cluster and per namespace.
+//! `-- --max-parallel N` drives N clusters at once within each phase (default 1).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +65,13 @@ fn stand_in_istiod(server: &TestApiServer) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let max_parallel: usize = args
+        .iter()
+        .position(|a| a == "--max-parallel")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |v| v.parse().expect("--max-parallel N"));
     let (n, namespaces) = if quick { (5, 4) } else { (50, 20) };
     let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -157,7 +164,7 @@ fn main() {
             skip_workload_restarts: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
-            max_parallel: 1,
+            max_parallel,
         };
         let store = cacertd::transition::store::RecordStore::open(&config)
             .await
@@ -193,7 +200,7 @@ fn main() {
         - before;
     println!(
         "migrate, {n} self-signed Kubernetes primaries × {namespaces} injected namespaces, \
-         test apiserver on loopback\n"
+         up to {max_parallel} at once, test apiserver on loopback\n"
     );
     println!(
         "  start → Done (3 phases, {} writes, {} restart stages, 3 gates)   {:>7.2} s",
