@@ -388,21 +388,52 @@ fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_i
         material1["new.ca-cert.pem"]
     );
 
-    // The next start moves the finished transition aside: copied, labelled, then removed.
+    // A refused start leaves the finished transition where it is.
     let run = s.cacertd(&["migrate", "start"]).fails_with(5);
     assert!(run.stderr.contains("nothing to migrate"), "{}", run.stderr);
+    assert!(secret_data(mgmt, "cacertd", "cacertd-transition").is_some());
+    // Moving it aside copies each Secret, then deletes exactly the version copied: a record
+    // saved in between stops the move, and nothing is lost.
+    let mut newer = json.clone();
+    newer["options"]["drain_seconds"] = json!(9);
+    let newer = serde_json::to_vec(&newer).unwrap();
+    mgmt.concurrent_update_before_write(
+        6,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacertd-transition", "namespace": "cacertd",
+                         "labels": {"cacertd.io/transition": "cacertd-transition"}},
+            "type": "Opaque",
+            "data": {"record.json": b64(&newer)},
+        }),
+    );
+    let run = s.cacertd(&["transition", "abort"]).fails_with(1);
+    assert!(
+        run.stderr
+            .contains("changed while it was being moved aside"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        unb64(&secret_data(mgmt, "cacertd", "cacertd-transition").unwrap()["record.json"]),
+        newer
+    );
+    s.cacertd(&["transition", "abort"]).ok();
     assert!(secret_data(mgmt, "cacertd", "cacertd-transition").is_none());
     let archived: Vec<Value> = mgmt
         .list("secrets", Some("cacertd"))
         .into_iter()
         .filter(|s| s["metadata"]["labels"]["cacertd.io/archived"] == "true")
         .collect();
-    assert_eq!(
-        archived.len(),
-        3,
-        "the record and two materials: {archived:#?}"
-    );
+    // Two attempts: the first copied both materials and the record, the second the newer
+    // record (the materials were gone by then).
+    assert_eq!(archived.len(), 4, "{archived:#?}");
     assert!(archived.iter().any(|a| a["data"] == material1));
+    assert!(
+        archived
+            .iter()
+            .any(|a| a["data"]["record.json"] == json!(b64(&newer)))
+    );
     let reqs = mgmt.requests();
     assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
 }

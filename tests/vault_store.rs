@@ -590,8 +590,22 @@ fn a_root_rotation_on_vault_pki_adds_an_issuer_and_keeps_the_old_one() {
         .fails_with(5);
     assert!(run.stderr.contains("inside Vault"), "{}", run.stderr);
     assert_eq!(vault.pki_issuers("pki"), first);
+    // A mount that makes every new issuer its default would sign with the new root at once.
+    vault.set_pki_default_follows_latest(true);
+    let run = s
+        .cacertd(&["rotate-root", "start", "--drain", "0s"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("default_follows_latest_issuer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(vault.pki_issuers("pki"), first);
+    vault.set_pki_default_follows_latest(false);
 
     for round in 2..=3 {
+        // An issuer setting that a rename must not reset.
+        vault.pki_set_leaf_behavior("pki", 0, "truncate");
         s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
             .ok();
         let issuers = vault.pki_issuers("pki");
@@ -619,10 +633,12 @@ fn a_root_rotation_on_vault_pki_adds_an_issuer_and_keeps_the_old_one() {
     }
     let names = vault.pki_issuer_names("pki");
     assert_eq!(names[0], "cacertd-root-next", "{names:?}");
-    assert!(
-        names.iter().any(|n| n.starts_with("cacertd-root-1")),
-        "{names:?}"
-    );
+    // The second rotation renamed the first one's issuer out of the way, settings intact.
+    let renamed = names
+        .iter()
+        .position(|n| n.starts_with("cacertd-root-1"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(vault.pki_leaf_behaviors("pki")[renamed], "truncate");
     let requests = vault.requests();
     assert!(
         requests
@@ -668,6 +684,7 @@ fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
     assert_eq!(vault.pki_issuers("pki").len(), 1);
 
     vault.pki_name_issuer("pki", &id, "mesh-root");
+    vault.pki_set_leaf_behavior("pki", 0, "truncate");
     point_at("mesh-root");
     s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
@@ -681,6 +698,11 @@ fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
         .position(|n| n.starts_with("mesh-root-replaced-"))
         .unwrap();
     assert_eq!(issuers[replaced], old, "the old issuer stays, renamed");
+    assert_eq!(
+        vault.pki_leaf_behaviors("pki")[replaced],
+        "truncate",
+        "its settings untouched"
+    );
     assert!(at("mesh-root-next").is_none());
     assert_eq!(
         &std::fs::read_to_string(s.path("out/cluster1/root-cert.pem")).unwrap(),

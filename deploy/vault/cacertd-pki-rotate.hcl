@@ -14,9 +14,11 @@ path "pki/issuer/+/json" {
 path "pki/issuer/+/sign-intermediate" {
   capabilities = ["update"]
 }
+# Renaming an issuer reads its settings first and writes them back unchanged.
 path "pki/issuer/+" {
-  capabilities = ["update"]
+  capabilities = ["read", "update"]
 }
+# cacertd refuses to generate while default_follows_latest_issuer is on.
 path "pki/config/issuers" {
-  capabilities = ["update"]
+  capabilities = ["read", "update"]
 }

@@ -471,16 +471,17 @@ pub fn key_type(alg: crate::pki::KeyAlgorithm) -> (&'static str, u64) {
     }
 }
 
-/// A POST to a Vault path with a JSON body, answered with the response's `data`. For the PKI
-/// calls vaultrs has no request type for (a named root) or whose response it reads more
-/// strictly than Vault versions agree on.
+/// A GET, or a POST with a JSON body, answered with the response's `data`. For the PKI calls
+/// vaultrs has no request type for (a named root) or whose response it reads more strictly
+/// than Vault versions agree on.
 #[derive(Clone, Debug)]
-struct PostRequest {
+struct RawRequest {
     path: String,
-    body: serde_json::Value,
+    /// `None`: a GET.
+    body: Option<serde_json::Value>,
 }
 
-impl rustify::Endpoint for PostRequest {
+impl rustify::Endpoint for RawRequest {
     type Response = serde_json::Value;
     const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
     const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
@@ -490,11 +491,14 @@ impl rustify::Endpoint for PostRequest {
     }
 
     fn method(&self) -> rustify::enums::RequestMethod {
-        rustify::enums::RequestMethod::POST
+        match self.body {
+            Some(_) => rustify::enums::RequestMethod::POST,
+            None => rustify::enums::RequestMethod::GET,
+        }
     }
 
     fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
-        Ok(serde_json::to_vec(&self.body).ok())
+        Ok(self.body.as_ref().and_then(|b| serde_json::to_vec(b).ok()))
     }
 }
 
@@ -735,13 +739,13 @@ impl VaultPki {
             })
     }
 
-    async fn post(
+    async fn raw(
         &self,
         action: &str,
         path: String,
-        body: serde_json::Value,
+        body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, VaultError> {
-        let endpoint = PostRequest {
+        let endpoint = RawRequest {
             path: path.clone(),
             body,
         };
@@ -818,7 +822,7 @@ impl VaultPki {
         if let Some(o) = organization {
             body["organization"] = serde_json::json!([o]);
         }
-        let data = self.post("generate root", path.clone(), body).await?;
+        let data = self.raw("generate root", path.clone(), Some(body)).await?;
         let what = format!("{} generated root {name}", self.describe());
         let pem = data["certificate"]
             .as_str()
@@ -835,28 +839,56 @@ impl VaultPki {
         Ok(cert)
     }
 
-    /// Renames issuer `reference` to `name`.
+    /// Renames issuer `reference` to `name`. Vault's issuer update (POST) resets every field
+    /// it is not given, so the issuer's settings are read first and sent back unchanged.
     pub async fn rename_issuer(&self, reference: &str, name: &str) -> Result<(), VaultError> {
+        const KEPT: [&str; 9] = [
+            "leaf_not_after_behavior",
+            "manual_chain",
+            "usage",
+            "revocation_signature_algorithm",
+            "issuing_certificates",
+            "crl_distribution_points",
+            "delta_crl_distribution_points",
+            "ocsp_servers",
+            "enable_aia_url_templating",
+        ];
         let path = format!("{}/issuer/{reference}", self.mount);
-        self.post(
-            "rename issuer",
-            path,
-            serde_json::json!({ "issuer_name": name }),
-        )
-        .await
-        .map(drop)
+        let current = self.raw("read issuer", path.clone(), None).await?;
+        let mut body = serde_json::Map::new();
+        for key in KEPT {
+            if let Some(v) = current.get(key).filter(|v| !v.is_null()) {
+                body.insert(key.to_string(), v.clone());
+            }
+        }
+        body.insert("issuer_name".into(), serde_json::Value::from(name));
+        self.raw("rename issuer", path, Some(serde_json::Value::Object(body)))
+            .await
+            .map(drop)
     }
 
     /// Makes issuer `reference` the mount's default issuer.
     pub async fn set_default_issuer(&self, reference: &str) -> Result<(), VaultError> {
         let path = format!("{}/config/issuers", self.mount);
-        self.post(
+        self.raw(
             "set the default issuer",
             path,
-            serde_json::json!({ "default": reference }),
+            Some(serde_json::json!({ "default": reference })),
         )
         .await
         .map(drop)
+    }
+
+    /// Whether the mount makes every newly generated issuer its default at once
+    /// (`default_follows_latest_issuer`).
+    pub async fn default_follows_latest_issuer(&self) -> Result<bool, VaultError> {
+        let path = format!("{}/config/issuers", self.mount);
+        let data = self
+            .raw("read the issuers configuration", path, None)
+            .await?;
+        Ok(data["default_follows_latest_issuer"]
+            .as_bool()
+            .unwrap_or(false))
     }
 
     /// Asks Vault to generate the root inside the PKI engine (`root/generate/internal`: the

@@ -137,7 +137,7 @@ pub async fn start_migrate(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     refuse_skip_without_multiroot(config, &options).await?;
-    let own = files.make_room(now, dry_run).await?;
+    let finished = files.check_room().await?;
     let signer = RootSource::open(config)
         .await
         .map_err(|e| DriveError::Refused(e.to_string()))?
@@ -145,35 +145,13 @@ pub async fn start_migrate(
         .await
         .map_err(|e| DriveError::Refused(e.to_string()))?;
     let root = signer.root_cert().clone();
-    let audit = Audit::new(config.daemon.audit_log.clone());
 
-    let mut clusters = Vec::new();
+    // Worked out in memory first: a refusal leaves nothing behind.
+    let mut moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)> = Vec::new();
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
-        let target = Target::open(cluster, config)
-            .await
-            .map_err(target_err(name))?;
-        let observed = target.read().await.map_err(target_err(name))?;
-        let saved = match own {
-            true => files.load_files(name, ORIGINAL).await?,
-            false => None,
-        };
-        let original = match saved {
-            Some(saved) => saved,
-            None => match (
-                &observed.snapshot.cacerts,
-                &observed.snapshot.self_signed_ca,
-            ) {
-                (Some(c), _) => c.clone(),
-                (None, Some(ss)) => from_self_signed(ss),
-                (None, None) => {
-                    return Err(DriveError::Refused(format!(
-                        "{name}: neither cacerts nor istiod's istio-ca-secret found in {}",
-                        target.describe()
-                    )));
-                }
-            },
-        };
+        // What the cluster serves now: nothing was written without a record.
+        let original = current_material(config, cluster, true).await?;
         let verified = verify_cacerts(&original, now).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             DriveError::Refused(format!(
@@ -190,32 +168,100 @@ pub async fn start_migrate(
             continue;
         }
         if dry_run {
-            clusters.push(name.to_string());
+            moving.push((name.to_string(), original.clone(), original, false));
             continue;
         }
-        files.save_files(name, ORIGINAL, &original).await?;
-        if files.load_files(name, NEW).await?.is_none() {
-            let new = issue_new(config, cluster, &signer, &root, now).await?;
-            files.save_files(name, NEW, &new).await?;
-            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
-                .map(|c| c.info().serial.clone())
-                .ok();
-            audit.note(now, "transition-issue", Some(name), "issued", serial, None);
-        }
-        clusters.push(name.to_string());
+        let (new, issued) = match saved_new(files, finished.is_none(), name, &root, now).await? {
+            Some(saved) => (saved, false),
+            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+        };
+        moving.push((name.to_string(), original, new, issued));
     }
-    if clusters.is_empty() {
+    if moving.is_empty() {
         return Err(DriveError::Refused(
             "every primary already signs under the common root: nothing to migrate".into(),
         ));
     }
+    let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
     let record = Record::new(TransitionKind::Migrate, clusters, options);
     if dry_run {
         return Ok(record);
     }
+    if let Some(finished) = finished {
+        files.archive(&finished, now).await?;
+    }
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    save_moving(files, &audit, moving, now).await?;
     files.save(&record).await?;
     audit.note(now, "transition-start", None, "migrate", None, None);
     Ok(record)
+}
+
+/// What a primary serves now: its `cacerts` or, when `self_signed_ok`, istiod's own CA.
+async fn current_material(
+    config: &Config,
+    cluster: &crate::topology::Cluster,
+    self_signed_ok: bool,
+) -> Result<CaCertsFiles, DriveError> {
+    let name = cluster.name.as_str();
+    let target = Target::open(cluster, config)
+        .await
+        .map_err(target_err(name))?;
+    let observed = target.read().await.map_err(target_err(name))?;
+    match (
+        observed.snapshot.cacerts,
+        &observed.snapshot.self_signed_ca,
+        self_signed_ok,
+    ) {
+        (Some(c), _, _) => Ok(c),
+        (None, Some(ss), true) => Ok(from_self_signed(ss)),
+        (None, Some(_), false) => Err(DriveError::Refused(format!(
+            "{name}: no cacerts in {} (istiod runs its self-signed CA): migrate it first",
+            target.describe()
+        ))),
+        (None, None, _) => Err(DriveError::Refused(format!(
+            "{name}: neither cacerts nor istiod's istio-ca-secret found in {}",
+            target.describe()
+        ))),
+    }
+}
+
+/// A new intermediate a start that stopped early saved for `cluster`, if it is still good:
+/// valid now and under `root`. Never one of a finished transition (`own` false).
+async fn saved_new(
+    files: &RecordStore,
+    own: bool,
+    cluster: &str,
+    root: &Cert,
+    now: OffsetDateTime,
+) -> Result<Option<CaCertsFiles>, DriveError> {
+    if !own {
+        return Ok(None);
+    }
+    Ok(files
+        .load_files(cluster, NEW)
+        .await?
+        .filter(|new| verify_cacerts(new, now).is_ok_and(|v| v.anchor() == root)))
+}
+
+/// Saves each primary's two sets of material (noting the intermediates issued now).
+async fn save_moving(
+    files: &RecordStore,
+    audit: &Audit,
+    moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    for (name, original, new, issued) in moving {
+        files.save_files(&name, ORIGINAL, &original).await?;
+        files.save_files(&name, NEW, &new).await?;
+        if issued {
+            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
+                .map(|c| c.info().serial.clone())
+                .ok();
+            audit.note(now, "transition-issue", Some(&name), "issued", serial, None);
+        }
+    }
+    Ok(())
 }
 
 /// The root store a rotation replaces the root of: where the new root waits until the rotation
@@ -252,28 +298,10 @@ impl RotationStore {
             }
             crate::config::RootStoreConfig::VaultPki { issuer, .. } => {
                 match RootSource::open(config).await {
-                    Ok(RootSource::VaultPki(pki)) => {
-                        // The rotation moves the configured name to the new issuer: a
-                        // reference by id would still point at the old one.
-                        if let Some(reference) = issuer {
-                            let name = pki.issuer_name(reference).await.map_err(|e| {
-                                DriveError::Refused(format!("{}: {e}", pki.describe()))
-                            })?;
-                            if name.as_deref() != Some(reference.as_str()) {
-                                return Err(DriveError::Refused(format!(
-                                    "[root] issuer = {reference:?} is not the name of an issuer \
-                                     in {} (an id?): a rotation hands the name to the new \
-                                     issuer, so name the issuer (vault write {}/issuer/<id> \
-                                     issuer_name=...) and use that name",
-                                    pki.mount, pki.mount
-                                )));
-                            }
-                        }
-                        Ok(RotationStore::VaultPki {
-                            pki: Box::new(pki),
-                            base: issuer.clone().unwrap_or_else(|| "cacertd-root".into()),
-                        })
-                    }
+                    Ok(RootSource::VaultPki(pki)) => Ok(RotationStore::VaultPki {
+                        pki: Box::new(pki),
+                        base: issuer.clone().unwrap_or_else(|| "cacertd-root".into()),
+                    }),
                     Ok(_) => unreachable!("a vault-pki configuration opens a vault-pki store"),
                     Err(e) => Err(DriveError::Refused(e.to_string())),
                 }
@@ -323,6 +351,31 @@ impl RotationStore {
         }
     }
 
+    /// vault-pki, `[root] issuer` set: it must name the issuer (the rotation hands the name
+    /// to the new issuer; a reference by id would keep pointing at the old one). Checked when
+    /// a rotation starts only: mid-swap, the name is briefly on neither issuer.
+    async fn check_named(&self) -> Result<(), DriveError> {
+        let RotationStore::VaultPki { pki, .. } = self else {
+            return Ok(());
+        };
+        let Some(reference) = &pki.issuer else {
+            return Ok(());
+        };
+        let name = pki
+            .issuer_name(reference)
+            .await
+            .map_err(|e| DriveError::Refused(format!("{}: {e}", pki.describe())))?;
+        if name.as_deref() != Some(reference.as_str()) {
+            return Err(DriveError::Refused(format!(
+                "[root] issuer = {reference:?} is not the name of an issuer in {} (an id?): \
+                 a rotation hands the name to the new issuer, so name the issuer (vault write \
+                 {}/issuer/<id> issuer_name=...) and use that name",
+                pki.mount, pki.mount
+            )));
+        }
+        Ok(())
+    }
+
     /// vault-pki: the certificate of the issuer a rotation generated, if there is one.
     async fn pending_issuer(&self) -> Result<Option<Cert>, String> {
         match self {
@@ -354,6 +407,19 @@ impl RotationStore {
                 .map_err(vault_err)?;
         }
         if !waiting {
+            if pki
+                .default_follows_latest_issuer()
+                .await
+                .map_err(vault_err)?
+            {
+                return Err(format!(
+                    "{}: default_follows_latest_issuer is on, so a new root would become the \
+                     default issuer at once and sign before every cluster trusts it; turn it off \
+                     first (vault write {}/config/issuers default_follows_latest_issuer=false)",
+                    pki.describe(),
+                    pki.mount
+                ));
+            }
             let policy = config.root_policy();
             let spec = policy.root_spec(&config.trust_domain);
             let cert = pki
@@ -571,8 +637,26 @@ pub async fn start_rotate_root(
 ) -> Result<Record, DriveError> {
     let store = RotationStore::open(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
-    let own = files.make_room(now, dry_run).await?;
+    let finished = files.check_room().await?;
+    let own = finished.is_none();
     let current = store.current().await.map_err(DriveError::Refused)?;
+    // A new root kept in Vault counts as this start's only if a start that stopped early saved
+    // intermediates under it: one left by an aborted or rolled-back rotation, or one that
+    // became the root, is not reused.
+    let tied = async |root: &Cert| -> Result<bool, DriveError> {
+        if !own || root == &current {
+            return Ok(false);
+        }
+        for cluster in config.topology.primaries() {
+            if saved_new(files, own, &cluster.name, root, now)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
     let new = match &store {
         RotationStore::VaultPki { .. } => {
             if new_root.is_some() {
@@ -582,12 +666,24 @@ pub async fn start_rotate_root(
                         .into(),
                 ));
             }
+            store.check_named().await?;
             let pending = store.pending_issuer().await.map_err(DriveError::Refused)?;
-            // An earlier rotation's new issuer that became the root is not this rotation's.
-            let stale = pending.as_ref() == Some(&current);
+            let exists = pending.is_some();
+            let waiting = match pending {
+                Some(cert) if tied(&cert).await? => {
+                    config.root_policy().check_root(&cert).map_err(|v| {
+                        DriveError::Refused(format!(
+                            "the new issuer waiting in {}: {v}",
+                            store.pending_location(&config.state_dir)
+                        ))
+                    })?;
+                    Some(cert)
+                }
+                _ => None,
+            };
             NewRoot::Vault {
-                waiting: pending.filter(|c| own && c != &current),
-                stale,
+                stale: exists && waiting.is_none(),
+                waiting,
             }
         }
         _ => {
@@ -596,11 +692,12 @@ pub async fn start_rotate_root(
                 .await
                 .map_err(DriveError::Refused)?;
             let over = pending.as_ref().and_then(|(_, v)| *v);
-            // A new root kept by an earlier rotation (in Vault: the one that became the root)
-            // is not this rotation's.
-            let waiting = pending
-                .map(|(root, _)| root)
-                .filter(|root| own && root.cert() != &current);
+            let waiting = match pending {
+                // The file store's pending root is moved aside with a finished transition.
+                Some((root, None)) if own && root.cert() != &current => Some(root),
+                Some((root, Some(_))) if tied(root.cert()).await? => Some(root),
+                _ => None,
+            };
             match waiting {
                 Some(saved) => {
                     if new_root
@@ -651,28 +748,10 @@ pub async fn start_rotate_root(
         ));
     }
     // Every primary: what it serves now, which must be under the current root.
-    let mut moving: Vec<(&crate::topology::Cluster, CaCertsFiles, bool)> = Vec::new();
+    let mut moving: Vec<(&crate::topology::Cluster, CaCertsFiles)> = Vec::new();
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
-        let saved = match own {
-            true => files.load_files(name, ORIGINAL).await?,
-            false => None,
-        };
-        let original = match saved {
-            Some(saved) => saved,
-            None => {
-                let target = Target::open(cluster, config)
-                    .await
-                    .map_err(target_err(name))?;
-                let observed = target.read().await.map_err(target_err(name))?;
-                observed.snapshot.cacerts.ok_or_else(|| {
-                    DriveError::Refused(format!(
-                        "{name}: no cacerts in {}: issue (or migrate) it first",
-                        target.describe()
-                    ))
-                })?
-            }
-        };
+        let original = current_material(config, cluster, false).await?;
         let verified = verify_cacerts(&original, now).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             DriveError::Refused(format!(
@@ -689,8 +768,7 @@ pub async fn start_rotate_root(
                 "{name}: signs under another root than the current one: migrate it first"
             )));
         }
-        let needs_new = !own || files.load_files(name, NEW).await?.is_none();
-        moving.push((cluster, original, needs_new));
+        moving.push((cluster, original));
     }
     if moving.is_empty() {
         return Err(DriveError::Refused(
@@ -698,7 +776,7 @@ pub async fn start_rotate_root(
         ));
     }
     if dry_run {
-        let clusters = moving.into_iter().map(|(c, ..)| c.name.clone());
+        let clusters = moving.into_iter().map(|(c, _)| c.name.clone());
         return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
     }
     // The new root's signer (for vault-pki: the new issuer, generated now unless a start that
@@ -718,13 +796,18 @@ pub async fn start_rotate_root(
     };
     let root = signer.root_cert().clone();
     let mut issued = Vec::new();
-    for (cluster, _, needs_new) in &moving {
-        issued.push(match needs_new {
-            true => Some(issue_new(config, cluster, &signer, &root, now).await?),
-            false => None,
-        });
+    for (cluster, original) in moving {
+        let name = cluster.name.clone();
+        let (new, fresh) = match saved_new(files, own, &name, &root, now).await? {
+            Some(saved) => (saved, false),
+            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+        };
+        issued.push((name, original, new, fresh));
     }
     // Then saved: the new root before anything issued under it.
+    if let Some(finished) = finished {
+        files.archive(&finished, now).await?;
+    }
     if let (Some(over), crate::store::Signer::Local(new_root)) = (keep, &signer) {
         store
             .keep_pending(&config.state_dir, new_root, over)
@@ -732,19 +815,8 @@ pub async fn start_rotate_root(
             .map_err(DriveError::Refused)?;
     }
     let audit = Audit::new(config.daemon.audit_log.clone());
-    let mut clusters = Vec::new();
-    for ((cluster, original, _), new) in moving.into_iter().zip(issued) {
-        let name = cluster.name.clone();
-        files.save_files(&name, ORIGINAL, &original).await?;
-        if let Some(new) = new {
-            files.save_files(&name, NEW, &new).await?;
-            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
-                .map(|c| c.info().serial.clone())
-                .ok();
-            audit.note(now, "transition-issue", Some(&name), "issued", serial, None);
-        }
-        clusters.push(name);
-    }
+    let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
+    save_moving(files, &audit, issued, now).await?;
     let record = Record::new(TransitionKind::RotateRoot, clusters, options);
     files.save(&record).await?;
     audit.note(now, "transition-start", None, "rotate-root", None, None);

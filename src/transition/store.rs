@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -95,32 +95,26 @@ impl RecordStore {
         }
     }
 
-    /// Refuses while a transition is under way; moves a finished one aside (unless `dry_run`).
-    /// Returns whether saved material belongs to the transition being started: material left
-    /// by a `start` that stopped before recording it, not a finished transition's.
-    pub(crate) async fn make_room(
-        &self,
-        now: OffsetDateTime,
-        dry_run: bool,
-    ) -> Result<bool, DriveError> {
-        if let Some(existing) = self.load().await? {
-            if !existing.is_over() {
-                return Err(DriveError::Refused(format!(
-                    "a transition is already under way (phase {}{}): see `transition status`",
-                    existing.phase,
-                    if existing.phase == super::Phase::Done {
-                        ", the root swap pending: `transition resume`"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            if dry_run {
-                return Ok(false);
-            }
-            self.archive(&existing, now).await?;
+    /// Refuses while a transition is under way; returns a finished one, which a new start
+    /// moves aside ([`Self::archive`]) once nothing can be refused any more. Material saved
+    /// without a record is a start that stopped early; with a finished record, it is that
+    /// transition's.
+    pub(crate) async fn check_room(&self) -> Result<Option<Record>, DriveError> {
+        let Some(existing) = self.load().await? else {
+            return Ok(None);
+        };
+        if !existing.is_over() {
+            return Err(DriveError::Refused(format!(
+                "a transition is already under way (phase {}{}): see `transition status`",
+                existing.phase,
+                if existing.phase == super::Phase::Done {
+                    ", the root swap pending: `transition resume`"
+                } else {
+                    ""
+                }
+            )));
         }
-        Ok(true)
+        Ok(Some(existing))
     }
 
     /// Moves a transition's record and material aside (nothing is deleted) without touching
@@ -280,6 +274,14 @@ impl StateFiles {
     }
 }
 
+/// Overwrites every value of a Secret's data (key material among it) before it is dropped.
+fn wipe(data: Option<&mut BTreeMap<String, ByteString>>) {
+    use zeroize::Zeroize;
+    for v in data.into_iter().flat_map(|d| d.values_mut()) {
+        v.0.zeroize();
+    }
+}
+
 fn to_json(record: &Record) -> Result<Vec<u8>, DriveError> {
     serde_json::to_vec_pretty(record).map_err(|e| DriveError::Record {
         location: "the transition record".into(),
@@ -403,13 +405,14 @@ impl KubeRecord {
 
     /// Creates `name`, or replaces it at `version`. A write that landed although its answer
     /// was lost (and so conflicts when retried) is recognised by reading it back.
+    /// Returns the resourceVersion written. Every copy of the data (keys among it) is wiped.
     async fn put(
         &self,
         name: &str,
-        data: BTreeMap<String, ByteString>,
+        mut data: BTreeMap<String, ByteString>,
         version: Option<String>,
-    ) -> Result<Secret, DriveError> {
-        let secret = self.secret(name, data.clone(), version.clone());
+    ) -> Result<Option<String>, DriveError> {
+        let mut secret = self.secret(name, data.clone(), version.clone());
         let post = PostParams::default();
         let result = retrying(&self.settings, "write transition secret", || async {
             match &version {
@@ -418,25 +421,41 @@ impl KubeRecord {
             }
         })
         .await;
-        match result {
-            Ok(s) => Ok(s),
+        wipe(secret.data.as_mut());
+        let outcome = match result {
+            Ok(mut s) => {
+                wipe(s.data.as_mut());
+                Ok(s.metadata.resource_version)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => match self.get(name).await? {
-                Some(now) if now.data.as_ref() == Some(&data) => Ok(now),
-                _ => Err(DriveError::Stopped(format!(
-                    "{} was changed by someone else since it was read (another cacertd replica, \
-                     or a `transition` command?): stopped without overwriting it; see \
-                     `transition status`",
-                    self.describe(name)
-                ))),
+                Some(mut now) => {
+                    let same = now.data.as_ref() == Some(&data);
+                    wipe(now.data.as_mut());
+                    match same {
+                        true => Ok(now.metadata.resource_version),
+                        false => Err(self.changed(name)),
+                    }
+                }
+                None => Err(self.changed(name)),
             },
             Err(e) => Err(self.error(name, "cannot write", e)),
-        }
+        };
+        wipe(Some(&mut data));
+        outcome
+    }
+
+    fn changed(&self, name: &str) -> DriveError {
+        DriveError::Stopped(format!(
+            "{} was changed by someone else since it was read (another cacertd replica, or a \
+             `transition` command?): stopped without overwriting it; see `transition status`",
+            self.describe(name)
+        ))
     }
 
     async fn save(&self, record: &Record) -> Result<(), DriveError> {
         let data = BTreeMap::from([(RECORD_KEY.to_string(), ByteString(to_json(record)?))]);
         let written = self.put(&self.name, data, self.known_version()).await?;
-        self.set_version(written.metadata.resource_version);
+        self.set_version(written);
         Ok(())
     }
 
@@ -468,20 +487,27 @@ impl KubeRecord {
         let Some(mut data) = self.get(&name).await?.and_then(|s| s.data) else {
             return Ok(None);
         };
-        let mut take = |file: &str| data.remove(&format!("{which}.{file}")).map(|b| b.0);
-        let (Some(ca_cert), Some(ca_key), Some(root_cert), Some(cert_chain)) = (
+        let mut take = |file: &str| {
+            data.remove(&format!("{which}.{file}"))
+                .map(|b| Zeroizing::new(b.0))
+        };
+        let found = (
             take(CaCertsFiles::CA_CERT),
             take(CaCertsFiles::CA_KEY),
             take(CaCertsFiles::ROOT_CERT),
             take(CaCertsFiles::CERT_CHAIN),
-        ) else {
+        );
+        // The other set's key is in there too.
+        wipe(Some(&mut data));
+        let (Some(mut ca_cert), Some(ca_key), Some(mut root_cert), Some(mut cert_chain)) = found
+        else {
             return Ok(None);
         };
         Ok(Some(CaCertsFiles {
-            ca_cert,
-            ca_key: Zeroizing::new(ca_key),
-            root_cert,
-            cert_chain,
+            ca_cert: std::mem::take(&mut *ca_cert),
+            ca_key,
+            root_cert: std::mem::take(&mut *root_cert),
+            cert_chain: std::mem::take(&mut *cert_chain),
         }))
     }
 
@@ -506,17 +532,39 @@ impl KubeRecord {
                 labels.insert("cacertd.io/archived".into(), "true".into());
             }
             let post = PostParams::default();
-            match retrying(&self.settings, "archive transition secret", || {
+            let created = retrying(&self.settings, "archive transition secret", || {
                 self.secrets.create(&post, &archived)
             })
-            .await
-            {
-                Ok(_) => {}
-                // Copied by an earlier, interrupted archive.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(self.error(&copy, "cannot create", e)),
-            }
-            let delete = DeleteParams::default();
+            .await;
+            let copied = match created {
+                Ok(mut s) => {
+                    wipe(s.data.as_mut());
+                    Ok(())
+                }
+                // Copied by an earlier, interrupted attempt: only if it holds the same data.
+                Err(kube::Error::Api(s)) if s.code == 409 => match self.get(&copy).await? {
+                    Some(mut there) => {
+                        let same = there.data == archived.data;
+                        wipe(there.data.as_mut());
+                        match same {
+                            true => Ok(()),
+                            false => Err(self.changed(&copy)),
+                        }
+                    }
+                    None => Err(self.changed(&copy)),
+                },
+                Err(e) => Err(self.error(&copy, "cannot create", e)),
+            };
+            wipe(archived.data.as_mut());
+            copied?;
+            // Only the version that was copied: a save in between is not lost.
+            let delete = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: secret.metadata.resource_version.clone(),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
             match retrying(&self.settings, "delete transition secret", || {
                 self.secrets.delete(&name, &delete)
             })
@@ -524,6 +572,13 @@ impl KubeRecord {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Err(DriveError::Stopped(format!(
+                        "{} changed while it was being moved aside (another cacertd?); nothing \
+                         was lost: run the command again",
+                        self.describe(&name)
+                    )));
+                }
                 Err(e) => return Err(self.error(&name, "cannot delete", e)),
             }
         }

@@ -359,7 +359,8 @@ async fn route(
         "watch" => watch(cluster, rt, target.ns.as_deref(), &q),
         "create" | "update" | "patch" | "delete" => {
             let input = match verb {
-                "delete" => Value::Null,
+                // DeleteOptions, for its preconditions.
+                "delete" => parsed().unwrap_or(Value::Null),
                 "patch" if content_type.starts_with("application/apply-patch+yaml") => {
                     // kube sends apply bodies as JSON, which is YAML.
                     let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
@@ -473,7 +474,19 @@ fn write(
         "create" => st.store.create(rt, ns, input),
         "update" => st.store.replace(rt, ns, name, input),
         "patch" => st.store.patch(rt, ns, name, &input),
-        _ => st.store.delete(rt, ns, name),
+        _ => {
+            let want = input["preconditions"]["resourceVersion"].as_str();
+            let current = st.store.get(rt.plural, ns, name);
+            match (want, current) {
+                (Some(w), Some(cur)) if cur["metadata"]["resourceVersion"].as_str() != Some(w) => {
+                    Err(StoreError::Conflict {
+                        plural: rt.plural.into(),
+                        name: name.into(),
+                    })
+                }
+                _ => st.store.delete(rt, ns, name),
+            }
+        }
     };
     match result {
         Ok((obj, event)) => {

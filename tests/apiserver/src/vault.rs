@@ -89,6 +89,8 @@ struct KvVersion {
 struct Issuer {
     id: String,
     name: String,
+    /// One of the settings Vault's issuer update resets when not given.
+    leaf_not_after_behavior: String,
     cert_pem: String,
     cert_der: Vec<u8>,
     key: rcgen::KeyPair,
@@ -109,6 +111,7 @@ struct State {
     faults: Vec<(u16, usize)>,
     delay: Option<Duration>,
     pki_max_ttl: Option<Duration>,
+    pki_default_follows_latest: bool,
     next_id: u64,
     login_renewals: u32,
 }
@@ -334,6 +337,37 @@ impl TestVault {
         {
             i.name = name.to_string();
         }
+    }
+
+    /// Sets an issuer setting (`leaf_not_after_behavior`) that an issuer update resets.
+    pub fn pki_set_leaf_behavior(&self, mount: &str, index: usize, value: &str) {
+        if let Some(i) = self
+            .lock()
+            .pki_mounts
+            .get_mut(mount)
+            .and_then(|is| is.get_mut(index))
+        {
+            i.leaf_not_after_behavior = value.to_string();
+        }
+    }
+
+    /// The `leaf_not_after_behavior` of each issuer of a PKI mount, the default first.
+    pub fn pki_leaf_behaviors(&self, mount: &str) -> Vec<String> {
+        self.lock()
+            .pki_mounts
+            .get(mount)
+            .map(|i| {
+                i.iter()
+                    .map(|i| i.leaf_not_after_behavior.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `default_follows_latest_issuer` for every PKI mount (generating an issuer makes it the
+    /// default at once).
+    pub fn set_pki_default_follows_latest(&self, on: bool) {
+        self.lock().pki_default_follows_latest = on;
     }
 
     /// The names of the issuers of a PKI mount, the default first.
@@ -781,6 +815,7 @@ fn pki(
             let issuer = Issuer {
                 id: format!("issuer-{}", st.next_id),
                 name: body["issuer_name"].as_str().unwrap_or("").to_string(),
+                leaf_not_after_behavior: "err".into(),
                 cert_pem: cert.pem(),
                 cert_der: cert.der().to_vec(),
                 key,
@@ -795,7 +830,13 @@ fn pki(
                 data["private_key"] = Value::from(issuer.key.serialize_pem());
                 data["private_key_type"] = Value::from("ec");
             }
-            st.pki_mounts.get_mut(mount).expect("mount").push(issuer);
+            let follows = st.pki_default_follows_latest;
+            let issuers = st.pki_mounts.get_mut(mount).expect("mount");
+            if follows {
+                issuers.insert(0, issuer);
+            } else {
+                issuers.push(issuer);
+            }
             reply(200, envelope(data, Value::Null))
         }
         (&Method::POST | &Method::PUT, r)
@@ -892,6 +933,45 @@ fn pki(
                 ),
             )
         }
+        (&Method::GET, "config/issuers") => {
+            let default = st
+                .pki_mounts
+                .get(mount)
+                .and_then(|i| i.first())
+                .map_or(String::new(), |i| i.id.clone());
+            reply(
+                200,
+                envelope(
+                    json!({"default": default, "default_follows_latest_issuer": st.pki_default_follows_latest}),
+                    Value::Null,
+                ),
+            )
+        }
+        (&Method::GET, r) if r.starts_with("issuer/") && r.matches('/').count() == 1 => {
+            let reference = r.trim_start_matches("issuer/");
+            match st
+                .pki_mounts
+                .get(mount)
+                .and_then(|is| is.iter().find(|i| i.id == reference || i.name == reference))
+            {
+                Some(i) => reply(
+                    200,
+                    envelope(
+                        json!({"issuer_id": i.id, "issuer_name": i.name, "certificate": i.cert_pem,
+                               "leaf_not_after_behavior": i.leaf_not_after_behavior,
+                               "usage": "read-only,issuing-certificates,crl-signing,ocsp-signing",
+                               "manual_chain": null, "revocation_signature_algorithm": ""}),
+                        Value::Null,
+                    ),
+                ),
+                None => errors(
+                    500,
+                    &[
+                        "1 error occurred:\n\t* unable to find PKI issuer for reference: no such issuer\n\n",
+                    ],
+                ),
+            }
+        }
         // The default issuer is the first of the mount's list.
         (&Method::POST | &Method::PUT, "config/issuers") => {
             let reference = body["default"].as_str().unwrap_or("");
@@ -938,6 +1018,11 @@ fn pki(
                 );
             };
             issuer.name = name;
+            // Like Vault's issuer update: a field not given is reset to its default.
+            issuer.leaf_not_after_behavior = body["leaf_not_after_behavior"]
+                .as_str()
+                .unwrap_or("err")
+                .to_string();
             reply(
                 200,
                 envelope(
