@@ -157,6 +157,35 @@ fn append_config(s: &Setup, extra: &str) {
     std::fs::write(path, format!("{config}\n{extra}\n")).unwrap();
 }
 
+/// The three clusters and a management cluster holding the transition record (`[daemon]
+/// lease`), reached with a token granted `rules` (the admin's when `None`); the common root
+/// made.
+fn with_management(
+    rules: Option<Vec<cacertd_test_apiserver::Rule>>,
+) -> (Arc<TestApiServer>, Setup, Vec<&'static str>) {
+    let mut names = CLUSTERS.to_vec();
+    names.push("mgmt");
+    let server = Arc::new(TestApiServer::start(&names));
+    let s = setup(&server, "");
+    let mgmt = server.cluster("mgmt");
+    mgmt.namespace("cacertd", &[]);
+    let token = match rules {
+        Some(rules) => {
+            mgmt.add_token("cacertd", "system:serviceaccount:cacertd:cacertd", rules);
+            "cacertd".to_string()
+        }
+        None => mgmt.admin_token(),
+    };
+    std::fs::write(s.path("kube/mgmt.yaml"), mgmt.kubeconfig(&token)).unwrap();
+    append_config(
+        &s,
+        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
+         [transition]\ngate_timeout = \"30s\"",
+    );
+    s.cacertd(&["root", "init"]).ok();
+    (server, s, names)
+}
+
 #[test]
 fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
     let server = Arc::new(TestApiServer::start(&CLUSTERS));
@@ -292,25 +321,9 @@ fn served(server: &TestApiServer, name: &str) -> Value {
 
 #[test]
 fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_is_stopped() {
-    let mut names = CLUSTERS.to_vec();
-    names.push("mgmt");
-    let server = Arc::new(TestApiServer::start(&names));
-    let s = setup(&server, "");
-    let mgmt = server.cluster("mgmt");
-    mgmt.namespace("cacertd", &[]);
     // With exactly the shipped Role of the management cluster.
-    mgmt.add_token(
-        "cacertd",
-        "system:serviceaccount:cacertd:cacertd",
-        common::kube::management_rules(),
-    );
-    std::fs::write(s.path("kube/mgmt.yaml"), mgmt.kubeconfig("cacertd")).unwrap();
-    append_config(
-        &s,
-        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
-         [transition]\ngate_timeout = \"30s\"",
-    );
-    s.cacertd(&["root", "init"]).ok();
+    let (server, s, _) = with_management(Some(common::kube::management_rules()));
+    let mgmt = server.cluster("mgmt");
     self_signed_mesh(&server);
     let _istiod = Istiod::start(&server, false);
 
@@ -676,23 +689,8 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
 
 #[test]
 fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
-    let mut names = CLUSTERS.to_vec();
-    names.push("mgmt");
-    let server = Arc::new(TestApiServer::start(&names));
-    let s = setup(&server, "");
+    let (server, s, _) = with_management(None);
     let mgmt = server.cluster("mgmt");
-    mgmt.namespace("cacertd", &[]);
-    std::fs::write(
-        s.path("kube/mgmt.yaml"),
-        mgmt.kubeconfig(&mgmt.admin_token()),
-    )
-    .unwrap();
-    append_config(
-        &s,
-        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
-         [transition]\ngate_timeout = \"30s\"",
-    );
-    s.cacertd(&["root", "init"]).ok();
     let secrets = self_signed_mesh(&server);
     let _istiod = Istiod::start(&server, false);
 
@@ -793,23 +791,7 @@ fn versions(server: &TestApiServer, names: &[&str]) -> Vec<(String, String, Stri
 
 #[test]
 fn plan_and_every_dry_run_change_no_resource_version_anywhere() {
-    let mut names = CLUSTERS.to_vec();
-    names.push("mgmt");
-    let server = Arc::new(TestApiServer::start(&names));
-    let s = setup(&server, "");
-    let mgmt = server.cluster("mgmt");
-    mgmt.namespace("cacertd", &[]);
-    std::fs::write(
-        s.path("kube/mgmt.yaml"),
-        mgmt.kubeconfig(&mgmt.admin_token()),
-    )
-    .unwrap();
-    append_config(
-        &s,
-        "[daemon]\nlease = { kubeconfig = \"kube/mgmt.yaml\", namespace = \"cacertd\" }\n\
-         [transition]\ngate_timeout = \"30s\"",
-    );
-    s.cacertd(&["root", "init"]).ok();
+    let (server, s, names) = with_management(None);
     self_signed_mesh(&server);
 
     let before = versions(&server, &names);

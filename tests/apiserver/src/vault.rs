@@ -947,31 +947,6 @@ fn pki(
                 ),
             )
         }
-        (&Method::GET, r) if r.starts_with("issuer/") && r.matches('/').count() == 1 => {
-            let reference = r.trim_start_matches("issuer/");
-            match st
-                .pki_mounts
-                .get(mount)
-                .and_then(|is| is.iter().find(|i| i.id == reference || i.name == reference))
-            {
-                Some(i) => reply(
-                    200,
-                    envelope(
-                        json!({"issuer_id": i.id, "issuer_name": i.name, "certificate": i.cert_pem,
-                               "leaf_not_after_behavior": i.leaf_not_after_behavior,
-                               "usage": "read-only,issuing-certificates,crl-signing,ocsp-signing",
-                               "manual_chain": null, "revocation_signature_algorithm": ""}),
-                        Value::Null,
-                    ),
-                ),
-                None => errors(
-                    500,
-                    &[
-                        "1 error occurred:\n\t* unable to find PKI issuer for reference: no such issuer\n\n",
-                    ],
-                ),
-            }
-        }
         // The default issuer is the first of the mount's list.
         (&Method::POST | &Method::PUT, "config/issuers") => {
             let reference = body["default"].as_str().unwrap_or("");
@@ -1041,7 +1016,11 @@ fn pki(
             ),
             None => errors(400, &["no default issuer currently configured"]),
         },
-        (&Method::GET, r) if r.starts_with("issuer/") && r.ends_with("/json") => {
+        // An issuer: its certificate (`/json`), or with its settings too.
+        (&Method::GET, r)
+            if r.starts_with("issuer/")
+                && (r.ends_with("/json") || r.matches('/').count() == 1) =>
+        {
             let reference = r.trim_start_matches("issuer/").trim_end_matches("/json");
             match st
                 .pki_mounts
@@ -1051,7 +1030,10 @@ fn pki(
                 Some(i) => reply(
                     200,
                     envelope(
-                        json!({"certificate": i.cert_pem, "ca_chain": [i.cert_pem], "issuer_id": i.id, "issuer_name": i.name}),
+                        json!({"certificate": i.cert_pem, "ca_chain": [i.cert_pem], "issuer_id": i.id,
+                               "issuer_name": i.name, "leaf_not_after_behavior": i.leaf_not_after_behavior,
+                               "usage": "read-only,issuing-certificates,crl-signing,ocsp-signing",
+                               "manual_chain": null, "revocation_signature_algorithm": ""}),
                         Value::Null,
                     ),
                 ),
