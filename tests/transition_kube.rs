@@ -319,6 +319,25 @@ fn served(server: &TestApiServer, name: &str) -> Value {
     secret_data(server.cluster(name), "istio-system", "cacerts").unwrap()
 }
 
+/// Another driver saves the record (with `drain_seconds` changed) just before the `nth`
+/// write to the management cluster from now; returns the record it saved.
+fn someone_saves_the_record(mgmt: &FakeCluster, record: &Value, drain: u64, nth: u64) -> Vec<u8> {
+    let mut theirs = record.clone();
+    theirs["options"]["drain_seconds"] = json!(drain);
+    let theirs = serde_json::to_vec(&theirs).unwrap();
+    mgmt.concurrent_update_before_write(
+        nth,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacertd-transition", "namespace": "cacertd",
+                         "labels": {"cacertd.io/transition": "cacertd-transition"}},
+            "type": "Opaque",
+            "data": {"record.json": b64(&theirs)},
+        }),
+    );
+    theirs
+}
+
 #[test]
 fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_is_stopped() {
     // With exactly the shipped Role of the management cluster.
@@ -356,19 +375,7 @@ fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_i
 
     // Another driver advances the record between this one's read and its save: this one stops
     // and leaves the other's record as it is.
-    let mut theirs = json.clone();
-    theirs["options"]["drain_seconds"] = json!(7);
-    let theirs = serde_json::to_vec(&theirs).unwrap();
-    mgmt.concurrent_update_before_write(
-        1,
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "cacertd-transition", "namespace": "cacertd",
-                         "labels": {"cacertd.io/transition": "cacertd-transition"}},
-            "type": "Opaque",
-            "data": {"record.json": b64(&theirs)},
-        }),
-    );
+    let theirs = someone_saves_the_record(mgmt, &json, 7, 1);
     let before = server
         .cluster("cluster2")
         .get("secrets", "istio-system", "cacerts");
@@ -407,19 +414,7 @@ fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_i
     assert!(secret_data(mgmt, "cacertd", "cacertd-transition").is_some());
     // Moving it aside copies each Secret, then deletes exactly the version copied: a record
     // saved in between stops the move, and nothing is lost.
-    let mut newer = json.clone();
-    newer["options"]["drain_seconds"] = json!(9);
-    let newer = serde_json::to_vec(&newer).unwrap();
-    mgmt.concurrent_update_before_write(
-        6,
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "cacertd-transition", "namespace": "cacertd",
-                         "labels": {"cacertd.io/transition": "cacertd-transition"}},
-            "type": "Opaque",
-            "data": {"record.json": b64(&newer)},
-        }),
-    );
+    let newer = someone_saves_the_record(mgmt, &json, 9, 6);
     let run = s.cacertd(&["transition", "abort"]).fails_with(1);
     assert!(
         run.stderr
