@@ -272,16 +272,7 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
             secrets[i]["data"],
             "{name}"
         );
-        let backups = c
-            .list("secrets", Some("istio-system"))
-            .iter()
-            .filter(|s| {
-                s["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("cacerts-backup-")
-            })
-            .count();
+        let backups = backups_in(c);
         assert_eq!(
             backups, 2,
             "{name}: the AddNewRoot and SwitchSigner versions"
@@ -308,6 +299,19 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         "3 phases × 2 primaries × (istiod, gateways, workloads)"
     );
     assert!(!audit.contains("PRIVATE KEY"));
+}
+
+/// How many `cacerts` backups a cluster keeps.
+fn backups_in(c: &FakeCluster) -> usize {
+    c.list("secrets", Some("istio-system"))
+        .iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cacerts-backup-")
+        })
+        .count()
 }
 
 fn secret_data(c: &FakeCluster, ns: &str, name: &str) -> Option<Value> {
@@ -570,17 +574,7 @@ fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
     // Every cacerts that was replaced is kept: cluster1 went through five replacements
     // (SwitchSigner, RemoveOldRoot, and three rollbacks), cluster2 through three.
     for (name, replaced) in [("cluster1", 5), ("cluster2", 3)] {
-        let backups = server
-            .cluster(name)
-            .list("secrets", Some("istio-system"))
-            .into_iter()
-            .filter(|s| {
-                s["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("cacerts-backup-")
-            })
-            .count();
+        let backups = backups_in(server.cluster(name));
         assert_eq!(backups, replaced, "{name}");
     }
 }
@@ -738,16 +732,7 @@ fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
             Some(&secrets[i]["data"])
         );
         // One write per phase: created in AddNewRoot, replaced twice (each backed up once).
-        let backups = c
-            .list("secrets", Some("istio-system"))
-            .into_iter()
-            .filter(|s| {
-                s["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("cacerts-backup-")
-            })
-            .count();
+        let backups = backups_in(c);
         assert_eq!(backups, 2, "{name}");
     }
     let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
