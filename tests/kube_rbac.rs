@@ -85,6 +85,13 @@ fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
     // The config the CronJob mounts parses (paths are only resolved, not opened).
     let config = cacertd::config::Config::load(&mgmt.join("cacertd.toml")).unwrap();
     assert_eq!(config.topology.clusters().len(), 3);
+    // With its Lease, the transition record is shared in the management cluster.
+    assert!(
+        matches!(&config.transition.record,
+            cacertd::config::RecordLocation::Kubernetes { namespace, .. } if namespace == "cacertd"),
+        "{:?}",
+        config.transition.record
+    );
     // Every ConfigMap key the CronJob mounts is one the generator makes.
     let kustomization = std::fs::read_to_string(mgmt.join("kustomization.yaml")).unwrap();
     let deployment = std::fs::read_to_string(mgmt.join("deployment.yaml")).unwrap();
