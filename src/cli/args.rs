@@ -139,10 +139,10 @@ pub enum MigrateCommand {
     Plan(TransitionPlanArgs),
 
     /// Start the migration: read every primary (its cacerts, or istiod's istio-ca-secret),
-    /// save that material and a new intermediate under the common root to
-    /// <state_dir>/transition/, record the transition, then drive it. Primaries already
-    /// signing under the common root are left out. Refused while another transition is under
-    /// way.
+    /// save that material and a new intermediate under the common root ([transition] record:
+    /// <state_dir>/transition/, or Secrets in the management cluster with a Lease), record the
+    /// transition, then drive it. Primaries already signing under the common root are left
+    /// out. Refused while another transition is under way.
     Start(StartArgs),
 }
 

@@ -943,17 +943,28 @@ impl Progress {
     }
 
     fn show(self, event: &str, record: &Record, detail: &str, fields: serde_json::Value) {
+        if let Some(line) = self.line(event, record, detail, fields) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn line(
+        self,
+        event: &str,
+        record: &Record,
+        detail: &str,
+        fields: serde_json::Value,
+    ) -> Option<String> {
+        let time = fmt_time(OffsetDateTime::now_utc());
         match self {
-            Progress::Off => {}
-            Progress::Lines => eprintln!(
-                "[{}] {:?} {} — {detail}",
-                fmt_time(OffsetDateTime::now_utc()),
-                record.kind,
-                record.phase
-            ),
+            Progress::Off => None,
+            Progress::Lines => Some(format!(
+                "[{time}] {:?} {} — {detail}",
+                record.kind, record.phase
+            )),
             Progress::Json => {
                 let mut line = serde_json::json!({
-                    "time": fmt_time(OffsetDateTime::now_utc()),
+                    "time": time,
                     "event": event,
                     "transition": record.kind,
                     "phase": record.phase,
@@ -964,7 +975,7 @@ impl Progress {
                 {
                     line.extend(more);
                 }
-                eprintln!("{line}");
+                Some(line.to_string())
             }
         }
     }
@@ -1431,6 +1442,61 @@ fn bundles_behind(
                 got.len(),
                 expected.len()
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record::new(
+            TransitionKind::Migrate,
+            ["a".to_string()],
+            Options {
+                drain_seconds: 0,
+                gate_timeout_seconds: 60,
+                skip_workload_restarts: false,
+                approve_each_phase: false,
+                exclude_namespaces: Vec::new(),
+                max_parallel: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn progress_is_a_line_on_a_terminal_and_json_otherwise() {
+        let r = record();
+        let fields = || serde_json::json!({"behind": ["a/app: 1 root(s), not the 2 expected"]});
+        let line = Progress::Lines
+            .line("gate", &r, "waiting for the gate", fields())
+            .unwrap();
+        assert!(
+            line.contains("Migrate AddNewRoot — waiting for the gate"),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(
+            &Progress::Json
+                .line("gate", &r, "waiting for the gate", fields())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["event"], "gate");
+        assert_eq!(json["phase"], "add-new-root");
+        assert_eq!(json["transition"], "migrate");
+        assert_eq!(json["behind"][0], "a/app: 1 root(s), not the 2 expected");
+        assert!(Progress::Off.line("gate", &r, "x", fields()).is_none());
+    }
+
+    #[test]
+    fn waits_are_shown_at_once_then_at_most_every_ten_seconds() {
+        let mut t = Throttle(None);
+        assert!(t.due());
+        assert!(!t.due());
+        if let Some(past) = std::time::Instant::now().checked_sub(Duration::from_secs(11)) {
+            t.0 = Some(past);
+            assert!(t.due());
         }
     }
 }
