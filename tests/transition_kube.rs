@@ -812,3 +812,72 @@ fn plan_and_every_dry_run_change_no_resource_version_anywhere() {
         assert_eq!(versions(&server, &names), before, "{args:?}");
     }
 }
+
+#[test]
+fn the_leader_carries_on_a_transition_started_elsewhere_from_the_shared_record() {
+    use cacertd::clock::SystemClock;
+    use cacertd::config::Config;
+    use cacertd::daemon::Daemon;
+
+    let (server, s, _) = with_management(None);
+    let mgmt = server.cluster("mgmt");
+    self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+    // Started from a workstation: recorded, one step taken, and left to the daemon.
+    s.cacertd(&[
+        "migrate",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "1",
+    ])
+    .fails_with(1);
+    let record = || -> Value {
+        let data = secret_data(mgmt, "cacertd", "cacertd-transition").unwrap();
+        serde_json::from_slice(&unb64(&data["record.json"])).unwrap()
+    };
+    assert_eq!(record()["phase"], "add-new-root");
+
+    let config = Config::load(&s.path("cacertd.toml")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = Daemon::new(config, Arc::new(SystemClock));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while record()["phase"] != "done" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leader did not finish the transition: {}",
+                record()
+            );
+            if d.try_lead().await {
+                d.drive_transition().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let metrics = d.metrics().encode();
+        assert!(
+            metrics.contains(
+                "cacertd_transition_phase{transition=\"migrate\",phase=\"Done\",state=\"active\"} 1"
+            ),
+            "{metrics}"
+        );
+        d.step_down().await;
+    });
+    let root = s.read("state/root/root-cert.pem");
+    for name in ["cluster1", "cluster2"] {
+        assert_eq!(
+            unb64(&served(&server, name)["root-cert.pem"]),
+            root,
+            "{name}"
+        );
+    }
+    // Nothing of the transition was kept on the daemon's disk.
+    assert!(!s.path("state/transition").exists());
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
+}
