@@ -676,14 +676,12 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
     }
 }
 
-#[test]
-fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
+/// A self-signed mesh whose migration, recorded in the management cluster, took one step
+/// before its process died; the stand-in istiod running.
+fn migration_started_with_management() -> (Arc<TestApiServer>, Setup, Vec<Value>, Istiod) {
     let (server, s, _) = with_management(None);
-    let mgmt = server.cluster("mgmt");
     let secrets = self_signed_mesh(&server);
-    let _istiod = Istiod::start(&server, false);
-
-    // Every process takes one step and dies; the next one picks up from the shared record.
+    let istiod = Istiod::start(&server, false);
     s.cacertd(&[
         "migrate",
         "start",
@@ -693,6 +691,14 @@ fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
         "1",
     ])
     .fails_with(1);
+    (server, s, secrets, istiod)
+}
+
+#[test]
+fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
+    // Every process takes one step and dies; the next one picks up from the shared record.
+    let (server, s, secrets, _istiod) = migration_started_with_management();
+    let mgmt = server.cluster("mgmt");
     let mut runs = 1;
     loop {
         let run = s.cacertd(&["transition", "resume", "--stop-after-steps", "1"]);
@@ -819,20 +825,9 @@ fn the_leader_carries_on_a_transition_started_elsewhere_from_the_shared_record()
     use cacertd::config::Config;
     use cacertd::daemon::Daemon;
 
-    let (server, s, _) = with_management(None);
-    let mgmt = server.cluster("mgmt");
-    self_signed_mesh(&server);
-    let _istiod = Istiod::start(&server, false);
     // Started from a workstation: recorded, one step taken, and left to the daemon.
-    s.cacertd(&[
-        "migrate",
-        "start",
-        "--drain",
-        "0s",
-        "--stop-after-steps",
-        "1",
-    ])
-    .fails_with(1);
+    let (server, s, _, _istiod) = migration_started_with_management();
+    let mgmt = server.cluster("mgmt");
     let record = || -> Value {
         let data = secret_data(mgmt, "cacertd", "cacertd-transition").unwrap();
         serde_json::from_slice(&unb64(&data["record.json"])).unwrap()
