@@ -722,67 +722,80 @@ impl KubeTarget {
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {
             "kubectl.kubernetes.io/restartedAt": fmt_time(at)
         }}}}});
-        let params = PatchParams::default();
-        let patch = Patch::Strategic(&patch);
-        let c = self.client.clone();
-        let ns = w.namespace.as_str();
-        let result = match w.kind {
+        let strategy = |s: Option<&str>| self.refuse_on_delete(s, &action);
+        match w.kind {
             RolloutKind::Deployment => {
-                let api: Api<Deployment> = Api::namespaced(c, ns);
-                let d = retrying(&self.settings, "get deployment", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                if d.spec.paused == Some(true) {
-                    return Err(TargetError::Refused {
-                        target: self.describe(),
-                        action,
-                        reason:
-                            "the deployment is paused; resume it first (kubectl rollout resume)"
-                                .into(),
-                    });
-                }
-                retrying(&self.settings, "patch deployment", || {
-                    api.patch(&w.name, &params, &patch)
+                self.patch_checked(w, &action, &patch, |d: &Deployment| {
+                    if d.spec.paused == Some(true) {
+                        return Err(TargetError::Refused {
+                            target: self.describe(),
+                            action: action.clone(),
+                            reason:
+                                "the deployment is paused; resume it first (kubectl rollout resume)"
+                                    .into(),
+                        });
+                    }
+                    Ok(())
                 })
                 .await
-                .map(|_| ())
             }
             RolloutKind::DaemonSet => {
-                let api: Api<DaemonSet> = Api::namespaced(c, ns);
-                let d = retrying(&self.settings, "get daemonset", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                let strategy = d
-                    .spec
-                    .update_strategy
-                    .as_ref()
-                    .and_then(|u| u.type_.as_deref());
-                self.refuse_on_delete(strategy, &action)?;
-                retrying(&self.settings, "patch daemonset", || {
-                    api.patch(&w.name, &params, &patch)
+                self.patch_checked(w, &action, &patch, |d: &DaemonSet| {
+                    strategy(
+                        d.spec
+                            .update_strategy
+                            .as_ref()
+                            .and_then(|u| u.type_.as_deref()),
+                    )
                 })
                 .await
-                .map(|_| ())
             }
             RolloutKind::StatefulSet => {
-                let api: Api<StatefulSet> = Api::namespaced(c, ns);
-                let sts = retrying(&self.settings, "get statefulset", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                let strategy = sts
-                    .spec
-                    .update_strategy
-                    .as_ref()
-                    .and_then(|u| u.type_.as_deref());
-                self.refuse_on_delete(strategy, &action)?;
-                retrying(&self.settings, "patch statefulset", || {
-                    api.patch(&w.name, &params, &patch)
+                self.patch_checked(w, &action, &patch, |s: &StatefulSet| {
+                    strategy(
+                        s.spec
+                            .update_strategy
+                            .as_ref()
+                            .and_then(|u| u.type_.as_deref()),
+                    )
                 })
                 .await
-                .map(|_| ())
             }
-        };
-        result.map_err(|e| self.error(action, e))
+        }
+    }
+
+    /// Reads workload `w`, lets `check` refuse it, then applies `patch` (strategic merge).
+    async fn patch_checked<K>(
+        &self,
+        w: &Workload,
+        action: &str,
+        patch: &serde_json::Value,
+        check: impl FnOnce(&K) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
+        let (get, patch_what) = (
+            format!("get {}", w.kind.name()),
+            format!("patch {}", w.kind.name()),
+        );
+        let current = retrying(&self.settings, &get, || api.get(&w.name))
+            .await
+            .map_err(|e| self.error(action, e))?;
+        check(&current)?;
+        let params = PatchParams::default();
+        let patch = Patch::Strategic(patch);
+        retrying(&self.settings, &patch_what, || {
+            api.patch(&w.name, &params, &patch)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(action, e))
     }
 
     /// With the OnDelete strategy a restart annotation replaces no pod, and `kubectl rollout
