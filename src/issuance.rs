@@ -61,6 +61,17 @@ impl ClusterReport {
         self.reason = Some(reason.into());
         self
     }
+
+    /// The intermediate the cluster serves, as assessed, and when it is to be renewed.
+    fn with_served(mut self, assessment: &crate::plan::Assessment) -> Self {
+        if let Some(info) = &assessment.intermediate {
+            self.serial = Some(info.serial.clone());
+            self.not_before = Some(info.not_before);
+            self.not_after = Some(info.not_after);
+        }
+        self.renew_at = assessment.renew_at;
+        self
+    }
 }
 
 /// Runs the issuance for `clusters` (primaries), up to `kubernetes.concurrency` at a time.
@@ -176,26 +187,16 @@ async fn attempt_once(
             .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
     let (reason, trust) = match decide(&assessment, opts) {
         _ if landed => {
-            let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(
-                "issued (confirmed by re-reading after the answer to the write was lost)",
-            );
-            if let Some(info) = &assessment.intermediate {
-                r.serial = Some(info.serial.clone());
-                r.not_before = Some(info.not_before);
-                r.not_after = Some(info.not_after);
-            }
-            r.renew_at = assessment.renew_at;
-            return Ok(r);
+            return Ok(ClusterReport::new(name, Outcome::Issued)
+                .with_reason(
+                    "issued (confirmed by re-reading after the answer to the write was lost)",
+                )
+                .with_served(&assessment));
         }
         Decision::Keep => {
-            let mut r = ClusterReport::new(name, Outcome::Kept).with_reason("valid");
-            if let Some(info) = &assessment.intermediate {
-                r.serial = Some(info.serial.clone());
-                r.not_before = Some(info.not_before);
-                r.not_after = Some(info.not_after);
-            }
-            r.renew_at = assessment.renew_at;
-            return Ok(r);
+            return Ok(ClusterReport::new(name, Outcome::Kept)
+                .with_reason("valid")
+                .with_served(&assessment));
         }
         Decision::Refuse { reason } => {
             return Ok(ClusterReport::new(name, Outcome::Refused).with_reason(reason));
@@ -231,10 +232,9 @@ async fn attempt_once(
         Ok(v) if v.anchor() == root.root_cert() => {}
         Ok(_) => return failed("internal check: new cacerts does not chain to the root".into()),
         Err(problems) => {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return failed(format!(
                 "internal check of the new cacerts failed: {}",
-                list.join("; ")
+                crate::pki::BundleProblem::join(&problems)
             ));
         }
     }

@@ -298,10 +298,9 @@ fn prove_root(config: &Config, root: &RootCa, now: OffsetDateTime) -> Result<(),
     let files =
         CaCertsFiles::for_intermediate(&trial, &[], root.cert(), &TrustBundle::single(root.cert()));
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         CliError::InvalidBundle(format!(
             "this root cannot sign intermediates istiod would accept: {}",
-            list.join("; ")
+            crate::pki::BundleProblem::join(&problems)
         ))
     })?;
     Ok(())

@@ -28,6 +28,17 @@ impl fmt::Display for BundleProblem {
     }
 }
 
+impl BundleProblem {
+    /// Every problem of a verification, in one line.
+    pub fn join(problems: &[BundleProblem]) -> String {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// A `cacerts` set that passed [`verify_cacerts`] at some instant. Only that function builds it.
 #[derive(Debug)]
 pub struct VerifiedCaCerts {

@@ -153,11 +153,10 @@ pub async fn start_migrate(
         // What the cluster serves now: nothing was written without a record.
         let original = current_material(config, cluster, true).await?;
         let verified = verify_cacerts(&original, now).map_err(|problems| {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             DriveError::Refused(format!(
                 "{name}: the current material does not validate, so it cannot be kept during \
                  the transition: {}",
-                list.join("; ")
+                crate::pki::BundleProblem::join(&problems)
             ))
         })?;
         if verified.anchor() == &root {
@@ -753,10 +752,9 @@ pub async fn start_rotate_root(
         let name = cluster.name.as_str();
         let original = current_material(config, cluster, false).await?;
         let verified = verify_cacerts(&original, now).map_err(|problems| {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             DriveError::Refused(format!(
                 "{name}: the current cacerts does not validate: {}",
-                list.join("; ")
+                crate::pki::BundleProblem::join(&problems)
             ))
         })?;
         if new_cert.as_ref() == Some(verified.anchor()) {
@@ -893,10 +891,9 @@ async fn issue_new(
     policy.check_issued(name, &ica.cert)?;
     let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         DriveError::Refused(format!(
             "{name}: internal check of the new cacerts failed: {}",
-            list.join("; ")
+            crate::pki::BundleProblem::join(&problems)
         ))
     })?;
     Ok(files)
@@ -1257,11 +1254,10 @@ impl Work<'_> {
         // Never hand istiod material it would refuse (an original that expired while the
         // transition was held, say): stop before touching the cluster.
         if let Err(problems) = verify_cacerts(&want, now) {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(DriveError::Stopped(format!(
                 "{cluster}: the cacerts for {} does not validate, so it was not written: {}",
                 describe_material(of),
-                list.join("; ")
+                crate::pki::BundleProblem::join(&problems)
             )));
         }
         let observed = self.targets[cluster]
