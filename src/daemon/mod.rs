@@ -238,27 +238,30 @@ impl Daemon {
             return Vec::new();
         }
         let now = self.clock.now();
-        // Clusters a trust transition holds are changed only through it.
-        let held: std::collections::BTreeSet<String> = match self.transition_record().await {
-            Ok(record) => record
-                .filter(|r| !r.is_over())
-                .map(|r| r.clusters.into_keys().collect())
-                .unwrap_or_default(),
+        let mut due: Vec<_> = {
+            let schedule = self.schedule.lock().await;
+            self.config
+                .topology
+                .primaries()
+                .filter(|c| schedule.get(&c.name).is_none_or(|s| s.next <= now))
+                .collect()
+        };
+        if due.is_empty() {
+            return Vec::new();
+        }
+        // Clusters a trust transition holds are changed only through it (the record is read
+        // only when some cluster is due).
+        match self.transition_record().await {
+            Ok(Some(record)) if !record.is_over() => {
+                due.retain(|c| !record.clusters.contains_key(&c.name));
+            }
+            Ok(_) => {}
             // Unknown: nothing that a transition may hold is touched.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the transition record; reconciliation waits");
                 return Vec::new();
             }
-        };
-        let due: Vec<_> = {
-            let schedule = self.schedule.lock().await;
-            self.config
-                .topology
-                .primaries()
-                .filter(|c| !held.contains(&c.name))
-                .filter(|c| schedule.get(&c.name).is_none_or(|s| s.next <= now))
-                .collect()
-        };
+        }
         if due.is_empty() {
             return Vec::new();
         }
@@ -431,7 +434,7 @@ impl Daemon {
         } else {
             None
         };
-        if active {
+        let record = if active {
             let opts = crate::transition::driver::DriveOptions {
                 wait: false,
                 poll: Duration::from_secs(5),
@@ -447,17 +450,14 @@ impl Daemon {
             let Ok(store) = self.transition_store().await else {
                 return;
             };
-            match crate::transition::driver::drive(&self.config, store, opts).await {
+            let outcome = crate::transition::driver::drive(&self.config, store, opts).await;
+            let after = store.load().await.ok().flatten();
+            match outcome {
                 Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
                 Ok(crate::transition::Step::AwaitApproval { .. }) => {}
                 // A gate that was checked and does not hold yet.
                 Ok(crate::transition::Step::CheckGate { .. })
-                    if store
-                        .load()
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|r| r.gate_since.is_some()) => {}
+                    if after.as_ref().is_some_and(|r| r.gate_since.is_some()) => {}
                 Ok(step) => {
                     tracing::debug!(?step, "transition step done");
                     pause = Duration::ZERO;
@@ -467,8 +467,10 @@ impl Daemon {
                     pause = Duration::from_secs(30);
                 }
             }
-        }
-        let record = self.transition_record().await.ok().flatten();
+            after
+        } else {
+            record
+        };
         self.metrics
             .transition(record.as_ref(), time::OffsetDateTime::now_utc());
         *next = std::time::Instant::now() + pause;
