@@ -1,11 +1,12 @@
 //! The RBAC in deploy/kubernetes/target-cluster/rbac.yaml is enough for everything cacertd
-//! does in a target cluster — and each rule is needed: cacertd runs here with exactly those
-//! rules (read from the manifest itself), and fails precisely when one is taken away.
+//! does in a target cluster — and each part of it is needed: cacertd runs here as the service
+//! account the manifest binds, with the manifest's Roles, ClusterRole and bindings loaded as
+//! they are, and fails precisely when a rule, a rule's API group or a binding is taken away.
 
 mod common;
 
-use cacertd_test_apiserver::{TestApiServer, json};
-use common::kube::{CLUSTERS, manifest_rules, setup_with_tokens};
+use cacertd_test_apiserver::{TestApiServer, Value, json};
+use common::kube::{CLUSTERS, grant_as_shipped, grant_target_rbac, setup_with_tokens, target_rbac};
 
 fn mesh(server: &TestApiServer) {
     let c1 = server.cluster("cluster1");
@@ -28,11 +29,7 @@ fn the_shipped_rbac_is_sufficient() {
     let server = TestApiServer::start(&CLUSTERS);
     mesh(&server);
     for c in CLUSTERS {
-        server.cluster(c).add_token(
-            "least",
-            "system:serviceaccount:cacertd:cacertd",
-            manifest_rules(),
-        );
+        grant_target_rbac(server.cluster(c), "least");
     }
     let s = setup_with_tokens(&server, "", |_| "least".to_string());
     s.cacertd(&["issue", "--init-root"]).ok();
@@ -42,23 +39,56 @@ fn the_shipped_rbac_is_sufficient() {
     for c in ["cluster1", "cluster2"] {
         let reqs = server.cluster(c).requests();
         assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
+        assert!(
+            reqs.iter()
+                .all(|r| r.user == "system:serviceaccount:cacertd:cacertd"),
+            "{reqs:#?}"
+        );
     }
 }
 
+/// The shipped manifest with one part broken: each rule removed, each rule moved to another
+/// API group, each binding removed.
+fn broken_variants(shipped: &Value) -> Vec<(String, Value)> {
+    let mut variants = Vec::new();
+    let items = shipped["items"].as_array().unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let what = format!(
+            "{} {}",
+            item["kind"].as_str().unwrap(),
+            item["metadata"]["name"].as_str().unwrap()
+        );
+        match item["kind"].as_str() {
+            Some("Role" | "ClusterRole") => {
+                for (j, rule) in item["rules"].as_array().unwrap().iter().enumerate() {
+                    let mut m = shipped.clone();
+                    m["items"][i]["rules"].as_array_mut().unwrap().remove(j);
+                    variants.push((format!("{what} without {rule}"), m));
+                    let mut m = shipped.clone();
+                    m["items"][i]["rules"][j]["apiGroups"] = json!(["wrong.example.com"]);
+                    variants.push((format!("{what} with {rule} in another API group"), m));
+                }
+            }
+            Some("RoleBinding" | "ClusterRoleBinding") => {
+                let mut m = shipped.clone();
+                m["items"].as_array_mut().unwrap().remove(i);
+                variants.push((format!("without {what}"), m));
+            }
+            _ => {}
+        }
+    }
+    variants
+}
+
 #[test]
-fn each_rule_of_the_shipped_rbac_is_needed() {
-    let all = manifest_rules();
-    for i in 0..all.len() {
+fn each_part_of_the_shipped_rbac_is_needed() {
+    let variants = broken_variants(&target_rbac());
+    assert!(variants.len() >= 14, "{}", variants.len());
+    for (what, manifest) in variants {
         let server = TestApiServer::start(&CLUSTERS);
         mesh(&server);
-        let mut rules = all.clone();
-        let removed = rules.remove(i);
         for c in CLUSTERS {
-            server.cluster(c).add_token(
-                "less",
-                "system:serviceaccount:cacertd:cacertd",
-                rules.clone(),
-            );
+            grant_as_shipped(server.cluster(c), &manifest.to_string(), "less");
         }
         let s = setup_with_tokens(&server, "", |_| "less".to_string());
         s.cacertd(&["root", "init"]).ok();
@@ -67,7 +97,7 @@ fn each_rule_of_the_shipped_rbac_is_needed() {
             let run = s.cacertd(args);
             run.code != 0 && (run.stdout.contains("forbidden") || run.stderr.contains("forbidden"))
         });
-        assert!(failed, "nothing needed {removed:?}");
+        assert!(failed, "nothing needed what is missing in: {what}");
     }
 }
 

@@ -131,6 +131,35 @@ fn kubectl_sees_rbac_denials() {
         err.contains("User \"system:serviceaccount:istio-system:cacertd\" cannot list resource \"secrets\" in API group \"\" in the namespace \"istio-system\""),
         "{err}"
     );
+
+    // A server-side apply that would create the object needs `create`, not only `patch`.
+    c1.add_token(
+        "patcher",
+        "patcher",
+        vec![Rule::new(&["get", "patch"], &["configmaps"]).in_namespace("default")],
+    );
+    let k = Kubectl::new(c1, "patcher");
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  a: b\n",
+    );
+    let (code, _, err) = k.run(&["apply", "--server-side", "--validate=false", "-f", &f]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("User \"patcher\" cannot create resource \"configmaps\""),
+        "{err}"
+    );
+    assert!(c1.get("configmaps", "default", "settings").is_none());
+    // Once it exists, `patch` is enough.
+    c1.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "settings", "namespace": "default"}, "data": {"a": "a"}}));
+    k.ok(&["apply", "--server-side", "--validate=false", "-f", &f]);
+    assert_eq!(
+        c1.get("configmaps", "default", "settings").unwrap()["data"]["a"],
+        "b"
+    );
 }
 
 #[test]
@@ -201,4 +230,27 @@ fn kubectl_rollout_restart_and_status() {
     ]);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("timed out"), "{err}");
+
+    // The controller gives up on the rollout (ProgressDeadlineExceeded): kubectl says so at
+    // once instead of waiting for its own timeout.
+    c1.set_rollouts_stuck(false);
+    c1.set_rollouts_deadline_exceeded(true);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    k.ok(&[
+        "rollout",
+        "restart",
+        "deployment/istiod",
+        "-n",
+        "istio-system",
+    ]);
+    let (code, _, err) = k.run(&[
+        "rollout",
+        "status",
+        "deployment/istiod",
+        "-n",
+        "istio-system",
+        "--timeout=60s",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! A scratch setup whose clusters live on the test apiserver.
 
-use cacertd_test_apiserver::{FakeCluster, Rule, TestApiServer, Value};
+use cacertd_test_apiserver::{FakeCluster, TestApiServer, Value};
 
 use super::Setup;
 
@@ -57,81 +57,38 @@ target = {{ kind = "kube", kubeconfig = "kube/cluster3.yaml" }}
     s
 }
 
-/// The Role and ClusterRole rules of the manifest, as the test apiserver's rules.
-pub fn manifest_rules() -> Vec<Rule> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/target-cluster/rbac.yaml"
-    );
-    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
-    let mut rules = Vec::new();
-    for item in list["items"].as_array().unwrap() {
-        let namespaces = match item["kind"].as_str() {
-            Some("Role") => Some(vec![
-                item["metadata"]["namespace"].as_str().unwrap().to_string(),
-            ]),
-            Some("ClusterRole") => None,
-            _ => continue,
-        };
-        for r in item["rules"].as_array().unwrap() {
-            let names = r.get("resourceNames").map(strings);
-            rules.push(Rule {
-                verbs: strings(&r["verbs"]),
-                resources: strings(&r["resources"]),
-                namespaces: namespaces.clone(),
-                names,
-            });
-        }
-    }
-    assert!(rules.len() >= 5, "{rules:?}");
-    rules
+/// The service account the shipped RBAC binds its roles to.
+pub const SERVICE_ACCOUNT: (&str, &str) = ("cacertd", "cacertd");
+
+/// A shipped manifest's text (`deploy/…`, relative to the repository).
+pub fn shipped(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-/// The rules of the management cluster's Role (deploy/kubernetes/management/lease-rbac.yaml,
-/// whose lists are written as JSON flow sequences), in the namespace kustomize gives it.
-pub fn management_rules() -> Vec<Rule> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/management/lease-rbac.yaml"
+/// A target cluster's RBAC (deploy/kubernetes/target-cluster/rbac.yaml), as shipped.
+pub fn target_rbac() -> Value {
+    serde_json::from_str(&shipped("deploy/kubernetes/target-cluster/rbac.yaml")).unwrap()
+}
+
+/// Applies `manifest` to `c` as it is (roles and bindings alike) and makes `token` the
+/// service account's token: what cacertd may then do is exactly what the manifest grants.
+pub fn grant_as_shipped(c: &FakeCluster, manifest: &str, token: &str) {
+    c.apply_manifests(manifest, SERVICE_ACCOUNT.0);
+    c.add_service_account_token(token, SERVICE_ACCOUNT.0, SERVICE_ACCOUNT.1);
+}
+
+/// The target-cluster RBAC as shipped, with `token` for its service account.
+pub fn grant_target_rbac(c: &FakeCluster, token: &str) {
+    grant_as_shipped(c, &target_rbac().to_string(), token);
+}
+
+/// The management cluster's RBAC (deploy/kubernetes/management/lease-rbac.yaml) as shipped,
+/// in the namespace kustomize puts it in, with `token` for its service account.
+pub fn grant_management_rbac(c: &FakeCluster, token: &str) {
+    grant_as_shipped(
+        c,
+        &shipped("deploy/kubernetes/management/lease-rbac.yaml"),
+        token,
     );
-    let text = std::fs::read_to_string(path).unwrap();
-    let list = |v: &str| -> Vec<String> { serde_json::from_str(v.trim()).unwrap() };
-    let mut rules: Vec<Rule> = Vec::new();
-    let mut in_role = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with("kind:") {
-            in_role = t == "kind: Role";
-        }
-        if !in_role {
-            continue;
-        }
-        if let Some(v) = t.strip_prefix("- apiGroups:") {
-            let _ = list(v);
-            rules.push(Rule {
-                verbs: Vec::new(),
-                resources: Vec::new(),
-                namespaces: Some(vec!["cacertd".into()]),
-                names: None,
-            });
-        } else if let Some(rule) = rules.last_mut() {
-            if let Some(v) = t.strip_prefix("resources:") {
-                rule.resources = list(v);
-            } else if let Some(v) = t.strip_prefix("resourceNames:") {
-                rule.names = Some(list(v));
-            } else if let Some(v) = t.strip_prefix("verbs:") {
-                rule.verbs = list(v);
-            }
-        }
-    }
-    assert!(
-        rules.len() >= 3 && rules.iter().all(|r| !r.verbs.is_empty()),
-        "{rules:?}"
-    );
-    rules
 }

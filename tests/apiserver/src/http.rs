@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::selectors::{Selector, parse_query};
-use crate::store::{Event, ResourceType, StoreError, TYPES, resource};
+use crate::store::{self, Event, ResourceType, StoreError, TYPES, resource};
 use crate::{FakeCluster, FaultAction, Request};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -170,6 +170,16 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let is_write = !matches!(method, Method::GET | Method::HEAD);
+    cluster.lock().arrivals += 1;
+    let user = cluster.user_of(
+        req.headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer ")),
+    );
+    let record = |cluster: &FakeCluster, method: &Method, path: &str, query: &str, status| {
+        record(cluster, method, path, query, status, &user)
+    };
     let mut response = None;
     let fault = cluster.next_fault(is_write);
     match fault {
@@ -201,13 +211,22 @@ async fn handle(
 
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn record(cluster: &FakeCluster, method: &Method, path: &str, query: &str, status: u16) {
+fn record(
+    cluster: &FakeCluster,
+    method: &Method,
+    path: &str,
+    query: &str,
+    status: u16,
+    user: &str,
+) {
     cluster.lock().requests.push(Request {
         seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
         status,
+        user: user.to_string(),
+        at: std::time::SystemTime::now(),
     });
 }
 
@@ -371,6 +390,23 @@ async fn route(
                         Err(r) => return r,
                     };
                     let force = q.get("force").is_some_and(|f| f == "true");
+                    // An apply that creates the object needs `create` as well as `patch`.
+                    let st = cluster.lock();
+                    if st.store.get(rt.plural, &ns, &name).is_none()
+                        && let Err((code, message)) = FakeCluster::authorize(
+                            &st,
+                            token.as_deref(),
+                            "create",
+                            rt.plural,
+                            target.ns.as_deref(),
+                            None,
+                        )
+                    {
+                        let body =
+                            status_body(code, reason_for(code), &message, Some(rt.plural), None);
+                        return full(code, &body);
+                    }
+                    drop(st);
                     return apply(cluster, rt, &ns, &name, patch, manager, force);
                 }
                 "patch" => {
@@ -538,7 +574,11 @@ fn schedule_rollout(
         if st.rollouts_stuck {
             return;
         }
-        if let Some(event) = st.store.complete_rollout(plural, &ns, &name, generation) {
+        let deadline_exceeded = st.rollouts_deadline_exceeded;
+        if let Some(event) =
+            st.store
+                .complete_rollout(plural, &ns, &name, generation, deadline_exceeded)
+        {
             drop(st);
             let _ = cluster.events.send(event);
         }
@@ -592,6 +632,7 @@ fn watch(
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_secs)
         .unwrap_or(std::time::Duration::from_secs(300));
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let ns = ns.map(str::to_string);
     let relevant = move |e: &Event| {
         e.plural == rt.plural
@@ -600,9 +641,14 @@ fn watch(
     };
     // Subscribe and read history under one lock: events are sent after the lock is released,
     // so nothing falls between the two.
-    let (backlog, mut rx) = {
+    let (backlog, mut rx, current_rv) = {
         let st = cluster.lock();
         let rx = cluster.events.subscribe();
+        if since != 0 && since < st.store.compacted_rv {
+            // Like etcd after compaction: the watch starts, then ends with 410 Expired.
+            let gone = expired_event(since, st.store.compacted_rv);
+            return watch_response(futures::stream::once(async move { gone }).boxed());
+        }
         let backlog: Vec<Event> = if since == 0 {
             // "Start at most recent": synthetic ADDED events for what exists now.
             st.store
@@ -633,44 +679,83 @@ fn watch(
                 .filter(|e| relevant(e))
                 .collect::<Vec<_>>(),
             rx,
+            st.store.rv,
         )
     };
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(64);
     let last_rv = backlog.iter().map(|e| e.rv).max().unwrap_or(since);
+    let (api_version, kind) = (rt.api_version(), rt.kind);
     cluster.runtime.spawn(async move {
         let line =
             |e: &Event| Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
+        // A bookmark carries only the resourceVersion the watch has reached.
+        let bookmark = |rv: u64| {
+            Bytes::from(format!(
+                "{}\n",
+                json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind,
+                       "metadata": {"resourceVersion": rv.to_string()}}})
+            ))
+        };
         for e in &backlog {
             if tx.send(line(e)).await.is_err() {
                 return;
             }
         }
+        let mut reached = last_rv.max(current_rv);
+        if bookmarks && tx.send(bookmark(reached)).await.is_err() {
+            return;
+        }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = ticks.tick(), if bookmarks => {
+                    if tx.send(bookmark(reached)).await.is_err() { return; }
+                }
                 ev = rx.recv() => match ev {
+                    Ok(e) if e.kind == store::EXPIRED => {
+                        let _ = tx.send(expired_event(reached, e.rv)).await;
+                        return;
+                    }
                     Ok(e) if e.rv > last_rv && relevant(&e) => {
+                        reached = reached.max(e.rv);
                         if tx.send(line(&e)).await.is_err() { return; }
                     }
-                    Ok(_) => {}
+                    Ok(e) => reached = reached.max(e.rv),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                     Err(_) => return,
                 }
             }
         }
     });
-    let stream = futures::stream::unfold(out, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
+    let stream = futures::stream::unfold(
+        out,
+        |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+    );
+    watch_response(stream.boxed())
+}
+
+/// The ERROR event that ends a watch whose resourceVersion is older than the history kept.
+fn expired_event(asked: u64, oldest: u64) -> Bytes {
+    let status = status_body(
+        410,
+        "Expired",
+        &format!("too old resource version: {asked} ({oldest})"),
+        None,
+        None,
+    );
+    Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status})))
+}
+
+fn watch_response(lines: futures::stream::BoxStream<'static, Bytes>) -> Response<Body> {
+    let frames = lines.map(|b| Ok::<_, Infallible>(Frame::data(b)));
     Response::builder()
         .status(200)
         .header("content-type", "application/json")
         .header("transfer-encoding", "chunked")
-        .body(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())))
+        .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
         .expect("valid response")
 }
 
@@ -703,7 +788,7 @@ fn discovery(path: &str) -> Option<Response<Body>> {
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
         }
         "/apis" => {
-            let groups: Vec<Value> = ["apps", "coordination.k8s.io"]
+            let groups: Vec<Value> = ["apps", "coordination.k8s.io", "rbac.authorization.k8s.io"]
                 .iter()
                 .map(|g| json!({"name": g, "versions": [{"groupVersion": format!("{g}/v1"), "version": "v1"}], "preferredVersion": {"groupVersion": format!("{g}/v1"), "version": "v1"}}))
                 .collect();
@@ -712,6 +797,7 @@ fn discovery(path: &str) -> Option<Response<Body>> {
         "/api/v1" => resources("", "v1"),
         "/apis/apps/v1" => resources("apps", "v1"),
         "/apis/coordination.k8s.io/v1" => resources("coordination.k8s.io", "v1"),
+        "/apis/rbac.authorization.k8s.io/v1" => resources("rbac.authorization.k8s.io", "v1"),
         _ => return None,
     };
     Some(full(200, &body))

@@ -1,22 +1,27 @@
 //! Servers for cacertd's tests: a Kubernetes API server (this module) and a HashiCorp Vault
 //! ([`vault`]).
 //!
-//! A Kubernetes API server for tests, because no real kube-apiserver can run on the machines
-//! cacertd is tested on. It speaks real HTTP/1.1 and keeps Kubernetes semantics strictly for
-//! the objects cacertd touches: namespaces, secrets, configmaps, deployments, daemonsets,
-//! statefulsets and leases — get, list (label and field selectors), watch, create, update
-//! (resourceVersion preconditions, 409 `Status` bodies), merge and strategic-merge patch,
-//! delete, 404, 401, 403 per bearer token, and a controller that completes rollouts after a
-//! restart patch. One server hosts many clusters, one port each, and injects faults on demand.
+//! A Kubernetes API server for tests: fast, many clusters at once, and faults on demand. It
+//! speaks real HTTP/1.1 and keeps Kubernetes semantics strictly for the objects cacertd
+//! touches: namespaces, secrets, configmaps, deployments, daemonsets, statefulsets, leases,
+//! service accounts and RBAC objects — get, list (label and field selectors), watch (bookmarks,
+//! 410 Expired after a compaction), create, update (resourceVersion preconditions, 409 `Status`
+//! bodies), merge and strategic-merge patch, server-side apply, delete, 404, 401, and 403 from
+//! Roles, ClusterRoles and their bindings evaluated as the RBAC authorizer does ([`rbac`]); the
+//! apiserver's validation of names, label values and data keys; and controllers that complete
+//! rollouts after a restart patch (or report `ProgressDeadlineExceeded`). One server hosts many
+//! clusters, one port each. Every answered request is recorded with its user and time, and
+//! every version of every object is kept, for tests to assert on.
 //!
 //! Simplifications (documented, and exercised by kubectl in cacertd's tests): strategic merge
 //! patch is applied with JSON merge-patch semantics (exact for the map-only patches kubectl
-//! `rollout restart` and `apply` send for these objects); no server-side apply; no admission.
+//! `rollout restart` and `apply` send for these objects); no admission; no subresources.
 
 // Handlers return ready-made error responses; their size does not matter in a test server.
 #![allow(clippy::result_large_err)]
 
 mod http;
+mod rbac;
 mod selectors;
 mod store;
 pub mod vault;
@@ -30,11 +35,15 @@ pub use serde_json::{Value, json};
 
 use store::Store;
 
-/// A verb/resource/namespace/name rule granted to a token, like an RBAC PolicyRule.
+/// A verb/resource/namespace/name rule to grant a test user, turned into real RBAC objects
+/// (a Role or ClusterRole and its binding) by [`FakeCluster::add_token`]. Tests of the shipped
+/// RBAC load the manifests themselves instead ([`FakeCluster::apply_manifests`]).
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub verbs: Vec<String>,
     pub resources: Vec<String>,
+    /// `None`: each resource's own API group.
+    pub api_groups: Option<Vec<String>>,
     /// `None`: every namespace (a ClusterRole binding).
     pub namespaces: Option<Vec<String>>,
     /// `None`: every name. Like RBAC, names never grant `create`, nor `list`/`watch` without a
@@ -47,6 +56,7 @@ impl Rule {
         Rule {
             verbs: verbs.iter().map(|s| s.to_string()).collect(),
             resources: resources.iter().map(|s| s.to_string()).collect(),
+            api_groups: None,
             namespaces: None,
             names: None,
         }
@@ -64,32 +74,32 @@ impl Rule {
 
     /// Everything.
     pub fn admin() -> Self {
-        Rule::new(&["*"], &["*"])
+        Rule {
+            api_groups: Some(vec!["*".to_string()]),
+            ..Rule::new(&["*"], &["*"])
+        }
     }
 
-    fn allows(&self, verb: &str, resource: &str, ns: Option<&str>, name: Option<&str>) -> bool {
-        let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
-        if !any(&self.verbs, verb) || !any(&self.resources, resource) {
-            return false;
-        }
-        if let Some(allowed) = &self.namespaces {
-            match ns {
-                Some(ns) if allowed.iter().any(|a| a == ns) => {}
-                _ => return false,
+    /// The PolicyRule this stands for.
+    fn policy_rule(&self) -> Value {
+        let groups: Vec<String> = match &self.api_groups {
+            Some(g) => g.clone(),
+            None => {
+                let mut g: Vec<String> = self
+                    .resources
+                    .iter()
+                    .map(|r| store::group_of(r).to_string())
+                    .collect();
+                g.dedup();
+                g
             }
-        }
+        };
+        let mut rule =
+            json!({"apiGroups": groups, "resources": self.resources, "verbs": self.verbs});
         if let Some(names) = &self.names {
-            // Names never grant `create`, nor a `list` or `watch` that is not narrowed to one
-            // object by a `metadata.name` field selector (then `name` is that object's).
-            if verb == "create" {
-                return false;
-            }
-            match name {
-                Some(n) if names.iter().any(|a| a == n) => {}
-                _ => return false,
-            }
+            rule["resourceNames"] = json!(names);
         }
-        true
+        rule
     }
 }
 
@@ -127,18 +137,27 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// The user the bearer token stands for ("" when there was none or it is unknown).
+    pub user: String,
+    /// When the answer was sent.
+    pub at: std::time::SystemTime,
 }
 
 pub(crate) struct ClusterState {
     pub(crate) store: Store,
-    tokens: HashMap<String, (String, Vec<Rule>)>,
+    tokens: HashMap<String, rbac::Identity>,
+    /// Roles made by `add_token` so far (for their names).
+    grants: u64,
     faults: Vec<Fault>,
     conflict_on_write: Option<u64>,
     concurrent_update: Option<(u64, Value)>,
     pub(crate) writes: u64,
+    /// Requests received, answered or not.
+    pub(crate) arrivals: u64,
     pub(crate) requests: Vec<Request>,
     pub(crate) rollout_delay: Duration,
     pub(crate) rollouts_stuck: bool,
+    pub(crate) rollouts_deadline_exceeded: bool,
 }
 
 /// One simulated cluster, reachable at `http://{addr}` or, for a TLS server, `https://{addr}`.
@@ -169,11 +188,100 @@ impl FakeCluster {
         format!("admin-{}", self.name)
     }
 
-    /// Grants `rules` to `token` (user name `user`).
+    /// Makes `token` authenticate as `user` and grants it `rules` through RBAC objects: a
+    /// ClusterRole and ClusterRoleBinding for the rules without namespaces, a Role and
+    /// RoleBinding in each namespace named.
     pub fn add_token(&self, token: &str, user: &str, rules: Vec<Rule>) {
-        self.lock()
-            .tokens
-            .insert(token.to_string(), (user.to_string(), rules));
+        let mut st = self.lock();
+        st.tokens
+            .insert(token.to_string(), rbac::Identity::new(user));
+        st.grants += 1;
+        let name = format!("test-grant-{}", st.grants);
+        let mut scopes: Vec<Option<String>> = Vec::new();
+        for r in &rules {
+            match &r.namespaces {
+                None => scopes.push(None),
+                Some(nss) => scopes.extend(nss.iter().cloned().map(Some)),
+            }
+        }
+        scopes.sort();
+        scopes.dedup();
+        let mut events = Vec::new();
+        for scope in scopes {
+            let in_scope: Vec<Value> = rules
+                .iter()
+                .filter(|r| match (&r.namespaces, &scope) {
+                    (None, None) => true,
+                    (Some(nss), Some(ns)) => nss.contains(ns),
+                    _ => false,
+                })
+                .map(Rule::policy_rule)
+                .collect();
+            let (role_kind, binding_kind) = match scope {
+                None => ("ClusterRole", "ClusterRoleBinding"),
+                Some(_) => ("Role", "RoleBinding"),
+            };
+            let meta = match &scope {
+                None => json!({"name": name}),
+                Some(ns) => json!({"name": name, "namespace": ns}),
+            };
+            events.push(
+                st.store
+                    .put_fixture(json!({
+                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": role_kind,
+                        "metadata": meta, "rules": in_scope,
+                    }))
+                    .1,
+            );
+            events.push(st.store.put_fixture(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding_kind,
+                "metadata": meta,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+            })).1);
+        }
+        drop(st);
+        for e in events {
+            let _ = self.events.send(e);
+        }
+    }
+
+    /// Makes `token` authenticate as the service account `namespace`/`name` (user
+    /// `system:serviceaccount:NAMESPACE:NAME`), with no permission of its own: what it may do
+    /// is what the RBAC objects in the cluster bind to it.
+    pub fn add_service_account_token(&self, token: &str, namespace: &str, name: &str) {
+        self.lock().tokens.insert(
+            token.to_string(),
+            rbac::Identity::new(&format!("system:serviceaccount:{namespace}:{name}")),
+        );
+    }
+
+    /// Creates or replaces every object of a manifest as `kubectl apply -f` would be given it:
+    /// YAML or JSON, one or more documents, `List`s flattened; namespaced objects without a
+    /// namespace go to `namespace` (as `kubectl -n` or kustomize's `namespace:` would put them).
+    pub fn apply_manifests(&self, text: &str, namespace: &str) {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("manifest: {e}"));
+        let mut objects = Vec::new();
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            match doc["kind"].as_str() {
+                Some("List") => {
+                    objects.extend(doc["items"].as_array().cloned().unwrap_or_default())
+                }
+                _ => objects.push(doc),
+            }
+        }
+        for mut o in objects {
+            let kind = o["kind"].as_str().unwrap_or_default().to_string();
+            let rt = store::TYPES
+                .iter()
+                .find(|t| t.kind == kind)
+                .unwrap_or_else(|| panic!("the test apiserver does not know kind {kind:?}"));
+            if rt.namespaced && o["metadata"]["namespace"].is_null() {
+                o["metadata"]["namespace"] = Value::from(namespace);
+            }
+            self.put(o);
+        }
     }
 
     /// A kubeconfig for this cluster, authenticating with `token`; the context is the cluster's name.
@@ -244,6 +352,41 @@ impl FakeCluster {
             .collect()
     }
 
+    /// Every version an object has had (as written, oldest first), deletions included as the
+    /// last version before them.
+    pub fn history(&self, plural: &str, ns: &str, name: &str) -> Vec<Value> {
+        self.lock()
+            .store
+            .history
+            .iter()
+            .filter(|e| e.plural == plural && e.ns == ns && e.object["metadata"]["name"] == name)
+            .map(|e| e.object.clone())
+            .collect()
+    }
+
+    /// Like an etcd compaction: every open watch ends with an ERROR event (410 Expired), and
+    /// a watch resuming from any resourceVersion seen so far gets the same.
+    pub fn expire_watches(&self) {
+        let mut st = self.lock();
+        st.store.compacted_rv = st.store.rv + 1;
+        let event = store::Event {
+            rv: st.store.rv,
+            kind: store::EXPIRED,
+            plural: "",
+            ns: String::new(),
+            object: Value::Null,
+        };
+        drop(st);
+        let _ = self.events.send(event);
+    }
+
+    /// The user a bearer token stands for.
+    pub(crate) fn user_of(&self, token: Option<&str>) -> String {
+        token
+            .and_then(|t| self.lock().tokens.get(t).map(|id| id.user.clone()))
+            .unwrap_or_default()
+    }
+
     /// Applies `action` to the next `count` requests (or writes only).
     pub fn inject(&self, action: FaultAction, count: usize, writes_only: bool) {
         self.inject_after(0, action, count, writes_only);
@@ -288,9 +431,21 @@ impl FakeCluster {
         self.lock().rollouts_stuck = stuck;
     }
 
+    /// While set, the simulated Deployment controller observes each new generation and then
+    /// reports `ProgressDeadlineExceeded` instead of finishing the rollout.
+    pub fn set_rollouts_deadline_exceeded(&self, exceeded: bool) {
+        self.lock().rollouts_deadline_exceeded = exceeded;
+    }
+
     /// Successful writes (create, update, patch, delete) so far.
     pub fn writes(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// Requests received so far, including those still being handled (a delayed one is
+    /// counted as soon as it arrives; [`FakeCluster::requests`] lists only answered ones).
+    pub fn arrivals(&self) -> u64 {
+        self.lock().arrivals
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -344,17 +499,25 @@ impl FakeCluster {
         ns: Option<&str>,
         name: Option<&str>,
     ) -> Result<(), (u16, String)> {
-        let Some((user, rules)) = token.and_then(|t| st.tokens.get(t)) else {
+        let Some(who) = token.and_then(|t| st.tokens.get(t)) else {
             return Err((401, "Unauthorized".to_string()));
         };
-        if rules.iter().any(|r| r.allows(verb, resource, ns, name)) {
+        let group = store::group_of(resource);
+        let request = rbac::Attributes {
+            verb,
+            group,
+            resource,
+            namespace: ns,
+            name,
+        };
+        if rbac::allows(&st.store, who, &request) {
             return Ok(());
         }
+        let user = &who.user;
         let what = match name {
             Some(n) => format!("{resource} \"{n}\" is forbidden"),
             None => format!("{resource} is forbidden"),
         };
-        let group = store::group_of(resource);
         let scope = match ns {
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".to_string(),
@@ -414,18 +577,24 @@ impl TestApiServer {
                     state: Mutex::new(ClusterState {
                         store: Store::default(),
                         tokens: HashMap::new(),
+                        grants: 0,
                         faults: Vec::new(),
                         conflict_on_write: None,
                         concurrent_update: None,
                         writes: 0,
+                        arrivals: 0,
                         requests: Vec::new(),
                         rollout_delay: Duration::from_millis(50),
                         rollouts_stuck: false,
+                        rollouts_deadline_exceeded: false,
                     }),
                     events,
                     runtime: runtime.handle().clone(),
                 });
-                cluster.add_token(&cluster.admin_token(), "admin", vec![Rule::admin()]);
+                // Like a cluster-admin kubeconfig: a member of system:masters.
+                let mut admin = rbac::Identity::new("admin");
+                admin.groups.push("system:masters".to_string());
+                cluster.lock().tokens.insert(cluster.admin_token(), admin);
                 for ns in ["default", "kube-system", "istio-system"] {
                     cluster.namespace(ns, &[]);
                 }

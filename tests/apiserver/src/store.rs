@@ -30,7 +30,7 @@ impl ResourceType {
     }
 }
 
-pub(crate) const TYPES: [ResourceType; 7] = [
+pub(crate) const TYPES: [ResourceType; 12] = [
     ResourceType {
         plural: "namespaces",
         kind: "Namespace",
@@ -87,7 +87,54 @@ pub(crate) const TYPES: [ResourceType; 7] = [
         namespaced: true,
         short: &[],
     },
+    ResourceType {
+        plural: "serviceaccounts",
+        kind: "ServiceAccount",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short: &["sa"],
+    },
+    ResourceType {
+        plural: "roles",
+        kind: "Role",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short: &[],
+    },
+    ResourceType {
+        plural: "rolebindings",
+        kind: "RoleBinding",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short: &[],
+    },
+    ResourceType {
+        plural: "clusterroles",
+        kind: "ClusterRole",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short: &[],
+    },
+    ResourceType {
+        plural: "clusterrolebindings",
+        kind: "ClusterRoleBinding",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short: &[],
+    },
 ];
+
+impl ResourceType {
+    /// RBAC objects' names are path segments (`system:auth-delegator`), not DNS subdomains.
+    fn path_segment_named(&self) -> bool {
+        self.group == "rbac.authorization.k8s.io"
+    }
+}
 
 pub(crate) fn resource(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     TYPES
@@ -101,6 +148,9 @@ pub(crate) fn group_of(plural: &str) -> &'static str {
         .find(|t| t.plural == plural)
         .map_or("", |t| t.group)
 }
+
+/// The kind of the pseudo-event that ends every open watch with 410 Expired.
+pub(crate) const EXPIRED: &str = "EXPIRED";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Event {
@@ -182,9 +232,99 @@ pub(crate) struct Store {
     objects: BTreeMap<Key, Value>,
     /// Server-side apply field ownership of `spec`: leaf path → field manager.
     managed: BTreeMap<Key, BTreeMap<String, String>>,
-    rv: u64,
+    pub rv: u64,
     uid: u64,
     pub history: Vec<Event>,
+    /// Watches from a resourceVersion older than this get 410 Expired (history was dropped).
+    pub compacted_rv: u64,
+}
+
+/// The checks the real apiserver makes of names, labels and data keys (its messages, shortened
+/// to their first sentence).
+fn validate(rt: &ResourceType, obj: &Map<String, Value>) -> Result<(), String> {
+    let meta = obj.get("metadata");
+    let name = meta.and_then(|m| m["name"].as_str()).unwrap_or_default();
+    // Namespaces are DNS-1123 labels; everything else here a DNS-1123 subdomain.
+    let name_ok = if rt.plural == "namespaces" {
+        dns1123_label(name)
+    } else if rt.path_segment_named() {
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
+    } else {
+        name.len() <= 253 && name.split('.').all(dns1123_label)
+    };
+    if !name_ok {
+        return Err(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of \
+             lower case alphanumeric characters, '-' or '.', and must start and end with an \
+             alphanumeric character"
+        ));
+    }
+    let labels = meta
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object);
+    for (key, value) in labels.into_iter().flatten() {
+        let value = value.as_str().unwrap_or("\u{0}");
+        let (prefix, key_name) = key.rsplit_once('/').unwrap_or(("", key));
+        let prefix_ok =
+            prefix.is_empty() || (prefix.len() <= 253 && prefix.split('.').all(dns1123_label));
+        if !prefix_ok || !label_value(key_name) || key_name.is_empty() {
+            return Err(format!(
+                "metadata.labels: Invalid value: {key:?}: name part must consist of alphanumeric \
+                 characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+        if !label_value(value) {
+            return Err(format!(
+                "metadata.labels: Invalid value: {value:?}: a valid label must be an empty string or \
+                 consist of alphanumeric characters, '-', '_' or '.', and must start and end with \
+                 an alphanumeric character"
+            ));
+        }
+    }
+    if matches!(rt.plural, "secrets" | "configmaps") {
+        for field in ["data", "stringData", "binaryData"] {
+            for key in obj
+                .get(field)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
+                let ok = !key.is_empty()
+                    && key.len() <= 253
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                    && key != "."
+                    && key != "..";
+                if !ok {
+                    return Err(format!(
+                        "{field}[{key}]: Invalid value: {key:?}: a valid config key must consist of \
+                         alphanumeric characters, '-', '_' or '.'"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
@@ -248,6 +388,7 @@ impl Store {
         self.history.push(event.clone());
         if self.history.len() > 20_000 {
             self.history.drain(..10_000);
+            self.compacted_rv = self.history[0].rv;
         }
         event
     }
@@ -269,6 +410,7 @@ impl Store {
         let Some(map) = obj.as_object_mut() else {
             return Err(StoreError::BadRequest("body is not a JSON object".into()));
         };
+        validate(rt, map).map_err(invalid)?;
         map.insert("apiVersion".into(), Value::from(rt.api_version()));
         map.insert("kind".into(), Value::from(rt.kind));
         self.rv += 1;
@@ -522,13 +664,15 @@ impl Store {
         (obj, event)
     }
 
-    /// The simulated controller finishing a rollout of `generation`.
+    /// The simulated controller finishing a rollout of `generation` (or, with
+    /// `deadline_exceeded`, giving up on a Deployment's).
     pub fn complete_rollout(
         &mut self,
         plural: &str,
         ns: &str,
         name: &str,
         generation: i64,
+        deadline_exceeded: bool,
     ) -> Option<Event> {
         let rt = TYPES.iter().find(|t| t.plural == plural)?;
         let key = (rt.plural, ns.to_string(), name.to_string());
@@ -543,6 +687,22 @@ impl Store {
         let on_delete = obj["spec"]["updateStrategy"]["type"] == "OnDelete";
         if paused || on_delete {
             obj["status"]["observedGeneration"] = Value::from(generation);
+            self.rv += 1;
+            obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
+            let obj = obj.clone();
+            return Some(self.record("MODIFIED", rt, ns, &obj));
+        }
+        if deadline_exceeded && plural == "deployments" {
+            // What the Deployment controller reports once `progressDeadlineSeconds` pass
+            // without the new ReplicaSet becoming available.
+            obj["status"] = json!({
+                "observedGeneration": generation, "replicas": replicas + 1,
+                "updatedReplicas": 1, "readyReplicas": replicas, "availableReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True"},
+                               {"type": "Progressing", "status": "False",
+                                "reason": "ProgressDeadlineExceeded",
+                                "message": format!("ReplicaSet \"{name}-{generation}\" has timed out progressing.")}],
+            });
             self.rv += 1;
             obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
             let obj = obj.clone();
@@ -686,5 +846,52 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(plural: &str, obj: Value) -> Result<(), String> {
+        let rt = TYPES.iter().find(|t| t.plural == plural).unwrap();
+        validate(rt, obj.as_object().unwrap())
+    }
+
+    #[test]
+    fn names_labels_and_data_keys_are_validated_as_kubernetes_does() {
+        let secret = |name: &str, label: &str, key: &str| {
+            json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": label}},
+                   "data": {key: ""}})
+        };
+        assert_eq!(
+            check(
+                "secrets",
+                secret("cacerts-backup-20261130t021714z", "cacertd", "ca-cert.pem")
+            ),
+            Ok(())
+        );
+        for (name, label, key, field) in [
+            (
+                "cacerts-backup-20261130T021714Z",
+                "cacertd",
+                "ca-cert.pem",
+                "metadata.name",
+            ),
+            ("-cacerts", "cacertd", "ca-cert.pem", "metadata.name"),
+            ("cacerts", "not ok", "ca-cert.pem", "metadata.labels"),
+            ("cacerts", "-edge", "ca-cert.pem", "metadata.labels"),
+            ("cacerts", "cacertd", "ca cert.pem", "data[ca cert.pem]"),
+            ("cacerts", "cacertd", "ca/cert.pem", "data[ca/cert.pem]"),
+        ] {
+            let err = check("secrets", secret(name, label, key)).unwrap_err();
+            assert!(err.starts_with(field), "{name} {label} {key}: {err}");
+        }
+        // A namespace name is a DNS-1123 label: no dots.
+        assert!(check("namespaces", json!({"metadata": {"name": "istio.system"}})).is_err());
+        assert_eq!(
+            check("configmaps", json!({"metadata": {"name": "istio.system"}})),
+            Ok(())
+        );
     }
 }
