@@ -228,32 +228,47 @@ fn what_kubectl_would_not_roll_out_is_refused_or_judged_like_kubectl() {
     agent["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
     c3.put(agent);
 
-    // A partitioned StatefulSet is done once the ordinals above the partition are updated.
+    // A partitioned StatefulSet is done once the ordinals above the partition are updated:
+    // the simulated controller updates only those (1 of 3), and the wait must accept that
+    // well before the timeout.
     let c1 = server.cluster("cluster1");
     let mut db = c1.get("statefulsets", "app", "db").unwrap();
     db["spec"]["replicas"] = json!(3);
     db["spec"]["updateStrategy"] =
         json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
     c1.put(db);
-    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+    let started = std::time::Instant::now();
+    let run = s
+        .cacertd(&["restart", "cluster1", "--only", "workloads"])
         .ok();
-    assert_eq!(
-        c1.get("statefulsets", "app", "db").unwrap()["status"]["updatedReplicas"],
-        1
+    assert!(restarted(c1, "statefulsets", "app", "db"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "done when the ordinals above the partition were updated, not at the 60 s timeout:\n{}",
+        run.stderr
     );
 
-    // A Deployment past its progress deadline fails at once rather than at the timeout.
-    c1.set_rollouts_stuck(true);
+    // A progress deadline exceeded by the previous rollout is not a failure of this one:
+    // until the controller observes the new generation, the condition is stale.
     let mut web = c1.get("deployments", "app", "web").unwrap();
     web["status"]["conditions"] = json!([{"type": "Progressing", "status": "False",
-        "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet web-2 has timed out progressing."}]);
+        "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet web-1 has timed out progressing."}]);
     c1.put(web);
+    c1.set_rollout_delay(std::time::Duration::from_millis(500));
+    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .ok();
+    c1.set_rollout_delay(std::time::Duration::from_millis(50));
+
+    // A Deployment whose controller reports this rollout past its progress deadline fails at
+    // once rather than at the timeout.
+    c1.set_rollouts_deadline_exceeded(true);
     let started = std::time::Instant::now();
     let run = s
         .cacertd(&["restart", "cluster1", "--only", "workloads"])
         .fails_with(1);
     assert!(
-        run.stderr.contains("progress deadline exceeded"),
+        run.stderr.contains("progress deadline exceeded")
+            && run.stderr.contains("has timed out progressing"),
         "{}",
         run.stderr
     );
@@ -261,6 +276,7 @@ fn what_kubectl_would_not_roll_out_is_refused_or_judged_like_kubectl() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "failed fast, not at the 60 s timeout"
     );
+    c1.set_rollouts_deadline_exceeded(false);
 
     // Not waiting is only allowed for a single stage.
     let run = s

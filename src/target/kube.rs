@@ -568,10 +568,14 @@ fn deployment_progress(d: &Deployment) -> Progress {
     let generation = d.metadata.generation.unwrap_or(0);
     let want = d.spec.replicas.unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
+    let observed = st.observed_generation.unwrap_or(0) >= generation;
+    // Like `kubectl rollout status`, the condition is read only once the controller has
+    // observed this generation: before that it may be left over from the previous rollout.
     let failed = st
         .conditions
         .iter()
         .flatten()
+        .filter(|_| observed)
         .find(|c| {
             c.type_.as_deref() == Some("Progressing")
                 && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
@@ -582,7 +586,7 @@ fn deployment_progress(d: &Deployment) -> Progress {
                 c.message.as_deref().unwrap_or("")
             )
         });
-    let done = if st.observed_generation.unwrap_or(0) < generation {
+    let done = if !observed {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.updated_replicas.unwrap_or(0) < want {
         Err(format!(
@@ -719,8 +723,15 @@ impl KubeTarget {
     /// Deployments are refused, as kubectl refuses them.
     pub async fn restart(&self, w: &Workload, at: time::OffsetDateTime) -> Result<(), TargetError> {
         let action = format!("restart {w}");
+        // Unlike kubectl's whole seconds, the time keeps its fraction: a second restart within
+        // the same second (two phases in quick succession) must still change the template, or
+        // it would replace no pod while its rollout status reads "done".
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let stamp = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| fmt_time(at));
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-            "kubectl.kubernetes.io/restartedAt": fmt_time(at)
+            "kubectl.kubernetes.io/restartedAt": stamp
         }}}}});
         let strategy = |s: Option<&str>| self.refuse_on_delete(s, &action);
         match w.kind {
