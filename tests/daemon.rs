@@ -269,17 +269,26 @@ async fn a_failing_cluster_backs_off_without_holding_up_the_others() {
     // cluster2's target is a file where a folder should be: every write fails.
     std::fs::create_dir_all(s.path("out")).unwrap();
     std::fs::write(s.path("out/cluster2"), "not a directory").unwrap();
-    let clock = Arc::new(FixedClock::new(t0()));
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap()
+        + "\n[daemon]\nbackoff_max = \"60s\"\n";
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    let start = t0();
+    let clock = Arc::new(FixedClock::new(start));
     let d = daemon(&s, &clock);
     assert!(d.try_lead().await);
-    let mut attempts = 0;
-    for _ in 0..60 {
+    // Tick every second for six minutes and note when cluster2 is tried.
+    let mut tried = Vec::new();
+    for second in 0..360 {
+        clock.set(start + time::Duration::seconds(second));
         let reports = d.tick().await;
-        attempts += reports.iter().filter(|r| r.cluster == "cluster2").count();
-        clock.advance(time::Duration::seconds(5));
+        if reports.iter().any(|r| r.cluster == "cluster2") {
+            tried.push(second);
+        }
     }
-    // 5 minutes of 5-second ticks: with backoff from 10 s doubling, a handful of attempts.
-    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    // Backoff starts at 10 s and doubles per failure, capped by backoff_max (60 s).
+    let waits: Vec<i64> = tried.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(waits, [10, 20, 40, 60, 60, 60, 60], "tried at {tried:?}");
+    let attempts = tried.len();
     common::openssl_verify_cacerts(&s.path("out/cluster1")).ok();
     let text = d.metrics().encode();
     assert_eq!(
@@ -315,11 +324,22 @@ async fn only_the_lock_holder_acts_and_a_standby_takes_over() {
     let (_, text) = get(addr, "/metrics").await;
     assert_eq!(metric(&text, "cacertd_leader", &[]), Some(0.0));
     a.step_down().await;
+    assert!(!a.is_leader());
+    assert!(
+        a.tick().await.is_empty(),
+        "a stepped-down leader writes nothing"
+    );
     assert!(
         b.try_lead().await,
         "the standby takes over once the leader lets go"
     );
-    b.tick().await;
+    // The new leader looks at every cluster at once and finds them as the old one left them.
+    let reports = b.tick().await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Kept),
+        "{reports:?}"
+    );
     assert!(get(addr, "/readyz").await.0.contains("200"));
 }
 
@@ -327,25 +347,41 @@ async fn only_the_lock_holder_acts_and_a_standby_takes_over() {
 fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
     let s = Setup::new();
     s.cacertd(&["root", "init"]).ok();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Port 0: the daemon binds a free port itself and logs the address it bound.
     let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap()
-        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n");
+        + "\n[daemon]\nlisten = \"127.0.0.1:0\"\n";
     std::fs::write(s.path("cacertd.toml"), config).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
         .current_dir(s.dir.path())
-        .args(["-c", "cacertd.toml", "serve"])
+        .args(["-c", "cacertd.toml", "-v", "serve"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("serve logs the address it listens on");
+        if let Some(addr) = listen_address(&line) {
+            break addr;
+        }
+    };
     // Wait for the first pass to write both clusters.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(s.path("out/cluster2/cacerts.yaml").exists()) && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(s.path("out/cluster2/cacerts.yaml").exists()) {
+        assert!(std::time::Instant::now() < deadline, "no first pass");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(s.path("out/cluster1/ca-cert.pem").exists());
-    let mut health = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut health = std::net::TcpStream::connect(addr).unwrap();
     write!(
         health,
         "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -361,10 +397,31 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = common::wait_within(&mut child, std::time::Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
+    reader.join().unwrap();
     // The lock is free again: a CLI run that needs it succeeds.
     s.cacertd(&["issue", "--force"]).ok();
+}
+
+/// The address in serve's "serving …" log line (`listen=127.0.0.1:PORT`), colours or not.
+fn listen_address(line: &str) -> Option<std::net::SocketAddr> {
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An ANSI escape: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let rest = &plain[plain.find("listen=")? + "listen=".len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Every `cacertd_*` series the alerts and dashboard query is one the daemon exports.
@@ -453,4 +510,119 @@ async fn a_changed_target_folder_is_reconciled_without_waiting_for_the_interval(
     assert_eq!(reports.len(), 1, "only the changed cluster: {reports:?}");
     assert_eq!(reports[0].cluster, "cluster1");
     assert_eq!(reports[0].outcome, Outcome::Issued);
+}
+
+/// With the root store sealed, `serve` touches no cluster, says so on /readyz and in
+/// `cacertd_root_source_errors_total{reason="sealed"}`, and retries with the same backoff as a
+/// failing cluster — then issues once Vault is unsealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_root_store_touches_no_cluster_and_backs_off() {
+    use cacertd_test_apiserver::TestApiServer;
+    use cacertd_test_apiserver::vault::TestVault;
+    // The Vault client needs the process's one crypto provider, as `main` installs it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let vault = TestVault::start();
+    let server = TestApiServer::start(&common::kube::CLUSTERS);
+    let s = common::kube::setup(&server, "");
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(
+            "policies_dir = \"policies\"\n",
+            &format!(
+                "policies_dir = \"policies\"\n\n[root]\nstore = \"vault-kv\"\nmount = \"secret\"\n\
+             path = \"cacertd/root\"\n\n[vault]\naddress = \"{}\"\ntimeout = \"2s\"\n\
+             auth = {{ method = \"token\", token_file = \"vault-token\" }}\n",
+                vault.url()
+            ),
+        );
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    std::fs::write(s.path("vault-token"), "root-token").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    vault.seal(true);
+
+    let start = t0();
+    let clock = Arc::new(FixedClock::new(start));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let addr = serve(&d).await;
+    let sealed = |text: &str| {
+        metric(
+            text,
+            "cacertd_root_source_errors_total",
+            &[("store", "vault-kv"), ("reason", "sealed")],
+        )
+    };
+    // The root is asked for at 0 s, then after 10, 20 and 40 s more.
+    let mut asked = Vec::new();
+    for second in 0..=70 {
+        clock.set(start + time::Duration::seconds(second));
+        let before = vault.requests().len();
+        assert!(d.tick().await.is_empty(), "nothing reconciled while sealed");
+        if vault.requests().len() > before {
+            asked.push(second);
+        }
+    }
+    assert_eq!(asked, [0, 10, 30, 70]);
+    let (status, body) = get(addr, "/readyz").await;
+    assert!(status.contains("503"), "{status} {body}");
+    assert_eq!(body.trim(), "root store not reachable yet");
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(sealed(&text), Some(4.0), "{text}");
+    for c in server.clusters() {
+        assert!(c.requests().is_empty(), "{}: {:?}", c.name, c.requests());
+    }
+
+    // Unsealed: the next attempt (80 s later) issues both primaries.
+    vault.seal(false);
+    clock.set(start + time::Duration::seconds(149));
+    assert!(d.tick().await.is_empty(), "still backing off");
+    clock.set(start + time::Duration::seconds(150));
+    let reports = d.tick().await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Issued),
+        "{reports:?}"
+    );
+    assert!(get(addr, "/readyz").await.0.contains("200"));
+    assert_eq!(sealed(&get(addr, "/metrics").await.1), Some(4.0));
+}
+
+/// A change seen while a pass is under way (the watch marks the cluster due) may have come
+/// after the pass read that cluster: the cluster is looked at again at once, not after the
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_seen_during_a_pass_is_looked_at_again_at_once() {
+    use cacertd_test_apiserver::{FaultAction, TestApiServer};
+    let server = TestApiServer::start(&common::kube::CLUSTERS);
+    let s = common::kube::setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    // cluster1's first request is held, so the pass is surely under way when the mark comes.
+    let c1 = server.cluster("cluster1");
+    c1.inject(
+        FaultAction::Delay(std::time::Duration::from_secs(1)),
+        1,
+        false,
+    );
+    let mark = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while c1.arrivals() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pass never reached cluster1"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        d.mark_due("cluster1").await;
+    };
+    let (reports, ()) = tokio::join!(d.tick(), mark);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    // Same instant, long before the interval: only the marked cluster is looked at again.
+    let again = d.tick().await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].cluster, "cluster1");
+    assert_eq!(again[0].outcome, Outcome::Kept);
+    assert!(d.tick().await.is_empty(), "one look answers the mark");
 }

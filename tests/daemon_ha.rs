@@ -1,23 +1,30 @@
 //! Two `cacertd serve` replicas contending for a Kubernetes Lease in a management cluster of
-//! the test apiserver: only the leader ever writes; when it dies without a word (its runtime is
-//! torn down, as a killed process would be), the standby takes over within the lease duration
-//! and finishes the work — and nothing is issued twice.
+//! the test apiserver: only the holder of an unexpired Lease ever writes; when the leader dies
+//! without a word (its runtime is torn down, as a killed process would be), the standby takes
+//! over once the dead leader's Lease has expired and finishes the work — and nothing is issued
+//! twice. Every claim is checked against the Lease's own versions (holder, renew time,
+//! duration) and the times the test apiserver answered each write.
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use cacertd::clock::SystemClock;
 use cacertd::config::Config;
 use cacertd::daemon::Daemon;
-use cacertd_test_apiserver::{FaultAction, TestApiServer};
+use cacertd_test_apiserver::{FakeCluster, FaultAction, Rule, TestApiServer, Value};
 use common::Setup;
 
 struct Replica {
     stop: Arc<AtomicU8>,
     leading: Arc<AtomicBool>,
+    /// Passes of the loop so far (each a leadership check and, when leading, a tick).
+    passes: Arc<AtomicU64>,
+    /// When this replica started or stopped acting, in order.
+    changes: Arc<Mutex<Vec<(SystemTime, bool)>>>,
+    identity: Arc<Mutex<Option<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -30,7 +37,16 @@ impl Replica {
         let config = Config::load(config).unwrap();
         let stop = Arc::new(AtomicU8::new(RUN));
         let leading = Arc::new(AtomicBool::new(false));
-        let (s, l) = (stop.clone(), leading.clone());
+        let passes = Arc::new(AtomicU64::new(0));
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let identity = Arc::new(Mutex::new(None));
+        let (s, l, p, c, i) = (
+            stop.clone(),
+            leading.clone(),
+            passes.clone(),
+            changes.clone(),
+            identity.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -48,10 +64,16 @@ impl Replica {
                         return how;
                     }
                     let lead = d.try_lead().await;
-                    l.store(lead, Ordering::SeqCst);
+                    if lead != l.swap(lead, Ordering::SeqCst) {
+                        c.lock().unwrap().push((SystemTime::now(), lead));
+                    }
+                    if i.lock().unwrap().is_none() {
+                        *i.lock().unwrap() = d.lease_identity().await;
+                    }
                     if lead {
                         d.tick().await;
                     }
+                    p.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             });
@@ -64,8 +86,30 @@ impl Replica {
         Replica {
             stop,
             leading,
+            passes,
+            changes,
+            identity,
             thread: Some(thread),
         }
+    }
+
+    fn leads(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    fn identity(&self) -> String {
+        wait_until("contending for the Lease", Duration::from_secs(60), || {
+            self.identity.lock().unwrap().is_some()
+        });
+        self.identity.lock().unwrap().clone().unwrap_or_default()
+    }
+
+    /// Waits until this replica has run two more passes: one may have begun before the call.
+    fn two_more_passes(&self) {
+        let from = self.passes.load(Ordering::SeqCst);
+        wait_until("two more passes", Duration::from_secs(60), || {
+            self.passes.load(Ordering::SeqCst) >= from + 2
+        });
     }
 
     fn end(&mut self, how: u8) {
@@ -86,74 +130,111 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-#[test]
-fn only_the_leader_writes_and_a_standby_takes_over_when_it_dies() {
-    let server = TestApiServer::start(&["mgmt", "cluster1", "cluster2"]);
-    server.cluster("mgmt").namespace("cacertd", &[]);
-    let s = Setup::with_config(
-        r#"trust_domain = "cluster.local"
+/// One version of the Lease: who held it and until when.
+#[derive(Debug)]
+struct LeaseVersion {
+    holder: Option<String>,
+    acquired: Option<SystemTime>,
+    renewed: SystemTime,
+    expires: SystemTime,
+    transitions: i64,
+}
+
+fn lease_versions(mgmt: &FakeCluster) -> Vec<LeaseVersion> {
+    let micro = |v: &Value| -> Option<SystemTime> {
+        let t = time::OffsetDateTime::parse(
+            v.as_str()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(t.unix_timestamp_nanos() as u64))
+    };
+    mgmt.history("leases", "cacertd", "cacertd-leader")
+        .iter()
+        .filter_map(|l| {
+            let spec = &l["spec"];
+            let renewed = micro(&spec["renewTime"])?;
+            Some(LeaseVersion {
+                holder: spec["holderIdentity"].as_str().map(str::to_string),
+                acquired: micro(&spec["acquireTime"]),
+                renewed,
+                expires: renewed
+                    + Duration::from_secs(spec["leaseDurationSeconds"].as_u64().unwrap_or(0)),
+                transitions: spec["leaseTransitions"].as_i64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+const HA_CONFIG: &str = r#"trust_domain = "cluster.local"
 state_dir = "state"
 policies_dir = "policies"
 
 [daemon]
 listen = "127.0.0.1:0"
 interval = "1h"
-lease = { kubeconfig = "kube/mgmt.yaml", namespace = "cacertd", name = "cacertd-leader", duration = "3s", grace = "1s" }
+lease = { kubeconfig = "KUBE/mgmt.yaml", namespace = "cacertd", name = "cacertd-leader", duration = "3s", grace = "1s" }
 
 [[clusters]]
 name = "cluster1"
 role = "primary"
-target = { kind = "kube", kubeconfig = "kube/cluster1.yaml" }
+target = { kind = "kube", kubeconfig = "KUBE/cluster1.yaml" }
 
 [[clusters]]
 name = "cluster2"
 role = "primary"
-target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
-"#,
-    );
-    std::fs::create_dir(s.path("kube")).unwrap();
-    for name in ["mgmt", "cluster1", "cluster2"] {
-        let c = server.cluster(name);
+target = { kind = "kube", kubeconfig = "KUBE/cluster2.yaml" }
+"#;
+
+#[test]
+fn only_the_leader_writes_and_a_standby_takes_over_when_it_dies() {
+    let server = TestApiServer::start(&["mgmt", "cluster1", "cluster2"]);
+    server.cluster("mgmt").namespace("cacertd", &[]);
+    // Each replica reaches every cluster as a user of its own, so that the test apiserver
+    // tells whose every write was.
+    let s = Setup::with_config(&HA_CONFIG.replace("KUBE", "kube-a"));
+    for replica in ["a", "b"] {
+        let dir = format!("kube-{replica}");
+        std::fs::create_dir(s.path(&dir)).unwrap();
+        for name in ["mgmt", "cluster1", "cluster2"] {
+            let c = server.cluster(name);
+            c.add_token(replica, replica, vec![Rule::admin()]);
+            std::fs::write(s.path(&format!("{dir}/{name}.yaml")), c.kubeconfig(replica)).unwrap();
+        }
         std::fs::write(
-            s.path(&format!("kube/{name}.yaml")),
-            c.kubeconfig(&c.admin_token()),
+            s.path(&format!("cacertd-{replica}.toml")),
+            HA_CONFIG.replace("KUBE", &dir),
         )
         .unwrap();
     }
     s.cacertd(&["root", "init"]).ok();
-    let config = s.path("cacertd.toml");
-    let mut a = Replica::start(&config);
-    let mut b = Replica::start(&config);
-    let (c1, c2) = (server.cluster("cluster1"), server.cluster("cluster2"));
-    let cacerts =
-        |c: &cacertd_test_apiserver::FakeCluster| c.get("secrets", "istio-system", "cacerts");
-    wait_until("both clusters issued", Duration::from_secs(30), || {
+    let mut a = Replica::start(&s.path("cacertd-a.toml"));
+    let mut b = Replica::start(&s.path("cacertd-b.toml"));
+    let (mgmt, c1, c2) = (
+        server.cluster("mgmt"),
+        server.cluster("cluster1"),
+        server.cluster("cluster2"),
+    );
+    let cacerts = |c: &FakeCluster| c.get("secrets", "istio-system", "cacerts");
+    wait_until("both clusters issued", Duration::from_secs(60), || {
         cacerts(c1).is_some() && cacerts(c2).is_some()
     });
-    // Never two leaders: sample for a while.
-    for _ in 0..20 {
-        assert!(
-            !(a.leading.load(Ordering::SeqCst) && b.leading.load(Ordering::SeqCst)),
-            "two leaders"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // (A leader also stands aside for a pass when its Lease is close to expiry, so there can
     // be a moment with none.)
-    wait_until("exactly one leader", Duration::from_secs(5), || {
-        a.leading.load(Ordering::SeqCst) ^ b.leading.load(Ordering::SeqCst)
+    wait_until("exactly one leader", Duration::from_secs(60), || {
+        a.leads() ^ b.leads()
     });
-    let a_leads = a.leading.load(Ordering::SeqCst);
-    let (leader, standby) = if a_leads {
+    let ids = (a.identity(), b.identity());
+    let (leader, standby) = if a.leads() {
         (&mut a, &mut b)
     } else {
         (&mut b, &mut a)
     };
-    let writes = |c: &cacertd_test_apiserver::FakeCluster| {
+    let writes = |c: &FakeCluster| {
         c.requests()
             .iter()
             .filter(|r| {
@@ -170,45 +251,110 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
     );
 
     // The leader dies without releasing the Lease; cluster2 loses its cacerts meanwhile.
+    let dead = leader.identity();
     leader.end(KILL);
-    let killed_at = Instant::now();
     c2.delete("secrets", "istio-system", "cacerts");
-    wait_until("the standby to take over", Duration::from_secs(20), || {
-        standby.leading.load(Ordering::SeqCst)
+    wait_until("the standby to take over", Duration::from_secs(60), || {
+        standby.leads()
     });
+    let heir = standby.identity();
+    assert_ne!(dead, heir);
+    let versions = lease_versions(mgmt);
+    let last_dead = versions
+        .iter()
+        .rposition(|v| v.holder.as_deref() == Some(&dead))
+        .expect("the dead leader held the Lease");
+    let taken = versions[last_dead..]
+        .iter()
+        .find(|v| v.holder.as_deref() == Some(&heir))
+        .expect("the standby took the Lease");
     assert!(
-        killed_at.elapsed() >= Duration::from_secs(1),
-        "not before the dead leader's lease ran out"
+        taken.acquired.expect("acquireTime set on takeover") >= versions[last_dead].expires,
+        "taken before the dead leader's Lease expired: {versions:#?}"
     );
-    wait_until("cluster2 repaired", Duration::from_secs(20), || {
+    // The change of holder is counted in the Lease.
+    let heir_transitions = versions
+        .iter()
+        .filter(|v| v.holder.as_deref() == Some(&heir))
+        .map(|v| v.transitions)
+        .max();
+    assert!(
+        heir_transitions > Some(versions[last_dead].transitions),
+        "{versions:#?}"
+    );
+    wait_until("cluster2 repaired", Duration::from_secs(60), || {
         cacerts(c2).is_some()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // A full pass after the repair: nothing more is written.
+    standby.two_more_passes();
     assert_eq!(writes(c1), 1, "cluster1 never issued twice");
     assert_eq!(
         writes(c2),
         2,
         "cluster2 issued again only after losing its cacerts"
     );
-    let lease = server
-        .cluster("mgmt")
+    let lease = mgmt
         .get("leases", "cacertd", "cacertd-leader")
         .expect("the Lease exists");
-    assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
+    assert_eq!(lease["spec"]["holderIdentity"], heir.as_str(), "{lease}");
 
-    // The new leader is cut off from the management cluster: it stops acting at once, well
-    // before its lease could be taken; once it reaches the Lease again, it leads again.
-    let mgmt = server.cluster("mgmt");
+    // Never two leaders: every write to a target cluster was made by the replica that held an
+    // unexpired Lease at that moment.
+    let versions = lease_versions(mgmt);
+    for c in [c1, c2] {
+        for w in c
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET" && r.status < 300)
+        {
+            let id = match w.user.as_str() {
+                "a" => &ids.0,
+                "b" => &ids.1,
+                other => panic!("a write by {other:?}"),
+            };
+            assert!(
+                versions
+                    .iter()
+                    .any(|v| v.holder.as_deref() == Some(id.as_str())
+                        && v.renewed <= w.at
+                        && w.at < v.expires),
+                "{} {} by {} at {:?} outside its Lease: {versions:#?}",
+                w.method,
+                w.path,
+                w.user,
+                w.at
+            );
+        }
+    }
+
+    // The new leader is cut off from the management cluster: it stops acting before its
+    // Lease could be taken; once it reaches the Lease again, it leads again.
     mgmt.inject(FaultAction::Status(503), 1_000_000, false);
+    let cut_at = SystemTime::now();
     wait_until(
         "the cut-off leader to stop acting",
-        Duration::from_secs(2),
-        || !standby.leading.load(Ordering::SeqCst),
+        Duration::from_secs(60),
+        || !standby.leads(),
+    );
+    let stopped = standby
+        .changes
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(_, leading)| !leading)
+        .map(|(at, _)| *at)
+        .expect("a change to not leading");
+    let versions = lease_versions(mgmt);
+    let last = versions.last().expect("a Lease version");
+    assert_eq!(last.holder.as_deref(), Some(heir.as_str()));
+    assert!(last.renewed <= cut_at);
+    assert!(
+        stopped < last.expires,
+        "still acting when its Lease expired: stopped at {stopped:?}, {last:#?}"
     );
     mgmt.clear_faults();
-    wait_until("leading again", Duration::from_secs(20), || {
-        standby.leading.load(Ordering::SeqCst)
-    });
+    wait_until("leading again", Duration::from_secs(60), || standby.leads());
 }
 
 #[test]
@@ -238,11 +384,7 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
     // With exactly the shipped least-privilege RBAC: it must allow the watch.
     for name in ["cluster1", "cluster2"] {
         let c = server.cluster(name);
-        c.add_token(
-            "least",
-            "system:serviceaccount:cacertd:cacertd",
-            common::kube::manifest_rules(),
-        );
+        common::kube::grant_target_rbac(c, "least");
         std::fs::write(s.path(&format!("kube/{name}.yaml")), c.kubeconfig("least")).unwrap();
     }
     s.cacertd(&["root", "init"]).ok();
@@ -261,17 +403,58 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
         .unwrap();
     });
     let c2 = server.cluster("cluster2");
-    let cacerts =
-        |c: &cacertd_test_apiserver::FakeCluster| c.get("secrets", "istio-system", "cacerts");
-    wait_until("first pass", Duration::from_secs(30), || {
+    let cacerts = |c: &FakeCluster| c.get("secrets", "istio-system", "cacerts");
+    wait_until("first pass", Duration::from_secs(60), || {
         cacerts(server.cluster("cluster1")).is_some() && cacerts(c2).is_some()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        "the watch on cluster2's cacerts",
+        Duration::from_secs(60),
+        || c2.requests().iter().any(|r| r.query.contains("watch=true")),
+    );
     c2.delete("secrets", "istio-system", "cacerts");
     // The interval is an hour: only the watch can bring it back this soon.
     wait_until(
         "cacerts restored by the watch",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
+        || cacerts(c2).is_some(),
+    );
+    // The watch ends with 410 Expired (as after an etcd compaction) and cacerts disappears
+    // before a new watch is open: a new watch replays nothing for a deleted object, so only
+    // looking at the cluster again finds it gone.
+    let watches = |c: &FakeCluster| {
+        c.requests()
+            .iter()
+            .filter(|r| r.query.contains("watch=true"))
+            .count()
+    };
+    // The watch saw cacertd's own write too; wait for the look that answers it, so that only
+    // a re-opened watch can notice what follows.
+    let written = c2
+        .requests()
+        .iter()
+        .rev()
+        .find(|r| r.method == "POST" && r.status == 201)
+        .map(|r| r.seq)
+        .expect("the restoring write");
+    wait_until(
+        "the look after cacertd's own write",
+        Duration::from_secs(60),
+        || {
+            c2.requests()
+                .iter()
+                .any(|r| r.seq > written && r.path.ends_with("/secrets/cacerts") && r.status == 200)
+        },
+    );
+    let before = watches(c2);
+    c2.expire_watches();
+    c2.delete("secrets", "istio-system", "cacerts");
+    wait_until("a new watch", Duration::from_secs(60), || {
+        watches(c2) > before
+    });
+    wait_until(
+        "cacerts restored after the watch was re-opened",
+        Duration::from_secs(60),
         || cacerts(c2).is_some(),
     );
     stop_tx.send(()).unwrap();

@@ -44,6 +44,9 @@ pub struct Daemon {
     metrics: Metrics,
     audit: Audit,
     schedule: Mutex<HashMap<String, Schedule>>,
+    /// Clusters a watch or file change marked due since their pass began: a change seen while
+    /// a pass is under way may have come after that pass read the cluster.
+    marked: Mutex<std::collections::HashSet<String>>,
     /// What each directory target looked like after its last pass (file sizes and times).
     seen: Mutex<HashMap<String, DirSignature>>,
     /// The root store answered on the last pass.
@@ -80,6 +83,7 @@ impl Daemon {
             metrics: Metrics::new(),
             audit,
             schedule: Mutex::new(HashMap::new()),
+            marked: Mutex::new(std::collections::HashSet::new()),
             seen: Mutex::new(HashMap::new()),
             root_ok: AtomicBool::new(false),
             leader: AtomicBool::new(false),
@@ -219,6 +223,11 @@ impl Daemon {
         })
     }
 
+    /// This replica's holder identity in the leader Lease, once it contends for it.
+    pub async fn lease_identity(&self) -> Option<String> {
+        self.lease.lock().await.as_ref().map(|h| h.identity.clone())
+    }
+
     /// Gives up leadership (on shutdown), so a standby can take over at once.
     pub async fn step_down(&self) {
         if let Some(hold) = self.lease.lock().await.take() {
@@ -265,6 +274,13 @@ impl Daemon {
         if due.is_empty() {
             return Vec::new();
         }
+        // This pass reads these clusters afresh: marks made until now are answered by it.
+        {
+            let mut marked = self.marked.lock().await;
+            for c in &due {
+                marked.remove(&c.name);
+            }
+        }
         let started = std::time::Instant::now();
         let signer = match RootSource::open(&self.config).await {
             Ok(source) => {
@@ -306,7 +322,9 @@ impl Daemon {
         self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
         self.audit.issuance(&reports, now);
+        // Locks in one order everywhere: schedule, then marked.
         let mut schedule = self.schedule.lock().await;
+        let mut marked = self.marked.lock().await;
         for r in &reports {
             let result = match r.outcome {
                 Outcome::Issued => "issued",
@@ -343,6 +361,10 @@ impl Daemon {
                 {
                     next = next.min(renew);
                 }
+                // Changed while this pass ran, perhaps after it read the cluster: look again.
+                if marked.remove(&r.cluster) {
+                    next = OffsetDateTime::UNIX_EPOCH;
+                }
                 schedule.insert(r.cluster.clone(), Schedule { next, failures: 0 });
             }
         }
@@ -353,9 +375,11 @@ impl Daemon {
     /// after failures keeps its backoff.
     pub async fn mark_due(&self, cluster: &str) {
         let mut schedule = self.schedule.lock().await;
-        if let Some(s) = schedule.get_mut(cluster)
-            && s.failures == 0
-        {
+        if schedule.get(cluster).is_some_and(|s| s.failures > 0) {
+            return;
+        }
+        self.marked.lock().await.insert(cluster.to_string());
+        if let Some(s) = schedule.get_mut(cluster) {
             s.next = OffsetDateTime::UNIX_EPOCH;
         }
     }
@@ -512,6 +536,9 @@ impl Daemon {
         // ADDED, which is no change. The first sight is not one either (the pass covers it).
         let mut last_seen: Option<String> = None;
         let mut failures = 0u32;
+        // Set once a watch has been open: whatever happened while none was (a deletion leaves
+        // nothing for a new watch to replay) is found by looking at the cluster again.
+        let mut rewatch = false;
         loop {
             let target = match crate::target::Target::open(c, &self.config).await {
                 Ok(crate::target::Target::Kube(k)) => k,
@@ -526,6 +553,9 @@ impl Daemon {
             match api.watch(&params, "0").await {
                 Ok(stream) => {
                     failures = 0;
+                    if std::mem::replace(&mut rewatch, true) {
+                        self.mark_due(&cluster).await;
+                    }
                     let mut stream = std::pin::pin!(stream);
                     while let Some(Ok(event)) = stream.next().await {
                         let seen = match event {
@@ -595,7 +625,9 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.daemon.listen).await?;
-        tracing::info!(listen = %self.config.daemon.listen, "serving /metrics, /healthz, /readyz, /status");
+        // The bound address, not the configured one: port 0 picks a free port.
+        let listen = listener.local_addr()?;
+        tracing::info!(%listen, "serving /metrics, /healthz, /readyz, /status");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut http_stop = stop_rx.clone();
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
