@@ -110,6 +110,12 @@ struct State {
     namespaces: Vec<Option<String>>,
     faults: Vec<(u16, usize)>,
     delay: Option<Duration>,
+    /// Tokens report their TTL but stay valid past it (see [`TestVault::keep_tokens_alive`]).
+    tokens_never_expire: bool,
+    /// KV writes wait here until this many have arrived (then the barrier is gone).
+    write_barrier: Option<(usize, Arc<tokio::sync::Barrier>)>,
+    /// (method, path, status) of every answered request.
+    answers: Vec<(String, String, u16)>,
     pki_max_ttl: Option<Duration>,
     pki_default_follows_latest: bool,
     next_id: u64,
@@ -303,6 +309,24 @@ impl TestVault {
         self.lock().delay = d;
     }
 
+    /// The next `n` KV v2 writes are held until all `n` have arrived, then handled together:
+    /// for races between clients that have all read before any writes.
+    pub fn hold_kv_writes_until(&self, n: usize) {
+        self.lock().write_barrier = Some((n, Arc::new(tokio::sync::Barrier::new(n))));
+    }
+
+    /// Tokens still report their TTL counting down (so clients renew on their own schedule)
+    /// but are not refused once it has passed: a slow machine cannot turn a test of renewal
+    /// into one of expiry.
+    pub fn keep_tokens_alive(&self, alive: bool) {
+        self.lock().tokens_never_expire = alive;
+    }
+
+    /// Every answered request: (method, path without `/v1/`, HTTP status).
+    pub fn answers(&self) -> Vec<(String, String, u16)> {
+        self.lock().answers.clone()
+    }
+
     /// Every request so far: (method, path without `/v1/`).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.lock().requests.clone()
@@ -449,33 +473,57 @@ async fn handle(
         serde_json::from_slice(&body).unwrap_or(json!({}))
     };
     let path = full_path.trim_start_matches("/v1/").to_string();
-    let delay = {
+    let is_kv_write = matches!(method, Method::POST | Method::PUT) && path.contains("/data/");
+    let (delay, barrier) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.requests.push((method.to_string(), path.clone()));
         st.namespaces.push(namespace);
-        st.delay
+        let barrier = match st.write_barrier.as_mut() {
+            Some((left, barrier)) if is_kv_write => {
+                *left -= 1;
+                let barrier = barrier.clone();
+                if *left == 0 {
+                    st.write_barrier = None;
+                }
+                Some(barrier)
+            }
+            _ => None,
+        };
+        (st.delay, barrier)
     };
+    if let Some(barrier) = barrier {
+        barrier.wait().await;
+    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    let response = answer(&state, &method, &path, &query, token.as_deref(), &body);
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    st.answers
+        .push((method.to_string(), path, response.status().as_u16()));
+    Ok(response)
+}
+
+/// The answer to one request, faults and sealing first.
+fn answer(
+    state: &Mutex<State>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Response<Full<Bytes>> {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = st.faults.iter().position(|(_, n)| *n > 0) {
         st.faults[i].1 -= 1;
         let code = st.faults[i].0;
         st.faults.retain(|(_, n)| *n > 0);
-        return Ok(errors(code, &["injected fault"]));
+        return errors(code, &["injected fault"]);
     }
     if st.sealed {
-        return Ok(errors(503, &["Vault is sealed"]));
+        return errors(503, &["Vault is sealed"]);
     }
-    Ok(route(
-        &mut st,
-        &method,
-        &path,
-        &query,
-        token.as_deref(),
-        &body,
-    ))
+    route(&mut st, method, path, query, token, body)
 }
 
 /// The capability a request needs (Vault's mapping of HTTP verbs).
@@ -526,7 +574,7 @@ fn route(
     let valid = st
         .tokens
         .get(token_id)
-        .filter(|t| t.expires.is_none_or(|e| e > Instant::now()))
+        .filter(|t| st.tokens_never_expire || t.expires.is_none_or(|e| e > Instant::now()))
         .cloned();
     let Some(tok) = valid else {
         // Vault answers an expired or unknown token exactly as a missing permission.
