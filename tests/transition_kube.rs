@@ -158,23 +158,21 @@ fn append_config(s: &Setup, extra: &str) {
 }
 
 /// The three clusters and a management cluster holding the transition record (`[daemon]
-/// lease`), reached with a token granted `rules` (the admin's when `None`); the common root
-/// made.
-fn with_management(
-    rules: Option<Vec<cacertd_test_apiserver::Rule>>,
-) -> (Arc<TestApiServer>, Setup, Vec<&'static str>) {
+/// lease`), reached with the service account of the shipped management RBAC (with
+/// `shipped_rbac`) or an admin token; the common root made.
+fn with_management(shipped_rbac: bool) -> (Arc<TestApiServer>, Setup, Vec<&'static str>) {
     let mut names = CLUSTERS.to_vec();
     names.push("mgmt");
     let server = Arc::new(TestApiServer::start(&names));
     let s = setup(&server, "");
     let mgmt = server.cluster("mgmt");
     mgmt.namespace("cacertd", &[]);
-    let token = match rules {
-        Some(rules) => {
-            mgmt.add_token("cacertd", "system:serviceaccount:cacertd:cacertd", rules);
+    let token = match shipped_rbac {
+        true => {
+            common::kube::grant_management_rbac(mgmt, "cacertd");
             "cacertd".to_string()
         }
-        None => mgmt.admin_token(),
+        false => mgmt.admin_token(),
     };
     std::fs::write(s.path("kube/mgmt.yaml"), mgmt.kubeconfig(&token)).unwrap();
     append_config(
@@ -252,8 +250,13 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         );
     }
 
+    // The 1 s timeout served to fail fast; from here every gate may take as long as a loaded
+    // machine needs.
     istiod.paused.store(false, Ordering::SeqCst);
-    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    s.cacertd(&["transition", "resume", "--wait", "--gate-timeout", "60s"])
+        .ok();
+    let record: Value = serde_json::from_slice(&s.read("state/transition/record.json")).unwrap();
+    assert_eq!(record["options"]["gate_timeout_seconds"], 60);
     drop(istiod);
 
     let root = s.read("state/root/root-cert.pem");
@@ -345,7 +348,7 @@ fn someone_saves_the_record(mgmt: &FakeCluster, record: &Value, drain: u64, nth:
 #[test]
 fn with_a_lease_the_record_lives_in_the_management_cluster_and_a_second_driver_is_stopped() {
     // With exactly the shipped Role of the management cluster.
-    let (server, s, _) = with_management(Some(common::kube::management_rules()));
+    let (server, s, _) = with_management(true);
     let mgmt = server.cluster("mgmt");
     self_signed_mesh(&server);
     let _istiod = Istiod::start(&server, false);
@@ -679,7 +682,7 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
 /// A self-signed mesh whose migration, recorded in the management cluster, took one step
 /// before its process died; the stand-in istiod running.
 fn migration_started_with_management() -> (Arc<TestApiServer>, Setup, Vec<Value>, Istiod) {
-    let (server, s, _) = with_management(None);
+    let (server, s, _) = with_management(false);
     let secrets = self_signed_mesh(&server);
     let istiod = Istiod::start(&server, false);
     s.cacertd(&[
@@ -777,7 +780,7 @@ fn versions(server: &TestApiServer, names: &[&str]) -> Vec<(String, String, Stri
 
 #[test]
 fn plan_and_every_dry_run_change_no_resource_version_anywhere() {
-    let (server, s, names) = with_management(None);
+    let (server, s, names) = with_management(false);
     self_signed_mesh(&server);
 
     let before = versions(&server, &names);

@@ -212,6 +212,11 @@ pub struct ResumeArgs {
     #[arg(long)]
     pub approve: bool,
 
+    /// Give every gate from now on this long to hold (e.g. 30m), replacing the timeout the
+    /// transition started with: for a gate that failed only because it was too short.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gate_timeout: Option<std::time::Duration>,
+
     #[command(flatten)]
     pub drive: DriveArgs,
 }

@@ -880,10 +880,7 @@ async fn transition_cmd(
     if dry_run {
         let what = match &cmd {
             TransitionCommand::Resume(a) => {
-                record.resume().map_err(CliError::Usage)?;
-                if a.approve {
-                    record.approve();
-                }
+                resume_record(&mut record, a)?;
                 "resumed transition"
             }
             TransitionCommand::Rollback(_) => {
@@ -909,10 +906,7 @@ async fn transition_cmd(
     match cmd {
         TransitionCommand::Status(_) => unreachable!("handled above"),
         TransitionCommand::Resume(a) => {
-            record.resume().map_err(CliError::Usage)?;
-            if a.approve {
-                record.approve();
-            }
+            resume_record(&mut record, &a)?;
             files.save(&record).await?;
             audit.note(
                 now,
@@ -954,6 +948,24 @@ async fn transition_cmd(
             Ok(())
         }
     }
+}
+
+/// What `transition resume` changes in the record: a stopped transition goes on, an approval
+/// is noted, and a new gate timeout replaces the one it started with.
+fn resume_record(record: &mut transition::Record, a: &args::ResumeArgs) -> Result<(), CliError> {
+    if let Some(timeout) = a.gate_timeout {
+        if timeout < std::time::Duration::from_secs(1) {
+            return Err(CliError::Usage(
+                "--gate-timeout must be at least 1s: a gate needs time to be checked".into(),
+            ));
+        }
+        record.options.gate_timeout_seconds = timeout.as_secs();
+    }
+    record.resume().map_err(CliError::Usage)?;
+    if a.approve {
+        record.approve();
+    }
+    Ok(())
 }
 
 /// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary.
