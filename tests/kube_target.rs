@@ -428,9 +428,13 @@ fn clusters_are_reached_through_istios_remote_secrets() {
         .ok();
 
     // A kubeconfig that would run a command inside cacertd is refused.
+    let pwned = s.path("pwned");
     let evil = server.cluster("cluster2").kubeconfig("x").replace(
         "    token: x\n",
-        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [\"-c\", \"touch /tmp/pwned\"]\n",
+        &format!(
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [\"-c\", \"touch {}\"]\n",
+            pwned.display()
+        ),
     );
     let mut named = c1
         .get("secrets", "istio-system", "istio-remote-secret-cluster2")
@@ -443,6 +447,7 @@ fn clusters_are_reached_through_istios_remote_secrets() {
         "{}",
         run.stdout
     );
+    assert!(!pwned.exists(), "the exec plugin ran");
 }
 
 #[test]
@@ -497,4 +502,63 @@ fn kubectls_last_applied_copy_of_the_old_key_does_not_survive() {
             secret["metadata"]["name"]
         );
     }
+}
+
+#[test]
+fn the_write_path_retries_429s_replans_conflicts_three_times_and_leaves_cert_managers_secret() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    let (c1, c2) = (server.cluster("cluster1"), server.cluster("cluster2"));
+
+    // Throttled twice: the write is retried, not given up.
+    c1.inject(FaultAction::Status(429), 2, true);
+    // Every write to cluster2 conflicts: re-read and re-planned, three attempts in all.
+    c2.inject(FaultAction::Status(409), 1000, true);
+    let run = s.cacertd(&["issue"]).fails_with(1);
+    assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
+    assert!(cacerts(c1).is_some());
+    assert_eq!(c1.requests().iter().filter(|r| r.status == 429).count(), 2);
+    assert!(run.stdout.contains("cluster2  FAILED"), "{}", run.stdout);
+    let c2_requests = c2.requests();
+    let conflicts: Vec<_> = c2_requests.iter().filter(|r| r.status == 409).collect();
+    assert_eq!(conflicts.len(), 3, "{c2_requests:#?}");
+    // Each attempt read cacerts again before writing.
+    let mut after = None;
+    for w in &conflicts {
+        assert!(
+            c2_requests.iter().any(|r| r.method == "GET"
+                && r.path.ends_with("/secrets/cacerts")
+                && after.is_none_or(|a| r.seq > a)
+                && r.seq < w.seq),
+            "a write without a fresh read before it: {c2_requests:#?}"
+        );
+        after = Some(w.seq);
+    }
+    assert!(cacerts(c2).is_none());
+    c2.clear_faults();
+
+    // cert-manager's kubernetes.io/tls Secret is never written over, even when asked to
+    // replace the trust bundle: nothing is written to the cluster, not even a backup.
+    let other = Setup::new();
+    other.cacertd(&["issue", "--init-root"]).ok();
+    let b64 = |rel: &str| base64::engine::general_purpose::STANDARD.encode(other.read(rel));
+    let managed = c2.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "istio-system"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64("out/cluster2/ca-cert.pem"), "tls.key": b64("out/cluster2/ca-key.pem"),
+                 "ca.crt": b64("out/cluster2/root-cert.pem")},
+    }));
+    let writes = c2.writes();
+    let run = s
+        .cacertd(&["issue", "cluster2", "--danger-replace-trust-bundle"])
+        .fails_with(1);
+    assert!(
+        run.stdout.contains("cluster2  FAILED") && run.stdout.contains("cert-manager"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(c2.writes(), writes, "nothing written");
+    assert_eq!(cacerts(c2).unwrap(), managed);
 }

@@ -36,23 +36,15 @@ fn a_cluster_under_another_root_is_not_trusted() {
         workload(&theirs.path("out/cluster1")),
     )
     .expect_err("a workload under another root must be refused");
-    assert!(
-        err.contains("BadSignature")
-            || err.contains("UnknownIssuer")
-            || err.contains("Certificate"),
-        "{err}"
-    );
+    // Both roots carry the same subject: the path is found by name, and the signature
+    // under the other root's key is what fails.
+    assert_eq!(err, "client: invalid peer certificate: BadSignature");
     let err = handshake(
         workload(&theirs.path("out/cluster2")),
         workload(&ours.path("out/cluster2")),
     )
     .expect_err("and the other way round");
-    assert!(
-        err.contains("BadSignature")
-            || err.contains("UnknownIssuer")
-            || err.contains("Certificate"),
-        "{err}"
-    );
+    assert_eq!(err, "client: invalid peer certificate: BadSignature");
 }
 
 #[test]

@@ -982,8 +982,7 @@ impl Progress {
 struct Throttle(Option<std::time::Instant>);
 
 impl Throttle {
-    fn due(&mut self) -> bool {
-        let now = std::time::Instant::now();
+    fn due(&mut self, now: std::time::Instant) -> bool {
         if self
             .0
             .is_some_and(|last| now.duration_since(last) < Duration::from_secs(10))
@@ -1145,7 +1144,7 @@ pub async fn drive(
                 }
                 let left = (*until - now).unsigned_abs();
                 tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
-                if shown.due() {
+                if shown.due(std::time::Instant::now()) {
                     opts.progress.show(
                         "drain",
                         &record,
@@ -1210,7 +1209,9 @@ pub async fn drive(
             if !opts.wait {
                 return Ok(step);
             }
-            if let (Outcome::GateBehind(who), true) = (&outcome_seen, shown.due()) {
+            if let (Outcome::GateBehind(who), true) =
+                (&outcome_seen, shown.due(std::time::Instant::now()))
+            {
                 let waited = record
                     .gate_since
                     .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
@@ -1487,12 +1488,14 @@ mod tests {
 
     #[test]
     fn waits_are_shown_at_once_then_at_most_every_ten_seconds() {
+        let start = std::time::Instant::now();
         let mut t = Throttle(None);
-        assert!(t.due());
-        assert!(!t.due());
-        if let Some(past) = std::time::Instant::now().checked_sub(Duration::from_secs(11)) {
-            t.0 = Some(past);
-            assert!(t.due());
-        }
+        assert!(t.due(start));
+        assert!(!t.due(start));
+        assert!(!t.due(start + Duration::from_millis(9_999)));
+        assert!(t.due(start + Duration::from_secs(10)));
+        // The ten seconds count from the last line shown, not from the first.
+        assert!(!t.due(start + Duration::from_secs(19)));
+        assert!(t.due(start + Duration::from_secs(20)));
     }
 }

@@ -6,8 +6,10 @@ pub mod kube;
 pub mod mtls;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The acceptance-check configuration from the project's specification, verbatim.
 pub const ACCEPTANCE_CONFIG: &str = include_str!("../data/acceptance.toml");
@@ -67,7 +69,7 @@ impl Setup {
             .args(args)
             .env_remove("RUST_LOG")
             .env_remove("CACERTD_CONFIG");
-        Run::of(cmd.output().expect("run cacertd"))
+        Run::of(output_within(cmd, RUN_TIMEOUT))
     }
 
     /// Every file under the scratch directory with its bytes, to prove nothing changed — except
@@ -77,6 +79,53 @@ impl Setup {
         walk(self.dir.path(), &mut out);
         out.remove(&self.path("state/audit.log"));
         out
+    }
+}
+
+/// How long one cacertd run may take: a run that hangs fails its test instead of holding up
+/// the whole suite.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion like [`Command::output`] (stdin closed, stdout and stderr
+/// captured), killing it and failing the test if it runs longer than `timeout`.
+pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_within(&mut child, timeout);
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Waits for `child` to exit; kills it and fails the test if it is still running after
+/// `timeout`.
+pub fn wait_within(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still running after {timeout:?}", child.id());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
