@@ -701,7 +701,6 @@ fn migration_started_with_management() -> (Arc<TestApiServer>, Setup, Vec<Value>
 fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
     // Every process takes one step and dies; the next one picks up from the shared record.
     let (server, s, secrets, _istiod) = migration_started_with_management();
-    let mgmt = server.cluster("mgmt");
     let mut runs = 1;
     loop {
         let run = s.cacertd(&["transition", "resume", "--stop-after-steps", "1"]);
@@ -721,7 +720,20 @@ fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
         runs >= 27,
         "3 phases × (2 × (write + 3 restarts) + gate): {runs}"
     );
+    assert_migrated(&server, &s, &secrets);
+    for name in ["cluster1", "cluster2"] {
+        // One write per phase: created in AddNewRoot, replaced twice (each backed up once).
+        assert_eq!(backups_in(server.cluster(name)), 2, "{name}");
+    }
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
+}
 
+/// The end of a migration started with [`migration_started_with_management`]: each primary
+/// serves the new material of the record (the common root alone as its bundle), the record
+/// says it is done, istiod's own CA is untouched, one intermediate was issued per primary.
+fn assert_migrated(server: &TestApiServer, s: &Setup, secrets: &[Value]) {
+    let mgmt = server.cluster("mgmt");
     let root = s.read("state/root/root-cert.pem");
     for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
         let c = server.cluster(name);
@@ -740,13 +752,178 @@ fn killed_after_every_single_step_it_converges_with_one_write_per_phase() {
             secret_data(c, "istio-system", "istio-ca-secret").as_ref(),
             Some(&secrets[i]["data"])
         );
-        // One write per phase: created in AddNewRoot, replaced twice (each backed up once).
-        let backups = backups_in(c);
-        assert_eq!(backups, 2, "{name}");
     }
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("Done"), "{status}");
     let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
     assert_eq!(audit.matches("\"action\":\"transition-issue\"").count(), 2);
-    assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
+}
+
+/// Killed with SIGKILL at arbitrary moments (between a write landing and the record being
+/// saved, in the middle of a restart or a gate check), and with writes whose answers are lost
+/// (stored, then the connection dropped or a 5xx returned), in the clusters and in the
+/// management cluster, a migration still ends exactly where an undisturbed one does.
+#[test]
+fn killed_at_random_moments_and_losing_answers_it_ends_where_an_undisturbed_run_does() {
+    for seed in [
+        0x2545_f491_4f6c_dd1d,
+        0x9e37_79b9_7f4a_7c15,
+        0xd1b5_4a32_d192_ed03,
+    ] {
+        killed_at_random_moments(seed);
+    }
+}
+
+/// One migration driven by processes SIGKILLed after pseudo-random lifetimes drawn from
+/// `seed` (fixed, so that a failure can be replayed).
+fn killed_at_random_moments(mut seed: u64) {
+    let (server, s, secrets, _istiod) = migration_started_with_management();
+    use cacertd_test_apiserver::FaultAction::{DropAfterCommit, StatusAfterCommit};
+    server
+        .cluster("cluster1")
+        .inject_after(1, DropAfterCommit, 1, true);
+    server
+        .cluster("cluster2")
+        .inject_after(3, StatusAfterCommit(503), 1, true);
+    let mgmt = server.cluster("mgmt");
+    mgmt.inject_after(2, DropAfterCommit, 1, true);
+    mgmt.inject_after(7, StatusAfterCommit(500), 1, true);
+    let (mut kills, mut runs) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(
+            runs < 500,
+            "seed {seed:#x}: no end in sight after {kills} kills"
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let lifetime = Duration::from_millis(10 + seed % 150);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+            .current_dir(s.dir.path())
+            .args(["-c", "cacertd.toml", "transition", "resume", "--wait"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let killed_at = std::time::Instant::now() + lifetime;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= killed_at {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // A run that ends on its own may also have stopped on a lost answer (it cannot tell
+        // its own save from another driver's); the next one carries on.
+        if status.is_some_and(|s| s.success()) {
+            break;
+        }
+    }
+    assert!(
+        kills >= 10,
+        "seed {seed:#x}: killed only {kills} times in {runs} runs"
+    );
+    assert_migrated(&server, &s, &secrets);
+    // One write per phase, as undisturbed: the versions replaced (and backed up) are the
+    // AddNewRoot and SwitchSigner ones. A process killed between a backup and its write backs
+    // the same version up again, so only distinct versions are counted.
+    for name in ["cluster1", "cluster2"] {
+        let replaced: std::collections::BTreeSet<String> = server
+            .cluster(name)
+            .list("secrets", Some("istio-system"))
+            .iter()
+            .filter_map(|b| {
+                b["metadata"]["annotations"]["cacertd.io/replaced-resource-version"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(replaced.len(), 2, "seed {seed:#x}: {name}: {replaced:?}");
+    }
+    for c in [server.cluster("cluster1"), server.cluster("cluster2"), mgmt] {
+        assert!(
+            c.requests()
+                .iter()
+                .any(|r| r.status == 0 || r.status >= 500),
+            "{}: a lost answer was injected and met",
+            c.name
+        );
+    }
+}
+
+/// Killed while each single write of the migration is in flight — every write to the
+/// clusters, every third save of the record — the next run ends where an undisturbed one does.
+/// The held write is let through shortly after the kill, as a request already sent may be.
+#[test]
+fn killed_while_any_write_is_in_flight_the_next_run_ends_where_an_undisturbed_one_does() {
+    // How many writes an undisturbed run makes to each cluster.
+    let (server, s, _, _istiod) = migration_started_with_management();
+    let names = ["cluster1", "cluster2", "cluster3", "mgmt"];
+    let before: Vec<u64> = names.iter().map(|n| server.cluster(n).writes()).collect();
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let counts: Vec<u64> = names
+        .iter()
+        .zip(before)
+        .map(|(n, b)| server.cluster(n).writes() - b)
+        .collect();
+    drop((server, s));
+    let mut points = 0;
+    for (name, count) in names.iter().zip(counts) {
+        let step = if *name == "mgmt" { 3 } else { 1 };
+        for k in (0..count).step_by(step) {
+            killed_during_write(name, k);
+            points += 1;
+        }
+    }
+    assert!(points >= 20, "{points} crash points");
+}
+
+fn killed_during_write(cluster: &str, k: u64) {
+    let (server, s, secrets, _istiod) = migration_started_with_management();
+    let c = server.cluster(cluster);
+    let held = Duration::from_millis(300);
+    c.inject_after(
+        usize::try_from(k).unwrap(),
+        cacertd_test_apiserver::FaultAction::Delay(held),
+        1,
+        true,
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+        .current_dir(s.dir.path())
+        .args(["-c", "cacertd.toml", "transition", "resume", "--wait"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while c.pending_faults() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{cluster}: write {k} never came"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{cluster}: finished ({status}) before write {k}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(held);
+    let run = s.cacertd(&["transition", "resume", "--wait"]);
+    assert_eq!(
+        run.code, 0,
+        "{cluster}, write {k}:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert_migrated(&server, &s, &secrets);
 }
 
 /// Every object of every cluster on `server` with its resourceVersion.

@@ -415,6 +415,11 @@ impl FakeCluster {
         st.concurrent_update = Some((st.writes + n, object));
     }
 
+    /// Injected faults not yet used up.
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.iter().map(|f| f.remaining).sum()
+    }
+
     pub fn clear_faults(&self) {
         let mut st = self.lock();
         st.faults.clear();
