@@ -468,3 +468,150 @@ target = { kind = "kube", kubeconfig = "kube/cluster2.yaml" }
         );
     }
 }
+
+/// `cacertd serve` itself, twice, as the replicas of a Deployment would run it: the same service
+/// account with exactly the shipped management and target-cluster RBAC. The leader, stopped
+/// with SIGTERM, releases the Lease on its way out, so the standby takes over long before the
+/// Lease would have expired — and nothing is written twice.
+#[test]
+fn serve_replicas_hand_over_the_lease_on_sigterm_with_the_shipped_rbac() {
+    let server = TestApiServer::start(&["mgmt", "cluster1", "cluster2"]);
+    let mgmt = server.cluster("mgmt");
+    mgmt.namespace("cacertd", &[]);
+    let config = HA_CONFIG.replace("KUBE", "kube").replace(
+        "duration = \"3s\", grace = \"1s\"",
+        "duration = \"20s\", grace = \"5s\"",
+    );
+    let s = Setup::with_config(&config);
+    std::fs::create_dir(s.path("kube")).unwrap();
+    common::kube::grant_management_rbac(mgmt, "sa");
+    for name in ["cluster1", "cluster2"] {
+        common::kube::grant_target_rbac(server.cluster(name), "sa");
+    }
+    for name in ["mgmt", "cluster1", "cluster2"] {
+        let kubeconfig = server.cluster(name).kubeconfig("sa");
+        std::fs::write(s.path(&format!("kube/{name}.yaml")), kubeconfig).unwrap();
+    }
+    s.cacertd(&["root", "init"]).ok();
+    // Each replica's log lines arrive on a channel.
+    let serve = |host: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+            .current_dir(s.dir.path())
+            .args(["-c", "cacertd.toml", "-v", "serve"])
+            // The Lease identity starts with the host name, as a pod's does.
+            .env("HOSTNAME", host)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let logged = |rx: &std::sync::mpsc::Receiver<String>, what: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no log line with {what:?}: {e}"));
+        if line.contains(what) {
+            break;
+        }
+    };
+    let (mut a, _a_log) = serve("replica-a");
+    let (c1, c2) = (server.cluster("cluster1"), server.cluster("cluster2"));
+    let cacerts = |c: &FakeCluster| c.get("secrets", "istio-system", "cacerts");
+    wait_until("both clusters issued", Duration::from_secs(60), || {
+        cacerts(c1).is_some() && cacerts(c2).is_some()
+    });
+    let (mut b, b_log) = serve("replica-b");
+    let holder = || {
+        mgmt.get("leases", "cacertd", "cacertd-leader")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    assert!(holder().is_some_and(|h| h.starts_with("replica-a-")));
+    // b contends but does not lead.
+    logged(&b_log, "contending for the leader Lease");
+    assert!(holder().is_some_and(|h| h.starts_with("replica-a-")));
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &a.id().to_string()])
+        .status()
+        .unwrap();
+    let status = common::wait_within(&mut a, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let released_at = SystemTime::now();
+    let versions = mgmt.history("leases", "cacertd", "cacertd-leader");
+    assert!(
+        versions
+            .last()
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_null()),
+        "released on the way out: {versions:#?}"
+    );
+    let a_expires = lease_versions(mgmt)
+        .iter()
+        .filter(|v| {
+            v.holder
+                .as_deref()
+                .is_some_and(|h| h.starts_with("replica-a-"))
+        })
+        .map(|v| v.expires)
+        .max()
+        .expect("a held the Lease");
+    assert!(
+        released_at < a_expires,
+        "released before it would have expired"
+    );
+    wait_until("replica b takes over", Duration::from_secs(60), || {
+        holder().is_some_and(|h| h.starts_with("replica-b-"))
+    });
+    let taken = lease_versions(mgmt)
+        .into_iter()
+        .find(|v| {
+            v.holder
+                .as_deref()
+                .is_some_and(|h| h.starts_with("replica-b-"))
+        })
+        .expect("b holds the Lease");
+    assert!(
+        taken.acquired.expect("acquireTime") < a_expires,
+        "b waited for the expiry instead of taking the released Lease"
+    );
+
+    // b acts: cluster2 loses its cacerts and gets it back; nothing else is written again.
+    c2.delete("secrets", "istio-system", "cacerts");
+    wait_until("cluster2 repaired by b", Duration::from_secs(60), || {
+        cacerts(c2).is_some()
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(common::wait_within(&mut b, Duration::from_secs(60)).success());
+    let cacerts_writes = |c: &FakeCluster| {
+        c.requests()
+            .iter()
+            .filter(|r| r.status < 300 && r.method != "GET")
+            .filter(|r| r.path.ends_with("/secrets") || r.path.ends_with("/secrets/cacerts"))
+            .count()
+    };
+    assert_eq!(cacerts_writes(c1), 1, "{:#?}", c1.requests());
+    assert_eq!(cacerts_writes(c2), 2, "{:#?}", c2.requests());
+    for c in [mgmt, c1, c2] {
+        let denied: Vec<_> = c
+            .requests()
+            .into_iter()
+            .filter(|r| r.status == 403)
+            .collect();
+        assert!(denied.is_empty(), "{}: {denied:#?}", c.name);
+    }
+}

@@ -56,6 +56,9 @@ pub struct Daemon {
     lease: Mutex<Option<LeaseHold>>,
     /// When the trust transition under way is next driven.
     next_transition_drive: Mutex<std::time::Instant>,
+    /// This replica's holder identity in the leader Lease: the host name (a pod's name), the
+    /// process id and a random nonce, fixed for the life of the process.
+    identity: String,
     /// Where the transition record is kept, opened once.
     transition_store: tokio::sync::OnceCell<RecordStore>,
 }
@@ -90,6 +93,7 @@ impl Daemon {
             lock: Mutex::new(None),
             lease: Mutex::new(None),
             next_transition_drive: Mutex::new(std::time::Instant::now()),
+            identity: lease_identity(),
             transition_store: tokio::sync::OnceCell::new(),
         })
     }
@@ -107,6 +111,17 @@ impl Daemon {
     pub async fn try_lead(&self) -> bool {
         if let Some(settings) = self.config.daemon.lease.clone() {
             let mut hold = self.lease.lock().await;
+            // A standby's lease manager sleeps until the holder's Lease would expire, so a Lease
+            // the leader released on its way out would wait out its whole duration: contend
+            // afresh as soon as the Lease is seen free.
+            if let Some(h) = hold.as_ref()
+                && !*h.leading.borrow()
+                && self.lease_released(h, &settings).await
+                && let Some(old) = hold.take()
+            {
+                tracing::info!("the leader Lease was released; contending for it at once");
+                old.task.abort();
+            }
             if hold.is_none() {
                 match self.contest(&settings).await {
                     Ok(h) => *hold = Some(h),
@@ -182,6 +197,19 @@ impl Daemon {
         holder && fresh
     }
 
+    /// Whether the Lease has no holder (released); an unreadable Lease counts as held.
+    async fn lease_released(&self, h: &LeaseHold, s: &crate::config::LeaseSettings) -> bool {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: kube::Api<Lease> = kube::Api::namespaced(h.client.clone(), &s.namespace);
+        match tokio::time::timeout(self.config.kubernetes.timeout, api.get(&s.name)).await {
+            Ok(Ok(lease)) => lease
+                .spec
+                .and_then(|spec| spec.holder_identity)
+                .is_none_or(|holder| holder.is_empty()),
+            _ => false,
+        }
+    }
+
     async fn contest(&self, s: &crate::config::LeaseSettings) -> Result<LeaseHold, String> {
         let target = crate::target::KubeTarget::connect(
             "management",
@@ -191,14 +219,7 @@ impl Daemon {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cacertd".into());
-        let mut nonce = [0u8; 4];
-        let _ = aws_lc_rs::rand::fill(&mut nonce);
-        let identity = format!(
-            "{host}-{}-{:08x}",
-            std::process::id(),
-            u32::from_be_bytes(nonce)
-        );
+        let identity = self.identity.clone();
         let params = kube_lease_manager::LeaseParams::new(
             identity.clone(),
             s.duration.as_secs().max(2),
@@ -706,6 +727,17 @@ fn root_error_reason(e: &StoreError) -> String {
         _ => "io",
     }
     .to_string()
+}
+
+fn lease_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cacertd".into());
+    let mut nonce = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut nonce);
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        u32::from_be_bytes(nonce)
+    )
 }
 
 fn jittered(interval: Duration, jitter: f64) -> Duration {
