@@ -740,3 +740,120 @@ fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
     );
     assert_issued_and_trusted(&s);
 }
+
+/// The Vault client as a long-running daemon needs it: transient errors retried, a dead token
+/// replaced by a fresh login, a policy denial reported without a login, and one renewal at a
+/// time however many calls are under way.
+#[test]
+fn the_vault_client_retries_transient_errors_and_logs_in_again_only_for_a_dead_token() {
+    let vault = TestVault::start();
+    let rules = vec![
+        PathRule::new("pki/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+        PathRule::new("auth/token/*", &["read", "update"]),
+    ];
+    vault.add_approle("role-1", "secret-1", rules, Duration::from_secs(600));
+    let s = Setup::with_config(&config(
+        &vault,
+        PKI,
+        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
+    ));
+    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    let count = |path: &str, status: u16| {
+        vault
+            .answers()
+            .iter()
+            .filter(|(_, p, s)| p == path && *s == status)
+            .count()
+    };
+    let logins = || count("auth/approle/login", 200);
+
+    // A rate limit on the login, Vault's own 500s on the signature: each retried.
+    vault.fail_next(429, 1);
+    let before = vault.answers().len();
+    s.cacertd(&["issue", "--dry-run", "cluster1"]).ok();
+    let calls = vault.answers().len() - before - 1;
+    vault.fail_next(429, 1);
+    vault.fail_after(calls, 500, 2);
+    s.cacertd(&["issue", "cluster1"]).ok();
+    assert_eq!(count("auth/approle/login", 429), 2);
+    assert_eq!(
+        count("pki/root/sign-intermediate", 500),
+        2,
+        "{:?}",
+        vault.answers()
+    );
+    assert_eq!(count("pki/root/sign-intermediate", 200), 1);
+    // More than the retries: a clear failure, nothing written.
+    let before = s.snapshot();
+    vault.fail_next(502, 10);
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(run.stderr.contains("502"), "{}", run.stderr);
+    assert_unchanged(&before, &s.snapshot());
+    vault.clear_faults();
+
+    // The token dies under a running cacertd: one fresh login, and the run succeeds.
+    let logins_before = logins();
+    vault.revoke_tokens_after(1);
+    s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    assert_eq!(
+        logins() - logins_before,
+        2,
+        "the first login and one after the revocation"
+    );
+    assert!(count("auth/token/lookup-self", 403) >= 1);
+
+    // A policy denial with a live token: reported, no second login.
+    let logins_before = logins();
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(PKI, "store = \"vault-pki\"\nmount = \"pki-other\"");
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(run.stderr.contains("permission denied"), "{}", run.stderr);
+    assert_eq!(logins() - logins_before, 1, "a denial is not a dead token");
+
+    // Sealed is no transient error: reported at once, not retried.
+    vault.seal(true);
+    let before = vault.answers().len();
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(run.stderr.contains("sealed"), "{}", run.stderr);
+    let sealed: Vec<_> = vault.answers()[before..].to_vec();
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+}
+
+#[test]
+fn one_renewal_at_a_time_however_many_calls_are_under_way() {
+    let vault = TestVault::start();
+    let rules = vec![
+        PathRule::new("pki/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+        PathRule::new("auth/token/*", &["read", "update"]),
+    ];
+    // A 3 s token is due for renewal after 2 s; every call takes 1.2 s, so the two signatures,
+    // made concurrently after two reads, both find it due.
+    vault.add_approle("role-1", "secret-1", rules, Duration::from_secs(3));
+    let s = Setup::with_config(&config(
+        &vault,
+        PKI,
+        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
+    ));
+    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    vault.keep_tokens_alive(true);
+    vault.set_delay(Some(Duration::from_millis(1200)));
+    s.cacertd(&["issue"]).ok();
+    assert!(
+        vault.max_in_flight("pki/root/sign-intermediate") == 2,
+        "the two signatures ran concurrently: {:?}",
+        vault.answers()
+    );
+    let renewals = vault
+        .answers()
+        .iter()
+        .filter(|(_, p, _)| p == "auth/token/renew-self")
+        .count();
+    assert!(renewals >= 1, "{:?}", vault.answers());
+    assert_eq!(vault.max_in_flight("auth/token/renew-self"), 1);
+}

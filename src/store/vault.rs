@@ -11,7 +11,10 @@
 //!
 //! Authentication: a token (VAULT_TOKEN or a file), AppRole, or Kubernetes (the projected
 //! service-account token). The token's lifetime is tracked; it is renewed when a third of it
-//! is left, and cacertd logs in again when renewal is refused or the token was rejected.
+//! is left (one renewal at a time, however many calls run), and cacertd logs in again when
+//! renewal is refused or the token turns out dead (a 403 whose token no longer looks itself up;
+//! a policy denial does not cost a login). Rate limits (429) and Vault's transient 500/502/504
+//! are retried twice with a short backoff; sealed (503) is reported at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -101,6 +104,32 @@ pub struct VaultSession {
     refresh: tokio::sync::Mutex<()>,
 }
 
+/// How often one Vault call is retried after a transient error (429, 500, 502, 504).
+const TRANSIENT_RETRIES: u32 = 2;
+
+/// Runs `f`, retrying Vault's transient failures (an overloaded or restarting node, a rate
+/// limit) with a short backoff. 503 means sealed, or a standby that cannot answer: that does
+/// not pass in a moment, so it is returned at once.
+async fn retrying_transient<T>(
+    action: &str,
+    f: impl AsyncFn() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let mut retries = 0;
+    loop {
+        match f().await {
+            Err(ClientError::APIError { code, .. })
+                if retries < TRANSIENT_RETRIES && matches!(code, 429 | 500 | 502 | 504) =>
+            {
+                let wait = Duration::from_millis(200) * 2u32.pow(retries);
+                retries += 1;
+                tracing::debug!(action, code, ?wait, "transient Vault error; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl VaultSession {
     pub async fn connect(settings: &VaultSettings) -> Result<Self, VaultError> {
         let mut builder = VaultClientSettingsBuilder::default();
@@ -174,9 +203,11 @@ impl VaultSession {
                 };
                 self.client.write().await.set_token(&token);
                 let client = self.client.read().await;
-                let info = vaultrs::token::lookup_self(&*client)
-                    .await
-                    .map_err(|e| login_error("token", &self.address, &e))?;
+                let info = retrying_transient("look up the token", async || {
+                    vaultrs::token::lookup_self(&*client).await
+                })
+                .await
+                .map_err(|e| login_error("token", &self.address, &e))?;
                 (None, (info.ttl > 0).then(|| Duration::from_secs(info.ttl)))
             }
             VaultAuth::AppRole {
@@ -186,9 +217,11 @@ impl VaultSession {
             } => {
                 let secret_id = Zeroizing::new(read_secret_file(secret_id_file)?);
                 let client = self.client.read().await;
-                let auth = vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id)
-                    .await
-                    .map_err(|e| login_error("approle", &self.address, &e))?;
+                let auth = retrying_transient("log in (approle)", async || {
+                    vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id).await
+                })
+                .await
+                .map_err(|e| login_error("approle", &self.address, &e))?;
                 (
                     Some(Zeroizing::new(auth.client_token)),
                     Some(Duration::from_secs(auth.lease_duration)),
@@ -201,9 +234,11 @@ impl VaultSession {
             } => {
                 let jwt = Zeroizing::new(read_secret_file(jwt_file)?);
                 let client = self.client.read().await;
-                let auth = vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt)
-                    .await
-                    .map_err(|e| login_error("kubernetes", &self.address, &e))?;
+                let auth = retrying_transient("log in (kubernetes)", async || {
+                    vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt).await
+                })
+                .await
+                .map_err(|e| login_error("kubernetes", &self.address, &e))?;
                 (
                     Some(Zeroizing::new(auth.client_token)),
                     Some(Duration::from_secs(auth.lease_duration)),
@@ -276,18 +311,20 @@ impl VaultSession {
         f: impl AsyncFn(&VaultClient) -> Result<T, ClientError>,
     ) -> Result<T, VaultError> {
         self.keep_alive().await?;
-        for attempt in 0..2 {
-            let result = {
+        let mut relogged = false;
+        loop {
+            let result = retrying_transient(action, async || {
                 let client = self.client.read().await;
                 f(&client).await
-            };
+            })
+            .await;
             match result {
                 Ok(v) => return Ok(v),
                 // A 403 is usually a policy denial; log in again only if the token itself is
                 // dead (expired or revoked under us), so denials do not burn AppRole secret-id
                 // uses or leave tokens behind.
                 Err(ClientError::APIError { code: 403, .. })
-                    if attempt == 0
+                    if !relogged
                         && !matches!(self.settings.auth, VaultAuth::Token { .. })
                         && !self.token_alive().await =>
                 {
@@ -295,16 +332,13 @@ impl VaultSession {
                         action,
                         "the Vault token is no longer valid; logging in again"
                     );
+                    relogged = true;
                     let _refreshing = self.refresh.lock().await;
                     self.login().await?;
                 }
                 Err(e) => return Err(self.classify(action, path, e)),
             }
         }
-        Err(VaultError::PermissionDenied {
-            action: action.to_string(),
-            path: path.to_string(),
-        })
     }
 
     async fn token_alive(&self) -> bool {

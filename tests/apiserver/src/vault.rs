@@ -108,7 +108,8 @@ struct State {
     pki_mounts: HashMap<String, Vec<Issuer>>,
     requests: Vec<(String, String)>,
     namespaces: Vec<Option<String>>,
-    faults: Vec<(u16, usize)>,
+    /// (status, requests to let through first, requests to answer with it).
+    faults: Vec<(u16, usize, usize)>,
     delay: Option<Duration>,
     /// Tokens report their TTL but stay valid past it (see [`TestVault::keep_tokens_alive`]).
     tokens_never_expire: bool,
@@ -116,6 +117,10 @@ struct State {
     write_barrier: Option<(usize, Arc<tokio::sync::Barrier>)>,
     /// (method, path, status) of every answered request.
     answers: Vec<(String, String, u16)>,
+    /// Requests being handled now, and the most ever handled at once, per path.
+    in_flight: HashMap<String, (usize, usize)>,
+    /// After this many more requests, every token issued so far is revoked.
+    revoke_after: Option<usize>,
     pki_max_ttl: Option<Duration>,
     pki_default_follows_latest: bool,
     next_id: u64,
@@ -302,7 +307,17 @@ impl TestVault {
 
     /// The next `count` requests answer `status`.
     pub fn fail_next(&self, status: u16, count: usize) {
-        self.lock().faults.push((status, count));
+        self.fail_after(0, status, count);
+    }
+
+    /// Like [`TestVault::fail_next`], after letting `skip` requests through.
+    pub fn fail_after(&self, skip: usize, status: u16, count: usize) {
+        self.lock().faults.push((status, skip, count));
+    }
+
+    /// Forgets the faults `fail_next` queued and not yet used.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
     }
 
     pub fn set_delay(&self, d: Option<Duration>) {
@@ -320,6 +335,18 @@ impl TestVault {
     /// into one of expiry.
     pub fn keep_tokens_alive(&self, alive: bool) {
         self.lock().tokens_never_expire = alive;
+    }
+
+    /// The most requests to `path` ever handled at once.
+    pub fn max_in_flight(&self, path: &str) -> usize {
+        self.lock().in_flight.get(path).map_or(0, |f| f.1)
+    }
+
+    /// Every token issued so far is revoked once `n` more requests have arrived (the next one
+    /// after them meets the revocation), as when an operator revokes a lease or Vault loses its
+    /// token store: what a client sees is a 403 for a token that no longer looks itself up.
+    pub fn revoke_tokens_after(&self, n: usize) {
+        self.lock().revoke_after = Some(n);
     }
 
     /// Every answered request: (method, path without `/v1/`, HTTP status).
@@ -489,6 +516,17 @@ async fn handle(
             }
             _ => None,
         };
+        let flight = st.in_flight.entry(path.clone()).or_default();
+        flight.0 += 1;
+        flight.1 = flight.1.max(flight.0);
+        match st.revoke_after {
+            Some(0) => {
+                st.tokens.clear();
+                st.revoke_after = None;
+            }
+            Some(n) => st.revoke_after = Some(n - 1),
+            None => {}
+        }
         (st.delay, barrier)
     };
     if let Some(barrier) = barrier {
@@ -499,6 +537,9 @@ async fn handle(
     }
     let response = answer(&state, &method, &path, &query, token.as_deref(), &body);
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(flight) = st.in_flight.get_mut(&path) {
+        flight.0 -= 1;
+    }
     st.answers
         .push((method.to_string(), path, response.status().as_u16()));
     Ok(response)
@@ -514,10 +555,20 @@ fn answer(
     body: &Value,
 ) -> Response<Full<Bytes>> {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = st.faults.iter().position(|(_, n)| *n > 0) {
-        st.faults[i].1 -= 1;
-        let code = st.faults[i].0;
-        st.faults.retain(|(_, n)| *n > 0);
+    let fault = match st.faults.iter().position(|(_, _, n)| *n > 0) {
+        Some(i) if st.faults[i].1 > 0 => {
+            st.faults[i].1 -= 1;
+            None
+        }
+        Some(i) => {
+            st.faults[i].2 -= 1;
+            let code = st.faults[i].0;
+            st.faults.retain(|(_, _, n)| *n > 0);
+            Some(code)
+        }
+        None => None,
+    };
+    if let Some(code) = fault {
         return errors(code, &["injected fault"]);
     }
     if st.sealed {
