@@ -305,6 +305,81 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
 }
 
 /// How many `cacerts` backups a cluster keeps.
+/// A whole migration with nothing but the shipped least-privilege RBAC: every cluster is
+/// reached as the service account rbac.yaml binds, and the remote is reached through the
+/// Istio remote secret in its primary, which remote-secrets-reader.yaml (as shipped) lets
+/// cacertd read. No request is refused, and the migration completes.
+#[test]
+fn a_migration_needs_nothing_beyond_the_shipped_least_privilege_rbac() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let token = |_: &FakeCluster| "least".to_string();
+    let s = common::kube::setup_with_tokens(&server, "", token);
+    for name in CLUSTERS {
+        common::kube::grant_target_rbac(server.cluster(name), "least");
+    }
+    let c1 = server.cluster("cluster1");
+    c1.apply_manifests(
+        &common::kube::shipped("deploy/kubernetes/target-cluster/remote-secrets-reader.yaml"),
+        "istio-system",
+    );
+    // cluster3 is reached through the remote secret istioctl created in cluster1, holding a
+    // kubeconfig with cluster3's own least-privilege token.
+    let kubeconfig = server.cluster("cluster3").kubeconfig("least");
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-cluster3", "namespace": "istio-system",
+                     "labels": {"istio/multiCluster": "true"},
+                     "annotations": {"networking.istio.io/cluster": "cluster3"}},
+        "data": {"cluster3": b64(kubeconfig.as_bytes())},
+    }));
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(
+            "{ kind = \"kube\", kubeconfig = \"kube/cluster3.yaml\" }",
+            "{ kind = \"kube\", remote_secret_from = \"cluster1\" }",
+        );
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    append_config(&s, "[transition]\ngate_timeout = \"60s\"");
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    let istiod = Istiod::start(&server, false);
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    drop(istiod);
+    let root = s.read("state/root/root-cert.pem");
+    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
+        assert_eq!(
+            unb64(&served(&server, name)["root-cert.pem"]),
+            root,
+            "{name}"
+        );
+        assert_eq!(
+            secret_data(server.cluster(name), "istio-system", "istio-ca-secret").as_ref(),
+            Some(&secrets[i]["data"])
+        );
+    }
+    // The remote's workloads were restarted through the remote secret.
+    let web3 = server
+        .cluster("cluster3")
+        .get("deployments", "app", "web")
+        .unwrap();
+    assert!(
+        web3["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+    for c in server.clusters() {
+        let requests = c.requests();
+        assert!(!requests.is_empty(), "{} was used", c.name);
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.status != 403 && r.user == "system:serviceaccount:cacertd:cacertd"),
+            "{}: {requests:#?}",
+            c.name
+        );
+    }
+}
+
 fn backups_in(c: &FakeCluster) -> usize {
     c.list("secrets", Some("istio-system"))
         .iter()
