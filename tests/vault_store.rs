@@ -857,3 +857,150 @@ fn one_renewal_at_a_time_however_many_calls_are_under_way() {
     assert!(renewals >= 1, "{:?}", vault.answers());
     assert_eq!(vault.max_in_flight("auth/token/renew-self"), 1);
 }
+
+/// The certificate of the last KV v2 version at `path` of mount `secret`.
+fn last_root(vault: &TestVault, path: &str) -> String {
+    vault
+        .kv_versions("secret", path)
+        .last()
+        .and_then(|v| v["certificate"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no version at secret/{path}"))
+}
+
+/// A vault-kv rotation that was aborted, and one that was rolled back: the new root each left
+/// in `<path>-next` is never used again, and the next rotation ends on a root of its own.
+#[test]
+fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
+    let vault = TestVault::start();
+    let s = setup(&vault, KV, "root-token");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let first = last_root(&vault, "cacertd/root");
+
+    // Aborted after its first step.
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "1",
+    ])
+    .fails_with(1);
+    let aborted = last_root(&vault, "cacertd/root-next");
+    assert_ne!(aborted, first);
+    s.cacertd(&["transition", "abort"]).ok();
+    assert_eq!(
+        last_root(&vault, "cacertd/root"),
+        first,
+        "abort swaps nothing"
+    );
+
+    // Rolled back from SwitchSigner, after the new root had signed.
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        // AddNewRoot: per cluster a write and three restart stages, then the gate;
+        // SwitchSigner's first write.
+        "--stop-after-steps",
+        "10",
+    ])
+    .fails_with(1);
+    let rolled_back = last_root(&vault, "cacertd/root-next");
+    assert_ne!(rolled_back, aborted, "the aborted root was not reused");
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase SwitchSigner") && status.contains("cluster1: written"),
+        "{status}"
+    );
+    // Back to AddNewRoot's material, then to what the clusters had before this rotation
+    // (cluster1 still carries the aborted rotation's root, which abort leaves in place).
+    let before_rotation = std::fs::read_to_string(s.path("out/cluster1/root-cert.pem"))
+        .unwrap()
+        .replace(&rolled_back, "");
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("RolledBack"), "{status}");
+    assert_eq!(last_root(&vault, "cacertd/root"), first, "nothing swapped");
+    assert_eq!(
+        std::fs::read_to_string(s.path("out/cluster1/root-cert.pem")).unwrap(),
+        before_rotation
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path("out/cluster2/root-cert.pem")).unwrap(),
+        first,
+        "cluster2 is back on the first root alone"
+    );
+
+    // The next rotation makes a root of its own and ends on it.
+    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let root = last_root(&vault, "cacertd/root");
+    assert!(
+        root != first && root != aborted && root != rolled_back,
+        "a fresh root"
+    );
+    assert_eq!(vault.kv_versions("secret", "cacertd/root").len(), 2);
+    for c in ["cluster1", "cluster2"] {
+        assert_eq!(
+            std::fs::read_to_string(s.path(&format!("out/{c}/root-cert.pem"))).unwrap(),
+            root,
+            "{c}"
+        );
+    }
+    assert_issued_and_trusted(&s);
+}
+
+/// vault-pki with a named issuer: the swap at the end of a rotation renames the old issuer
+/// aside, then gives its name to the new one. Interrupted between the two renames (the name
+/// is then on neither issuer), `resume` finishes the swap: the name ends on the new issuer,
+/// the old one is kept with its settings, nothing is renamed twice.
+#[test]
+fn a_vault_pki_swap_interrupted_between_its_renames_is_finished_by_resume() {
+    let vault = TestVault::start();
+    let s = setup(&vault, PKI, "root-token");
+    s.cacertd(&["root", "init"]).ok();
+    let id = vault.pki_issuer_ids("pki").remove(0);
+    let old = vault.pki_issuers("pki").remove(0);
+    vault.pki_name_issuer("pki", &id, "mesh-root");
+    vault.pki_set_leaf_behavior("pki", 0, "truncate");
+    let config = std::fs::read_to_string(s.path("cacertd.toml"))
+        .unwrap()
+        .replace(PKI, &format!("{PKI}\nissuer = \"mesh-root\""));
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    s.cacertd(&["issue"]).ok();
+
+    // The second rename (mesh-root-next → mesh-root) fails, with a status no retry covers.
+    vault.fail_path("POST", "pki/issuer/mesh-root-next", 400, 1);
+    let run = s
+        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .fails_with(1);
+    assert!(run.stderr.contains("root swap"), "{}", run.stderr);
+    let names = vault.pki_issuer_names("pki");
+    assert!(
+        !names.iter().any(|n| n == "mesh-root"),
+        "interrupted between the renames: {names:?}"
+    );
+    assert!(names.iter().any(|n| n == "mesh-root-next"), "{names:?}");
+
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let names = vault.pki_issuer_names("pki");
+    let issuers = vault.pki_issuers("pki");
+    assert_eq!(issuers.len(), 2, "{names:?}");
+    let at = |name: &str| names.iter().position(|n| n == name);
+    let new = &issuers[at("mesh-root").expect("the name is on the new issuer")];
+    assert_ne!(new, &old);
+    let aside = names
+        .iter()
+        .position(|n| n.starts_with("mesh-root-replaced-"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(issuers[aside], old);
+    assert_eq!(vault.pki_leaf_behaviors("pki")[aside], "truncate");
+    assert_eq!(
+        &std::fs::read_to_string(s.path("out/cluster2/root-cert.pem")).unwrap(),
+        new
+    );
+    assert_issued_and_trusted(&s);
+}

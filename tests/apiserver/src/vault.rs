@@ -110,6 +110,8 @@ struct State {
     namespaces: Vec<Option<String>>,
     /// (status, requests to let through first, requests to answer with it).
     faults: Vec<(u16, usize, usize)>,
+    /// (method, path, status, requests to answer with it).
+    path_faults: Vec<(String, String, u16, usize)>,
     delay: Option<Duration>,
     /// Tokens report their TTL but stay valid past it (see [`TestVault::keep_tokens_alive`]).
     tokens_never_expire: bool,
@@ -315,9 +317,18 @@ impl TestVault {
         self.lock().faults.push((status, skip, count));
     }
 
+    /// The next `count` requests with this method and path (without `/v1/`) answer `status`.
+    pub fn fail_path(&self, method: &str, path: &str, status: u16, count: usize) {
+        self.lock()
+            .path_faults
+            .push((method.to_string(), path.to_string(), status, count));
+    }
+
     /// Forgets the faults `fail_next` queued and not yet used.
     pub fn clear_faults(&self) {
-        self.lock().faults.clear();
+        let mut st = self.lock();
+        st.faults.clear();
+        st.path_faults.clear();
     }
 
     pub fn set_delay(&self, d: Option<Duration>) {
@@ -555,6 +566,15 @@ fn answer(
     body: &Value,
 ) -> Response<Full<Bytes>> {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = st
+        .path_faults
+        .iter_mut()
+        .find(|(m, p, _, n)| *n > 0 && m == method.as_str() && p == path)
+    {
+        f.3 -= 1;
+        let code = f.2;
+        return errors(code, &["injected fault"]);
+    }
     let fault = match st.faults.iter().position(|(_, _, n)| *n > 0) {
         Some(i) if st.faults[i].1 > 0 => {
             st.faults[i].1 -= 1;
