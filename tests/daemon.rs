@@ -341,6 +341,27 @@ async fn only_the_lock_holder_acts_and_a_standby_takes_over() {
         "{reports:?}"
     );
     assert!(get(addr, "/readyz").await.0.contains("200"));
+    // The former leader no longer speaks for the clusters: no per-cluster series are left to
+    // fire alerts, or to keep them quiet, on what it last saw.
+    let old = a.metrics().encode();
+    for series in [
+        "cacertd_certificate_expiration_timestamp_seconds{",
+        "cacertd_cluster_ready{",
+        "cacertd_last_success_timestamp_seconds{",
+    ] {
+        assert!(!old.contains(series), "{series}:\n{old}");
+    }
+    assert_eq!(metric(&old, "cacertd_leader", &[]), Some(0.0));
+    // Leading again, it looks at every cluster at once (their next look was not due yet) and
+    // exports them afresh.
+    b.step_down().await;
+    assert!(a.try_lead().await);
+    assert_eq!(a.tick().await.len(), 2);
+    let text = a.metrics().encode();
+    assert_eq!(
+        metric(&text, "cacertd_cluster_ready", &[("cluster", "cluster2")]),
+        Some(1.0)
+    );
 }
 
 #[test]

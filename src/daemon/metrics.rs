@@ -238,7 +238,11 @@ impl Metrics {
                 .get_or_create(&labels(&[("cluster", cluster)]))
                 .set(i64::try_from(steps).unwrap_or(i64::MAX));
         }
-        if let Some(since) = r.gate_since {
+        // Only a gate still being waited on: once the transition failed or is held, nothing
+        // waits any more (that has alerts of its own).
+        if let Some(since) = r.gate_since
+            && matches!(r.state, State::Active | State::RollingBack { .. })
+        {
             self.transition_gate_wait
                 .set((now.unix_timestamp() - since).max(0));
         }
@@ -246,5 +250,98 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Drops every series that describes the clusters or a transition as this replica last
+    /// saw them (counters stay: they only ever count what this replica did).
+    pub fn forget_cluster_state(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.expiration.clear();
+        self.not_before.clear();
+        self.renewal.clear();
+        self.ready.clear();
+        self.last_success.clear();
+        self.transition(None, time::OffsetDateTime::UNIX_EPOCH);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transition::{Options, Record, State, TransitionKind};
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn a_gate_is_waited_on_only_while_the_transition_is_active() {
+        let m = Metrics::new();
+        let options = Options {
+            drain_seconds: 0,
+            gate_timeout_seconds: 60,
+            skip_workload_restarts: false,
+            approve_each_phase: false,
+            exclude_namespaces: Vec::new(),
+            max_parallel: 1,
+        };
+        let mut r = Record::new(TransitionKind::Migrate, ["c1".to_string()], options);
+        let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000);
+        r.gate_since = Some(100);
+        m.transition(Some(&r), now);
+        let wait = "cacertd_transition_gate_wait_seconds";
+        assert_eq!(value(&m.encode(), wait).as_deref(), Some("900"));
+        r.state = State::Failed {
+            report: "the gate did not hold".into(),
+            rolling_back_to: None,
+        };
+        m.transition(Some(&r), now);
+        assert_eq!(value(&m.encode(), wait).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn forgetting_cluster_state_drops_every_per_cluster_and_transition_series() {
+        let m = Metrics::new();
+        let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let info = CertInfo {
+            serial: "1a".into(),
+            subject: String::new(),
+            issuer: String::new(),
+            not_before: at,
+            not_after: at,
+            fingerprint_sha256: String::new(),
+            is_ca: true,
+            path_len: Some(0),
+            key_algorithm: String::new(),
+        };
+        m.certificate("c1", "intermediate", &info);
+        m.renewal_at("c1", Some(at));
+        m.ready("c1", false);
+        m.reconciled("c1", "issued", 0.1, at);
+        m.set_leader(true);
+        let before = m.encode();
+        assert!(before.contains("cluster=\"c1\""), "{before}");
+        m.forget_cluster_state();
+        m.set_leader(false);
+        let after = m.encode();
+        for series in [
+            "cacertd_certificate_expiration_timestamp_seconds{",
+            "cacertd_certificate_not_before_timestamp_seconds{",
+            "cacertd_certificate_renewal_timestamp_seconds{",
+            "cacertd_cluster_ready{",
+            "cacertd_last_success_timestamp_seconds{",
+            "cacertd_transition_phase{",
+        ] {
+            assert!(!after.contains(series), "{series} in:\n{after}");
+        }
+        // What this replica did stays counted.
+        assert!(after.contains("cacertd_reconcile_total{"), "{after}");
+        assert_eq!(value(&after, "cacertd_leader").as_deref(), Some("0"));
     }
 }

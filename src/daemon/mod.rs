@@ -132,10 +132,7 @@ impl Daemon {
             if leading && let Some(h) = hold.as_ref() {
                 leading = self.lease_still_held(h, &settings).await;
             }
-            if leading != self.leader.swap(leading, Ordering::SeqCst) {
-                tracing::info!(leading, "leadership changed");
-            }
-            self.metrics.set_leader(leading);
+            self.set_leading(leading).await;
             return leading;
         }
         let mut lock = self.lock.lock().await;
@@ -149,9 +146,24 @@ impl Daemon {
             }
         }
         let leading = lock.is_some();
-        self.leader.store(leading, Ordering::SeqCst);
-        self.metrics.set_leader(leading);
+        self.set_leading(leading).await;
         leading
+    }
+
+    /// Notes whether this replica leads. Only the leader's view of the clusters is current,
+    /// so a replica that stops leading drops its per-cluster and transition series (a standby
+    /// must not keep alerts firing, or silent, on what it last saw), and one that starts
+    /// leading looks at every cluster on its first pass, which exports them afresh.
+    async fn set_leading(&self, leading: bool) {
+        if leading != self.leader.swap(leading, Ordering::SeqCst) {
+            tracing::info!(leading, "leadership changed");
+            if leading {
+                self.schedule.lock().await.clear();
+            } else {
+                self.metrics.forget_cluster_state();
+            }
+        }
+        self.metrics.set_leader(leading);
     }
 
     /// Reads the Lease: this replica holds it and its renewal is recent enough that no standby
@@ -257,8 +269,7 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(5), hold.task).await;
         }
         self.lock.lock().await.take();
-        self.leader.store(false, Ordering::SeqCst);
-        self.metrics.set_leader(false);
+        self.set_leading(false).await;
     }
 
     /// One pass: every primary whose time has come is reconciled. Nothing happens unless this
