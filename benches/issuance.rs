@@ -2,6 +2,9 @@
 //! key algorithm, and `issue` for 100 primaries end-to-end. Prints figures; asserts nothing —
 //! timing targets belong here, not in tests, because the machines running tests are shared.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,9 @@
 //! Benchmark (`cargo bench --bench kube_fanout`): `cacertd issue` fanning out to 200 simulated
 //! clusters on the test apiserver — wall time and peak resident memory of the cacertd process.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use cacertd_test_apiserver::TestApiServer;

@@ -5,6 +5,9 @@
 //! is waited for but the stand-in istiod) and the API requests per cluster and per namespace.
 //! `-- --max-parallel N` drives N clusters at once within each phase (default 1).
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! against the test Vault on loopback — per-issuance latency (p50, p99) and how much of it is
 //! Vault's (HTTP round trip and signing) versus cacertd's own work (key, CSR, checks).
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use cacertd::config::Config;

@@ -1,6 +1,9 @@
 //! The shipped alert rules (deploy/monitoring/prometheusrule.yaml), evaluated by Prometheus's own
 //! `promtool`: `check rules`, then the unit tests of tests/alerts/cacertd_test.yaml.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,6 +1,9 @@
 //! Bad input of every kind: a clear error naming what is wrong, a documented non-zero exit
 //! code, and not one byte changed on disk.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{ACCEPTANCE_CONFIG, Setup, openssl};

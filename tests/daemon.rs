@@ -2,6 +2,9 @@
 //! of tampered material, per-cluster backoff, metrics scraped over HTTP, the audit log, the
 //! leader lock — and no key material in anything it serves or logs.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -5,6 +5,9 @@
 //! twice. Every claim is checked against the Lease's own versions (holder, renew time,
 //! duration) and the times the test apiserver answered each write.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};

@@ -1,5 +1,8 @@
 //! The binary on the acceptance config, with its output checked by the real `openssl` CLI.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Setup, openssl, openssl_verify_cacerts};

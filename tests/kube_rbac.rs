@@ -3,6 +3,9 @@
 //! account the manifest binds, with the manifest's Roles, ClusterRole and bindings loaded as
 //! they are, and fails precisely when a rule, a rule's API group or a binding is taken away.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use cacertd_test_apiserver::{TestApiServer, Value, json};

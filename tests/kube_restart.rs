@@ -2,6 +2,9 @@
 //! each stage waiting for the previous one to roll out — against the test apiserver's
 //! simulated controllers.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use cacertd_test_apiserver::{FakeCluster, TestApiServer, Value, json};

@@ -1,6 +1,9 @@
 //! cacertd against Kubernetes clusters over real HTTP: the test apiserver hosts three clusters
 //! (two primaries, one remote) and the `cacertd` binary works on them through `kube`.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! cacertd tests rely on are the real ones. (The server publishes no OpenAPI schemas, so
 //! `kubectl apply` runs with `--validate=false`.)
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -3,6 +3,9 @@
 //! intermediate), complete a real mutual-TLS handshake over TCP — each side trusting only its
 //! own cluster's root-cert.pem and checking the peer's SPIFFE identity, as Envoy does.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Setup;

@@ -2,6 +2,9 @@
 //! phases run to Done, a crash after any single step resumes to the same end, rollback restores
 //! the material byte for byte, and a gate that does not hold fails with the cluster named.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -3,6 +3,9 @@
 //! `istio-ca-root-cert` ConfigMaps, as istiod does; while it lags in one cluster, the gate
 //! waits, then fails naming that cluster and namespace; once it catches up, `resume` finishes.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -7,6 +7,9 @@
 //! then in its cacerts, each side trusting only its own root-cert.pem). Once done, every pair
 //! of clusters must.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! `migrate plan` and `rotate-root plan`: every step, per cluster, in order; stable; changing
 //! nothing; settings from `[transition]` and flags, bad values refused with the field named.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{ACCEPTANCE_CONFIG, Setup, assert_unchanged};

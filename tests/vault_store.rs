@@ -2,6 +2,9 @@
 //! (Vault signs; its key never leaves it), with token, AppRole and Kubernetes logins, token
 //! renewal and re-login, and the failures a security team must be told about clearly.
 
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
