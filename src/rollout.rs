@@ -1,4 +1,4 @@
-//! Restarts in the order Istio needs (DESIGN.md fact 5): istiod first, then the gateways, then
+//! Restarts in the order Istio needs (docs/istio.md §5): istiod first, then the gateways, then
 //! the workloads — of the primary and of every remote it serves — waiting for each stage to
 //! finish rolling out before the next begins. Restarting gateways before istiod serves the new
 //! material leaves them with "unknown authority".

@@ -1,5 +1,5 @@
 //! The mesh as cacertd sees it: clusters, their roles, networks, and which primary serves
-//! which remote (DESIGN.md fact 5: only primaries run istiod and need `cacerts`).
+//! which remote (docs/istio.md §5: only primaries run istiod and need `cacerts`).
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use super::{Cert, IntermediateCa, PkiError};
 
-/// The `cacerts` Secret's four keys, as raw bytes (DESIGN.md fact 1). The key buffer is wiped on
+/// The `cacerts` Secret's four keys, as raw bytes (docs/istio.md §1). The key buffer is wiped on
 /// drop and `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaCertsFiles {
@@ -94,7 +94,7 @@ impl CaCertsFiles {
 
 /// The roots a cluster trusts (`root-cert.pem`). Keeps the exact PEM bytes it was built from:
 /// before Istio 1.31, istiod's multi-root reload accepted a new bundle only if the old one was
-/// a byte-substring of it (DESIGN.md fact 3), so adding a root must append, never re-encode.
+/// a byte-substring of it (docs/istio.md §3), so adding a root must append, never re-encode.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TrustBundle {
     pem: Vec<u8>,

@@ -124,7 +124,7 @@ pub fn issue_intermediate(
 /// Certificate parameters for an intermediate: basicConstraints critical CA:TRUE with the
 /// policy's pathlen, keyUsage keyCertSign+cRLSign+digitalSignature, SAN
 /// DNS:istiod.istio-system.svc, authority key id, and NO extendedKeyUsage (Go's verifier, as
-/// istiod uses it, rejects a CA whose EKU does not allow serverAuth — DESIGN.md fact 1).
+/// istiod uses it, rejects a CA whose EKU does not allow serverAuth — docs/istio.md §1).
 pub(crate) fn intermediate_params(
     spec: &IntermediateSpec,
     now: OffsetDateTime,
@@ -265,7 +265,7 @@ pub fn check_signed_intermediate(
 }
 
 /// A random positive 128-bit serial. rcgen would otherwise derive the serial from the public
-/// key (DESIGN.md fact 2). The top bit is cleared so DER needs no sign byte, and the first byte
+/// key (docs/istio.md §2). The top bit is cleared so DER needs no sign byte, and the first byte
 /// is kept non-zero so the encoding is always exactly 16 bytes (127 bits of entropy).
 pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];

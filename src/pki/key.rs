@@ -10,7 +10,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::PkiError;
 use super::secret_pem;
 
-/// The key algorithms istiod can sign with (DESIGN.md fact 1: RSA and ECDSA P-256/P-384;
+/// The key algorithms istiod can sign with (docs/istio.md §1: RSA and ECDSA P-256/P-384;
 /// Ed25519 and other curves are refused by Go's crypto/x509 as istiod uses it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyAlgorithm {
@@ -137,7 +137,7 @@ impl CaKey {
     }
 
     /// Parses a PEM private key: PKCS#8 `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY` or SEC1
-    /// `EC PRIVATE KEY` (the three forms istiod reads, DESIGN.md fact 1). `what` names the input
+    /// `EC PRIVATE KEY` (the three forms istiod reads, docs/istio.md §1). `what` names the input
     /// in errors; errors never include any byte of the key.
     pub fn from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
         let blocks = secret_pem::parse_blocks(pem_text).map_err(|reason| PkiError::BadKey {

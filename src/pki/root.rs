@@ -29,7 +29,7 @@ pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// Generates a self-signed root: explicit random serial, basicConstraints critical CA:TRUE
 /// (no path length: the root may sit above intermediate layers), keyUsage critical
-/// keyCertSign+cRLSign, subject key identifier (DESIGN.md fact 2).
+/// keyCertSign+cRLSign, subject key identifier (docs/istio.md §2).
 pub fn generate_root(spec: &RootSpec, now: OffsetDateTime) -> Result<RootCa, PkiError> {
     let not_after = add_validity(now, spec.validity)?;
     let key = CaKey::generate(spec.key_algorithm)?;

@@ -1,4 +1,4 @@
-//! Validation of a `cacerts` set the way istiod does it (DESIGN.md fact 1), and stricter where
+//! Validation of a `cacerts` set the way istiod does it (docs/istio.md §1), and stricter where
 //! istiod's check would let through material that breaks workloads later.
 //!
 //! istiod (security/pkg/pki/util/keycertbundle.go `verify`) parses `ca-cert.pem`, runs Go's
@@ -288,7 +288,7 @@ fn strip_what(e: &PkiError) -> String {
 }
 
 /// A CA that signs workload certificates needs keyCertSign (if keyUsage is present at all) and
-/// an EKU that is either absent or allows serverAuth/any (Go's verifier, DESIGN.md fact 1).
+/// an EKU that is either absent or allows serverAuth/any (Go's verifier, docs/istio.md §1).
 fn check_signing_ca_usage(cert: &Cert) -> Result<(), String> {
     let x = cert.x509();
     if let Ok(Some(ku)) = x.key_usage()

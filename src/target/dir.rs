@@ -13,7 +13,7 @@ use crate::pki::CaCertsFiles;
 
 pub const MANIFEST: &str = "cacerts.yaml";
 
-/// cert-manager's form of the plug-in CA (DESIGN.md fact 1).
+/// cert-manager's form of the plug-in CA (docs/istio.md §1).
 const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
 const CA_CRT: &str = "ca.crt";

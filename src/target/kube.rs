@@ -23,12 +23,12 @@ use crate::config::KubeSettings;
 use crate::pki::{CaCertsFiles, fmt_time};
 use crate::plan::Snapshot;
 
-/// Istio's plug-in CA Secret and where istiod looks for it (DESIGN.md fact 1).
+/// Istio's plug-in CA Secret and where istiod looks for it (docs/istio.md §1).
 pub const NAMESPACE: &str = "istio-system";
 pub const CACERTS: &str = "cacerts";
-/// istiod's self-signed CA (DESIGN.md fact 4).
+/// istiod's self-signed CA (docs/istio.md §4).
 pub const ISTIO_CA_SECRET: &str = "istio-ca-secret";
-/// The bundle istiod publishes to every namespace (DESIGN.md fact 4).
+/// The bundle istiod publishes to every namespace (docs/istio.md §4).
 pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cacertd");
@@ -522,7 +522,7 @@ fn wipe(secret: &mut Secret) {
     }
 }
 
-/// Kinds `kubectl rollout restart` works on (DESIGN.md fact 6).
+/// Kinds `kubectl rollout restart` works on (docs/istio.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RolloutKind {
@@ -570,7 +570,8 @@ fn deployment_progress(d: &Deployment) -> Progress {
     let st = d.status.clone().unwrap_or_default();
     let observed = st.observed_generation.unwrap_or(0) >= generation;
     // Like `kubectl rollout status`, the condition is read only once the controller has
-    // observed this generation: before that it may be left over from the previous rollout.
+    // observed this generation: before that it may be left over from the previous rollout
+    // (docs/istio.md §6).
     let failed = st
         .conditions
         .iter()

@@ -5,7 +5,7 @@ use zeroize::Zeroizing;
 use super::WriteMeta;
 use crate::pki::{CaCertsFiles, base64_secret, fmt_time};
 
-/// Renders Secret `istio-system/cacerts` (type Opaque, the four keys of DESIGN.md fact 1). The
+/// Renders Secret `istio-system/cacerts` (type Opaque, the four keys of docs/istio.md §1). The
 /// result embeds the private key, so it lives in a zeroizing buffer and is written 0600.
 pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<String> {
     let header = format!(

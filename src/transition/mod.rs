@@ -1,4 +1,4 @@
-//! The phased trust transition (DESIGN.md, "The phased trust transition"): the pure phase
+//! The phased trust transition (README, "Trust transitions"): the pure phase
 //! machine shared by `migrate` (self-signed or unrelated roots → the common root) and
 //! `rotate-root` (common root A → B), and the `cacerts` material each phase serves.
 //!
