@@ -11,7 +11,7 @@ use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
 use crate::store::Signer;
 use futures::StreamExt;
 
-use crate::target::{Target, TargetError, WriteMeta};
+use crate::cluster::{Target, TargetError, WriteMeta};
 use crate::topology::Cluster;
 
 /// What happened to one cluster.

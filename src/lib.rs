@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
@@ -13,6 +14,5 @@ pub mod plan;
 pub mod policy;
 pub mod rollout;
 pub mod store;
-pub mod target;
 pub mod topology;
 pub mod transition;

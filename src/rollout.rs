@@ -7,8 +7,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::cluster::{KubeTarget, Target, TargetError, Workload};
 use crate::config::Config;
-use crate::target::{KubeTarget, Target, TargetError, Workload};
 use crate::topology::{Cluster, Role};
 
 /// The three stages, in order.

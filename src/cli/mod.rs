@@ -18,6 +18,7 @@ pub use args::{
 pub use output::StatusReport;
 
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{DirTarget, Target};
 use crate::config::{Config, ConfigError};
 use crate::fsutil::{FsError, StateLock, fs_err};
 use crate::issuance::{self, Outcome};
@@ -28,7 +29,6 @@ use crate::pki::{
 use crate::plan::{PlanOptions, Snapshot};
 use crate::policy::PolicyViolation;
 use crate::store::{RootSource, StoreError};
-use crate::target::{DirTarget, Target};
 use crate::topology::{Cluster, Role};
 use crate::transition::store::RecordStore;
 use crate::transition::{self, TransitionKind, driver};

@@ -223,7 +223,7 @@ impl Daemon {
     }
 
     async fn contest(&self, s: &crate::config::LeaseSettings) -> Result<LeaseHold, String> {
-        let target = crate::target::KubeTarget::connect(
+        let target = crate::cluster::KubeTarget::connect(
             "management",
             s.kubeconfig.as_deref(),
             s.context.as_deref(),
@@ -572,8 +572,8 @@ impl Daemon {
         // nothing for a new watch to replay) is found by looking at the cluster again.
         let mut rewatch = false;
         loop {
-            let target = match crate::target::Target::open(c, &self.config).await {
-                Ok(crate::target::Target::Kube(k)) => k,
+            let target = match crate::cluster::Target::open(c, &self.config).await {
+                Ok(crate::cluster::Target::Kube(k)) => k,
                 _ => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     continue;

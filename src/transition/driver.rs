@@ -17,6 +17,7 @@ use super::{
     TransitionKind, from_self_signed, material, next_step, next_steps,
 };
 use crate::audit::Audit;
+use crate::cluster::{KubeTarget, Target, TargetError, WriteMeta};
 use crate::config::Config;
 use crate::fsutil::{FsError, create_private_dir};
 use crate::pki::{
@@ -24,7 +25,6 @@ use crate::pki::{
 };
 use crate::rollout::{self, RestartOptions, Stage};
 use crate::store::RootSource;
-use crate::target::{KubeTarget, Target, TargetError, WriteMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
@@ -1249,7 +1249,7 @@ impl Work<'_> {
         cluster: &str,
         of: MaterialOf,
         now: OffsetDateTime,
-    ) -> Result<(CaCertsFiles, crate::target::Observed), DriveError> {
+    ) -> Result<(CaCertsFiles, crate::cluster::Observed), DriveError> {
         let want = material(&self.materials[cluster], of)
             .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
         // Never hand istiod material it would refuse (an original that expired while the
@@ -1274,7 +1274,7 @@ impl Work<'_> {
         cluster: &str,
         of: MaterialOf,
         want: &CaCertsFiles,
-        observed: &crate::target::Observed,
+        observed: &crate::cluster::Observed,
         now: OffsetDateTime,
     ) -> Result<Outcome, DriveError> {
         if observed.snapshot.cacerts.as_ref() != Some(want) {

@@ -22,11 +22,11 @@ use zeroize::Zeroizing;
 
 use super::Record;
 use super::driver::DriveError;
+use crate::cluster::KubeTarget;
+use crate::cluster::retry::retrying;
 use crate::config::{Config, RecordLocation};
 use crate::fsutil::{Mode, create_private_dir, fs_err, read_optional, write_atomic};
 use crate::pki::CaCertsFiles;
-use crate::target::KubeTarget;
-use crate::target::retry::retrying;
 
 const RECORD_KEY: &str = "record.json";
 /// The two sets of `cacerts` a primary moves between.
