@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::issuance::{ClusterReport, Outcome};
 use crate::pki::fmt_time;
 
 /// One line of the audit log.
@@ -93,28 +92,5 @@ impl Audit {
             serial,
             reason,
         });
-    }
-
-    /// Records what an issuance run did: issued, refused and failed clusters (unchanged ones
-    /// are not events).
-    pub fn issuance(&self, reports: &[ClusterReport], at: OffsetDateTime) {
-        for r in reports {
-            let outcome = match r.outcome {
-                Outcome::Issued => "issued",
-                Outcome::Refused => "refused",
-                Outcome::PolicyRefused => "policy-refused",
-                Outcome::Failed => "failed",
-                Outcome::Kept | Outcome::WouldIssue => continue,
-            };
-            self.record(&AuditEvent {
-                time: fmt_time(at),
-                actor: self.actor.clone(),
-                action: "issue".into(),
-                cluster: Some(r.cluster.clone()),
-                outcome: outcome.into(),
-                serial: r.serial.clone(),
-                reason: r.reason.clone(),
-            });
-        }
     }
 }

@@ -5,13 +5,14 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::Config;
-use crate::pki::{CaCertsFiles, TrustBundle, verify_cacerts_for_mesh};
-use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
-use crate::store::Signer;
 use futures::StreamExt;
 
-use crate::cluster::{Target, TargetError, WriteMeta};
+use crate::audit::Audit;
+use crate::cluster::{CacertsWriter, Material, Target, TargetError, WriteError, WriteMeta};
+use crate::config::Config;
+use crate::pki::{CaCertsFiles, TrustBundle};
+use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
+use crate::store::Signer;
 use crate::topology::Cluster;
 
 /// What happened to one cluster.
@@ -85,13 +86,18 @@ pub async fn run(
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
-    let mut reports: Vec<(usize, ClusterReport)> = futures::stream::iter(
-        clusters.iter().enumerate(),
-    )
-    .map(|(i, cluster)| async move { (i, one(config, root, cluster, opts, dry_run, now).await) })
-    .buffer_unordered(config.kubernetes.concurrency.max(1))
-    .collect()
-    .await;
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let writer = CacertsWriter::new(&config.trust_domain, &audit, "cacerts-write");
+    let writer = &writer;
+    let mut reports: Vec<(usize, ClusterReport)> =
+        futures::stream::iter(clusters.iter().enumerate())
+            .map(|(i, cluster)| async move {
+                let report = one(config, root, writer, cluster, opts, dry_run, now).await;
+                (i, report)
+            })
+            .buffer_unordered(config.kubernetes.concurrency.max(1))
+            .collect()
+            .await;
     reports.sort_by_key(|(i, _)| *i);
     reports
         .into_iter()
@@ -116,17 +122,58 @@ pub async fn run(
         .collect()
 }
 
+/// Records in the audit log what an issuance run decided: issued, refused and failed clusters
+/// (unchanged ones are not events; the writes themselves are noted by the writer).
+pub fn audit_reports(audit: &Audit, reports: &[ClusterReport], at: OffsetDateTime) {
+    for r in reports {
+        let outcome = match r.outcome {
+            Outcome::Issued => "issued",
+            Outcome::Refused => "refused",
+            Outcome::PolicyRefused => "policy-refused",
+            Outcome::Failed => "failed",
+            Outcome::Kept | Outcome::WouldIssue => continue,
+        };
+        audit.note(
+            at,
+            "issue",
+            Some(&r.cluster),
+            outcome,
+            r.serial.clone(),
+            r.reason.clone(),
+        );
+    }
+}
+
 /// How often a write that lost a race (409) is re-read and re-planned before giving up.
 const CONFLICT_ATTEMPTS: usize = 3;
+
+/// One issuance run's shared inputs.
+struct Pass<'a> {
+    config: &'a Config,
+    root: &'a Signer,
+    writer: &'a CacertsWriter<'a>,
+    opts: PlanOptions,
+    dry_run: bool,
+    now: OffsetDateTime,
+}
 
 async fn one(
     config: &Config,
     root: &Signer,
+    writer: &CacertsWriter<'_>,
     cluster: &Cluster,
     opts: PlanOptions,
     dry_run: bool,
     now: OffsetDateTime,
 ) -> ClusterReport {
+    let pass = Pass {
+        config,
+        root,
+        writer,
+        opts,
+        dry_run,
+        now,
+    };
     let name = cluster.name.as_str();
     let failed = |msg: String| ClusterReport::new(name, Outcome::Failed).with_reason(msg);
     let target = match Target::open(cluster, config).await {
@@ -139,119 +186,115 @@ async fn one(
     let mut attempted: Option<String> = None;
     loop {
         attempt += 1;
-        match attempt_once(
-            config,
-            root,
-            cluster,
-            &target,
-            opts,
-            dry_run,
-            now,
-            &mut attempted,
-        )
-        .await
-        {
-            Err(TargetError::Conflict { detail, .. }) if attempt < CONFLICT_ATTEMPTS => {
+        match pass.attempt_once(cluster, &target, &mut attempted).await {
+            Err(WriteError::Target(TargetError::Conflict { detail, .. }))
+                if attempt < CONFLICT_ATTEMPTS =>
+            {
                 tracing::info!(cluster = name, detail = %detail, "cacerts changed meanwhile; re-reading");
             }
-            Err(e) => return failed(e.to_string()),
+            Err(WriteError::Invalid(problems)) => {
+                return failed(format!(
+                    "internal check of the new cacerts failed: {problems}"
+                ));
+            }
+            Err(WriteError::Target(e)) => return failed(e.to_string()),
             Ok(report) => return report,
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attempt_once(
-    config: &Config,
-    root: &Signer,
-    cluster: &Cluster,
-    target: &Target,
-    opts: PlanOptions,
-    dry_run: bool,
-    now: OffsetDateTime,
-    attempted: &mut Option<String>,
-) -> Result<ClusterReport, TargetError> {
-    let name = cluster.name.as_str();
-    let observed = target.read().await?;
-    let policy = config.policy_for(cluster);
-    let assessment = assess(
-        &observed.snapshot,
-        &config.expected(cluster, Some(root.root_cert())),
-        now,
-    );
-    // A write of ours whose answer was lost, found in place and valid: done, not to redo.
-    let landed = assessment.state == crate::plan::ClusterState::Valid
-        && assessment
-            .intermediate
-            .as_ref()
-            .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
-    let (reason, trust) = match decide(&assessment, opts) {
-        _ if landed => {
-            return Ok(ClusterReport::new(name, Outcome::Issued)
-                .with_reason(
-                    "issued (confirmed by re-reading after the answer to the write was lost)",
-                )
-                .with_served(&assessment));
+impl Pass<'_> {
+    async fn attempt_once(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        attempted: &mut Option<String>,
+    ) -> Result<ClusterReport, WriteError> {
+        let Pass {
+            config,
+            root,
+            writer,
+            opts,
+            dry_run,
+            now,
+        } = *self;
+        let name = cluster.name.as_str();
+        let observed = target.read().await?;
+        let policy = config.policy_for(cluster);
+        let assessment = assess(
+            &observed.snapshot,
+            &config.expected(cluster, Some(root.root_cert())),
+            now,
+        );
+        // A write of ours whose answer was lost, found in place and valid: done, not to redo.
+        let landed = assessment.state == crate::plan::ClusterState::Valid
+            && assessment
+                .intermediate
+                .as_ref()
+                .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
+        let (reason, trust) = match decide(&assessment, opts) {
+            _ if landed => {
+                return Ok(ClusterReport::new(name, Outcome::Issued)
+                    .with_reason(
+                        "issued (confirmed by re-reading after the answer to the write was lost)",
+                    )
+                    .with_served(&assessment));
+            }
+            Decision::Keep => {
+                return Ok(ClusterReport::new(name, Outcome::Kept)
+                    .with_reason("valid")
+                    .with_served(&assessment));
+            }
+            Decision::Refuse { reason } => {
+                return Ok(ClusterReport::new(name, Outcome::Refused).with_reason(reason));
+            }
+            Decision::Issue { reason, trust } => (reason, trust),
+        };
+        let mut why = reason.describe().to_string();
+        if let Some(first) = assessment.problems.first() {
+            why = format!("{why}: {first}");
         }
-        Decision::Keep => {
-            return Ok(ClusterReport::new(name, Outcome::Kept)
-                .with_reason("valid")
-                .with_served(&assessment));
+        let spec = policy.intermediate_spec(name, &config.trust_domain);
+        if let Err(v) = policy.check_issuance(name, &spec, root.root_cert()) {
+            return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
         }
-        Decision::Refuse { reason } => {
-            return Ok(ClusterReport::new(name, Outcome::Refused).with_reason(reason));
+        if dry_run {
+            return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
         }
-        Decision::Issue { reason, trust } => (reason, trust),
-    };
-    let mut why = reason.describe().to_string();
-    if let Some(first) = assessment.problems.first() {
-        why = format!("{why}: {first}");
-    }
-    let spec = policy.intermediate_spec(name, &config.trust_domain);
-    if let Err(v) = policy.check_issuance(name, &spec, root.root_cert()) {
-        return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
-    }
-    if dry_run {
-        return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
-    }
-    let failed = |msg: String| Ok(ClusterReport::new(name, Outcome::Failed).with_reason(msg));
-    let intermediate = match root.issue(&spec, now).await {
-        Ok(i) => i,
-        Err(e) => return failed(e),
-    };
-    if let Err(v) = policy.check_issued(name, &intermediate.cert) {
-        return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
-    }
-    let trust = match trust {
-        TrustChoice::Keep(t) => t,
-        TrustChoice::RootOnly => TrustBundle::single(root.root_cert()),
-    };
-    let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.root_cert(), &trust);
-    // Never hand istiod something it would refuse: validate exactly what is about to be written.
-    match verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)) {
-        Ok(v) if v.anchor() == root.root_cert() => {}
-        Ok(_) => return failed("internal check: new cacerts does not chain to the root".into()),
-        Err(problems) => {
-            return failed(format!(
-                "internal check of the new cacerts failed: {}",
-                crate::pki::BundleProblem::join(&problems)
-            ));
+        let failed = |msg: String| Ok(ClusterReport::new(name, Outcome::Failed).with_reason(msg));
+        let intermediate = match root.issue(&spec, now).await {
+            Ok(i) => i,
+            Err(e) => return failed(e),
+        };
+        if let Err(v) = policy.check_issued(name, &intermediate.cert) {
+            return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
         }
+        let trust = match trust {
+            TrustChoice::Keep(t) => t,
+            TrustChoice::RootOnly => TrustBundle::single(root.root_cert()),
+        };
+        let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.root_cert(), &trust);
+        // The writer validates exactly what is about to be written, chaining to this root.
+        let info = intermediate.cert.info();
+        let meta = WriteMeta {
+            cluster: name.to_string(),
+            serial: info.serial.clone(),
+            written_at: now,
+            reason: why.clone(),
+        };
+        *attempted = Some(info.serial.clone());
+        let material = Material::Issued {
+            root: Some(root.root_cert()),
+        };
+        let written = writer
+            .write(target, &files, material, &meta, &observed)
+            .await?;
+        let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
+        r.serial = Some(info.serial.clone());
+        r.not_before = Some(info.not_before);
+        r.not_after = Some(info.not_after);
+        r.renew_at = Some(policy.renew_at(info));
+        r.backup = written.backup;
+        Ok(r)
     }
-    let info = intermediate.cert.info();
-    let meta = WriteMeta {
-        cluster: name.to_string(),
-        serial: info.serial.clone(),
-        written_at: now,
-        reason: why.clone(),
-    };
-    *attempted = Some(info.serial.clone());
-    let written = target.write(&files, &meta, &observed).await?;
-    let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
-    r.serial = Some(info.serial.clone());
-    r.not_before = Some(info.not_before);
-    r.not_after = Some(info.not_after);
-    r.renew_at = Some(policy.renew_at(info));
-    r.backup = written.backup;
-    Ok(r)
 }

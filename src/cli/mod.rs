@@ -385,7 +385,8 @@ async fn issue(
     let reports = issuance::run(config, &signer, &clusters, opts, dry_run, now).await;
     drop(signer);
     if !dry_run {
-        crate::audit::Audit::new(config.daemon.audit_log.clone()).issuance(&reports, now);
+        let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+        issuance::audit_reports(&audit, &reports, now);
     }
     match format {
         Format::Json => output::print_json(&reports),

@@ -122,7 +122,7 @@ impl DirTarget {
     }
 
     /// Replaces the set; any previous set is backed up first.
-    pub fn write(
+    pub(super) fn write(
         &self,
         files: &CaCertsFiles,
         meta: &WriteMeta,

@@ -260,7 +260,7 @@ impl KubeTarget {
             .collect())
     }
 
-    pub async fn write(
+    pub(super) async fn write(
         &self,
         files: &CaCertsFiles,
         meta: &WriteMeta,

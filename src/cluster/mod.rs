@@ -5,10 +5,12 @@ mod dir;
 mod kube;
 mod manifest;
 pub(crate) mod retry;
+mod writer;
 
 pub use dir::DirTarget;
 pub use kube::{KubeTarget, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
+pub use writer::{CacertsWriter, Material, WriteError};
 
 use time::OffsetDateTime;
 
@@ -181,8 +183,9 @@ impl Target {
     }
 
     /// Replaces the set, starting from `observed` (a concurrent change in between is a
-    /// [`TargetError::Conflict`]); what is replaced is backed up first.
-    pub async fn write(
+    /// [`TargetError::Conflict`]); what is replaced is backed up first. Only
+    /// [`CacertsWriter`] calls this.
+    async fn write(
         &self,
         files: &CaCertsFiles,
         meta: &WriteMeta,

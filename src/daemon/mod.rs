@@ -353,7 +353,7 @@ impl Daemon {
         drop(signer);
         self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
-        self.audit.issuance(&reports, now);
+        issuance::audit_reports(&self.audit, &reports, now);
         // Locks in one order everywhere: schedule, then marked.
         let mut schedule = self.schedule.lock().await;
         let mut marked = self.marked.lock().await;

@@ -17,7 +17,9 @@ use super::{
     TransitionKind, from_self_signed, material, next_step, next_steps,
 };
 use crate::audit::Audit;
-use crate::cluster::{KubeTarget, Target, TargetError, WriteMeta};
+use crate::cluster::{
+    CacertsWriter, KubeTarget, Material, Target, TargetError, WriteError, WriteMeta,
+};
 use crate::config::Config;
 use crate::fsutil::{FsError, create_private_dir};
 use crate::pki::{
@@ -47,6 +49,19 @@ pub enum DriveError {
     /// The transition stopped; the record says where.
     #[error("{0}")]
     Stopped(String),
+}
+
+/// How the writer checks a phase's material: where a cluster keeps the signer it had before
+/// the transition (AddNewRoot, and everything a rollback to the original puts back), that
+/// signer is written back verbatim; from SwitchSigner on it signs with an intermediate
+/// cacertd issued under the new root.
+fn written_material(of: MaterialOf) -> Material<'static> {
+    match of {
+        MaterialOf::Original | MaterialOf::Phase(super::Phase::AddNewRoot) => {
+            Material::ServedBefore
+        }
+        MaterialOf::Phase(_) => Material::Issued { root: None },
+    }
 }
 
 fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveError + '_ {
@@ -1253,12 +1268,13 @@ impl Work<'_> {
         let want = material(&self.materials[cluster], of)
             .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
         // Never hand istiod material it would refuse (an original that expired while the
-        // transition was held, say): stop before touching the cluster.
-        if let Err(problems) = verify_cacerts(&want, now) {
+        // transition was held, say): stop before touching the cluster, with the writer's own
+        // checks.
+        let writer = CacertsWriter::new(&self.config.trust_domain, self.audit, "transition-write");
+        if let Err(problems) = writer.check(&want, written_material(of), now) {
             return Err(DriveError::Stopped(format!(
-                "{cluster}: the cacerts for {} does not validate, so it was not written: {}",
-                describe_material(of),
-                crate::pki::BundleProblem::join(&problems)
+                "{cluster}: the cacerts for {} does not validate, so it was not written: {problems}",
+                describe_material(of)
             )));
         }
         let observed = self.targets[cluster]
@@ -1286,18 +1302,18 @@ impl Work<'_> {
                 written_at: now,
                 reason: format!("trust transition: {}", describe_material(of)),
             };
-            self.targets[cluster]
-                .write(want, &meta, observed)
+            let writer =
+                CacertsWriter::new(&self.config.trust_domain, self.audit, "transition-write");
+            writer
+                .write(&self.targets[cluster], want, written_material(of), &meta, observed)
                 .await
-                .map_err(target_err(cluster))?;
-            self.audit.note(
-                now,
-                "transition-write",
-                Some(cluster),
-                "written",
-                Some(meta.serial),
-                Some(meta.reason),
-            );
+                .map_err(|e| match e {
+                    WriteError::Target(source) => target_err(cluster)(source),
+                    WriteError::Invalid(problems) => DriveError::Stopped(format!(
+                        "{cluster}: the cacerts for {} does not validate, so it was not written: {problems}",
+                        describe_material(of)
+                    )),
+                })?;
         }
         Ok(Outcome::Written)
     }
@@ -1484,6 +1500,26 @@ mod tests {
         assert_eq!(json["transition"], "migrate");
         assert_eq!(json["behind"][0], "a/app: 1 root(s), not the 2 expected");
         assert!(Progress::Off.line("gate", &r, "x", fields()).is_none());
+    }
+
+    #[test]
+    fn only_the_signer_a_cluster_had_is_written_back_without_the_mesh_checks() {
+        use crate::transition::Phase;
+        for of in [MaterialOf::Original, MaterialOf::Phase(Phase::AddNewRoot)] {
+            assert!(
+                matches!(written_material(of), Material::ServedBefore),
+                "{of:?}"
+            );
+        }
+        for p in [Phase::SwitchSigner, Phase::RemoveOldRoot, Phase::Done] {
+            assert!(
+                matches!(
+                    written_material(MaterialOf::Phase(p)),
+                    Material::Issued { .. }
+                ),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! The one writer of a cluster's `cacerts`. `issue`, `serve` and every step of a trust
+//! transition write through [`CacertsWriter::write`], and nothing else can: the targets' own
+//! write methods are private to this module's parent. The writer validates the exact bytes
+//! about to be written, as istiod will (docs/istio.md §1), hands them to the target — which
+//! backs up what it replaces and writes with optimistic concurrency — and notes the write in
+//! the audit log.
+
+use time::OffsetDateTime;
+
+use crate::audit::Audit;
+use crate::pki::{BundleProblem, CaCertsFiles, Cert, VerifiedCaCerts, verify_cacerts_for_mesh};
+
+use super::{Observed, Target, TargetError, WriteMeta, WriteReport};
+
+/// What the material about to be written is, which decides how it is checked.
+#[derive(Clone, Copy, Debug)]
+pub enum Material<'a> {
+    /// Made by cacertd (an intermediate it issued, with the bundle it chose): everything
+    /// istiod checks, and the chain's name constraints must admit the mesh's workload
+    /// identities (`spiffe://<trust domain>/…`). With `root`, the chain must end there.
+    Issued { root: Option<&'a Cert> },
+    /// What the cluster served before a trust transition, its signing certificate and chain
+    /// put back verbatim (istiod's own self-signed set included), with the bundle a phase
+    /// gives it: only what istiod checks. This signer is the one istiod already accepted,
+    /// and it may predate the mesh's name constraints or trust domain; refusing it would
+    /// leave the cluster unable to go back.
+    ServedBefore,
+}
+
+/// Why nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The material would not be accepted as it must be; nothing was sent to the cluster.
+    #[error("the cacerts about to be written does not validate, so it was not written: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// Writes `cacerts` sets; `action` names its writes in the audit log.
+pub struct CacertsWriter<'a> {
+    trust_domain: &'a str,
+    audit: &'a Audit,
+    action: &'static str,
+}
+
+impl<'a> CacertsWriter<'a> {
+    pub fn new(trust_domain: &'a str, audit: &'a Audit, action: &'static str) -> Self {
+        CacertsWriter {
+            trust_domain,
+            audit,
+            action,
+        }
+    }
+
+    /// The checks [`CacertsWriter::write`] makes, for callers that want to stop before
+    /// touching anything else.
+    pub fn check(
+        &self,
+        files: &CaCertsFiles,
+        material: Material<'_>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedCaCerts, String> {
+        let trust_domain = match material {
+            Material::Issued { .. } => Some(self.trust_domain),
+            Material::ServedBefore => None,
+        };
+        let verified = verify_cacerts_for_mesh(files, now, trust_domain)
+            .map_err(|problems| BundleProblem::join(&problems))?;
+        if let Material::Issued { root: Some(root) } = material
+            && verified.anchor() != root
+        {
+            return Err(format!(
+                "it chains to {}, not to the root it was issued under ({})",
+                verified.anchor().info().subject,
+                root.info().subject
+            ));
+        }
+        Ok(verified)
+    }
+
+    /// Validates `files`, then writes them to `target` starting from `observed` (a change in
+    /// between is a conflict, and nothing is written), backing up what is replaced.
+    pub async fn write(
+        &self,
+        target: &Target,
+        files: &CaCertsFiles,
+        material: Material<'_>,
+        meta: &WriteMeta,
+        observed: &Observed,
+    ) -> Result<WriteReport, WriteError> {
+        self.check(files, material, meta.written_at)
+            .map_err(WriteError::Invalid)?;
+        let report = target.write(files, meta, observed).await?;
+        self.audit.note(
+            meta.written_at,
+            self.action,
+            Some(&meta.cluster),
+            "written",
+            Some(meta.serial.clone()),
+            Some(match &report.backup {
+                Some(backup) => format!("{}; replaced set kept in {backup}", meta.reason),
+                None => meta.reason.clone(),
+            }),
+        );
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::cluster::DirTarget;
+    use crate::pki::{
+        ISTIOD_SAN, IntermediateSpec, KeyAlgorithm, RootCa, RootSpec, Subject, TrustBundle,
+        generate_root, issue_intermediate,
+    };
+
+    const DAY: u64 = 86400;
+
+    fn now() -> OffsetDateTime {
+        datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn root() -> RootCa {
+        let spec = RootSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3650 * DAY),
+            subject: Subject::istio_root(),
+        };
+        generate_root(&spec, now()).unwrap()
+    }
+
+    fn set_under(root: &RootCa) -> CaCertsFiles {
+        let spec = IntermediateSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(365 * DAY),
+            path_len: 0,
+            subject: Subject::istio_intermediate("c1"),
+            dns_names: vec![ISTIOD_SAN.to_string()],
+        };
+        let int = issue_intermediate(root, &spec, now()).unwrap();
+        CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
+    }
+
+    fn meta(at: OffsetDateTime) -> WriteMeta {
+        WriteMeta {
+            cluster: "c1".into(),
+            serial: "1a".into(),
+            written_at: at,
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_material_that_validates_as_what_it_is_is_written_and_every_write_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::Dir(DirTarget::new(dir.path().join("out"), dir.path().join("b")));
+        let audit_log = dir.path().join("audit.log");
+        let audit = Audit::new(audit_log.clone());
+        let writer = CacertsWriter::new("cluster.local", &audit, "cacerts-write");
+        let (ours, theirs) = (root(), root());
+        let set = set_under(&ours);
+        let observed = Observed::default();
+
+        // Issued under another root than the one it claims: nothing reaches the target.
+        let wrong = Material::Issued {
+            root: Some(theirs.cert()),
+        };
+        let err = writer
+            .write(&target, &set, wrong, &meta(now()), &observed)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Invalid(m) if m.contains("not to the root")),
+            "{err}"
+        );
+        // Expired at the time of writing: refused whatever it is.
+        let later = now() + time::Duration::days(400);
+        for material in [Material::ServedBefore, Material::Issued { root: None }] {
+            let err = writer
+                .write(&target, &set, material, &meta(later), &observed)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, WriteError::Invalid(_)), "{err}");
+        }
+        assert!(!dir.path().join("out").exists(), "nothing written");
+        assert!(!audit_log.exists(), "nothing to audit");
+
+        let right = Material::Issued {
+            root: Some(ours.cert()),
+        };
+        writer
+            .write(&target, &set, right, &meta(now()), &observed)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("out/ca-cert.pem")).unwrap(),
+            set.ca_cert
+        );
+        let audit = std::fs::read_to_string(&audit_log).unwrap();
+        assert_eq!(audit.lines().count(), 1, "{audit}");
+        assert!(audit.contains("\"action\":\"cacerts-write\""), "{audit}");
+        assert!(!audit.contains("PRIVATE KEY"));
+    }
+}
