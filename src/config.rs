@@ -9,7 +9,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::policy::{PolicyError, PolicySet};
-use crate::store::{VaultAuth, VaultSettings};
 use crate::topology::{Cluster, Role, TargetConfig, Topology};
 
 #[derive(Debug, thiserror::Error)]
@@ -909,6 +908,34 @@ fn overlaps(a: &Path, b: &Path) -> bool {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// How cacertd authenticates to Vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// A token from `token_file`, else VAULT_TOKEN.
+    Token { token_file: Option<PathBuf> },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+}
+
+/// `[vault]`: where Vault is and how to log in. Unset fields fall back to VAULT_ADDR,
+/// VAULT_CACERT and VAULT_NAMESPACE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultSettings {
+    pub address: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+    pub auth: VaultAuth,
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod rollout;
+pub mod status;
 pub mod store;
 pub mod topology;
 pub mod transition;

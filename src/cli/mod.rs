@@ -11,14 +11,14 @@ use clap::Parser;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+pub use crate::status::StatusReport;
 pub use args::{
     Args, Command, DriveArgs, Format, MigrateCommand, RootCommand, RotateRootCommand,
     TransitionCommand, TransitionPlanArgs,
 };
-pub use output::StatusReport;
 
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{DirTarget, Target};
+use crate::cluster::DirTarget;
 use crate::config::{Config, ConfigError};
 use crate::fsutil::{FsError, StateLock, fs_err};
 use crate::issuance::{self, Outcome};
@@ -26,7 +26,7 @@ use crate::pki::{
     CaCertsFiles, PkiError, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
     verify_cacerts, verify_cacerts_for_mesh,
 };
-use crate::plan::{PlanOptions, Snapshot};
+use crate::plan::PlanOptions;
 use crate::policy::PolicyViolation;
 use crate::store::{RootSource, StoreError};
 use crate::topology::{Cluster, Role};
@@ -313,7 +313,7 @@ async fn root_show(config: &Config, format: Format, now: OffsetDateTime) -> Resu
     })?;
     let location = store.location().await?;
     match format {
-        Format::Json => output::print_json(&output::root_json(&location, cert.info(), now)),
+        Format::Json => output::print_json(&crate::status::root_json(&location, cert.info(), now)),
         Format::Table => {
             println!("store: {location}");
             output::print_root(&mut std::io::stdout(), cert.info(), now);
@@ -419,59 +419,12 @@ async fn issue(
 }
 
 async fn status(config: &Config, format: Format, now: OffsetDateTime) -> Result<(), CliError> {
-    let (store, report) = status_report(config, now).await?;
+    let (store, report) = crate::status::status_report(config, now).await?;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),
     }
     Ok(())
-}
-
-/// What `status -o json` prints (and the daemon serves on /status), with the store's name.
-pub async fn status_report(
-    config: &Config,
-    now: OffsetDateTime,
-) -> Result<(String, StatusReport), CliError> {
-    let store = RootSource::open(config).await?;
-    let root = store.load_cert().await?;
-    let reads: Vec<_> = config
-        .topology
-        .clusters()
-        .iter()
-        .map(|cluster| read_snapshot(config, cluster))
-        .collect();
-    let observed = futures::future::join_all(reads).await;
-    let rows = config
-        .topology
-        .clusters()
-        .iter()
-        .zip(observed)
-        .map(|(cluster, observed)| {
-            output::status_row(config, cluster, root.as_ref(), observed, now)
-        })
-        .collect();
-    let report = StatusReport {
-        root: root
-            .as_ref()
-            .map(|r| output::root_json(&store.describe(), r.info(), now)),
-        clusters: rows,
-    };
-    Ok((store.describe(), report))
-}
-
-/// A primary's snapshot for `status` (remotes have none), or why it could not be read.
-async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snapshot, String>> {
-    if cluster.role == Role::Remote {
-        return None;
-    }
-    Some(match Target::open(cluster, config).await {
-        Ok(t) => t
-            .read()
-            .await
-            .map(|o| o.snapshot)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    })
 }
 
 fn verify(

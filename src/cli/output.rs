@@ -6,36 +6,15 @@ use std::path::Path;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::Config;
 use crate::issuance::{ClusterReport, Outcome};
-use crate::pki::{BundleProblem, Cert, CertInfo, VerifiedCaCerts, fmt_time};
-use crate::plan::{Assessment, Snapshot, assess};
-use crate::topology::{Cluster, Role};
+use crate::pki::{BundleProblem, CertInfo, VerifiedCaCerts, fmt_time};
+use crate::status::{StatusReport, days_left};
+use crate::topology::Role;
 
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: cannot render JSON: {e}"),
-    }
-}
-
-fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
-    (not_after - now).whole_days()
-}
-
-#[derive(Serialize)]
-pub struct RootJson {
-    pub store: String,
-    #[serde(flatten)]
-    pub certificate: CertInfo,
-    pub days_left: i64,
-}
-
-pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson {
-    RootJson {
-        store: store.to_string(),
-        certificate: info.clone(),
-        days_left: days_left(info.not_after, now),
     }
 }
 
@@ -151,62 +130,6 @@ pub fn print_restarts(out: &mut dyn Write, done: &[crate::rollout::Restarted]) {
         })
         .collect();
     table(out, &["STAGE", "CLUSTER", "WORKLOAD", "RESULT"], &rows);
-}
-
-#[derive(Serialize)]
-pub struct StatusReport {
-    pub root: Option<RootJson>,
-    pub clusters: Vec<StatusRow>,
-}
-
-#[derive(Serialize)]
-pub struct StatusRow {
-    pub name: String,
-    pub role: Role,
-    pub network: Option<String>,
-    /// For a remote: the primary that serves it.
-    pub served_by: Option<String>,
-    pub target: Option<String>,
-    pub policy: String,
-    /// For a primary: the assessment of its cacerts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cacerts: Option<Assessment>,
-    pub days_left: Option<i64>,
-    pub renewal_due: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-pub fn status_row(
-    config: &Config,
-    cluster: &Cluster,
-    root: Option<&Cert>,
-    observed: Option<Result<Snapshot, String>>,
-    now: OffsetDateTime,
-) -> StatusRow {
-    let mut row = StatusRow {
-        name: cluster.name.clone(),
-        role: cluster.role,
-        network: cluster.network.clone(),
-        served_by: cluster.primary.clone(),
-        target: cluster.target.as_ref().map(ToString::to_string),
-        policy: cluster.policy.clone(),
-        cacerts: None,
-        days_left: None,
-        renewal_due: None,
-        error: None,
-    };
-    match observed {
-        None => {}
-        Some(Err(e)) => row.error = Some(e),
-        Some(Ok(snapshot)) => {
-            let a = assess(&snapshot, &config.expected(cluster, root), now);
-            row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
-            row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
-            row.cacerts = Some(a);
-        }
-    }
-    row
 }
 
 fn short_fp(fp: &str) -> String {

@@ -28,7 +28,7 @@ use crate::fsutil::StateLock;
 use crate::issuance::{self, ClusterReport, Outcome};
 use crate::plan::PlanOptions;
 use crate::store::{RootSource, StoreError};
-use crate::transition::driver::DriveError;
+use crate::transition::error::DriveError;
 use crate::transition::store::RecordStore;
 
 /// When a cluster is next looked at, and how often it has failed in a row.
@@ -789,7 +789,7 @@ async fn status_handler(State(d): State<Arc<Daemon>>) -> Response {
     // blocking thread of its own, driven by the same runtime.
     let handle = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::cli::status_report(&d.config, d.clock.now()))
+        handle.block_on(crate::status::status_report(&d.config, d.clock.now()))
     })
     .await;
     let report = match report {

@@ -6,6 +6,7 @@ mod cert;
 mod constraints;
 mod intermediate;
 mod key;
+mod profile;
 mod root;
 pub(crate) mod secret_pem;
 mod verify;
@@ -13,10 +14,11 @@ mod verify;
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
 pub use intermediate::{
-    IntermediateCa, IntermediateSpec, Subject, check_signed_intermediate,
-    intermediate_params_for_csr, issue_intermediate,
+    IntermediateCa, IntermediateSpec, check_signed_intermediate, intermediate_params_for_csr,
+    issue_intermediate,
 };
 pub use key::{CaKey, KeyAlgorithm};
+pub use profile::Subject;
 pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
 pub(crate) use secret_pem::base64_secret;
 pub use verify::{

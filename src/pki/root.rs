@@ -5,7 +5,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
 use time::OffsetDateTime;
 
-use super::intermediate::{Subject, random_serial};
+use super::profile::{Subject, random_serial};
 use super::{CaKey, Cert, KeyAlgorithm, PkiError, add_validity};
 
 /// A root CA with its key in hand (file or Vault KV store). `Debug` shows no key material.

@@ -28,33 +28,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::pki::{CaKey, Cert, IntermediateCa, IntermediateSpec, PkiError, RootCa};
 
-/// How cacertd authenticates to Vault.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VaultAuth {
-    /// A token from `token_file`, else VAULT_TOKEN.
-    Token { token_file: Option<PathBuf> },
-    AppRole {
-        mount: String,
-        role_id: String,
-        secret_id_file: PathBuf,
-    },
-    Kubernetes {
-        mount: String,
-        role: String,
-        jwt_file: PathBuf,
-    },
-}
-
-/// `[vault]`: where Vault is and how to log in. Unset fields fall back to VAULT_ADDR,
-/// VAULT_CACERT and VAULT_NAMESPACE.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VaultSettings {
-    pub address: Option<String>,
-    pub ca_cert: Option<PathBuf>,
-    pub namespace: Option<String>,
-    pub timeout: Duration,
-    pub auth: VaultAuth,
-}
+pub use crate::config::{VaultAuth, VaultSettings};
 
 /// Why a Vault call failed, in terms a security team can act on.
 #[derive(Debug, thiserror::Error)]

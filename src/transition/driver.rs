@@ -21,35 +21,15 @@ use crate::cluster::{
     CacertsWriter, KubeTarget, Material, Target, TargetError, WriteError, WriteMeta,
 };
 use crate::config::Config;
-use crate::fsutil::{FsError, create_private_dir};
+use crate::fsutil::create_private_dir;
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
 };
 use crate::rollout::{self, RestartOptions, Stage};
-use crate::store::RootSource;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DriveError {
-    #[error(transparent)]
-    Io(#[from] FsError),
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyViolation),
-    /// The record or material could not be read or written.
-    #[error("transition record, {location}: {reason}")]
-    Record { location: String, reason: String },
-    #[error("{cluster}: {source}")]
-    Target {
-        cluster: String,
-        #[source]
-        source: TargetError,
-    },
-    /// Refused before anything changed.
-    #[error("{0}")]
-    Refused(String),
-    /// The transition stopped; the record says where.
-    #[error("{0}")]
-    Stopped(String),
-}
+pub use super::error::DriveError;
+use super::error::target_err;
+use crate::store::RootSource;
 
 /// How the writer checks a phase's material: where a cluster keeps the signer it had before
 /// the transition (AddNewRoot, and everything a rollback to the original puts back), that
@@ -61,13 +41,6 @@ fn written_material(of: MaterialOf) -> Material<'static> {
             Material::ServedBefore
         }
         MaterialOf::Phase(_) => Material::Issued { root: None },
-    }
-}
-
-fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveError + '_ {
-    move |source| DriveError::Target {
-        cluster: cluster.to_string(),
-        source,
     }
 }
 

@@ -13,6 +13,7 @@
 //!   stopped signing with the old CA (`RemoveOldRoot` waits for it).
 
 pub mod driver;
+pub mod error;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::Record;
-use super::driver::DriveError;
+use super::error::DriveError;
 use crate::cluster::KubeTarget;
 use crate::cluster::retry::retrying;
 use crate::config::{Config, RecordLocation};

@@ -1,0 +1,72 @@
+//! What every certificate cacertd makes has in common, whoever signs it: a subject with
+//! concrete values, and a random serial.
+
+use rcgen::{DistinguishedName, DnType, SerialNumber};
+use serde::Serialize;
+
+/// A certificate subject with concrete values (templates are rendered by the policy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    pub common_name: String,
+    pub locality: Option<String>,
+    pub country: Option<String>,
+}
+
+impl Subject {
+    /// O=Istio, CN=Root CA — the subject of Istio's reference root (tools/certs).
+    pub fn istio_root() -> Self {
+        Subject {
+            organization: Some("Istio".to_string()),
+            organizational_unit: None,
+            common_name: "Root CA".to_string(),
+            locality: None,
+            country: None,
+        }
+    }
+
+    /// O=Istio, CN=Intermediate CA, L=<cluster> — Istio's reference intermediate.
+    pub fn istio_intermediate(cluster: &str) -> Self {
+        Subject {
+            organization: Some("Istio".to_string()),
+            organizational_unit: None,
+            common_name: "Intermediate CA".to_string(),
+            locality: Some(cluster.to_string()),
+            country: None,
+        }
+    }
+
+    pub(crate) fn to_distinguished_name(&self) -> DistinguishedName {
+        let mut dn = DistinguishedName::new();
+        if let Some(c) = &self.country {
+            dn.push(DnType::CountryName, c.as_str());
+        }
+        if let Some(o) = &self.organization {
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &self.organizational_unit {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        if let Some(l) = &self.locality {
+            dn.push(DnType::LocalityName, l.as_str());
+        }
+        dn.push(DnType::CommonName, self.common_name.as_str());
+        dn
+    }
+}
+
+/// A random positive 128-bit serial. rcgen would otherwise derive the serial from the public
+/// key (docs/istio.md §2). The top bit is cleared so DER needs no sign byte, and the first byte
+/// is kept non-zero so the encoding is always exactly 16 bytes (127 bits of entropy).
+pub(crate) fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // The OS random source failing is not recoverable and says nothing secret.
+    #[allow(clippy::expect_used)]
+    aws_lc_rs::rand::fill(&mut bytes).expect("operating system random source");
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 0x01;
+    }
+    SerialNumber::from_slice(&bytes)
+}

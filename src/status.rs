@@ -1,0 +1,133 @@
+//! What `cacertd status` and the daemon's `/status` report: the root and, for every cluster,
+//! what it serves and how that stands (an assessment at `now`).
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::cluster::Target;
+use crate::config::Config;
+use crate::pki::{Cert, CertInfo};
+use crate::plan::{Assessment, Snapshot, assess};
+use crate::store::{RootSource, StoreError};
+use crate::topology::{Cluster, Role};
+
+pub(crate) fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (not_after - now).whole_days()
+}
+
+#[derive(Serialize)]
+pub struct RootJson {
+    pub store: String,
+    #[serde(flatten)]
+    pub certificate: CertInfo,
+    pub days_left: i64,
+}
+
+pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson {
+    RootJson {
+        store: store.to_string(),
+        certificate: info.clone(),
+        days_left: days_left(info.not_after, now),
+    }
+}
+
+#[derive(Serialize)]
+pub struct StatusReport {
+    pub root: Option<RootJson>,
+    pub clusters: Vec<StatusRow>,
+}
+
+#[derive(Serialize)]
+pub struct StatusRow {
+    pub name: String,
+    pub role: Role,
+    pub network: Option<String>,
+    /// For a remote: the primary that serves it.
+    pub served_by: Option<String>,
+    pub target: Option<String>,
+    pub policy: String,
+    /// For a primary: the assessment of its cacerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacerts: Option<Assessment>,
+    pub days_left: Option<i64>,
+    pub renewal_due: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn status_row(
+    config: &Config,
+    cluster: &Cluster,
+    root: Option<&Cert>,
+    observed: Option<Result<Snapshot, String>>,
+    now: OffsetDateTime,
+) -> StatusRow {
+    let mut row = StatusRow {
+        name: cluster.name.clone(),
+        role: cluster.role,
+        network: cluster.network.clone(),
+        served_by: cluster.primary.clone(),
+        target: cluster.target.as_ref().map(ToString::to_string),
+        policy: cluster.policy.clone(),
+        cacerts: None,
+        days_left: None,
+        renewal_due: None,
+        error: None,
+    };
+    match observed {
+        None => {}
+        Some(Err(e)) => row.error = Some(e),
+        Some(Ok(snapshot)) => {
+            let a = assess(&snapshot, &config.expected(cluster, root), now);
+            row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
+            row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
+            row.cacerts = Some(a);
+        }
+    }
+    row
+}
+
+/// What `status -o json` prints (and the daemon serves on /status), with the store's name.
+pub async fn status_report(
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<(String, StatusReport), StoreError> {
+    let store = RootSource::open(config).await?;
+    let root = store.load_cert().await?;
+    let reads: Vec<_> = config
+        .topology
+        .clusters()
+        .iter()
+        .map(|cluster| read_snapshot(config, cluster))
+        .collect();
+    let observed = futures::future::join_all(reads).await;
+    let rows = config
+        .topology
+        .clusters()
+        .iter()
+        .zip(observed)
+        .map(|(cluster, observed)| status_row(config, cluster, root.as_ref(), observed, now))
+        .collect();
+    let report = StatusReport {
+        root: root
+            .as_ref()
+            .map(|r| root_json(&store.describe(), r.info(), now)),
+        clusters: rows,
+    };
+    Ok((store.describe(), report))
+}
+
+/// A primary's snapshot for `status` (remotes have none), or why it could not be read.
+async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snapshot, String>> {
+    if cluster.role == Role::Remote {
+        return None;
+    }
+    Some(match Target::open(cluster, config).await {
+        Ok(t) => t
+            .read()
+            .await
+            .map(|o| o.snapshot)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    })
+}
