@@ -179,6 +179,7 @@ fn main() {
             &config,
             &store,
             DriveOptions {
+                clock: std::sync::Arc::new(cacertd::clock::SystemClock),
                 wait: true,
                 poll: Duration::from_millis(20),
                 stop_after: None,

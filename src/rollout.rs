@@ -4,15 +4,16 @@
 //! material leaves them with "unknown authority".
 
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cluster::{KubeTarget, Target, TargetError, Workload};
 use crate::config::Config;
 use crate::topology::{Cluster, Role};
 
-/// The three stages, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// The three stages of a restart, in the order they must happen (docs/istio.md §5). Also
+/// what a transition records of each cluster's restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Istiod,

@@ -21,7 +21,7 @@ use cacertd::pki::{
     generate_root, issue_intermediate,
 };
 use cacertd::transition::{
-    ClusterMaterial, MaterialOf, Options, Outcome, Phase, Record, Step, TransitionKind,
+    ClusterMaterial, MaterialOf, Options, Phase, Record, Step, StepOutcome, TransitionKind,
     from_self_signed, material, next_step,
 };
 use common::mtls::{handshake, workload};
@@ -158,10 +158,10 @@ impl Mesh {
                         before_pairs,
                         &format!("write {writes} ({cluster} → {material:?})"),
                     );
-                    Outcome::Written
+                    StepOutcome::Written
                 }
-                Step::Restart { .. } => Outcome::Restarted,
-                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                Step::CheckGate { .. } => StepOutcome::GateHeld,
                 Step::Finished => break,
                 other => panic!("unexpected step {other:?}"),
             };

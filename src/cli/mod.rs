@@ -90,7 +90,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args, &SystemClock)) {
+    match runtime.block_on(run(args, std::sync::Arc::new(SystemClock))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -116,7 +116,9 @@ fn init_tracing(verbose: u8) {
 }
 
 /// Runs one command.
-pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
+/// Runs one command; `clock` is the one time source of the whole run (the daemon and the
+/// transition driver ask it too).
+pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), CliError> {
     let Args {
         config: config_path,
         verbose: _,
@@ -172,16 +174,16 @@ pub async fn run(args: Args, clock: &dyn Clock) -> Result<(), CliError> {
                     transition_plan(&config, TransitionKind::Migrate, &a)
                 }
                 Command::Migrate(MigrateCommand::Start(a)) => {
-                    migrate_start(&config, &a.plan, &a.drive, now).await
+                    migrate_start(&config, &a.plan, &a.drive, &clock).await
                 }
                 Command::RotateRoot(RotateRootCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::RotateRoot, &a)
                 }
                 Command::RotateRoot(RotateRootCommand::Start(a)) => {
-                    rotate_root_start(&config, &a, now).await
+                    rotate_root_start(&config, &a, &clock).await
                 }
-                Command::Transition(t) => transition_cmd(&config, t, now).await,
-                Command::Serve => serve(config).await,
+                Command::Transition(t) => transition_cmd(&config, t, &clock).await,
+                Command::Serve => serve(config, clock.clone()).await,
                 Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) => unreachable!("handled above"),
             }
@@ -537,8 +539,8 @@ async fn restart(
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), CliError> {
-    let daemon = crate::daemon::Daemon::new(config, std::sync::Arc::new(SystemClock));
+async fn serve(config: Config, clock: std::sync::Arc<dyn Clock>) -> Result<(), CliError> {
+    let daemon = crate::daemon::Daemon::new(config, clock);
     let shutdown = async {
         #[cfg(unix)]
         {
@@ -579,8 +581,9 @@ async fn migrate_start(
     config: &Config,
     plan: &TransitionPlanArgs,
     drive: &DriveArgs,
-    now: OffsetDateTime,
+    clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
+    let now = clock.now();
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
     let options = transition_options(config, plan);
@@ -591,14 +594,15 @@ async fn migrate_start(
         return Ok(());
     }
     started(&store, "migration", &record);
-    run_drive(config, &store, drive).await
+    run_drive(config, &store, drive, clock).await
 }
 
 async fn rotate_root_start(
     config: &Config,
     args: &args::RotateStartArgs,
-    now: OffsetDateTime,
+    clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
+    let now = clock.now();
     let new_root = match (&args.new_root_cert, &args.new_root_key) {
         (Some(cert), Some(key)) => Some(read_root(config, cert, key, now)?),
         _ => None,
@@ -620,7 +624,7 @@ async fn rotate_root_start(
         return Ok(());
     }
     started(&store, "root rotation", &record);
-    run_drive(config, &store, &args.drive).await
+    run_drive(config, &store, &args.drive, clock).await
 }
 
 /// Each primary with the remotes its istiod serves.
@@ -733,8 +737,14 @@ fn started(store: &RecordStore, what: &str, record: &transition::Record) {
     );
 }
 
-async fn run_drive(config: &Config, store: &RecordStore, args: &DriveArgs) -> Result<(), CliError> {
+async fn run_drive(
+    config: &Config,
+    store: &RecordStore,
+    args: &DriveArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
     let opts = driver::DriveOptions {
+        clock: clock.clone(),
         wait: args.wait,
         poll: std::time::Duration::from_secs(2),
         stop_after: args.stop_after_steps,
@@ -768,8 +778,9 @@ async fn run_drive(config: &Config, store: &RecordStore, args: &DriveArgs) -> Re
 async fn transition_cmd(
     config: &Config,
     cmd: TransitionCommand,
-    now: OffsetDateTime,
+    clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
+    let now = clock.now();
     let files = RecordStore::open(config).await?;
     if let TransitionCommand::Status(o) = cmd {
         let Some(record) = files.load().await? else {
@@ -870,7 +881,7 @@ async fn transition_cmd(
                 None,
                 None,
             );
-            run_drive(config, &files, &a.drive).await
+            run_drive(config, &files, &a.drive, clock).await
         }
         TransitionCommand::Rollback(d) => {
             record.rollback().map_err(CliError::Usage)?;
@@ -883,7 +894,7 @@ async fn transition_cmd(
                 None,
                 None,
             );
-            run_drive(config, &files, &d).await
+            run_drive(config, &files, &d, clock).await
         }
         TransitionCommand::Abort(_) => {
             files.archive(&record, now).await?;

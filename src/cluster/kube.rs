@@ -556,7 +556,7 @@ impl std::fmt::Display for Workload {
 }
 
 /// The generation and rollout progress of a workload, as `kubectl rollout status` reads it.
-struct Progress {
+struct RolloutProgress {
     generation: i64,
     /// `Err(pending)` while rolling out.
     done: Result<(), String>,
@@ -564,7 +564,7 @@ struct Progress {
     failed: Option<String>,
 }
 
-fn deployment_progress(d: &Deployment) -> Progress {
+fn deployment_progress(d: &Deployment) -> RolloutProgress {
     let generation = d.metadata.generation.unwrap_or(0);
     let want = d.spec.replicas.unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
@@ -608,14 +608,14 @@ fn deployment_progress(d: &Deployment) -> Progress {
     } else {
         Ok(())
     };
-    Progress {
+    RolloutProgress {
         generation,
         done,
         failed,
     }
 }
 
-fn daemonset_progress(d: &DaemonSet) -> Progress {
+fn daemonset_progress(d: &DaemonSet) -> RolloutProgress {
     let generation = d.metadata.generation.unwrap_or(0);
     let st = d.status.clone().unwrap_or_default();
     let done = if st.observed_generation.unwrap_or(0) < generation {
@@ -635,14 +635,14 @@ fn daemonset_progress(d: &DaemonSet) -> Progress {
     } else {
         Ok(())
     };
-    Progress {
+    RolloutProgress {
         generation,
         done,
         failed: None,
     }
 }
 
-fn statefulset_progress(s: &StatefulSet) -> Progress {
+fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
     let generation = s.metadata.generation.unwrap_or(0);
     let want = s.spec.replicas.unwrap_or(1);
     // With a partition, only the ordinals at or above it are updated (kubectl does the same).
@@ -681,7 +681,7 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
     } else {
         Ok(())
     };
-    Progress {
+    RolloutProgress {
         generation,
         done,
         failed: None,
@@ -689,7 +689,7 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
 }
 
 impl KubeTarget {
-    async fn progress(&self, w: &Workload) -> Result<Progress, TargetError> {
+    async fn progress(&self, w: &Workload) -> Result<RolloutProgress, TargetError> {
         let action = format!("get {w}");
         let c = self.client.clone();
         let ns = w.namespace.as_str();

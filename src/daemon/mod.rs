@@ -492,6 +492,7 @@ impl Daemon {
         };
         let record = if active {
             let opts = crate::transition::driver::DriveOptions {
+                clock: self.clock.clone(),
                 wait: false,
                 poll: Duration::from_secs(5),
                 stop_after: None,
@@ -527,8 +528,7 @@ impl Daemon {
         } else {
             record
         };
-        self.metrics
-            .transition(record.as_ref(), time::OffsetDateTime::now_utc());
+        self.metrics.transition(record.as_ref(), self.clock.now());
         *next = std::time::Instant::now() + pause;
     }
 

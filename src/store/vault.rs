@@ -973,7 +973,8 @@ impl VaultPki {
             .map_err(PkiError::from)?
             .pem()
             .map_err(PkiError::from)?;
-        // Like the local signer: never ask for more than the root has left.
+        // Like the local signer: never ask for more than the root has left. Vault signs at its
+        // own present, so this is measured on the wall clock, not the injected one.
         let left: Duration = (root.info().not_after - time::OffsetDateTime::now_utc())
             .try_into()
             .unwrap_or(Duration::ZERO);

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use super::store::{NEW, ORIGINAL, RecordStore, new_root_dir};
 use super::{
-    ClusterMaterial, MaterialOf, Options, Outcome, Record, RestartStage, State, Step,
-    TransitionKind, from_self_signed, material, next_step, next_steps,
+    ClusterMaterial, MaterialOf, Options, Record, State, Step, StepOutcome, TransitionKind,
+    from_self_signed, material, next_step, next_steps,
 };
 use crate::audit::Audit;
 use crate::cluster::{
@@ -888,8 +888,10 @@ async fn issue_new(
 }
 
 /// How far [`drive`] goes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DriveOptions {
+    /// What every decision that depends on time asks (gate timeouts, the drain period).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
     /// Sleep through gates that do not hold yet and through the drain period.
     pub wait: bool,
     /// How often a gate is re-checked while waiting.
@@ -927,20 +929,28 @@ impl Progress {
         }
     }
 
-    fn show(self, event: &str, record: &Record, detail: &str, fields: serde_json::Value) {
-        if let Some(line) = self.line(event, record, detail, fields) {
+    fn show(
+        self,
+        at: OffsetDateTime,
+        event: &str,
+        record: &Record,
+        detail: &str,
+        fields: serde_json::Value,
+    ) {
+        if let Some(line) = self.line(at, event, record, detail, fields) {
             eprintln!("{line}");
         }
     }
 
     fn line(
         self,
+        at: OffsetDateTime,
         event: &str,
         record: &Record,
         detail: &str,
         fields: serde_json::Value,
     ) -> Option<String> {
-        let time = fmt_time(OffsetDateTime::now_utc());
+        let time = fmt_time(at);
         match self {
             Progress::Off => None,
             Progress::Lines => Some(format!(
@@ -1027,7 +1037,7 @@ pub async fn drive(
     let mut shown = Throttle(None);
     let started = std::time::Instant::now();
     loop {
-        let now = OffsetDateTime::now_utc();
+        let now = opts.clock.now();
         let step = next_step(&record, now);
         if step != Step::Finished && opts.max_steps.is_some_and(|n| done >= n) {
             return Ok(step);
@@ -1121,9 +1131,9 @@ pub async fn drive(
             Step::CheckGate { material: of } => {
                 let behind = check_gate(&targets, &remotes, &materials, *of, now).await;
                 if behind.is_empty() {
-                    Outcome::GateHeld
+                    StepOutcome::GateHeld
                 } else {
-                    Outcome::GateBehind(behind)
+                    StepOutcome::GateBehind(behind)
                 }
             }
             Step::Drain { until } => {
@@ -1134,6 +1144,7 @@ pub async fn drive(
                 tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
                 if shown.due(std::time::Instant::now()) {
                     opts.progress.show(
+                    now,
                         "drain",
                         &record,
                         &format!(
@@ -1167,7 +1178,7 @@ pub async fn drive(
             Step::Stopped { report } => return Err(DriveError::Stopped(report.clone())),
         };
         let before = (record.phase, record.state.clone());
-        let behind = matches!(outcome, Outcome::GateBehind(_));
+        let behind = matches!(outcome, StepOutcome::GateBehind(_));
         let outcome_seen = outcome.clone();
         record.record(&step, outcome, now);
         files.save(&record).await?;
@@ -1175,6 +1186,7 @@ pub async fn drive(
         if (record.phase, record.state.clone()) != before {
             tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
             opts.progress.show(
+                now,
                 "phase",
                 &record,
                 &format!("now {}", state_name(&record.state)),
@@ -1197,13 +1209,14 @@ pub async fn drive(
             if !opts.wait {
                 return Ok(step);
             }
-            if let (Outcome::GateBehind(who), true) =
+            if let (StepOutcome::GateBehind(who), true) =
                 (&outcome_seen, shown.due(std::time::Instant::now()))
             {
                 let waited = record
                     .gate_since
                     .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
                 opts.progress.show(
+                    now,
                     "gate",
                     &record,
                     &format!(
@@ -1265,7 +1278,7 @@ impl Work<'_> {
         want: &CaCertsFiles,
         observed: &crate::cluster::Observed,
         now: OffsetDateTime,
-    ) -> Result<Outcome, DriveError> {
+    ) -> Result<StepOutcome, DriveError> {
         if observed.snapshot.cacerts.as_ref() != Some(want) {
             let meta = WriteMeta {
                 cluster: cluster.to_string(),
@@ -1288,34 +1301,30 @@ impl Work<'_> {
                     )),
                 })?;
         }
-        Ok(Outcome::Written)
+        Ok(StepOutcome::Written)
     }
 
     /// Restarts `stage` of the mesh `cluster`'s istiod serves and waits for the rollouts.
     async fn restart(
         &self,
         cluster: &str,
-        stage: RestartStage,
+        stage: Stage,
         now: OffsetDateTime,
-    ) -> Result<Outcome, DriveError> {
+    ) -> Result<StepOutcome, DriveError> {
         let Target::Kube(_) = &self.targets[cluster] else {
             tracing::info!(
                 cluster = %cluster,
                 stage = stage.name(),
                 "directory target: the restart is up to whoever applies the folder"
             );
-            return Ok(Outcome::Restarted);
+            return Ok(StepOutcome::Restarted);
         };
         let primary =
             self.config.topology.get(cluster).ok_or_else(|| {
                 DriveError::Refused(format!("{cluster} is not in the configuration"))
             })?;
         let ro = RestartOptions {
-            stages: vec![match stage {
-                RestartStage::Istiod => Stage::Istiod,
-                RestartStage::Gateways => Stage::Gateways,
-                RestartStage::Workloads => Stage::Workloads,
-            }],
+            stages: vec![stage],
             exclude_namespaces: self.exclude_namespaces.to_vec(),
             ..RestartOptions::default()
         };
@@ -1330,7 +1339,7 @@ impl Work<'_> {
             None,
             None,
         );
-        Ok(Outcome::Restarted)
+        Ok(StepOutcome::Restarted)
     }
 }
 
@@ -1456,7 +1465,13 @@ mod tests {
         let r = record();
         let fields = || serde_json::json!({"behind": ["a/app: 1 root(s), not the 2 expected"]});
         let line = Progress::Lines
-            .line("gate", &r, "waiting for the gate", fields())
+            .line(
+                OffsetDateTime::UNIX_EPOCH,
+                "gate",
+                &r,
+                "waiting for the gate",
+                fields(),
+            )
             .unwrap();
         assert!(
             line.contains("Migrate AddNewRoot — waiting for the gate"),
@@ -1464,7 +1479,13 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(
             &Progress::Json
-                .line("gate", &r, "waiting for the gate", fields())
+                .line(
+                    OffsetDateTime::UNIX_EPOCH,
+                    "gate",
+                    &r,
+                    "waiting for the gate",
+                    fields(),
+                )
                 .unwrap(),
         )
         .unwrap();
@@ -1472,7 +1493,11 @@ mod tests {
         assert_eq!(json["phase"], "add-new-root");
         assert_eq!(json["transition"], "migrate");
         assert_eq!(json["behind"][0], "a/app: 1 root(s), not the 2 expected");
-        assert!(Progress::Off.line("gate", &r, "x", fields()).is_none());
+        assert!(
+            Progress::Off
+                .line(OffsetDateTime::UNIX_EPOCH, "gate", &r, "x", fields())
+                .is_none()
+        );
     }
 
     #[test]

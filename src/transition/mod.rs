@@ -24,6 +24,8 @@ use time::OffsetDateTime;
 
 use crate::pki::{CaCertsFiles, Cert, PkiError, TrustBundle};
 
+pub use crate::rollout::Stage;
+
 /// What a transition does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,31 +100,6 @@ pub enum MaterialOf {
     Phase(Phase),
 }
 
-/// The restarts after a write, in the order they must happen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartStage {
-    Istiod,
-    Gateways,
-    Workloads,
-}
-
-impl RestartStage {
-    pub const ORDER: [RestartStage; 3] = [
-        RestartStage::Istiod,
-        RestartStage::Gateways,
-        RestartStage::Workloads,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RestartStage::Istiod => "istiod",
-            RestartStage::Gateways => "gateways",
-            RestartStage::Workloads => "workloads",
-        }
-    }
-}
-
 /// How far one primary cluster got in the current phase (or rollback).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterProgress {
@@ -133,14 +110,14 @@ pub struct ClusterProgress {
     /// The phase material is in its cacerts.
     pub written: bool,
     /// Restart stages finished, in order.
-    pub restarted: Vec<RestartStage>,
+    pub restarted: Vec<Stage>,
 }
 
 impl ClusterProgress {
-    fn next_restart(&self, skip_workloads: bool) -> Option<RestartStage> {
-        RestartStage::ORDER
+    fn next_restart(&self, skip_workloads: bool) -> Option<Stage> {
+        Stage::ALL
             .into_iter()
-            .filter(|s| !(skip_workloads && *s == RestartStage::Workloads))
+            .filter(|s| !(skip_workloads && *s == Stage::Workloads))
             .find(|s| !self.restarted.contains(s))
     }
 }
@@ -234,7 +211,7 @@ pub enum Step {
     /// and every remote it serves) and wait for the rollout.
     Restart {
         cluster: String,
-        stage: RestartStage,
+        stage: Stage,
     },
     /// Check the gate of `material` in every cluster.
     CheckGate {
@@ -261,7 +238,7 @@ pub enum Step {
 
 /// What a driver reports after a step.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum StepOutcome {
     Written,
     Restarted,
     /// The gate held in every cluster.
@@ -305,9 +282,9 @@ impl Record {
     }
 
     /// Records the outcome of `step`, done at `now`.
-    pub fn record(&mut self, step: &Step, outcome: Outcome, now: OffsetDateTime) {
+    pub fn record(&mut self, step: &Step, outcome: StepOutcome, now: OffsetDateTime) {
         match (step, outcome) {
-            (Step::Write { cluster, material }, Outcome::Written) => {
+            (Step::Write { cluster, material }, StepOutcome::Written) => {
                 if let Some(p) = self.clusters.get_mut(cluster) {
                     p.written = true;
                 }
@@ -315,15 +292,15 @@ impl Record {
                     self.new_signer_used = true;
                 }
             }
-            (Step::Restart { cluster, stage }, Outcome::Restarted) => {
+            (Step::Restart { cluster, stage }, StepOutcome::Restarted) => {
                 if let Some(p) = self.clusters.get_mut(cluster)
                     && !p.restarted.contains(stage)
                 {
                     p.restarted.push(*stage);
                 }
             }
-            (Step::CheckGate { .. }, Outcome::GateHeld) => self.gate_passed(now),
-            (Step::CheckGate { .. }, Outcome::GateBehind(behind)) => {
+            (Step::CheckGate { .. }, StepOutcome::GateHeld) => self.gate_passed(now),
+            (Step::CheckGate { .. }, StepOutcome::GateBehind(behind)) => {
                 self.behind.clone_from(&behind);
                 let since = *self.gate_since.get_or_insert(now.unix_timestamp());
                 let waited = now.unix_timestamp() - since;
@@ -688,18 +665,18 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
                             "the material it had before the transition, verbatim",
                     }
                 ),
-                Outcome::Written,
+                StepOutcome::Written,
             ),
             Step::Restart { cluster, stage } => {
                 let action = match (stage, scope_of(cluster)) {
-                    (RestartStage::Istiod, _) | (_, None) => {
+                    (Stage::Istiod, _) | (_, None) => {
                         format!("restart {} and wait for the rollout", stage.name())
                     }
-                    (RestartStage::Gateways, Some(s)) => format!(
+                    (Stage::Gateways, Some(s)) => format!(
                         "restart the gateways of {} and wait for the rollouts",
                         s.clusters()
                     ),
-                    (RestartStage::Workloads, Some(s)) => format!(
+                    (Stage::Workloads, Some(s)) => format!(
                         "restart the workloads of every injected namespace of {}{} and wait for \
                          the rollouts",
                         s.clusters(),
@@ -710,7 +687,7 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
                         }
                     ),
                 };
-                (Some(cluster.clone()), action, Outcome::Restarted)
+                (Some(cluster.clone()), action, StepOutcome::Restarted)
             }
             Step::CheckGate { material } => (
                 None,
@@ -724,7 +701,7 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
                         }
                     }
                 ),
-                Outcome::GateHeld,
+                StepOutcome::GateHeld,
             ),
             Step::Drain { until } => {
                 steps.push(PlannedStep {
@@ -837,9 +814,9 @@ mod tests {
             let step = next_step(record, now);
             steps.push(step.clone());
             let outcome = match &step {
-                Step::Write { .. } => Outcome::Written,
-                Step::Restart { .. } => Outcome::Restarted,
-                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::Write { .. } => StepOutcome::Written,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                Step::CheckGate { .. } => StepOutcome::GateHeld,
                 Step::Drain { until } => {
                     now = *until;
                     continue;
@@ -875,10 +852,10 @@ mod tests {
             [write("a")],
             "no more than the room left"
         );
-        r.record(&write("a"), Outcome::Written, t(0));
+        r.record(&write("a"), StepOutcome::Written, t(0));
         assert_eq!(
             next_steps(&r, t(0), usize::MAX),
-            [restart("a", RestartStage::Istiod), write("b")]
+            [restart("a", Stage::Istiod), write("b")]
         );
         // Run everything in batches: the gate comes only once all three clusters are done.
         let mut seen = Vec::new();
@@ -890,8 +867,8 @@ mod tests {
             assert!(batch.len() <= 2);
             for s in batch {
                 let outcome = match s {
-                    Step::Write { .. } => Outcome::Written,
-                    _ => Outcome::Restarted,
+                    Step::Write { .. } => StepOutcome::Written,
+                    _ => StepOutcome::Restarted,
                 };
                 r.record(&s, outcome, t(0));
                 seen.push(s);
@@ -960,21 +937,21 @@ mod tests {
         assert!(matches!(
             east[1],
             Step::Restart {
-                stage: RestartStage::Istiod,
+                stage: Stage::Istiod,
                 ..
             }
         ));
         assert!(matches!(
             east[2],
             Step::Restart {
-                stage: RestartStage::Gateways,
+                stage: Stage::Gateways,
                 ..
             }
         ));
         assert!(matches!(
             east[3],
             Step::Restart {
-                stage: RestartStage::Workloads,
+                stage: Stage::Workloads,
                 ..
             }
         ));
@@ -987,9 +964,9 @@ mod tests {
         while r.phase != Phase::RemoveOldRoot {
             let step = next_step(&r, now);
             let outcome = match step {
-                Step::Write { .. } => Outcome::Written,
-                Step::Restart { .. } => Outcome::Restarted,
-                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::Write { .. } => StepOutcome::Written,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                Step::CheckGate { .. } => StepOutcome::GateHeld,
                 other => panic!("unexpected {other:?}"),
             };
             r.record(&step, outcome, now);
@@ -1012,24 +989,24 @@ mod tests {
             cluster: "a".into(),
             material: MaterialOf::Phase(Phase::AddNewRoot),
         };
-        r.record(&write, Outcome::Written, t(0));
-        for stage in RestartStage::ORDER {
+        r.record(&write, StepOutcome::Written, t(0));
+        for stage in Stage::ALL {
             r.record(
                 &Step::Restart {
                     cluster: "a".into(),
                     stage,
                 },
-                Outcome::Restarted,
+                StepOutcome::Restarted,
                 t(0),
             );
         }
         let gate = next_step(&r, t(0));
         assert!(matches!(gate, Step::CheckGate { .. }));
         let behind = vec!["a/bookinfo: istio-ca-root-cert lacks the new root".to_string()];
-        r.record(&gate, Outcome::GateBehind(behind.clone()), t(0));
+        r.record(&gate, StepOutcome::GateBehind(behind.clone()), t(0));
         assert_eq!(r.state, State::Active, "still within the gate timeout");
         assert_eq!(r.behind, behind, "kept for `transition status`");
-        r.record(&gate, Outcome::GateBehind(behind), t(600));
+        r.record(&gate, StepOutcome::GateBehind(behind), t(600));
         let Step::Stopped { report } = next_step(&r, t(600)) else {
             panic!("expected a stop")
         };
@@ -1043,7 +1020,7 @@ mod tests {
             gate,
             "resume re-checks the gate, nothing redone"
         );
-        r.record(&gate, Outcome::GateHeld, t(700));
+        r.record(&gate, StepOutcome::GateHeld, t(700));
         assert!(r.behind.is_empty(), "cleared once the gate held");
         assert_eq!(r.phase, Phase::SwitchSigner);
     }
@@ -1059,14 +1036,14 @@ mod tests {
         while r.phase == Phase::AddNewRoot {
             let s = next_step(&r, t(0));
             let o = match s {
-                Step::Write { .. } => Outcome::Written,
-                Step::Restart { .. } => Outcome::Restarted,
-                _ => Outcome::GateHeld,
+                Step::Write { .. } => StepOutcome::Written,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                _ => StepOutcome::GateHeld,
             };
             r.record(&s, o, t(0));
         }
         let s = next_step(&r, t(0));
-        r.record(&s, Outcome::Written, t(0));
+        r.record(&s, StepOutcome::Written, t(0));
         r.rollback().unwrap();
         let steps = run(&mut r, t(1));
         let writes: Vec<_> = steps
@@ -1122,7 +1099,7 @@ mod tests {
         assert!(!steps.iter().any(|s| matches!(
             s,
             Step::Restart {
-                stage: RestartStage::Workloads,
+                stage: Stage::Workloads,
                 ..
             }
         )));
@@ -1140,7 +1117,7 @@ mod tests {
     fn the_record_survives_a_json_round_trip() {
         let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
         let s = next_step(&r, t(0));
-        r.record(&s, Outcome::Written, t(0));
+        r.record(&s, StepOutcome::Written, t(0));
         r.rollback().unwrap();
         let json = serde_json::to_string(&r).unwrap();
         let back: Record = serde_json::from_str(&json).unwrap();
@@ -1189,9 +1166,9 @@ mod tests {
         while r.phase < phase {
             let s = next_step(r, now);
             let o = match s {
-                Step::Write { .. } => Outcome::Written,
-                Step::Restart { .. } => Outcome::Restarted,
-                Step::CheckGate { .. } => Outcome::GateHeld,
+                Step::Write { .. } => StepOutcome::Written,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                Step::CheckGate { .. } => StepOutcome::GateHeld,
                 Step::AwaitApproval { .. } => {
                     r.approve();
                     continue;
@@ -1222,18 +1199,18 @@ mod tests {
         let mut r = Record::new(TransitionKind::Migrate, ["a".to_string()], opts());
         until_phase(&mut r, Phase::SwitchSigner, t(0));
         let w = next_step(&r, t(0));
-        r.record(&w, Outcome::Written, t(0));
+        r.record(&w, StepOutcome::Written, t(0));
         r.rollback().unwrap();
         loop {
             let s = next_step(&r, t(0));
             if let Step::CheckGate { .. } = s {
-                r.record(&s, Outcome::GateBehind(vec!["a/app".into()]), t(0));
-                r.record(&s, Outcome::GateBehind(vec!["a/app".into()]), t(600));
+                r.record(&s, StepOutcome::GateBehind(vec!["a/app".into()]), t(0));
+                r.record(&s, StepOutcome::GateBehind(vec!["a/app".into()]), t(600));
                 break;
             }
             let o = match s {
-                Step::Write { .. } => Outcome::Written,
-                _ => Outcome::Restarted,
+                Step::Write { .. } => StepOutcome::Written,
+                _ => StepOutcome::Restarted,
             };
             r.record(&s, o, t(0));
         }
@@ -1263,7 +1240,7 @@ mod tests {
         r.approve();
         let w = next_step(&r, t(0));
         assert!(matches!(w, Step::Write { .. }));
-        r.record(&w, Outcome::Written, t(0));
+        r.record(&w, StepOutcome::Written, t(0));
         r.rollback().unwrap();
         run_rollback(&mut r);
         assert!(matches!(r.state, State::Held { .. }));
@@ -1280,9 +1257,9 @@ mod tests {
         while matches!(r.state, State::RollingBack { .. }) {
             let s = next_step(r, t(0));
             let o = match s {
-                Step::Write { .. } => Outcome::Written,
-                Step::Restart { .. } => Outcome::Restarted,
-                _ => Outcome::GateHeld,
+                Step::Write { .. } => StepOutcome::Written,
+                Step::Restart { .. } => StepOutcome::Restarted,
+                _ => StepOutcome::GateHeld,
             };
             r.record(&s, o, t(0));
         }
