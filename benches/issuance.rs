@@ -90,7 +90,7 @@ fn main() {
     let config_path = write_config(tmp.path(), clusters);
     let config = Config::load(&config_path).unwrap();
     let root = generate_root(&config.root_policy().root_spec(&config.trust_domain), now).unwrap();
-    cacertd::store::FileRootStore::new(config.state_dir.join("root"))
+    cacertd::root_store::FileRootStore::new(config.state_dir.join("root"))
         .create(&root)
         .unwrap();
     let primaries: Vec<_> = config.topology.primaries().collect();
@@ -100,7 +100,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let signer = cacertd::store::Signer::Local(root);
+    let signer = cacertd::root_store::Signer::Local(root);
     let run = |opts| {
         rt.block_on(issuance::run(
             &config, &signer, &primaries, opts, false, now,

@@ -148,7 +148,7 @@ fn main() {
     let now = time::OffsetDateTime::now_utc();
     let started = Instant::now();
     let end = rt.block_on(async {
-        cacertd::store::RootSource::open(&config)
+        cacertd::root_store::RootSource::open(&config)
             .await
             .unwrap()
             .create(
@@ -169,7 +169,7 @@ fn main() {
             exclude_namespaces: Vec::new(),
             max_parallel,
         };
-        let store = cacertd::transition::store::RecordStore::open(&config)
+        let store = cacertd::transition::record_store::RecordStore::open(&config)
             .await
             .unwrap();
         driver::start_migrate(&config, &store, options, now, false)

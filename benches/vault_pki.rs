@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cacertd::config::Config;
 use cacertd::pki::{CaKey, intermediate_params_for_csr};
-use cacertd::store::{RootSource, Signer};
+use cacertd::root_store::{RootSource, Signer};
 use cacertd_test_apiserver::vault::TestVault;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

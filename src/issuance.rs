@@ -12,7 +12,7 @@ use crate::cluster::{CacertsWriter, Material, Target, TargetError, WriteError, W
 use crate::config::Config;
 use crate::pki::{CaCertsFiles, TrustBundle};
 use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
-use crate::store::Signer;
+use crate::root_store::Signer;
 use crate::topology::Cluster;
 
 /// What happened to one cluster.

@@ -13,7 +13,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod rollout;
+pub mod root_store;
 pub mod status;
-pub mod store;
 pub mod topology;
 pub mod transition;

@@ -8,7 +8,7 @@ use crate::cluster::Target;
 use crate::config::Config;
 use crate::pki::{Cert, CertInfo};
 use crate::plan::{Assessment, Snapshot, assess};
-use crate::store::{RootSource, StoreError};
+use crate::root_store::{RootSource, StoreError};
 use crate::topology::{Cluster, Role};
 
 pub(crate) fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {

@@ -302,7 +302,7 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         // Leadership checked on each heartbeat, then as many steps as fit in the margin it
         // keeps: with directory targets and no drain, the rest takes a heartbeat or two.
         let mut heartbeats = 0;
-        while !cacertd::transition::store::StateFiles::new(&s.path("state"))
+        while !cacertd::transition::record_store::StateFiles::new(&s.path("state"))
             .load()
             .unwrap()
             .unwrap()

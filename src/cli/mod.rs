@@ -28,9 +28,9 @@ use crate::pki::{
 };
 use crate::plan::PlanOptions;
 use crate::policy::PolicyViolation;
-use crate::store::{RootSource, StoreError};
+use crate::root_store::{RootSource, StoreError};
 use crate::topology::{Cluster, Role};
-use crate::transition::store::RecordStore;
+use crate::transition::record_store::RecordStore;
 use crate::transition::{self, TransitionKind, driver};
 
 /// Everything a command can fail with; each maps to a documented exit code.
@@ -212,7 +212,7 @@ async fn root_init_in(
     let spec = policy.root_spec(&config.trust_domain);
     let cert = if let Some(pki) = store.as_vault_pki() {
         // The key is generated inside Vault and never leaves it.
-        let key = crate::store::vault::key_type(spec.key_algorithm);
+        let key = crate::root_store::vault::key_type(spec.key_algorithm);
         let cert = pki
             .generate_root(
                 spec.subject.organization.as_deref(),

@@ -27,9 +27,9 @@ use crate::config::Config;
 use crate::fsutil::StateLock;
 use crate::issuance::{self, ClusterReport, Outcome};
 use crate::plan::PlanOptions;
-use crate::store::{RootSource, StoreError};
+use crate::root_store::{RootSource, StoreError};
 use crate::transition::error::DriveError;
-use crate::transition::store::RecordStore;
+use crate::transition::record_store::RecordStore;
 
 /// When a cluster is next looked at, and how often it has failed in a row.
 #[derive(Clone, Copy, Debug)]
@@ -728,10 +728,10 @@ fn root_error_reason(e: &StoreError) -> String {
     match e {
         StoreError::NoRoot { .. } => "no-root",
         StoreError::Vault { source, .. } => match source {
-            crate::store::VaultError::Sealed { .. } => "sealed",
-            crate::store::VaultError::PermissionDenied { .. } => "permission-denied",
-            crate::store::VaultError::Unreachable { .. } => "unreachable",
-            crate::store::VaultError::Login { .. } => "login",
+            crate::root_store::VaultError::Sealed { .. } => "sealed",
+            crate::root_store::VaultError::PermissionDenied { .. } => "permission-denied",
+            crate::root_store::VaultError::Unreachable { .. } => "unreachable",
+            crate::root_store::VaultError::Login { .. } => "login",
             _ => "vault",
         },
         StoreError::Material { .. } => "malformed",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::store::{NEW, ORIGINAL, RecordStore, new_root_dir};
+use super::record_store::{NEW, ORIGINAL, RecordStore, new_root_dir};
 use super::{
     ClusterMaterial, MaterialOf, Options, Record, State, Step, StepOutcome, TransitionKind,
     from_self_signed, material, next_step, next_steps,
@@ -29,7 +29,7 @@ use crate::rollout::{self, RestartOptions, Stage};
 
 pub use super::error::DriveError;
 use super::error::target_err;
-use crate::store::RootSource;
+use crate::root_store::RootSource;
 
 /// How the writer checks a phase's material: where a cluster keeps the signer it had before
 /// the transition (AddNewRoot, and everything a rollback to the original puts back), that
@@ -259,13 +259,13 @@ enum RotationStore {
     File { dir: PathBuf },
     /// The new root waits in the secret `<path>-next`; it then becomes the next version of
     /// `<path>` (check-and-set), so KV v2 keeps the old root as the version before.
-    VaultKv(Box<crate::store::vault::VaultKv>),
+    VaultKv(Box<crate::root_store::vault::VaultKv>),
     /// The new root is a second issuer Vault generates in the PKI engine, `<base>-next`
     /// (`<base>`: the configured issuer, else `cacertd-root`), its key never leaving Vault. It
     /// then takes the configured issuer's name (the old one renamed `<name>-replaced-<time>`),
     /// or becomes the mount's default issuer; the old issuer stays in the mount.
     VaultPki {
-        pki: Box<crate::store::vault::VaultPki>,
+        pki: Box<crate::root_store::vault::VaultPki>,
         base: String,
     },
 }
@@ -296,14 +296,17 @@ impl RotationStore {
         }
     }
 
-    fn vault_err(kv: &crate::store::vault::VaultKv, e: crate::store::VaultError) -> String {
+    fn vault_err(
+        kv: &crate::root_store::vault::VaultKv,
+        e: crate::root_store::VaultError,
+    ) -> String {
         format!("{}: {e}", kv.describe())
     }
 
     /// The root the store holds now.
     async fn current(&self) -> Result<Cert, String> {
         let cert = match self {
-            RotationStore::File { dir } => crate::store::FileRootStore::new(dir.clone())
+            RotationStore::File { dir } => crate::root_store::FileRootStore::new(dir.clone())
                 .load_cert()
                 .map_err(|e| e.to_string())?,
             RotationStore::VaultKv(kv) => kv
@@ -382,11 +385,11 @@ impl RotationStore {
         waiting: bool,
         stale: bool,
         now: OffsetDateTime,
-    ) -> Result<crate::store::Signer, String> {
+    ) -> Result<crate::root_store::Signer, String> {
         let RotationStore::VaultPki { pki, base } = self else {
             return Err("not a vault-pki store".into());
         };
-        let vault_err = |e: crate::store::VaultError| format!("{}: {e}", pki.describe());
+        let vault_err = |e: crate::root_store::VaultError| format!("{}: {e}", pki.describe());
         let next = format!("{base}-next");
         if stale {
             pki.rename_issuer(&next, &format!("{base}-{}", now.unix_timestamp()))
@@ -414,7 +417,7 @@ impl RotationStore {
                     &next,
                     spec.subject.organization.as_deref(),
                     &spec.subject.common_name,
-                    crate::store::vault::key_type(spec.key_algorithm),
+                    crate::root_store::vault::key_type(spec.key_algorithm),
                     spec.validity,
                 )
                 .await
@@ -438,9 +441,9 @@ impl RotationStore {
     async fn pending(&self, state_dir: &Path) -> Result<Option<(RootCa, Option<u64>)>, String> {
         match self {
             RotationStore::File { .. } => {
-                match crate::store::FileRootStore::new(new_root_dir(state_dir)).load() {
+                match crate::root_store::FileRootStore::new(new_root_dir(state_dir)).load() {
                     Ok(root) => Ok(Some((root, None))),
-                    Err(crate::store::StoreError::NoRoot { .. }) => Ok(None),
+                    Err(crate::root_store::StoreError::NoRoot { .. }) => Ok(None),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -466,7 +469,7 @@ impl RotationStore {
                 if let Some(parent) = dir.parent() {
                     create_private_dir(parent).map_err(|e| e.to_string())?;
                 }
-                crate::store::FileRootStore::new(dir)
+                crate::root_store::FileRootStore::new(dir)
                     .create(root)
                     .map_err(|e| e.to_string())
             }
@@ -560,13 +563,13 @@ fn note_rotated(config: &Config, now: OffsetDateTime, new_root: &Cert, kept: &st
 /// vault-pki: `<base>-next` takes the configured issuer's name (the old issuer renamed
 /// `<name>-replaced-<unix time>`), or becomes the mount's default issuer. Idempotent.
 async fn swap_pki(
-    pki: &crate::store::vault::VaultPki,
+    pki: &crate::root_store::vault::VaultPki,
     base: &str,
     config: &Config,
     now: OffsetDateTime,
 ) -> Result<(), DriveError> {
     let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
-    let vault_err = |e: crate::store::VaultError| stop(format!("{}: {e}", pki.describe()));
+    let vault_err = |e: crate::root_store::VaultError| stop(format!("{}: {e}", pki.describe()));
     let next = format!("{base}-next");
     let new = pki.issuer_cert(&next).await.map_err(vault_err)?;
     let (new, kept) = match (&pki.issuer, new) {
@@ -774,7 +777,7 @@ pub async fn start_rotate_root(
         _ => None,
     };
     let signer = match new {
-        NewRoot::Local { root, .. } => crate::store::Signer::Local(root),
+        NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
         NewRoot::Vault { ref waiting, stale } => store
             .next_signer(config, waiting.is_some(), stale, now)
             .await
@@ -794,7 +797,7 @@ pub async fn start_rotate_root(
     if let Some(finished) = finished {
         files.archive(&finished, now).await?;
     }
-    if let (Some(over), crate::store::Signer::Local(new_root)) = (keep, &signer) {
+    if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
         store
             .keep_pending(&config.state_dir, new_root, over)
             .await
@@ -831,13 +834,14 @@ fn swap_file_store(
     new_root: &RootCa,
     now: OffsetDateTime,
 ) -> Result<String, DriveError> {
-    let store_err = |e: crate::store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
-    let store = crate::store::FileRootStore::new(dir.to_path_buf());
+    let store_err =
+        |e: crate::root_store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
+    let store = crate::root_store::FileRootStore::new(dir.to_path_buf());
     if store.load_cert().ok().flatten().as_ref() == Some(new_root.cert()) {
         return Ok(String::new());
     }
     let staging = PathBuf::from(format!("{}.new", dir.display()));
-    let staged = crate::store::FileRootStore::new(staging.clone());
+    let staged = crate::root_store::FileRootStore::new(staging.clone());
     if staged.load_cert().ok().flatten().as_ref() != Some(new_root.cert()) {
         if staging.exists() {
             // Our own half-built staging folder from an interrupted swap.
@@ -864,7 +868,7 @@ fn swap_file_store(
 async fn issue_new(
     config: &Config,
     cluster: &crate::topology::Cluster,
-    signer: &crate::store::Signer,
+    signer: &crate::root_store::Signer,
     root: &Cert,
     now: OffsetDateTime,
 ) -> Result<CaCertsFiles, DriveError> {

@@ -14,7 +14,7 @@
 
 pub mod driver;
 pub mod error;
-pub mod store;
+pub mod record_store;
 
 use std::collections::BTreeMap;
 use std::fmt;
