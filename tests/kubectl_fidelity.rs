@@ -212,48 +212,26 @@ fn kubectl_rollout_restart_and_status() {
         2
     );
 
-    // A rollout that never finishes: kubectl's own timeout fires. (kubectl refuses two
-    // restarts within one second: the annotation would not change.)
+    // A restart kubectl's rollout status does not see through: its error. (kubectl refuses
+    // two restarts within one second: the annotation would not change.)
+    let failed_rollout = |timeout: &str| {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let deployment = ["deployment/istiod", "-n", "istio-system"];
+        k.ok(&[&["rollout", "restart"][..], &deployment].concat());
+        let status = [&["rollout", "status"][..], &deployment, &[timeout]].concat();
+        let (code, _, err) = k.run(&status);
+        assert_ne!(code, 0, "{err}");
+        err
+    };
+    // A rollout that never finishes: kubectl's own timeout fires.
     c1.set_rollouts_stuck(true);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    k.ok(&[
-        "rollout",
-        "restart",
-        "deployment/istiod",
-        "-n",
-        "istio-system",
-    ]);
-    let (code, _, err) = k.run(&[
-        "rollout",
-        "status",
-        "deployment/istiod",
-        "-n",
-        "istio-system",
-        "--timeout=2s",
-    ]);
-    assert_ne!(code, 0, "{err}");
+    let err = failed_rollout("--timeout=2s");
     assert!(err.contains("timed out"), "{err}");
 
     // The controller gives up on the rollout (ProgressDeadlineExceeded): kubectl says so at
     // once instead of waiting for its own timeout.
     c1.set_rollouts_stuck(false);
     c1.set_rollouts_deadline_exceeded(true);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    k.ok(&[
-        "rollout",
-        "restart",
-        "deployment/istiod",
-        "-n",
-        "istio-system",
-    ]);
-    let (code, _, err) = k.run(&[
-        "rollout",
-        "status",
-        "deployment/istiod",
-        "-n",
-        "istio-system",
-        "--timeout=60s",
-    ]);
-    assert_ne!(code, 0, "{err}");
+    let err = failed_rollout("--timeout=60s");
     assert!(err.contains("exceeded its progress deadline"), "{err}");
 }

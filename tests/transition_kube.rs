@@ -877,14 +877,7 @@ fn killed_at_random_moments(mut seed: u64) {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let lifetime = Duration::from_millis(10 + seed % 150);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
-            .current_dir(s.dir.path())
-            .args(["-c", "cacertd.toml", "transition", "resume", "--wait"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = resume_in_background(&s);
         let killed_at = std::time::Instant::now() + lifetime;
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -973,14 +966,7 @@ fn killed_during_write(cluster: &str, k: u64) {
         1,
         true,
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
-        .current_dir(s.dir.path())
-        .args(["-c", "cacertd.toml", "transition", "resume", "--wait"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = resume_in_background(&s);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while c.pending_faults() > 0 {
         assert!(
@@ -1002,6 +988,18 @@ fn killed_during_write(cluster: &str, k: u64) {
         run.stdout, run.stderr
     );
     assert_migrated(&server, &s, &secrets);
+}
+
+/// `transition resume --wait` as a child process, for a test to kill.
+fn resume_in_background(s: &Setup) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+        .current_dir(s.dir.path())
+        .args(["-c", "cacertd.toml", "transition", "resume", "--wait"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Every object of every cluster on `server` with its resourceVersion.

@@ -744,25 +744,31 @@ fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
     assert_issued_and_trusted(&s);
 }
 
+/// A vault-pki setup logging in with AppRole (tokens of `ttl`), its root made.
+fn approle_pki(vault: &TestVault, ttl: Duration) -> Setup {
+    let rules = vec![
+        PathRule::new("pki/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+        PathRule::new("auth/token/*", &["read", "update"]),
+    ];
+    vault.add_approle("role-1", "secret-1", rules, ttl);
+    let s = Setup::with_config(&config(
+        vault,
+        PKI,
+        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
+    ));
+    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    s
+}
+
 /// The Vault client as a long-running daemon needs it: transient errors retried, a dead token
 /// replaced by a fresh login, a policy denial reported without a login, and one renewal at a
 /// time however many calls are under way.
 #[test]
 fn the_vault_client_retries_transient_errors_and_logs_in_again_only_for_a_dead_token() {
     let vault = TestVault::start();
-    let rules = vec![
-        PathRule::new("pki/*", &["create", "read", "update"]),
-        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
-        PathRule::new("auth/token/*", &["read", "update"]),
-    ];
-    vault.add_approle("role-1", "secret-1", rules, Duration::from_secs(600));
-    let s = Setup::with_config(&config(
-        &vault,
-        PKI,
-        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
-    ));
-    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
-    s.cacertd(&["root", "init"]).ok();
+    let s = approle_pki(&vault, Duration::from_secs(600));
     let count = |path: &str, status: u16| {
         vault
             .answers()
@@ -829,21 +835,9 @@ fn the_vault_client_retries_transient_errors_and_logs_in_again_only_for_a_dead_t
 #[test]
 fn one_renewal_at_a_time_however_many_calls_are_under_way() {
     let vault = TestVault::start();
-    let rules = vec![
-        PathRule::new("pki/*", &["create", "read", "update"]),
-        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
-        PathRule::new("auth/token/*", &["read", "update"]),
-    ];
     // A 3 s token is due for renewal after 2 s; every call takes 1.2 s, so the two signatures,
     // made concurrently after two reads, both find it due.
-    vault.add_approle("role-1", "secret-1", rules, Duration::from_secs(3));
-    let s = Setup::with_config(&config(
-        &vault,
-        PKI,
-        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
-    ));
-    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
-    s.cacertd(&["root", "init"]).ok();
+    let s = approle_pki(&vault, Duration::from_secs(3));
     vault.keep_tokens_alive(true);
     vault.set_delay(Some(Duration::from_millis(1200)));
     s.cacertd(&["issue"]).ok();

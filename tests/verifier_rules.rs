@@ -137,62 +137,45 @@ fn the_control_set_verifies_with_openssl_and_cacertd() {
     verify(&s, "server-auth", &server_auth).ok();
 }
 
-#[test]
-fn an_intermediate_signed_with_sha1_is_refused() {
+/// A set made with `v` is refused by `cacertd verify` (exit 3), for the reason `expected`.
+fn refused(name: &str, v: &Variant, expected: &str) {
     let s = Setup::new();
-    let run = verify(
-        &s,
-        "sha1",
-        &Variant {
-            digest: "-sha1",
-            ..GOOD
-        },
-    )
-    .fails_with(3);
+    let run = verify(&s, name, v).fails_with(3);
     assert!(
-        run.stdout.contains("signed with SHA-1"),
+        run.stdout.contains(expected),
         "{}\n{}",
         run.stdout,
         run.stderr
     );
+}
+
+#[test]
+fn an_intermediate_signed_with_sha1_is_refused() {
+    let sha1 = Variant {
+        digest: "-sha1",
+        ..GOOD
+    };
+    refused("sha1", &sha1, "signed with SHA-1");
 }
 
 #[test]
 fn an_intermediate_with_a_negative_serial_is_refused() {
-    let s = Setup::new();
-    let run = verify(
-        &s,
-        "negative",
-        &Variant {
-            serial: "-4660",
-            ..GOOD
-        },
-    )
-    .fails_with(3);
-    assert!(
-        run.stdout.contains("negative serial"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    let negative = Variant {
+        serial: "-4660",
+        ..GOOD
+    };
+    refused("negative", &negative, "negative serial");
 }
 
 #[test]
 fn an_intermediate_whose_eku_lacks_server_auth_is_refused() {
-    let s = Setup::new();
-    let run = verify(
-        &s,
+    let client_only = Variant {
+        extensions: "extendedKeyUsage=clientAuth",
+        ..GOOD
+    };
+    refused(
         "client-only",
-        &Variant {
-            extensions: "extendedKeyUsage=clientAuth",
-            ..GOOD
-        },
-    )
-    .fails_with(3);
-    assert!(
-        run.stdout.contains("extendedKeyUsage without serverAuth"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
+        &client_only,
+        "extendedKeyUsage without serverAuth",
     );
 }

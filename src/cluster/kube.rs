@@ -690,33 +690,28 @@ fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
 
 impl KubeTarget {
     async fn progress(&self, w: &Workload) -> Result<RolloutProgress, TargetError> {
-        let action = format!("get {w}");
-        let c = self.client.clone();
-        let ns = w.namespace.as_str();
-        let p = match w.kind {
-            RolloutKind::Deployment => {
-                let api: Api<Deployment> = Api::namespaced(c, ns);
-                let d = retrying(&self.settings, "get deployment", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                deployment_progress(&d)
-            }
-            RolloutKind::DaemonSet => {
-                let api: Api<DaemonSet> = Api::namespaced(c, ns);
-                let d = retrying(&self.settings, "get daemonset", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                daemonset_progress(&d)
-            }
-            RolloutKind::StatefulSet => {
-                let api: Api<StatefulSet> = Api::namespaced(c, ns);
-                let s = retrying(&self.settings, "get statefulset", || api.get(&w.name))
-                    .await
-                    .map_err(|e| self.error(&action, e))?;
-                statefulset_progress(&s)
-            }
-        };
-        Ok(p)
+        Ok(match w.kind {
+            RolloutKind::Deployment => deployment_progress(&self.get_workload(w).await?),
+            RolloutKind::DaemonSet => daemonset_progress(&self.get_workload(w).await?),
+            RolloutKind::StatefulSet => statefulset_progress(&self.get_workload(w).await?),
+        })
+    }
+
+    /// Reads a workload as the type its kind names.
+    async fn get_workload<K>(&self, w: &Workload) -> Result<K, TargetError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
+        retrying(&self.settings, &format!("get {}", w.kind.name()), || {
+            api.get(&w.name)
+        })
+        .await
+        .map_err(|e| self.error(format!("get {w}"), e))
     }
 
     /// Restarts a workload the way `kubectl rollout restart` does: a strategic merge patch of
