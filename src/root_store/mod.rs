@@ -2,6 +2,7 @@
 //! secret, or Vault's PKI engine (the key never leaves Vault).
 
 mod file;
+pub mod rotation;
 pub mod vault;
 
 pub use file::FileRootStore;

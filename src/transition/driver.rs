@@ -6,12 +6,11 @@
 //! saved before the record exists, so a resumed transition never issues a second intermediate.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::record_store::{NEW, ORIGINAL, RecordStore, new_root_dir};
+use super::record_store::{NEW, ORIGINAL, RecordStore};
 use super::{
     ClusterMaterial, MaterialOf, Options, Record, State, Step, StepOutcome, TransitionKind,
     from_self_signed, material, next_step, next_steps,
@@ -21,11 +20,11 @@ use crate::cluster::{
     CacertsWriter, KubeTarget, Material, Target, TargetError, WriteError, WriteMeta,
 };
 use crate::config::Config;
-use crate::fsutil::create_private_dir;
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, fmt_time, verify_cacerts, verify_cacerts_for_mesh,
 };
 use crate::rollout::{self, RestartOptions, Stage};
+use crate::root_store::rotation::RotationStore;
 
 pub use super::error::DriveError;
 use super::error::target_err;
@@ -251,368 +250,6 @@ async fn save_moving(
     Ok(())
 }
 
-/// The root store a rotation replaces the root of: where the new root waits until the rotation
-/// is done, and how it then takes the old one's place (the old one always kept).
-enum RotationStore {
-    /// The new root waits in `<state_dir>/transition/new-root/`; the old root folder is moved
-    /// to `<root dir>-replaced-<time>`.
-    File { dir: PathBuf },
-    /// The new root waits in the secret `<path>-next`; it then becomes the next version of
-    /// `<path>` (check-and-set), so KV v2 keeps the old root as the version before.
-    VaultKv(Box<crate::root_store::vault::VaultKv>),
-    /// The new root is a second issuer Vault generates in the PKI engine, `<base>-next`
-    /// (`<base>`: the configured issuer, else `cacertd-root`), its key never leaving Vault. It
-    /// then takes the configured issuer's name (the old one renamed `<name>-replaced-<time>`),
-    /// or becomes the mount's default issuer; the old issuer stays in the mount.
-    VaultPki {
-        pki: Box<crate::root_store::vault::VaultPki>,
-        base: String,
-    },
-}
-
-impl RotationStore {
-    async fn open(config: &Config) -> Result<Self, DriveError> {
-        match &config.root {
-            crate::config::RootStoreConfig::File { dir } => {
-                Ok(RotationStore::File { dir: dir.clone() })
-            }
-            crate::config::RootStoreConfig::VaultKv { .. } => {
-                match RootSource::open(config).await {
-                    Ok(RootSource::VaultKv(kv)) => Ok(RotationStore::VaultKv(Box::new(kv))),
-                    Ok(_) => unreachable!("a vault-kv configuration opens a vault-kv store"),
-                    Err(e) => Err(DriveError::Refused(e.to_string())),
-                }
-            }
-            crate::config::RootStoreConfig::VaultPki { issuer, .. } => {
-                match RootSource::open(config).await {
-                    Ok(RootSource::VaultPki(pki)) => Ok(RotationStore::VaultPki {
-                        pki: Box::new(pki),
-                        base: issuer.clone().unwrap_or_else(|| "cacertd-root".into()),
-                    }),
-                    Ok(_) => unreachable!("a vault-pki configuration opens a vault-pki store"),
-                    Err(e) => Err(DriveError::Refused(e.to_string())),
-                }
-            }
-        }
-    }
-
-    fn vault_err(
-        kv: &crate::root_store::vault::VaultKv,
-        e: crate::root_store::VaultError,
-    ) -> String {
-        format!("{}: {e}", kv.describe())
-    }
-
-    /// The root the store holds now.
-    async fn current(&self) -> Result<Cert, String> {
-        let cert = match self {
-            RotationStore::File { dir } => crate::root_store::FileRootStore::new(dir.clone())
-                .load_cert()
-                .map_err(|e| e.to_string())?,
-            RotationStore::VaultKv(kv) => kv
-                .load()
-                .await
-                .map_err(|e| Self::vault_err(kv, e))?
-                .map(|(r, _)| r.cert().clone()),
-            RotationStore::VaultPki { pki, .. } => pki
-                .root_cert()
-                .await
-                .map_err(|e| format!("{}: {e}", pki.describe()))?,
-        };
-        cert.ok_or_else(|| "there is no root to rotate yet".into())
-    }
-
-    fn pending_location(&self, state_dir: &Path) -> String {
-        match self {
-            RotationStore::File { .. } => new_root_dir(state_dir).display().to_string(),
-            RotationStore::VaultKv(kv) => {
-                format!(
-                    "vault-kv {}/{} at {}",
-                    kv.mount,
-                    kv.next_path(),
-                    kv.session.address()
-                )
-            }
-            RotationStore::VaultPki { pki, base } => format!(
-                "vault-pki {} issuer {base}-next at {}",
-                pki.mount,
-                pki.session.address()
-            ),
-        }
-    }
-
-    /// vault-pki, `[root] issuer` set: it must name the issuer (the rotation hands the name
-    /// to the new issuer; a reference by id would keep pointing at the old one). Checked when
-    /// a rotation starts only: mid-swap, the name is briefly on neither issuer.
-    async fn check_named(&self) -> Result<(), DriveError> {
-        let RotationStore::VaultPki { pki, .. } = self else {
-            return Ok(());
-        };
-        let Some(reference) = &pki.issuer else {
-            return Ok(());
-        };
-        let name = pki
-            .issuer_name(reference)
-            .await
-            .map_err(|e| DriveError::Refused(format!("{}: {e}", pki.describe())))?;
-        if name.as_deref() != Some(reference.as_str()) {
-            return Err(DriveError::Refused(format!(
-                "[root] issuer = {reference:?} is not the name of an issuer in {} (an id?): \
-                 a rotation hands the name to the new issuer, so name the issuer (vault write \
-                 {}/issuer/<id> issuer_name=...) and use that name",
-                pki.mount, pki.mount
-            )));
-        }
-        Ok(())
-    }
-
-    /// vault-pki: the certificate of the issuer a rotation generated, if there is one.
-    async fn pending_issuer(&self) -> Result<Option<Cert>, String> {
-        match self {
-            RotationStore::VaultPki { pki, base } => pki
-                .issuer_cert(&format!("{base}-next"))
-                .await
-                .map_err(|e| format!("{}: {e}", pki.describe())),
-            _ => Ok(None),
-        }
-    }
-
-    /// vault-pki: what signs under the new issuer, generated first unless `waiting`; a `stale`
-    /// `<base>-next` (an earlier rotation's, now the root) is renamed out of the way first.
-    async fn next_signer(
-        &self,
-        config: &Config,
-        waiting: bool,
-        stale: bool,
-        now: OffsetDateTime,
-    ) -> Result<crate::root_store::Signer, String> {
-        let RotationStore::VaultPki { pki, base } = self else {
-            return Err("not a vault-pki store".into());
-        };
-        let vault_err = |e: crate::root_store::VaultError| format!("{}: {e}", pki.describe());
-        let next = format!("{base}-next");
-        if stale {
-            pki.rename_issuer(&next, &format!("{base}-{}", now.unix_timestamp()))
-                .await
-                .map_err(vault_err)?;
-        }
-        if !waiting {
-            if pki
-                .default_follows_latest_issuer()
-                .await
-                .map_err(vault_err)?
-            {
-                return Err(format!(
-                    "{}: default_follows_latest_issuer is on, so a new root would become the \
-                     default issuer at once and sign before every cluster trusts it; turn it off \
-                     first (vault write {}/config/issuers default_follows_latest_issuer=false)",
-                    pki.describe(),
-                    pki.mount
-                ));
-            }
-            let policy = config.root_policy();
-            let spec = policy.root_spec(&config.trust_domain);
-            let cert = pki
-                .generate_issuer(
-                    &next,
-                    spec.subject.organization.as_deref(),
-                    &spec.subject.common_name,
-                    crate::root_store::vault::key_type(spec.key_algorithm),
-                    spec.validity,
-                )
-                .await
-                .map_err(vault_err)?;
-            policy.check_root(&cert).map_err(|v| v.to_string())?;
-        }
-        let mut signing = config.clone();
-        signing.root = crate::config::RootStoreConfig::VaultPki {
-            mount: pki.mount.clone(),
-            issuer: Some(next),
-        };
-        RootSource::open(&signing)
-            .await
-            .map_err(|e| e.to_string())?
-            .signer()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// The new root kept by a rotation, with its KV version (to write over it).
-    async fn pending(&self, state_dir: &Path) -> Result<Option<(RootCa, Option<u64>)>, String> {
-        match self {
-            RotationStore::File { .. } => {
-                match crate::root_store::FileRootStore::new(new_root_dir(state_dir)).load() {
-                    Ok(root) => Ok(Some((root, None))),
-                    Err(crate::root_store::StoreError::NoRoot { .. }) => Ok(None),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            RotationStore::VaultKv(kv) => Ok(kv
-                .load_at(&kv.next_path())
-                .await
-                .map_err(|e| Self::vault_err(kv, e))?
-                .map(|(root, version)| (root, Some(version)))),
-            RotationStore::VaultPki { .. } => Ok(None),
-        }
-    }
-
-    /// Keeps `root` as the new root; `over` is the version of a stale one to write over.
-    async fn keep_pending(
-        &self,
-        state_dir: &Path,
-        root: &RootCa,
-        over: Option<u64>,
-    ) -> Result<(), String> {
-        match self {
-            RotationStore::File { .. } => {
-                let dir = new_root_dir(state_dir);
-                if let Some(parent) = dir.parent() {
-                    create_private_dir(parent).map_err(|e| e.to_string())?;
-                }
-                crate::root_store::FileRootStore::new(dir)
-                    .create(root)
-                    .map_err(|e| e.to_string())
-            }
-            RotationStore::VaultKv(kv) => {
-                match kv
-                    .write_at(&kv.next_path(), root, over.unwrap_or(0))
-                    .await
-                    .map_err(|e| Self::vault_err(kv, e))?
-                {
-                    Ok(_) => Ok(()),
-                    Err(()) => Err(format!(
-                        "{}: someone else wrote a new root there at the same time",
-                        self.pending_location(state_dir)
-                    )),
-                }
-            }
-            RotationStore::VaultPki { .. } => Err("vault-pki keeps its new root in Vault".into()),
-        }
-    }
-
-    /// Makes the pending new root the store's root, keeping the old one. Idempotent.
-    async fn swap(&self, config: &Config, now: OffsetDateTime) -> Result<(), DriveError> {
-        let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
-        if let RotationStore::VaultPki { pki, base } = self {
-            return swap_pki(pki, base, config, now).await;
-        }
-        let new_root = self
-            .pending(&config.state_dir)
-            .await
-            .map_err(stop)?
-            .ok_or_else(|| stop("the new root is missing".into()))?
-            .0;
-        let kept = match self {
-            RotationStore::File { dir } => swap_file_store(dir, &new_root, now)?,
-            RotationStore::VaultPki { .. } => unreachable!("swapped above"),
-            RotationStore::VaultKv(kv) => {
-                let Some((current, version)) =
-                    kv.load().await.map_err(|e| stop(Self::vault_err(kv, e)))?
-                else {
-                    return Err(stop(format!("{}: the root is gone", kv.describe())));
-                };
-                if current.cert() == new_root.cert() {
-                    return Ok(());
-                }
-                match kv
-                    .write_at(&kv.path, &new_root, version)
-                    .await
-                    .map_err(|e| stop(Self::vault_err(kv, e)))?
-                {
-                    Ok(_) => {}
-                    Err(()) => {
-                        let now_there = kv.load().await.ok().flatten();
-                        if now_there.as_ref().map(|(r, _)| r.cert()) != Some(new_root.cert()) {
-                            return Err(stop(format!(
-                                "{}: the root changed while it was being replaced",
-                                kv.describe()
-                            )));
-                        }
-                    }
-                }
-                match kv.load().await.ok().flatten() {
-                    Some((r, _)) if r.cert() == new_root.cert() => {}
-                    _ => {
-                        return Err(stop(format!(
-                            "{}: the new root did not stay",
-                            kv.describe()
-                        )));
-                    }
-                }
-                format!("version {version} of {}/{}", kv.mount, kv.path)
-            }
-        };
-        if !kept.is_empty() {
-            note_rotated(config, now, new_root.cert(), &kept);
-        }
-        Ok(())
-    }
-}
-
-fn note_rotated(config: &Config, now: OffsetDateTime, new_root: &Cert, kept: &str) {
-    Audit::new(config.daemon.audit_log.clone()).note(
-        now,
-        "root-rotated",
-        None,
-        "replaced",
-        Some(new_root.info().serial.clone()),
-        Some(format!("the previous root is kept: {kept}")),
-    );
-}
-
-/// vault-pki: `<base>-next` takes the configured issuer's name (the old issuer renamed
-/// `<name>-replaced-<unix time>`), or becomes the mount's default issuer. Idempotent.
-async fn swap_pki(
-    pki: &crate::root_store::vault::VaultPki,
-    base: &str,
-    config: &Config,
-    now: OffsetDateTime,
-) -> Result<(), DriveError> {
-    let stop = |e: String| DriveError::Stopped(format!("root swap: {e}"));
-    let vault_err = |e: crate::root_store::VaultError| stop(format!("{}: {e}", pki.describe()));
-    let next = format!("{base}-next");
-    let new = pki.issuer_cert(&next).await.map_err(vault_err)?;
-    let (new, kept) = match (&pki.issuer, new) {
-        (Some(name), Some(new)) => {
-            let mut kept = "renamed by an earlier attempt".to_string();
-            if pki.issuer_cert(name).await.map_err(vault_err)?.is_some() {
-                let aside = format!("{name}-replaced-{}", now.unix_timestamp());
-                pki.rename_issuer(name, &aside).await.map_err(vault_err)?;
-                kept = format!("issuer {aside} of {}", pki.mount);
-            }
-            pki.rename_issuer(&next, name).await.map_err(vault_err)?;
-            (new, kept)
-        }
-        (Some(name), None) => {
-            return match pki.issuer_cert(name).await.map_err(vault_err)? {
-                Some(_) => Ok(()),
-                None => Err(stop(format!(
-                    "{}: neither issuer {name} nor {next} exists",
-                    pki.describe()
-                ))),
-            };
-        }
-        (None, Some(new)) => {
-            if pki.root_cert().await.map_err(vault_err)?.as_ref() == Some(&new) {
-                return Ok(());
-            }
-            pki.set_default_issuer(&next).await.map_err(vault_err)?;
-            (
-                new,
-                format!("the previous default issuer, still in {}", pki.mount),
-            )
-        }
-        (None, None) => {
-            return Err(stop(format!(
-                "{}: the new issuer {next} is missing",
-                pki.describe()
-            )));
-        }
-    };
-    note_rotated(config, now, &new, &kept);
-    Ok(())
-}
-
 /// `rotate-root start`: the new root (imported, or generated per the root policy; for
 /// vault-pki, generated inside Vault) is kept apart ([`RotationStore`]) until the rotation is
 /// done, then replaces the store's root (the old one is kept). Every primary must be on the
@@ -629,7 +266,7 @@ pub async fn start_rotate_root(
     refuse_skip_without_multiroot(config, &options).await?;
     let finished = files.check_room().await?;
     let own = finished.is_none();
-    let current = store.current().await.map_err(DriveError::Refused)?;
+    let current = store.current().await?;
     // A new root kept in Vault counts as this start's only if a start that stopped early saved
     // intermediates under it: one left by an aborted or rolled-back rotation, or one that
     // became the root, is not reused.
@@ -657,7 +294,7 @@ pub async fn start_rotate_root(
                 ));
             }
             store.check_named().await?;
-            let pending = store.pending_issuer().await.map_err(DriveError::Refused)?;
+            let pending = store.pending_issuer().await?;
             let exists = pending.is_some();
             let waiting = match pending {
                 Some(cert) if tied(&cert).await? => {
@@ -677,10 +314,7 @@ pub async fn start_rotate_root(
             }
         }
         _ => {
-            let pending = store
-                .pending(&config.state_dir)
-                .await
-                .map_err(DriveError::Refused)?;
+            let pending = store.pending(&config.state_dir).await?;
             let over = pending.as_ref().and_then(|(_, v)| *v);
             let waiting = match pending {
                 // The file store's pending root is moved aside with a finished transition.
@@ -778,10 +412,11 @@ pub async fn start_rotate_root(
     };
     let signer = match new {
         NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
-        NewRoot::Vault { ref waiting, stale } => store
-            .next_signer(config, waiting.is_some(), stale, now)
-            .await
-            .map_err(DriveError::Refused)?,
+        NewRoot::Vault { ref waiting, stale } => {
+            store
+                .next_signer(config, waiting.is_some(), stale, now)
+                .await?
+        }
     };
     let root = signer.root_cert().clone();
     let mut issued = Vec::new();
@@ -800,8 +435,7 @@ pub async fn start_rotate_root(
     if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
         store
             .keep_pending(&config.state_dir, new_root, over)
-            .await
-            .map_err(DriveError::Refused)?;
+            .await?;
     }
     let audit = Audit::new(config.daemon.audit_log.clone());
     let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
@@ -824,45 +458,6 @@ enum NewRoot {
     /// A Vault PKI issuer: `waiting` if a start that stopped early generated it; `stale` if
     /// `<base>-next` names an earlier rotation's issuer.
     Vault { waiting: Option<Cert>, stale: bool },
-}
-
-/// The file store's swap: the new store is built complete in a sibling folder first, so the
-/// root folder is always either the old root or the new one; the old folder is moved to
-/// `<root dir>-replaced-<time>`. Returns where the old root went ("" if already swapped).
-fn swap_file_store(
-    dir: &Path,
-    new_root: &RootCa,
-    now: OffsetDateTime,
-) -> Result<String, DriveError> {
-    let store_err =
-        |e: crate::root_store::StoreError| DriveError::Stopped(format!("root swap: {e}"));
-    let store = crate::root_store::FileRootStore::new(dir.to_path_buf());
-    if store.load_cert().ok().flatten().as_ref() == Some(new_root.cert()) {
-        return Ok(String::new());
-    }
-    let staging = PathBuf::from(format!("{}.new", dir.display()));
-    let staged = crate::root_store::FileRootStore::new(staging.clone());
-    if staged.load_cert().ok().flatten().as_ref() != Some(new_root.cert()) {
-        if staging.exists() {
-            // Our own half-built staging folder from an interrupted swap.
-            std::fs::remove_dir_all(&staging)
-                .map_err(crate::fsutil::fs_err("cannot clear", &staging))?;
-        }
-        staged.create(new_root).map_err(store_err)?;
-    }
-    let stamp = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-        .replace(':', "");
-    let aside = PathBuf::from(format!("{}-replaced-{stamp}", dir.display()));
-    if dir.exists() {
-        std::fs::rename(dir, &aside).map_err(crate::fsutil::fs_err("cannot move aside", dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(crate::fsutil::fs_err("cannot move into place", dir))?;
-    if let Some(parent) = dir.parent() {
-        crate::fsutil::sync_dir(parent)?;
-    }
-    Ok(aside.display().to_string())
 }
 
 async fn issue_new(

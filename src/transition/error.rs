@@ -33,3 +33,14 @@ pub(crate) fn target_err(cluster: &str) -> impl FnOnce(TargetError) -> DriveErro
         source,
     }
 }
+
+impl From<crate::root_store::rotation::RotationError> for DriveError {
+    fn from(e: crate::root_store::rotation::RotationError) -> Self {
+        use crate::root_store::rotation::RotationError;
+        match e {
+            RotationError::Refused(reason) => DriveError::Refused(reason),
+            swap @ RotationError::Swap(_) => DriveError::Stopped(swap.to_string()),
+            RotationError::Io(e) => DriveError::Io(e),
+        }
+    }
+}

@@ -188,12 +188,6 @@ fn stamp(now: OffsetDateTime) -> String {
         .replace(':', "")
 }
 
-/// Where a root rotation's new root waits until the rotation is done (beside the file root
-/// store it will replace, whichever store keeps the record).
-pub(crate) fn new_root_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("transition").join("new-root")
-}
-
 /// The files of a transition in `state_dir`: `transition/record.json` and, per primary,
 /// `transition/<cluster>/{original,new}/` (keys 0600).
 pub struct StateFiles {
