@@ -315,20 +315,11 @@ impl Config {
         } else {
             base
         };
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+        let sections = Sections { text, file, base };
+        let resolve = |p: &Path| sections.resolve(p);
+        let invalid = |span: std::ops::Range<usize>, field: String, message: String| {
+            sections.invalid(span, field, message)
         };
-        let invalid =
-            |span: std::ops::Range<usize>, field: String, message: String| ConfigError::Invalid {
-                file: file.to_path_buf(),
-                line: line_of(text, span.start),
-                field,
-                message,
-            };
 
         let trust_domain = raw.trust_domain.get_ref().trim().to_string();
         if trust_domain.is_empty() || trust_domain.contains(['/', ' ', ':']) {
@@ -370,11 +361,99 @@ impl Config {
             }
         };
 
-        let root = match raw.root {
+        let root = sections.root(raw.root, &state_dir);
+        let vault = sections.vault(raw.vault)?;
+        let clusters = sections.clusters(&raw.clusters, &policies, &default_policy, &state_dir)?;
+        let kubernetes = sections.kubernetes(raw.kubernetes)?;
+        let daemon = sections.daemon(raw.daemon, &state_dir)?;
+        let transition = sections.transition(raw.transition, &daemon)?;
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            trust_domain,
+            state_dir,
+            policies,
+            default_policy,
+            root,
+            topology: Topology::new(clusters),
+            kubernetes,
+            vault,
+            daemon,
+            transition,
+        })
+    }
+
+    /// The policy that governs the root (the config's top-level `policy`).
+    pub fn root_policy(&self) -> &crate::policy::Policy {
+        // Checked to exist when the config was loaded.
+        #[allow(clippy::expect_used)]
+        self.policies
+            .get(&self.default_policy)
+            .expect("default policy checked at load")
+    }
+
+    /// What a primary's `cacerts` is judged against.
+    pub fn expected<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        root: Option<&'a crate::pki::Cert>,
+    ) -> crate::plan::Expected<'a> {
+        crate::plan::Expected {
+            root,
+            policy: self.policy_for(cluster),
+            cluster: &cluster.name,
+            trust_domain: &self.trust_domain,
+        }
+    }
+
+    /// The policy of one cluster.
+    pub fn policy_for(&self, cluster: &Cluster) -> &crate::policy::Policy {
+        // Every cluster's policy was checked to exist when the config was loaded.
+        #[allow(clippy::expect_used)]
+        self.policies
+            .get(&cluster.policy)
+            .expect("cluster policy checked at load")
+    }
+}
+
+const DEFAULT_RECORD_SECRET: &str = "cacertd-transition";
+
+/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
+/// Builds each section of the configuration from its raw form: paths resolved against the
+/// file's folder, every error naming the field and its line.
+struct Sections<'a> {
+    text: &'a str,
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Sections<'_> {
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn invalid(&self, span: std::ops::Range<usize>, field: String, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: line_of(self.text, span.start),
+            field,
+            message,
+        }
+    }
+
+    /// `[root]`: the file store under `state_dir` unless told otherwise.
+    fn root(&self, raw: Option<RawRoot>, state_dir: &Path) -> RootStoreConfig {
+        match raw {
             None | Some(RawRoot::File { dir: None }) => RootStoreConfig::File {
                 dir: state_dir.join("root"),
             },
-            Some(RawRoot::File { dir: Some(d) }) => RootStoreConfig::File { dir: resolve(&d) },
+            Some(RawRoot::File { dir: Some(d) }) => RootStoreConfig::File {
+                dir: self.resolve(&d),
+            },
             Some(RawRoot::VaultKv { mount, path }) => RootStoreConfig::VaultKv {
                 mount: mount.unwrap_or_else(|| "secret".into()),
                 path: path.unwrap_or_else(|| "cacertd/root".into()),
@@ -383,8 +462,12 @@ impl Config {
                 mount: mount.unwrap_or_else(|| "pki".into()),
                 issuer,
             },
-        };
-        let vault = match raw.vault {
+        }
+    }
+
+    /// `[vault]`.
+    fn vault(&self, raw: Option<Spanned<RawVault>>) -> Result<Option<VaultSettings>, ConfigError> {
+        let vault = match raw {
             None => None,
             Some(v) => {
                 let span = v.span();
@@ -394,7 +477,7 @@ impl Config {
                         .ok()
                         .filter(|d| !d.is_zero())
                         .ok_or_else(|| {
-                            invalid(
+                            self.invalid(
                                 span.clone(),
                                 "vault.timeout".into(),
                                 format!("{t:?} is not a positive duration"),
@@ -409,7 +492,7 @@ impl Config {
                     Some(RawVaultAuth::Token {
                         token_file: Some(f),
                     }) => VaultAuth::Token {
-                        token_file: Some(resolve(&f)),
+                        token_file: Some(self.resolve(&f)),
                     },
                     Some(RawVaultAuth::AppRole {
                         mount,
@@ -418,7 +501,7 @@ impl Config {
                     }) => VaultAuth::AppRole {
                         mount: mount.unwrap_or_else(|| "approle".into()),
                         role_id,
-                        secret_id_file: resolve(&secret_id_file),
+                        secret_id_file: self.resolve(&secret_id_file),
                     },
                     Some(RawVaultAuth::Kubernetes {
                         mount,
@@ -427,156 +510,197 @@ impl Config {
                     }) => VaultAuth::Kubernetes {
                         mount: mount.unwrap_or_else(|| "kubernetes".into()),
                         role,
-                        jwt_file: jwt_file.map(|f| resolve(&f)).unwrap_or_else(|| {
+                        jwt_file: jwt_file.map(|f| self.resolve(&f)).unwrap_or_else(|| {
                             PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
                         }),
                     },
                 };
                 Some(VaultSettings {
                     address: v.address,
-                    ca_cert: v.ca_cert.map(|c| resolve(&c)),
+                    ca_cert: v.ca_cert.map(|c| self.resolve(&c)),
                     namespace: v.namespace,
                     timeout,
                     auth,
                 })
             }
         };
+        Ok(vault)
+    }
 
+    /// `[[clusters]]`: names, roles, targets and policies, then what refers to what.
+    fn clusters(
+        &self,
+        raw: &[RawCluster],
+        policies: &PolicySet,
+        default_policy: &str,
+        state_dir: &Path,
+    ) -> Result<Vec<Cluster>, ConfigError> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut dir_targets: HashMap<PathBuf, String> = HashMap::new();
         let mut clusters = Vec::new();
-        for (i, rc) in raw.clusters.iter().enumerate() {
-            let field = |f: &str| format!("clusters[{i}].{f}");
-            let name = rc.name.get_ref().clone();
-            if !valid_cluster_name(&name) {
-                return Err(invalid(
-                    rc.name.span(),
-                    field("name"),
-                    format!(
-                        "{name:?} is not a valid cluster name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters)"
-                    ),
-                ));
-            }
-            if let Some(first) = seen.insert(name.clone(), i) {
-                return Err(invalid(
-                    rc.name.span(),
-                    field("name"),
-                    format!("duplicate cluster name {name:?} (already used by clusters[{first}])"),
-                ));
-            }
-            let role = match rc.role.get_ref() {
-                RawRole::Primary => Role::Primary,
-                RawRole::Remote => Role::Remote,
-            };
-            let target = rc.target.as_ref().map(|t| match t.get_ref() {
-                RawTarget::Dir { path } => TargetConfig::Dir {
-                    path: resolve(path),
-                },
-                RawTarget::Kube {
-                    kubeconfig,
-                    context,
-                    remote_secret_from: Some(source),
-                } if kubeconfig.is_none() && context.is_none() => TargetConfig::KubeRemoteSecret {
-                    source: source.clone(),
-                },
-                RawTarget::Kube {
-                    kubeconfig,
-                    context,
-                    ..
-                } => TargetConfig::Kube {
-                    kubeconfig: kubeconfig.as_deref().map(resolve),
-                    context: context.clone(),
-                },
-            });
-            if let Some(t) = &rc.target
-                && let RawTarget::Kube {
-                    kubeconfig,
-                    context,
-                    remote_secret_from: Some(_),
-                } = t.get_ref()
-                && (kubeconfig.is_some() || context.is_some())
-            {
-                return Err(invalid(
-                    t.span(),
-                    field("target"),
-                    "remote_secret_from takes the kubeconfig from Istio's remote secret; \
-                             do not also give kubeconfig or context"
-                        .into(),
-                ));
-            }
-            match role {
-                Role::Primary => {
-                    if let Some(p) = &rc.primary {
-                        return Err(invalid(
-                            p.span(),
-                            field("primary"),
-                            format!("{name} is a primary; only remote clusters name a primary"),
-                        ));
-                    }
-                    if target.is_none() {
-                        return Err(invalid(
-                            rc.name.span(),
-                            field("target"),
-                            format!(
-                                "primary {name} needs a target, e.g. target = {{ kind = \"dir\", path = \"out/{name}\" }}"
-                            ),
-                        ));
-                    }
+        for (i, rc) in raw.iter().enumerate() {
+            let cluster = self.cluster(
+                i,
+                rc,
+                (policies, default_policy),
+                state_dir,
+                (&mut seen, &mut dir_targets),
+            )?;
+            clusters.push(cluster);
+        }
+        self.check_references(raw, &clusters)?;
+        Ok(clusters)
+    }
+
+    /// One `[[clusters]]` entry; `seen` holds the names so far and `dir_targets` the
+    /// directories already written to.
+    fn cluster(
+        &self,
+        i: usize,
+        rc: &RawCluster,
+        (policies, default_policy): (&PolicySet, &str),
+        state_dir: &Path,
+        (seen, dir_targets): (&mut HashMap<String, usize>, &mut HashMap<PathBuf, String>),
+    ) -> Result<Cluster, ConfigError> {
+        let field = |f: &str| format!("clusters[{i}].{f}");
+        let name = rc.name.get_ref().clone();
+        if !valid_cluster_name(&name) {
+            return Err(self.invalid(
+                rc.name.span(),
+                field("name"),
+                format!(
+                    "{name:?} is not a valid cluster name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters)"
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            return Err(self.invalid(
+                rc.name.span(),
+                field("name"),
+                format!("duplicate cluster name {name:?} (already used by clusters[{first}])"),
+            ));
+        }
+        let role = match rc.role.get_ref() {
+            RawRole::Primary => Role::Primary,
+            RawRole::Remote => Role::Remote,
+        };
+        let target = rc.target.as_ref().map(|t| match t.get_ref() {
+            RawTarget::Dir { path } => TargetConfig::Dir {
+                path: self.resolve(path),
+            },
+            RawTarget::Kube {
+                kubeconfig,
+                context,
+                remote_secret_from: Some(source),
+            } if kubeconfig.is_none() && context.is_none() => TargetConfig::KubeRemoteSecret {
+                source: source.clone(),
+            },
+            RawTarget::Kube {
+                kubeconfig,
+                context,
+                ..
+            } => TargetConfig::Kube {
+                kubeconfig: kubeconfig.as_deref().map(|p| self.resolve(p)),
+                context: context.clone(),
+            },
+        });
+        if let Some(t) = &rc.target
+            && let RawTarget::Kube {
+                kubeconfig,
+                context,
+                remote_secret_from: Some(_),
+            } = t.get_ref()
+            && (kubeconfig.is_some() || context.is_some())
+        {
+            return Err(self.invalid(
+                t.span(),
+                field("target"),
+                "remote_secret_from takes the kubeconfig from Istio's remote secret; \
+                         do not also give kubeconfig or context"
+                    .into(),
+            ));
+        }
+        match role {
+            Role::Primary => {
+                if let Some(p) = &rc.primary {
+                    return Err(self.invalid(
+                        p.span(),
+                        field("primary"),
+                        format!("{name} is a primary; only remote clusters name a primary"),
+                    ));
                 }
-                Role::Remote => {
-                    if rc.primary.is_none() {
-                        return Err(invalid(
-                            rc.name.span(),
-                            field("primary"),
-                            format!(
-                                "remote {name} must name the primary cluster whose istiod serves it"
-                            ),
-                        ));
-                    }
-                }
-            }
-            if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
-                let key = normalize(path);
-                if overlaps(&key, &normalize(&state_dir)) {
-                    return Err(invalid(
-                        t.span(),
-                        field("target.path"),
+                if target.is_none() {
+                    return Err(self.invalid(
+                        rc.name.span(),
+                        field("target"),
                         format!(
-                            "{} overlaps state_dir {}; cacerts and the root store must live apart",
-                            path.display(),
-                            state_dir.display()
+                            "primary {name} needs a target, e.g. target = {{ kind = \"dir\", path = \"out/{name}\" }}"
                         ),
                     ));
                 }
-                if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
-                    return Err(invalid(
-                        t.span(),
-                        field("target.path"),
-                        format!("{name} and {other} write to the same or nested directories"),
+            }
+            Role::Remote => {
+                if rc.primary.is_none() {
+                    return Err(self.invalid(
+                        rc.name.span(),
+                        field("primary"),
+                        format!(
+                            "remote {name} must name the primary cluster whose istiod serves it"
+                        ),
                     ));
                 }
-                dir_targets.insert(key, name.clone());
             }
-            let policy = match &rc.policy {
-                Some(p) => {
-                    policies
-                        .get(p.get_ref())
-                        .map_err(|e| invalid(p.span(), field("policy"), e.to_string()))?;
-                    p.get_ref().clone()
-                }
-                None => default_policy.clone(),
-            };
-            clusters.push(Cluster {
-                name,
-                role,
-                network: rc.network.clone(),
-                primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
-                target,
-                policy,
-            });
         }
+        if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
+            let key = normalize(path);
+            if overlaps(&key, &normalize(state_dir)) {
+                return Err(self.invalid(
+                    t.span(),
+                    field("target.path"),
+                    format!(
+                        "{} overlaps state_dir {}; cacerts and the root store must live apart",
+                        path.display(),
+                        state_dir.display()
+                    ),
+                ));
+            }
+            if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
+                return Err(self.invalid(
+                    t.span(),
+                    field("target.path"),
+                    format!("{name} and {other} write to the same or nested directories"),
+                ));
+            }
+            dir_targets.insert(key, name.clone());
+        }
+        let policy = match &rc.policy {
+            Some(p) => {
+                policies
+                    .get(p.get_ref())
+                    .map_err(|e| self.invalid(p.span(), field("policy"), e.to_string()))?;
+                p.get_ref().clone()
+            }
+            None => default_policy.to_string(),
+        };
+        Ok(Cluster {
+            name,
+            role,
+            network: rc.network.clone(),
+            primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
+            target,
+            policy,
+        })
+    }
+
+    /// What clusters refer to: remote-secret sources and the primaries of remotes must be
+    /// clusters of this file of the right kind.
+    fn check_references(
+        &self,
+        raw: &[RawCluster],
+        clusters: &[Cluster],
+    ) -> Result<(), ConfigError> {
         // Remote-secret targets must name a cluster reached directly with a kubeconfig.
-        for (i, rc) in raw.clusters.iter().enumerate() {
+        for (i, rc) in raw.iter().enumerate() {
             let Some(t) = &rc.target else { continue };
             let RawTarget::Kube {
                 remote_secret_from: Some(source),
@@ -590,7 +714,7 @@ impl Config {
                 .find(|c| c.name == *source)
                 .is_some_and(|c| matches!(c.target, Some(TargetConfig::Kube { .. })));
             if !ok || source == rc.name.get_ref() {
-                return Err(invalid(
+                return Err(self.invalid(
                     t.span(),
                     format!("clusters[{i}].target.remote_secret_from"),
                     format!(
@@ -600,7 +724,7 @@ impl Config {
             }
         }
         // Second pass: remotes must point at a primary defined in this file.
-        for (i, rc) in raw.clusters.iter().enumerate() {
+        for (i, rc) in raw.iter().enumerate() {
             let Some(p) = &rc.primary else { continue };
             let target = clusters.iter().find(|c| c.name == *p.get_ref());
             let problem = match target {
@@ -609,7 +733,7 @@ impl Config {
                 Some(_) => None,
             };
             if let Some(problem) = problem {
-                return Err(invalid(
+                return Err(self.invalid(
                     p.span(),
                     format!("clusters[{i}].primary"),
                     format!(
@@ -620,15 +744,19 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// `[kubernetes]`.
+    fn kubernetes(&self, raw: Option<RawKube>) -> Result<KubeSettings, ConfigError> {
         let mut kubernetes = KubeSettings::default();
-        if let Some(k) = raw.kubernetes {
+        if let Some(k) = raw {
             let duration = |field: &str, v: &Spanned<String>| {
                 humantime::parse_duration(v.get_ref())
                     .ok()
                     .filter(|d| !d.is_zero())
                     .ok_or_else(|| {
-                        invalid(
+                        self.invalid(
                             v.span(),
                             format!("kubernetes.{field}"),
                             format!(
@@ -649,7 +777,7 @@ impl Config {
             }
             if let Some(c) = &k.concurrency {
                 if *c.get_ref() == 0 {
-                    return Err(invalid(
+                    return Err(self.invalid(
                         c.span(),
                         "kubernetes.concurrency".into(),
                         "must be at least 1".into(),
@@ -658,7 +786,15 @@ impl Config {
                 kubernetes.concurrency = *c.get_ref();
             }
         }
+        Ok(kubernetes)
+    }
 
+    /// `[daemon]`, with its Lease.
+    fn daemon(
+        &self,
+        raw: Option<Spanned<RawDaemon>>,
+        state_dir: &Path,
+    ) -> Result<DaemonSettings, ConfigError> {
         let mut daemon = DaemonSettings {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
             interval: Duration::from_secs(600),
@@ -667,11 +803,12 @@ impl Config {
             audit_log: state_dir.join("audit.log"),
             lease: None,
         };
-        if let Some(d) = raw.daemon {
+        if let Some(d) = raw {
             let span = d.span();
             let d = d.into_inner();
-            let bad =
-                |field: &str, msg: String| invalid(span.clone(), format!("daemon.{field}"), msg);
+            let bad = |field: &str, msg: String| {
+                self.invalid(span.clone(), format!("daemon.{field}"), msg)
+            };
             let dur = |field: &str, v: &str| {
                 humantime::parse_duration(v)
                     .ok()
@@ -699,7 +836,7 @@ impl Config {
                 daemon.jitter = j;
             }
             if let Some(a) = &d.audit_log {
-                daemon.audit_log = resolve(a);
+                daemon.audit_log = self.resolve(a);
             }
             if let Some(l) = &d.lease {
                 let duration = match &l.duration {
@@ -717,7 +854,7 @@ impl Config {
                     ));
                 }
                 daemon.lease = Some(LeaseSettings {
-                    kubeconfig: l.kubeconfig.as_deref().map(resolve),
+                    kubeconfig: l.kubeconfig.as_deref().map(|p| self.resolve(p)),
                     context: l.context.clone(),
                     namespace: l.namespace.clone().unwrap_or_else(|| "cacertd".into()),
                     name: l.name.clone().unwrap_or_else(|| "cacertd-leader".into()),
@@ -726,9 +863,17 @@ impl Config {
                 });
             }
         }
+        Ok(daemon)
+    }
 
+    /// `[transition]`: where the record lives follows the Lease unless told.
+    fn transition(
+        &self,
+        raw: Option<Spanned<RawTransition>>,
+        daemon: &DaemonSettings,
+    ) -> Result<TransitionSettings, ConfigError> {
         let mut transition = TransitionSettings::default();
-        if let Some(t) = raw.transition {
+        if let Some(t) = raw {
             let span = t.span();
             let t = t.into_inner();
             let parse = |field: &str, v: &str, zero_ok: bool| {
@@ -736,7 +881,7 @@ impl Config {
                     .ok()
                     .filter(|d| zero_ok || !d.is_zero())
                     .ok_or_else(|| {
-                        invalid(
+                        self.invalid(
                             span.clone(),
                             format!("transition.{field}"),
                             format!("{v:?} is not a duration (e.g. \"24h\")"),
@@ -749,8 +894,9 @@ impl Config {
             if let Some(g) = &t.gate_timeout {
                 transition.gate_timeout = parse("gate_timeout", g, false)?;
             }
-            let field =
-                |f: &str, reason: String| invalid(span.clone(), format!("transition.{f}"), reason);
+            let field = |f: &str, reason: String| {
+                self.invalid(span.clone(), format!("transition.{f}"), reason)
+            };
             let secret = t
                 .record_secret
                 .clone()
@@ -807,58 +953,10 @@ impl Config {
                 name: DEFAULT_RECORD_SECRET.into(),
             };
         }
-
-        Ok(Config {
-            file: file.to_path_buf(),
-            trust_domain,
-            state_dir,
-            policies,
-            default_policy,
-            root,
-            topology: Topology::new(clusters),
-            kubernetes,
-            vault,
-            daemon,
-            transition,
-        })
-    }
-
-    /// The policy that governs the root (the config's top-level `policy`).
-    pub fn root_policy(&self) -> &crate::policy::Policy {
-        // Checked to exist when the config was loaded.
-        #[allow(clippy::expect_used)]
-        self.policies
-            .get(&self.default_policy)
-            .expect("default policy checked at load")
-    }
-
-    /// What a primary's `cacerts` is judged against.
-    pub fn expected<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        root: Option<&'a crate::pki::Cert>,
-    ) -> crate::plan::Expected<'a> {
-        crate::plan::Expected {
-            root,
-            policy: self.policy_for(cluster),
-            cluster: &cluster.name,
-            trust_domain: &self.trust_domain,
-        }
-    }
-
-    /// The policy of one cluster.
-    pub fn policy_for(&self, cluster: &Cluster) -> &crate::policy::Policy {
-        // Every cluster's policy was checked to exist when the config was loaded.
-        #[allow(clippy::expect_used)]
-        self.policies
-            .get(&cluster.policy)
-            .expect("cluster policy checked at load")
+        Ok(transition)
     }
 }
 
-const DEFAULT_RECORD_SECRET: &str = "cacertd-transition";
-
-/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
 fn valid_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
