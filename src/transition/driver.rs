@@ -602,36 +602,11 @@ pub async fn drive(
         return Err(DriveError::Refused("no transition is under way".into()));
     };
     let audit = Audit::new(config.daemon.audit_log.clone());
-    let mut targets: BTreeMap<String, Target> = BTreeMap::new();
-    let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
-    let mut remotes: BTreeMap<String, Vec<(String, KubeTarget)>> = BTreeMap::new();
-    for name in record.clusters.keys() {
-        let cluster = config.topology.get(name).ok_or_else(|| {
-            DriveError::Refused(format!(
-                "{name} is in the transition but no longer in the configuration"
-            ))
-        })?;
-        targets.insert(
-            name.clone(),
-            Target::open(cluster, config)
-                .await
-                .map_err(target_err(name))?,
-        );
-        materials.insert(name.clone(), files.load_material(name).await?);
-        // The remotes its istiod serves publish its bundle too; their gates count.
-        let mut served = Vec::new();
-        for remote in config.topology.remotes_of(name) {
-            match Target::open(remote, config).await {
-                Ok(Target::Kube(k)) => served.push((remote.name.clone(), k)),
-                Ok(Target::Dir(_)) | Err(TargetError::NoTarget { .. }) => tracing::info!(
-                    cluster = %remote.name,
-                    "remote without a Kubernetes target: its bundles are not gated"
-                ),
-                Err(e) => return Err(target_err(&remote.name)(e)),
-            }
-        }
-        remotes.insert(name.clone(), served);
-    }
+    let Opened {
+        targets,
+        materials,
+        remotes,
+    } = open_clusters(config, files, &record).await?;
     let mut done = 0usize;
     let mut shown = Throttle(None);
     let started = std::time::Instant::now();
@@ -667,63 +642,7 @@ pub async fn drive(
                 audit: &audit,
                 exclude_namespaces: &exclude,
             };
-            // Writes are checked and noted in the record before any of them starts: a write
-            // that lands but is not recorded still counts when a rollback works out what
-            // clusters may serve.
-            let mut prepared = Vec::new();
-            for s in &batch {
-                prepared.push(match s {
-                    Step::Write {
-                        cluster,
-                        material: of,
-                    } => Some(work.prepare_write(cluster, *of, now).await?),
-                    _ => None,
-                });
-            }
-            if prepared.iter().any(Option::is_some) {
-                for s in &batch {
-                    if let Step::Write { cluster, .. } = s {
-                        record.begin_write(cluster);
-                    }
-                }
-                files.save(&record).await?;
-            }
-            let results =
-                futures::future::join_all(batch.iter().zip(prepared).map(|(s, prepared)| {
-                    let work = &work;
-                    async move {
-                        match (s, prepared) {
-                            (
-                                Step::Write {
-                                    cluster,
-                                    material: of,
-                                },
-                                Some((want, observed)),
-                            ) => work.write(cluster, *of, &want, &observed, now).await,
-                            (Step::Restart { cluster, stage }, _) => {
-                                work.restart(cluster, *stage, now).await
-                            }
-                            _ => unreachable!("writes are prepared above"),
-                        }
-                    }
-                }))
-                .await;
-            let mut failed = None;
-            for (s, result) in batch.iter().zip(results) {
-                match result {
-                    Ok(outcome) => {
-                        record.record(s, outcome, now);
-                        done += 1;
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            files.save(&record).await?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            done += run_batch(&work, files, &mut record, &batch, now).await?;
             continue;
         }
         let outcome = match &step {
@@ -742,17 +661,7 @@ pub async fn drive(
                 let left = (*until - now).unsigned_abs();
                 tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
                 if shown.due(std::time::Instant::now()) {
-                    opts.progress.show(
-                    now,
-                        "drain",
-                        &record,
-                        &format!(
-                            "draining: the old root stays trusted until {} ({} left)",
-                            fmt_time(*until),
-                            humantime::format_duration(Duration::from_secs(left.as_secs()))
-                        ),
-                        serde_json::json!({"until": fmt_time(*until), "left_seconds": left.as_secs()}),
-                    );
+                    show_drain(opts.progress, &record, *until, left, now);
                 }
                 tokio::time::sleep(left.min(Duration::from_secs(60))).await;
                 continue;
@@ -811,26 +720,167 @@ pub async fn drive(
             if let (StepOutcome::GateBehind(who), true) =
                 (&outcome_seen, shown.due(std::time::Instant::now()))
             {
-                let waited = record
-                    .gate_since
-                    .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
-                opts.progress.show(
-                    now,
-                    "gate",
-                    &record,
-                    &format!(
-                        "waiting for the gate: {} behind ({}{}); waited {waited}s of {}s",
-                        who.len(),
-                        who.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
-                        if who.len() > 3 { "; …" } else { "" },
-                        record.options.gate_timeout_seconds
-                    ),
-                    serde_json::json!({"behind": who, "waited_seconds": waited}),
-                );
+                show_gate_wait(opts.progress, &record, who, now);
             }
             tokio::time::sleep(opts.poll).await;
         }
     }
+}
+
+/// Shows how long the old root stays trusted.
+fn show_drain(
+    progress: Progress,
+    record: &Record,
+    until: OffsetDateTime,
+    left: std::time::Duration,
+    now: OffsetDateTime,
+) {
+    let left_text = humantime::format_duration(Duration::from_secs(left.as_secs()));
+    progress.show(
+        now,
+        "drain",
+        record,
+        &format!(
+            "draining: the old root stays trusted until {} ({left_text} left)",
+            fmt_time(until)
+        ),
+        serde_json::json!({"until": fmt_time(until), "left_seconds": left.as_secs()}),
+    );
+}
+
+/// Shows who a gate still waits for, and for how long it has.
+fn show_gate_wait(progress: Progress, record: &Record, who: &[String], now: OffsetDateTime) {
+    let waited = record
+        .gate_since
+        .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
+    progress.show(
+        now,
+        "gate",
+        record,
+        &format!(
+            "waiting for the gate: {} behind ({}{}); waited {waited}s of {}s",
+            who.len(),
+            who.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+            if who.len() > 3 { "; …" } else { "" },
+            record.options.gate_timeout_seconds
+        ),
+        serde_json::json!({"behind": who, "waited_seconds": waited}),
+    );
+}
+
+/// What a driver works on: each primary's target and material, and the Kubernetes remotes its
+/// istiod serves (their bundles are gated too).
+struct Opened {
+    targets: BTreeMap<String, Target>,
+    materials: BTreeMap<String, ClusterMaterial>,
+    remotes: BTreeMap<String, Vec<(String, KubeTarget)>>,
+}
+
+async fn open_clusters(
+    config: &Config,
+    files: &RecordStore,
+    record: &Record,
+) -> Result<Opened, DriveError> {
+    let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+    let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
+    let mut remotes: BTreeMap<String, Vec<(String, KubeTarget)>> = BTreeMap::new();
+    for name in record.clusters.keys() {
+        let cluster = config.topology.get(name).ok_or_else(|| {
+            DriveError::Refused(format!(
+                "{name} is in the transition but no longer in the configuration"
+            ))
+        })?;
+        targets.insert(
+            name.clone(),
+            Target::open(cluster, config)
+                .await
+                .map_err(target_err(name))?,
+        );
+        materials.insert(name.clone(), files.load_material(name).await?);
+        // The remotes its istiod serves publish its bundle too; their gates count.
+        let mut served = Vec::new();
+        for remote in config.topology.remotes_of(name) {
+            match Target::open(remote, config).await {
+                Ok(Target::Kube(k)) => served.push((remote.name.clone(), k)),
+                Ok(Target::Dir(_)) | Err(TargetError::NoTarget { .. }) => tracing::info!(
+                    cluster = %remote.name,
+                    "remote without a Kubernetes target: its bundles are not gated"
+                ),
+                Err(e) => return Err(target_err(&remote.name)(e)),
+            }
+        }
+        remotes.insert(name.clone(), served);
+    }
+    Ok(Opened {
+        targets,
+        materials,
+        remotes,
+    })
+}
+
+/// Runs a batch of cluster steps (writes and restarts, up to `max_parallel` clusters at once)
+/// and records each outcome; returns how many were done.
+async fn run_batch(
+    work: &Work<'_>,
+    files: &RecordStore,
+    record: &mut Record,
+    batch: &[Step],
+    now: OffsetDateTime,
+) -> Result<usize, DriveError> {
+    let mut done = 0;
+    // Writes are checked and noted in the record before any of them starts: a write
+    // that lands but is not recorded still counts when a rollback works out what
+    // clusters may serve.
+    let mut prepared = Vec::new();
+    for s in batch {
+        prepared.push(match s {
+            Step::Write {
+                cluster,
+                material: of,
+            } => Some(work.prepare_write(cluster, *of, now).await?),
+            _ => None,
+        });
+    }
+    if prepared.iter().any(Option::is_some) {
+        for s in batch {
+            if let Step::Write { cluster, .. } = s {
+                record.begin_write(cluster);
+            }
+        }
+        files.save(record).await?;
+    }
+    let results =
+        futures::future::join_all(batch.iter().zip(prepared).map(|(s, prepared)| async move {
+            match (s, prepared) {
+                (
+                    Step::Write {
+                        cluster,
+                        material: of,
+                    },
+                    Some((want, observed)),
+                ) => work.write(cluster, *of, &want, &observed, now).await,
+                (Step::Restart { cluster, stage }, _) => work.restart(cluster, *stage, now).await,
+                _ => unreachable!("writes are prepared above"),
+            }
+        }))
+        .await;
+    let mut failed = None;
+    for (s, result) in batch.iter().zip(results) {
+        match result {
+            Ok(outcome) => {
+                record.record(s, outcome, now);
+                done += 1;
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    files.save(record).await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(done)
 }
 
 /// What a cluster's write or restart step needs.
