@@ -279,6 +279,35 @@ impl Daemon {
             return Vec::new();
         }
         let now = self.clock.now();
+        let due = self.due_clusters(now).await;
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let started = std::time::Instant::now();
+        let Some(signer) = self.signer(&due, now).await else {
+            return Vec::new();
+        };
+        let reports = issuance::run(
+            &self.config,
+            &signer,
+            &due,
+            PlanOptions::default(),
+            false,
+            now,
+        )
+        .await;
+        drop(signer);
+        self.remember_dirs(&reports).await;
+        let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
+        issuance::audit_reports(&self.audit, &reports, now);
+        self.note_pass(&reports, seconds, now).await;
+        reports
+    }
+
+    /// The primaries whose next look has come, less those a trust transition holds (changed
+    /// only through it); none when the record cannot be read. Marks made until now are
+    /// answered by the pass that reads them.
+    async fn due_clusters(&self, now: OffsetDateTime) -> Vec<&crate::topology::Cluster> {
         let mut due: Vec<_> = {
             let schedule = self.schedule.lock().await;
             self.config
@@ -288,7 +317,7 @@ impl Daemon {
                 .collect()
         };
         if due.is_empty() {
-            return Vec::new();
+            return due;
         }
         // Clusters a trust transition holds are changed only through it (the record is read
         // only when some cluster is due).
@@ -304,7 +333,7 @@ impl Daemon {
             }
         }
         if due.is_empty() {
-            return Vec::new();
+            return due;
         }
         // This pass reads these clusters afresh: marks made until now are answered by it.
         {
@@ -313,7 +342,16 @@ impl Daemon {
                 marked.remove(&c.name);
             }
         }
-        let started = std::time::Instant::now();
+        due
+    }
+
+    /// What signs this pass; `None` (every due cluster backing off, nothing touched) when the
+    /// root cannot be obtained.
+    async fn signer(
+        &self,
+        due: &[&crate::topology::Cluster],
+        now: OffsetDateTime,
+    ) -> Option<crate::root_store::Signer> {
         let signer = match RootSource::open(&self.config).await {
             Ok(source) => {
                 if let Ok(Some(root)) = source.load_cert().await {
@@ -323,10 +361,10 @@ impl Daemon {
             }
             Err(e) => Err(e),
         };
-        let signer = match signer {
+        match signer {
             Ok(s) => {
                 self.root_ok.store(true, Ordering::SeqCst);
-                s
+                Some(s)
             }
             Err(e) => {
                 // No root, no writes: every due cluster waits and retries with backoff.
@@ -335,29 +373,22 @@ impl Daemon {
                     .root_error(&store_kind(&self.config), &root_error_reason(&e));
                 tracing::warn!(error = %e, "cannot obtain the root; no cluster is touched");
                 let mut schedule = self.schedule.lock().await;
-                for c in &due {
+                for c in due {
                     self.back_off(&mut schedule, &c.name, now);
                 }
-                return Vec::new();
+                None
             }
-        };
-        let reports = issuance::run(
-            &self.config,
-            &signer,
-            &due,
-            PlanOptions::default(),
-            false,
-            now,
-        )
-        .await;
-        drop(signer);
-        self.remember_dirs(&reports).await;
-        let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
-        issuance::audit_reports(&self.audit, &reports, now);
+        }
+    }
+
+    /// Exports what a pass did and schedules each cluster's next look: after a failure, its
+    /// backoff; else the interval (with jitter) or its renewal, whichever comes first — or at
+    /// once when it changed while the pass ran.
+    async fn note_pass(&self, reports: &[ClusterReport], seconds: f64, now: OffsetDateTime) {
         // Locks in one order everywhere: schedule, then marked.
         let mut schedule = self.schedule.lock().await;
         let mut marked = self.marked.lock().await;
-        for r in &reports {
+        for r in reports {
             let result = match r.outcome {
                 Outcome::Issued => "issued",
                 Outcome::Kept => "unchanged",
@@ -400,7 +431,6 @@ impl Daemon {
                 schedule.insert(r.cluster.clone(), Schedule { next, failures: 0 });
             }
         }
-        reports
     }
 
     /// Makes a cluster due at once (something changed under it). A cluster backing off
