@@ -418,7 +418,6 @@ impl Config {
 
 const DEFAULT_RECORD_SECRET: &str = "cacertd-transition";
 
-/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
 /// Builds each section of the configuration from its raw form: paths resolved against the
 /// file's folder, every error naming the field and its line.
 struct Sections<'a> {
@@ -957,6 +956,7 @@ impl Sections<'_> {
     }
 }
 
+/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
 fn valid_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63

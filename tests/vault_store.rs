@@ -778,27 +778,32 @@ fn the_vault_client_retries_transient_errors_and_logs_in_again_only_for_a_dead_t
     };
     let logins = || count("auth/approle/login", 200);
 
-    // A rate limit on the login, Vault's own 500s on the signature: each retried.
+    // A rate limit on the login, Vault's own 500s on a read: each retried.
     vault.fail_next(429, 1);
-    let before = vault.answers().len();
-    s.cacertd(&["issue", "--dry-run", "cluster1"]).ok();
-    let calls = vault.answers().len() - before - 1;
-    vault.fail_next(429, 1);
-    vault.fail_after(calls, 500, 2);
+    vault.fail_path("GET", "pki/cert/ca", 500, 2);
     s.cacertd(&["issue", "cluster1"]).ok();
-    assert_eq!(count("auth/approle/login", 429), 2);
-    assert_eq!(
-        count("pki/root/sign-intermediate", 500),
-        2,
-        "{:?}",
-        vault.answers()
-    );
+    assert_eq!(count("auth/approle/login", 429), 1);
+    assert_eq!(count("pki/cert/ca", 500), 2, "{:?}", vault.answers());
     assert_eq!(count("pki/root/sign-intermediate", 200), 1);
-    // More than the retries: a clear failure, nothing written.
+    // A write whose answer leaves open whether it was carried out is not sent again: a
+    // second signature (or a second root, a second check-and-set write) would be a second
+    // act, not a retry.
     let before = s.snapshot();
+    vault.fail_path("POST", "pki/root/sign-intermediate", 502, 1);
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(run.stdout.contains("502"), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(count("pki/root/sign-intermediate", 502), 1);
+    assert_eq!(
+        count("pki/root/sign-intermediate", 200),
+        1,
+        "not signed again"
+    );
+    assert_unchanged(&before, &s.snapshot());
+    // More than the retries of a login: three attempts, then a clear failure.
     vault.fail_next(502, 10);
     let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
     assert!(run.stderr.contains("502"), "{}", run.stderr);
+    assert_eq!(count("auth/approle/login", 502), 3);
     assert_unchanged(&before, &s.snapshot());
     vault.clear_faults();
 

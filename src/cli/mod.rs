@@ -873,6 +873,19 @@ async fn transition_cmd(
         TransitionCommand::Resume(a) => {
             resume_record(&mut record, &a)?;
             files.save(&record).await?;
+            if let Some(timeout) = a.gate_timeout {
+                audit.note(
+                    now,
+                    "transition-gate-timeout",
+                    None,
+                    record.phase.name(),
+                    None,
+                    Some(format!(
+                        "every gate from now on may wait {}",
+                        humantime::format_duration(timeout)
+                    )),
+                );
+            }
             audit.note(
                 now,
                 "transition-resume",

@@ -70,6 +70,8 @@ struct LeaseHold {
     /// management cluster is unreachable).
     client: kube::Client,
     identity: String,
+    /// When this manager started contending.
+    since: std::time::Instant,
     task: tokio::task::JoinHandle<
         Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
     >,
@@ -114,8 +116,11 @@ impl Daemon {
             // A standby's lease manager sleeps until the holder's Lease would expire, so a Lease
             // the leader released on its way out would wait out its whole duration: contend
             // afresh as soon as the Lease is seen free.
+            // A manager that has just started contending gets a grace period to take the
+            // Lease itself before it is replaced.
             if let Some(h) = hold.as_ref()
                 && !*h.leading.borrow()
+                && h.since.elapsed() >= settings.grace
                 && self.lease_released(h, &settings).await
                 && let Some(old) = hold.take()
             {
@@ -158,7 +163,13 @@ impl Daemon {
         if leading != self.leader.swap(leading, Ordering::SeqCst) {
             tracing::info!(leading, "leadership changed");
             if leading {
-                self.schedule.lock().await.clear();
+                // Every cluster is looked at on the first pass, but a cluster backing off keeps
+                // its backoff: a brief loss of the Lease must not turn into a burst of retries.
+                for s in self.schedule.lock().await.values_mut() {
+                    if s.failures == 0 {
+                        s.next = OffsetDateTime::UNIX_EPOCH;
+                    }
+                }
             } else {
                 self.metrics.forget_cluster_state();
             }
@@ -249,6 +260,7 @@ impl Daemon {
         tracing::info!(identity, lease = %s.name, namespace = %s.namespace, "contending for the leader Lease");
         let (leading, task) = manager.watch().await;
         Ok(LeaseHold {
+            since: std::time::Instant::now(),
             leading,
             client: target.client().clone(),
             identity,

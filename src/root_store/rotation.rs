@@ -26,18 +26,6 @@ pub enum RotationError {
     Io(#[from] FsError),
 }
 
-impl From<String> for RotationError {
-    fn from(reason: String) -> Self {
-        RotationError::Refused(reason)
-    }
-}
-
-impl From<&str> for RotationError {
-    fn from(reason: &str) -> Self {
-        RotationError::Refused(reason.to_string())
-    }
-}
-
 /// Where a root rotation's new root waits until the rotation is done (beside the file root
 /// store it will replace, whichever store keeps the record).
 pub fn new_root_dir(state_dir: &Path) -> PathBuf {
@@ -104,18 +92,18 @@ impl RotationStore {
         let cert = match self {
             RotationStore::File { dir } => super::FileRootStore::new(dir.clone())
                 .load_cert()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| RotationError::Refused(e.to_string()))?,
             RotationStore::VaultKv(kv) => kv
                 .load()
                 .await
-                .map_err(|e| Self::vault_err(kv, e))?
+                .map_err(|e| RotationError::Refused(Self::vault_err(kv, e)))?
                 .map(|(r, _)| r.cert().clone()),
             RotationStore::VaultPki { pki, .. } => pki
                 .root_cert()
                 .await
-                .map_err(|e| format!("{}: {e}", pki.describe()))?,
+                .map_err(|e| RotationError::Refused(format!("{}: {e}", pki.describe())))?,
         };
-        cert.ok_or_else(|| "there is no root to rotate yet".into())
+        cert.ok_or_else(|| RotationError::Refused("there is no root to rotate yet".into()))
     }
 
     pub fn pending_location(&self, state_dir: &Path) -> String {
@@ -183,9 +171,10 @@ impl RotationStore {
         now: OffsetDateTime,
     ) -> Result<super::Signer, RotationError> {
         let RotationStore::VaultPki { pki, base } = self else {
-            return Err("not a vault-pki store".into());
+            return Err(RotationError::Refused("not a vault-pki store".into()));
         };
-        let vault_err = |e: super::VaultError| format!("{}: {e}", pki.describe());
+        let vault_err =
+            |e: super::VaultError| RotationError::Refused(format!("{}: {e}", pki.describe()));
         let next = format!("{base}-next");
         if stale {
             pki.rename_issuer(&next, &format!("{base}-{}", now.unix_timestamp()))
@@ -218,7 +207,9 @@ impl RotationStore {
                 )
                 .await
                 .map_err(vault_err)?;
-            policy.check_root(&cert).map_err(|v| v.to_string())?;
+            policy
+                .check_root(&cert)
+                .map_err(|v| RotationError::Refused(v.to_string()))?;
         }
         let mut signing = config.clone();
         signing.root = crate::config::RootStoreConfig::VaultPki {
@@ -250,7 +241,7 @@ impl RotationStore {
             RotationStore::VaultKv(kv) => Ok(kv
                 .load_at(&kv.next_path())
                 .await
-                .map_err(|e| Self::vault_err(kv, e))?
+                .map_err(|e| RotationError::Refused(Self::vault_err(kv, e)))?
                 .map(|(root, version)| (root, Some(version)))),
             RotationStore::VaultPki { .. } => Ok(None),
         }
@@ -267,7 +258,8 @@ impl RotationStore {
             RotationStore::File { .. } => {
                 let dir = new_root_dir(state_dir);
                 if let Some(parent) = dir.parent() {
-                    create_private_dir(parent).map_err(|e| e.to_string())?;
+                    create_private_dir(parent)
+                        .map_err(|e| RotationError::Refused(e.to_string()))?;
                 }
                 super::FileRootStore::new(dir)
                     .create(root)
@@ -277,7 +269,7 @@ impl RotationStore {
                 match kv
                     .write_at(&kv.next_path(), root, over.unwrap_or(0))
                     .await
-                    .map_err(|e| Self::vault_err(kv, e))?
+                    .map_err(|e| RotationError::Refused(Self::vault_err(kv, e)))?
                 {
                     Ok(_) => Ok(()),
                     Err(()) => Err(RotationError::Refused(format!(
@@ -286,7 +278,9 @@ impl RotationStore {
                     ))),
                 }
             }
-            RotationStore::VaultPki { .. } => Err("vault-pki keeps its new root in Vault".into()),
+            RotationStore::VaultPki { .. } => Err(RotationError::Refused(
+                "vault-pki keeps its new root in Vault".into(),
+            )),
         }
     }
 

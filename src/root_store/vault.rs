@@ -81,18 +81,32 @@ pub struct VaultSession {
 /// How often one Vault call is retried after a transient error (429, 500, 502, 504).
 const TRANSIENT_RETRIES: u32 = 2;
 
+/// Whether a call may be sent again after a failure whose answer says nothing of whether it
+/// was carried out (a 500, or a 502/504 from a proxy after Vault committed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads and logins: sending it twice does no harm.
+    Safe,
+    /// Writes (a root generated, a check-and-set write, a signature, an issuer renamed): only
+    /// a rate limit (429, not carried out) is retried, so nothing is done twice.
+    OnlyIfNotDone,
+}
+
 /// Runs `f`, retrying Vault's transient failures (an overloaded or restarting node, a rate
 /// limit) with a short backoff. 503 means sealed, or a standby that cannot answer: that does
 /// not pass in a moment, so it is returned at once.
 async fn retrying_transient<T>(
     action: &str,
+    repeat: Repeat,
     f: impl AsyncFn() -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
     let mut retries = 0;
     loop {
         match f().await {
             Err(ClientError::APIError { code, .. })
-                if retries < TRANSIENT_RETRIES && matches!(code, 429 | 500 | 502 | 504) =>
+                if retries < TRANSIENT_RETRIES
+                    && (code == 429
+                        || repeat == Repeat::Safe && matches!(code, 500 | 502 | 504)) =>
             {
                 let wait = Duration::from_millis(200) * 2u32.pow(retries);
                 retries += 1;
@@ -177,7 +191,7 @@ impl VaultSession {
                 };
                 self.client.write().await.set_token(&token);
                 let client = self.client.read().await;
-                let info = retrying_transient("look up the token", async || {
+                let info = retrying_transient("look up the token", Repeat::Safe, async || {
                     vaultrs::token::lookup_self(&*client).await
                 })
                 .await
@@ -191,7 +205,7 @@ impl VaultSession {
             } => {
                 let secret_id = Zeroizing::new(read_secret_file(secret_id_file)?);
                 let client = self.client.read().await;
-                let auth = retrying_transient("log in (approle)", async || {
+                let auth = retrying_transient("log in (approle)", Repeat::Safe, async || {
                     vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id).await
                 })
                 .await
@@ -208,7 +222,7 @@ impl VaultSession {
             } => {
                 let jwt = Zeroizing::new(read_secret_file(jwt_file)?);
                 let client = self.client.read().await;
-                let auth = retrying_transient("log in (kubernetes)", async || {
+                let auth = retrying_transient("log in (kubernetes)", Repeat::Safe, async || {
                     vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt).await
                 })
                 .await
@@ -284,10 +298,31 @@ impl VaultSession {
         path: &str,
         f: impl AsyncFn(&VaultClient) -> Result<T, ClientError>,
     ) -> Result<T, VaultError> {
+        self.call_with(action, path, Repeat::Safe, f).await
+    }
+
+    /// [`VaultSession::call`] for a write: not repeated after an answer that leaves open
+    /// whether it was carried out.
+    pub async fn call_write<T>(
+        &self,
+        action: &str,
+        path: &str,
+        f: impl AsyncFn(&VaultClient) -> Result<T, ClientError>,
+    ) -> Result<T, VaultError> {
+        self.call_with(action, path, Repeat::OnlyIfNotDone, f).await
+    }
+
+    async fn call_with<T>(
+        &self,
+        action: &str,
+        path: &str,
+        repeat: Repeat,
+        f: impl AsyncFn(&VaultClient) -> Result<T, ClientError>,
+    ) -> Result<T, VaultError> {
         self.keep_alive().await?;
         let mut relogged = false;
         loop {
-            let result = retrying_transient(action, async || {
+            let result = retrying_transient(action, repeat, async || {
                 let client = self.client.read().await;
                 f(&client).await
             })
@@ -308,7 +343,10 @@ impl VaultSession {
                     );
                     relogged = true;
                     let _refreshing = self.refresh.lock().await;
-                    self.login().await?;
+                    // Another call may have logged in meanwhile: one fresh token is enough.
+                    if !self.token_alive().await {
+                        self.login().await?;
+                    }
                 }
                 Err(e) => return Err(self.classify(action, path, e)),
             }
@@ -655,7 +693,7 @@ impl VaultKv {
         let path = format!("{}/data/{at}", self.mount);
         let result = self
             .session
-            .call("write root", &path, async |c: &VaultClient| {
+            .call_write("write root", &path, async |c: &VaultClient| {
                 vaultrs::kv2::set_with_options(
                     c,
                     &self.mount,
@@ -757,11 +795,12 @@ impl VaultPki {
             path: path.clone(),
             body,
         };
-        self.session
-            .call(action, &path, async |c: &VaultClient| {
-                vaultrs::api::exec_with_result(c, endpoint.clone()).await
-            })
-            .await
+        let call =
+            async |c: &VaultClient| vaultrs::api::exec_with_result(c, endpoint.clone()).await;
+        match endpoint.body {
+            Some(_) => self.session.call_write(action, &path, call).await,
+            None => self.session.call(action, &path, call).await,
+        }
     }
 
     /// The issuer named (or with the id) `reference`; `None` if there is no such issuer.
@@ -921,7 +960,7 @@ impl VaultPki {
         let ttl = format!("{}s", ttl.as_secs());
         let resp = self
             .session
-            .call("generate root", &path, async |c: &VaultClient| {
+            .call_write("generate root", &path, async |c: &VaultClient| {
                 let mut opts = vaultrs::api::pki::requests::GenerateRootRequest::builder();
                 opts.common_name(common_name)
                     .key_type(key.0)
@@ -991,7 +1030,7 @@ impl VaultPki {
             Some(issuer) => {
                 let r = self
                     .session
-                    .call("sign intermediate", &path, async |c: &VaultClient| {
+                    .call_write("sign intermediate", &path, async |c: &VaultClient| {
                         let mut opts =
                             vaultrs::api::pki::requests::SignIntermediateIssuerRequest::builder();
                         opts.max_path_length(i32::from(spec.path_len))
@@ -1014,7 +1053,7 @@ impl VaultPki {
             None => {
                 let r = self
                     .session
-                    .call("sign intermediate", &path, async |c: &VaultClient| {
+                    .call_write("sign intermediate", &path, async |c: &VaultClient| {
                         let mut opts =
                             vaultrs::api::pki::requests::SignIntermediateRequest::builder();
                         opts.max_path_length(i32::from(spec.path_len))
