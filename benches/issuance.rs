@@ -101,9 +101,10 @@ fn main() {
         .build()
         .unwrap();
     let signer = cacertd::root_store::Signer::Local(root);
+    let audit = cacertd::audit::Audit::new(config.daemon.audit_log.clone());
     let run = |opts| {
         rt.block_on(issuance::run(
-            &config, &signer, &primaries, opts, false, now,
+            &config, &signer, &audit, &primaries, opts, false, now,
         ))
     };
     let start = Instant::now();

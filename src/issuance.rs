@@ -75,19 +75,20 @@ impl ClusterReport {
     }
 }
 
-/// Runs the issuance for `clusters` (primaries), up to `kubernetes.concurrency` at a time.
-/// `root` signs; with `dry_run` nothing is signed or written. Each cluster is independent: one
+/// Runs the issuance for `clusters` (primaries), up to `kubernetes.concurrency` at a time,
+/// and records what it decided in `audit`. `root` signs; with `dry_run` nothing is signed,
+/// written or audited. Each cluster is independent: one
 /// failing or hanging does not stop the others. Reports come back in the order given.
 pub async fn run(
     config: &Config,
     root: &Signer,
+    audit: &Audit,
     clusters: &[&Cluster],
     opts: PlanOptions,
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
-    let audit = Audit::new(config.daemon.audit_log.clone());
-    let writer = CacertsWriter::new(&config.trust_domain, &audit, "cacerts-write");
+    let writer = CacertsWriter::new(&config.trust_domain, audit, "cacerts-write");
     let writer = &writer;
     let mut reports: Vec<(usize, ClusterReport)> =
         futures::stream::iter(clusters.iter().enumerate())
@@ -99,7 +100,7 @@ pub async fn run(
             .collect()
             .await;
     reports.sort_by_key(|(i, _)| *i);
-    reports
+    let reports: Vec<ClusterReport> = reports
         .into_iter()
         .map(|(_, report)| {
             match report.outcome {
@@ -119,12 +120,16 @@ pub async fn run(
             }
             report
         })
-        .collect()
+        .collect();
+    if !dry_run {
+        audit_reports(audit, &reports, now);
+    }
+    reports
 }
 
 /// Records in the audit log what an issuance run decided: issued, refused and failed clusters
 /// (unchanged ones are not events; the writes themselves are noted by the writer).
-pub fn audit_reports(audit: &Audit, reports: &[ClusterReport], at: OffsetDateTime) {
+fn audit_reports(audit: &Audit, reports: &[ClusterReport], at: OffsetDateTime) {
     for r in reports {
         let outcome = match r.outcome {
             Outcome::Issued => "issued",

@@ -384,12 +384,9 @@ async fn issue(
     };
     // Nothing is written to any cluster when the root cannot be obtained.
     let signer = store.signer().await?;
-    let reports = issuance::run(config, &signer, &clusters, opts, dry_run, now).await;
+    let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+    let reports = issuance::run(config, &signer, &audit, &clusters, opts, dry_run, now).await;
     drop(signer);
-    if !dry_run {
-        let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
-        issuance::audit_reports(&audit, &reports, now);
-    }
     match format {
         Format::Json => output::print_json(&reports),
         Format::Table => output::print_reports(&mut std::io::stdout(), &reports),

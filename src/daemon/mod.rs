@@ -69,7 +69,6 @@ struct LeaseHold {
     /// To check the Lease itself before acting (the manager's view can be stale when the
     /// management cluster is unreachable).
     client: kube::Client,
-    identity: String,
     /// When this manager started contending.
     since: std::time::Instant,
     task: tokio::task::JoinHandle<
@@ -199,7 +198,7 @@ impl Daemon {
         let Some(spec) = lease.spec else {
             return false;
         };
-        let holder = spec.holder_identity.as_deref() == Some(h.identity.as_str());
+        let holder = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         // In milliseconds: the margin is a fraction of a second in small setups.
         let renewed = spec.renew_time.map(|t| t.0.as_millisecond());
         let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0)).saturating_mul(1000);
@@ -263,14 +262,14 @@ impl Daemon {
             since: std::time::Instant::now(),
             leading,
             client: target.client().clone(),
-            identity,
             task,
         })
     }
 
     /// This replica's holder identity in the leader Lease, once it contends for it.
     pub async fn lease_identity(&self) -> Option<String> {
-        self.lease.lock().await.as_ref().map(|h| h.identity.clone())
+        let contending = self.lease.lock().await.is_some();
+        contending.then(|| self.identity.clone())
     }
 
     /// Gives up leadership (on shutdown), so a standby can take over at once.
@@ -302,6 +301,7 @@ impl Daemon {
         let reports = issuance::run(
             &self.config,
             &signer,
+            &self.audit,
             &due,
             PlanOptions::default(),
             false,
@@ -311,7 +311,6 @@ impl Daemon {
         drop(signer);
         self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
-        issuance::audit_reports(&self.audit, &reports, now);
         self.note_pass(&reports, seconds, now).await;
         reports
     }

@@ -640,6 +640,7 @@ pub async fn drive(
                 targets: &targets,
                 materials: &materials,
                 audit: &audit,
+                writer: CacertsWriter::new(&config.trust_domain, &audit, "transition-write"),
                 exclude_namespaces: &exclude,
             };
             done += run_batch(&work, files, &mut record, &batch, now).await?;
@@ -889,6 +890,8 @@ struct Work<'a> {
     targets: &'a BTreeMap<String, Target>,
     materials: &'a BTreeMap<String, ClusterMaterial>,
     audit: &'a Audit,
+    /// Every write goes through it.
+    writer: CacertsWriter<'a>,
     exclude_namespaces: &'a [String],
 }
 
@@ -905,8 +908,7 @@ impl Work<'_> {
         // Never hand istiod material it would refuse (an original that expired while the
         // transition was held, say): stop before touching the cluster, with the writer's own
         // checks.
-        let writer = CacertsWriter::new(&self.config.trust_domain, self.audit, "transition-write");
-        if let Err(problems) = writer.check(&want, written_material(of), now) {
+        if let Err(problems) = self.writer.check(&want, written_material(of), now) {
             return Err(DriveError::Stopped(format!(
                 "{cluster}: the cacerts for {} does not validate, so it was not written: {problems}",
                 describe_material(of)
@@ -937,9 +939,7 @@ impl Work<'_> {
                 written_at: now,
                 reason: format!("trust transition: {}", describe_material(of)),
             };
-            let writer =
-                CacertsWriter::new(&self.config.trust_domain, self.audit, "transition-write");
-            writer
+            self.writer
                 .write(&self.targets[cluster], want, written_material(of), &meta, observed)
                 .await
                 .map_err(|e| match e {
