@@ -172,7 +172,7 @@ fn main() {
         let store = cacertd::transition::record_store::RecordStore::open(&config)
             .await
             .unwrap();
-        driver::start_migrate(&config, &store, options, now, false)
+        cacertd::transition::start::start_migrate(&config, &store, options, now, false)
             .await
             .unwrap();
         let step = driver::drive(
@@ -185,7 +185,7 @@ fn main() {
                 stop_after: None,
                 max_steps: None,
                 budget: None,
-                progress: driver::Progress::Off,
+                progress: cacertd::transition::progress::Progress::Off,
             },
         )
         .await

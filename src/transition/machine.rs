@@ -1,0 +1,473 @@
+//! The phase machine: a transition's [`Record`] and the [`next_step`] it calls for. Pure: it
+//! reads the record and a time, and the driver reports each step's outcome back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{MaterialOf, Phase, TransitionKind};
+use crate::rollout::Stage;
+
+/// How far one primary cluster got in the current phase (or rollback).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterProgress {
+    /// A write of the phase material was started (it may have landed even if the process died
+    /// before `written` was recorded).
+    #[serde(default)]
+    pub writing: bool,
+    /// The phase material is in its cacerts.
+    pub written: bool,
+    /// Restart stages finished, in order.
+    pub restarted: Vec<Stage>,
+}
+
+impl ClusterProgress {
+    fn next_restart(&self, skip_workloads: bool) -> Option<Stage> {
+        Stage::ALL
+            .into_iter()
+            .filter(|s| !(skip_workloads && *s == Stage::Workloads))
+            .find(|s| !self.restarted.contains(s))
+    }
+}
+
+/// Where the transition stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum State {
+    /// Moving forward through `phase`.
+    Active,
+    /// A gate timed out; `report` names who is behind. `resume` continues what was under way
+    /// (the rollback, if `rolling_back_to` is set), `rollback` goes back.
+    Failed {
+        report: String,
+        #[serde(default)]
+        rolling_back_to: Option<MaterialOf>,
+    },
+    /// Returning every cluster to `to`'s material; on completion the transition is held at the
+    /// start of the phase after `to` (or ends, when `to` is the original material).
+    RollingBack { to: MaterialOf },
+    /// A rollback to a phase's material finished; `resume` goes forward again, `rollback`
+    /// further back.
+    Held { note: String },
+    /// Rolled back to the original material: nothing more to do.
+    RolledBack,
+}
+
+/// Options fixed when the transition starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// How long the old root stays trusted after the last cluster switched signer.
+    pub drain_seconds: u64,
+    /// How long a gate may wait before the transition fails.
+    pub gate_timeout_seconds: u64,
+    /// Rely on istiod's multi-root hot reload instead of restarting workloads.
+    pub skip_workload_restarts: bool,
+    /// Wait for an operator's approval before starting each phase after the first.
+    pub approve_each_phase: bool,
+    /// Namespaces whose workloads are not restarted (their owners restart them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
+    /// How many clusters are written and restarted at once within a phase (at least 1).
+    #[serde(default = "one")]
+    pub max_parallel: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The persisted transition record: everything needed to resume after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: TransitionKind,
+    pub phase: Phase,
+    pub state: State,
+    pub options: Options,
+    /// Progress of each primary cluster in the current phase or rollback.
+    pub clusters: BTreeMap<String, ClusterProgress>,
+    /// When the current gate started waiting (unix seconds), once every step before it is done.
+    pub gate_since: Option<i64>,
+    /// When every cluster had switched signer (unix seconds): the drain period starts here.
+    pub switched_at: Option<i64>,
+    /// Set by `approve` when `approve_each_phase` is on; cleared on entering a phase and by a
+    /// rollback.
+    pub approved: bool,
+    /// A cluster was given the new signer at some point (a SwitchSigner or later write).
+    #[serde(default)]
+    pub new_signer_used: bool,
+    /// When a rollback took the new signer away from every cluster (unix seconds): certificates
+    /// it signed live on until then + the drain period, so the new root stays trusted that long.
+    #[serde(default)]
+    pub new_signer_retired_at: Option<i64>,
+    /// A root rotation is complete only once the store holds the new root.
+    #[serde(default)]
+    pub root_swapped: bool,
+    /// Who was behind when the waiting gate was last checked (clusters and namespaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub behind: Vec<String>,
+}
+
+/// The next thing a driver should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write `material` into `cluster`'s cacerts (keeping a backup of what was there).
+    Write {
+        cluster: String,
+        material: MaterialOf,
+    },
+    /// Restart `stage` in `cluster` (istiod / gateways in the primary; workloads in the primary
+    /// and every remote it serves) and wait for the rollout.
+    Restart {
+        cluster: String,
+        stage: Stage,
+    },
+    /// Check the gate of `material` in every cluster.
+    CheckGate {
+        material: MaterialOf,
+    },
+    /// The old root must stay trusted until `until`.
+    Drain {
+        until: OffsetDateTime,
+    },
+    /// An operator must approve entering `phase`.
+    AwaitApproval {
+        phase: Phase,
+    },
+    /// Held after a rollback: nothing to do until an operator resumes or rolls back further.
+    Held {
+        note: String,
+    },
+    /// Nothing to do until an operator resumes or rolls back.
+    Stopped {
+        report: String,
+    },
+    Finished,
+}
+
+/// What a driver reports after a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    Written,
+    Restarted,
+    /// The gate held in every cluster.
+    GateHeld,
+    /// The gate does not hold yet; each entry names a cluster (and namespace) that is behind.
+    GateBehind(Vec<String>),
+}
+
+impl Record {
+    pub fn new(
+        kind: TransitionKind,
+        clusters: impl IntoIterator<Item = String>,
+        options: Options,
+    ) -> Self {
+        Record {
+            kind,
+            phase: Phase::AddNewRoot,
+            state: State::Active,
+            options,
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c, ClusterProgress::default()))
+                .collect(),
+            gate_since: None,
+            switched_at: None,
+            approved: false,
+            new_signer_used: false,
+            new_signer_retired_at: None,
+            root_swapped: false,
+            behind: Vec::new(),
+        }
+    }
+
+    /// The material the clusters are being moved to right now.
+    pub fn target_material(&self) -> MaterialOf {
+        match &self.state {
+            State::RollingBack { to } => *to,
+            State::RolledBack => MaterialOf::Original,
+            _ => MaterialOf::Phase(self.phase),
+        }
+    }
+
+    /// Records the outcome of `step`, done at `now`.
+    pub fn record(&mut self, step: &Step, outcome: StepOutcome, now: OffsetDateTime) {
+        match (step, outcome) {
+            (Step::Write { cluster, material }, StepOutcome::Written) => {
+                if let Some(p) = self.clusters.get_mut(cluster) {
+                    p.written = true;
+                }
+                if matches!(material, MaterialOf::Phase(p) if *p >= Phase::SwitchSigner) {
+                    self.new_signer_used = true;
+                }
+            }
+            (Step::Restart { cluster, stage }, StepOutcome::Restarted) => {
+                if let Some(p) = self.clusters.get_mut(cluster)
+                    && !p.restarted.contains(stage)
+                {
+                    p.restarted.push(*stage);
+                }
+            }
+            (Step::CheckGate { .. }, StepOutcome::GateHeld) => self.gate_passed(now),
+            (Step::CheckGate { .. }, StepOutcome::GateBehind(behind)) => {
+                self.behind.clone_from(&behind);
+                let since = *self.gate_since.get_or_insert(now.unix_timestamp());
+                let waited = now.unix_timestamp() - since;
+                if waited >= i64::try_from(self.options.gate_timeout_seconds).unwrap_or(i64::MAX) {
+                    let rolling_back_to = match self.state {
+                        State::RollingBack { to } => Some(to),
+                        _ => None,
+                    };
+                    let what = match self.target_material() {
+                        MaterialOf::Phase(p) => format!("phase {p}"),
+                        MaterialOf::Original => "rollback to the original material".to_string(),
+                    };
+                    self.state = State::Failed {
+                        report: format!(
+                            "the gate of {what} did not hold within {}s; behind: {}",
+                            self.options.gate_timeout_seconds,
+                            behind.join("; ")
+                        ),
+                        rolling_back_to,
+                    };
+                }
+            }
+            // An outcome that does not belong to the step changes nothing.
+            _ => {}
+        }
+    }
+
+    fn gate_passed(&mut self, now: OffsetDateTime) {
+        self.reset_progress();
+        match self.state.clone() {
+            State::Active => {
+                if self.phase == Phase::SwitchSigner {
+                    self.switched_at = Some(now.unix_timestamp());
+                }
+                self.phase = self.phase.next();
+                self.approved = false;
+            }
+            State::RollingBack { to } => match to {
+                MaterialOf::Original => {
+                    self.phase = Phase::AddNewRoot;
+                    self.state = State::RolledBack;
+                }
+                MaterialOf::Phase(p) => {
+                    if p < Phase::SwitchSigner && self.new_signer_used {
+                        self.new_signer_retired_at = Some(now.unix_timestamp());
+                    }
+                    // Every cluster serves `p`'s material again: the transition rests at the
+                    // start of the phase after `p`, stopped, until `resume` (which goes
+                    // forward again) or a further rollback.
+                    self.phase = p.next();
+                    self.state = State::Held {
+                        note: format!("rolled back to the material of phase {p}"),
+                    };
+                }
+            },
+            State::Failed { .. } | State::Held { .. } | State::RolledBack => {}
+        }
+    }
+
+    fn reset_progress(&mut self) {
+        for p in self.clusters.values_mut() {
+            *p = ClusterProgress::default();
+        }
+        self.gate_since = None;
+        self.behind.clear();
+    }
+
+    /// Continues a failed transition: the current phase is retried from where it stopped.
+    pub fn resume(&mut self) -> Result<(), String> {
+        match self.state {
+            State::Failed {
+                rolling_back_to: Some(to),
+                ..
+            } => {
+                self.state = State::RollingBack { to };
+                self.gate_since = None;
+                Ok(())
+            }
+            State::Failed { .. } | State::Held { .. } => {
+                self.state = State::Active;
+                self.gate_since = None;
+                Ok(())
+            }
+            State::Active => Ok(()),
+            State::RollingBack { .. } => Err("a rollback is in progress".into()),
+            State::RolledBack => Err("the transition was rolled back; start a new one".into()),
+        }
+    }
+
+    /// Starts returning every cluster to the previous phase's material.
+    pub fn rollback(&mut self) -> Result<(), String> {
+        if self.phase == Phase::Done && self.state == State::Active {
+            return Err(
+                "the transition is done; the old root is no longer trusted anywhere, \
+                 so rolling back would break mTLS — start a new transition instead"
+                    .into(),
+            );
+        }
+        if matches!(self.state, State::RollingBack { .. } | State::RolledBack) {
+            return Err("a rollback is already in progress or finished".into());
+        }
+        // The latest phase whose material any cluster serves: the current one once a cluster
+        // was written in it, else the one before (complete everywhere). Its predecessor's
+        // material is the target.
+        let untouched = self.untouched();
+        let latest = if untouched {
+            self.phase.previous()
+        } else {
+            Some(self.phase)
+        };
+        let to = match latest.and_then(Phase::previous) {
+            Some(p) => MaterialOf::Phase(p),
+            None => MaterialOf::Original,
+        };
+        self.reset_progress();
+        self.approved = false;
+        self.state = State::RollingBack { to };
+        Ok(())
+    }
+
+    /// Nothing left to do: done (a root rotation with the store swapped) or rolled back. Until
+    /// then the transition owns its clusters: nothing else may write their cacerts.
+    pub fn is_over(&self) -> bool {
+        match self.state {
+            State::RolledBack => true,
+            State::Active => {
+                self.phase == Phase::Done
+                    && (self.kind != TransitionKind::RotateRoot || self.root_swapped)
+            }
+            _ => false,
+        }
+    }
+
+    /// No cluster was written (or began to be) in the current phase or rollback.
+    fn untouched(&self) -> bool {
+        self.clusters.values().all(|p| !p.written && !p.writing)
+    }
+
+    /// Notes that a write to `cluster` is about to start; persist the record before writing.
+    pub fn begin_write(&mut self, cluster: &str) {
+        if let Some(p) = self.clusters.get_mut(cluster) {
+            p.writing = true;
+        }
+    }
+
+    /// Approves entering the current phase (with `approve_each_phase`).
+    pub fn approve(&mut self) {
+        self.approved = true;
+    }
+}
+
+/// What to do next. Writes go cluster by cluster; each cluster's restarts follow its write, in
+/// order; the gate is checked once every cluster finished. Before a phase's first write come
+/// its approval (with `approve_each_phase`) and, for RemoveOldRoot, the drain period; a
+/// rollback to the original material after the new signer was used waits a drain period too.
+pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
+    match &record.state {
+        State::Failed { report, .. } => {
+            return Step::Stopped {
+                report: report.clone(),
+            };
+        }
+        State::Held { note } => return Step::Held { note: note.clone() },
+        State::RolledBack => return Step::Finished,
+        State::Active if record.phase == Phase::Done => return Step::Finished,
+        State::Active => {
+            let untouched = record.untouched();
+            if untouched
+                && record.options.approve_each_phase
+                && record.phase != Phase::AddNewRoot
+                && !record.approved
+            {
+                return Step::AwaitApproval {
+                    phase: record.phase,
+                };
+            }
+            if record.phase == Phase::RemoveOldRoot
+                && untouched
+                && let Some(switched) = record.switched_at
+            {
+                let until = drain_end(switched, record.options.drain_seconds);
+                if now < until {
+                    return Step::Drain { until };
+                }
+            }
+        }
+        State::RollingBack {
+            to: MaterialOf::Original,
+        } => {
+            // Removing the new root again: certificates the new signer issued must expire first.
+            if record.untouched()
+                && let Some(retired) = record.new_signer_retired_at
+            {
+                let until = drain_end(retired, record.options.drain_seconds);
+                if now < until {
+                    return Step::Drain { until };
+                }
+            }
+        }
+        State::RollingBack { .. } => {}
+    }
+    let material = record.target_material();
+    for (cluster, progress) in &record.clusters {
+        if !progress.written {
+            return Step::Write {
+                cluster: cluster.clone(),
+                material,
+            };
+        }
+        if let Some(stage) = progress.next_restart(record.options.skip_workload_restarts) {
+            return Step::Restart {
+                cluster: cluster.clone(),
+                stage,
+            };
+        }
+    }
+    Step::CheckGate { material }
+}
+
+/// The next steps when the next one is a cluster's write or restart: the next step of each of
+/// up to `record.options.max_parallel` clusters (each cluster's own write and restarts stay in
+/// order; the gate still comes after every cluster). Otherwise just [`next_step`].
+pub fn next_steps(record: &Record, now: OffsetDateTime, room: usize) -> Vec<Step> {
+    let first = next_step(record, now);
+    let max = record.options.max_parallel.min(room).max(1);
+    if max == 1 || !matches!(first, Step::Write { .. } | Step::Restart { .. }) {
+        return vec![first];
+    }
+    let material = record.target_material();
+    let skip = record.options.skip_workload_restarts;
+    record
+        .clusters
+        .iter()
+        .filter_map(|(cluster, progress)| {
+            if !progress.written {
+                Some(Step::Write {
+                    cluster: cluster.clone(),
+                    material,
+                })
+            } else {
+                progress.next_restart(skip).map(|stage| Step::Restart {
+                    cluster: cluster.clone(),
+                    stage,
+                })
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+/// `from` + `drain_seconds`, saturating at the latest representable time (never wrapping to the
+/// past, which would skip the drain).
+fn drain_end(from: i64, drain_seconds: u64) -> OffsetDateTime {
+    let end = from.saturating_add(i64::try_from(drain_seconds).unwrap_or(i64::MAX));
+    OffsetDateTime::from_unix_timestamp(end).unwrap_or_else(|_| {
+        time::PrimitiveDateTime::new(time::Date::MAX, time::Time::MIDNIGHT).assume_utc()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! How a foreground transition shows where it stands: human lines on a terminal, JSON lines
+//! otherwise.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::Record;
+use crate::pki::fmt_time;
+
+/// How a foreground driver shows where it stands while it waits (a gate, the drain) and when
+/// the phase changes, on stderr: human lines on a terminal, JSON lines otherwise (for CI logs
+/// and log collectors). The daemon exports metrics instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Off,
+    Lines,
+    Json,
+}
+
+impl Progress {
+    /// Lines on a terminal, JSON otherwise.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Progress::Lines
+        } else {
+            Progress::Json
+        }
+    }
+
+    pub(super) fn show(
+        self,
+        at: OffsetDateTime,
+        event: &str,
+        record: &Record,
+        detail: &str,
+        fields: serde_json::Value,
+    ) {
+        if let Some(line) = self.line(at, event, record, detail, fields) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn line(
+        self,
+        at: OffsetDateTime,
+        event: &str,
+        record: &Record,
+        detail: &str,
+        fields: serde_json::Value,
+    ) -> Option<String> {
+        let time = fmt_time(at);
+        match self {
+            Progress::Off => None,
+            Progress::Lines => Some(format!(
+                "[{time}] {:?} {} — {detail}",
+                record.kind, record.phase
+            )),
+            Progress::Json => {
+                let mut line = serde_json::json!({
+                    "time": time,
+                    "event": event,
+                    "transition": record.kind,
+                    "phase": record.phase,
+                    "detail": detail,
+                });
+                if let (Some(line), serde_json::Value::Object(more)) =
+                    (line.as_object_mut(), fields)
+                {
+                    line.extend(more);
+                }
+                Some(line.to_string())
+            }
+        }
+    }
+}
+
+/// Shows a wait at most every 10 s (and its first time at once).
+#[derive(Default)]
+pub(super) struct Throttle(Option<std::time::Instant>);
+
+impl Throttle {
+    pub(super) fn due(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .0
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
+/// Shows how long the old root stays trusted.
+pub(super) fn show_drain(
+    progress: Progress,
+    record: &Record,
+    until: OffsetDateTime,
+    left: std::time::Duration,
+    now: OffsetDateTime,
+) {
+    let left_text = humantime::format_duration(Duration::from_secs(left.as_secs()));
+    progress.show(
+        now,
+        "drain",
+        record,
+        &format!(
+            "draining: the old root stays trusted until {} ({left_text} left)",
+            fmt_time(until)
+        ),
+        serde_json::json!({"until": fmt_time(until), "left_seconds": left.as_secs()}),
+    );
+}
+
+/// Shows who a gate still waits for, and for how long it has.
+pub(super) fn show_gate_wait(
+    progress: Progress,
+    record: &Record,
+    who: &[String],
+    now: OffsetDateTime,
+) {
+    let waited = record
+        .gate_since
+        .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
+    progress.show(
+        now,
+        "gate",
+        record,
+        &format!(
+            "waiting for the gate: {} behind ({}{}); waited {waited}s of {}s",
+            who.len(),
+            who.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+            if who.len() > 3 { "; …" } else { "" },
+            record.options.gate_timeout_seconds
+        ),
+        serde_json::json!({"behind": who, "waited_seconds": waited}),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transition::{Options, TransitionKind};
+
+    fn record() -> Record {
+        Record::new(
+            TransitionKind::Migrate,
+            ["a".to_string()],
+            Options {
+                drain_seconds: 0,
+                gate_timeout_seconds: 60,
+                skip_workload_restarts: false,
+                approve_each_phase: false,
+                exclude_namespaces: Vec::new(),
+                max_parallel: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn progress_is_a_line_on_a_terminal_and_json_otherwise() {
+        let r = record();
+        let fields = || serde_json::json!({"behind": ["a/app: 1 root(s), not the 2 expected"]});
+        let line = Progress::Lines
+            .line(
+                OffsetDateTime::UNIX_EPOCH,
+                "gate",
+                &r,
+                "waiting for the gate",
+                fields(),
+            )
+            .unwrap();
+        assert!(
+            line.contains("Migrate AddNewRoot — waiting for the gate"),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(
+            &Progress::Json
+                .line(
+                    OffsetDateTime::UNIX_EPOCH,
+                    "gate",
+                    &r,
+                    "waiting for the gate",
+                    fields(),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["event"], "gate");
+        assert_eq!(json["phase"], "add-new-root");
+        assert_eq!(json["transition"], "migrate");
+        assert_eq!(json["behind"][0], "a/app: 1 root(s), not the 2 expected");
+        assert!(
+            Progress::Off
+                .line(OffsetDateTime::UNIX_EPOCH, "gate", &r, "x", fields())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn waits_are_shown_at_once_then_at_most_every_ten_seconds() {
+        let start = std::time::Instant::now();
+        let mut t = Throttle(None);
+        assert!(t.due(start));
+        assert!(!t.due(start));
+        assert!(!t.due(start + Duration::from_millis(9_999)));
+        assert!(t.due(start + Duration::from_secs(10)));
+        // The ten seconds count from the last line shown, not from the first.
+        assert!(!t.due(start + Duration::from_secs(19)));
+        assert!(t.due(start + Duration::from_secs(20)));
+    }
+}

@@ -1,0 +1,48 @@
+//! The `cacerts` material each phase serves (docs/istio.md on how istiod reloads a bundle).
+
+use super::{MaterialOf, Phase};
+use crate::pki::{CaCertsFiles, Cert, PkiError, TrustBundle};
+
+/// The material one primary cluster moves between.
+pub struct ClusterMaterial {
+    /// What the cluster served before the transition: its `cacerts`, or for a self-signed
+    /// cluster the `cacerts` form of `istio-ca-secret` (see [`from_self_signed`]).
+    pub original: CaCertsFiles,
+    /// Its new intermediate under the new root, with `root_cert` = the new root.
+    pub new: CaCertsFiles,
+}
+
+/// The `cacerts` form of istiod's self-signed CA: `istio-ca-secret`'s key and certificate
+/// verbatim; its empty `cert-chain.pem` becomes the self-signed certificate itself, since
+/// istiod requires all four files non-empty.
+pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
+    let mut files = istio_ca_secret.clone();
+    if files.cert_chain.iter().all(u8::is_ascii_whitespace) {
+        files.cert_chain = files.ca_cert.clone();
+    }
+    if files.root_cert.iter().all(u8::is_ascii_whitespace) {
+        files.root_cert = files.ca_cert.clone();
+    }
+    files
+}
+
+/// The `cacerts` a cluster serves for `of`. The old bundle's bytes are kept verbatim and the new
+/// root appended after them (istiod before 1.31 reloads a bundle only if the old one is a
+/// byte-substring of the new).
+pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
+    let new_root = Cert::one_from_pem(&m.new.root_cert, "new root-cert.pem")?;
+    let both = TrustBundle::from_pem(&m.original.root_cert, "current root-cert.pem")?
+        .with_root_appended(&new_root);
+    Ok(match of {
+        MaterialOf::Original => m.original.clone(),
+        MaterialOf::Phase(Phase::AddNewRoot) => CaCertsFiles {
+            root_cert: both.pem_bytes().to_vec(),
+            ..m.original.clone()
+        },
+        MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
+            root_cert: both.pem_bytes().to_vec(),
+            ..m.new.clone()
+        },
+        MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),
+    })
+}

@@ -1,0 +1,461 @@
+//! Starting a transition: the material every primary moves between, issued and saved before
+//! the record exists, and the refusals that keep a start from breaking mTLS.
+
+use time::OffsetDateTime;
+
+use super::record_store::{NEW, ORIGINAL, RecordStore};
+use super::{Options, Record, TransitionKind, from_self_signed};
+use crate::audit::Audit;
+use crate::cluster::Target;
+use crate::config::Config;
+use crate::pki::{
+    CaCertsFiles, Cert, RootCa, TrustBundle, verify_cacerts, verify_cacerts_for_mesh,
+};
+use crate::root_store::rotation::RotationStore;
+
+use super::error::DriveError;
+use super::error::target_err;
+use crate::root_store::RootSource;
+
+/// Whether a primary's istiod hot-reloads a changed `root-cert.pem` (`ISTIO_MULTIROOT_MESH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MultiRoot {
+    On,
+    Off,
+    /// No istiod Deployment (`app=istiod` in istio-system) was found.
+    NoIstiod,
+    /// A directory target: nothing to look at.
+    NotKubernetes,
+    Unreachable(String),
+}
+
+impl std::fmt::Display for MultiRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MultiRoot::On => f.write_str("on (ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::Off => f.write_str("off (istiod lacks ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::NoIstiod => f.write_str("unknown: no istiod Deployment found"),
+            MultiRoot::NotKubernetes => f.write_str("unknown: directory target"),
+            MultiRoot::Unreachable(e) => write!(f, "unknown: {e}"),
+        }
+    }
+}
+
+/// Multi-root hot reload of each primary's istiod, read from its Deployment's environment.
+pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let state = match Target::open(cluster, config).await {
+            Ok(Target::Kube(k)) => match k.istiod_multiroot().await {
+                Ok(Some(true)) => MultiRoot::On,
+                Ok(Some(false)) => MultiRoot::Off,
+                Ok(None) => MultiRoot::NoIstiod,
+                Err(e) => MultiRoot::Unreachable(e.to_string()),
+            },
+            Ok(Target::Dir(_)) => MultiRoot::NotKubernetes,
+            Err(e) => MultiRoot::Unreachable(e.to_string()),
+        };
+        out.push((cluster.name.clone(), state));
+    }
+    out
+}
+
+/// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
+/// hot reload; without it they would learn it only at their next certificate renewal, after
+/// the next phase may have begun. Refused unless every Kubernetes primary's istiod has it.
+async fn refuse_skip_without_multiroot(
+    config: &Config,
+    options: &Options,
+) -> Result<(), DriveError> {
+    if !options.skip_workload_restarts {
+        return Ok(());
+    }
+    let lacking: Vec<String> = multiroot(config)
+        .await
+        .into_iter()
+        .filter(|(_, m)| !matches!(m, MultiRoot::On | MultiRoot::NotKubernetes))
+        .map(|(c, m)| format!("{c}: {m}"))
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::Refused(format!(
+        "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
+         everywhere ({}); without it proxies learn the new root only when their certificate is \
+         next renewed. Set ISTIO_MULTIROOT_MESH=true on istiod (and PROXY_CONFIG_XDS_AGENT=true \
+         for proxies), or restart workloads",
+        lacking.join("; ")
+    )))
+}
+
+/// `migrate start`: reads every primary, saves the material it moves between (issuing each
+/// new intermediate once), then records the transition. Changes no cluster.
+pub async fn start_migrate(
+    config: &Config,
+    files: &RecordStore,
+    options: Options,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<Record, DriveError> {
+    refuse_skip_without_multiroot(config, &options).await?;
+    let finished = files.check_room().await?;
+    let signer = RootSource::open(config)
+        .await
+        .map_err(|e| DriveError::Refused(e.to_string()))?
+        .signer()
+        .await
+        .map_err(|e| DriveError::Refused(e.to_string()))?;
+    let root = signer.root_cert().clone();
+
+    // Worked out in memory first: a refusal leaves nothing behind.
+    let mut moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        // What the cluster serves now: nothing was written without a record.
+        let original = current_material(config, cluster, true).await?;
+        let verified = verify_cacerts(&original, now).map_err(|problems| {
+            DriveError::Refused(format!(
+                "{name}: the current material does not validate, so it cannot be kept during \
+                 the transition: {}",
+                crate::pki::BundleProblem::join(&problems)
+            ))
+        })?;
+        if verified.anchor() == &root {
+            tracing::info!(
+                cluster = name,
+                "already signs under the common root; not migrated"
+            );
+            continue;
+        }
+        if dry_run {
+            moving.push((name.to_string(), original.clone(), original, false));
+            continue;
+        }
+        let (new, issued) = match saved_new(files, finished.is_none(), name, &root, now).await? {
+            Some(saved) => (saved, false),
+            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+        };
+        moving.push((name.to_string(), original, new, issued));
+    }
+    if moving.is_empty() {
+        return Err(DriveError::Refused(
+            "every primary already signs under the common root: nothing to migrate".into(),
+        ));
+    }
+    let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
+    let record = Record::new(TransitionKind::Migrate, clusters, options);
+    if dry_run {
+        return Ok(record);
+    }
+    if let Some(finished) = finished {
+        files.archive(&finished, now).await?;
+    }
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    save_moving(files, &audit, moving, now).await?;
+    files.save(&record).await?;
+    audit.note(now, "transition-start", None, "migrate", None, None);
+    Ok(record)
+}
+
+/// What a primary serves now: its `cacerts` or, when `self_signed_ok`, istiod's own CA.
+async fn current_material(
+    config: &Config,
+    cluster: &crate::topology::Cluster,
+    self_signed_ok: bool,
+) -> Result<CaCertsFiles, DriveError> {
+    let name = cluster.name.as_str();
+    let target = Target::open(cluster, config)
+        .await
+        .map_err(target_err(name))?;
+    let observed = target.read().await.map_err(target_err(name))?;
+    match (
+        observed.snapshot.cacerts,
+        &observed.snapshot.self_signed_ca,
+        self_signed_ok,
+    ) {
+        (Some(c), _, _) => Ok(c),
+        (None, Some(ss), true) => Ok(from_self_signed(ss)),
+        (None, Some(_), false) => Err(DriveError::Refused(format!(
+            "{name}: no cacerts in {} (istiod runs its self-signed CA): migrate it first",
+            target.describe()
+        ))),
+        (None, None, _) => Err(DriveError::Refused(format!(
+            "{name}: neither cacerts nor istiod's istio-ca-secret found in {}",
+            target.describe()
+        ))),
+    }
+}
+
+/// A new intermediate a start that stopped early saved for `cluster`, if it is still good:
+/// valid now and under `root`. Never one of a finished transition (`own` false).
+async fn saved_new(
+    files: &RecordStore,
+    own: bool,
+    cluster: &str,
+    root: &Cert,
+    now: OffsetDateTime,
+) -> Result<Option<CaCertsFiles>, DriveError> {
+    if !own {
+        return Ok(None);
+    }
+    Ok(files
+        .load_files(cluster, NEW)
+        .await?
+        .filter(|new| verify_cacerts(new, now).is_ok_and(|v| v.anchor() == root)))
+}
+
+/// Saves each primary's two sets of material (noting the intermediates issued now).
+async fn save_moving(
+    files: &RecordStore,
+    audit: &Audit,
+    moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    for (name, original, new, issued) in moving {
+        files.save_files(&name, ORIGINAL, &original).await?;
+        files.save_files(&name, NEW, &new).await?;
+        if issued {
+            let serial = Cert::one_from_pem(&new.ca_cert, "new ca-cert.pem")
+                .map(|c| c.info().serial.clone())
+                .ok();
+            audit.note(now, "transition-issue", Some(&name), "issued", serial, None);
+        }
+    }
+    Ok(())
+}
+
+/// `rotate-root start`: the new root (imported, or generated per the root policy; for
+/// vault-pki, generated inside Vault) is kept apart ([`RotationStore`]) until the rotation is
+/// done, then replaces the store's root (the old one is kept). Every primary must be on the
+/// current root. Everything that can be refused is checked before anything is kept.
+pub async fn start_rotate_root(
+    config: &Config,
+    files: &RecordStore,
+    options: Options,
+    new_root: Option<crate::pki::RootCa>,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<Record, DriveError> {
+    let store = RotationStore::open(config).await?;
+    refuse_skip_without_multiroot(config, &options).await?;
+    let finished = files.check_room().await?;
+    let own = finished.is_none();
+    let current = store.current().await?;
+    // A new root kept in Vault counts as this start's only if a start that stopped early saved
+    // intermediates under it: one left by an aborted or rolled-back rotation, or one that
+    // became the root, is not reused.
+    let tied = async |root: &Cert| -> Result<bool, DriveError> {
+        if !own || root == &current {
+            return Ok(false);
+        }
+        for cluster in config.topology.primaries() {
+            if saved_new(files, own, &cluster.name, root, now)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let new = match &store {
+        RotationStore::VaultPki { .. } => {
+            if new_root.is_some() {
+                return Err(DriveError::Refused(
+                    "the vault-pki store generates the new root inside Vault (its key never \
+                     leaves it): --new-root-cert and --new-root-key cannot be used with it"
+                        .into(),
+                ));
+            }
+            store.check_named().await?;
+            let pending = store.pending_issuer().await?;
+            let exists = pending.is_some();
+            let waiting = match pending {
+                Some(cert) if tied(&cert).await? => {
+                    config.root_policy().check_root(&cert).map_err(|v| {
+                        DriveError::Refused(format!(
+                            "the new issuer waiting in {}: {v}",
+                            store.pending_location(&config.state_dir)
+                        ))
+                    })?;
+                    Some(cert)
+                }
+                _ => None,
+            };
+            NewRoot::Vault {
+                stale: exists && waiting.is_none(),
+                waiting,
+            }
+        }
+        _ => {
+            let pending = store.pending(&config.state_dir).await?;
+            let over = pending.as_ref().and_then(|(_, v)| *v);
+            let waiting = match pending {
+                // The file store's pending root is moved aside with a finished transition.
+                Some((root, None)) if own && root.cert() != &current => Some(root),
+                Some((root, Some(_))) if tied(root.cert()).await? => Some(root),
+                _ => None,
+            };
+            match waiting {
+                Some(saved) => {
+                    if new_root
+                        .as_ref()
+                        .is_some_and(|given| given.cert() != saved.cert())
+                    {
+                        return Err(DriveError::Refused(format!(
+                            "a different new root is already waiting in {}: start with it (no \
+                             --new-root-cert) or `transition abort` first",
+                            store.pending_location(&config.state_dir)
+                        )));
+                    }
+                    NewRoot::Local {
+                        root: saved,
+                        saved: true,
+                        over,
+                    }
+                }
+                None => {
+                    let root = match new_root {
+                        Some(r) => r,
+                        None => crate::pki::generate_root(
+                            &config.root_policy().root_spec(&config.trust_domain),
+                            now,
+                        )
+                        .map_err(|e| DriveError::Refused(e.to_string()))?,
+                    };
+                    config
+                        .root_policy()
+                        .check_root(root.cert())
+                        .map_err(|v| DriveError::Refused(v.to_string()))?;
+                    NewRoot::Local {
+                        root,
+                        saved: false,
+                        over,
+                    }
+                }
+            }
+        }
+    };
+    let new_cert = match &new {
+        NewRoot::Local { root, .. } => Some(root.cert().clone()),
+        NewRoot::Vault { waiting, .. } => waiting.clone(),
+    };
+    if new_cert.as_ref() == Some(&current) {
+        return Err(DriveError::Refused(
+            "the new root is the current root".into(),
+        ));
+    }
+    // Every primary: what it serves now, which must be under the current root.
+    let mut moving: Vec<(&crate::topology::Cluster, CaCertsFiles)> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        let original = current_material(config, cluster, false).await?;
+        let verified = verify_cacerts(&original, now).map_err(|problems| {
+            DriveError::Refused(format!(
+                "{name}: the current cacerts does not validate: {}",
+                crate::pki::BundleProblem::join(&problems)
+            ))
+        })?;
+        if new_cert.as_ref() == Some(verified.anchor()) {
+            tracing::info!(cluster = name, "already signs under the new root");
+            continue;
+        }
+        if verified.anchor() != &current {
+            return Err(DriveError::Refused(format!(
+                "{name}: signs under another root than the current one: migrate it first"
+            )));
+        }
+        moving.push((cluster, original));
+    }
+    if moving.is_empty() {
+        return Err(DriveError::Refused(
+            "every primary already signs under the new root".into(),
+        ));
+    }
+    if dry_run {
+        let clusters = moving.into_iter().map(|(c, _)| c.name.clone());
+        return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
+    }
+    // The new root's signer (for vault-pki: the new issuer, generated now unless a start that
+    // stopped early made it), then every new intermediate, in memory.
+    let keep = match &new {
+        NewRoot::Local {
+            saved: false, over, ..
+        } => Some(*over),
+        _ => None,
+    };
+    let signer = match new {
+        NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
+        NewRoot::Vault { ref waiting, stale } => {
+            store
+                .next_signer(config, waiting.is_some(), stale, now)
+                .await?
+        }
+    };
+    let root = signer.root_cert().clone();
+    let mut issued = Vec::new();
+    for (cluster, original) in moving {
+        let name = cluster.name.clone();
+        let (new, fresh) = match saved_new(files, own, &name, &root, now).await? {
+            Some(saved) => (saved, false),
+            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+        };
+        issued.push((name, original, new, fresh));
+    }
+    // Then saved: the new root before anything issued under it.
+    if let Some(finished) = finished {
+        files.archive(&finished, now).await?;
+    }
+    if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
+        store
+            .keep_pending(&config.state_dir, new_root, over)
+            .await?;
+    }
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
+    save_moving(files, &audit, issued, now).await?;
+    let record = Record::new(TransitionKind::RotateRoot, clusters, options);
+    files.save(&record).await?;
+    audit.note(now, "transition-start", None, "rotate-root", None, None);
+    Ok(record)
+}
+
+/// The new root of a rotation being started.
+enum NewRoot {
+    /// In hand: kept by a start that stopped early (`saved`), or made or imported now.
+    /// `over`: the KV version of a stale `<path>-next` to write over.
+    Local {
+        root: RootCa,
+        saved: bool,
+        over: Option<u64>,
+    },
+    /// A Vault PKI issuer: `waiting` if a start that stopped early generated it; `stale` if
+    /// `<base>-next` names an earlier rotation's issuer.
+    Vault { waiting: Option<Cert>, stale: bool },
+}
+
+async fn issue_new(
+    config: &Config,
+    cluster: &crate::topology::Cluster,
+    signer: &crate::root_store::Signer,
+    root: &Cert,
+    now: OffsetDateTime,
+) -> Result<CaCertsFiles, DriveError> {
+    let name = cluster.name.as_str();
+    let policy = config.policy_for(cluster);
+    let spec = policy.intermediate_spec(name, &config.trust_domain);
+    policy.check_issuance(name, &spec, root)?;
+    let ica = signer
+        .issue(&spec, now)
+        .await
+        .map_err(|e| DriveError::Refused(format!("{name}: {e}")))?;
+    policy.check_issued(name, &ica.cert)?;
+    let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
+    verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
+        DriveError::Refused(format!(
+            "{name}: internal check of the new cacerts failed: {}",
+            crate::pki::BundleProblem::join(&problems)
+        ))
+    })?;
+    Ok(files)
+}
