@@ -1,0 +1,176 @@
+//! vault-kv: the root certificate and key in a KV v2 secret, written with check-and-set.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use vaultrs::client::VaultClient;
+
+use super::{VaultError, VaultSession};
+use crate::pki::{CaKey, Cert, PkiError, RootCa};
+
+/// The KV v2 secret holding the root.
+#[derive(Serialize, Deserialize)]
+struct RootSecret {
+    certificate: String,
+    private_key: String,
+}
+
+/// The same secret as written: the key in a buffer wiped on drop (vaultrs' own JSON buffers
+/// are out of reach).
+#[derive(Serialize)]
+struct WrittenRootSecret {
+    certificate: String,
+    #[serde(serialize_with = "serialize_str")]
+    private_key: Zeroizing<String>,
+}
+
+fn serialize_str<S: serde::Serializer>(v: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// vault-kv: the root held in a KV v2 secret.
+pub struct VaultKv {
+    pub session: VaultSession,
+    pub mount: String,
+    pub path: String,
+}
+
+impl VaultKv {
+    pub fn describe(&self) -> String {
+        format!(
+            "vault-kv {}/{} at {}",
+            self.mount,
+            self.path,
+            self.session.address()
+        )
+    }
+
+    async fn check_mount(&self) -> Result<(), VaultError> {
+        let info = self.session.mount_info(&self.mount).await?;
+        let version = info
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .map(String::as_str);
+        if info.kind != "kv" || version != Some("2") {
+            return Err(VaultError::Mount {
+                mount: self.mount.clone(),
+                problem: format!(
+                    "is {} (version {}); cacertd needs a KV version 2 mount (vault secrets enable -version=2 kv)",
+                    info.kind,
+                    version.unwrap_or("1")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The current version number of the root secret, `None` if there is none.
+    pub async fn version(&self) -> Result<Option<u64>, VaultError> {
+        self.version_at(&self.path).await
+    }
+
+    /// The secret where a root rotation keeps the new root until it is done: `<path>-next`.
+    pub fn next_path(&self) -> String {
+        format!("{}-next", self.path)
+    }
+
+    /// The current version number of the root secret at `at`, `None` if there is none.
+    pub async fn version_at(&self, at: &str) -> Result<Option<u64>, VaultError> {
+        self.check_mount().await?;
+        let path = format!("{}/metadata/{at}", self.mount);
+        match self
+            .session
+            .call("read root metadata", &path, async |c: &VaultClient| {
+                vaultrs::kv2::read_metadata(c, &self.mount, at).await
+            })
+            .await
+        {
+            Ok(m) => Ok(Some(m.current_version)),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The root (certificate and key) at the current version, with that version.
+    pub async fn load(&self) -> Result<Option<(RootCa, u64)>, VaultError> {
+        self.load_at(&self.path).await
+    }
+
+    /// The root at the current version of the secret at `at`, with that version.
+    pub async fn load_at(&self, at: &str) -> Result<Option<(RootCa, u64)>, VaultError> {
+        let Some(version) = self.version_at(at).await? else {
+            return Ok(None);
+        };
+        let path = format!("{}/data/{at}", self.mount);
+        let secret: RootSecret = self
+            .session
+            .call("read root", &path, async |c: &VaultClient| {
+                vaultrs::kv2::read_version(c, &self.mount, at, version).await
+            })
+            .await?;
+        let RootSecret {
+            certificate,
+            private_key,
+        } = secret;
+        let key_pem = Zeroizing::new(private_key.into_bytes());
+        let what = format!("vault-kv {path} (version {version})");
+        let malformed = |e: PkiError| VaultError::Malformed {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let cert = Cert::one_from_pem(certificate.as_bytes(), &format!("{what} certificate"))
+            .map_err(malformed)?;
+        let key = CaKey::from_pem(&key_pem, &format!("{what} private_key")).map_err(malformed)?;
+        let root = RootCa::new(cert, key, &what).map_err(malformed)?;
+        Ok(Some((root, version)))
+    }
+
+    /// Stores a new root with check-and-set 0: fails if any version exists.
+    pub async fn create(&self, root: &RootCa) -> Result<Result<u64, ()>, VaultError> {
+        self.write_at(&self.path, root, 0).await
+    }
+
+    /// Writes `root` as the next version of the secret at `at`, only if its current version
+    /// is `cas` (0: only if there is none). KV v2 keeps the earlier versions. `Ok(Err(()))`:
+    /// the check-and-set was lost (someone else wrote first).
+    pub async fn write_at(
+        &self,
+        at: &str,
+        root: &RootCa,
+        cas: u64,
+    ) -> Result<Result<u64, ()>, VaultError> {
+        self.check_mount().await?;
+        let cas = u32::try_from(cas).map_err(|_| VaultError::Malformed {
+            what: format!("{}/metadata/{at}", self.mount),
+            reason: format!("version {cas} is beyond what check-and-set can name"),
+        })?;
+        let key = root.key().to_pem();
+        let secret = WrittenRootSecret {
+            certificate: root.cert_pem(),
+            private_key: Zeroizing::new(key.to_string()),
+        };
+        let path = format!("{}/data/{at}", self.mount);
+        let result = self
+            .session
+            .call_write("write root", &path, async |c: &VaultClient| {
+                vaultrs::kv2::set_with_options(
+                    c,
+                    &self.mount,
+                    at,
+                    &secret,
+                    vaultrs::api::kv2::requests::SetSecretRequestOptions { cas },
+                )
+                .await
+            })
+            .await;
+        drop(secret);
+        match result {
+            Ok(meta) => Ok(Ok(meta.version)),
+            Err(VaultError::Api {
+                code: 400, message, ..
+            }) if message.contains("check-and-set") => Ok(Err(())),
+            Err(e) => Err(e),
+        }
+    }
+}
