@@ -1,0 +1,278 @@
+//! `[[clusters]]`: names, roles, targets and policies, and what refers to what.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::raw::*;
+use super::sections::Sections;
+use super::*;
+
+impl Sections<'_> {
+    /// `[[clusters]]`: names, roles, targets and policies, then what refers to what.
+    pub(super) fn clusters(
+        &self,
+        raw: &[RawCluster],
+        policies: &PolicySet,
+        default_policy: &str,
+        state_dir: &Path,
+    ) -> Result<Vec<Cluster>, ConfigError> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut dir_targets: HashMap<PathBuf, String> = HashMap::new();
+        let mut clusters = Vec::new();
+        for (i, rc) in raw.iter().enumerate() {
+            let cluster = self.cluster(
+                i,
+                rc,
+                (policies, default_policy),
+                state_dir,
+                (&mut seen, &mut dir_targets),
+            )?;
+            clusters.push(cluster);
+        }
+        self.check_references(raw, &clusters)?;
+        Ok(clusters)
+    }
+
+    /// One `[[clusters]]` entry; `seen` holds the names so far and `dir_targets` the
+    /// directories already written to.
+    fn cluster(
+        &self,
+        i: usize,
+        rc: &RawCluster,
+        (policies, default_policy): (&PolicySet, &str),
+        state_dir: &Path,
+        (seen, dir_targets): (&mut HashMap<String, usize>, &mut HashMap<PathBuf, String>),
+    ) -> Result<Cluster, ConfigError> {
+        let field = |f: &str| format!("clusters[{i}].{f}");
+        let name = rc.name.get_ref().clone();
+        if !valid_cluster_name(&name) {
+            return Err(self.invalid(
+                rc.name.span(),
+                field("name"),
+                format!(
+                    "{name:?} is not a valid cluster name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters)"
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            return Err(self.invalid(
+                rc.name.span(),
+                field("name"),
+                format!("duplicate cluster name {name:?} (already used by clusters[{first}])"),
+            ));
+        }
+        let role = match rc.role.get_ref() {
+            RawRole::Primary => Role::Primary,
+            RawRole::Remote => Role::Remote,
+        };
+        let target = rc.target.as_ref().map(|t| match t.get_ref() {
+            RawTarget::Dir { path } => TargetConfig::Dir {
+                path: self.resolve(path),
+            },
+            RawTarget::Kube {
+                kubeconfig,
+                context,
+                remote_secret_from: Some(source),
+            } if kubeconfig.is_none() && context.is_none() => TargetConfig::KubeRemoteSecret {
+                source: source.clone(),
+            },
+            RawTarget::Kube {
+                kubeconfig,
+                context,
+                ..
+            } => TargetConfig::Kube {
+                kubeconfig: kubeconfig.as_deref().map(|p| self.resolve(p)),
+                context: context.clone(),
+            },
+        });
+        if let Some(t) = &rc.target
+            && let RawTarget::Kube {
+                kubeconfig,
+                context,
+                remote_secret_from: Some(_),
+            } = t.get_ref()
+            && (kubeconfig.is_some() || context.is_some())
+        {
+            return Err(self.invalid(
+                t.span(),
+                field("target"),
+                "remote_secret_from takes the kubeconfig from Istio's remote secret; \
+                         do not also give kubeconfig or context"
+                    .into(),
+            ));
+        }
+        match role {
+            Role::Primary => {
+                if let Some(p) = &rc.primary {
+                    return Err(self.invalid(
+                        p.span(),
+                        field("primary"),
+                        format!("{name} is a primary; only remote clusters name a primary"),
+                    ));
+                }
+                if target.is_none() {
+                    return Err(self.invalid(
+                        rc.name.span(),
+                        field("target"),
+                        format!(
+                            "primary {name} needs a target, e.g. target = {{ kind = \"dir\", path = \"out/{name}\" }}"
+                        ),
+                    ));
+                }
+            }
+            Role::Remote => {
+                if rc.primary.is_none() {
+                    return Err(self.invalid(
+                        rc.name.span(),
+                        field("primary"),
+                        format!(
+                            "remote {name} must name the primary cluster whose istiod serves it"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
+            let key = normalize(path);
+            if overlaps(&key, &normalize(state_dir)) {
+                return Err(self.invalid(
+                    t.span(),
+                    field("target.path"),
+                    format!(
+                        "{} overlaps state_dir {}; cacerts and the root store must live apart",
+                        path.display(),
+                        state_dir.display()
+                    ),
+                ));
+            }
+            if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
+                return Err(self.invalid(
+                    t.span(),
+                    field("target.path"),
+                    format!("{name} and {other} write to the same or nested directories"),
+                ));
+            }
+            dir_targets.insert(key, name.clone());
+        }
+        let policy = match &rc.policy {
+            Some(p) => {
+                policies
+                    .get(p.get_ref())
+                    .map_err(|e| self.invalid(p.span(), field("policy"), e.to_string()))?;
+                p.get_ref().clone()
+            }
+            None => default_policy.to_string(),
+        };
+        Ok(Cluster {
+            name,
+            role,
+            network: rc.network.clone(),
+            primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
+            target,
+            policy,
+        })
+    }
+
+    /// What clusters refer to: remote-secret sources and the primaries of remotes must be
+    /// clusters of this file of the right kind.
+    fn check_references(
+        &self,
+        raw: &[RawCluster],
+        clusters: &[Cluster],
+    ) -> Result<(), ConfigError> {
+        // Remote-secret targets must name a cluster reached directly with a kubeconfig.
+        for (i, rc) in raw.iter().enumerate() {
+            let Some(t) = &rc.target else { continue };
+            let RawTarget::Kube {
+                remote_secret_from: Some(source),
+                ..
+            } = t.get_ref()
+            else {
+                continue;
+            };
+            let ok = clusters
+                .iter()
+                .find(|c| c.name == *source)
+                .is_some_and(|c| matches!(c.target, Some(TargetConfig::Kube { .. })));
+            if !ok || source == rc.name.get_ref() {
+                return Err(self.invalid(
+                    t.span(),
+                    format!("clusters[{i}].target.remote_secret_from"),
+                    format!(
+                        "{source:?} must be another cluster of this file with a kube target given by kubeconfig/context"
+                    ),
+                ));
+            }
+        }
+        // Second pass: remotes must point at a primary defined in this file.
+        for (i, rc) in raw.iter().enumerate() {
+            let Some(p) = &rc.primary else { continue };
+            let target = clusters.iter().find(|c| c.name == *p.get_ref());
+            let problem = match target {
+                None => Some("is not defined in this file"),
+                Some(c) if c.role != Role::Primary => Some("is not a primary"),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(self.invalid(
+                    p.span(),
+                    format!("clusters[{i}].primary"),
+                    format!(
+                        "remote {} names primary {:?}, which {problem}",
+                        rc.name.get_ref(),
+                        p.get_ref()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub(super) fn valid_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Lexical normal form (`a/./b/../c` → `a/c`), for comparing configured folders.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Whether one folder is the other or inside it.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}

@@ -1,0 +1,339 @@
+//! Builds each section of `cacertd.toml` from its raw form (`[root]`, `[vault]`,
+//! `[kubernetes]`, `[daemon]`, `[transition]`); `[[clusters]]` is in `clusters.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::clusters::valid_dns_label;
+use super::raw::*;
+use super::*;
+
+const DEFAULT_RECORD_SECRET: &str = "cacertd-transition";
+
+/// Builds each section of the configuration from its raw form: paths resolved against the
+/// file's folder, every error naming the field and its line.
+pub(super) struct Sections<'a> {
+    pub(super) text: &'a str,
+    pub(super) file: &'a Path,
+    pub(super) base: &'a Path,
+}
+
+impl Sections<'_> {
+    pub(super) fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    pub(super) fn invalid(
+        &self,
+        span: std::ops::Range<usize>,
+        field: String,
+        message: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: line_of(self.text, span.start),
+            field,
+            message,
+        }
+    }
+
+    /// `[root]`: the file store under `state_dir` unless told otherwise.
+    pub(super) fn root(&self, raw: Option<RawRoot>, state_dir: &Path) -> RootStoreConfig {
+        match raw {
+            None | Some(RawRoot::File { dir: None }) => RootStoreConfig::File {
+                dir: state_dir.join("root"),
+            },
+            Some(RawRoot::File { dir: Some(d) }) => RootStoreConfig::File {
+                dir: self.resolve(&d),
+            },
+            Some(RawRoot::VaultKv { mount, path }) => RootStoreConfig::VaultKv {
+                mount: mount.unwrap_or_else(|| "secret".into()),
+                path: path.unwrap_or_else(|| "cacertd/root".into()),
+            },
+            Some(RawRoot::VaultPki { mount, issuer }) => RootStoreConfig::VaultPki {
+                mount: mount.unwrap_or_else(|| "pki".into()),
+                issuer,
+            },
+        }
+    }
+
+    /// `[vault]`.
+    pub(super) fn vault(
+        &self,
+        raw: Option<Spanned<RawVault>>,
+    ) -> Result<Option<VaultSettings>, ConfigError> {
+        let vault = match raw {
+            None => None,
+            Some(v) => {
+                let span = v.span();
+                let v = v.into_inner();
+                let timeout = match &v.timeout {
+                    Some(t) => humantime::parse_duration(t)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            self.invalid(
+                                span.clone(),
+                                "vault.timeout".into(),
+                                format!("{t:?} is not a positive duration"),
+                            )
+                        })?,
+                    None => Duration::from_secs(10),
+                };
+                let auth = match v.auth {
+                    None | Some(RawVaultAuth::Token { token_file: None }) => {
+                        VaultAuth::Token { token_file: None }
+                    }
+                    Some(RawVaultAuth::Token {
+                        token_file: Some(f),
+                    }) => VaultAuth::Token {
+                        token_file: Some(self.resolve(&f)),
+                    },
+                    Some(RawVaultAuth::AppRole {
+                        mount,
+                        role_id,
+                        secret_id_file,
+                    }) => VaultAuth::AppRole {
+                        mount: mount.unwrap_or_else(|| "approle".into()),
+                        role_id,
+                        secret_id_file: self.resolve(&secret_id_file),
+                    },
+                    Some(RawVaultAuth::Kubernetes {
+                        mount,
+                        role,
+                        jwt_file,
+                    }) => VaultAuth::Kubernetes {
+                        mount: mount.unwrap_or_else(|| "kubernetes".into()),
+                        role,
+                        jwt_file: jwt_file.map(|f| self.resolve(&f)).unwrap_or_else(|| {
+                            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                        }),
+                    },
+                };
+                Some(VaultSettings {
+                    address: v.address,
+                    ca_cert: v.ca_cert.map(|c| self.resolve(&c)),
+                    namespace: v.namespace,
+                    timeout,
+                    auth,
+                })
+            }
+        };
+        Ok(vault)
+    }
+
+    /// `[kubernetes]`.
+    pub(super) fn kubernetes(&self, raw: Option<RawKube>) -> Result<KubeSettings, ConfigError> {
+        let mut kubernetes = KubeSettings::default();
+        if let Some(k) = raw {
+            let duration = |field: &str, v: &Spanned<String>| {
+                humantime::parse_duration(v.get_ref())
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        self.invalid(
+                            v.span(),
+                            format!("kubernetes.{field}"),
+                            format!(
+                                "{:?} is not a positive duration (e.g. \"10s\")",
+                                v.get_ref()
+                            ),
+                        )
+                    })
+            };
+            if let Some(t) = &k.timeout {
+                kubernetes.timeout = duration("timeout", t)?;
+            }
+            if let Some(t) = &k.rollout_timeout {
+                kubernetes.rollout_timeout = duration("rollout_timeout", t)?;
+            }
+            if let Some(r) = k.retries {
+                kubernetes.retries = r;
+            }
+            if let Some(c) = &k.concurrency {
+                if *c.get_ref() == 0 {
+                    return Err(self.invalid(
+                        c.span(),
+                        "kubernetes.concurrency".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                kubernetes.concurrency = *c.get_ref();
+            }
+        }
+        Ok(kubernetes)
+    }
+
+    /// `[daemon]`, with its Lease.
+    pub(super) fn daemon(
+        &self,
+        raw: Option<Spanned<RawDaemon>>,
+        state_dir: &Path,
+    ) -> Result<DaemonSettings, ConfigError> {
+        let mut daemon = DaemonSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
+            interval: Duration::from_secs(600),
+            jitter: 0.1,
+            backoff_max: Duration::from_secs(1800),
+            audit_log: state_dir.join("audit.log"),
+            lease: None,
+        };
+        if let Some(d) = raw {
+            let span = d.span();
+            let d = d.into_inner();
+            let bad = |field: &str, msg: String| {
+                self.invalid(span.clone(), format!("daemon.{field}"), msg)
+            };
+            let dur = |field: &str, v: &str| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| bad(field, format!("{v:?} is not a positive duration")))
+            };
+            if let Some(l) = &d.listen {
+                daemon.listen = l.parse().map_err(|_| {
+                    bad(
+                        "listen",
+                        format!("{l:?} is not an address like 0.0.0.0:9090"),
+                    )
+                })?;
+            }
+            if let Some(i) = &d.interval {
+                daemon.interval = dur("interval", i)?;
+            }
+            if let Some(b) = &d.backoff_max {
+                daemon.backoff_max = dur("backoff_max", b)?;
+            }
+            if let Some(j) = d.jitter {
+                if !(0.0..=1.0).contains(&j) {
+                    return Err(bad("jitter", "must be between 0 and 1".into()));
+                }
+                daemon.jitter = j;
+            }
+            if let Some(a) = &d.audit_log {
+                daemon.audit_log = self.resolve(a);
+            }
+            if let Some(l) = &d.lease {
+                let duration = match &l.duration {
+                    Some(v) => dur("lease.duration", v)?,
+                    None => Duration::from_secs(15),
+                };
+                let grace = match &l.grace {
+                    Some(v) => dur("lease.grace", v)?,
+                    None => duration / 3,
+                };
+                if grace >= duration || duration < Duration::from_secs(2) {
+                    return Err(bad(
+                        "lease",
+                        "needs duration of at least 2s and grace shorter than duration".into(),
+                    ));
+                }
+                daemon.lease = Some(LeaseSettings {
+                    kubeconfig: l.kubeconfig.as_deref().map(|p| self.resolve(p)),
+                    context: l.context.clone(),
+                    namespace: l.namespace.clone().unwrap_or_else(|| "cacertd".into()),
+                    name: l.name.clone().unwrap_or_else(|| "cacertd-leader".into()),
+                    duration,
+                    grace,
+                });
+            }
+        }
+        Ok(daemon)
+    }
+
+    /// `[transition]`: where the record lives follows the Lease unless told.
+    pub(super) fn transition(
+        &self,
+        raw: Option<Spanned<RawTransition>>,
+        daemon: &DaemonSettings,
+    ) -> Result<TransitionSettings, ConfigError> {
+        let mut transition = TransitionSettings::default();
+        if let Some(t) = raw {
+            let span = t.span();
+            let t = t.into_inner();
+            let parse = |field: &str, v: &str, zero_ok: bool| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| zero_ok || !d.is_zero())
+                    .ok_or_else(|| {
+                        self.invalid(
+                            span.clone(),
+                            format!("transition.{field}"),
+                            format!("{v:?} is not a duration (e.g. \"24h\")"),
+                        )
+                    })
+            };
+            if let Some(d) = &t.drain {
+                transition.drain = parse("drain", d, true)?;
+            }
+            if let Some(g) = &t.gate_timeout {
+                transition.gate_timeout = parse("gate_timeout", g, false)?;
+            }
+            let field = |f: &str, reason: String| {
+                self.invalid(span.clone(), format!("transition.{f}"), reason)
+            };
+            let secret = t
+                .record_secret
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RECORD_SECRET.into());
+            if !valid_dns_label(&secret) || secret.len() > 40 {
+                return Err(field(
+                    "record_secret",
+                    format!("{secret:?} is not a lowercase DNS label of at most 40 characters"),
+                ));
+            }
+            transition.record = match (t.record.as_deref(), &daemon.lease) {
+                (None | Some("kubernetes"), Some(l)) => RecordLocation::Kubernetes {
+                    kubeconfig: l.kubeconfig.clone(),
+                    context: l.context.clone(),
+                    namespace: l.namespace.clone(),
+                    name: secret,
+                },
+                (Some("kubernetes"), None) => {
+                    return Err(field(
+                        "record",
+                        "\"kubernetes\" keeps the record in the management cluster, which \
+                         [daemon] lease names: configure the lease, or use \"state_dir\""
+                            .into(),
+                    ));
+                }
+                (None | Some("state_dir"), _) => RecordLocation::StateDir,
+                (Some(other), _) => {
+                    return Err(field(
+                        "record",
+                        format!("{other:?}: expected \"kubernetes\" or \"state_dir\""),
+                    ));
+                }
+            };
+            for ns in t.exclude_namespaces.iter().flatten() {
+                if !valid_dns_label(ns) {
+                    return Err(field(
+                        "exclude_namespaces",
+                        format!("{ns:?} is not a namespace name"),
+                    ));
+                }
+            }
+            transition.exclude_namespaces = t.exclude_namespaces.unwrap_or_default();
+            if let Some(n) = t.max_parallel {
+                if n == 0 {
+                    return Err(field("max_parallel", "must be at least 1".into()));
+                }
+                transition.max_parallel = usize::from(n);
+            }
+        } else if let Some(l) = &daemon.lease {
+            transition.record = RecordLocation::Kubernetes {
+                kubeconfig: l.kubeconfig.clone(),
+                context: l.context.clone(),
+                namespace: l.namespace.clone(),
+                name: DEFAULT_RECORD_SECRET.into(),
+            };
+        }
+        Ok(transition)
+    }
+}
