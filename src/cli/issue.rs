@@ -1,0 +1,234 @@
+//! `cacertd issue`, `status`, `verify`, `restart` and `serve`: the everyday commands.
+
+use std::io::Write;
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::root::root_init_in;
+use super::{CliError, Format, select};
+use super::{args, output};
+use crate::clock::Clock;
+use crate::cluster::DirTarget;
+use crate::config::Config;
+use crate::fsutil::StateLock;
+use crate::issuance::{self, Outcome};
+use crate::pki::verify_cacerts;
+use crate::plan::PlanOptions;
+use crate::root_store::{RootSource, StoreError};
+
+pub(super) async fn issue(
+    config: &Config,
+    names: &[String],
+    opts: PlanOptions,
+    init_root: bool,
+    dry_run: bool,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let clusters = select(config, names)?;
+    let store = RootSource::open(config).await?;
+    if init_root && store.load_cert().await?.is_none() {
+        if dry_run {
+            return Err(CliError::Usage(
+                "--dry-run with --init-root: no root exists yet, so there is nothing to plan against"
+                    .into(),
+            ));
+        }
+        root_init_in(config, &store, now).await?;
+    }
+    // Fails (changing nothing) when there is no root; then, one writer at a time from reading
+    // the targets to writing them.
+    store.load_cert().await?.ok_or_else(|| StoreError::NoRoot {
+        store: store.describe(),
+    })?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(StateLock::acquire(&config.state_dir)?)
+    };
+    // Nothing is written to any cluster when the root cannot be obtained.
+    let signer = store.signer().await?;
+    let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+    let reports = issuance::run(config, &signer, &audit, &clusters, opts, dry_run, now).await;
+    drop(signer);
+    match format {
+        Format::Json => output::print_json(&reports),
+        Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
+    }
+    let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
+    let (failed, refused, policy) = (
+        count(Outcome::Failed),
+        count(Outcome::Refused),
+        count(Outcome::PolicyRefused),
+    );
+    let code = if failed > 0 {
+        1
+    } else if refused > 0 {
+        5
+    } else if policy > 0 {
+        4
+    } else {
+        0
+    };
+    if code != 0 {
+        return Err(CliError::Partial {
+            message: format!(
+                "{failed} cluster(s) failed, {refused} refused as unsafe, {policy} refused by policy"
+            ),
+            code,
+        });
+    }
+    Ok(())
+}
+
+pub(super) async fn status(
+    config: &Config,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let (store, report) = crate::status::status_report(config, now).await?;
+    match format {
+        Format::Json => output::print_json(&report),
+        Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),
+    }
+    Ok(())
+}
+
+pub(super) fn verify(
+    dir: &Path,
+    at: Option<&str>,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let at = match at {
+        Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| CliError::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})")))?,
+        None => now,
+    };
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
+    let target = DirTarget::new(dir.to_path_buf(), dir.join(".unused"));
+    let files = target
+        .read()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::InvalidBundle(format!(
+                "{}: no cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) found",
+                dir.display()
+            ))
+        })?;
+    let result = verify_cacerts(&files, at);
+    let mut out = std::io::stdout();
+    match (&result, format) {
+        (_, Format::Json) => output::print_json(&output::verify_json(dir, &result, at)),
+        (Ok(v), Format::Table) => output::print_verified(&mut out, dir, v, at),
+        (Err(problems), Format::Table) => {
+            let _ = writeln!(
+                out,
+                "{}: INVALID — istiod would refuse this cacerts:",
+                dir.display()
+            );
+            for p in problems {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(problems) => Err(CliError::InvalidBundle(format!(
+            "{}: {} problem(s) found",
+            dir.display(),
+            problems.len()
+        ))),
+    }
+}
+
+pub(super) async fn restart(
+    config: &Config,
+    a: args::RestartArgs,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    use crate::rollout::{RestartOptions, Stage, restart_primary};
+    let primaries = select(config, &a.clusters)?;
+    let stages = if a.only.is_empty() {
+        Stage::ALL.to_vec()
+    } else {
+        a.only
+            .iter()
+            .map(|s| match s {
+                args::StageArg::Istiod => Stage::Istiod,
+                args::StageArg::Gateways => Stage::Gateways,
+                args::StageArg::Workloads => Stage::Workloads,
+            })
+            .collect()
+    };
+    if a.no_wait && stages.len() > 1 {
+        return Err(CliError::Usage(
+            "--no-wait with more than one stage would restart gateways and workloads before istiod \
+             serves the new material; add --only with a single stage"
+                .into(),
+        ));
+    }
+    let opts = RestartOptions {
+        stages,
+        wait: !a.no_wait,
+        gateway_selector: a.gateway_selector,
+        exclude_namespaces: a.exclude_namespace,
+    };
+    // Each primary's mesh is independent: one stopping does not spare the others.
+    let mut all = Vec::new();
+    let mut failures = Vec::new();
+    for primary in primaries {
+        match restart_primary(config, primary, &opts, now).await {
+            Ok(done) => all.extend(done),
+            Err(e) => {
+                eprintln!("error: restart of {}'s mesh stopped: {e}", primary.name);
+                failures.push(primary.name.clone());
+            }
+        }
+    }
+    match a.output.output {
+        Format::Json => output::print_json(&all),
+        Format::Table => output::print_restarts(&mut std::io::stdout(), &all),
+    }
+    if !failures.is_empty() {
+        return Err(CliError::Partial {
+            message: format!("restart stopped in the mesh of {}", failures.join(", ")),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+pub(super) async fn serve(
+    config: Config,
+    clock: std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let daemon = crate::daemon::Daemon::new(config, clock);
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    };
+    daemon
+        .run(shutdown)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot serve: {e}")))
+}

@@ -1,0 +1,153 @@
+//! `cacertd root`: create, import and show the common root.
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::output;
+use super::{CliError, Format};
+use crate::config::Config;
+use crate::fsutil::{StateLock, fs_err};
+use crate::pki::{
+    CaCertsFiles, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
+    verify_cacerts_for_mesh,
+};
+use crate::root_store::{RootSource, StoreError};
+
+pub(super) async fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    root_init_in(config, &store, now).await
+}
+
+pub(super) async fn root_init_in(
+    config: &Config,
+    store: &RootSource,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    if let Some(existing) = store.load_cert().await? {
+        return Err(StoreError::AlreadyExists {
+            store: store.describe(),
+            fingerprint: existing.info().fingerprint_sha256.clone(),
+        }
+        .into());
+    }
+    let policy = config.root_policy();
+    let spec = policy.root_spec(&config.trust_domain);
+    let cert = if let Some(pki) = store.as_vault_pki() {
+        // The key is generated inside Vault and never leaves it.
+        let key = crate::root_store::vault::key_type(spec.key_algorithm);
+        let cert = pki
+            .generate_root(
+                spec.subject.organization.as_deref(),
+                &spec.subject.common_name,
+                key,
+                spec.validity,
+            )
+            .await
+            .map_err(|source| StoreError::Vault {
+                store: store.describe(),
+                source,
+            })?;
+        policy.check_root(&cert)?;
+        cert
+    } else {
+        let root = generate_root(&spec, now)?;
+        policy.check_root(root.cert())?;
+        prove_root(config, &root, now)?;
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.create(&root).await?;
+        root.cert().clone()
+    };
+    tracing::info!(
+        serial = %cert.info().serial,
+        fingerprint = %cert.info().fingerprint_sha256,
+        store = %store.describe(),
+        "created root"
+    );
+    println!("created root in {}", store.describe());
+    output::print_root(&mut std::io::stdout(), cert.info(), now);
+    Ok(())
+}
+
+pub(super) async fn root_import(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let root = read_root(config, cert, key, now)?;
+    let store = RootSource::open(config).await?;
+    {
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.create(&root).await?;
+    }
+    println!("imported root into {}", store.describe());
+    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    Ok(())
+}
+
+/// Reads a root to import (certificate and key files) and refuses anything istiod could not use
+/// or the root policy does not allow.
+pub(super) fn read_root(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+    now: OffsetDateTime,
+) -> Result<RootCa, CliError> {
+    let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
+    let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
+    let root = import_root(
+        &cert_pem,
+        &key_pem,
+        now,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )?;
+    config.root_policy().check_root(root.cert())?;
+    prove_root(config, &root, now)?;
+    Ok(root)
+}
+
+/// Before a root is stored: issue a throw-away intermediate with it under the policy and
+/// validate the result as istiod would, name constraints included. A root that cannot sign
+/// usable intermediates is refused now rather than discovered at the first `issue`.
+fn prove_root(config: &Config, root: &RootCa, now: OffsetDateTime) -> Result<(), CliError> {
+    let policy = config.root_policy();
+    let cluster = config
+        .topology
+        .primaries()
+        .next()
+        .map_or("trial", |c| c.name.as_str());
+    let spec = policy.intermediate_spec(cluster, &config.trust_domain);
+    let trial = issue_intermediate(root, &spec, now)?;
+    let files =
+        CaCertsFiles::for_intermediate(&trial, &[], root.cert(), &TrustBundle::single(root.cert()));
+    verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
+        CliError::InvalidBundle(format!(
+            "this root cannot sign intermediates istiod would accept: {}",
+            crate::pki::BundleProblem::join(&problems)
+        ))
+    })?;
+    Ok(())
+}
+
+pub(super) async fn root_show(
+    config: &Config,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    let cert = store.load_cert().await?.ok_or_else(|| StoreError::NoRoot {
+        store: store.describe(),
+    })?;
+    let location = store.location().await?;
+    match format {
+        Format::Json => output::print_json(&crate::status::root_json(&location, cert.info(), now)),
+        Format::Table => {
+            println!("store: {location}");
+            output::print_root(&mut std::io::stdout(), cert.info(), now);
+        }
+    }
+    Ok(())
+}

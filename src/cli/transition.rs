@@ -1,0 +1,432 @@
+//! `cacertd migrate`, `rotate-root` and `transition`: starting, driving and inspecting a
+//! phased trust transition.
+
+use time::OffsetDateTime;
+
+use super::root::read_root;
+use super::{CliError, DriveArgs, Format, TransitionCommand, TransitionPlanArgs};
+use super::{args, output};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fsutil::StateLock;
+use crate::transition::record_store::RecordStore;
+use crate::transition::{self, TransitionKind, driver};
+
+fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition::Options {
+    transition::Options {
+        drain_seconds: args.drain.unwrap_or(config.transition.drain).as_secs(),
+        gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
+        skip_workload_restarts: args.skip_workload_restarts,
+        approve_each_phase: args.approve_each_phase,
+        exclude_namespaces: config.transition.exclude_namespaces.clone(),
+        max_parallel: args
+            .max_parallel
+            .map_or(config.transition.max_parallel, usize::from),
+    }
+}
+
+pub(super) async fn migrate_start(
+    config: &Config,
+    plan: &TransitionPlanArgs,
+    drive: &DriveArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let now = clock.now();
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let store = RecordStore::open(config).await?;
+    let options = transition_options(config, plan);
+    let record =
+        transition::start::start_migrate(config, &store, options, now, drive.dry_run).await?;
+    print_multiroot(config, &record).await;
+    if drive.dry_run {
+        print_dry_run(config, &record, "migration", now);
+        return Ok(());
+    }
+    started(&store, "migration", &record);
+    run_drive(config, &store, drive, clock).await
+}
+
+pub(super) async fn rotate_root_start(
+    config: &Config,
+    args: &args::RotateStartArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let now = clock.now();
+    let new_root = match (&args.new_root_cert, &args.new_root_key) {
+        (Some(cert), Some(key)) => Some(read_root(config, cert, key, now)?),
+        _ => None,
+    };
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let store = RecordStore::open(config).await?;
+    let record = transition::start::start_rotate_root(
+        config,
+        &store,
+        transition_options(config, &args.plan),
+        new_root,
+        now,
+        args.drive.dry_run,
+    )
+    .await?;
+    print_multiroot(config, &record).await;
+    if args.drive.dry_run {
+        print_dry_run(config, &record, "root rotation", now);
+        return Ok(());
+    }
+    started(&store, "root rotation", &record);
+    run_drive(config, &store, &args.drive, clock).await
+}
+
+/// Each primary with the remotes its istiod serves.
+fn scopes(config: &Config) -> Vec<transition::Scope> {
+    config
+        .topology
+        .primaries()
+        .map(|p| transition::Scope {
+            primary: p.name.clone(),
+            remotes: config
+                .topology
+                .remotes_of(&p.name)
+                .map(|r| r.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH).
+async fn print_multiroot(config: &Config, record: &transition::Record) {
+    for (cluster, state) in transition::start::multiroot(config).await {
+        if record.clusters.contains_key(&cluster) {
+            println!("{cluster}: istiod multi-root hot reload {state}");
+        }
+    }
+}
+
+/// What the transition does next, in words.
+fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTime) -> String {
+    match transition::next_step(record, now) {
+        transition::Step::Drain { until } => format!(
+            "drain until {} (the old root stays trusted), then {}",
+            crate::pki::fmt_time(until),
+            record.phase
+        ),
+        transition::Step::AwaitApproval { phase } => format!(
+            "wait for an operator's approval to enter {phase}: `cacertd transition resume --approve`"
+        ),
+        transition::Step::Finished => match record.state {
+            transition::State::RolledBack => "nothing: rolled back".into(),
+            _ if record.is_over() => "nothing: done".into(),
+            _ => "swap the new root into the root store: `cacertd transition resume`".into(),
+        },
+        _ => {
+            let steps = transition::remaining_steps(record, &scopes(config), now);
+            match steps.first() {
+                Some(s) => match &s.cluster {
+                    Some(c) => format!("{c}: {}", s.action),
+                    None => s.action.clone(),
+                },
+                None => "nothing".into(),
+            }
+        }
+    }
+}
+
+/// `--dry-run`: which primaries the transition covers and every step still ahead of it.
+fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
+    let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
+    println!(
+        "dry run: the {what} would cover {} (phase {}, {:?}). Nothing was changed.",
+        clusters.join(", "),
+        record.phase,
+        record.state
+    );
+    let scopes: Vec<transition::Scope> = scopes(config)
+        .into_iter()
+        .filter(|s| record.clusters.contains_key(&s.primary))
+        .collect();
+    let steps = transition::remaining_steps(record, &scopes, now);
+    match record.state {
+        transition::State::RollingBack { to } => {
+            println!(
+                "\nrolling back to {}:",
+                match to {
+                    transition::MaterialOf::Original =>
+                        "the material from before the transition".into(),
+                    transition::MaterialOf::Phase(p) => format!("{p}'s material"),
+                }
+            );
+            print_steps(&steps, false);
+        }
+        _ => print_steps(&steps, true),
+    }
+}
+
+fn print_steps(steps: &[transition::PlannedStep], by_phase: bool) {
+    let mut phase = None;
+    for (i, step) in steps.iter().enumerate() {
+        if by_phase && phase != Some(step.phase) {
+            println!("\n{}:", step.phase);
+            phase = Some(step.phase);
+        }
+        match &step.cluster {
+            Some(c) => println!("  {:>3}. {c}: {}", i + 1, step.action),
+            None => println!("  {:>3}. {}", i + 1, step.action),
+        }
+    }
+    if steps.is_empty() {
+        println!("no step is left");
+    }
+}
+
+pub(super) fn started(store: &RecordStore, what: &str, record: &transition::Record) {
+    let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
+    println!(
+        "{what} recorded for {} in {}",
+        clusters.join(", "),
+        store.describe()
+    );
+}
+
+async fn run_drive(
+    config: &Config,
+    store: &RecordStore,
+    args: &DriveArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let opts = driver::DriveOptions {
+        clock: clock.clone(),
+        wait: args.wait,
+        poll: std::time::Duration::from_secs(2),
+        stop_after: args.stop_after_steps,
+        max_steps: None,
+        budget: None,
+        progress: transition::progress::Progress::for_stderr(),
+    };
+    let rest = driver::drive(config, store, opts).await?;
+    match rest {
+        transition::Step::Finished => println!("transition finished"),
+        transition::Step::AwaitApproval { phase } => {
+            println!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
+        }
+        transition::Step::Drain { until } => println!(
+            "draining until {}: `cacertd transition resume` after that (or with --wait)",
+            crate::pki::fmt_time(until)
+        ),
+        transition::Step::CheckGate { .. } => println!(
+            "the gate does not hold yet (see `cacertd transition status`); \
+             `cacertd transition resume --wait` waits for it"
+        ),
+        transition::Step::Held { note } => println!(
+            "{note}; `cacertd transition resume` goes forward again, `transition rollback` \
+             further back"
+        ),
+        other => println!("stopped at {other:?}"),
+    }
+    Ok(())
+}
+
+pub(super) async fn transition_cmd(
+    config: &Config,
+    cmd: TransitionCommand,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let now = clock.now();
+    let files = RecordStore::open(config).await?;
+    if let TransitionCommand::Status(o) = cmd {
+        let Some(record) = files.load().await? else {
+            println!("no transition is under way");
+            return Ok(());
+        };
+        let next = describe_next(config, &record, now);
+        if o.output == Format::Json {
+            output::print_json(&serde_json::json!({
+                "record": record,
+                "next": next,
+            }));
+            return Ok(());
+        }
+        println!(
+            "{:?} transition: phase {}, {:?}",
+            record.kind, record.phase, record.state
+        );
+        for (c, p) in &record.clusters {
+            let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
+            println!(
+                "  {c}: {}; restarted: {}",
+                if p.written { "written" } else { "not written" },
+                if restarts.is_empty() {
+                    "-".to_string()
+                } else {
+                    restarts.join(", ")
+                }
+            );
+        }
+        if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
+            (record.gate_since, &record.state)
+        {
+            println!(
+                "gate: waiting for {}s (fails after {}s){}",
+                now.unix_timestamp().saturating_sub(since),
+                record.options.gate_timeout_seconds,
+                if record.behind.is_empty() {
+                    String::new()
+                } else {
+                    format!("; behind: {}", record.behind.join("; "))
+                }
+            );
+        }
+        println!("next: {next}");
+        return Ok(());
+    }
+    let dry_run = match &cmd {
+        TransitionCommand::Status(_) => false,
+        TransitionCommand::Resume(a) => a.drive.dry_run,
+        TransitionCommand::Rollback(d) => d.dry_run,
+        TransitionCommand::Abort(a) => a.dry_run,
+    };
+    // A dry run takes no lock: it may look while the daemon drives.
+    let _lock = match dry_run {
+        true => None,
+        false => Some(StateLock::acquire(&config.state_dir)?),
+    };
+    let Some(mut record) = files.load().await? else {
+        return Err(CliError::Usage("no transition is under way".into()));
+    };
+    if dry_run {
+        let what = match &cmd {
+            TransitionCommand::Resume(a) => {
+                resume_record(&mut record, a)?;
+                "resumed transition"
+            }
+            TransitionCommand::Rollback(_) => {
+                record.rollback().map_err(CliError::Usage)?;
+                "rollback"
+            }
+            _ => {
+                println!(
+                    "dry run: would move the record and material in {} aside (nothing is \
+                     deleted) and forget the transition at phase {}, {:?}; no cluster would be \
+                     touched. Nothing was changed.",
+                    files.describe(),
+                    record.phase,
+                    record.state
+                );
+                return Ok(());
+            }
+        };
+        print_dry_run(config, &record, what, now);
+        return Ok(());
+    }
+    let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+    match cmd {
+        TransitionCommand::Status(_) => unreachable!("handled above"),
+        TransitionCommand::Resume(a) => {
+            resume_record(&mut record, &a)?;
+            files.save(&record).await?;
+            if let Some(timeout) = a.gate_timeout {
+                audit.note(
+                    now,
+                    "transition-gate-timeout",
+                    None,
+                    record.phase.name(),
+                    None,
+                    Some(format!(
+                        "every gate from now on may wait {}",
+                        humantime::format_duration(timeout)
+                    )),
+                );
+            }
+            audit.note(
+                now,
+                "transition-resume",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            run_drive(config, &files, &a.drive, clock).await
+        }
+        TransitionCommand::Rollback(d) => {
+            record.rollback().map_err(CliError::Usage)?;
+            files.save(&record).await?;
+            audit.note(
+                now,
+                "transition-rollback",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            run_drive(config, &files, &d, clock).await
+        }
+        TransitionCommand::Abort(_) => {
+            files.archive(&record, now).await?;
+            audit.note(
+                now,
+                "transition-abort",
+                None,
+                record.phase.name(),
+                None,
+                None,
+            );
+            println!(
+                "transition forgotten at phase {}; clusters keep what they serve now",
+                record.phase
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What `transition resume` changes in the record: a stopped transition goes on, an approval
+/// is noted, and a new gate timeout replaces the one it started with.
+fn resume_record(record: &mut transition::Record, a: &args::ResumeArgs) -> Result<(), CliError> {
+    if let Some(timeout) = a.gate_timeout {
+        if timeout < std::time::Duration::from_secs(1) {
+            return Err(CliError::Usage(
+                "--gate-timeout must be at least 1s: a gate needs time to be checked".into(),
+            ));
+        }
+        record.options.gate_timeout_seconds = timeout.as_secs();
+    }
+    record.resume().map_err(CliError::Usage)?;
+    if a.approve {
+        record.approve();
+    }
+    Ok(())
+}
+
+/// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary.
+pub(super) fn transition_plan(
+    config: &Config,
+    kind: TransitionKind,
+    args: &TransitionPlanArgs,
+) -> Result<(), CliError> {
+    let drain = args.drain.unwrap_or(config.transition.drain);
+    let options = transition_options(config, args);
+    let scopes = scopes(config);
+    let steps = transition::plan_steps(kind, &scopes, &options);
+    if args.output.output == Format::Json {
+        output::print_json(&steps);
+        return Ok(());
+    }
+    let name = match kind {
+        TransitionKind::Migrate => "migrate",
+        TransitionKind::RotateRoot => "rotate-root",
+    };
+    println!(
+        "{name}: {} primaries{}; drain {}; each gate may wait {}. This plan changes nothing.",
+        scopes.len(),
+        if options.max_parallel > 1 {
+            format!(
+                ", up to {} at once (each one's steps in this order)",
+                options.max_parallel
+            )
+        } else {
+            String::new()
+        },
+        humantime::format_duration(drain),
+        humantime::format_duration(config.transition.gate_timeout)
+    );
+    print_steps(&steps, true);
+    Ok(())
+}
