@@ -4,7 +4,13 @@
 //! each cluster holds and decides afresh. A failing cluster backs off on its own; the others
 //! carry on. Only the holder of the leader lock acts (in local mode, a lock on `state_dir`).
 
+mod http;
+mod leader;
 mod metrics;
+mod watch;
+
+use leader::{LeaseHold, lease_identity};
+use watch::DirSignature;
 
 pub use metrics::Metrics;
 
@@ -13,11 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
@@ -63,19 +64,6 @@ pub struct Daemon {
     transition_store: tokio::sync::OnceCell<RecordStore>,
 }
 
-/// A running Kubernetes Lease contest: the watcher task and its "am I leader" channel.
-struct LeaseHold {
-    leading: tokio::sync::watch::Receiver<bool>,
-    /// To check the Lease itself before acting (the manager's view can be stale when the
-    /// management cluster is unreachable).
-    client: kube::Client,
-    /// When this manager started contending.
-    since: std::time::Instant,
-    task: tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
-}
-
 const BACKOFF_START: Duration = Duration::from_secs(10);
 
 impl Daemon {
@@ -105,182 +93,6 @@ impl Daemon {
 
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
-    }
-
-    /// Whether this replica leads: with a Kubernetes Lease when `[daemon] lease` is set, else
-    /// with a lock file on `state_dir`. Only the leader reconciles; a standby keeps trying.
-    pub async fn try_lead(&self) -> bool {
-        if let Some(settings) = self.config.daemon.lease.clone() {
-            let mut hold = self.lease.lock().await;
-            // A standby's lease manager sleeps until the holder's Lease would expire, so a Lease
-            // the leader released on its way out would wait out its whole duration: contend
-            // afresh as soon as the Lease is seen free.
-            // A manager that has just started contending gets a grace period to take the
-            // Lease itself before it is replaced.
-            if let Some(h) = hold.as_ref()
-                && !*h.leading.borrow()
-                && h.since.elapsed() >= settings.grace
-                && self.lease_released(h, &settings).await
-                && let Some(old) = hold.take()
-            {
-                tracing::info!("the leader Lease was released; contending for it at once");
-                old.task.abort();
-            }
-            if hold.is_none() {
-                match self.contest(&settings).await {
-                    Ok(h) => *hold = Some(h),
-                    Err(e) => tracing::warn!(error = %e, "cannot contend for the leader Lease"),
-                }
-            }
-            let mut leading = hold.as_ref().is_some_and(|h| *h.leading.borrow());
-            if leading && let Some(h) = hold.as_ref() {
-                leading = self.lease_still_held(h, &settings).await;
-            }
-            self.set_leading(leading).await;
-            return leading;
-        }
-        let mut lock = self.lock.lock().await;
-        if lock.is_none() {
-            match StateLock::acquire(&self.config.state_dir) {
-                Ok(l) => {
-                    tracing::info!("leader lock acquired; this replica now acts");
-                    *lock = Some(l);
-                }
-                Err(_) => tracing::debug!("another replica holds the leader lock; standing by"),
-            }
-        }
-        let leading = lock.is_some();
-        self.set_leading(leading).await;
-        leading
-    }
-
-    /// Notes whether this replica leads. Only the leader's view of the clusters is current,
-    /// so a replica that stops leading drops its per-cluster and transition series (a standby
-    /// must not keep alerts firing, or silent, on what it last saw), and one that starts
-    /// leading looks at every cluster on its first pass, which exports them afresh.
-    async fn set_leading(&self, leading: bool) {
-        if leading != self.leader.swap(leading, Ordering::SeqCst) {
-            tracing::info!(leading, "leadership changed");
-            if leading {
-                // Every cluster is looked at on the first pass, but a cluster backing off keeps
-                // its backoff: a brief loss of the Lease must not turn into a burst of retries.
-                for s in self.schedule.lock().await.values_mut() {
-                    if s.failures == 0 {
-                        s.next = OffsetDateTime::UNIX_EPOCH;
-                    }
-                }
-            } else {
-                self.metrics.forget_cluster_state();
-            }
-        }
-        self.metrics.set_leader(leading);
-    }
-
-    /// Reads the Lease: this replica holds it and its renewal is recent enough that no standby
-    /// can take it for a while yet (half of `grace`). A leader cut off from the
-    /// management cluster thus stops acting before its lease can be taken.
-    async fn lease_still_held(&self, h: &LeaseHold, s: &crate::config::LeaseSettings) -> bool {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let api: kube::Api<Lease> = kube::Api::namespaced(h.client.clone(), &s.namespace);
-        // No longer than the margin below: an answer that comes later is stale anyway.
-        let wait = (s.grace / 2).clamp(Duration::from_millis(500), self.config.kubernetes.timeout);
-        let lease = match tokio::time::timeout(wait, api.get(&s.name)).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the leader Lease; not acting this pass");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!("reading the leader Lease timed out; not acting this pass");
-                return false;
-            }
-        };
-        let Some(spec) = lease.spec else {
-            return false;
-        };
-        let holder = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        // In milliseconds: the margin is a fraction of a second in small setups.
-        let renewed = spec.renew_time.map(|t| t.0.as_millisecond());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0)).saturating_mul(1000);
-        // The manager renews `grace` before expiry; half of it is the margin kept for the pass.
-        let margin = i64::try_from(s.grace.as_millis() / 2).unwrap_or(i64::MAX);
-        // Lease times are wall-clock times, whatever clock drives the schedule.
-        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-            .unwrap_or(i64::MAX);
-        let fresh =
-            renewed.is_some_and(|r| now < r.saturating_add(duration).saturating_sub(margin));
-        if !(holder && fresh) {
-            tracing::warn!(
-                holder,
-                fresh,
-                "the leader Lease is not safely ours; not acting this pass"
-            );
-        }
-        holder && fresh
-    }
-
-    /// Whether the Lease has no holder (released); an unreadable Lease counts as held.
-    async fn lease_released(&self, h: &LeaseHold, s: &crate::config::LeaseSettings) -> bool {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let api: kube::Api<Lease> = kube::Api::namespaced(h.client.clone(), &s.namespace);
-        match tokio::time::timeout(self.config.kubernetes.timeout, api.get(&s.name)).await {
-            Ok(Ok(lease)) => lease
-                .spec
-                .and_then(|spec| spec.holder_identity)
-                .is_none_or(|holder| holder.is_empty()),
-            _ => false,
-        }
-    }
-
-    async fn contest(&self, s: &crate::config::LeaseSettings) -> Result<LeaseHold, String> {
-        let target = crate::cluster::KubeTarget::connect(
-            "management",
-            s.kubeconfig.as_deref(),
-            s.context.as_deref(),
-            &self.config.kubernetes,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let identity = self.identity.clone();
-        let params = kube_lease_manager::LeaseParams::new(
-            identity.clone(),
-            s.duration.as_secs().max(2),
-            s.grace.as_secs().clamp(1, s.duration.as_secs().max(2) - 1),
-        );
-        let manager = kube_lease_manager::LeaseManager::new(
-            target.client().clone(),
-            s.name.clone(),
-            s.namespace.clone(),
-            params,
-            kube_lease_manager::LeaseCreateMode::AutoCreate,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tracing::info!(identity, lease = %s.name, namespace = %s.namespace, "contending for the leader Lease");
-        let (leading, task) = manager.watch().await;
-        Ok(LeaseHold {
-            since: std::time::Instant::now(),
-            leading,
-            client: target.client().clone(),
-            task,
-        })
-    }
-
-    /// This replica's holder identity in the leader Lease, once it contends for it.
-    pub async fn lease_identity(&self) -> Option<String> {
-        let contending = self.lease.lock().await.is_some();
-        contending.then(|| self.identity.clone())
-    }
-
-    /// Gives up leadership (on shutdown), so a standby can take over at once.
-    pub async fn step_down(&self) {
-        if let Some(hold) = self.lease.lock().await.take() {
-            // Closing the channel makes the watcher release the Lease and stop.
-            drop(hold.leading);
-            let _ = tokio::time::timeout(Duration::from_secs(5), hold.task).await;
-        }
-        self.lock.lock().await.take();
-        self.set_leading(false).await;
     }
 
     /// One pass: every primary whose time has come is reconciled. Nothing happens unless this
@@ -457,39 +269,6 @@ impl Daemon {
         }
     }
 
-    /// Directory targets whose files changed since their last pass become due at once (the
-    /// file-change trigger; cheap enough to run every heartbeat).
-    pub async fn notice_dir_changes(&self) {
-        let mut changed = Vec::new();
-        {
-            let seen = self.seen.lock().await;
-            for c in self.config.topology.primaries() {
-                if let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
-                    && seen
-                        .get(&c.name)
-                        .is_some_and(|before| *before != dir_signature(path))
-                {
-                    changed.push(c.name.clone());
-                }
-            }
-        }
-        for name in changed {
-            tracing::info!(cluster = %name, "target folder changed; reconciling now");
-            self.mark_due(&name).await;
-        }
-    }
-
-    async fn remember_dirs(&self, reports: &[ClusterReport]) {
-        let mut seen = self.seen.lock().await;
-        for r in reports {
-            if let Some(c) = self.config.topology.get(&r.cluster)
-                && let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
-            {
-                seen.insert(r.cluster.clone(), dir_signature(path));
-            }
-        }
-    }
-
     /// Advances the trust transition under way, if any, on each heartbeat: as many steps as fit
     /// in the margin the leader check keeps (half the Lease's grace; 10 s with the local lock),
     /// at least one, then leadership is checked again. A gate that does not hold yet is
@@ -543,7 +322,7 @@ impl Daemon {
                     Some(l) => l.grace / 2,
                     None => Duration::from_secs(10),
                 }),
-                progress: crate::transition::driver::Progress::Off,
+                progress: crate::transition::progress::Progress::Off,
             };
             let Ok(store) = self.transition_store().await else {
                 return;
@@ -583,84 +362,6 @@ impl Daemon {
         self.transition_store().await?.load().await
     }
 
-    /// Kubernetes targets: a watch on each primary's `cacerts` makes it due when anyone
-    /// changes or deletes it (the level-triggered pass then decides what to do).
-    pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for c in self.config.topology.primaries() {
-            let Some(crate::topology::TargetConfig::Kube { .. }) = &c.target else {
-                continue;
-            };
-            let (daemon, name) = (self.clone(), c.name.clone());
-            tasks.push(tokio::spawn(
-                async move { daemon.watch_cacerts(name).await },
-            ));
-        }
-        tasks
-    }
-
-    async fn watch_cacerts(self: Arc<Self>, cluster: String) {
-        use futures::StreamExt;
-        use k8s_openapi::api::core::v1::Secret;
-        let Some(c) = self.config.topology.get(&cluster) else {
-            return;
-        };
-        // The resourceVersion last seen: a re-watch from "0" replays the current object as
-        // ADDED, which is no change. The first sight is not one either (the pass covers it).
-        let mut last_seen: Option<String> = None;
-        let mut failures = 0u32;
-        // Set once a watch has been open: whatever happened while none was (a deletion leaves
-        // nothing for a new watch to replay) is found by looking at the cluster again.
-        let mut rewatch = false;
-        loop {
-            let target = match crate::cluster::Target::open(c, &self.config).await {
-                Ok(crate::cluster::Target::Kube(k)) => k,
-                _ => {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    continue;
-                }
-            };
-            let api: kube::Api<Secret> =
-                kube::Api::namespaced(target.client().clone(), "istio-system");
-            let params = kube::api::WatchParams::default().fields("metadata.name=cacerts");
-            match api.watch(&params, "0").await {
-                Ok(stream) => {
-                    failures = 0;
-                    if std::mem::replace(&mut rewatch, true) {
-                        self.mark_due(&cluster).await;
-                    }
-                    let mut stream = std::pin::pin!(stream);
-                    while let Some(Ok(event)) = stream.next().await {
-                        let seen = match event {
-                            kube::api::WatchEvent::Added(s)
-                            | kube::api::WatchEvent::Modified(s) => s.metadata.resource_version,
-                            kube::api::WatchEvent::Deleted(_) => Some("deleted".to_string()),
-                            kube::api::WatchEvent::Bookmark(_) => continue,
-                            kube::api::WatchEvent::Error(e) => {
-                                tracing::debug!(cluster = %cluster, error = %e.message, "watch of cacerts ended");
-                                break;
-                            }
-                        };
-                        let changed = last_seen.is_some() && seen != last_seen;
-                        last_seen = seen;
-                        if changed {
-                            self.mark_due(&cluster).await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(cluster = %cluster, error = %e, "cannot watch cacerts (RBAC needs `watch` on it); changes are seen at the next interval");
-                    } else {
-                        tracing::debug!(cluster = %cluster, error = %e, "watch of cacerts failed; retrying");
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    }
-
     fn back_off(
         &self,
         schedule: &mut HashMap<String, Schedule>,
@@ -679,16 +380,6 @@ impl Daemon {
                 failures,
             },
         );
-    }
-
-    /// The HTTP endpoints: /metrics, /healthz, /readyz, /status.
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz_handler))
-            .route("/status", get(status_handler))
-            .with_state(self.clone())
     }
 
     /// Runs until `shutdown` resolves: serves HTTP, contends for leadership, and reconciles on
@@ -735,28 +426,6 @@ impl Daemon {
     }
 }
 
-/// Size and modification time of each cacerts file of a target folder, in a fixed order.
-type DirSignature = Vec<(u64, Option<std::time::SystemTime>)>;
-
-/// Sizes and modification times of the files of a cacerts folder.
-fn dir_signature(path: &std::path::Path) -> DirSignature {
-    [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-        "tls.crt",
-        "tls.key",
-        "ca.crt",
-    ]
-    .iter()
-    .map(|f| match std::fs::metadata(path.join(f)) {
-        Ok(m) => (m.len(), m.modified().ok()),
-        Err(_) => (u64::MAX, None),
-    })
-    .collect()
-}
-
 fn store_kind(config: &Config) -> String {
     match &config.root {
         crate::config::RootStoreConfig::File { .. } => "file".into(),
@@ -781,67 +450,8 @@ fn root_error_reason(e: &StoreError) -> String {
     .to_string()
 }
 
-fn lease_identity() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cacertd".into());
-    let mut nonce = [0u8; 4];
-    let _ = aws_lc_rs::rand::fill(&mut nonce);
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        u32::from_be_bytes(nonce)
-    )
-}
-
 fn jittered(interval: Duration, jitter: f64) -> Duration {
     let mut byte = [0u8; 1];
     let _ = aws_lc_rs::rand::fill(&mut byte);
     interval + interval.mul_f64(jitter * f64::from(byte[0]) / 255.0)
-}
-
-async fn metrics_handler(State(d): State<Arc<Daemon>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        d.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn readyz_handler(State(d): State<Arc<Daemon>>) -> Response {
-    if !d.is_leader() {
-        // A standby is ready to take over: its role is known.
-        return (StatusCode::OK, "standby\n").into_response();
-    }
-    if d.root_ok.load(Ordering::SeqCst) {
-        (StatusCode::OK, "leader\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "root store not reachable yet\n",
-        )
-            .into_response()
-    }
-}
-
-async fn status_handler(State(d): State<Arc<Daemon>>) -> Response {
-    // Reading every target is not a Send future (the clients' retry closures), so it runs on a
-    // blocking thread of its own, driven by the same runtime.
-    let handle = tokio::runtime::Handle::current();
-    let report = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::status::status_report(&d.config, d.clock.now()))
-    })
-    .await;
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    };
-    match report {
-        Ok((_, report)) => match serde_json::to_string_pretty(&report) {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        },
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
 }
