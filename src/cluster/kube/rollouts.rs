@@ -1,0 +1,454 @@
+//! Rollouts: the workloads a restart works on (Deployments, DaemonSets, StatefulSets), how
+//! each kind's progress is judged as `kubectl rollout status` judges it, and the restart
+//! itself (docs/istio.md §6).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::{KubeTarget, NAMESPACE};
+use crate::cluster::TargetError;
+use crate::cluster::retry::retrying;
+use crate::pki::fmt_time;
+
+/// Kinds `kubectl rollout restart` works on (docs/istio.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutKind {
+    Deployment,
+    DaemonSet,
+    StatefulSet,
+}
+
+impl RolloutKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutKind::Deployment => "deployment",
+            RolloutKind::DaemonSet => "daemonset",
+            RolloutKind::StatefulSet => "statefulset",
+        }
+    }
+}
+
+/// One restartable workload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Workload {
+    pub kind: RolloutKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// The generation and rollout progress of a workload, as `kubectl rollout status` reads it.
+struct RolloutProgress {
+    generation: i64,
+    /// `Err(pending)` while rolling out.
+    done: Result<(), String>,
+    /// Set when the rollout can no longer finish (a Deployment past its progress deadline).
+    failed: Option<String>,
+}
+
+/// What differs between the kinds a restart works on: how its rollout progress reads, and
+/// what makes a restart pointless or refused.
+trait RolledOut:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+where
+    Self::DynamicType: Default,
+{
+    fn progress(&self) -> RolloutProgress;
+    /// Why a restart must not be attempted, if it must not.
+    fn refusal(&self) -> Option<&'static str>;
+}
+
+/// With the OnDelete strategy a restart annotation replaces no pod, and `kubectl rollout
+/// status` refuses to watch it: say so instead of waiting for a rollout that never starts.
+const ON_DELETE: &str = "it uses the OnDelete update strategy: a restart would replace no pod; \
+                         delete its pods to restart them";
+
+fn on_delete(strategy: Option<&str>) -> Option<&'static str> {
+    (strategy == Some("OnDelete")).then_some(ON_DELETE)
+}
+
+impl RolledOut for Deployment {
+    fn refusal(&self) -> Option<&'static str> {
+        (self.spec.paused == Some(true))
+            .then_some("the deployment is paused; resume it first (kubectl rollout resume)")
+    }
+
+    fn progress(&self) -> RolloutProgress {
+        deployment_progress(self)
+    }
+}
+
+impl RolledOut for DaemonSet {
+    fn refusal(&self) -> Option<&'static str> {
+        on_delete(
+            self.spec
+                .update_strategy
+                .as_ref()
+                .and_then(|u| u.type_.as_deref()),
+        )
+    }
+
+    fn progress(&self) -> RolloutProgress {
+        daemonset_progress(self)
+    }
+}
+
+impl RolledOut for StatefulSet {
+    fn refusal(&self) -> Option<&'static str> {
+        on_delete(
+            self.spec
+                .update_strategy
+                .as_ref()
+                .and_then(|u| u.type_.as_deref()),
+        )
+    }
+
+    fn progress(&self) -> RolloutProgress {
+        statefulset_progress(self)
+    }
+}
+
+fn deployment_progress(d: &Deployment) -> RolloutProgress {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = d.spec.replicas.unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let observed = st.observed_generation.unwrap_or(0) >= generation;
+    // Like `kubectl rollout status`, the condition is read only once the controller has
+    // observed this generation: before that it may be left over from the previous rollout
+    // (docs/istio.md §6).
+    let failed = st
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|_| observed)
+        .find(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        })
+        .map(|c| {
+            format!(
+                "progress deadline exceeded: {}",
+                c.message.as_deref().unwrap_or("")
+            )
+        });
+    let done = if !observed {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.updated_replicas.unwrap_or(0) < want {
+        Err(format!(
+            "{} of {want} replicas updated",
+            st.updated_replicas.unwrap_or(0)
+        ))
+    } else if st.replicas.unwrap_or(0) > st.updated_replicas.unwrap_or(0) {
+        Err(format!(
+            "{} old replicas pending termination",
+            st.replicas.unwrap_or(0) - st.updated_replicas.unwrap_or(0)
+        ))
+    } else if st.available_replicas.unwrap_or(0) < st.updated_replicas.unwrap_or(0) {
+        Err(format!(
+            "{} of {} updated replicas available",
+            st.available_replicas.unwrap_or(0),
+            st.updated_replicas.unwrap_or(0)
+        ))
+    } else {
+        Ok(())
+    };
+    RolloutProgress {
+        generation,
+        done,
+        failed,
+    }
+}
+
+fn daemonset_progress(d: &DaemonSet) -> RolloutProgress {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let st = d.status.clone().unwrap_or_default();
+    let done = if st.observed_generation.unwrap_or(0) < generation {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled {
+        Err(format!(
+            "{} of {} pods updated",
+            st.updated_number_scheduled.unwrap_or(0),
+            st.desired_number_scheduled
+        ))
+    } else if st.number_available.unwrap_or(0) < st.desired_number_scheduled {
+        Err(format!(
+            "{} of {} updated pods available",
+            st.number_available.unwrap_or(0),
+            st.desired_number_scheduled
+        ))
+    } else {
+        Ok(())
+    };
+    RolloutProgress {
+        generation,
+        done,
+        failed: None,
+    }
+}
+
+fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
+    let generation = s.metadata.generation.unwrap_or(0);
+    let want = s.spec.replicas.unwrap_or(1);
+    // With a partition, only the ordinals at or above it are updated (kubectl does the same).
+    let partition = s
+        .spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    let st = s.status.clone().unwrap_or_default();
+    let done = if st.observed_generation.unwrap_or(0) < generation {
+        Err("waiting for the controller to observe the new generation".to_string())
+    } else if st.ready_replicas.unwrap_or(0) < want {
+        Err(format!(
+            "{} of {want} pods ready",
+            st.ready_replicas.unwrap_or(0)
+        ))
+    } else if partition > 0 {
+        let need = (want - partition).max(0);
+        if st.updated_replicas.unwrap_or(0) < need {
+            Err(format!(
+                "{} of {need} pods above partition {partition} updated",
+                st.updated_replicas.unwrap_or(0)
+            ))
+        } else {
+            Ok(())
+        }
+    } else if st.updated_replicas.unwrap_or(0) < want {
+        Err(format!(
+            "{} of {want} pods updated",
+            st.updated_replicas.unwrap_or(0)
+        ))
+    } else if st.update_revision.is_some() && st.current_revision != st.update_revision {
+        Err("waiting for the update revision to become current".to_string())
+    } else {
+        Ok(())
+    };
+    RolloutProgress {
+        generation,
+        done,
+        failed: None,
+    }
+}
+
+impl KubeTarget {
+    async fn progress(&self, w: &Workload) -> Result<RolloutProgress, TargetError> {
+        Ok(match w.kind {
+            RolloutKind::Deployment => self.get_workload::<Deployment>(w).await?.progress(),
+            RolloutKind::DaemonSet => self.get_workload::<DaemonSet>(w).await?.progress(),
+            RolloutKind::StatefulSet => self.get_workload::<StatefulSet>(w).await?.progress(),
+        })
+    }
+
+    /// Reads a workload as the type its kind names.
+    async fn get_workload<K: RolledOut>(&self, w: &Workload) -> Result<K, TargetError>
+    where
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
+        retrying(&self.settings, &format!("get {}", w.kind.name()), || {
+            api.get(&w.name)
+        })
+        .await
+        .map_err(|e| self.error(format!("get {w}"), e))
+    }
+
+    /// Restarts a workload the way `kubectl rollout restart` does: a strategic merge patch of
+    /// `spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]`. Paused
+    /// Deployments are refused, as kubectl refuses them.
+    pub async fn restart(&self, w: &Workload, at: time::OffsetDateTime) -> Result<(), TargetError> {
+        let action = format!("restart {w}");
+        // Unlike kubectl's whole seconds, the time keeps its fraction: a second restart within
+        // the same second (two phases in quick succession) must still change the template, or
+        // it would replace no pod while its rollout status reads "done".
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let stamp = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| fmt_time(at));
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": stamp
+        }}}}});
+        match w.kind {
+            RolloutKind::Deployment => self.patch_checked::<Deployment>(w, &action, &patch).await,
+            RolloutKind::DaemonSet => self.patch_checked::<DaemonSet>(w, &action, &patch).await,
+            RolloutKind::StatefulSet => self.patch_checked::<StatefulSet>(w, &action, &patch).await,
+        }
+    }
+
+    /// Reads workload `w`; unless its kind refuses the restart, applies `patch` (strategic
+    /// merge).
+    async fn patch_checked<K: RolledOut>(
+        &self,
+        w: &Workload,
+        action: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), TargetError>
+    where
+        K::DynamicType: Default,
+    {
+        let current: K = self.get_workload(w).await?;
+        if let Some(reason) = current.refusal() {
+            return Err(TargetError::Refused {
+                target: self.describe(),
+                action: action.to_string(),
+                reason: reason.into(),
+            });
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
+        let params = PatchParams::default();
+        let patch = Patch::Strategic(patch);
+        retrying(&self.settings, &format!("patch {}", w.kind.name()), || {
+            api.patch(&w.name, &params, &patch)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.error(action, e))
+    }
+
+    /// Waits until a workload's rollout is complete, as `kubectl rollout status` judges it.
+    pub async fn wait_rollout(&self, w: &Workload, timeout: Duration) -> Result<(), TargetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Quick rollouts are seen quickly; long ones are polled once a second.
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let p = self.progress(w).await?;
+            if let Some(reason) = p.failed {
+                return Err(TargetError::Refused {
+                    target: self.describe(),
+                    action: format!("wait for {w}"),
+                    reason,
+                });
+            }
+            let pending = match p.done {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError::RolloutTimeout {
+                    target: self.describe(),
+                    workload: format!("{w} (generation {})", p.generation),
+                    timeout: humantime::format_duration(timeout).to_string(),
+                    pending,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// istiod: Deployments in istio-system labelled `app=istiod`.
+    pub async fn istiod(&self) -> Result<Vec<Workload>, TargetError> {
+        self.workloads(Some(NAMESPACE), "app=istiod").await
+    }
+
+    /// Whether every istiod Deployment runs with `ISTIO_MULTIROOT_MESH=true` (multi-root hot
+    /// reload of `root-cert.pem`): `None` when there is no istiod Deployment to look at.
+    pub async fn istiod_multiroot(&self) -> Result<Option<bool>, TargetError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let params = ListParams::default().labels("app=istiod");
+        let list = retrying(&self.settings, "list istiod", || api.list(&params))
+            .await
+            .map_err(|e| self.error(format!("list deployments app=istiod in {NAMESPACE}"), e))?;
+        if list.items.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(list.items.iter().all(|d| {
+            d.spec.template.spec.as_ref().is_some_and(|pod| {
+                pod.containers.iter().any(|c| {
+                    c.env.iter().flatten().any(|e| {
+                        e.name == "ISTIO_MULTIROOT_MESH"
+                            && e.value
+                                .as_deref()
+                                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+                    })
+                })
+            })
+        })))
+    }
+
+    /// Gateways (east-west, ingress, egress) selected by `selector` in every namespace.
+    pub async fn gateways(&self, selector: &str) -> Result<Vec<Workload>, TargetError> {
+        self.workloads(None, selector).await
+    }
+
+    /// Every Deployment, DaemonSet and StatefulSet of the namespaces with sidecar injection
+    /// (`istio-injection=enabled` or an `istio.io/rev` label), except those in `exclude`.
+    pub async fn injected_workloads(
+        &self,
+        exclude_selector: Option<&str>,
+    ) -> Result<Vec<Workload>, TargetError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut namespaces = Vec::new();
+        for selector in ["istio-injection=enabled", "istio.io/rev"] {
+            let params = ListParams::default().labels(selector);
+            let list = retrying(&self.settings, "list namespaces", || api.list(&params))
+                .await
+                .map_err(|e| self.error(format!("list namespaces labelled {selector}"), e))?;
+            for ns in list.items {
+                if let Some(name) = ns.metadata.name
+                    && !namespaces.contains(&name)
+                {
+                    namespaces.push(name);
+                }
+            }
+        }
+        namespaces.sort();
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let selector = exclude_selector
+                .map(|s| format!("!{s}"))
+                .unwrap_or_default();
+            out.extend(self.workloads(Some(&ns), &selector).await?);
+        }
+        Ok(out)
+    }
+
+    async fn workloads(
+        &self,
+        ns: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Workload>, TargetError> {
+        let params = ListParams::default().labels(selector);
+        let c = self.client.clone();
+        let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
+        let mut out = Vec::new();
+        macro_rules! collect {
+            ($ty:ty, $kind:expr, $plural:literal) => {{
+                let api: Api<$ty> = match ns {
+                    Some(ns) => Api::namespaced(c.clone(), ns),
+                    None => Api::all(c.clone()),
+                };
+                let list = retrying(&self.settings, concat!("list ", $plural), || {
+                    api.list(&params)
+                })
+                .await
+                .map_err(|e| self.error(format!("list {} in {scope}", $plural), e))?;
+                for item in list.items {
+                    out.push(Workload {
+                        kind: $kind,
+                        namespace: item.metadata.namespace.unwrap_or_default(),
+                        name: item.metadata.name.unwrap_or_default(),
+                    });
+                }
+            }};
+        }
+        collect!(Deployment, RolloutKind::Deployment, "deployments");
+        collect!(DaemonSet, RolloutKind::DaemonSet, "daemonsets");
+        collect!(StatefulSet, RolloutKind::StatefulSet, "statefulsets");
+        Ok(out)
+    }
+}
