@@ -1,0 +1,325 @@
+use super::*;
+use crate::pki::{RootCa, generate_root, issue_intermediate};
+use crate::policy::PolicySet;
+use std::time::Duration;
+use time::macros::datetime;
+
+const DAY: i64 = 86400;
+
+fn t0() -> OffsetDateTime {
+    datetime!(2026-01-01 00:00 UTC)
+}
+
+fn policy() -> Policy {
+    PolicySet::embedded()
+        .unwrap()
+        .get("default")
+        .unwrap()
+        .clone()
+}
+
+fn root(p: &Policy) -> RootCa {
+    generate_root(&p.root_spec("td"), t0()).unwrap()
+}
+
+fn expected<'a>(root: &'a Cert, policy: &'a Policy) -> Expected<'a> {
+    Expected {
+        root: Some(root),
+        policy,
+        cluster: "c1",
+        trust_domain: "td",
+    }
+}
+
+fn judge(files: &CaCertsFiles, root: &RootCa, p: &Policy, at: OffsetDateTime) -> Assessment {
+    assess(
+        &Snapshot::of(Some(files.clone())),
+        &expected(root.cert(), p),
+        at,
+    )
+}
+
+fn cacerts(root: &RootCa, p: &Policy, at: OffsetDateTime) -> CaCertsFiles {
+    let int = issue_intermediate(root, &p.intermediate_spec("c1", "td"), at).unwrap();
+    CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
+}
+
+#[test]
+fn nothing_there_means_issue_with_the_root_alone() {
+    let p = policy();
+    let r = root(&p);
+    let a = assess(&Snapshot::default(), &expected(r.cert(), &p), t0());
+    assert_eq!(a.state, ClusterState::Missing);
+    assert_eq!(
+        decide(&a, PlanOptions::default()),
+        Decision::Issue {
+            reason: IssueReason::Missing,
+            trust: TrustChoice::RootOnly
+        }
+    );
+}
+
+#[test]
+fn renewal_happens_exactly_when_due_not_before() {
+    let p = policy();
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let a = judge(&files, &r, &p, t0());
+    assert_eq!(a.state, ClusterState::Valid);
+    let renew_at = a.renew_at.unwrap();
+    assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
+
+    let just_before = renew_at - time::Duration::seconds(1);
+    assert_eq!(
+        judge(&files, &r, &p, just_before).state,
+        ClusterState::Valid
+    );
+    let due = judge(&files, &r, &p, renew_at);
+    assert_eq!(due.state, ClusterState::RenewalDue);
+    match decide(&due, PlanOptions::default()) {
+        Decision::Issue {
+            reason: IssueReason::RenewalDue,
+            trust: TrustChoice::Keep(t),
+        } => {
+            assert_eq!(t.pem_bytes(), files.root_cert.as_slice());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_expired_intermediate_is_reissued_keeping_the_bundle() {
+    let p = policy();
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let a = judge(&files, &r, &p, t0() + time::Duration::days(400));
+    assert_eq!(a.state, ClusterState::Invalid);
+    assert!(
+        a.problems.iter().any(|m| m.contains("expired")),
+        "{:?}",
+        a.problems
+    );
+    assert!(matches!(
+        decide(&a, PlanOptions::default()),
+        Decision::Issue {
+            reason: IssueReason::Invalid,
+            trust: TrustChoice::Keep(_)
+        }
+    ));
+}
+
+#[test]
+fn force_reissues_a_valid_intermediate() {
+    let p = policy();
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let a = judge(&files, &r, &p, t0());
+    let opts = PlanOptions {
+        force: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        decide(&a, opts),
+        Decision::Issue {
+            reason: IssueReason::Forced,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_cluster_on_another_root_is_refused_unless_told_in_danger_terms() {
+    let p = policy();
+    let (ours, theirs) = (root(&p), root(&p));
+    let files = cacerts(&theirs, &p, t0());
+    let a = judge(&files, &ours, &p, t0());
+    assert_eq!(a.state, ClusterState::ForeignTrust);
+    let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
+        panic!()
+    };
+    assert!(
+        reason.contains(&theirs.cert().info().fingerprint_sha256),
+        "{reason}"
+    );
+    let opts = PlanOptions {
+        danger_replace_trust_bundle: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&a, opts),
+        Decision::Issue {
+            reason: IssueReason::ReplaceTrust,
+            trust: TrustChoice::RootOnly
+        }
+    );
+}
+
+#[test]
+fn a_cluster_mid_transition_is_not_touched() {
+    let p = policy();
+    let (old, new) = (root(&p), root(&p));
+    let mut files = cacerts(&old, &p, t0());
+    files.root_cert = TrustBundle::single(old.cert())
+        .with_root_appended(new.cert())
+        .pem_bytes()
+        .to_vec();
+    let a = judge(&files, &new, &p, t0());
+    assert_eq!(a.state, ClusterState::OtherSigner);
+    assert!(matches!(
+        decide(&a, PlanOptions::default()),
+        Decision::Refuse { .. }
+    ));
+}
+
+#[test]
+fn a_tampered_key_is_detected_and_repaired() {
+    let p = policy();
+    let r = root(&p);
+    let mut files = cacerts(&r, &p, t0());
+    files.ca_key = cacerts(&r, &p, t0()).ca_key;
+    let a = judge(&files, &r, &p, t0());
+    assert_eq!(a.state, ClusterState::Invalid);
+    assert!(matches!(
+        decide(&a, PlanOptions::default()),
+        Decision::Issue {
+            reason: IssueReason::Invalid,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_policy_change_triggers_reissue() {
+    let p = policy();
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let mut stricter = p.clone();
+    stricter.intermediate.key_algorithm = crate::pki::KeyAlgorithm::EcdsaP384;
+    let a = judge(&files, &r, &stricter, t0());
+    assert_eq!(a.state, ClusterState::PolicyDrift);
+    assert!(matches!(
+        decide(&a, PlanOptions::default()),
+        Decision::Issue {
+            reason: IssueReason::PolicyChanged,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_capped_intermediate_is_not_renewed_in_a_loop() {
+    let mut p = policy();
+    p.root.validity = Duration::from_secs(200 * DAY as u64);
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let a = judge(&files, &r, &p, t0() + time::Duration::days(190));
+    assert!(a.capped_by_root);
+    assert!(
+        a.warnings.iter().any(|w| w.contains("rotate the root")),
+        "{:?}",
+        a.warnings
+    );
+    assert_eq!(
+        a.state,
+        ClusterState::Valid,
+        "renewing cannot extend past the root"
+    );
+}
+
+#[test]
+fn a_foreign_bundle_stays_foreign_when_something_else_is_broken() {
+    let p = policy();
+    let (ours, theirs) = (root(&p), root(&p));
+    let mut files = cacerts(&theirs, &p, t0());
+    // A CRL block Go skips but a strict parser chokes on, and a missing chain.
+    files
+        .root_cert
+        .extend_from_slice(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    files.cert_chain.clear();
+    let a = judge(&files, &ours, &p, t0());
+    assert_eq!(a.state, ClusterState::ForeignTrust);
+    assert!(matches!(
+        decide(&a, PlanOptions::default()),
+        Decision::Refuse { .. }
+    ));
+    // Unreadable trust is not trust either.
+    files.root_cert = b"garbage".to_vec();
+    let a = judge(&files, &ours, &p, t0());
+    assert_eq!(a.state, ClusterState::ForeignTrust);
+}
+
+#[test]
+fn mid_transition_is_recognised_even_when_the_set_does_not_validate() {
+    let p = policy();
+    let (old, new) = (root(&p), root(&p));
+    let mut files = cacerts(&old, &p, t0());
+    files.root_cert = TrustBundle::single(old.cert())
+        .with_root_appended(new.cert())
+        .pem_bytes()
+        .to_vec();
+    files.cert_chain.clear();
+    let a = judge(&files, &new, &p, t0());
+    assert_eq!(a.state, ClusterState::OtherSigner);
+}
+
+#[test]
+fn an_empty_set_counts_as_missing() {
+    let p = policy();
+    let r = root(&p);
+    let files = CaCertsFiles {
+        ca_cert: Vec::new(),
+        ca_key: Default::default(),
+        root_cert: b"\n".to_vec(),
+        cert_chain: Vec::new(),
+    };
+    assert_eq!(judge(&files, &r, &p, t0()).state, ClusterState::Missing);
+}
+
+#[test]
+fn another_clusters_intermediate_is_drift() {
+    let p = policy();
+    let r = root(&p);
+    let files = cacerts(&r, &p, t0());
+    let mut e = expected(r.cert(), &p);
+    e.cluster = "c2";
+    let a = assess(&Snapshot::of(Some(files.clone())), &e, t0());
+    assert_eq!(a.state, ClusterState::PolicyDrift);
+    assert!(a.problems[0].contains("subject"), "{:?}", a.problems);
+}
+
+#[test]
+fn a_self_signed_cluster_is_not_plugged_in_directly() {
+    let p = policy();
+    let (ours, istiod) = (root(&p), root(&p));
+    let ss = CaCertsFiles {
+        ca_cert: istiod.cert_pem().into_bytes(),
+        ca_key: istiod.key().to_pem().as_bytes().to_vec().into(),
+        root_cert: istiod.cert_pem().into_bytes(),
+        cert_chain: Vec::new(),
+    };
+    let snap = Snapshot {
+        cacerts: None,
+        self_signed_ca: Some(ss),
+        published_bundles: Some(vec![
+            ("default".into(), istiod.cert_pem().into_bytes()),
+            ("app".into(), ours.cert_pem().into_bytes()),
+        ]),
+    };
+    let a = assess(&snap, &expected(ours.cert(), &p), t0());
+    assert_eq!(a.state, ClusterState::SelfSigned);
+    assert_eq!(
+        a.published,
+        Some(Published {
+            namespaces: 2,
+            with_root: 1
+        })
+    );
+    assert_eq!(
+        a.trust_bundle,
+        vec![istiod.cert().info().fingerprint_sha256.clone()]
+    );
+    let Decision::Refuse { reason } = decide(&a, PlanOptions::default()) else {
+        panic!()
+    };
+    assert!(reason.contains("self-signed"), "{reason}");
+}
