@@ -89,11 +89,19 @@ pub async fn run(
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
     let writer = CacertsWriter::new(&config.trust_domain, audit, "cacerts-write");
-    let writer = &writer;
+    let pass = Pass {
+        config,
+        root,
+        writer: &writer,
+        opts,
+        dry_run,
+        now,
+    };
+    let pass = &pass;
     let mut reports: Vec<(usize, ClusterReport)> =
         futures::stream::iter(clusters.iter().enumerate())
             .map(|(i, cluster)| async move {
-                let report = one(config, root, writer, cluster, opts, dry_run, now).await;
+                let report = pass.one(cluster).await;
                 (i, report)
             })
             .buffer_unordered(config.kubernetes.concurrency.max(1))
@@ -162,53 +170,39 @@ struct Pass<'a> {
     now: OffsetDateTime,
 }
 
-async fn one(
-    config: &Config,
-    root: &Signer,
-    writer: &CacertsWriter<'_>,
-    cluster: &Cluster,
-    opts: PlanOptions,
-    dry_run: bool,
-    now: OffsetDateTime,
-) -> ClusterReport {
-    let pass = Pass {
-        config,
-        root,
-        writer,
-        opts,
-        dry_run,
-        now,
-    };
-    let name = cluster.name.as_str();
-    let failed = |msg: String| ClusterReport::new(name, Outcome::Failed).with_reason(msg);
-    let target = match Target::open(cluster, config).await {
-        Ok(t) => t,
-        Err(e) => return failed(e.to_string()),
-    };
-    let mut attempt = 0;
-    // The serial of a write whose answer was lost: if it turns out to have landed, the next
-    // read finds it, and it is reported as issued rather than "kept".
-    let mut attempted: Option<String> = None;
-    loop {
-        attempt += 1;
-        match pass.attempt_once(cluster, &target, &mut attempted).await {
-            Err(WriteError::Target(TargetError::Conflict { detail, .. }))
-                if attempt < CONFLICT_ATTEMPTS =>
-            {
-                tracing::info!(cluster = name, detail = %detail, "cacerts changed meanwhile; re-reading");
+impl Pass<'_> {
+    /// One cluster: read, decide, and issue and write if it needs it; a write that lost a
+    /// race is re-read and decided again.
+    async fn one(&self, cluster: &Cluster) -> ClusterReport {
+        let name = cluster.name.as_str();
+        let failed = |msg: String| ClusterReport::new(name, Outcome::Failed).with_reason(msg);
+        let target = match Target::open(cluster, self.config).await {
+            Ok(t) => t,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut attempt = 0;
+        // The serial of a write whose answer was lost: if it turns out to have landed, the next
+        // read finds it, and it is reported as issued rather than "kept".
+        let mut attempted: Option<String> = None;
+        loop {
+            attempt += 1;
+            match self.attempt_once(cluster, &target, &mut attempted).await {
+                Err(WriteError::Target(TargetError::Conflict { detail, .. }))
+                    if attempt < CONFLICT_ATTEMPTS =>
+                {
+                    tracing::info!(cluster = name, detail = %detail, "cacerts changed meanwhile; re-reading");
+                }
+                Err(WriteError::Invalid(problems)) => {
+                    return failed(format!(
+                        "internal check of the new cacerts failed: {problems}"
+                    ));
+                }
+                Err(WriteError::Target(e)) => return failed(e.to_string()),
+                Ok(report) => return report,
             }
-            Err(WriteError::Invalid(problems)) => {
-                return failed(format!(
-                    "internal check of the new cacerts failed: {problems}"
-                ));
-            }
-            Err(WriteError::Target(e)) => return failed(e.to_string()),
-            Ok(report) => return report,
         }
     }
-}
 
-impl Pass<'_> {
     async fn attempt_once(
         &self,
         cluster: &Cluster,
@@ -218,10 +212,10 @@ impl Pass<'_> {
         let Pass {
             config,
             root,
-            writer,
             opts,
             dry_run,
             now,
+            ..
         } = *self;
         let name = cluster.name.as_str();
         let observed = target.read().await?;
@@ -266,6 +260,30 @@ impl Pass<'_> {
         if dry_run {
             return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
         }
+        self.issue_and_write(cluster, target, &observed, why, trust, attempted)
+            .await
+    }
+
+    /// Issues `cluster` a new intermediate and writes it with `trust` as its bundle.
+    async fn issue_and_write(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        observed: &crate::cluster::Observed,
+        why: String,
+        trust: TrustChoice,
+        attempted: &mut Option<String>,
+    ) -> Result<ClusterReport, WriteError> {
+        let Pass {
+            config,
+            root,
+            writer,
+            now,
+            ..
+        } = *self;
+        let name = cluster.name.as_str();
+        let policy = config.policy_for(cluster);
+        let spec = policy.intermediate_spec(name, &config.trust_domain);
         let failed = |msg: String| Ok(ClusterReport::new(name, Outcome::Failed).with_reason(msg));
         let intermediate = match root.issue(&spec, now).await {
             Ok(i) => i,
@@ -292,7 +310,7 @@ impl Pass<'_> {
             root: Some(root.root_cert()),
         };
         let written = writer
-            .write(target, &files, material, &meta, &observed)
+            .write(target, &files, material, &meta, observed)
             .await?;
         let mut r = ClusterReport::new(name, Outcome::Issued).with_reason(why);
         r.serial = Some(info.serial.clone());

@@ -65,9 +65,7 @@ impl CliError {
             CliError::Material(_) | CliError::InvalidBundle(_) => 3,
             CliError::Policy(_) => 4,
             CliError::Partial { code, .. } => *code,
-            CliError::Transition(driver::DriveError::Refused(_)) => 5,
-            CliError::Transition(driver::DriveError::Policy(_)) => 4,
-            CliError::Transition(_) => 1,
+            CliError::Transition(e) => e.exit_code(),
         }
     }
 }

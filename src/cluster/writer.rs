@@ -109,43 +109,10 @@ impl<'a> CacertsWriter<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use time::macros::datetime;
 
     use super::*;
     use crate::cluster::DirTarget;
-    use crate::pki::{
-        ISTIOD_SAN, IntermediateSpec, KeyAlgorithm, RootCa, RootSpec, Subject, TrustBundle,
-        generate_root, issue_intermediate,
-    };
-
-    const DAY: u64 = 86400;
-
-    fn now() -> OffsetDateTime {
-        datetime!(2026-01-01 00:00 UTC)
-    }
-
-    fn root() -> RootCa {
-        let spec = RootSpec {
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(3650 * DAY),
-            subject: Subject::istio_root(),
-        };
-        generate_root(&spec, now()).unwrap()
-    }
-
-    fn set_under(root: &RootCa) -> CaCertsFiles {
-        let spec = IntermediateSpec {
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(365 * DAY),
-            path_len: 0,
-            subject: Subject::istio_intermediate("c1"),
-            dns_names: vec![ISTIOD_SAN.to_string()],
-        };
-        let int = issue_intermediate(root, &spec, now()).unwrap();
-        CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
-    }
+    use crate::pki::fixtures::{cacerts_under, now, root};
 
     fn meta(at: OffsetDateTime) -> WriteMeta {
         WriteMeta {
@@ -164,7 +131,7 @@ mod tests {
         let audit = Audit::new(audit_log.clone());
         let writer = CacertsWriter::new("cluster.local", &audit, "cacerts-write");
         let (ours, theirs) = (root(), root());
-        let set = set_under(&ours);
+        let set = cacerts_under(&ours);
         let observed = Observed::default();
 
         // Issued under another root than the one it claims: nothing reaches the target.

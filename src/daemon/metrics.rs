@@ -36,6 +36,7 @@ pub struct Metrics {
     transition_phase: Family<Labels, Gauge>,
     transition_cluster_steps: Family<Labels, Gauge>,
     transition_gate_wait: Gauge,
+    transition_errors: Family<Labels, Counter>,
     /// The certificate series exported per (cluster, kind), to drop them when replaced.
     current: Mutex<HashMap<(String, &'static str), Labels>>,
 }
@@ -44,6 +45,84 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Registers every metric under its name and help; the registry keeps a handle sharing the
+/// field's value.
+fn register_all(registry: &mut Registry, m: &Metrics) {
+    macro_rules! register {
+        ($(($name:literal, $help:literal, $metric:expr),)*) => {
+            $(registry.register($name, $help, $metric.clone());)*
+        };
+    }
+    register!(
+        (
+            "certificate_expiration_timestamp_seconds",
+            "Unix time the certificate expires (notAfter)",
+            m.expiration
+        ),
+        (
+            "certificate_not_before_timestamp_seconds",
+            "Unix time the certificate becomes valid (notBefore)",
+            m.not_before
+        ),
+        (
+            "certificate_renewal_timestamp_seconds",
+            "Unix time the intermediate is due for renewal under its policy",
+            m.renewal
+        ),
+        (
+            "cluster_ready",
+            "1 when the cluster's served cacerts verifies and matches what cacertd intends",
+            m.ready
+        ),
+        (
+            "reconcile",
+            "Reconciliations by cluster and result",
+            m.reconciles
+        ),
+        (
+            "reconcile_duration_seconds",
+            "Time one cluster's reconciliation took",
+            m.duration
+        ),
+        (
+            "last_success_timestamp_seconds",
+            "Unix time of the cluster's last successful reconciliation",
+            m.last_success
+        ),
+        (
+            "root_source_errors",
+            "Failures to obtain the root, by store and reason",
+            m.root_errors
+        ),
+        ("leader", "1 while this replica is the leader", m.leader),
+        (
+            "transition_phase",
+            "1 for the phase (and state) the trust transition under way is in, 0 for the others",
+            m.transition_phase
+        ),
+        (
+            "transition_cluster_steps",
+            "Steps a primary has finished in the current phase (write, then each restart stage)",
+            m.transition_cluster_steps
+        ),
+        (
+            "transition_gate_wait_seconds",
+            "How long the current phase's gate has been waiting for every cluster",
+            m.transition_gate_wait
+        ),
+        (
+            "transition_errors",
+            "Times driving the trust transition stopped or was refused, by reason",
+            m.transition_errors
+        ),
+    );
+    let info = prometheus_client::metrics::info::Info::new(vec![(
+        "version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    )]);
+    registry.register("build", "cacertd build information", info);
 }
 
 impl Metrics {
@@ -62,74 +141,11 @@ impl Metrics {
             transition_phase: Family::default(),
             transition_cluster_steps: Family::default(),
             transition_gate_wait: Gauge::default(),
+            transition_errors: Family::default(),
             current: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
-        registry.register(
-            "certificate_expiration_timestamp_seconds",
-            "Unix time the certificate expires (notAfter)",
-            m.expiration.clone(),
-        );
-        registry.register(
-            "certificate_not_before_timestamp_seconds",
-            "Unix time the certificate becomes valid (notBefore)",
-            m.not_before.clone(),
-        );
-        registry.register(
-            "certificate_renewal_timestamp_seconds",
-            "Unix time the intermediate is due for renewal under its policy",
-            m.renewal.clone(),
-        );
-        registry.register(
-            "cluster_ready",
-            "1 when the cluster's served cacerts verifies and matches what cacertd intends",
-            m.ready.clone(),
-        );
-        registry.register(
-            "reconcile",
-            "Reconciliations by cluster and result",
-            m.reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one cluster's reconciliation took",
-            m.duration.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the cluster's last successful reconciliation",
-            m.last_success.clone(),
-        );
-        registry.register(
-            "root_source_errors",
-            "Failures to obtain the root, by store and reason",
-            m.root_errors.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica is the leader",
-            m.leader.clone(),
-        );
-        registry.register(
-            "transition_phase",
-            "1 for the phase (and state) the trust transition under way is in, 0 for the others",
-            m.transition_phase.clone(),
-        );
-        registry.register(
-            "transition_cluster_steps",
-            "Steps a primary has finished in the current phase (write, then each restart stage)",
-            m.transition_cluster_steps.clone(),
-        );
-        registry.register(
-            "transition_gate_wait_seconds",
-            "How long the current phase's gate has been waiting for every cluster",
-            m.transition_gate_wait.clone(),
-        );
-        let info = prometheus_client::metrics::info::Info::new(vec![(
-            "version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]);
-        registry.register("build", "cacertd build information", info);
+        register_all(&mut registry, &m);
         Metrics { registry, ..m }
     }
 
@@ -196,6 +212,13 @@ impl Metrics {
     pub fn root_error(&self, store: &str, reason: &str) {
         self.root_errors
             .get_or_create(&labels(&[("store", store), ("reason", reason)]))
+            .inc();
+    }
+
+    /// Counts a drive of the trust transition that stopped or was refused, by its reason.
+    pub fn transition_error(&self, reason: &str) {
+        self.transition_errors
+            .get_or_create(&labels(&[("reason", reason)]))
             .inc();
     }
 
@@ -286,10 +309,7 @@ mod tests {
         let options = Options {
             drain_seconds: 0,
             gate_timeout_seconds: 60,
-            skip_workload_restarts: false,
-            approve_each_phase: false,
-            exclude_namespaces: Vec::new(),
-            max_parallel: 1,
+            ..Options::for_tests()
         };
         let mut r = Record::new(TransitionKind::Migrate, ["c1".to_string()], options);
         let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000);
@@ -343,5 +363,43 @@ mod tests {
         // What this replica did stays counted.
         assert!(after.contains("cacertd_reconcile_total{"), "{after}");
         assert_eq!(value(&after, "cacertd_leader").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_stopped_drive_is_counted_under_its_variants_reason() {
+        use crate::transition::error::DriveError;
+        let m = Metrics::new();
+        let errors = [
+            DriveError::NoTransition,
+            DriveError::UnknownCluster {
+                cluster: "c9".into(),
+            },
+            DriveError::UnknownCluster {
+                cluster: "c8".into(),
+            },
+        ];
+        for e in &errors {
+            m.transition_error(e.reason());
+        }
+        let text = m.encode();
+        assert_eq!(
+            value(
+                &text,
+                "cacertd_transition_errors_total{reason=\"unknown-cluster\"}"
+            )
+            .as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "cacertd_transition_errors_total{reason=\"no-transition\"}"
+            )
+            .as_deref(),
+            Some("1")
+        );
+        // The cluster's name is in the message, never in a label.
+        assert!(!text.contains("c9"));
     }
 }

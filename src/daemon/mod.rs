@@ -340,7 +340,8 @@ impl Daemon {
                     pause = Duration::ZERO;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "the trust transition stopped");
+                    self.metrics.transition_error(e.reason());
+                    tracing::warn!(error = %e, reason = e.reason(), "the trust transition stopped");
                     pause = Duration::from_secs(30);
                 }
             }

@@ -4,6 +4,8 @@
 mod bundle;
 mod cert;
 mod constraints;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod intermediate;
 mod key;
 mod profile;

@@ -26,7 +26,7 @@ use crate::root_store::rotation::RotationStore;
 
 pub use super::error::DriveError;
 use super::error::target_err;
-use super::progress::{Progress, Throttle, show_drain, show_gate_wait};
+use super::progress::{Event, Progress, Throttle, show_drain, show_gate_wait};
 
 /// How the writer checks a phase's material: where a cluster keeps the signer it had before
 /// the transition (AddNewRoot, and everything a rollback to the original puts back), that
@@ -70,7 +70,7 @@ pub async fn drive(
     opts: DriveOptions,
 ) -> Result<Step, DriveError> {
     let Some(mut record) = files.load().await? else {
-        return Err(DriveError::Refused("no transition is under way".into()));
+        return Err(DriveError::NoTransition);
     };
     let audit = Audit::new(config.daemon.audit_log.clone());
     let Opened {
@@ -92,9 +92,7 @@ pub async fn drive(
             return Ok(step);
         }
         if step != Step::Finished && opts.stop_after.is_some_and(|n| done >= n) {
-            return Err(DriveError::Stopped(format!(
-                "stopped after {done} steps, as asked"
-            )));
+            return Err(DriveError::Interrupted { steps: done });
         }
         if matches!(step, Step::Write { .. } | Step::Restart { .. }) {
             // Up to `max_parallel` clusters at once, within what this run may still do.
@@ -145,7 +143,7 @@ pub async fn drive(
                 {
                     RotationStore::open(config)
                         .await
-                        .map_err(|e| DriveError::Stopped(format!("root swap: {e}")))?
+                        .map_err(|e| DriveError::RootSwap(e.to_string()))?
                         .swap(config, now)
                         .await?;
                     record.root_swapped = true;
@@ -165,13 +163,13 @@ pub async fn drive(
         done += 1;
         if (record.phase, record.state.clone()) != before {
             tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
-            opts.progress.show(
-                now,
-                "phase",
-                &record,
-                &format!("now {}", state_name(&record.state)),
-                serde_json::json!({"state": state_name(&record.state)}),
-            );
+            opts.progress.show(Event {
+                at: now,
+                event: "phase",
+                record: &record,
+                detail: format!("now {}", state_name(&record.state)),
+                fields: serde_json::json!({"state": state_name(&record.state)}),
+            });
             let report = match &record.state {
                 State::Failed { report, .. } => Some(report.clone()),
                 _ => None,
@@ -216,11 +214,12 @@ async fn open_clusters(
     let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
     let mut remotes: BTreeMap<String, Vec<(String, KubeTarget)>> = BTreeMap::new();
     for name in record.clusters.keys() {
-        let cluster = config.topology.get(name).ok_or_else(|| {
-            DriveError::Refused(format!(
-                "{name} is in the transition but no longer in the configuration"
-            ))
-        })?;
+        let cluster = config
+            .topology
+            .get(name)
+            .ok_or_else(|| DriveError::UnknownCluster {
+                cluster: name.clone(),
+            })?;
         targets.insert(
             name.clone(),
             Target::open(cluster, config)
@@ -333,16 +332,20 @@ impl Work<'_> {
         of: MaterialOf,
         now: OffsetDateTime,
     ) -> Result<(CaCertsFiles, crate::cluster::Observed), DriveError> {
-        let want = material(&self.materials[cluster], of)
-            .map_err(|e| DriveError::Refused(format!("{cluster}: {e}")))?;
+        let want =
+            material(&self.materials[cluster], of).map_err(|e| DriveError::CurrentMaterial {
+                cluster: cluster.to_string(),
+                reason: e.to_string(),
+            })?;
         // Never hand istiod material it would refuse (an original that expired while the
         // transition was held, say): stop before touching the cluster, with the writer's own
         // checks.
         if let Err(problems) = self.writer.check(&want, written_material(of), now) {
-            return Err(DriveError::Stopped(format!(
-                "{cluster}: the cacerts for {} does not validate, so it was not written: {problems}",
-                describe_material(of)
-            )));
+            return Err(DriveError::Unwritable {
+                cluster: cluster.to_string(),
+                what: describe_material(of),
+                problems: problems.to_string(),
+            });
         }
         let observed = self.targets[cluster]
             .read()
@@ -370,14 +373,21 @@ impl Work<'_> {
                 reason: format!("trust transition: {}", describe_material(of)),
             };
             self.writer
-                .write(&self.targets[cluster], want, written_material(of), &meta, observed)
+                .write(
+                    &self.targets[cluster],
+                    want,
+                    written_material(of),
+                    &meta,
+                    observed,
+                )
                 .await
                 .map_err(|e| match e {
                     WriteError::Target(source) => target_err(cluster)(source),
-                    WriteError::Invalid(problems) => DriveError::Stopped(format!(
-                        "{cluster}: the cacerts for {} does not validate, so it was not written: {problems}",
-                        describe_material(of)
-                    )),
+                    WriteError::Invalid(problems) => DriveError::Unwritable {
+                        cluster: cluster.to_string(),
+                        what: describe_material(of),
+                        problems: problems.to_string(),
+                    },
                 })?;
         }
         Ok(StepOutcome::Written)
@@ -399,9 +409,12 @@ impl Work<'_> {
             return Ok(StepOutcome::Restarted);
         };
         let primary =
-            self.config.topology.get(cluster).ok_or_else(|| {
-                DriveError::Refused(format!("{cluster} is not in the configuration"))
-            })?;
+            self.config
+                .topology
+                .get(cluster)
+                .ok_or_else(|| DriveError::UnknownCluster {
+                    cluster: cluster.to_string(),
+                })?;
         let ro = RestartOptions {
             stages: vec![stage],
             exclude_namespaces: self.exclude_namespaces.to_vec(),

@@ -470,4 +470,19 @@ fn drain_end(from: i64, drain_seconds: u64) -> OffsetDateTime {
 }
 
 #[cfg(test)]
+impl Options {
+    /// One cluster at a time, a day's drain, ten minutes for a gate, every restart.
+    pub(crate) fn for_tests() -> Self {
+        Options {
+            exclude_namespaces: Vec::new(),
+            max_parallel: 1,
+            drain_seconds: 86_400,
+            gate_timeout_seconds: 600,
+            skip_workload_restarts: false,
+            approve_each_phase: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests;

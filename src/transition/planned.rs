@@ -195,14 +195,7 @@ mod tests {
     use super::*;
 
     fn opts() -> Options {
-        Options {
-            exclude_namespaces: Vec::new(),
-            max_parallel: 1,
-            drain_seconds: 86_400,
-            gate_timeout_seconds: 600,
-            skip_workload_restarts: false,
-            approve_each_phase: false,
-        }
+        Options::for_tests()
     }
 
     #[test]

@@ -29,27 +29,20 @@ impl Progress {
         }
     }
 
-    pub(super) fn show(
-        self,
-        at: OffsetDateTime,
-        event: &str,
-        record: &Record,
-        detail: &str,
-        fields: serde_json::Value,
-    ) {
-        if let Some(line) = self.line(at, event, record, detail, fields) {
+    pub(super) fn show(self, event: Event<'_>) {
+        if let Some(line) = self.line(event) {
             eprintln!("{line}");
         }
     }
 
-    fn line(
-        self,
-        at: OffsetDateTime,
-        event: &str,
-        record: &Record,
-        detail: &str,
-        fields: serde_json::Value,
-    ) -> Option<String> {
+    fn line(self, e: Event<'_>) -> Option<String> {
+        let Event {
+            at,
+            event,
+            record,
+            detail,
+            fields,
+        } = e;
         let time = fmt_time(at);
         match self {
             Progress::Off => None,
@@ -93,6 +86,16 @@ impl Throttle {
     }
 }
 
+/// One line of progress: what happened (`event`: phase, gate, drain) in which transition,
+/// in words (`detail`) and as JSON fields of its own.
+pub(super) struct Event<'a> {
+    pub(super) at: OffsetDateTime,
+    pub(super) event: &'a str,
+    pub(super) record: &'a Record,
+    pub(super) detail: String,
+    pub(super) fields: serde_json::Value,
+}
+
 /// Shows how long the old root stays trusted.
 pub(super) fn show_drain(
     progress: Progress,
@@ -102,16 +105,16 @@ pub(super) fn show_drain(
     now: OffsetDateTime,
 ) {
     let left_text = humantime::format_duration(Duration::from_secs(left.as_secs()));
-    progress.show(
-        now,
-        "drain",
+    progress.show(Event {
+        at: now,
+        event: "drain",
         record,
-        &format!(
+        detail: format!(
             "draining: the old root stays trusted until {} ({left_text} left)",
             fmt_time(until)
         ),
-        serde_json::json!({"until": fmt_time(until), "left_seconds": left.as_secs()}),
-    );
+        fields: serde_json::json!({"until": fmt_time(until), "left_seconds": left.as_secs()}),
+    });
 }
 
 /// Shows who a gate still waits for, and for how long it has.
@@ -124,19 +127,19 @@ pub(super) fn show_gate_wait(
     let waited = record
         .gate_since
         .map_or(0, |s| now.unix_timestamp().saturating_sub(s));
-    progress.show(
-        now,
-        "gate",
+    progress.show(Event {
+        at: now,
+        event: "gate",
         record,
-        &format!(
+        detail: format!(
             "waiting for the gate: {} behind ({}{}); waited {waited}s of {}s",
             who.len(),
             who.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
             if who.len() > 3 { "; …" } else { "" },
             record.options.gate_timeout_seconds
         ),
-        serde_json::json!({"behind": who, "waited_seconds": waited}),
-    );
+        fields: serde_json::json!({"behind": who, "waited_seconds": waited}),
+    });
 }
 
 #[cfg(test)]
@@ -151,10 +154,7 @@ mod tests {
             Options {
                 drain_seconds: 0,
                 gate_timeout_seconds: 60,
-                skip_workload_restarts: false,
-                approve_each_phase: false,
-                exclude_namespaces: Vec::new(),
-                max_parallel: 1,
+                ..Options::for_tests()
             },
         )
     }
@@ -162,41 +162,25 @@ mod tests {
     #[test]
     fn progress_is_a_line_on_a_terminal_and_json_otherwise() {
         let r = record();
-        let fields = || serde_json::json!({"behind": ["a/app: 1 root(s), not the 2 expected"]});
-        let line = Progress::Lines
-            .line(
-                OffsetDateTime::UNIX_EPOCH,
-                "gate",
-                &r,
-                "waiting for the gate",
-                fields(),
-            )
-            .unwrap();
+        let event = || Event {
+            at: OffsetDateTime::UNIX_EPOCH,
+            event: "gate",
+            record: &r,
+            detail: "waiting for the gate".into(),
+            fields: serde_json::json!({"behind": ["a/app: 1 root(s), not the 2 expected"]}),
+        };
+        let line = Progress::Lines.line(event()).unwrap();
         assert!(
             line.contains("Migrate AddNewRoot — waiting for the gate"),
             "{line}"
         );
-        let json: serde_json::Value = serde_json::from_str(
-            &Progress::Json
-                .line(
-                    OffsetDateTime::UNIX_EPOCH,
-                    "gate",
-                    &r,
-                    "waiting for the gate",
-                    fields(),
-                )
-                .unwrap(),
-        )
-        .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&Progress::Json.line(event()).unwrap()).unwrap();
         assert_eq!(json["event"], "gate");
         assert_eq!(json["phase"], "add-new-root");
         assert_eq!(json["transition"], "migrate");
         assert_eq!(json["behind"][0], "a/app: 1 root(s), not the 2 expected");
-        assert!(
-            Progress::Off
-                .line(OffsetDateTime::UNIX_EPOCH, "gate", &r, "x", fields())
-                .is_none()
-        );
+        assert!(Progress::Off.line(event()).is_none());
     }
 
     #[test]

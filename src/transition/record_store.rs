@@ -104,7 +104,7 @@ impl RecordStore {
             return Ok(None);
         };
         if !existing.is_over() {
-            return Err(DriveError::Refused(format!(
+            return Err(DriveError::AlreadyUnderWay(format!(
                 "a transition is already under way (phase {}{}): see `transition status`",
                 existing.phase,
                 if existing.phase == super::Phase::Done {
@@ -439,7 +439,7 @@ impl KubeRecord {
     }
 
     fn changed(&self, name: &str) -> DriveError {
-        DriveError::Stopped(format!(
+        DriveError::ChangedMeanwhile(format!(
             "{} was changed by someone else since it was read (another cacertd replica, or a \
              `transition` command?): stopped without overwriting it; see `transition status`",
             self.describe(name)
@@ -567,7 +567,7 @@ impl KubeRecord {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    return Err(DriveError::Stopped(format!(
+                    return Err(DriveError::ChangedMeanwhile(format!(
                         "{} changed while it was being moved aside (another cacertd?); nothing \
                          was lost: run the command again",
                         self.describe(&name)

@@ -79,7 +79,7 @@ async fn refuse_skip_without_multiroot(
     if lacking.is_empty() {
         return Ok(());
     }
-    Err(DriveError::Refused(format!(
+    Err(DriveError::UnsafeForMesh(format!(
         "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
          everywhere ({}); without it proxies learn the new root only when their certificate is \
          next renewed. Set ISTIO_MULTIROOT_MESH=true on istiod (and PROXY_CONFIG_XDS_AGENT=true \
@@ -101,10 +101,10 @@ pub async fn start_migrate(
     let finished = files.check_room().await?;
     let signer = RootSource::open(config)
         .await
-        .map_err(|e| DriveError::Refused(e.to_string()))?
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?
         .signer()
         .await
-        .map_err(|e| DriveError::Refused(e.to_string()))?;
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
     let root = signer.root_cert().clone();
 
     // Worked out in memory first: a refusal leaves nothing behind.
@@ -113,13 +113,15 @@ pub async fn start_migrate(
         let name = cluster.name.as_str();
         // What the cluster serves now: nothing was written without a record.
         let original = current_material(config, cluster, true).await?;
-        let verified = verify_cacerts(&original, now).map_err(|problems| {
-            DriveError::Refused(format!(
-                "{name}: the current material does not validate, so it cannot be kept during \
-                 the transition: {}",
-                crate::pki::BundleProblem::join(&problems)
-            ))
-        })?;
+        let verified =
+            verify_cacerts(&original, now).map_err(|problems| DriveError::CurrentMaterial {
+                cluster: name.to_string(),
+                reason: format!(
+                    "the current material does not validate, so it cannot be kept during the \
+                     transition: {}",
+                    crate::pki::BundleProblem::join(&problems)
+                ),
+            })?;
         if verified.anchor() == &root {
             tracing::info!(
                 cluster = name,
@@ -138,7 +140,7 @@ pub async fn start_migrate(
         moving.push((name.to_string(), original, new, issued));
     }
     if moving.is_empty() {
-        return Err(DriveError::Refused(
+        return Err(DriveError::NothingToDo(
             "every primary already signs under the common root: nothing to migrate".into(),
         ));
     }
@@ -175,14 +177,20 @@ async fn current_material(
     ) {
         (Some(c), _, _) => Ok(c),
         (None, Some(ss), true) => Ok(from_self_signed(ss)),
-        (None, Some(_), false) => Err(DriveError::Refused(format!(
-            "{name}: no cacerts in {} (istiod runs its self-signed CA): migrate it first",
-            target.describe()
-        ))),
-        (None, None, _) => Err(DriveError::Refused(format!(
-            "{name}: neither cacerts nor istiod's istio-ca-secret found in {}",
-            target.describe()
-        ))),
+        (None, Some(_), false) => Err(DriveError::CurrentMaterial {
+            cluster: name.to_string(),
+            reason: format!(
+                "no cacerts in {} (istiod runs its self-signed CA): migrate it first",
+                target.describe()
+            ),
+        }),
+        (None, None, _) => Err(DriveError::CurrentMaterial {
+            cluster: name.to_string(),
+            reason: format!(
+                "neither cacerts nor istiod's istio-ca-secret found in {}",
+                target.describe()
+            ),
+        }),
     }
 }
 
@@ -261,7 +269,7 @@ pub async fn start_rotate_root(
     let new = match &store {
         RotationStore::VaultPki { .. } => {
             if new_root.is_some() {
-                return Err(DriveError::Refused(
+                return Err(DriveError::NewRoot(
                     "the vault-pki store generates the new root inside Vault (its key never \
                      leaves it): --new-root-cert and --new-root-key cannot be used with it"
                         .into(),
@@ -273,7 +281,7 @@ pub async fn start_rotate_root(
             let waiting = match pending {
                 Some(cert) if tied(&cert).await? => {
                     config.root_policy().check_root(&cert).map_err(|v| {
-                        DriveError::Refused(format!(
+                        DriveError::NewRoot(format!(
                             "the new issuer waiting in {}: {v}",
                             store.pending_location(&config.state_dir)
                         ))
@@ -302,7 +310,7 @@ pub async fn start_rotate_root(
                         .as_ref()
                         .is_some_and(|given| given.cert() != saved.cert())
                     {
-                        return Err(DriveError::Refused(format!(
+                        return Err(DriveError::NewRoot(format!(
                             "a different new root is already waiting in {}: start with it (no \
                              --new-root-cert) or `transition abort` first",
                             store.pending_location(&config.state_dir)
@@ -321,12 +329,12 @@ pub async fn start_rotate_root(
                             &config.root_policy().root_spec(&config.trust_domain),
                             now,
                         )
-                        .map_err(|e| DriveError::Refused(e.to_string()))?,
+                        .map_err(|e| DriveError::NewRoot(e.to_string()))?,
                     };
                     config
                         .root_policy()
                         .check_root(root.cert())
-                        .map_err(|v| DriveError::Refused(v.to_string()))?;
+                        .map_err(|v| DriveError::NewRoot(v.to_string()))?;
                     NewRoot::Local {
                         root,
                         saved: false,
@@ -341,7 +349,7 @@ pub async fn start_rotate_root(
         NewRoot::Vault { waiting, .. } => waiting.clone(),
     };
     if new_cert.as_ref() == Some(&current) {
-        return Err(DriveError::Refused(
+        return Err(DriveError::NewRoot(
             "the new root is the current root".into(),
         ));
     }
@@ -350,25 +358,28 @@ pub async fn start_rotate_root(
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
         let original = current_material(config, cluster, false).await?;
-        let verified = verify_cacerts(&original, now).map_err(|problems| {
-            DriveError::Refused(format!(
-                "{name}: the current cacerts does not validate: {}",
-                crate::pki::BundleProblem::join(&problems)
-            ))
-        })?;
+        let verified =
+            verify_cacerts(&original, now).map_err(|problems| DriveError::CurrentMaterial {
+                cluster: name.to_string(),
+                reason: format!(
+                    "the current cacerts does not validate: {}",
+                    crate::pki::BundleProblem::join(&problems)
+                ),
+            })?;
         if new_cert.as_ref() == Some(verified.anchor()) {
             tracing::info!(cluster = name, "already signs under the new root");
             continue;
         }
         if verified.anchor() != &current {
-            return Err(DriveError::Refused(format!(
-                "{name}: signs under another root than the current one: migrate it first"
-            )));
+            return Err(DriveError::CurrentMaterial {
+                cluster: name.to_string(),
+                reason: "signs under another root than the current one: migrate it first".into(),
+            });
         }
         moving.push((cluster, original));
     }
     if moving.is_empty() {
-        return Err(DriveError::Refused(
+        return Err(DriveError::NothingToDo(
             "every primary already signs under the new root".into(),
         ));
     }
@@ -448,11 +459,11 @@ async fn issue_new(
     let ica = signer
         .issue(&spec, now)
         .await
-        .map_err(|e| DriveError::Refused(format!("{name}: {e}")))?;
+        .map_err(|e| DriveError::NewRoot(format!("{name}: {e}")))?;
     policy.check_issued(name, &ica.cert)?;
     let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
-        DriveError::Refused(format!(
+        DriveError::NewRoot(format!(
             "{name}: internal check of the new cacerts failed: {}",
             crate::pki::BundleProblem::join(&problems)
         ))

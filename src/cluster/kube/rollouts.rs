@@ -91,35 +91,32 @@ impl RolledOut for Deployment {
     }
 }
 
-impl RolledOut for DaemonSet {
-    fn refusal(&self) -> Option<&'static str> {
-        on_delete(
-            self.spec
-                .update_strategy
-                .as_ref()
-                .and_then(|u| u.type_.as_deref()),
-        )
-    }
+/// DaemonSets and StatefulSets: refused only with the OnDelete strategy.
+macro_rules! rolled_out_unless_on_delete {
+    ($kind:ty, $done:ident) => {
+        impl RolledOut for $kind {
+            fn refusal(&self) -> Option<&'static str> {
+                on_delete(
+                    self.spec
+                        .update_strategy
+                        .as_ref()
+                        .and_then(|u| u.type_.as_deref()),
+                )
+            }
 
-    fn progress(&self) -> RolloutProgress {
-        daemonset_progress(self)
-    }
+            fn progress(&self) -> RolloutProgress {
+                RolloutProgress {
+                    generation: self.metadata.generation.unwrap_or(0),
+                    done: $done(self),
+                    failed: None,
+                }
+            }
+        }
+    };
 }
 
-impl RolledOut for StatefulSet {
-    fn refusal(&self) -> Option<&'static str> {
-        on_delete(
-            self.spec
-                .update_strategy
-                .as_ref()
-                .and_then(|u| u.type_.as_deref()),
-        )
-    }
-
-    fn progress(&self) -> RolloutProgress {
-        statefulset_progress(self)
-    }
-}
+rolled_out_unless_on_delete!(DaemonSet, daemonset_done);
+rolled_out_unless_on_delete!(StatefulSet, statefulset_done);
 
 fn deployment_progress(d: &Deployment) -> RolloutProgress {
     let generation = d.metadata.generation.unwrap_or(0);
@@ -172,10 +169,11 @@ fn deployment_progress(d: &Deployment) -> RolloutProgress {
     }
 }
 
-fn daemonset_progress(d: &DaemonSet) -> RolloutProgress {
+/// `Err(pending)` while a DaemonSet rolls out.
+fn daemonset_done(d: &DaemonSet) -> Result<(), String> {
     let generation = d.metadata.generation.unwrap_or(0);
     let st = d.status.clone().unwrap_or_default();
-    let done = if st.observed_generation.unwrap_or(0) < generation {
+    if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled {
         Err(format!(
@@ -191,15 +189,11 @@ fn daemonset_progress(d: &DaemonSet) -> RolloutProgress {
         ))
     } else {
         Ok(())
-    };
-    RolloutProgress {
-        generation,
-        done,
-        failed: None,
     }
 }
 
-fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
+/// `Err(pending)` while a StatefulSet rolls out.
+fn statefulset_done(s: &StatefulSet) -> Result<(), String> {
     let generation = s.metadata.generation.unwrap_or(0);
     let want = s.spec.replicas.unwrap_or(1);
     // With a partition, only the ordinals at or above it are updated (kubectl does the same).
@@ -211,7 +205,7 @@ fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
         .and_then(|r| r.partition)
         .unwrap_or(0);
     let st = s.status.clone().unwrap_or_default();
-    let done = if st.observed_generation.unwrap_or(0) < generation {
+    if st.observed_generation.unwrap_or(0) < generation {
         Err("waiting for the controller to observe the new generation".to_string())
     } else if st.ready_replicas.unwrap_or(0) < want {
         Err(format!(
@@ -237,11 +231,6 @@ fn statefulset_progress(s: &StatefulSet) -> RolloutProgress {
         Err("waiting for the update revision to become current".to_string())
     } else {
         Ok(())
-    };
-    RolloutProgress {
-        generation,
-        done,
-        failed: None,
     }
 }
 

@@ -1,39 +1,11 @@
 use super::*;
-use crate::pki::{
-    ISTIOD_SAN, IntermediateSpec, RootCa, RootSpec, Subject, generate_root, issue_intermediate,
-};
+use crate::pki::RootCa;
+use crate::pki::fixtures::{DAY, cacerts_under, now, root};
 use std::time::Duration;
-use time::macros::datetime;
 use zeroize::Zeroizing;
 
-const DAY: u64 = 86400;
-
-fn now() -> OffsetDateTime {
-    datetime!(2026-01-01 00:00 UTC)
-}
-
-fn root() -> RootCa {
-    let spec = RootSpec {
-        key_algorithm: KeyAlgorithm::EcdsaP256,
-        validity: Duration::from_secs(3650 * DAY),
-        subject: Subject::istio_root(),
-    };
-    generate_root(&spec, now()).unwrap()
-}
-
-fn spec() -> IntermediateSpec {
-    IntermediateSpec {
-        key_algorithm: KeyAlgorithm::EcdsaP256,
-        validity: Duration::from_secs(365 * DAY),
-        path_len: 0,
-        subject: Subject::istio_intermediate("c1"),
-        dns_names: vec![ISTIOD_SAN.to_string()],
-    }
-}
-
 fn bundle(root: &RootCa) -> CaCertsFiles {
-    let int = issue_intermediate(root, &spec(), now()).unwrap();
-    CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
+    cacerts_under(root)
 }
 
 fn messages(r: Result<VerifiedCaCerts, Vec<BundleProblem>>) -> Vec<String> {

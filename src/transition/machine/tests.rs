@@ -1,14 +1,7 @@
 use super::*;
 
 fn opts() -> Options {
-    Options {
-        exclude_namespaces: Vec::new(),
-        max_parallel: 1,
-        drain_seconds: 86_400,
-        gate_timeout_seconds: 600,
-        skip_workload_restarts: false,
-        approve_each_phase: false,
-    }
+    Options::for_tests()
 }
 
 fn t(secs: i64) -> OffsetDateTime {
