@@ -107,10 +107,7 @@ pub struct Expected<'a> {
 /// set is broken.
 pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime) -> Assessment {
     let Expected {
-        root,
-        policy,
-        cluster,
-        trust_domain,
+        root, trust_domain, ..
     } = *expected;
     let mut a = Assessment {
         state: ClusterState::Missing,
@@ -124,19 +121,19 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         published: None,
         trust: None,
     };
-    if let Some(bundles) = &snapshot.published_bundles {
-        let with_root = bundles
-            .iter()
-            .filter(|(_, pem)| {
-                let (b, _) = TrustBundle::from_pem_lenient(pem);
-                root.is_some_and(|r| b.contains(r))
-            })
-            .count();
-        a.published = Some(Published {
+    a.published = snapshot
+        .published_bundles
+        .as_ref()
+        .map(|bundles| Published {
             namespaces: bundles.len(),
-            with_root,
+            with_root: bundles
+                .iter()
+                .filter(|(_, pem)| {
+                    let (b, _) = TrustBundle::from_pem_lenient(pem);
+                    root.is_some_and(|r| b.contains(r))
+                })
+                .count(),
         });
-    }
     let Some(files) = snapshot.cacerts.as_ref().filter(|f| !is_empty(f)) else {
         // No plug-in CA: istiod signs with its self-signed CA, if it has one. Plugging in the
         // common root now would leave every running workload trusting only the old root.
@@ -189,11 +186,29 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
             return a;
         }
     };
-    let info = v.signing_cert().info();
+    a.state = lifecycle(&mut a, v.signing_cert(), expected, now);
+    a
+}
+
+/// Where a valid set under the right root stands in its life: drifted from its policy, due
+/// for renewal, or valid (also when renewal could not extend it past the root).
+fn lifecycle(
+    a: &mut Assessment,
+    signing: &Cert,
+    expected: &Expected<'_>,
+    now: OffsetDateTime,
+) -> ClusterState {
+    let Expected {
+        root,
+        policy,
+        cluster,
+        trust_domain,
+    } = *expected;
+    let info = signing.info();
     let renew_at = policy.renew_at(info);
     a.renew_at = Some(renew_at);
     a.capped_by_root = root.is_some_and(|r| info.not_after >= r.info().not_after);
-    a.state = if let Some(drift) = policy.drift(v.signing_cert(), cluster, trust_domain) {
+    if let Some(drift) = policy.drift(signing, cluster, trust_domain) {
         a.problems.push(drift);
         ClusterState::PolicyDrift
     } else if now >= renew_at && a.capped_by_root {
@@ -206,8 +221,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         ClusterState::RenewalDue
     } else {
         ClusterState::Valid
-    };
-    a
+    }
 }
 
 fn is_empty(files: &CaCertsFiles) -> bool {

@@ -203,38 +203,9 @@ impl Policy {
             .map_err(|m| invalid("intermediate.validity", m))?;
         let renew_before = RenewBefore::parse(&raw.intermediate.renew_before)
             .map_err(|m| invalid("intermediate.renew_before", m))?;
-        if root_validity < Duration::from_secs(86400) {
-            return Err(invalid(
-                "root.validity",
-                "must be at least one day".to_string(),
-            ));
-        }
-        if root_validity > MAX_ROOT_VALIDITY {
-            return Err(invalid(
-                "root.validity",
-                "must be at most 100 years (36500d)".to_string(),
-            ));
-        }
-        if int_validity < Duration::from_secs(3600) {
-            return Err(invalid(
-                "intermediate.validity",
-                "must be at least one hour".to_string(),
-            ));
-        }
-        if int_validity > root_validity {
-            return Err(invalid(
-                "intermediate.validity",
-                "is longer than root.validity; an intermediate never outlives its root".to_string(),
-            ));
-        }
-        if let RenewBefore::Duration(d) = renew_before
-            && d >= int_validity
-        {
-            return Err(invalid(
-                "intermediate.renew_before",
-                "must be shorter than intermediate.validity, or every run would renew".to_string(),
-            ));
-        }
+        check_lifetimes(root_validity, int_validity, renew_before)
+            .map_err(|(field, message)| invalid(field, message))?;
+        check_names(&raw).map_err(|(field, message)| invalid(field, message))?;
         let allowed = raw
             .root
             .allowed_key_algorithms
@@ -247,41 +218,6 @@ impl Policy {
                     raw.root.key_algorithm
                 ),
             ));
-        }
-        if raw.clusters.is_empty() {
-            return Err(invalid(
-                "clusters",
-                "is empty; use [\"*\"] to allow every cluster".to_string(),
-            ));
-        }
-        for (field, subject) in [
-            ("root.subject", &raw.root.subject),
-            ("intermediate.subject", &raw.intermediate.subject),
-        ] {
-            if subject.common_name.trim().is_empty() {
-                return Err(invalid(field, "common_name must not be empty".to_string()));
-            }
-            if let Some(c) = &subject.country
-                && (c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
-            {
-                return Err(invalid(
-                    field,
-                    format!("country {c:?} must be a two-letter ISO code"),
-                ));
-            }
-        }
-        for n in &raw.intermediate.dns_names {
-            let label_ok = |l: &str| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            };
-            if n.len() > 253 || !n.split('.').all(label_ok) {
-                return Err(invalid(
-                    "intermediate.dns_names",
-                    format!("{n:?} is not a DNS name"),
-                ));
-            }
         }
         Ok(Policy {
             name: name.to_string(),
@@ -596,6 +532,86 @@ impl PolicySet {
                 },
             })
     }
+}
+
+/// A policy field that does not hold, and why.
+type Refusal = (&'static str, String);
+
+/// Lifetimes a policy may set: a root of a day to a century, an intermediate of at least an
+/// hour that never outlives the root, renewed before it expires.
+fn check_lifetimes(
+    root_validity: Duration,
+    int_validity: Duration,
+    renew_before: RenewBefore,
+) -> Result<(), Refusal> {
+    if root_validity < Duration::from_secs(86400) {
+        return Err(("root.validity", "must be at least one day".to_string()));
+    }
+    if root_validity > MAX_ROOT_VALIDITY {
+        return Err((
+            "root.validity",
+            "must be at most 100 years (36500d)".to_string(),
+        ));
+    }
+    if int_validity < Duration::from_secs(3600) {
+        return Err((
+            "intermediate.validity",
+            "must be at least one hour".to_string(),
+        ));
+    }
+    if int_validity > root_validity {
+        return Err((
+            "intermediate.validity",
+            "is longer than root.validity; an intermediate never outlives its root".to_string(),
+        ));
+    }
+    if let RenewBefore::Duration(d) = renew_before
+        && d >= int_validity
+    {
+        return Err((
+            "intermediate.renew_before",
+            "must be shorter than intermediate.validity, or every run would renew".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Names a policy may set: some clusters, subjects with a common name and an ISO country,
+/// valid DNS names for istiod.
+fn check_names(raw: &RawPolicy) -> Result<(), Refusal> {
+    if raw.clusters.is_empty() {
+        return Err((
+            "clusters",
+            "is empty; use [\"*\"] to allow every cluster".to_string(),
+        ));
+    }
+    for (field, subject) in [
+        ("root.subject", &raw.root.subject),
+        ("intermediate.subject", &raw.intermediate.subject),
+    ] {
+        if subject.common_name.trim().is_empty() {
+            return Err((field, "common_name must not be empty".to_string()));
+        }
+        if let Some(c) = &subject.country
+            && (c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            return Err((
+                field,
+                format!("country {c:?} must be a two-letter ISO code"),
+            ));
+        }
+    }
+    for n in &raw.intermediate.dns_names {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if n.len() > 253 || !n.split('.').all(label_ok) {
+            return Err(("intermediate.dns_names", format!("{n:?} is not a DNS name")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

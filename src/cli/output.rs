@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::issuance::{ClusterReport, Outcome};
 use crate::pki::{BundleProblem, CertInfo, VerifiedCaCerts, fmt_time};
-use crate::status::{StatusReport, days_left};
+use crate::status::{StatusReport, StatusRow, days_left};
 use crate::topology::Role;
 
 pub fn print_json<T: Serialize>(value: &T) {
@@ -136,6 +136,65 @@ fn short_fp(fp: &str) -> String {
     fp.chars().take(11).collect()
 }
 
+/// One cluster's row of the `status` table.
+fn status_row(c: &StatusRow) -> Vec<String> {
+    let dash = || "-".to_string();
+    let mut row = vec![
+        c.name.clone(),
+        match c.role {
+            Role::Primary => "primary".into(),
+            Role::Remote => "remote".into(),
+        },
+        c.network.clone().unwrap_or_else(dash),
+    ];
+    match (&c.cacerts, &c.error, c.role) {
+        (_, _, Role::Remote) => {
+            row.push(format!(
+                "served by {}",
+                c.served_by.as_deref().unwrap_or("?")
+            ));
+            row.extend(std::iter::repeat_with(dash).take(6));
+        }
+        (_, Some(e), _) => {
+            row.push("unreadable".into());
+            row.extend(std::iter::repeat_with(dash).take(5));
+            row.push(e.clone());
+        }
+        (Some(a), None, _) => {
+            let i = a.intermediate.as_ref();
+            row.push(a.state.name().to_string());
+            row.push(i.map(|i| i.serial.clone()).unwrap_or_else(dash));
+            row.push(i.map(|i| fmt_time(i.not_before)).unwrap_or_else(dash));
+            row.push(i.map(|i| fmt_time(i.not_after)).unwrap_or_else(dash));
+            row.push(c.days_left.map(|d| d.to_string()).unwrap_or_else(dash));
+            row.push(
+                a.renew_at
+                    .map(|r| {
+                        let due = if c.renewal_due == Some(true) {
+                            " (due)"
+                        } else {
+                            ""
+                        };
+                        format!("{}{due}", fmt_time(r))
+                    })
+                    .unwrap_or_else(dash),
+            );
+            let trust: Vec<String> = a.trust_bundle.iter().map(|f| short_fp(f)).collect();
+            let mut last = if trust.is_empty() {
+                dash()
+            } else {
+                trust.join(",")
+            };
+            if let Some(p) = a.problems.first().or(a.warnings.first()) {
+                last = format!("{last}  ! {p}");
+            }
+            row.push(last);
+        }
+        (None, None, _) => row.extend(std::iter::repeat_with(dash).take(7)),
+    }
+    row
+}
+
 pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
     match &report.root {
         Some(r) => {
@@ -155,67 +214,7 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         }
     }
     let _ = writeln!(out);
-    let rows: Vec<Vec<String>> = report
-        .clusters
-        .iter()
-        .map(|c| {
-            let dash = || "-".to_string();
-            let mut row = vec![
-                c.name.clone(),
-                match c.role {
-                    Role::Primary => "primary".into(),
-                    Role::Remote => "remote".into(),
-                },
-                c.network.clone().unwrap_or_else(dash),
-            ];
-            match (&c.cacerts, &c.error, c.role) {
-                (_, _, Role::Remote) => {
-                    row.push(format!(
-                        "served by {}",
-                        c.served_by.as_deref().unwrap_or("?")
-                    ));
-                    row.extend(std::iter::repeat_with(dash).take(6));
-                }
-                (_, Some(e), _) => {
-                    row.push("unreadable".into());
-                    row.extend(std::iter::repeat_with(dash).take(5));
-                    row.push(e.clone());
-                }
-                (Some(a), None, _) => {
-                    let i = a.intermediate.as_ref();
-                    row.push(a.state.name().to_string());
-                    row.push(i.map(|i| i.serial.clone()).unwrap_or_else(dash));
-                    row.push(i.map(|i| fmt_time(i.not_before)).unwrap_or_else(dash));
-                    row.push(i.map(|i| fmt_time(i.not_after)).unwrap_or_else(dash));
-                    row.push(c.days_left.map(|d| d.to_string()).unwrap_or_else(dash));
-                    row.push(
-                        a.renew_at
-                            .map(|r| {
-                                let due = if c.renewal_due == Some(true) {
-                                    " (due)"
-                                } else {
-                                    ""
-                                };
-                                format!("{}{due}", fmt_time(r))
-                            })
-                            .unwrap_or_else(dash),
-                    );
-                    let trust: Vec<String> = a.trust_bundle.iter().map(|f| short_fp(f)).collect();
-                    let mut last = if trust.is_empty() {
-                        dash()
-                    } else {
-                        trust.join(",")
-                    };
-                    if let Some(p) = a.problems.first().or(a.warnings.first()) {
-                        last = format!("{last}  ! {p}");
-                    }
-                    row.push(last);
-                }
-                (None, None, _) => row.extend(std::iter::repeat_with(dash).take(7)),
-            }
-            row
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = report.clusters.iter().map(status_row).collect();
     table(
         out,
         &[

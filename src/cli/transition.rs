@@ -224,6 +224,7 @@ async fn run_drive(
     Ok(())
 }
 
+/// `transition status|resume|rollback|abort`.
 pub(super) async fn transition_cmd(
     config: &Config,
     cmd: TransitionCommand,
@@ -231,54 +232,10 @@ pub(super) async fn transition_cmd(
 ) -> Result<(), CliError> {
     let now = clock.now();
     let files = RecordStore::open(config).await?;
-    if let TransitionCommand::Status(o) = cmd {
-        let Some(record) = files.load().await? else {
-            println!("no transition is under way");
-            return Ok(());
-        };
-        let next = describe_next(config, &record, now);
-        if o.output == Format::Json {
-            output::print_json(&serde_json::json!({
-                "record": record,
-                "next": next,
-            }));
-            return Ok(());
-        }
-        println!(
-            "{:?} transition: phase {}, {:?}",
-            record.kind, record.phase, record.state
-        );
-        for (c, p) in &record.clusters {
-            let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
-            println!(
-                "  {c}: {}; restarted: {}",
-                if p.written { "written" } else { "not written" },
-                if restarts.is_empty() {
-                    "-".to_string()
-                } else {
-                    restarts.join(", ")
-                }
-            );
-        }
-        if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
-            (record.gate_since, &record.state)
-        {
-            println!(
-                "gate: waiting for {}s (fails after {}s){}",
-                now.unix_timestamp().saturating_sub(since),
-                record.options.gate_timeout_seconds,
-                if record.behind.is_empty() {
-                    String::new()
-                } else {
-                    format!("; behind: {}", record.behind.join("; "))
-                }
-            );
-        }
-        println!("next: {next}");
-        return Ok(());
-    }
     let dry_run = match &cmd {
-        TransitionCommand::Status(_) => false,
+        TransitionCommand::Status(o) => {
+            return transition_status(config, &files, o.output, now).await;
+        }
         TransitionCommand::Resume(a) => a.drive.dry_run,
         TransitionCommand::Rollback(d) => d.dry_run,
         TransitionCommand::Abort(a) => a.dry_run,
@@ -292,82 +249,37 @@ pub(super) async fn transition_cmd(
         return Err(CliError::Usage("no transition is under way".into()));
     };
     if dry_run {
-        let what = match &cmd {
-            TransitionCommand::Resume(a) => {
-                resume_record(&mut record, a)?;
-                "resumed transition"
-            }
-            TransitionCommand::Rollback(_) => {
-                record.rollback().map_err(CliError::Usage)?;
-                "rollback"
-            }
-            _ => {
-                println!(
-                    "dry run: would move the record and material in {} aside (nothing is \
-                     deleted) and forget the transition at phase {}, {:?}; no cluster would be \
-                     touched. Nothing was changed.",
-                    files.describe(),
-                    record.phase,
-                    record.state
-                );
-                return Ok(());
-            }
-        };
-        print_dry_run(config, &record, what, now);
-        return Ok(());
+        return transition_dry_run(config, &files, &cmd, record, now);
     }
     let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
+    // Every command is noted in the audit log with the phase it left the transition in.
+    let note = |event: &str, record: &transition::Record, detail: Option<String>| {
+        audit.note(now, event, None, record.phase.name(), None, detail);
+    };
     match cmd {
-        TransitionCommand::Status(_) => unreachable!("handled above"),
+        TransitionCommand::Status(_) => Ok(()),
         TransitionCommand::Resume(a) => {
             resume_record(&mut record, &a)?;
             files.save(&record).await?;
             if let Some(timeout) = a.gate_timeout {
-                audit.note(
-                    now,
-                    "transition-gate-timeout",
-                    None,
-                    record.phase.name(),
-                    None,
-                    Some(format!(
-                        "every gate from now on may wait {}",
-                        humantime::format_duration(timeout)
-                    )),
+                let detail = format!(
+                    "every gate from now on may wait {}",
+                    humantime::format_duration(timeout)
                 );
+                note("transition-gate-timeout", &record, Some(detail));
             }
-            audit.note(
-                now,
-                "transition-resume",
-                None,
-                record.phase.name(),
-                None,
-                None,
-            );
+            note("transition-resume", &record, None);
             run_drive(config, &files, &a.drive, clock).await
         }
         TransitionCommand::Rollback(d) => {
             record.rollback().map_err(CliError::Usage)?;
             files.save(&record).await?;
-            audit.note(
-                now,
-                "transition-rollback",
-                None,
-                record.phase.name(),
-                None,
-                None,
-            );
+            note("transition-rollback", &record, None);
             run_drive(config, &files, &d, clock).await
         }
         TransitionCommand::Abort(_) => {
             files.archive(&record, now).await?;
-            audit.note(
-                now,
-                "transition-abort",
-                None,
-                record.phase.name(),
-                None,
-                None,
-            );
+            note("transition-abort", &record, None);
             println!(
                 "transition forgotten at phase {}; clusters keep what they serve now",
                 record.phase
@@ -375,6 +287,93 @@ pub(super) async fn transition_cmd(
             Ok(())
         }
     }
+}
+
+/// `transition status`: where the transition stands, each cluster's steps, the gate's wait
+/// and what comes next.
+async fn transition_status(
+    config: &Config,
+    files: &RecordStore,
+    format: Format,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let Some(record) = files.load().await? else {
+        println!("no transition is under way");
+        return Ok(());
+    };
+    let next = describe_next(config, &record, now);
+    if format == Format::Json {
+        output::print_json(&serde_json::json!({
+            "record": record,
+            "next": next,
+        }));
+        return Ok(());
+    }
+    println!(
+        "{:?} transition: phase {}, {:?}",
+        record.kind, record.phase, record.state
+    );
+    for (c, p) in &record.clusters {
+        let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
+        println!(
+            "  {c}: {}; restarted: {}",
+            if p.written { "written" } else { "not written" },
+            if restarts.is_empty() {
+                "-".to_string()
+            } else {
+                restarts.join(", ")
+            }
+        );
+    }
+    if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
+        (record.gate_since, &record.state)
+    {
+        println!(
+            "gate: waiting for {}s (fails after {}s){}",
+            now.unix_timestamp().saturating_sub(since),
+            record.options.gate_timeout_seconds,
+            if record.behind.is_empty() {
+                String::new()
+            } else {
+                format!("; behind: {}", record.behind.join("; "))
+            }
+        );
+    }
+    println!("next: {next}");
+    Ok(())
+}
+
+/// `--dry-run` of `resume`, `rollback` and `abort`: what they would do, changing nothing.
+fn transition_dry_run(
+    config: &Config,
+    files: &RecordStore,
+    cmd: &TransitionCommand,
+    mut record: transition::Record,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let what = match cmd {
+        TransitionCommand::Resume(a) => {
+            resume_record(&mut record, a)?;
+            "resumed transition"
+        }
+        TransitionCommand::Rollback(_) => {
+            record.rollback().map_err(CliError::Usage)?;
+            "rollback"
+        }
+        _ => {
+            println!(
+                "dry run: would move the record and material in {} aside (nothing is \
+                 deleted) and forget the transition at phase {}, {:?}; no cluster would be \
+                 touched. Nothing was changed.",
+                files.describe(),
+                record.phase,
+                record.state
+            );
+            return Ok(());
+        }
+    };
+    print_dry_run(config, &record, what, now);
+    Ok(())
 }
 
 /// What `transition resume` changes in the record: a stopped transition goes on, an approval

@@ -65,6 +65,39 @@ impl Sections<'_> {
             RawRole::Primary => Role::Primary,
             RawRole::Remote => Role::Remote,
         };
+        let target = self.cluster_target(i, rc)?;
+        self.check_role(i, rc, role, &name, target.is_some())?;
+        if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
+            let key = self.dir_target_key(i, t.span(), &name, path, state_dir, dir_targets)?;
+            dir_targets.insert(key, name.clone());
+        }
+        let policy = match &rc.policy {
+            Some(p) => {
+                policies
+                    .get(p.get_ref())
+                    .map_err(|e| self.invalid(p.span(), field("policy"), e.to_string()))?;
+                p.get_ref().clone()
+            }
+            None => default_policy.to_string(),
+        };
+        Ok(Cluster {
+            name,
+            role,
+            network: rc.network.clone(),
+            primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
+            target,
+            policy,
+        })
+    }
+
+    /// Where a cluster's `cacerts` goes: a directory, a kubeconfig (and context), or the
+    /// kubeconfig of an Istio remote secret.
+    fn cluster_target(
+        &self,
+        i: usize,
+        rc: &RawCluster,
+    ) -> Result<Option<TargetConfig>, ConfigError> {
+        let field = |f: &str| format!("clusters[{i}].{f}");
         let target = rc.target.as_ref().map(|t| match t.get_ref() {
             RawTarget::Dir { path } => TargetConfig::Dir {
                 path: self.resolve(path),
@@ -101,6 +134,19 @@ impl Sections<'_> {
                     .into(),
             ));
         }
+        Ok(target)
+    }
+
+    /// A primary has a target and names no primary; a remote names its primary.
+    fn check_role(
+        &self,
+        i: usize,
+        rc: &RawCluster,
+        role: Role,
+        name: &str,
+        has_target: bool,
+    ) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("clusters[{i}].{f}");
         match role {
             Role::Primary => {
                 if let Some(p) = &rc.primary {
@@ -110,7 +156,7 @@ impl Sections<'_> {
                         format!("{name} is a primary; only remote clusters name a primary"),
                     ));
                 }
-                if target.is_none() {
+                if !has_target {
                     return Err(self.invalid(
                         rc.name.span(),
                         field("target"),
@@ -132,45 +178,41 @@ impl Sections<'_> {
                 }
             }
         }
-        if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
-            let key = normalize(path);
-            if overlaps(&key, &normalize(state_dir)) {
-                return Err(self.invalid(
-                    t.span(),
-                    field("target.path"),
-                    format!(
-                        "{} overlaps state_dir {}; cacerts and the root store must live apart",
-                        path.display(),
-                        state_dir.display()
-                    ),
-                ));
-            }
-            if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
-                return Err(self.invalid(
-                    t.span(),
-                    field("target.path"),
-                    format!("{name} and {other} write to the same or nested directories"),
-                ));
-            }
-            dir_targets.insert(key, name.clone());
+        Ok(())
+    }
+
+    /// A directory target, in the normal form it is compared in: it must live apart from
+    /// `state_dir` and from every other cluster's.
+    fn dir_target_key(
+        &self,
+        i: usize,
+        span: std::ops::Range<usize>,
+        name: &str,
+        path: &Path,
+        state_dir: &Path,
+        dir_targets: &HashMap<PathBuf, String>,
+    ) -> Result<PathBuf, ConfigError> {
+        let field = |f: &str| format!("clusters[{i}].{f}");
+        let key = normalize(path);
+        if overlaps(&key, &normalize(state_dir)) {
+            return Err(self.invalid(
+                span,
+                field("target.path"),
+                format!(
+                    "{} overlaps state_dir {}; cacerts and the root store must live apart",
+                    path.display(),
+                    state_dir.display()
+                ),
+            ));
         }
-        let policy = match &rc.policy {
-            Some(p) => {
-                policies
-                    .get(p.get_ref())
-                    .map_err(|e| self.invalid(p.span(), field("policy"), e.to_string()))?;
-                p.get_ref().clone()
-            }
-            None => default_policy.to_string(),
-        };
-        Ok(Cluster {
-            name,
-            role,
-            network: rc.network.clone(),
-            primary: rc.primary.as_ref().map(|p| p.get_ref().clone()),
-            target,
-            policy,
-        })
+        if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
+            return Err(self.invalid(
+                span,
+                field("target.path"),
+                format!("{name} and {other} write to the same or nested directories"),
+            ));
+        }
+        Ok(key)
     }
 
     /// What clusters refer to: remote-secret sources and the primaries of remotes must be
@@ -227,17 +269,6 @@ impl Sections<'_> {
         }
         Ok(())
     }
-}
-
-/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
-pub(super) fn valid_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 fn valid_cluster_name(name: &str) -> bool {

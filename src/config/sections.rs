@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::clusters::valid_dns_label;
 use super::raw::*;
 use super::*;
 
@@ -336,4 +335,15 @@ impl Sections<'_> {
         }
         Ok(transition)
     }
+}
+
+/// A lowercase RFC 1123 label: what Kubernetes accepts as a namespace name.
+fn valid_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }

@@ -140,47 +140,7 @@ impl CaKey {
     /// `EC PRIVATE KEY` (the three forms istiod reads, docs/istio.md §1). `what` names the input
     /// in errors; errors never include any byte of the key.
     pub fn from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
-        let blocks = secret_pem::parse_blocks(pem_text).map_err(|reason| PkiError::BadKey {
-            what: what.to_string(),
-            reason,
-        })?;
-        let mut keys = Vec::new();
-        for block in blocks {
-            let (tag, der) = (block.tag, block.der);
-            match tag.as_str() {
-                "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => keys.push((tag, der)),
-                // `openssl ecparam -genkey` writes the curve first; the key block names it again.
-                "EC PARAMETERS" => {}
-                "ENCRYPTED PRIVATE KEY" => {
-                    return Err(PkiError::BadKey {
-                        what: what.to_string(),
-                        reason: "the key is encrypted; decrypt it first (openssl pkey -in F -out F.plain)"
-                            .to_string(),
-                    });
-                }
-                other => {
-                    return Err(PkiError::BadKey {
-                        what: what.to_string(),
-                        reason: format!("unexpected PEM block {other:?}; expected a private key"),
-                    });
-                }
-            }
-        }
-        let (tag, der) = match keys.len() {
-            0 => {
-                return Err(PkiError::NoPem {
-                    what: what.to_string(),
-                    expected: "PRIVATE KEY",
-                });
-            }
-            1 => keys.remove(0),
-            n => {
-                return Err(PkiError::BadKey {
-                    what: what.to_string(),
-                    reason: format!("{n} private keys found; expected exactly one"),
-                });
-            }
-        };
+        let (tag, der) = one_key_block(pem_text, what)?;
         let (key_der, pem_tag): (PrivateKeyDer<'_>, &'static str) = match tag.as_str() {
             "PRIVATE KEY" => (
                 PrivatePkcs8KeyDer::from(der.as_slice()).into(),
@@ -307,6 +267,52 @@ fn unsupported_curve_name(der: &[u8]) -> Option<&'static str> {
         .iter()
         .find(|(oid, _)| der.windows(oid.len()).any(|w| w == *oid))
         .map(|(_, name)| *name)
+}
+
+/// The one private-key block of a PEM text (an `EC PARAMETERS` block beside it is allowed),
+/// its DER in a wiped buffer. Errors never include any byte of the key.
+fn one_key_block(
+    pem_text: &[u8],
+    what: &str,
+) -> Result<(String, zeroize::Zeroizing<Vec<u8>>), PkiError> {
+    let blocks = secret_pem::parse_blocks(pem_text).map_err(|reason| PkiError::BadKey {
+        what: what.to_string(),
+        reason,
+    })?;
+    let mut keys = Vec::new();
+    for block in blocks {
+        let (tag, der) = (block.tag, block.der);
+        match tag.as_str() {
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => keys.push((tag, der)),
+            // `openssl ecparam -genkey` writes the curve first; the key block names it again.
+            "EC PARAMETERS" => {}
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err(PkiError::BadKey {
+                    what: what.to_string(),
+                    reason:
+                        "the key is encrypted; decrypt it first (openssl pkey -in F -out F.plain)"
+                            .to_string(),
+                });
+            }
+            other => {
+                return Err(PkiError::BadKey {
+                    what: what.to_string(),
+                    reason: format!("unexpected PEM block {other:?}; expected a private key"),
+                });
+            }
+        }
+    }
+    match keys.len() {
+        0 => Err(PkiError::NoPem {
+            what: what.to_string(),
+            expected: "PRIVATE KEY",
+        }),
+        1 => Ok(keys.remove(0)),
+        n => Err(PkiError::BadKey {
+            what: what.to_string(),
+            reason: format!("{n} private keys found; expected exactly one"),
+        }),
+    }
 }
 
 #[cfg(test)]

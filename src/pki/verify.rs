@@ -98,176 +98,220 @@ pub fn verify_cacerts_for_mesh(
     now: OffsetDateTime,
     trust_domain: Option<&str>,
 ) -> Result<VerifiedCaCerts, Vec<BundleProblem>> {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    let problem = |file: &'static str, message: String| BundleProblem { file, message };
-
-    for (file, bytes) in files.entries() {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            problems.push(problem(
-                file,
-                "missing or empty (istiod 1.27+ refuses a cacerts set without all four keys)"
-                    .to_string(),
-            ));
-        }
+    let missing: Vec<BundleProblem> = files
+        .entries()
+        .into_iter()
+        .filter(|(_, bytes)| bytes.iter().all(u8::is_ascii_whitespace))
+        .map(|(file, _)| BundleProblem {
+            file,
+            message: "missing or empty (istiod 1.27+ refuses a cacerts set without all four keys)"
+                .to_string(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing);
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-
-    let signing = match Cert::all_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT) {
-        Ok(mut certs) => {
-            if certs.len() > 1 {
-                warnings.push(problem(
-                    CaCertsFiles::CA_CERT,
-                    format!(
-                        "{} certificates; istiod uses the first and ignores the rest",
-                        certs.len()
-                    ),
-                ));
-            }
-            Some(certs.remove(0))
-        }
-        Err(e) => {
-            problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e)));
-            None
-        }
-    };
-    let key = match CaKey::from_pem(&files.ca_key, CaCertsFiles::CA_KEY) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            problems.push(problem(CaCertsFiles::CA_KEY, strip_what(&e)));
-            None
-        }
-    };
-    // istiod reads both with Go's AppendCertsFromPEM, which skips what it cannot use.
-    let (bundle, skipped) = TrustBundle::from_pem_lenient(&files.root_cert);
-    for note in skipped {
-        warnings.push(problem(CaCertsFiles::ROOT_CERT, note));
-    }
-    let trust = if bundle.roots().is_empty() {
-        problems.push(problem(
-            CaCertsFiles::ROOT_CERT,
-            "holds no usable certificate".to_string(),
-        ));
-        None
-    } else {
-        Some(bundle)
-    };
-    let (chain_certs, skipped) =
-        Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
-    for note in skipped {
-        warnings.push(problem(CaCertsFiles::CERT_CHAIN, note));
-    }
-    let chain = if chain_certs.is_empty() {
-        problems.push(problem(
-            CaCertsFiles::CERT_CHAIN,
-            "holds no usable certificate".to_string(),
-        ));
-        None
-    } else {
-        Some(chain_certs)
-    };
-
-    let mut key_algorithm = None;
-    if let Some(signing) = &signing {
-        let info = signing.info();
-        match signing.supported_key(CaCertsFiles::CA_CERT) {
-            Ok(a) => key_algorithm = Some(a),
-            Err(e) => problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e))),
-        }
-        if !info.is_ca {
-            problems.push(problem(
-                CaCertsFiles::CA_CERT,
-                "not a CA certificate (basicConstraints CA:TRUE is missing); istiod cannot sign with it"
-                    .to_string(),
-            ));
-        }
-        if let Err(msg) = check_signing_ca_usage(signing) {
-            problems.push(problem(CaCertsFiles::CA_CERT, msg));
-        }
-        if let Some(msg) = constraints::go_would_refuse(signing) {
-            problems.push(problem(CaCertsFiles::CA_CERT, msg));
-        }
-        if let Err(e) = signing.check_valid_at(now, CaCertsFiles::CA_CERT) {
-            problems.push(problem(CaCertsFiles::CA_CERT, strip_what(&e)));
-        }
-        if let Some(key) = &key
-            && key.public_key_raw() != signing.public_key_raw().as_slice()
-        {
-            problems.push(problem(
-                CaCertsFiles::CA_KEY,
-                "does not match the public key of ca-cert.pem".to_string(),
-            ));
-        }
-    }
+    let mut f = Findings::default();
+    let signing = f.signing_cert(files);
+    let key = f.ok(
+        CaCertsFiles::CA_KEY,
+        CaKey::from_pem(&files.ca_key, CaCertsFiles::CA_KEY),
+    );
+    let trust = f.trust_bundle(files);
+    let chain = f.chain(files);
+    let key_algorithm = signing
+        .as_ref()
+        .and_then(|signing| f.check_signing(signing, key.as_ref(), now));
     if let (Some(signing), Some(chain)) = (&signing, &chain)
         && chain.first().map(Cert::der) != Some(signing.der())
     {
-        problems.push(problem(
+        f.problem(
             CaCertsFiles::CERT_CHAIN,
             "must start with the certificate in ca-cert.pem (leaf-most first)".to_string(),
-        ));
+        );
     }
     if let Some(trust) = &trust {
+        f.check_roots(trust, now);
+    }
+    let path = match (&signing, &trust, &chain) {
+        (Some(signing), Some(trust), Some(chain)) => {
+            f.path(signing, trust, chain, now, trust_domain)
+        }
+        _ => None,
+    };
+    match (signing, key_algorithm, path, trust) {
+        (Some(signing), Some(key_algorithm), Some(path), Some(trust)) if f.problems.is_empty() => {
+            Ok(VerifiedCaCerts {
+                signing,
+                key_algorithm,
+                path,
+                trust,
+                warnings: f.warnings,
+            })
+        }
+        _ => Err(f.problems),
+    }
+}
+
+/// What a verification found so far: problems (istiod would refuse the set) and warnings.
+#[derive(Default)]
+struct Findings {
+    problems: Vec<BundleProblem>,
+    warnings: Vec<BundleProblem>,
+}
+
+impl Findings {
+    fn problem(&mut self, file: &'static str, message: String) {
+        self.problems.push(BundleProblem { file, message });
+    }
+
+    fn warn(&mut self, file: &'static str, message: String) {
+        self.warnings.push(BundleProblem { file, message });
+    }
+
+    /// The value, or `None` with the error noted against `file`.
+    fn ok<T>(&mut self, file: &'static str, r: Result<T, PkiError>) -> Option<T> {
+        r.map_err(|e| self.problem(file, strip_what(&e))).ok()
+    }
+
+    /// `ca-cert.pem`'s first certificate (istiod ignores the rest).
+    fn signing_cert(&mut self, files: &CaCertsFiles) -> Option<Cert> {
+        let mut certs = self.ok(
+            CaCertsFiles::CA_CERT,
+            Cert::all_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT),
+        )?;
+        if certs.len() > 1 {
+            self.warn(
+                CaCertsFiles::CA_CERT,
+                format!(
+                    "{} certificates; istiod uses the first and ignores the rest",
+                    certs.len()
+                ),
+            );
+        }
+        Some(certs.remove(0))
+    }
+
+    /// `root-cert.pem`, read as istiod reads it (Go's AppendCertsFromPEM skips what it cannot
+    /// use).
+    fn trust_bundle(&mut self, files: &CaCertsFiles) -> Option<TrustBundle> {
+        let (bundle, skipped) = TrustBundle::from_pem_lenient(&files.root_cert);
+        for note in skipped {
+            self.warn(CaCertsFiles::ROOT_CERT, note);
+        }
+        if bundle.roots().is_empty() {
+            self.problem(
+                CaCertsFiles::ROOT_CERT,
+                "holds no usable certificate".to_string(),
+            );
+            return None;
+        }
+        Some(bundle)
+    }
+
+    /// `cert-chain.pem`, read leniently like the bundle.
+    fn chain(&mut self, files: &CaCertsFiles) -> Option<Vec<Cert>> {
+        let (certs, skipped) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+        for note in skipped {
+            self.warn(CaCertsFiles::CERT_CHAIN, note);
+        }
+        if certs.is_empty() {
+            self.problem(
+                CaCertsFiles::CERT_CHAIN,
+                "holds no usable certificate".to_string(),
+            );
+            return None;
+        }
+        Some(certs)
+    }
+
+    /// Whether istiod can sign with `signing` and `key`; its key algorithm if supported.
+    fn check_signing(
+        &mut self,
+        signing: &Cert,
+        key: Option<&CaKey>,
+        now: OffsetDateTime,
+    ) -> Option<KeyAlgorithm> {
+        let key_algorithm = self.ok(
+            CaCertsFiles::CA_CERT,
+            signing.supported_key(CaCertsFiles::CA_CERT),
+        );
+        if !signing.info().is_ca {
+            self.problem(
+                CaCertsFiles::CA_CERT,
+                "not a CA certificate (basicConstraints CA:TRUE is missing); istiod cannot sign with it"
+                    .to_string(),
+            );
+        }
+        if let Err(msg) = check_signing_ca_usage(signing) {
+            self.problem(CaCertsFiles::CA_CERT, msg);
+        }
+        if let Some(msg) = constraints::go_would_refuse(signing) {
+            self.problem(CaCertsFiles::CA_CERT, msg);
+        }
+        self.ok(
+            CaCertsFiles::CA_CERT,
+            signing.check_valid_at(now, CaCertsFiles::CA_CERT),
+        );
+        if let Some(key) = key
+            && key.public_key_raw() != signing.public_key_raw().as_slice()
+        {
+            self.problem(
+                CaCertsFiles::CA_KEY,
+                "does not match the public key of ca-cert.pem".to_string(),
+            );
+        }
+        key_algorithm
+    }
+
+    /// Trust anchors istiod accepts but an operator should know about.
+    fn check_roots(&mut self, trust: &TrustBundle, now: OffsetDateTime) {
         for (i, root) in trust.roots().iter().enumerate() {
             let n = i + 1;
             if !root.info().is_ca {
                 // Go does not require the CA flag on trust anchors; it is still a smell.
-                warnings.push(problem(
+                self.warn(
                     CaCertsFiles::ROOT_CERT,
                     format!(
                         "certificate #{n} ({}) is not marked CA",
                         root.info().subject
                     ),
-                ));
+                );
             }
             if root.info().not_after < now {
-                warnings.push(problem(
+                self.warn(
                     CaCertsFiles::ROOT_CERT,
                     format!(
                         "certificate #{n} ({}) expired at {}",
                         root.info().subject,
                         fmt_time(root.info().not_after)
                     ),
-                ));
+                );
             }
         }
     }
 
-    let path = match (&signing, &trust, &chain) {
-        (Some(signing), Some(trust), Some(chain)) => {
-            match build_path(signing, trust.roots(), chain, now) {
-                Ok(path) => {
-                    let mut names = constraints::dns_names(signing);
-                    names.extend(trust_domain.map(ConstrainedName::spiffe));
-                    for ca in &path[1..] {
-                        if let Err(msg) = constraints::check_name_constraints(ca, &names) {
-                            problems.push(problem(CaCertsFiles::CA_CERT, msg));
-                        }
-                    }
-                    Some(path)
-                }
-                Err(msg) => {
-                    problems.push(problem(CaCertsFiles::CA_CERT, msg));
-                    None
-                }
+    /// The path from `signing` to a root of `trust`, each CA's name constraints admitting
+    /// istiod's names and the mesh's SPIFFE identities.
+    fn path(
+        &mut self,
+        signing: &Cert,
+        trust: &TrustBundle,
+        chain: &[Cert],
+        now: OffsetDateTime,
+        trust_domain: Option<&str>,
+    ) -> Option<Vec<Cert>> {
+        let path = build_path(signing, trust.roots(), chain, now)
+            .map_err(|msg| self.problem(CaCertsFiles::CA_CERT, msg))
+            .ok()?;
+        let mut names = constraints::dns_names(signing);
+        names.extend(trust_domain.map(ConstrainedName::spiffe));
+        for ca in &path[1..] {
+            if let Err(msg) = constraints::check_name_constraints(ca, &names) {
+                self.problem(CaCertsFiles::CA_CERT, msg);
             }
         }
-        _ => None,
-    };
-
-    match (signing, key_algorithm, path, trust) {
-        (Some(signing), Some(key_algorithm), Some(path), Some(trust)) if problems.is_empty() => {
-            Ok(VerifiedCaCerts {
-                signing,
-                key_algorithm,
-                path,
-                trust,
-                warnings,
-            })
-        }
-        _ => Err(problems),
+        Some(path)
     }
 }
 

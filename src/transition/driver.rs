@@ -84,25 +84,12 @@ pub async fn drive(
     loop {
         let now = opts.clock.now();
         let step = next_step(&record, now);
-        if step != Step::Finished && opts.max_steps.is_some_and(|n| done >= n) {
+        if step != Step::Finished && opts.rest_after(done, started)? {
             return Ok(step);
-        }
-        if step != Step::Finished && done > 0 && opts.budget.is_some_and(|b| started.elapsed() >= b)
-        {
-            return Ok(step);
-        }
-        if step != Step::Finished && opts.stop_after.is_some_and(|n| done >= n) {
-            return Err(DriveError::Interrupted { steps: done });
         }
         if matches!(step, Step::Write { .. } | Step::Restart { .. }) {
             // Up to `max_parallel` clusters at once, within what this run may still do.
-            let room = [opts.max_steps, opts.stop_after]
-                .into_iter()
-                .flatten()
-                .map(|n| n.saturating_sub(done))
-                .min()
-                .unwrap_or(usize::MAX);
-            let batch = next_steps(&record, now, room);
+            let batch = next_steps(&record, now, opts.room(done));
             let exclude = record.options.exclude_namespaces.clone();
             let work = Work {
                 config,
@@ -117,11 +104,9 @@ pub async fn drive(
         }
         let outcome = match &step {
             Step::CheckGate { material: of } => {
-                let behind = check_gate(&targets, &remotes, &materials, *of, now).await;
-                if behind.is_empty() {
-                    StepOutcome::GateHeld
-                } else {
-                    StepOutcome::GateBehind(behind)
+                match check_gate(&targets, &remotes, &materials, *of, now).await {
+                    behind if behind.is_empty() => StepOutcome::GateHeld,
+                    behind => StepOutcome::GateBehind(behind),
                 }
             }
             Step::Drain { until } => {
@@ -137,18 +122,7 @@ pub async fn drive(
                 continue;
             }
             Step::Finished => {
-                if record.kind == TransitionKind::RotateRoot
-                    && record.phase == super::Phase::Done
-                    && !record.root_swapped
-                {
-                    RotationStore::open(config)
-                        .await
-                        .map_err(|e| DriveError::RootSwap(e.to_string()))?
-                        .swap(config, now)
-                        .await?;
-                    record.root_swapped = true;
-                    files.save(&record).await?;
-                }
+                swap_root_when_done(config, files, &mut record, now).await?;
                 return Ok(step);
             }
             Step::AwaitApproval { .. } | Step::Held { .. } => return Ok(step),
@@ -162,26 +136,7 @@ pub async fn drive(
         files.save(&record).await?;
         done += 1;
         if (record.phase, record.state.clone()) != before {
-            tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
-            opts.progress.show(Event {
-                at: now,
-                event: "phase",
-                record: &record,
-                detail: format!("now {}", state_name(&record.state)),
-                fields: serde_json::json!({"state": state_name(&record.state)}),
-            });
-            let report = match &record.state {
-                State::Failed { report, .. } => Some(report.clone()),
-                _ => None,
-            };
-            audit.note(
-                now,
-                "transition-phase",
-                None,
-                record.phase.name(),
-                None,
-                report,
-            );
+            note_moved(opts.progress, &audit, &record, now);
         }
         if behind && matches!(record.state, State::Active | State::RollingBack { .. }) {
             if !opts.wait {
@@ -195,6 +150,78 @@ pub async fn drive(
             tokio::time::sleep(opts.poll).await;
         }
     }
+}
+
+impl DriveOptions {
+    /// How many more steps this run may take after `done`.
+    fn room(&self, done: usize) -> usize {
+        [self.max_steps, self.stop_after]
+            .into_iter()
+            .flatten()
+            .map(|n| n.saturating_sub(done))
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Whether a run that did `done` steps since `started` rests here (its step count or
+    /// time budget is used up), or stops as if the process died (crash tests).
+    fn rest_after(&self, done: usize, started: std::time::Instant) -> Result<bool, DriveError> {
+        if self.max_steps.is_some_and(|n| done >= n)
+            || (done > 0 && self.budget.is_some_and(|b| started.elapsed() >= b))
+        {
+            return Ok(true);
+        }
+        if self.stop_after.is_some_and(|n| done >= n) {
+            return Err(DriveError::Interrupted { steps: done });
+        }
+        Ok(false)
+    }
+}
+
+/// A finished rotation puts the new root in the store's place, once.
+async fn swap_root_when_done(
+    config: &Config,
+    files: &RecordStore,
+    record: &mut Record,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    if record.kind == TransitionKind::RotateRoot
+        && record.phase == super::Phase::Done
+        && !record.root_swapped
+    {
+        RotationStore::open(config)
+            .await
+            .map_err(|e| DriveError::RootSwap(e.to_string()))?
+            .swap(config, now)
+            .await?;
+        record.root_swapped = true;
+        files.save(record).await?;
+    }
+    Ok(())
+}
+
+/// A transition that moved to another phase or state: shown, logged and audited.
+fn note_moved(progress: Progress, audit: &Audit, record: &Record, now: OffsetDateTime) {
+    tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
+    progress.show(Event {
+        at: now,
+        event: "phase",
+        record,
+        detail: format!("now {}", state_name(&record.state)),
+        fields: serde_json::json!({"state": state_name(&record.state)}),
+    });
+    let report = match &record.state {
+        State::Failed { report, .. } => Some(report.clone()),
+        _ => None,
+    };
+    audit.note(
+        now,
+        "transition-phase",
+        None,
+        record.phase.name(),
+        None,
+        report,
+    );
 }
 
 /// What a driver works on: each primary's target and material, and the Kubernetes remotes its

@@ -49,113 +49,129 @@ pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> 
 /// Stops where an operator must act (a failed or held transition).
 pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -> Vec<PlannedStep> {
     let mut record = record.clone();
-    let kind = record.kind;
-    let options = record.options.clone();
     let mut now = now;
-    let scope_of = |cluster: &str| scopes.iter().find(|s| s.primary == cluster);
     let mut steps = Vec::new();
     loop {
         let step = next_step(&record, now);
         let phase = record.phase;
-        let (cluster, action, outcome) = match &step {
-            Step::Write { cluster, material } => (
-                Some(cluster.clone()),
-                format!(
-                    "write cacerts: {}",
-                    match material {
-                        MaterialOf::Phase(p) => describe(kind, *p),
-                        MaterialOf::Original =>
-                            "the material it had before the transition, verbatim",
-                    }
-                ),
-                StepOutcome::Written,
-            ),
-            Step::Restart { cluster, stage } => {
-                let action = match (stage, scope_of(cluster)) {
-                    (Stage::Istiod, _) | (_, None) => {
-                        format!("restart {} and wait for the rollout", stage.name())
-                    }
-                    (Stage::Gateways, Some(s)) => format!(
-                        "restart the gateways of {} and wait for the rollouts",
-                        s.clusters()
-                    ),
-                    (Stage::Workloads, Some(s)) => format!(
-                        "restart the workloads of every injected namespace of {}{} and wait for \
-                         the rollouts",
-                        s.clusters(),
-                        if options.exclude_namespaces.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" except {}", options.exclude_namespaces.join(", "))
-                        }
-                    ),
-                };
-                (Some(cluster.clone()), action, StepOutcome::Restarted)
-            }
-            Step::CheckGate { material } => (
-                None,
-                format!(
-                    "gate, in every cluster: {}",
-                    match material {
-                        MaterialOf::Phase(p) => gate(*p),
-                        MaterialOf::Original => {
-                            "every primary serves its material from before the transition; \
-                             every istio-ca-root-cert ConfigMap holds exactly its roots"
-                        }
-                    }
-                ),
-                StepOutcome::GateHeld,
-            ),
-            Step::Drain { until } => {
-                steps.push(PlannedStep {
-                    phase,
-                    cluster: None,
-                    action: format!(
-                        "wait the drain period ({}) so that no live workload certificate \
-                         chains to the old root",
-                        humantime::format_duration(std::time::Duration::from_secs(
-                            options.drain_seconds
-                        ))
-                    ),
-                });
-                now = *until;
-                continue;
-            }
-            Step::AwaitApproval { .. } => {
-                steps.push(PlannedStep {
-                    phase,
-                    cluster: None,
-                    action: "wait for an operator's approval".into(),
-                });
-                record.approve();
-                continue;
-            }
-            Step::Stopped { report } => {
-                steps.push(PlannedStep {
-                    phase,
-                    cluster: None,
-                    action: format!("stopped until an operator resumes or rolls back: {report}"),
-                });
-                break;
-            }
-            Step::Held { note } => {
-                steps.push(PlannedStep {
-                    phase,
-                    cluster: None,
-                    action: format!("held until an operator resumes or rolls back: {note}"),
-                });
-                break;
-            }
-            Step::Finished => break,
-        };
-        steps.push(PlannedStep {
-            phase,
-            cluster,
-            action,
-        });
-        record.record(&step, outcome, now);
+        let (cluster, action, then) = line(&step, &record, scopes);
+        if let Some(action) = action {
+            steps.push(PlannedStep {
+                phase,
+                cluster,
+                action,
+            });
+        }
+        match (then, &step) {
+            (Then::Record(outcome), _) => record.record(&step, outcome, now),
+            (Then::Pass, Step::Drain { until }) => now = *until,
+            (Then::Pass, _) => record.approve(),
+            (Then::End, _) => break,
+        }
     }
     steps
+}
+
+/// How a dry run goes on after a step.
+enum Then {
+    /// As if the step succeeded.
+    Record(StepOutcome),
+    /// Past a wait: the drain's end, or an operator's approval.
+    Pass,
+    /// Where an operator must act, or the end.
+    End,
+}
+
+/// One step as a plan line: the cluster it acts on, what it does (`None`: no line), and how
+/// the dry run goes on.
+fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Option<String>, Then) {
+    let (kind, options) = (record.kind, &record.options);
+    match step {
+        Step::Write { cluster, material } => (
+            Some(cluster.clone()),
+            Some(format!(
+                "write cacerts: {}",
+                match material {
+                    MaterialOf::Phase(p) => describe(kind, *p),
+                    MaterialOf::Original => "the material it had before the transition, verbatim",
+                }
+            )),
+            Then::Record(StepOutcome::Written),
+        ),
+        Step::Restart { cluster, stage } => {
+            let scope = scopes.iter().find(|s| &s.primary == cluster);
+            (
+                Some(cluster.clone()),
+                Some(restart_action(*stage, scope, options)),
+                Then::Record(StepOutcome::Restarted),
+            )
+        }
+        Step::CheckGate { material } => (
+            None,
+            Some(format!(
+                "gate, in every cluster: {}",
+                match material {
+                    MaterialOf::Phase(p) => gate(*p),
+                    MaterialOf::Original => {
+                        "every primary serves its material from before the transition; \
+                         every istio-ca-root-cert ConfigMap holds exactly its roots"
+                    }
+                }
+            )),
+            Then::Record(StepOutcome::GateHeld),
+        ),
+        Step::Drain { .. } => (
+            None,
+            Some(format!(
+                "wait the drain period ({}) so that no live workload certificate chains to the \
+                 old root",
+                humantime::format_duration(std::time::Duration::from_secs(options.drain_seconds))
+            )),
+            Then::Pass,
+        ),
+        Step::AwaitApproval { .. } => (
+            None,
+            Some("wait for an operator's approval".into()),
+            Then::Pass,
+        ),
+        Step::Stopped { report } => (
+            None,
+            Some(format!(
+                "stopped until an operator resumes or rolls back: {report}"
+            )),
+            Then::End,
+        ),
+        Step::Held { note } => (
+            None,
+            Some(format!(
+                "held until an operator resumes or rolls back: {note}"
+            )),
+            Then::End,
+        ),
+        Step::Finished => (None, None, Then::End),
+    }
+}
+
+/// What a restart stage does, in the scope (the primary and its remotes) it covers.
+fn restart_action(stage: Stage, scope: Option<&Scope>, options: &Options) -> String {
+    match (stage, scope) {
+        (Stage::Istiod, _) | (_, None) => {
+            format!("restart {} and wait for the rollout", stage.name())
+        }
+        (Stage::Gateways, Some(s)) => format!(
+            "restart the gateways of {} and wait for the rollouts",
+            s.clusters()
+        ),
+        (Stage::Workloads, Some(s)) => format!(
+            "restart the workloads of every injected namespace of {}{} and wait for the rollouts",
+            s.clusters(),
+            if options.exclude_namespaces.is_empty() {
+                String::new()
+            } else {
+                format!(" except {}", options.exclude_namespaces.join(", "))
+            }
+        ),
+    }
 }
 
 fn describe(kind: TransitionKind, phase: Phase) -> &'static str {

@@ -247,102 +247,20 @@ pub async fn start_rotate_root(
     let store = RotationStore::open(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
     let finished = files.check_room().await?;
-    let own = finished.is_none();
     let current = store.current().await?;
-    // A new root kept in Vault counts as this start's only if a start that stopped early saved
-    // intermediates under it: one left by an aborted or rolled-back rotation, or one that
-    // became the root, is not reused.
-    let tied = async |root: &Cert| -> Result<bool, DriveError> {
-        if !own || root == &current {
-            return Ok(false);
-        }
-        for cluster in config.topology.primaries() {
-            if saved_new(files, own, &cluster.name, root, now)
-                .await?
-                .is_some()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let rotation = Rotation {
+        config,
+        files,
+        audit: &audit,
+        store: &store,
+        own: finished.is_none(),
+        current: &current,
+        now,
     };
     let new = match &store {
-        RotationStore::VaultPki { .. } => {
-            if new_root.is_some() {
-                return Err(DriveError::NewRoot(
-                    "the vault-pki store generates the new root inside Vault (its key never \
-                     leaves it): --new-root-cert and --new-root-key cannot be used with it"
-                        .into(),
-                ));
-            }
-            store.check_named().await?;
-            let pending = store.pending_issuer().await?;
-            let exists = pending.is_some();
-            let waiting = match pending {
-                Some(cert) if tied(&cert).await? => {
-                    config.root_policy().check_root(&cert).map_err(|v| {
-                        DriveError::NewRoot(format!(
-                            "the new issuer waiting in {}: {v}",
-                            store.pending_location(&config.state_dir)
-                        ))
-                    })?;
-                    Some(cert)
-                }
-                _ => None,
-            };
-            NewRoot::Vault {
-                stale: exists && waiting.is_none(),
-                waiting,
-            }
-        }
-        _ => {
-            let pending = store.pending(&config.state_dir).await?;
-            let over = pending.as_ref().and_then(|(_, v)| *v);
-            let waiting = match pending {
-                // The file store's pending root is moved aside with a finished transition.
-                Some((root, None)) if own && root.cert() != &current => Some(root),
-                Some((root, Some(_))) if tied(root.cert()).await? => Some(root),
-                _ => None,
-            };
-            match waiting {
-                Some(saved) => {
-                    if new_root
-                        .as_ref()
-                        .is_some_and(|given| given.cert() != saved.cert())
-                    {
-                        return Err(DriveError::NewRoot(format!(
-                            "a different new root is already waiting in {}: start with it (no \
-                             --new-root-cert) or `transition abort` first",
-                            store.pending_location(&config.state_dir)
-                        )));
-                    }
-                    NewRoot::Local {
-                        root: saved,
-                        saved: true,
-                        over,
-                    }
-                }
-                None => {
-                    let root = match new_root {
-                        Some(r) => r,
-                        None => crate::pki::generate_root(
-                            &config.root_policy().root_spec(&config.trust_domain),
-                            now,
-                        )
-                        .map_err(|e| DriveError::NewRoot(e.to_string()))?,
-                    };
-                    config
-                        .root_policy()
-                        .check_root(root.cert())
-                        .map_err(|v| DriveError::NewRoot(v.to_string()))?;
-                    NewRoot::Local {
-                        root,
-                        saved: false,
-                        over,
-                    }
-                }
-            }
-        }
+        RotationStore::VaultPki { .. } => rotation.vault_new_root(new_root.is_some()).await?,
+        _ => rotation.local_new_root(new_root).await?,
     };
     let new_cert = match &new {
         NewRoot::Local { root, .. } => Some(root.cert().clone()),
@@ -353,82 +271,215 @@ pub async fn start_rotate_root(
             "the new root is the current root".into(),
         ));
     }
-    // Every primary: what it serves now, which must be under the current root.
-    let mut moving: Vec<(&crate::topology::Cluster, CaCertsFiles)> = Vec::new();
-    for cluster in config.topology.primaries() {
-        let name = cluster.name.as_str();
-        let original = current_material(config, cluster, false).await?;
-        let verified =
-            verify_cacerts(&original, now).map_err(|problems| DriveError::CurrentMaterial {
-                cluster: name.to_string(),
-                reason: format!(
-                    "the current cacerts does not validate: {}",
-                    crate::pki::BundleProblem::join(&problems)
-                ),
-            })?;
-        if new_cert.as_ref() == Some(verified.anchor()) {
-            tracing::info!(cluster = name, "already signs under the new root");
-            continue;
-        }
-        if verified.anchor() != &current {
-            return Err(DriveError::CurrentMaterial {
-                cluster: name.to_string(),
-                reason: "signs under another root than the current one: migrate it first".into(),
-            });
-        }
-        moving.push((cluster, original));
-    }
-    if moving.is_empty() {
-        return Err(DriveError::NothingToDo(
-            "every primary already signs under the new root".into(),
-        ));
-    }
+    let moving = rotation.moving(new_cert.as_ref()).await?;
     if dry_run {
         let clusters = moving.into_iter().map(|(c, _)| c.name.clone());
         return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
     }
-    // The new root's signer (for vault-pki: the new issuer, generated now unless a start that
-    // stopped early made it), then every new intermediate, in memory.
-    let keep = match &new {
-        NewRoot::Local {
-            saved: false, over, ..
-        } => Some(*over),
-        _ => None,
-    };
-    let signer = match new {
-        NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
-        NewRoot::Vault { ref waiting, stale } => {
-            store
-                .next_signer(config, waiting.is_some(), stale, now)
-                .await?
-        }
-    };
-    let root = signer.root_cert().clone();
-    let mut issued = Vec::new();
-    for (cluster, original) in moving {
-        let name = cluster.name.clone();
-        let (new, fresh) = match saved_new(files, own, &name, &root, now).await? {
-            Some(saved) => (saved, false),
-            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
-        };
-        issued.push((name, original, new, fresh));
-    }
-    // Then saved: the new root before anything issued under it.
-    if let Some(finished) = finished {
-        files.archive(&finished, now).await?;
-    }
-    if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
-        store
-            .keep_pending(&config.state_dir, new_root, over)
-            .await?;
-    }
-    let audit = Audit::new(config.daemon.audit_log.clone());
-    let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
-    save_moving(files, &audit, issued, now).await?;
+    let clusters = rotation.issue_and_keep(new, moving, finished).await?;
     let record = Record::new(TransitionKind::RotateRoot, clusters, options);
     files.save(&record).await?;
     audit.note(now, "transition-start", None, "rotate-root", None, None);
     Ok(record)
+}
+
+/// A root rotation being started: what every step of the start reads.
+struct Rotation<'a> {
+    config: &'a Config,
+    files: &'a RecordStore,
+    audit: &'a Audit,
+    store: &'a RotationStore,
+    /// No finished transition's files are in the way: saved material is this start's.
+    own: bool,
+    current: &'a Cert,
+    now: OffsetDateTime,
+}
+
+impl Rotation<'_> {
+    /// Whether a new root kept in the store counts as this start's: only if a start that
+    /// stopped early saved intermediates under it. One left by an aborted or rolled-back
+    /// rotation, or one that became the root, is not reused.
+    async fn tied(&self, root: &Cert) -> Result<bool, DriveError> {
+        if !self.own || root == self.current {
+            return Ok(false);
+        }
+        for cluster in self.config.topology.primaries() {
+            if saved_new(self.files, self.own, &cluster.name, root, self.now)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// vault-pki: the new issuer is generated inside Vault (now, or by a start that stopped
+    /// early); a root cannot be imported.
+    async fn vault_new_root(&self, imported: bool) -> Result<NewRoot, DriveError> {
+        let (config, store) = (self.config, self.store);
+        if imported {
+            return Err(DriveError::NewRoot(
+                "the vault-pki store generates the new root inside Vault (its key never \
+                 leaves it): --new-root-cert and --new-root-key cannot be used with it"
+                    .into(),
+            ));
+        }
+        store.check_named().await?;
+        let pending = store.pending_issuer().await?;
+        let exists = pending.is_some();
+        let waiting = match pending {
+            Some(cert) if self.tied(&cert).await? => {
+                config.root_policy().check_root(&cert).map_err(|v| {
+                    DriveError::NewRoot(format!(
+                        "the new issuer waiting in {}: {v}",
+                        store.pending_location(&config.state_dir)
+                    ))
+                })?;
+                Some(cert)
+            }
+            _ => None,
+        };
+        Ok(NewRoot::Vault {
+            stale: exists && waiting.is_none(),
+            waiting,
+        })
+    }
+
+    /// File and vault-kv stores: the root kept by a start that stopped early, else the one
+    /// given, else one generated under the root policy.
+    async fn local_new_root(&self, given: Option<RootCa>) -> Result<NewRoot, DriveError> {
+        let (config, store) = (self.config, self.store);
+        let pending = store.pending(&config.state_dir).await?;
+        let over = pending.as_ref().and_then(|(_, v)| *v);
+        let waiting = match pending {
+            // The file store's pending root is moved aside with a finished transition.
+            Some((root, None)) if self.own && root.cert() != self.current => Some(root),
+            Some((root, Some(_))) if self.tied(root.cert()).await? => Some(root),
+            _ => None,
+        };
+        if let Some(saved) = waiting {
+            if given
+                .as_ref()
+                .is_some_and(|given| given.cert() != saved.cert())
+            {
+                return Err(DriveError::NewRoot(format!(
+                    "a different new root is already waiting in {}: start with it (no \
+                     --new-root-cert) or `transition abort` first",
+                    store.pending_location(&config.state_dir)
+                )));
+            }
+            return Ok(NewRoot::Local {
+                root: saved,
+                saved: true,
+                over,
+            });
+        }
+        let root = match given {
+            Some(r) => r,
+            None => crate::pki::generate_root(
+                &config.root_policy().root_spec(&config.trust_domain),
+                self.now,
+            )
+            .map_err(|e| DriveError::NewRoot(e.to_string()))?,
+        };
+        config
+            .root_policy()
+            .check_root(root.cert())
+            .map_err(|v| DriveError::NewRoot(v.to_string()))?;
+        Ok(NewRoot::Local {
+            root,
+            saved: false,
+            over,
+        })
+    }
+
+    /// Every primary still to move, with what it serves now (which must be under the current
+    /// root); one already under the new root is left out.
+    async fn moving(
+        &self,
+        new_cert: Option<&Cert>,
+    ) -> Result<Vec<(&crate::topology::Cluster, CaCertsFiles)>, DriveError> {
+        let mut moving = Vec::new();
+        for cluster in self.config.topology.primaries() {
+            let name = cluster.name.as_str();
+            let original = current_material(self.config, cluster, false).await?;
+            let verified = verify_cacerts(&original, self.now).map_err(|problems| {
+                DriveError::CurrentMaterial {
+                    cluster: name.to_string(),
+                    reason: format!(
+                        "the current cacerts does not validate: {}",
+                        crate::pki::BundleProblem::join(&problems)
+                    ),
+                }
+            })?;
+            if new_cert == Some(verified.anchor()) {
+                tracing::info!(cluster = name, "already signs under the new root");
+                continue;
+            }
+            if verified.anchor() != self.current {
+                return Err(DriveError::CurrentMaterial {
+                    cluster: name.to_string(),
+                    reason: "signs under another root than the current one: migrate it first"
+                        .into(),
+                });
+            }
+            moving.push((cluster, original));
+        }
+        if moving.is_empty() {
+            return Err(DriveError::NothingToDo(
+                "every primary already signs under the new root".into(),
+            ));
+        }
+        Ok(moving)
+    }
+
+    /// The new root's signer (for vault-pki: the new issuer, generated now unless a start
+    /// that stopped early made it), then every new intermediate, in memory; then saved: the
+    /// new root before anything issued under it. Returns the clusters that move.
+    async fn issue_and_keep(
+        &self,
+        new: NewRoot,
+        moving: Vec<(&crate::topology::Cluster, CaCertsFiles)>,
+        finished: Option<Record>,
+    ) -> Result<Vec<String>, DriveError> {
+        let (config, files, now) = (self.config, self.files, self.now);
+        let keep = match &new {
+            NewRoot::Local {
+                saved: false, over, ..
+            } => Some(*over),
+            _ => None,
+        };
+        let signer = match new {
+            NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
+            NewRoot::Vault { ref waiting, stale } => {
+                self.store
+                    .next_signer(config, waiting.is_some(), stale, now)
+                    .await?
+            }
+        };
+        let root = signer.root_cert().clone();
+        let mut issued = Vec::new();
+        for (cluster, original) in moving {
+            let name = cluster.name.clone();
+            let (new, fresh) = match saved_new(files, self.own, &name, &root, now).await? {
+                Some(saved) => (saved, false),
+                None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+            };
+            issued.push((name, original, new, fresh));
+        }
+        if let Some(finished) = finished {
+            files.archive(&finished, now).await?;
+        }
+        if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
+            self.store
+                .keep_pending(&config.state_dir, new_root, over)
+                .await?;
+        }
+        let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
+        save_moving(files, self.audit, issued, now).await?;
+        Ok(clusters)
+    }
 }
 
 /// The new root of a rotation being started.
