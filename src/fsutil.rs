@@ -86,20 +86,23 @@ impl StagedFile {
 
     /// Renames the file into place, replacing whatever is there.
     pub fn commit(self) -> Result<(), FsError> {
-        let dest = self.dest;
-        self.temp
-            .persist(&dest)
-            .map_err(|e| fs_err("cannot rename into place", &dest)(e.error))?;
-        Ok(())
+        self.place(false)
     }
 
     /// Moves the file into place only if nothing exists there yet (link + unlink, atomic
     /// against a concurrent writer of the same name).
     pub fn commit_new(self) -> Result<(), FsError> {
+        self.place(true)
+    }
+
+    fn place(self, new_only: bool) -> Result<(), FsError> {
         let dest = self.dest;
-        self.temp
-            .persist_noclobber(&dest)
-            .map_err(|e| fs_err("refusing to overwrite", &dest)(e.error))?;
+        let (placed, failure) = if new_only {
+            (self.temp.persist_noclobber(&dest), "refusing to overwrite")
+        } else {
+            (self.temp.persist(&dest), "cannot rename into place")
+        };
+        placed.map_err(|e| fs_err(failure, &dest)(e.error))?;
         Ok(())
     }
 }

@@ -100,32 +100,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"365d\", \"8760h\""))
 }
 
-/// A subject whose values may contain `{cluster}` and `{trust_domain}`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SubjectTemplate {
-    pub organization: Option<String>,
-    pub organizational_unit: Option<String>,
-    pub common_name: String,
-    pub locality: Option<String>,
-    pub country: Option<String>,
-}
-
-impl SubjectTemplate {
-    pub fn render(&self, cluster: &str, trust_domain: &str) -> Subject {
-        let r = |s: &str| {
-            s.replace("{cluster}", cluster)
-                .replace("{trust_domain}", trust_domain)
-        };
-        Subject {
-            organization: self.organization.as_deref().map(r),
-            organizational_unit: self.organizational_unit.as_deref().map(r),
-            common_name: r(&self.common_name),
-            locality: self.locality.as_deref().map(r),
-            country: self.country.as_deref().map(r),
-        }
-    }
-}
+/// A subject whose values may contain `{cluster}` and `{trust_domain}`: a [`Subject`] read
+/// from the policy file, made concrete with [`Subject::render`].
+pub type SubjectTemplate = Subject;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RootPolicy {

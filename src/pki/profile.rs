@@ -2,10 +2,12 @@
 //! concrete values, and a random serial.
 
 use rcgen::{DistinguishedName, DnType, SerialNumber};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// A certificate subject with concrete values (templates are rendered by the policy).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A certificate subject. In a policy file its values may hold `{cluster}` and
+/// `{trust_domain}`, filled in by [`Subject::render`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Subject {
     pub organization: Option<String>,
     pub organizational_unit: Option<String>,
@@ -15,6 +17,21 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// This subject with `{cluster}` and `{trust_domain}` replaced in every value.
+    pub fn render(&self, cluster: &str, trust_domain: &str) -> Subject {
+        let r = |s: &str| {
+            s.replace("{cluster}", cluster)
+                .replace("{trust_domain}", trust_domain)
+        };
+        Subject {
+            organization: self.organization.as_deref().map(r),
+            organizational_unit: self.organizational_unit.as_deref().map(r),
+            common_name: r(&self.common_name),
+            locality: self.locality.as_deref().map(r),
+            country: self.country.as_deref().map(r),
+        }
+    }
+
     /// O=Istio, CN=Root CA — the subject of Istio's reference root (tools/certs).
     pub fn istio_root() -> Self {
         Subject {

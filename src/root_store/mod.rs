@@ -63,43 +63,29 @@ pub struct VaultPkiRef(std::sync::Arc<VaultPki>);
 
 impl RootSource {
     pub async fn open(config: &Config) -> Result<Self, StoreError> {
-        let vault_settings = || {
-            config.vault.clone().ok_or_else(|| StoreError::Vault {
+        // One Vault session per store, named in errors as `store` names it.
+        let session = async |store: String| {
+            let settings = config.vault.clone().ok_or_else(|| StoreError::Vault {
                 store: "vault".into(),
                 source: VaultError::Config("a Vault root store needs a [vault] section".into()),
-            })
+            })?;
+            VaultSession::connect(&settings)
+                .await
+                .map_err(|source| StoreError::Vault { store, source })
         };
-        match &config.root {
-            RootStoreConfig::File { dir } => Ok(RootSource::File(FileRootStore::new(dir.clone()))),
-            RootStoreConfig::VaultKv { mount, path } => {
-                let session =
-                    VaultSession::connect(&vault_settings()?)
-                        .await
-                        .map_err(|source| StoreError::Vault {
-                            store: format!("vault-kv {mount}/{path}"),
-                            source,
-                        })?;
-                Ok(RootSource::VaultKv(VaultKv {
-                    session,
-                    mount: mount.clone(),
-                    path: path.clone(),
-                }))
-            }
-            RootStoreConfig::VaultPki { mount, issuer } => {
-                let session =
-                    VaultSession::connect(&vault_settings()?)
-                        .await
-                        .map_err(|source| StoreError::Vault {
-                            store: format!("vault-pki {mount}"),
-                            source,
-                        })?;
-                Ok(RootSource::VaultPki(VaultPki {
-                    session,
-                    mount: mount.clone(),
-                    issuer: issuer.clone(),
-                }))
-            }
-        }
+        Ok(match &config.root {
+            RootStoreConfig::File { dir } => RootSource::File(FileRootStore::new(dir.clone())),
+            RootStoreConfig::VaultKv { mount, path } => RootSource::VaultKv(VaultKv {
+                session: session(format!("vault-kv {mount}/{path}")).await?,
+                mount: mount.clone(),
+                path: path.clone(),
+            }),
+            RootStoreConfig::VaultPki { mount, issuer } => RootSource::VaultPki(VaultPki {
+                session: session(format!("vault-pki {mount}")).await?,
+                mount: mount.clone(),
+                issuer: issuer.clone(),
+            }),
+        })
     }
 
     pub fn describe(&self) -> String {

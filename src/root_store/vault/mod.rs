@@ -207,34 +207,20 @@ impl VaultSession {
                 role_id,
                 secret_id_file,
             } => {
-                let secret_id = Zeroizing::new(read_secret_file(secret_id_file)?);
-                let client = self.client.read().await;
-                let auth = retrying_transient("log in (approle)", Repeat::Safe, async || {
-                    vaultrs::auth::approle::login(&*client, mount, role_id, &secret_id).await
+                self.role_login("approle", secret_id_file, async |c, secret| {
+                    vaultrs::auth::approle::login(c, mount, role_id, secret).await
                 })
-                .await
-                .map_err(|e| login_error("approle", &self.address, &e))?;
-                (
-                    Some(Zeroizing::new(auth.client_token)),
-                    Some(Duration::from_secs(auth.lease_duration)),
-                )
+                .await?
             }
             VaultAuth::Kubernetes {
                 mount,
                 role,
                 jwt_file,
             } => {
-                let jwt = Zeroizing::new(read_secret_file(jwt_file)?);
-                let client = self.client.read().await;
-                let auth = retrying_transient("log in (kubernetes)", Repeat::Safe, async || {
-                    vaultrs::auth::kubernetes::login(&*client, mount, role, &jwt).await
+                self.role_login("kubernetes", jwt_file, async |c, jwt| {
+                    vaultrs::auth::kubernetes::login(c, mount, role, jwt).await
                 })
-                .await
-                .map_err(|e| login_error("kubernetes", &self.address, &e))?;
-                (
-                    Some(Zeroizing::new(auth.client_token)),
-                    Some(Duration::from_secs(auth.lease_duration)),
-                )
+                .await?
             }
         };
         if let Some(token) = token {
@@ -245,6 +231,29 @@ impl VaultSession {
             .map(|t| (Instant::now() + t, t));
         tracing::debug!(ttl = ?ttl, "logged in to Vault");
         Ok(())
+    }
+
+    /// Logs in with `method` (AppRole, Kubernetes), whose secret (a secret ID, a service
+    /// account JWT) is read from `file` into wiped memory for the call. Returns the token and
+    /// its lifetime.
+    async fn role_login(
+        &self,
+        method: &'static str,
+        file: &PathBuf,
+        login: impl AsyncFn(&VaultClient, &str) -> Result<vaultrs::api::AuthInfo, ClientError>,
+    ) -> Result<(Option<Zeroizing<String>>, Option<Duration>), VaultError> {
+        let secret = Zeroizing::new(read_secret_file(file)?);
+        let client = self.client.read().await;
+        let action = format!("log in ({method})");
+        let auth = retrying_transient(&action, Repeat::Safe, async || {
+            login(&client, &secret).await
+        })
+        .await
+        .map_err(|e| login_error(method, &self.address, &e))?;
+        Ok((
+            Some(Zeroizing::new(auth.client_token)),
+            Some(Duration::from_secs(auth.lease_duration)),
+        ))
     }
 
     /// Renews the token when a third of its life is left, or logs in again if it cannot.
