@@ -39,6 +39,20 @@ fn the_shipped_rbac_is_sufficient() {
     s.cacertd(&["issue", "--force"]).ok();
     s.cacertd(&["status"]).ok();
     s.cacertd(&["restart", "cluster1"]).ok();
+    let run = s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--wait",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "3",
+    ]);
+    assert!(
+        run.stderr.contains("stopped after 3 steps"),
+        "{}",
+        run.stderr
+    );
     for c in ["cluster1", "cluster2"] {
         let reqs = server.cluster(c).requests();
         assert!(reqs.iter().all(|r| r.status != 403), "{reqs:#?}");
@@ -95,7 +109,22 @@ fn each_part_of_the_shipped_rbac_is_needed() {
         }
         let s = setup_with_tokens(&server, "", |_| "less".to_string());
         s.cacertd(&["root", "init"]).ok();
-        let steps: [&[&str]; 3] = [&["issue"], &["issue", "--force"], &["restart", "cluster1"]];
+        // The last: a rotation's first steps (a write, istiod's restart, which notes every
+        // pod that holds a proxy).
+        let steps: [&[&str]; 4] = [
+            &["issue"],
+            &["issue", "--force"],
+            &["restart", "cluster1"],
+            &[
+                "rotate-root",
+                "start",
+                "--wait",
+                "--drain",
+                "0s",
+                "--stop-after-steps",
+                "3",
+            ],
+        ];
         let failed = steps.iter().any(|args| {
             let run = s.cacertd(args);
             run.code != 0 && (run.stdout.contains("forbidden") || run.stderr.contains("forbidden"))

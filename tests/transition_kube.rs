@@ -39,6 +39,39 @@ fn workload(c: &FakeCluster, ns: &str, name: &str, labels: Value) {
     }));
 }
 
+/// A Deployment whose pods carry an injected sidecar (`istio-proxy`), taking the bundles
+/// istiod pushes when `pushed_bundles` (PROXY_CONFIG_XDS_AGENT=true).
+fn injected_workload(c: &FakeCluster, ns: &str, name: &str, pushed_bundles: bool) {
+    let env = match pushed_bundles {
+        true => json!([{"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"}]),
+        false => json!([]),
+    };
+    c.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name},
+                                           "annotations": {"sidecar.istio.io/status": "{}"}},
+                              "spec": {"containers": [
+                                  {"name": "app", "image": "example/app:1"},
+                                  {"name": "istio-proxy", "image": "istio/proxyv2", "env": env}]}}},
+        "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+                   "availableReplicas": 2},
+    }));
+}
+
+/// A pod with an injected sidecar that no controller owns: no rollout restarts it.
+fn bare_sidecar_pod(c: &FakeCluster, ns: &str, name: &str) -> Value {
+    c.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns,
+                     "annotations": {"sidecar.istio.io/status": "{}"}},
+        "spec": {"containers": [{"name": "app", "image": "example/debug:1"},
+                                {"name": "istio-proxy", "image": "istio/proxyv2"}]},
+        "status": {"phase": "Running"},
+    }))
+}
+
 fn config_map(c: &FakeCluster, ns: &str, bundle: &[u8]) {
     c.put(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -108,7 +141,7 @@ fn self_signed_mesh(server: &TestApiServer) -> Vec<Value> {
     for name in CLUSTERS {
         let c = server.cluster(name);
         c.namespace("app", &[("istio-injection", "enabled")]);
-        workload(c, "app", "web", json!({}));
+        injected_workload(c, "app", "web", false);
         config_map(
             c,
             "app",
@@ -695,17 +728,14 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
     }
     assert!(!s.path("state/transition").exists());
 
-    for name in ["cluster1", "cluster2"] {
-        server.cluster(name).put(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
-                     "template": {"metadata": {"labels": {"app": "istiod"}},
-                                  "spec": {"containers": [{"name": "discovery", "image": "istio/pilot",
-                                           "env": [{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]}]}}},
-            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
-                       "readyReplicas": 1, "availableReplicas": 1},
-        }));
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        if name != "cluster3" {
+            multiroot_istiod(c);
+        }
+        // Proxies that take the bundles istiod pushes (PCDS).
+        c.delete("deployments", "app", "web");
+        injected_workload(c, "app", "web", true);
     }
     let run = s
         .cacertd(&[
@@ -755,6 +785,20 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
             "{name}: workloads are left to the hot reload"
         );
     }
+}
+
+/// istiod with multi-root hot reload on (ISTIO_MULTIROOT_MESH=true).
+fn multiroot_istiod(c: &FakeCluster) {
+    c.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                 "template": {"metadata": {"labels": {"app": "istiod"}},
+                              "spec": {"containers": [{"name": "discovery", "image": "istio/pilot",
+                                       "env": [{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                   "readyReplicas": 1, "availableReplicas": 1},
+    }));
 }
 
 /// A self-signed mesh whose migration, recorded in the management cluster, took one step
@@ -1131,4 +1175,127 @@ fn the_leader_carries_on_a_transition_started_elsewhere_from_the_shared_record()
     assert!(!s.path("state/transition").exists());
     let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
     assert_eq!(audit.matches("\"action\":\"transition-write\"").count(), 6);
+}
+
+/// A bare pod with a sidecar in one primary: nothing restarts it, so its proxy keeps only the
+/// roots it started with. The AddNewRoot gate names it and holds until it is re-created;
+/// meanwhile no cluster signs under the new root (which that proxy would refuse). Once it is
+/// re-created, the migration completes.
+#[test]
+fn a_proxy_no_rollout_restarts_holds_the_gate_until_it_is_re_created() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"2s\"");
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    let c2 = server.cluster("cluster2");
+    let bare = bare_sidecar_pod(c2, "app", "debug");
+    let istiod = Istiod::start(&server, false);
+
+    let run = s
+        .cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .fails_with(1);
+    assert!(
+        run.stderr.contains(
+            "cluster2/app/debug (a bare pod: nothing re-creates it): its proxy started before \
+             istiod served the new root"
+        ),
+        "{}",
+        run.stderr
+    );
+    // The restarted workloads' proxies are not named: they started after istiod.
+    assert!(!run.stderr.contains("app/web-"), "{}", run.stderr);
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase AddNewRoot") && status.contains("cluster2/app/debug"),
+        "{status}"
+    );
+    // No cluster signs under the new root while that proxy may not trust it.
+    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
+        let cacerts = server
+            .cluster(name)
+            .get("secrets", "istio-system", "cacerts")
+            .unwrap();
+        assert_eq!(
+            unb64(&cacerts["data"]["ca-cert.pem"]),
+            unb64(&secrets[i]["data"]["ca-cert.pem"]),
+            "{name}"
+        );
+    }
+
+    // Re-created (a new pod, a new uid), it starts with istiod's current bundle.
+    c2.delete("pods", "app", "debug");
+    let again = bare_sidecar_pod(c2, "app", "debug");
+    assert_ne!(again["metadata"]["uid"], bare["metadata"]["uid"]);
+    s.cacertd(&["transition", "resume", "--wait", "--gate-timeout", "60s"])
+        .ok();
+    drop(istiod);
+    let root = s.read("state/root/root-cert.pem");
+    for name in ["cluster1", "cluster2"] {
+        let cacerts = server
+            .cluster(name)
+            .get("secrets", "istio-system", "cacerts")
+            .unwrap();
+        assert_eq!(unb64(&cacerts["data"]["root-cert.pem"]), root, "{name}");
+    }
+}
+
+/// With `--skip-workload-restarts` every proxy must take the bundles istiod pushes (PCDS):
+/// multi-root istiod alone is not enough. Refused, naming a proxy, until the workloads run
+/// with PROXY_CONFIG_XDS_AGENT=true; then the migration completes without restarting them.
+#[test]
+fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    for name in ["cluster1", "cluster2"] {
+        multiroot_istiod(server.cluster(name));
+    }
+    let _istiod = Istiod::start(&server, false);
+    let skip = [
+        "migrate",
+        "start",
+        "--skip-workload-restarts",
+        "--drain",
+        "0s",
+        "--wait",
+    ];
+
+    let run = s.cacertd(&skip).fails_with(5);
+    assert!(
+        run.stderr.contains("PROXY_CONFIG_XDS_AGENT")
+            && run.stderr.contains("cluster1: 2 proxies, e.g. app/web-"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path("state/transition").exists());
+    for name in ["cluster1", "cluster2"] {
+        assert!(
+            server
+                .cluster(name)
+                .get("secrets", "istio-system", "cacerts")
+                .is_none()
+        );
+    }
+
+    // The workloads restarted once with the setting: their proxies take pushed bundles.
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        c.delete("deployments", "app", "web");
+        injected_workload(c, "app", "web", true);
+    }
+    s.cacertd(&skip).ok();
+    for name in CLUSTERS {
+        let web = server
+            .cluster(name)
+            .get("deployments", "app", "web")
+            .unwrap();
+        assert!(
+            web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+                .is_null(),
+            "{name}: workloads are left to the pushed bundles"
+        );
+    }
 }

@@ -94,6 +94,7 @@ pub async fn drive(
             let work = Work {
                 config,
                 targets: &targets,
+                remotes: &remotes,
                 materials: &materials,
                 audit: &audit,
                 writer: CacertsWriter::new(&config.trust_domain, &audit, "transition-write"),
@@ -104,7 +105,7 @@ pub async fn drive(
         }
         let outcome = match &step {
             Step::CheckGate { material: of } => {
-                match check_gate(&targets, &remotes, &materials, *of, now).await {
+                match check_gate(&targets, &remotes, &materials, &record, *of, now).await {
                     behind if behind.is_empty() => StepOutcome::GateHeld,
                     behind => StepOutcome::GateBehind(behind),
                 }
@@ -344,6 +345,7 @@ async fn run_batch(
 struct Work<'a> {
     config: &'a Config,
     targets: &'a BTreeMap<String, Target>,
+    remotes: &'a BTreeMap<String, Vec<(String, KubeTarget)>>,
     materials: &'a BTreeMap<String, ClusterMaterial>,
     audit: &'a Audit,
     /// Every write goes through it.
@@ -427,7 +429,7 @@ impl Work<'_> {
         stage: Stage,
         now: OffsetDateTime,
     ) -> Result<StepOutcome, DriveError> {
-        let Target::Kube(_) = &self.targets[cluster] else {
+        let Target::Kube(kube) = &self.targets[cluster] else {
             tracing::info!(
                 cluster = %cluster,
                 stage = stage.name(),
@@ -458,7 +460,20 @@ impl Work<'_> {
             None,
             None,
         );
-        Ok(StepOutcome::Restarted)
+        if stage != Stage::Istiod {
+            return Ok(StepOutcome::Restarted);
+        }
+        // Every proxy there now started before istiod served this phase's bundle.
+        let mut proxies = Vec::new();
+        for p in kube.proxies().await.map_err(target_err(cluster))? {
+            proxies.push(proxy_key(cluster, &p));
+        }
+        for (remote, target) in self.remotes.get(cluster).into_iter().flatten() {
+            for p in target.proxies().await.map_err(target_err(remote))? {
+                proxies.push(proxy_key(remote, &p));
+            }
+        }
+        Ok(StepOutcome::IstiodRestarted { proxies })
     }
 }
 
@@ -486,6 +501,7 @@ async fn check_gate(
     targets: &BTreeMap<String, Target>,
     remotes: &BTreeMap<String, Vec<(String, KubeTarget)>>,
     materials: &BTreeMap<String, ClusterMaterial>,
+    record: &Record,
     of: MaterialOf,
     now: OffsetDateTime,
 ) -> Vec<String> {
@@ -524,8 +540,86 @@ async fn check_gate(
                 Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
             }
         }
+        // Before any cluster signs under the new root, every proxy must trust it.
+        if of == MaterialOf::Phase(super::Phase::AddNewRoot)
+            && record.state == State::Active
+            && let (Target::Kube(kube), Some(progress)) = (target, record.clusters.get(cluster))
+        {
+            let served = std::iter::once((cluster.as_str(), kube)).chain(
+                remotes
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, t)| (n.as_str(), t)),
+            );
+            for (name, target) in served {
+                let exclude = &record.options.exclude_namespaces;
+                proxies_behind(name, target, kube, progress, exclude, &mut behind).await;
+            }
+        }
     }
     behind
+}
+
+/// How a proxy is kept in the record: its cluster and its pod's uid (a re-created pod has a
+/// new one).
+fn proxy_key(cluster: &str, p: &crate::cluster::Proxy) -> String {
+    format!("{cluster}/{}", p.uid)
+}
+
+/// At most this many proxies are named per cluster; the rest are counted.
+const PROXIES_NAMED: usize = 10;
+
+/// Proxies of `name` (the primary, or a remote its istiod serves) that started before the
+/// primary's istiod served this phase's bundle and were not replaced since — a bare pod,
+/// a Job's pod, a pod of a controller cacertd does not restart — unless they take the
+/// bundles istiod pushes (multi-root on istiod and `PROXY_CONFIG_XDS_AGENT` on the proxy) or
+/// their namespace is excluded (docs/istio.md §13).
+async fn proxies_behind(
+    name: &str,
+    target: &KubeTarget,
+    istiod_cluster: &KubeTarget,
+    progress: &super::ClusterProgress,
+    exclude: &[String],
+    behind: &mut Vec<String>,
+) {
+    if progress.proxies_before_istiod.is_empty() {
+        return;
+    }
+    let proxies = match target.proxies().await {
+        Ok(p) => p,
+        Err(e) => {
+            behind.push(format!("{name}: its proxies cannot be listed: {e}"));
+            return;
+        }
+    };
+    let old: Vec<_> = proxies
+        .into_iter()
+        .filter(|p| progress.proxies_before_istiod.contains(&proxy_key(name, p)))
+        .filter(|p| !exclude.contains(&p.namespace))
+        .collect();
+    let pushed = if old.iter().any(|p| p.takes_pushed_bundles) {
+        matches!(istiod_cluster.istiod_multiroot().await, Ok(Some(true)))
+    } else {
+        false
+    };
+    let stale: Vec<_> = old
+        .iter()
+        .filter(|p| !(pushed && p.takes_pushed_bundles))
+        .collect();
+    for p in stale.iter().take(PROXIES_NAMED) {
+        behind.push(format!(
+            "{name}/{}: its proxy started before istiod served the new root and may not trust \
+             it; delete the pod so that it is re-created (or exclude its namespace)",
+            p.describe()
+        ));
+    }
+    if stale.len() > PROXIES_NAMED {
+        behind.push(format!(
+            "{name}: {} more proxies started before istiod served the new root",
+            stale.len() - PROXIES_NAMED
+        ));
+    }
 }
 
 /// The distinct roots of a bundle, as DER, sorted.

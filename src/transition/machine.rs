@@ -20,6 +20,11 @@ pub struct ClusterProgress {
     pub written: bool,
     /// Restart stages finished, in order.
     pub restarted: Vec<Stage>,
+    /// The pods (`cluster/uid`) of this primary and its remotes that held a proxy when this phase's
+    /// istiod restart had finished: they started before istiod served this phase's bundle, so
+    /// unless something replaced them since, their proxies may not hold it (docs/istio.md §13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies_before_istiod: Vec<String>,
 }
 
 impl ClusterProgress {
@@ -150,6 +155,10 @@ pub enum Step {
 pub enum StepOutcome {
     Written,
     Restarted,
+    /// istiod restarted; these pods (`cluster/uid`) held a proxy once its rollout finished.
+    IstiodRestarted {
+        proxies: Vec<String>,
+    },
     /// The gate held in every cluster.
     GateHeld,
     /// The gate does not hold yet; each entry names a cluster (and namespace) that is behind.
@@ -201,11 +210,17 @@ impl Record {
                     self.new_signer_used = true;
                 }
             }
-            (Step::Restart { cluster, stage }, StepOutcome::Restarted) => {
+            (
+                Step::Restart { cluster, stage },
+                outcome @ (StepOutcome::Restarted | StepOutcome::IstiodRestarted { .. }),
+            ) => {
                 if let Some(p) = self.clusters.get_mut(cluster)
                     && !p.restarted.contains(stage)
                 {
                     p.restarted.push(*stage);
+                    if let StepOutcome::IstiodRestarted { proxies } = outcome {
+                        p.proxies_before_istiod = proxies;
+                    }
                 }
             }
             (Step::CheckGate { .. }, StepOutcome::GateHeld) => self.gate_passed(now),

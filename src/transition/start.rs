@@ -61,8 +61,10 @@ pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
 }
 
 /// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
-/// hot reload; without it they would learn it only at their next certificate renewal, after
-/// the next phase may have begun. Refused unless every Kubernetes primary's istiod has it.
+/// hot reload, pushed to them over PCDS; without both they would learn it only at their next
+/// certificate renewal, after the next phase may have begun. Refused unless every Kubernetes
+/// primary's istiod has multi-root on and every proxy there (and in its remotes) takes pushed
+/// bundles (docs/istio.md §13).
 async fn refuse_skip_without_multiroot(
     config: &Config,
     options: &Options,
@@ -77,13 +79,57 @@ async fn refuse_skip_without_multiroot(
         .map(|(c, m)| format!("{c}: {m}"))
         .collect();
     if lacking.is_empty() {
-        return Ok(());
+        return refuse_skip_without_pushed_bundles(config, options).await;
     }
     Err(DriveError::UnsafeForMesh(format!(
         "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
          everywhere ({}); without it proxies learn the new root only when their certificate is \
          next renewed. Set ISTIO_MULTIROOT_MESH=true on istiod (and PROXY_CONFIG_XDS_AGENT=true \
          for proxies), or restart workloads",
+        lacking.join("; ")
+    )))
+}
+
+/// The second half of [`refuse_skip_without_multiroot`]: every proxy outside the excluded
+/// namespaces runs with `PROXY_CONFIG_XDS_AGENT=true`.
+async fn refuse_skip_without_pushed_bundles(
+    config: &Config,
+    options: &Options,
+) -> Result<(), DriveError> {
+    let mut lacking = Vec::new();
+    for cluster in config.topology.primaries() {
+        let served = std::iter::once(cluster).chain(config.topology.remotes_of(&cluster.name));
+        for c in served {
+            let kube = match Target::open(c, config).await {
+                Ok(Target::Kube(kube)) => kube,
+                Ok(Target::Dir(_)) | Err(crate::cluster::TargetError::NoTarget { .. }) => continue,
+                Err(e) => return Err(target_err(&c.name)(e)),
+            };
+            let proxies = kube.proxies().await.map_err(target_err(&c.name))?;
+            let without: Vec<_> = proxies
+                .iter()
+                .filter(|p| !p.takes_pushed_bundles)
+                .filter(|p| !options.exclude_namespaces.contains(&p.namespace))
+                .collect();
+            if let Some(first) = without.first() {
+                lacking.push(format!(
+                    "{}: {} proxies, e.g. {}",
+                    c.name,
+                    without.len(),
+                    first.describe()
+                ));
+            }
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "--skip-workload-restarts needs every proxy to take the trust bundles istiod pushes \
+         (PCDS), but some do not ({}); they would learn the new root only at their next \
+         certificate renewal. Set PROXY_CONFIG_XDS_AGENT: \"true\" in the mesh config's \
+         defaultConfig.proxyMetadata (or the pods' proxy.istio.io/config annotation) and \
+         restart those workloads once, or start without --skip-workload-restarts",
         lacking.join("; ")
     )))
 }

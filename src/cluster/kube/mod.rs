@@ -14,8 +14,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
+mod proxies;
 mod rollouts;
 
+pub use proxies::Proxy;
 pub use rollouts::{RolloutKind, Workload};
 
 use super::retry::retrying;

@@ -575,11 +575,11 @@ fn schedule_rollout(
             return;
         }
         let deadline_exceeded = st.rollouts_deadline_exceeded;
-        if let Some(event) =
-            st.store
-                .complete_rollout(plural, &ns, &name, generation, deadline_exceeded)
-        {
-            drop(st);
+        let events = st
+            .store
+            .complete_rollout(plural, &ns, &name, generation, deadline_exceeded);
+        drop(st);
+        for event in events {
             let _ = cluster.events.send(event);
         }
     });

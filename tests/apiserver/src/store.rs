@@ -30,7 +30,7 @@ impl ResourceType {
     }
 }
 
-pub(crate) const TYPES: [ResourceType; 12] = [
+pub(crate) const TYPES: [ResourceType; 13] = [
     ResourceType {
         plural: "namespaces",
         kind: "Namespace",
@@ -54,6 +54,14 @@ pub(crate) const TYPES: [ResourceType; 12] = [
         version: "v1",
         namespaced: true,
         short: &["cm"],
+    },
+    ResourceType {
+        plural: "pods",
+        kind: "Pod",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short: &["po"],
     },
     ResourceType {
         plural: "deployments",
@@ -620,6 +628,15 @@ impl Store {
             })?;
         self.rv += 1;
         let event = self.record("DELETED", rt, ns, &obj);
+        if rt.is_workload() {
+            // The garbage collector: the workload's pods go with it.
+            let controller = format!("{}/{name}", rt.plural);
+            self.objects.retain(|(plural, pns, _), pod| {
+                !(*plural == "pods"
+                    && pns == ns
+                    && pod["metadata"]["annotations"]["test.cacertd.io/controller"] == controller)
+            });
+        }
         Ok((obj, event))
     }
 
@@ -661,7 +678,102 @@ impl Store {
             &ns,
             &obj,
         );
+        if rt.is_workload() && old.is_none() {
+            let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+            self.replace_pods(rt, &ns, &obj, generation);
+        }
         (obj, event)
+    }
+
+    /// The pods the simulated controllers run for a workload: its template's `replicas` copies
+    /// (a DaemonSet's `desiredNumberScheduled`), each a new pod with a new uid, replacing the
+    /// ones it had — for a StatefulSet only the ordinals at or above its partition.
+    /// Deployment pods are named `<name>-<generation>-<i>` and owned by a ReplicaSet of that
+    /// name; StatefulSet pods keep `<name>-<i>`.
+    fn replace_pods(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        workload: &Value,
+        generation: i64,
+    ) -> Vec<Event> {
+        let Some(pods) = TYPES.iter().find(|t| t.plural == "pods") else {
+            return Vec::new();
+        };
+        let name = name_of(workload).unwrap_or_default().to_string();
+        let controller = format!("{}/{name}", rt.plural);
+        let count = match rt.plural {
+            "daemonsets" => workload["status"]["desiredNumberScheduled"].as_i64(),
+            _ => workload["spec"]["replicas"].as_i64(),
+        }
+        .unwrap_or(1);
+        let partition = match rt.plural {
+            "statefulsets" => workload["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+                .as_i64()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let pod_name = |i: i64| match rt.plural {
+            "statefulsets" => format!("{name}-{i}"),
+            _ => format!("{name}-{generation}-{i}"),
+        };
+        let (owner_kind, owner_name) = match rt.plural {
+            "deployments" => ("ReplicaSet", format!("{name}-{generation}")),
+            _ => (rt.kind, name.clone()),
+        };
+        let mut events = Vec::new();
+        let old: Vec<(String, Value)> = self
+            .objects
+            .iter()
+            .filter(|((plural, pns, _), pod)| {
+                *plural == "pods"
+                    && pns == ns
+                    && pod["metadata"]["annotations"]["test.cacertd.io/controller"] == controller
+            })
+            .map(|((_, _, n), pod)| (n.clone(), pod.clone()))
+            .collect();
+        for (pod, obj) in old {
+            let ordinal = pod.rsplit('-').next().and_then(|i| i.parse::<i64>().ok());
+            if rt.plural == "statefulsets" && ordinal.is_some_and(|i| i < partition) {
+                continue;
+            }
+            self.objects.remove(&("pods", ns.to_string(), pod));
+            self.rv += 1;
+            events.push(self.record("DELETED", pods, ns, &obj));
+        }
+        let template = &workload["spec"]["template"];
+        for i in partition..count.max(partition) {
+            let key = ("pods", ns.to_string(), pod_name(i));
+            if self.objects.contains_key(&key) {
+                continue;
+            }
+            let mut annotations = template["metadata"]["annotations"].clone();
+            if !annotations.is_object() {
+                annotations = json!({});
+            }
+            annotations["test.cacertd.io/controller"] = Value::from(controller.clone());
+            let mut labels = template["metadata"]["labels"].clone();
+            if !labels.is_object() {
+                labels = json!({});
+            }
+            let pod = json!({
+                "metadata": {
+                    "name": pod_name(i),
+                    "labels": labels,
+                    "annotations": annotations,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind,
+                                          "name": owner_name, "uid": "owner", "controller": true}],
+                },
+                "spec": template["spec"].clone(),
+                "status": {"phase": "Running"},
+            });
+            if let Ok(mut pod) = self.normalize(pods, ns, pod, None) {
+                pod["status"] = json!({"phase": "Running"});
+                self.objects.insert(key, pod.clone());
+                events.push(self.record("ADDED", pods, ns, &pod));
+            }
+        }
+        events
     }
 
     /// The simulated controller finishing a rollout of `generation` (or, with
@@ -673,12 +785,16 @@ impl Store {
         name: &str,
         generation: i64,
         deadline_exceeded: bool,
-    ) -> Option<Event> {
-        let rt = TYPES.iter().find(|t| t.plural == plural)?;
+    ) -> Vec<Event> {
+        let Some(rt) = TYPES.iter().find(|t| t.plural == plural) else {
+            return Vec::new();
+        };
         let key = (rt.plural, ns.to_string(), name.to_string());
-        let obj = self.objects.get_mut(&key)?;
+        let Some(obj) = self.objects.get_mut(&key) else {
+            return Vec::new();
+        };
         if obj["metadata"]["generation"].as_i64() != Some(generation) {
-            return None;
+            return Vec::new();
         }
         let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
         // What a real controller would not roll out: a paused Deployment, an OnDelete
@@ -690,7 +806,7 @@ impl Store {
             self.rv += 1;
             obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
             let obj = obj.clone();
-            return Some(self.record("MODIFIED", rt, ns, &obj));
+            return vec![self.record("MODIFIED", rt, ns, &obj)];
         }
         if deadline_exceeded && plural == "deployments" {
             // What the Deployment controller reports once `progressDeadlineSeconds` pass
@@ -706,7 +822,7 @@ impl Store {
             self.rv += 1;
             obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
             let obj = obj.clone();
-            return Some(self.record("MODIFIED", rt, ns, &obj));
+            return vec![self.record("MODIFIED", rt, ns, &obj)];
         }
         let partition = obj["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
             .as_i64()
@@ -737,7 +853,9 @@ impl Store {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::from(self.rv.to_string());
         let obj = obj.clone();
-        Some(self.record("MODIFIED", rt, ns, &obj))
+        let mut events = vec![self.record("MODIFIED", rt, ns, &obj)];
+        events.extend(self.replace_pods(rt, ns, &obj, generation));
+        events
     }
 }
 
