@@ -37,7 +37,8 @@ fn deployment(c: &FakeCluster, ns: &str, name: &str, labels: serde_json::Value) 
 fn config_map(c: &FakeCluster, ns: &str, bundle: &str) {
     c.put(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
+        "metadata": {"name": "istio-ca-root-cert", "namespace": ns,
+                     "labels": {"istio.io/config": "true"}},
         "data": {"root-cert.pem": bundle},
     }));
 }

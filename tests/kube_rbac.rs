@@ -16,7 +16,10 @@ fn mesh(server: &TestApiServer) {
     c1.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
-        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {}}},
+        // cluster1's istiod publishes a ClusterTrustBundle; cluster2's (none) ConfigMaps.
+        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {"containers": [
+            {"name": "discovery", "image": "istio/pilot",
+             "env": [{"name": "ENABLE_CLUSTER_TRUST_BUNDLE_API", "value": "true"}]}]}}},
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
     }));
     c1.namespace("app", &[("istio-injection", "enabled")]);

@@ -357,10 +357,18 @@ fn a_self_signed_cluster_is_reported_and_left_alone() {
     for ns in ["default", "istio-system"] {
         c1.put(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
+            "metadata": {"name": "istio-ca-root-cert", "namespace": ns,
+                     "labels": {"istio.io/config": "true"}},
             "data": {"root-cert.pem": String::from_utf8(other.read("state/root/root-cert.pem")).unwrap()},
         }));
     }
+    // One a namespace tenant made (without istiod's label) is not istiod's: not counted.
+    c1.namespace("tenant", &[]);
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": "tenant"},
+        "data": {"root-cert.pem": "not a bundle"},
+    }));
     let st = s.cacertd(&["status", "-o", "json"]).ok();
     let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     let c = &json["clusters"][0]["cacerts"];

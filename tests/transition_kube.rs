@@ -73,11 +73,7 @@ fn bare_sidecar_pod(c: &FakeCluster, ns: &str, name: &str) -> Value {
 }
 
 fn config_map(c: &FakeCluster, ns: &str, bundle: &[u8]) {
-    c.put(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
-        "data": {"root-cert.pem": String::from_utf8(bundle.to_vec()).unwrap()},
-    }));
+    named_config_map(c, ns, "istio-ca-root-cert", bundle);
 }
 
 /// The bundle istiod of `c` publishes: cacerts' root-cert.pem, or its self-signed certificate.
@@ -90,7 +86,21 @@ fn bundle_of(c: &FakeCluster) -> Vec<u8> {
     }
 }
 
-/// Copies each primary's bundle to the ConfigMaps of its clusters, unless paused.
+/// The `name=value` environment of a primary's istiod Deployment.
+fn istiod_env(c: &FakeCluster, name: &str) -> Option<String> {
+    let d = c.get("deployments", "istio-system", "istiod")?;
+    d["spec"]["template"]["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// Publishes each primary's bundle where its istiod is configured to, unless paused: into the
+/// ConfigMaps it labelled (`istio.io/config=true`) of its `PILOT_CA_CERT_CONFIGMAP` name, or
+/// into the ClusterTrustBundle with `ENABLE_CLUSTER_TRUST_BUNDLE_API`, in the primary and the
+/// remotes it serves. Like istiod, it never touches a ConfigMap it did not create.
 fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         for (primary, clusters) in [
@@ -100,21 +110,57 @@ fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Ar
             if primary == "cluster2" && paused.load(Ordering::SeqCst) {
                 continue;
             }
-            let bundle = bundle_of(server.cluster(primary));
-            for name in clusters {
-                let c = server.cluster(name);
+            let p = server.cluster(primary);
+            let bundle = bundle_of(p);
+            let trust_bundle =
+                istiod_env(p, "ENABLE_CLUSTER_TRUST_BUNDLE_API").as_deref() == Some("true");
+            let name = istiod_env(p, "PILOT_CA_CERT_CONFIGMAP")
+                .unwrap_or_else(|| "istio-ca-root-cert".to_string());
+            for cluster in clusters {
+                let c = server.cluster(cluster);
+                if trust_bundle {
+                    cluster_trust_bundle(c, &bundle);
+                    continue;
+                }
                 for cm in c.list("configmaps", None) {
-                    if cm["metadata"]["name"] == "istio-ca-root-cert"
+                    if cm["metadata"]["name"] == name.as_str()
+                        && cm["metadata"]["labels"]["istio.io/config"] == "true"
                         && cm["data"]["root-cert.pem"].as_str().map(str::as_bytes)
                             != Some(&bundle[..])
                     {
-                        config_map(c, cm["metadata"]["namespace"].as_str().unwrap(), &bundle);
+                        let ns = cm["metadata"]["namespace"].as_str().unwrap();
+                        named_config_map(c, ns, &name, &bundle);
                     }
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// istiod's ClusterTrustBundle, holding `bundle`.
+fn cluster_trust_bundle(c: &FakeCluster, bundle: &[u8]) {
+    let current = c.get("clustertrustbundles", "", "istio.io:istiod-ca:root-cert");
+    if current
+        .is_some_and(|ctb| ctb["spec"]["trustBundle"].as_str().map(str::as_bytes) == Some(bundle))
+    {
+        return;
+    }
+    c.put(json!({
+        "apiVersion": "certificates.k8s.io/v1beta1", "kind": "ClusterTrustBundle",
+        "metadata": {"name": "istio.io:istiod-ca:root-cert"},
+        "spec": {"signerName": "istio.io/istiod-ca",
+                 "trustBundle": String::from_utf8(bundle.to_vec()).unwrap()},
+    }));
+}
+
+/// A bundle ConfigMap as istiod creates it (labelled), under `name`.
+fn named_config_map(c: &FakeCluster, ns: &str, name: &str, bundle: &[u8]) {
+    c.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "labels": {"istio.io/config": "true"}},
+        "data": {"root-cert.pem": String::from_utf8(bundle.to_vec()).unwrap()},
+    }));
 }
 
 /// Each primary runs istiod with its own self-signed CA (different roots); every cluster has
@@ -789,13 +835,21 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
 
 /// istiod with multi-root hot reload on (ISTIO_MULTIROOT_MESH=true).
 fn multiroot_istiod(c: &FakeCluster) {
+    istiod_with_env(
+        c,
+        json!([{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]),
+    );
+}
+
+/// istiod's Deployment, its container running with `env`.
+fn istiod_with_env(c: &FakeCluster, env: Value) {
     c.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
                  "template": {"metadata": {"labels": {"app": "istiod"}},
                               "spec": {"containers": [{"name": "discovery", "image": "istio/pilot",
-                                       "env": [{"name": "ISTIO_MULTIROOT_MESH", "value": "true"}]}]}}},
+                                       "env": env}]}}},
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                    "readyReplicas": 1, "availableReplicas": 1},
     }));
@@ -1298,4 +1352,77 @@ fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
             "{name}: workloads are left to the pushed bundles"
         );
     }
+}
+
+/// Gates read the bundles where each istiod writes them: cluster1's istiod publishes under
+/// another ConfigMap name (PILOT_CA_CERT_CONFIGMAP), leaving its old ConfigMaps behind as
+/// istiod does; cluster2's writes a ClusterTrustBundle. Neither the stale ConfigMaps nor a
+/// namespace tenant's own ConfigMap of istiod's name (without istiod's label) block a gate; the ClusterTrustBundle, while
+/// cluster2's istiod lags, does.
+#[test]
+fn gates_read_the_bundle_objects_istiod_writes_and_nothing_else() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"2s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let (c1, c2, c3) = (
+        server.cluster("cluster1"),
+        server.cluster("cluster2"),
+        server.cluster("cluster3"),
+    );
+    istiod_with_env(
+        c1,
+        json!([{"name": "PILOT_CA_CERT_CONFIGMAP", "value": "mesh-roots"}]),
+    );
+    named_config_map(c1, "istio-system", "mesh-roots", &bundle_of(c1));
+    for c in [c1, c3] {
+        named_config_map(c, "app", "mesh-roots", &bundle_of(c1));
+    }
+    istiod_with_env(
+        c2,
+        json!([{"name": "ENABLE_CLUSTER_TRUST_BUNDLE_API", "value": "true"}]),
+    );
+    cluster_trust_bundle(c2, &bundle_of(c2));
+    // A namespace istiod does not manage, whose tenant keeps a ConfigMap of the same name.
+    c1.namespace("tenant", &[]);
+    c1.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "mesh-roots", "namespace": "tenant"},
+        "data": {"root-cert.pem": "whatever a tenant keeps here"},
+    }));
+    let istiod = Istiod::start(&server, true);
+
+    let run = s
+        .cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .fails_with(1);
+    assert!(
+        run.stderr.contains(
+            "cluster2/ClusterTrustBundle istio.io:istiod-ca:root-cert: holds 1 root(s), not the 2 expected"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cluster1/"), "{}", run.stderr);
+    assert!(!run.stderr.contains("cluster3/"), "{}", run.stderr);
+
+    istiod.paused.store(false, Ordering::SeqCst);
+    s.cacertd(&["transition", "resume", "--wait", "--gate-timeout", "60s"])
+        .ok();
+    drop(istiod);
+    let root = s.read("state/root/root-cert.pem");
+    for c in [c1, c3] {
+        let cm = c.get("configmaps", "app", "mesh-roots").unwrap();
+        assert_eq!(
+            cm["data"]["root-cert.pem"].as_str().unwrap().as_bytes(),
+            &root[..]
+        );
+    }
+    let ctb = c2
+        .get("clustertrustbundles", "", "istio.io:istiod-ca:root-cert")
+        .unwrap();
+    assert_eq!(
+        ctb["spec"]["trustBundle"].as_str().unwrap().as_bytes(),
+        &root[..]
+    );
 }

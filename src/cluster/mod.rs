@@ -8,7 +8,7 @@ pub(crate) mod retry;
 mod writer;
 
 pub use dir::DirTarget;
-pub use kube::{KubeTarget, Proxy, RolloutKind, Workload};
+pub use kube::{BundleObjects, KubeTarget, Proxy, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
 pub use writer::{CacertsWriter, Material, WriteError};
 

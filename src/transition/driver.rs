@@ -534,10 +534,25 @@ async fn check_gate(
         let expected = roots_of(&want.root_cert);
         let published = observed.snapshot.published_bundles.unwrap_or_default();
         bundles_behind(cluster, &published, &expected, &mut behind);
-        for (remote, target) in remotes.get(cluster).into_iter().flatten() {
-            match target.published_bundles().await {
-                Ok(published) => bundles_behind(remote, &published, &expected, &mut behind),
-                Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
+        // The remotes it serves hold the bundle objects its istiod writes.
+        let objects = match target {
+            Target::Kube(kube) if remotes.get(cluster).is_some_and(|r| !r.is_empty()) => {
+                match kube.bundle_objects().await {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        behind.push(format!("{cluster}: unreachable: {e}"));
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(objects) = &objects {
+            for (remote, target) in remotes.get(cluster).into_iter().flatten() {
+                match target.published_bundles(objects).await {
+                    Ok(published) => bundles_behind(remote, &published, &expected, &mut behind),
+                    Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
+                }
             }
         }
         // Before any cluster signs under the new root, every proxy must trust it.
@@ -646,7 +661,7 @@ fn bundles_behind(
         let got = roots_of(bundle);
         if got != expected {
             behind.push(format!(
-                "{cluster}/{ns}: istio-ca-root-cert holds {} root(s), not the {} expected",
+                "{cluster}/{ns}: holds {} root(s), not the {} expected",
                 got.len(),
                 expected.len()
             ));

@@ -7,16 +7,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
+mod istiod;
 mod proxies;
 mod rollouts;
 
+pub use istiod::BundleObjects;
 pub use proxies::Proxy;
 pub use rollouts::{RolloutKind, Workload};
 
@@ -229,38 +231,13 @@ impl KubeTarget {
             snapshot: Snapshot {
                 cacerts: cacerts.map(files_of),
                 self_signed_ca: self_signed.map(files_of),
-                published_bundles: Some(self.published_bundles().await?),
+                published_bundles: Some(
+                    self.published_bundles(&self.bundle_objects().await?)
+                        .await?,
+                ),
             },
             version,
         })
-    }
-
-    /// The bundle istiod published to each namespace (`istio-ca-root-cert`), by namespace.
-    pub async fn published_bundles(&self) -> Result<Vec<(String, Vec<u8>)>, TargetError> {
-        let configmaps: Api<ConfigMap> = Api::all(self.client.clone());
-        let params = ListParams::default().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
-        let published = retrying(&self.settings, "list istio-ca-root-cert", || {
-            configmaps.list(&params)
-        })
-        .await
-        .map_err(|e| {
-            self.error(
-                format!("list configmaps {ROOT_CERT_CONFIGMAP} in all namespaces"),
-                e,
-            )
-        })?;
-        Ok(published
-            .items
-            .into_iter()
-            .map(|cm| {
-                let ns = cm.metadata.namespace.unwrap_or_default();
-                let pem = cm
-                    .data
-                    .and_then(|mut d| d.remove("root-cert.pem"))
-                    .unwrap_or_default();
-                (ns, pem.into_bytes())
-            })
-            .collect())
     }
 
     pub(super) async fn write(

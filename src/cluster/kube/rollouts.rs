@@ -344,31 +344,6 @@ impl KubeTarget {
         self.workloads(Some(NAMESPACE), "app=istiod").await
     }
 
-    /// Whether every istiod Deployment runs with `ISTIO_MULTIROOT_MESH=true` (multi-root hot
-    /// reload of `root-cert.pem`): `None` when there is no istiod Deployment to look at.
-    pub async fn istiod_multiroot(&self) -> Result<Option<bool>, TargetError> {
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let params = ListParams::default().labels("app=istiod");
-        let list = retrying(&self.settings, "list istiod", || api.list(&params))
-            .await
-            .map_err(|e| self.error(format!("list deployments app=istiod in {NAMESPACE}"), e))?;
-        if list.items.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(list.items.iter().all(|d| {
-            d.spec.template.spec.as_ref().is_some_and(|pod| {
-                pod.containers.iter().any(|c| {
-                    c.env.iter().flatten().any(|e| {
-                        e.name == "ISTIO_MULTIROOT_MESH"
-                            && e.value
-                                .as_deref()
-                                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-                    })
-                })
-            })
-        })))
-    }
-
     /// Gateways (east-west, ingress, egress) selected by `selector` in every namespace.
     pub async fn gateways(&self, selector: &str) -> Result<Vec<Workload>, TargetError> {
         self.workloads(None, selector).await

@@ -30,7 +30,7 @@ impl ResourceType {
     }
 }
 
-pub(crate) const TYPES: [ResourceType; 13] = [
+pub(crate) const TYPES: [ResourceType; 14] = [
     ResourceType {
         plural: "namespaces",
         kind: "Namespace",
@@ -128,6 +128,14 @@ pub(crate) const TYPES: [ResourceType; 13] = [
         short: &[],
     },
     ResourceType {
+        plural: "clustertrustbundles",
+        kind: "ClusterTrustBundle",
+        group: "certificates.k8s.io",
+        version: "v1beta1",
+        namespaced: false,
+        short: &["ctb"],
+    },
+    ResourceType {
         plural: "clusterrolebindings",
         kind: "ClusterRoleBinding",
         group: "rbac.authorization.k8s.io",
@@ -140,7 +148,7 @@ pub(crate) const TYPES: [ResourceType; 13] = [
 impl ResourceType {
     /// RBAC objects' names are path segments (`system:auth-delegator`), not DNS subdomains.
     fn path_segment_named(&self) -> bool {
-        self.group == "rbac.authorization.k8s.io"
+        self.group == "rbac.authorization.k8s.io" || self.plural == "clustertrustbundles"
     }
 }
 
