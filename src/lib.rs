@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod issuance;
+pub mod istio_version;
 pub mod pki;
 pub mod plan;
 pub mod policy;

@@ -1426,3 +1426,65 @@ fn gates_read_the_bundle_objects_istiod_writes_and_nothing_else() {
         &root[..]
     );
 }
+
+/// istiod's version, read from its image: a release known to hand proxies only one root of
+/// a multi-root bundle refuses the transition before anything is written; another is
+/// reported at start with the behaviours that matter.
+#[test]
+fn istiod_releases_that_would_break_a_transition_refuse_it() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let istiod = |c: &FakeCluster, image: &str| {
+        c.put(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                     "template": {"metadata": {"labels": {"app": "istiod"}},
+                                  "spec": {"containers": [{"name": "discovery", "image": image}]}}},
+        }));
+    };
+    istiod(
+        server.cluster("cluster1"),
+        "docker.io/istio/pilot:1.26.2-distroless",
+    );
+    istiod(server.cluster("cluster2"), "docker.io/istio/pilot:1.25.1");
+
+    let run = s.cacertd(&["migrate", "start"]).fails_with(5);
+    assert!(
+        run.stderr.contains(
+            "cluster2: istiod 1.25.1 (docker.io/istio/pilot:1.25.1) hands proxies only the last \
+             root of a multi-root root-cert.pem"
+        ) && run.stderr.contains("(istio/istio#55793)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
+    assert!(!s.path("state/transition").exists());
+    for name in ["cluster1", "cluster2"] {
+        assert!(
+            server
+                .cluster(name)
+                .get("secrets", "istio-system", "cacerts")
+                .is_none()
+        );
+    }
+
+    istiod(server.cluster("cluster2"), "docker.io/istio/pilot:1.25.2");
+    let run = s.cacertd(&["migrate", "start"]).ok();
+    assert!(
+        run.stdout
+            .contains("cluster1: istiod 1.26.2 (docker.io/istio/pilot:1.26.2-distroless)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("cluster2: istiod 1.25.2")
+            && run
+                .stdout
+                .contains("  istio/istio#59768: may issue workload certificates"),
+        "{}",
+        run.stdout
+    );
+}

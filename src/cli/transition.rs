@@ -37,7 +37,7 @@ pub(super) async fn migrate_start(
     let options = transition_options(config, plan);
     let record =
         transition::start::start_migrate(config, &store, options, now, drive.dry_run).await?;
-    print_multiroot(config, &record).await;
+    print_istiod(config, &record).await;
     if drive.dry_run {
         print_dry_run(config, &record, "migration", now);
         return Ok(());
@@ -67,7 +67,7 @@ pub(super) async fn rotate_root_start(
         args.drive.dry_run,
     )
     .await?;
-    print_multiroot(config, &record).await;
+    print_istiod(config, &record).await;
     if args.drive.dry_run {
         print_dry_run(config, &record, "root rotation", now);
         return Ok(());
@@ -93,10 +93,26 @@ fn scopes(config: &Config) -> Vec<transition::Scope> {
 }
 
 /// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH).
-async fn print_multiroot(config: &Config, record: &transition::Record) {
+async fn print_istiod(config: &Config, record: &transition::Record) {
     for (cluster, state) in transition::start::multiroot(config).await {
         if record.clusters.contains_key(&cluster) {
             println!("{cluster}: istiod multi-root hot reload {state}");
+        }
+    }
+    // The versions were read, and none refused, before the transition was recorded.
+    let Ok(versions) = transition::start::istiod_versions(config).await else {
+        return;
+    };
+    for (cluster, images) in versions {
+        for (image, version) in images {
+            let Some(version) = version else {
+                println!("{cluster}: istiod version unknown (image {image})");
+                continue;
+            };
+            println!("{cluster}: istiod {version} ({image})");
+            for b in crate::istio_version::behaviours(version) {
+                println!("  {}: {}", b.reference, b.what);
+            }
         }
     }
 }

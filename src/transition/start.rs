@@ -8,6 +8,7 @@ use super::{Options, Record, TransitionKind, from_self_signed};
 use crate::audit::Audit;
 use crate::cluster::Target;
 use crate::config::Config;
+use crate::istio_version::{Bearing, IstioVersion, behaviours};
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, verify_cacerts, verify_cacerts_for_mesh,
 };
@@ -58,6 +59,61 @@ pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
         out.push((cluster.name.clone(), state));
     }
     out
+}
+
+/// The images each Kubernetes primary's istiod runs, with the Istio version read from each
+/// (`None` for a tag that names no release).
+pub async fn istiod_versions(
+    config: &Config,
+) -> Result<Vec<(String, Vec<(String, Option<IstioVersion>)>)>, DriveError> {
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let Target::Kube(kube) = Target::open(cluster, config)
+            .await
+            .map_err(target_err(&cluster.name))?
+        else {
+            continue;
+        };
+        let images = kube
+            .istiod_images()
+            .await
+            .map_err(target_err(&cluster.name))?;
+        let versions = images
+            .into_iter()
+            .map(|image| {
+                let version = IstioVersion::from_image(&image);
+                (image, version)
+            })
+            .collect();
+        out.push((cluster.name.clone(), versions));
+    }
+    Ok(out)
+}
+
+/// A transition is refused where a primary's istiod runs a release known to break it
+/// (docs/istio.md §12); what the other known behaviours mean is reported by `start`.
+async fn refuse_known_breakage(config: &Config) -> Result<(), DriveError> {
+    let mut refused = Vec::new();
+    for (cluster, images) in istiod_versions(config).await? {
+        for (image, version) in images {
+            let Some(version) = version else { continue };
+            for b in behaviours(version) {
+                if b.bearing == Bearing::Refuse {
+                    refused.push(format!(
+                        "{cluster}: istiod {version} ({image}) {} ({})",
+                        b.what, b.reference
+                    ));
+                }
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "a trust transition would break mTLS with this istiod: {}",
+        refused.join("; ")
+    )))
 }
 
 /// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
@@ -143,6 +199,7 @@ pub async fn start_migrate(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
+    refuse_known_breakage(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
     let finished = files.check_room().await?;
     let signer = RootSource::open(config)
@@ -291,6 +348,7 @@ pub async fn start_rotate_root(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     let store = RotationStore::open(config).await?;
+    refuse_known_breakage(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
