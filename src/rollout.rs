@@ -1,5 +1,5 @@
-//! Restarts in the order Istio needs (docs/istio.md §5): istiod first, then the gateways, then
-//! the workloads — of the primary and of every remote it serves — waiting for each stage to
+//! Restarts in the order Istio needs (docs/istio.md §5): istiod first, then the gateways (with
+//! ambient mode's ztunnel and waypoints), then the workloads — of the primary and of every remote it serves — waiting for each stage to
 //! finish rolling out before the next begins. Restarting gateways before istiod serves the new
 //! material leaves them with "unknown authority".
 
@@ -112,14 +112,21 @@ pub async fn restart_primary(
                 Stage::Istiod if cluster.role == Role::Primary => target.istiod().await?,
                 Stage::Istiod => Vec::new(),
                 Stage::Gateways => {
-                    let g = target.gateways(&opts.gateway_selector).await?;
+                    let g = gateway_stage(target, opts).await?;
                     gateways_seen.extend(g.iter().map(|w| (cluster.name.clone(), w.clone())));
                     g
                 }
                 Stage::Workloads => {
+                    // Restarted with the gateways, whether in this call or an earlier one.
+                    let infrastructure = match gateways_seen.iter().any(|(c, _)| c == &cluster.name)
+                    {
+                        true => Vec::new(),
+                        false => gateway_stage(target, opts).await?,
+                    };
                     let mut w = target.injected_workloads(None).await?;
                     w.retain(|w| {
                         !gateways_seen.contains(&(cluster.name.clone(), w.clone()))
+                            && !infrastructure.contains(w)
                             && !opts.exclude_namespaces.contains(&w.namespace)
                     });
                     w
@@ -156,4 +163,19 @@ pub async fn restart_primary(
         }
     }
     Ok(done)
+}
+
+/// What the gateways stage restarts in one cluster: the gateways `opts` selects, ztunnel and
+/// the waypoints.
+async fn gateway_stage(
+    target: &KubeTarget,
+    opts: &RestartOptions,
+) -> Result<Vec<Workload>, TargetError> {
+    let mut g = target.gateways(&opts.gateway_selector).await?;
+    for w in target.ambient_infrastructure().await? {
+        if !g.contains(&w) {
+            g.push(w);
+        }
+    }
+    Ok(g)
 }

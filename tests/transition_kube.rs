@@ -1488,3 +1488,79 @@ fn istiod_releases_that_would_break_a_transition_refuse_it() {
         run.stdout
     );
 }
+
+/// An ambient mesh: ztunnel (a DaemonSet whose pods hold the workloads' identities) and a
+/// waypoint are restarted with the gateways — after istiod, before the workloads — in every
+/// phase, and the migration completes with every proxy re-created.
+#[test]
+fn ambient_ztunnel_and_waypoints_restart_after_istiod_and_before_workloads() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"60s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let c1 = server.cluster("cluster1");
+    c1.put(json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "ztunnel", "namespace": "istio-system",
+                     "labels": {"app.kubernetes.io/name": "ztunnel"}},
+        "spec": {"selector": {"matchLabels": {"app": "ztunnel"}},
+                 "template": {"metadata": {"labels": {"app": "ztunnel"}},
+                              "spec": {"containers": [{"name": "istio-proxy", "image": "istio/ztunnel:1.26.1"}]}}},
+        "status": {"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2,
+                   "numberAvailable": 2},
+    }));
+    c1.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "waypoint", "namespace": "app",
+                     "labels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                 "template": {"metadata": {"labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                              "spec": {"containers": [{"name": "istio-proxy", "image": "istio/proxyv2"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    }));
+    assert_eq!(
+        c1.list("pods", Some("istio-system"))
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "ztunnel")
+            .count(),
+        2
+    );
+    let _istiod = Istiod::start(&server, false);
+
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    // In cluster1, per phase: istiod, then ztunnel and the waypoint, then the workloads.
+    let patches: Vec<String> = c1
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path)
+        .collect();
+    let position = |what: &str, nth: usize| {
+        patches
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.ends_with(what))
+            .nth(nth)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no {what} #{nth} in {patches:#?}"))
+    };
+    for phase in 0..3 {
+        let istiod = position("/deployments/istiod", phase);
+        let ztunnel = position("/daemonsets/ztunnel", phase);
+        let waypoint = position("/deployments/waypoint", phase);
+        let web = position("/deployments/web", phase);
+        assert!(
+            istiod < ztunnel && ztunnel < web,
+            "phase {phase}: {patches:#?}"
+        );
+        assert!(
+            istiod < waypoint && waypoint < web,
+            "phase {phase}: {patches:#?}"
+        );
+    }
+    let root = s.read("state/root/root-cert.pem");
+    let cacerts = c1.get("secrets", "istio-system", "cacerts").unwrap();
+    assert_eq!(unb64(&cacerts["data"]["root-cert.pem"]), root);
+}

@@ -119,3 +119,68 @@ fn pushed_bundles_on(c: &Container) -> bool {
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_proxy_is_recognised_and_only_sidecars_take_pushed_bundles() {
+        let pushed = serde_json::json!([{"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"}]);
+        let sidecar = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "app", "uid": "u1",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web", "uid": "r", "controller": true}]},
+            "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy", "env": pushed}]},
+        }));
+        let p = proxy_of(&sidecar).unwrap();
+        assert_eq!(p.owner.as_deref(), Some("ReplicaSet"));
+        assert!(p.takes_pushed_bundles && !p.ztunnel);
+
+        // A native sidecar: an init container, without the setting.
+        let native = pod(serde_json::json!({
+            "metadata": {"name": "job-1", "namespace": "app"},
+            "spec": {"initContainers": [{"name": "istio-proxy", "restartPolicy": "Always"}],
+                     "containers": [{"name": "app"}]},
+        }));
+        let p = proxy_of(&native).unwrap();
+        assert!(p.owner.is_none() && !p.takes_pushed_bundles);
+        assert_eq!(
+            p.describe(),
+            "app/job-1 (a bare pod: nothing re-creates it)"
+        );
+
+        // ztunnel never takes pushed bundles, whatever its environment says.
+        let ztunnel = pod(serde_json::json!({
+            "metadata": {"name": "ztunnel-a", "namespace": "istio-system", "labels": {"app": "ztunnel"}},
+            "spec": {"containers": [{"name": "istio-proxy", "env": pushed}]},
+        }));
+        let p = proxy_of(&ztunnel).unwrap();
+        assert!(p.ztunnel && !p.takes_pushed_bundles);
+
+        // Marked by the injector only.
+        let annotated = pod(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "app",
+                         "annotations": {"sidecar.istio.io/status": "{}"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }));
+        assert!(proxy_of(&annotated).is_some());
+
+        // No proxy; a finished pod runs none any more.
+        let plain = pod(serde_json::json!({
+            "metadata": {"name": "b", "namespace": "app"},
+            "spec": {"containers": [{"name": "app"}]},
+        }));
+        assert!(proxy_of(&plain).is_none());
+        let mut done = sidecar.clone();
+        done.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        assert!(proxy_of(&done).is_none());
+    }
+}

@@ -10,6 +10,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::{KubeTarget, NAMESPACE};
+
+/// How ztunnel's chart labels its DaemonSet.
+const ZTUNNEL_SELECTOR: &str = "app.kubernetes.io/name=ztunnel";
+/// How istiod labels the waypoints it deploys.
+const WAYPOINT_SELECTOR: &str = "gateway.istio.io/managed=istio.io-mesh-controller";
 use crate::cluster::TargetError;
 use crate::cluster::retry::retrying;
 use crate::pki::fmt_time;
@@ -342,6 +347,16 @@ impl KubeTarget {
     /// istiod: Deployments in istio-system labelled `app=istiod`.
     pub async fn istiod(&self) -> Result<Vec<Workload>, TargetError> {
         self.workloads(Some(NAMESPACE), "app=istiod").await
+    }
+
+    /// What ambient mode runs beside the workloads, restarted with the gateways (after
+    /// istiod, before the workloads; docs/istio.md §11): ztunnel (a DaemonSet labelled
+    /// `app.kubernetes.io/name=ztunnel`, in istio-system or kube-system) and the waypoints
+    /// (Deployments labelled `gateway.istio.io/managed=istio.io-mesh-controller`).
+    pub async fn ambient_infrastructure(&self) -> Result<Vec<Workload>, TargetError> {
+        let mut out = self.workloads(None, ZTUNNEL_SELECTOR).await?;
+        out.extend(self.workloads(None, WAYPOINT_SELECTOR).await?);
+        Ok(out)
     }
 
     /// Gateways (east-west, ingress, egress) selected by `selector` in every namespace.
