@@ -550,8 +550,30 @@ fn check_lifetimes(
             "must be shorter than intermediate.validity, or every run would renew".to_string(),
         ));
     }
+    let left_at_renewal = match renew_before {
+        RenewBefore::Fraction(f) => int_validity.mul_f64(f),
+        RenewBefore::Duration(d) => d,
+    };
+    if left_at_renewal < WORKLOAD_CERT_TTL {
+        return Err((
+            "intermediate.renew_before",
+            format!(
+                "leaves {} of the intermediate's life at renewal, less than a workload \
+                 certificate's {}: workload certificates istiod signs just before the renewal \
+                 would outlive the intermediate (istiod before 1.28.7, 1.29.3 and 1.30.0 does \
+                 not shorten them: istio/istio#59768); renew earlier or issue longer-lived \
+                 intermediates",
+                humantime::format_duration(Duration::from_secs(left_at_renewal.as_secs())),
+                humantime::format_duration(WORKLOAD_CERT_TTL)
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The lifetime of the workload certificates istiod signs by default
+/// (`DEFAULT_WORKLOAD_CERT_TTL`, and the agent's `SECRET_TTL`; docs/istio.md §13).
+pub const WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Names a policy may set: some clusters, subjects with a common name and an ISO country,
 /// valid DNS names for istiod.

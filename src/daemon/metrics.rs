@@ -36,6 +36,7 @@ pub struct Metrics {
     transition_phase: Family<Labels, Gauge>,
     transition_cluster_steps: Family<Labels, Gauge>,
     transition_gate_wait: Gauge,
+    transition_gate_behind: Gauge,
     transition_errors: Family<Labels, Counter>,
     /// The certificate series exported per (cluster, kind), to drop them when replaced.
     current: Mutex<HashMap<(String, &'static str), Labels>>,
@@ -113,6 +114,11 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             m.transition_gate_wait
         ),
         (
+            "transition_gate_behind",
+            "What the current phase's gate last found behind: bundles, unreachable clusters, proxies not yet re-created (named by `cacertd transition status`)",
+            m.transition_gate_behind
+        ),
+        (
             "transition_errors",
             "Times driving the trust transition stopped or was refused, by reason",
             m.transition_errors
@@ -141,6 +147,7 @@ impl Metrics {
             transition_phase: Family::default(),
             transition_cluster_steps: Family::default(),
             transition_gate_wait: Gauge::default(),
+            transition_gate_behind: Gauge::default(),
             transition_errors: Family::default(),
             current: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -232,6 +239,7 @@ impl Metrics {
         self.transition_phase.clear();
         self.transition_cluster_steps.clear();
         self.transition_gate_wait.set(0);
+        self.transition_gate_behind.set(0);
         let Some(r) = record else {
             return;
         };
@@ -268,6 +276,12 @@ impl Metrics {
         {
             self.transition_gate_wait
                 .set((now.unix_timestamp() - since).max(0));
+        }
+        // What the gate names as behind (bundles, clusters, proxies still to be re-created),
+        // until the transition moves on; `transition status` names each.
+        if r.gate_since.is_some() {
+            self.transition_gate_behind
+                .set(i64::try_from(r.behind.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -314,9 +328,12 @@ mod tests {
         let mut r = Record::new(TransitionKind::Migrate, ["c1".to_string()], options);
         let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000);
         r.gate_since = Some(100);
+        r.behind = vec!["c1/app/debug (a bare pod: nothing re-creates it): …".into()];
         m.transition(Some(&r), now);
         let wait = "cacertd_transition_gate_wait_seconds";
         assert_eq!(value(&m.encode(), wait).as_deref(), Some("900"));
+        let behind = "cacertd_transition_gate_behind";
+        assert_eq!(value(&m.encode(), behind).as_deref(), Some("1"));
         r.state = State::Failed {
             report: "the gate did not hold".into(),
             rolling_back_to: None,

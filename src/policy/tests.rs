@@ -228,3 +228,30 @@ fn glob_patterns() {
     assert!(glob_match("a*b*c", "axxbyyc"));
     assert!(!glob_match("cluster1", "cluster10"));
 }
+
+#[test]
+fn an_intermediate_renewed_with_less_life_left_than_a_workload_certificate_is_refused() {
+    let good = EMBEDDED[0].1;
+    for (validity, renew_before, ok) in [
+        ("\"72h\"", "\"33.4%\"", true),  // 24h 2m left
+        ("\"48h\"", "\"33.4%\"", false), // 16h left
+        ("\"365d\"", "\"23h\"", false),
+        ("\"365d\"", "\"24h\"", true),
+    ] {
+        let text = good
+            .replace("validity = \"365d\"", &format!("validity = {validity}"))
+            .replace(
+                "renew_before = \"33.4%\"",
+                &format!("renew_before = {renew_before}"),
+            );
+        let parsed = Policy::parse("p", &text, "p.toml");
+        assert_eq!(parsed.is_ok(), ok, "{validity} {renew_before}: {parsed:?}");
+        if let Err(e) = parsed {
+            let e = e.to_string();
+            assert!(
+                e.contains("intermediate.renew_before") && e.contains("istio/istio#59768"),
+                "{e}"
+            );
+        }
+    }
+}
