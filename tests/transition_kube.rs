@@ -1564,3 +1564,65 @@ fn ambient_ztunnel_and_waypoints_restart_after_istiod_and_before_workloads() {
     let cacerts = c1.get("secrets", "istio-system", "cacerts").unwrap();
     assert_eq!(unb64(&cacerts["data"]["root-cert.pem"]), root);
 }
+
+/// An Argo Rollout's pods are re-created through `spec.restartAt`, as `kubectl argo rollouts
+/// restart` does: its proxies then start after istiod, and the gate holds.
+#[test]
+fn argo_rollouts_are_restarted_through_restart_at() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"60s\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let c1 = server.cluster("cluster1");
+    c1.put(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "checkout", "namespace": "app"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "checkout"}},
+                 "template": {"metadata": {"labels": {"app": "checkout"},
+                                           "annotations": {"sidecar.istio.io/status": "{}"}},
+                              "spec": {"containers": [{"name": "app", "image": "example/checkout:1"},
+                                                      {"name": "istio-proxy", "image": "istio/proxyv2"}]}}},
+    }));
+    let before: Vec<Value> = c1
+        .list("pods", Some("app"))
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("checkout-")
+        })
+        .map(|p| p["metadata"]["uid"].clone())
+        .collect();
+    assert_eq!(before.len(), 2);
+    let _istiod = Istiod::start(&server, false);
+
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let rollout = c1.get("rollouts", "app", "checkout").unwrap();
+    assert!(rollout["spec"]["restartAt"].is_string(), "{rollout}");
+    assert_eq!(
+        rollout["status"]["restartedAt"],
+        rollout["spec"]["restartAt"]
+    );
+    let after: Vec<Value> = c1
+        .list("pods", Some("app"))
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("checkout-")
+        })
+        .map(|p| p["metadata"]["uid"].clone())
+        .collect();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|uid| !before.contains(uid)));
+    let patches = c1
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/rollouts/checkout"))
+        .count();
+    assert_eq!(patches, 3, "one restart per phase");
+}

@@ -14,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
+mod argo;
 mod istiod;
 mod proxies;
 mod rollouts;

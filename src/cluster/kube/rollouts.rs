@@ -26,6 +26,9 @@ pub enum RolloutKind {
     Deployment,
     DaemonSet,
     StatefulSet,
+    /// An Argo Rollout (`rollouts.argoproj.io`), where that CRD is installed.
+    #[serde(rename = "rollout")]
+    ArgoRollout,
 }
 
 impl RolloutKind {
@@ -34,6 +37,7 @@ impl RolloutKind {
             RolloutKind::Deployment => "deployment",
             RolloutKind::DaemonSet => "daemonset",
             RolloutKind::StatefulSet => "statefulset",
+            RolloutKind::ArgoRollout => "rollout",
         }
     }
 }
@@ -53,12 +57,12 @@ impl std::fmt::Display for Workload {
 }
 
 /// The generation and rollout progress of a workload, as `kubectl rollout status` reads it.
-struct RolloutProgress {
-    generation: i64,
+pub(super) struct RolloutProgress {
+    pub(super) generation: i64,
     /// `Err(pending)` while rolling out.
-    done: Result<(), String>,
+    pub(super) done: Result<(), String>,
     /// Set when the rollout can no longer finish (a Deployment past its progress deadline).
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 /// What differs between the kinds a restart works on: how its rollout progress reads, and
@@ -245,6 +249,7 @@ impl KubeTarget {
             RolloutKind::Deployment => self.get_workload::<Deployment>(w).await?.progress(),
             RolloutKind::DaemonSet => self.get_workload::<DaemonSet>(w).await?.progress(),
             RolloutKind::StatefulSet => self.get_workload::<StatefulSet>(w).await?.progress(),
+            RolloutKind::ArgoRollout => self.argo_progress(w).await?,
         })
     }
 
@@ -280,6 +285,7 @@ impl KubeTarget {
             RolloutKind::Deployment => self.patch_checked::<Deployment>(w, &action, &patch).await,
             RolloutKind::DaemonSet => self.patch_checked::<DaemonSet>(w, &action, &patch).await,
             RolloutKind::StatefulSet => self.patch_checked::<StatefulSet>(w, &action, &patch).await,
+            RolloutKind::ArgoRollout => self.restart_argo(w, at).await,
         }
     }
 
@@ -428,6 +434,7 @@ impl KubeTarget {
         collect!(Deployment, RolloutKind::Deployment, "deployments");
         collect!(DaemonSet, RolloutKind::DaemonSet, "daemonsets");
         collect!(StatefulSet, RolloutKind::StatefulSet, "statefulsets");
+        out.extend(self.argo_rollouts(ns, selector).await?);
         Ok(out)
     }
 }

@@ -25,12 +25,13 @@ impl ResourceType {
     }
 
     /// Deployments, DaemonSets, StatefulSets: have a generation and a rollout.
+    /// A workload its simulated controller rolls out: the apps/v1 kinds, and Argo Rollouts.
     pub fn is_workload(&self) -> bool {
-        self.group == "apps"
+        self.group == "apps" || self.plural == "rollouts"
     }
 }
 
-pub(crate) const TYPES: [ResourceType; 14] = [
+pub(crate) const TYPES: [ResourceType; 15] = [
     ResourceType {
         plural: "namespaces",
         kind: "Namespace",
@@ -86,6 +87,14 @@ pub(crate) const TYPES: [ResourceType; 14] = [
         version: "v1",
         namespaced: true,
         short: &["sts"],
+    },
+    ResourceType {
+        plural: "rollouts",
+        kind: "Rollout",
+        group: "argoproj.io",
+        version: "v1alpha1",
+        namespaced: true,
+        short: &["ro"],
     },
     ResourceType {
         plural: "leases",
@@ -726,7 +735,7 @@ impl Store {
             _ => format!("{name}-{generation}-{i}"),
         };
         let (owner_kind, owner_name) = match rt.plural {
-            "deployments" => ("ReplicaSet", format!("{name}-{generation}")),
+            "deployments" | "rollouts" => ("ReplicaSet", format!("{name}-{generation}")),
             _ => (rt.kind, name.clone()),
         };
         let mut events = Vec::new();
@@ -844,6 +853,12 @@ impl Store {
                 "readyReplicas": replicas, "availableReplicas": replicas,
                 "conditions": [{"type": "Available", "status": "True"},
                                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
+            }),
+            // Argo Rollouts: a restart is done when every pod is younger than `restartAt`.
+            "rollouts" => json!({
+                "observedGeneration": generation.to_string(), "replicas": replicas,
+                "availableReplicas": replicas, "phase": "Healthy",
+                "restartedAt": obj["spec"]["restartAt"].clone(),
             }),
             "daemonsets" => json!({
                 "observedGeneration": generation, "desiredNumberScheduled": desired,
