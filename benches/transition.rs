@@ -1,5 +1,6 @@
 //! Benchmark (`cargo bench --bench transition`): a whole migration — 50 self-signed Kubernetes
-//! primaries with 20 injected namespaces each, on the test apiserver, rollouts completing at
+//! primaries with 20 injected namespaces each (a Deployment of 5 pods with sidecars in each:
+//! the proxies the gates count), on the test apiserver, rollouts completing at
 //! once and a stand-in istiod publishing each cluster's bundle to its ConfigMaps — from
 //! `migrate start` to Done with no drain. Prints the wall time (orchestration overhead: nothing
 //! is waited for but the stand-in istiod) and the API requests per cluster and per namespace.
@@ -31,6 +32,21 @@ fn deployment(c: &FakeCluster, ns: &str, name: &str, labels: serde_json::Value) 
                               "spec": {"containers": [{"name": "c", "image": "example/app:1"}]}}},
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
                    "availableReplicas": 1},
+    }));
+}
+
+/// A Deployment of 5 pods, each with an injected sidecar (the proxies the gates count).
+fn injected_deployment(c: &FakeCluster, ns: &str, name: &str) {
+    c.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 5, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name},
+                                           "annotations": {"sidecar.istio.io/status": "{}"}},
+                              "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+                                                      {"name": "istio-proxy", "image": "istio/proxyv2"}]}}},
+        "status": {"observedGeneration": 1, "replicas": 5, "updatedReplicas": 5, "readyReplicas": 5,
+                   "availableReplicas": 5},
     }));
 }
 
@@ -123,7 +139,7 @@ fn main() {
         for i in 0..namespaces {
             let ns = format!("app{i}");
             c.namespace(&ns, &[("istio-injection", "enabled")]);
-            deployment(c, &ns, "web", json!({}));
+            injected_deployment(c, &ns, "web");
             config_map(c, &ns, &self_signed.0);
         }
     }

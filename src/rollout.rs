@@ -77,31 +77,7 @@ pub async fn restart_primary(
     opts: &RestartOptions,
     now: OffsetDateTime,
 ) -> Result<Vec<Restarted>, TargetError> {
-    let mut members: Vec<(&Cluster, KubeTarget)> = Vec::new();
-    for cluster in std::iter::once(primary).chain(config.topology.remotes_of(&primary.name)) {
-        let opened = match Target::open(cluster, config).await {
-            Ok(t) => t,
-            Err(TargetError::NoTarget { .. }) if cluster.role == Role::Remote => {
-                tracing::warn!(cluster = %cluster.name, "remote has no target; its workloads are not restarted");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        match opened {
-            Target::Kube(k) => members.push((cluster, k)),
-            Target::Dir(_) => {
-                if cluster.role == Role::Primary {
-                    return Err(TargetError::Refused {
-                        target: format!("cluster {}", cluster.name),
-                        action: "restart".into(),
-                        reason: "its target is a directory; restarts need a Kubernetes target"
-                            .into(),
-                    });
-                }
-                tracing::warn!(cluster = %cluster.name, "remote has no Kubernetes target; its workloads are not restarted");
-            }
-        }
-    }
+    let members = members(config, primary).await?;
     let mut done = Vec::new();
     let mut gateways_seen: Vec<(String, Workload)> = Vec::new();
     for stage in Stage::ALL.into_iter().filter(|s| opts.stages.contains(s)) {
@@ -178,4 +154,38 @@ async fn gateway_stage(
         }
     }
     Ok(g)
+}
+
+/// The clusters a primary's restart reaches: the primary (a Kubernetes target, or refused) and
+/// its remotes with a Kubernetes target (the others are skipped with a warning).
+async fn members<'a>(
+    config: &'a Config,
+    primary: &'a Cluster,
+) -> Result<Vec<(&'a Cluster, KubeTarget)>, TargetError> {
+    let mut members: Vec<(&Cluster, KubeTarget)> = Vec::new();
+    for cluster in std::iter::once(primary).chain(config.topology.remotes_of(&primary.name)) {
+        let opened = match Target::open(cluster, config).await {
+            Ok(t) => t,
+            Err(TargetError::NoTarget { .. }) if cluster.role == Role::Remote => {
+                tracing::warn!(cluster = %cluster.name, "remote has no target; its workloads are not restarted");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match opened {
+            Target::Kube(k) => members.push((cluster, k)),
+            Target::Dir(_) => {
+                if cluster.role == Role::Primary {
+                    return Err(TargetError::Refused {
+                        target: format!("cluster {}", cluster.name),
+                        action: "restart".into(),
+                        reason: "its target is a directory; restarts need a Kubernetes target"
+                            .into(),
+                    });
+                }
+                tracing::warn!(cluster = %cluster.name, "remote has no Kubernetes target; its workloads are not restarted");
+            }
+        }
+    }
+    Ok(members)
 }

@@ -11,6 +11,18 @@ mod common;
 use cacertd_test_apiserver::{TestApiServer, Value, json};
 use common::kube::{CLUSTERS, grant_as_shipped, grant_target_rbac, setup_with_tokens, target_rbac};
 
+/// A root rotation's first steps: a write, then istiod's restart, which notes every pod that
+/// holds a proxy.
+const FIRST_ROTATION_STEPS: &[&str] = &[
+    "rotate-root",
+    "start",
+    "--wait",
+    "--drain",
+    "0s",
+    "--stop-after-steps",
+    "3",
+];
+
 fn mesh(server: &TestApiServer) {
     let c1 = server.cluster("cluster1");
     c1.put(json!({
@@ -42,15 +54,7 @@ fn the_shipped_rbac_is_sufficient() {
     s.cacertd(&["issue", "--force"]).ok();
     s.cacertd(&["status"]).ok();
     s.cacertd(&["restart", "cluster1"]).ok();
-    let run = s.cacertd(&[
-        "rotate-root",
-        "start",
-        "--wait",
-        "--drain",
-        "0s",
-        "--stop-after-steps",
-        "3",
-    ]);
+    let run = s.cacertd(FIRST_ROTATION_STEPS);
     assert!(
         run.stderr.contains("stopped after 3 steps"),
         "{}",
@@ -118,15 +122,7 @@ fn each_part_of_the_shipped_rbac_is_needed() {
             &["issue"],
             &["issue", "--force"],
             &["restart", "cluster1"],
-            &[
-                "rotate-root",
-                "start",
-                "--wait",
-                "--drain",
-                "0s",
-                "--stop-after-steps",
-                "3",
-            ],
+            FIRST_ROTATION_STEPS,
         ];
         let failed = steps.iter().any(|args| {
             let run = s.cacertd(args);

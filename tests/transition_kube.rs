@@ -320,17 +320,7 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         "{status}"
     );
     // Nobody signs with the new CA yet: each cacerts still holds the self-signed certificate.
-    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
-        let cacerts = server
-            .cluster(name)
-            .get("secrets", "istio-system", "cacerts")
-            .unwrap();
-        assert_eq!(
-            unb64(&cacerts["data"]["ca-cert.pem"]),
-            unb64(&secrets[i]["data"]["ca-cert.pem"]),
-            "{name}"
-        );
-    }
+    assert_no_new_signer(&server, &secrets);
 
     // The 1 s timeout served to fail fast; from here every gate may take as long as a loaded
     // machine needs.
@@ -384,6 +374,22 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
         "3 phases × 2 primaries × (istiod, gateways, workloads)"
     );
     assert!(!audit.contains("PRIVATE KEY"));
+}
+
+/// Nobody signs with the new CA: each primary's cacerts still holds its self-signed
+/// certificate (`secrets`, as `self_signed_mesh` returned them).
+fn assert_no_new_signer(server: &TestApiServer, secrets: &[Value]) {
+    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
+        let cacerts = server
+            .cluster(name)
+            .get("secrets", "istio-system", "cacerts")
+            .unwrap();
+        assert_eq!(
+            unb64(&cacerts["data"]["ca-cert.pem"]),
+            unb64(&secrets[i]["data"]["ca-cert.pem"]),
+            "{name}"
+        );
+    }
 }
 
 /// How many `cacerts` backups a cluster keeps.
@@ -1265,17 +1271,7 @@ fn a_proxy_no_rollout_restarts_holds_the_gate_until_it_is_re_created() {
         "{status}"
     );
     // No cluster signs under the new root while that proxy may not trust it.
-    for (i, name) in ["cluster1", "cluster2"].iter().enumerate() {
-        let cacerts = server
-            .cluster(name)
-            .get("secrets", "istio-system", "cacerts")
-            .unwrap();
-        assert_eq!(
-            unb64(&cacerts["data"]["ca-cert.pem"]),
-            unb64(&secrets[i]["data"]["ca-cert.pem"]),
-            "{name}"
-        );
-    }
+    assert_no_new_signer(&server, &secrets);
 
     // Re-created (a new pod, a new uid), it starts with istiod's current bundle.
     c2.delete("pods", "app", "debug");

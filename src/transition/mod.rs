@@ -14,8 +14,10 @@
 
 pub mod driver;
 pub mod error;
+mod gate;
 mod machine;
 mod planned;
+mod preflight;
 pub mod progress;
 pub mod record_store;
 mod serving;

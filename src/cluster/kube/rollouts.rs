@@ -391,14 +391,17 @@ impl KubeTarget {
                 }
             }
         }
-        namespaces.sort();
-        let mut out = Vec::new();
-        for ns in namespaces {
-            let selector = exclude_selector
-                .map(|s| format!("!{s}"))
-                .unwrap_or_default();
-            out.extend(self.workloads(Some(&ns), &selector).await?);
+        if namespaces.is_empty() {
+            return Ok(Vec::new());
         }
+        // One list per kind across the cluster, not one per namespace: the API calls stay
+        // the same however many namespaces are injected.
+        let selector = exclude_selector
+            .map(|s| format!("!{s}"))
+            .unwrap_or_default();
+        let mut out = self.workloads(None, &selector).await?;
+        out.retain(|w| namespaces.contains(&w.namespace));
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         Ok(out)
     }
 

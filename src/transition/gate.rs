@@ -1,0 +1,187 @@
+//! A phase's gate: who is still behind before the next step may run — each primary's served
+//! `cacerts`, the bundles istiod published in the primary and its remotes (docs/istio.md §10),
+//! and, before any cluster signs under a new root, every proxy that may not trust it yet
+//! (docs/istio.md §13).
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+
+use super::{ClusterMaterial, MaterialOf, Record, State, material};
+use crate::cluster::{KubeTarget, Target};
+use crate::pki::{TrustBundle, verify_cacerts};
+
+/// Who is behind `of`'s gate: each primary must serve exactly the material (and it must
+/// validate); on Kubernetes, every `istio-ca-root-cert` ConfigMap of the primary and of the
+/// remotes it serves must hold exactly its roots.
+pub(super) async fn check_gate(
+    targets: &BTreeMap<String, Target>,
+    remotes: &BTreeMap<String, Vec<(String, KubeTarget)>>,
+    materials: &BTreeMap<String, ClusterMaterial>,
+    record: &Record,
+    of: MaterialOf,
+    now: OffsetDateTime,
+) -> Vec<String> {
+    let mut behind = Vec::new();
+    for (cluster, target) in targets {
+        let Ok(want) = material(&materials[cluster], of) else {
+            behind.push(format!("{cluster}: its saved material is unreadable"));
+            continue;
+        };
+        let observed = match target.read().await {
+            Ok(o) => o,
+            Err(e) => {
+                behind.push(format!("{cluster}: unreachable: {e}"));
+                continue;
+            }
+        };
+        if observed.snapshot.cacerts.as_ref() != Some(&want) {
+            behind.push(format!(
+                "{cluster}: cacerts is not the material of this step"
+            ));
+            continue;
+        }
+        if let Err(problems) = verify_cacerts(&want, now) {
+            behind.push(format!(
+                "{cluster}: cacerts does not validate: {}",
+                problems[0]
+            ));
+            continue;
+        }
+        let expected = roots_of(&want.root_cert);
+        let published = observed.snapshot.published_bundles.unwrap_or_default();
+        bundles_behind(cluster, &published, &expected, &mut behind);
+        // The remotes it serves hold the bundle objects its istiod writes.
+        let objects = match target {
+            Target::Kube(kube) if remotes.get(cluster).is_some_and(|r| !r.is_empty()) => {
+                match kube.bundle_objects().await {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        behind.push(format!("{cluster}: unreachable: {e}"));
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(objects) = &objects {
+            for (remote, target) in remotes.get(cluster).into_iter().flatten() {
+                match target.published_bundles(objects).await {
+                    Ok(published) => bundles_behind(remote, &published, &expected, &mut behind),
+                    Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
+                }
+            }
+        }
+        // Before any cluster signs under the new root, every proxy must trust it.
+        if of == MaterialOf::Phase(super::Phase::AddNewRoot)
+            && record.state == State::Active
+            && let (Target::Kube(kube), Some(progress)) = (target, record.clusters.get(cluster))
+        {
+            let served = std::iter::once((cluster.as_str(), kube)).chain(
+                remotes
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, t)| (n.as_str(), t)),
+            );
+            for (name, target) in served {
+                let exclude = &record.options.exclude_namespaces;
+                proxies_behind(name, target, kube, progress, exclude, &mut behind).await;
+            }
+        }
+    }
+    behind
+}
+
+/// How a proxy is kept in the record: its cluster and its pod's uid (a re-created pod has a
+/// new one).
+pub(super) fn proxy_key(cluster: &str, p: &crate::cluster::Proxy) -> String {
+    format!("{cluster}/{}", p.uid)
+}
+
+/// At most this many proxies are named per cluster; the rest are counted.
+const PROXIES_NAMED: usize = 10;
+
+/// Proxies of `name` (the primary, or a remote its istiod serves) that started before the
+/// primary's istiod served this phase's bundle and were not replaced since — a bare pod,
+/// a Job's pod, a pod of a controller cacertd does not restart — unless they take the
+/// bundles istiod pushes (multi-root on istiod and `PROXY_CONFIG_XDS_AGENT` on the proxy) or
+/// their namespace is excluded (docs/istio.md §13).
+async fn proxies_behind(
+    name: &str,
+    target: &KubeTarget,
+    istiod_cluster: &KubeTarget,
+    progress: &super::ClusterProgress,
+    exclude: &[String],
+    behind: &mut Vec<String>,
+) {
+    if progress.proxies_before_istiod.is_empty() {
+        return;
+    }
+    let proxies = match target.proxies().await {
+        Ok(p) => p,
+        Err(e) => {
+            behind.push(format!("{name}: its proxies cannot be listed: {e}"));
+            return;
+        }
+    };
+    let old: Vec<_> = proxies
+        .into_iter()
+        .filter(|p| progress.proxies_before_istiod.contains(&proxy_key(name, p)))
+        .filter(|p| !exclude.contains(&p.namespace))
+        .collect();
+    let pushed = if old.iter().any(|p| p.takes_pushed_bundles) {
+        matches!(istiod_cluster.istiod_multiroot().await, Ok(Some(true)))
+    } else {
+        false
+    };
+    let stale: Vec<_> = old
+        .iter()
+        .filter(|p| !(pushed && p.takes_pushed_bundles))
+        .collect();
+    for p in stale.iter().take(PROXIES_NAMED) {
+        behind.push(format!(
+            "{name}/{}: its proxy started before istiod served the new root and may not trust \
+             it; delete the pod so that it is re-created (or exclude its namespace)",
+            p.describe()
+        ));
+    }
+    if stale.len() > PROXIES_NAMED {
+        behind.push(format!(
+            "{name}: {} more proxies started before istiod served the new root",
+            stale.len() - PROXIES_NAMED
+        ));
+    }
+}
+
+/// The distinct roots of a bundle, as DER, sorted.
+fn roots_of(bundle: &[u8]) -> Vec<Vec<u8>> {
+    let mut roots: Vec<Vec<u8>> = TrustBundle::from_pem_lenient(bundle)
+        .0
+        .roots()
+        .iter()
+        .map(|r| r.der().to_vec())
+        .collect();
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+/// Adds each bundle object of `cluster` that does not hold exactly `expected`.
+fn bundles_behind(
+    cluster: &str,
+    published: &[(String, Vec<u8>)],
+    expected: &[Vec<u8>],
+    behind: &mut Vec<String>,
+) {
+    for (ns, bundle) in published {
+        let got = roots_of(bundle);
+        if got != expected {
+            behind.push(format!(
+                "{cluster}/{ns}: holds {} root(s), not the {} expected",
+                got.len(),
+                expected.len()
+            ));
+        }
+    }
+}

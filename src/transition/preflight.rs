@@ -1,0 +1,181 @@
+//! What is checked before a transition starts, against the mesh as it runs: the Istio
+//! releases known to break a transition (docs/istio.md §12), and whether workload restarts may
+//! be skipped (multi-root istiod and proxies that take pushed bundles, docs/istio.md §9, §13).
+
+use super::Options;
+use super::error::{DriveError, target_err};
+use crate::cluster::Target;
+use crate::config::Config;
+use crate::istio_version::{Bearing, IstioVersion, behaviours};
+
+/// Whether a primary's istiod hot-reloads a changed `root-cert.pem` (`ISTIO_MULTIROOT_MESH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MultiRoot {
+    On,
+    Off,
+    /// No istiod Deployment (`app=istiod` in istio-system) was found.
+    NoIstiod,
+    /// A directory target: nothing to look at.
+    NotKubernetes,
+    Unreachable(String),
+}
+
+impl std::fmt::Display for MultiRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MultiRoot::On => f.write_str("on (ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::Off => f.write_str("off (istiod lacks ISTIO_MULTIROOT_MESH=true)"),
+            MultiRoot::NoIstiod => f.write_str("unknown: no istiod Deployment found"),
+            MultiRoot::NotKubernetes => f.write_str("unknown: directory target"),
+            MultiRoot::Unreachable(e) => write!(f, "unknown: {e}"),
+        }
+    }
+}
+
+/// Multi-root hot reload of each primary's istiod, read from its Deployment's environment.
+pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let state = match Target::open(cluster, config).await {
+            Ok(Target::Kube(k)) => match k.istiod_multiroot().await {
+                Ok(Some(true)) => MultiRoot::On,
+                Ok(Some(false)) => MultiRoot::Off,
+                Ok(None) => MultiRoot::NoIstiod,
+                Err(e) => MultiRoot::Unreachable(e.to_string()),
+            },
+            Ok(Target::Dir(_)) => MultiRoot::NotKubernetes,
+            Err(e) => MultiRoot::Unreachable(e.to_string()),
+        };
+        out.push((cluster.name.clone(), state));
+    }
+    out
+}
+
+/// The images each Kubernetes primary's istiod runs, with the Istio version read from each
+/// (`None` for a tag that names no release).
+pub async fn istiod_versions(
+    config: &Config,
+) -> Result<Vec<(String, Vec<(String, Option<IstioVersion>)>)>, DriveError> {
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let Target::Kube(kube) = Target::open(cluster, config)
+            .await
+            .map_err(target_err(&cluster.name))?
+        else {
+            continue;
+        };
+        let images = kube
+            .istiod_images()
+            .await
+            .map_err(target_err(&cluster.name))?;
+        let versions = images
+            .into_iter()
+            .map(|image| {
+                let version = IstioVersion::from_image(&image);
+                (image, version)
+            })
+            .collect();
+        out.push((cluster.name.clone(), versions));
+    }
+    Ok(out)
+}
+
+/// A transition is refused where a primary's istiod runs a release known to break it
+/// (docs/istio.md §12); what the other known behaviours mean is reported by `start`.
+pub(super) async fn refuse_known_breakage(config: &Config) -> Result<(), DriveError> {
+    let mut refused = Vec::new();
+    for (cluster, images) in istiod_versions(config).await? {
+        for (image, version) in images {
+            let Some(version) = version else { continue };
+            for b in behaviours(version) {
+                if b.bearing == Bearing::Refuse {
+                    refused.push(format!(
+                        "{cluster}: istiod {version} ({image}) {} ({})",
+                        b.what, b.reference
+                    ));
+                }
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "a trust transition would break mTLS with this istiod: {}",
+        refused.join("; ")
+    )))
+}
+
+/// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
+/// hot reload, pushed to them over PCDS; without both they would learn it only at their next
+/// certificate renewal, after the next phase may have begun. Refused unless every Kubernetes
+/// primary's istiod has multi-root on and every proxy there (and in its remotes) takes pushed
+/// bundles (docs/istio.md §13).
+pub(super) async fn refuse_skip_without_multiroot(
+    config: &Config,
+    options: &Options,
+) -> Result<(), DriveError> {
+    if !options.skip_workload_restarts {
+        return Ok(());
+    }
+    let lacking: Vec<String> = multiroot(config)
+        .await
+        .into_iter()
+        .filter(|(_, m)| !matches!(m, MultiRoot::On | MultiRoot::NotKubernetes))
+        .map(|(c, m)| format!("{c}: {m}"))
+        .collect();
+    if lacking.is_empty() {
+        return refuse_skip_without_pushed_bundles(config, options).await;
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
+         everywhere ({}); without it proxies learn the new root only when their certificate is \
+         next renewed. Set ISTIO_MULTIROOT_MESH=true on istiod (and PROXY_CONFIG_XDS_AGENT=true \
+         for proxies), or restart workloads",
+        lacking.join("; ")
+    )))
+}
+
+/// The second half of [`refuse_skip_without_multiroot`]: every proxy outside the excluded
+/// namespaces runs with `PROXY_CONFIG_XDS_AGENT=true`.
+async fn refuse_skip_without_pushed_bundles(
+    config: &Config,
+    options: &Options,
+) -> Result<(), DriveError> {
+    let mut lacking = Vec::new();
+    for cluster in config.topology.primaries() {
+        let served = std::iter::once(cluster).chain(config.topology.remotes_of(&cluster.name));
+        for c in served {
+            let kube = match Target::open(c, config).await {
+                Ok(Target::Kube(kube)) => kube,
+                Ok(Target::Dir(_)) | Err(crate::cluster::TargetError::NoTarget { .. }) => continue,
+                Err(e) => return Err(target_err(&c.name)(e)),
+            };
+            let proxies = kube.proxies().await.map_err(target_err(&c.name))?;
+            let without: Vec<_> = proxies
+                .iter()
+                .filter(|p| !p.takes_pushed_bundles)
+                .filter(|p| !options.exclude_namespaces.contains(&p.namespace))
+                .collect();
+            if let Some(first) = without.first() {
+                lacking.push(format!(
+                    "{}: {} proxies, e.g. {}",
+                    c.name,
+                    without.len(),
+                    first.describe()
+                ));
+            }
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "--skip-workload-restarts needs every proxy to take the trust bundles istiod pushes \
+         (PCDS), but some do not ({}); they would learn the new root only at their next \
+         certificate renewal. Set PROXY_CONFIG_XDS_AGENT: \"true\" in the mesh config's \
+         defaultConfig.proxyMetadata (or the pods' proxy.istio.io/config annotation) and \
+         restart those workloads once, or start without --skip-workload-restarts",
+        lacking.join("; ")
+    )))
+}
