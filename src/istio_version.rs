@@ -111,6 +111,22 @@ const RULES: [Rule; 4] = [
     },
 ];
 
+/// What ztunnel `version` does that a transition depends on: before 1.26 it trusts only one
+/// root of a multi-root bundle (istio/ztunnel#1510), so mid-transition the workloads it serves
+/// would refuse peers under the other root.
+pub fn ztunnel_behaviours(version: IstioVersion) -> Vec<Behaviour> {
+    if version >= v(1, 26, 0) {
+        return Vec::new();
+    }
+    vec![Behaviour {
+        bearing: Bearing::Refuse,
+        reference: "istio/ztunnel#1510",
+        what: "trusts only one root of a multi-root bundle: during a transition the workloads \
+               it serves would refuse peers under the other root; upgrade ztunnel to 1.26 or \
+               later first",
+    }]
+}
+
 /// The known behaviours of istiod `version`, in the table's order.
 pub fn behaviours(version: IstioVersion) -> Vec<Behaviour> {
     RULES
@@ -177,5 +193,7 @@ mod tests {
             notes(v(1, 26, 1)),
             ["istio/istio#59768", "istio/istio#59909"]
         );
+        assert_eq!(ztunnel_behaviours(v(1, 25, 2)).len(), 1);
+        assert!(ztunnel_behaviours(v(1, 26, 0)).is_empty());
     }
 }

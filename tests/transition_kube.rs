@@ -1423,9 +1423,10 @@ fn gates_read_the_bundle_objects_istiod_writes_and_nothing_else() {
     );
 }
 
-/// istiod's version, read from its image: a release known to hand proxies only one root of
-/// a multi-root bundle refuses the transition before anything is written; another is
-/// reported at start with the behaviours that matter.
+/// istiod's and ztunnel's versions, read from their images: a release known to hand proxies
+/// only one root of a multi-root bundle (or, for ztunnel, to trust only one) refuses the
+/// transition before anything is written; another is reported at start with the behaviours
+/// that matter.
 #[test]
 fn istiod_releases_that_would_break_a_transition_refuse_it() {
     let server = Arc::new(TestApiServer::start(&CLUSTERS));
@@ -1468,6 +1469,28 @@ fn istiod_releases_that_would_break_a_transition_refuse_it() {
     }
 
     istiod(server.cluster("cluster2"), "docker.io/istio/pilot:1.25.2");
+    // ztunnel before 1.26 trusts one root of a bundle: wherever it runs (here, the remote).
+    let ztunnel = |image: &str| {
+        server.cluster("cluster3").put(json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "ztunnel", "namespace": "istio-system",
+                         "labels": {"app.kubernetes.io/name": "ztunnel"}},
+            "spec": {"selector": {"matchLabels": {"app": "ztunnel"}},
+                     "template": {"metadata": {"labels": {"app": "ztunnel"}},
+                                  "spec": {"containers": [{"name": "istio-proxy", "image": image}]}}},
+        }));
+    };
+    ztunnel("docker.io/istio/ztunnel:1.25.2-distroless");
+    let run = s.cacertd(&["migrate", "start"]).fails_with(5);
+    assert!(
+        run.stderr.contains(
+            "cluster3: ztunnel 1.25.2 (docker.io/istio/ztunnel:1.25.2-distroless) trusts only one root"
+        ) && run.stderr.contains("(istio/ztunnel#1510)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path("state/transition").exists());
+    ztunnel("docker.io/istio/ztunnel:1.26.0-distroless");
     let run = s.cacertd(&["migrate", "start"]).ok();
     assert!(
         run.stdout

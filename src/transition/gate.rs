@@ -12,8 +12,9 @@ use crate::cluster::{KubeTarget, Target};
 use crate::pki::{TrustBundle, verify_cacerts};
 
 /// Who is behind `of`'s gate: each primary must serve exactly the material (and it must
-/// validate); on Kubernetes, every `istio-ca-root-cert` ConfigMap of the primary and of the
-/// remotes it serves must hold exactly its roots.
+/// validate); on Kubernetes, every bundle object its istiod wrote in the primary and in the
+/// remotes it serves must hold exactly its roots, and at `AddNewRoot` no proxy may still run
+/// that started before istiod served the new root.
 pub(super) async fn check_gate(
     targets: &BTreeMap<String, Target>,
     remotes: &BTreeMap<String, Vec<(String, KubeTarget)>>,

@@ -6,7 +6,7 @@ use super::Options;
 use super::error::{DriveError, target_err};
 use crate::cluster::Target;
 use crate::config::Config;
-use crate::istio_version::{Bearing, IstioVersion, behaviours};
+use crate::istio_version::{Bearing, IstioVersion, behaviours, ztunnel_behaviours};
 
 /// Whether a primary's istiod hot-reloads a changed `root-cert.pem` (`ISTIO_MULTIROOT_MESH`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,13 +97,42 @@ pub(super) async fn refuse_known_breakage(config: &Config) -> Result<(), DriveEr
             }
         }
     }
+    refused.extend(ztunnel_refusals(config).await?);
     if refused.is_empty() {
         return Ok(());
     }
     Err(DriveError::UnsafeForMesh(format!(
-        "a trust transition would break mTLS with this istiod: {}",
+        "a trust transition would break mTLS with this Istio: {}",
         refused.join("; ")
     )))
+}
+
+/// ztunnel releases that would break a transition, in every primary and remote where it runs.
+async fn ztunnel_refusals(config: &Config) -> Result<Vec<String>, DriveError> {
+    let mut refused = Vec::new();
+    for cluster in config.topology.clusters() {
+        let kube = match Target::open(cluster, config).await {
+            Ok(Target::Kube(kube)) => kube,
+            Ok(Target::Dir(_)) | Err(crate::cluster::TargetError::NoTarget { .. }) => continue,
+            Err(e) => return Err(target_err(&cluster.name)(e)),
+        };
+        for image in kube
+            .ztunnel_images()
+            .await
+            .map_err(target_err(&cluster.name))?
+        {
+            let Some(version) = IstioVersion::from_image(&image) else {
+                continue;
+            };
+            for b in ztunnel_behaviours(version) {
+                refused.push(format!(
+                    "{}: ztunnel {version} ({image}) {} ({})",
+                    cluster.name, b.what, b.reference
+                ));
+            }
+        }
+    }
+    Ok(refused)
 }
 
 /// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root

@@ -365,6 +365,28 @@ impl KubeTarget {
         Ok(out)
     }
 
+    /// The image of each ztunnel DaemonSet (its `istio-proxy` container, else its first).
+    pub async fn ztunnel_images(&self) -> Result<Vec<String>, TargetError> {
+        let api: Api<DaemonSet> = Api::all(self.client.clone());
+        let params = ListParams::default().labels(ZTUNNEL_SELECTOR);
+        let list = retrying(&self.settings, "list ztunnel", || api.list(&params))
+            .await
+            .map_err(|e| self.error(format!("list daemonsets {ZTUNNEL_SELECTOR}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|d| {
+                let pod = d.spec.template.spec.as_ref()?;
+                let c = pod
+                    .containers
+                    .iter()
+                    .find(|c| c.name == "istio-proxy")
+                    .or(pod.containers.first())?;
+                c.image.clone()
+            })
+            .collect())
+    }
+
     /// Gateways (east-west, ingress, egress) selected by `selector` in every namespace.
     pub async fn gateways(&self, selector: &str) -> Result<Vec<Workload>, TargetError> {
         self.workloads(None, selector).await
