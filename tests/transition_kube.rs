@@ -1584,6 +1584,20 @@ fn ambient_ztunnel_and_waypoints_restart_after_istiod_and_before_workloads() {
     assert_eq!(unb64(&cacerts["data"]["root-cert.pem"]), root);
 }
 
+/// The uids of the Rollout `checkout`'s pods.
+fn checkout_pods(c: &FakeCluster) -> Vec<Value> {
+    c.list("pods", Some("app"))
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("checkout-")
+        })
+        .map(|p| p["metadata"]["uid"].clone())
+        .collect()
+}
+
 /// An Argo Rollout's pods are re-created through `spec.restartAt`, as `kubectl argo rollouts
 /// restart` does: its proxies then start after istiod, and the gate holds.
 #[test]
@@ -1603,17 +1617,7 @@ fn argo_rollouts_are_restarted_through_restart_at() {
                               "spec": {"containers": [{"name": "app", "image": "example/checkout:1"},
                                                       {"name": "istio-proxy", "image": "istio/proxyv2"}]}}},
     }));
-    let before: Vec<Value> = c1
-        .list("pods", Some("app"))
-        .into_iter()
-        .filter(|p| {
-            p["metadata"]["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("checkout-")
-        })
-        .map(|p| p["metadata"]["uid"].clone())
-        .collect();
+    let before = checkout_pods(c1);
     assert_eq!(before.len(), 2);
     let _istiod = Istiod::start(&server, false);
 
@@ -1625,17 +1629,7 @@ fn argo_rollouts_are_restarted_through_restart_at() {
         rollout["status"]["restartedAt"],
         rollout["spec"]["restartAt"]
     );
-    let after: Vec<Value> = c1
-        .list("pods", Some("app"))
-        .into_iter()
-        .filter(|p| {
-            p["metadata"]["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("checkout-")
-        })
-        .map(|p| p["metadata"]["uid"].clone())
-        .collect();
+    let after = checkout_pods(c1);
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|uid| !before.contains(uid)));
     let patches = c1

@@ -57,15 +57,7 @@ impl KubeTarget {
             .istiod_deployments()
             .await?
             .iter()
-            .filter_map(|d| {
-                let pod = d.spec.template.spec.as_ref()?;
-                let c = pod
-                    .containers
-                    .iter()
-                    .find(|c| c.name == "discovery")
-                    .or(pod.containers.first())?;
-                c.image.clone()
-            })
+            .filter_map(|d| image_of(d.spec.template.spec.as_ref()?, "discovery"))
             .collect())
     }
 
@@ -203,6 +195,16 @@ impl KubeTarget {
         }
         Ok(String::new())
     }
+}
+
+/// The image of the container named `name` in a pod template, else of its first container.
+pub(super) fn image_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) -> Option<String> {
+    pod.containers
+        .iter()
+        .find(|c| c.name == name)
+        .or(pod.containers.first())?
+        .image
+        .clone()
 }
 
 fn value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -375,15 +375,7 @@ impl KubeTarget {
         Ok(list
             .items
             .iter()
-            .filter_map(|d| {
-                let pod = d.spec.template.spec.as_ref()?;
-                let c = pod
-                    .containers
-                    .iter()
-                    .find(|c| c.name == "istio-proxy")
-                    .or(pod.containers.first())?;
-                c.image.clone()
-            })
+            .filter_map(|d| super::istiod::image_of(d.spec.template.spec.as_ref()?, "istio-proxy"))
             .collect())
     }
 
