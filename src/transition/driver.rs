@@ -32,13 +32,15 @@ use super::progress::{Event, Progress, Throttle, show_drain, show_gate_wait};
 /// How the writer checks a phase's material: where a cluster keeps the signer it had before
 /// the transition (AddNewRoot, and everything a rollback to the original puts back), that
 /// signer is written back verbatim; from SwitchSigner on it signs with an intermediate
-/// cacertd issued under the new root.
-fn written_material(of: MaterialOf) -> Material<'static> {
+/// cacertd issued under the new root, and must chain to exactly `new_root`.
+fn written_material(of: MaterialOf, new_root: &Cert) -> Material<'_> {
     match of {
         MaterialOf::Original | MaterialOf::Phase(super::Phase::AddNewRoot) => {
             Material::ServedBefore
         }
-        MaterialOf::Phase(_) => Material::Issued { root: None },
+        MaterialOf::Phase(_) => Material::Issued {
+            root: Some(new_root),
+        },
     }
 }
 
@@ -370,7 +372,11 @@ impl Work<'_> {
         // Never hand istiod material it would refuse (an original that expired while the
         // transition was held, say): stop before touching the cluster, with the writer's own
         // checks.
-        if let Err(problems) = self.writer.check(&want, written_material(of), now) {
+        let new_root = self.new_root(cluster)?;
+        if let Err(problems) = self
+            .writer
+            .check(&want, written_material(of, &new_root), now)
+        {
             return Err(DriveError::Unwritable {
                 cluster: cluster.to_string(),
                 what: describe_material(of),
@@ -382,6 +388,16 @@ impl Work<'_> {
             .await
             .map_err(target_err(cluster))?;
         Ok((want, observed))
+    }
+
+    /// The root `cluster`'s new intermediate was issued under.
+    fn new_root(&self, cluster: &str) -> Result<Cert, DriveError> {
+        Cert::one_from_pem(&self.materials[cluster].new.root_cert, "new root-cert.pem").map_err(
+            |e| DriveError::CurrentMaterial {
+                cluster: cluster.to_string(),
+                reason: format!("its saved new material is unreadable: {e}"),
+            },
+        )
     }
 
     /// Writes `want` unless the cluster already serves it (no extra backup then).
@@ -406,7 +422,7 @@ impl Work<'_> {
                 .write(
                     &self.targets[cluster],
                     want,
-                    written_material(of),
+                    written_material(of, &self.new_root(cluster)?),
                     &meta,
                     observed,
                 )
@@ -502,17 +518,18 @@ mod tests {
     #[test]
     fn only_the_signer_a_cluster_had_is_written_back_without_the_mesh_checks() {
         use crate::transition::Phase;
+        let root = crate::pki::fixtures::root();
         for of in [MaterialOf::Original, MaterialOf::Phase(Phase::AddNewRoot)] {
             assert!(
-                matches!(written_material(of), Material::ServedBefore),
+                matches!(written_material(of, root.cert()), Material::ServedBefore),
                 "{of:?}"
             );
         }
         for p in [Phase::SwitchSigner, Phase::RemoveOldRoot, Phase::Done] {
             assert!(
                 matches!(
-                    written_material(MaterialOf::Phase(p)),
-                    Material::Issued { .. }
+                    written_material(MaterialOf::Phase(p), root.cert()),
+                    Material::Issued { root: Some(r) } if r == root.cert()
                 ),
                 "{p:?}"
             );
