@@ -201,6 +201,20 @@ fn self_signed_mesh(server: &TestApiServer) -> Vec<Value> {
     secrets
 }
 
+/// The three clusters with a self-signed mesh (`self_signed_mesh`, whose `istio-ca-secret`s
+/// are returned), `[transition] gate_timeout`, and the common root made.
+fn self_signed_setup(gate_timeout: &str) -> (Arc<TestApiServer>, Setup, Vec<Value>) {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(
+        &s,
+        &format!("[transition]\ngate_timeout = \"{gate_timeout}\""),
+    );
+    s.cacertd(&["root", "init"]).ok();
+    let secrets = self_signed_mesh(&server);
+    (server, s, secrets)
+}
+
 /// The stand-in istiod, running until `stop`; it skips cluster2 while `paused`.
 struct Istiod {
     paused: Arc<AtomicBool>,
@@ -268,11 +282,7 @@ fn with_management(shipped_rbac: bool) -> (Arc<TestApiServer>, Setup, Vec<&'stat
 
 #[test]
 fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"1s\"");
-    s.cacertd(&["root", "init"]).ok();
-    let secrets = self_signed_mesh(&server);
+    let (server, s, secrets) = self_signed_setup("1s");
     let istiod = Istiod::start(&server, true);
 
     // cluster2's istiod lags: AddNewRoot's gate fails, naming it.
@@ -747,11 +757,7 @@ fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
 
 #[test]
 fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
-    s.cacertd(&["root", "init"]).ok();
-    self_signed_mesh(&server);
+    let (server, s, _) = self_signed_setup("30s");
     let _istiod = Istiod::start(&server, false);
 
     let run = s
@@ -1243,11 +1249,7 @@ fn the_leader_carries_on_a_transition_started_elsewhere_from_the_shared_record()
 /// re-created, the migration completes.
 #[test]
 fn a_proxy_no_rollout_restarts_holds_the_gate_until_it_is_re_created() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"2s\"");
-    s.cacertd(&["root", "init"]).ok();
-    let secrets = self_signed_mesh(&server);
+    let (server, s, secrets) = self_signed_setup("2s");
     let c2 = server.cluster("cluster2");
     let bare = bare_sidecar_pod(c2, "app", "debug");
     let istiod = Istiod::start(&server, false);
@@ -1295,11 +1297,7 @@ fn a_proxy_no_rollout_restarts_holds_the_gate_until_it_is_re_created() {
 /// with PROXY_CONFIG_XDS_AGENT=true; then the migration completes without restarting them.
 #[test]
 fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"30s\"");
-    s.cacertd(&["root", "init"]).ok();
-    self_signed_mesh(&server);
+    let (server, s, _) = self_signed_setup("30s");
     for name in ["cluster1", "cluster2"] {
         multiroot_istiod(server.cluster(name));
     }
@@ -1357,11 +1355,7 @@ fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
 /// cluster2's istiod lags, does.
 #[test]
 fn gates_read_the_bundle_objects_istiod_writes_and_nothing_else() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"2s\"");
-    s.cacertd(&["root", "init"]).ok();
-    self_signed_mesh(&server);
+    let (server, s, _) = self_signed_setup("2s");
     let (c1, c2, c3) = (
         server.cluster("cluster1"),
         server.cluster("cluster2"),
@@ -1513,11 +1507,7 @@ fn istiod_releases_that_would_break_a_transition_refuse_it() {
 /// phase, and the migration completes with every proxy re-created.
 #[test]
 fn ambient_ztunnel_and_waypoints_restart_after_istiod_and_before_workloads() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"60s\"");
-    s.cacertd(&["root", "init"]).ok();
-    self_signed_mesh(&server);
+    let (server, s, _) = self_signed_setup("60s");
     let c1 = server.cluster("cluster1");
     c1.put(json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
@@ -1602,11 +1592,7 @@ fn checkout_pods(c: &FakeCluster) -> Vec<Value> {
 /// restart` does: its proxies then start after istiod, and the gate holds.
 #[test]
 fn argo_rollouts_are_restarted_through_restart_at() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
-    let s = setup(&server, "");
-    append_config(&s, "[transition]\ngate_timeout = \"60s\"");
-    s.cacertd(&["root", "init"]).ok();
-    self_signed_mesh(&server);
+    let (server, s, _) = self_signed_setup("60s");
     let c1 = server.cluster("cluster1");
     c1.put(json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",

@@ -57,7 +57,8 @@ pub enum DriveError {
     /// overwritten.
     #[error("{0}")]
     ChangedMeanwhile(String),
-    /// Stopped on purpose after a number of steps (crash tests, `--max-steps`).
+    /// Stopped on purpose after a number of steps, as if the process died (crash tests:
+    /// the hidden `--stop-after-steps`).
     #[error("stopped after {steps} steps, as asked")]
     Interrupted { steps: usize },
     /// The phase machine stopped (a gate timed out, a restart failed); the record says where

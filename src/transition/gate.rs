@@ -126,9 +126,14 @@ async fn proxies_behind(
             return;
         }
     };
+    let before: std::collections::HashSet<&str> = progress
+        .proxies_before_istiod
+        .iter()
+        .map(String::as_str)
+        .collect();
     let old: Vec<_> = proxies
         .into_iter()
-        .filter(|p| progress.proxies_before_istiod.contains(&proxy_key(name, p)))
+        .filter(|p| before.contains(proxy_key(name, p).as_str()))
         .filter(|p| !exclude.contains(&p.namespace))
         .collect();
     let pushed = if old.iter().any(|p| p.takes_pushed_bundles) {
