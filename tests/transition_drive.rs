@@ -393,12 +393,74 @@ fn a_root_rotation_moves_every_primary_and_then_the_store_to_the_new_root() {
     let out = s.cacertd(&["issue"]).ok().stdout;
     assert_eq!(out.matches("unchanged").count(), 2, "{out}");
     assert_eq!(audit_count(&s, "root-rotated"), 1);
+    // The store holds the only copy of the new root's key: the one that waited is destroyed.
+    assert!(!s.path("state/transition/new-root").exists());
+    assert_eq!(key_copies(&s, &s.read("state/root/root-key.pem")), 1);
+    assert_eq!(audit_count(&s, "root-next-destroyed"), 1);
 
     // A second rotation generates its root per the policy.
     s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
     assert_ne!(s.read("state/root/root-cert.pem"), new_root);
     assert_on_common_root(&s);
+}
+
+/// How many files under the setup hold exactly `key`.
+fn key_copies(s: &Setup, key: &[u8]) -> usize {
+    s.snapshot()
+        .values()
+        .filter(|b| b.as_slice() == key)
+        .count()
+}
+
+/// A rotation aborted before any cluster signed under its new root leaves no copy of that
+/// root's key; one aborted after keeps it, and says why.
+#[test]
+fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        "--approve-each-phase",
+    ])
+    .ok();
+    let key = s.read("state/transition/new-root/root-key.pem");
+    let run = s.cacertd(&["transition", "abort"]).ok();
+    assert!(
+        run.stdout.contains("destroyed the new root's key file in")
+            && run
+                .stdout
+                .contains("nothing was ever signed under the new root"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(key_copies(&s, &key), 0, "no copy of the unused key is left");
+
+    // After SwitchSigner's writes the key is kept (moved aside with the transition).
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        "--approve-each-phase",
+    ])
+    .ok();
+    let key = s.read("state/transition/new-root/root-key.pem");
+    s.cacertd(&["transition", "resume", "--approve", "--wait"])
+        .ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("phase RemoveOldRoot"), "{status}");
+    let run = s.cacertd(&["transition", "abort"]).ok();
+    assert!(
+        run.stdout
+            .contains("is kept: clusters were given intermediates under it"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(key_copies(&s, &key), 1);
 }
 
 #[test]

@@ -294,15 +294,53 @@ pub(super) async fn transition_cmd(
             run_drive(config, &files, &d, clock).await
         }
         TransitionCommand::Abort(_) => {
+            let new_root = abandon_new_root(config, &record).await?;
             files.archive(&record, now).await?;
-            note("transition-abort", &record, None);
+            note("transition-abort", &record, new_root.clone());
             println!(
                 "transition forgotten at phase {}; clusters keep what they serve now",
                 record.phase
             );
+            if let Some(new_root) = new_root {
+                println!("{new_root}");
+            }
             Ok(())
         }
     }
+}
+
+/// An aborted root rotation's new root: its waiting key is destroyed unless a cluster was
+/// ever given a signer under it (then the key may still be needed to move those clusters on,
+/// and is kept). Says which, for the operator and the audit log.
+async fn abandon_new_root(
+    config: &Config,
+    record: &transition::Record,
+) -> Result<Option<String>, CliError> {
+    if record.kind != transition::TransitionKind::RotateRoot || record.root_swapped {
+        return Ok(None);
+    }
+    let store = crate::root_store::rotation::open(config)
+        .await
+        .map_err(transition::driver::DriveError::from)?;
+    let place = store.pending_location();
+    if record.new_signer_used {
+        return Ok(Some(format!(
+            "the new root waiting in {place} is kept: clusters were given intermediates under \
+             it, and its key may be needed to move them on"
+        )));
+    }
+    if store.keeps_key_inside() {
+        return Ok(Some(format!(
+            "the new root {place} stays in Vault (its key never leaves it); a later \
+             `rotate-root start` moves it aside"
+        )));
+    }
+    let destroyed = store
+        .destroy_pending()
+        .await
+        .map_err(transition::driver::DriveError::from)?;
+    Ok(destroyed
+        .map(|what| format!("destroyed {what}: nothing was ever signed under the new root")))
 }
 
 /// `transition status`: where the transition stands, each cluster's steps, the gate's wait

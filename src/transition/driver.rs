@@ -22,7 +22,6 @@ use crate::cluster::{
 use crate::config::Config;
 use crate::pki::{CaCertsFiles, Cert, fmt_time};
 use crate::rollout::{self, RestartOptions, Stage};
-use crate::root_store::rotation::RotationStore;
 
 pub use super::error::DriveError;
 use super::error::target_err;
@@ -126,7 +125,7 @@ pub async fn drive(
                 continue;
             }
             Step::Finished => {
-                swap_root_when_done(config, files, &mut record, now).await?;
+                swap_root_when_done(config, files, &mut record, &materials, now).await?;
                 return Ok(step);
             }
             Step::AwaitApproval { .. } | Step::Held { .. } => return Ok(step),
@@ -182,25 +181,62 @@ impl DriveOptions {
     }
 }
 
-/// A finished rotation puts the new root in the store's place, once.
+/// A finished rotation puts the new root in the store's place, once, then destroys the copy
+/// of its key that waited for the rotation: from then on the store holds the only one.
 async fn swap_root_when_done(
     config: &Config,
     files: &RecordStore,
     record: &mut Record,
+    materials: &BTreeMap<String, ClusterMaterial>,
     now: OffsetDateTime,
 ) -> Result<(), DriveError> {
-    if record.kind == TransitionKind::RotateRoot
-        && record.phase == super::Phase::Done
-        && !record.root_swapped
+    if record.kind != TransitionKind::RotateRoot
+        || record.phase != super::Phase::Done
+        || record.root_swapped
     {
-        RotationStore::open(config)
-            .await
-            .map_err(|e| DriveError::RootSwap(e.to_string()))?
-            .swap(config, now)
-            .await?;
-        record.root_swapped = true;
-        files.save(record).await?;
+        return Ok(());
     }
+    let Some((cluster, material)) = materials.iter().next() else {
+        return Err(DriveError::RootSwap(
+            "the transition moved no cluster".into(),
+        ));
+    };
+    let new_root =
+        Cert::one_from_pem(&material.new.root_cert, "new root-cert.pem").map_err(|e| {
+            DriveError::CurrentMaterial {
+                cluster: cluster.clone(),
+                reason: format!("its saved new material is unreadable: {e}"),
+            }
+        })?;
+    let store = crate::root_store::rotation::open(config)
+        .await
+        .map_err(|e| DriveError::RootSwap(e.to_string()))?;
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    let serial = Some(new_root.info().serial.clone());
+    if let Some(swapped) = store.swap(&new_root, now).await? {
+        let detail = format!("the previous root is kept: {}", swapped.kept);
+        audit.note(
+            now,
+            "root-rotated",
+            None,
+            "replaced",
+            serial.clone(),
+            Some(detail),
+        );
+    }
+    if let Some(destroyed) = store.destroy_pending().await? {
+        tracing::info!(what = %destroyed, "destroyed the waiting copy of the new root's key");
+        audit.note(
+            now,
+            "root-next-destroyed",
+            None,
+            "destroyed",
+            serial,
+            Some(destroyed),
+        );
+    }
+    record.root_swapped = true;
+    files.save(record).await?;
     Ok(())
 }
 

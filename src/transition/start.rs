@@ -14,7 +14,7 @@ use super::preflight::{refuse_known_breakage, refuse_skip_without_multiroot};
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, verify_cacerts, verify_cacerts_for_mesh,
 };
-use crate::root_store::rotation::RotationStore;
+use crate::root_store::rotation::{self, Pending, RootRotation};
 
 use super::error::DriveError;
 use super::error::target_err;
@@ -166,7 +166,7 @@ async fn save_moving(
 }
 
 /// `rotate-root start`: the new root (imported, or generated per the root policy; for
-/// vault-pki, generated inside Vault) is kept apart ([`RotationStore`]) until the rotation is
+/// vault-pki, generated inside Vault) is kept apart ([`RootRotation`]) until the rotation is
 /// done, then replaces the store's root (the old one is kept). Every primary must be on the
 /// current root. Everything that can be refused is checked before anything is kept.
 pub async fn start_rotate_root(
@@ -177,7 +177,7 @@ pub async fn start_rotate_root(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
-    let store = RotationStore::open(config).await?;
+    let store = rotation::open(config).await?;
     refuse_known_breakage(config).await?;
     refuse_skip_without_multiroot(config, &options).await?;
     let finished = files.check_room().await?;
@@ -187,14 +187,14 @@ pub async fn start_rotate_root(
         config,
         files,
         audit: &audit,
-        store: &store,
+        store: store.as_ref(),
         own: finished.is_none(),
         current: &current,
         now,
     };
-    let new = match &store {
-        RotationStore::VaultPki { .. } => rotation.vault_new_root(new_root.is_some()).await?,
-        _ => rotation.local_new_root(new_root).await?,
+    let new = match store.keeps_key_inside() {
+        true => rotation.vault_new_root(new_root.is_some()).await?,
+        false => rotation.local_new_root(new_root).await?,
     };
     let new_cert = match &new {
         NewRoot::Local { root, .. } => Some(root.cert().clone()),
@@ -222,7 +222,7 @@ struct Rotation<'a> {
     config: &'a Config,
     files: &'a RecordStore,
     audit: &'a Audit,
-    store: &'a RotationStore,
+    store: &'a dyn RootRotation,
     /// No finished transition's files are in the way: saved material is this start's.
     own: bool,
     current: &'a Cert,
@@ -259,15 +259,15 @@ impl Rotation<'_> {
                     .into(),
             ));
         }
-        store.check_named().await?;
-        let pending = store.pending_issuer().await?;
+        store.check().await?;
+        let pending = store.pending().await?;
         let exists = pending.is_some();
         let waiting = match pending {
-            Some(cert) if self.tied(&cert).await? => {
+            Some(Pending::Inside(cert)) if self.tied(&cert).await? => {
                 config.root_policy().check_root(&cert).map_err(|v| {
                     DriveError::NewRoot(format!(
                         "the new issuer waiting in {}: {v}",
-                        store.pending_location(&config.state_dir)
+                        store.pending_location()
                     ))
                 })?;
                 Some(cert)
@@ -284,12 +284,14 @@ impl Rotation<'_> {
     /// given, else one generated under the root policy.
     async fn local_new_root(&self, given: Option<RootCa>) -> Result<NewRoot, DriveError> {
         let (config, store) = (self.config, self.store);
-        let pending = store.pending(&config.state_dir).await?;
-        let over = pending.as_ref().and_then(|(_, v)| *v);
-        let waiting = match pending {
+        let (waiting, over) = match store.pending().await? {
+            Some(Pending::Held { root, version }) => (Some(root), version),
+            _ => (None, None),
+        };
+        let waiting = match (waiting, over) {
             // The file store's pending root is moved aside with a finished transition.
-            Some((root, None)) if self.own && root.cert() != self.current => Some(root),
-            Some((root, Some(_))) if self.tied(root.cert()).await? => Some(root),
+            (Some(root), None) if self.own && root.cert() != self.current => Some(root),
+            (Some(root), Some(_)) if self.tied(root.cert()).await? => Some(root),
             _ => None,
         };
         if let Some(saved) = waiting {
@@ -300,7 +302,7 @@ impl Rotation<'_> {
                 return Err(DriveError::NewRoot(format!(
                     "a different new root is already waiting in {}: start with it (no \
                      --new-root-cert) or `transition abort` first",
-                    store.pending_location(&config.state_dir)
+                    store.pending_location()
                 )));
             }
             return Ok(NewRoot::Local {
@@ -388,7 +390,7 @@ impl Rotation<'_> {
             NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
             NewRoot::Vault { ref waiting, stale } => {
                 self.store
-                    .next_signer(config, waiting.is_some(), stale, now)
+                    .signer_inside(config, waiting.is_some(), stale, now)
                     .await?
             }
         };
@@ -406,9 +408,7 @@ impl Rotation<'_> {
             files.archive(&finished, now).await?;
         }
         if let (Some(over), crate::root_store::Signer::Local(new_root)) = (keep, &signer) {
-            self.store
-                .keep_pending(&config.state_dir, new_root, over)
-                .await?;
+            self.store.keep(new_root, over).await?;
         }
         let clusters: Vec<String> = issued.iter().map(|(n, ..)| n.clone()).collect();
         save_moving(files, self.audit, issued, now).await?;

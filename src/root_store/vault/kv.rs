@@ -126,6 +126,44 @@ impl VaultKv {
         Ok(Some((root, version)))
     }
 
+    /// Destroys every version of the secret at `at` (their data is gone for good, unlike a
+    /// KV v2 delete), then its metadata. Returns how many versions there were, `None` if
+    /// there was no such secret.
+    pub async fn destroy_all_at(&self, at: &str) -> Result<Option<usize>, VaultError> {
+        self.check_mount().await?;
+        let path = format!("{}/metadata/{at}", self.mount);
+        let meta = match self
+            .session
+            .call("read metadata", &path, async |c: &VaultClient| {
+                vaultrs::kv2::read_metadata(c, &self.mount, at).await
+            })
+            .await
+        {
+            Ok(m) => m,
+            Err(VaultError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut versions: Vec<u64> = meta
+            .versions
+            .keys()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        let destroy = format!("{}/destroy/{at}", self.mount);
+        // Both calls are idempotent, so they may be repeated after a lost answer.
+        self.session
+            .call("destroy versions", &destroy, async |c: &VaultClient| {
+                vaultrs::kv2::destroy_versions(c, &self.mount, at, versions.clone()).await
+            })
+            .await?;
+        self.session
+            .call("delete metadata", &path, async |c: &VaultClient| {
+                vaultrs::kv2::delete_metadata(c, &self.mount, at).await
+            })
+            .await?;
+        Ok(Some(versions.len()))
+    }
+
     /// Stores a new root with check-and-set 0: fails if any version exists.
     pub async fn create(&self, root: &RootCa) -> Result<Result<u64, ()>, VaultError> {
         self.write_at(&self.path, root, 0).await

@@ -2,7 +2,8 @@
 //! HTTP, Vault's documented request and response shapes (`{"data": …}`, `{"auth": …}`,
 //! `{"errors": […]}`) for exactly the endpoints cacertd uses:
 //!
-//! - KV v2: `GET/POST <mount>/data/<path>` (versions, `options.cas`), `GET <mount>/metadata/<path>`
+//! - KV v2: `GET/POST <mount>/data/<path>` (versions, `options.cas`), `GET/DELETE
+//!   <mount>/metadata/<path>`, `POST <mount>/destroy/<path>` (`versions`)
 //! - PKI: `root/generate/internal` (and `root/generate/exported`, which cacertd must never
 //!   call; `issuer_name` must be unused), `root/sign-intermediate`,
 //!   `issuer/<ref>/sign-intermediate`, `issuer/<ref>/json`, `issuer/<ref>` (rename),
@@ -470,6 +471,14 @@ fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
+/// What Vault answers to a write that returns nothing: 204, no body.
+fn no_content() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(204)
+        .body(Full::new(Bytes::new()))
+        .expect("response")
+}
+
 fn errors(status: u16, messages: &[&str]) -> Response<Full<Bytes>> {
     reply(status, json!({"errors": messages}))
 }
@@ -783,6 +792,26 @@ fn kv(
         // A v1 mount has no data/ or metadata/ API: this is just a secret named "data/...".
         return errors(404, &[]);
     }
+    if let Some(p) = rest.strip_prefix("destroy/") {
+        let Some(versions) = st.kv.get_mut(&(mount.to_string(), p.to_string())) else {
+            return errors(404, &[]);
+        };
+        let Some(wanted) = body["versions"].as_array() else {
+            return errors(400, &["no versions provided"]);
+        };
+        for v in wanted.iter().filter_map(Value::as_u64) {
+            if let Some(version) = versions.get_mut((v as usize).wrapping_sub(1)) {
+                version.data = Value::Null;
+            }
+        }
+        return no_content();
+    }
+    if let Some(p) = rest.strip_prefix("metadata/")
+        && *method == Method::DELETE
+    {
+        st.kv.remove(&(mount.to_string(), p.to_string()));
+        return no_content();
+    }
     if let Some(p) = rest.strip_prefix("metadata/") {
         let Some(versions) = st.kv.get(&(mount.to_string(), p.to_string())) else {
             return errors(404, &[]);
@@ -793,7 +822,7 @@ fn kv(
             .map(|(i, v)| {
                 (
                     (i + 1).to_string(),
-                    json!({"created_time": v.created, "deletion_time": "", "destroyed": false}),
+                    json!({"created_time": v.created, "deletion_time": "", "destroyed": v.data.is_null()}),
                 )
             })
             .collect();
