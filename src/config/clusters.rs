@@ -1,6 +1,6 @@
 //! `[[clusters]]`: names, roles, targets and policies, and what refers to what.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::raw::*;
@@ -17,7 +17,7 @@ impl Sections<'_> {
         state_dir: &Path,
     ) -> Result<Vec<Cluster>, ConfigError> {
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut dir_targets: HashMap<PathBuf, String> = HashMap::new();
+        let mut dir_targets: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut clusters = Vec::new();
         for (i, rc) in raw.iter().enumerate() {
             let cluster = self.cluster(
@@ -41,7 +41,7 @@ impl Sections<'_> {
         rc: &RawCluster,
         (policies, default_policy): (&PolicySet, &str),
         state_dir: &Path,
-        (seen, dir_targets): (&mut HashMap<String, usize>, &mut HashMap<PathBuf, String>),
+        (seen, dir_targets): (&mut HashMap<String, usize>, &mut BTreeMap<PathBuf, String>),
     ) -> Result<Cluster, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
         let name = rc.name.get_ref().clone();
@@ -190,7 +190,7 @@ impl Sections<'_> {
         name: &str,
         path: &Path,
         state_dir: &Path,
-        dir_targets: &HashMap<PathBuf, String>,
+        dir_targets: &BTreeMap<PathBuf, String>,
     ) -> Result<PathBuf, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
         let key = normalize(path);
@@ -205,7 +205,7 @@ impl Sections<'_> {
                 ),
             ));
         }
-        if let Some((_, other)) = dir_targets.iter().find(|(p, _)| overlaps(p, &key)) {
+        if let Some(other) = nested(dir_targets, &key) {
             return Err(self.invalid(
                 span,
                 field("target.path"),
@@ -306,4 +306,18 @@ fn normalize(p: &Path) -> PathBuf {
 /// Whether one folder is the other or inside it.
 fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
+}
+
+/// The cluster whose folder is `key`, contains it or lies inside it, if any: `key`'s
+/// ancestors are looked up, and the folders inside it follow it in the map's order (paths
+/// compare component by component), so a large mesh is checked in O(n log n), not O(n²).
+fn nested<'a>(dir_targets: &'a BTreeMap<PathBuf, String>, key: &Path) -> Option<&'a String> {
+    let containing = key.ancestors().find_map(|a| dir_targets.get(a));
+    containing.or_else(|| {
+        dir_targets
+            .range(key.to_path_buf()..)
+            .next()
+            .filter(|(p, _)| p.starts_with(key))
+            .map(|(_, name)| name)
+    })
 }

@@ -432,6 +432,11 @@ mod tests {
             let e = err(&ACCEPTANCE.replace("out/cluster2", clash));
             assert!(e.contains("same or nested directories"), "{clash}: {e}");
         }
+        // Names that only share a prefix are apart.
+        for apart in ["out/cluster10", "out/cluster1.d", "out2/cluster1", "ou"] {
+            let text = ACCEPTANCE.replace("out/cluster2", apart);
+            assert!(parse(&text).is_ok(), "{apart}");
+        }
         for clash in ["state/root", "state", "."] {
             let e = err(&ACCEPTANCE.replace("out/cluster2", clash));
             assert!(e.contains("overlaps state_dir"), "{clash}: {e}");
