@@ -154,15 +154,20 @@ fn a_cluster_on_another_root_is_refused_unless_told_in_danger_terms() {
     );
 }
 
+/// A bundle mid-transition: the old root's bytes, then the new root.
+fn both_roots(old: &RootCa, new: &RootCa) -> Vec<u8> {
+    TrustBundle::single(old.cert())
+        .with_root_appended(new.cert())
+        .pem_bytes()
+        .to_vec()
+}
+
 #[test]
 fn a_cluster_mid_transition_is_not_touched() {
     let p = policy();
     let (old, new) = (root(&p), root(&p));
     let mut files = cacerts(&old, &p, t0());
-    files.root_cert = TrustBundle::single(old.cert())
-        .with_root_appended(new.cert())
-        .pem_bytes()
-        .to_vec();
+    files.root_cert = both_roots(&old, &new);
     let a = judge(&files, &new, &p, t0());
     assert_eq!(a.state, ClusterState::OtherSigner);
     assert!(matches!(
@@ -249,10 +254,7 @@ fn mid_transition_is_recognised_even_when_the_set_does_not_validate() {
     let p = policy();
     let (old, new) = (root(&p), root(&p));
     let mut files = cacerts(&old, &p, t0());
-    files.root_cert = TrustBundle::single(old.cert())
-        .with_root_appended(new.cert())
-        .pem_bytes()
-        .to_vec();
+    files.root_cert = both_roots(&old, &new);
     files.cert_chain.clear();
     let a = judge(&files, &new, &p, t0());
     assert_eq!(a.state, ClusterState::OtherSigner);

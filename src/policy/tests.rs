@@ -171,44 +171,36 @@ fn issued_certificates_are_checked_against_the_policy() {
 #[test]
 fn bad_policy_files_name_the_field() {
     let good = EMBEDDED[0].1;
+    // (text replaced, replacement, what the error names)
     let cases = [
         (
-            good.replace("validity = \"365d\"", "validity = \"forever\""),
+            r#"validity = "365d""#,
+            r#"validity = "forever""#,
             "intermediate.validity",
         ),
+        (r#""33.4%""#, r#""140%""#, "intermediate.renew_before"),
+        (r#""33.4%""#, r#""400d""#, "intermediate.renew_before"),
         (
-            good.replace("\"33.4%\"", "\"140%\""),
-            "intermediate.renew_before",
-        ),
-        (
-            good.replace("\"33.4%\"", "\"400d\""),
-            "intermediate.renew_before",
-        ),
-        (
-            good.replace("validity = \"365d\"", "validity = \"4000d\""),
+            r#"validity = "365d""#,
+            r#"validity = "4000d""#,
             "intermediate.validity",
         ),
+        (r#"clusters = ["*"]"#, "clusters = []", "clusters"),
         (
-            good.replace("clusters = [\"*\"]", "clusters = []"),
-            "clusters",
-        ),
-        (
-            good.replace("validity = \"3650d\"", "validity = \"3000000d\""),
+            r#"validity = "3650d""#,
+            r#"validity = "3000000d""#,
             "at most 100 years",
         ),
         (
-            good.replace(
-                "key_algorithm = \"ecdsa-p256\"\nvalidity = \"3650d\"",
-                "key_algorithm = \"ed25519\"\nvalidity = \"3650d\"",
-            ),
+            "key_algorithm = \"ecdsa-p256\"\nvalidity = \"3650d\"",
+            "key_algorithm = \"ed25519\"\nvalidity = \"3650d\"",
             "ed25519",
         ),
-        (
-            good.replace("path_len = 0", "path_len = 0\ncolour = \"blue\""),
-            "colour",
-        ),
+        ("path_len = 0", "path_len = 0\ncolour = \"blue\"", "colour"),
     ];
-    for (text, expect) in cases {
+    for (from, to, expect) in cases {
+        let text = good.replace(from, to);
+        assert_ne!(text, good, "{from} is in the embedded policy");
         let err = Policy::parse("x", &text, "policies/x.toml")
             .unwrap_err()
             .to_string();
