@@ -1,5 +1,7 @@
-//! Benchmark (`cargo bench`): root generation, intermediate issuance and bundle validation per
-//! key algorithm, and `issue` for 100 primaries end-to-end. Prints figures; asserts nothing —
+//! Benchmark (`cargo bench --bench issuance`): root generation, intermediate issuance and
+//! bundle validation per key algorithm; `issue` for 100 primaries end-to-end; root + 100
+//! intermediates against the OpenSSL steps of Istio's `tools/certs` Makefile; 5,000 primaries
+//! as a whole process (time and peak memory). Prints figures; asserts nothing —
 //! timing targets belong here, not in tests, because the machines running tests are shared.
 
 // A test or benchmark: a panic here is a failed assertion, not an outage.
@@ -67,15 +69,18 @@ fn main() {
             dns_names: vec![ISTIOD_SAN.to_string()],
         };
         let issue_time = time(n, || issue_intermediate(&root, &ispec, now).unwrap());
-        let int = issue_intermediate(&root, &ispec, now).unwrap();
-        let files = CaCertsFiles::for_intermediate(
-            &int,
-            &[],
-            root.cert(),
-            &TrustBundle::single(root.cert()),
-        );
-        let vn = if quick { 2 } else { 500 };
-        let validate_time = time(vn, || verify_cacerts(&files, now).unwrap());
+        // Distinct sets: a signature already checked once is remembered, and validating the
+        // same set again would time the memory, not the check.
+        let vn: u32 = if quick { 2 } else { n.min(200) };
+        let sets: Vec<CaCertsFiles> = (0..vn)
+            .map(|_| {
+                let int = issue_intermediate(&root, &ispec, now).unwrap();
+                let bundle = TrustBundle::single(root.cert());
+                CaCertsFiles::for_intermediate(&int, &[], root.cert(), &bundle)
+            })
+            .collect();
+        let mut next = sets.iter();
+        let validate_time = time(vn, || verify_cacerts(next.next().unwrap(), now).unwrap());
         println!(
             "{:<12} {} {} {}",
             alg.name(),
@@ -139,21 +144,142 @@ fn main() {
         forced.as_secs_f64() * 1e3
     );
 
-    let start = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
-        .arg("-c")
-        .arg(&config_path)
-        .args(["issue", "--force", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (took, _) = process(tmp.path(), &["issue", "--force", "-o", "json"]);
     println!(
         "  `cacertd issue --force` process, end to end: {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
+        took.as_secs_f64() * 1e3
+    );
+
+    versus_istio_makefile(if quick { 5 } else { 100 });
+    many_primaries(if quick { 50 } else { 5000 });
+}
+
+/// Runs `cacertd -c cacertd.toml ARGS` in `dir` as its own process: wall time and peak
+/// resident memory (MiB). Output goes to a file, so a long table never blocks it.
+fn process(dir: &Path, args: &[&str]) -> (Duration, f64) {
+    let out = std::fs::File::create(dir.join("out.txt")).unwrap();
+    let start = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+        .current_dir(dir)
+        .args(["-c", "cacertd.toml"])
+        .args(args)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak_kib = 0u64;
+    // VmHWM only grows: sample it until the process exits.
+    while child.try_wait().unwrap().is_none() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = start.elapsed();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "cacertd {args:?}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    (took, peak_kib as f64 / 1024.0)
+}
+
+/// The OpenSSL steps of Istio's `tools/certs` Makefile (`Makefile.selfsigned.mk` and
+/// `common.mk`): root key, CSR and self-signed certificate from `root-ca.conf`; per cluster
+/// `intermediate.conf`, a key, a CSR, the certificate signed by the root, `cert-chain.pem`
+/// and `root-cert.pem` — with ECDSA P-256 keys instead of RSA 4096, run as one shell script
+/// (no `make` overhead, one shell for the config lines where make starts one per line),
+/// against one `cacertd issue --init-root` process, for root + `n` intermediates. OpenSSL
+/// writes without fsync; cacertd fsyncs every file.
+fn versus_istio_makefile(n: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root_conf = "[ req ]\nencrypt_key = no\nprompt = no\nutf8 = yes\ndefault_md = sha256\n\
+        req_extensions = req_ext\nx509_extensions = req_ext\ndistinguished_name = req_dn\n\
+        [ req_ext ]\nsubjectKeyIdentifier = hash\nbasicConstraints = critical, CA:true\n\
+        keyUsage = critical, digitalSignature, nonRepudiation, keyEncipherment, keyCertSign\n\
+        [ req_dn ]\nO = Istio\nCN = Root CA\n";
+    std::fs::write(tmp.path().join("root-ca.conf"), root_conf).unwrap();
+    let script = format!(
+        r#"set -e
+openssl ecparam -name prime256v1 -genkey -noout -out root-key.pem
+openssl req -sha256 -new -key root-key.pem -config root-ca.conf -out root-cert.csr
+openssl x509 -req -sha256 -days 3650 -signkey root-key.pem -extensions req_ext \
+  -extfile root-ca.conf -in root-cert.csr -out root-cert.pem 2>/dev/null
+for i in $(seq 1 {n}); do
+  L=cluster$i
+  mkdir -p $L
+  {{
+    echo "[ req ]"; echo "encrypt_key = no"; echo "prompt = no"; echo "utf8 = yes"
+    echo "default_md = sha256"; echo "req_extensions = req_ext"
+    echo "x509_extensions = req_ext"; echo "distinguished_name = req_dn"
+    echo "[ req_ext ]"; echo "subjectKeyIdentifier = hash"
+    echo "basicConstraints = critical, CA:true, pathlen:0"
+    echo "keyUsage = critical, digitalSignature, nonRepudiation, keyEncipherment, keyCertSign"
+    echo "subjectAltName=@san"; echo "[ san ]"; echo "DNS.1 = istiod.istio-system.svc"
+    echo "[ req_dn ]"; echo "O = Istio"; echo "CN = Intermediate CA"; echo "L = $L"
+  }} > $L/intermediate.conf
+  openssl ecparam -name prime256v1 -genkey -noout -out $L/ca-key.pem
+  openssl req -sha256 -new -config $L/intermediate.conf -key $L/ca-key.pem -out $L/cluster-ca.csr
+  openssl x509 -req -sha256 -days 730 -CA root-cert.pem -CAkey root-key.pem -CAcreateserial \
+    -extensions req_ext -extfile $L/intermediate.conf -in $L/cluster-ca.csr \
+    -out $L/ca-cert.pem 2>/dev/null
+  cat $L/ca-cert.pem root-cert.pem > $L/cert-chain.pem
+  cp root-cert.pem $L/root-cert.pem
+done
+"#
+    );
+    let start = Instant::now();
+    let out = std::process::Command::new("bash")
+        .current_dir(tmp.path())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let openssl = start.elapsed();
+    if !out.status.success() {
+        println!(
+            "\nIstio Makefile steps could not run (is openssl installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let ours = tempfile::tempdir().unwrap();
+    write_config(ours.path(), n);
+    let (cacertd, _) = process(ours.path(), &["issue", "--init-root"]);
+    println!("\nroot + {n} ECDSA P-256 intermediates, whole processes:");
+    println!(
+        "  Istio tools/certs Makefile steps (OpenSSL)  {:>8.1} ms",
+        openssl.as_secs_f64() * 1e3
+    );
+    println!(
+        "  cacertd issue --init-root (fsynced)         {:>8.1} ms   ({:.0}x faster)",
+        cacertd.as_secs_f64() * 1e3,
+        openssl.as_secs_f64() / cacertd.as_secs_f64()
+    );
+}
+
+/// `n` primaries on directory targets, `cacertd issue` as a process: the first issuance,
+/// then a run with nothing to do; wall time and peak resident memory.
+fn many_primaries(n: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    write_config(tmp.path(), n);
+    process(tmp.path(), &["root", "init"]);
+    let (first, first_rss) = process(tmp.path(), &["issue"]);
+    let (idle, idle_rss) = process(tmp.path(), &["issue"]);
+    println!("\nissue, {n} primaries, directory targets, whole process:");
+    println!(
+        "  first issuance          {:>8.2} s   peak RSS {:>6.1} MiB",
+        first.as_secs_f64(),
+        first_rss
+    );
+    println!(
+        "  re-run, nothing to do   {:>8.2} s   peak RSS {:>6.1} MiB",
+        idle.as_secs_f64(),
+        idle_rss
     );
 }
 

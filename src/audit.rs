@@ -26,6 +26,9 @@ pub struct AuditEvent {
 pub struct Audit {
     path: PathBuf,
     actor: String,
+    /// Each event is made durable (fdatasync) before `record` returns; otherwise by
+    /// [`Audit::sync`].
+    sync_each: bool,
 }
 
 impl Audit {
@@ -39,6 +42,31 @@ impl Audit {
         Audit {
             path,
             actor: format!("cacertd@{host} pid {}", std::process::id()),
+            sync_each: true,
+        }
+    }
+
+    /// The same log, its events appended at once but made durable together by
+    /// [`Audit::sync`]: for a run that notes hundreds of events (an issuance over many
+    /// clusters), where one fdatasync per line would cost more than the run's work. An
+    /// appended line survives the process dying; only a crash of the machine before the sync
+    /// can lose it.
+    pub fn syncing_later(&self) -> Audit {
+        Audit {
+            sync_each: false,
+            ..self.clone()
+        }
+    }
+
+    /// Makes every event appended so far durable.
+    pub fn sync(&self) {
+        let synced = match std::fs::File::open(&self.path) {
+            Ok(f) => f.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot fsync the audit log");
         }
     }
 
@@ -66,7 +94,10 @@ impl Audit {
             .open(&self.path)
             .and_then(|mut f| {
                 f.write_all(format!("{line}\n").as_bytes())?;
-                f.sync_data()
+                match self.sync_each {
+                    true => f.sync_data(),
+                    false => Ok(()),
+                }
             });
         if let Err(e) = written {
             tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
@@ -92,5 +123,33 @@ impl Audit {
             serial,
             reason,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_noted_for_a_later_sync_are_in_the_log_at_once_and_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.log");
+        let audit = Audit::new(path.clone()).syncing_later();
+        audit.sync(); // nothing written yet: no file, no error
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for c in ["c1", "c2", "c3"] {
+            audit.note(at, "cacerts-write", Some(c), "written", None, None);
+        }
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let clusters: Vec<&str> = lines
+            .iter()
+            .map(|l| l["cluster"].as_str().unwrap())
+            .collect();
+        assert_eq!(clusters, ["c1", "c2", "c3"]);
+        audit.sync();
     }
 }

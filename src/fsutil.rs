@@ -62,8 +62,17 @@ pub struct StagedFile {
 }
 
 impl StagedFile {
-    /// Writes `bytes` to a temporary file next to `dest`.
+    /// Writes `bytes` to a temporary file next to `dest`, and fsyncs it.
     pub fn new(dest: &Path, bytes: &[u8], mode: Mode) -> Result<Self, FsError> {
+        let staged = Self::unsynced(dest, bytes, mode)?;
+        staged.sync()?;
+        Ok(staged)
+    }
+
+    /// Writes `bytes` to a temporary file next to `dest`, not yet fsynced: for batches that
+    /// write many files first and then [`StagedFile::sync`] each before any is renamed (the
+    /// file system then commits them together).
+    pub fn unsynced(dest: &Path, bytes: &[u8], mode: Mode) -> Result<Self, FsError> {
         let dir = parent_of(dest);
         let mut temp = tempfile::Builder::new()
             .prefix(".cacertd-")
@@ -75,13 +84,18 @@ impl StagedFile {
             .map_err(fs_err("cannot set permissions on", temp.path()))?;
         temp.write_all(bytes)
             .map_err(fs_err("cannot write", temp.path()))?;
-        temp.as_file()
-            .sync_all()
-            .map_err(fs_err("cannot fsync", temp.path()))?;
         Ok(StagedFile {
             temp,
             dest: dest.to_path_buf(),
         })
+    }
+
+    /// Flushes the file's contents to disk.
+    pub fn sync(&self) -> Result<(), FsError> {
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(fs_err("cannot fsync", self.temp.path()))
     }
 
     /// Renames the file into place, replacing whatever is there.

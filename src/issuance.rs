@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use futures::StreamExt;
 
 use crate::audit::Audit;
-use crate::cluster::{CacertsWriter, Material, Target, TargetError, WriteError, WriteMeta};
+use crate::cluster::{
+    CacertsWriter, Material, Observed, Target, TargetError, WriteError, WriteMeta,
+};
 use crate::config::Config;
 use crate::pki::{CaCertsFiles, TrustBundle};
 use crate::plan::{Decision, PlanOptions, TrustChoice, assess, decide};
@@ -75,7 +77,7 @@ impl ClusterReport {
     }
 }
 
-/// Runs the issuance for `clusters` (primaries), up to `kubernetes.concurrency` at a time,
+/// Runs the issuance for `clusters` (primaries), several at a time ([`in_flight`]),
 /// and records what it decided in `audit`. `root` signs; with `dry_run` nothing is signed,
 /// written or audited. Each cluster is independent: one
 /// failing or hanging does not stop the others. Reports come back in the order given.
@@ -88,6 +90,8 @@ pub async fn run(
     dry_run: bool,
     now: OffsetDateTime,
 ) -> Vec<ClusterReport> {
+    // Hundreds of clusters note hundreds of events: durable together at the end of the run.
+    let audit = &audit.syncing_later();
     let writer = CacertsWriter::new(&config.trust_domain, audit, "cacerts-write");
     let pass = Pass {
         config,
@@ -96,6 +100,9 @@ pub async fn run(
         opts,
         dry_run,
         now,
+        cores: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        ),
     };
     let pass = &pass;
     let mut reports: Vec<(usize, ClusterReport)> =
@@ -104,7 +111,7 @@ pub async fn run(
                 let report = pass.one(cluster).await;
                 (i, report)
             })
-            .buffer_unordered(config.kubernetes.concurrency.max(1))
+            .buffer_unordered(in_flight(config, clusters))
             .collect()
             .await;
     reports.sort_by_key(|(i, _)| *i);
@@ -131,8 +138,23 @@ pub async fn run(
         .collect();
     if !dry_run {
         audit_reports(audit, &reports, now);
+        audit.sync();
     }
     reports
+}
+
+/// How many clusters one run works on at once: `kubernetes.concurrency` where any target is a
+/// Kubernetes cluster; many more when every one is a directory, whose writes are made durable
+/// in batches — the more wait at once, the fewer commits ([`crate::cluster::DirTarget`]).
+fn in_flight(config: &Config, clusters: &[&Cluster]) -> usize {
+    const DIRECTORIES_AT_ONCE: usize = 256;
+    let all_dirs = clusters
+        .iter()
+        .all(|c| matches!(c.target, Some(crate::topology::TargetConfig::Dir { .. })));
+    match all_dirs {
+        true => DIRECTORIES_AT_ONCE,
+        false => config.kubernetes.concurrency.max(1),
+    }
 }
 
 /// Records in the audit log what an issuance run decided: issued, refused and failed clusters
@@ -168,6 +190,8 @@ struct Pass<'a> {
     opts: PlanOptions,
     dry_run: bool,
     now: OffsetDateTime,
+    /// One assessment per core at a time ([`Pass::assess_on_a_core`]).
+    cores: tokio::sync::Semaphore,
 }
 
 impl Pass<'_> {
@@ -214,17 +238,12 @@ impl Pass<'_> {
             root,
             opts,
             dry_run,
-            now,
             ..
         } = *self;
         let name = cluster.name.as_str();
         let observed = target.read().await?;
         let policy = config.policy_for(cluster);
-        let assessment = assess(
-            &observed.snapshot,
-            &config.expected(cluster, Some(root.root_cert())),
-            now,
-        );
+        let (observed, assessment) = self.assess_on_a_core(cluster, observed).await;
         // A write of ours whose answer was lost, found in place and valid: done, not to redo.
         let landed = assessment.state == crate::plan::ClusterState::Valid
             && assessment
@@ -262,6 +281,36 @@ impl Pass<'_> {
         }
         self.issue_and_write(cluster, target, &observed, why, trust, attempted)
             .await
+    }
+
+    /// Assesses what `cluster` serves on the blocking pool, one check per core at a time: the
+    /// certificate parsing and signature checks are most of a run with nothing to do, and
+    /// the clusters of a run all wait on one task otherwise.
+    async fn assess_on_a_core(
+        &self,
+        cluster: &Cluster,
+        observed: Observed,
+    ) -> (Observed, crate::plan::Assessment) {
+        let _core = self.cores.acquire().await;
+        let root = self.root.root_cert().clone();
+        let policy = self.config.policy_for(cluster).clone();
+        let name = cluster.name.clone();
+        let trust_domain = self.config.trust_domain.clone();
+        let now = self.now;
+        let check = move || {
+            let expected = crate::plan::Expected {
+                root: Some(&root),
+                policy: &policy,
+                cluster: &name,
+                trust_domain: &trust_domain,
+            };
+            let assessment = assess(&observed.snapshot, &expected, now);
+            (observed, assessment)
+        };
+        match tokio::task::spawn_blocking(check).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// Issues `cluster` a new intermediate and writes it with `trust` as its bundle.

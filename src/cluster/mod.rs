@@ -192,7 +192,7 @@ impl Target {
         observed: &Observed,
     ) -> Result<WriteReport, TargetError> {
         match self {
-            Target::Dir(d) => d.write(files, meta),
+            Target::Dir(d) => d.write(files, meta).await,
             Target::Kube(k) => k.write(files, meta, observed).await,
         }
     }

@@ -56,6 +56,9 @@ impl fmt::Debug for Cert {
 
 impl Cert {
     pub fn from_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
+        if let Some(known) = parsed::known(&der) {
+            return Ok(known);
+        }
         let (info, key) = {
             let (rest, x509) = X509Certificate::from_der(&der).map_err(|e| PkiError::BadCert {
                 what: what.to_string(),
@@ -69,7 +72,9 @@ impl Cert {
             }
             describe(&x509, &der, what)?
         };
-        Ok(Cert { der, info, key })
+        let cert = Cert { der, info, key };
+        parsed::remember(&cert);
+        Ok(cert)
     }
 
     /// Parses every `CERTIFICATE` block of a PEM text, in order. Any other block, or none, is
@@ -288,6 +293,38 @@ fn key_description(x509: &X509Certificate<'_>) -> KeyDescription {
 }
 
 /// SHA-256 fingerprint of DER bytes, formatted like OpenSSL prints it.
+/// Certificates parsed lately, by their exact DER: a mesh's root sits in every cluster's
+/// `root-cert.pem` and `cert-chain.pem`, and each intermediate in two files, so one pass parses
+/// the same bytes thousands of times. Successes only; what failed is parsed again, to name
+/// where it was found.
+mod parsed {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::Cert;
+
+    /// Bounds the memory (a few KiB per certificate): cleared when full.
+    const REMEMBERED: usize = 1024;
+
+    fn cache() -> &'static Mutex<HashMap<Vec<u8>, Cert>> {
+        static PARSED: OnceLock<Mutex<HashMap<Vec<u8>, Cert>>> = OnceLock::new();
+        PARSED.get_or_init(Mutex::default)
+    }
+
+    pub(super) fn known(der: &[u8]) -> Option<Cert> {
+        cache().lock().ok()?.get(der).cloned()
+    }
+
+    pub(super) fn remember(cert: &Cert) {
+        if let Ok(mut m) = cache().lock() {
+            if m.len() >= REMEMBERED {
+                m.clear();
+            }
+            m.insert(cert.der.clone(), cert.clone());
+        }
+    }
+}
+
 pub fn fingerprint_sha256(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     digest

@@ -8,7 +8,9 @@
 //! path length, EKU) and what istiod needs from a signing CA: CA:TRUE, keyCertSign, a supported
 //! key algorithm, all four files present, and path lengths that leave room for workload leaves.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use time::OffsetDateTime;
 
@@ -442,7 +444,34 @@ pub fn issuing_root(signing: &Cert, chain: &[Cert], roots: &[Cert]) -> Option<Ce
     up(signing, chain, roots, 0)
 }
 
+/// Whether `issuer`'s key signed `child`. The answer is remembered for the life of the process
+/// under both certificates' SHA-256 fingerprints (it depends on nothing else): one pass checks
+/// the same pair while building the path and again while finding the issuing root, and a
+/// daemon checks the same clusters on every pass.
 pub(crate) fn check_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
+    type Checked = HashMap<(String, String), Result<(), String>>;
+    /// Bounds the memory: cleared when full (a mesh has a few entries per cluster).
+    const REMEMBERED: usize = 1 << 16;
+    static CHECKED: OnceLock<Mutex<Checked>> = OnceLock::new();
+    let key = (
+        child.info().fingerprint_sha256.clone(),
+        issuer.info().fingerprint_sha256.clone(),
+    );
+    let checked = CHECKED.get_or_init(Mutex::default);
+    if let Some(known) = checked.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return known;
+    }
+    let result = verify_signature(child, issuer);
+    if let Ok(mut m) = checked.lock() {
+        if m.len() >= REMEMBERED {
+            m.clear();
+        }
+        m.insert(key, result.clone());
+    }
+    result
+}
+
+fn verify_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
     let c = child.x509();
     let alg = c.signature_algorithm.algorithm.to_id_string();
     // sha1WithRSAEncryption, the old OIW one, ecdsa-with-SHA1: Go refuses SHA-1 signatures.

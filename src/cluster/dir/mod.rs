@@ -1,14 +1,14 @@
 //! The directory target: the four PEM files plus `cacerts.yaml`, for GitOps and offline use.
+//! Writes go through [`batch`], which makes many of them durable at once.
+
+mod batch;
 
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use super::{TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
-use crate::fsutil::{
-    Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional, sync_dir,
-    write_atomic,
-};
+use super::{TargetError, WriteMeta, WriteReport};
+use crate::fsutil::{Mode, read_optional};
 use crate::pki::CaCertsFiles;
 
 pub const MANIFEST: &str = "cacerts.yaml";
@@ -18,6 +18,7 @@ const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
 const CA_CRT: &str = "ca.crt";
 
+#[derive(Clone)]
 pub struct DirTarget {
     path: PathBuf,
     backups: PathBuf,
@@ -28,59 +29,22 @@ impl DirTarget {
         DirTarget { path, backups }
     }
 
+    /// Replaces the set; any previous set is backed up first. Returns once the write is
+    /// durable, made so together with the other writes waiting at the time ([`batch`]).
+    pub(in crate::cluster) async fn write(
+        &self,
+        files: &CaCertsFiles,
+        meta: &WriteMeta,
+    ) -> Result<WriteReport, TargetError> {
+        batch::write(self, files, meta).await
+    }
+
     fn mode_of(name: &str) -> Mode {
         if name == CaCertsFiles::CA_KEY || name == MANIFEST || name == TLS_KEY {
             Mode::Secret
         } else {
             Mode::Public
         }
-    }
-
-    /// Copies whatever is in the folder now into a fresh, timestamped backup folder.
-    fn backup_existing(&self, meta: &WriteMeta) -> Result<Option<String>, TargetError> {
-        let names = [
-            CaCertsFiles::CA_CERT,
-            CaCertsFiles::CA_KEY,
-            CaCertsFiles::ROOT_CERT,
-            CaCertsFiles::CERT_CHAIN,
-            MANIFEST,
-            TLS_CRT,
-            TLS_KEY,
-            CA_CRT,
-        ];
-        let mut existing = Vec::new();
-        for name in names {
-            if let Some(bytes) = read_optional(&self.path.join(name))? {
-                existing.push((name, Zeroizing::new(bytes)));
-            }
-        }
-        if existing.is_empty() {
-            return Ok(None);
-        }
-        let stamp = meta
-            .written_at
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
-            ))
-            .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
-        create_private_dir(&self.backups)?;
-        let mut dir = self.backups.join(&stamp);
-        let mut n = 1;
-        loop {
-            match create_new_private_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    dir = self.backups.join(format!("{stamp}-{n}"));
-                    n += 1;
-                }
-                Err(e) => return Err(fs_err("cannot create backup directory", &dir)(e).into()),
-            }
-        }
-        for (name, bytes) in &existing {
-            // Backups are private whatever they hold.
-            write_atomic(&dir.join(name), bytes, Mode::Secret)?;
-        }
-        Ok(Some(dir.display().to_string()))
     }
 }
 
@@ -120,46 +84,6 @@ impl DirTarget {
             cert_chain: cert_chain.unwrap_or_default(),
         }))
     }
-
-    /// Replaces the set; any previous set is backed up first.
-    pub(super) fn write(
-        &self,
-        files: &CaCertsFiles,
-        meta: &WriteMeta,
-    ) -> Result<WriteReport, TargetError> {
-        if self.path.join(TLS_CRT).exists() {
-            return Err(TargetError::ManagedByCertManager {
-                target: self.describe(),
-            });
-        }
-        if !self.path.exists() {
-            create_private_dir(&self.path)?;
-        }
-        let backup = self.backup_existing(meta)?;
-        let manifest = cacerts_secret_yaml(files, meta);
-        // Stage everything first, then rename in quick succession: the window in which the
-        // folder mixes old and new files is a few renames long, and a crash inside it leaves a
-        // set that fails validation (key/cert mismatch) and is re-issued on the next run, with
-        // the previous set safe in the backup.
-        let mut staged = Vec::new();
-        for (name, bytes) in files.entries() {
-            staged.push(StagedFile::new(
-                &self.path.join(name),
-                bytes,
-                Self::mode_of(name),
-            )?);
-        }
-        staged.push(StagedFile::new(
-            &self.path.join(MANIFEST),
-            manifest.as_bytes(),
-            Mode::Secret,
-        )?);
-        for file in staged {
-            file.commit()?;
-        }
-        sync_dir(&self.path)?;
-        Ok(WriteReport { backup })
-    }
 }
 
 #[cfg(test)]
@@ -167,7 +91,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn files(tag: &str) -> CaCertsFiles {
+    pub(super) fn files(tag: &str) -> CaCertsFiles {
         CaCertsFiles {
             ca_cert: format!("cert {tag}").into_bytes(),
             ca_key: Zeroizing::new(format!("key {tag}").into_bytes()),
@@ -176,7 +100,7 @@ mod tests {
         }
     }
 
-    fn meta(secs: i64) -> WriteMeta {
+    pub(super) fn meta(secs: i64) -> WriteMeta {
         WriteMeta {
             cluster: "c1".into(),
             serial: "0a".into(),
@@ -185,13 +109,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_the_set_with_modes_and_backs_up_what_it_replaces() {
+    #[tokio::test]
+    async fn writes_the_set_with_modes_and_backs_up_what_it_replaces() {
         let tmp = tempfile::tempdir().unwrap();
         let t = DirTarget::new(tmp.path().join("out/c1"), tmp.path().join("backups/c1"));
         assert!(t.read().unwrap().is_none());
         assert_eq!(
-            t.write(&files("1"), &meta(1_700_000_000)).unwrap().backup,
+            t.write(&files("1"), &meta(1_700_000_000))
+                .await
+                .unwrap()
+                .backup,
             None
         );
         assert_eq!(t.read().unwrap().unwrap(), files("1"));
@@ -206,8 +133,8 @@ mod tests {
         assert_eq!(mode("cacerts.yaml"), 0o600);
         assert_eq!(mode("ca-cert.pem"), 0o644);
 
-        let r = t.write(&files("2"), &meta(1_700_000_000)).unwrap();
-        let r2 = t.write(&files("3"), &meta(1_700_000_000)).unwrap();
+        let r = t.write(&files("2"), &meta(1_700_000_000)).await.unwrap();
+        let r2 = t.write(&files("3"), &meta(1_700_000_000)).await.unwrap();
         assert_eq!(t.read().unwrap().unwrap(), files("3"));
         let b1 = PathBuf::from(r.backup.unwrap());
         let b2 = PathBuf::from(r2.backup.unwrap());
@@ -235,8 +162,8 @@ mod tests {
         assert!(got.ca_key.is_empty() && got.root_cert.is_empty());
     }
 
-    #[test]
-    fn the_cert_manager_form_is_read() {
+    #[tokio::test]
+    async fn the_cert_manager_form_is_read() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("tls.crt"), b"garbage-crt").unwrap();
         std::fs::write(tmp.path().join("tls.key"), b"k").unwrap();
@@ -248,7 +175,7 @@ mod tests {
         assert_eq!(got.root_cert, b"ca");
         assert_eq!(got.cert_chain, b"garbage-crt\nca");
         assert_eq!(got.ca_key.as_slice(), b"k");
-        let err = t.write(&files("1"), &meta(1)).unwrap_err();
+        let err = t.write(&files("1"), &meta(1)).await.unwrap_err();
         assert!(
             matches!(err, TargetError::ManagedByCertManager { .. }),
             "{err}"

@@ -1,0 +1,486 @@
+//! Writes to directory targets, made durable in batches.
+//!
+//! Written one at a time, every file costs the file system a journal commit: seven or more
+//! fsyncs per cluster, one after another, which is where issuing to many directory targets
+//! spent its time. Here one writer thread takes every write waiting when it is free as one
+//! batch, and takes the batch through the steps a single write goes through, each step for all
+//! its writes before the next:
+//! 1. the new files, and copies of the files they replace, are written under temporary names
+//!    (keys 0600 from creation);
+//! 2. every one of them is fsynced — the first commit carries the others, so the rest are cheap;
+//! 3. the copies are renamed into their fresh backup folders, and those folders fsynced: a
+//!    backup is durable before what it keeps is replaced;
+//! 4. the new files are renamed into place, and the target folders fsynced.
+//!
+//! Durability is that of one write at a time: every file is fsynced before it is renamed,
+//! every rename's folder is fsynced, and a crash leaves each file old or new, never torn, with
+//! the previous set safe in its backup (a set mixing old and new files fails validation and is
+//! re-issued). Writes queue for the thread while it works, so batches grow with load and a
+//! lone write waits for nobody. A write that fails at any step fails alone; the others of its
+//! batch go on.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, mpsc};
+
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+use super::{CA_CRT, DirTarget, MANIFEST, TLS_CRT, TLS_KEY};
+use crate::cluster::{TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
+use crate::fsutil::{
+    FsError, Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional,
+    sync_dir,
+};
+use crate::pki::CaCertsFiles;
+
+/// At most this many writes in one batch: bounds the temporary files open at once.
+const MAX_BATCH: usize = 256;
+
+/// One write handed to the writer thread. The copy of the key it carries is wiped when the
+/// write is done.
+struct Job {
+    target: DirTarget,
+    files: CaCertsFiles,
+    meta: WriteMeta,
+    reply: oneshot::Sender<Result<WriteReport, TargetError>>,
+}
+
+/// Replaces `target`'s set with `files`, backing up what is there first; returns when the
+/// write is durable.
+pub(super) async fn write(
+    target: &DirTarget,
+    files: &CaCertsFiles,
+    meta: &WriteMeta,
+) -> Result<WriteReport, TargetError> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        target: target.clone(),
+        files: files.clone(),
+        meta: meta.clone(),
+        reply,
+    };
+    let stopped = || {
+        TargetError::Io(fs_err("cannot write", &target.path)(std::io::Error::other(
+            "cacertd's directory writer thread stopped",
+        )))
+    };
+    writer().send(job).map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// The writer thread's queue, the thread started on first use.
+fn writer() -> &'static mpsc::Sender<Job> {
+    static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (queue, jobs) = mpsc::channel();
+        // Should the thread not start, `jobs` is dropped with the closure and every write
+        // fails with "writer thread stopped".
+        let _ = std::thread::Builder::new()
+            .name("cacertd-dir-writer".into())
+            .spawn(move || run(jobs));
+        queue
+    })
+}
+
+/// Takes every write waiting as one batch, until the process ends. Two writes to one folder
+/// never share a batch (the second backs up what the first wrote): the later one waits for
+/// the next.
+fn run(jobs: mpsc::Receiver<Job>) {
+    let mut deferred: Vec<Job> = Vec::new();
+    loop {
+        let mut waiting = std::mem::take(&mut deferred);
+        if waiting.is_empty() {
+            match jobs.recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => return,
+            }
+        }
+        while waiting.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut folders = HashSet::new();
+        let (batch, later): (Vec<Job>, Vec<Job>) = waiting
+            .into_iter()
+            .partition(|job| folders.insert(job.target.path.clone()));
+        deferred = later;
+        write_batch(batch);
+    }
+}
+
+/// One write with its files under temporary names.
+struct Staged {
+    job: Job,
+    backup: Option<Backup>,
+    new: Vec<StagedFile>,
+    /// The target folder was created for this write: its parent gains an entry.
+    created: bool,
+}
+
+/// The copies of what a write replaces, bound for a fresh folder under the backups folder.
+struct Backup {
+    dir: PathBuf,
+    files: Vec<StagedFile>,
+}
+
+/// Something step 2, 3 or 4 makes durable: a file under its temporary name, or a folder's
+/// entries.
+enum Durable<'a> {
+    File(&'a StagedFile),
+    Dir(PathBuf),
+}
+
+impl Durable<'_> {
+    fn sync(&self) -> Result<(), FsError> {
+        match self {
+            Durable::File(f) => f.sync(),
+            Durable::Dir(d) => sync_dir(d),
+        }
+    }
+}
+
+impl Staged {
+    fn fail(self, e: impl Into<TargetError>) {
+        let _ = self.job.reply.send(Err(e.into()));
+    }
+
+    /// Step 2: every file, backups and new, under its temporary name.
+    fn files(&self) -> Vec<Durable<'_>> {
+        let backups = self.backup.iter().flat_map(|b| b.files.iter());
+        backups.chain(self.new.iter()).map(Durable::File).collect()
+    }
+
+    /// Step 3: the backup renamed into its folder.
+    fn place_backup(&mut self) -> Result<(), FsError> {
+        if let Some(backup) = &mut self.backup {
+            for file in std::mem::take(&mut backup.files) {
+                file.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: the backup folder, and the folder that gained it.
+    fn backup_dirs(&self) -> Vec<Durable<'_>> {
+        match &self.backup {
+            Some(b) => vec![
+                Durable::Dir(b.dir.clone()),
+                Durable::Dir(self.job.target.backups.clone()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Step 4: the new files renamed into place.
+    fn place_new(&mut self) -> Result<(), FsError> {
+        for file in std::mem::take(&mut self.new) {
+            file.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Step 4: the target folder, and its parent when the folder is new.
+    fn target_dirs(&self) -> Vec<Durable<'_>> {
+        let path = &self.job.target.path;
+        let mut dirs = vec![Durable::Dir(path.clone())];
+        match path.parent() {
+            Some(parent) if self.created && !parent.as_os_str().is_empty() => {
+                dirs.push(Durable::Dir(parent.to_path_buf()));
+            }
+            _ => {}
+        }
+        dirs
+    }
+}
+
+fn write_batch(batch: Vec<Job>) {
+    let mut staged = Vec::with_capacity(batch.len());
+    for job in batch {
+        match stage(&job) {
+            Ok((backup, new, created)) => staged.push(Staged {
+                job,
+                backup,
+                new,
+                created,
+            }),
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    let staged = make_durable(staged, Staged::files);
+    let staged = keep_ok(staged, Staged::place_backup);
+    let staged = make_durable(staged, Staged::backup_dirs);
+    let staged = keep_ok(staged, Staged::place_new);
+    let staged = make_durable(staged, Staged::target_dirs);
+    for done in staged {
+        let backup = done.backup.map(|b| b.dir.display().to_string());
+        let _ = done.job.reply.send(Ok(WriteReport { backup }));
+    }
+}
+
+/// Runs one step for every write of a batch; a write whose step fails is answered with the
+/// error and leaves the batch (its temporary files removed).
+fn keep_ok(
+    staged: Vec<Staged>,
+    mut step: impl FnMut(&mut Staged) -> Result<(), FsError>,
+) -> Vec<Staged> {
+    let mut kept = Vec::with_capacity(staged.len());
+    for mut s in staged {
+        match step(&mut s) {
+            Ok(()) => kept.push(s),
+            Err(e) => s.fail(e),
+        }
+    }
+    kept
+}
+
+/// Fsyncs what every write of a batch needs durable (a folder several writes share, once),
+/// all at once; a write any of whose fsyncs failed is answered with the error and leaves the
+/// batch.
+fn make_durable(
+    staged: Vec<Staged>,
+    needs: impl for<'a> Fn(&'a Staged) -> Vec<Durable<'a>>,
+) -> Vec<Staged> {
+    let mut failed: Vec<Option<FsError>> = Vec::new();
+    {
+        let mut work: Vec<(Durable<'_>, Vec<usize>)> = Vec::new();
+        let mut dirs: HashMap<PathBuf, usize> = HashMap::new();
+        for (i, s) in staged.iter().enumerate() {
+            for item in needs(s) {
+                if let Durable::Dir(d) = &item {
+                    if let Some(&at) = dirs.get(d) {
+                        work[at].1.push(i);
+                        continue;
+                    }
+                    dirs.insert(d.clone(), work.len());
+                }
+                work.push((item, vec![i]));
+            }
+        }
+        failed.resize_with(staged.len(), || None);
+        let results = in_parallel(&work, |(item, _)| item.sync());
+        for ((_, writes), result) in work.iter().zip(results) {
+            if let Err(e) = result {
+                for &i in writes {
+                    failed[i].get_or_insert_with(|| FsError {
+                        action: e.action,
+                        path: e.path.clone(),
+                        source: std::io::Error::new(e.source.kind(), e.source.to_string()),
+                    });
+                }
+            }
+        }
+    }
+    let mut kept = Vec::with_capacity(staged.len());
+    for (s, failure) in staged.into_iter().zip(failed) {
+        match failure {
+            None => kept.push(s),
+            Some(e) => s.fail(e),
+        }
+    }
+    kept
+}
+
+/// At most this many fsyncs in flight at once.
+const SYNC_THREADS: usize = 32;
+
+/// Runs `f` over `items` on up to [`SYNC_THREADS`] threads. Fsyncs issued together ride one
+/// journal commit and one device cache flush; issued one after another, each waits for a
+/// commit and a flush of its own. Results come back in the order of `items`.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<(), FsError> + Sync,
+) -> Vec<Result<(), FsError>> {
+    if items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(SYNC_THREADS);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let work = move || part.iter().map(f).collect::<Vec<_>>();
+                // A thread that cannot be started: its part runs here instead.
+                (part, std::thread::Builder::new().spawn_scoped(scope, work))
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|(part, thread)| match thread {
+                // Never taken as durable unless the fsync said so.
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    let lost = || std::io::Error::other("the fsync thread panicked");
+                    part.iter()
+                        .map(|_| Err(fs_err("cannot fsync", Path::new("?"))(lost())))
+                        .collect()
+                }),
+                Err(_) => part.iter().map(f).collect(),
+            })
+            .collect()
+    })
+}
+
+type StagedWrite = (Option<Backup>, Vec<StagedFile>, bool);
+
+/// Step 1 for one write: checks, then the backup copies and the new files under temporary
+/// names.
+fn stage(job: &Job) -> Result<StagedWrite, TargetError> {
+    let target = &job.target;
+    if target.path.join(TLS_CRT).exists() {
+        return Err(TargetError::ManagedByCertManager {
+            target: target.describe(),
+        });
+    }
+    let created = !target.path.exists();
+    if created {
+        create_private_dir(&target.path)?;
+    }
+    let backup = stage_backup(target, &job.meta)?;
+    let manifest = Zeroizing::new(cacerts_secret_yaml(&job.files, &job.meta));
+    let mut new = Vec::new();
+    for (name, bytes) in job.files.entries() {
+        let mode = DirTarget::mode_of(name);
+        new.push(StagedFile::unsynced(&target.path.join(name), bytes, mode)?);
+    }
+    new.push(StagedFile::unsynced(
+        &target.path.join(MANIFEST),
+        manifest.as_bytes(),
+        Mode::Secret,
+    )?);
+    Ok((backup, new, created))
+}
+
+/// Copies whatever is in the folder now, bound for a fresh, timestamped backup folder.
+fn stage_backup(target: &DirTarget, meta: &WriteMeta) -> Result<Option<Backup>, TargetError> {
+    let names = [
+        CaCertsFiles::CA_CERT,
+        CaCertsFiles::CA_KEY,
+        CaCertsFiles::ROOT_CERT,
+        CaCertsFiles::CERT_CHAIN,
+        MANIFEST,
+        TLS_CRT,
+        TLS_KEY,
+        CA_CRT,
+    ];
+    let mut existing = Vec::new();
+    for name in names {
+        if let Some(bytes) = read_optional(&target.path.join(name))? {
+            existing.push((name, Zeroizing::new(bytes)));
+        }
+    }
+    if existing.is_empty() {
+        return Ok(None);
+    }
+    let dir = new_backup_dir(&target.backups, meta)?;
+    let mut files = Vec::new();
+    for (name, bytes) in &existing {
+        // Backups are private whatever they hold.
+        files.push(StagedFile::unsynced(&dir.join(name), bytes, Mode::Secret)?);
+    }
+    Ok(Some(Backup { dir, files }))
+}
+
+/// A backup folder of its own, named after the write's time (`-1`, `-2`… when taken).
+fn new_backup_dir(backups: &Path, meta: &WriteMeta) -> Result<PathBuf, TargetError> {
+    let stamp = meta
+        .written_at
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
+    create_private_dir(backups)?;
+    let mut dir = backups.join(&stamp);
+    let mut n = 1;
+    loop {
+        match create_new_private_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                dir = backups.join(format!("{stamp}-{n}"));
+                n += 1;
+            }
+            Err(e) => return Err(fs_err("cannot create backup directory", &dir)(e).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::files;
+    use super::*;
+
+    fn meta() -> WriteMeta {
+        super::super::tests::meta(1_700_000_000)
+    }
+
+    /// Many writes at once, two to each folder: every one lands, each second write backs up
+    /// its folder's first, and one that cannot be written fails alone.
+    #[tokio::test]
+    async fn writes_in_one_batch_each_land_with_their_own_backup_and_fail_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = |i: usize| {
+            DirTarget::new(
+                tmp.path().join(format!("out/c{i}")),
+                tmp.path().join(format!("backups/c{i}")),
+            )
+        };
+        let targets: Vec<DirTarget> = (0..40).map(target).collect();
+        // c7 is handed to cert-manager: refused, and the others go on.
+        std::fs::create_dir_all(tmp.path().join("out/c7")).unwrap();
+        std::fs::write(tmp.path().join("out/c7/tls.crt"), b"cm").unwrap();
+        let writes = targets.iter().enumerate().flat_map(|(i, t)| {
+            let first = files(&format!("{i}a"));
+            let second = files(&format!("{i}b"));
+            [(t, first), (t, second)]
+        });
+        let results = futures::future::join_all(
+            writes.map(|(t, f)| async move { write(t, &f, &meta()).await }),
+        )
+        .await;
+        for (i, pair) in results.chunks(2).enumerate() {
+            if i == 7 {
+                assert!(matches!(
+                    pair[0],
+                    Err(TargetError::ManagedByCertManager { .. })
+                ));
+                continue;
+            }
+            assert_eq!(pair[0].as_ref().unwrap().backup, None, "c{i}");
+            let backup = PathBuf::from(pair[1].as_ref().unwrap().backup.clone().unwrap());
+            assert_eq!(
+                std::fs::read(backup.join("ca-key.pem")).unwrap(),
+                format!("key {i}a").into_bytes(),
+                "c{i}: the second write backed up the first"
+            );
+            assert_eq!(targets[i].read().unwrap().unwrap(), files(&format!("{i}b")));
+        }
+        // No temporary file is left anywhere.
+        let mut left = Vec::new();
+        for dir in ["out", "backups"] {
+            for c in std::fs::read_dir(tmp.path().join(dir)).unwrap() {
+                for f in std::fs::read_dir(c.unwrap().path()).unwrap() {
+                    let p = f.unwrap().path();
+                    let inner: Vec<_> = if p.is_dir() {
+                        std::fs::read_dir(&p)
+                            .unwrap()
+                            .map(|e| e.unwrap().path())
+                            .collect()
+                    } else {
+                        vec![p]
+                    };
+                    left.extend(inner.into_iter().filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(".cacertd-")
+                    }));
+                }
+            }
+        }
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
