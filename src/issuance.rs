@@ -190,7 +190,7 @@ struct Pass<'a> {
     opts: PlanOptions,
     dry_run: bool,
     now: OffsetDateTime,
-    /// One assessment per core at a time ([`Pass::assess_on_a_core`]).
+    /// One assessment per core at a time ([`Pass::read_and_assess`]).
     cores: tokio::sync::Semaphore,
 }
 
@@ -241,9 +241,8 @@ impl Pass<'_> {
             ..
         } = *self;
         let name = cluster.name.as_str();
-        let observed = target.read().await?;
         let policy = config.policy_for(cluster);
-        let (observed, assessment) = self.assess_on_a_core(cluster, observed).await;
+        let (observed, assessment) = self.read_and_assess(cluster, target).await?;
         // A write of ours whose answer was lost, found in place and valid: done, not to redo.
         let landed = assessment.state == crate::plan::ClusterState::Valid
             && assessment
@@ -283,21 +282,34 @@ impl Pass<'_> {
             .await
     }
 
-    /// Assesses what `cluster` serves on the blocking pool, one check per core at a time: the
-    /// certificate parsing and signature checks are most of a run with nothing to do, and
-    /// the clusters of a run all wait on one task otherwise.
-    async fn assess_on_a_core(
+    /// Reads what `cluster` serves and assesses it on the blocking pool, one cluster per core
+    /// at a time (a directory is read there too): reading, certificate parsing and signature
+    /// checks are most of a run with nothing to do, and the clusters of a run all wait on one
+    /// task otherwise.
+    async fn read_and_assess(
         &self,
         cluster: &Cluster,
-        observed: Observed,
-    ) -> (Observed, crate::plan::Assessment) {
+        target: &Target,
+    ) -> Result<(Observed, crate::plan::Assessment), TargetError> {
         let _core = self.cores.acquire().await;
+        let source = match target {
+            Target::Dir(d) => Err(d.clone()),
+            Target::Kube(_) => Ok(target.read().await?),
+        };
         let root = self.root.root_cert().clone();
         let policy = self.config.policy_for(cluster).clone();
         let name = cluster.name.clone();
         let trust_domain = self.config.trust_domain.clone();
         let now = self.now;
         let check = move || {
+            // Read already, or a directory to read here.
+            let observed = match source {
+                Ok(observed) => observed,
+                Err(dir) => Observed {
+                    snapshot: crate::plan::Snapshot::of(dir.read()?),
+                    version: None,
+                },
+            };
             let expected = crate::plan::Expected {
                 root: Some(&root),
                 policy: &policy,
@@ -305,7 +317,7 @@ impl Pass<'_> {
                 trust_domain: &trust_domain,
             };
             let assessment = assess(&observed.snapshot, &expected, now);
-            (observed, assessment)
+            Ok((observed, assessment))
         };
         match tokio::task::spawn_blocking(check).await {
             Ok(done) => done,
