@@ -182,9 +182,11 @@ fn main() {
             drain_seconds: 0,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,
+            wait_for_renewal: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
             max_parallel,
+            renewal_wait_seconds: None,
         };
         let store = cacertd::transition::record_store::RecordStore::open(&config)
             .await

@@ -78,6 +78,8 @@ pub struct Snapshot {
     /// `root-cert.pem` of each `istio-ca-root-cert` ConfigMap, by namespace: the bundle istiod
     /// has actually published to workloads.
     pub published_bundles: Option<Vec<(String, Vec<u8>)>>,
+    /// The image of each istiod Deployment (Kubernetes targets), which names its version.
+    pub istiod_images: Option<Vec<String>>,
 }
 
 impl Snapshot {

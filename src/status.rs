@@ -53,6 +53,52 @@ pub struct StatusRow {
     pub renewal_due: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a Kubernetes primary: the istiod it runs, and what is known of that release.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub istiod: Vec<IstiodRelease>,
+}
+
+/// An istiod Deployment's image, the release it names and the known behaviours of that release
+/// a transition depends on (docs/istio.md §12).
+#[derive(Serialize)]
+pub struct IstiodRelease {
+    pub image: String,
+    /// `None`: the tag names no release (`latest`, a digest).
+    pub version: Option<String>,
+    /// Each known behaviour: `refuse` (a transition would break mTLS, and is refused) or
+    /// `note`, with its upstream reference.
+    pub behaviours: Vec<KnownBehaviour>,
+}
+
+#[derive(Serialize)]
+pub struct KnownBehaviour {
+    pub bearing: &'static str,
+    pub reference: &'static str,
+    pub what: &'static str,
+}
+
+impl IstiodRelease {
+    pub fn of(image: &str) -> Self {
+        use crate::istio_version::{Bearing, IstioVersion, behaviours};
+        let version = IstioVersion::from_image(image);
+        IstiodRelease {
+            image: image.to_string(),
+            version: version.map(|v| v.to_string()),
+            behaviours: version
+                .map(behaviours)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| KnownBehaviour {
+                    bearing: match b.bearing {
+                        Bearing::Refuse => "refuse",
+                        Bearing::Note => "note",
+                    },
+                    reference: b.reference,
+                    what: b.what,
+                })
+                .collect(),
+        }
+    }
 }
 
 pub fn status_row(
@@ -73,11 +119,14 @@ pub fn status_row(
         days_left: None,
         renewal_due: None,
         error: None,
+        istiod: Vec::new(),
     };
     match observed {
         None => {}
         Some(Err(e)) => row.error = Some(e),
         Some(Ok(snapshot)) => {
+            let images = snapshot.istiod_images.iter().flatten();
+            row.istiod = images.map(|i| IstiodRelease::of(i)).collect();
             let a = assess(&snapshot, &config.expected(cluster, root), now);
             row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
             row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);

@@ -473,9 +473,11 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
             drain_seconds: 0,
             gate_timeout_seconds: 60,
             skip_workload_restarts: false,
+            wait_for_renewal: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
+            renewal_wait_seconds: None,
         },
     );
     d2.metrics().transition(Some(&record), t0());

@@ -42,9 +42,12 @@ fn workload(c: &FakeCluster, ns: &str, name: &str, labels: Value) {
 /// A Deployment whose pods carry an injected sidecar (`istio-proxy`), taking the bundles
 /// istiod pushes when `pushed_bundles` (PROXY_CONFIG_XDS_AGENT=true).
 fn injected_workload(c: &FakeCluster, ns: &str, name: &str, pushed_bundles: bool) {
+    // Certificates of two seconds: a renewal, which a transition without restarts must wait
+    // for in its drain, comes about a second after issuance.
     let env = match pushed_bundles {
-        true => json!([{"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"}]),
-        false => json!([]),
+        true => json!([{"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"},
+                       {"name": "SECRET_TTL", "value": "2s"}]),
+        false => json!([{"name": "SECRET_TTL", "value": "2s"}]),
     };
     c.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -766,7 +769,7 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
             "start",
             "--skip-workload-restarts",
             "--drain",
-            "0s",
+            "2s",
         ])
         .fails_with(5);
     for name in ["cluster1", "cluster2"] {
@@ -801,7 +804,7 @@ fn skipping_workload_restarts_needs_multi_root_istiod_everywhere() {
             "start",
             "--skip-workload-restarts",
             "--drain",
-            "0s",
+            "2s",
             "--max-parallel",
             "2",
             "--wait",
@@ -1307,7 +1310,7 @@ fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
         "start",
         "--skip-workload-restarts",
         "--drain",
-        "0s",
+        "2s",
         "--wait",
     ];
 
@@ -1334,6 +1337,17 @@ fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
         c.delete("deployments", "app", "web");
         injected_workload(c, "app", "web", true);
     }
+    // Without restarts a proxy keeps its certificate of the old signer until it renews: the
+    // drain must cover that.
+    let mut no_drain = skip;
+    no_drain[4] = "0s";
+    let run = s.cacertd(&no_drain).fails_with(5);
+    assert!(
+        run.stderr.contains("--drain must be at least 2s"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path("state/transition").exists());
     s.cacertd(&skip).ok();
     for name in CLUSTERS {
         let web = server
@@ -1344,6 +1358,78 @@ fn skipping_workload_restarts_needs_every_proxy_to_take_pushed_bundles() {
             web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
                 .is_null(),
             "{name}: workloads are left to the pushed bundles"
+        );
+    }
+}
+
+/// Proxies that take no pushed bundles learn the new root at their next certificate renewal:
+/// with `--wait-for-renewal` a migration without workload restarts waits for that after each
+/// istiod restart — a bare pod included, never deleted — instead of being refused.
+#[test]
+fn skipping_workload_restarts_can_wait_one_renewal_instead() {
+    let (server, s, _) = self_signed_setup("30s");
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        if name != "cluster3" {
+            multiroot_istiod(c);
+        }
+        c.delete("deployments", "app", "web");
+        injected_workload(c, "app", "web", false);
+    }
+    // A bare pod whose certificates last six seconds: renewed some three seconds in.
+    let c1 = server.cluster("cluster1");
+    let mut pod = bare_sidecar_pod(c1, "app", "debug");
+    pod["spec"]["containers"][1]["env"] = json!([{"name": "SECRET_TTL", "value": "6s"}]);
+    let pod = c1.put(pod);
+    let _istiod = Istiod::start(&server, false);
+
+    let mut start = vec![
+        "migrate",
+        "start",
+        "--skip-workload-restarts",
+        "--drain",
+        "4s",
+    ];
+    let run = s.cacertd(&start).fails_with(5);
+    assert!(
+        run.stderr.contains("--wait-for-renewal") && run.stderr.contains("PCDS"),
+        "{}",
+        run.stderr
+    );
+    start.push("--wait-for-renewal");
+    s.cacertd(&start).ok();
+    // Up to AddNewRoot's gate: istiod restarted, no workload; the gate waits for renewals.
+    s.cacertd(&["transition", "resume"]).ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("cluster1: 3 proxies started before istiod served the new root and learn it at their next certificate renewal"),
+        "{status}"
+    );
+    assert!(
+        server
+            .cluster("cluster2")
+            .get("secrets", "istio-system", "cacerts")
+            .is_some()
+            && !status.contains("phase SwitchSigner"),
+        "{status}"
+    );
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("Done"), "{status}");
+    let still = c1.get("pods", "app", "debug").unwrap();
+    assert_eq!(
+        still["metadata"]["uid"], pod["metadata"]["uid"],
+        "the bare pod was left alone"
+    );
+    for name in CLUSTERS {
+        let web = server
+            .cluster(name)
+            .get("deployments", "app", "web")
+            .unwrap();
+        assert!(
+            web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+                .is_null(),
+            "{name}: workloads were not restarted"
         );
     }
 }
@@ -1442,6 +1528,31 @@ fn istiod_releases_that_would_break_a_transition_refuse_it() {
     );
     istiod(server.cluster("cluster2"), "docker.io/istio/pilot:1.25.1");
 
+    // `plan` and `status` name each istiod's release and what is known of it.
+    let plan = s.cacertd(&["migrate", "plan"]).ok().stdout;
+    assert!(
+        plan.contains("cluster1: istiod 1.26.2 (docker.io/istio/pilot:1.26.2-distroless)")
+            && plan.contains("cluster2: istiod 1.25.1 (docker.io/istio/pilot:1.25.1)")
+            && plan.contains("start refuses: istio/istio#55793"),
+        "{plan}"
+    );
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(
+        status.contains("istiod:\n")
+            && status.contains("  cluster2: 1.25.1 (docker.io/istio/pilot:1.25.1)")
+            && status.contains("refused: "),
+        "{status}"
+    );
+    let json: Value =
+        serde_json::from_str(&s.cacertd(&["status", "-o", "json"]).ok().stdout).unwrap();
+    let cluster1 = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cluster1")
+        .unwrap();
+    assert_eq!(cluster1["istiod"][0]["version"], "1.26.2", "{cluster1}");
+
     let run = s.cacertd(&["migrate", "start"]).fails_with(5);
     assert!(
         run.stderr.contains(
@@ -1536,6 +1647,22 @@ fn ambient_ztunnel_and_waypoints_restart_after_istiod_and_before_workloads() {
         2
     );
     let _istiod = Istiod::start(&server, false);
+    // Never without restarts: ztunnel takes no pushed bundles and one root only.
+    let skip = [
+        "migrate",
+        "start",
+        "--skip-workload-restarts",
+        "--wait-for-renewal",
+        "--drain",
+        "1d",
+    ];
+    let run = s.cacertd(&skip).fails_with(5);
+    assert!(
+        run.stderr.contains("cannot be used with ambient mode")
+            && run.stderr.contains("istio-system/ztunnel-"),
+        "{}",
+        run.stderr
+    );
 
     s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
         .ok();

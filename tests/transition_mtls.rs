@@ -122,9 +122,11 @@ impl Mesh {
             drain_seconds: 0,
             gate_timeout_seconds: 60,
             skip_workload_restarts: false,
+            wait_for_renewal: false,
             approve_each_phase: false,
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
+            renewal_wait_seconds: None,
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);
         let mut serving: BTreeMap<String, MaterialOf> = self

@@ -253,10 +253,19 @@ pub struct TransitionPlanArgs {
     pub drain: Option<std::time::Duration>,
 
     /// Do not restart workloads; rely on istiod's multi-root hot reload
-    /// (ISTIO_MULTIROOT_MESH=true) to hand proxies the new bundle. `start` reads each
-    /// primary's istiod Deployment and refuses unless every one runs with it.
+    /// (ISTIO_MULTIROOT_MESH=true) to hand proxies the new bundle. `start` refuses unless
+    /// every primary's istiod runs with it, every proxy takes the bundles istiod pushes
+    /// (PROXY_CONFIG_XDS_AGENT=true) or --wait-for-renewal is given, no ztunnel runs, and
+    /// --drain covers a certificate renewal of every proxy.
     #[arg(long)]
     pub skip_workload_restarts: bool,
+
+    /// With --skip-workload-restarts, for proxies that do not take pushed bundles: wait, after
+    /// each primary's istiod restart, until every such proxy has renewed its certificate (and
+    /// learned the new root with it) before any cluster signs under the new root — about
+    /// 12 h with Istio's default 24 h certificates, computed from each proxy's SECRET_TTL.
+    #[arg(long, requires = "skip_workload_restarts")]
+    pub wait_for_renewal: bool,
 
     /// Wait for an operator's approval before each phase after the first.
     #[arg(long)]

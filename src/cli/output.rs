@@ -231,6 +231,34 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         ],
         &rows,
     );
+    print_istiod_releases(out, report);
+}
+
+/// Each Kubernetes primary's istiod release, with what is known of it.
+fn print_istiod_releases(out: &mut dyn Write, report: &StatusReport) {
+    let with_istiod: Vec<_> = report
+        .clusters
+        .iter()
+        .filter(|c| !c.istiod.is_empty())
+        .collect();
+    if with_istiod.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nistiod:");
+    for c in with_istiod {
+        for r in &c.istiod {
+            let version = r.version.as_deref().unwrap_or("unknown release");
+            let _ = writeln!(out, "  {}: {version} ({})", c.name, r.image);
+            for b in &r.behaviours {
+                let mark = if b.bearing == "refuse" {
+                    "refused: "
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "    {mark}{} ({})", b.what, b.reference);
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -17,11 +17,14 @@ fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition:
         drain_seconds: args.drain.unwrap_or(config.transition.drain).as_secs(),
         gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
         skip_workload_restarts: args.skip_workload_restarts,
+        wait_for_renewal: args.wait_for_renewal,
         approve_each_phase: args.approve_each_phase,
         exclude_namespaces: config.transition.exclude_namespaces.clone(),
         max_parallel: args
             .max_parallel
             .map_or(config.transition.max_parallel, usize::from),
+        // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
+        renewal_wait_seconds: None,
     }
 }
 
@@ -100,18 +103,31 @@ async fn print_istiod(config: &Config, record: &transition::Record) {
         }
     }
     // The versions were read, and none refused, before the transition was recorded.
-    let Ok(versions) = transition::start::istiod_versions(config).await else {
-        return;
+    print_istiod_releases(config).await;
+}
+
+/// Each Kubernetes primary's istiod release and what is known of it (docs/istio.md §12);
+/// `start` refuses where a behaviour is marked so.
+async fn print_istiod_releases(config: &Config) {
+    let versions = match transition::start::istiod_versions(config).await {
+        Ok(v) => v,
+        Err(e) => {
+            println!("istiod releases unknown: {e}");
+            return;
+        }
     };
     for (cluster, images) in versions {
-        for (image, version) in images {
-            let Some(version) = version else {
-                println!("{cluster}: istiod version unknown (image {image})");
-                continue;
-            };
+        for (image, _) in images {
+            let release = crate::status::IstiodRelease::of(&image);
+            let version = release.version.as_deref().unwrap_or("version unknown");
             println!("{cluster}: istiod {version} ({image})");
-            for b in crate::istio_version::behaviours(version) {
-                println!("  {}: {}", b.reference, b.what);
+            for b in &release.behaviours {
+                let mark = if b.bearing == "refuse" {
+                    "start refuses: "
+                } else {
+                    ""
+                };
+                println!("  {mark}{}: {}", b.reference, b.what);
             }
         }
     }
@@ -448,8 +464,9 @@ fn resume_record(record: &mut transition::Record, a: &args::ResumeArgs) -> Resul
     Ok(())
 }
 
-/// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary.
-pub(super) fn transition_plan(
+/// `migrate plan` / `rotate-root plan`: the steps of a transition over every primary, and
+/// (as text) the istiod release of each Kubernetes primary.
+pub(super) async fn transition_plan(
     config: &Config,
     kind: TransitionKind,
     args: &TransitionPlanArgs,
@@ -481,5 +498,6 @@ pub(super) fn transition_plan(
         humantime::format_duration(config.transition.gate_timeout)
     );
     print_steps(&steps, true);
+    print_istiod_releases(config).await;
     Ok(())
 }

@@ -302,6 +302,7 @@ fn a_self_signed_cluster_is_not_plugged_in_directly() {
             ("default".into(), istiod.cert_pem().into_bytes()),
             ("app".into(), ours.cert_pem().into_bytes()),
         ]),
+        istiod_images: None,
     };
     let a = assess(&snap, &expected(ours.cert(), &p), t0());
     assert_eq!(a.state, ClusterState::SelfSigned);

@@ -86,8 +86,9 @@ pub(super) async fn check_gate(
                     .map(|(n, t)| (n.as_str(), t)),
             );
             for (name, target) in served {
-                let exclude = &record.options.exclude_namespaces;
-                proxies_behind(name, target, kube, progress, exclude, &mut behind).await;
+                let since = Since { progress, now };
+                let options = &record.options;
+                proxies_behind(name, target, kube, since, options, &mut behind).await;
             }
         }
     }
@@ -103,19 +104,28 @@ pub(super) fn proxy_key(cluster: &str, p: &crate::cluster::Proxy) -> String {
 /// At most this many proxies are named per cluster; the rest are counted.
 const PROXIES_NAMED: usize = 10;
 
+/// A primary's progress in the phase, and the gate's time.
+#[derive(Clone, Copy)]
+struct Since<'a> {
+    progress: &'a super::ClusterProgress,
+    now: OffsetDateTime,
+}
+
 /// Proxies of `name` (the primary, or a remote its istiod serves) that started before the
 /// primary's istiod served this phase's bundle and were not replaced since — a bare pod,
 /// a Job's pod, a pod of a controller cacertd does not restart — unless they take the
-/// bundles istiod pushes (multi-root on istiod and `PROXY_CONFIG_XDS_AGENT` on the proxy) or
-/// their namespace is excluded (docs/istio.md §13).
+/// bundles istiod pushes (multi-root on istiod and `PROXY_CONFIG_XDS_AGENT` on the proxy),
+/// their namespace is excluded, or, with `--wait-for-renewal`, every one of them has renewed
+/// its certificate since the restart (docs/istio.md §13).
 async fn proxies_behind(
     name: &str,
     target: &KubeTarget,
     istiod_cluster: &KubeTarget,
-    progress: &super::ClusterProgress,
-    exclude: &[String],
+    Since { progress, now }: Since<'_>,
+    options: &super::Options,
     behind: &mut Vec<String>,
 ) {
+    let exclude = &options.exclude_namespaces;
     if progress.proxies_before_istiod.is_empty() {
         return;
     }
@@ -145,6 +155,23 @@ async fn proxies_behind(
         .iter()
         .filter(|p| !(pushed && p.takes_pushed_bundles))
         .collect();
+    if stale.is_empty() {
+        return;
+    }
+    if let (Some(wait), Some(at)) = (options.renewal_wait_seconds, progress.istiod_restarted_at) {
+        let renewed_by = at.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+        if now.unix_timestamp() < renewed_by {
+            let by = OffsetDateTime::from_unix_timestamp(renewed_by)
+                .map(crate::pki::fmt_time)
+                .unwrap_or_else(|_| renewed_by.to_string());
+            behind.push(format!(
+                "{name}: {} proxies started before istiod served the new root and learn it at \
+                 their next certificate renewal, by {by} (--wait-for-renewal)",
+                stale.len()
+            ));
+        }
+        return;
+    }
     for p in stale.iter().take(PROXIES_NAMED) {
         behind.push(format!(
             "{name}/{}: its proxy started before istiod served the new root and may not trust \

@@ -25,6 +25,9 @@ pub struct ClusterProgress {
     /// unless something replaced them since, their proxies may not hold it (docs/istio.md §13).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxies_before_istiod: Vec<String>,
+    /// When this phase's istiod restart finished (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istiod_restarted_at: Option<i64>,
 }
 
 impl ClusterProgress {
@@ -68,6 +71,10 @@ pub struct Options {
     pub gate_timeout_seconds: u64,
     /// Rely on istiod's multi-root hot reload instead of restarting workloads.
     pub skip_workload_restarts: bool,
+    /// With `skip_workload_restarts`: proxies that take no pushed bundles may learn the new
+    /// root at their next certificate renewal, which the gate then waits for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_for_renewal: bool,
     /// Wait for an operator's approval before starting each phase after the first.
     pub approve_each_phase: bool,
     /// Namespaces whose workloads are not restarted (their owners restart them).
@@ -76,6 +83,12 @@ pub struct Options {
     /// How many clusters are written and restarted at once within a phase (at least 1).
     #[serde(default = "one")]
     pub max_parallel: usize,
+    /// With workload restarts skipped where proxies do not take pushed bundles: how long after
+    /// a primary's istiod restart its proxies have all renewed their certificates, and with
+    /// them learned the phase's bundle (docs/istio.md §13). `AddNewRoot`'s gate waits that
+    /// long for the proxies that started before the restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_wait_seconds: Option<u64>,
 }
 
 fn one() -> usize {
@@ -220,6 +233,7 @@ impl Record {
                     p.restarted.push(*stage);
                     if let StepOutcome::IstiodRestarted { proxies } = outcome {
                         p.proxies_before_istiod = proxies;
+                        p.istiod_restarted_at = Some(now.unix_timestamp());
                     }
                 }
             }
@@ -491,9 +505,11 @@ impl Options {
         Options {
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
+            renewal_wait_seconds: None,
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,
+            wait_for_renewal: false,
             approve_each_phase: false,
         }
     }

@@ -2,6 +2,8 @@
 //! releases known to break a transition (docs/istio.md §12), and whether workload restarts may
 //! be skipped (multi-root istiod and proxies that take pushed bundles, docs/istio.md §9, §13).
 
+use std::time::Duration;
+
 use super::Options;
 use super::error::{DriveError, target_err};
 use crate::cluster::Target;
@@ -136,17 +138,79 @@ async fn ztunnel_refusals(config: &Config) -> Result<Vec<String>, DriveError> {
 }
 
 /// `--skip-workload-restarts` leaves proxies to learn the new root from istiod's multi-root
-/// hot reload, pushed to them over PCDS; without both they would learn it only at their next
-/// certificate renewal, after the next phase may have begun. Refused unless every Kubernetes
-/// primary's istiod has multi-root on and every proxy there (and in its remotes) takes pushed
-/// bundles (docs/istio.md §13).
-pub(super) async fn refuse_skip_without_multiroot(
+/// hot reload: pushed to them over PCDS, or — with `--wait-for-renewal` — at their next
+/// certificate renewal, which `AddNewRoot`'s gate then waits for. Refused unless every
+/// Kubernetes primary's istiod has multi-root on, every proxy there and in its remotes takes
+/// pushed bundles or the wait is accepted, no ztunnel runs (ambient proxies take one root
+/// and no pushes), and the drain covers a renewal of every proxy: without restarts, a proxy
+/// presents a certificate of the old signer until it renews, and the old root must stay
+/// trusted that long (docs/istio.md §9, §13). Sets the renewal wait in `options`.
+pub(super) async fn check_skipped_restarts(
     config: &Config,
-    options: &Options,
+    options: &mut Options,
 ) -> Result<(), DriveError> {
     if !options.skip_workload_restarts {
         return Ok(());
     }
+    let proxies = served_proxies(config, &options.exclude_namespaces).await?;
+    if let Some((cluster, z)) = proxies.iter().find(|(_, p)| p.ztunnel) {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "--skip-workload-restarts cannot be used with ambient mode: ztunnel takes no pushed \
+             bundles and trusts only one root ({cluster}: {}); restart workloads",
+            z.describe()
+        )));
+    }
+    refuse_without_multiroot(config).await?;
+    let mut renewal = Duration::ZERO;
+    for (cluster, p) in &proxies {
+        match &p.renewal {
+            Ok(r) => renewal = renewal.max(*r),
+            Err(e) => {
+                return Err(DriveError::UnsafeForMesh(format!(
+                    "--skip-workload-restarts: when {cluster}/{} renews its certificate is \
+                     unknown: {e}",
+                    p.describe()
+                )));
+            }
+        }
+    }
+    let lacking = without_pushed_bundles(&proxies);
+    if !lacking.is_empty() {
+        if !options.wait_for_renewal {
+            return Err(DriveError::UnsafeForMesh(format!(
+                "--skip-workload-restarts needs every proxy to take the trust bundles istiod \
+                 pushes (PCDS), but some do not ({}); they would learn the new root only at \
+                 their next certificate renewal. Set PROXY_CONFIG_XDS_AGENT: \"true\" in the \
+                 mesh config's defaultConfig.proxyMetadata (or the pods' \
+                 proxy.istio.io/config annotation) and restart those workloads once, accept a \
+                 wait of one renewal ({}) before the new root signs with --wait-for-renewal, \
+                 or start without --skip-workload-restarts",
+                lacking.join("; "),
+                humantime::format_duration(whole_seconds(renewal))
+            )));
+        }
+        let wait = whole_seconds(renewal).as_secs().max(1);
+        options.renewal_wait_seconds = Some(wait);
+        // The gate waits that long by design; its timeout counts from there.
+        options.gate_timeout_seconds = options.gate_timeout_seconds.saturating_add(wait);
+    }
+    if Duration::from_secs(options.drain_seconds) < renewal {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "--skip-workload-restarts: without restarts a proxy presents a certificate of the \
+             old signer until it renews, so the old root must stay trusted that long: --drain \
+             must be at least {} (the longest renewal among the proxies)",
+            humantime::format_duration(whole_seconds(renewal) + Duration::from_secs(1))
+        )));
+    }
+    Ok(())
+}
+
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+/// Multi-root hot reload on every Kubernetes primary's istiod.
+async fn refuse_without_multiroot(config: &Config) -> Result<(), DriveError> {
     let lacking: Vec<String> = multiroot(config)
         .await
         .into_iter()
@@ -154,7 +218,7 @@ pub(super) async fn refuse_skip_without_multiroot(
         .map(|(c, m)| format!("{c}: {m}"))
         .collect();
     if lacking.is_empty() {
-        return refuse_skip_without_pushed_bundles(config, options).await;
+        return Ok(());
     }
     Err(DriveError::UnsafeForMesh(format!(
         "--skip-workload-restarts relies on istiod's multi-root hot reload, which is not on \
@@ -165,13 +229,13 @@ pub(super) async fn refuse_skip_without_multiroot(
     )))
 }
 
-/// The second half of [`refuse_skip_without_multiroot`]: every proxy outside the excluded
-/// namespaces runs with `PROXY_CONFIG_XDS_AGENT=true`.
-async fn refuse_skip_without_pushed_bundles(
+/// Every proxy of every Kubernetes primary and the remotes it serves, outside the excluded
+/// namespaces, with the cluster it runs in.
+async fn served_proxies(
     config: &Config,
-    options: &Options,
-) -> Result<(), DriveError> {
-    let mut lacking = Vec::new();
+    exclude: &[String],
+) -> Result<Vec<(String, crate::cluster::Proxy)>, DriveError> {
+    let mut out = Vec::new();
     for cluster in config.topology.primaries() {
         let served = std::iter::once(cluster).chain(config.topology.remotes_of(&cluster.name));
         for c in served {
@@ -181,30 +245,28 @@ async fn refuse_skip_without_pushed_bundles(
                 Err(e) => return Err(target_err(&c.name)(e)),
             };
             let proxies = kube.proxies().await.map_err(target_err(&c.name))?;
-            let without: Vec<_> = proxies
-                .iter()
-                .filter(|p| !p.takes_pushed_bundles)
-                .filter(|p| !options.exclude_namespaces.contains(&p.namespace))
-                .collect();
-            if let Some(first) = without.first() {
-                lacking.push(format!(
-                    "{}: {} proxies, e.g. {}",
-                    c.name,
-                    without.len(),
-                    first.describe()
-                ));
-            }
+            out.extend(
+                proxies
+                    .into_iter()
+                    .filter(|p| !exclude.contains(&p.namespace))
+                    .map(|p| (c.name.clone(), p)),
+            );
         }
     }
-    if lacking.is_empty() {
-        return Ok(());
+    Ok(out)
+}
+
+/// Per cluster, how many proxies take no pushed bundles, with one named.
+fn without_pushed_bundles(proxies: &[(String, crate::cluster::Proxy)]) -> Vec<String> {
+    let mut by_cluster: Vec<(&str, usize, &crate::cluster::Proxy)> = Vec::new();
+    for (cluster, p) in proxies.iter().filter(|(_, p)| !p.takes_pushed_bundles) {
+        match by_cluster.iter_mut().find(|(c, ..)| c == cluster) {
+            Some(entry) => entry.1 += 1,
+            None => by_cluster.push((cluster, 1, p)),
+        }
     }
-    Err(DriveError::UnsafeForMesh(format!(
-        "--skip-workload-restarts needs every proxy to take the trust bundles istiod pushes \
-         (PCDS), but some do not ({}); they would learn the new root only at their next \
-         certificate renewal. Set PROXY_CONFIG_XDS_AGENT: \"true\" in the mesh config's \
-         defaultConfig.proxyMetadata (or the pods' proxy.istio.io/config annotation) and \
-         restart those workloads once, or start without --skip-workload-restarts",
-        lacking.join("; ")
-    )))
+    by_cluster
+        .into_iter()
+        .map(|(c, n, first)| format!("{c}: {n} proxies, e.g. {}", first.describe()))
+        .collect()
 }

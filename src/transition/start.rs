@@ -10,7 +10,7 @@ use crate::cluster::Target;
 use crate::config::Config;
 
 pub use super::preflight::{MultiRoot, istiod_versions, multiroot};
-use super::preflight::{refuse_known_breakage, refuse_skip_without_multiroot};
+use super::preflight::{check_skipped_restarts, refuse_known_breakage};
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, verify_cacerts, verify_cacerts_for_mesh,
 };
@@ -25,12 +25,12 @@ use crate::root_store::RootSource;
 pub async fn start_migrate(
     config: &Config,
     files: &RecordStore,
-    options: Options,
+    mut options: Options,
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     refuse_known_breakage(config).await?;
-    refuse_skip_without_multiroot(config, &options).await?;
+    check_skipped_restarts(config, &mut options).await?;
     let finished = files.check_room().await?;
     let signer = RootSource::open(config)
         .await
@@ -172,14 +172,14 @@ async fn save_moving(
 pub async fn start_rotate_root(
     config: &Config,
     files: &RecordStore,
-    options: Options,
+    mut options: Options,
     new_root: Option<crate::pki::RootCa>,
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     let store = rotation::open(config).await?;
     refuse_known_breakage(config).await?;
-    refuse_skip_without_multiroot(config, &options).await?;
+    check_skipped_restarts(config, &mut options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
     let audit = Audit::new(config.daemon.audit_log.clone());

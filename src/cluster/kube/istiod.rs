@@ -28,40 +28,67 @@ pub enum BundleObjects {
     ClusterTrustBundle,
 }
 
+/// The environment of each istiod Deployment, every container's variables together.
+fn env_of(deployments: &[Deployment]) -> Vec<Vec<(String, String)>> {
+    deployments
+        .iter()
+        .map(|d| {
+            d.spec
+                .template
+                .spec
+                .as_ref()
+                .into_iter()
+                .flat_map(|pod| pod.containers.iter())
+                .flat_map(|c| c.env.iter().flatten())
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The image of each istiod Deployment's `discovery` container (its first container when none
+/// is named so).
+pub(super) fn images_of(deployments: &[Deployment]) -> Vec<String> {
+    deployments
+        .iter()
+        .filter_map(|d| image_of(d.spec.template.spec.as_ref()?, "discovery"))
+        .collect()
+}
+
+/// Where istiod publishes its bundle, from its Deployments; the default where there is none.
+pub(super) fn bundle_objects_of(deployments: &[Deployment]) -> BundleObjects {
+    let envs = env_of(deployments);
+    if envs
+        .iter()
+        .any(|env| is_true(env, "ENABLE_CLUSTER_TRUST_BUNDLE_API"))
+    {
+        return BundleObjects::ClusterTrustBundle;
+    }
+    let mut names: Vec<String> = envs
+        .iter()
+        .map(|env| {
+            value(env, "PILOT_CA_CERT_CONFIGMAP")
+                .filter(|v| !v.is_empty())
+                .unwrap_or(ROOT_CERT_CONFIGMAP)
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        names.push(ROOT_CERT_CONFIGMAP.to_string());
+    }
+    BundleObjects::ConfigMaps(names)
+}
+
 impl KubeTarget {
-    /// The environment of each istiod Deployment (`app=istiod` in istio-system), every
-    /// container's variables together.
-    async fn istiod_env(&self) -> Result<Vec<Vec<(String, String)>>, TargetError> {
-        Ok(self
-            .istiod_deployments()
-            .await?
-            .iter()
-            .map(|d| {
-                d.spec
-                    .template
-                    .spec
-                    .as_ref()
-                    .into_iter()
-                    .flat_map(|pod| pod.containers.iter())
-                    .flat_map(|c| c.env.iter().flatten())
-                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                    .collect()
-            })
-            .collect())
-    }
-
-    /// The image of each istiod Deployment's `discovery` container (its first container
-    /// when none is named so).
+    /// The image of each istiod Deployment.
     pub async fn istiod_images(&self) -> Result<Vec<String>, TargetError> {
-        Ok(self
-            .istiod_deployments()
-            .await?
-            .iter()
-            .filter_map(|d| image_of(d.spec.template.spec.as_ref()?, "discovery"))
-            .collect())
+        Ok(images_of(&self.istiod_deployments().await?))
     }
 
-    async fn istiod_deployments(&self) -> Result<Vec<Deployment>, TargetError> {
+    /// istiod's Deployments (`app=istiod` in istio-system): one list, whatever is read of them.
+    pub(super) async fn istiod_deployments(&self) -> Result<Vec<Deployment>, TargetError> {
         let api: Api<Deployment> = Api::namespaced(self.client().clone(), NAMESPACE);
         let params = ListParams::default().labels("app=istiod");
         let list = retrying(self.settings(), "list istiod", || api.list(&params))
@@ -73,7 +100,7 @@ impl KubeTarget {
     /// Whether every istiod Deployment runs with `ISTIO_MULTIROOT_MESH=true` (multi-root hot
     /// reload of `root-cert.pem`): `None` when there is no istiod Deployment to look at.
     pub async fn istiod_multiroot(&self) -> Result<Option<bool>, TargetError> {
-        let envs = self.istiod_env().await?;
+        let envs = env_of(&self.istiod_deployments().await?);
         if envs.is_empty() {
             return Ok(None);
         }
@@ -85,28 +112,7 @@ impl KubeTarget {
     /// Where this primary's istiod publishes its bundle; the default where no istiod
     /// Deployment is found.
     pub async fn bundle_objects(&self) -> Result<BundleObjects, TargetError> {
-        let envs = self.istiod_env().await?;
-        if envs
-            .iter()
-            .any(|env| is_true(env, "ENABLE_CLUSTER_TRUST_BUNDLE_API"))
-        {
-            return Ok(BundleObjects::ClusterTrustBundle);
-        }
-        let mut names: Vec<String> = envs
-            .iter()
-            .map(|env| {
-                value(env, "PILOT_CA_CERT_CONFIGMAP")
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or(ROOT_CERT_CONFIGMAP)
-                    .to_string()
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        if names.is_empty() {
-            names.push(ROOT_CERT_CONFIGMAP.to_string());
-        }
-        Ok(BundleObjects::ConfigMaps(names))
+        Ok(bundle_objects_of(&self.istiod_deployments().await?))
     }
 
     /// The bundles published in this cluster (a primary, or a remote its istiod serves) as

@@ -228,14 +228,15 @@ impl KubeTarget {
         })
         .await
         .map_err(|e| self.error(format!("get secret {NAMESPACE}/{ISTIO_CA_SECRET}"), e))?;
+        // One list of istiod's Deployments says where it publishes and what it runs.
+        let istiod = self.istiod_deployments().await?;
+        let objects = istiod::bundle_objects_of(&istiod);
         Ok(Observed {
             snapshot: Snapshot {
                 cacerts: cacerts.map(files_of),
                 self_signed_ca: self_signed.map(files_of),
-                published_bundles: Some(
-                    self.published_bundles(&self.bundle_objects().await?)
-                        .await?,
-                ),
+                published_bundles: Some(self.published_bundles(&objects).await?),
+                istiod_images: Some(istiod::images_of(&istiod)),
             },
             version,
         })

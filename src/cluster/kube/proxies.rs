@@ -3,6 +3,8 @@
 //! annotation), a gateway or waypoint (an `istio-proxy` container too) and a ztunnel
 //! (`app=ztunnel`). Listed once per cluster, a page at a time (docs/istio.md §11, §13).
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, ListParams};
 
@@ -18,6 +20,18 @@ const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 const PUSHED_BUNDLES: &str = "PROXY_CONFIG_XDS_AGENT";
 /// Pods listed per request.
 const PAGE: u32 = 500;
+
+/// The agent's settings for its certificate (docs/istio.md §13): the lifetime it asks for, and
+/// the fraction of that lifetime left (± a random jitter) when it renews.
+const SECRET_TTL: &str = "SECRET_TTL";
+const GRACE_RATIO: &str = "SECRET_GRACE_PERIOD_RATIO";
+const GRACE_JITTER: &str = "SECRET_GRACE_PERIOD_RATIO_JITTER";
+/// The agent's defaults for the three.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_GRACE_RATIO: f64 = 0.5;
+const DEFAULT_GRACE_JITTER: f64 = 0.01;
+/// Added to the computed renewal time: the agent's own retries and clock skew.
+const RENEWAL_MARGIN: f64 = 0.02;
 
 /// One pod that holds a workload identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +49,12 @@ pub struct Proxy {
     /// mesh's and the pod's `proxyMetadata` into that environment, so a pod injected before
     /// the setting changed does not have it.)
     pub takes_pushed_bundles: bool,
+    /// The longest its proxy waits after a certificate is issued before renewing it — and
+    /// with the renewal learning istiod's current bundle — from the agent's settings in the
+    /// `istio-proxy` container's environment (`SECRET_TTL`, `SECRET_GRACE_PERIOD_RATIO` and its
+    /// jitter; Istio's defaults where unset: 24 h and half, so about 12 h). `Err`: a setting
+    /// that cannot be read, named.
+    pub renewal: Result<Duration, String>,
 }
 
 impl Proxy {
@@ -108,7 +128,69 @@ fn proxy_of(pod: &Pod) -> Option<Proxy> {
             .map(|o| o.kind.clone()),
         ztunnel,
         takes_pushed_bundles: !ztunnel && sidecar.is_some_and(pushed_bundles_on),
+        renewal: renewal(sidecar),
     })
+}
+
+fn env_of<'a>(c: Option<&'a Container>, name: &str) -> Option<&'a str> {
+    c?.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// When the agent renews: `TTL × (1 − ratio + jitter)` after issuance at the latest
+/// (docs/istio.md §13), plus a small margin.
+fn renewal(sidecar: Option<&Container>) -> Result<Duration, String> {
+    let ttl = match env_of(sidecar, SECRET_TTL) {
+        None => DEFAULT_TTL,
+        Some(v) => go_duration(v).ok_or_else(|| format!("{SECRET_TTL}={v:?} is not a duration"))?,
+    };
+    let fraction = |name: &str, default: f64| match env_of(sidecar, name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| (0.0..=1.0).contains(f))
+            .ok_or_else(|| format!("{name}={v:?} is not a fraction between 0 and 1")),
+    };
+    let ratio = fraction(GRACE_RATIO, DEFAULT_GRACE_RATIO)?;
+    let jitter = fraction(GRACE_JITTER, DEFAULT_GRACE_JITTER)?;
+    let latest = (1.0 - ratio + jitter).clamp(0.0, 1.0) * (1.0 + RENEWAL_MARGIN);
+    Ok(ttl.mul_f64(latest))
+}
+
+/// A Go duration as the agent parses it (`24h`, `12h0m0s`, `90m`, `1.5h`, `500ms`).
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn pushed_bundles_on(c: &Container) -> bool {
@@ -182,5 +264,39 @@ mod tests {
             ..Default::default()
         });
         assert!(proxy_of(&done).is_none());
+    }
+
+    #[test]
+    fn the_renewal_time_comes_from_the_agents_settings() {
+        let with_env = |env: serde_json::Value| {
+            let p = pod(serde_json::json!({
+                "metadata": {"name": "w", "namespace": "app"},
+                "spec": {"containers": [{"name": "istio-proxy", "env": env}]},
+            }));
+            proxy_of(&p).unwrap().renewal
+        };
+        // Istio's defaults: 24 h, renewed with half (± 1 %) left; 2 % margin.
+        let default = with_env(serde_json::json!([])).unwrap();
+        assert_eq!(default.as_secs(), (24.0 * 3600.0 * 0.51 * 1.02) as u64);
+        let short = with_env(serde_json::json!([{"name": "SECRET_TTL", "value": "1h30m"},
+                                                {"name": "SECRET_GRACE_PERIOD_RATIO", "value": "0.2"}]));
+        assert_eq!(short.unwrap().as_secs(), (5400.0 * 0.81 * 1.02) as u64);
+        let bad = with_env(serde_json::json!([{"name": "SECRET_TTL", "value": "a day"}]));
+        assert!(bad.unwrap_err().contains("SECRET_TTL"));
+        for (text, secs) in [
+            ("24h", 86400.0),
+            ("12h0m0s", 43200.0),
+            ("1.5h", 5400.0),
+            ("500ms", 0.5),
+        ] {
+            assert_eq!(
+                go_duration(text),
+                Some(Duration::from_secs_f64(secs)),
+                "{text}"
+            );
+        }
+        for text in ["", "10", "1d", "h", "-1h"] {
+            assert_eq!(go_duration(text), None, "{text}");
+        }
     }
 }
