@@ -210,6 +210,34 @@ fn rollback_restores_the_previous_material_byte_for_byte() {
     assert_eq!(aside, 1);
 }
 
+/// A rollback that must wait a drain (the new signer was used, and the new root is about to be
+/// removed again) stops there without --wait; `transition resume` continues it, and a second
+/// `transition rollback` says so instead of refusing blindly.
+#[test]
+fn a_rollback_waiting_a_drain_is_continued_by_resume() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    let original: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
+    s.cacertd(&["migrate", "start", "--drain", "2s", "--approve-each-phase"])
+        .ok();
+    s.cacertd(&["transition", "resume", "--approve"]).ok();
+    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    // Back to the original material: that removes the new root, after a drain.
+    let run = s.cacertd(&["transition", "rollback"]).ok();
+    assert!(run.stdout.contains("draining until"), "{}", run.stdout);
+    let again = s.cacertd(&["transition", "rollback"]).fails_with(2);
+    assert!(
+        again.stderr.contains("continue it with `cacertd transition resume`"),
+        "{}",
+        again.stderr
+    );
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("RolledBack"), "{status}");
+    for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
+        assert_eq!(served(&s, c), original[i], "{c}");
+    }
+}
+
 #[test]
 fn a_gate_that_does_not_hold_fails_naming_the_cluster_and_resume_completes_once_fixed() {
     let config = format!("{ACCEPTANCE_CONFIG}\n[transition]\ngate_timeout = \"1s\"\n");

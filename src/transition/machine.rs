@@ -322,8 +322,8 @@ impl Record {
                 self.gate_since = None;
                 Ok(())
             }
-            State::Active => Ok(()),
-            State::RollingBack { .. } => Err("a rollback is in progress".into()),
+            // Resuming a rollback continues it (through a drain it waits, say).
+            State::Active | State::RollingBack { .. } => Ok(()),
             State::RolledBack => Err("the transition was rolled back; start a new one".into()),
         }
     }
@@ -337,8 +337,13 @@ impl Record {
                     .into(),
             );
         }
-        if matches!(self.state, State::RollingBack { .. } | State::RolledBack) {
-            return Err("a rollback is already in progress or finished".into());
+        if matches!(self.state, State::RollingBack { .. }) {
+            return Err("a rollback is already in progress; continue it with `cacertd \
+                 transition resume` (with --wait to wait out a drain)"
+                .into());
+        }
+        if self.state == State::RolledBack {
+            return Err("the transition was rolled back already; start a new one".into());
         }
         // The latest phase whose material any cluster serves: the current one once a cluster
         // was written in it, else the one before (complete everywhere). Its predecessor's
