@@ -57,7 +57,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("kube")).unwrap();
     let mut config = String::from(
-        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[kubernetes]\nconcurrency = 16\n",
+        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[kubernetes]\nconcurrency = 16\ndanger_insecure_transport = true\n",
     );
     for c in server.clusters() {
         std::fs::write(

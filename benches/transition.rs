@@ -99,7 +99,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("kube")).unwrap();
     let mut config = String::from(
-        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[transition]\ngate_timeout = \"10m\"\n",
+        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[transition]\ngate_timeout = \"10m\"\n\n[kubernetes]\ndanger_insecure_transport = true\n",
     );
     // One self-signed CA serves every cluster's istio-ca-secret here: generating 50 is not
     // what is measured.

@@ -27,7 +27,18 @@ pub enum TargetConfig {
     /// A Kubernetes cluster reached with the kubeconfig Istio keeps for it in another
     /// cluster's remote secrets (`istioctl create-remote-secret`: Secrets labelled
     /// `istio/multiCluster=true` in istio-system, one key per cluster name).
-    KubeRemoteSecret { source: String },
+    KubeRemoteSecret { source: String, pin: RemotePin },
+}
+
+/// What a remote secret's kubeconfig must say, when `cacertd.toml` pins it: anyone who can
+/// write Secrets in the source cluster's istio-system could otherwise point cacertd, and the
+/// intermediate key it writes, at a server of their choosing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RemotePin {
+    /// The API server's URL (`server = "https://…"`).
+    pub server: Option<String>,
+    /// A PEM file with the CA certificate(s) the kubeconfig must carry (`ca_file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Display for TargetConfig {
@@ -37,6 +48,7 @@ impl std::fmt::Display for TargetConfig {
             TargetConfig::Kube {
                 kubeconfig,
                 context,
+                ..
             } => {
                 write!(f, "kube")?;
                 if let Some(k) = kubeconfig {
@@ -47,7 +59,9 @@ impl std::fmt::Display for TargetConfig {
                 }
                 Ok(())
             }
-            TargetConfig::KubeRemoteSecret { source } => write!(f, "kube:remote-secret@{source}"),
+            TargetConfig::KubeRemoteSecret { source, .. } => {
+                write!(f, "kube:remote-secret@{source}")
+            }
         }
     }
 }

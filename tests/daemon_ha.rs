@@ -177,6 +177,10 @@ const HA_CONFIG: &str = r#"trust_domain = "cluster.local"
 state_dir = "state"
 policies_dir = "policies"
 
+[kubernetes]
+# The test apiserver speaks plain HTTP on loopback.
+danger_insecure_transport = true
+
 [daemon]
 listen = "127.0.0.1:0"
 interval = "1h"
@@ -367,6 +371,10 @@ fn a_watched_cacerts_that_disappears_is_restored_at_once() {
         r#"trust_domain = "cluster.local"
 state_dir = "state"
 policies_dir = "policies"
+
+[kubernetes]
+# The test apiserver speaks plain HTTP on loopback.
+danger_insecure_transport = true
 
 [daemon]
 listen = "127.0.0.1:0"

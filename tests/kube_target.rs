@@ -382,7 +382,8 @@ fn a_self_signed_cluster_is_reported_and_left_alone() {
 
 #[test]
 fn clusters_are_reached_through_istios_remote_secrets() {
-    let server = TestApiServer::start(&CLUSTERS);
+    // Remote secrets must reach their clusters over verified TLS.
+    let server = TestApiServer::start_tls(&CLUSTERS);
     let s = setup(&server, "");
     // cluster2 and cluster3 are reached through the remote secrets istioctl left in cluster1.
     let config = std::fs::read_to_string(s.path("cacertd.toml"))
@@ -459,6 +460,115 @@ fn clusters_are_reached_through_istios_remote_secrets() {
         run.stdout
     );
     assert!(!pwned.exists(), "the exec plugin ran");
+}
+
+/// The intermediate key travels to a remote through the kubeconfig of its remote secret, which
+/// anyone who can write Secrets in the source cluster could replace: it must reach the cluster
+/// over verified TLS, through no proxy, and match what cacertd.toml pins (server, CA). A local
+/// kubeconfig without TLS is refused unless [kubernetes] danger_insecure_transport says so.
+#[test]
+fn kubeconfigs_must_use_verified_tls_and_remote_secrets_match_their_pins() {
+    let server = TestApiServer::start_tls(&CLUSTERS);
+    let s = setup(&server, "");
+    let remote_config = |extra: &str| {
+        let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+        let kube2 =
+            "{ kind = \"kube\", kubeconfig = \"kube/cluster2.yaml\", context = \"cluster2\" }";
+        let start = config
+            .find("{ kind = \"kube\", remote_secret_from")
+            .unwrap_or(0);
+        let config = if start > 0 {
+            let end = start + config[start..].find('}').unwrap() + 1;
+            format!("{}{}{}", &config[..start], kube2, &config[end..])
+        } else {
+            config
+        };
+        let pinned = format!("{{ kind = \"kube\", remote_secret_from = \"cluster1\"{extra} }}");
+        std::fs::write(s.path("cacertd.toml"), config.replace(kube2, &pinned)).unwrap();
+    };
+    let c1 = server.cluster("cluster1");
+    let good = server
+        .cluster("cluster2")
+        .kubeconfig(&server.cluster("cluster2").admin_token());
+    let url = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let ca_pem = base64::engine::general_purpose::STANDARD
+        .decode(
+            good.lines()
+                .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+                .unwrap(),
+        )
+        .unwrap();
+    let remote_secret = |kubeconfig: &str| {
+        c1.put(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "istio-remote-secret-cluster2", "namespace": "istio-system"},
+            "data": {"cluster2": base64::engine::general_purpose::STANDARD.encode(kubeconfig)},
+        }));
+    };
+    s.cacertd(&["root", "init"]).ok();
+    remote_config("");
+    let refused = |why: &str| {
+        let run = s.cacertd(&["issue"]).fails_with(1);
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(out.contains(why), "{why}: {out}");
+        assert!(cacerts(server.cluster("cluster2")).is_none(), "{why}");
+    };
+    remote_secret(&good.replace("server: https://", "server: http://"));
+    refused("not over https");
+    remote_secret(&good.replace(
+        &format!("server: {url}\n"),
+        &format!("server: {url}\n    proxy-url: http://127.0.0.1:9\n"),
+    ));
+    refused("proxy-url");
+
+    // Pinned: the server and the CA must be the ones cacertd.toml names.
+    remote_secret(&good);
+    remote_config(", server = \"https://127.0.0.1:1\"");
+    refused("not at https://127.0.0.1:1 as cacertd.toml pins it");
+    // Another server's CA (each test apiserver makes its own).
+    let elsewhere = TestApiServer::start_tls(&["x"]);
+    let ca_of = |kubeconfig: &str| {
+        let data = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+            .unwrap()
+            .to_string();
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap()
+    };
+    let other_ca = ca_of(&elsewhere.cluster("x").kubeconfig("x"));
+    assert_ne!(other_ca, ca_pem);
+    std::fs::write(s.path("other-ca.pem"), &other_ca).unwrap();
+    std::fs::write(s.path("cluster2-ca.pem"), &ca_pem).unwrap();
+    remote_config(&format!(", server = \"{url}\", ca_file = \"other-ca.pem\""));
+    refused("its CA is not the one cacertd.toml pins");
+    remote_config(&format!(
+        ", server = \"{url}\", ca_file = \"cluster2-ca.pem\""
+    ));
+    let run = s.cacertd(&["issue"]).ok();
+    assert!(run.stdout.contains("cluster2  issued"), "{}", run.stdout);
+
+    // A local kubeconfig over plain HTTP: refused unless the danger option is set.
+    let plain = TestApiServer::start(&CLUSTERS);
+    let p = setup(&plain, "");
+    let config = std::fs::read_to_string(p.path("cacertd.toml")).unwrap();
+    std::fs::write(
+        p.path("cacertd.toml"),
+        config.replace("danger_insecure_transport = true", ""),
+    )
+    .unwrap();
+    let run = p.cacertd(&["issue", "--init-root"]).fails_with(1);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("is not reached over TLS") && out.contains("danger_insecure_transport"),
+        "{out}"
+    );
+    assert!(cacerts(plain.cluster("cluster1")).is_none());
 }
 
 #[test]

@@ -412,7 +412,8 @@ fn assert_no_new_signer(server: &TestApiServer, secrets: &[Value]) {
 /// cacertd read. No request is refused, and the migration completes.
 #[test]
 fn a_migration_needs_nothing_beyond_the_shipped_least_privilege_rbac() {
-    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    // TLS: the remote secret's kubeconfig must reach its cluster over https.
+    let server = Arc::new(TestApiServer::start_tls(&CLUSTERS));
     let token = |_: &FakeCluster| "least".to_string();
     let s = common::kube::setup_with_tokens(&server, "", token);
     for name in CLUSTERS {

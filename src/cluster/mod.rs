@@ -131,7 +131,7 @@ impl Target {
                 )
                 .await?,
             )),
-            Some(TargetConfig::KubeRemoteSecret { source }) => {
+            Some(TargetConfig::KubeRemoteSecret { source, pin }) => {
                 let source_cluster =
                     config
                         .topology
@@ -156,7 +156,8 @@ impl Target {
                 )
                 .await?;
                 Ok(Target::Kube(
-                    KubeTarget::connect_via_remote_secret(&cluster.name, &via, settings).await?,
+                    KubeTarget::connect_via_remote_secret(&cluster.name, &via, pin, settings)
+                        .await?,
                 ))
             }
             None => Err(TargetError::NoTarget {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::raw::*;
 use super::sections::Sections;
 use super::*;
+use crate::topology::RemotePin;
 
 impl Sections<'_> {
     /// `[[clusters]]`: names, roles, targets and policies, then what refers to what.
@@ -98,7 +99,11 @@ impl Sections<'_> {
         rc: &RawCluster,
     ) -> Result<Option<TargetConfig>, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
-        let target = rc.target.as_ref().map(|t| match t.get_ref() {
+        let Some(t) = &rc.target else {
+            return Ok(None);
+        };
+        let refuse = |what: &str| Err(self.invalid(t.span(), field("target"), what.into()));
+        let target = match t.get_ref() {
             RawTarget::Dir { path } => TargetConfig::Dir {
                 path: self.resolve(path),
             },
@@ -106,35 +111,49 @@ impl Sections<'_> {
                 kubeconfig,
                 context,
                 remote_secret_from: Some(source),
-            } if kubeconfig.is_none() && context.is_none() => TargetConfig::KubeRemoteSecret {
-                source: source.clone(),
-            },
+                server,
+                ca_file,
+            } => {
+                if kubeconfig.is_some() || context.is_some() {
+                    return refuse(
+                        "remote_secret_from takes the kubeconfig from Istio's remote secret; \
+                         do not also give kubeconfig or context",
+                    );
+                }
+                if server
+                    .as_deref()
+                    .is_some_and(|s| !s.starts_with("https://"))
+                {
+                    return refuse("server must be an https:// URL");
+                }
+                TargetConfig::KubeRemoteSecret {
+                    source: source.clone(),
+                    pin: RemotePin {
+                        server: server.clone(),
+                        ca_file: ca_file.as_deref().map(|p| self.resolve(p)),
+                    },
+                }
+            }
             RawTarget::Kube {
                 kubeconfig,
                 context,
+                server,
+                ca_file,
                 ..
-            } => TargetConfig::Kube {
-                kubeconfig: kubeconfig.as_deref().map(|p| self.resolve(p)),
-                context: context.clone(),
-            },
-        });
-        if let Some(t) = &rc.target
-            && let RawTarget::Kube {
-                kubeconfig,
-                context,
-                remote_secret_from: Some(_),
-            } = t.get_ref()
-            && (kubeconfig.is_some() || context.is_some())
-        {
-            return Err(self.invalid(
-                t.span(),
-                field("target"),
-                "remote_secret_from takes the kubeconfig from Istio's remote secret; \
-                         do not also give kubeconfig or context"
-                    .into(),
-            ));
-        }
-        Ok(target)
+            } => {
+                if server.is_some() || ca_file.is_some() {
+                    return refuse(
+                        "server and ca_file pin what a remote secret's kubeconfig says; with a \
+                         local kubeconfig, put them in that file",
+                    );
+                }
+                TargetConfig::Kube {
+                    kubeconfig: kubeconfig.as_deref().map(|p| self.resolve(p)),
+                    context: context.clone(),
+                }
+            }
+        };
+        Ok(Some(target))
     }
 
     /// A primary has a target and names no primary; a remote names its primary.

@@ -59,6 +59,11 @@ pub struct KubeSettings {
     pub concurrency: usize,
     /// How long to wait for a rollout to finish.
     pub rollout_timeout: Duration,
+    /// `danger_insecure_transport = true`: accept local kubeconfigs that reach a cluster
+    /// without verified TLS (`http://`, `insecure-skip-tls-verify`), over which the
+    /// intermediate key and the credentials could be read or changed on the way. A remote
+    /// secret's kubeconfig is never accepted so.
+    pub insecure_transport: bool,
 }
 
 impl Default for KubeSettings {
@@ -68,6 +73,7 @@ impl Default for KubeSettings {
             retries: 3,
             concurrency: 8,
             rollout_timeout: Duration::from_secs(300),
+            insecure_transport: false,
         }
     }
 }
@@ -490,7 +496,8 @@ mod tests {
         assert_eq!(
             c.topology.get("cluster1").unwrap().target,
             Some(TargetConfig::KubeRemoteSecret {
-                source: "cluster2".into()
+                source: "cluster2".into(),
+                pin: Default::default(),
             })
         );
         let bad = rs.replace(

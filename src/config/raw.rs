@@ -89,6 +89,7 @@ pub(super) struct RawKube {
     pub(super) retries: Option<u32>,
     pub(super) concurrency: Option<Spanned<usize>>,
     pub(super) rollout_timeout: Option<Spanned<String>>,
+    pub(super) danger_insecure_transport: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -135,5 +136,9 @@ pub(super) enum RawTarget {
         kubeconfig: Option<PathBuf>,
         context: Option<String>,
         remote_secret_from: Option<String>,
+        /// With `remote_secret_from`: the server URL its kubeconfig must name.
+        server: Option<String>,
+        /// With `remote_secret_from`: the CA its kubeconfig must carry.
+        ca_file: Option<PathBuf>,
     },
 }

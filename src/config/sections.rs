@@ -155,6 +155,9 @@ impl Sections<'_> {
             if let Some(r) = k.retries {
                 kubernetes.retries = r;
             }
+            if let Some(insecure) = k.danger_insecure_transport {
+                kubernetes.insecure_transport = insecure;
+            }
             if let Some(c) = &k.concurrency {
                 if *c.get_ref() == 0 {
                     return Err(self.invalid(

@@ -338,9 +338,11 @@ impl Record {
             );
         }
         if matches!(self.state, State::RollingBack { .. }) {
-            return Err("a rollback is already in progress; continue it with `cacertd \
+            return Err(
+                "a rollback is already in progress; continue it with `cacertd \
                  transition resume` (with --wait to wait out a drain)"
-                .into());
+                    .into(),
+            );
         }
         if self.state == State::RolledBack {
             return Err("the transition was rolled back already; start a new one".into());

@@ -22,6 +22,8 @@ state_dir = "state"
 policies_dir = "policies"
 
 [kubernetes]
+# The test apiserver speaks plain HTTP on loopback.
+danger_insecure_transport = true
 {kubernetes}
 
 [[clusters]]

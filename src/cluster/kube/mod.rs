@@ -28,6 +28,7 @@ use super::{Observed, TargetError, WriteMeta, WriteReport};
 use crate::config::KubeSettings;
 use crate::pki::{CaCertsFiles, fmt_time};
 use crate::plan::Snapshot;
+use crate::topology::RemotePin;
 
 /// Istio's plug-in CA Secret and where istiod looks for it (docs/istio.md §1).
 pub const NAMESPACE: &str = "istio-system";
@@ -79,6 +80,18 @@ impl KubeTarget {
                 .await
                 .map_err(|e| config_err(e.to_string()))?,
         };
+        if let Some(why) = unverified_transport(&config) {
+            if !settings.insecure_transport {
+                return Err(config_err(format!(
+                    "{why}: the intermediate key cacertd writes, and the credentials it sends, \
+                     would cross the network readable and changeable by anyone on the path. Use \
+                     an https:// server with its CA, or set [kubernetes] \
+                     danger_insecure_transport = true if every path is protected otherwise (a \
+                     loopback tunnel)"
+                )));
+            }
+            tracing::warn!(cluster, reason = %why, "reaching the cluster without verified TLS (danger_insecure_transport)");
+        }
         Self::from_config(cluster, config, settings, config_err)
     }
 
@@ -89,6 +102,7 @@ impl KubeTarget {
     pub async fn connect_via_remote_secret(
         cluster: &str,
         via: &KubeTarget,
+        pin: &RemotePin,
         settings: &KubeSettings,
     ) -> Result<Self, TargetError> {
         let secrets = via.secrets();
@@ -148,7 +162,7 @@ impl KubeTarget {
             });
         yaml.zeroize();
         let kc = parsed?;
-        check_remote_kubeconfig(&kc).map_err(|reason| {
+        check_remote_kubeconfig(&kc, pin).map_err(|reason| {
             config_err(format!(
                 "refusing the kubeconfig in {}'s remote secret: {reason}",
                 via.describe()
@@ -394,9 +408,52 @@ fn take_key(secret: Secret, key: &str) -> Option<ByteString> {
 /// not run commands (exec, auth-provider plugins) or read local files (token, certificate and
 /// key paths) inside the process that holds the root key. Only inline credentials and
 /// certificates are accepted.
-fn check_remote_kubeconfig(kc: &Kubeconfig) -> Result<(), String> {
+/// Why a loaded client configuration would not verify who it talks to, if it would not.
+fn unverified_transport(config: &Config) -> Option<String> {
+    if config.cluster_url.scheme_str() != Some("https") {
+        return Some(format!(
+            "the server {} is not reached over TLS",
+            config.cluster_url
+        ));
+    }
+    if config.accept_invalid_certs {
+        return Some(format!(
+            "TLS verification of {} is turned off (insecure-skip-tls-verify)",
+            config.cluster_url
+        ));
+    }
+    None
+}
+
+fn check_remote_kubeconfig(kc: &Kubeconfig, pin: &RemotePin) -> Result<(), String> {
     for c in &kc.clusters {
         if let Some(cluster) = &c.cluster {
+            let server = cluster.server.as_deref().unwrap_or("");
+            if !server.starts_with("https://") {
+                return Err(format!(
+                    "cluster {:?} is reached at {server:?}, not over https: the intermediate key \
+                     and the token would cross the network in clear text",
+                    c.name
+                ));
+            }
+            if cluster.proxy_url.is_some() {
+                return Err(format!(
+                    "cluster {:?} goes through a proxy (proxy-url), which would see its traffic",
+                    c.name
+                ));
+            }
+            if let Some(pinned) = &pin.server
+                && pinned.trim_end_matches('/') != server.trim_end_matches('/')
+            {
+                return Err(format!(
+                    "cluster {:?} is reached at {server}, not at {pinned} as cacertd.toml pins it",
+                    c.name
+                ));
+            }
+            if let Some(file) = &pin.ca_file {
+                check_pinned_ca(cluster.certificate_authority_data.as_deref(), file)
+                    .map_err(|e| format!("cluster {:?}: {e}", c.name))?;
+            }
             if cluster.certificate_authority.is_some() {
                 return Err(format!(
                     "cluster {:?} names a CA file (certificate-authority)",
@@ -421,6 +478,40 @@ fn check_remote_kubeconfig(kc: &Kubeconfig) -> Result<(), String> {
                 return Err(format!("user {:?} uses {what}", u.name));
             }
         }
+    }
+    Ok(())
+}
+
+/// The CA a remote secret's kubeconfig carries (`certificate-authority-data`) must be exactly
+/// the certificates of the pinned PEM file.
+fn check_pinned_ca(data: Option<&str>, file: &Path) -> Result<(), String> {
+    use base64::Engine;
+    let ders = |pem: &[u8], what: &str| -> Result<Vec<Vec<u8>>, String> {
+        let mut ders: Vec<Vec<u8>> = crate::pki::Cert::all_from_pem(pem, what)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|c| c.der().to_vec())
+            .collect();
+        ders.sort();
+        Ok(ders)
+    };
+    let pinned_pem = std::fs::read(file)
+        .map_err(|e| format!("cannot read the pinned CA file {}: {e}", file.display()))?;
+    let pinned = ders(&pinned_pem, &file.display().to_string())?;
+    let Some(data) = data else {
+        return Err(format!(
+            "it carries no certificate-authority-data, but cacertd.toml pins the CA in {}",
+            file.display()
+        ));
+    };
+    let carried = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("its certificate-authority-data is not base64: {e}"))?;
+    if ders(&carried, "certificate-authority-data")? != pinned {
+        return Err(format!(
+            "its CA is not the one cacertd.toml pins in {}",
+            file.display()
+        ));
     }
     Ok(())
 }
