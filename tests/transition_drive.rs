@@ -226,7 +226,9 @@ fn a_rollback_waiting_a_drain_is_continued_by_resume() {
     assert!(run.stdout.contains("draining until"), "{}", run.stdout);
     let again = s.cacertd(&["transition", "rollback"]).fails_with(2);
     assert!(
-        again.stderr.contains("continue it with `cacertd transition resume`"),
+        again
+            .stderr
+            .contains("continue it with `cacertd transition resume`"),
         "{}",
         again.stderr
     );
