@@ -652,3 +652,44 @@ async fn a_change_seen_during_a_pass_is_looked_at_again_at_once() {
     assert_eq!(again[0].outcome, Outcome::Kept);
     assert!(d.tick().await.is_empty(), "one look answers the mark");
 }
+
+/// `/status` reads the root store and every cluster: however many requests come at once, one
+/// read serves them all, and its answer is served (with its `Age`) until it is 15 s old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_read_once_for_many_requests_and_again_once_it_is_old() {
+    let server = cacertd_test_apiserver::TestApiServer::start(&common::kube::CLUSTERS);
+    let s = common::kube::setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    let addr = serve(&d).await;
+    let c1 = server.cluster("cluster1");
+    let cacerts_reads = || {
+        c1.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/secrets/cacerts"))
+            .count()
+    };
+    let before = cacerts_reads();
+    let answers = futures::future::join_all((0..20).map(|_| get(addr, "/status"))).await;
+    assert!(answers.iter().all(|(status, _)| status.contains("200")));
+    assert!(answers.iter().all(|(_, body)| body == &answers[0].1));
+    assert_eq!(cacerts_reads() - before, 1, "one read for twenty requests");
+
+    // Within its age the answer stands, even though cluster1 changed meanwhile.
+    c1.delete("secrets", "istio-system", "cacerts");
+    clock.advance(time::Duration::seconds(14));
+    assert_eq!(get(addr, "/status").await.1, answers[0].1);
+    assert_eq!(cacerts_reads() - before, 1);
+    clock.advance(time::Duration::seconds(2));
+    let (_, body) = get(addr, "/status").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cluster1")
+        .unwrap();
+    assert_eq!(row["cacerts"]["state"], "missing", "{row}");
+    assert_eq!(cacerts_reads() - before, 2);
+}

@@ -50,23 +50,68 @@ async fn readyz_handler(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
+/// How long one `/status` answer is served to every request: reading the root store and every
+/// cluster is far more work than a request should be able to cause.
+pub(super) const STATUS_MAX_AGE: time::Duration = time::Duration::seconds(15);
+
+/// A `/status` answer, and when (by the daemon's clock) it was read.
+pub(super) struct CachedStatus {
+    at: time::OffsetDateTime,
+    code: StatusCode,
+    body: String,
+}
+
+/// `/status`: the JSON of `cacertd status -o json`, read at most once per [`STATUS_MAX_AGE`]
+/// however many requests come, one read at a time; `Age` says how old it is.
 async fn status_handler(State(d): State<Arc<Daemon>>) -> Response {
+    let mut cache = d.status_cache.lock().await;
+    let now = d.clock.now();
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|c| now - c.at < STATUS_MAX_AGE && now >= c.at);
+    if !fresh {
+        let (code, body) = read_status(&d).await;
+        *cache = Some(CachedStatus {
+            at: now,
+            code,
+            body,
+        });
+    }
+    let Some(c) = cache.as_ref() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let age = (now - c.at).whole_seconds().max(0).to_string();
+    let content_type = match c.code {
+        StatusCode::OK => "application/json",
+        _ => "text/plain; charset=utf-8",
+    };
+    (
+        c.code,
+        [(header::CONTENT_TYPE, content_type), (header::AGE, &age)],
+        c.body.clone(),
+    )
+        .into_response()
+}
+
+/// Reads the status of the root and every cluster.
+async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
     // Reading every target is not a Send future (the clients' retry closures), so it runs on a
     // blocking thread of its own, driven by the same runtime.
     let handle = tokio::runtime::Handle::current();
+    let daemon = d.clone();
     let report = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::status::status_report(&d.config, d.clock.now()))
+        handle.block_on(crate::status::status_report(
+            &daemon.config,
+            daemon.clock.now(),
+        ))
     })
     .await;
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    };
     match report {
-        Ok((_, report)) => match serde_json::to_string_pretty(&report) {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Ok(Ok((_, report))) => match serde_json::to_string_pretty(&report) {
+            Ok(body) => (StatusCode::OK, body),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

@@ -62,6 +62,9 @@ pub struct Daemon {
     identity: String,
     /// Where the transition record is kept, opened once.
     transition_store: tokio::sync::OnceCell<RecordStore>,
+    /// The last `/status` answer, shared by every request for [`http::STATUS_MAX_AGE`]; the
+    /// lock also makes concurrent requests wait for one read instead of each starting one.
+    status_cache: tokio::sync::Mutex<Option<http::CachedStatus>>,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -84,6 +87,7 @@ impl Daemon {
             next_transition_drive: Mutex::new(std::time::Instant::now()),
             identity: lease_identity(),
             transition_store: tokio::sync::OnceCell::new(),
+            status_cache: tokio::sync::Mutex::new(None),
         })
     }
 
