@@ -44,6 +44,10 @@ pub struct ClusterReport {
     #[serde(with = "time::serde::rfc3339::option")]
     pub renew_at: Option<OffsetDateTime>,
     pub backup: Option<String>,
+    /// SHA-256 fingerprints of roots its bundle trusts that are neither the current root nor
+    /// known ([`crate::plan::Expected::known_roots`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown_roots: Vec<String>,
 }
 
 impl ClusterReport {
@@ -57,6 +61,7 @@ impl ClusterReport {
             not_after: None,
             renew_at: None,
             backup: None,
+            unknown_roots: Vec::new(),
         }
     }
 
@@ -103,6 +108,7 @@ pub async fn run(
         cores: tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         ),
+        known_roots: std::sync::Arc::new(known_roots(config).await),
     };
     let pass = &pass;
     let mut reports: Vec<(usize, ClusterReport)> =
@@ -141,6 +147,18 @@ pub async fn run(
         audit.sync();
     }
     reports
+}
+
+/// The roots a bundle may hold besides the current one: the configured extra anchors, and
+/// those of the material a transition under way moves between.
+pub async fn known_roots(config: &Config) -> Vec<crate::pki::Cert> {
+    let mut known = config.extra_roots.clone();
+    for root in crate::transition::roots_in_flight(config).await {
+        if !known.contains(&root) {
+            known.push(root);
+        }
+    }
+    known
 }
 
 /// How many clusters one run works on at once: `kubernetes.concurrency` where any target is a
@@ -192,6 +210,8 @@ struct Pass<'a> {
     now: OffsetDateTime,
     /// One assessment per core at a time ([`Pass::read_and_assess`]).
     cores: tokio::sync::Semaphore,
+    /// Roots a bundle may hold besides the current one ([`crate::plan::Expected::known_roots`]).
+    known_roots: std::sync::Arc<Vec<crate::pki::Cert>>,
 }
 
 impl Pass<'_> {
@@ -233,6 +253,26 @@ impl Pass<'_> {
         target: &Target,
         attempted: &mut Option<String>,
     ) -> Result<ClusterReport, WriteError> {
+        let (observed, assessment) = self.read_and_assess(cluster, target).await?;
+        let report = self
+            .act(cluster, target, &observed, &assessment, attempted)
+            .await?;
+        Ok(ClusterReport {
+            unknown_roots: assessment.unknown_roots,
+            ..report
+        })
+    }
+
+    /// What to do about what `cluster` serves, done.
+    async fn act(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        observed: &Observed,
+        assessment: &crate::plan::Assessment,
+        attempted: &mut Option<String>,
+    ) -> Result<ClusterReport, WriteError> {
+        use crate::plan::ClusterState;
         let Pass {
             config,
             root,
@@ -242,25 +282,30 @@ impl Pass<'_> {
         } = *self;
         let name = cluster.name.as_str();
         let policy = config.policy_for(cluster);
-        let (observed, assessment) = self.read_and_assess(cluster, target).await?;
         // A write of ours whose answer was lost, found in place and valid: done, not to redo.
-        let landed = assessment.state == crate::plan::ClusterState::Valid
-            && assessment
-                .intermediate
-                .as_ref()
-                .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
-        let (reason, trust) = match decide(&assessment, opts) {
+        let landed = matches!(
+            assessment.state,
+            ClusterState::Valid | ClusterState::UnknownRoots
+        ) && assessment
+            .intermediate
+            .as_ref()
+            .is_some_and(|i| attempted.as_deref() == Some(i.serial.as_str()));
+        let (reason, trust) = match decide(assessment, opts) {
             _ if landed => {
                 return Ok(ClusterReport::new(name, Outcome::Issued)
                     .with_reason(
                         "issued (confirmed by re-reading after the answer to the write was lost)",
                     )
-                    .with_served(&assessment));
+                    .with_served(assessment));
             }
             Decision::Keep => {
+                let reason = match assessment.state {
+                    ClusterState::UnknownRoots => "valid, but it trusts roots nobody configured",
+                    _ => "valid",
+                };
                 return Ok(ClusterReport::new(name, Outcome::Kept)
-                    .with_reason("valid")
-                    .with_served(&assessment));
+                    .with_reason(reason)
+                    .with_served(assessment));
             }
             Decision::Refuse { reason } => {
                 return Ok(ClusterReport::new(name, Outcome::Refused).with_reason(reason));
@@ -278,7 +323,7 @@ impl Pass<'_> {
         if dry_run {
             return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
         }
-        self.issue_and_write(cluster, target, &observed, why, trust, attempted)
+        self.issue_and_write(cluster, target, observed, why, trust, attempted)
             .await
     }
 
@@ -300,6 +345,7 @@ impl Pass<'_> {
         let policy = self.config.policy_for(cluster).clone();
         let name = cluster.name.clone();
         let trust_domain = self.config.trust_domain.clone();
+        let known = self.known_roots.clone();
         let now = self.now;
         let check = move || {
             // Read already, or a directory to read here.
@@ -315,6 +361,7 @@ impl Pass<'_> {
                 policy: &policy,
                 cluster: &name,
                 trust_domain: &trust_domain,
+                known_roots: &known,
             };
             let assessment = assess(&observed.snapshot, &expected, now);
             Ok((observed, assessment))

@@ -28,6 +28,10 @@ pub enum ClusterState {
     ForeignTrust,
     /// Trusts the current root, but signs with a CA under another root (mid-transition).
     OtherSigner,
+    /// Verifies and signs under the current root, but its bundle also trusts roots that are
+    /// neither the current root nor a configured extra anchor (nor a transition's): every
+    /// workload there trusts an anchor the security team does not hold.
+    UnknownRoots,
     /// No plug-in CA: istiod runs its self-signed CA (`istio-ca-secret`).
     SelfSigned,
 }
@@ -42,6 +46,7 @@ impl ClusterState {
             ClusterState::Invalid => "invalid",
             ClusterState::ForeignTrust => "foreign-trust",
             ClusterState::OtherSigner => "other-signer",
+            ClusterState::UnknownRoots => "unknown-roots",
             ClusterState::SelfSigned => "self-signed",
         }
     }
@@ -58,6 +63,10 @@ pub struct Assessment {
     pub capped_by_root: bool,
     pub trusts_root: bool,
     pub trust_bundle: Vec<String>,
+    /// SHA-256 fingerprints of the bundle's roots that are neither the current root nor known
+    /// (see [`Expected::known_roots`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown_roots: Vec<String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     /// Kubernetes targets: the bundles istiod published to namespaces.
@@ -99,6 +108,9 @@ pub struct Expected<'a> {
     pub policy: &'a Policy,
     pub cluster: &'a str,
     pub trust_domain: &'a str,
+    /// Roots a bundle may hold besides `root` without being flagged: the configured extra
+    /// anchors, and those of a transition under way.
+    pub known_roots: &'a [Cert],
 }
 
 /// Assesses a primary's current `cacerts` at `now`.
@@ -109,7 +121,10 @@ pub struct Expected<'a> {
 /// set is broken.
 pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime) -> Assessment {
     let Expected {
-        root, trust_domain, ..
+        root,
+        trust_domain,
+        known_roots,
+        ..
     } = *expected;
     let mut a = Assessment {
         state: ClusterState::Missing,
@@ -118,6 +133,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         capped_by_root: false,
         trusts_root: false,
         trust_bundle: Vec::new(),
+        unknown_roots: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
         published: None,
@@ -154,6 +170,14 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
     let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();
+    if let Some(root) = root.filter(|_| a.trusts_root) {
+        a.unknown_roots = trust
+            .roots()
+            .iter()
+            .filter(|r| *r != root && !known_roots.contains(r))
+            .map(|r| r.info().fingerprint_sha256.clone())
+            .collect();
+    }
     let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
         .0
         .into_iter()
@@ -189,6 +213,9 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         }
     };
     a.state = lifecycle(&mut a, v.signing_cert(), expected, now);
+    if a.state == ClusterState::Valid && !a.unknown_roots.is_empty() {
+        a.state = ClusterState::UnknownRoots;
+    }
     a
 }
 
@@ -205,6 +232,7 @@ fn lifecycle(
         policy,
         cluster,
         trust_domain,
+        ..
     } = *expected;
     let info = signing.info();
     let renew_at = policy.renew_at(info);
@@ -249,6 +277,8 @@ pub struct PlanOptions {
     /// Replace a trust bundle that does not contain the current root. Breaks mTLS between this
     /// cluster's workloads and every workload still on the old root until all restart.
     pub danger_replace_trust_bundle: bool,
+    /// Carry roots nobody configured forward into a re-issued set, knowingly.
+    pub keep_unknown_roots: bool,
 }
 
 /// Why a new intermediate is issued.
@@ -302,6 +332,36 @@ pub enum Decision {
 /// Decides from an assessment. Never replaces a trust bundle that lacks the root unless told
 /// to, in danger terms.
 pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
+    let decision = decide_state(a, opts);
+    // Re-issuing keeps the bundle: never carry a root nobody configured forward silently.
+    match decision {
+        Decision::Issue {
+            trust: TrustChoice::Keep(_),
+            reason,
+        } if !a.unknown_roots.is_empty() && !opts.keep_unknown_roots => {
+            if opts.danger_replace_trust_bundle {
+                return Decision::Issue {
+                    reason,
+                    trust: TrustChoice::RootOnly,
+                };
+            }
+            Decision::Refuse {
+                reason: format!(
+                    "its root-cert.pem also trusts {}, which is neither the current root nor \
+                     in extra_trusted_roots; re-issuing would carry it forward. Add it to \
+                     extra_trusted_roots if it belongs, pass --keep-unknown-roots to carry it \
+                     forward knowingly, or --danger-replace-trust-bundle to write the current \
+                     root alone (workloads relying on the other roots lose mTLS; a phased \
+                     removal is not available yet)",
+                    a.unknown_roots.join(", ")
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
+fn decide_state(a: &Assessment, opts: PlanOptions) -> Decision {
     let keep_trust = || match &a.trust {
         Some(t) if a.trusts_root => TrustChoice::Keep(t.clone()),
         _ => TrustChoice::RootOnly,
@@ -312,8 +372,10 @@ pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
     };
     match a.state {
         ClusterState::Missing => issue(IssueReason::Missing),
-        ClusterState::Valid if opts.force => issue(IssueReason::Forced),
-        ClusterState::Valid => Decision::Keep,
+        ClusterState::Valid | ClusterState::UnknownRoots if opts.force => {
+            issue(IssueReason::Forced)
+        }
+        ClusterState::Valid | ClusterState::UnknownRoots => Decision::Keep,
         ClusterState::RenewalDue => issue(IssueReason::RenewalDue),
         ClusterState::PolicyDrift => issue(IssueReason::PolicyChanged),
         ClusterState::Invalid => issue(IssueReason::Invalid),

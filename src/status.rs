@@ -104,7 +104,7 @@ impl IstiodRelease {
 pub fn status_row(
     config: &Config,
     cluster: &Cluster,
-    root: Option<&Cert>,
+    (root, known_roots): (Option<&Cert>, &[Cert]),
     observed: Option<Result<Snapshot, String>>,
     now: OffsetDateTime,
 ) -> StatusRow {
@@ -127,7 +127,11 @@ pub fn status_row(
         Some(Ok(snapshot)) => {
             let images = snapshot.istiod_images.iter().flatten();
             row.istiod = images.map(|i| IstiodRelease::of(i)).collect();
-            let a = assess(&snapshot, &config.expected(cluster, root), now);
+            let expected = crate::plan::Expected {
+                known_roots,
+                ..config.expected(cluster, root)
+            };
+            let a = assess(&snapshot, &expected, now);
             row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
             row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
             row.cacerts = Some(a);
@@ -150,12 +154,15 @@ pub async fn status_report(
         .map(|cluster| read_snapshot(config, cluster))
         .collect();
     let observed = futures::future::join_all(reads).await;
+    let known = crate::issuance::known_roots(config).await;
     let rows = config
         .topology
         .clusters()
         .iter()
         .zip(observed)
-        .map(|(cluster, observed)| status_row(config, cluster, root.as_ref(), observed, now))
+        .map(|(cluster, observed)| {
+            status_row(config, cluster, (root.as_ref(), &known), observed, now)
+        })
         .collect();
     let report = StatusReport {
         root: root

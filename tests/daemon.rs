@@ -693,3 +693,23 @@ async fn status_is_read_once_for_many_requests_and_again_once_it_is_old() {
     assert_eq!(row["cacerts"]["state"], "missing", "{row}");
     assert_eq!(cacerts_reads() - before, 2);
 }
+
+/// A root nobody configured in a cluster's bundle is exported per cluster, for the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_nobody_configured_is_exported_for_the_alert() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let elsewhere = Setup::new();
+    elsewhere.cacertd(&["root", "init"]).ok();
+    let mut bundle = s.read("out/cluster2/root-cert.pem");
+    bundle.extend_from_slice(&elsewhere.read("state/root/root-cert.pem"));
+    std::fs::write(s.path("out/cluster2/root-cert.pem"), bundle).unwrap();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    d.tick().await;
+    let text = d.metrics().encode();
+    let unknown = |c: &str| metric(&text, "cacertd_cluster_unknown_roots", &[("cluster", c)]);
+    assert_eq!(unknown("cluster2"), Some(1.0), "{text}");
+    assert_eq!(unknown("cluster1"), Some(0.0), "{text}");
+}

@@ -435,6 +435,60 @@ fn a_root_rotation_moves_every_primary_and_then_the_store_to_the_new_root() {
     assert_on_common_root(&s);
 }
 
+/// A root planted in one cluster's root-cert.pem — by anyone who once could write it — is
+/// flagged by `status`, never carried forward by `issue` without a decision, and accepted once
+/// configured as an extra anchor.
+#[test]
+fn a_planted_root_is_flagged_and_never_carried_forward_silently() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let elsewhere = Setup::new();
+    elsewhere.cacertd(&["root", "init"]).ok();
+    let planted = elsewhere.read("state/root/root-cert.pem");
+    let fp = elsewhere
+        .cacertd(&["root", "show", "-o", "json"])
+        .ok()
+        .stdout;
+    let fp: serde_json::Value = serde_json::from_str(&fp).unwrap();
+    let fp = fp["fingerprint_sha256"].as_str().unwrap().to_string();
+    let bundle = s.path("out/cluster1/root-cert.pem");
+    let mut trusted = std::fs::read(&bundle).unwrap();
+    trusted.extend_from_slice(&planted);
+    std::fs::write(&bundle, &trusted).unwrap();
+
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(status.contains("unknown-roots"), "{status}");
+    assert!(
+        status.contains(&format!("cluster1: sha256 {fp}")),
+        "{status}"
+    );
+    // Not carried forward: `issue` keeps a valid set, `--force` is refused for cluster1.
+    let before = s.snapshot();
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(5);
+    assert!(
+        run.stdout.contains(&fp) && run.stdout.contains("--keep-unknown-roots"),
+        "{}",
+        run.stdout
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+    // Carried forward knowingly...
+    s.cacertd(&["issue", "--force", "--keep-unknown-roots", "cluster1"])
+        .ok();
+    assert_eq!(std::fs::read(&bundle).unwrap(), trusted);
+    // ...or, configured as an extra anchor, not flagged at all.
+    std::fs::write(s.path("federation-root.pem"), &planted).unwrap();
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("extra_trusted_roots = [\"federation-root.pem\"]\n{config}"),
+    )
+    .unwrap();
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(!status.contains("unknown-roots"), "{status}");
+    s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    assert!(s.read("out/cluster1/root-cert.pem").ends_with(&planted));
+}
+
 /// How many files under the setup hold exactly `key`.
 fn key_copies(s: &Setup, key: &[u8]) -> usize {
     s.snapshot()
@@ -468,6 +522,16 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
         run.stdout
     );
     assert_eq!(key_copies(&s, &key), 0, "no copy of the unused key is left");
+    // The clusters still trust the abandoned root: abort says so, and status flags it.
+    for c in ["cluster1", "cluster2"] {
+        assert!(
+            run.stdout.contains(&format!("{c} still trusts root")),
+            "{}",
+            run.stdout
+        );
+    }
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(status.contains("unknown-roots"), "{status}");
 
     // After SwitchSigner's writes the key is kept (moved aside with the transition).
     s.cacertd(&[

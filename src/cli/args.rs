@@ -357,6 +357,12 @@ pub struct IssueArgs {
     #[arg(long)]
     pub danger_replace_trust_bundle: bool,
 
+    /// Carry forward, into the re-issued set, roots a cluster's bundle trusts that are neither
+    /// the current root nor in extra_trusted_roots (refused without it: every workload there
+    /// would go on trusting an anchor nobody configured).
+    #[arg(long)]
+    pub keep_unknown_roots: bool,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -135,6 +135,7 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     let opts = PlanOptions {
                         force: a.force,
                         danger_replace_trust_bundle: a.danger_replace_trust_bundle,
+                        keep_unknown_roots: a.keep_unknown_roots,
                     };
                     issue(
                         &config,
@@ -151,6 +152,7 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     let opts = PlanOptions {
                         force: a.force,
                         danger_replace_trust_bundle: false,
+                        keep_unknown_roots: false,
                     };
                     issue(
                         &config,

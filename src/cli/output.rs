@@ -231,7 +231,30 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         ],
         &rows,
     );
+    print_unknown_roots(out, report);
     print_istiod_releases(out, report);
+}
+
+/// The roots each cluster trusts that nobody configured.
+fn print_unknown_roots(out: &mut dyn Write, report: &StatusReport) {
+    let flagged: Vec<_> = report
+        .clusters
+        .iter()
+        .filter_map(|c| Some((&c.name, c.cacerts.as_ref()?)))
+        .filter(|(_, a)| !a.unknown_roots.is_empty())
+        .collect();
+    if flagged.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nroots trusted that are neither the common root nor in extra_trusted_roots:"
+    );
+    for (name, a) in flagged {
+        for fp in &a.unknown_roots {
+            let _ = writeln!(out, "  {name}: sha256 {fp}");
+        }
+    }
 }
 
 /// Each Kubernetes primary's istiod release, with what is known of it.

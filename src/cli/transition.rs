@@ -320,9 +320,60 @@ pub(super) async fn transition_cmd(
             if let Some(new_root) = new_root {
                 println!("{new_root}");
             }
+            for line in trusted_besides_the_root(config, &record).await {
+                println!("{line}");
+            }
             Ok(())
         }
     }
+}
+
+/// After an abort: the roots each of the transition's clusters still trusts besides the common
+/// root — nothing removes them now, and `status` flags them from here on.
+async fn trusted_besides_the_root(config: &Config, record: &transition::Record) -> Vec<String> {
+    let root = match crate::root_store::RootSource::open(config).await {
+        Ok(store) => store.load_cert().await.ok().flatten(),
+        Err(_) => None,
+    };
+    let Some(root) = root else {
+        return vec![
+            "the root store could not be read: run `cacertd status` to see which roots \
+                     each cluster trusts"
+                .into(),
+        ];
+    };
+    let mut lines = Vec::new();
+    for cluster in config.topology.primaries() {
+        if !record.clusters.contains_key(&cluster.name) {
+            continue;
+        }
+        let served = match crate::cluster::Target::open(cluster, config).await {
+            Ok(target) => target.read().await.map(|o| o.snapshot.cacerts),
+            Err(e) => Err(e),
+        };
+        let bundle = match served {
+            Ok(Some(files)) => crate::pki::TrustBundle::from_pem_lenient(&files.root_cert).0,
+            Ok(None) => continue,
+            Err(e) => {
+                lines.push(format!("{}: cannot be read ({e})", cluster.name));
+                continue;
+            }
+        };
+        for other in bundle.roots().iter().filter(|r| **r != root) {
+            let known = config.extra_roots.contains(other);
+            lines.push(format!(
+                "{} still trusts root {} (sha256 {}){}",
+                cluster.name,
+                other.info().subject,
+                other.info().fingerprint_sha256,
+                match known {
+                    true => ", one of extra_trusted_roots",
+                    false => ": `cacertd status` flags it from now on",
+                }
+            ));
+        }
+    }
+    lines
 }
 
 /// An aborted root rotation's new root: its waiting key is destroyed unless a cluster was

@@ -168,6 +168,10 @@ pub struct Config {
     pub vault: Option<VaultSettings>,
     pub daemon: DaemonSettings,
     pub transition: TransitionSettings,
+    /// Roots the security team chose to have trusted besides the common root
+    /// (`extra_trusted_roots`, e.g. another mesh's root for federation): a bundle holding them
+    /// is not flagged, and `issue` carries them forward.
+    pub extra_roots: Vec<crate::pki::Cert>,
 }
 
 impl Config {
@@ -243,6 +247,10 @@ impl Config {
         let kubernetes = sections.kubernetes(raw.kubernetes)?;
         let daemon = sections.daemon(raw.daemon, &state_dir)?;
         let transition = sections.transition(raw.transition, &daemon)?;
+        let extra_roots = match &raw.extra_trusted_roots {
+            Some(files) => sections.extra_roots(files)?,
+            None => Vec::new(),
+        };
 
         Ok(Config {
             file: file.to_path_buf(),
@@ -256,6 +264,7 @@ impl Config {
             vault,
             daemon,
             transition,
+            extra_roots,
         })
     }
 
@@ -279,6 +288,7 @@ impl Config {
             policy: self.policy_for(cluster),
             cluster: &cluster.name,
             trust_domain: &self.trust_domain,
+            known_roots: &self.extra_roots,
         }
     }
 

@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     pub(super) vault: Option<Spanned<RawVault>>,
     pub(super) daemon: Option<Spanned<RawDaemon>>,
     pub(super) transition: Option<Spanned<RawTransition>>,
+    /// PEM files of roots every cluster may trust besides the common root.
+    pub(super) extra_trusted_roots: Option<Spanned<Vec<PathBuf>>>,
     #[serde(default)]
     pub(super) clusters: Vec<RawCluster>,
 }

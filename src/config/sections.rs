@@ -42,6 +42,40 @@ impl Sections<'_> {
         }
     }
 
+    /// `extra_trusted_roots`: every certificate of each PEM file, each a CA.
+    pub(super) fn extra_roots(
+        &self,
+        files: &Spanned<Vec<PathBuf>>,
+    ) -> Result<Vec<crate::pki::Cert>, ConfigError> {
+        let mut roots = Vec::new();
+        for (i, file) in files.get_ref().iter().enumerate() {
+            let field = format!("extra_trusted_roots[{i}]");
+            let path = self.resolve(file);
+            let pem = std::fs::read(&path).map_err(|e| {
+                self.invalid(
+                    files.span(),
+                    field.clone(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let certs = crate::pki::Cert::all_from_pem(&pem, &path.display().to_string())
+                .map_err(|e| self.invalid(files.span(), field.clone(), e.to_string()))?;
+            if let Some(leaf) = certs.iter().find(|c| !c.info().is_ca) {
+                return Err(self.invalid(
+                    files.span(),
+                    field,
+                    format!(
+                        "{} is not a CA certificate ({}), so it cannot be a trust anchor",
+                        path.display(),
+                        leaf.info().subject
+                    ),
+                ));
+            }
+            roots.extend(certs);
+        }
+        Ok(roots)
+    }
+
     /// `[root]`: the file store under `state_dir` unless told otherwise.
     pub(super) fn root(&self, raw: Option<RawRoot>, state_dir: &Path) -> RootStoreConfig {
         match raw {

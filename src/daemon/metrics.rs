@@ -28,6 +28,7 @@ pub struct Metrics {
     not_before: Family<Labels, Gauge>,
     renewal: Family<Labels, Gauge>,
     ready: Family<Labels, Gauge>,
+    unknown_roots: Family<Labels, Gauge>,
     reconciles: Family<Labels, Counter>,
     duration: Histogram,
     last_success: Family<Labels, Gauge>,
@@ -76,6 +77,11 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             "cluster_ready",
             "1 when the cluster's served cacerts verifies and matches what cacertd intends",
             m.ready
+        ),
+        (
+            "cluster_unknown_roots",
+            "Roots the cluster's trust bundle holds that are neither the common root nor a configured extra anchor (nor a transition's)",
+            m.unknown_roots
         ),
         (
             "reconcile",
@@ -139,6 +145,7 @@ impl Metrics {
             not_before: Family::default(),
             renewal: Family::default(),
             ready: Family::default(),
+            unknown_roots: Family::default(),
             reconciles: Family::default(),
             duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             last_success: Family::default(),
@@ -196,6 +203,12 @@ impl Metrics {
                 self.renewal.remove(&l);
             }
         }
+    }
+
+    pub fn unknown_roots(&self, cluster: &str, count: usize) {
+        self.unknown_roots
+            .get_or_create(&labels(&[("cluster", cluster)]))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn ready(&self, cluster: &str, ready: bool) {
@@ -300,6 +313,7 @@ impl Metrics {
         self.not_before.clear();
         self.renewal.clear();
         self.ready.clear();
+        self.unknown_roots.clear();
         self.last_success.clear();
         self.transition(None, time::OffsetDateTime::UNIX_EPOCH);
     }

@@ -225,6 +225,11 @@ impl Daemon {
             self.metrics.reconciled(&r.cluster, result, seconds, now);
             let ok = matches!(r.outcome, Outcome::Issued | Outcome::Kept);
             self.metrics.ready(&r.cluster, ok);
+            // A refused or failed run may not have read the bundle: only what was seen counts.
+            if matches!(r.outcome, Outcome::Issued | Outcome::Kept) || !r.unknown_roots.is_empty() {
+                self.metrics
+                    .unknown_roots(&r.cluster, r.unknown_roots.len());
+            }
             if let (Some(serial), Some(nb), Some(na)) = (&r.serial, r.not_before, r.not_after) {
                 let info = crate::pki::CertInfo {
                     serial: serial.clone(),

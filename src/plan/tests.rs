@@ -28,6 +28,7 @@ fn expected<'a>(root: &'a Cert, policy: &'a Policy) -> Expected<'a> {
         policy,
         cluster: "c1",
         trust_domain: "td",
+        known_roots: &[],
     }
 }
 
@@ -321,4 +322,67 @@ fn a_self_signed_cluster_is_not_plugged_in_directly() {
         panic!()
     };
     assert!(reason.contains("self-signed"), "{reason}");
+}
+
+/// A root in the bundle that is neither the current root nor known is flagged, and never
+/// carried forward silently.
+#[test]
+fn a_root_nobody_configured_is_flagged_and_not_carried_forward() {
+    let p = policy();
+    let (ours, planted) = (root(&p), root(&p));
+    let mut files = cacerts(&ours, &p, t0());
+    files.root_cert = both_roots(&ours, &planted);
+    let a = judge(&files, &ours, &p, t0());
+    assert_eq!(a.state, ClusterState::UnknownRoots);
+    assert_eq!(
+        a.unknown_roots,
+        [planted.cert().info().fingerprint_sha256.clone()]
+    );
+    // Nothing due: kept (and reported). Forced: refused, unless decided either way.
+    assert_eq!(decide(&a, PlanOptions::default()), Decision::Keep);
+    let force = PlanOptions {
+        force: true,
+        ..Default::default()
+    };
+    assert!(
+        matches!(decide(&a, force), Decision::Refuse { reason } if reason.contains("--keep-unknown-roots"))
+    );
+    let keep = PlanOptions {
+        keep_unknown_roots: true,
+        ..force
+    };
+    assert!(matches!(
+        decide(&a, keep),
+        Decision::Issue {
+            trust: TrustChoice::Keep(_),
+            ..
+        }
+    ));
+    let replace = PlanOptions {
+        danger_replace_trust_bundle: true,
+        ..force
+    };
+    assert!(matches!(
+        decide(&a, replace),
+        Decision::Issue {
+            trust: TrustChoice::RootOnly,
+            ..
+        }
+    ));
+    // Renewal due: refused too — renewing would carry it forward.
+    let late = judge(&files, &ours, &p, t0() + time::Duration::days(300));
+    assert_eq!(late.state, ClusterState::RenewalDue);
+    assert!(matches!(
+        decide(&late, PlanOptions::default()),
+        Decision::Refuse { .. }
+    ));
+    // Configured (extra_trusted_roots): an anchor like any other.
+    let known = [planted.cert().clone()];
+    let with_known = Expected {
+        known_roots: &known,
+        ..expected(ours.cert(), &p)
+    };
+    let a = assess(&Snapshot::of(Some(files)), &with_known, t0());
+    assert_eq!(a.state, ClusterState::Valid);
+    assert!(a.unknown_roots.is_empty());
 }

@@ -108,3 +108,30 @@ pub enum MaterialOf {
     Original,
     Phase(Phase),
 }
+
+/// The roots a transition under way has put, or will put, in clusters' bundles: those of the
+/// material it moves between. Empty when there is none, it is over, or its record cannot be
+/// read (then nothing a transition put there counts as known).
+pub async fn roots_in_flight(config: &crate::config::Config) -> Vec<crate::pki::Cert> {
+    let Ok(files) = record_store::RecordStore::open(config).await else {
+        return Vec::new();
+    };
+    let record = match files.load().await {
+        Ok(Some(record)) if !record.is_over() => record,
+        _ => return Vec::new(),
+    };
+    let mut roots: Vec<crate::pki::Cert> = Vec::new();
+    for cluster in record.clusters.keys() {
+        let Ok(material) = files.load_material(cluster).await else {
+            continue;
+        };
+        for pem in [&material.original.root_cert, &material.new.root_cert] {
+            for root in crate::pki::TrustBundle::from_pem_lenient(pem).0.roots() {
+                if !roots.contains(root) {
+                    roots.push(root.clone());
+                }
+            }
+        }
+    }
+    roots
+}
