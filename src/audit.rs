@@ -3,6 +3,7 @@
 //! Never any key material: events are built from certificate facts only.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -88,9 +89,11 @@ impl Audit {
                 return;
             }
         };
+        // 0600 from creation, whatever the umask: it names every cluster and serial.
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .and_then(|mut f| {
                 f.write_all(format!("{line}\n").as_bytes())?;

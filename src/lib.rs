@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+pub mod harden;
 pub mod issuance;
 pub mod istio_version;
 pub mod pki;

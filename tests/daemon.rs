@@ -417,6 +417,17 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
         out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n"),
         "{out}"
     );
+    // The daemon holds keys in memory: it can dump no core.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -336,3 +336,42 @@ fn a_pkcs1_rsa_root_imports_under_the_istio_compatible_policy() {
         "only the named cluster is issued"
     );
 }
+
+/// Under the loosest umask, what cacertd creates beside the keys is private too, and a new
+/// root — the most consequential event there is — is in the audit log.
+#[test]
+fn the_audit_log_and_the_lock_are_private_whatever_the_umask_and_root_init_is_audited() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let out = std::process::Command::new("sh")
+        .current_dir(s.dir.path())
+        .args([
+            "-c",
+            "umask 000; exec \"$0\" -c cacertd.toml issue --init-root",
+        ])
+        .arg(env!("CARGO_BIN_EXE_cacertd"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["state/audit.log", "state/.lock", "state/root/root-key.pem"] {
+        let mode = std::fs::metadata(s.path(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+    let init = audit
+        .lines()
+        .find(|l| l.contains("\"action\":\"root-init\""))
+        .unwrap_or_else(|| panic!("no root-init event: {audit}"));
+    assert!(
+        init.contains("\"outcome\":\"created\"") && init.contains("sha256"),
+        "{init}"
+    );
+    assert!(!audit.contains("PRIVATE KEY"));
+}

@@ -74,6 +74,9 @@ impl CliError {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.verbose);
+    if let Err(e) = crate::harden::forbid_core_dumps() {
+        tracing::warn!(error = %e, "core dumps could not be turned off: a crash could write key material to disk");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -65,9 +65,39 @@ pub(super) async fn root_init_in(
         store = %store.describe(),
         "created root"
     );
+    note_root(
+        config,
+        now,
+        "root-init",
+        "created",
+        &store.describe(),
+        cert.info(),
+    );
     println!("created root in {}", store.describe());
     output::print_root(&mut std::io::stdout(), cert.info(), now);
     Ok(())
+}
+
+/// Notes a new common root in the audit log: the most consequential event there is.
+fn note_root(
+    config: &Config,
+    now: OffsetDateTime,
+    action: &str,
+    outcome: &str,
+    store: &str,
+    info: &crate::pki::CertInfo,
+) {
+    crate::audit::Audit::new(config.daemon.audit_log.clone()).note(
+        now,
+        action,
+        None,
+        outcome,
+        Some(info.serial.clone()),
+        Some(format!(
+            "{} in {store}, sha256 {}",
+            info.subject, info.fingerprint_sha256
+        )),
+    );
 }
 
 pub(super) async fn root_import(
@@ -82,6 +112,15 @@ pub(super) async fn root_import(
         let _lock = StateLock::acquire(&config.state_dir)?;
         store.create(&root).await?;
     }
+    let info = root.cert().info();
+    note_root(
+        config,
+        now,
+        "root-import",
+        "imported",
+        &store.describe(),
+        info,
+    );
     println!("imported root into {}", store.describe());
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
     Ok(())
