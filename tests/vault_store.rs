@@ -504,8 +504,13 @@ fn vault_shortening_or_misnaming_is_caught() {
         &config(&vault, KV, TOKEN_AUTH).replace(&vault.url(), "http://vault.example:8200"),
     );
     std::fs::write(remote.path("vault-token"), "root-token").unwrap();
-    let run = remote.cacertd(&["root", "show"]).fails_with(1);
-    assert!(run.stderr.contains("plain HTTP"), "{}", run.stderr);
+    // Refused when the config is loaded, naming the field.
+    let run = remote.cacertd(&["root", "show"]).fails_with(2);
+    assert!(
+        run.stderr.contains("vault.address") && run.stderr.contains("plain HTTP"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The rules of the policies in deploy/vault/ named `files`, as the test Vault's rules, plus

@@ -354,6 +354,23 @@ mod tests {
     }
 
     #[test]
+    fn a_vault_address_that_is_not_a_safe_url_is_refused_at_load() {
+        for (address, why) in [
+            ("not a url", "is not a URL"),
+            ("HTTP://10.0.0.5:8200", "plain HTTP"),
+        ] {
+            let text = format!(
+                "{ACCEPTANCE}\n[vault]\naddress = \"{address}\"\nauth = {{ method = \"token\" }}\n"
+            );
+            let e = err(&text);
+            assert!(
+                e.contains("vault.address") && e.contains(why),
+                "{address}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn the_acceptance_config_loads() {
         let c = parse(ACCEPTANCE).unwrap();
         assert_eq!(c.trust_domain, "cluster.local");

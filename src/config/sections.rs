@@ -149,6 +149,10 @@ impl Sections<'_> {
                         }),
                     },
                 };
+                if let Some(a) = &v.address {
+                    crate::root_store::vault::check_address(a)
+                        .map_err(|m| self.invalid(span.clone(), "vault.address".into(), m))?;
+                }
                 Some(VaultSettings {
                     address: v.address,
                     ca_cert: v.ca_cert.map(|c| self.resolve(&c)),
