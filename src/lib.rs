@@ -1,6 +1,15 @@
 //! cacertd: owns the common trust root of an Istio multicluster mesh.
 #![forbid(unsafe_code)]
 
+/// `println!` that never panics: with stdout closed (`cacertd … | head -2`) the output is lost,
+/// not the command — a transition being driven goes on, and nothing exits with a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod audit;
 pub mod cli;
 pub mod clock;

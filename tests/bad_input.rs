@@ -466,3 +466,32 @@ fn a_cert_manager_managed_folder_is_read_but_not_written_over() {
         .fails_with(1);
     assert!(run.stdout.contains("cert-manager"), "{}", run.stdout);
 }
+
+/// Output to a pipe that is already closed (`cacertd … | head -2`) is lost, not the command:
+/// no panic, the exit code of the command itself.
+#[test]
+fn a_closed_stdout_loses_the_output_not_the_command() {
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    for args in [
+        &["rotate-root", "plan"][..],
+        &["status"][..],
+        &["issue"][..],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+            .current_dir(s.dir.path())
+            .args(["-c", "cacertd.toml"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    // The issue above did its work although nobody read what it printed.
+    assert!(s.path("out/cluster1/ca-cert.pem").exists());
+}

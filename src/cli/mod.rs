@@ -220,13 +220,13 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Cluster>, 
 }
 
 fn check(config: &Config) -> Result<(), CliError> {
-    println!("config {}: ok", config.file.display());
-    println!("trust domain: {}", config.trust_domain);
-    println!("state dir:    {}", config.state_dir.display());
-    println!("root policy:  {}", config.default_policy);
+    say!("config {}: ok", config.file.display());
+    say!("trust domain: {}", config.trust_domain);
+    say!("state dir:    {}", config.state_dir.display());
+    say!("root policy:  {}", config.default_policy);
     for c in config.topology.clusters() {
         match c.role {
-            Role::Primary => println!(
+            Role::Primary => say!(
                 "  {} primary network={} policy={} target={}",
                 c.name,
                 c.network.as_deref().unwrap_or("-"),
@@ -236,7 +236,7 @@ fn check(config: &Config) -> Result<(), CliError> {
                     .map(ToString::to_string)
                     .unwrap_or_default()
             ),
-            Role::Remote => println!(
+            Role::Remote => say!(
                 "  {} remote  network={} served by {}",
                 c.name,
                 c.network.as_deref().unwrap_or("-"),

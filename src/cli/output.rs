@@ -13,7 +13,7 @@ use crate::topology::Role;
 
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => say!("{s}"),
         Err(e) => eprintln!("error: cannot render JSON: {e}"),
     }
 }

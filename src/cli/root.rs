@@ -73,7 +73,7 @@ pub(super) async fn root_init_in(
         &store.describe(),
         cert.info(),
     );
-    println!("created root in {}", store.describe());
+    say!("created root in {}", store.describe());
     output::print_root(&mut std::io::stdout(), cert.info(), now);
     Ok(())
 }
@@ -121,7 +121,7 @@ pub(super) async fn root_import(
         &store.describe(),
         info,
     );
-    println!("imported root into {}", store.describe());
+    say!("imported root into {}", store.describe());
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
     Ok(())
 }
@@ -184,7 +184,7 @@ pub(super) async fn root_show(
     match format {
         Format::Json => output::print_json(&crate::status::root_json(&location, cert.info(), now)),
         Format::Table => {
-            println!("store: {location}");
+            say!("store: {location}");
             output::print_root(&mut std::io::stdout(), cert.info(), now);
         }
     }

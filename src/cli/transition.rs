@@ -99,7 +99,7 @@ fn scopes(config: &Config) -> Vec<transition::Scope> {
 async fn print_istiod(config: &Config, record: &transition::Record) {
     for (cluster, state) in transition::start::multiroot(config).await {
         if record.clusters.contains_key(&cluster) {
-            println!("{cluster}: istiod multi-root hot reload {state}");
+            say!("{cluster}: istiod multi-root hot reload {state}");
         }
     }
     // The versions were read, and none refused, before the transition was recorded.
@@ -112,7 +112,7 @@ async fn print_istiod_releases(config: &Config) {
     let versions = match transition::start::istiod_versions(config).await {
         Ok(v) => v,
         Err(e) => {
-            println!("istiod releases unknown: {e}");
+            say!("istiod releases unknown: {e}");
             return;
         }
     };
@@ -120,14 +120,14 @@ async fn print_istiod_releases(config: &Config) {
         for (image, _) in images {
             let release = crate::status::IstiodRelease::of(&image);
             let version = release.version.as_deref().unwrap_or("version unknown");
-            println!("{cluster}: istiod {version} ({image})");
+            say!("{cluster}: istiod {version} ({image})");
             for b in &release.behaviours {
                 let mark = if b.bearing == "refuse" {
                     "start refuses: "
                 } else {
                     ""
                 };
-                println!("  {mark}{}: {}", b.reference, b.what);
+                say!("  {mark}{}: {}", b.reference, b.what);
             }
         }
     }
@@ -165,7 +165,7 @@ fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTi
 /// `--dry-run`: which primaries the transition covers and every step still ahead of it.
 fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
-    println!(
+    say!(
         "dry run: the {what} would cover {} (phase {}, {:?}). Nothing was changed.",
         clusters.join(", "),
         record.phase,
@@ -178,7 +178,7 @@ fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: 
     let steps = transition::remaining_steps(record, &scopes, now);
     match record.state {
         transition::State::RollingBack { to } => {
-            println!(
+            say!(
                 "\nrolling back to {}:",
                 match to {
                     transition::MaterialOf::Original =>
@@ -196,22 +196,22 @@ fn print_steps(steps: &[transition::PlannedStep], by_phase: bool) {
     let mut phase = None;
     for (i, step) in steps.iter().enumerate() {
         if by_phase && phase != Some(step.phase) {
-            println!("\n{}:", step.phase);
+            say!("\n{}:", step.phase);
             phase = Some(step.phase);
         }
         match &step.cluster {
-            Some(c) => println!("  {:>3}. {c}: {}", i + 1, step.action),
-            None => println!("  {:>3}. {}", i + 1, step.action),
+            Some(c) => say!("  {:>3}. {c}: {}", i + 1, step.action),
+            None => say!("  {:>3}. {}", i + 1, step.action),
         }
     }
     if steps.is_empty() {
-        println!("no step is left");
+        say!("no step is left");
     }
 }
 
 pub(super) fn started(store: &RecordStore, what: &str, record: &transition::Record) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
-    println!(
+    say!(
         "{what} recorded for {} in {}",
         clusters.join(", "),
         store.describe()
@@ -235,23 +235,23 @@ async fn run_drive(
     };
     let rest = driver::drive(config, store, opts).await?;
     match rest {
-        transition::Step::Finished => println!("transition finished"),
+        transition::Step::Finished => say!("transition finished"),
         transition::Step::AwaitApproval { phase } => {
-            println!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
+            say!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
         }
-        transition::Step::Drain { until } => println!(
+        transition::Step::Drain { until } => say!(
             "draining until {}: `cacertd transition resume` after that (or with --wait)",
             crate::pki::fmt_time(until)
         ),
-        transition::Step::CheckGate { .. } => println!(
+        transition::Step::CheckGate { .. } => say!(
             "the gate does not hold yet (see `cacertd transition status`); \
              `cacertd transition resume --wait` waits for it"
         ),
-        transition::Step::Held { note } => println!(
+        transition::Step::Held { note } => say!(
             "{note}; `cacertd transition resume` goes forward again, `transition rollback` \
              further back"
         ),
-        other => println!("stopped at {other:?}"),
+        other => say!("stopped at {other:?}"),
     }
     Ok(())
 }
@@ -313,15 +313,15 @@ pub(super) async fn transition_cmd(
             let new_root = abandon_new_root(config, &record).await?;
             files.archive(&record, now).await?;
             note("transition-abort", &record, new_root.clone());
-            println!(
+            say!(
                 "transition forgotten at phase {}; clusters keep what they serve now",
                 record.phase
             );
             if let Some(new_root) = new_root {
-                println!("{new_root}");
+                say!("{new_root}");
             }
             for line in trusted_besides_the_root(config, &record).await {
-                println!("{line}");
+                say!("{line}");
             }
             Ok(())
         }
@@ -419,7 +419,7 @@ async fn transition_status(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let Some(record) = files.load().await? else {
-        println!("no transition is under way");
+        say!("no transition is under way");
         return Ok(());
     };
     let next = describe_next(config, &record, now);
@@ -430,13 +430,15 @@ async fn transition_status(
         }));
         return Ok(());
     }
-    println!(
+    say!(
         "{:?} transition: phase {}, {:?}",
-        record.kind, record.phase, record.state
+        record.kind,
+        record.phase,
+        record.state
     );
     for (c, p) in &record.clusters {
         let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
-        println!(
+        say!(
             "  {c}: {}; restarted: {}",
             if p.written { "written" } else { "not written" },
             if restarts.is_empty() {
@@ -449,7 +451,7 @@ async fn transition_status(
     if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
         (record.gate_since, &record.state)
     {
-        println!(
+        say!(
             "gate: waiting for {}s (fails after {}s){}",
             now.unix_timestamp().saturating_sub(since),
             record.options.gate_timeout_seconds,
@@ -460,7 +462,7 @@ async fn transition_status(
             }
         );
     }
-    println!("next: {next}");
+    say!("next: {next}");
     Ok(())
 }
 
@@ -482,7 +484,7 @@ fn transition_dry_run(
             "rollback"
         }
         _ => {
-            println!(
+            say!(
                 "dry run: would move the record and material in {} aside (nothing is \
                  deleted) and forget the transition at phase {}, {:?}; no cluster would be \
                  touched. Nothing was changed.",
@@ -534,7 +536,7 @@ pub(super) async fn transition_plan(
         TransitionKind::Migrate => "migrate",
         TransitionKind::RotateRoot => "rotate-root",
     };
-    println!(
+    say!(
         "{name}: {} primaries{}; drain {}; each gate may wait {}. This plan changes nothing.",
         scopes.len(),
         if options.max_parallel > 1 {
