@@ -495,3 +495,20 @@ fn a_closed_stdout_loses_the_output_not_the_command() {
     // The issue above did its work although nobody read what it printed.
     assert!(s.path("out/cluster1/ca-cert.pem").exists());
 }
+
+/// `status` prints every cluster, and fails (exit 1) when one could not be read: a monitoring
+/// script must not read "ok" from a mesh it could not see.
+#[test]
+fn status_fails_when_a_cluster_cannot_be_read() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    std::fs::remove_dir_all(s.path("out/cluster2")).unwrap();
+    std::fs::write(s.path("out/cluster2"), "a file where the folder was").unwrap();
+    let run = s.cacertd(&["status"]).fails_with(1);
+    assert!(run.stdout.contains("cluster1"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("1 cluster(s) could not be read"),
+        "{}",
+        run.stderr
+    );
+}

@@ -92,6 +92,14 @@ pub(super) async fn status(
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),
     }
+    // A cluster that could not be read is not a healthy status, however it is printed.
+    let unread = report.clusters.iter().filter(|c| c.error.is_some()).count();
+    if unread > 0 {
+        return Err(CliError::Partial {
+            message: format!("{unread} cluster(s) could not be read"),
+            code: 1,
+        });
+    }
     Ok(())
 }
 
