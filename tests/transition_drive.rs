@@ -497,20 +497,22 @@ fn key_copies(s: &Setup, key: &[u8]) -> usize {
         .count()
 }
 
+/// A root rotation that stops before each phase after the first, for an approval.
+const ROTATE_APPROVING_EACH_PHASE: &[&str] = &[
+    "rotate-root",
+    "start",
+    "--drain",
+    "0s",
+    "--approve-each-phase",
+];
+
 /// A rotation aborted before any cluster signed under its new root leaves no copy of that
 /// root's key; one aborted after keeps it, and says why.
 #[test]
 fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() {
     let s = Setup::new();
     s.cacertd(&["issue", "--init-root"]).ok();
-    s.cacertd(&[
-        "rotate-root",
-        "start",
-        "--drain",
-        "0s",
-        "--approve-each-phase",
-    ])
-    .ok();
+    s.cacertd(ROTATE_APPROVING_EACH_PHASE).ok();
     let key = s.read("state/transition/new-root/root-key.pem");
     let run = s.cacertd(&["transition", "abort"]).ok();
     assert!(
@@ -534,14 +536,7 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
     assert!(status.contains("unknown-roots"), "{status}");
 
     // After SwitchSigner's writes the key is kept (moved aside with the transition).
-    s.cacertd(&[
-        "rotate-root",
-        "start",
-        "--drain",
-        "0s",
-        "--approve-each-phase",
-    ])
-    .ok();
+    s.cacertd(ROTATE_APPROVING_EACH_PHASE).ok();
     let key = s.read("state/transition/new-root/root-key.pem");
     s.cacertd(&["transition", "resume", "--approve", "--wait"])
         .ok();
