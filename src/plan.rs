@@ -139,19 +139,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         published: None,
         trust: None,
     };
-    a.published = snapshot
-        .published_bundles
-        .as_ref()
-        .map(|bundles| Published {
-            namespaces: bundles.len(),
-            with_root: bundles
-                .iter()
-                .filter(|(_, pem)| {
-                    let (b, _) = TrustBundle::from_pem_lenient(pem);
-                    root.is_some_and(|r| b.contains(r))
-                })
-                .count(),
-        });
+    a.published = published(snapshot, root);
     let Some(files) = snapshot.cacerts.as_ref().filter(|f| !is_empty(f)) else {
         // No plug-in CA: istiod signs with its self-signed CA, if it has one. Plugging in the
         // common root now would leave every running workload trusting only the old root.
@@ -171,12 +159,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();
     if let Some(root) = root.filter(|_| a.trusts_root) {
-        a.unknown_roots = trust
-            .roots()
-            .iter()
-            .filter(|r| *r != root && !known_roots.contains(r))
-            .map(|r| r.info().fingerprint_sha256.clone())
-            .collect();
+        a.unknown_roots = unknown_roots(&trust, root, known_roots);
     }
     let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
         .0
@@ -217,6 +200,31 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         a.state = ClusterState::UnknownRoots;
     }
     a
+}
+
+/// How many namespaces' published bundles there are, and how many hold the root.
+fn published(snapshot: &Snapshot, root: Option<&Cert>) -> Option<Published> {
+    let bundles = snapshot.published_bundles.as_ref()?;
+    Some(Published {
+        namespaces: bundles.len(),
+        with_root: bundles
+            .iter()
+            .filter(|(_, pem)| {
+                let (b, _) = TrustBundle::from_pem_lenient(pem);
+                root.is_some_and(|r| b.contains(r))
+            })
+            .count(),
+    })
+}
+
+/// The fingerprints of the roots of `trust` that are neither `root` nor `known`.
+fn unknown_roots(trust: &TrustBundle, root: &Cert, known: &[Cert]) -> Vec<String> {
+    trust
+        .roots()
+        .iter()
+        .filter(|r| *r != root && !known.contains(r))
+        .map(|r| r.info().fingerprint_sha256.clone())
+        .collect()
 }
 
 /// Where a valid set under the right root stands in its life: drifted from its policy, due

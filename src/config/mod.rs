@@ -9,6 +9,9 @@ use crate::policy::{PolicyError, PolicySet};
 mod clusters;
 mod raw;
 mod sections;
+mod vault_address;
+
+pub use vault_address::check_vault_address;
 
 use crate::topology::{Cluster, Role, TargetConfig, Topology};
 use raw::*;

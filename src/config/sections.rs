@@ -150,7 +150,7 @@ impl Sections<'_> {
                     },
                 };
                 if let Some(a) = &v.address {
-                    crate::root_store::vault::check_address(a)
+                    super::check_vault_address(a)
                         .map_err(|m| self.invalid(span.clone(), "vault.address".into(), m))?;
                 }
                 Some(VaultSettings {
