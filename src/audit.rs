@@ -89,6 +89,14 @@ impl Audit {
                 return;
             }
         };
+        // Its folder (state_dir, by default) may not exist yet: a vault-pki `root init` is
+        // the first thing that writes there.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+            && let Err(e) = crate::fsutil::create_private_dir(dir)
+        {
+            tracing::error!(path = %dir.display(), error = %e, "cannot create the audit log's folder");
+        }
         // 0600 from creation, whatever the umask: it names every cluster and serial.
         let written = std::fs::OpenOptions::new()
             .create(true)

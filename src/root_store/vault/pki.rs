@@ -39,8 +39,26 @@ impl VaultPki {
         }
     }
 
+    /// The mount must be a PKI secrets engine: anything else answers the PKI paths with 404s
+    /// that would read as "no root yet".
+    async fn check_mount(&self) -> Result<(), VaultError> {
+        let info = self.session.mount_info(&self.mount).await?;
+        if info.kind != "pki" {
+            return Err(VaultError::Mount {
+                mount: self.mount.clone(),
+                problem: format!(
+                    "is {}; the vault-pki store needs a PKI secrets engine (vault secrets enable \
+                     -path={} pki)",
+                    info.kind, self.mount
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The root certificate Vault signs with, `None` if the mount has no issuer yet.
     pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
+        self.check_mount().await?;
         let pem = match &self.issuer {
             Some(issuer) => {
                 let path = format!("{}/issuer/{issuer}/json", self.mount);
@@ -251,6 +269,7 @@ impl VaultPki {
         key: (&str, u64),
         ttl: Duration,
     ) -> Result<Cert, VaultError> {
+        self.check_mount().await?;
         if let Some(issuer) = &self.issuer {
             return Err(VaultError::Config(format!(
                 "root init with [root] issuer = {issuer:?}: Vault names issuers itself; run \
