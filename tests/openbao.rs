@@ -683,38 +683,7 @@ impl SlowProxy {
 // ---------------------------------------------------------------------------------------------
 
 fn config(address: &str, root: &str, auth: &str) -> String {
-    format!(
-        r#"trust_domain = "cluster.local"
-state_dir = "state"
-policies_dir = "policies"
-
-[root]
-{root}
-
-[vault]
-address = "{address}"
-timeout = "10s"
-auth = {auth}
-
-[[clusters]]
-name = "cluster1"
-role = "primary"
-network = "network1"
-target = {{ kind = "dir", path = "out/cluster1" }}
-
-[[clusters]]
-name = "cluster2"
-role = "primary"
-network = "network2"
-target = {{ kind = "dir", path = "out/cluster2" }}
-
-[[clusters]]
-name = "cluster3"
-role = "remote"
-primary = "cluster1"
-network = "network1"
-"#
-    )
+    common::vault_config(address, "10s", root, auth)
 }
 
 const KV: &str = "store = \"vault-kv\"\nmount = \"secret\"\npath = \"cacertd/root\"";

@@ -15,39 +15,7 @@ use common::mtls::{SPIFFE_ID, handshake, workload};
 use common::{Setup, assert_unchanged, openssl_verify_cacerts};
 
 fn config(vault: &TestVault, root: &str, auth: &str) -> String {
-    format!(
-        r#"trust_domain = "cluster.local"
-state_dir = "state"
-policies_dir = "policies"
-
-[root]
-{root}
-
-[vault]
-address = "{url}"
-timeout = "2s"
-auth = {auth}
-
-[[clusters]]
-name = "cluster1"
-role = "primary"
-network = "network1"
-target = {{ kind = "dir", path = "out/cluster1" }}
-
-[[clusters]]
-name = "cluster2"
-role = "primary"
-network = "network2"
-target = {{ kind = "dir", path = "out/cluster2" }}
-
-[[clusters]]
-name = "cluster3"
-role = "remote"
-primary = "cluster1"
-network = "network1"
-"#,
-        url = vault.url()
-    )
+    common::vault_config(&vault.url(), "2s", root, auth)
 }
 
 const KV: &str = "store = \"vault-kv\"\nmount = \"secret\"\npath = \"cacertd/root\"";

@@ -215,3 +215,40 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Run {
         .expect("the openssl CLI must be installed (.ci/run installs it)");
     Run::of(out)
 }
+
+/// The acceptance mesh (two primaries on directory targets, a remote) with its root in Vault at
+/// `address`: `root` is the `[root]` body, `auth` the `[vault] auth` value.
+pub fn vault_config(address: &str, timeout: &str, root: &str, auth: &str) -> String {
+    format!(
+        r#"trust_domain = "cluster.local"
+state_dir = "state"
+policies_dir = "policies"
+
+[root]
+{root}
+
+[vault]
+address = "{address}"
+timeout = "{timeout}"
+auth = {auth}
+
+[[clusters]]
+name = "cluster1"
+role = "primary"
+network = "network1"
+target = {{ kind = "dir", path = "out/cluster1" }}
+
+[[clusters]]
+name = "cluster2"
+role = "primary"
+network = "network2"
+target = {{ kind = "dir", path = "out/cluster2" }}
+
+[[clusters]]
+name = "cluster3"
+role = "remote"
+primary = "cluster1"
+network = "network1"
+"#
+    )
+}
