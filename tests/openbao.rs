@@ -21,8 +21,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::mtls::{SPIFFE_ID, handshake, workload};
-use common::{Run, Setup, assert_unchanged, openssl, openssl_verify_cacerts};
+use common::{
+    Run, Setup, assert_issued_and_trusted, assert_unchanged, openssl, openssl_verify_cacerts,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -716,22 +717,6 @@ fn edit_config(s: &Setup, from: &str, to: &str) {
 
 fn cluster_root(s: &Setup, cluster: &str) -> String {
     String::from_utf8(s.read(&format!("out/{cluster}/root-cert.pem"))).unwrap()
-}
-
-/// Both primaries hold intermediates OpenSSL verifies against their root, the remote nothing,
-/// and a workload of one cluster talks mTLS with one of the other.
-fn assert_issued_and_trusted(s: &Setup) {
-    for c in ["cluster1", "cluster2"] {
-        let v = openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();
-        assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
-    }
-    assert!(!s.path("out/cluster3").exists());
-    let ids = handshake(
-        workload(&s.path("out/cluster1")),
-        workload(&s.path("out/cluster2")),
-    )
-    .expect("mTLS");
-    assert_eq!(ids, vec![SPIFFE_ID]);
 }
 
 /// The same certificate, whatever the PEM's trailing whitespace.

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use cacertd_test_apiserver::json;
 use cacertd_test_apiserver::vault::{PathRule, TestVault};
-use common::mtls::{SPIFFE_ID, handshake, workload};
-use common::{Setup, assert_unchanged, openssl_verify_cacerts};
+use common::{Setup, assert_issued_and_trusted, assert_unchanged, openssl_verify_cacerts};
 
 fn config(vault: &TestVault, root: &str, auth: &str) -> String {
     common::vault_config(&vault.url(), "2s", root, auth)
@@ -26,20 +25,6 @@ fn setup(vault: &TestVault, root: &str, token: &str) -> Setup {
     let s = Setup::with_config(&config(vault, root, TOKEN_AUTH));
     std::fs::write(s.path("vault-token"), token).unwrap();
     s
-}
-
-fn assert_issued_and_trusted(s: &Setup) {
-    for c in ["cluster1", "cluster2"] {
-        let v = openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();
-        assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
-    }
-    assert!(!s.path("out/cluster3").exists());
-    let ids = handshake(
-        workload(&s.path("out/cluster1")),
-        workload(&s.path("out/cluster2")),
-    )
-    .expect("mTLS");
-    assert_eq!(ids, vec![SPIFFE_ID]);
 }
 
 #[test]

@@ -252,3 +252,19 @@ network = "network1"
 "#
     )
 }
+
+/// Both primaries of the acceptance mesh hold intermediates OpenSSL verifies against their
+/// root, the remote nothing, and a workload of one cluster talks mTLS with one of the other.
+pub fn assert_issued_and_trusted(s: &Setup) {
+    for c in ["cluster1", "cluster2"] {
+        let v = openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();
+        assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
+    }
+    assert!(!s.path("out/cluster3").exists());
+    let ids = mtls::handshake(
+        mtls::workload(&s.path("out/cluster1")),
+        mtls::workload(&s.path("out/cluster2")),
+    )
+    .expect("mTLS");
+    assert_eq!(ids, vec![mtls::SPIFFE_ID]);
+}
