@@ -336,11 +336,13 @@ impl Pass<'_> {
         cluster: &Cluster,
         target: &Target,
     ) -> Result<(Observed, crate::plan::Assessment), TargetError> {
-        let _core = self.cores.acquire().await;
+        // A cluster is read over the network before a core is taken: only the work on a
+        // core waits for one.
         let source = match target {
             Target::Dir(d) => Err(d.clone()),
             Target::Kube(_) => Ok(target.read().await?),
         };
+        let _core = self.cores.acquire().await;
         let root = self.root.root_cert().clone();
         let policy = self.config.policy_for(cluster).clone();
         let name = cluster.name.clone();
