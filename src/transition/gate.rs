@@ -159,7 +159,13 @@ async fn proxies_behind(
         return;
     }
     if let (Some(wait), Some(at)) = (options.renewal_wait_seconds, progress.istiod_restarted_at) {
-        let renewed_by = at.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+        // The wait set at start, or longer for a proxy started since with a longer
+        // certificate lifetime (one whose renewal cannot be read never counts as renewed).
+        let longest = stale
+            .iter()
+            .map(|p| p.renewal.as_ref().map_or(u64::MAX, |d| d.as_secs()))
+            .fold(wait, u64::max);
+        let renewed_by = at.saturating_add(i64::try_from(longest).unwrap_or(i64::MAX));
         if now.unix_timestamp() < renewed_by {
             let by = OffsetDateTime::from_unix_timestamp(renewed_by)
                 .map(crate::pki::fmt_time)
