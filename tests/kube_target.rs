@@ -520,6 +520,11 @@ fn kubeconfigs_must_use_verified_tls_and_remote_secrets_match_their_pins() {
     };
     remote_secret(&good.replace("server: https://", "server: http://"));
     refused("not over https");
+    // Credentials written into the URL are never shown.
+    remote_secret(&good.replace("server: https://", "server: http://admin:hunter2@"));
+    refused("not over https");
+    let run = s.cacertd(&["status"]).fails_with(1);
+    assert!(!format!("{}{}", run.stdout, run.stderr).contains("hunter2"));
     remote_secret(&good.replace(
         &format!("server: {url}\n"),
         &format!("server: {url}\n    proxy-url: http://127.0.0.1:9\n"),

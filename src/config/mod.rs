@@ -11,7 +11,7 @@ mod raw;
 mod sections;
 mod vault_address;
 
-pub use vault_address::check_vault_address;
+pub use vault_address::{check_vault_address, url_for_messages};
 
 use crate::topology::{Cluster, Role, TargetConfig, Topology};
 use raw::*;

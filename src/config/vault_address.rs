@@ -1,30 +1,45 @@
-//! The Vault address, checked as a URL.
+//! URLs cacertd is given: the Vault address, checked as a URL, and any server URL as messages
+//! show it.
 
 /// A Vault address cacertd will talk to: a URL (parsed, not compared as text), https — or
 /// plain http to a loopback host only, since it would carry the token and a vault-kv root key
 /// in clear text — and no credentials inside it.
 pub fn check_vault_address(address: &str) -> Result<(), String> {
+    let shown = url_for_messages(address);
     let url = url::Url::parse(address)
-        .map_err(|e| format!("{address:?} is not a URL like https://vault.example:8200: {e}"))?;
+        .map_err(|e| format!("{shown:?} is not a URL like https://vault.example:8200: {e}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
-            "{address:?} carries credentials before the host; give the address alone"
+            "{shown:?} carries credentials before the host; give the address alone"
         ));
     }
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        None => return Err(format!("{address:?} names no host")),
+        None => return Err(format!("{shown:?} names no host")),
     };
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
         "http" => Err(format!(
-            "{address}: plain HTTP would send the Vault token (and a vault-kv root key) in \
+            "{shown}: plain HTTP would send the Vault token (and a vault-kv root key) in \
              cleartext; use https (plain HTTP is allowed on loopback only)"
         )),
-        other => Err(format!("{address:?}: {other}: is not http or https")),
+        other => Err(format!("{shown:?}: {other}: is not http or https")),
+    }
+}
+
+/// A URL as errors and logs show it: without credentials written into it (`user:pass@`).
+pub fn url_for_messages(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) if url.contains('@') => "(a URL that does not parse)".into(),
+        _ => url.to_string(),
     }
 }
 
@@ -53,6 +68,7 @@ mod tests {
         ] {
             let e = check_address(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("localhost:x@"), "{bad}: credentials shown: {e}");
         }
     }
 }

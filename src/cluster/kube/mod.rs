@@ -186,7 +186,7 @@ impl KubeTarget {
         // kube's own retry layer would retry 429/503/504 up to 15 times with backoff growing to
         // minutes, under our `retries` and unseen by it: the configured retries are the only ones.
         config.default_retry = false;
-        let url = config.cluster_url.to_string();
+        let url = crate::config::url_for_messages(&config.cluster_url.to_string());
         let client = Client::try_from(config).map_err(|e| config_err(e.to_string()))?;
         Ok(KubeTarget {
             client,
@@ -410,16 +410,14 @@ fn take_key(secret: Secret, key: &str) -> Option<ByteString> {
 /// certificates are accepted.
 /// Why a loaded client configuration would not verify who it talks to, if it would not.
 fn unverified_transport(config: &Config) -> Option<String> {
+    let shown = crate::config::url_for_messages(&config.cluster_url.to_string());
     if config.cluster_url.scheme_str() != Some("https") {
-        return Some(format!(
-            "the server {} is not reached over TLS",
-            config.cluster_url
-        ));
+        return Some(format!("the server {} is not reached over TLS", shown));
     }
     if config.accept_invalid_certs {
         return Some(format!(
             "TLS verification of {} is turned off (insecure-skip-tls-verify)",
-            config.cluster_url
+            shown
         ));
     }
     None
@@ -428,8 +426,9 @@ fn unverified_transport(config: &Config) -> Option<String> {
 fn check_remote_kubeconfig(kc: &Kubeconfig, pin: &RemotePin) -> Result<(), String> {
     for c in &kc.clusters {
         if let Some(cluster) = &c.cluster {
-            let server = cluster.server.as_deref().unwrap_or("");
-            if !server.starts_with("https://") {
+            let raw = cluster.server.as_deref().unwrap_or("");
+            let server = crate::config::url_for_messages(raw);
+            if !raw.starts_with("https://") {
                 return Err(format!(
                     "cluster {:?} is reached at {server:?}, not over https: the intermediate key \
                      and the token would cross the network in clear text",
@@ -443,7 +442,7 @@ fn check_remote_kubeconfig(kc: &Kubeconfig, pin: &RemotePin) -> Result<(), Strin
                 ));
             }
             if let Some(pinned) = &pin.server
-                && pinned.trim_end_matches('/') != server.trim_end_matches('/')
+                && pinned.trim_end_matches('/') != raw.trim_end_matches('/')
             {
                 return Err(format!(
                     "cluster {:?} is reached at {server}, not at {pinned} as cacertd.toml pins it",
