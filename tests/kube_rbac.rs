@@ -170,3 +170,46 @@ fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
         );
     }
 }
+
+/// A target where cacertd may read `cacerts` but not replace it: every forced issue fails,
+/// and none leaves a backup Secret (a copy of the key) behind, however often it is retried.
+#[test]
+fn a_write_that_is_forbidden_leaves_no_backup() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    let mut manifest = target_rbac();
+    let rules = &mut manifest["items"][3]["rules"];
+    assert_eq!(rules[0]["resourceNames"], json!(["cacerts"]), "{rules}");
+    rules[0]["verbs"] = json!(["get", "watch"]);
+    for c in CLUSTERS {
+        grant_target_rbac(server.cluster(c), "least");
+    }
+    let c1 = server.cluster("cluster1");
+    grant_as_shipped(c1, &manifest.to_string(), "read-only");
+    let s = setup_with_tokens(&server, "", |c| {
+        if c.name == "cluster1" {
+            "read-only"
+        } else {
+            "least"
+        }
+        .to_string()
+    });
+    // Creating cacerts needs no update.
+    s.cacertd(&["issue", "--init-root"]).ok();
+    for _ in 0..3 {
+        let run = s.cacertd(&["issue", "--force", "cluster1"]);
+        assert_ne!(run.code, 0);
+        assert!(run.stdout.contains("forbidden"), "{}", run.stdout);
+    }
+    let backups: Vec<_> = c1
+        .list("secrets", Some("istio-system"))
+        .into_iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("cacerts-backup")
+        })
+        .collect();
+    assert!(backups.is_empty(), "{backups:#?}");
+}

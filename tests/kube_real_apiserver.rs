@@ -880,7 +880,14 @@ target = { kind = "kube", kubeconfig = "kube/cluster1.yaml", context = "cacertd"
     let mut writes: Vec<String> = requests
         .iter()
         .filter(|r| !["get", "list", "watch"].contains(&r.0.as_str()))
-        .map(|r| format!("{} {}", r.0, r.1.split('?').next().unwrap()))
+        .map(|r| {
+            let dry_run = if r.1.contains("dryRun=All") {
+                " (dry run)"
+            } else {
+                ""
+            };
+            format!("{} {}{dry_run}", r.0, r.1.split('?').next().unwrap())
+        })
         .collect();
     writes.sort_unstable();
     assert_eq!(
@@ -891,8 +898,9 @@ target = { kind = "kube", kubeconfig = "kube/cluster1.yaml", context = "cacertd"
             "patch /apis/apps/v1/namespaces/app/deployments/web",
             "patch /apis/apps/v1/namespaces/istio-system/deployments/istiod",
             "update /api/v1/namespaces/istio-system/secrets/cacerts",
+            "update /api/v1/namespaces/istio-system/secrets/cacerts (dry run)",
         ],
-        "cacerts, its backup, its replacement, two restarts"
+        "cacerts, its backup, its replacement (tried first as a dry run), two restarts"
     );
     let seen = server.requests_of(&user).len();
 

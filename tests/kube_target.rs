@@ -530,6 +530,15 @@ fn kubeconfigs_must_use_verified_tls_and_remote_secrets_match_their_pins() {
         &format!("server: {url}\n    proxy-url: http://127.0.0.1:9\n"),
     ));
     refused("proxy-url");
+    // Malformed: where, never what (the parser's own message quotes the text).
+    remote_secret("apiVersion: v1\nkind: Config\nclusters: token-hunter3\n");
+    refused("not a valid kubeconfig: malformed YAML at line 3");
+    let run = s.cacertd(&["status"]).fails_with(1);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("malformed YAML") && !out.contains("hunter3"),
+        "{out}"
+    );
 
     // Pinned: the server and the CA must be the ones cacertd.toml names.
     remote_secret(&good);
@@ -583,8 +592,9 @@ fn a_write_whose_answer_is_lost_is_recognised_as_done() {
     let s = setup(&server, "");
     s.cacertd(&["issue", "--init-root"]).ok();
     let c1 = server.cluster("cluster1");
-    // The replace (the second write, after the backup) is stored, but its answer is a 504.
-    c1.inject_after(1, FaultAction::StatusAfterCommit(504), 1, true);
+    // The replace (the third write, after its dry run and the backup) is stored, but its
+    // answer is a 504.
+    c1.inject_after(2, FaultAction::StatusAfterCommit(504), 1, true);
     let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
     assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
     assert!(
@@ -688,4 +698,27 @@ fn the_write_path_retries_429s_replans_conflicts_three_times_and_leaves_cert_man
     );
     assert_eq!(c2.writes(), writes, "nothing written");
     assert_eq!(cacerts(c2).unwrap(), managed);
+}
+
+/// A response cacertd cannot parse (a proxy's page, a truncated object) is reported, but its
+/// body, which may hold a key, is never logged: kube's client logs such bodies at WARN.
+#[test]
+fn unparseable_answers_are_never_logged() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    for verbosity in [None, Some("-vv")] {
+        let c1 = server.cluster("cluster1");
+        c1.inject(
+            FaultAction::Garbage("{\"data\": {\"ca-key.pem\": \"a2V5LWh1bnRlcjQ=\"".into()),
+            10,
+            false,
+        );
+        let args: Vec<&str> = verbosity.into_iter().chain(["status"]).collect();
+        let run = s.cacertd(&args).fails_with(1);
+        c1.clear_faults();
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(out.contains("cluster1"), "{out}");
+        assert!(!out.contains("a2V5LWh1bnRlcjQ"), "{verbosity:?}: {out}");
+    }
 }

@@ -97,6 +97,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// kube's client logs whole response bodies it cannot parse (at WARN) and response headers:
+/// a body may be a Secret holding an intermediate key. Never shown, whatever the filter.
+const NO_RESPONSE_BODIES: &str = "kube_client::client=off";
+
 fn init_tracing(verbose: u8) {
     // vaultrs and rustify log every failed call at ERROR with terse messages; cacertd reports
     // those failures itself, with the path and what to do.
@@ -105,8 +109,14 @@ fn init_tracing(verbose: u8) {
         1 => "info,rustify=off,vaultrs=off",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let wanted = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{wanted},{NO_RESPONSE_BODIES}"))
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},{NO_RESPONSE_BODIES}"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -124,6 +124,20 @@ struct Staged {
 struct Backup {
     dir: PathBuf,
     files: Vec<StagedFile>,
+    /// Something of the target has been replaced: from then on the backup is what keeps the
+    /// old set, and stays whatever happens next.
+    placed: bool,
+}
+
+impl Drop for Backup {
+    /// A write that fails before replacing anything leaves the target as it was: its backup
+    /// folder would be a second copy of the old key for nothing, and is removed.
+    fn drop(&mut self) {
+        if !self.placed {
+            self.files.clear();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Something step 2, 3 or 4 makes durable: a file under its temporary name, or a folder's
@@ -177,6 +191,10 @@ impl Staged {
     /// Step 4: the new files renamed into place.
     fn place_new(&mut self) -> Result<(), FsError> {
         for file in std::mem::take(&mut self.new) {
+            if let Some(backup) = &mut self.backup {
+                // A failed rename may still have replaced the file.
+                backup.placed = true;
+            }
             file.commit()?;
         }
         Ok(())
@@ -217,7 +235,7 @@ fn write_batch(batch: Vec<Job>) {
     let staged = keep_ok(staged, Staged::place_new);
     let staged = make_durable(staged, Staged::target_dirs);
     for done in staged {
-        let backup = done.backup.map(|b| b.dir.display().to_string());
+        let backup = done.backup.as_ref().map(|b| b.dir.display().to_string());
         let _ = done.job.reply.send(Ok(WriteReport { backup }));
     }
 }
@@ -340,7 +358,8 @@ fn stage(job: &Job) -> Result<StagedWrite, TargetError> {
     if created {
         create_private_dir(&target.path)?;
     }
-    let backup = stage_backup(target, &job.meta)?;
+    // The new set first: a write that cannot even be staged (a full disk, a folder that is
+    // not writable) leaves no backup behind, however often it is retried.
     let manifest = Zeroizing::new(cacerts_secret_yaml(&job.files, &job.meta));
     let mut new = Vec::new();
     for (name, bytes) in job.files.entries() {
@@ -352,6 +371,7 @@ fn stage(job: &Job) -> Result<StagedWrite, TargetError> {
         manifest.as_bytes(),
         Mode::Secret,
     )?);
+    let backup = stage_backup(target, &job.meta)?;
     Ok((backup, new, created))
 }
 
@@ -377,12 +397,17 @@ fn stage_backup(target: &DirTarget, meta: &WriteMeta) -> Result<Option<Backup>, 
         return Ok(None);
     }
     let dir = new_backup_dir(&target.backups, meta)?;
-    let mut files = Vec::new();
+    let mut backup = Backup {
+        dir,
+        files: Vec::new(),
+        placed: false,
+    };
     for (name, bytes) in &existing {
         // Backups are private whatever they hold.
-        files.push(StagedFile::unsynced(&dir.join(name), bytes, Mode::Secret)?);
+        let file = StagedFile::unsynced(&backup.dir.join(name), bytes, Mode::Secret)?;
+        backup.files.push(file);
     }
-    Ok(Some(Backup { dir, files }))
+    Ok(Some(backup))
 }
 
 /// A backup folder of its own, named after the write's time (`-1`, `-2`… when taken).
@@ -415,6 +440,38 @@ mod tests {
 
     fn meta() -> WriteMeta {
         super::super::tests::meta(1_700_000_000)
+    }
+
+    /// A write that fails before it replaces anything (here: dropped once staged, as when an
+    /// fsync fails) leaves no backup folder behind; one that replaced its files keeps it.
+    #[tokio::test]
+    async fn only_a_write_that_replaced_something_keeps_its_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(tmp.path().join("out"), tmp.path().join("backups"));
+        write(&target, &files("1"), &meta()).await.unwrap();
+        let (reply, _answer) = oneshot::channel();
+        let job = Job {
+            target: target.clone(),
+            files: files("2"),
+            meta: meta(),
+            reply,
+        };
+        let (backup, new, _) = stage(&job).unwrap();
+        let dir = backup.as_ref().unwrap().dir.clone();
+        assert!(dir.exists());
+        drop((backup, new));
+        assert!(!dir.exists(), "a failed write's backup is removed");
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("backups"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(target.read().unwrap().unwrap(), files("1"));
+
+        let kept = write(&target, &files("3"), &meta()).await.unwrap();
+        let kept = PathBuf::from(kept.backup.unwrap());
+        assert_eq!(std::fs::read(kept.join("ca-key.pem")).unwrap(), b"key 1");
     }
 
     /// Many writes at once, two to each folder: every one lands, each second write backs up

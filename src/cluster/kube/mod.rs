@@ -10,7 +10,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -67,11 +67,14 @@ impl KubeTarget {
         };
         let config = match kubeconfig {
             Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+                let kc = Kubeconfig::read_from(path).map_err(|e| {
+                    config_err(format!("{}: {}", path.display(), kubeconfig_error(&e)))
+                })?;
                 Config::from_custom_kubeconfig(kc, &options)
                     .await
-                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?
+                    .map_err(|e| {
+                        config_err(format!("{}: {}", path.display(), kubeconfig_error(&e)))
+                    })?
             }
             None if context.is_some() => Config::from_kubeconfig(&options)
                 .await
@@ -157,8 +160,12 @@ impl KubeTarget {
         let parsed = std::str::from_utf8(&yaml)
             .map_err(|_| config_err("the remote secret's kubeconfig is not UTF-8".into()))
             .and_then(|text| {
-                Kubeconfig::from_yaml(text)
-                    .map_err(|e| config_err(format!("the remote secret's kubeconfig: {e}")))
+                Kubeconfig::from_yaml(text).map_err(|e| {
+                    config_err(format!(
+                        "the remote secret's kubeconfig: {}",
+                        kubeconfig_error(&e)
+                    ))
+                })
             });
         yaml.zeroize();
         let kc = parsed?;
@@ -170,7 +177,12 @@ impl KubeTarget {
         })?;
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
-            .map_err(|e| config_err(format!("the remote secret's kubeconfig: {e}")))?;
+            .map_err(|e| {
+                config_err(format!(
+                    "the remote secret's kubeconfig: {}",
+                    kubeconfig_error(&e)
+                ))
+            })?;
         Self::from_config(cluster, config, settings, config_err)
     }
 
@@ -306,7 +318,6 @@ impl KubeTarget {
                 target: self.describe(),
             });
         }
-        let backup = self.backup(&current, meta).await?;
         let mut secret = new_secret(
             files,
             meta,
@@ -314,21 +325,49 @@ impl KubeTarget {
             current.metadata.clone(),
             current.type_.clone(),
         );
-        let post = PostParams::default();
-        let replaced = retrying(&self.settings, "replace cacerts", || {
-            secrets.replace(CACERTS, &post, &secret)
-        })
-        .await;
+        let replaced = self.backup_and_replace(&current, &secret, meta).await;
         wipe(&mut secret);
         let mut current = current;
         wipe(&mut current);
         match replaced {
-            Ok(_) => Ok(WriteReport {
+            Ok(backup) => Ok(WriteReport {
                 backup: Some(format!("secret {NAMESPACE}/{backup}")),
             }),
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(conflict(s.message)),
-            Err(e) => Err(self.error(action, e)),
+            Err(Step::Backup(e)) => Err(e),
+            Err(Step::Replace(kube::Error::Api(s))) if s.code == 409 => Err(conflict(s.message)),
+            Err(Step::Replace(e)) => Err(self.error(action, e)),
         }
+    }
+
+    /// Replaces `cacerts` with `secret` after backing up `current`, returning the backup's
+    /// name. The replacement is first tried as a server-side dry run, which the apiserver
+    /// authorizes, admits and checks against the resourceVersion like the real one: a write
+    /// that is bound to fail (forbidden, conflicting, refused by a webhook) fails before any
+    /// backup is made, so retrying it does not leave a copy of the key each time.
+    async fn backup_and_replace(
+        &self,
+        current: &Secret,
+        secret: &Secret,
+        meta: &WriteMeta,
+    ) -> Result<String, Step> {
+        let secrets = self.secrets();
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        retrying(&self.settings, "try replacing cacerts", || {
+            secrets.replace(CACERTS, &dry_run, secret)
+        })
+        .await
+        .map_err(Step::Replace)?;
+        let backup = self.backup(current, meta).await.map_err(Step::Backup)?;
+        let post = PostParams::default();
+        retrying(&self.settings, "replace cacerts", || {
+            secrets.replace(CACERTS, &post, secret)
+        })
+        .await
+        .map_err(Step::Replace)?;
+        Ok(backup)
     }
 
     /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]` and returns its name.
@@ -392,6 +431,29 @@ impl KubeTarget {
             reason: "no free backup name".into(),
         })
     }
+}
+
+/// Why a kubeconfig could not be used, saying where and never quoting it: the YAML parser's
+/// own message shows the text around the fault, which may be a bearer token or a client key,
+/// and would reach the terminal, the logs, the audit log and `/status`.
+fn kubeconfig_error(e: &KubeconfigError) -> String {
+    match e {
+        KubeconfigError::Parse(parse) => match parse.location() {
+            Some(at) => format!(
+                "not a valid kubeconfig: malformed YAML at line {}, column {}",
+                at.line(),
+                at.column()
+            ),
+            None => "not a valid kubeconfig: malformed YAML".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Where a write of `cacerts` stopped.
+enum Step {
+    Backup(TargetError),
+    Replace(kube::Error),
 }
 
 /// Removes one key from a Secret's data, wiping every other value.

@@ -188,6 +188,14 @@ async fn handle(
             return Err(Dropped);
         }
         Some(FaultAction::Status(code)) => response = Some(error(code, "injected fault")),
+        Some(FaultAction::Garbage(ref body)) => {
+            let garbage = Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())).boxed_unsync())
+                .expect("valid response");
+            response = Some(garbage);
+        }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         _ => {}
     }
@@ -431,7 +439,14 @@ async fn route(
                 },
             };
             if q.get("dryRun").is_some_and(|d| d == "All") {
-                return error(400, "dryRun is not supported by the test apiserver");
+                if verb != "update" {
+                    return error(400, "the test apiserver dry-runs updates only");
+                }
+                // Checked as the update would be, and nothing stored.
+                return match cluster.lock().store.try_replace(rt, &ns, &name, &input) {
+                    Ok(()) => full(200, &input),
+                    Err(e) => store_error(&e),
+                };
             }
             let manager = q
                 .get("fieldManager")

@@ -117,6 +117,9 @@ pub enum FaultAction {
     StatusAfterCommit(u16),
     /// Handle the request, then close the connection without answering.
     DropAfterCommit,
+    /// Answer 200 with this body, which is not what the client asked for (a proxy's page, a
+    /// truncated object): clients that log bodies they cannot parse show it.
+    Garbage(String),
 }
 
 #[derive(Clone, Debug)]

@@ -561,14 +561,26 @@ impl Store {
         name: &str,
         obj: Value,
     ) -> Result<(Value, Event), StoreError> {
-        if name_of(&obj) != Some(name) {
-            return Err(StoreError::BadRequest(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                name_of(&obj).unwrap_or("")
-            )));
-        }
+        self.try_replace(rt, ns, name, &obj)?;
         let old = self.current(rt, ns, name, rv_of(&obj))?;
         self.store_modified(rt, ns, obj, &old)
+    }
+
+    /// The checks of [`Store::replace`], storing nothing (a dry run).
+    pub fn try_replace(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+    ) -> Result<(), StoreError> {
+        if name_of(obj) != Some(name) {
+            return Err(StoreError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(obj).unwrap_or("")
+            )));
+        }
+        self.current(rt, ns, name, rv_of(obj)).map(|_| ())
     }
 
     /// The object a write starts from, checking the write's resourceVersion precondition.
