@@ -171,12 +171,69 @@ pub fn create_new_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
-/// Reads a file if it exists.
+/// The most cacertd reads of one PEM file (certificates, keys, bundles).
+pub const MAX_PEM_FILE: u64 = crate::pki::MAX_PEM_TEXT as u64;
+
+/// Reads a PEM file if it exists: a regular file (symlinks followed) of at most
+/// [`MAX_PEM_FILE`] bytes.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(fs_err("cannot read", path)(e)),
+    read_optional_up_to(path, MAX_PEM_FILE)
+}
+
+/// Reads a file if it exists, refusing anything but a regular file (a device, a pipe, a
+/// folder: `/dev/zero` never ends) and anything longer than `max` bytes, without reading
+/// more than that.
+pub fn read_optional_up_to(path: &Path, max: u64) -> Result<Option<Vec<u8>>, FsError> {
+    use std::io::Read;
+    let refuse = |why: String| fs_err("refusing to read", path)(io::Error::other(why));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // Opening a pipe would wait for a writer.
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fs_err("cannot read", path)(e)),
+    };
+    let meta = file.metadata().map_err(fs_err("cannot read", path))?;
+    if !meta.is_file() {
+        return Err(refuse(format!(
+            "it is {}, not a regular file",
+            describe_file_type(meta.file_type())
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fs_err("cannot read", path))?;
+    if bytes.len() as u64 > max {
+        return Err(refuse(format!(
+            "it is longer than the {} KiB cacertd reads from such a file",
+            max / 1024
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads a PEM file that must exist, as [`read_optional`] does.
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, FsError> {
+    read_optional(path)?
+        .ok_or_else(|| fs_err("cannot read", path)(io::Error::from(io::ErrorKind::NotFound)))
+}
+
+fn describe_file_type(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something else"
     }
 }
 
@@ -235,6 +292,24 @@ mod tests {
         assert!(err.to_string().contains("another cacertd run"), "{err}");
         drop(first);
         StateLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("ca-cert.pem");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = read_optional(&zero).unwrap_err().to_string();
+        assert!(e.contains("a device, not a regular file"), "{e}");
+        let e = read_optional(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a folder"), "{e}");
+        let big = dir.path().join("big.pem");
+        fs::write(&big, vec![b'A'; MAX_PEM_FILE as usize + 1]).unwrap();
+        let e = read_optional(&big).unwrap_err().to_string();
+        assert!(e.contains("longer than the 1024 KiB"), "{e}");
+        fs::write(&big, vec![b'A'; MAX_PEM_FILE as usize]).unwrap();
+        assert_eq!(read_optional(&big).unwrap().unwrap().len(), 1 << 20);
+        assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
     }
 
     #[test]

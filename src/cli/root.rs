@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::output;
 use super::{CliError, Format};
 use crate::config::Config;
-use crate::fsutil::{StateLock, fs_err};
+use crate::fsutil::{StateLock, read_pem};
 use crate::pki::{
     CaCertsFiles, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
     verify_cacerts_for_mesh,
@@ -134,8 +134,8 @@ pub(super) fn read_root(
     key: &Path,
     now: OffsetDateTime,
 ) -> Result<RootCa, CliError> {
-    let cert_pem = std::fs::read(cert).map_err(fs_err("cannot read", cert))?;
-    let key_pem = Zeroizing::new(std::fs::read(key).map_err(fs_err("cannot read", key))?);
+    let cert_pem = read_pem(cert)?;
+    let key_pem = Zeroizing::new(read_pem(key)?);
     let root = import_root(
         &cert_pem,
         &key_pem,

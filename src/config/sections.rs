@@ -51,7 +51,7 @@ impl Sections<'_> {
         for (i, file) in files.get_ref().iter().enumerate() {
             let field = format!("extra_trusted_roots[{i}]");
             let path = self.resolve(file);
-            let pem = std::fs::read(&path).map_err(|e| {
+            let pem = crate::fsutil::read_pem(&path).map_err(|e| {
                 self.invalid(
                     files.span(),
                     field.clone(),

@@ -22,6 +22,7 @@ pub use intermediate::{
 pub use key::{CaKey, KeyAlgorithm};
 pub use profile::Subject;
 pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
+pub use secret_pem::MAX_PEM_TEXT;
 pub(crate) use secret_pem::base64_secret;
 pub use verify::{
     BundleProblem, VerifiedCaCerts, issuing_root, verify_cacerts, verify_cacerts_for_mesh,

@@ -22,7 +22,21 @@ pub(crate) fn parse_blocks_lenient(text: &[u8]) -> (Vec<SecretBlock>, Vec<String
     scan(text, false).unwrap_or_else(|e| (Vec::new(), vec![e]))
 }
 
+/// The most PEM text read at once (a `cacerts` file, a trust bundle, a ConfigMap's bundle):
+/// a trust bundle of a thousand roots is well under it.
+pub const MAX_PEM_TEXT: usize = 1 << 20;
+
+/// Scans `text` once, line by line: the work and the memory grow with its length, whatever it
+/// holds (a buffer per block is sized by the text up to the next armour line, not by the whole
+/// input).
 fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), String> {
+    if text.len() > MAX_PEM_TEXT {
+        return Err(format!(
+            "{} bytes of PEM, more than the {} KiB cacertd reads at once",
+            text.len(),
+            MAX_PEM_TEXT / 1024
+        ));
+    }
     let text = std::str::from_utf8(text).map_err(|_| "not PEM text (invalid UTF-8)".to_string())?;
     let mut blocks = Vec::new();
     let mut skipped = Vec::new();
@@ -36,8 +50,10 @@ fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), St
     };
     // (tag, base64 body, whether the block had headers)
     let mut current: Option<(String, Zeroizing<String>, bool)> = None;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
+    let mut offset = 0;
+    for (n, raw) in text.split_inclusive('\n').enumerate() {
+        offset += raw.len();
+        let line = raw.trim();
         if let Some(tag) = line
             .strip_prefix("-----BEGIN ")
             .and_then(|l| l.strip_suffix("-----"))
@@ -48,11 +64,7 @@ fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), St
                     &mut skipped,
                 )?;
             }
-            current = Some((
-                tag.to_string(),
-                Zeroizing::new(String::with_capacity(text.len())),
-                false,
-            ));
+            current = Some((tag.to_string(), body_buffer(&text[offset..]), false));
             continue;
         }
         let Some((tag, body, headers)) = &mut current else {
@@ -104,6 +116,15 @@ fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), St
         )?;
     }
     Ok((blocks, skipped))
+}
+
+/// The buffer for the base64 body of a block whose BEGIN line `rest` follows. The body ends at
+/// the next armour line at the latest: sized so, the buffer never grows (which would leave
+/// copies of a key in freed memory), and the searches of all blocks together cover the text
+/// once.
+fn body_buffer(rest: &str) -> Zeroizing<String> {
+    let body_len = rest.find("-----").unwrap_or(rest.len());
+    Zeroizing::new(String::with_capacity(body_len))
 }
 
 /// Encodes one block into a buffer sized exactly, so it never reallocates and leaves copies.
@@ -190,6 +211,35 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("END B closes BEGIN A"), "{e}");
+    }
+
+    /// Many BEGIN lines and nothing else: once the whole input was allocated per BEGIN line
+    /// (4 MiB of them took seconds); now the memory asked for is bounded by the input. And
+    /// anything over the cap is refused without being scanned.
+    #[test]
+    fn scanning_is_linear_and_capped() {
+        let begin = "-----BEGIN CERTIFICATE-----\n";
+        let many = begin.repeat(MAX_PEM_TEXT / begin.len());
+        let (blocks, notes) = parse_blocks_lenient(many.as_bytes());
+        assert!(blocks.is_empty());
+        assert_eq!(notes.len(), MAX_PEM_TEXT / begin.len());
+        let too_big = format!("{many}{begin}{begin}");
+        let e = parse_blocks(too_big.as_bytes()).err().unwrap();
+        assert!(e.contains("more than the 1024 KiB"), "{e}");
+        // A block's buffer is sized by its own body, not by what follows it.
+        let rest = format!("AAAA\nBBBB\n-----END X-----\n{many}");
+        let buffer = body_buffer(&rest);
+        assert!(
+            (10..64).contains(&buffer.capacity()),
+            "{}",
+            buffer.capacity()
+        );
+        // Bodies are read whole, whatever their line breaks.
+        let text = format!("{}\n", armour("X", "AQ\nID", Some("X")));
+        assert_eq!(
+            parse_blocks(text.as_bytes()).unwrap()[0].der.as_slice(),
+            &[1, 2, 3]
+        );
     }
 
     #[test]

@@ -25,8 +25,14 @@ use super::error::DriveError;
 use crate::cluster::KubeTarget;
 use crate::cluster::retry::retrying;
 use crate::config::{Config, RecordLocation};
-use crate::fsutil::{Mode, create_private_dir, fs_err, read_optional, write_atomic};
+use crate::fsutil::{
+    Mode, create_private_dir, fs_err, read_optional, read_optional_up_to, write_atomic,
+};
 use crate::pki::CaCertsFiles;
+
+/// The most read of a transition record file: a mesh of tens of thousands of proxies
+/// records far less.
+const MAX_RECORD: u64 = 64 << 20;
 
 const RECORD_KEY: &str = "record.json";
 /// The two sets of `cacerts` a primary moves between.
@@ -207,7 +213,7 @@ impl StateFiles {
 
     pub fn load(&self) -> Result<Option<Record>, DriveError> {
         let path = self.record_path();
-        let Some(bytes) = read_optional(&path)? else {
+        let Some(bytes) = read_optional_up_to(&path, MAX_RECORD)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)

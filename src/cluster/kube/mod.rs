@@ -556,8 +556,8 @@ fn check_pinned_ca(data: Option<&str>, file: &Path) -> Result<(), String> {
         ders.sort();
         Ok(ders)
     };
-    let pinned_pem = std::fs::read(file)
-        .map_err(|e| format!("cannot read the pinned CA file {}: {e}", file.display()))?;
+    let pinned_pem =
+        crate::fsutil::read_pem(file).map_err(|e| format!("the pinned CA file: {e}"))?;
     let pinned = ders(&pinned_pem, &file.display().to_string())?;
     let Some(data) = data else {
         return Err(format!(
