@@ -402,6 +402,32 @@ fn vault_over_tls_with_a_configured_ca_and_the_vault_environment() {
             .all(|n| n.as_deref() == Some("team-mesh"))
     );
 
+    // The configured CA is the only one trusted: with the server's CA among the system's
+    // roots (SSL_CERT_FILE) but another configured, the server is refused.
+    let elsewhere = TestVault::start_tls();
+    std::fs::write(s.path("other-ca.pem"), elsewhere.ca_pem.clone().unwrap()).unwrap();
+    let other = s.path("other-ca.pem").display().to_string();
+    let ca_path = ca.display().to_string();
+    let mut pinned_elsewhere: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "VAULT_CACERT")
+        .copied()
+        .collect();
+    pinned_elsewhere.extend([("VAULT_CACERT", other.as_str()), ("SSL_CERT_FILE", &ca_path)]);
+    let run = s.cacertd_env(&["root", "show"], &pinned_elsewhere).fails_with(1);
+    assert!(
+        run.stderr.contains("unreachable") && run.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr
+    );
+    // The system's roots alone are enough when no CA is configured.
+    let system_only: Vec<(&str, &str)> = pinned_elsewhere
+        .iter()
+        .filter(|(k, _)| *k != "VAULT_CACERT")
+        .copied()
+        .collect();
+    s.cacertd_env(&["root", "show"], &system_only).ok();
+
     // Without the CA, the server is not trusted, whatever VAULT_SKIP_VERIFY says.
     let mut untrusting: Vec<(&str, &str)> = env
         .iter()

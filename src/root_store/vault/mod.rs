@@ -17,7 +17,7 @@
 //! are retried twice with a short backoff; sealed (503) is reported at once.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -133,13 +133,12 @@ impl VaultSession {
         };
         crate::config::check_vault_address(&address).map_err(VaultError::Config)?;
         builder.address(&address);
-        if let Some(ca) = settings
+        let pinned_ca = settings
             .ca_cert
             .clone()
-            .or_else(|| std::env::var("VAULT_CACERT").ok().map(PathBuf::from))
-        {
-            builder.ca_certs(vec![ca.display().to_string()]);
-        }
+            .or_else(|| std::env::var("VAULT_CACERT").ok().map(PathBuf::from));
+        // vaultrs would add the CA to the system's roots; it is set below as the only one.
+        builder.ca_certs(Vec::new());
         if let Some(ns) = settings
             .namespace
             .clone()
@@ -155,8 +154,11 @@ impl VaultSession {
         let client_settings = builder
             .build()
             .map_err(|e| VaultError::Config(format!("{e}")))?;
-        let client =
+        let mut client =
             VaultClient::new(client_settings).map_err(|e| VaultError::Config(e.to_string()))?;
+        if let Some(ca) = &pinned_ca {
+            client.http = pinned_http(&address, ca, settings.timeout)?;
+        }
         let session = VaultSession {
             client: RwLock::new(client),
             settings: settings.clone(),
@@ -438,6 +440,34 @@ impl VaultSession {
             other => other,
         })
     }
+}
+
+/// An HTTP client that trusts `ca` and nothing else. With a CA configured, Vault is the
+/// server that certificate authority vouches for, not any server a public or corporate CA in
+/// the system's store vouches for under the same name.
+fn pinned_http(
+    address: &str,
+    ca: &Path,
+    timeout: Duration,
+) -> Result<rustify::clients::reqwest::Client, VaultError> {
+    let shown = ca.display();
+    let pem = crate::fsutil::read_pem(ca)
+        .map_err(|e| VaultError::Config(format!("the Vault CA certificate: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        VaultError::Config(format!("the Vault CA certificate {shown} is not PEM: {e}"))
+    })?;
+    if certs.is_empty() {
+        return Err(VaultError::Config(format!(
+            "the Vault CA certificate {shown} holds no certificate"
+        )));
+    }
+    let http = reqwest::ClientBuilder::new()
+        .tls_backend_rustls()
+        .timeout(timeout)
+        .tls_certs_only(certs)
+        .build()
+        .map_err(|e| VaultError::Config(format!("cannot build the Vault client: {e}")))?;
+    Ok(rustify::clients::reqwest::Client::new(address, http))
 }
 
 fn read_secret_file(path: &PathBuf) -> Result<String, VaultError> {
