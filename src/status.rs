@@ -8,7 +8,6 @@ use crate::cluster::Target;
 use crate::config::Config;
 use crate::pki::{Cert, CertInfo};
 use crate::plan::{Assessment, Snapshot, assess};
-use crate::root_store::{RootSource, StoreError};
 use crate::topology::{Cluster, Role};
 
 pub(crate) fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
@@ -141,12 +140,13 @@ pub fn status_row(
 }
 
 /// What `status -o json` prints (and the daemon serves on /status), with the store's name.
+/// `root` is the store's root as read by the caller (`None`: the store holds none).
 pub async fn status_report(
     config: &Config,
+    store: &str,
+    root: Option<Cert>,
     now: OffsetDateTime,
-) -> Result<(String, StatusReport), StoreError> {
-    let store = RootSource::open(config).await?;
-    let root = store.load_cert().await?;
+) -> StatusReport {
     let reads: Vec<_> = config
         .topology
         .clusters()
@@ -164,13 +164,10 @@ pub async fn status_report(
             status_row(config, cluster, (root.as_ref(), &known), observed, now)
         })
         .collect();
-    let report = StatusReport {
-        root: root
-            .as_ref()
-            .map(|r| root_json(&store.describe(), r.info(), now)),
+    StatusReport {
+        root: root.as_ref().map(|r| root_json(store, r.info(), now)),
         clusters: rows,
-    };
-    Ok((store.describe(), report))
+    }
 }
 
 /// A primary's snapshot for `status` (remotes have none), or why it could not be read.

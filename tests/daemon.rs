@@ -724,3 +724,65 @@ async fn a_root_nobody_configured_is_exported_for_the_alert() {
     assert_eq!(unknown("cluster2"), Some(1.0), "{text}");
     assert_eq!(unknown("cluster1"), Some(0.0), "{text}");
 }
+
+/// One Vault session for the daemon's life: however many passes and `/status` reads, one
+/// AppRole login; `/status` does not fetch the root secret (its key) again while its version
+/// is the same; and the token is revoked when the daemon stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_vault_session_for_the_daemons_life() {
+    use cacertd_test_apiserver::vault::{PathRule, TestVault};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let vault = TestVault::start();
+    let rules = vec![
+        PathRule::new("secret/*", &["create", "read", "update"]),
+        PathRule::new("sys/internal/ui/mounts/*", &["read"]),
+        PathRule::new("auth/token/*", &["read", "update"]),
+    ];
+    vault.add_approle(
+        "role-1",
+        "secret-1",
+        rules,
+        std::time::Duration::from_secs(600),
+    );
+    let s = Setup::with_config(&common::vault_config(
+        &vault.url(),
+        "2s",
+        "store = \"vault-kv\"\nmount = \"secret\"\npath = \"cacertd/root\"",
+        "{ method = \"approle\", role_id = \"role-1\", secret_id_file = \"secret-id\" }",
+    ));
+    std::fs::write(s.path("secret-id"), "secret-1\n").unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    let count = |path: &str| vault.requests().iter().filter(|(_, p)| p == path).count();
+    let logins = count("auth/approle/login");
+
+    let start = t0();
+    let clock = Arc::new(FixedClock::new(start));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let addr = serve(&d).await;
+    for day in 0..3 {
+        clock.set(start + time::Duration::days(day));
+        assert_eq!(d.tick().await.len(), 2, "both primaries looked at");
+    }
+    let root_reads = count("secret/data/cacertd/root");
+    for n in 1..=3 {
+        clock.set(start + time::Duration::days(3) + time::Duration::seconds(20 * n));
+        let (status, body) = get(addr, "/status").await;
+        assert!(status.contains("200"), "{status} {body}");
+        assert!(body.contains("\"cluster1\""), "{body}");
+    }
+    assert_eq!(
+        count("secret/data/cacertd/root"),
+        root_reads,
+        "no key fetched for /status"
+    );
+    assert_eq!(
+        count("auth/approle/login") - logins,
+        1,
+        "{:?}",
+        vault.requests()
+    );
+
+    d.close_root_source().await;
+    assert_eq!(count("auth/token/revoke-self"), 1);
+}

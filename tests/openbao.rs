@@ -1171,8 +1171,17 @@ fn a_sealed_vault_is_named_and_no_cluster_is_touched() {
     let run = s.cacertd(&["issue"]).ok();
     assert!(run.stdout.contains("cluster2"), "{}", run.stdout);
     assert_issued_and_trusted(&s);
+    // Each run revokes the token it logged in for: none is left to live out its TTL.
+    let tokens = || {
+        bao.ok("GET", "auth/token/accessors?list=true", None)["data"]["keys"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = tokens();
     a.cacertd(&["issue"]).ok();
     assert_issued_and_trusted(&a);
+    a.cacertd(&["status"]).ok();
+    assert_eq!(tokens(), before);
 }
 
 #[test]

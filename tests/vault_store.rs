@@ -413,8 +413,13 @@ fn vault_over_tls_with_a_configured_ca_and_the_vault_environment() {
         .filter(|(k, _)| *k != "VAULT_CACERT")
         .copied()
         .collect();
-    pinned_elsewhere.extend([("VAULT_CACERT", other.as_str()), ("SSL_CERT_FILE", &ca_path)]);
-    let run = s.cacertd_env(&["root", "show"], &pinned_elsewhere).fails_with(1);
+    pinned_elsewhere.extend([
+        ("VAULT_CACERT", other.as_str()),
+        ("SSL_CERT_FILE", &ca_path),
+    ]);
+    let run = s
+        .cacertd_env(&["root", "show"], &pinned_elsewhere)
+        .fails_with(1);
     assert!(
         run.stderr.contains("unreachable") && run.stderr.to_lowercase().contains("certificate"),
         "{}",

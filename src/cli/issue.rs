@@ -48,10 +48,11 @@ pub(super) async fn issue(
         Some(StateLock::acquire(&config.state_dir)?)
     };
     // Nothing is written to any cluster when the root cannot be obtained.
-    let signer = store.signer().await?;
+    let signer = store.clone().signer().await?;
     let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
     let reports = issuance::run(config, &signer, &audit, &clusters, opts, dry_run, now).await;
     drop(signer);
+    store.close().await;
     match format {
         Format::Json => output::print_json(&reports),
         Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
@@ -87,7 +88,11 @@ pub(super) async fn status(
     format: Format,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
-    let (store, report) = crate::status::status_report(config, now).await?;
+    let source = RootSource::open(config).await?;
+    let root = source.load_cert().await;
+    source.close().await;
+    let store = source.describe();
+    let report = crate::status::status_report(config, &store, root?, now).await;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),

@@ -100,16 +100,19 @@ async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
     let handle = tokio::runtime::Handle::current();
     let daemon = d.clone();
     let report = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::status::status_report(
-            &daemon.config,
-            daemon.clock.now(),
-        ))
+        handle.block_on(async {
+            let (store, root) = daemon.root_for_status().await?;
+            let now = daemon.clock.now();
+            Ok::<_, crate::root_store::StoreError>(
+                crate::status::status_report(&daemon.config, &store, root, now).await,
+            )
+        })
     })
     .await;
     match report {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Ok(Ok((_, report))) => match serde_json::to_string_pretty(&report) {
+        Ok(Ok(report)) => match serde_json::to_string_pretty(&report) {
             Ok(body) => (StatusCode::OK, body),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },

@@ -65,6 +65,9 @@ pub struct Daemon {
     /// The last `/status` answer, shared by every request for [`http::STATUS_MAX_AGE`]; the
     /// lock also makes concurrent requests wait for one read instead of each starting one.
     status_cache: tokio::sync::Mutex<Option<http::CachedStatus>>,
+    /// The root store, opened once and kept for the daemon's life: one Vault session (renewed,
+    /// logged in again when needed, revoked on the way out), not a login per pass.
+    root_source: tokio::sync::Mutex<Option<RootSource>>,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -88,6 +91,7 @@ impl Daemon {
             identity: lease_identity(),
             transition_store: tokio::sync::OnceCell::new(),
             status_cache: tokio::sync::Mutex::new(None),
+            root_source: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -172,6 +176,31 @@ impl Daemon {
         due
     }
 
+    /// The root store, opened on first use (again after a failed open).
+    async fn root_source(&self) -> Result<RootSource, StoreError> {
+        let mut held = self.root_source.lock().await;
+        if let Some(source) = held.as_ref() {
+            return Ok(source.clone());
+        }
+        let source = RootSource::open(&self.config).await?;
+        *held = Some(source.clone());
+        Ok(source)
+    }
+
+    /// The store's name and root for `/status`, read through the daemon's session.
+    async fn root_for_status(&self) -> Result<(String, Option<crate::pki::Cert>), StoreError> {
+        let source = self.root_source().await?;
+        let root = source.load_cert().await?;
+        Ok((source.describe(), root))
+    }
+
+    /// Ends the root store's Vault session, revoking the token the daemon logged in for.
+    pub async fn close_root_source(&self) {
+        if let Some(source) = self.root_source.lock().await.take() {
+            source.close().await;
+        }
+    }
+
     /// What signs this pass; `None` (every due cluster backing off, nothing touched) when the
     /// root cannot be obtained.
     async fn signer(
@@ -179,7 +208,7 @@ impl Daemon {
         due: &[&crate::topology::Cluster],
         now: OffsetDateTime,
     ) -> Option<crate::root_store::Signer> {
-        let signer = match RootSource::open(&self.config).await {
+        let signer = match self.root_source().await {
             Ok(source) => {
                 if let Ok(Some(root)) = source.load_cert().await {
                     self.metrics.certificate("all", "root", root.info());
@@ -431,6 +460,7 @@ impl Daemon {
         self.step_down().await;
         let _ = stop_tx.send(true);
         let _ = http.await;
+        self.close_root_source().await;
         drop(stop_rx);
         Ok(())
     }

@@ -10,6 +10,7 @@ use super::StoreError;
 use crate::fsutil::{Mode, StagedFile, create_private_dir, read_optional, sync_dir};
 use crate::pki::{CaKey, Cert, RootCa};
 
+#[derive(Clone)]
 pub struct FileRootStore {
     dir: PathBuf,
 }

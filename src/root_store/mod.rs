@@ -45,7 +45,9 @@ pub enum StoreError {
     },
 }
 
-/// The configured root store, opened (and, for Vault, logged in).
+/// The configured root store, opened (and, for Vault, logged in). Clones share one Vault
+/// session.
+#[derive(Clone)]
 pub enum RootSource {
     File(FileRootStore),
     VaultKv(VaultKv),
@@ -71,6 +73,7 @@ impl RootSource {
             })?;
             VaultSession::connect(&settings)
                 .await
+                .map(std::sync::Arc::new)
                 .map_err(|source| StoreError::Vault { store, source })
         };
         Ok(match &config.root {
@@ -79,6 +82,7 @@ impl RootSource {
                 session: session(format!("vault-kv {mount}/{path}")).await?,
                 mount: mount.clone(),
                 path: path.clone(),
+                seen: Default::default(),
             }),
             RootStoreConfig::VaultPki { mount, issuer } => RootSource::VaultPki(VaultPki {
                 session: session(format!("vault-pki {mount}")).await?,
@@ -86,6 +90,16 @@ impl RootSource {
                 issuer: issuer.clone(),
             }),
         })
+    }
+
+    /// Ends the Vault session: a token cacertd obtained by logging in is revoked, not left to
+    /// expire. A token it was given is left alone.
+    pub async fn close(&self) {
+        match self {
+            RootSource::File(_) => {}
+            RootSource::VaultKv(v) => v.session.close().await,
+            RootSource::VaultPki(v) => v.session.close().await,
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -107,11 +121,7 @@ impl RootSource {
     pub async fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
         match self {
             RootSource::File(f) => f.load_cert(),
-            RootSource::VaultKv(v) => Ok(v
-                .load()
-                .await
-                .map_err(|e| self.vault_err(e))?
-                .map(|(r, _)| r.cert().clone())),
+            RootSource::VaultKv(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
             RootSource::VaultPki(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
         }
     }

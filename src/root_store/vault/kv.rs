@@ -29,10 +29,13 @@ fn serialize_str<S: serde::Serializer>(v: &Zeroizing<String>, s: S) -> Result<S:
 }
 
 /// vault-kv: the root held in a KV v2 secret.
+#[derive(Clone)]
 pub struct VaultKv {
-    pub session: VaultSession,
+    pub session: std::sync::Arc<VaultSession>,
     pub mount: String,
     pub path: String,
+    /// The root certificate last read, with its version: see [`VaultKv::root_cert`].
+    pub seen: std::sync::Arc<std::sync::Mutex<Option<(u64, Cert)>>>,
 }
 
 impl VaultKv {
@@ -90,6 +93,32 @@ impl VaultKv {
             Err(VaultError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The root certificate at the current version. Remembered by version: the secret holds
+    /// the key too, and a look at the certificate (`status`, `/status`, each pass's metrics)
+    /// should not fetch the key again while the version is the same.
+    pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
+        let Some(version) = self.version().await? else {
+            return Ok(None);
+        };
+        let remembered = |seen: &Option<(u64, Cert)>| {
+            seen.as_ref()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(cert) = self.seen.lock().ok().and_then(|s| remembered(&s)) {
+            return Ok(Some(cert));
+        }
+        let Some((root, version)) = self.load().await? else {
+            return Ok(None);
+        };
+        let cert = root.cert().clone();
+        drop(root);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some((version, cert.clone()));
+        }
+        Ok(Some(cert))
     }
 
     /// The root (certificate and key) at the current version, with that version.

@@ -80,6 +80,9 @@ pub struct VaultSession {
     expires: RwLock<Option<(Instant, Duration)>>,
     /// One renewal or login at a time, however many calls run concurrently.
     refresh: tokio::sync::Mutex<()>,
+    /// The token is one cacertd logged in for (AppRole, Kubernetes), to revoke when done; a
+    /// token it was given (`VAULT_TOKEN`, a token file) is not its to revoke.
+    logged_in: std::sync::atomic::AtomicBool,
 }
 
 /// How often one Vault call is retried after a transient error (429, 500, 502, 504).
@@ -165,6 +168,7 @@ impl VaultSession {
             address,
             expires: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            logged_in: std::sync::atomic::AtomicBool::new(false),
         };
         session.login().await?;
         Ok(session)
@@ -172,6 +176,24 @@ impl VaultSession {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Revokes the token this session logged in for, if it did; said at debug level only if
+    /// Vault refuses (the token then expires with its TTL).
+    pub async fn close(&self) {
+        if !self
+            .logged_in
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let client = self.client.read().await;
+        match vaultrs::token::revoke_self(&*client).await {
+            Ok(()) => tracing::debug!("revoked the Vault token"),
+            Err(e) => {
+                tracing::debug!(error = %describe_client_error(&e), "cannot revoke the Vault token; it expires with its TTL")
+            }
+        }
     }
 
     /// Obtains a token per the configured method and records its lifetime.
@@ -219,6 +241,8 @@ impl VaultSession {
         };
         if let Some(token) = token {
             self.client.write().await.set_token(&token);
+            self.logged_in
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         *self.expires.write().await = ttl
             .filter(|t| !t.is_zero())

@@ -20,8 +20,9 @@ pub fn key_type(alg: crate::pki::KeyAlgorithm) -> (&'static str, u64) {
 }
 
 /// vault-pki: the root key stays in Vault's PKI engine.
+#[derive(Clone)]
 pub struct VaultPki {
-    pub session: VaultSession,
+    pub session: std::sync::Arc<VaultSession>,
     pub mount: String,
     /// An issuer name or id; `None` signs with the mount's default issuer.
     pub issuer: Option<String>,

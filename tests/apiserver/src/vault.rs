@@ -10,7 +10,7 @@
 //!   `config/issuers` (the default issuer), `cert/ca`, `ca/pem` — signing does real X.509 work
 //!   (rcgen), so results can be checked with openssl;
 //! - auth: `auth/approle/login`, `auth/kubernetes/login`, `auth/token/lookup-self`,
-//!   `auth/token/renew-self`; tokens expire after their TTL;
+//!   `auth/token/renew-self`, `auth/token/revoke-self`; tokens expire after their TTL;
 //! - `sys/internal/ui/mounts/<path>` (how the vault CLI learns a mount's type and KV version).
 //!
 //! Policies per token (path prefix globs with capabilities; 403 "permission denied"), a sealed
@@ -678,6 +678,13 @@ fn route(
                     Value::Null,
                 ),
             );
+        }
+        (&Method::POST | &Method::PUT, "auth/token/revoke-self") => {
+            st.tokens.remove(token_id);
+            return Response::builder()
+                .status(204)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
         }
         (&Method::POST | &Method::PUT, "auth/token/renew-self") => {
             let t = st.tokens.get_mut(token_id).expect("checked above");
