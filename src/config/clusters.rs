@@ -10,13 +10,16 @@ use crate::topology::RemotePin;
 
 impl Sections<'_> {
     /// `[[clusters]]`: names, roles, targets and policies, then what refers to what.
+    /// `apart` names the places no directory target may overlap (`state_dir`, the root
+    /// store's folder, the audit log).
     pub(super) fn clusters(
         &self,
         raw: &[RawCluster],
         policies: &PolicySet,
         default_policy: &str,
-        state_dir: &Path,
+        apart: &[Apart],
     ) -> Result<Vec<Cluster>, ConfigError> {
+        let apart: Vec<(PathBuf, &Apart)> = apart.iter().map(|a| (resolved(&a.path), a)).collect();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut dir_targets: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut clusters = Vec::new();
@@ -25,7 +28,7 @@ impl Sections<'_> {
                 i,
                 rc,
                 (policies, default_policy),
-                state_dir,
+                &apart,
                 (&mut seen, &mut dir_targets),
             )?;
             clusters.push(cluster);
@@ -41,7 +44,7 @@ impl Sections<'_> {
         i: usize,
         rc: &RawCluster,
         (policies, default_policy): (&PolicySet, &str),
-        state_dir: &Path,
+        apart: &[(PathBuf, &Apart)],
         (seen, dir_targets): (&mut HashMap<String, usize>, &mut BTreeMap<PathBuf, String>),
     ) -> Result<Cluster, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
@@ -69,7 +72,7 @@ impl Sections<'_> {
         let target = self.cluster_target(i, rc)?;
         self.check_role(i, rc, role, &name, target.is_some())?;
         if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
-            let key = self.dir_target_key(i, t.span(), &name, path, state_dir, dir_targets)?;
+            let key = self.dir_target_key(i, t.span(), &name, path, apart, dir_targets)?;
             dir_targets.insert(key, name.clone());
         }
         let policy = match &rc.policy {
@@ -200,27 +203,35 @@ impl Sections<'_> {
         Ok(())
     }
 
-    /// A directory target, in the normal form it is compared in: it must live apart from
-    /// `state_dir` and from every other cluster's.
+    /// A directory target, in the form it is compared in (symlinks resolved as far as the
+    /// path exists, then in normal form): it must live apart from `apart` and from every other
+    /// cluster's.
     fn dir_target_key(
         &self,
         i: usize,
         span: std::ops::Range<usize>,
         name: &str,
         path: &Path,
-        state_dir: &Path,
+        apart: &[(PathBuf, &Apart)],
         dir_targets: &BTreeMap<PathBuf, String>,
     ) -> Result<PathBuf, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
-        let key = normalize(path);
-        if overlaps(&key, &normalize(state_dir)) {
+        let key = resolved(path);
+        if let Some((_, place)) = apart.iter().find(|(p, _)| overlaps(&key, p)) {
+            let through = if key != normalize(path) {
+                format!(" (it resolves to {})", key.display())
+            } else {
+                String::new()
+            };
             return Err(self.invalid(
                 span,
                 field("target.path"),
                 format!(
-                    "{} overlaps state_dir {}; cacerts and the root store must live apart",
+                    "{}{through} overlaps {} {}; cacerts and {} must live apart",
                     path.display(),
-                    state_dir.display()
+                    place.what,
+                    place.path.display(),
+                    place.why
                 ),
             ));
         }
@@ -320,6 +331,40 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// A place no directory target may overlap, and why.
+pub(super) struct Apart {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub why: &'static str,
+}
+
+/// `p` with symlinks resolved as far as it exists (what is not created yet kept as written),
+/// in normal form: a target reached through a symlink into `state_dir` is inside `state_dir`.
+fn resolved(p: &Path) -> PathBuf {
+    let p = normalize(p);
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        let here = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing
+        };
+        if let Ok(real) = std::fs::canonicalize(here) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return normalize(&out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return p,
+        }
+    }
 }
 
 /// Whether one folder is the other or inside it.

@@ -246,9 +246,26 @@ impl Config {
 
         let root = sections.root(raw.root, &state_dir);
         let vault = sections.vault(raw.vault)?;
-        let clusters = sections.clusters(&raw.clusters, &policies, &default_policy, &state_dir)?;
-        let kubernetes = sections.kubernetes(raw.kubernetes)?;
         let daemon = sections.daemon(raw.daemon, &state_dir)?;
+        let mut apart = vec![clusters::Apart {
+            what: "state_dir",
+            path: state_dir.clone(),
+            why: "the state (root, backups, transitions)",
+        }];
+        if let RootStoreConfig::File { dir } = &root {
+            apart.push(clusters::Apart {
+                what: "the root store",
+                path: dir.clone(),
+                why: "the root key",
+            });
+        }
+        apart.push(clusters::Apart {
+            what: "the audit log",
+            path: daemon.audit_log.clone(),
+            why: "the audit log",
+        });
+        let clusters = sections.clusters(&raw.clusters, &policies, &default_policy, &apart)?;
+        let kubernetes = sections.kubernetes(raw.kubernetes)?;
         let transition = sections.transition(raw.transition, &daemon)?;
         let extra_roots = match &raw.extra_trusted_roots {
             Some(files) => sections.extra_roots(files)?,
@@ -477,6 +494,41 @@ mod tests {
             let e = err(&ACCEPTANCE.replace("out/cluster2", clash));
             assert!(e.contains("overlaps state_dir"), "{clash}: {e}");
         }
+    }
+
+    /// The root store's folder and the audit log, wherever they are configured, and folders
+    /// reached through symlinks, are kept apart from the targets.
+    #[test]
+    fn targets_live_apart_from_the_root_the_audit_log_and_what_symlinks_reach() {
+        let root_in_target = ACCEPTANCE.replace(
+            "store = \"file\"\n",
+            "store = \"file\"\ndir = \"out/cluster2/root\"\n",
+        );
+        let e = err(&root_in_target);
+        assert!(e.contains("overlaps the root store"), "{e}");
+        let audit_in_target =
+            format!("{ACCEPTANCE}\n[daemon]\naudit_log = \"out/cluster1/audit.log\"\n");
+        let e = err(&audit_in_target);
+        assert!(e.contains("overlaps the audit log"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("state"), dir.path().join("link")).unwrap();
+        let text = ACCEPTANCE
+            .replace("policies_dir = \"policies\"\n", "")
+            .replace("out/cluster2", "link/cluster2");
+        let e = Config::parse(&text, &dir.path().join("cacertd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("overlaps state_dir") && e.contains("resolves to"),
+            "{e}"
+        );
+        // A symlink to a folder of its own is fine.
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::remove_file(dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link")).unwrap();
+        Config::parse(&text, &dir.path().join("cacertd.toml")).unwrap();
     }
 
     #[test]
