@@ -947,15 +947,24 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     let bao = Bao::start();
     bao.enable_pki("pki");
     let pki = bao.shipped_policy("cacertd-pki.hcl");
+    let init = bao.shipped_policy("cacertd-pki-init.hcl");
     let rotate = bao.shipped_policy("cacertd-pki-rotate.hcl");
     let day_to_day = bao.token(&[&pki]);
     let rotation = bao.token(&[&pki, &rotate]);
 
+    // Day to day, cacertd cannot make a root: that is the init policy's grant.
     let s = setup(&bao, PKI, &day_to_day);
-    let mut outputs = vec![
-        s.cacertd(&["root", "init"]).ok(),
-        s.cacertd(&["issue"]).ok(),
-    ];
+    let run = s.cacertd(&["root", "init"]).fails_with(1);
+    assert!(
+        run.stderr.contains("403") && run.stderr.contains("pki/root/generate/internal"),
+        "{}",
+        run.stderr
+    );
+    assert!(bao.issuers("pki").is_empty());
+    std::fs::write(s.path("vault-token"), bao.token(&[&pki, &init])).unwrap();
+    let mut outputs = vec![s.cacertd(&["root", "init"]).ok()];
+    std::fs::write(s.path("vault-token"), &day_to_day).unwrap();
+    outputs.push(s.cacertd(&["issue"]).ok());
     assert_issued_and_trusted(&s);
     let first = bao.issuers("pki");
     assert_eq!(first.len(), 1, "{first:?}");
@@ -964,7 +973,8 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     for c in ["cluster1", "cluster2"] {
         assert!(same_pem(&cluster_root(&s, c), &first_root), "{c}");
     }
-    assert_eq!(bao.count("pki/root/generate/internal"), 1);
+    // One refused (the day-to-day policy), one done.
+    assert_eq!(bao.count("pki/root/generate/internal"), 2);
     assert_eq!(bao.count("pki/root/sign-intermediate"), 2);
     assert_no_key_requested(&bao);
     assert!(!s.path("state/root").exists());
@@ -1048,7 +1058,11 @@ fn vault_pki_with_exactly_the_shipped_policies() {
         assert!(same_pem(&cluster_root(&s, c), &new_root), "{c}");
     }
     assert_issued_and_trusted(&s);
-    assert_eq!(bao.count("pki/root/generate/internal"), 2);
+    assert_eq!(
+        bao.count("pki/root/generate/internal"),
+        3,
+        "the rotation's new root"
+    );
 
     // With [root] issuer: the rotation hands the issuer's name to the new root and renames
     // the old one aside, its settings intact (Vault's issuer update resets what it is not
@@ -1340,9 +1354,10 @@ fn approle_tokens_that_really_expire_are_renewed_or_replaced_by_a_new_login() {
     let bao = Bao::start();
     bao.enable_pki("pki");
     let pki = bao.shipped_policy("cacertd-pki.hcl");
+    let init = bao.shipped_policy("cacertd-pki-init.hcl");
     let proxy = SlowProxy::start(bao.addr);
     // Tokens of 8 s, renewable up to a minute.
-    let role = bao.approle("cacertd", &[&pki], "8s", "60s");
+    let role = bao.approle("cacertd", &[&pki, &init], "8s", "60s");
     let wrong = approle_setup(
         &proxy.url(),
         PKI,

@@ -1,21 +1,23 @@
-# Vault policy for cacertd with [root] store = "vault-pki" (mount "pki"). The root key never
-# leaves Vault: cacertd may ask Vault to generate a root (internal only) and to sign
-# intermediates; it has no access to any export path.
-path "pki/root/generate/internal" {
-  capabilities = ["update"]
-}
+# Vault policy for cacertd's day-to-day work with [root] store = "vault-pki" (mount "pki"). The
+# root key never leaves Vault: cacertd asks Vault to sign intermediates with one issuer, and
+# has no access to any export path, nor to any other issuer. Creating the root is a separate
+# grant (cacertd-pki-init.hcl), as rotating it is (cacertd-pki-rotate.hcl).
+#
+# Without [root] issuer, cacertd signs with the mount's default issuer:
 path "pki/root/sign-intermediate" {
   capabilities = ["update"]
-}
-# With [root] issuer = "<ref>":
-path "pki/issuer/+/sign-intermediate" {
-  capabilities = ["update"]
-}
-path "pki/issuer/+/json" {
-  capabilities = ["read"]
 }
 path "pki/cert/ca" {
   capabilities = ["read"]
 }
-# sys/internal/ui/mounts/<mount> needs no policy; auth/token/lookup-self and renew-self come
-# with Vault's built-in "default" policy.
+# With [root] issuer = "<name>", grant that issuer only, instead of the two paths above:
+#
+# path "pki/issuer/<name>/sign-intermediate" {
+#   capabilities = ["update"]
+# }
+# path "pki/issuer/<name>/json" {
+#   capabilities = ["read"]
+# }
+#
+# sys/internal/ui/mounts/<mount> needs no policy; auth/token/lookup-self, renew-self and
+# revoke-self come with Vault's built-in "default" policy.
