@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod harden;
 pub mod issuance;
 pub mod istio_version;
+pub mod net_error;
 pub mod pki;
 pub mod plan;
 pub mod policy;

@@ -722,3 +722,67 @@ fn unparseable_answers_are_never_logged() {
         assert!(!out.contains("a2V5LWh1bnRlcjQ"), "{verbosity:?}: {out}");
     }
 }
+
+/// A cluster that cannot be reached is reported with the reason: nothing listening, a name
+/// that does not resolve, a certificate from a CA not trusted, no answer in time.
+#[test]
+fn connection_failures_say_why() {
+    let server = TestApiServer::start_tls(&CLUSTERS);
+    let s = setup(&server, "timeout = \"1s\"\nretries = 0");
+    let good = std::fs::read_to_string(s.path("kube/cluster1.yaml")).unwrap();
+    let url = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Accepts, then never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let elsewhere = TestApiServer::start_tls(&["x"]);
+    let other_ca = elsewhere
+        .cluster("x")
+        .kubeconfig("x")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let ca = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            good.replace(&url, &format!("https://127.0.0.1:{closed}")),
+            "connection refused",
+        ),
+        (
+            good.replace(&url, "https://cacertd-test.invalid:6443"),
+            "does not resolve (DNS)",
+        ),
+        (
+            good.replace(&ca, &other_ca),
+            "TLS handshake failed: the server's certificate is not signed by the CA",
+        ),
+        (
+            good.replace(&url, &format!("https://127.0.0.1:{silent_port}")),
+            "timed out",
+        ),
+    ];
+    for (kubeconfig, why) in cases {
+        std::fs::write(s.path("kube/cluster1.yaml"), kubeconfig).unwrap();
+        let run = s.cacertd(&["status"]).fails_with(1);
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(out.contains(why), "{why}: {out}");
+    }
+}

@@ -227,7 +227,10 @@ impl KubeTarget {
     pub(crate) fn error(&self, action: impl Into<String>, e: kube::Error) -> TargetError {
         let (code, message) = match &e {
             kube::Error::Api(s) => (Some(s.code), format!("{} ({})", s.message, s.code)),
-            other => (None, other.to_string()),
+            other => match crate::net_error::why(other) {
+                Some(why) => (None, format!("{why} ({other})")),
+                None => (None, other.to_string()),
+            },
         };
         TargetError::Kube {
             target: self.describe(),

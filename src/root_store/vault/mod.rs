@@ -506,6 +506,7 @@ fn read_secret_file(path: &PathBuf) -> Result<String, VaultError> {
 fn describe_client_error(e: &ClientError) -> String {
     match e {
         ClientError::APIError { code, errors } => format!("{} ({code})", errors.join("; ")),
+        other if let Some(why) = crate::net_error::why(other) => why,
         other => {
             let mut msg = other.to_string();
             let mut source = std::error::Error::source(other);
