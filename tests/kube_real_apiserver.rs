@@ -192,6 +192,66 @@ const NEEDED: &[&str] = &[
     "patch rollouts.argoproj.io in app",
 ];
 
+/// What cacertd does in the management cluster (deploy/kubernetes/management): the leader
+/// Lease, and the transition record and material Secrets of the shipped cacertd.toml.
+const MANAGEMENT_NEEDED: &[&str] = &[
+    "create leases.coordination.k8s.io in cacertd",
+    "get leases.coordination.k8s.io/cacertd-leader in cacertd",
+    "update leases.coordination.k8s.io/cacertd-leader in cacertd",
+    "patch leases.coordination.k8s.io/cacertd-leader in cacertd",
+    "create secrets in cacertd",
+    "get secrets/cacertd-transition in cacertd",
+    "update secrets/cacertd-transition in cacertd",
+    "delete secrets/cacertd-transition in cacertd",
+    "get secrets/cacertd-transition-cluster1 in cacertd",
+    "update secrets/cacertd-transition-cluster2 in cacertd",
+    "delete secrets/cacertd-transition-cluster2 in cacertd",
+];
+
+/// And what it may not: the kubeconfigs Secret (mounted, never read through the API), any
+/// other Secret, a list of them, other Leases.
+const MANAGEMENT_DENIED: &[&str] = &[
+    "get secrets/cacertd-kubeconfigs in cacertd",
+    "update secrets/cacertd-kubeconfigs in cacertd",
+    "delete secrets/cacertd-kubeconfigs in cacertd",
+    "list secrets in cacertd",
+    "get secrets in cacertd",
+    "delete secrets in cacertd",
+    "update leases.coordination.k8s.io/other in cacertd",
+];
+
+/// Renders deploy/kubernetes/management with kustomize, has the apiserver validate every
+/// object (a server-side dry run), applies them, and checks the service account's rights.
+fn management_manifests(server: &RealApiserver) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/management");
+    let rendered = server.kubectl(&["kustomize", dir.to_str().unwrap()]).ok();
+    let file = server.path("management.yaml");
+    std::fs::write(&file, &rendered.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let dry = server
+        .kubectl(&["apply", "--dry-run=server", "-f", file])
+        .ok();
+    for kind in ["deployment.apps/cacertd", "networkpolicy.networking.k8s.io/cacertd"] {
+        assert!(dry.stdout.contains(kind), "{kind}: {}", dry.stdout);
+    }
+    server.kubectl(&["apply", "-f", file]).ok();
+    server.wait_until(MANAGEMENT_NEEDED[5], true);
+    let granted = server.allowed(MANAGEMENT_NEEDED);
+    let missing: Vec<_> = MANAGEMENT_NEEDED
+        .iter()
+        .zip(&granted)
+        .filter(|(_, g)| !**g)
+        .collect();
+    assert!(missing.is_empty(), "the management RBAC does not grant {missing:#?}");
+    let denied = server.allowed(MANAGEMENT_DENIED);
+    let extra: Vec<_> = MANAGEMENT_DENIED
+        .iter()
+        .zip(&denied)
+        .filter(|(_, d)| **d)
+        .collect();
+    assert!(extra.is_empty(), "the management RBAC grants {extra:#?}");
+}
+
 /// What the manifest deliberately leaves out: no Secret but `cacerts` and istiod's CA may be
 /// read, none listed (every Secret in istio-system would be readable), none deleted, none
 /// touched outside istio-system; istiod's CA is never written; workloads are only patched;
@@ -953,4 +1013,8 @@ target = { kind = "kube", kubeconfig = "kube/cluster1.yaml", context = "cacertd"
         "real apiserver ready after {ready:?}; whole test {:?}",
         started.elapsed()
     );
+
+    // The management cluster's manifests, as kustomize renders them: every object validates
+    // against the apiserver, and the service account may touch only the Secrets it names.
+    management_manifests(&server);
 }
