@@ -231,7 +231,10 @@ fn management_manifests(server: &RealApiserver) {
     let dry = server
         .kubectl(&["apply", "--dry-run=server", "-f", file])
         .ok();
-    for kind in ["deployment.apps/cacertd", "networkpolicy.networking.k8s.io/cacertd"] {
+    for kind in [
+        "deployment.apps/cacertd",
+        "networkpolicy.networking.k8s.io/cacertd",
+    ] {
         assert!(dry.stdout.contains(kind), "{kind}: {}", dry.stdout);
     }
     server.kubectl(&["apply", "-f", file]).ok();
@@ -242,7 +245,10 @@ fn management_manifests(server: &RealApiserver) {
         .zip(&granted)
         .filter(|(_, g)| !**g)
         .collect();
-    assert!(missing.is_empty(), "the management RBAC does not grant {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "the management RBAC does not grant {missing:#?}"
+    );
     let denied = server.allowed(MANAGEMENT_DENIED);
     let extra: Vec<_> = MANAGEMENT_DENIED
         .iter()
