@@ -44,6 +44,12 @@ pub struct ClusterReport {
     #[serde(with = "time::serde::rfc3339::option")]
     pub renew_at: Option<OffsetDateTime>,
     pub backup: Option<String>,
+    /// Old backups `[backups]` removed after the write.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backups_removed: Vec<String>,
+    /// Why backups due for removal were kept (the write itself succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backups_kept_because: Option<String>,
     /// SHA-256 fingerprints of roots its bundle trusts that are neither the current root nor
     /// known ([`crate::plan::Expected::known_roots`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -61,6 +67,8 @@ impl ClusterReport {
             not_after: None,
             renew_at: None,
             backup: None,
+            backups_removed: Vec::new(),
+            backups_kept_because: None,
             unknown_roots: Vec::new(),
         }
     }
@@ -98,6 +106,7 @@ pub async fn run(
     // Hundreds of clusters note hundreds of events: durable together at the end of the run.
     let audit = &audit.syncing_later();
     let writer = CacertsWriter::new(&config.trust_domain, audit, "cacerts-write");
+    let (known_roots, retention) = known_roots_and_retention(config).await;
     let pass = Pass {
         config,
         root,
@@ -108,7 +117,8 @@ pub async fn run(
         cores: tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         ),
-        known_roots: std::sync::Arc::new(known_roots(config).await),
+        known_roots: std::sync::Arc::new(known_roots),
+        retention,
     };
     let pass = &pass;
     let mut reports: Vec<(usize, ClusterReport)> =
@@ -152,13 +162,22 @@ pub async fn run(
 /// The roots a bundle may hold besides the current one: the configured extra anchors, and
 /// those of the material a transition under way moves between.
 pub async fn known_roots(config: &Config) -> Vec<crate::pki::Cert> {
+    known_roots_and_retention(config).await.0
+}
+
+/// [`known_roots`], and the backup rule writes follow: none while a transition may be under
+/// way (every copy of what it moves between is kept).
+async fn known_roots_and_retention(
+    config: &Config,
+) -> (Vec<crate::pki::Cert>, Option<crate::config::Retention>) {
+    let in_flight = crate::transition::in_flight(config).await;
     let mut known = config.extra_roots.clone();
-    for root in crate::transition::roots_in_flight(config).await {
+    for root in in_flight.roots {
         if !known.contains(&root) {
             known.push(root);
         }
     }
-    known
+    (known, in_flight.quiet.then_some(config.backups))
 }
 
 /// How many clusters one run works on at once: `kubernetes.concurrency` where any target is a
@@ -212,6 +231,8 @@ struct Pass<'a> {
     cores: tokio::sync::Semaphore,
     /// Roots a bundle may hold besides the current one ([`crate::plan::Expected::known_roots`]).
     known_roots: std::sync::Arc<Vec<crate::pki::Cert>>,
+    /// `[backups]`, unless a transition may be under way.
+    retention: Option<crate::config::Retention>,
 }
 
 impl Pass<'_> {
@@ -414,6 +435,7 @@ impl Pass<'_> {
             serial: info.serial.clone(),
             written_at: now,
             reason: why.clone(),
+            retention: self.retention,
         };
         *attempted = Some(info.serial.clone());
         let material = Material::Issued {
@@ -428,6 +450,8 @@ impl Pass<'_> {
         r.not_after = Some(info.not_after);
         r.renew_at = Some(policy.renew_at(info));
         r.backup = written.backup;
+        r.backups_removed = written.pruned;
+        r.backups_kept_because = written.prune_problem;
         Ok(r)
     }
 }

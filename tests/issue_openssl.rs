@@ -168,6 +168,76 @@ fn a_second_run_changes_nothing_and_force_keeps_a_backup() {
     assert_eq!(std::fs::read(b.join("ca-key.pem")).unwrap(), old_key);
 }
 
+/// `[backups] keep = 2`: old intermediate keys do not pile up. After five forced issues the
+/// two newest backups are left, the others are removed (said in the output and the audit
+/// log), and the newest holds the key that was replaced last.
+#[test]
+fn backups_beyond_the_retention_are_removed() {
+    let s = Setup::new();
+    let config = s.read("cacertd.toml");
+    let config = String::from_utf8(config).unwrap();
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("{config}\n[backups]\nkeep = 2\n"),
+    )
+    .unwrap();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let mut last_key = s.read("out/cluster1/ca-key.pem");
+    let mut removed = 0;
+    for _ in 0..5 {
+        last_key = s.read("out/cluster1/ca-key.pem");
+        let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
+        removed += run.stdout.matches("old backups removed").count();
+    }
+    assert_eq!(removed, 3);
+    let mut backups: Vec<_> = std::fs::read_dir(s.path("state/backups/cluster1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    backups.sort();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let newest = backups
+        .iter()
+        .find(|b| std::fs::read(b.join("ca-key.pem")).unwrap() == last_key);
+    assert!(newest.is_some(), "the way back is kept: {backups:?}");
+    let audit = String::from_utf8(s.read("state/audit.log")).unwrap();
+    assert_eq!(
+        audit.matches("\"action\":\"backups-removed\"").count(),
+        3,
+        "{audit}"
+    );
+    // While a trust transition is under way, every copy is kept.
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "1",
+    ])
+    .fails_with(1);
+    for _ in 0..2 {
+        let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
+        assert!(
+            !run.stdout.contains("old backups removed"),
+            "{}",
+            run.stdout
+        );
+    }
+    let count = std::fs::read_dir(s.path("state/backups/cluster1"))
+        .unwrap()
+        .count();
+    assert!(count > 2, "{count}");
+    // A keep of 0 would leave no way back: refused at load.
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("{config}\n[backups]\nkeep = 0\n"),
+    )
+    .unwrap();
+    let run = s.cacertd(&["issue"]).fails_with(2);
+    assert!(run.stderr.contains("backups.keep"), "{}", run.stderr);
+}
+
 #[test]
 fn tampering_is_detected_reported_and_repaired() {
     let s = Setup::new();

@@ -354,3 +354,88 @@ fn the_admission_policy_admits_exactly_what_cacertd_does() {
         }
     }
 }
+
+/// `[backups]` on a Kubernetes target: without deploy/kubernetes/target-cluster/
+/// rbac-backup-retention.yaml the backups due for removal are kept, and each write names them
+/// with the command that deletes them; with it, they are deleted, and `cacerts` names exactly
+/// the backups that remain.
+#[test]
+fn kubernetes_backups_beyond_the_retention_are_removed_where_granted() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    for c in CLUSTERS {
+        grant_target_rbac(server.cluster(c), "least");
+    }
+    let s = setup_with_tokens(&server, "", |_| "least".to_string());
+    let config = String::from_utf8(s.read("cacertd.toml")).unwrap();
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("{config}\n[backups]\nkeep = 1\n"),
+    )
+    .unwrap();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let c1 = server.cluster("cluster1");
+    let backups = || -> Vec<String> {
+        let mut names: Vec<String> = c1
+            .list("secrets", Some("istio-system"))
+            .iter()
+            .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+            .filter(|n| n.starts_with("cacerts-backup-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let tracked = || -> Vec<String> {
+        let cacerts = c1.get("secrets", "istio-system", "cacerts").unwrap();
+        let text = cacerts["metadata"]["annotations"]["cacertd.io/backups"]
+            .as_str()
+            .unwrap_or("[]")
+            .to_string();
+        let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+        let mut names: Vec<String> = list
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    for n in 1..=3 {
+        let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
+        if n > 1 {
+            assert!(
+                run.stdout.contains("warning:")
+                    && run
+                        .stdout
+                        .contains("kubectl -n istio-system delete secret cacerts-backup-"),
+                "{}",
+                run.stdout
+            );
+        }
+        assert_eq!(backups().len(), n);
+        assert_eq!(tracked(), backups());
+    }
+
+    grant_as_shipped(
+        c1,
+        &common::kube::shipped("deploy/kubernetes/target-cluster/rbac-backup-retention.yaml"),
+        "least",
+    );
+    let before = backups();
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    assert_eq!(
+        run.stdout
+            .matches("secret istio-system/cacerts-backup-")
+            .count(),
+        4,
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("warning:"), "{}", run.stdout);
+    let after = backups();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(
+        !before.contains(&after[0]),
+        "the newest, the way back, stays"
+    );
+    assert_eq!(tracked(), after);
+}

@@ -78,6 +78,19 @@ pub fn print_reports(out: &mut dyn Write, reports: &[ClusterReport]) {
             r.backup.as_deref().unwrap_or("")
         );
     }
+    for r in reports {
+        if !r.backups_removed.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}: old backups removed ([backups]): {}",
+                r.cluster,
+                r.backups_removed.join(", ")
+            );
+        }
+        if let Some(why) = &r.backups_kept_because {
+            let _ = writeln!(out, "{}: warning: {why}", r.cluster);
+        }
+    }
 }
 
 /// Left-aligned columns; the last column is not padded.

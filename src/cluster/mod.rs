@@ -4,12 +4,14 @@
 mod dir;
 mod kube;
 mod manifest;
+mod retention;
 pub(crate) mod retry;
 mod writer;
 
 pub use dir::DirTarget;
 pub use kube::{BundleObjects, KubeTarget, Proxy, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
+pub use retention::{BackupEntry, Retention};
 pub use writer::{CacertsWriter, Material, WriteError};
 
 use time::OffsetDateTime;
@@ -87,12 +89,19 @@ pub struct WriteMeta {
     pub serial: String,
     pub written_at: OffsetDateTime,
     pub reason: String,
+    /// Backups beyond this rule are removed once the write is done; `None` during a trust
+    /// transition, when every copy is kept.
+    pub retention: Option<Retention>,
 }
 
-/// Where the replaced material went.
+/// Where the replaced material went, and which old backups went.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteReport {
     pub backup: Option<String>,
+    /// Old backups removed by `[backups]`.
+    pub pruned: Vec<String>,
+    /// Why backups due for removal were kept (the write itself succeeded).
+    pub prune_problem: Option<String>,
 }
 
 /// What was read, and the version a write must start from (optimistic concurrency).

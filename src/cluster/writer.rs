@@ -103,6 +103,22 @@ impl<'a> CacertsWriter<'a> {
                 None => meta.reason.clone(),
             }),
         );
+        if !report.pruned.is_empty() {
+            self.audit.note(
+                meta.written_at,
+                "backups-removed",
+                Some(&meta.cluster),
+                "removed",
+                None,
+                Some(format!(
+                    "[backups] no longer keeps {}",
+                    report.pruned.join(", ")
+                )),
+            );
+        }
+        if let Some(problem) = &report.prune_problem {
+            tracing::warn!(cluster = %meta.cluster, problem = %problem, "old backups kept");
+        }
         Ok(report)
     }
 }
@@ -120,6 +136,7 @@ mod tests {
             serial: "1a".into(),
             written_at: at,
             reason: "test".into(),
+            retention: None,
         }
     }
 

@@ -157,6 +157,23 @@ impl Default for TransitionSettings {
     }
 }
 
+/// `[backups]`: the newest `keep` backups of each cluster's `cacerts` are kept, none older
+/// than `max_age` ([`crate::cluster::BackupEntry`] has the full rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: usize,
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: 10,
+            max_age: None,
+        }
+    }
+}
+
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -171,6 +188,8 @@ pub struct Config {
     pub vault: Option<VaultSettings>,
     pub daemon: DaemonSettings,
     pub transition: TransitionSettings,
+    /// `[backups]`: how many backups of each cluster's `cacerts` are kept, for how long.
+    pub backups: Retention,
     /// Roots the security team chose to have trusted besides the common root
     /// (`extra_trusted_roots`, e.g. another mesh's root for federation): a bundle holding them
     /// is not flagged, and `issue` carries them forward.
@@ -267,6 +286,7 @@ impl Config {
         let clusters = sections.clusters(&raw.clusters, &policies, &default_policy, &apart)?;
         let kubernetes = sections.kubernetes(raw.kubernetes)?;
         let transition = sections.transition(raw.transition, &daemon)?;
+        let backups = sections.backups(raw.backups)?;
         let extra_roots = match &raw.extra_trusted_roots {
             Some(files) => sections.extra_roots(files)?,
             None => Vec::new(),
@@ -284,6 +304,7 @@ impl Config {
             vault,
             daemon,
             transition,
+            backups,
             extra_roots,
         })
     }

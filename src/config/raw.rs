@@ -17,10 +17,18 @@ pub(super) struct RawConfig {
     pub(super) vault: Option<Spanned<RawVault>>,
     pub(super) daemon: Option<Spanned<RawDaemon>>,
     pub(super) transition: Option<Spanned<RawTransition>>,
+    pub(super) backups: Option<Spanned<RawBackups>>,
     /// PEM files of roots every cluster may trust besides the common root.
     pub(super) extra_trusted_roots: Option<Spanned<Vec<PathBuf>>>,
     #[serde(default)]
     pub(super) clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackups {
+    pub(super) keep: Option<usize>,
+    pub(super) max_age: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -287,6 +287,39 @@ impl Sections<'_> {
         Ok(daemon)
     }
 
+    /// `[backups]`: how many backups of each cluster's `cacerts` are kept, for how long.
+    pub(super) fn backups(
+        &self,
+        raw: Option<Spanned<RawBackups>>,
+    ) -> Result<Retention, ConfigError> {
+        let mut retention = Retention::default();
+        let Some(b) = raw else {
+            return Ok(retention);
+        };
+        let span = b.span();
+        let b = b.into_inner();
+        let bad =
+            |field: &str, msg: String| self.invalid(span.clone(), format!("backups.{field}"), msg);
+        if let Some(keep) = b.keep {
+            if keep == 0 {
+                return Err(bad(
+                    "keep",
+                    "must be at least 1: the newest backup is the way back from the last write"
+                        .into(),
+                ));
+            }
+            retention.keep = keep;
+        }
+        if let Some(age) = &b.max_age {
+            let d = humantime::parse_duration(age)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad("max_age", format!("{age:?} is not a positive duration")))?;
+            retention.max_age = Some(d);
+        }
+        Ok(retention)
+    }
+
     /// `[transition]`: where the record lives follows the Lease unless told.
     pub(super) fn transition(
         &self,

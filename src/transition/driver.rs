@@ -453,6 +453,8 @@ impl Work<'_> {
                     .unwrap_or_default(),
                 written_at: now,
                 reason: format!("trust transition: {}", describe_material(of)),
+                // Every copy is kept while trust moves.
+                retention: None,
             };
             self.writer
                 .write(

@@ -109,16 +109,31 @@ pub enum MaterialOf {
     Phase(Phase),
 }
 
-/// The roots a transition under way has put, or will put, in clusters' bundles: those of the
-/// material it moves between. Empty when there is none, it is over, or its record cannot be
-/// read (then nothing a transition put there counts as known).
-pub async fn roots_in_flight(config: &crate::config::Config) -> Vec<crate::pki::Cert> {
+/// A trust transition, as issuance sees it: the roots of the material it moves between, and
+/// whether none is under way for sure (a record that cannot be read counts as one under way).
+pub struct InFlight {
+    pub roots: Vec<crate::pki::Cert>,
+    pub quiet: bool,
+}
+
+/// What [`InFlight`] says of the transition record now.
+pub async fn in_flight(config: &crate::config::Config) -> InFlight {
+    let unknown = InFlight {
+        roots: Vec::new(),
+        quiet: false,
+    };
     let Ok(files) = record_store::RecordStore::open(config).await else {
-        return Vec::new();
+        return unknown;
     };
     let record = match files.load().await {
         Ok(Some(record)) if !record.is_over() => record,
-        _ => return Vec::new(),
+        Ok(_) => {
+            return InFlight {
+                roots: Vec::new(),
+                quiet: true,
+            };
+        }
+        Err(_) => return unknown,
     };
     let mut roots: Vec<crate::pki::Cert> = Vec::new();
     for cluster in record.clusters.keys() {
@@ -133,5 +148,8 @@ pub async fn roots_in_flight(config: &crate::config::Config) -> Vec<crate::pki::
             }
         }
     }
-    roots
+    InFlight {
+        roots,
+        quiet: false,
+    }
 }

@@ -236,7 +236,11 @@ fn write_batch(batch: Vec<Job>) {
     let staged = make_durable(staged, Staged::target_dirs);
     for done in staged {
         let backup = done.backup.as_ref().map(|b| b.dir.display().to_string());
-        let _ = done.job.reply.send(Ok(WriteReport { backup }));
+        let report = WriteReport {
+            backup,
+            ..WriteReport::default()
+        };
+        let _ = done.job.reply.send(Ok(report));
     }
 }
 
@@ -410,7 +414,9 @@ fn stage_backup(target: &DirTarget, meta: &WriteMeta) -> Result<Option<Backup>, 
     Ok(Some(backup))
 }
 
-/// A backup folder of its own, named after the write's time (`-1`, `-2`… when taken).
+/// A backup folder of its own, named after the write's time, with `-1`, `-2`… after any
+/// folder of the same second (never a name freed by retention: names keep the order the
+/// backups were taken in).
 fn new_backup_dir(backups: &Path, meta: &WriteMeta) -> Result<PathBuf, TargetError> {
     let stamp = meta
         .written_at
@@ -419,8 +425,24 @@ fn new_backup_dir(backups: &Path, meta: &WriteMeta) -> Result<PathBuf, TargetErr
         ))
         .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
     create_private_dir(backups)?;
-    let mut dir = backups.join(&stamp);
-    let mut n = 1;
+    let after = std::fs::read_dir(backups)
+        .map_err(|e| TargetError::from(fs_err("cannot list", backups)(e)))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(stamp.as_str())?.to_string();
+            match rest.as_str() {
+                "" => Some(0),
+                _ => rest.strip_prefix('-')?.parse::<u32>().ok(),
+            }
+        })
+        .max();
+    let mut n = after.map_or(0, |m| m + 1);
+    let mut dir = match n {
+        0 => backups.join(&stamp),
+        _ => backups.join(format!("{stamp}-{n}")),
+    };
+    n += 1;
     loop {
         match create_new_private_dir(&dir) {
             Ok(()) => return Ok(dir),

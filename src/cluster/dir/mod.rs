@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use super::{TargetError, WriteMeta, WriteReport};
-use crate::fsutil::{Mode, read_optional};
-use crate::pki::CaCertsFiles;
+use super::{BackupEntry, Retention, TargetError, WriteMeta, WriteReport};
+use crate::fsutil::{FsError, Mode, fs_err, read_optional, sync_dir};
+use crate::pki::{CaCertsFiles, Cert};
 
 pub const MANIFEST: &str = "cacerts.yaml";
 
@@ -30,13 +30,72 @@ impl DirTarget {
     }
 
     /// Replaces the set; any previous set is backed up first. Returns once the write is
-    /// durable, made so together with the other writes waiting at the time ([`batch`]).
+    /// durable, made so together with the other writes waiting at the time ([`batch`]). Then
+    /// the backups beyond `meta.retention` are removed.
     pub(in crate::cluster) async fn write(
         &self,
         files: &CaCertsFiles,
         meta: &WriteMeta,
     ) -> Result<WriteReport, TargetError> {
-        batch::write(self, files, meta).await
+        let mut report = batch::write(self, files, meta).await?;
+        if let Some(rule) = &meta.retention {
+            match self.prune(rule, meta.written_at) {
+                Ok(pruned) => report.pruned = pruned,
+                Err(e) => report.prune_problem = Some(e.to_string()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The backups of this target, each folder under the backups folder.
+    fn backups(&self) -> Result<Vec<BackupEntry>, FsError> {
+        let entries = match std::fs::read_dir(&self.backups) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(fs_err("cannot list", &self.backups)(e)),
+        };
+        let mut backups = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(fs_err("cannot list", &self.backups))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with('.') || !path.is_dir() {
+                continue;
+            }
+            let taken_at = match stamp_of(&name) {
+                Some(t) => t,
+                None => match entry.metadata().and_then(|m| m.modified()) {
+                    Ok(t) => t.into(),
+                    Err(_) => continue,
+                },
+            };
+            let not_after = read_optional(&path.join(CaCertsFiles::CA_CERT))
+                .ok()
+                .flatten()
+                .and_then(|pem| Cert::one_from_pem(&pem, "backup").ok())
+                .map(|c| c.info().not_after);
+            backups.push(BackupEntry {
+                name,
+                taken_at,
+                not_after,
+            });
+        }
+        Ok(backups)
+    }
+
+    /// Removes the backups `rule` no longer keeps; returns their folders.
+    fn prune(&self, rule: &Retention, now: time::OffsetDateTime) -> Result<Vec<String>, FsError> {
+        let gone = super::retention::to_remove(&self.backups()?, rule, now);
+        let mut removed = Vec::new();
+        for name in gone {
+            let path = self.backups.join(&name);
+            std::fs::remove_dir_all(&path).map_err(fs_err("cannot remove backup", &path))?;
+            removed.push(path.display().to_string());
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.backups)?;
+        }
+        Ok(removed)
     }
 
     fn mode_of(name: &str) -> Mode {
@@ -46,6 +105,23 @@ impl DirTarget {
             Mode::Public
         }
     }
+}
+
+/// The time a backup folder is named after (`20261130T114102Z`); a later one of the same
+/// second (`…Z-n`) counts as `n` microseconds later, so that backups keep their order.
+fn stamp_of(name: &str) -> Option<time::OffsetDateTime> {
+    let stamp = name.get(..16)?;
+    let at = time::PrimitiveDateTime::parse(
+        stamp,
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .ok()?
+    .assume_utc();
+    let n: i64 = match name.get(16..) {
+        Some("") | None => 0,
+        Some(rest) => rest.strip_prefix('-')?.parse().ok()?,
+    };
+    Some(at + time::Duration::microseconds(n))
 }
 
 impl DirTarget {
@@ -106,6 +182,7 @@ mod tests {
             serial: "0a".into(),
             written_at: time::OffsetDateTime::from_unix_timestamp(secs).unwrap(),
             reason: "test".into(),
+            retention: None,
         }
     }
 

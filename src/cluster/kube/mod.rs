@@ -15,6 +15,7 @@ use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
 mod argo;
+mod backups;
 mod istiod;
 mod proxies;
 mod rollouts;
@@ -328,13 +329,15 @@ impl KubeTarget {
             current.metadata.clone(),
             current.type_.clone(),
         );
-        let replaced = self.backup_and_replace(&current, &secret, meta).await;
+        let replaced = self.backup_and_replace(&current, &mut secret, meta).await;
         wipe(&mut secret);
         let mut current = current;
         wipe(&mut current);
         match replaced {
-            Ok(backup) => Ok(WriteReport {
+            Ok((backup, pruned)) => Ok(WriteReport {
                 backup: Some(format!("secret {NAMESPACE}/{backup}")),
+                pruned: pruned.removed,
+                prune_problem: pruned.problem,
             }),
             Err(Step::Backup(e)) => Err(e),
             Err(Step::Replace(kube::Error::Api(s))) if s.code == 409 => Err(conflict(s.message)),
@@ -343,16 +346,17 @@ impl KubeTarget {
     }
 
     /// Replaces `cacerts` with `secret` after backing up `current`, returning the backup's
-    /// name. The replacement is first tried as a server-side dry run, which the apiserver
-    /// authorizes, admits and checks against the resourceVersion like the real one: a write
-    /// that is bound to fail (forbidden, conflicting, refused by a webhook) fails before any
-    /// backup is made, so retrying it does not leave a copy of the key each time.
+    /// name and what `[backups]` removed. The replacement is first tried as a server-side dry
+    /// run, which the apiserver authorizes, admits and checks against the resourceVersion
+    /// like the real one: a write that is bound to fail (forbidden, conflicting, refused by a
+    /// webhook) fails before any backup is made, so retrying it does not leave a copy of the
+    /// key each time. Old backups are removed once the new one exists ([`backups`]).
     async fn backup_and_replace(
         &self,
         current: &Secret,
-        secret: &Secret,
+        secret: &mut Secret,
         meta: &WriteMeta,
-    ) -> Result<String, Step> {
+    ) -> Result<(String, backups::Pruned), Step> {
         let secrets = self.secrets();
         let dry_run = PostParams {
             dry_run: true,
@@ -364,13 +368,29 @@ impl KubeTarget {
         .await
         .map_err(Step::Replace)?;
         let backup = self.backup(current, meta).await.map_err(Step::Backup)?;
+        let mut tracked = backups::tracked(current);
+        tracked.push(crate::cluster::BackupEntry {
+            name: backup.clone(),
+            taken_at: meta.written_at,
+            not_after: backups::not_after_of(current),
+        });
+        let pruned = match &meta.retention {
+            Some(rule) => self.prune(tracked, rule, meta.written_at).await,
+            None => backups::Pruned {
+                kept: tracked,
+                removed: Vec::new(),
+                problem: None,
+            },
+        };
+        backups::annotate(secret, &pruned.kept);
         let post = PostParams::default();
+        let secret = &*secret;
         retrying(&self.settings, "replace cacerts", || {
             secrets.replace(CACERTS, &post, secret)
         })
         .await
         .map_err(Step::Replace)?;
-        Ok(backup)
+        Ok((backup, pruned))
     }
 
     /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]` and returns its name.
