@@ -5,7 +5,8 @@
 //! check-and-set and versions (on a mount with `cas_required`, so a write without
 //! check-and-set is refused by the server itself), destroy and metadata delete after a
 //! rotation, the PKI engine's generate/sign/issuer-rename semantics and its silent TTL cap,
-//! AppRole tokens that really expire and renew, the real policy engine's 403s, sealing, wrong
+//! AppRole tokens that really expire and renew, Kubernetes auth through a TokenReview (asked of
+//! the test apiserver), the real policy engine's 403s, sealing, wrong
 //! mounts, TLS with the server's own CA and a real namespace, and the error texts cacertd
 //! recognises. Vault's own audit log (a file audit device) shows which paths cacertd called.
 
@@ -1536,4 +1537,94 @@ fn vault_over_tls_in_a_namespace_from_the_vault_environment() {
         "{}",
         run.stderr
     );
+}
+
+/// Kubernetes auth against the real server: OpenBao asks a Kubernetes API server (the test
+/// apiserver, which answers TokenReviews) who the service account token cacertd presents
+/// belongs to, and grants the shipped policy only to the service account its role binds.
+#[test]
+fn kubernetes_auth_logs_in_through_a_token_review() {
+    use base64::Engine;
+    use cacertd_test_apiserver::TestApiServer;
+    let bao = Bao::start();
+    let kube = TestApiServer::start_tls(&["management"]);
+    let cluster = kube.cluster("management");
+    // A service account token is a JWT; OpenBao reads its claims and has the apiserver vouch
+    // for it (the signature is the apiserver's to check, through the review).
+    let jwt = |namespace: &str, name: &str| {
+        let part =
+            |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let header = part(json!({"alg": "RS256", "typ": "JWT", "kid": "test"}));
+        let claims = part(json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": format!("uid-system:serviceaccount:{namespace}:{name}"),
+        }));
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 256]);
+        format!("{header}.{claims}.{signature}")
+    };
+    let ours = jwt("cacertd", "cacertd");
+    let theirs = jwt("cacertd", "someone-else");
+    cluster.add_service_account_token(&ours, "cacertd", "cacertd");
+    cluster.add_service_account_token(&theirs, "cacertd", "someone-else");
+
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    bao.ok(
+        "POST",
+        "sys/auth/kubernetes",
+        Some(json!({ "type": "kubernetes" })),
+    );
+    bao.ok(
+        "POST",
+        "auth/kubernetes/config",
+        Some(json!({
+            "kubernetes_host": cluster.url(),
+            "kubernetes_ca_cert": cluster.ca_pem.clone().unwrap(),
+            "disable_local_ca_jwt": true,
+        })),
+    );
+    bao.ok(
+        "POST",
+        "auth/kubernetes/role/cacertd",
+        Some(json!({
+            "bound_service_account_names": ["cacertd"],
+            "bound_service_account_namespaces": ["cacertd"],
+            "token_policies": [kv],
+            "token_ttl": "10m",
+        })),
+    );
+    let s = Setup::with_config(&config(
+        &bao.url(),
+        KV,
+        "{ method = \"kubernetes\", role = \"cacertd\", jwt_file = \"jwt\" }",
+    ));
+    std::fs::write(s.path("jwt"), &ours).unwrap();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    assert_issued_and_trusted(&s);
+    assert!(
+        cluster
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/tokenreviews") && r.status == 201),
+        "{:?}",
+        cluster.requests()
+    );
+
+    // Another service account, or a token the apiserver does not know: refused by OpenBao.
+    for (token, what) in [
+        (theirs, "someone-else"),
+        (jwt("cacertd", "cacertd") + "x", "forged"),
+    ] {
+        std::fs::write(s.path("jwt"), &token).unwrap();
+        let before = s.snapshot();
+        let run = s.cacertd(&["issue", "--force"]).fails_with(1);
+        assert!(
+            run.stderr.contains("Vault login (kubernetes) failed"),
+            "{what}: {}",
+            run.stderr
+        );
+        assert_unchanged(&before, &s.snapshot());
+    }
 }

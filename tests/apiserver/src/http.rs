@@ -299,6 +299,9 @@ async fn route(
     if let Some(r) = discovery(path) {
         return r;
     }
+    if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return token_review(cluster, req).await;
+    }
     let target = match parse_path(path) {
         Ok(t) => t,
         Err(r) => return r,
@@ -775,6 +778,51 @@ fn watch_response(lines: futures::stream::BoxStream<'static, Bytes>) -> Response
 }
 
 /// Discovery documents, enough for kubectl to map kinds to resources.
+/// `TokenReview` (what Vault's Kubernetes auth asks): who a bearer token stands for, asked by
+/// any authenticated caller. The tokens known are the cluster's ([`FakeCluster::add_token`],
+/// [`FakeCluster::add_service_account_token`]).
+async fn token_review(cluster: &Arc<FakeCluster>, req: HttpRequest<Incoming>) -> Response<Body> {
+    let caller = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if cluster.user_of(caller.as_deref()).is_empty() {
+        return error(401, "Unauthorized");
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(400, "cannot read request body"),
+    };
+    let review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let user = cluster.user_of(Some(token));
+    let status = match user.as_str() {
+        "" => json!({"authenticated": false, "error": "invalid bearer token"}),
+        user => json!({
+            "authenticated": true,
+            "user": {
+                "username": user,
+                "uid": format!("uid-{user}"),
+                "groups": crate::rbac::Identity::new(user).groups,
+            },
+        }),
+    };
+    full(
+        201,
+        &json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": review["spec"],
+            "status": status,
+        }),
+    )
+}
+
 fn discovery(path: &str) -> Option<Response<Body>> {
     let resources = |group: &str, version: &str| -> Value {
         let list: Vec<Value> = TYPES
