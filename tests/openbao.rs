@@ -1106,6 +1106,56 @@ fn vault_pki_with_exactly_the_shipped_policies() {
         2,
         "the new intermediates were signed through the new issuer"
     );
+
+    // Day to day with [root] issuer: the lines cacertd-pki.hcl gives for a named issuer, and
+    // nothing else, are enough to sign with that issuer, and with no other.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/cacertd-pki.hcl"),
+    )
+    .unwrap();
+    let named_lines: String = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("# With [root] issuer"))
+        .skip(2)
+        .take_while(|l| *l != "#")
+        .map_while(|l| l.strip_prefix('#'))
+        .map(|l| {
+            l.strip_prefix(' ')
+                .unwrap_or(l)
+                .replace("<name>", "mesh-root")
+                + "\n"
+        })
+        .collect();
+    assert!(
+        named_lines.contains("pki/issuer/mesh-root/sign-intermediate"),
+        "{named_lines}"
+    );
+    bao.policy("cacertd-pki-named", &named_lines);
+    std::fs::write(s.path("vault-token"), bao.token(&["cacertd-pki-named"])).unwrap();
+    let signed = bao.count("pki/issuer/mesh-root/sign-intermediate");
+    outputs.push(s.cacertd(&["issue", "--force"]).ok());
+    assert_eq!(
+        bao.count("pki/issuer/mesh-root/sign-intermediate") - signed,
+        2
+    );
+    assert_issued_and_trusted(&s);
+    // The mount's default issuer is out of its reach.
+    edit_config(&s, "\nissuer = \"mesh-root\"", "");
+    let before = s.snapshot();
+    let args = [
+        "issue",
+        "--force",
+        "--danger-replace-trust-bundle",
+        "cluster1",
+    ];
+    let run = s.cacertd(&args).fails_with(1);
+    assert!(
+        run.stdout.contains("403") && run.stdout.contains("pki/root/sign-intermediate"),
+        "{}",
+        run.stdout
+    );
+    assert_unchanged(&before, &s.snapshot());
+
     assert_no_key_requested(&bao);
     for root in [&first_root, &new_root, &mesh_root_pem] {
         assert_root_key_nowhere(&s, root);
