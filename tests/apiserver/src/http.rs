@@ -325,12 +325,7 @@ async fn route(
             );
         }
     };
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let token = bearer(&req);
     let content_type = req
         .headers()
         .get("content-type")
@@ -777,18 +772,20 @@ fn watch_response(lines: futures::stream::BoxStream<'static, Bytes>) -> Response
         .expect("valid response")
 }
 
-/// Discovery documents, enough for kubectl to map kinds to resources.
+/// The bearer token a request carries.
+fn bearer<B>(req: &HttpRequest<B>) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_string)
+}
+
 /// `TokenReview` (what Vault's Kubernetes auth asks): who a bearer token stands for, asked by
 /// any authenticated caller. The tokens known are the cluster's ([`FakeCluster::add_token`],
 /// [`FakeCluster::add_service_account_token`]).
 async fn token_review(cluster: &Arc<FakeCluster>, req: HttpRequest<Incoming>) -> Response<Body> {
-    let caller = req
-        .headers()
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::to_string);
-    if cluster.user_of(caller.as_deref()).is_empty() {
+    if cluster.user_of(bearer(&req).as_deref()).is_empty() {
         return error(401, "Unauthorized");
     }
     let body = match req.into_body().collect().await {
@@ -823,6 +820,7 @@ async fn token_review(cluster: &Arc<FakeCluster>, req: HttpRequest<Incoming>) ->
     )
 }
 
+/// Discovery documents, enough for kubectl to map kinds to resources.
 fn discovery(path: &str) -> Option<Response<Body>> {
     let resources = |group: &str, version: &str| -> Value {
         let list: Vec<Value> = TYPES
