@@ -427,7 +427,12 @@ impl Pass<'_> {
             TrustChoice::Keep(t) => t,
             TrustChoice::RootOnly => TrustBundle::single(root.root_cert()),
         };
-        let files = CaCertsFiles::for_intermediate(&intermediate, &[], root.root_cert(), &trust);
+        let files = CaCertsFiles::for_intermediate(
+            &intermediate,
+            &root.between(),
+            root.root_cert(),
+            &trust,
+        );
         // The writer validates exactly what is about to be written, chaining to this root.
         let info = intermediate.cert.info();
         let meta = WriteMeta {

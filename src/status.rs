@@ -20,6 +20,17 @@ pub struct RootJson {
     #[serde(flatten)]
     pub certificate: CertInfo,
     pub days_left: i64,
+    /// For a mesh CA below the anchor: the mesh CA, then the certificates above it, the
+    /// anchor (above) excluded. Any of them expiring is as fatal as the anchor expiring.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signing_chain: Vec<ChainCertJson>,
+}
+
+#[derive(Serialize)]
+pub struct ChainCertJson {
+    #[serde(flatten)]
+    pub certificate: CertInfo,
+    pub days_left: i64,
 }
 
 pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson {
@@ -27,6 +38,7 @@ pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson 
         store: store.to_string(),
         certificate: info.clone(),
         days_left: days_left(info.not_after, now),
+        signing_chain: Vec::new(),
     }
 }
 
@@ -140,11 +152,12 @@ pub fn status_row(
 }
 
 /// What `status -o json` prints (and the daemon serves on /status), with the store's name.
-/// `root` is the store's root as read by the caller (`None`: the store holds none).
+/// `root` is the store's trust anchor as read by the caller (`None`: the store holds none),
+/// `between` the mesh CA and the certificates above it when the anchor is not the signer.
 pub async fn status_report(
     config: &Config,
     store: &str,
-    root: Option<Cert>,
+    (root, between): (Option<Cert>, &[Cert]),
     now: OffsetDateTime,
 ) -> StatusReport {
     let reads: Vec<_> = config
@@ -164,8 +177,18 @@ pub async fn status_report(
             status_row(config, cluster, (root.as_ref(), &known), observed, now)
         })
         .collect();
+    let root = root.as_ref().map(|r| RootJson {
+        signing_chain: between
+            .iter()
+            .map(|c| ChainCertJson {
+                certificate: c.info().clone(),
+                days_left: days_left(c.info().not_after, now),
+            })
+            .collect(),
+        ..root_json(store, r.info(), now)
+    });
     StatusReport {
-        root: root.as_ref().map(|r| root_json(store, r.info(), now)),
+        root,
         clusters: rows,
     }
 }

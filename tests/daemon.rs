@@ -786,3 +786,67 @@ async fn one_vault_session_for_the_daemons_life() {
     d.close_root_source().await;
     assert_eq!(count("auth/token/revoke-self"), 1);
 }
+
+/// A mesh CA below the company's anchor: the root series is the anchor's, and the mesh CA
+/// and the corporate CA between them have series of their own, which the
+/// CacertdSigningChainExpiringSoon alert watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_certificate_of_the_signing_chain_is_exported() {
+    let s = Setup::new();
+    common::CompanyPki {
+        corporate: 1,
+        corporate_pathlen: None,
+        mesh_pathlen: Some(1),
+        anchor_digest: "sha256",
+    }
+    .make(s.path("").as_path());
+    s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "mesh.pem",
+        "--key",
+        "mesh.key",
+        "--chain",
+        "chain.pem",
+    ])
+    .ok();
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let addr = serve(&d).await;
+    assert_eq!(d.tick().await.len(), 2);
+    let (_, text) = get(addr, "/metrics").await;
+    let not_after = |file: &str| {
+        let run = common::openssl(
+            s.path("").as_path(),
+            &[
+                "x509", "-in", file, "-noout", "-enddate", "-dateopt", "iso_8601",
+            ],
+        )
+        .ok();
+        let date = run
+            .stdout
+            .trim()
+            .trim_start_matches("notAfter=")
+            .to_string();
+        OffsetDateTime::parse(
+            &date.replace(' ', "T"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|e| panic!("{date}: {e}"))
+        .unix_timestamp() as f64
+    };
+    let series = |kind: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("cacertd_certificate_expiration_timestamp_seconds{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(series("root"), [not_after("anchor.pem")], "{text}");
+    assert_eq!(series("mesh-ca"), [not_after("mesh.pem")], "{text}");
+    assert_eq!(series("chain"), [not_after("corp0.pem")], "{text}");
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Setup, openssl, openssl_verify_cacerts};
+use common::{CompanyPki, Setup, assert_issued_and_trusted, openssl, openssl_verify_cacerts};
 
 #[test]
 fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
@@ -444,4 +444,189 @@ fn the_audit_log_and_the_lock_are_private_whatever_the_umask_and_root_init_is_au
         "{init}"
     );
     assert!(!audit.contains("PRIVATE KEY"));
+}
+
+/// A mesh CA that is an intermediate of the company's offline root, three and four levels
+/// deep (anchor → [corporate CA →] mesh CA → each cluster's intermediate), the anchor signing
+/// with ECDSA-with-SHA512: imported with its chain, each cluster's cacerts carries the whole
+/// chain and trusts only the anchor; openssl verifies it, workloads of two clusters complete
+/// an mTLS handshake, and a second run changes nothing.
+#[test]
+fn a_mesh_ca_below_the_companys_offline_root() {
+    for corporate in [0, 1] {
+        let s = Setup::new();
+        CompanyPki {
+            corporate,
+            corporate_pathlen: None,
+            mesh_pathlen: Some(1),
+            anchor_digest: "sha512",
+        }
+        .make(s.path("").as_path());
+        let run = s
+            .cacertd(&[
+                "root",
+                "import",
+                "--cert",
+                "mesh.pem",
+                "--key",
+                "mesh.key",
+                "--chain",
+                "chain.pem",
+            ])
+            .ok();
+        assert!(
+            run.stdout
+                .contains("below the anchor O=Corp, CN=Offline Root"),
+            "{}",
+            run.stdout
+        );
+        s.cacertd(&["issue"]).ok();
+        assert_issued_and_trusted(&s);
+        let anchor = s.read("anchor.pem");
+        for c in ["cluster1", "cluster2"] {
+            let dir = s.path(&format!("out/{c}"));
+            assert_eq!(
+                String::from_utf8(s.read(&format!("out/{c}/root-cert.pem")))
+                    .unwrap()
+                    .trim(),
+                String::from_utf8(anchor.clone()).unwrap().trim()
+            );
+            let chain = String::from_utf8(s.read(&format!("out/{c}/cert-chain.pem"))).unwrap();
+            assert_eq!(
+                chain.matches("BEGIN CERTIFICATE").count(),
+                3 + corporate,
+                "{chain}"
+            );
+            // openssl with the anchor alone as trusted, the rest as untrusted intermediates.
+            let v = openssl(
+                &dir,
+                &[
+                    "verify",
+                    "-CAfile",
+                    "root-cert.pem",
+                    "-untrusted",
+                    "cert-chain.pem",
+                    "-x509_strict",
+                    "ca-cert.pem",
+                ],
+            )
+            .ok();
+            assert_eq!(v.stdout.trim(), "ca-cert.pem: OK");
+        }
+        let again = s.cacertd(&["issue"]).ok();
+        assert_eq!(
+            again.stdout.matches("unchanged").count(),
+            2,
+            "{}",
+            again.stdout
+        );
+        let status = s.cacertd(&["status"]).ok();
+        assert!(
+            status.stdout.contains("O=Corp, CN=Offline Root"),
+            "{}",
+            status.stdout
+        );
+    }
+}
+
+/// What cannot carry a mesh: a chain that does not reach the anchor, a mesh CA with pathlen:0,
+/// a corporate CA whose pathlen leaves no room for the clusters' intermediates, a self-signed
+/// root given a chain, a mesh CA without one. Each is named, and no root is stored.
+#[test]
+fn a_chain_that_cannot_carry_a_mesh_is_refused() {
+    let cases: [(CompanyPki, &str, &str); 3] = [
+        (
+            CompanyPki {
+                corporate: 1,
+                corporate_pathlen: None,
+                mesh_pathlen: Some(0),
+                anchor_digest: "sha256",
+            },
+            "chain.pem",
+            "pathlen:0 leaves no room",
+        ),
+        (
+            CompanyPki {
+                corporate: 1,
+                corporate_pathlen: Some(1),
+                mesh_pathlen: Some(1),
+                anchor_digest: "sha256",
+            },
+            "chain.pem",
+            "has pathlen:1, but 2 CA certificates sit below it",
+        ),
+        (
+            CompanyPki {
+                corporate: 1,
+                corporate_pathlen: None,
+                mesh_pathlen: Some(1),
+                anchor_digest: "sha256",
+            },
+            "anchor.pem",
+            "does not lead from O=Corp, CN=Mesh CA to its anchor",
+        ),
+    ];
+    for (pki, chain, expected) in cases {
+        let s = Setup::new();
+        pki.make(s.path("").as_path());
+        let run = s
+            .cacertd(&[
+                "root", "import", "--cert", "mesh.pem", "--key", "mesh.key", "--chain", chain,
+            ])
+            .fails_with(3);
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
+        assert!(!s.path("state/root/root-cert.pem").exists());
+    }
+    let s = Setup::new();
+    CompanyPki {
+        corporate: 1,
+        corporate_pathlen: None,
+        mesh_pathlen: Some(1),
+        anchor_digest: "sha256",
+    }
+    .make(s.path("").as_path());
+    // The corporate CA alone is not an anchor.
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "mesh.pem",
+            "--key",
+            "mesh.key",
+            "--chain",
+            "corp0.pem",
+        ])
+        .fails_with(3);
+    assert!(
+        run.stderr.contains("does not lead to a self-signed anchor"),
+        "{}",
+        run.stderr
+    );
+    let run = s
+        .cacertd(&["root", "import", "--cert", "mesh.pem", "--key", "mesh.key"])
+        .fails_with(3);
+    assert!(
+        run.stderr.contains("give the certificates above it"),
+        "{}",
+        run.stderr
+    );
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "anchor.pem",
+            "--key",
+            "anchor.key",
+            "--chain",
+            "chain.pem",
+        ])
+        .fails_with(3);
+    assert!(
+        run.stderr.contains("--chain is for a mesh CA below one"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path("state/root/root-cert.pem").exists());
 }

@@ -1678,3 +1678,59 @@ fn kubernetes_auth_logs_in_through_a_token_review() {
         assert_unchanged(&before, &s.snapshot());
     }
 }
+
+/// vault-kv holding a mesh CA below the company's offline root (four levels: anchor,
+/// corporate CA, mesh CA, each cluster's intermediate), with exactly the shipped policy: the
+/// chain is kept in the secret beside the key, every cluster's cacerts carries it and trusts
+/// the anchor alone, and workloads of two clusters complete an mTLS handshake.
+#[test]
+fn vault_kv_holds_a_mesh_ca_below_an_offline_root() {
+    let bao = Bao::start();
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    let s = setup(&bao, KV, &bao.token(&[&kv]));
+    common::CompanyPki {
+        corporate: 1,
+        corporate_pathlen: None,
+        mesh_pathlen: Some(1),
+        anchor_digest: "sha512",
+    }
+    .make(s.path("").as_path());
+    let args = [
+        "root",
+        "import",
+        "--cert",
+        "mesh.pem",
+        "--key",
+        "mesh.key",
+        "--chain",
+        "chain.pem",
+    ];
+    s.cacertd(&args).ok();
+    let stored = bao.kv_version("cacertd/root", 1);
+    let chain = stored["chain"].as_str().unwrap().to_string();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{stored}");
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    for c in ["cluster1", "cluster2"] {
+        assert!(same_pem(
+            &cluster_root(&s, c),
+            &std::fs::read_to_string(s.path("anchor.pem")).unwrap()
+        ));
+        let chain = std::fs::read_to_string(s.path(&format!("out/{c}/cert-chain.pem"))).unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 4, "{chain}");
+    }
+    let again = s.cacertd(&["issue"]).ok();
+    assert_eq!(
+        again.stdout.matches("unchanged").count(),
+        2,
+        "{}",
+        again.stdout
+    );
+    let status = s.cacertd(&["status"]).ok();
+    assert!(
+        status.stdout.contains("mesh CA: O=Corp, CN=Mesh CA")
+            && status.stdout.contains("between: O=Corp, CN=Corporate CA 0"),
+        "{}",
+        status.stdout
+    );
+}

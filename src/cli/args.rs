@@ -320,15 +320,22 @@ pub enum RootCommand {
     /// Generate a new root in the configured store, per the config's policy. Refuses if a root
     /// already exists.
     Init,
-    /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key).
-    /// Refuses if a root already exists, or if the root is unusable for istiod.
+    /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key),
+    /// or a mesh CA below the company's root with --chain. Refuses if a root already exists,
+    /// or if the CA is unusable for istiod.
     Import {
-        /// Root certificate (PEM).
+        /// Root certificate, or the mesh CA's (PEM).
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
-        /// Root private key (PEM, unencrypted).
+        /// Its private key (PEM, unencrypted).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// For a mesh CA that is an intermediate of another root (the company's, kept
+        /// offline): the certificates above it, up to and including that self-signed root,
+        /// which becomes every cluster's trust anchor. Each cluster's cert-chain.pem then
+        /// carries the whole chain.
+        #[arg(long, value_name = "FILE")]
+        chain: Option<PathBuf>,
     },
     /// Show the root certificate held in the store.
     Show(OutputArgs),

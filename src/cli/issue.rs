@@ -90,9 +90,10 @@ pub(super) async fn status(
 ) -> Result<(), CliError> {
     let source = RootSource::open(config).await?;
     let root = source.load_cert().await;
+    let between = source.load_between().await;
     source.close().await;
     let store = source.describe();
-    let report = crate::status::status_report(config, &store, root?, now).await;
+    let report = crate::status::status_report(config, &store, (root?, &between?), now).await;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),

@@ -140,8 +140,8 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
             let config = Config::load(&config_path)?;
             match command {
                 Command::Root(RootCommand::Init) => root_init(&config, now).await,
-                Command::Root(RootCommand::Import { cert, key }) => {
-                    root_import(&config, &cert, &key, now).await
+                Command::Root(RootCommand::Import { cert, key, chain }) => {
+                    root_import(&config, (&cert, &key, chain.as_deref()), now).await
                 }
                 Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now).await,
                 Command::Issue(a) => {

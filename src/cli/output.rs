@@ -221,6 +221,17 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
                 short_fp(&r.certificate.fingerprint_sha256),
                 store
             );
+            for (i, c) in r.signing_chain.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} serial {} expires {} ({} days)",
+                    if i == 0 { "mesh CA" } else { "between" },
+                    c.certificate.subject,
+                    c.certificate.serial,
+                    fmt_time(c.certificate.not_after),
+                    c.days_left
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "root: none in {store} (run `cacertd root init`)");

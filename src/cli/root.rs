@@ -10,7 +10,7 @@ use super::{CliError, Format};
 use crate::config::Config;
 use crate::fsutil::{StateLock, read_pem};
 use crate::pki::{
-    CaCertsFiles, RootCa, TrustBundle, generate_root, import_root, issue_intermediate,
+    CaCertsFiles, RootCa, TrustBundle, generate_root, import_root_with_chain, issue_intermediate,
     verify_cacerts_for_mesh,
 };
 use crate::root_store::{RootSource, StoreError};
@@ -102,11 +102,10 @@ fn note_root(
 
 pub(super) async fn root_import(
     config: &Config,
-    cert: &Path,
-    key: &Path,
+    (cert, key, chain): (&Path, &Path, Option<&Path>),
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
-    let root = read_root(config, cert, key, now)?;
+    let root = read_root(config, cert, key, chain, now)?;
     let store = RootSource::open(config).await?;
     {
         let _lock = StateLock::acquire(&config.state_dir)?;
@@ -121,8 +120,20 @@ pub(super) async fn root_import(
         &store.describe(),
         info,
     );
-    say!("imported root into {}", store.describe());
+    if root.chain().is_empty() {
+        say!("imported root into {}", store.describe());
+    } else {
+        say!(
+            "imported mesh CA into {}, below the anchor {} (every cluster's trust bundle)",
+            store.describe(),
+            root.anchor().info().subject
+        );
+    }
     output::print_root(&mut std::io::stdout(), root.cert().info(), now);
+    for above in root.chain() {
+        say!("");
+        output::print_root(&mut std::io::stdout(), above.info(), now);
+    }
     Ok(())
 }
 
@@ -132,16 +143,23 @@ pub(super) fn read_root(
     config: &Config,
     cert: &Path,
     key: &Path,
+    chain: Option<&Path>,
     now: OffsetDateTime,
 ) -> Result<RootCa, CliError> {
     let cert_pem = read_pem(cert)?;
     let key_pem = Zeroizing::new(read_pem(key)?);
-    let root = import_root(
+    let chain_pem = chain.map(read_pem).transpose()?;
+    let chain_what = chain.map(|c| c.display().to_string()).unwrap_or_default();
+    let root = import_root_with_chain(
         &cert_pem,
         &key_pem,
+        chain_pem.as_deref(),
         now,
-        &cert.display().to_string(),
-        &key.display().to_string(),
+        (
+            &cert.display().to_string(),
+            &key.display().to_string(),
+            &chain_what,
+        ),
     )?;
     config.root_policy().check_root(root.cert())?;
     prove_root(config, &root, now)?;
@@ -160,8 +178,12 @@ fn prove_root(config: &Config, root: &RootCa, now: OffsetDateTime) -> Result<(),
         .map_or("trial", |c| c.name.as_str());
     let spec = policy.intermediate_spec(cluster, &config.trust_domain);
     let trial = issue_intermediate(root, &spec, now)?;
-    let files =
-        CaCertsFiles::for_intermediate(&trial, &[], root.cert(), &TrustBundle::single(root.cert()));
+    let files = CaCertsFiles::for_intermediate(
+        &trial,
+        &root.between(),
+        root.anchor(),
+        &TrustBundle::single(root.anchor()),
+    );
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
         CliError::InvalidBundle(format!(
             "this root cannot sign intermediates istiod would accept: {}",

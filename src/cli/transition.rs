@@ -56,7 +56,7 @@ pub(super) async fn rotate_root_start(
 ) -> Result<(), CliError> {
     let now = clock.now();
     let new_root = match (&args.new_root_cert, &args.new_root_key) {
-        (Some(cert), Some(key)) => Some(read_root(config, cert, key, now)?),
+        (Some(cert), Some(key)) => Some(read_root(config, cert, key, None, now)?),
         _ => None,
     };
     let _lock = StateLock::acquire(&config.state_dir)?;

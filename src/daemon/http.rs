@@ -101,8 +101,9 @@ async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
     let daemon = d.clone();
     let report = tokio::task::spawn_blocking(move || {
         handle.block_on(async {
-            let (store, root) = daemon.root_for_status().await?;
+            let (store, root, between) = daemon.root_for_status().await?;
             let now = daemon.clock.now();
+            let root = (root, between.as_slice());
             Ok::<_, crate::root_store::StoreError>(
                 crate::status::status_report(&daemon.config, &store, root, now).await,
             )

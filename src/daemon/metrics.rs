@@ -193,6 +193,34 @@ impl Metrics {
             .set(info.not_before.unix_timestamp());
     }
 
+    /// The mesh CA (`kind="mesh-ca"`) and the certificates between it and the anchor
+    /// (`kind="chain"`), `cluster="all"`: the series of a previous chain are dropped.
+    pub fn signing_chain(&self, chain: &[CertInfo]) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<(String, &'static str)> = current
+            .keys()
+            .filter(|(key, _)| key.starts_with("chain:"))
+            .cloned()
+            .collect();
+        for key in old {
+            if let Some(l) = current.remove(&key) {
+                self.expiration.remove(&l);
+                self.not_before.remove(&l);
+            }
+        }
+        for (i, info) in chain.iter().enumerate() {
+            let kind = if i == 0 { "mesh-ca" } else { "chain" };
+            let l = labels(&[("cluster", "all"), ("kind", kind), ("serial", &info.serial)]);
+            self.expiration
+                .get_or_create(&l)
+                .set(info.not_after.unix_timestamp());
+            self.not_before
+                .get_or_create(&l)
+                .set(info.not_before.unix_timestamp());
+            current.insert((format!("chain:{i}"), kind), l);
+        }
+    }
+
     pub fn renewal_at(&self, cluster: &str, at: Option<time::OffsetDateTime>) {
         let l = labels(&[("cluster", cluster)]);
         match at {

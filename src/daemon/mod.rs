@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fsutil::StateLock;
 use crate::issuance::{self, ClusterReport, Outcome};
+use crate::pki::Cert;
 use crate::plan::PlanOptions;
 use crate::root_store::{RootSource, StoreError};
 use crate::transition::error::DriveError;
@@ -187,11 +188,13 @@ impl Daemon {
         Ok(source)
     }
 
-    /// The store's name and root for `/status`, read through the daemon's session.
-    async fn root_for_status(&self) -> Result<(String, Option<crate::pki::Cert>), StoreError> {
+    /// The store's name, anchor and signing chain for `/status`, read through the daemon's
+    /// session.
+    async fn root_for_status(&self) -> Result<(String, Option<Cert>, Vec<Cert>), StoreError> {
         let source = self.root_source().await?;
         let root = source.load_cert().await?;
-        Ok((source.describe(), root))
+        let between = source.load_between().await?;
+        Ok((source.describe(), root, between))
     }
 
     /// Ends the root store's Vault session, revoking the token the daemon logged in for.
@@ -212,6 +215,10 @@ impl Daemon {
             Ok(source) => {
                 if let Ok(Some(root)) = source.load_cert().await {
                     self.metrics.certificate("all", "root", root.info());
+                }
+                if let Ok(between) = source.load_between().await {
+                    let infos: Vec<_> = between.iter().map(|c| c.info().clone()).collect();
+                    self.metrics.signing_chain(&infos);
                 }
                 source.signer().await
             }

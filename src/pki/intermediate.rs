@@ -40,10 +40,22 @@ pub fn issue_intermediate(
 ) -> Result<IntermediateCa, PkiError> {
     let root_info = root.cert().info();
     root.cert().check_valid_at(now, "root certificate")?;
-    let not_after = add_validity(now, spec.validity)?.min(root_info.not_after);
+    for above in root.chain() {
+        above.check_valid_at(
+            now,
+            &format!("{} (in the root's chain)", above.info().subject),
+        )?;
+    }
+    // Never valid past any certificate of its path to the anchor.
+    let ends = root
+        .chain()
+        .iter()
+        .map(|c| c.info().not_after)
+        .fold(root_info.not_after, OffsetDateTime::min);
+    let not_after = add_validity(now, spec.validity)?.min(ends);
     if not_after < now + MIN_LIFETIME {
         return Err(PkiError::RootExpiresTooSoon {
-            root_not_after: fmt_time(root_info.not_after),
+            root_not_after: fmt_time(ends),
         });
     }
     let key = CaKey::generate(spec.key_algorithm)?;

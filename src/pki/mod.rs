@@ -21,7 +21,7 @@ pub use intermediate::{
 };
 pub use key::{CaKey, KeyAlgorithm};
 pub use profile::Subject;
-pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root};
+pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root, import_root_with_chain};
 pub use secret_pem::MAX_PEM_TEXT;
 pub(crate) use secret_pem::base64_secret;
 pub use verify::{

@@ -1,4 +1,6 @@
-//! The mesh's common root: generation and import.
+//! The mesh's common root: generation and import. The CA that signs the clusters'
+//! intermediates is either the root itself (self-signed: the trust anchor) or a mesh CA below
+//! an anchor the company keeps offline, with the chain that leads there.
 
 use std::time::Duration;
 
@@ -8,11 +10,14 @@ use time::OffsetDateTime;
 use super::profile::{Subject, random_serial};
 use super::{CaKey, Cert, KeyAlgorithm, PkiError, add_validity};
 
-/// A root CA with its key in hand (file or Vault KV store). `Debug` shows no key material.
+/// The CA that signs intermediates, with its key in hand (file or Vault KV store): a
+/// self-signed root, or a mesh CA with `chain`, the certificates above it up to and including
+/// a self-signed anchor. `Debug` shows no key material.
 #[derive(Debug)]
 pub struct RootCa {
     cert: Cert,
     key: CaKey,
+    chain: Vec<Cert>,
 }
 
 /// What a freshly generated root looks like.
@@ -42,7 +47,11 @@ pub fn generate_root(spec: &RootSpec, now: OffsetDateTime) -> Result<RootCa, Pki
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(key.signer())?;
     let cert = Cert::from_der(cert.der().to_vec(), "generated root")?;
-    Ok(RootCa { cert, key })
+    Ok(RootCa {
+        cert,
+        key,
+        chain: Vec::new(),
+    })
 }
 
 /// Imports an existing root from PEM, refusing anything istiod could not use: not a CA,
@@ -53,6 +62,19 @@ pub fn import_root(
     now: OffsetDateTime,
     cert_what: &str,
     key_what: &str,
+) -> Result<RootCa, PkiError> {
+    import_root_with_chain(cert_pem, key_pem, None, now, (cert_what, key_what, ""))
+}
+
+/// [`import_root`] of a self-signed root (`chain` `None`), or of a mesh CA below an anchor:
+/// `chain` holds the certificates above it, up to and including the self-signed anchor (the
+/// mesh CA itself may come first). Every link is checked as Go's verifier would check it.
+pub fn import_root_with_chain(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    chain_pem: Option<&[u8]>,
+    now: OffsetDateTime,
+    (cert_what, key_what, chain_what): (&str, &str, &str),
 ) -> Result<RootCa, PkiError> {
     let cert = Cert::one_from_pem(cert_pem, cert_what)?;
     cert.supported_key(cert_what)?;
@@ -89,16 +111,100 @@ pub fn import_root(
     if let Some(reason) = super::constraints::go_would_refuse(&cert) {
         return Err(invalid(reason));
     }
-    if !cert.is_self_issued() || super::verify::check_signature(&cert, &cert).is_err() {
-        return Err(invalid(
-            "not a self-signed root (importing a CA of another PKI as the mesh root is not \
-             supported)"
-                .to_string(),
+    let self_signed = cert.is_self_issued() && super::verify::check_signature(&cert, &cert).is_ok();
+    let chain = match chain_pem {
+        None if !self_signed => {
+            return Err(invalid(
+                "not a self-signed root: for a mesh CA below another root, give the \
+                 certificates above it up to that root with --chain"
+                    .to_string(),
+            ));
+        }
+        None => Vec::new(),
+        Some(_) if self_signed => {
+            return Err(invalid(
+                "it is a self-signed root itself: --chain is for a mesh CA below one".to_string(),
+            ));
+        }
+        Some(pem) => {
+            let mut chain = Cert::all_from_pem(pem, chain_what)?;
+            if chain.first() == Some(&cert) {
+                chain.remove(0);
+            }
+            chain
+        }
+    };
+    cert.check_valid_at(now, cert_what)?;
+    check_chain(&cert, &chain, now).map_err(|reason| PkiError::Invalid {
+        what: chain_what.to_string(),
+        reason,
+    })?;
+    let key = CaKey::from_pem(key_pem, key_what)?;
+    RootCa::new(cert, key, cert_what)?.with_chain(chain, chain_what)
+}
+
+/// Checks that `chain` leads from `signer` to a self-signed anchor, each certificate signed by
+/// the next, each a CA that may sign certificates, valid at `now`, and with a path length that
+/// leaves room for what hangs below it: the clusters' intermediates, then workload leaves.
+pub(crate) fn check_chain(
+    signer: &Cert,
+    chain: &[Cert],
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let Some(anchor) = chain.last() else {
+        return Ok(());
+    };
+    if !anchor.is_self_issued() || super::verify::check_signature(anchor, anchor).is_err() {
+        return Err(format!(
+            "it does not lead to a self-signed anchor: the last certificate, {}, is issued by {}",
+            anchor.info().subject,
+            anchor.info().issuer
         ));
     }
-    cert.check_valid_at(now, cert_what)?;
-    let key = CaKey::from_pem(key_pem, key_what)?;
-    RootCa::new(cert, key, cert_what)
+    let mut child = signer;
+    for (i, issuer) in chain.iter().enumerate() {
+        super::verify::check_signature(child, issuer).map_err(|e| {
+            format!(
+                "it does not lead from {} to its anchor: {e}",
+                signer.info().subject
+            )
+        })?;
+        let info = issuer.info();
+        if !info.is_ca {
+            return Err(format!("{} is not a CA", info.subject));
+        }
+        if let Ok(Some(ku)) = issuer.x509().key_usage()
+            && !ku.value.key_cert_sign()
+        {
+            return Err(format!("{} lacks keyUsage keyCertSign", info.subject));
+        }
+        if let Some(reason) = super::constraints::go_would_refuse(issuer) {
+            return Err(reason);
+        }
+        // Below chain[i]: the CAs between it and the signer, the signer, and a cluster's
+        // intermediate, before any workload leaf.
+        let below = i + 2;
+        if let Some(max) = info.path_len
+            && (max as usize) < below
+        {
+            return Err(format!(
+                "{} has pathlen:{max}, but {below} CA certificates sit below it (the mesh CA \
+                 and each cluster's intermediate included): workload certificates would be \
+                 rejected",
+                info.subject
+            ));
+        }
+        if !issuer.is_valid_at(now) {
+            return Err(format!(
+                "{} is not valid now (valid {} to {})",
+                info.subject,
+                super::fmt_time(info.not_before),
+                super::fmt_time(info.not_after)
+            ));
+        }
+        child = issuer;
+    }
+    Ok(())
 }
 
 impl RootCa {
@@ -109,11 +215,59 @@ impl RootCa {
                 what: what.to_string(),
             });
         }
-        Ok(RootCa { cert, key })
+        Ok(RootCa {
+            cert,
+            key,
+            chain: Vec::new(),
+        })
     }
 
+    /// Sets the certificates above this CA, up to its anchor, as a store keeps them. They are
+    /// checked for structure only (each signed by the next, ending self-signed), not for
+    /// validity now: an expired link is for `status` and the alerts to report, and for
+    /// issuance to refuse.
+    pub fn with_chain(mut self, chain: Vec<Cert>, what: &str) -> Result<Self, PkiError> {
+        let mut child = &self.cert;
+        for issuer in &chain {
+            super::verify::check_signature(child, issuer).map_err(|reason| PkiError::Invalid {
+                what: what.to_string(),
+                reason,
+            })?;
+            child = issuer;
+        }
+        if chain.last().is_some_and(|a| !a.is_self_issued()) {
+            return Err(PkiError::Invalid {
+                what: what.to_string(),
+                reason: "it does not end with a self-signed anchor".to_string(),
+            });
+        }
+        self.chain = chain;
+        Ok(self)
+    }
+
+    /// The CA that signs the clusters' intermediates.
     pub fn cert(&self) -> &Cert {
         &self.cert
+    }
+
+    /// The certificates above [`RootCa::cert`], up to and including the anchor (empty when it
+    /// is itself the anchor).
+    pub fn chain(&self) -> &[Cert] {
+        &self.chain
+    }
+
+    /// The trust anchor: what every cluster's bundle holds.
+    pub fn anchor(&self) -> &Cert {
+        self.chain.last().unwrap_or(&self.cert)
+    }
+
+    /// What sits between an intermediate this CA issues and the anchor, in `cert-chain.pem`
+    /// order: this CA and the certificates above it, the anchor excluded.
+    pub fn between(&self) -> Vec<Cert> {
+        match self.chain.split_last() {
+            Some((_, above)) => std::iter::once(&self.cert).chain(above).cloned().collect(),
+            None => Vec::new(),
+        }
     }
 
     pub fn key(&self) -> &CaKey {

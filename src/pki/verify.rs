@@ -482,19 +482,56 @@ fn verify_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
         ));
     }
     let i = issuer.x509();
-    x509_parser::verify::verify_signature(
-        i.public_key(),
-        &c.signature_algorithm,
-        &c.signature_value,
-        c.tbs_certificate.as_ref(),
-    )
-    .map_err(|e| {
+    let verified = match alg.as_str() {
+        ECDSA_WITH_SHA512 => verify_ecdsa_sha512(i.public_key(), &c),
+        _ => x509_parser::verify::verify_signature(
+            i.public_key(),
+            &c.signature_algorithm,
+            &c.signature_value,
+            c.tbs_certificate.as_ref(),
+        )
+        .map_err(|e| e.to_string()),
+    };
+    verified.map_err(|e| {
         format!(
             "signature of {} does not verify with the key of {} ({e})",
             child.info().subject,
             issuer.info().subject
         )
     })
+}
+
+/// ecdsa-with-SHA512 (RFC 5758), which Go verifies and corporate CAs use; x509-parser does not
+/// know it.
+const ECDSA_WITH_SHA512: &str = "1.2.840.10045.4.3.4";
+
+/// An ecdsa-with-SHA512 signature of `child`, checked with `issuer`'s key on its curve.
+fn verify_ecdsa_sha512(
+    issuer: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    child: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<(), String> {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA512_ASN1, ECDSA_P384_SHA512_ASN1, ECDSA_P521_SHA512_ASN1, UnparsedPublicKey,
+        VerificationAlgorithm,
+    };
+    let curve = issuer
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|oid| oid.to_id_string())
+        .unwrap_or_default();
+    let algorithm: &'static dyn VerificationAlgorithm = match curve.as_str() {
+        "1.2.840.10045.3.1.7" => &ECDSA_P256_SHA512_ASN1,
+        "1.3.132.0.34" => &ECDSA_P384_SHA512_ASN1,
+        "1.3.132.0.35" => &ECDSA_P521_SHA512_ASN1,
+        _ => {
+            return Err("ecdsa-with-SHA512 from a key that is not on P-256, P-384 or P-521".into());
+        }
+    };
+    UnparsedPublicKey::new(algorithm, &issuer.subject_public_key.data)
+        .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
+        .map_err(|_| "signature verification error".to_string())
 }
 
 /// `issuer` sits `depth` places above the signing certificate. Workload leaves hang below the

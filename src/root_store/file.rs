@@ -17,6 +17,8 @@ pub struct FileRootStore {
 
 const CERT: &str = "root-cert.pem";
 const KEY: &str = "root-key.pem";
+/// For a mesh CA below an anchor: the certificates above it, up to the anchor.
+const CHAIN: &str = "root-chain.pem";
 
 impl FileRootStore {
     pub fn new(dir: PathBuf) -> Self {
@@ -29,6 +31,41 @@ impl FileRootStore {
 
     fn key_path(&self) -> PathBuf {
         self.dir.join(KEY)
+    }
+
+    fn chain_path(&self) -> PathBuf {
+        self.dir.join(CHAIN)
+    }
+
+    /// The certificates above the signing CA, up to its anchor; empty for a self-signed root.
+    pub fn load_chain(&self) -> Result<Vec<Cert>, StoreError> {
+        let path = self.chain_path();
+        match read_optional(&path)? {
+            Some(pem) => Cert::all_from_pem(&pem, &what(&path)).map_err(|e| self.material(e)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
+    /// above it, the anchor excluded (none for a self-signed root).
+    pub fn load_between(&self) -> Result<Vec<Cert>, StoreError> {
+        let Some(cert) = self.load_cert()? else {
+            return Ok(Vec::new());
+        };
+        let mut chain = self.load_chain()?;
+        if chain.pop().is_none() {
+            return Ok(Vec::new());
+        }
+        chain.insert(0, cert);
+        Ok(chain)
+    }
+
+    /// The trust anchor: the root, or the anchor at the end of the mesh CA's chain.
+    pub fn load_anchor(&self) -> Result<Option<Cert>, StoreError> {
+        let Some(cert) = self.load_cert()? else {
+            return Ok(None);
+        };
+        Ok(Some(self.load_chain()?.pop().unwrap_or(cert)))
     }
 
     fn material(&self, source: crate::pki::PkiError) -> StoreError {
@@ -85,7 +122,10 @@ impl FileRootStore {
             );
         }
         let key = CaKey::from_pem(&key_pem, &what(&key_path)).map_err(|e| self.material(e))?;
-        RootCa::new(cert, key, &what(&self.cert_path())).map_err(|e| self.material(e))
+        let chain = self.load_chain()?;
+        RootCa::new(cert, key, &what(&self.cert_path()))
+            .and_then(|r| r.with_chain(chain, &what(&self.chain_path())))
+            .map_err(|e| self.material(e))
     }
 
     pub fn create(&self, root: &RootCa) -> Result<(), StoreError> {
@@ -105,11 +145,24 @@ impl FileRootStore {
         let key_pem = root.key().to_pem();
         let key = StagedFile::new(&self.key_path(), key_pem.as_bytes(), Mode::Secret)?;
         let cert = StagedFile::new(&self.cert_path(), root.cert_pem().as_bytes(), Mode::Public)?;
+        let chain: String = root.chain().iter().map(Cert::to_pem).collect();
+        let chain = match chain.is_empty() {
+            true => None,
+            false => Some(StagedFile::new(
+                &self.chain_path(),
+                chain.as_bytes(),
+                Mode::Public,
+            )?),
+        };
         // No-clobber: two `root init` racing on one folder leave exactly one root.
         key.commit_new().map_err(|_| StoreError::AlreadyExists {
             store: self.describe(),
             fingerprint: "created concurrently".to_string(),
         })?;
+        // The chain before the certificate: a store is complete once root-cert.pem exists.
+        if let Some(chain) = chain {
+            chain.commit()?;
+        }
         cert.commit_new()?;
         sync_dir(&self.dir)?;
         Ok(())

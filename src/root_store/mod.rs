@@ -117,12 +117,22 @@ impl RootSource {
         }
     }
 
-    /// The root certificate, `None` before a root exists.
+    /// The trust anchor (the root, or the anchor above a mesh CA), `None` before a root exists.
     pub async fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
         match self {
-            RootSource::File(f) => f.load_cert(),
+            RootSource::File(f) => f.load_anchor(),
             RootSource::VaultKv(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
             RootSource::VaultPki(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
+        }
+    }
+
+    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
+    /// above it, the anchor excluded (none for a self-signed root, and for vault-pki).
+    pub async fn load_between(&self) -> Result<Vec<Cert>, StoreError> {
+        match self {
+            RootSource::File(f) => f.load_between(),
+            RootSource::VaultKv(v) => v.between().await.map_err(|e| self.vault_err(e)),
+            RootSource::VaultPki(_) => Ok(Vec::new()),
         }
     }
 
@@ -208,10 +218,21 @@ impl RootSource {
 }
 
 impl Signer {
+    /// The trust anchor the intermediates chain to: what every cluster's bundle holds.
     pub fn root_cert(&self) -> &Cert {
         match self {
-            Signer::Local(r) => r.cert(),
+            Signer::Local(r) => r.anchor(),
             Signer::Vault { root, .. } => root,
+        }
+    }
+
+    /// What sits between an intermediate and [`Signer::root_cert`] in `cert-chain.pem`: the
+    /// mesh CA and the certificates above it, the anchor excluded (none for a self-signed
+    /// root).
+    pub fn between(&self) -> Vec<Cert> {
+        match self {
+            Signer::Local(r) => r.between(),
+            Signer::Vault { .. } => Vec::new(),
         }
     }
 

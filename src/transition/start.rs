@@ -446,7 +446,8 @@ async fn issue_new(
         .await
         .map_err(|e| DriveError::NewRoot(format!("{name}: {e}")))?;
     policy.check_issued(name, &ica.cert)?;
-    let files = CaCertsFiles::for_intermediate(&ica, &[], root, &TrustBundle::single(root));
+    let files =
+        CaCertsFiles::for_intermediate(&ica, &signer.between(), root, &TrustBundle::single(root));
     verify_cacerts_for_mesh(&files, now, Some(&config.trust_domain)).map_err(|problems| {
         DriveError::NewRoot(format!(
             "{name}: internal check of the new cacerts failed: {}",

@@ -268,3 +268,114 @@ pub fn assert_issued_and_trusted(s: &Setup) {
     .expect("mTLS");
     assert_eq!(ids, vec![mtls::SPIFFE_ID]);
 }
+
+/// A company's PKI, made with the `openssl` CLI: a self-signed anchor kept offline,
+/// `corporate` intermediates below it, then the mesh CA cacertd is given.
+pub struct CompanyPki {
+    pub corporate: usize,
+    pub corporate_pathlen: Option<u32>,
+    pub mesh_pathlen: Option<u32>,
+    /// The digest the anchor signs with (`sha256`, `sha512`…).
+    pub anchor_digest: &'static str,
+}
+
+impl CompanyPki {
+    /// Writes into `dir`: `anchor.pem`, `mesh.pem` and `mesh.key` (the mesh CA), and
+    /// `chain.pem` (the certificates above the mesh CA, nearest first, the anchor last).
+    pub fn make(&self, dir: &Path) {
+        let run = |args: &[&str]| openssl(dir, args).ok();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "anchor.key",
+            "-out",
+            "anchor.pem",
+            "-days",
+            "3650",
+            "-subj",
+            "/O=Corp/CN=Offline Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        let sign = |name: &str, subject: &str, issuer: &str, pathlen: Option<u32>, digest: &str| {
+            let ext = format!(
+                "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
+                 cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+                pathlen
+                    .map(|p| format!(", pathlen:{p}"))
+                    .unwrap_or_default()
+            );
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            run(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subject,
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{issuer}.pem"),
+                "-CAkey",
+                &format!("{issuer}.key"),
+                "-set_serial",
+                "0x1234",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2000",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-extensions",
+                "ca",
+                &format!("-{digest}"),
+            ]);
+        };
+        let mut issuer = "anchor".to_string();
+        let mut above = vec!["anchor.pem".to_string()];
+        for i in 0..self.corporate {
+            let name = format!("corp{i}");
+            let digest = if i == 0 { self.anchor_digest } else { "sha256" };
+            let subject = format!("/O=Corp/CN=Corporate CA {i}");
+            sign(&name, &subject, &issuer, self.corporate_pathlen, digest);
+            above.insert(0, format!("{name}.pem"));
+            issuer = name;
+        }
+        let digest = if self.corporate == 0 {
+            self.anchor_digest
+        } else {
+            "sha256"
+        };
+        sign(
+            "mesh",
+            "/O=Corp/CN=Mesh CA",
+            &issuer,
+            self.mesh_pathlen,
+            digest,
+        );
+        let chain: Vec<u8> = above
+            .iter()
+            .flat_map(|f| std::fs::read(dir.join(f)).unwrap())
+            .collect();
+        std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    }
+}

@@ -13,6 +13,9 @@ use crate::pki::{CaKey, Cert, PkiError, RootCa};
 struct RootSecret {
     certificate: String,
     private_key: String,
+    /// For a mesh CA below an anchor: the certificates above it, up to the anchor.
+    #[serde(default)]
+    chain: Option<String>,
 }
 
 /// The same secret as written: the key in a buffer wiped on drop (vaultrs' own JSON buffers
@@ -22,11 +25,16 @@ struct WrittenRootSecret {
     certificate: String,
     #[serde(serialize_with = "serialize_str")]
     private_key: Zeroizing<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
 }
 
 fn serialize_str<S: serde::Serializer>(v: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v)
 }
+
+/// The certificates of a root secret last read, with its KV version.
+pub type Seen = std::sync::Arc<std::sync::Mutex<Option<(u64, Vec<Cert>)>>>;
 
 /// vault-kv: the root held in a KV v2 secret.
 #[derive(Clone)]
@@ -34,8 +42,9 @@ pub struct VaultKv {
     pub session: std::sync::Arc<VaultSession>,
     pub mount: String,
     pub path: String,
-    /// The root certificate last read, with its version: see [`VaultKv::root_cert`].
-    pub seen: std::sync::Arc<std::sync::Mutex<Option<(u64, Cert)>>>,
+    /// The certificates last read (the anchor, then the mesh CA and those between), with
+    /// their version: see [`VaultKv::root_cert`].
+    pub seen: Seen,
 }
 
 impl VaultKv {
@@ -95,30 +104,47 @@ impl VaultKv {
         }
     }
 
-    /// The root certificate at the current version. Remembered by version: the secret holds
-    /// the key too, and a look at the certificate (`status`, `/status`, each pass's metrics)
-    /// should not fetch the key again while the version is the same.
+    /// The trust anchor at the current version (the root, or the anchor above a mesh CA).
+    /// Remembered by version: the secret holds the key too, and a look at the certificates
+    /// (`status`, `/status`, each pass's metrics) should not fetch the key again while the
+    /// version is the same.
     pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
+        Ok(self.certificates().await?.map(|mut c| c.swap_remove(0)))
+    }
+
+    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
+    /// above it (none for a self-signed root). Remembered as [`VaultKv::root_cert`] is.
+    pub async fn between(&self) -> Result<Vec<Cert>, VaultError> {
+        Ok(self
+            .certificates()
+            .await?
+            .map(|c| c[1..].to_vec())
+            .unwrap_or_default())
+    }
+
+    /// The anchor, then what sits between: remembered by KV version.
+    async fn certificates(&self) -> Result<Option<Vec<Cert>>, VaultError> {
         let Some(version) = self.version().await? else {
             return Ok(None);
         };
-        let remembered = |seen: &Option<(u64, Cert)>| {
+        let remembered = |seen: &Option<(u64, Vec<Cert>)>| {
             seen.as_ref()
                 .filter(|(v, _)| *v == version)
                 .map(|(_, c)| c.clone())
         };
-        if let Some(cert) = self.seen.lock().ok().and_then(|s| remembered(&s)) {
-            return Ok(Some(cert));
+        if let Some(certs) = self.seen.lock().ok().and_then(|s| remembered(&s)) {
+            return Ok(Some(certs));
         }
         let Some((root, version)) = self.load().await? else {
             return Ok(None);
         };
-        let cert = root.cert().clone();
+        let mut certs = vec![root.anchor().clone()];
+        certs.extend(root.between());
         drop(root);
         if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some((version, cert.clone()));
+            *seen = Some((version, certs.clone()));
         }
-        Ok(Some(cert))
+        Ok(Some(certs))
     }
 
     /// The root (certificate and key) at the current version, with that version.
@@ -141,6 +167,7 @@ impl VaultKv {
         let RootSecret {
             certificate,
             private_key,
+            chain,
         } = secret;
         let key_pem = Zeroizing::new(private_key.into_bytes());
         let what = format!("vault-kv {path} (version {version})");
@@ -151,7 +178,15 @@ impl VaultKv {
         let cert = Cert::one_from_pem(certificate.as_bytes(), &format!("{what} certificate"))
             .map_err(malformed)?;
         let key = CaKey::from_pem(&key_pem, &format!("{what} private_key")).map_err(malformed)?;
-        let root = RootCa::new(cert, key, &what).map_err(malformed)?;
+        let chain = match &chain {
+            Some(pem) => {
+                Cert::all_from_pem(pem.as_bytes(), &format!("{what} chain")).map_err(malformed)?
+            }
+            None => Vec::new(),
+        };
+        let root = RootCa::new(cert, key, &what)
+            .and_then(|r| r.with_chain(chain, &format!("{what} chain")))
+            .map_err(malformed)?;
         Ok(Some((root, version)))
     }
 
@@ -213,9 +248,11 @@ impl VaultKv {
             reason: format!("version {cas} is beyond what check-and-set can name"),
         })?;
         let key = root.key().to_pem();
+        let chain: String = root.chain().iter().map(Cert::to_pem).collect();
         let secret = WrittenRootSecret {
             certificate: root.cert_pem(),
             private_key: Zeroizing::new(key.to_string()),
+            chain: (!chain.is_empty()).then_some(chain),
         };
         let path = format!("{}/data/{at}", self.mount);
         let result = self
