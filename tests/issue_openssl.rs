@@ -527,6 +527,32 @@ fn a_mesh_ca_below_the_companys_offline_root() {
             status.stdout
         );
     }
+    // From a mesh CA to a root of cacertd's own: a phased rotation away from the anchor.
+    let s = Setup::new();
+    let pki = CompanyPki {
+        corporate: 1,
+        corporate_pathlen: None,
+        mesh_pathlen: Some(1),
+        anchor_digest: "sha256",
+    };
+    pki.make(s.path("").as_path());
+    s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "mesh.pem",
+        "--key",
+        "mesh.key",
+        "--chain",
+        "chain.pem",
+    ])
+    .ok();
+    s.cacertd(&["issue"]).ok();
+    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    assert_issued_and_trusted(&s);
+    let bundle = String::from_utf8(s.read("out/cluster1/root-cert.pem")).unwrap();
+    assert!(!bundle.contains(String::from_utf8(s.read("anchor.pem")).unwrap().trim()));
 }
 
 /// What cannot carry a mesh: a chain that does not reach the anchor, a mesh CA with pathlen:0,

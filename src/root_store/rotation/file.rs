@@ -30,7 +30,7 @@ impl RootRotation for FileRotation {
 
     async fn current(&self) -> Result<Cert, RotationError> {
         FileRootStore::new(self.dir.clone())
-            .load_cert()
+            .load_anchor()
             .map_err(refused)?
             .ok_or_else(|| RotationError::Refused("there is no root to rotate yet".into()))
     }

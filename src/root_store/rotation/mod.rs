@@ -72,7 +72,8 @@ pub trait RootRotation: Send + Sync {
         false
     }
 
-    /// The root the store holds now.
+    /// The trust anchor of the root the store holds now (the root, or the anchor above a
+    /// mesh CA).
     async fn current(&self) -> Result<Cert, RotationError>;
 
     /// Checks, before anything is kept, that the store can rotate as configured.

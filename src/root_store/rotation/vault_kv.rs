@@ -36,7 +36,7 @@ impl RootRotation for VaultKvRotation {
             .load()
             .await
             .map_err(|e| RotationError::Refused(self.err(e)))?
-            .map(|(r, _)| r.cert().clone())
+            .map(|(r, _)| r.anchor().clone())
             .ok_or_else(|| RotationError::Refused("there is no root to rotate yet".into()))
     }
 
