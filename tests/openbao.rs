@@ -1734,3 +1734,77 @@ fn vault_kv_holds_a_mesh_ca_below_an_offline_root() {
         status.stdout
     );
 }
+
+/// vault-pki on a "pki_int" mount: its issuer is an intermediate that a root mount signed (the
+/// usual Vault setup, the root standing in for the company's offline one). cacertd signs with
+/// it under the shipped day-to-day policy (its mount renamed), each cluster's cacerts carries
+/// the issuer and trusts the root mount's certificate alone, and workloads of two clusters
+/// complete an mTLS handshake.
+#[test]
+fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
+    let bao = Bao::start();
+    bao.enable_pki("pki");
+    bao.enable_pki("pki_int");
+    let root = bao.ok(
+        "POST",
+        "pki/root/generate/internal",
+        Some(json!({ "common_name": "Offline Root", "key_type": "ec", "key_bits": 384, "ttl": "87000h" })),
+    )["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let csr = bao.ok(
+        "POST",
+        "pki_int/intermediate/generate/internal",
+        Some(json!({ "common_name": "Mesh CA", "key_type": "ec", "key_bits": 256 })),
+    )["data"]["csr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signed = bao.ok(
+        "POST",
+        "pki/root/sign-intermediate",
+        Some(json!({ "csr": csr, "common_name": "Mesh CA", "ttl": "43800h", "format": "pem" })),
+    )["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bao.ok(
+        "POST",
+        "pki_int/intermediate/set-signed",
+        Some(json!({ "certificate": format!("{signed}\n{root}") })),
+    );
+    let policy = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/cacertd-pki.hcl"),
+    )
+    .unwrap()
+    .replace("path \"pki/", "path \"pki_int/");
+    bao.policy("cacertd-pki-int", &policy);
+    let s = setup(
+        &bao,
+        &PKI.replace("\"pki\"", "\"pki_int\""),
+        &bao.token(&["cacertd-pki-int"]),
+    );
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    for c in ["cluster1", "cluster2"] {
+        assert!(same_pem(&cluster_root(&s, c), &root), "{c}");
+        let chain = std::fs::read_to_string(s.path(&format!("out/{c}/cert-chain.pem"))).unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 3, "{chain}");
+        assert!(chain.contains(signed.trim()), "{chain}");
+    }
+    let again = s.cacertd(&["issue"]).ok();
+    assert_eq!(
+        again.stdout.matches("unchanged").count(),
+        2,
+        "{}",
+        again.stdout
+    );
+    let status = s.cacertd(&["status"]).ok();
+    assert!(
+        status.stdout.contains("mesh CA: CN=Mesh CA"),
+        "{}",
+        status.stdout
+    );
+    assert_no_key_requested(&bao);
+}

@@ -222,25 +222,33 @@ impl RootCa {
         })
     }
 
+    /// Whether `chain` leads from `signer` to a self-signed anchor, each certificate signed by
+    /// the next (structure only: validity and path lengths are for [`check_chain`]).
+    pub fn check_chain_structure(signer: &Cert, chain: &[Cert]) -> Result<(), String> {
+        let mut child = signer;
+        for issuer in chain {
+            super::verify::check_signature(child, issuer)?;
+            child = issuer;
+        }
+        match chain.last() {
+            Some(a) if !a.is_self_issued() => Err(format!(
+                "it does not end with a self-signed anchor ({} is issued by {})",
+                a.info().subject,
+                a.info().issuer
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Sets the certificates above this CA, up to its anchor, as a store keeps them. They are
     /// checked for structure only (each signed by the next, ending self-signed), not for
     /// validity now: an expired link is for `status` and the alerts to report, and for
     /// issuance to refuse.
     pub fn with_chain(mut self, chain: Vec<Cert>, what: &str) -> Result<Self, PkiError> {
-        let mut child = &self.cert;
-        for issuer in &chain {
-            super::verify::check_signature(child, issuer).map_err(|reason| PkiError::Invalid {
-                what: what.to_string(),
-                reason,
-            })?;
-            child = issuer;
-        }
-        if chain.last().is_some_and(|a| !a.is_self_issued()) {
-            return Err(PkiError::Invalid {
-                what: what.to_string(),
-                reason: "it does not end with a self-signed anchor".to_string(),
-            });
-        }
+        Self::check_chain_structure(&self.cert, &chain).map_err(|reason| PkiError::Invalid {
+            what: what.to_string(),
+            reason,
+        })?;
         self.chain = chain;
         Ok(self)
     }

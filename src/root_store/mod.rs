@@ -57,7 +57,12 @@ pub enum RootSource {
 /// What signs intermediates: the root in hand, or Vault's PKI engine.
 pub enum Signer {
     Local(RootCa),
-    Vault { root: Cert, pki: VaultPkiRef },
+    /// `path`: the issuer's certificate, then those above it up to `root`, the anchor.
+    Vault {
+        root: Cert,
+        path: Vec<Cert>,
+        pki: VaultPkiRef,
+    },
 }
 
 /// A handle to the PKI store a [`Signer::Vault`] signs through.
@@ -132,7 +137,7 @@ impl RootSource {
         match self {
             RootSource::File(f) => f.load_between(),
             RootSource::VaultKv(v) => v.between().await.map_err(|e| self.vault_err(e)),
-            RootSource::VaultPki(_) => Ok(Vec::new()),
+            RootSource::VaultPki(v) => v.between().await.map_err(|e| self.vault_err(e)),
         }
     }
 
@@ -163,8 +168,8 @@ impl RootSource {
                 None => Err(StoreError::NoRoot { store }),
             },
             RootSource::VaultPki(v) => {
-                let root = v
-                    .root_cert()
+                let path = v
+                    .certificates()
                     .await
                     .map_err(|source| StoreError::Vault {
                         store: store.clone(),
@@ -173,8 +178,12 @@ impl RootSource {
                     .ok_or_else(|| StoreError::NoRoot {
                         store: store.clone(),
                     })?;
+                let root = path.last().cloned().ok_or_else(|| StoreError::NoRoot {
+                    store: store.clone(),
+                })?;
                 Ok(Signer::Vault {
                     root,
+                    path,
                     pki: VaultPkiRef(std::sync::Arc::new(v)),
                 })
             }
@@ -232,7 +241,7 @@ impl Signer {
     pub fn between(&self) -> Vec<Cert> {
         match self {
             Signer::Local(r) => r.between(),
-            Signer::Vault { .. } => Vec::new(),
+            Signer::Vault { path, .. } => path[..path.len().saturating_sub(1)].to_vec(),
         }
     }
 
@@ -245,9 +254,9 @@ impl Signer {
     ) -> Result<IntermediateCa, String> {
         match self {
             Signer::Local(root) => issue_intermediate(root, spec, now).map_err(|e| e.to_string()),
-            Signer::Vault { root, pki } => {
+            Signer::Vault { path, pki, .. } => {
                 pki.0
-                    .sign_intermediate(spec, root)
+                    .sign_intermediate(spec, path)
                     .await
                     .map_err(|e: SignError| match e {
                         SignError::Vault(v) => format!("{}: {v}", pki.0.describe()),

@@ -57,8 +57,78 @@ impl VaultPki {
         Ok(())
     }
 
-    /// The root certificate Vault signs with, `None` if the mount has no issuer yet.
+    /// The trust anchor: the issuer's own certificate when it is a root, else the
+    /// self-signed certificate its `ca_chain` leads to. `None` if the mount has no issuer yet.
     pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
+        Ok(self.certificates().await?.and_then(|mut c| c.pop()))
+    }
+
+    /// What sits between an intermediate and the anchor: the issuer and the certificates
+    /// above it, the anchor excluded (none when the issuer is a root).
+    pub async fn between(&self) -> Result<Vec<Cert>, VaultError> {
+        Ok(match self.certificates().await? {
+            Some(mut certs) => {
+                certs.pop();
+                certs
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// The issuer's certificate, then those above it up to and including the anchor, from the
+    /// issuer's `ca_chain` as Vault returns it (a "pki_int" mount whose issuer a root mount,
+    /// or an offline root, signed). It must lead to a self-signed anchor: that is what every
+    /// cluster will trust.
+    pub async fn certificates(&self) -> Result<Option<Vec<Cert>>, VaultError> {
+        let Some(signing) = self.signing_cert().await? else {
+            return Ok(None);
+        };
+        if signing.is_self_issued() {
+            return Ok(Some(vec![signing]));
+        }
+        let reference = self.issuer.as_deref().unwrap_or("default");
+        let chain = self
+            .read_issuer(reference)
+            .await?
+            .map(|r| r.ca_chain)
+            .unwrap_or_default();
+        let what = format!("{} issuer's ca_chain", self.describe());
+        let malformed = |reason: String| VaultError::Malformed {
+            what: what.clone(),
+            reason,
+        };
+        let mut above = Vec::new();
+        for pem in &chain {
+            for cert in
+                Cert::all_from_pem(pem.as_bytes(), &what).map_err(|e| malformed(e.to_string()))?
+            {
+                if cert != signing && !above.contains(&cert) {
+                    above.push(cert);
+                }
+            }
+        }
+        crate::pki::RootCa::check_chain_structure(&signing, &above).map_err(|reason| {
+            malformed(format!(
+                "{reason}; set the issuer's certificate with its whole chain up to the root \
+                 ({}/intermediate/set-signed)",
+                self.mount
+            ))
+        })?;
+        if above.is_empty() {
+            return Err(malformed(
+                "the issuer is not self-signed and Vault gives no chain above it; set it with its \
+                 whole chain up to the root"
+                    .into(),
+            ));
+        }
+        let mut certs = vec![signing];
+        certs.extend(above);
+        Ok(Some(certs))
+    }
+
+    /// The certificate Vault signs with (the configured issuer, or the mount's default), `None`
+    /// if the mount has no issuer yet.
+    async fn signing_cert(&self) -> Result<Option<Cert>, VaultError> {
         self.check_mount().await?;
         let pem = match &self.issuer {
             Some(issuer) => {
@@ -324,11 +394,21 @@ impl VaultPki {
 
     /// Has Vault sign an intermediate for a key made here. The CSR carries the subject and
     /// SANs (`use_csr_values`); the CA flag, path length and TTL are set by the request.
+    /// `path` is the issuer's certificate, then those above it up to the anchor.
     pub async fn sign_intermediate(
         &self,
         spec: &IntermediateSpec,
-        root: &Cert,
+        path: &[Cert],
     ) -> Result<IntermediateCa, SignError> {
+        let Some(root) = path.first() else {
+            return Err(SignError::Vault(VaultError::Config(
+                "no issuer to sign with".into(),
+            )));
+        };
+        let ends = path
+            .iter()
+            .map(|c| c.info().not_after)
+            .fold(root.info().not_after, time::OffsetDateTime::min);
         let key = CaKey::generate(spec.key_algorithm)?;
         let params = crate::pki::intermediate_params_for_csr(spec)?;
         let csr = params
@@ -338,7 +418,7 @@ impl VaultPki {
             .map_err(PkiError::from)?;
         // Like the local signer: never ask for more than the root has left. Vault signs at its
         // own present, so this is measured on the wall clock, not the injected one.
-        let left: Duration = (root.info().not_after - time::OffsetDateTime::now_utc())
+        let left: Duration = (ends - time::OffsetDateTime::now_utc())
             .try_into()
             .unwrap_or(Duration::ZERO);
         let validity = spec
