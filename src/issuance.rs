@@ -54,6 +54,17 @@ pub struct ClusterReport {
     /// known ([`crate::plan::Expected::known_roots`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unknown_roots: Vec<String>,
+    /// When the cluster was left as it is: what was read of it, judged, with its istiod
+    /// images — still what it serves, for the daemon's `/status`.
+    #[serde(skip)]
+    pub seen: Option<Seen>,
+}
+
+/// What a run read of a cluster it left unchanged.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub assessment: crate::plan::Assessment,
+    pub istiod_images: Vec<String>,
 }
 
 impl ClusterReport {
@@ -69,6 +80,7 @@ impl ClusterReport {
             backup: None,
             backups_removed: Vec::new(),
             backups_kept_because: None,
+            seen: None,
             unknown_roots: Vec::new(),
         }
     }
@@ -278,8 +290,19 @@ impl Pass<'_> {
         let report = self
             .act(cluster, target, &observed, &assessment, attempted)
             .await?;
+        let seen = (report.outcome == Outcome::Kept).then(|| Seen {
+            assessment: assessment.clone(),
+            istiod_images: observed
+                .snapshot
+                .istiod_images
+                .iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        });
         Ok(ClusterReport {
             unknown_roots: assessment.unknown_roots,
+            seen,
             ..report
         })
     }

@@ -112,11 +112,21 @@ impl IstiodRelease {
     }
 }
 
+/// What is known of a cluster for its status row.
+pub enum Observed {
+    /// A remote: nothing of its own to read.
+    Remote,
+    /// Read now, or why it could not be.
+    Read(Result<Snapshot, String>),
+    /// Judged by the daemon's last pass, which left it unchanged.
+    Seen(crate::issuance::Seen),
+}
+
 pub fn status_row(
     config: &Config,
     cluster: &Cluster,
     (root, known_roots): (Option<&Cert>, &[Cert]),
-    observed: Option<Result<Snapshot, String>>,
+    observed: Observed,
     now: OffsetDateTime,
 ) -> StatusRow {
     let mut row = StatusRow {
@@ -132,39 +142,50 @@ pub fn status_row(
         error: None,
         istiod: Vec::new(),
     };
-    match observed {
-        None => {}
-        Some(Err(e)) => row.error = Some(e),
-        Some(Ok(snapshot)) => {
-            let images = snapshot.istiod_images.iter().flatten();
-            row.istiod = images.map(|i| IstiodRelease::of(i)).collect();
+    let (a, images) = match observed {
+        Observed::Remote => return row,
+        Observed::Read(Err(e)) => {
+            row.error = Some(e);
+            return row;
+        }
+        Observed::Read(Ok(snapshot)) => {
             let expected = crate::plan::Expected {
                 known_roots,
                 ..config.expected(cluster, root)
             };
             let a = assess(&snapshot, &expected, now);
-            row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
-            row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
-            row.cacerts = Some(a);
+            (a, snapshot.istiod_images.unwrap_or_default())
         }
-    }
+        Observed::Seen(seen) => (seen.assessment, seen.istiod_images),
+    };
+    row.istiod = images.iter().map(|i| IstiodRelease::of(i)).collect();
+    row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
+    row.renewal_due = a.renew_at.map(|r| now >= r && !a.capped_by_root);
+    row.cacerts = Some(a);
     row
 }
 
 /// What `status -o json` prints (and the daemon serves on /status), with the store's name.
 /// `root` is the store's trust anchor as read by the caller (`None`: the store holds none),
 /// `between` the mesh CA and the certificates above it when the anchor is not the signer.
+/// The clusters in `seen` (the daemon's last pass left them unchanged) are not read again.
 pub async fn status_report(
     config: &Config,
     store: &str,
     (root, between): (Option<Cert>, &[Cert]),
+    seen: &std::collections::HashMap<String, crate::issuance::Seen>,
     now: OffsetDateTime,
 ) -> StatusReport {
     let reads: Vec<_> = config
         .topology
         .clusters()
         .iter()
-        .map(|cluster| read_snapshot(config, cluster))
+        .map(|cluster| async move {
+            match seen.get(&cluster.name) {
+                Some(s) => Observed::Seen(s.clone()),
+                None => read_snapshot(config, cluster).await,
+            }
+        })
         .collect();
     let observed = futures::future::join_all(reads).await;
     let known = crate::issuance::known_roots(config).await;
@@ -194,11 +215,11 @@ pub async fn status_report(
 }
 
 /// A primary's snapshot for `status` (remotes have none), or why it could not be read.
-async fn read_snapshot(config: &Config, cluster: &Cluster) -> Option<Result<Snapshot, String>> {
+async fn read_snapshot(config: &Config, cluster: &Cluster) -> Observed {
     if cluster.role == Role::Remote {
-        return None;
+        return Observed::Remote;
     }
-    Some(match Target::open(cluster, config).await {
+    Observed::Read(match Target::open(cluster, config).await {
         Ok(t) => t
             .read()
             .await

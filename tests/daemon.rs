@@ -850,3 +850,59 @@ async fn every_certificate_of_the_signing_chain_is_exported() {
     assert_eq!(series("mesh-ca"), [not_after("mesh.pem")], "{text}");
     assert_eq!(series("chain"), [not_after("corp0.pem")], "{text}");
 }
+
+/// `/status` is served from the last pass: a cluster the daemon looked at and left unchanged is
+/// not read again for it. One that changes since (a watch marks it) is read afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_served_from_the_last_pass() {
+    use cacertd_test_apiserver::TestApiServer;
+    let server = TestApiServer::start(&common::kube::CLUSTERS);
+    let s = common::kube::setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let start = t0();
+    let clock = Arc::new(FixedClock::new(start));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let addr = serve(&d).await;
+    let reports = d.tick().await;
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Kept),
+        "{reports:?}"
+    );
+    let reads = |c: &str| {
+        server
+            .cluster(c)
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/secrets/cacerts"))
+            .count()
+    };
+    let before = (reads("cluster1"), reads("cluster2"));
+    for n in 1..=3 {
+        clock.set(start + time::Duration::seconds(20 * n));
+        let (status, body) = get(addr, "/status").await;
+        assert!(status.contains("200"), "{status} {body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let state = |i: usize| report["clusters"][i]["cacerts"]["state"].clone();
+        assert_eq!(
+            (state(0), state(1)),
+            ("valid".into(), "valid".into()),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        (reads("cluster1"), reads("cluster2")),
+        before,
+        "no cluster read for /status"
+    );
+
+    // A change to cluster1: /status reads it again, and only it.
+    d.mark_due("cluster1").await;
+    clock.set(start + time::Duration::seconds(100));
+    let (status, _) = get(addr, "/status").await;
+    assert!(status.contains("200"));
+    assert_eq!(
+        (reads("cluster1"), reads("cluster2")),
+        (before.0 + 1, before.1)
+    );
+}

@@ -93,7 +93,8 @@ pub(super) async fn status(
     let between = source.load_between().await;
     source.close().await;
     let store = source.describe();
-    let report = crate::status::status_report(config, &store, (root?, &between?), now).await;
+    let none = std::collections::HashMap::new();
+    let report = crate::status::status_report(config, &store, (root?, &between?), &none, now).await;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),

@@ -93,7 +93,8 @@ async fn status_handler(State(d): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Reads the status of the root and every cluster.
+/// Reads the status of the root and of every cluster the last pass did not leave unchanged
+/// (those are served as that pass saw them).
 async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
     // Reading every target is not a Send future (the clients' retry closures), so it runs on a
     // blocking thread of its own, driven by the same runtime.
@@ -104,8 +105,10 @@ async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
             let (store, root, between) = daemon.root_for_status().await?;
             let now = daemon.clock.now();
             let root = (root, between.as_slice());
+            // What the last pass saw of the clusters it left unchanged; the others are read.
+            let seen = daemon.last_seen.lock().await.clone();
             Ok::<_, crate::root_store::StoreError>(
-                crate::status::status_report(&daemon.config, &store, root, now).await,
+                crate::status::status_report(&daemon.config, &store, root, &seen, now).await,
             )
         })
     })

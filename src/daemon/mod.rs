@@ -69,6 +69,9 @@ pub struct Daemon {
     /// The root store, opened once and kept for the daemon's life: one Vault session (renewed,
     /// logged in again when needed, revoked on the way out), not a login per pass.
     root_source: tokio::sync::Mutex<Option<RootSource>>,
+    /// What the last pass read of each cluster it left unchanged, for `/status`; dropped when
+    /// the cluster changes (a write, a watch, a transition), so `/status` reads it again.
+    last_seen: Mutex<HashMap<String, crate::issuance::Seen>>,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -93,6 +96,7 @@ impl Daemon {
             transition_store: tokio::sync::OnceCell::new(),
             status_cache: tokio::sync::Mutex::new(None),
             root_source: tokio::sync::Mutex::new(None),
+            last_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -248,10 +252,20 @@ impl Daemon {
     /// backoff; else the interval (with jitter) or its renewal, whichever comes first — or at
     /// once when it changed while the pass ran.
     async fn note_pass(&self, reports: &[ClusterReport], seconds: f64, now: OffsetDateTime) {
-        // Locks in one order everywhere: schedule, then marked.
+        // Locks in one order everywhere: schedule, then marked, then last_seen.
         let mut schedule = self.schedule.lock().await;
         let mut marked = self.marked.lock().await;
+        let mut seen = self.last_seen.lock().await;
         for r in reports {
+            // Changed while this pass ran: what it read may be gone already.
+            match &r.seen {
+                Some(s) if !marked.contains(&r.cluster) => {
+                    seen.insert(r.cluster.clone(), s.clone());
+                }
+                _ => {
+                    seen.remove(&r.cluster);
+                }
+            }
             let result = match r.outcome {
                 Outcome::Issued => "issued",
                 Outcome::Kept => "unchanged",
@@ -309,6 +323,7 @@ impl Daemon {
             return;
         }
         self.marked.lock().await.insert(cluster.to_string());
+        self.last_seen.lock().await.remove(cluster);
         if let Some(s) = schedule.get_mut(cluster) {
             s.next = OffsetDateTime::UNIX_EPOCH;
         }
@@ -340,6 +355,10 @@ impl Daemon {
                 crate::transition::State::Active | crate::transition::State::RollingBack { .. }
             ) && !r.is_over()
         });
+        if active {
+            // Trust moves under the daemon's feet: /status reads every cluster again.
+            self.last_seen.lock().await.clear();
+        }
         let mut pause = Duration::from_secs(5);
         // A record in the management cluster is guarded by compare-and-swap instead.
         let local_record = self.config.transition.record == crate::config::RecordLocation::StateDir;
