@@ -793,24 +793,7 @@ async fn one_vault_session_for_the_daemons_life() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_certificate_of_the_signing_chain_is_exported() {
     let s = Setup::new();
-    common::CompanyPki {
-        corporate: 1,
-        corporate_pathlen: None,
-        mesh_pathlen: Some(1),
-        anchor_digest: "sha256",
-    }
-    .make(s.path("").as_path());
-    s.cacertd(&[
-        "root",
-        "import",
-        "--cert",
-        "mesh.pem",
-        "--key",
-        "mesh.key",
-        "--chain",
-        "chain.pem",
-    ])
-    .ok();
+    common::CompanyPki::usual().import_into(&s).ok();
     let clock = Arc::new(FixedClock::new(t0()));
     let d = daemon(&s, &clock);
     assert!(d.try_lead().await);

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{CompanyPki, Setup, assert_issued_and_trusted, openssl, openssl_verify_cacerts};
+use common::{
+    CompanyPki, Setup, assert_issued_and_trusted, import_mesh_ca, openssl, openssl_verify_cacerts,
+};
 
 #[test]
 fn issued_material_passes_openssl_and_is_shaped_like_istio_wants() {
@@ -462,18 +464,7 @@ fn a_mesh_ca_below_the_companys_offline_root() {
             anchor_digest: "sha512",
         }
         .make(s.path("").as_path());
-        let run = s
-            .cacertd(&[
-                "root",
-                "import",
-                "--cert",
-                "mesh.pem",
-                "--key",
-                "mesh.key",
-                "--chain",
-                "chain.pem",
-            ])
-            .ok();
+        let run = s.cacertd(&import_mesh_ca("chain.pem")).ok();
         assert!(
             run.stdout
                 .contains("below the anchor O=Corp, CN=Offline Root"),
@@ -529,24 +520,9 @@ fn a_mesh_ca_below_the_companys_offline_root() {
     }
     // From a mesh CA to a root of cacertd's own: a phased rotation away from the anchor.
     let s = Setup::new();
-    let pki = CompanyPki {
-        corporate: 1,
-        corporate_pathlen: None,
-        mesh_pathlen: Some(1),
-        anchor_digest: "sha256",
-    };
+    let pki = CompanyPki::usual();
     pki.make(s.path("").as_path());
-    s.cacertd(&[
-        "root",
-        "import",
-        "--cert",
-        "mesh.pem",
-        "--key",
-        "mesh.key",
-        "--chain",
-        "chain.pem",
-    ])
-    .ok();
+    s.cacertd(&import_mesh_ca("chain.pem")).ok();
     s.cacertd(&["issue"]).ok();
     s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
@@ -582,12 +558,7 @@ fn a_chain_that_cannot_carry_a_mesh_is_refused() {
             "has pathlen:1, but 2 CA certificates sit below it",
         ),
         (
-            CompanyPki {
-                corporate: 1,
-                corporate_pathlen: None,
-                mesh_pathlen: Some(1),
-                anchor_digest: "sha256",
-            },
+            CompanyPki::usual(),
             "anchor.pem",
             "does not lead from O=Corp, CN=Mesh CA to its anchor",
         ),
@@ -595,35 +566,14 @@ fn a_chain_that_cannot_carry_a_mesh_is_refused() {
     for (pki, chain, expected) in cases {
         let s = Setup::new();
         pki.make(s.path("").as_path());
-        let run = s
-            .cacertd(&[
-                "root", "import", "--cert", "mesh.pem", "--key", "mesh.key", "--chain", chain,
-            ])
-            .fails_with(3);
+        let run = s.cacertd(&import_mesh_ca(chain)).fails_with(3);
         assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
         assert!(!s.path("state/root/root-cert.pem").exists());
     }
     let s = Setup::new();
-    CompanyPki {
-        corporate: 1,
-        corporate_pathlen: None,
-        mesh_pathlen: Some(1),
-        anchor_digest: "sha256",
-    }
-    .make(s.path("").as_path());
+    CompanyPki::usual().make(s.path("").as_path());
     // The corporate CA alone is not an anchor.
-    let run = s
-        .cacertd(&[
-            "root",
-            "import",
-            "--cert",
-            "mesh.pem",
-            "--key",
-            "mesh.key",
-            "--chain",
-            "corp0.pem",
-        ])
-        .fails_with(3);
+    let run = s.cacertd(&import_mesh_ca("corp0.pem")).fails_with(3);
     assert!(
         run.stderr.contains("does not lead to a self-signed anchor"),
         "{}",

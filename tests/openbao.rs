@@ -1688,24 +1688,11 @@ fn vault_kv_holds_a_mesh_ca_below_an_offline_root() {
     let bao = Bao::start();
     let kv = bao.shipped_policy("cacertd-kv.hcl");
     let s = setup(&bao, KV, &bao.token(&[&kv]));
-    common::CompanyPki {
-        corporate: 1,
-        corporate_pathlen: None,
-        mesh_pathlen: Some(1),
+    let pki = common::CompanyPki {
         anchor_digest: "sha512",
-    }
-    .make(s.path("").as_path());
-    let args = [
-        "root",
-        "import",
-        "--cert",
-        "mesh.pem",
-        "--key",
-        "mesh.key",
-        "--chain",
-        "chain.pem",
-    ];
-    s.cacertd(&args).ok();
+        ..common::CompanyPki::usual()
+    };
+    pki.import_into(&s).ok();
     let stored = bao.kv_version("cacertd/root", 1);
     let chain = stored["chain"].as_str().unwrap().to_string();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{stored}");

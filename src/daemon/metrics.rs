@@ -185,11 +185,16 @@ impl Metrics {
             self.expiration.remove(&old);
             self.not_before.remove(&old);
         }
+        self.set_validity(&l, info);
+    }
+
+    /// The expiration and not-before series of one certificate.
+    fn set_validity(&self, l: &Labels, info: &CertInfo) {
         self.expiration
-            .get_or_create(&l)
+            .get_or_create(l)
             .set(info.not_after.unix_timestamp());
         self.not_before
-            .get_or_create(&l)
+            .get_or_create(l)
             .set(info.not_before.unix_timestamp());
     }
 
@@ -211,12 +216,7 @@ impl Metrics {
         for (i, info) in chain.iter().enumerate() {
             let kind = if i == 0 { "mesh-ca" } else { "chain" };
             let l = labels(&[("cluster", "all"), ("kind", kind), ("serial", &info.serial)]);
-            self.expiration
-                .get_or_create(&l)
-                .set(info.not_after.unix_timestamp());
-            self.not_before
-                .get_or_create(&l)
-                .set(info.not_before.unix_timestamp());
+            self.set_validity(&l, info);
             current.insert((format!("chain:{i}"), kind), l);
         }
     }

@@ -279,7 +279,30 @@ pub struct CompanyPki {
     pub anchor_digest: &'static str,
 }
 
+/// `root import` of the mesh CA [`CompanyPki::make`] wrote, with `chain` as its chain.
+pub fn import_mesh_ca(chain: &str) -> [&str; 8] {
+    [
+        "root", "import", "--cert", "mesh.pem", "--key", "mesh.key", "--chain", chain,
+    ]
+}
+
 impl CompanyPki {
+    /// The usual shape: one corporate CA between the anchor and a mesh CA with pathlen:1.
+    pub fn usual() -> Self {
+        CompanyPki {
+            corporate: 1,
+            corporate_pathlen: None,
+            mesh_pathlen: Some(1),
+            anchor_digest: "sha256",
+        }
+    }
+
+    /// Makes this PKI in `s`'s folder and imports its mesh CA with its chain.
+    pub fn import_into(&self, s: &Setup) -> Run {
+        self.make(s.path("").as_path());
+        s.cacertd(&import_mesh_ca("chain.pem"))
+    }
+
     /// Writes into `dir`: `anchor.pem`, `mesh.pem` and `mesh.key` (the mesh CA), and
     /// `chain.pem` (the certificates above the mesh CA, nearest first, the anchor last).
     pub fn make(&self, dir: &Path) {
