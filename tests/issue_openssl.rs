@@ -572,6 +572,13 @@ fn a_chain_that_cannot_carry_a_mesh_is_refused() {
     }
     let s = Setup::new();
     CompanyPki::usual().make(s.path("").as_path());
+    // The mesh CA alone is no chain.
+    let run = s.cacertd(&import_mesh_ca("mesh.pem")).fails_with(3);
+    assert!(
+        run.stderr.contains("no certificate above the mesh CA"),
+        "{}",
+        run.stderr
+    );
     // The corporate CA alone is not an anchor.
     let run = s.cacertd(&import_mesh_ca("corp0.pem")).fails_with(3);
     assert!(

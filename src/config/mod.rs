@@ -158,7 +158,7 @@ impl Default for TransitionSettings {
 }
 
 /// `[backups]`: the newest `keep` backups of each cluster's `cacerts` are kept, none older
-/// than `max_age` ([`crate::cluster::BackupEntry`] has the full rule).
+/// than `max_age` (the whole rule is `to_remove`'s, in src/cluster/retention.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     pub keep: usize,

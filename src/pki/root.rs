@@ -131,6 +131,12 @@ pub fn import_root_with_chain(
             if chain.first() == Some(&cert) {
                 chain.remove(0);
             }
+            if chain.is_empty() {
+                return Err(PkiError::Invalid {
+                    what: chain_what.to_string(),
+                    reason: "it holds no certificate above the mesh CA".to_string(),
+                });
+            }
             chain
         }
     };
