@@ -8,6 +8,7 @@ use crate::cluster::Target;
 use crate::config::Config;
 use crate::pki::{Cert, CertInfo};
 use crate::plan::{Assessment, Snapshot, assess};
+use crate::root_store::RootCerts;
 use crate::topology::{Cluster, Role};
 
 pub(crate) fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
@@ -39,6 +40,21 @@ pub fn root_json(store: &str, info: &CertInfo, now: OffsetDateTime) -> RootJson 
         certificate: info.clone(),
         days_left: days_left(info.not_after, now),
         signing_chain: Vec::new(),
+    }
+}
+
+/// [`root_json`] of the anchor, with the mesh CA and the certificates above it.
+pub fn root_certs_json(store: &str, certs: &RootCerts, now: OffsetDateTime) -> RootJson {
+    RootJson {
+        signing_chain: certs
+            .between
+            .iter()
+            .map(|c| ChainCertJson {
+                certificate: c.info().clone(),
+                days_left: days_left(c.info().not_after, now),
+            })
+            .collect(),
+        ..root_json(store, certs.anchor.info(), now)
     }
 }
 
@@ -113,7 +129,7 @@ impl IstiodRelease {
 }
 
 /// What is known of a cluster for its status row.
-pub enum Observed {
+pub enum Known {
     /// A remote: nothing of its own to read.
     Remote,
     /// Read now, or why it could not be.
@@ -126,7 +142,7 @@ pub fn status_row(
     config: &Config,
     cluster: &Cluster,
     (root, known_roots): (Option<&Cert>, &[Cert]),
-    observed: Observed,
+    known: Known,
     now: OffsetDateTime,
 ) -> StatusRow {
     let mut row = StatusRow {
@@ -142,13 +158,13 @@ pub fn status_row(
         error: None,
         istiod: Vec::new(),
     };
-    let (a, images) = match observed {
-        Observed::Remote => return row,
-        Observed::Read(Err(e)) => {
+    let (a, images) = match known {
+        Known::Remote => return row,
+        Known::Read(Err(e)) => {
             row.error = Some(e);
             return row;
         }
-        Observed::Read(Ok(snapshot)) => {
+        Known::Read(Ok(snapshot)) => {
             let expected = crate::plan::Expected {
                 known_roots,
                 ..config.expected(cluster, root)
@@ -156,7 +172,7 @@ pub fn status_row(
             let a = assess(&snapshot, &expected, now);
             (a, snapshot.istiod_images.unwrap_or_default())
         }
-        Observed::Seen(seen) => (seen.assessment, seen.istiod_images),
+        Known::Seen(seen) => (seen.assessment, seen.istiod_images),
     };
     row.istiod = images.iter().map(|i| IstiodRelease::of(i)).collect();
     row.days_left = a.intermediate.as_ref().map(|i| days_left(i.not_after, now));
@@ -166,48 +182,37 @@ pub fn status_row(
 }
 
 /// What `status -o json` prints (and the daemon serves on /status), with the store's name.
-/// `root` is the store's trust anchor as read by the caller (`None`: the store holds none),
-/// `between` the mesh CA and the certificates above it when the anchor is not the signer.
-/// The clusters in `seen` (the daemon's last pass left them unchanged) are not read again.
+/// `certs` are the store's, as read by the caller (`None`: the store holds no root). The
+/// clusters in `seen` (the daemon's last pass left them unchanged) are not read again.
 pub async fn status_report(
     config: &Config,
     store: &str,
-    (root, between): (Option<Cert>, &[Cert]),
+    certs: Option<&RootCerts>,
     seen: &std::collections::HashMap<String, crate::issuance::Seen>,
     now: OffsetDateTime,
 ) -> StatusReport {
+    let root = certs.map(|c| &c.anchor);
     let reads: Vec<_> = config
         .topology
         .clusters()
         .iter()
         .map(|cluster| async move {
             match seen.get(&cluster.name) {
-                Some(s) => Observed::Seen(s.clone()),
+                Some(s) => Known::Seen(s.clone()),
                 None => read_snapshot(config, cluster).await,
             }
         })
         .collect();
-    let observed = futures::future::join_all(reads).await;
-    let known = crate::issuance::known_roots(config).await;
+    let reads = futures::future::join_all(reads).await;
+    let known_roots = crate::issuance::known_roots(config).await;
     let rows = config
         .topology
         .clusters()
         .iter()
-        .zip(observed)
-        .map(|(cluster, observed)| {
-            status_row(config, cluster, (root.as_ref(), &known), observed, now)
-        })
+        .zip(reads)
+        .map(|(cluster, known)| status_row(config, cluster, (root, &known_roots), known, now))
         .collect();
-    let root = root.as_ref().map(|r| RootJson {
-        signing_chain: between
-            .iter()
-            .map(|c| ChainCertJson {
-                certificate: c.info().clone(),
-                days_left: days_left(c.info().not_after, now),
-            })
-            .collect(),
-        ..root_json(store, r.info(), now)
-    });
+    let root = certs.map(|c| root_certs_json(store, c, now));
     StatusReport {
         root,
         clusters: rows,
@@ -215,11 +220,11 @@ pub async fn status_report(
 }
 
 /// A primary's snapshot for `status` (remotes have none), or why it could not be read.
-async fn read_snapshot(config: &Config, cluster: &Cluster) -> Observed {
+async fn read_snapshot(config: &Config, cluster: &Cluster) -> Known {
     if cluster.role == Role::Remote {
-        return Observed::Remote;
+        return Known::Remote;
     }
-    Observed::Read(match Target::open(cluster, config).await {
+    Known::Read(match Target::open(cluster, config).await {
         Ok(t) => t
             .read()
             .await

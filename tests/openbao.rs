@@ -1706,13 +1706,7 @@ fn vault_kv_holds_a_mesh_ca_below_an_offline_root() {
         let chain = std::fs::read_to_string(s.path(&format!("out/{c}/cert-chain.pem"))).unwrap();
         assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 4, "{chain}");
     }
-    let again = s.cacertd(&["issue"]).ok();
-    assert_eq!(
-        again.stdout.matches("unchanged").count(),
-        2,
-        "{}",
-        again.stdout
-    );
+    common::assert_reissue_changes_nothing(&s);
     let status = s.cacertd(&["status"]).ok();
     assert!(
         status.stdout.contains("mesh CA: O=Corp, CN=Mesh CA")
@@ -1780,13 +1774,7 @@ fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
         assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 3, "{chain}");
         assert!(chain.contains(signed.trim()), "{chain}");
     }
-    let again = s.cacertd(&["issue"]).ok();
-    assert_eq!(
-        again.stdout.matches("unchanged").count(),
-        2,
-        "{}",
-        again.stdout
-    );
+    common::assert_reissue_changes_nothing(&s);
     let status = s.cacertd(&["status"]).ok();
     assert!(
         status.stdout.contains("mesh CA: CN=Mesh CA"),

@@ -89,12 +89,11 @@ pub(super) async fn status(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let source = RootSource::open(config).await?;
-    let root = source.load_cert().await;
-    let between = source.load_between().await;
+    let certs = source.load_certs().await;
     source.close().await;
     let store = source.describe();
     let none = std::collections::HashMap::new();
-    let report = crate::status::status_report(config, &store, (root?, &between?), &none, now).await;
+    let report = crate::status::status_report(config, &store, certs?.as_ref(), &none, now).await;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),

@@ -199,15 +199,23 @@ pub(super) async fn root_show(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let store = RootSource::open(config).await?;
-    let cert = store.load_cert().await?.ok_or_else(|| StoreError::NoRoot {
-        store: store.describe(),
-    })?;
+    let certs = store
+        .load_certs()
+        .await?
+        .ok_or_else(|| StoreError::NoRoot {
+            store: store.describe(),
+        })?;
     let location = store.location().await?;
     match format {
-        Format::Json => output::print_json(&crate::status::root_json(&location, cert.info(), now)),
+        Format::Json => output::print_json(&crate::status::root_certs_json(&location, &certs, now)),
         Format::Table => {
             say!("store: {location}");
-            output::print_root(&mut std::io::stdout(), cert.info(), now);
+            output::print_root(&mut std::io::stdout(), certs.anchor.info(), now);
+            // A mesh CA below the anchor: it, then what is above it.
+            for c in &certs.between {
+                say!("");
+                output::print_root(&mut std::io::stdout(), c.info(), now);
+            }
         }
     }
     Ok(())

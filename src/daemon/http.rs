@@ -102,13 +102,13 @@ async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
     let daemon = d.clone();
     let report = tokio::task::spawn_blocking(move || {
         handle.block_on(async {
-            let (store, root, between) = daemon.root_for_status().await?;
+            let (store, certs) = daemon.root_for_status().await?;
             let now = daemon.clock.now();
-            let root = (root, between.as_slice());
             // What the last pass saw of the clusters it left unchanged; the others are read.
             let seen = daemon.last_seen.lock().await.clone();
             Ok::<_, crate::root_store::StoreError>(
-                crate::status::status_report(&daemon.config, &store, root, &seen, now).await,
+                crate::status::status_report(&daemon.config, &store, certs.as_ref(), &seen, now)
+                    .await,
             )
         })
     })

@@ -27,7 +27,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fsutil::StateLock;
 use crate::issuance::{self, ClusterReport, Outcome};
-use crate::pki::Cert;
 use crate::plan::PlanOptions;
 use crate::root_store::{RootSource, StoreError};
 use crate::transition::error::DriveError;
@@ -192,13 +191,12 @@ impl Daemon {
         Ok(source)
     }
 
-    /// The store's name, anchor and signing chain for `/status`, read through the daemon's
-    /// session.
-    async fn root_for_status(&self) -> Result<(String, Option<Cert>, Vec<Cert>), StoreError> {
+    /// The store's name and certificates for `/status`, read through the daemon's session.
+    async fn root_for_status(
+        &self,
+    ) -> Result<(String, Option<crate::root_store::RootCerts>), StoreError> {
         let source = self.root_source().await?;
-        let root = source.load_cert().await?;
-        let between = source.load_between().await?;
-        Ok((source.describe(), root, between))
+        Ok((source.describe(), source.load_certs().await?))
     }
 
     /// Ends the root store's Vault session, revoking the token the daemon logged in for.
@@ -217,11 +215,9 @@ impl Daemon {
     ) -> Option<crate::root_store::Signer> {
         let signer = match self.root_source().await {
             Ok(source) => {
-                if let Ok(Some(root)) = source.load_cert().await {
-                    self.metrics.certificate("all", "root", root.info());
-                }
-                if let Ok(between) = source.load_between().await {
-                    let infos: Vec<_> = between.iter().map(|c| c.info().clone()).collect();
+                if let Ok(Some(certs)) = source.load_certs().await {
+                    self.metrics.certificate("all", "root", certs.anchor.info());
+                    let infos: Vec<_> = certs.between.iter().map(|c| c.info().clone()).collect();
                     self.metrics.signing_chain(&infos);
                 }
                 source.signer().await

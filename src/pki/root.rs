@@ -150,8 +150,9 @@ pub fn import_root_with_chain(
 }
 
 /// Checks that `chain` leads from `signer` to a self-signed anchor, each certificate signed by
-/// the next, each a CA that may sign certificates, valid at `now`, and with a path length that
-/// leaves room for what hangs below it: the clusters' intermediates, then workload leaves.
+/// the next and checked as `cacerts` validation checks an issuer (a CA that may sign, valid at
+/// `now`, no EKU Go refuses, the anchor trusted as configured), with a path length that leaves
+/// room for what hangs below it: the clusters' intermediates, then workload leaves.
 pub(crate) fn check_chain(
     signer: &Cert,
     chain: &[Cert],
@@ -175,39 +176,10 @@ pub(crate) fn check_chain(
                 signer.info().subject
             )
         })?;
-        let info = issuer.info();
-        if !info.is_ca {
-            return Err(format!("{} is not a CA", info.subject));
-        }
-        if let Ok(Some(ku)) = issuer.x509().key_usage()
-            && !ku.value.key_cert_sign()
-        {
-            return Err(format!("{} lacks keyUsage keyCertSign", info.subject));
-        }
-        if let Some(reason) = super::constraints::go_would_refuse(issuer) {
-            return Err(reason);
-        }
         // Below chain[i]: the CAs between it and the signer, the signer, and a cluster's
         // intermediate, before any workload leaf.
         let below = i + 2;
-        if let Some(max) = info.path_len
-            && (max as usize) < below
-        {
-            return Err(format!(
-                "{} has pathlen:{max}, but {below} CA certificates sit below it (the mesh CA \
-                 and each cluster's intermediate included): workload certificates would be \
-                 rejected",
-                info.subject
-            ));
-        }
-        if !issuer.is_valid_at(now) {
-            return Err(format!(
-                "{} is not valid now (valid {} to {})",
-                info.subject,
-                super::fmt_time(info.not_before),
-                super::fmt_time(info.not_after)
-            ));
-        }
+        super::verify::check_issuer(issuer, i + 1 == chain.len(), below, now)?;
         child = issuer;
     }
     Ok(())

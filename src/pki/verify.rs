@@ -537,7 +537,7 @@ fn verify_ecdsa_sha512(
 /// `issuer` sits `depth` places above the signing certificate. Workload leaves hang below the
 /// signing certificate, so `depth` intermediates follow `issuer` in every workload path, and
 /// its pathLenConstraint must allow that many (RFC 5280 4.2.1.9).
-fn check_issuer(
+pub(crate) fn check_issuer(
     issuer: &Cert,
     is_anchor: bool,
     depth: usize,

@@ -46,26 +46,15 @@ impl FileRootStore {
         }
     }
 
-    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
-    /// above it, the anchor excluded (none for a self-signed root).
-    pub fn load_between(&self) -> Result<Vec<Cert>, StoreError> {
-        let Some(cert) = self.load_cert()? else {
-            return Ok(Vec::new());
-        };
-        let mut chain = self.load_chain()?;
-        if chain.pop().is_none() {
-            return Ok(Vec::new());
-        }
-        chain.insert(0, cert);
-        Ok(chain)
-    }
-
-    /// The trust anchor: the root, or the anchor at the end of the mesh CA's chain.
-    pub fn load_anchor(&self) -> Result<Option<Cert>, StoreError> {
+    /// The signing CA's path to its anchor: the root alone, or the mesh CA and the
+    /// certificates above it; `None` before a root exists.
+    pub fn load_path(&self) -> Result<Option<Vec<Cert>>, StoreError> {
         let Some(cert) = self.load_cert()? else {
             return Ok(None);
         };
-        Ok(Some(self.load_chain()?.pop().unwrap_or(cert)))
+        let mut path = vec![cert];
+        path.extend(self.load_chain()?);
+        Ok(Some(path))
     }
 
     fn material(&self, source: crate::pki::PkiError) -> StoreError {

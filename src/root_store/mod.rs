@@ -54,6 +54,24 @@ pub enum RootSource {
     VaultPki(VaultPki),
 }
 
+/// The certificates of a root store: the trust anchor, and what sits between it and an
+/// intermediate (the mesh CA and the certificates above it; none for a self-signed root).
+pub struct RootCerts {
+    pub anchor: Cert,
+    pub between: Vec<Cert>,
+}
+
+impl RootCerts {
+    /// From the signing CA's path to its anchor (`[signer, …, anchor]`).
+    fn of_path(mut path: Vec<Cert>) -> Option<Self> {
+        let anchor = path.pop()?;
+        Some(RootCerts {
+            anchor,
+            between: path,
+        })
+    }
+}
+
 /// What signs intermediates: the root in hand, or Vault's PKI engine.
 pub enum Signer {
     Local(RootCa),
@@ -124,21 +142,18 @@ impl RootSource {
 
     /// The trust anchor (the root, or the anchor above a mesh CA), `None` before a root exists.
     pub async fn load_cert(&self) -> Result<Option<Cert>, StoreError> {
-        match self {
-            RootSource::File(f) => f.load_anchor(),
-            RootSource::VaultKv(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
-            RootSource::VaultPki(v) => v.root_cert().await.map_err(|e| self.vault_err(e)),
-        }
+        Ok(self.load_certs().await?.map(|c| c.anchor))
     }
 
-    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
-    /// above it, the anchor excluded (none for a self-signed root, and for vault-pki).
-    pub async fn load_between(&self) -> Result<Vec<Cert>, StoreError> {
-        match self {
-            RootSource::File(f) => f.load_between(),
-            RootSource::VaultKv(v) => v.between().await.map_err(|e| self.vault_err(e)),
-            RootSource::VaultPki(v) => v.between().await.map_err(|e| self.vault_err(e)),
-        }
+    /// The anchor and what sits between it and an intermediate, read once; `None` before a
+    /// root exists.
+    pub async fn load_certs(&self) -> Result<Option<RootCerts>, StoreError> {
+        let path = match self {
+            RootSource::File(f) => f.load_path()?,
+            RootSource::VaultKv(v) => v.path().await.map_err(|e| self.vault_err(e))?,
+            RootSource::VaultPki(v) => v.path().await.map_err(|e| self.vault_err(e))?,
+        };
+        Ok(path.and_then(RootCerts::of_path))
     }
 
     /// For `root show`: where exactly the root is (the KV version in use, for vault-kv).
@@ -169,7 +184,7 @@ impl RootSource {
             },
             RootSource::VaultPki(v) => {
                 let path = v
-                    .certificates()
+                    .path()
                     .await
                     .map_err(|source| StoreError::Vault {
                         store: store.clone(),

@@ -255,6 +255,17 @@ network = "network1"
 
 /// Both primaries of the acceptance mesh hold intermediates OpenSSL verifies against their
 /// root, the remote nothing, and a workload of one cluster talks mTLS with one of the other.
+/// A second `issue` leaves both primaries of the acceptance mesh unchanged.
+pub fn assert_reissue_changes_nothing(s: &Setup) {
+    let again = s.cacertd(&["issue"]).ok();
+    assert_eq!(
+        again.stdout.matches("unchanged").count(),
+        2,
+        "{}",
+        again.stdout
+    );
+}
+
 pub fn assert_issued_and_trusted(s: &Setup) {
     for c in ["cluster1", "cluster2"] {
         let v = openssl_verify_cacerts(&s.path(&format!("out/{c}"))).ok();

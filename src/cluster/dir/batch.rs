@@ -26,7 +26,7 @@ use std::sync::{OnceLock, mpsc};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-use super::{CA_CRT, DirTarget, MANIFEST, TLS_CRT, TLS_KEY};
+use super::{BACKUP_STAMP, CA_CRT, DirTarget, MANIFEST, TLS_CRT, TLS_KEY};
 use crate::cluster::{TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
 use crate::fsutil::{
     FsError, Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional,
@@ -420,9 +420,7 @@ fn stage_backup(target: &DirTarget, meta: &WriteMeta) -> Result<Option<Backup>, 
 fn new_backup_dir(backups: &Path, meta: &WriteMeta) -> Result<PathBuf, TargetError> {
     let stamp = meta
         .written_at
-        .format(time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
+        .format(BACKUP_STAMP)
         .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
     create_private_dir(backups)?;
     let after = std::fs::read_dir(backups)

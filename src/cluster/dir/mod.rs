@@ -107,16 +107,18 @@ impl DirTarget {
     }
 }
 
-/// The time a backup folder is named after (`20261130T114102Z`); a later one of the same
-/// second (`…Z-n`) counts as `n` microseconds later, so that backups keep their order.
+/// How a backup folder is named: the write's time to the second (`20261130T114102Z`), with
+/// `-1`, `-2`… for later ones of the same second.
+const BACKUP_STAMP: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+
+/// The time a backup folder is named after; a later one of the same second (`…Z-n`) counts
+/// as `n` microseconds later, so that backups keep their order.
 fn stamp_of(name: &str) -> Option<time::OffsetDateTime> {
     let stamp = name.get(..16)?;
-    let at = time::PrimitiveDateTime::parse(
-        stamp,
-        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
-    )
-    .ok()?
-    .assume_utc();
+    let at = time::PrimitiveDateTime::parse(stamp, BACKUP_STAMP)
+        .ok()?
+        .assume_utc();
     let n: i64 = match name.get(16..) {
         Some("") | None => 0,
         Some(rest) => rest.strip_prefix('-')?.parse().ok()?,

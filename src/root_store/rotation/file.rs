@@ -30,8 +30,9 @@ impl RootRotation for FileRotation {
 
     async fn current(&self) -> Result<Cert, RotationError> {
         FileRootStore::new(self.dir.clone())
-            .load_anchor()
+            .load_path()
             .map_err(refused)?
+            .and_then(|mut path| path.pop())
             .ok_or_else(|| RotationError::Refused("there is no root to rotate yet".into()))
     }
 

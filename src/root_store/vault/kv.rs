@@ -33,7 +33,7 @@ fn serialize_str<S: serde::Serializer>(v: &Zeroizing<String>, s: S) -> Result<S:
     s.serialize_str(v)
 }
 
-/// The certificates of a root secret last read, with its KV version.
+/// The path of a root secret last read (signing CA to anchor), with its KV version.
 pub type Seen = std::sync::Arc<std::sync::Mutex<Option<(u64, Vec<Cert>)>>>;
 
 /// vault-kv: the root held in a KV v2 secret.
@@ -42,8 +42,8 @@ pub struct VaultKv {
     pub session: std::sync::Arc<VaultSession>,
     pub mount: String,
     pub path: String,
-    /// The certificates last read (the anchor, then the mesh CA and those between), with
-    /// their version: see [`VaultKv::root_cert`].
+    /// The signing CA's path to its anchor as last read, with its version: see
+    /// [`VaultKv::root_cert`].
     pub seen: Seen,
 }
 
@@ -109,21 +109,12 @@ impl VaultKv {
     /// (`status`, `/status`, each pass's metrics) should not fetch the key again while the
     /// version is the same.
     pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
-        Ok(self.certificates().await?.map(|mut c| c.swap_remove(0)))
+        Ok(self.path().await?.and_then(|mut path| path.pop()))
     }
 
-    /// What sits between an intermediate and the anchor: the mesh CA and the certificates
-    /// above it (none for a self-signed root). Remembered as [`VaultKv::root_cert`] is.
-    pub async fn between(&self) -> Result<Vec<Cert>, VaultError> {
-        Ok(self
-            .certificates()
-            .await?
-            .map(|c| c[1..].to_vec())
-            .unwrap_or_default())
-    }
-
-    /// The anchor, then what sits between: remembered by KV version.
-    async fn certificates(&self) -> Result<Option<Vec<Cert>>, VaultError> {
+    /// The signing CA's path to its anchor (the root alone, or the mesh CA and the
+    /// certificates above it), remembered by KV version as [`VaultKv::root_cert`] says.
+    pub async fn path(&self) -> Result<Option<Vec<Cert>>, VaultError> {
         let Some(version) = self.version().await? else {
             return Ok(None);
         };
@@ -138,8 +129,8 @@ impl VaultKv {
         let Some((root, version)) = self.load().await? else {
             return Ok(None);
         };
-        let mut certs = vec![root.anchor().clone()];
-        certs.extend(root.between());
+        let mut certs = vec![root.cert().clone()];
+        certs.extend_from_slice(root.chain());
         drop(root);
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some((version, certs.clone()));

@@ -60,26 +60,14 @@ impl VaultPki {
     /// The trust anchor: the issuer's own certificate when it is a root, else the
     /// self-signed certificate its `ca_chain` leads to. `None` if the mount has no issuer yet.
     pub async fn root_cert(&self) -> Result<Option<Cert>, VaultError> {
-        Ok(self.certificates().await?.and_then(|mut c| c.pop()))
-    }
-
-    /// What sits between an intermediate and the anchor: the issuer and the certificates
-    /// above it, the anchor excluded (none when the issuer is a root).
-    pub async fn between(&self) -> Result<Vec<Cert>, VaultError> {
-        Ok(match self.certificates().await? {
-            Some(mut certs) => {
-                certs.pop();
-                certs
-            }
-            None => Vec::new(),
-        })
+        Ok(self.path().await?.and_then(|mut path| path.pop()))
     }
 
     /// The issuer's certificate, then those above it up to and including the anchor, from the
     /// issuer's `ca_chain` as Vault returns it (a "pki_int" mount whose issuer a root mount,
     /// or an offline root, signed). It must lead to a self-signed anchor: that is what every
     /// cluster will trust.
-    pub async fn certificates(&self) -> Result<Option<Vec<Cert>>, VaultError> {
+    pub async fn path(&self) -> Result<Option<Vec<Cert>>, VaultError> {
         let Some(signing) = self.signing_cert().await? else {
             return Ok(None);
         };
