@@ -561,10 +561,21 @@ fn serve_replicas_hand_over_the_lease_on_sigterm_with_the_shipped_rbac() {
     let status = common::wait_within(&mut a, Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     let released_at = SystemTime::now();
+    // b may already have taken the Lease by now: the write after a's last one must be a's
+    // release (no holder), whatever came after it.
     let versions = mgmt.history("leases", "cacertd", "cacertd-leader");
+    let held_by_a = |l: &Value| {
+        l["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("replica-a-"))
+    };
+    let a_last = versions
+        .iter()
+        .rposition(held_by_a)
+        .expect("a held the Lease");
     assert!(
         versions
-            .last()
+            .get(a_last + 1)
             .is_some_and(|l| l["spec"]["holderIdentity"].is_null()),
         "released on the way out: {versions:#?}"
     );
