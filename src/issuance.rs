@@ -388,6 +388,7 @@ impl Pass<'_> {
         };
         let _core = self.cores.acquire().await;
         let root = self.root.root_cert().clone();
+        let signing_ca = self.root.signing_cert().clone();
         let policy = self.config.policy_for(cluster).clone();
         let name = cluster.name.clone();
         let trust_domain = self.config.trust_domain.clone();
@@ -404,6 +405,7 @@ impl Pass<'_> {
             };
             let expected = crate::plan::Expected {
                 root: Some(&root),
+                signing_ca: Some(&signing_ca),
                 policy: &policy,
                 cluster: &name,
                 trust_domain: &trust_domain,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::pki::{
-    CaCertsFiles, Cert, CertInfo, TrustBundle, issuing_root, verify_cacerts_for_mesh,
+    CaCertsFiles, Cert, CertInfo, TrustBundle, issued_by, issuing_root, verify_cacerts_for_mesh,
 };
 use crate::policy::Policy;
 
@@ -34,6 +34,10 @@ pub enum ClusterState {
     UnknownRoots,
     /// No plug-in CA: istiod runs its self-signed CA (`istio-ca-secret`).
     SelfSigned,
+    /// Verifies and chains to the current anchor, but its intermediate was issued by a CA that
+    /// no longer signs: the mesh CA was replaced under the same anchor. Trust is unchanged; the
+    /// intermediate is re-issued under the mesh CA now in the store.
+    PreviousSigner,
 }
 
 impl ClusterState {
@@ -48,6 +52,7 @@ impl ClusterState {
             ClusterState::OtherSigner => "other-signer",
             ClusterState::UnknownRoots => "unknown-roots",
             ClusterState::SelfSigned => "self-signed",
+            ClusterState::PreviousSigner => "previous-signer",
         }
     }
 }
@@ -103,8 +108,13 @@ impl Snapshot {
 /// What a primary's `cacerts` is judged against.
 #[derive(Clone, Copy, Debug)]
 pub struct Expected<'a> {
-    /// The current root; `None` before one exists (then only validity and renewal are judged).
+    /// The current root (the trust anchor); `None` before one exists (then only validity and
+    /// renewal are judged).
     pub root: Option<&'a Cert>,
+    /// The CA that issues intermediates now: the mesh CA below the anchor, or the root itself.
+    /// An intermediate under the anchor that this CA did not issue is re-issued (`None`: not
+    /// judged).
+    pub signing_ca: Option<&'a Cert>,
     pub policy: &'a Policy,
     pub cluster: &'a str,
     pub trust_domain: &'a str,
@@ -196,6 +206,18 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         }
     };
     a.state = lifecycle(&mut a, v.signing_cert(), expected, now);
+    if a.state != ClusterState::PolicyDrift
+        && let Some(ca) = expected.signing_ca
+        && !issued_by(v.signing_cert(), ca)
+    {
+        a.warnings.push(format!(
+            "issued by {}, which no longer signs: the mesh CA was replaced under the same anchor \
+             ({}); re-issuing changes no trust",
+            v.signing_cert().info().issuer,
+            ca.info().subject
+        ));
+        a.state = ClusterState::PreviousSigner;
+    }
     if a.state == ClusterState::Valid && !a.unknown_roots.is_empty() {
         a.state = ClusterState::UnknownRoots;
     }
@@ -299,6 +321,7 @@ pub enum IssueReason {
     PolicyChanged,
     Invalid,
     ReplaceTrust,
+    SignerReplaced,
 }
 
 impl IssueReason {
@@ -310,6 +333,9 @@ impl IssueReason {
             IssueReason::PolicyChanged => "policy changed",
             IssueReason::Invalid => "current cacerts invalid",
             IssueReason::ReplaceTrust => "replacing foreign trust bundle (danger)",
+            IssueReason::SignerReplaced => {
+                "mesh CA replaced under the same anchor (trust unchanged)"
+            }
         }
     }
 }
@@ -385,6 +411,7 @@ fn decide_state(a: &Assessment, opts: PlanOptions) -> Decision {
         }
         ClusterState::Valid | ClusterState::UnknownRoots => Decision::Keep,
         ClusterState::RenewalDue => issue(IssueReason::RenewalDue),
+        ClusterState::PreviousSigner => issue(IssueReason::SignerReplaced),
         ClusterState::PolicyDrift => issue(IssueReason::PolicyChanged),
         ClusterState::Invalid => issue(IssueReason::Invalid),
         ClusterState::ForeignTrust if opts.danger_replace_trust_bundle => Decision::Issue {

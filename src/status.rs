@@ -141,7 +141,7 @@ pub enum Known {
 pub fn status_row(
     config: &Config,
     cluster: &Cluster,
-    (root, known_roots): (Option<&Cert>, &[Cert]),
+    (certs, known_roots): (Option<&RootCerts>, &[Cert]),
     known: Known,
     now: OffsetDateTime,
 ) -> StatusRow {
@@ -167,7 +167,10 @@ pub fn status_row(
         Known::Read(Ok(snapshot)) => {
             let expected = crate::plan::Expected {
                 known_roots,
-                ..config.expected(cluster, root)
+                ..config.expected(
+                    cluster,
+                    (certs.map(|c| &c.anchor), certs.map(RootCerts::signing_ca)),
+                )
             };
             let a = assess(&snapshot, &expected, now);
             (a, snapshot.istiod_images.unwrap_or_default())
@@ -191,7 +194,6 @@ pub async fn status_report(
     seen: &std::collections::HashMap<String, crate::issuance::Seen>,
     now: OffsetDateTime,
 ) -> StatusReport {
-    let root = certs.map(|c| &c.anchor);
     let reads: Vec<_> = config
         .topology
         .clusters()
@@ -210,7 +212,7 @@ pub async fn status_report(
         .clusters()
         .iter()
         .zip(reads)
-        .map(|(cluster, known)| status_row(config, cluster, (root, &known_roots), known, now))
+        .map(|(cluster, known)| status_row(config, cluster, (certs, &known_roots), known, now))
         .collect();
     let root = certs.map(|c| root_certs_json(store, c, now));
     StatusReport {

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    CompanyPki, Setup, assert_issued_and_trusted, import_mesh_ca, openssl, openssl_verify_cacerts,
+    CompanyPki, Setup, assert_issued_and_trusted, import_mesh_ca, mtls, openssl,
+    openssl_verify_cacerts,
 };
 
 #[test]
@@ -529,6 +530,116 @@ fn a_mesh_ca_below_the_companys_offline_root() {
     assert_issued_and_trusted(&s);
     let bundle = String::from_utf8(s.read("out/cluster1/root-cert.pem")).unwrap();
     assert!(!bundle.contains(String::from_utf8(s.read("anchor.pem")).unwrap().trim()));
+}
+
+/// A new mesh CA under the same anchor (`root import --replace`): no trust changes, so no
+/// transition. The previous CA is kept, `plan` says why each cluster is re-issued, and every
+/// pair of workloads — on old intermediates or re-issued ones — completes mTLS after each
+/// write. Another anchor is refused and changes nothing.
+#[test]
+fn a_mesh_ca_replaced_under_the_same_anchor_reissues_without_a_transition() {
+    let s = Setup::new();
+    let pki = CompanyPki::usual();
+    pki.import_into(&s).ok();
+    s.cacertd(&["issue"]).ok();
+    let bundle = s.read("out/cluster1/root-cert.pem");
+    for c in ["cluster1", "cluster2"] {
+        copy_dir(&s.path(&format!("out/{c}")), &s.path(&format!("old-{c}")));
+    }
+    pki.sign_mesh_ca(s.path("").as_path(), "mesh2");
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "mesh2.pem",
+            "--key",
+            "mesh2.key",
+            "--chain",
+            "chain.pem",
+            "--replace",
+        ])
+        .ok();
+    assert!(
+        run.stdout.contains("no transition is needed"),
+        "{}",
+        run.stdout
+    );
+    let kept: Vec<_> = std::fs::read_dir(s.path("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("root-replaced-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the previous mesh CA is kept");
+    assert_eq!(
+        std::fs::read(kept[0].path().join("root-cert.pem")).unwrap(),
+        s.read("mesh.pem")
+    );
+    let plan = s.cacertd(&["plan"]).ok();
+    assert_eq!(
+        plan.stdout.matches("mesh CA replaced").count(),
+        2,
+        "{}",
+        plan.stdout
+    );
+    let handshake = |a: &str, b: &str| {
+        mtls::handshake(mtls::workload(&s.path(a)), mtls::workload(&s.path(b)))
+            .unwrap_or_else(|e| panic!("{a} with {b}: {e}"))
+    };
+    for (written, others) in [
+        ("cluster1", ["old-cluster1", "old-cluster2", "out/cluster2"]),
+        ("cluster2", ["old-cluster1", "old-cluster2", "out/cluster1"]),
+    ] {
+        s.cacertd(&["issue", written]).ok();
+        let dir = format!("out/{written}");
+        assert_eq!(s.read(&format!("{dir}/root-cert.pem")), bundle);
+        let chain = String::from_utf8(s.read(&format!("{dir}/cert-chain.pem"))).unwrap();
+        assert!(chain.contains(String::from_utf8(s.read("mesh2.pem")).unwrap().trim()));
+        for other in others {
+            handshake(&dir, other);
+            handshake(other, &dir);
+        }
+    }
+    assert_issued_and_trusted(&s);
+    let again = s.cacertd(&["plan"]).ok();
+    assert!(
+        !again.stdout.contains("mesh CA replaced"),
+        "{}",
+        again.stdout
+    );
+
+    // Another company's anchor is a rotation, not a replacement.
+    let elsewhere = s.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    CompanyPki::usual().make(&elsewhere);
+    let store_before = s.read("state/root/root-cert.pem");
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "elsewhere/mesh.pem",
+            "--key",
+            "elsewhere/mesh.key",
+            "--chain",
+            "elsewhere/chain.pem",
+            "--replace",
+        ])
+        .fails_with(5);
+    assert!(run.stderr.contains("rotate-root"), "{}", run.stderr);
+    assert_eq!(s.read("state/root/root-cert.pem"), store_before);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }
 
 /// What cannot carry a mesh: a chain that does not reach the anchor, a mesh CA with pathlen:0,

@@ -1714,6 +1714,52 @@ fn vault_kv_holds_a_mesh_ca_below_an_offline_root() {
         "{}",
         status.stdout
     );
+
+    // A new mesh CA under the same anchor: the next KV version (the previous one stays), and
+    // every intermediate re-issued under it with the same trust.
+    // Overwriting the root path takes the rotation policy.
+    pki.sign_mesh_ca(s.path("").as_path(), "mesh2");
+    let import = [
+        "root",
+        "import",
+        "--cert",
+        "mesh2.pem",
+        "--key",
+        "mesh2.key",
+        "--chain",
+        "chain.pem",
+        "--replace",
+    ];
+    let run = s.cacertd(&import).fails_with(1);
+    assert!(run.stderr.contains("permission denied"), "{}", run.stderr);
+    let rotate = bao.shipped_policy("cacertd-kv-rotate.hcl");
+    std::fs::write(s.path("vault-token"), bao.token(&[&kv, &rotate])).unwrap();
+    let run = s.cacertd(&import).ok();
+    assert!(
+        run.stdout.contains("version 1 of secret/cacertd/root"),
+        "{}",
+        run.stdout
+    );
+    assert!(same_pem(
+        bao.kv_version("cacertd/root", 2)["certificate"]
+            .as_str()
+            .unwrap(),
+        &std::fs::read_to_string(s.path("mesh2.pem")).unwrap()
+    ));
+    let issued = s.cacertd(&["issue"]).ok();
+    assert_eq!(
+        issued.stdout.matches("mesh CA replaced").count(),
+        2,
+        "{}",
+        issued.stdout
+    );
+    assert_issued_and_trusted(&s);
+    for c in ["cluster1", "cluster2"] {
+        assert!(same_pem(
+            &cluster_root(&s, c),
+            &std::fs::read_to_string(s.path("anchor.pem")).unwrap()
+        ));
+    }
 }
 
 /// vault-pki on a "pki_int" mount: its issuer is an intermediate that a root mount signed (the

@@ -75,6 +75,11 @@ fn flags_and_config_shape_the_plan() {
     let out = s.cacertd(&["rotate-root", "plan"]).ok().stdout;
     assert!(out.contains("drain 2h; each gate may wait 5m"), "{out}");
     assert!(out.contains("wait the drain period (2h)"), "{out}");
+    assert!(
+        out.contains("To replace only the mesh CA under the same anchor")
+            && out.contains("--replace"),
+        "{out}"
+    );
 
     let json = s
         .cacertd(&[

@@ -321,8 +321,8 @@ pub enum RootCommand {
     /// already exists.
     Init,
     /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key),
-    /// or a mesh CA below the company's root with --chain. Refuses if a root already exists,
-    /// or if the CA is unusable for istiod.
+    /// or a mesh CA below the company's root with --chain. Refuses if a root already exists
+    /// (unless --replace), or if the CA is unusable for istiod.
     Import {
         /// Root certificate, or the mesh CA's (PEM).
         #[arg(long, value_name = "FILE")]
@@ -336,6 +336,15 @@ pub enum RootCommand {
         /// carries the whole chain.
         #[arg(long, value_name = "FILE")]
         chain: Option<PathBuf>,
+        /// Replace the CA that signs intermediates (the mesh CA) with this one, under the same
+        /// anchor. No cluster's trust changes, so no phased transition is needed: `issue` (or
+        /// the daemon) then re-issues every cluster's intermediate under it. The previous one
+        /// is kept (the old folder moved aside, or the previous KV version: vault-kv needs
+        /// `update` on the root's path, as deploy/vault/cacertd-kv-rotate.hcl grants). A
+        /// different anchor is refused: that is `rotate-root`. vault-pki: make the new CA the
+        /// mount's default issuer in Vault instead; cacertd re-issues under it the same way.
+        #[arg(long)]
+        replace: bool,
     },
     /// Show the root certificate held in the store.
     Show(OutputArgs),

@@ -49,6 +49,9 @@ pub enum CliError {
     Transition(#[from] driver::DriveError),
     #[error("{0}")]
     InvalidBundle(String),
+    /// Refused as unsafe now (e.g. while a transition is under way).
+    #[error("{0}")]
+    Refused(String),
     /// Per-cluster results were already printed; this carries the exit code.
     #[error("{message}")]
     Partial { message: String, code: u8 },
@@ -58,7 +61,8 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
-            CliError::Store(StoreError::AlreadyExists { .. }) => 5,
+            CliError::Store(StoreError::AlreadyExists { .. } | StoreError::OtherAnchor { .. })
+            | CliError::Refused(_) => 5,
             CliError::Store(StoreError::Unsupported { .. }) => 2,
             CliError::Store(StoreError::Material { .. }) => 3,
             CliError::Store(_) | CliError::Io(_) => 1,
@@ -140,9 +144,12 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
             let config = Config::load(&config_path)?;
             match command {
                 Command::Root(RootCommand::Init) => root_init(&config, now).await,
-                Command::Root(RootCommand::Import { cert, key, chain }) => {
-                    root_import(&config, (&cert, &key, chain.as_deref()), now).await
-                }
+                Command::Root(RootCommand::Import {
+                    cert,
+                    key,
+                    chain,
+                    replace,
+                }) => root_import(&config, (&cert, &key, chain.as_deref()), replace, now).await,
                 Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now).await,
                 Command::Issue(a) => {
                     let opts = PlanOptions {

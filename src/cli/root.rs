@@ -103,10 +103,14 @@ fn note_root(
 pub(super) async fn root_import(
     config: &Config,
     (cert, key, chain): (&Path, &Path, Option<&Path>),
+    replace: bool,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let root = read_root(config, cert, key, chain, now)?;
     let store = RootSource::open(config).await?;
+    if replace {
+        return replace_signing_ca(config, &store, &root, now).await;
+    }
     {
         let _lock = StateLock::acquire(&config.state_dir)?;
         store.create(&root).await?;
@@ -134,6 +138,52 @@ pub(super) async fn root_import(
         say!("");
         output::print_root(&mut std::io::stdout(), above.info(), now);
     }
+    Ok(())
+}
+
+/// `root import --replace`: a new mesh CA under the same anchor.
+async fn replace_signing_ca(
+    config: &Config,
+    store: &RootSource,
+    root: &RootCa,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    if !crate::transition::in_flight(config).await.quiet {
+        return Err(CliError::Refused(
+            "a trust transition is under way (or its record cannot be read); finish or abort it \
+             before replacing the mesh CA"
+                .into(),
+        ));
+    }
+    let kept = {
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        store.replace_signing_ca(root, now).await?
+    };
+    let Some(kept) = kept else {
+        say!(
+            "{} already signs with this CA; nothing changed",
+            store.describe()
+        );
+        return Ok(());
+    };
+    note_root(
+        config,
+        now,
+        "root-replace",
+        "replaced",
+        &store.describe(),
+        root.cert().info(),
+    );
+    say!(
+        "replaced the CA that signs intermediates in {}; the previous one is kept: {kept}",
+        store.describe()
+    );
+    say!(
+        "the anchor {} is unchanged, so no cluster's trust changes and no transition is needed; \
+         `cacertd issue` (or the daemon's next pass) re-issues every intermediate under the new CA",
+        root.anchor().info().subject
+    );
+    output::print_root(&mut std::io::stdout(), root.cert().info(), now);
     Ok(())
 }
 

@@ -551,6 +551,14 @@ pub(super) async fn transition_plan(
         humantime::format_duration(config.transition.gate_timeout)
     );
     print_steps(&steps, true);
+    if kind == TransitionKind::RotateRoot {
+        say!(
+            "\nA rotation changes every cluster's trust anchor. To replace only the mesh CA under \
+             the same anchor (the company's root), no rotation is needed: `cacertd root import \
+             --cert F --key F --chain F --replace`, then `cacertd issue` re-issues every \
+             intermediate with trust unchanged."
+        );
+    }
     print_istiod_releases(config).await;
     Ok(())
 }

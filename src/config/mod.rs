@@ -318,14 +318,16 @@ impl Config {
             .expect("default policy checked at load")
     }
 
-    /// What a primary's `cacerts` is judged against.
+    /// What a primary's `cacerts` is judged against: `root` the trust anchor, `signing_ca`
+    /// the CA that issues intermediates now (the mesh CA, or the root itself).
     pub fn expected<'a>(
         &'a self,
         cluster: &'a Cluster,
-        root: Option<&'a crate::pki::Cert>,
+        (root, signing_ca): (Option<&'a crate::pki::Cert>, Option<&'a crate::pki::Cert>),
     ) -> crate::plan::Expected<'a> {
         crate::plan::Expected {
             root,
+            signing_ca,
             policy: self.policy_for(cluster),
             cluster: &cluster.name,
             trust_domain: &self.trust_domain,

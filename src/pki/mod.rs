@@ -25,7 +25,8 @@ pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root, import_ro
 pub use secret_pem::MAX_PEM_TEXT;
 pub(crate) use secret_pem::base64_secret;
 pub use verify::{
-    BundleProblem, VerifiedCaCerts, issuing_root, verify_cacerts, verify_cacerts_for_mesh,
+    BundleProblem, VerifiedCaCerts, issued_by, issuing_root, verify_cacerts,
+    verify_cacerts_for_mesh,
 };
 
 /// The SAN Istio's reference tooling puts on every intermediate (tools/certs Makefile.selfsigned.mk).

@@ -422,14 +422,17 @@ fn extend(
     false
 }
 
+/// Whether `issuer` issued `child`: names and signature only, as [`issuing_root`] judges.
+pub fn issued_by(child: &Cert, issuer: &Cert) -> bool {
+    issuer.x509().subject().as_raw() == child.x509().issuer().as_raw()
+        && check_signature(child, issuer).is_ok()
+}
+
 /// The root of `roots` that `signing` was issued under, through `chain`, judged by names and
 /// signatures only (no dates or constraints): who signs, even when the set is otherwise broken.
 pub fn issuing_root(signing: &Cert, chain: &[Cert], roots: &[Cert]) -> Option<Cert> {
     fn up(child: &Cert, chain: &[Cert], roots: &[Cert], depth: usize) -> Option<Cert> {
-        let issued_by = |c: &Cert| {
-            c.x509().subject().as_raw() == child.x509().issuer().as_raw()
-                && check_signature(child, c).is_ok()
-        };
+        let issued_by = |c: &Cert| issued_by(child, c);
         if let Some(root) = roots.iter().find(|r| issued_by(r)) {
             return Some(root.clone());
         }

@@ -25,6 +25,7 @@ fn root(p: &Policy) -> RootCa {
 fn expected<'a>(root: &'a Cert, policy: &'a Policy) -> Expected<'a> {
     Expected {
         root: Some(root),
+        signing_ca: Some(root),
         policy,
         cluster: "c1",
         trust_domain: "td",
@@ -385,4 +386,60 @@ fn a_root_nobody_configured_is_flagged_and_not_carried_forward() {
     let a = assess(&Snapshot::of(Some(files)), &with_known, t0());
     assert_eq!(a.state, ClusterState::Valid);
     assert!(a.unknown_roots.is_empty());
+}
+
+/// A mesh CA replaced under the same anchor: the intermediates the old one issued still chain
+/// to the anchor, so trust is unchanged, but they are re-issued under the new one, keeping the
+/// cluster's bundle as it is. An intermediate the new mesh CA issued is left alone.
+#[test]
+fn an_intermediate_from_a_replaced_mesh_ca_is_reissued_keeping_trust() {
+    let p = policy();
+    let anchor = root(&p);
+    let mesh_ca = |cluster: &str| {
+        let mut spec = p.intermediate_spec(cluster, "td");
+        spec.path_len = 1;
+        let ca = issue_intermediate(&anchor, &spec, t0()).unwrap();
+        RootCa::new(ca.cert, ca.key, "mesh")
+            .unwrap()
+            .with_chain(vec![anchor.cert().clone()], "chain")
+            .unwrap()
+    };
+    let (old, new) = (mesh_ca("old"), mesh_ca("new"));
+    let files_under = |mesh: &RootCa| {
+        let int = issue_intermediate(mesh, &p.intermediate_spec("c1", "td"), t0()).unwrap();
+        CaCertsFiles::for_intermediate(
+            &int,
+            &mesh.between(),
+            anchor.cert(),
+            &TrustBundle::single(anchor.cert()),
+        )
+    };
+    let with_signer = |signing_ca| Expected {
+        signing_ca: Some(signing_ca),
+        ..expected(anchor.cert(), &p)
+    };
+    let from_old = Snapshot::of(Some(files_under(&old)));
+    assert_eq!(
+        assess(&from_old, &with_signer(old.cert()), t0()).state,
+        ClusterState::Valid
+    );
+    let a = assess(&from_old, &with_signer(new.cert()), t0());
+    assert_eq!(a.state, ClusterState::PreviousSigner);
+    assert!(
+        a.warnings.iter().any(|w| w.contains("no longer signs")),
+        "{:?}",
+        a.warnings
+    );
+    assert_eq!(
+        decide(&a, PlanOptions::default()),
+        Decision::Issue {
+            reason: IssueReason::SignerReplaced,
+            trust: TrustChoice::Keep(TrustBundle::single(anchor.cert())),
+        }
+    );
+    let from_new = Snapshot::of(Some(files_under(&new)));
+    assert_eq!(
+        assess(&from_new, &with_signer(new.cert()), t0()).state,
+        ClusterState::Valid
+    );
 }

@@ -25,6 +25,10 @@ impl FileRootStore {
         FileRootStore { dir }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn cert_path(&self) -> PathBuf {
         self.dir.join(CERT)
     }

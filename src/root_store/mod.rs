@@ -37,6 +37,16 @@ pub enum StoreError {
         #[source]
         source: VaultError,
     },
+    #[error(
+        "{store}: the new mesh CA chains to {new_anchor}, not to the current anchor \
+         {anchor}; changing the anchor changes what every cluster trusts and takes a phased \
+         rotation (`cacertd rotate-root start`), not a replacement"
+    )]
+    OtherAnchor {
+        store: String,
+        anchor: String,
+        new_anchor: String,
+    },
     #[error("{store}: {operation} is not possible: {reason}")]
     Unsupported {
         store: String,
@@ -62,6 +72,12 @@ pub struct RootCerts {
 }
 
 impl RootCerts {
+    /// The CA that issues intermediates: the mesh CA, or the anchor itself when it is the
+    /// root.
+    pub fn signing_ca(&self) -> &Cert {
+        self.between.first().unwrap_or(&self.anchor)
+    }
+
     /// From the signing CA's path to its anchor (`[signer, …, anchor]`).
     fn of_path(mut path: Vec<Cert>) -> Option<Self> {
         let anchor = path.pop()?;
@@ -228,6 +244,65 @@ impl RootSource {
         }
     }
 
+    /// Replaces the CA that signs intermediates with `new`, which must chain to the same
+    /// anchor: no cluster's trust changes, only who issues their intermediates (each is
+    /// re-issued at its next `issue` or daemon pass). The old CA is kept: its folder moved
+    /// aside (file store) or the previous KV version (vault-kv). Returns where it was kept,
+    /// `None` when `new` is already the store's.
+    pub async fn replace_signing_ca(
+        &self,
+        new: &RootCa,
+        now: OffsetDateTime,
+    ) -> Result<Option<String>, StoreError> {
+        let current = self.load_certs().await?.ok_or_else(|| StoreError::NoRoot {
+            store: self.describe(),
+        })?;
+        if current.anchor != *new.anchor() {
+            let name = |c: &Cert| format!("{} ({})", c.info().subject, c.info().fingerprint_sha256);
+            return Err(StoreError::OtherAnchor {
+                store: self.describe(),
+                anchor: name(&current.anchor),
+                new_anchor: name(new.anchor()),
+            });
+        }
+        if current.between == new.between() {
+            return Ok(None);
+        }
+        match self {
+            RootSource::File(f) => rotation::swap_file_store(f.dir(), new, now)
+                .map(Some)
+                .map_err(|e| StoreError::Incomplete {
+                    store: self.describe(),
+                    detail: e.to_string(),
+                }),
+            RootSource::VaultKv(v) => {
+                let version = v
+                    .version()
+                    .await
+                    .map_err(|e| self.vault_err(e))?
+                    .unwrap_or(0);
+                match v
+                    .write_at(&v.path, new, version)
+                    .await
+                    .map_err(|e| self.vault_err(e))?
+                {
+                    Ok(_) => Ok(Some(format!("version {version} of {}/{}", v.mount, v.path))),
+                    Err(()) => Err(StoreError::Incomplete {
+                        store: self.describe(),
+                        detail: "the root changed while it was being replaced; nothing was \
+                                 written, look at it again"
+                            .into(),
+                    }),
+                }
+            }
+            RootSource::VaultPki(_) => Err(StoreError::Unsupported {
+                store: self.describe(),
+                operation: "replacing the mesh CA from outside Vault",
+                reason: "the PKI store signs with the mount's issuer; make the new mesh CA that issuer in Vault (intermediate/set-signed, then the default issuer) and cacertd re-issues every intermediate under it",
+            }),
+        }
+    }
+
     /// Whether the root key is ever in cacertd's hands (file, vault-kv) or not (vault-pki).
     pub fn key_is_remote(&self) -> bool {
         matches!(self, RootSource::VaultPki(_))
@@ -247,6 +322,14 @@ impl Signer {
         match self {
             Signer::Local(r) => r.anchor(),
             Signer::Vault { root, .. } => root,
+        }
+    }
+
+    /// The CA that issues intermediates: the mesh CA (or Vault's issuer), or the root itself.
+    pub fn signing_cert(&self) -> &Cert {
+        match self {
+            Signer::Local(r) => r.cert(),
+            Signer::Vault { path, root, .. } => path.first().unwrap_or(root),
         }
     }
 

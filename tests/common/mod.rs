@@ -317,99 +317,134 @@ impl CompanyPki {
     /// Writes into `dir`: `anchor.pem`, `mesh.pem` and `mesh.key` (the mesh CA), and
     /// `chain.pem` (the certificates above the mesh CA, nearest first, the anchor last).
     pub fn make(&self, dir: &Path) {
-        let run = |args: &[&str]| openssl(dir, args).ok();
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-384",
-            "-nodes",
-            "-keyout",
-            "anchor.key",
-            "-out",
-            "anchor.pem",
-            "-days",
-            "3650",
-            "-subj",
-            "/O=Corp/CN=Offline Root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        let sign = |name: &str, subject: &str, issuer: &str, pathlen: Option<u32>, digest: &str| {
-            let ext = format!(
-                "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
-                 cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
-                pathlen
-                    .map(|p| format!(", pathlen:{p}"))
-                    .unwrap_or_default()
-            );
-            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-            run(&[
+        openssl(
+            dir,
+            &[
                 "req",
+                "-x509",
                 "-newkey",
                 "ec",
                 "-pkeyopt",
-                "ec_paramgen_curve:P-256",
+                "ec_paramgen_curve:P-384",
                 "-nodes",
                 "-keyout",
-                &format!("{name}.key"),
+                "anchor.key",
                 "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                subject,
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                &format!("{issuer}.pem"),
-                "-CAkey",
-                &format!("{issuer}.key"),
-                "-set_serial",
-                "0x1234",
-                "-out",
-                &format!("{name}.pem"),
+                "anchor.pem",
                 "-days",
-                "2000",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-extensions",
-                "ca",
-                &format!("-{digest}"),
-            ]);
-        };
+                "3650",
+                "-subj",
+                "/O=Corp/CN=Offline Root",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )
+        .ok();
         let mut issuer = "anchor".to_string();
         let mut above = vec!["anchor.pem".to_string()];
         for i in 0..self.corporate {
             let name = format!("corp{i}");
             let digest = if i == 0 { self.anchor_digest } else { "sha256" };
             let subject = format!("/O=Corp/CN=Corporate CA {i}");
-            sign(&name, &subject, &issuer, self.corporate_pathlen, digest);
+            sign_ca(
+                dir,
+                &name,
+                &subject,
+                &issuer,
+                self.corporate_pathlen,
+                digest,
+            );
             above.insert(0, format!("{name}.pem"));
             issuer = name;
         }
-        let digest = if self.corporate == 0 {
-            self.anchor_digest
-        } else {
-            "sha256"
-        };
-        sign(
-            "mesh",
-            "/O=Corp/CN=Mesh CA",
-            &issuer,
-            self.mesh_pathlen,
-            digest,
-        );
+        self.sign_mesh_ca(dir, "mesh");
         let chain: Vec<u8> = above
             .iter()
             .flat_map(|f| std::fs::read(dir.join(f)).unwrap())
             .collect();
         std::fs::write(dir.join("chain.pem"), chain).unwrap();
     }
+
+    /// Writes `<name>.pem` and `<name>.key` into `dir`: another mesh CA, issued where
+    /// [`CompanyPki::make`] issued `mesh` (so `chain.pem` is its chain too).
+    pub fn sign_mesh_ca(&self, dir: &Path, name: &str) {
+        let (issuer, digest) = match self.corporate {
+            0 => ("anchor".to_string(), self.anchor_digest),
+            n => (format!("corp{}", n - 1), "sha256"),
+        };
+        sign_ca(
+            dir,
+            name,
+            &match name {
+                "mesh" => "/O=Corp/CN=Mesh CA".to_string(),
+                _ => format!("/O=Corp/CN=Mesh CA {name}"),
+            },
+            &issuer,
+            self.mesh_pathlen,
+            digest,
+        );
+    }
+}
+
+/// `<issuer>.pem`/`.key` in `dir` sign a new P-256 CA, `<name>.pem`/`.key`.
+fn sign_ca(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    issuer: &str,
+    pathlen: Option<u32>,
+    digest: &str,
+) {
+    let run = |args: &[&str]| openssl(dir, args).ok();
+    let ext = format!(
+        "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
+         cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+        pathlen
+            .map(|p| format!(", pathlen:{p}"))
+            .unwrap_or_default()
+    );
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.csr"),
+        "-subj",
+        subject,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        &format!("{issuer}.pem"),
+        "-CAkey",
+        &format!("{issuer}.key"),
+        "-set_serial",
+        // Distinct per name: two CAs of one issuer never share a serial.
+        &format!(
+            "0x{:x}",
+            name.bytes().fold(0x1234u64, |h, b| h
+                .wrapping_mul(31)
+                .wrapping_add(u64::from(b)))
+        ),
+        "-out",
+        &format!("{name}.pem"),
+        "-days",
+        "2000",
+        "-extfile",
+        &format!("{name}.ext"),
+        "-extensions",
+        "ca",
+        &format!("-{digest}"),
+    ]);
 }

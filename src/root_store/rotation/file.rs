@@ -95,8 +95,9 @@ impl RootRotation for FileRotation {
 
 /// The swap: the new store is built complete in a sibling folder first, so the root folder is
 /// always either the old root or the new one; the old folder is moved to
-/// `<root dir>-replaced-<time>`. Returns where the old root went.
-fn swap_file_store(
+/// `<root dir>-replaced-<time>`. Returns where the old root went. Also replaces a mesh CA
+/// under the same anchor outright (no transition).
+pub(crate) fn swap_file_store(
     dir: &Path,
     new_root: &RootCa,
     now: OffsetDateTime,

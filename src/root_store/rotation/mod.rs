@@ -8,6 +8,8 @@ mod file;
 mod vault_kv;
 mod vault_pki;
 
+pub(crate) use file::swap_file_store;
+
 use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
