@@ -110,6 +110,9 @@ pub struct RootPolicy {
     pub validity: Duration,
     pub subject: SubjectTemplate,
     pub allowed_key_algorithms: Vec<KeyAlgorithm>,
+    /// The trust anchors allowed, by SHA-256 fingerprint (upper-case hex pairs joined by `:`,
+    /// as `status` prints them); empty: any.
+    pub anchors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +152,8 @@ struct RawRoot {
     validity: String,
     subject: SubjectTemplate,
     allowed_key_algorithms: Option<Vec<KeyAlgorithm>>,
+    #[serde(default)]
+    anchors: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +201,13 @@ impl Policy {
                 ),
             ));
         }
+        let anchors = raw
+            .root
+            .anchors
+            .iter()
+            .map(|a| normalize_fingerprint(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("root.anchors", m))?;
         Ok(Policy {
             name: name.to_string(),
             description: raw.description,
@@ -205,6 +217,7 @@ impl Policy {
                 validity: root_validity,
                 subject: raw.root.subject,
                 allowed_key_algorithms: allowed,
+                anchors,
             },
             intermediate: IntermediatePolicy {
                 key_algorithm: raw.intermediate.key_algorithm,
@@ -247,6 +260,42 @@ impl Policy {
             RenewBefore::Duration(d) => time::Duration::try_from(d).unwrap_or(lifetime),
         };
         (info.not_after - before).clamp(info.not_before, info.not_after)
+    }
+
+    /// Whether this policy lets a new root be generated: not when it names the anchors allowed
+    /// (a root made now could be none of them). Checked before anything is generated.
+    pub fn check_may_generate_root(&self) -> Result<(), PolicyViolation> {
+        match self.root.anchors.is_empty() {
+            true => Ok(()),
+            false => Err(PolicyViolation {
+                policy: self.name.clone(),
+                cluster: "the root".to_string(),
+                rule: "root.anchors",
+                detail: "this policy names the anchors allowed, and a root generated now would \
+                         be none of them; import a listed one, or list the new root's \
+                         fingerprint first"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Checks a trust anchor (a self-signed root, or the root above a mesh CA) against the
+    /// anchors this policy names, if any.
+    pub fn check_anchor(&self, anchor: &Cert) -> Result<(), PolicyViolation> {
+        let fingerprint = &anchor.info().fingerprint_sha256;
+        if self.root.anchors.is_empty() || self.root.anchors.contains(fingerprint) {
+            return Ok(());
+        }
+        Err(PolicyViolation {
+            policy: self.name.clone(),
+            cluster: "the root".to_string(),
+            rule: "root.anchors",
+            detail: format!(
+                "the anchor {} ({fingerprint}) is not one the policy allows: {}",
+                anchor.info().subject,
+                self.root.anchors.join(", ")
+            ),
+        })
     }
 
     /// Checks a root about to be stored (generated or imported) against the policy.
@@ -292,6 +341,7 @@ impl Policy {
             ));
         }
         self.check_root(root)
+            .and_then(|()| self.check_anchor(root))
             .map_err(|v| violation(v.rule, v.detail))?;
         if spec.key_algorithm != self.intermediate.key_algorithm {
             return Err(violation(
@@ -421,6 +471,31 @@ fn describe_subject(s: &crate::pki::Subject) -> String {
     add("L", &s.locality);
     parts.push(format!("CN={}", s.common_name));
     format!("{:?}", parts.join(", "))
+}
+
+/// A SHA-256 fingerprint as `status` prints it (upper-case hex pairs joined by `:`), from
+/// any case, with or without the colons.
+fn normalize_fingerprint(text: &str) -> Result<String, String> {
+    let hex: String = text
+        .trim()
+        .strip_prefix("sha256:")
+        .unwrap_or(text.trim())
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed, as `cacertd \
+             root show` prints it)"
+        ));
+    }
+    let upper = hex.to_ascii_uppercase();
+    Ok(upper
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 fn names(algs: &[KeyAlgorithm]) -> String {

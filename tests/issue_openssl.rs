@@ -634,6 +634,71 @@ fn a_mesh_ca_replaced_under_the_same_anchor_reissues_without_a_transition() {
     assert_eq!(s.read("state/root/root-cert.pem"), store_before);
 }
 
+/// A policy that names the anchors allowed (`[root] anchors`): a mesh CA under another anchor
+/// is refused at import, a root cannot be generated, and once the stored anchor is no longer
+/// listed nothing is issued under it. Each refusal names the rule and changes nothing.
+#[test]
+fn a_policy_names_the_anchors_a_mesh_ca_may_chain_to() {
+    let s = Setup::new();
+    let pki = CompanyPki::usual();
+    pki.make(s.path("").as_path());
+    let fingerprint = openssl(
+        s.path("").as_path(),
+        &[
+            "x509",
+            "-in",
+            "anchor.pem",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ],
+    )
+    .ok()
+    .stdout;
+    let fingerprint = fingerprint.trim().rsplit('=').next().unwrap().to_string();
+    let policy = std::fs::read_to_string(s.path("policies/default.toml")).unwrap();
+    let pin = |anchors: &str| {
+        let pinned = policy.replacen("[root]\n", &format!("[root]\nanchors = [{anchors}]\n"), 1);
+        assert_ne!(pinned, policy);
+        std::fs::write(s.path("policies/default.toml"), pinned).unwrap();
+    };
+    let elsewhere = format!("\"{}\"", "ab".repeat(32));
+    pin(&elsewhere);
+    let run = s.cacertd(&import_mesh_ca("chain.pem")).fails_with(4);
+    assert!(
+        run.stderr.contains("root.anchors") && run.stderr.contains("O=Corp, CN=Offline Root"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path("state/root").exists());
+    let run = s.cacertd(&["root", "init"]).fails_with(4);
+    assert!(run.stderr.contains("root.anchors"), "{}", run.stderr);
+    assert!(!s.path("state/root").exists());
+
+    // Listed as `openssl` prints it, in lower case, without the colons: the same anchor.
+    pin(&format!(
+        "{elsewhere}, \"sha256:{}\"",
+        fingerprint.replace(':', "").to_lowercase()
+    ));
+    s.cacertd(&import_mesh_ca("chain.pem")).ok();
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+
+    pin(&elsewhere);
+    let before = s.read("out/cluster1/ca-cert.pem");
+    let run = s.cacertd(&["issue", "--force"]).fails_with(4);
+    assert!(run.stdout.contains("root.anchors"), "{}", run.stdout);
+    assert_eq!(s.read("out/cluster1/ca-cert.pem"), before);
+
+    pin("\"not-a-fingerprint\"");
+    let run = s.cacertd(&["check"]).fails_with(2);
+    assert!(
+        run.stderr.contains("root.anchors") && run.stderr.contains("not a SHA-256 fingerprint"),
+        "{}",
+        run.stderr
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -33,6 +33,7 @@ pub(super) async fn root_init_in(
         .into());
     }
     let policy = config.root_policy();
+    policy.check_may_generate_root()?;
     let spec = policy.root_spec(&config.trust_domain);
     let cert = if let Some(pki) = store.as_vault_pki() {
         // The key is generated inside Vault and never leaves it.
@@ -211,7 +212,9 @@ pub(super) fn read_root(
             &chain_what,
         ),
     )?;
-    config.root_policy().check_root(root.cert())?;
+    let policy = config.root_policy();
+    policy.check_root(root.cert())?;
+    policy.check_anchor(root.anchor())?;
     prove_root(config, &root, now)?;
     Ok(root)
 }

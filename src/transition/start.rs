@@ -264,12 +264,16 @@ impl Rotation<'_> {
         let exists = pending.is_some();
         let waiting = match pending {
             Some(Pending::Inside(cert)) if self.tied(&cert).await? => {
-                config.root_policy().check_root(&cert).map_err(|v| {
-                    DriveError::NewRoot(format!(
-                        "the new issuer waiting in {}: {v}",
-                        store.pending_location()
-                    ))
-                })?;
+                let policy = config.root_policy();
+                policy
+                    .check_root(&cert)
+                    .and_then(|()| policy.check_anchor(&cert))
+                    .map_err(|v| {
+                        DriveError::NewRoot(format!(
+                            "the new issuer waiting in {}: {v}",
+                            store.pending_location()
+                        ))
+                    })?;
                 Some(cert)
             }
             _ => None,
@@ -311,17 +315,20 @@ impl Rotation<'_> {
                 over,
             });
         }
+        let policy = config.root_policy();
         let root = match given {
             Some(r) => r,
-            None => crate::pki::generate_root(
-                &config.root_policy().root_spec(&config.trust_domain),
-                self.now,
-            )
-            .map_err(|e| DriveError::NewRoot(e.to_string()))?,
+            None => {
+                policy
+                    .check_may_generate_root()
+                    .map_err(|v| DriveError::NewRoot(v.to_string()))?;
+                crate::pki::generate_root(&policy.root_spec(&config.trust_domain), self.now)
+                    .map_err(|e| DriveError::NewRoot(e.to_string()))?
+            }
         };
-        config
-            .root_policy()
+        policy
             .check_root(root.cert())
+            .and_then(|()| policy.check_anchor(root.anchor()))
             .map_err(|v| DriveError::NewRoot(v.to_string()))?;
         Ok(NewRoot::Local {
             root,

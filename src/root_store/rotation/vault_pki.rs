@@ -126,6 +126,9 @@ impl RootRotation for VaultPkiRotation {
         if !reuse {
             self.refuse_default_follows_latest().await?;
             let policy = config.root_policy();
+            policy
+                .check_may_generate_root()
+                .map_err(|v| RotationError::Refused(v.to_string()))?;
             let spec = policy.root_spec(&config.trust_domain);
             let cert = pki
                 .generate_issuer(
