@@ -699,6 +699,113 @@ fn a_policy_names_the_anchors_a_mesh_ca_may_chain_to() {
     );
 }
 
+/// `root init --csr`: the mesh CA's key is made here and waits, 0600, for the company CA's
+/// signature; `root import` without --key stores it with the signed certificate and removes
+/// the waiting copy. A certificate for another key is refused and the key keeps waiting; a
+/// second request while one waits is refused. With a root in the store, the request is for
+/// its replacement under the same anchor.
+#[test]
+fn a_mesh_ca_request_signed_offline_is_imported_with_the_key_made_here() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let pki = CompanyPki::usual();
+    pki.make(s.path("").as_path());
+    let run = s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "mesh.pem",
+        "--chain",
+        "chain.pem",
+    ]);
+    let run = run.fails_with(2);
+    assert!(run.stderr.contains("root init --csr"), "{}", run.stderr);
+
+    let run = s.cacertd(&["root", "init", "--csr", "request.csr"]).ok();
+    assert!(
+        run.stdout.contains("root import --cert signed.pem"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !s.path("state/root").exists(),
+        "no root before the signature"
+    );
+    let key = s.path("state/root-request/mesh-ca-key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = openssl(
+        s.path("").as_path(),
+        &["req", "-in", "request.csr", "-verify", "-noout", "-text"],
+    )
+    .ok();
+    assert!(
+        text.stdout.contains("CN=Root CA") || text.stdout.contains("CN = Root CA"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("CA:TRUE"), "{}", text.stdout);
+    let again = s
+        .cacertd(&["root", "init", "--csr", "again.csr"])
+        .fails_with(5);
+    assert!(again.stderr.contains("already waits"), "{}", again.stderr);
+    assert!(!s.path("again.csr").exists());
+
+    // A certificate for another key (the mesh CA `make` wrote) is not this request's.
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "mesh.pem",
+            "--chain",
+            "chain.pem",
+        ])
+        .fails_with(3);
+    assert!(run.stderr.contains("mesh-ca-key.pem"), "{}", run.stderr);
+    assert!(key.exists() && !s.path("state/root").exists());
+
+    std::fs::copy(s.path("request.csr"), s.path("signed.csr")).unwrap();
+    pki.sign_mesh_request(s.path("").as_path(), "signed");
+    s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "signed.pem",
+        "--chain",
+        "chain.pem",
+    ])
+    .ok();
+    assert!(
+        !s.path("state/root-request").exists(),
+        "no second copy of the key"
+    );
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    let chain = String::from_utf8(s.read("out/cluster1/cert-chain.pem")).unwrap();
+    assert!(chain.contains(String::from_utf8(s.read("signed.pem")).unwrap().trim()));
+
+    // The next mesh CA, by request too: a replacement under the same anchor.
+    let run = s.cacertd(&["root", "init", "--csr", "next.csr"]).ok();
+    assert!(run.stdout.contains("--replace"), "{}", run.stdout);
+    pki.sign_mesh_request(s.path("").as_path(), "next");
+    s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "next.pem",
+        "--chain",
+        "chain.pem",
+        "--replace",
+    ])
+    .ok();
+    assert!(!s.path("state/root-request").exists());
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    let chain = String::from_utf8(s.read("out/cluster2/cert-chain.pem")).unwrap();
+    assert!(chain.contains(String::from_utf8(s.read("next.pem")).unwrap().trim()));
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -1780,14 +1780,32 @@ fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
         .as_str()
         .unwrap()
         .to_string();
-    let csr = bao.ok(
-        "POST",
-        "pki_int/intermediate/generate/internal",
-        Some(json!({ "common_name": "Mesh CA", "key_type": "ec", "key_bits": 256 })),
-    )["data"]["csr"]
-        .as_str()
+    // The shipped policies, for the pki_int mount.
+    for (name, file) in [
+        ("cacertd-pki-int", "cacertd-pki.hcl"),
+        ("cacertd-pki-int-init", "cacertd-pki-init.hcl"),
+    ] {
+        let policy = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("deploy/vault/{file}")),
+        )
         .unwrap()
-        .to_string();
+        .replace("path \"pki/", "path \"pki_int/");
+        bao.policy(name, &policy);
+    }
+    let s = setup(
+        &bao,
+        &PKI.replace("\"pki\"", "\"pki_int\""),
+        &bao.token(&["cacertd-pki-int", "cacertd-pki-int-init"]),
+    );
+    // cacertd has Vault make the key and the request; the root mount signs it as the
+    // company's offline root would; cacertd hands Vault the signed certificate.
+    let run = s.cacertd(&["root", "init", "--csr", "mesh.csr"]).ok();
+    assert!(run.stdout.contains("inside Vault"), "{}", run.stdout);
+    assert!(
+        !s.path("state/root-request/mesh-ca-key.pem").exists(),
+        "the key stays in Vault"
+    );
+    let csr = std::fs::read_to_string(s.path("mesh.csr")).unwrap();
     let signed = bao.ok(
         "POST",
         "pki/root/sign-intermediate",
@@ -1796,22 +1814,35 @@ fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
         .as_str()
         .unwrap()
         .to_string();
-    bao.ok(
-        "POST",
-        "pki_int/intermediate/set-signed",
-        Some(json!({ "certificate": format!("{signed}\n{root}") })),
+    std::fs::write(s.path("signed.pem"), &signed).unwrap();
+    std::fs::write(s.path("root.pem"), &root).unwrap();
+    // The root alone is no mesh CA of this request: refused before Vault sees it.
+    let issuers = bao.issuers("pki_int").len();
+    let run = s
+        .cacertd(&["root", "import", "--cert", "root.pem"])
+        .fails_with(3);
+    assert!(
+        run.stderr.contains("not issued for the request"),
+        "{}",
+        run.stderr
     );
-    let policy = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/cacertd-pki.hcl"),
-    )
-    .unwrap()
-    .replace("path \"pki/", "path \"pki_int/");
-    bao.policy("cacertd-pki-int", &policy);
-    let s = setup(
-        &bao,
-        &PKI.replace("\"pki\"", "\"pki_int\""),
-        &bao.token(&["cacertd-pki-int"]),
+    assert_eq!(bao.issuers("pki_int").len(), issuers);
+    let run = s
+        .cacertd(&[
+            "root",
+            "import",
+            "--cert",
+            "signed.pem",
+            "--chain",
+            "root.pem",
+        ])
+        .ok();
+    assert!(
+        run.stdout.contains("paired the signed mesh CA"),
+        "{}",
+        run.stdout
     );
+    assert!(!s.path("state/root-request").exists());
     s.cacertd(&["issue"]).ok();
     assert_issued_and_trusted(&s);
     for c in ["cluster1", "cluster2"] {

@@ -5,3 +5,16 @@
 path "pki/root/generate/internal" {
   capabilities = ["update"]
 }
+# `root init --csr` and the `root import` of the signed certificate, for a mesh CA that the
+# company's offline root signs: Vault makes the key and keeps it (intermediate/generate/
+# internal), takes the signed certificate with its chain (intermediate/set-signed), and cacertd
+# makes that issuer the mount's default (config/issuers).
+path "pki/intermediate/generate/internal" {
+  capabilities = ["update"]
+}
+path "pki/intermediate/set-signed" {
+  capabilities = ["update"]
+}
+path "pki/config/issuers" {
+  capabilities = ["read", "update"]
+}

@@ -319,7 +319,17 @@ pub enum StageArg {
 pub enum RootCommand {
     /// Generate a new root in the configured store, per the config's policy. Refuses if a root
     /// already exists.
-    Init,
+    Init {
+        /// Instead of a root: make the mesh CA's key and write a certificate signing request
+        /// to FILE, for the company's CA to sign offline. The key stays where it was made:
+        /// <state_dir>/root-request/ (0600; file and vault-kv stores) or inside Vault
+        /// (vault-pki, intermediate/generate/internal). Then `root import --cert signed.pem
+        /// --chain chain.pem`, without --key, stores it with its certificate. With a root in
+        /// the store (file, vault-kv), the request is for a new mesh CA under the same anchor:
+        /// import it with --replace.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+    },
     /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key),
     /// or a mesh CA below the company's root with --chain. Refuses if a root already exists
     /// (unless --replace), or if the CA is unusable for istiod.
@@ -327,9 +337,10 @@ pub enum RootCommand {
         /// Root certificate, or the mesh CA's (PEM).
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
-        /// Its private key (PEM, unencrypted).
+        /// Its private key (PEM, unencrypted). Without it: the key made by `root init --csr`
+        /// (kept in <state_dir>/root-request/, or inside Vault for vault-pki).
         #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// For a mesh CA that is an intermediate of another root (the company's, kept
         /// offline): the certificates above it, up to and including that self-signed root,
         /// which becomes every cluster's trust anchor. Each cluster's cert-chain.pem then

@@ -27,7 +27,7 @@ use crate::topology::{Cluster, Role};
 use crate::transition::{TransitionKind, driver};
 
 use issue::{issue, restart, serve, status, verify};
-use root::{root_import, root_init, root_show};
+use root::{root_import, root_init, root_request, root_show};
 use transition::{migrate_start, rotate_root_start, transition_cmd, transition_plan};
 
 /// Everything a command can fail with; each maps to a documented exit code.
@@ -143,13 +143,24 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
         command => {
             let config = Config::load(&config_path)?;
             match command {
-                Command::Root(RootCommand::Init) => root_init(&config, now).await,
+                Command::Root(RootCommand::Init { csr: None }) => root_init(&config, now).await,
+                Command::Root(RootCommand::Init { csr: Some(out) }) => {
+                    root_request(&config, &out, now).await
+                }
                 Command::Root(RootCommand::Import {
                     cert,
                     key,
                     chain,
                     replace,
-                }) => root_import(&config, (&cert, &key, chain.as_deref()), replace, now).await,
+                }) => {
+                    root_import(
+                        &config,
+                        (&cert, key.as_deref(), chain.as_deref()),
+                        replace,
+                        now,
+                    )
+                    .await
+                }
                 Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now).await,
                 Command::Issue(a) => {
                     let opts = PlanOptions {

@@ -8,12 +8,13 @@ use zeroize::Zeroizing;
 use super::output;
 use super::{CliError, Format};
 use crate::config::Config;
-use crate::fsutil::{StateLock, read_pem};
+use crate::fsutil::{Mode, StagedFile, StateLock, read_pem};
 use crate::pki::{
-    CaCertsFiles, RootCa, TrustBundle, generate_root, import_root_with_chain, issue_intermediate,
-    verify_cacerts_for_mesh,
+    CaCertsFiles, RootCa, TrustBundle, check_signing_ca, generate_root, import_root_with_chain,
+    issue_intermediate, mesh_ca_request, request_public_key, verify_cacerts_for_mesh,
 };
-use crate::root_store::{RootSource, StoreError};
+use crate::root_store::vault::VaultPki;
+use crate::root_store::{PendingRequest, RootSource, StoreError};
 
 pub(super) async fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
     let store = RootSource::open(config).await?;
@@ -101,20 +102,133 @@ fn note_root(
     );
 }
 
+/// `root init --csr FILE`: a key for the mesh CA, kept where it was made, and a request for
+/// the company's CA to sign.
+pub(super) async fn root_request(
+    config: &Config,
+    out: &Path,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    // With a root in the store already, the request is for its replacement (file and vault-kv:
+    // `root import --replace`); vault-pki replaces its issuer in Vault.
+    let existing = store.load_cert().await?;
+    if let Some(existing) = existing.as_ref().filter(|_| store.key_is_remote()) {
+        return Err(StoreError::AlreadyExists {
+            store: store.describe(),
+            fingerprint: existing.info().fingerprint_sha256.clone(),
+        }
+        .into());
+    }
+    if out.exists() {
+        return Err(CliError::Refused(format!(
+            "{} exists; name a new file for the request",
+            out.display()
+        )));
+    }
+    let spec = config.root_policy().root_spec(&config.trust_domain);
+    let (request, kept) = if let Some(pki) = store.as_vault_pki() {
+        let key = crate::root_store::vault::key_type(spec.key_algorithm);
+        let request = pki
+            .generate_request(
+                spec.subject.organization.as_deref(),
+                &spec.subject.common_name,
+                key,
+            )
+            .await
+            .map_err(|source| StoreError::Vault {
+                store: store.describe(),
+                source,
+            })?;
+        // Only the request: the signed certificate is checked against it before Vault sees it.
+        PendingRequest::new(&config.state_dir).save_request(&request)?;
+        (request, format!("inside Vault ({})", store.describe()))
+    } else {
+        let pending = PendingRequest::new(&config.state_dir);
+        let _lock = StateLock::acquire(&config.state_dir)?;
+        if pending.exists() {
+            return Err(CliError::Refused(format!(
+                "a key already waits for its signed certificate in {} (its request: {}); import \
+                 the certificate with `cacertd root import --cert signed.pem --chain chain.pem`, \
+                 or remove that folder to start over",
+                pending.key_path().display(),
+                pending.request_path().display()
+            )));
+        }
+        let (key, request) = mesh_ca_request(&spec)?;
+        pending.save(&key, &request)?;
+        (request, pending.key_path().display().to_string())
+    };
+    StagedFile::new(out, request.as_bytes(), Mode::Public)?.commit_new()?;
+    crate::audit::Audit::new(config.daemon.audit_log.clone()).note(
+        now,
+        "root-request",
+        None,
+        "requested",
+        None,
+        Some(format!(
+            "{} in {}, key kept {kept}",
+            spec.subject.common_name,
+            store.describe()
+        )),
+    );
+    say!(
+        "wrote a certificate signing request for the mesh CA to {}; its key is kept {kept}",
+        out.display()
+    );
+    say!(
+        "Have the company's CA sign it as a CA (basicConstraints CA:TRUE with a path length of \
+         at least 1, or none: the clusters' intermediates sit below it; keyUsage keyCertSign, \
+         cRLSign), then: cacertd root import --cert signed.pem --chain chain.pem{} (the \
+         certificates above it, up to the company's root)",
+        if existing.is_some() { " --replace" } else { "" }
+    );
+    Ok(())
+}
+
+/// Where the key of a root to import comes from.
+pub(super) enum Key<'a> {
+    /// A PEM file the operator gives.
+    File(&'a Path),
+    /// The key `root init --csr` made and keeps in `<state_dir>/root-request/`.
+    Pending(&'a PendingRequest),
+}
+
 pub(super) async fn root_import(
     config: &Config,
-    (cert, key, chain): (&Path, &Path, Option<&Path>),
+    (cert, key, chain): (&Path, Option<&Path>, Option<&Path>),
     replace: bool,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
-    let root = read_root(config, cert, key, chain, now)?;
     let store = RootSource::open(config).await?;
+    let pending = PendingRequest::new(&config.state_dir);
+    let key = match key {
+        Some(k) => Key::File(k),
+        None if !replace && let Some(pki) = store.as_vault_pki() => {
+            return import_signed_into_vault(config, (&store, pki), cert, chain, now).await;
+        }
+        None if pending.exists() => Key::Pending(&pending),
+        None => {
+            return Err(CliError::Usage(format!(
+                "no --key given, and no key waits for a signature in {} (`cacertd root init \
+                 --csr`)",
+                pending.key_path().display()
+            )));
+        }
+    };
+    let from_request = matches!(key, Key::Pending(_));
+    let root = read_root(config, cert, key, chain, now)?;
+    let made_here = from_request.then_some(&pending);
     if replace {
-        return replace_signing_ca(config, &store, &root, now).await;
+        return replace_signing_ca(config, (&store, made_here), &root, now).await;
     }
     {
         let _lock = StateLock::acquire(&config.state_dir)?;
         store.create(&root).await?;
+        if let Some(pending) = made_here {
+            // The store holds the key now: no second copy outlives the import.
+            pending.remove()?;
+        }
     }
     let info = root.cert().info();
     note_root(
@@ -142,10 +256,88 @@ pub(super) async fn root_import(
     Ok(())
 }
 
+/// `root import` without `--key` into vault-pki: the signed certificate of the request Vault
+/// made (`root init --csr`), checked like any mesh CA, handed to Vault with its chain.
+async fn import_signed_into_vault(
+    config: &Config,
+    (store, pki): (&RootSource, &VaultPki),
+    cert: &Path,
+    chain: Option<&Path>,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
+    if let Some(existing) = store.load_cert().await? {
+        return Err(StoreError::AlreadyExists {
+            store: store.describe(),
+            fingerprint: existing.info().fingerprint_sha256.clone(),
+        }
+        .into());
+    }
+    let cert_pem = read_pem(cert)?;
+    let chain_pem = chain.map(read_pem).transpose()?;
+    let chain_what = chain.map(|c| c.display().to_string()).unwrap_or_default();
+    let (signing, above) = check_signing_ca(
+        &cert_pem,
+        chain_pem.as_deref(),
+        now,
+        (&cert.display().to_string(), &chain_what),
+    )?;
+    let policy = config.root_policy();
+    policy.check_root(&signing)?;
+    policy.check_anchor(above.last().unwrap_or(&signing))?;
+    // Vault would take any certificate, as keyless issuers: only the request's goes to it.
+    let pending = PendingRequest::new(&config.state_dir);
+    let request = pending.request_pem()?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "no request kept in {} (`cacertd root init --csr`); a certificate for a key Vault \
+             holds otherwise: set it in Vault (intermediate/set-signed)",
+            pending.request_path().display()
+        ))
+    })?;
+    let wanted = request_public_key(&request, &pending.request_path().display().to_string())?;
+    if signing.x509().public_key().raw != wanted.as_slice() {
+        return Err(crate::pki::PkiError::Invalid {
+            what: cert.display().to_string(),
+            reason: format!(
+                "it was not issued for the request in {} (the key Vault made for it): sign \
+                 that request",
+                pending.request_path().display()
+            ),
+        }
+        .into());
+    }
+    let id = pki
+        .set_signed(&signing, &above)
+        .await
+        .map_err(|source| StoreError::Vault {
+            store: store.describe(),
+            source,
+        })?;
+    pending.remove()?;
+    note_root(
+        config,
+        now,
+        "root-import",
+        "imported",
+        &store.describe(),
+        signing.info(),
+    );
+    say!(
+        "Vault paired the signed mesh CA with the key it made (issuer {id}, now the default \
+         issuer of {})",
+        store.describe()
+    );
+    output::print_root(&mut std::io::stdout(), signing.info(), now);
+    for c in &above {
+        say!("");
+        output::print_root(&mut std::io::stdout(), c.info(), now);
+    }
+    Ok(())
+}
+
 /// `root import --replace`: a new mesh CA under the same anchor.
 async fn replace_signing_ca(
     config: &Config,
-    store: &RootSource,
+    (store, made_here): (&RootSource, Option<&PendingRequest>),
     root: &RootCa,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
@@ -158,7 +350,11 @@ async fn replace_signing_ca(
     }
     let kept = {
         let _lock = StateLock::acquire(&config.state_dir)?;
-        store.replace_signing_ca(root, now).await?
+        let kept = store.replace_signing_ca(root, now).await?;
+        if let Some(pending) = made_here {
+            pending.remove()?;
+        }
+        kept
     };
     let Some(kept) = kept else {
         say!(
@@ -193,12 +389,16 @@ async fn replace_signing_ca(
 pub(super) fn read_root(
     config: &Config,
     cert: &Path,
-    key: &Path,
+    key: Key<'_>,
     chain: Option<&Path>,
     now: OffsetDateTime,
 ) -> Result<RootCa, CliError> {
     let cert_pem = read_pem(cert)?;
-    let key_pem = Zeroizing::new(read_pem(key)?);
+    let from_request = matches!(key, Key::Pending(_));
+    let (key_pem, key) = match key {
+        Key::File(path) => (Zeroizing::new(read_pem(path)?), path.to_path_buf()),
+        Key::Pending(pending) => (pending.key_pem()?.unwrap_or_default(), pending.key_path()),
+    };
     let chain_pem = chain.map(read_pem).transpose()?;
     let chain_what = chain.map(|c| c.display().to_string()).unwrap_or_default();
     let root = import_root_with_chain(
@@ -211,7 +411,20 @@ pub(super) fn read_root(
             &key.display().to_string(),
             &chain_what,
         ),
-    )?;
+    )
+    .map_err(|e| match e {
+        crate::pki::PkiError::KeyMismatch { what } if from_request => {
+            CliError::Material(crate::pki::PkiError::Invalid {
+                what,
+                reason: format!(
+                    "it was not issued for the key that waits in {} (`root init --csr`): sign \
+                     that request",
+                    key.display()
+                ),
+            })
+        }
+        other => other.into(),
+    })?;
     let policy = config.root_policy();
     policy.check_root(root.cert())?;
     policy.check_anchor(root.anchor())?;

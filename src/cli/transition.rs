@@ -3,7 +3,7 @@
 
 use time::OffsetDateTime;
 
-use super::root::read_root;
+use super::root::{Key, read_root};
 use super::{CliError, DriveArgs, Format, TransitionCommand, TransitionPlanArgs};
 use super::{args, output};
 use crate::clock::Clock;
@@ -56,7 +56,7 @@ pub(super) async fn rotate_root_start(
 ) -> Result<(), CliError> {
     let now = clock.now();
     let new_root = match (&args.new_root_cert, &args.new_root_key) {
-        (Some(cert), Some(key)) => Some(read_root(config, cert, key, None, now)?),
+        (Some(cert), Some(key)) => Some(read_root(config, cert, Key::File(key), None, now)?),
         _ => None,
     };
     let _lock = StateLock::acquire(&config.state_dir)?;

@@ -21,7 +21,10 @@ pub use intermediate::{
 };
 pub use key::{CaKey, KeyAlgorithm};
 pub use profile::Subject;
-pub use root::{BACKDATE, RootCa, RootSpec, generate_root, import_root, import_root_with_chain};
+pub use root::{
+    BACKDATE, RootCa, RootSpec, check_signing_ca, generate_root, import_root,
+    import_root_with_chain, mesh_ca_request, request_public_key,
+};
 pub use secret_pem::MAX_PEM_TEXT;
 pub(crate) use secret_pem::base64_secret;
 pub use verify::{

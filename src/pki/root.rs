@@ -76,6 +76,20 @@ pub fn import_root_with_chain(
     now: OffsetDateTime,
     (cert_what, key_what, chain_what): (&str, &str, &str),
 ) -> Result<RootCa, PkiError> {
+    let (cert, chain) = check_signing_ca(cert_pem, chain_pem, now, (cert_what, chain_what))?;
+    let key = CaKey::from_pem(key_pem, key_what)?;
+    RootCa::new(cert, key, cert_what)?.with_chain(chain, chain_what)
+}
+
+/// The checks of [`import_root_with_chain`] that need no key: the CA certificate and the
+/// certificates above it (none for a self-signed root), as a store would keep them. Also for a
+/// CA whose key stays where it was made (inside Vault).
+pub fn check_signing_ca(
+    cert_pem: &[u8],
+    chain_pem: Option<&[u8]>,
+    now: OffsetDateTime,
+    (cert_what, chain_what): (&str, &str),
+) -> Result<(Cert, Vec<Cert>), PkiError> {
     let cert = Cert::one_from_pem(cert_pem, cert_what)?;
     cert.supported_key(cert_what)?;
     if !cert.info().is_ca {
@@ -145,8 +159,46 @@ pub fn import_root_with_chain(
         what: chain_what.to_string(),
         reason,
     })?;
-    let key = CaKey::from_pem(key_pem, key_what)?;
-    RootCa::new(cert, key, cert_what)?.with_chain(chain, chain_what)
+    Ok((cert, chain))
+}
+
+/// A new key for a mesh CA and a certificate signing request for it (PEM), for the company's
+/// CA to sign offline: the subject per `spec`, and a request for a CA certificate
+/// (basicConstraints CA:TRUE, keyUsage keyCertSign and cRLSign). The signer decides the path
+/// length; it must leave room for the clusters' intermediates (checked at import).
+pub fn mesh_ca_request(spec: &RootSpec) -> Result<(CaKey, String), PkiError> {
+    let key = CaKey::generate(spec.key_algorithm)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = spec.subject.to_distinguished_name();
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // basicConstraints, critical: SEQUENCE { BOOLEAN TRUE } (rcgen writes no CA flag into a
+    // request itself).
+    let mut ca = rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 19],
+        vec![0x30, 0x03, 0x01, 0x01, 0xFF],
+    );
+    ca.set_criticality(true);
+    params.custom_extensions = vec![ca];
+    let csr = params.serialize_request(key.signer())?;
+    let pem = csr.pem()?;
+    Ok((key, pem))
+}
+
+/// The public key (DER SubjectPublicKeyInfo) a certificate signing request (PEM) asks a
+/// certificate for.
+pub fn request_public_key(request_pem: &[u8], what: &str) -> Result<Vec<u8>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let invalid = |reason: String| PkiError::Invalid {
+        what: what.to_string(),
+        reason,
+    };
+    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(request_pem)
+        .map_err(|e| invalid(format!("no certificate signing request in it ({e})")))?;
+    let (_, request) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| invalid(format!("not a certificate signing request ({e})")))?;
+    Ok(request.certification_request_info.subject_pki.raw.to_vec())
 }
 
 /// Checks that `chain` leads from `signer` to a self-signed anchor, each certificate signed by

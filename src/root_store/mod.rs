@@ -2,10 +2,12 @@
 //! secret, or Vault's PKI engine (the key never leaves Vault).
 
 mod file;
+mod request;
 pub mod rotation;
 pub mod vault;
 
 pub use file::FileRootStore;
+pub use request::PendingRequest;
 pub use vault::{VaultAuth, VaultError, VaultSettings};
 
 use time::OffsetDateTime;

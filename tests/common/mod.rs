@@ -370,10 +370,7 @@ impl CompanyPki {
     /// Writes `<name>.pem` and `<name>.key` into `dir`: another mesh CA, issued where
     /// [`CompanyPki::make`] issued `mesh` (so `chain.pem` is its chain too).
     pub fn sign_mesh_ca(&self, dir: &Path, name: &str) {
-        let (issuer, digest) = match self.corporate {
-            0 => ("anchor".to_string(), self.anchor_digest),
-            n => (format!("corp{}", n - 1), "sha256"),
-        };
+        let (issuer, digest) = self.mesh_issuer();
         sign_ca(
             dir,
             name,
@@ -388,6 +385,22 @@ impl CompanyPki {
     }
 }
 
+impl CompanyPki {
+    /// Signs `<name>.csr` in `dir` as [`CompanyPki::make`] signed `mesh`: `<name>.pem`.
+    pub fn sign_mesh_request(&self, dir: &Path, name: &str) {
+        let (issuer, digest) = self.mesh_issuer();
+        sign_request(dir, name, &issuer, self.mesh_pathlen, digest);
+    }
+
+    /// Who signs a mesh CA, and with which digest.
+    fn mesh_issuer(&self) -> (String, &'static str) {
+        match self.corporate {
+            0 => ("anchor".to_string(), self.anchor_digest),
+            n => (format!("corp{}", n - 1), "sha256"),
+        }
+    }
+}
+
 /// `<issuer>.pem`/`.key` in `dir` sign a new P-256 CA, `<name>.pem`/`.key`.
 fn sign_ca(
     dir: &Path,
@@ -398,14 +411,6 @@ fn sign_ca(
     digest: &str,
 ) {
     let run = |args: &[&str]| openssl(dir, args).ok();
-    let ext = format!(
-        "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
-         cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
-        pathlen
-            .map(|p| format!(", pathlen:{p}"))
-            .unwrap_or_default()
-    );
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
     run(&[
         "req",
         "-newkey",
@@ -420,6 +425,20 @@ fn sign_ca(
         "-subj",
         subject,
     ]);
+    sign_request(dir, name, issuer, pathlen, digest);
+}
+
+/// `<issuer>.pem`/`.key` in `dir` sign the request `<name>.csr` as a CA: `<name>.pem`.
+pub fn sign_request(dir: &Path, name: &str, issuer: &str, pathlen: Option<u32>, digest: &str) {
+    let run = |args: &[&str]| openssl(dir, args).ok();
+    let ext = format!(
+        "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
+         cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+        pathlen
+            .map(|p| format!(", pathlen:{p}"))
+            .unwrap_or_default()
+    );
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
     run(&[
         "x509",
         "-req",

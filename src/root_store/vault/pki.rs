@@ -319,6 +319,80 @@ impl VaultPki {
             .unwrap_or(false))
     }
 
+    /// Asks Vault for a mesh CA key and a request for the company CA to sign
+    /// (`intermediate/generate/internal`: the key stays inside the PKI engine). Returns the
+    /// request (PEM).
+    pub async fn generate_request(
+        &self,
+        organization: Option<&str>,
+        common_name: &str,
+        key: (&str, u64),
+    ) -> Result<String, VaultError> {
+        self.check_mount().await?;
+        if let Some(issuer) = &self.issuer {
+            return Err(VaultError::Config(format!(
+                "root init --csr with [root] issuer = {issuer:?}: Vault names issuers itself; \
+                 run it without `issuer`, then name the issuer Vault created if you need a \
+                 specific one"
+            )));
+        }
+        let path = format!("{}/intermediate/generate/internal", self.mount);
+        let mut body = serde_json::json!({
+            "common_name": common_name,
+            "key_type": key.0,
+            "key_bits": key.1,
+        });
+        if let Some(o) = organization {
+            body["organization"] = serde_json::Value::from(o);
+        }
+        let data = self
+            .raw("generate a key and request", path.clone(), Some(body))
+            .await?;
+        data["csr"]
+            .as_str()
+            .filter(|c| c.contains("CERTIFICATE REQUEST"))
+            .map(str::to_string)
+            .ok_or_else(|| VaultError::Malformed {
+                what: path,
+                reason: "the answer holds no certificate request".into(),
+            })
+    }
+
+    /// Hands Vault the signed mesh CA with the certificates above it
+    /// (`intermediate/set-signed`), pairs it with the key its request was made with, and makes
+    /// it the mount's default issuer. Returns the issuer's id.
+    pub async fn set_signed(&self, cert: &Cert, above: &[Cert]) -> Result<String, VaultError> {
+        self.check_mount().await?;
+        let path = format!("{}/intermediate/set-signed", self.mount);
+        let bundle: String = std::iter::once(cert)
+            .chain(above)
+            .map(Cert::to_pem)
+            .collect();
+        let data = self
+            .raw(
+                "set the signed certificate",
+                path.clone(),
+                Some(serde_json::json!({ "certificate": bundle })),
+            )
+            .await?;
+        // The issuer Vault made for the signed certificate is the one paired with a key.
+        let id = data["mapping"]
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(_, key)| key.as_str().is_some_and(|k| !k.is_empty()))
+                    .map(|(issuer, _)| issuer.clone())
+            })
+            .ok_or_else(|| VaultError::Malformed {
+                what: path,
+                reason: "Vault paired no imported certificate with a key it holds: was the \
+                         request made by this mount (root init --csr)?"
+                    .into(),
+            })?;
+        self.set_default_issuer(&id).await?;
+        Ok(id)
+    }
+
     /// Asks Vault to generate the root inside the PKI engine (`root/generate/internal`: the
     /// key is never returned).
     pub async fn generate_root(
