@@ -147,8 +147,8 @@ fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
     let mgmt = root.join("deploy/kubernetes/management");
     for p in ["default.toml", "istio-compatible.toml"] {
         assert_eq!(
-            std::fs::read(mgmt.join("policies").join(p)).unwrap(),
-            std::fs::read(root.join("policies").join(p)).unwrap(),
+            std::fs::read_to_string(mgmt.join("policies").join(p)).unwrap(),
+            std::fs::read_to_string(root.join("policies").join(p)).unwrap(),
             "deploy/kubernetes/management/policies/{p} must be a copy of policies/{p}"
         );
     }
