@@ -17,7 +17,14 @@ pub enum Role {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TargetConfig {
     /// A directory receiving the four PEM files and a `cacerts.yaml` manifest (GitOps, offline).
-    Dir { path: PathBuf },
+    /// `observe`: read-only access to the cluster the directory is applied to, from which a
+    /// trust transition learns that the cluster took each phase (without it, an operator
+    /// confirms each phase with `transition resume --approve`).
+    Dir {
+        path: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observe: Option<Observe>,
+    },
     /// A Kubernetes cluster: Secret `istio-system/cacerts`. Without a kubeconfig, the default
     /// loading rules apply (KUBECONFIG, ~/.kube/config, then in-cluster configuration).
     Kube {
@@ -41,10 +48,23 @@ pub struct RemotePin {
     pub ca_file: Option<PathBuf>,
 }
 
+/// A kubeconfig (and context) that reads, never writes, the cluster a directory is applied to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Observe {
+    pub kubeconfig: PathBuf,
+    pub context: Option<String>,
+}
+
 impl std::fmt::Display for TargetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TargetConfig::Dir { path } => write!(f, "dir:{}", path.display()),
+            TargetConfig::Dir { path, observe } => {
+                write!(f, "dir:{}", path.display())?;
+                if let Some(o) = observe {
+                    write!(f, " (observed with {})", o.kubeconfig.display())?;
+                }
+                Ok(())
+            }
             TargetConfig::Kube {
                 kubeconfig,
                 context,

@@ -213,6 +213,13 @@ fn config_errors_exit_2_and_name_the_place() {
             ACCEPTANCE_CONFIG.replace("policy = \"default\"", "policy = \"missing\""),
             vec!["policy", "missing"],
         ),
+        (
+            ACCEPTANCE_CONFIG.replace(
+                "path = \"out/cluster1\"",
+                "path = \"out/cluster1\", observe_context = \"c1\"",
+            ),
+            vec!["clusters[0].target", "observe_context needs observe"],
+        ),
     ];
     for (config, needles) in cases {
         let s = Setup::with_config(&config);

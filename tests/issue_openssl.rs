@@ -525,7 +525,7 @@ fn a_mesh_ca_below_the_companys_offline_root() {
     pki.make(s.path("").as_path());
     s.cacertd(&import_mesh_ca("chain.pem")).ok();
     s.cacertd(&["issue"]).ok();
-    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+    s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
     assert_issued_and_trusted(&s);
     let bundle = String::from_utf8(s.read("out/cluster1/root-cert.pem")).unwrap();

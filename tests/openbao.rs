@@ -871,7 +871,7 @@ fn vault_kv_with_exactly_the_shipped_policies() {
     // The day-to-day policy cannot rotate: refused, naming the secret it lacks, before
     // anything changes.
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .fails_with(5);
     assert!(
         run.stderr.contains("cacertd/root-next") && run.stderr.contains("403"),
@@ -888,7 +888,7 @@ fn vault_kv_with_exactly_the_shipped_policies() {
     // With the rotation policy attached, the rotation completes.
     std::fs::write(s.path("vault-token"), &rotation).unwrap();
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
     assert!(!run.stdout.contains("PRIVATE KEY"), "{}", run.stdout);
     let meta = bao.kv_metadata("cacertd/root").unwrap();
@@ -1006,7 +1006,7 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     // The day-to-day policy cannot rotate: refused before anything changes.
     let before = s.snapshot();
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .fails_with(5);
     assert!(
         run.stderr.contains("403") && run.stderr.contains("pki/"),
@@ -1028,7 +1028,7 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     follows(true);
     let before = s.snapshot();
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .fails_with(5);
     assert!(
         run.stderr.contains("default_follows_latest_issuer"),
@@ -1042,7 +1042,7 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     // The rotation: a second issuer generated inside the mount becomes the default; the old
     // one stays.
     outputs.push(
-        s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
             .ok(),
     );
     let second = bao.issuers("pki");
@@ -1078,7 +1078,7 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     assert!(!run.stdout.contains("issued"), "{}", run.stdout);
     outputs.push(run);
     outputs.push(
-        s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
             .ok(),
     );
     let third = bao.issuers("pki");

@@ -1,6 +1,7 @@
-//! `migrate start`, `transition status|resume|rollback|abort` against directory targets: the
-//! phases run to Done, a crash after any single step resumes to the same end, rollback restores
-//! the material byte for byte, and a gate that does not hold fails with the cluster named.
+//! `migrate start`, `transition status|resume|rollback|abort` against directory targets: each
+//! step waits until an operator confirms its folders are applied, the phases run to Done, a
+//! crash after any single step resumes to the same end, rollback restores the material byte
+//! for byte, and a gate that does not hold fails with the cluster named.
 
 // A test or benchmark: a panic here is a failed assertion, not an outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -75,9 +76,24 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
     let s = migrating(ACCEPTANCE_CONFIG);
     let before: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
 
-    // With approval between phases, start stops after AddNewRoot: old signer, both roots.
-    s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
+    // Start writes AddNewRoot's material, then waits until the folders are applied: nothing
+    // moves on before an operator says so.
+    let run = s
+        .cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
         .ok();
+    assert!(
+        run.stdout
+            .contains("wait until the folders of cluster1, cluster2 are applied"),
+        "{}",
+        run.stdout
+    );
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase AddNewRoot") && status.contains("next: wait until the folders"),
+        "{status}"
+    );
+    // Confirmed: the gate holds, and with approval between phases it stops there.
+    common::drive_folders(&s, false);
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
         let now = served(&s, c);
         assert_eq!(now[0], before[i][0], "{c}: still signs with its old CA");
@@ -104,8 +120,7 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
         );
         assert_eq!(count_certs(&s.read(&format!("out/{c}/root-cert.pem"))), 2);
     }
-    s.cacertd(&["transition", "resume", "--approve", "--wait"])
-        .ok();
+    common::drive_folders(&s, true);
     assert_on_common_root(&s);
     let json = s
         .cacertd(&["transition", "status", "-o", "json"])
@@ -130,8 +145,9 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
 
 #[test]
 fn a_crash_after_any_step_resumes_to_the_same_end() {
-    // 3 phases × 2 primaries × (write + 3 restarts) + 3 gates.
-    const STEPS: usize = 27;
+    // 3 phases × 2 primaries × a write (a folder's restarts are up to whoever applies it) + 3
+    // gates.
+    const STEPS: usize = 9;
     for k in 0..=STEPS {
         let s = migrating(ACCEPTANCE_CONFIG);
         let k_arg = k.to_string();
@@ -144,17 +160,15 @@ fn a_crash_after_any_step_resumes_to_the_same_end() {
             "--stop-after-steps",
             &k_arg,
         ]);
-        if k < STEPS {
-            assert_eq!(run.code, 1, "k={k}: {}", run.stderr);
-            assert!(
-                run.stderr.contains("stopped after"),
-                "k={k}: {}",
-                run.stderr
-            );
-            s.cacertd(&["transition", "resume", "--wait"]).ok();
-        } else {
-            assert_eq!(run.code, 0, "k={k}: {}", run.stderr);
-        }
+        // Before its k-th step, or where it waits for the folders to be applied.
+        assert!(
+            (run.code == 1 && run.stderr.contains("stopped after"))
+                || (run.code == 0 && run.stdout.contains("wait until the folders")),
+            "k={k}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        common::drive_folders(&s, false);
         assert_on_common_root(&s);
         assert_eq!(
             audit_count(&s, "transition-issue"),
@@ -175,7 +189,9 @@ fn rollback_restores_the_previous_material_byte_for_byte() {
     let original: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
     s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
         .ok();
+    common::drive_folders(&s, false);
     s.cacertd(&["transition", "resume", "--approve"]).ok();
+    common::drive_folders(&s, false);
     let switched: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
     assert_ne!(switched, original);
 
@@ -186,16 +202,22 @@ fn rollback_restores_the_previous_material_byte_for_byte() {
         assert_eq!(now[0], original[i][0], "{c}");
         assert_eq!(count_certs(&now[2]), 2, "{c}");
     }
+    // A rollback's writes to folders wait for them to be applied too.
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("next: wait until the folders"), "{status}");
+    common::drive_folders(&s, false);
     // From AddNewRoot: back to exactly what each cluster had.
     s.cacertd(&["transition", "rollback", "--wait"]).ok();
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
         assert_eq!(served(&s, c), original[i], "{c}");
     }
+    common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(status.contains("RolledBack"), "{status}");
     // A new migration may start; the old transition's files are moved aside, not deleted.
     s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
         .ok();
+    common::drive_folders(&s, false);
     assert_on_common_root(&s);
     let aside = std::fs::read_dir(s.path("state"))
         .unwrap()
@@ -219,8 +241,11 @@ fn a_rollback_waiting_a_drain_is_continued_by_resume() {
     let original: Vec<_> = ["cluster1", "cluster2"].map(|c| served(&s, c)).to_vec();
     s.cacertd(&["migrate", "start", "--drain", "2s", "--approve-each-phase"])
         .ok();
+    common::drive_folders(&s, false);
     s.cacertd(&["transition", "resume", "--approve"]).ok();
+    common::drive_folders(&s, false);
     s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    common::drive_folders(&s, false);
     // Back to the original material: that removes the new root, after a drain.
     let run = s.cacertd(&["transition", "rollback"]).ok();
     assert!(run.stdout.contains("draining until"), "{}", run.stdout);
@@ -233,6 +258,7 @@ fn a_rollback_waiting_a_drain_is_continued_by_resume() {
         again.stderr
     );
     s.cacertd(&["transition", "resume", "--wait"]).ok();
+    common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(status.contains("RolledBack"), "{status}");
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
@@ -244,21 +270,16 @@ fn a_rollback_waiting_a_drain_is_continued_by_resume() {
 fn a_gate_that_does_not_hold_fails_naming_the_cluster_and_resume_completes_once_fixed() {
     let config = format!("{ACCEPTANCE_CONFIG}\n[transition]\ngate_timeout = \"1s\"\n");
     let s = migrating(&config);
-    // Stop right before AddNewRoot's gate, then change cluster2 behind the transition's back.
-    s.cacertd(&[
-        "migrate",
-        "start",
-        "--drain",
-        "0s",
-        "--stop-after-steps",
-        "8",
-    ])
-    .fails_with(1);
+    // AddNewRoot written, waiting for the folders; change cluster2 behind the transition's
+    // back, then confirm them applied.
+    s.cacertd(&["migrate", "start", "--drain", "0s"]).ok();
     let bundle = s.path("out/cluster2/root-cert.pem");
     let good = std::fs::read(&bundle).unwrap();
     std::fs::write(&bundle, b"not a bundle").unwrap();
 
-    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
+    let run = s
+        .cacertd(&["transition", "resume", "--approve", "--wait"])
+        .fails_with(1);
     assert!(run.stderr.contains("cluster2"), "{}", run.stderr);
     assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
@@ -269,6 +290,7 @@ fn a_gate_that_does_not_hold_fails_naming_the_cluster_and_resume_completes_once_
 
     std::fs::write(&bundle, &good).unwrap();
     s.cacertd(&["transition", "resume", "--wait"]).ok();
+    common::drive_folders(&s, false);
     assert_on_common_root(&s);
 }
 
@@ -306,14 +328,14 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
     use std::sync::Arc;
 
     let s = migrating(ACCEPTANCE_CONFIG);
-    // Started by hand; the process dies after three steps.
+    // Started by hand; the process dies after one step.
     s.cacertd(&[
         "migrate",
         "start",
         "--drain",
         "0s",
         "--stop-after-steps",
-        "3",
+        "1",
     ])
     .fails_with(1);
     let config = Config::load(&s.path("cacertd.toml")).unwrap();
@@ -331,19 +353,32 @@ fn the_daemon_drives_a_transition_under_way_and_exports_where_it_stands() {
         assert_eq!([served(&s, "cluster1"), served(&s, "cluster2")], before);
         // Leadership checked on each heartbeat, then as many steps as fit in the margin it
         // keeps: with directory targets and no drain, the rest takes a heartbeat or two.
-        let mut heartbeats = 0;
-        while !cacertd::transition::record_store::StateFiles::new(&s.path("state"))
-            .load()
-            .unwrap()
-            .unwrap()
-            .is_over()
-        {
+        // An operator confirms each step's folders applied, between heartbeats; the daemon
+        // never runs ahead of that.
+        let files = cacertd::transition::record_store::StateFiles::new(&s.path("state"));
+        let (mut heartbeats, mut confirmed, mut moved) = (0, 0, 0);
+        while !files.load().unwrap().unwrap().is_over() {
+            let mut record = files.load().unwrap().unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            if let cacertd::transition::Step::AwaitApplied { .. } =
+                cacertd::transition::next_step(&record, now)
+            {
+                record.confirm_applied();
+                files.save(&record).unwrap();
+                confirmed += 1;
+            }
+            let before = files.load().unwrap();
             assert!(d.try_lead().await);
             d.drive_transition().await;
+            if files.load().unwrap() != before {
+                moved += 1;
+            }
             heartbeats += 1;
-            assert!(heartbeats < 100, "the daemon does not get the transition done");
+            assert!(heartbeats < 400, "the daemon does not get the transition done");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        assert!(heartbeats <= 3, "{heartbeats}: steps are batched");
+        assert_eq!(confirmed, 3, "the daemon waits for the folders at every step");
+        assert!(moved <= 6, "{moved}: steps are batched");
         let metrics = d.metrics().encode();
         assert!(
             metrics.contains(
@@ -402,10 +437,7 @@ fn a_root_rotation_moves_every_primary_and_then_the_store_to_the_new_root() {
     }
     assert_eq!(s.read("state/root/root-cert.pem"), old_root);
 
-    s.cacertd(&["transition", "resume", "--approve", "--wait"])
-        .ok();
-    s.cacertd(&["transition", "resume", "--approve", "--wait"])
-        .ok();
+    common::drive_folders(&s, true);
     // Done: the store holds the new root; the old one is kept aside, never deleted.
     assert_eq!(s.read("state/root/root-cert.pem"), new_root);
     assert_on_common_root(&s);
@@ -431,6 +463,7 @@ fn a_root_rotation_moves_every_primary_and_then_the_store_to_the_new_root() {
     // A second rotation generates its root per the policy.
     s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
+    common::drive_folders(&s, false);
     assert_ne!(s.read("state/root/root-cert.pem"), new_root);
     assert_on_common_root(&s);
 }
@@ -538,8 +571,10 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
     // After SwitchSigner's writes the key is kept (moved aside with the transition).
     s.cacertd(ROTATE_APPROVING_EACH_PHASE).ok();
     let key = s.read("state/transition/new-root/root-key.pem");
+    common::drive_folders(&s, false);
     s.cacertd(&["transition", "resume", "--approve", "--wait"])
         .ok();
+    common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(status.contains("phase RemoveOldRoot"), "{status}");
     let run = s.cacertd(&["transition", "abort"]).ok();
@@ -586,6 +621,7 @@ fn every_command_has_a_dry_run_that_changes_nothing() {
     // Under way and waiting for approval into SwitchSigner.
     s.cacertd(&["migrate", "start", "--drain", "0s", "--approve-each-phase"])
         .ok();
+    common::drive_folders(&s, false);
     let before = s.snapshot();
     let run = s
         .cacertd(&["transition", "resume", "--approve", "--dry-run"])
@@ -594,7 +630,7 @@ fn every_command_has_a_dry_run_that_changes_nothing() {
         run.stdout.contains("SwitchSigner:")
             && run
                 .stdout
-                .contains("cluster2: write cacerts: a new intermediate")
+                .contains("cluster2: write cacerts into its folder: a new intermediate")
             && run.stdout.contains("wait for an operator's approval"),
         "{}",
         run.stdout
@@ -605,7 +641,7 @@ fn every_command_has_a_dry_run_that_changes_nothing() {
             .contains("rolling back to the material from before the transition:")
             && run
                 .stdout
-                .contains("cluster1: write cacerts: the material it had before")
+                .contains("cluster1: write cacerts into its folder: the material it had before")
             && !run.stdout.contains("new intermediate"),
         "{}",
         run.stdout

@@ -1753,3 +1753,127 @@ fn argo_rollouts_are_restarted_through_restart_at() {
         .count();
     assert_eq!(patches, 3, "one restart per phase");
 }
+
+/// A cluster fed from a folder (GitOps), observed through a kubeconfig: a rotation writes each
+/// phase into the folders, then waits until the observed clusters serve it and istiod has
+/// published it — however often it is resumed, it never runs ahead of what they hold — and
+/// writes nothing to them itself.
+#[test]
+fn observed_folders_hold_each_phase_until_their_clusters_serve_it() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    let mut config = String::from(
+        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\npolicies_dir = \"policies\"\n\
+         [kubernetes]\ndanger_insecure_transport = true\n[transition]\ngate_timeout = \"10m\"\n",
+    );
+    for (name, network) in [("cluster1", "network1"), ("cluster2", "network2")] {
+        config.push_str(&format!(
+            "[[clusters]]\nname = \"{name}\"\nrole = \"primary\"\nnetwork = \"{network}\"\n\
+             target = {{ kind = \"dir\", path = \"out/{name}\", observe = \"kube/{name}.yaml\" }}\n"
+        ));
+    }
+    std::fs::write(s.path("cacertd.toml"), config).unwrap();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    // What a GitOps tool does with a folder: the cluster's cacerts Secret takes its files.
+    let applied = std::cell::Cell::new(0);
+    let apply = |name: &str| {
+        let file = |f: &str| b64(&s.read(&format!("out/{name}/{f}")));
+        server.cluster(name).put(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacerts", "namespace": "istio-system"},
+            "data": {"ca-cert.pem": file("ca-cert.pem"), "ca-key.pem": file("ca-key.pem"),
+                     "root-cert.pem": file("root-cert.pem"),
+                     "cert-chain.pem": file("cert-chain.pem")},
+        }));
+        applied.set(applied.get() + 1);
+    };
+    for name in ["cluster1", "cluster2"] {
+        apply(name);
+        let c = server.cluster(name);
+        workload(c, "istio-system", "istiod", json!({"app": "istiod"}));
+        c.namespace("app", &[("istio-injection", "enabled")]);
+        config_map(c, "app", &bundle_of(c));
+    }
+    let _istiod = Istiod::start(&server, false);
+    let status = || s.cacertd(&["transition", "status"]).ok().stdout;
+    let roots = |name: &str| count_roots(&s.read(&format!("out/{name}/root-cert.pem")));
+
+    s.cacertd(&["rotate-root", "start", "--drain", "0s"]).ok();
+    assert_eq!((roots("cluster1"), roots("cluster2")), (2, 2));
+    let signer = s.read("out/cluster1/ca-cert.pem");
+    for _ in 0..3 {
+        s.cacertd(&["transition", "resume"]).ok();
+        let now = status();
+        assert!(
+            now.contains("phase AddNewRoot")
+                && now.contains("cluster1: cacerts is not the material of this step")
+                && now.contains("cluster2: cacerts is not the material of this step"),
+            "{now}"
+        );
+        assert_eq!(
+            s.read("out/cluster1/ca-cert.pem"),
+            signer,
+            "no new signer yet"
+        );
+    }
+    // Applied in cluster1 only: the gate still waits for cluster2.
+    apply("cluster1");
+    wait_until("istiod publishes cluster1's bundle", || {
+        count_roots(&bundle_of(server.cluster("cluster1"))) == 2
+            && configmap_roots(server.cluster("cluster1")) == 2
+    });
+    s.cacertd(&["transition", "resume"]).ok();
+    let now = status();
+    assert!(
+        now.contains("phase AddNewRoot")
+            && !now.contains("cluster1: cacerts is not")
+            && now.contains("cluster2: cacerts is not"),
+        "{now}"
+    );
+    // Each phase goes on once both folders are applied and published.
+    for phase in ["SwitchSigner", "RemoveOldRoot", "Done"] {
+        apply("cluster1");
+        apply("cluster2");
+        wait_until(&format!("the gate before {phase} holds"), || {
+            s.cacertd(&["transition", "resume"]).ok();
+            status().contains(&format!("phase {phase}"))
+        });
+    }
+    assert_eq!((roots("cluster1"), roots("cluster2")), (1, 1));
+    // cacertd only read the clusters: every version of their cacerts is one the test applied.
+    let versions: usize = ["cluster1", "cluster2"]
+        .iter()
+        .map(|c| {
+            server
+                .cluster(c)
+                .history("secrets", "istio-system", "cacerts")
+                .len()
+        })
+        .sum();
+    assert_eq!(versions, applied.get());
+}
+
+fn count_roots(pem: &[u8]) -> usize {
+    String::from_utf8_lossy(pem)
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
+/// How many roots the `app` namespace's published bundle of `c` holds.
+fn configmap_roots(c: &FakeCluster) -> usize {
+    c.get("configmaps", "app", "istio-ca-root-cert")
+        .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(count_roots_str))
+        .unwrap_or(0)
+}
+
+fn count_roots_str(pem: &str) -> usize {
+    count_roots(pem.as_bytes())
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

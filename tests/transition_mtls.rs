@@ -127,6 +127,7 @@ impl Mesh {
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
             renewal_wait_seconds: None,
+            directories: Default::default(),
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);
         let mut serving: BTreeMap<String, MaterialOf> = self

@@ -19,7 +19,10 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
     assert_eq!(first, again, "the plan is stable");
     assert_unchanged(&before, &s.snapshot());
 
-    // The acceptance topology: primaries cluster1 (serving remote cluster3) and cluster2.
+    // The acceptance topology: primaries cluster1 (serving remote cluster3) and cluster2, both
+    // written to folders nobody observes: no restart (whoever applies a folder restarts) and no
+    // ConfigMap gate (nothing reads the clusters), but a wait for the folders to be applied
+    // after every step's writes.
     let numbered: Vec<&str> = first
         .lines()
         .filter(|l| {
@@ -29,8 +32,10 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
         .collect();
-    // 3 phases × 2 primaries × (write + istiod + gateways + workloads) + 3 gates + the drain.
-    assert_eq!(numbered.len(), 28, "{first}");
+    // 3 phases × (2 writes + the wait for the folders + a gate) + the drain.
+    assert_eq!(numbered.len(), 13, "{first}");
+    assert!(!first.contains("restart the"), "{first}");
+    assert!(!first.contains("ConfigMap"), "{first}");
     assert!(first.contains("drain 1day"), "{first}");
     // A numbered line, matched from its start ("  9." is not " 19.").
     let pos = |n: usize, rest: &str| {
@@ -44,27 +49,31 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
         phase("AddNewRoot") < phase("SwitchSigner")
             && phase("SwitchSigner") < phase("RemoveOldRoot")
     );
-    assert!(pos(1, "cluster1: write cacerts") < pos(2, "cluster1: restart istiod"));
     assert!(
-        pos(3, "cluster1: restart the gateways of cluster1, cluster3")
-            < pos(4, "cluster1: restart the workloads")
+        pos(1, "cluster1: write cacerts into its folder")
+            < pos(2, "cluster2: write cacerts into its folder")
     );
-    pos(5, "cluster2: write cacerts");
+    assert!(first.contains(
+        "whoever applies the folder then restarts istiod, the gateways and the workloads there"
+    ));
     assert!(
-        pos(9, "gate, in every cluster") < pos(10, "cluster1: write cacerts: a new intermediate")
+        pos(
+            3,
+            "wait until the folders of cluster1, cluster2 are applied to their clusters"
+        ) < pos(4, "gate: every folder holds the material of this step")
     );
-    assert!(phase("SwitchSigner") < pos(10, "cluster1: write"));
+    assert!(phase("SwitchSigner") < pos(5, "cluster1: write cacerts into its folder: a new"));
+    pos(7, "wait until the folders");
     assert!(
-        pos(19, "wait the drain period (1day)")
+        pos(9, "wait the drain period (1day)")
             < pos(
-                20,
-                "cluster1: write cacerts: the new intermediate; root-cert.pem = the new root only"
+                10,
+                "cluster1: write cacerts into its folder: the new intermediate; root-cert.pem = \
+                 the new root only"
             )
     );
-    pos(
-        28,
-        "gate, in every cluster: every istio-ca-root-cert ConfigMap holds the new root only",
-    );
+    pos(12, "wait until the folders");
+    pos(13, "gate: every folder holds the material of this step");
 }
 
 #[test]
@@ -105,8 +114,8 @@ fn flags_and_config_shape_the_plan() {
     );
     assert!(!actions.iter().any(|a| a.contains("drain")), "{actions:#?}");
     assert_eq!(actions.iter().filter(|a| a.contains("approval")).count(), 2);
-    // 3 phases × 2 primaries × (write + istiod + gateways) + 3 gates + 2 approvals.
-    assert_eq!(steps.len(), 3 * 2 * 3 + 3 + 2);
+    // 3 phases × (2 folders written + their application confirmed + a gate) + 2 approvals.
+    assert_eq!(steps.len(), 3 * (2 + 1 + 1) + 2);
     assert_eq!(steps[0]["phase"], "add-new-root");
     assert_eq!(steps[0]["cluster"], "cluster1");
     assert_eq!(steps.last().unwrap()["phase"], "remove-old-root");

@@ -561,7 +561,7 @@ fn a_root_rotation_on_vault_kv_keeps_the_old_root_as_the_previous_version() {
     // The day-to-day policy cannot rotate: refused before any cluster is touched.
     let before = s.snapshot();
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .fails_with(5);
     assert!(run.stderr.contains("cacertd/root-next"), "{}", run.stderr);
     assert_unchanged(&before, &s.snapshot());
@@ -569,7 +569,7 @@ fn a_root_rotation_on_vault_kv_keeps_the_old_root_as_the_previous_version() {
     std::fs::write(s.path("vault-token"), "rotation").unwrap();
     for round in 2..=3 {
         let run = s
-            .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+            .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
             .ok();
         assert!(!run.stdout.contains("PRIVATE KEY"), "{}", run.stdout);
         let versions = vault.kv_versions("secret", "cacertd/root");
@@ -653,7 +653,7 @@ fn a_root_rotation_on_vault_pki_adds_an_issuer_and_keeps_the_old_one() {
     for round in 2..=3 {
         // An issuer setting that a rename must not reset.
         vault.pki_set_leaf_behavior("pki", 0, "truncate");
-        s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
             .ok();
         let issuers = vault.pki_issuers("pki");
         assert_eq!(
@@ -733,7 +733,7 @@ fn a_named_vault_pki_issuer_hands_its_name_to_the_new_root() {
     vault.pki_name_issuer("pki", &id, "mesh-root");
     vault.pki_set_leaf_behavior("pki", 0, "truncate");
     point_at("mesh-root");
-    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+    s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
     let names = vault.pki_issuer_names("pki");
     let issuers = vault.pki_issuers("pki");
@@ -924,16 +924,15 @@ fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
         "abort swaps nothing"
     );
 
-    // Rolled back from SwitchSigner, after the new root had signed.
+    // Rolled back from SwitchSigner, after the new root had signed: AddNewRoot's writes, the
+    // folders confirmed applied, its gate, then SwitchSigner's first write.
+    s.cacertd(&["rotate-root", "start", "--drain", "0s"]).ok();
     s.cacertd(&[
-        "rotate-root",
-        "start",
-        "--drain",
-        "0s",
-        // AddNewRoot: per cluster a write and three restart stages, then the gate;
-        // SwitchSigner's first write.
+        "transition",
+        "resume",
+        "--approve",
         "--stop-after-steps",
-        "10",
+        "2",
     ])
     .fails_with(1);
     let rolled_back = last_root(&vault, "cacertd/root-next");
@@ -948,8 +947,10 @@ fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
     let before_rotation = std::fs::read_to_string(s.path("out/cluster1/root-cert.pem"))
         .unwrap()
         .replace(&rolled_back, "");
-    s.cacertd(&["transition", "rollback", "--wait"]).ok();
-    s.cacertd(&["transition", "rollback", "--wait"]).ok();
+    s.through_folders(&["transition", "rollback", "--wait"])
+        .ok();
+    s.through_folders(&["transition", "rollback", "--wait"])
+        .ok();
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(status.contains("RolledBack"), "{status}");
     assert_eq!(last_root(&vault, "cacertd/root"), first, "nothing swapped");
@@ -964,7 +965,7 @@ fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
     );
 
     // The next rotation makes a root of its own and ends on it.
-    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+    s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .ok();
     let root = last_root(&vault, "cacertd/root");
     assert!(
@@ -1004,7 +1005,7 @@ fn a_vault_pki_swap_interrupted_between_its_renames_is_finished_by_resume() {
     // The second rename (mesh-root-next → mesh-root) fails, with a status no retry covers.
     vault.fail_path("POST", "pki/issuer/mesh-root-next", 400, 1);
     let run = s
-        .cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
         .fails_with(1);
     assert!(run.stderr.contains("root swap"), "{}", run.stderr);
     let names = vault.pki_issuer_names("pki");
@@ -1014,7 +1015,7 @@ fn a_vault_pki_swap_interrupted_between_its_renames_is_finished_by_resume() {
     );
     assert!(names.iter().any(|n| n == "mesh-root-next"), "{names:?}");
 
-    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    s.through_folders(&["transition", "resume", "--wait"]).ok();
     let names = vault.pki_issuer_names("pki");
     let issuers = vault.pki_issuers("pki");
     assert_eq!(issuers.len(), 2, "{names:?}");

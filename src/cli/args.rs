@@ -115,6 +115,10 @@ pub enum Command {
     /// After each cluster's write, istiod restarts, then the gateways, then the workloads of
     /// every injected namespace of the primary and its remotes. No cluster signs with the new
     /// CA before every cluster trusts it, so no mTLS connection breaks.
+    /// Primaries with a directory target are not restarted by cacertd; after each step's
+    /// writes the transition waits until their clusters serve it (read through the target's
+    /// `observe` kubeconfig) or an operator confirms the folders applied with
+    /// `transition resume --approve`.
     /// `start` records the transition and drives it as far as it can without waiting;
     /// `transition resume` continues it (`--wait`: through gates and the drain period).
     #[command(subcommand, verbatim_doc_comment)]

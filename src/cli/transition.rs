@@ -25,7 +25,26 @@ fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition:
             .map_or(config.transition.max_parallel, usize::from),
         // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
         renewal_wait_seconds: None,
+        directories: directories(config),
     }
+}
+
+/// The primaries with a directory target, and how each shows that its cluster took a step.
+fn directories(config: &Config) -> std::collections::BTreeMap<String, transition::DirProof> {
+    config
+        .topology
+        .primaries()
+        .filter_map(|p| match &p.target {
+            Some(crate::topology::TargetConfig::Dir { observe, .. }) => Some((
+                p.name.clone(),
+                match observe {
+                    Some(_) => transition::DirProof::Observed,
+                    None => transition::DirProof::Approval,
+                },
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 pub(super) async fn migrate_start(
@@ -144,6 +163,7 @@ fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTi
         transition::Step::AwaitApproval { phase } => format!(
             "wait for an operator's approval to enter {phase}: `cacertd transition resume --approve`"
         ),
+        transition::Step::AwaitApplied { clusters } => applied_note(&clusters),
         transition::Step::Finished => match record.state {
             transition::State::RolledBack => "nothing: rolled back".into(),
             _ if record.is_over() => "nothing: done".into(),
@@ -160,6 +180,17 @@ fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTi
             }
         }
     }
+}
+
+/// What a transition waiting for folders to be applied asks of the operator.
+fn applied_note(clusters: &[String]) -> String {
+    format!(
+        "wait until the folders of {} are applied to their clusters, then istiod, the gateways \
+         and the workloads restarted there (in that order), and istiod has published the new \
+         bundle; then confirm with `cacertd transition resume --approve`. Nothing moves on \
+         before that: the next step must not run ahead of what the clusters hold.",
+        clusters.join(", ")
+    )
 }
 
 /// `--dry-run`: which primaries the transition covers and every step still ahead of it.
@@ -239,6 +270,7 @@ async fn run_drive(
         transition::Step::AwaitApproval { phase } => {
             say!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
         }
+        transition::Step::AwaitApplied { clusters } => say!("{}", applied_note(&clusters)),
         transition::Step::Drain { until } => say!(
             "draining until {}: `cacertd transition resume` after that (or with --wait)",
             crate::pki::fmt_time(until)
@@ -291,7 +323,7 @@ pub(super) async fn transition_cmd(
     match cmd {
         TransitionCommand::Status(_) => Ok(()),
         TransitionCommand::Resume(a) => {
-            resume_record(&mut record, &a)?;
+            resume_record(&mut record, &a, now)?;
             files.save(&record).await?;
             if let Some(timeout) = a.gate_timeout {
                 let detail = format!(
@@ -300,7 +332,10 @@ pub(super) async fn transition_cmd(
                 );
                 note("transition-gate-timeout", &record, Some(detail));
             }
-            note("transition-resume", &record, None);
+            let confirmed = record
+                .applied
+                .then(|| "the folders are applied".to_string());
+            note("transition-resume", &record, confirmed);
             run_drive(config, &files, &a.drive, clock).await
         }
         TransitionCommand::Rollback(d) => {
@@ -476,7 +511,7 @@ fn transition_dry_run(
 ) -> Result<(), CliError> {
     let what = match cmd {
         TransitionCommand::Resume(a) => {
-            resume_record(&mut record, a)?;
+            resume_record(&mut record, a, now)?;
             "resumed transition"
         }
         TransitionCommand::Rollback(_) => {
@@ -501,7 +536,11 @@ fn transition_dry_run(
 
 /// What `transition resume` changes in the record: a stopped transition goes on, an approval
 /// is noted, and a new gate timeout replaces the one it started with.
-fn resume_record(record: &mut transition::Record, a: &args::ResumeArgs) -> Result<(), CliError> {
+fn resume_record(
+    record: &mut transition::Record,
+    a: &args::ResumeArgs,
+    now: OffsetDateTime,
+) -> Result<(), CliError> {
     if let Some(timeout) = a.gate_timeout {
         if timeout < std::time::Duration::from_secs(1) {
             return Err(CliError::Usage(
@@ -512,7 +551,12 @@ fn resume_record(record: &mut transition::Record, a: &args::ResumeArgs) -> Resul
     }
     record.resume().map_err(CliError::Usage)?;
     if a.approve {
-        record.approve();
+        // After a step's writes to folders nobody observes, the approval says they are
+        // applied; before a phase (--approve-each-phase), that the phase may begin.
+        match transition::next_step(record, now) {
+            transition::Step::AwaitApplied { .. } => record.confirm_applied(),
+            _ => record.approve(),
+        }
     }
     Ok(())
 }

@@ -124,7 +124,7 @@ impl Target {
     pub async fn open(cluster: &Cluster, config: &Config) -> Result<Self, TargetError> {
         let (state_dir, settings) = (&config.state_dir, &config.kubernetes);
         match &cluster.target {
-            Some(TargetConfig::Dir { path }) => Ok(Target::Dir(DirTarget::new(
+            Some(TargetConfig::Dir { path, .. }) => Ok(Target::Dir(DirTarget::new(
                 path.clone(),
                 state_dir.join("backups").join(&cluster.name),
             ))),

@@ -71,7 +71,7 @@ impl Sections<'_> {
         };
         let target = self.cluster_target(i, rc)?;
         self.check_role(i, rc, role, &name, target.is_some())?;
-        if let (Some(TargetConfig::Dir { path }), Some(t)) = (&target, &rc.target) {
+        if let (Some(TargetConfig::Dir { path, .. }), Some(t)) = (&target, &rc.target) {
             let key = self.dir_target_key(i, t.span(), &name, path, apart, dir_targets)?;
             dir_targets.insert(key, name.clone());
         }
@@ -107,9 +107,22 @@ impl Sections<'_> {
         };
         let refuse = |what: &str| Err(self.invalid(t.span(), field("target"), what.into()));
         let target = match t.get_ref() {
-            RawTarget::Dir { path } => TargetConfig::Dir {
-                path: self.resolve(path),
-            },
+            RawTarget::Dir {
+                path,
+                observe,
+                observe_context,
+            } => {
+                if observe.is_none() && observe_context.is_some() {
+                    return refuse("observe_context needs observe (the kubeconfig it names)");
+                }
+                TargetConfig::Dir {
+                    path: self.resolve(path),
+                    observe: observe.as_deref().map(|k| crate::topology::Observe {
+                        kubeconfig: self.resolve(k),
+                        context: observe_context.clone(),
+                    }),
+                }
+            }
             RawTarget::Kube {
                 kubeconfig,
                 context,

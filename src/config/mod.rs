@@ -437,7 +437,8 @@ mod tests {
         assert_eq!(
             t.get("cluster2").unwrap().target,
             Some(TargetConfig::Dir {
-                path: Path::new(env!("CARGO_MANIFEST_DIR")).join("out/cluster2")
+                path: Path::new(env!("CARGO_MANIFEST_DIR")).join("out/cluster2"),
+                observe: None,
             })
         );
         assert_eq!(

@@ -141,6 +141,9 @@ pub(super) enum RawRole {
 pub(super) enum RawTarget {
     Dir {
         path: PathBuf,
+        /// A kubeconfig reading the cluster the directory is applied to.
+        observe: Option<PathBuf>,
+        observe_context: Option<String>,
     },
     Kube {
         kubeconfig: Option<PathBuf>,

@@ -391,7 +391,12 @@ impl Daemon {
             let after = store.load().await.ok().flatten();
             match outcome {
                 Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
-                Ok(crate::transition::Step::AwaitApproval { .. }) => {}
+                // An operator must act (approve the phase, or confirm that folders are
+                // applied): looked at again soon, so that the next step follows promptly.
+                Ok(
+                    crate::transition::Step::AwaitApproval { .. }
+                    | crate::transition::Step::AwaitApplied { .. },
+                ) => pause = Duration::from_secs(2),
                 // A gate that was checked and does not hold yet.
                 Ok(crate::transition::Step::CheckGate { .. })
                     if after.as_ref().is_some_and(|r| r.gate_since.is_some()) => {}

@@ -94,7 +94,7 @@ impl Daemon {
         {
             let seen = self.seen.lock().await;
             for c in self.config.topology.primaries() {
-                if let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
+                if let Some(crate::topology::TargetConfig::Dir { path, .. }) = &c.target
                     && seen
                         .get(&c.name)
                         .is_some_and(|before| *before != dir_signature(path))
@@ -113,7 +113,7 @@ impl Daemon {
         let mut seen = self.seen.lock().await;
         for r in reports {
             if let Some(c) = self.config.topology.get(&r.cluster)
-                && let Some(crate::topology::TargetConfig::Dir { path }) = &c.target
+                && let Some(crate::topology::TargetConfig::Dir { path, .. }) = &c.target
             {
                 seen.insert(r.cluster.clone(), dir_signature(path));
             }

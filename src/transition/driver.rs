@@ -77,6 +77,7 @@ pub async fn drive(
     let audit = Audit::new(config.daemon.audit_log.clone());
     let Opened {
         targets,
+        observed,
         materials,
         remotes,
     } = open_clusters(config, files, &record).await?;
@@ -107,7 +108,8 @@ pub async fn drive(
         }
         let outcome = match &step {
             Step::CheckGate { material: of } => {
-                match check_gate(&targets, &remotes, &materials, &record, *of, now).await {
+                let read = gate_targets(&targets, &observed);
+                match check_gate(&read, &remotes, &materials, &record, *of, now).await {
                     behind if behind.is_empty() => StepOutcome::GateHeld,
                     behind => StepOutcome::GateBehind(behind),
                 }
@@ -128,7 +130,9 @@ pub async fn drive(
                 swap_root_when_done(config, files, &mut record, &materials, now).await?;
                 return Ok(step);
             }
-            Step::AwaitApproval { .. } | Step::Held { .. } => return Ok(step),
+            Step::AwaitApproval { .. } | Step::AwaitApplied { .. } | Step::Held { .. } => {
+                return Ok(step);
+            }
             Step::Write { .. } | Step::Restart { .. } => unreachable!("cluster steps run above"),
             Step::Stopped { report } => return Err(DriveError::Stopped(report.clone())),
         };
@@ -268,6 +272,9 @@ fn note_moved(progress: Progress, audit: &Audit, record: &Record, now: OffsetDat
 /// istiod serves (their bundles are gated too).
 struct Opened {
     targets: BTreeMap<String, Target>,
+    /// For primaries with a directory target and an `observe` kubeconfig: the cluster the
+    /// folder is applied to, read (never written) by the gates.
+    observed: BTreeMap<String, Target>,
     materials: BTreeMap<String, ClusterMaterial>,
     remotes: BTreeMap<String, Vec<(String, KubeTarget)>>,
 }
@@ -280,6 +287,7 @@ async fn open_clusters(
     let mut targets: BTreeMap<String, Target> = BTreeMap::new();
     let mut materials: BTreeMap<String, ClusterMaterial> = BTreeMap::new();
     let mut remotes: BTreeMap<String, Vec<(String, KubeTarget)>> = BTreeMap::new();
+    let mut observed: BTreeMap<String, Target> = BTreeMap::new();
     for name in record.clusters.keys() {
         let cluster = config
             .topology
@@ -287,6 +295,21 @@ async fn open_clusters(
             .ok_or_else(|| DriveError::UnknownCluster {
                 cluster: name.clone(),
             })?;
+        if let Some(crate::topology::TargetConfig::Dir {
+            observe: Some(o), ..
+        }) = &cluster.target
+            && record.options.directories.get(name) == Some(&super::DirProof::Observed)
+        {
+            let kube = KubeTarget::connect(
+                name,
+                Some(&o.kubeconfig),
+                o.context.as_deref(),
+                &config.kubernetes,
+            )
+            .await
+            .map_err(target_err(name))?;
+            observed.insert(name.clone(), Target::Kube(kube));
+        }
         targets.insert(
             name.clone(),
             Target::open(cluster, config)
@@ -310,9 +333,22 @@ async fn open_clusters(
     }
     Ok(Opened {
         targets,
+        observed,
         materials,
         remotes,
     })
+}
+
+/// What the gates read for each primary: the cluster an observed folder is applied to, else
+/// its target.
+fn gate_targets<'a>(
+    targets: &'a BTreeMap<String, Target>,
+    observed: &'a BTreeMap<String, Target>,
+) -> BTreeMap<String, &'a Target> {
+    targets
+        .iter()
+        .map(|(name, t)| (name.clone(), observed.get(name).unwrap_or(t)))
+        .collect()
 }
 
 /// Runs a batch of cluster steps (writes and restarts, up to `max_parallel` clusters at once)

@@ -16,7 +16,7 @@ use crate::pki::{TrustBundle, verify_cacerts};
 /// remotes it serves must hold exactly its roots, and at `AddNewRoot` no proxy may still run
 /// that started before istiod served the new root.
 pub(super) async fn check_gate(
-    targets: &BTreeMap<String, Target>,
+    targets: &BTreeMap<String, &Target>,
     remotes: &BTreeMap<String, Vec<(String, KubeTarget)>>,
     materials: &BTreeMap<String, ClusterMaterial>,
     record: &Record,
@@ -76,7 +76,7 @@ pub(super) async fn check_gate(
         // Before any cluster signs under the new root, every proxy must trust it.
         if of == MaterialOf::Phase(super::Phase::AddNewRoot)
             && record.state == State::Active
-            && let (Target::Kube(kube), Some(progress)) = (target, record.clusters.get(cluster))
+            && let (Target::Kube(kube), Some(progress)) = (*target, record.clusters.get(cluster))
         {
             let served = std::iter::once((cluster.as_str(), kube)).chain(
                 remotes

@@ -31,12 +31,30 @@ pub struct ClusterProgress {
 }
 
 impl ClusterProgress {
-    fn next_restart(&self, skip_workloads: bool) -> Option<Stage> {
+    /// The next restart stage; none for a directory target, whose restarts are up to whoever
+    /// applies the folder.
+    fn next_restart(&self, skip_workloads: bool, directory: bool) -> Option<Stage> {
+        if directory {
+            return None;
+        }
         Stage::ALL
             .into_iter()
             .filter(|s| !(skip_workloads && *s == Stage::Workloads))
             .find(|s| !self.restarted.contains(s))
     }
+}
+
+/// How a primary with a directory target shows that its cluster took a step's material: cacertd
+/// only writes the folder, and something else (a GitOps tool, an operator) applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirProof {
+    /// Its target's `observe` kubeconfig reads the cluster: the gate judges what it serves and
+    /// publishes, as for a Kubernetes target.
+    Observed,
+    /// An operator confirms that the folder was applied (and istiod, gateways and workloads
+    /// restarted there) with `transition resume --approve`, after each step's writes.
+    Approval,
 }
 
 /// Where the transition stands.
@@ -83,6 +101,9 @@ pub struct Options {
     /// How many clusters are written and restarted at once within a phase (at least 1).
     #[serde(default = "one")]
     pub max_parallel: usize,
+    /// Primaries with a directory target, and how each shows that its cluster took a step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub directories: BTreeMap<String, DirProof>,
     /// With workload restarts skipped where proxies do not take pushed bundles: how long after
     /// a primary's istiod restart its proxies have all renewed their certificates, and with
     /// them learned the phase's bundle (docs/istio.md §13). `AddNewRoot`'s gate waits that
@@ -124,6 +145,10 @@ pub struct Record {
     /// Who was behind when the waiting gate was last checked (clusters and namespaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub behind: Vec<String>,
+    /// An operator confirmed that this step's folders are applied ([`DirProof::Approval`]);
+    /// cleared with each gate passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub applied: bool,
 }
 
 /// The next thing a driver should do.
@@ -139,6 +164,11 @@ pub enum Step {
     Restart {
         cluster: String,
         stage: Stage,
+    },
+    /// Wait for an operator to confirm that the folders of `clusters` (directory targets
+    /// proven by approval) are applied to their clusters.
+    AwaitApplied {
+        clusters: Vec<String>,
     },
     /// Check the gate of `material` in every cluster.
     CheckGate {
@@ -200,6 +230,7 @@ impl Record {
             new_signer_retired_at: None,
             root_swapped: false,
             behind: Vec::new(),
+            applied: false,
         }
     }
 
@@ -304,6 +335,16 @@ impl Record {
         }
         self.gate_since = None;
         self.behind.clear();
+        self.applied = false;
+    }
+
+    /// An operator confirms that the folders written in this step are applied.
+    pub fn confirm_applied(&mut self) {
+        self.applied = true;
+    }
+
+    fn is_directory(&self, cluster: &str) -> bool {
+        self.options.directories.contains_key(cluster)
     }
 
     /// Continues a failed transition: the current phase is retried from where it stopped.
@@ -455,12 +496,26 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
                 material,
             };
         }
-        if let Some(stage) = progress.next_restart(record.options.skip_workload_restarts) {
+        let skip = record.options.skip_workload_restarts;
+        if let Some(stage) = progress.next_restart(skip, record.is_directory(cluster)) {
             return Step::Restart {
                 cluster: cluster.clone(),
                 stage,
             };
         }
+    }
+    // Folders nobody observes: an operator says when they are applied.
+    let unconfirmed: Vec<String> = record
+        .options
+        .directories
+        .iter()
+        .filter(|(c, proof)| **proof == DirProof::Approval && record.clusters.contains_key(*c))
+        .map(|(c, _)| c.clone())
+        .collect();
+    if !unconfirmed.is_empty() && !record.applied {
+        return Step::AwaitApplied {
+            clusters: unconfirmed,
+        };
     }
     Step::CheckGate { material }
 }
@@ -486,10 +541,12 @@ pub fn next_steps(record: &Record, now: OffsetDateTime, room: usize) -> Vec<Step
                     material,
                 })
             } else {
-                progress.next_restart(skip).map(|stage| Step::Restart {
-                    cluster: cluster.clone(),
-                    stage,
-                })
+                progress
+                    .next_restart(skip, record.is_directory(cluster))
+                    .map(|stage| Step::Restart {
+                        cluster: cluster.clone(),
+                        stage,
+                    })
             }
         })
         .take(max)
@@ -511,6 +568,7 @@ impl Options {
     pub(crate) fn for_tests() -> Self {
         Options {
             exclude_namespaces: Vec::new(),
+            directories: BTreeMap::new(),
             max_parallel: 1,
             renewal_wait_seconds: None,
             drain_seconds: 86_400,

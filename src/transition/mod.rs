@@ -24,7 +24,7 @@ mod serving;
 pub mod start;
 
 pub use machine::{
-    ClusterProgress, Options, Record, State, Step, StepOutcome, next_step, next_steps,
+    ClusterProgress, DirProof, Options, Record, State, Step, StepOutcome, next_step, next_steps,
 };
 pub use planned::{PlannedStep, Scope, plan_steps, remaining_steps};
 pub use serving::{ClusterMaterial, from_self_signed, material};

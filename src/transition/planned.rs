@@ -3,7 +3,9 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{MaterialOf, Options, Phase, Record, Step, StepOutcome, TransitionKind, next_step};
+use super::{
+    DirProof, MaterialOf, Options, Phase, Record, Step, StepOutcome, TransitionKind, next_step,
+};
 use crate::rollout::Stage;
 
 /// One line of a plan.
@@ -65,6 +67,7 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
         match (then, &step) {
             (Then::Record(outcome), _) => record.record(&step, outcome, now),
             (Then::Pass, Step::Drain { until }) => now = *until,
+            (Then::Pass, Step::AwaitApplied { .. }) => record.confirm_applied(),
             (Then::Pass, _) => record.approve(),
             (Then::End, _) => break,
         }
@@ -90,13 +93,40 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
         Step::Write { cluster, material } => (
             Some(cluster.clone()),
             Some(format!(
-                "write cacerts: {}",
+                "write cacerts{}: {}{}",
+                match options.directories.get(cluster) {
+                    Some(_) => " into its folder",
+                    None => "",
+                },
                 match material {
                     MaterialOf::Phase(p) => describe(kind, *p),
                     MaterialOf::Original => "the material it had before the transition, verbatim",
+                },
+                match (
+                    options.directories.get(cluster),
+                    options.skip_workload_restarts
+                ) {
+                    (Some(_), false) => {
+                        "; whoever applies the folder then restarts istiod, the gateways and \
+                         the workloads there, in that order"
+                    }
+                    (Some(_), true) => {
+                        "; whoever applies the folder then restarts istiod and the gateways \
+                         there"
+                    }
+                    (None, _) => "",
                 }
             )),
             Then::Record(StepOutcome::Written),
+        ),
+        Step::AwaitApplied { clusters } => (
+            None,
+            Some(format!(
+                "wait until the folders of {} are applied to their clusters (and their restarts \
+                 done), confirmed with `cacertd transition resume --approve`",
+                clusters.join(", ")
+            )),
+            Then::Pass,
         ),
         Step::Restart { cluster, stage } => {
             let scope = scopes.iter().find(|s| &s.primary == cluster);
@@ -108,16 +138,7 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
         }
         Step::CheckGate { material } => (
             None,
-            Some(format!(
-                "gate, in every cluster: {}",
-                match material {
-                    MaterialOf::Phase(p) => gate(*p),
-                    MaterialOf::Original => {
-                        "every primary serves its material from before the transition; \
-                         every istio-ca-root-cert ConfigMap holds exactly its roots"
-                    }
-                }
-            )),
+            Some(gate_line(record, *material)),
             Then::Record(StepOutcome::GateHeld),
         ),
         Step::Drain { .. } => (
@@ -190,6 +211,35 @@ fn describe(kind: TransitionKind, phase: Phase) -> &'static str {
         (_, Phase::RemoveOldRoot | Phase::Done) => {
             "the new intermediate; root-cert.pem = the new root only"
         }
+    }
+}
+
+/// What a gate checks: in clusters cacertd reads (Kubernetes targets, observed folders), what
+/// they serve and publish; in folders confirmed by an operator, that they hold the material.
+fn gate_line(record: &Record, material: MaterialOf) -> String {
+    let confirmed = |c: &String| record.options.directories.get(c) == Some(&DirProof::Approval);
+    let folders: Vec<&str> = record
+        .clusters
+        .keys()
+        .filter(|c| confirmed(c))
+        .map(String::as_str)
+        .collect();
+    if folders.len() == record.clusters.len() {
+        return "gate: every folder holds the material of this step".into();
+    }
+    let read = match material {
+        MaterialOf::Phase(p) => gate(p),
+        MaterialOf::Original => {
+            "every primary serves its material from before the transition; every \
+             istio-ca-root-cert ConfigMap holds exactly its roots"
+        }
+    };
+    match folders.is_empty() {
+        true => format!("gate, in every cluster: {read}"),
+        false => format!(
+            "gate, in every cluster but {} (whose folders hold the material): {read}",
+            folders.join(", ")
+        ),
     }
 }
 

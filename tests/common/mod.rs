@@ -50,6 +50,25 @@ impl Setup {
         self.cacertd_env(args, &[])
     }
 
+    /// Runs a transition command, then plays the operator of the setup's folders: each time
+    /// the transition waits for them to be applied, `transition resume --approve --wait`.
+    /// Returns the last run (the command's, or the last resume's), whatever its exit code.
+    pub fn through_folders(&self, args: &[&str]) -> Run {
+        let mut run = self.cacertd(args);
+        for _ in 0..16 {
+            let waits = run.code == 0
+                && self
+                    .cacertd(&["transition", "status"])
+                    .stdout
+                    .contains("next: wait until the folders");
+            if !waits {
+                return run;
+            }
+            run = self.cacertd(&["transition", "resume", "--approve", "--wait"]);
+        }
+        panic!("the transition keeps waiting for its folders");
+    }
+
     /// Like [`Setup::cacertd`], with extra environment variables (other VAULT_* are removed).
     pub fn cacertd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacertd"));
@@ -466,4 +485,37 @@ pub fn sign_request(dir: &Path, name: &str, issuer: &str, pathlen: Option<u32>, 
         "ca",
         &format!("-{digest}"),
     ]);
+}
+
+/// Plays the operator of folders nobody observes: while a transition waits for its folders to
+/// be applied (and, with `approvals`, for a phase's approval), `transition resume --approve
+/// --wait`; after an interruption, `transition resume --wait`. Returns where it rests otherwise
+/// (done, rolled back, a drain, a failure, an approval it was not to give): the status's
+/// `next`.
+pub fn drive_folders(s: &Setup, approvals: bool) -> String {
+    for _ in 0..16 {
+        let out = s
+            .cacertd(&["transition", "status", "-o", "json"])
+            .ok()
+            .stdout;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return out;
+        };
+        let next = v["next"].as_str().unwrap_or_default().to_string();
+        let folders = next.starts_with("wait until the folders");
+        let approval = next.starts_with("wait for an operator's approval");
+        let rests = ["nothing", "drain", "stopped", "held"]
+            .iter()
+            .any(|r| next.starts_with(r));
+        if rests || (approval && !approvals) {
+            return next;
+        }
+        if folders || approval {
+            s.cacertd(&["transition", "resume", "--approve", "--wait"])
+                .ok();
+        } else {
+            s.cacertd(&["transition", "resume", "--wait"]).ok();
+        }
+    }
+    panic!("the transition did not come to rest");
 }

@@ -26,11 +26,73 @@ fn run(record: &mut Record, mut now: OffsetDateTime) -> Vec<Step> {
                 record.approve();
                 continue;
             }
+            Step::AwaitApplied { .. } => {
+                record.confirm_applied();
+                continue;
+            }
             Step::Stopped { .. } | Step::Held { .. } | Step::Finished => return steps,
         };
         record.record(&step, outcome, now);
     }
     panic!("the transition did not finish");
+}
+
+/// A directory target is never restarted by cacertd (whoever applies its folder does), and
+/// after each step's writes nothing moves on until an operator confirms that the folders nobody
+/// observes are applied — not the gate, not the next phase's writes. An observed folder needs no
+/// confirmation: its gate reads the cluster.
+#[test]
+fn folders_are_not_restarted_and_each_step_waits_for_their_application() {
+    let mut o = opts();
+    o.drain_seconds = 0;
+    o.directories = [
+        ("dir".to_string(), DirProof::Approval),
+        ("seen".to_string(), DirProof::Observed),
+    ]
+    .into();
+    let names = ["dir", "kube", "seen"].map(String::from);
+    let mut r = Record::new(TransitionKind::RotateRoot, names, o.clone());
+    let steps = run(&mut r, t(0));
+    let restarted: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Restart { cluster, .. } => Some(cluster.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted, ["kube"].into());
+    let waits = steps
+        .iter()
+        .filter(|s| matches!(s, Step::AwaitApplied { clusters } if clusters == &["dir"]))
+        .count();
+    assert_eq!(waits, 3, "one per phase: {steps:#?}");
+    // Each wait comes after every write of its phase and before its gate.
+    for (i, s) in steps.iter().enumerate() {
+        if matches!(s, Step::AwaitApplied { .. }) {
+            assert!(matches!(steps[i + 1], Step::CheckGate { .. }), "{steps:#?}");
+            assert!(matches!(
+                steps[i - 1],
+                Step::Write { .. } | Step::Restart { .. }
+            ));
+        }
+    }
+    // Unconfirmed, the record stays there: a gate never runs, however much time passes.
+    let mut r = Record::new(TransitionKind::RotateRoot, ["dir".to_string()], o.clone());
+    let write = next_step(&r, t(0));
+    r.record(&write, StepOutcome::Written, t(0));
+    for later in [t(0), t(86_400 * 365)] {
+        assert_eq!(
+            next_step(&r, later),
+            Step::AwaitApplied {
+                clusters: vec!["dir".into()]
+            }
+        );
+    }
+    r.confirm_applied();
+    assert!(matches!(next_step(&r, t(0)), Step::CheckGate { .. }));
+    r.record(&next_step(&r, t(0)), StepOutcome::GateHeld, t(0));
+    assert_eq!(r.phase, Phase::SwitchSigner);
+    assert!(!r.applied, "a confirmation covers one step");
 }
 
 #[test]
