@@ -384,9 +384,10 @@ pub fn decide(a: &Assessment, opts: PlanOptions) -> Decision {
                     "its root-cert.pem also trusts {}, which is neither the current root nor \
                      in extra_trusted_roots; re-issuing would carry it forward. Add it to \
                      extra_trusted_roots if it belongs, pass --keep-unknown-roots to carry it \
-                     forward knowingly, or --danger-replace-trust-bundle to write the current \
-                     root alone (workloads relying on the other roots lose mTLS; a phased \
-                     removal is not available yet)",
+                     forward knowingly, remove it from every bundle with restarts and a gate \
+                     (`cacertd transition remove-root FINGERPRINT`), or pass \
+                     --danger-replace-trust-bundle to write the current root alone (workloads \
+                     relying on the other roots lose mTLS)",
                     a.unknown_roots.join(", ")
                 ),
             }

@@ -205,7 +205,7 @@ impl Policy {
             .root
             .anchors
             .iter()
-            .map(|a| normalize_fingerprint(a))
+            .map(|a| crate::pki::normalize_fingerprint(a))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid("root.anchors", m))?;
         Ok(Policy {
@@ -471,31 +471,6 @@ fn describe_subject(s: &crate::pki::Subject) -> String {
     add("L", &s.locality);
     parts.push(format!("CN={}", s.common_name));
     format!("{:?}", parts.join(", "))
-}
-
-/// A SHA-256 fingerprint as `status` prints it (upper-case hex pairs joined by `:`), from
-/// any case, with or without the colons.
-fn normalize_fingerprint(text: &str) -> Result<String, String> {
-    let hex: String = text
-        .trim()
-        .strip_prefix("sha256:")
-        .unwrap_or(text.trim())
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed, as `cacertd \
-             root show` prints it)"
-        ));
-    }
-    let upper = hex.to_ascii_uppercase();
-    Ok(upper
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| String::from_utf8_lossy(pair).into_owned())
-        .collect::<Vec<_>>()
-        .join(":"))
 }
 
 fn names(algs: &[KeyAlgorithm]) -> String {

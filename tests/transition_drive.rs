@@ -658,3 +658,144 @@ fn every_command_has_a_dry_run_that_changes_nothing() {
     s.cacertd(&["transition", "resume", "--dry-run", "--wait"])
         .fails_with(2);
 }
+
+/// A root planted in cluster1's bundle is removed by a one-phase transition: only the
+/// primaries that trust it are written, each keeping its intermediate, and nothing moves on
+/// before their folders are applied. Workloads — from before and after the write, in both
+/// clusters — complete mTLS throughout. The common root, a root a cluster signs under and a
+/// root nobody trusts are refused, changing nothing.
+#[test]
+fn a_planted_root_is_removed_in_one_phase_keeping_every_signer() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let elsewhere = Setup::new();
+    elsewhere.cacertd(&["root", "init"]).ok();
+    let planted = elsewhere.read("state/root/root-cert.pem");
+    let fingerprint = |setup: &Setup| {
+        let shown = setup.cacertd(&["root", "show", "-o", "json"]).ok().stdout;
+        let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        shown["fingerprint_sha256"].as_str().unwrap().to_string()
+    };
+    let fp = fingerprint(&elsewhere);
+    let bundle = s.path("out/cluster1/root-cert.pem");
+    let clean = std::fs::read(&bundle).unwrap();
+    let mut trusted = clean.clone();
+    trusted.extend_from_slice(&planted);
+    std::fs::write(&bundle, &trusted).unwrap();
+    let before_write = s.path("before-cluster1");
+    std::fs::create_dir(&before_write).unwrap();
+    for f in FILES {
+        std::fs::copy(s.path(&format!("out/cluster1/{f}")), before_write.join(f)).unwrap();
+    }
+
+    // Refused, changing nothing: the common root, a malformed fingerprint, a root nobody trusts.
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["transition", "remove-root", &fingerprint(&s)])
+        .fails_with(5);
+    assert!(run.stderr.contains("is the common root"), "{}", run.stderr);
+    let run = s
+        .cacertd(&["transition", "remove-root", "not-a-fingerprint"])
+        .fails_with(2);
+    assert!(run.stderr.contains("FINGERPRINT"), "{}", run.stderr);
+    let run = s
+        .cacertd(&["transition", "remove-root", &"AB".repeat(32)])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("no primary's bundle trusts"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    // The plan: cluster1 alone, in one phase, its folder waited for.
+    let lower = fp.replace(':', "").to_lowercase();
+    let plan = s
+        .cacertd(&["transition", "remove-root", &lower, "--dry-run"])
+        .ok()
+        .stdout;
+    assert!(
+        plan.contains("would cover cluster1 ")
+            && plan.contains("root-cert.pem = its roots without the one removed")
+            && plan.contains("wait until the folders of cluster1")
+            && !plan.contains("cluster2"),
+        "{plan}"
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    let signer = s.read("out/cluster1/ca-cert.pem");
+    let cluster2 = served(&s, "cluster2");
+    let run = s
+        .cacertd(&["transition", "remove-root", &lower, "--wait"])
+        .ok();
+    assert!(
+        run.stdout.contains("wait until the folders"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        s.read("out/cluster1/root-cert.pem"),
+        clean,
+        "the planted root is gone"
+    );
+    assert_eq!(
+        s.read("out/cluster1/ca-cert.pem"),
+        signer,
+        "the signer is kept"
+    );
+    assert_eq!(
+        served(&s, "cluster2"),
+        cluster2,
+        "cluster2 never trusted it"
+    );
+    // Every pair, old and new, completes mTLS after the write.
+    let dirs = [
+        before_write.clone(),
+        s.path("out/cluster1"),
+        s.path("out/cluster2"),
+    ];
+    for a in &dirs {
+        for b in &dirs {
+            common::mtls::handshake(common::mtls::workload(a), common::mtls::workload(b))
+                .unwrap_or_else(|e| panic!("{} → {}: {e}", a.display(), b.display()));
+        }
+    }
+    common::drive_folders(&s, false);
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("RemoveRoot transition: phase Done"),
+        "{status}"
+    );
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(!status.contains("unknown-roots"), "{status}");
+    assert_eq!(audit_count(&s, "transition-write"), 1);
+    assert_eq!(
+        audit_count(&s, "transition-issue"),
+        0,
+        "no intermediate issued"
+    );
+
+    // A root a cluster signs under is refused: cluster2 on another mesh's CA, trusting ours too.
+    let other = Setup::new();
+    other.cacertd(&["issue", "--init-root"]).ok();
+    for f in ["ca-cert.pem", "ca-key.pem", "cert-chain.pem"] {
+        std::fs::copy(
+            other.path(&format!("out/cluster2/{f}")),
+            s.path(&format!("out/cluster2/{f}")),
+        )
+        .unwrap();
+    }
+    let mut both = other.read("out/cluster2/root-cert.pem");
+    both.extend_from_slice(&clean);
+    std::fs::write(s.path("out/cluster2/root-cert.pem"), both).unwrap();
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["transition", "remove-root", &fingerprint(&other)])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("cluster2 signs under"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+}

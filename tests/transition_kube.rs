@@ -1877,3 +1877,84 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A root planted in cluster1's cacerts leaves it through `transition remove-root`: cluster1
+/// keeps its intermediate, istiod, the gateways and the workloads of cluster1 and its remote
+/// restart, and the gate waits until every published bundle there holds the common root
+/// alone. cluster2, which never trusted it, is not touched.
+#[test]
+fn remove_root_restarts_the_clusters_that_trusted_it_and_gates_on_their_bundles() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        if name != "cluster3" {
+            workload(c, "istio-system", "istiod", json!({"app": "istiod"}));
+        }
+        c.namespace("app", &[("istio-injection", "enabled")]);
+        injected_workload(c, "app", "web", false);
+    }
+    s.cacertd(&["issue", "--init-root"]).ok();
+    for name in CLUSTERS {
+        let c = server.cluster(name);
+        let primary = if name == "cluster2" {
+            "cluster2"
+        } else {
+            "cluster1"
+        };
+        config_map(c, "app", &bundle_of(server.cluster(primary)));
+    }
+    let _istiod = Istiod::start(&server, false);
+    let common = bundle_of(server.cluster("cluster1"));
+    // Someone who could write cluster1's cacerts plants a root of their own.
+    let elsewhere = Setup::new();
+    elsewhere.cacertd(&["root", "init"]).ok();
+    let shown = elsewhere
+        .cacertd(&["root", "show", "-o", "json"])
+        .ok()
+        .stdout;
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    let fp = shown["fingerprint_sha256"].as_str().unwrap().to_string();
+    let c1 = server.cluster("cluster1");
+    let mut secret = c1.get("secrets", "istio-system", "cacerts").unwrap();
+    let mut planted = common.clone();
+    planted.extend_from_slice(&elsewhere.read("state/root/root-cert.pem"));
+    secret["data"]["root-cert.pem"] = json!(b64(&planted));
+    c1.put(secret);
+    wait_until("istiod publishes the planted root", || {
+        configmap_roots(c1) == 2 && configmap_roots(server.cluster("cluster3")) == 2
+    });
+    let signer =
+        c1.get("secrets", "istio-system", "cacerts").unwrap()["data"]["ca-cert.pem"].clone();
+
+    s.cacertd(&["transition", "remove-root", &fp, "--wait"])
+        .ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("phase Done"), "{status}");
+    let served = c1.get("secrets", "istio-system", "cacerts").unwrap();
+    assert_eq!(unb64(&served["data"]["root-cert.pem"]), common);
+    assert_eq!(
+        served["data"]["ca-cert.pem"], signer,
+        "cluster1 keeps its intermediate"
+    );
+    for name in ["cluster1", "cluster3"] {
+        assert_eq!(configmap_roots(server.cluster(name)), 1, "{name}");
+    }
+    let restarted = |name: &str, ns: &str, d: &str| {
+        !server.cluster(name).get("deployments", ns, d).unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_null()
+    };
+    assert!(restarted("cluster1", "istio-system", "istiod"));
+    assert!(restarted("cluster1", "app", "web") && restarted("cluster3", "app", "web"));
+    assert!(!restarted("cluster2", "istio-system", "istiod"));
+    assert!(!restarted("cluster2", "app", "web"));
+    assert!(
+        server
+            .cluster("cluster2")
+            .history("secrets", "istio-system", "cacerts")
+            .len()
+            == 1,
+        "cluster2 was not written"
+    );
+}

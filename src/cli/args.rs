@@ -199,6 +199,30 @@ pub enum TransitionCommand {
     /// aside (to <state_dir>/transition-<time>/, or to Secrets suffixed with the time in the
     /// management cluster), not deleted. Clusters keep whatever they serve now.
     Abort(AbortArgs),
+
+    /// Remove a root from every primary's trust bundle (one that `status` shows as an unknown
+    /// root, planted or left by an aborted transition): a one-phase transition. Each primary
+    /// that trusts it keeps its intermediate and gets its bundle without that root; istiod,
+    /// the gateways and the workloads there restart, and the gate waits until every published
+    /// bundle holds exactly the roots kept. Refused for the common root, for a root any
+    /// primary signs under, and for a root no primary trusts.
+    RemoveRoot(RemoveRootArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RemoveRootArgs {
+    /// The root's SHA-256 fingerprint, as `cacertd status` prints it (case and colons
+    /// optional).
+    #[arg(value_name = "FINGERPRINT")]
+    pub fingerprint: String,
+
+    /// How many clusters are written and restarted at once (default: [transition]
+    /// max_parallel, 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: Option<u16>,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
 }
 
 #[derive(Debug, ClapArgs)]

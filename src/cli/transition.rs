@@ -288,6 +288,45 @@ async fn run_drive(
     Ok(())
 }
 
+/// `transition remove-root FINGERPRINT`: records the removal, then drives it.
+async fn remove_root_start(
+    config: &Config,
+    args: &args::RemoveRootArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let now = clock.now();
+    let fingerprint = crate::pki::normalize_fingerprint(&args.fingerprint)
+        .map_err(|reason| CliError::Usage(format!("FINGERPRINT: {reason}")))?;
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let store = RecordStore::open(config).await?;
+    let plan = TransitionPlanArgs {
+        drain: None,
+        skip_workload_restarts: false,
+        wait_for_renewal: false,
+        approve_each_phase: false,
+        max_parallel: args.max_parallel,
+        output: args::OutputArgs {
+            output: Format::Table,
+        },
+    };
+    let options = transition_options(config, &plan);
+    let record = transition::start::start_remove_root(
+        config,
+        &store,
+        options,
+        &fingerprint,
+        now,
+        args.drive.dry_run,
+    )
+    .await?;
+    if args.drive.dry_run {
+        print_dry_run(config, &record, &format!("removal of {fingerprint}"), now);
+        return Ok(());
+    }
+    started(&store, &format!("removal of {fingerprint}"), &record);
+    run_drive(config, &store, &args.drive, clock).await
+}
+
 /// `transition status|resume|rollback|abort`.
 pub(super) async fn transition_cmd(
     config: &Config,
@@ -300,6 +339,7 @@ pub(super) async fn transition_cmd(
         TransitionCommand::Status(o) => {
             return transition_status(config, &files, o.output, now).await;
         }
+        TransitionCommand::RemoveRoot(a) => return remove_root_start(config, a, clock).await,
         TransitionCommand::Resume(a) => a.drive.dry_run,
         TransitionCommand::Rollback(d) => d.dry_run,
         TransitionCommand::Abort(a) => a.dry_run,
@@ -321,7 +361,7 @@ pub(super) async fn transition_cmd(
         audit.note(now, event, None, record.phase.name(), None, detail);
     };
     match cmd {
-        TransitionCommand::Status(_) => Ok(()),
+        TransitionCommand::Status(_) | TransitionCommand::RemoveRoot(_) => Ok(()),
         TransitionCommand::Resume(a) => {
             resume_record(&mut record, &a, now)?;
             files.save(&record).await?;
@@ -576,10 +616,7 @@ pub(super) async fn transition_plan(
         output::print_json(&steps);
         return Ok(());
     }
-    let name = match kind {
-        TransitionKind::Migrate => "migrate",
-        TransitionKind::RotateRoot => "rotate-root",
-    };
+    let name = kind.name();
     say!(
         "{name}: {} primaries{}; drain {}; each gate may wait {}. This plan changes nothing.",
         scopes.len(),

@@ -276,7 +276,7 @@ impl Metrics {
         record: Option<&crate::transition::Record>,
         now: time::OffsetDateTime,
     ) {
-        use crate::transition::{Phase, State, TransitionKind};
+        use crate::transition::{Phase, State};
         self.transition_phase.clear();
         self.transition_cluster_steps.clear();
         self.transition_gate_wait.set(0);
@@ -284,10 +284,7 @@ impl Metrics {
         let Some(r) = record else {
             return;
         };
-        let kind = match r.kind {
-            TransitionKind::Migrate => "migrate",
-            TransitionKind::RotateRoot => "rotate-root",
-        };
+        let kind = r.kind.name();
         let state = match r.state {
             State::Active => "active",
             State::Failed { .. } => "failed",

@@ -167,6 +167,17 @@ impl TrustBundle {
         TrustBundle { pem, roots }
     }
 
+    /// This bundle without `root` (the others re-encoded in their order).
+    pub fn without(&self, root: &Cert) -> Self {
+        let roots: Vec<Cert> = self.roots.iter().filter(|r| *r != root).cloned().collect();
+        let pem = roots
+            .iter()
+            .map(Cert::to_pem)
+            .collect::<String>()
+            .into_bytes();
+        TrustBundle { pem, roots }
+    }
+
     pub fn fingerprints(&self) -> Vec<String> {
         self.roots
             .iter()

@@ -335,6 +335,31 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
         .join(":")
 }
 
+/// A SHA-256 fingerprint as `status` prints it (upper-case hex pairs joined by `:`), from
+/// any case, with or without the colons.
+pub fn normalize_fingerprint(text: &str) -> Result<String, String> {
+    let hex: String = text
+        .trim()
+        .strip_prefix("sha256:")
+        .unwrap_or(text.trim())
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed, as `cacertd \
+             root show` prints it)"
+        ));
+    }
+    let upper = hex.to_ascii_uppercase();
+    Ok(upper
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -14,7 +14,7 @@ pub(crate) mod secret_pem;
 mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
-pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256};
+pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256, normalize_fingerprint};
 pub use intermediate::{
     IntermediateCa, IntermediateSpec, check_signed_intermediate, intermediate_params_for_csr,
     issue_intermediate,

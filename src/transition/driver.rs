@@ -31,15 +31,16 @@ use super::progress::{Event, Progress, Throttle, show_drain, show_gate_wait};
 /// How the writer checks a phase's material: where a cluster keeps the signer it had before
 /// the transition (AddNewRoot, and everything a rollback to the original puts back), that
 /// signer is written back verbatim; from SwitchSigner on it signs with an intermediate
-/// cacertd issued under the new root, and must chain to exactly `new_root`.
-fn written_material(of: MaterialOf, new_root: &Cert) -> Material<'_> {
-    match of {
-        MaterialOf::Original | MaterialOf::Phase(super::Phase::AddNewRoot) => {
+/// cacertd issued under the new root, and must chain to exactly `new_root`. A root's removal
+/// keeps each cluster's own intermediate under the common root (checked when it started), so
+/// the whole set is checked as cacertd's own, with whichever root of its bundle it chains to.
+fn written_material(kind: TransitionKind, of: MaterialOf, new_root: Option<&Cert>) -> Material<'_> {
+    match (kind, of) {
+        (_, MaterialOf::Original) | (_, MaterialOf::Phase(super::Phase::AddNewRoot)) => {
             Material::ServedBefore
         }
-        MaterialOf::Phase(_) => Material::Issued {
-            root: Some(new_root),
-        },
+        (TransitionKind::RemoveRoot, _) => Material::Issued { root: None },
+        (_, MaterialOf::Phase(_)) => Material::Issued { root: new_root },
     }
 }
 
@@ -102,6 +103,7 @@ pub async fn drive(
                 audit: &audit,
                 writer: CacertsWriter::new(&config.trust_domain, &audit, "transition-write"),
                 exclude_namespaces: &exclude,
+                kind: record.kind,
             };
             done += run_batch(&work, files, &mut record, &batch, now).await?;
             continue;
@@ -426,6 +428,7 @@ struct Work<'a> {
     /// Every write goes through it.
     writer: CacertsWriter<'a>,
     exclude_namespaces: &'a [String],
+    kind: TransitionKind,
 }
 
 impl Work<'_> {
@@ -445,10 +448,11 @@ impl Work<'_> {
         // transition was held, say): stop before touching the cluster, with the writer's own
         // checks.
         let new_root = self.new_root(cluster)?;
-        if let Err(problems) = self
-            .writer
-            .check(&want, written_material(of, &new_root), now)
-        {
+        if let Err(problems) = self.writer.check(
+            &want,
+            written_material(self.kind, of, new_root.as_ref()),
+            now,
+        ) {
             return Err(DriveError::Unwritable {
                 cluster: cluster.to_string(),
                 what: describe_material(of),
@@ -462,14 +466,18 @@ impl Work<'_> {
         Ok((want, observed))
     }
 
-    /// The root `cluster`'s new intermediate was issued under.
-    fn new_root(&self, cluster: &str) -> Result<Cert, DriveError> {
-        Cert::one_from_pem(&self.materials[cluster].new.root_cert, "new root-cert.pem").map_err(
-            |e| DriveError::CurrentMaterial {
+    /// The root `cluster`'s new intermediate was issued under (none for a root's removal,
+    /// whose clusters keep their intermediates).
+    fn new_root(&self, cluster: &str) -> Result<Option<Cert>, DriveError> {
+        if self.kind == TransitionKind::RemoveRoot {
+            return Ok(None);
+        }
+        Cert::one_from_pem(&self.materials[cluster].new.root_cert, "new root-cert.pem")
+            .map(Some)
+            .map_err(|e| DriveError::CurrentMaterial {
                 cluster: cluster.to_string(),
                 reason: format!("its saved new material is unreadable: {e}"),
-            },
-        )
+            })
     }
 
     /// Writes `want` unless the cluster already serves it (no extra backup then).
@@ -496,7 +504,7 @@ impl Work<'_> {
                 .write(
                     &self.targets[cluster],
                     want,
-                    written_material(of, &self.new_root(cluster)?),
+                    written_material(self.kind, of, self.new_root(cluster)?.as_ref()),
                     &meta,
                     observed,
                 )
@@ -593,20 +601,33 @@ mod tests {
     fn only_the_signer_a_cluster_had_is_written_back_without_the_mesh_checks() {
         use crate::transition::Phase;
         let root = crate::pki::fixtures::root();
+        let kind = TransitionKind::Migrate;
         for of in [MaterialOf::Original, MaterialOf::Phase(Phase::AddNewRoot)] {
             assert!(
-                matches!(written_material(of, root.cert()), Material::ServedBefore),
+                matches!(
+                    written_material(kind, of, Some(root.cert())),
+                    Material::ServedBefore
+                ),
                 "{of:?}"
             );
         }
         for p in [Phase::SwitchSigner, Phase::RemoveOldRoot, Phase::Done] {
             assert!(
                 matches!(
-                    written_material(MaterialOf::Phase(p), root.cert()),
+                    written_material(kind, MaterialOf::Phase(p), Some(root.cert())),
                     Material::Issued { root: Some(r) } if r == root.cert()
                 ),
                 "{p:?}"
             );
         }
+        // A root's removal: each cluster's own intermediate, all the mesh checks.
+        assert!(matches!(
+            written_material(
+                TransitionKind::RemoveRoot,
+                MaterialOf::Phase(Phase::RemoveOldRoot),
+                None
+            ),
+            Material::Issued { root: None }
+        ));
     }
 }

@@ -216,7 +216,11 @@ impl Record {
     ) -> Self {
         Record {
             kind,
-            phase: Phase::AddNewRoot,
+            // A root's removal is the last phase alone.
+            phase: match kind {
+                TransitionKind::RemoveRoot => Phase::RemoveOldRoot,
+                _ => Phase::AddNewRoot,
+            },
             state: State::Active,
             options,
             clusters: clusters
@@ -250,7 +254,9 @@ impl Record {
                 if let Some(p) = self.clusters.get_mut(cluster) {
                     p.written = true;
                 }
-                if matches!(material, MaterialOf::Phase(p) if *p >= Phase::SwitchSigner) {
+                if self.kind != TransitionKind::RemoveRoot
+                    && matches!(material, MaterialOf::Phase(p) if *p >= Phase::SwitchSigner)
+                {
                     self.new_signer_used = true;
                 }
             }
@@ -398,8 +404,9 @@ impl Record {
             Some(self.phase)
         };
         let to = match latest.and_then(Phase::previous) {
-            Some(p) => MaterialOf::Phase(p),
-            None => MaterialOf::Original,
+            // A root's removal has one phase: back is what each cluster had.
+            Some(p) if self.kind != TransitionKind::RemoveRoot => MaterialOf::Phase(p),
+            _ => MaterialOf::Original,
         };
         self.reset_progress();
         self.approved = false;

@@ -44,6 +44,19 @@ pub enum TransitionKind {
     Migrate,
     /// The common root is replaced by a new one.
     RotateRoot,
+    /// A root nobody holds (planted, or left by an aborted transition) leaves every bundle
+    /// that trusts it: one phase, `RemoveOldRoot`, each cluster keeping its signer.
+    RemoveRoot,
+}
+
+impl TransitionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransitionKind::Migrate => "migrate",
+            TransitionKind::RotateRoot => "rotate-root",
+            TransitionKind::RemoveRoot => "remove-root",
+        }
+    }
 }
 
 /// The phases, in order.

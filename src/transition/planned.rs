@@ -204,6 +204,10 @@ fn describe(kind: TransitionKind, phase: Phase) -> &'static str {
         (TransitionKind::RotateRoot, Phase::AddNewRoot) => {
             "the current intermediate, verbatim; root-cert.pem = the current roots + the new root"
         }
+        (TransitionKind::RemoveRoot, _) => {
+            "its current intermediate, verbatim; root-cert.pem = its roots without the one \
+             removed"
+        }
         (_, Phase::SwitchSigner) => {
             "a new intermediate under the new root; root-cert.pem = the current roots + the new \
              root"
@@ -228,6 +232,10 @@ fn gate_line(record: &Record, material: MaterialOf) -> String {
         return "gate: every folder holds the material of this step".into();
     }
     let read = match material {
+        MaterialOf::Phase(_) if record.kind == TransitionKind::RemoveRoot => {
+            "every istio-ca-root-cert ConfigMap holds exactly the roots it keeps; every restart \
+             finished"
+        }
         MaterialOf::Phase(p) => gate(p),
         MaterialOf::Original => {
             "every primary serves its material from before the transition; every \

@@ -29,18 +29,26 @@ pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
 /// The `cacerts` a cluster serves for `of`. The old bundle's bytes are kept verbatim and the new
 /// root appended after them (istiod before 1.31 reloads a bundle only if the old one is a
 /// byte-substring of the new).
+/// (For a root's removal, `new` is the cluster's own set with the root left out of its bundle:
+/// only `RemoveOldRoot` and the original are ever served.)
 pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
-    let new_root = Cert::one_from_pem(&m.new.root_cert, "new root-cert.pem")?;
-    let both = TrustBundle::from_pem(&m.original.root_cert, "current root-cert.pem")?
-        .with_root_appended(&new_root);
+    let both = || -> Result<Vec<u8>, PkiError> {
+        let new_root = Cert::one_from_pem(&m.new.root_cert, "new root-cert.pem")?;
+        Ok(
+            TrustBundle::from_pem(&m.original.root_cert, "current root-cert.pem")?
+                .with_root_appended(&new_root)
+                .pem_bytes()
+                .to_vec(),
+        )
+    };
     Ok(match of {
         MaterialOf::Original => m.original.clone(),
         MaterialOf::Phase(Phase::AddNewRoot) => CaCertsFiles {
-            root_cert: both.pem_bytes().to_vec(),
+            root_cert: both()?,
             ..m.original.clone()
         },
         MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
-            root_cert: both.pem_bytes().to_vec(),
+            root_cert: both()?,
             ..m.new.clone()
         },
         MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),

@@ -463,3 +463,114 @@ async fn issue_new(
     })?;
     Ok(files)
 }
+
+/// `transition remove-root FINGERPRINT`: every primary whose bundle trusts that root keeps its
+/// signer and drops the root from its bundle, in one phase with its restarts and gate. Refused
+/// for the common root (and its mesh CA's anchor), for a root any primary still signs under,
+/// and when no primary trusts it. Changes no cluster. `fingerprint` as `status` prints it
+/// ([`crate::pki::normalize_fingerprint`]).
+pub async fn start_remove_root(
+    config: &Config,
+    files: &RecordStore,
+    options: Options,
+    fingerprint: &str,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<Record, DriveError> {
+    let finished = files.check_room().await?;
+    let store = RootSource::open(config)
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    let anchor = store
+        .load_cert()
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    let wanted = fingerprint;
+    if anchor
+        .as_ref()
+        .is_some_and(|a| a.info().fingerprint_sha256 == wanted)
+    {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "{wanted} is the common root: every cluster signs under it. Replace it with \
+             `cacertd rotate-root start` instead"
+        )));
+    }
+    let mut moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        let Ok(current) = current_material(config, cluster, false).await else {
+            // No cacerts (self-signed, or missing): no bundle of ours trusts anything here.
+            continue;
+        };
+        let (trust, _) = TrustBundle::from_pem_lenient(&current.root_cert);
+        let Some(root) = trust
+            .roots()
+            .iter()
+            .find(|r| r.info().fingerprint_sha256 == wanted)
+            .cloned()
+        else {
+            continue;
+        };
+        // Its workloads' certificates must not chain to the root leaving their bundle.
+        let signing = Cert::lenient_from_pem(&current.ca_cert, CaCertsFiles::CA_CERT)
+            .0
+            .into_iter()
+            .next();
+        let (chain, _) = Cert::lenient_from_pem(&current.cert_chain, CaCertsFiles::CERT_CHAIN);
+        let signs_under = signing
+            .as_ref()
+            .and_then(|s| crate::pki::issuing_root(s, &chain, trust.roots()));
+        if signs_under.as_ref() == Some(&root) {
+            return Err(DriveError::UnsafeForMesh(format!(
+                "{name} signs under {wanted}: removing it would break every certificate its \
+                 istiod issued. Move {name} onto the common root first (`cacertd migrate \
+                 start`)"
+            )));
+        }
+        if trust.roots().len() == 1 {
+            return Err(DriveError::UnsafeForMesh(format!(
+                "{name} trusts {wanted} alone: nothing would be left in its bundle"
+            )));
+        }
+        let kept = trust.without(&root);
+        let new = CaCertsFiles {
+            root_cert: kept.pem_bytes().to_vec(),
+            ..current.clone()
+        };
+        verify_cacerts_for_mesh(&new, now, Some(&config.trust_domain)).map_err(|problems| {
+            DriveError::CurrentMaterial {
+                cluster: name.to_string(),
+                reason: format!(
+                    "its cacerts without {wanted} would not validate: {}",
+                    crate::pki::BundleProblem::join(&problems)
+                ),
+            }
+        })?;
+        moving.push((name.to_string(), current, new, false));
+    }
+    if moving.is_empty() {
+        return Err(DriveError::NothingToDo(format!(
+            "no primary's bundle trusts {wanted}: nothing to remove"
+        )));
+    }
+    let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
+    let record = Record::new(TransitionKind::RemoveRoot, clusters, options);
+    if dry_run {
+        return Ok(record);
+    }
+    if let Some(finished) = finished {
+        files.archive(&finished, now).await?;
+    }
+    let audit = Audit::new(config.daemon.audit_log.clone());
+    save_moving(files, &audit, moving, now).await?;
+    files.save(&record).await?;
+    audit.note(
+        now,
+        "transition-start",
+        None,
+        "remove-root",
+        None,
+        Some(format!("removing {wanted}")),
+    );
+    Ok(record)
+}

@@ -499,3 +499,41 @@ fn an_enormous_drain_never_wraps_into_no_drain() {
     until_phase(&mut r, Phase::RemoveOldRoot, t(0));
     assert!(matches!(next_step(&r, t(10_000_000)), Step::Drain { .. }));
 }
+
+/// A root's removal is one phase: RemoveOldRoot's writes, restarts and gate, with no drain
+/// (taking trust away breaks nothing anyone signs), and a rollback returns each cluster to
+/// what it had — there is no earlier phase's material.
+#[test]
+fn a_root_removal_is_one_phase_and_rolls_back_to_the_original() {
+    let names = ["a", "b"].map(String::from);
+    let mut r = Record::new(TransitionKind::RemoveRoot, names.clone(), opts());
+    assert_eq!(r.phase, Phase::RemoveOldRoot);
+    let steps = run(&mut r, t(0));
+    assert!(!steps.iter().any(|s| matches!(s, Step::Drain { .. })));
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| matches!(s, Step::CheckGate { .. }))
+            .count(),
+        1
+    );
+    assert!(r.is_over() && !r.new_signer_used);
+
+    let mut r = Record::new(TransitionKind::RemoveRoot, names, opts());
+    let write = next_step(&r, t(0));
+    r.record(&write, StepOutcome::Written, t(0));
+    r.rollback().unwrap();
+    assert_eq!(
+        r.state,
+        State::RollingBack {
+            to: MaterialOf::Original
+        }
+    );
+    let steps = run(&mut r, t(0));
+    assert!(
+        steps.iter().all(
+            |s| !matches!(s, Step::Write { material, .. } if *material != MaterialOf::Original)
+        )
+    );
+    assert_eq!(r.state, State::RolledBack);
+}
