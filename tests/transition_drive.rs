@@ -721,6 +721,14 @@ fn a_planted_root_is_removed_in_one_phase_keeping_every_signer() {
             && !plan.contains("cluster2"),
         "{plan}"
     );
+    let checked = s
+        .cacertd(&["transition", "remove-root", &lower, "--check"])
+        .ok()
+        .stdout;
+    assert!(
+        checked.contains("(1 moving)") && checked.contains("every step keeps every pair"),
+        "{checked}"
+    );
     common::assert_unchanged(&before, &s.snapshot());
 
     let signer = s.read("out/cluster1/ca-cert.pem");

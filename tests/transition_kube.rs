@@ -1958,3 +1958,96 @@ fn remove_root_restarts_the_clusters_that_trusted_it_and_gates_on_their_bundles(
         "cluster2 was not written"
     );
 }
+
+/// `migrate plan --check` reads the clusters and plays the migration out on the trust graph:
+/// on a plain mesh every step is safe; with a bare sidecar pod and workload restarts skipped
+/// (no renewal waited for), it flags the step where that pod would stop trusting its peers,
+/// notes that the AddNewRoot gate waits for it, and exits 5. It changes nothing.
+#[test]
+fn plan_check_flags_the_step_that_would_break_a_bare_pod() {
+    let (server, s, _) = self_signed_setup("10m");
+    let before = versions(&server, &CLUSTERS);
+    let run = s.cacertd(&["migrate", "plan", "--check"]).ok();
+    assert!(
+        run.stdout.contains("2 primaries read (2 moving)")
+            && run.stdout.contains("every step keeps every pair")
+            && !run.stdout.contains("BREAKS"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        versions(&server, &CLUSTERS),
+        before,
+        "the check changes nothing"
+    );
+
+    bare_sidecar_pod(server.cluster("cluster3"), "app", "debug");
+    let before = versions(&server, &CLUSTERS);
+    let run = s
+        .cacertd(&["migrate", "plan", "--check", "--skip-workload-restarts"])
+        .fails_with(5);
+    assert!(
+        run.stdout
+            .contains("proxies no rollout restarts: cluster3/app/debug"),
+        "{}",
+        run.stdout
+    );
+    let flagged: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("[BREAKS]"))
+        .collect();
+    assert!(!flagged.is_empty(), "{}", run.stdout);
+    assert!(
+        flagged.iter().all(|l| !l.contains("AddNewRoot")),
+        "nothing breaks before a signer changes: {}",
+        run.stdout
+    );
+    let switch = run.stdout.find("SwitchSigner:").unwrap();
+    assert!(run.stdout[switch..].contains("[BREAKS]"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("cluster3/app/debug (a bare pod: nothing re-creates it) does not trust"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("holds only once cluster3/app/debug"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("would break"), "{}", run.stderr);
+    // As JSON too, and the same with a renewal waited for: the pod learns the root.
+    let json = s
+        .cacertd(&[
+            "migrate",
+            "plan",
+            "--check",
+            "--skip-workload-restarts",
+            "-o",
+            "json",
+        ])
+        .fails_with(5)
+        .stdout;
+    let steps: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| !s["breaks"].as_array().unwrap().is_empty())
+    );
+    let run = s
+        .cacertd(&[
+            "migrate",
+            "plan",
+            "--check",
+            "--skip-workload-restarts",
+            "--wait-for-renewal",
+        ])
+        .ok();
+    assert!(!run.stdout.contains("[BREAKS]"), "{}", run.stdout);
+    assert_eq!(
+        versions(&server, &CLUSTERS),
+        before,
+        "the check changes nothing"
+    );
+}

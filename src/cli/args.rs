@@ -139,8 +139,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
     /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
-    /// configuration.
-    Plan(TransitionPlanArgs),
+    /// configuration (with --check, the clusters too).
+    Plan(PlanCmdArgs),
 
     /// Start the migration: read every primary (its cacerts, or istiod's istio-ca-secret),
     /// save that material and a new intermediate under the common root ([transition] record:
@@ -153,8 +153,8 @@ pub enum MigrateCommand {
 #[derive(Debug, Subcommand)]
 pub enum RotateRootCommand {
     /// Print every step, per cluster, in order. Changes nothing and reads nothing but the
-    /// configuration.
-    Plan(TransitionPlanArgs),
+    /// configuration (with --check, the clusters too).
+    Plan(PlanCmdArgs),
 
     /// Start the rotation: the new root — imported with --new-root-cert and --new-root-key, or
     /// generated per the root policy (by Vault, for vault-pki) — is kept apart
@@ -210,6 +210,18 @@ pub enum TransitionCommand {
 }
 
 #[derive(Debug, ClapArgs)]
+pub struct PlanCmdArgs {
+    #[command(flatten)]
+    pub plan: TransitionPlanArgs,
+
+    /// Also read the clusters and play every step out on the trust graph: after each step,
+    /// which pairs of proxies (each primary's workloads, and each proxy no rollout restarts)
+    /// that complete mTLS today would not. Changes nothing; exits 5 if a step would break one.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, ClapArgs)]
 pub struct RemoveRootArgs {
     /// The root's SHA-256 fingerprint, as `cacertd status` prints it (case and colons
     /// optional).
@@ -220,6 +232,11 @@ pub struct RemoveRootArgs {
     /// max_parallel, 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel: Option<u16>,
+
+    /// Change nothing: print the steps, read the clusters and play every step out on the
+    /// trust graph, as `migrate plan --check` does. Exits 5 if a step would break a pair.
+    #[arg(long, conflicts_with_all = ["wait", "stop_after_steps"])]
+    pub check: bool,
 
     #[command(flatten)]
     pub drive: DriveArgs,

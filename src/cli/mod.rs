@@ -199,13 +199,13 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                 Command::Status(o) => status(&config, o.output, now).await,
                 Command::Check => check(&config),
                 Command::Migrate(MigrateCommand::Plan(a)) => {
-                    transition_plan(&config, TransitionKind::Migrate, &a).await
+                    transition_plan(&config, TransitionKind::Migrate, &a.plan, a.check).await
                 }
                 Command::Migrate(MigrateCommand::Start(a)) => {
                     migrate_start(&config, &a.plan, &a.drive, &clock).await
                 }
                 Command::RotateRoot(RotateRootCommand::Plan(a)) => {
-                    transition_plan(&config, TransitionKind::RotateRoot, &a).await
+                    transition_plan(&config, TransitionKind::RotateRoot, &a.plan, a.check).await
                 }
                 Command::RotateRoot(RotateRootCommand::Start(a)) => {
                     rotate_root_start(&config, &a, &clock).await

@@ -12,6 +12,7 @@
 //! - no cluster drops the old root before the drain period has passed since the last cluster
 //!   stopped signing with the old CA (`RemoveOldRoot` waits for it).
 
+pub mod check;
 pub mod driver;
 pub mod error;
 mod gate;
@@ -26,7 +27,7 @@ pub mod start;
 pub use machine::{
     ClusterProgress, DirProof, Options, Record, State, Step, StepOutcome, next_step, next_steps,
 };
-pub use planned::{PlannedStep, Scope, plan_steps, remaining_steps};
+pub use planned::{PlannedStep, Scope, plan_steps, remaining_steps, steps_ahead};
 pub use serving::{ClusterMaterial, from_self_signed, material};
 
 use std::fmt;

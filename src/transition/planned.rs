@@ -50,6 +50,19 @@ pub fn plan_steps(kind: TransitionKind, scopes: &[Scope], options: &Options) -> 
 /// succeeds at once and every approval is given (`--dry-run` of `resume` and `rollback`).
 /// Stops where an operator must act (a failed or held transition).
 pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -> Vec<PlannedStep> {
+    steps_ahead(record, scopes, now)
+        .into_iter()
+        .filter_map(|(_, line)| line)
+        .collect()
+}
+
+/// The machine's steps still ahead of `record`, as [`remaining_steps`] walks them, each with
+/// its plan line (`None`: a step a plan does not print).
+pub fn steps_ahead(
+    record: &Record,
+    scopes: &[Scope],
+    now: OffsetDateTime,
+) -> Vec<(Step, Option<PlannedStep>)> {
     let mut record = record.clone();
     let mut now = now;
     let mut steps = Vec::new();
@@ -57,13 +70,14 @@ pub fn remaining_steps(record: &Record, scopes: &[Scope], now: OffsetDateTime) -
         let step = next_step(&record, now);
         let phase = record.phase;
         let (cluster, action, then) = line(&step, &record, scopes);
-        if let Some(action) = action {
-            steps.push(PlannedStep {
+        steps.push((
+            step.clone(),
+            action.map(|action| PlannedStep {
                 phase,
                 cluster,
                 action,
-            });
-        }
+            }),
+        ));
         match (then, &step) {
             (Then::Record(outcome), _) => record.record(&step, outcome, now),
             (Then::Pass, Step::Drain { until }) => now = *until,

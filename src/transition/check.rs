@@ -1,0 +1,544 @@
+//! `plan --check`: a dry run of the trust graph. From what every primary serves now and the
+//! proxies no rollout restarts, the steps of a transition are played out on paper: after each
+//! one, which groups of proxies still complete mTLS with each other, and which pair that works
+//! today would not. [`read`] reads the clusters (changing nothing); [`check`] is pure.
+//!
+//! The model (README, "Trust transitions"): a proxy trusts the bundle it last received and
+//! presents a certificate from the signer istiod had when it last renewed. istiod takes a new
+//! `cacerts` when it restarts; a restarted workload receives istiod's bundle and a fresh
+//! certificate; a proxy that takes pushed bundles (with multi-root istiod) receives each new
+//! bundle at istiod's restart; any other proxy keeps its bundle until it is re-created — or,
+//! where the plan waits for it (`--wait-for-renewal`), until its next renewal. Certificates of
+//! an old signer live on until the drain period ends.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{MaterialOf, Phase, PlannedStep, Record, Scope, Stage, Step, TransitionKind};
+
+/// One primary as it is now, and the proxies of its mesh (itself and the remotes its istiod
+/// serves) that no rollout restarts.
+#[derive(Clone, Debug)]
+pub struct Primary {
+    pub name: String,
+    /// The roots its `root-cert.pem` (or istiod's self-signed CA) trusts, by fingerprint.
+    pub bundle: BTreeSet<String>,
+    /// The root its signing certificate chains to.
+    pub signer: String,
+    /// Its istiod pushes new bundles to proxies that take them (ISTIO_MULTIROOT_MESH).
+    pub multiroot: bool,
+    /// A folder someone else applies: its restarts happen with the application.
+    pub directory: bool,
+    pub pinned: Vec<Pinned>,
+}
+
+/// A proxy no rollout of cacertd's restarts: a bare pod, a Job's pod, a pod of another
+/// controller, or one in an excluded namespace.
+#[derive(Clone, Debug)]
+pub struct Pinned {
+    /// `cluster/namespace/pod`, and why it is pinned.
+    pub name: String,
+    /// It takes the bundles istiod pushes (PROXY_CONFIG_XDS_AGENT=true).
+    pub pushed: bool,
+}
+
+/// The roots a transition moves to or away from.
+#[derive(Clone, Debug)]
+pub struct Roots {
+    /// The root every moving primary signs under at the end (migrate: the common root;
+    /// rotate-root: the new one).
+    pub new: String,
+    /// The root a removal takes out of every bundle.
+    pub removed: Option<String>,
+}
+
+/// Reads every primary of the topology as [`check`] needs it: its bundle and signer (roots
+/// named by `name`), whether its istiod pushes bundles, and — for Kubernetes primaries and
+/// their Kubernetes remotes — the proxies no rollout of cacertd's restarts (pods with no
+/// owner or an owner other than a ReplicaSet, DaemonSet or StatefulSet, and every proxy of an
+/// excluded namespace). Changes nothing.
+pub async fn read(
+    config: &crate::config::Config,
+    exclude_namespaces: &[String],
+    name: &dyn Fn(&crate::pki::Cert) -> String,
+) -> Result<Vec<Primary>, super::error::DriveError> {
+    use crate::cluster::Target;
+    use crate::pki::{CaCertsFiles, Cert, TrustBundle, issuing_root};
+    const RESTARTED: [&str; 3] = ["ReplicaSet", "DaemonSet", "StatefulSet"];
+    let mut out = Vec::new();
+    for cluster in config.topology.primaries() {
+        let err = super::error::target_err(&cluster.name);
+        let target = Target::open(cluster, config).await.map_err(err)?;
+        let snapshot = target
+            .read()
+            .await
+            .map_err(super::error::target_err(&cluster.name))?
+            .snapshot;
+        let Some(files) = snapshot.cacerts.or_else(|| {
+            snapshot
+                .self_signed_ca
+                .as_ref()
+                .map(super::from_self_signed)
+        }) else {
+            return Err(super::error::DriveError::CurrentMaterial {
+                cluster: cluster.name.clone(),
+                reason: "neither cacerts nor istiod's istio-ca-secret found".into(),
+            });
+        };
+        let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
+        let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+            .0
+            .into_iter()
+            .next();
+        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+        let signer = signing
+            .as_ref()
+            .and_then(|s| issuing_root(s, &chain, trust.roots()))
+            .map_or_else(|| "an unknown root".to_string(), |r| name(&r));
+        let mut primary = Primary {
+            name: cluster.name.clone(),
+            bundle: trust.roots().iter().map(name).collect(),
+            signer,
+            multiroot: false,
+            directory: matches!(target, Target::Dir(_)),
+            pinned: Vec::new(),
+        };
+        if let Target::Kube(kube) = &target {
+            primary.multiroot = matches!(kube.istiod_multiroot().await, Ok(Some(true)));
+            let mut remotes = Vec::new();
+            for remote in config.topology.remotes_of(&cluster.name) {
+                if let Ok(Target::Kube(k)) = Target::open(remote, config).await {
+                    remotes.push((remote.name.clone(), k));
+                }
+            }
+            let served =
+                std::iter::once((&cluster.name, kube)).chain(remotes.iter().map(|(n, k)| (n, k)));
+            for (name, k) in served {
+                let proxies = k.proxies().await.map_err(super::error::target_err(name))?;
+                for p in proxies {
+                    let restarted =
+                        p.ztunnel || p.owner.as_deref().is_some_and(|o| RESTARTED.contains(&o));
+                    if restarted && !exclude_namespaces.contains(&p.namespace) {
+                        continue;
+                    }
+                    primary.pinned.push(Pinned {
+                        name: format!("{name}/{}", p.describe()),
+                        pushed: p.takes_pushed_bundles,
+                    });
+                }
+            }
+        }
+        out.push(primary);
+    }
+    Ok(out)
+}
+
+/// One step of the plan, and the pairs it would break.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckedStep {
+    #[serde(flatten)]
+    pub step: PlannedStep,
+    /// Pairs (`a ↔ b: why`) that complete mTLS before the transition and would not after this
+    /// step.
+    pub breaks: Vec<String>,
+    /// What the step depends on (a gate that waits for pods to be re-created, say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What proxies of one kind trust and present.
+#[derive(Clone, Debug, PartialEq)]
+struct Live {
+    trust: BTreeSet<String>,
+    certs: BTreeSet<String>,
+}
+
+struct State<'a> {
+    primary: &'a Primary,
+    moving: bool,
+    /// What `cacerts` holds: (bundle, signer).
+    served: (BTreeSet<String>, String),
+    /// What istiod runs with since its last restart.
+    istiod: (BTreeSet<String>, String),
+    workloads: Live,
+    pinned: Vec<Live>,
+}
+
+/// Plays `record`'s steps from the start over `primaries` (every primary of the topology; those
+/// the record does not move keep what they serve). `scopes` and `now` as for
+/// [`super::steps_ahead`].
+pub fn check(
+    record: &Record,
+    scopes: &[Scope],
+    primaries: &[Primary],
+    roots: &Roots,
+    now: OffsetDateTime,
+) -> Vec<CheckedStep> {
+    let mut states: Vec<State<'_>> = primaries
+        .iter()
+        .map(|p| {
+            let live = Live {
+                trust: p.bundle.clone(),
+                certs: [p.signer.clone()].into(),
+            };
+            State {
+                primary: p,
+                moving: record.clusters.contains_key(&p.name),
+                served: (p.bundle.clone(), p.signer.clone()),
+                istiod: (p.bundle.clone(), p.signer.clone()),
+                workloads: live.clone(),
+                pinned: p.pinned.iter().map(|_| live.clone()).collect(),
+            }
+        })
+        .collect();
+    let before = working_pairs(&states);
+    let mut out = Vec::new();
+    for (step, line) in super::steps_ahead(record, scopes, now) {
+        let mut notes = Vec::new();
+        play(&step, record, roots, &mut states, &mut notes);
+        let Some(line) = line else {
+            continue;
+        };
+        let now_working = working_pairs(&states);
+        let breaks = before
+            .iter()
+            .filter(|pair| !now_working.contains(*pair))
+            .map(|(a, b)| why_broken(&states, a, b))
+            .collect();
+        out.push(CheckedStep {
+            step: line,
+            breaks,
+            notes,
+        });
+    }
+    out
+}
+
+/// The `cacerts` (bundle, signer) a moving primary serves for `of`.
+fn material(
+    kind: TransitionKind,
+    p: &Primary,
+    roots: &Roots,
+    of: MaterialOf,
+) -> (BTreeSet<String>, String) {
+    let with_new = || {
+        let mut b = p.bundle.clone();
+        b.insert(roots.new.clone());
+        b
+    };
+    match (kind, of) {
+        (_, MaterialOf::Original) => (p.bundle.clone(), p.signer.clone()),
+        (TransitionKind::RemoveRoot, _) => {
+            let mut b = p.bundle.clone();
+            if let Some(r) = &roots.removed {
+                b.remove(r);
+            }
+            (b, p.signer.clone())
+        }
+        (_, MaterialOf::Phase(Phase::AddNewRoot)) => (with_new(), p.signer.clone()),
+        (_, MaterialOf::Phase(Phase::SwitchSigner)) => (with_new(), roots.new.clone()),
+        (_, MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done)) => {
+            ([roots.new.clone()].into(), roots.new.clone())
+        }
+    }
+}
+
+fn play(
+    step: &Step,
+    record: &Record,
+    roots: &Roots,
+    states: &mut [State<'_>],
+    notes: &mut Vec<String>,
+) {
+    let skip = record.options.skip_workload_restarts;
+    match step {
+        Step::Write {
+            cluster,
+            material: of,
+        } => {
+            if let Some(s) = states.iter_mut().find(|s| &s.primary.name == cluster) {
+                s.served = material(record.kind, s.primary, roots, *of);
+            }
+        }
+        Step::Restart { cluster, stage } => {
+            if let Some(s) = states.iter_mut().find(|s| &s.primary.name == cluster) {
+                match stage {
+                    Stage::Istiod => istiod_restarts(s),
+                    Stage::Gateways => {}
+                    Stage::Workloads => workloads_restart(s),
+                }
+            }
+        }
+        // Whoever applies a folder restarts istiod, the gateways and (unless restarts are
+        // skipped) the workloads there.
+        Step::AwaitApplied { .. } | Step::CheckGate { .. } => {
+            for s in states
+                .iter_mut()
+                .filter(|s| s.moving && s.primary.directory)
+            {
+                if s.istiod != s.served {
+                    istiod_restarts(s);
+                    if !skip {
+                        workloads_restart(s);
+                    }
+                }
+            }
+            if let Step::CheckGate { material: of } = step {
+                gate(record, *of, states, skip, notes);
+            }
+        }
+        // Certificates of the old signers have expired by the drain's end.
+        Step::Drain { .. } => {
+            for s in states.iter_mut() {
+                let signer: BTreeSet<String> = [s.istiod.1.clone()].into();
+                s.workloads.certs = signer.clone();
+                for p in &mut s.pinned {
+                    p.certs = signer.clone();
+                }
+            }
+        }
+        Step::AwaitApproval { .. } | Step::Held { .. } | Step::Stopped { .. } | Step::Finished => {}
+    }
+}
+
+/// istiod takes the served `cacerts`: renewals from now on come from its signer, and proxies
+/// that take pushed bundles receive its bundle.
+fn istiod_restarts(s: &mut State<'_>) {
+    s.istiod = s.served.clone();
+    let (bundle, signer) = s.istiod.clone();
+    s.workloads.certs.insert(signer.clone());
+    for (p, live) in s.primary.pinned.iter().zip(&mut s.pinned) {
+        live.certs.insert(signer.clone());
+        if p.pushed && s.primary.multiroot {
+            live.trust = bundle.clone();
+        }
+    }
+}
+
+fn workloads_restart(s: &mut State<'_>) {
+    s.workloads = Live {
+        trust: s.istiod.0.clone(),
+        certs: [s.istiod.1.clone()].into(),
+    };
+}
+
+/// A gate holds once every proxy it waits for has what istiod serves: without restarts the
+/// workloads have it (pushed, or renewed: `start` refuses otherwise); with `--wait-for-renewal`
+/// so do pinned proxies. At `AddNewRoot`, pinned proxies that have it by neither way hold the
+/// gate until re-created — the note says so; played out here as never re-created.
+fn gate(
+    record: &Record,
+    of: MaterialOf,
+    states: &mut [State<'_>],
+    skip: bool,
+    notes: &mut Vec<String>,
+) {
+    let renewal = record.options.renewal_wait_seconds.is_some() || record.options.wait_for_renewal;
+    for s in states.iter_mut().filter(|s| s.moving) {
+        if skip {
+            s.workloads.trust = s.istiod.0.clone();
+        }
+        for (p, live) in s.primary.pinned.iter().zip(&mut s.pinned) {
+            let pushed = p.pushed && s.primary.multiroot;
+            if renewal && !pushed {
+                live.trust = s.istiod.0.clone();
+                live.certs.insert(s.istiod.1.clone());
+            } else if !pushed
+                && live.trust != s.istiod.0
+                && of == MaterialOf::Phase(Phase::AddNewRoot)
+            {
+                notes.push(format!(
+                    "holds only once {} is re-created (or its namespace excluded): it keeps \
+                     the bundle it started with",
+                    p.name
+                ));
+            }
+        }
+    }
+}
+
+/// A group of proxies: a primary's restartable workloads (with its remotes'), or one pinned
+/// proxy. Named for output.
+fn groups<'a>(states: &'a [State<'a>]) -> Vec<(String, &'a Live)> {
+    let mut out = Vec::new();
+    for s in states {
+        out.push((format!("{} workloads", s.primary.name), &s.workloads));
+        for (p, live) in s.primary.pinned.iter().zip(&s.pinned) {
+            out.push((p.name.clone(), live));
+        }
+    }
+    out
+}
+
+/// Pairs of groups (including a group with itself) whose proxies complete mTLS both ways:
+/// each trusts every root the other's certificates chain to.
+fn working_pairs(states: &[State<'_>]) -> BTreeSet<(String, String)> {
+    let groups = groups(states);
+    let mut out = BTreeSet::new();
+    for (i, (a, la)) in groups.iter().enumerate() {
+        for (b, lb) in &groups[i..] {
+            if la.certs.is_subset(&lb.trust) && lb.certs.is_subset(&la.trust) {
+                out.insert((a.clone(), b.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn why_broken(states: &[State<'_>], a: &str, b: &str) -> String {
+    let groups = groups(states);
+    let find = |n: &str| groups.iter().find(|(g, _)| g == n).map(|(_, l)| *l);
+    let (Some(la), Some(lb)) = (find(a), find(b)) else {
+        return format!("{a} ↔ {b}");
+    };
+    let untrusted = |from: &Live, to: &Live| -> Vec<String> {
+        from.certs.difference(&to.trust).cloned().collect()
+    };
+    let (ab, ba) = (untrusted(la, lb), untrusted(lb, la));
+    if a == b {
+        return format!(
+            "{a}, among themselves: their certificates chain to {}, which they no longer trust",
+            ab.join(", ")
+        );
+    }
+    let mut why = Vec::new();
+    if !ab.is_empty() {
+        why.push(format!(
+            "{b} does not trust {}, which certificates of {a} chain to",
+            ab.join(", ")
+        ));
+    }
+    if !ba.is_empty() {
+        why.push(format!(
+            "{a} does not trust {}, which certificates of {b} chain to",
+            ba.join(", ")
+        ));
+    }
+    format!("{a} ↔ {b}: {}", why.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transition::Options;
+
+    fn primary(name: &str, root: &str, pinned: Vec<Pinned>) -> Primary {
+        Primary {
+            name: name.into(),
+            bundle: [root.to_string()].into(),
+            signer: root.into(),
+            multiroot: false,
+            directory: false,
+            pinned,
+        }
+    }
+
+    fn scopes(names: &[&str]) -> Vec<Scope> {
+        names
+            .iter()
+            .map(|n| Scope {
+                primary: n.to_string(),
+                remotes: vec![],
+            })
+            .collect()
+    }
+
+    fn rotation(primaries: &[Primary], options: Options) -> Vec<CheckedStep> {
+        let record = Record::new(
+            TransitionKind::RotateRoot,
+            primaries.iter().map(|p| p.name.clone()),
+            options,
+        );
+        let names: Vec<&str> = primaries.iter().map(|p| p.name.as_str()).collect();
+        let roots = Roots {
+            new: "the new root".into(),
+            removed: None,
+        };
+        check(
+            &record,
+            &scopes(&names),
+            primaries,
+            &roots,
+            OffsetDateTime::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn a_plain_rotation_breaks_no_pair_at_any_step() {
+        let mesh = [primary("a", "old", vec![]), primary("b", "old", vec![])];
+        let steps = rotation(&mesh, Options::for_tests());
+        assert!(!steps.is_empty());
+        for s in &steps {
+            assert!(s.breaks.is_empty(), "{s:#?}");
+        }
+    }
+
+    /// A bare pod keeps the bundle it started with: once a cluster signs under the new root,
+    /// its pairs with that cluster's workloads break — flagged at the write's istiod restart,
+    /// with the AddNewRoot gate's note that it waits for the pod to be re-created.
+    #[test]
+    fn a_bare_pod_is_flagged_where_the_new_signer_reaches_it() {
+        let pod = Pinned {
+            name: "b/app/debug (a bare pod)".into(),
+            pushed: false,
+        };
+        let mesh = [primary("a", "old", vec![]), primary("b", "old", vec![pod])];
+        let steps = rotation(&mesh, Options::for_tests());
+        let first = steps
+            .iter()
+            .position(|s| !s.breaks.is_empty())
+            .expect("a step breaks the bare pod");
+        let s = &steps[first];
+        assert_eq!(s.step.phase, Phase::SwitchSigner, "{s:#?}");
+        assert!(s.step.action.contains("restart istiod"), "{s:#?}");
+        assert!(
+            s.breaks
+                .iter()
+                .any(|b| b.contains("b/app/debug (a bare pod) does not trust the new root")),
+            "{s:#?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.notes.iter().any(|n| n.contains("re-created"))),
+            "the AddNewRoot gate says it waits"
+        );
+        // Taking pushed bundles from a multi-root istiod, it follows: nothing breaks.
+        let mut mesh = mesh;
+        mesh[1].multiroot = true;
+        mesh[1].pinned[0].pushed = true;
+        assert!(
+            rotation(&mesh, Options::for_tests())
+                .iter()
+                .all(|s| s.breaks.is_empty())
+        );
+    }
+
+    /// Without workload restarts, certificates of the old signer live until they expire: the
+    /// drain is what makes RemoveOldRoot safe. With none, the removal is flagged.
+    #[test]
+    fn removing_the_old_root_before_its_certificates_expire_is_flagged() {
+        let mesh = [primary("a", "old", vec![]), primary("b", "old", vec![])];
+        let mut o = Options::for_tests();
+        o.skip_workload_restarts = true;
+        assert!(
+            rotation(&mesh, o.clone())
+                .iter()
+                .all(|s| s.breaks.is_empty())
+        );
+        o.drain_seconds = 0;
+        let steps = rotation(&mesh, o);
+        let flagged: Vec<_> = steps.iter().filter(|s| !s.breaks.is_empty()).collect();
+        assert!(!flagged.is_empty(), "{steps:#?}");
+        assert!(
+            flagged.iter().all(|s| s.step.phase == Phase::RemoveOldRoot),
+            "{flagged:#?}"
+        );
+        assert!(
+            flagged[0].breaks[0].contains("chain to old"),
+            "{flagged:#?}"
+        );
+    }
+}
