@@ -2029,7 +2029,15 @@ fn plan_check_flags_the_step_that_would_break_a_bare_pod() {
         ])
         .fails_with(5)
         .stdout;
-    let steps: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let checked: Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        checked["before"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("cluster3/app/debug"))
+    );
+    let steps = checked["steps"].as_array().unwrap();
     assert!(
         steps
             .iter()

@@ -407,10 +407,10 @@ async fn check_trust_graph(
         return Ok(());
     }
     let record = transition::Record::new(kind, moving, options);
-    let steps = check::check(&record, &scopes(config), &primaries, &roots, now);
-    let flagged = steps.iter().filter(|s| !s.breaks.is_empty()).count();
+    let checked = check::check(&record, &scopes(config), &primaries, &roots, now);
+    let flagged = checked.flagged();
     if format == Format::Json {
-        output::print_json(&steps);
+        output::print_json(&checked);
     } else {
         let pinned: Vec<&str> = primaries
             .iter()
@@ -428,8 +428,10 @@ async fn check_trust_graph(
                 pinned.join(", ")
             }
         );
+        say!("trusting each other now: {}", checked.before.join(", "));
         let mut phase = None;
-        for (i, s) in steps.iter().enumerate() {
+        let mut trusting = &checked.before;
+        for (i, s) in checked.steps.iter().enumerate() {
             if phase != Some(s.step.phase) {
                 say!("\n{}:", s.step.phase);
                 phase = Some(s.step.phase);
@@ -448,6 +450,14 @@ async fn check_trust_graph(
             }
             for n in &s.notes {
                 say!("         note: {n}");
+            }
+            // Who completes mTLS with whom, whenever that changes.
+            if &s.trusting != trusting {
+                say!(
+                    "         trusting each other from here: {}",
+                    s.trusting.join(", ")
+                );
+                trusting = &s.trusting;
             }
         }
         if flagged == 0 {

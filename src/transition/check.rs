@@ -146,6 +146,8 @@ pub struct CheckedStep {
     /// What the step depends on (a gate that waits for pods to be re-created, say).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Every pair of proxy groups (`a ↔ b`) that completes mTLS after this step.
+    pub trusting: Vec<String>,
 }
 
 /// What proxies of one kind trust and present.
@@ -166,6 +168,21 @@ struct State<'a> {
     pinned: Vec<Live>,
 }
 
+/// The trust graph before a transition and after each of its steps.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checked {
+    /// Every pair of proxy groups (`a ↔ b`) that completes mTLS now.
+    pub before: Vec<String>,
+    pub steps: Vec<CheckedStep>,
+}
+
+impl Checked {
+    /// How many steps would break a pair that works now.
+    pub fn flagged(&self) -> usize {
+        self.steps.iter().filter(|s| !s.breaks.is_empty()).count()
+    }
+}
+
 /// Plays `record`'s steps from the start over `primaries` (every primary of the topology; those
 /// the record does not move keep what they serve). `scopes` and `now` as for
 /// [`super::steps_ahead`].
@@ -175,7 +192,7 @@ pub fn check(
     primaries: &[Primary],
     roots: &Roots,
     now: OffsetDateTime,
-) -> Vec<CheckedStep> {
+) -> Checked {
     let mut states: Vec<State<'_>> = primaries
         .iter()
         .map(|p| {
@@ -194,6 +211,12 @@ pub fn check(
         })
         .collect();
     let before = working_pairs(&states);
+    let shown = |pairs: &BTreeSet<(String, String)>| {
+        pairs
+            .iter()
+            .map(|(a, b)| format!("{a} ↔ {b}"))
+            .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     for (step, line) in super::steps_ahead(record, scopes, now) {
         let mut notes = Vec::new();
@@ -211,9 +234,13 @@ pub fn check(
             step: line,
             breaks,
             notes,
+            trusting: shown(&now_working),
         });
     }
-    out
+    Checked {
+        before: shown(&before),
+        steps: out,
+    }
 }
 
 /// The `cacerts` (bundle, signer) a moving primary serves for `of`.
@@ -446,6 +473,10 @@ mod tests {
     }
 
     fn rotation(primaries: &[Primary], options: Options) -> Vec<CheckedStep> {
+        rotation_checked(primaries, options).steps
+    }
+
+    fn rotation_checked(primaries: &[Primary], options: Options) -> Checked {
         let record = Record::new(
             TransitionKind::RotateRoot,
             primaries.iter().map(|p| p.name.clone()),
