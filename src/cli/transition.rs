@@ -455,7 +455,10 @@ async fn check_trust_graph(
             if &s.trusting != trusting {
                 say!(
                     "         trusting each other from here: {}",
-                    s.trusting.join(", ")
+                    match s.trusting.is_empty() {
+                        true => "no pair".to_string(),
+                        false => s.trusting.join(", "),
+                    }
                 );
                 trusting = &s.trusting;
             }
