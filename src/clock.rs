@@ -42,3 +42,45 @@ impl Clock for FixedClock {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// A duration as people write it: `24h`, `90m`, `1h 30m`, `45s`; whole weeks and more in
+/// days (`365d`). Sub-second parts are dropped.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    const DAY: u64 = 86_400;
+    let secs = d.as_secs();
+    if secs >= 7 * DAY && secs.is_multiple_of(DAY) {
+        return format!("{}d", secs / DAY);
+    }
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let parts: Vec<String> = [(h, "h"), (m, "m"), (s, "s")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    match parts.is_empty() {
+        true => "0s".into(),
+        false => parts.join(" "),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::fmt_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (90 * 60, "1h 30m"),
+            (86_400, "24h"),
+            (12 * 3600 + 29 * 60, "12h 29m"),
+            (3 * 86_400 + 1, "72h 1s"),
+            (365 * 86_400, "365d"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(fmt_duration(Duration::from_secs(secs)), text, "{secs}");
+        }
+    }
+}

@@ -213,7 +213,7 @@ fn rollback_restores_the_previous_material_byte_for_byte() {
     }
     common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
-    assert!(status.contains("RolledBack"), "{status}");
+    assert!(status.contains("rolled back"), "{status}");
     // A new migration may start; the old transition's files are moved aside, not deleted.
     s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
         .ok();
@@ -260,7 +260,7 @@ fn a_rollback_waiting_a_drain_is_continued_by_resume() {
     s.cacertd(&["transition", "resume", "--wait"]).ok();
     common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
-    assert!(status.contains("RolledBack"), "{status}");
+    assert!(status.contains("rolled back"), "{status}");
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
         assert_eq!(served(&s, c), original[i], "{c}");
     }
@@ -284,7 +284,7 @@ fn a_gate_that_does_not_hold_fails_naming_the_cluster_and_resume_completes_once_
     assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("Failed") && status.contains("cluster2"),
+        status.contains("failed: ") && status.contains("cluster2"),
         "{status}"
     );
 
@@ -771,7 +771,7 @@ fn a_planted_root_is_removed_in_one_phase_keeping_every_signer() {
     common::drive_folders(&s, false);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("RemoveRoot transition: phase Done"),
+        status.contains("remove-root transition: phase Done"),
         "{status}"
     );
     let status = s.cacertd(&["status"]).ok().stdout;

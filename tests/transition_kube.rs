@@ -324,7 +324,7 @@ fn two_self_signed_primaries_and_a_remote_migrate_with_gates_and_restarts() {
     );
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("phase AddNewRoot") && status.contains("Failed"),
+        status.contains("phase AddNewRoot") && status.contains("failed: "),
         "{status}"
     );
     assert!(
@@ -668,7 +668,7 @@ fn an_unreachable_cluster_fails_the_gate_by_name_and_resume_completes_once_it_is
     assert!(!run.stderr.contains("cluster1:"), "{}", run.stderr);
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("phase AddNewRoot") && status.contains("Failed"),
+        status.contains("phase AddNewRoot") && status.contains("failed: "),
         "{status}"
     );
 
@@ -744,7 +744,7 @@ fn rollback_from_every_phase_restores_each_previous_material_on_kubernetes() {
         );
     }
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
-    assert!(status.contains("RolledBack"), "{status}");
+    assert!(status.contains("rolled back"), "{status}");
     let restarted = |ns: &str, name: &str| {
         c1.get("deployments", ns, name).unwrap()["spec"]["template"]["metadata"]["annotations"]
             ["kubectl.kubernetes.io/restartedAt"]

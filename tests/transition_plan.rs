@@ -36,7 +36,7 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
     assert_eq!(numbered.len(), 13, "{first}");
     assert!(!first.contains("restart the"), "{first}");
     assert!(!first.contains("ConfigMap"), "{first}");
-    assert!(first.contains("drain 1day"), "{first}");
+    assert!(first.contains("drain 24h"), "{first}");
     // A numbered line, matched from its start ("  9." is not " 19.").
     let pos = |n: usize, rest: &str| {
         let needle = format!("\n  {n:>3}. {rest}");
@@ -65,7 +65,7 @@ fn the_migration_plan_lists_every_step_and_changes_nothing() {
     assert!(phase("SwitchSigner") < pos(5, "cluster1: write cacerts into its folder: a new"));
     pos(7, "wait until the folders");
     assert!(
-        pos(9, "wait the drain period (1day)")
+        pos(9, "wait the drain period (24h)")
             < pos(
                 10,
                 "cluster1: write cacerts into its folder: the new intermediate; root-cert.pem = \

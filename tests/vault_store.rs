@@ -952,7 +952,7 @@ fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
     s.through_folders(&["transition", "rollback", "--wait"])
         .ok();
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
-    assert!(status.contains("RolledBack"), "{status}");
+    assert!(status.contains("rolled back"), "{status}");
     assert_eq!(last_root(&vault, "cacertd/root"), first, "nothing swapped");
     assert_eq!(
         std::fs::read_to_string(s.path("out/cluster1/root-cert.pem")).unwrap(),

@@ -43,8 +43,25 @@ pub struct Args {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log lines as text (coloured only when stderr is a terminal and NO_COLOR is unset) or
+    /// as one JSON object per line, for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CACERTD_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +151,17 @@ pub enum Command {
 
     /// Check the configuration and policies, and print the topology.
     Check,
+
+    /// Print cacertd's version, the commit it was built from, the Rust compiler that built
+    /// it and its TLS crypto provider.
+    Version(OutputArgs),
+
+    /// Print a shell completion script (bash, zsh or fish) to stdout, e.g.
+    /// `cacertd completion bash > /etc/bash_completion.d/cacertd`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -77,7 +77,7 @@ impl CliError {
 /// Entry point of the binary: parses arguments, sets up logging, runs, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.verbose);
+    init_tracing(args.verbose, args.log_format);
     if let Err(e) = crate::harden::forbid_core_dumps() {
         tracing::warn!(error = %e, "core dumps could not be turned off: a crash could write key material to disk");
     }
@@ -105,7 +105,7 @@ pub fn main() -> ExitCode {
 /// a body may be a Secret holding an intermediate key. Never shown, whatever the filter.
 const NO_RESPONSE_BODIES: &str = "kube_client::client=off";
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, format: args::LogFormat) {
     // vaultrs and rustify log every failed call at ERROR with terse messages; cacertd reports
     // those failures itself, with the path and what to do.
     let default = match verbose {
@@ -121,25 +121,69 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!("{default},{NO_RESPONSE_BODIES}"))
         });
-    let _ = tracing_subscriber::fmt()
+    // Escape codes only where a person reads them: not in a file, a pipe or `kubectl logs`.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(colour);
+    let _ = match format {
+        args::LogFormat::Text => builder.try_init(),
+        args::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
-/// Runs one command.
+/// `cacertd version`: what this binary is, as a bug report needs it.
+fn version(format: Format) {
+    let fields = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("CACERTD_GIT_COMMIT")),
+        ("rustc", env!("CACERTD_RUSTC_VERSION")),
+        ("crypto_provider", "aws-lc-rs (rustls)"),
+    ];
+    match format {
+        Format::Json => output::print_json(&serde_json::Map::from_iter(
+            fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))),
+        )),
+        Format::Table => {
+            for (k, v) in fields {
+                say!("{k}: {v}");
+            }
+        }
+    }
+}
+
 /// Runs one command; `clock` is the one time source of the whole run (the daemon and the
 /// transition driver ask it too).
 pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), CliError> {
     let Args {
         config: config_path,
         verbose: _,
+        log_format: _,
         command,
     } = args;
     let now = clock.now();
     match command {
         // `verify` needs no configuration.
         Command::Verify(v) => verify(&v.dir, v.at.as_deref(), v.output.output, now),
+        // Neither reads the configuration.
+        Command::Version(o) => {
+            version(o.output);
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "cacertd",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         command => {
             let config = Config::load(&config_path)?;
             match command {
@@ -213,7 +257,9 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                 Command::Transition(t) => transition_cmd(&config, t, &clock).await,
                 Command::Serve => serve(config, clock.clone()).await,
                 Command::Restart(a) => restart(&config, a, now).await,
-                Command::Verify(_) => unreachable!("handled above"),
+                Command::Verify(_) | Command::Version(_) | Command::Completion { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -58,7 +58,14 @@ pub(super) async fn migrate_start(
     let store = RecordStore::open(config).await?;
     let options = transition_options(config, plan);
     let record =
-        transition::start::start_migrate(config, &store, options, now, drive.dry_run).await?;
+        match transition::start::start_migrate(config, &store, options, now, drive.dry_run).await {
+            // A dry run that finds nothing to do has done what it was asked.
+            Err(driver::DriveError::NothingToDo(why)) if drive.dry_run => {
+                say!("dry run: {why}; nothing to do");
+                return Ok(());
+            }
+            other => other?,
+        };
     print_istiod(config, &record).await;
     if drive.dry_run {
         print_dry_run(config, &record, "migration", now);
@@ -197,10 +204,10 @@ fn applied_note(clusters: &[String]) -> String {
 fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
     say!(
-        "dry run: the {what} would cover {} (phase {}, {:?}). Nothing was changed.",
+        "dry run: the {what} would cover {} ({}, {}). Nothing was changed.",
         clusters.join(", "),
-        record.phase,
-        record.state
+        record.position(),
+        record.state.describe()
     );
     let scopes: Vec<transition::Scope> = scopes(config)
         .into_iter()
@@ -517,7 +524,7 @@ pub(super) async fn transition_cmd(
             if let Some(timeout) = a.gate_timeout {
                 let detail = format!(
                     "every gate from now on may wait {}",
-                    humantime::format_duration(timeout)
+                    crate::clock::fmt_duration(timeout)
                 );
                 note("transition-gate-timeout", &record, Some(detail));
             }
@@ -655,16 +662,21 @@ async fn transition_status(
         return Ok(());
     }
     say!(
-        "{:?} transition: phase {}, {:?}",
-        record.kind,
-        record.phase,
-        record.state
+        "{} transition: {}, {}",
+        record.kind.name(),
+        record.position(),
+        record.state.describe()
     );
+    let done = record.phase == transition::Phase::Done;
     for (c, p) in &record.clusters {
         let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
         say!(
             "  {c}: {}; restarted: {}",
-            if p.written { "written" } else { "not written" },
+            match (done, p.written) {
+                (true, _) => "every phase written",
+                (false, true) => "written",
+                (false, false) => "not written",
+            },
             if restarts.is_empty() {
                 "-".to_string()
             } else {
@@ -710,11 +722,11 @@ fn transition_dry_run(
         _ => {
             say!(
                 "dry run: would move the record and material in {} aside (nothing is \
-                 deleted) and forget the transition at phase {}, {:?}; no cluster would be \
-                 touched. Nothing was changed.",
+                 deleted) and forget the transition ({}, {}); no cluster would be touched. \
+                 Nothing was changed.",
                 files.describe(),
-                record.phase,
-                record.state
+                record.position(),
+                record.state.describe()
             );
             return Ok(());
         }
@@ -781,8 +793,8 @@ pub(super) async fn transition_plan(
         } else {
             String::new()
         },
-        humantime::format_duration(drain),
-        humantime::format_duration(config.transition.gate_timeout)
+        crate::clock::fmt_duration(drain),
+        crate::clock::fmt_duration(config.transition.gate_timeout)
     );
     print_steps(&steps, true);
     if kind == TransitionKind::RotateRoot {

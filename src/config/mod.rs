@@ -17,9 +17,20 @@ use crate::topology::{Cluster, Role, TargetConfig, Topology};
 use raw::*;
 use sections::Sections;
 
+/// For a config file that is not there: where cacertd looks for one.
+fn missing_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (name the file with -c FILE or the CACERTD_CONFIG environment variable; without \
+             either, cacertd reads cacertd.toml in the current directory)"
+        }
+        _ => "",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {file}: {source}")]
+    #[error("cannot read config {file}: {source}{hint}", hint = missing_hint(source))]
     Read {
         file: PathBuf,
         source: std::io::Error,

@@ -438,7 +438,7 @@ impl Daemon {
         let wait = BACKOFF_START
             .saturating_mul(1 << (failures - 1).min(16))
             .min(self.config.daemon.backoff_max);
-        tracing::info!(cluster, failures, wait = %humantime::format_duration(wait), "backing off");
+        tracing::info!(cluster, failures, wait = %crate::clock::fmt_duration(wait), "backing off");
         schedule.insert(
             cluster.to_string(),
             Schedule {

@@ -577,13 +577,7 @@ impl Work<'_> {
 }
 
 fn state_name(state: &State) -> String {
-    match state {
-        State::Active => "active".into(),
-        State::Failed { report, .. } => format!("failed: {report}"),
-        State::RollingBack { to } => format!("rolling back to {}", describe_material(*to)),
-        State::Held { note } => format!("held: {note}"),
-        State::RolledBack => "rolled back".into(),
-    }
+    state.describe()
 }
 
 fn describe_material(of: MaterialOf) -> String {

@@ -30,6 +30,19 @@ pub struct ClusterProgress {
     pub istiod_restarted_at: Option<i64>,
 }
 
+impl State {
+    /// The state in words, as `transition status` and the logs print it.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Active => "active".into(),
+            State::Failed { report, .. } => format!("failed: {report}"),
+            State::RollingBack { to } => format!("rolling back to {}", to.describe()),
+            State::Held { note } => format!("held: {note}"),
+            State::RolledBack => "rolled back".into(),
+        }
+    }
+}
+
 impl ClusterProgress {
     /// The next restart stage; none for a directory target, whose restarts are up to whoever
     /// applies the folder.
@@ -424,6 +437,16 @@ impl Record {
                     && (self.kind != TransitionKind::RotateRoot || self.root_swapped)
             }
             _ => false,
+        }
+    }
+
+    /// Where the transition stands, in words: `in phase SwitchSigner`, `waiting to enter phase
+    /// SwitchSigner` (no cluster written in it yet), `phase Done`.
+    pub fn position(&self) -> String {
+        match (self.phase, &self.state) {
+            (Phase::Done, _) => "phase Done".into(),
+            (p, State::Active) if self.untouched() => format!("waiting to enter phase {p}"),
+            (p, _) => format!("in phase {p}"),
         }
     }
 

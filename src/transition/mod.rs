@@ -123,6 +123,15 @@ pub enum MaterialOf {
     Phase(Phase),
 }
 
+impl MaterialOf {
+    pub fn describe(self) -> String {
+        match self {
+            MaterialOf::Original => "the material from before the transition".into(),
+            MaterialOf::Phase(p) => format!("phase {p}'s material"),
+        }
+    }
+}
+
 /// A trust transition, as issuance sees it: the roots of the material it moves between, and
 /// whether none is under way for sure (a record that cannot be read counts as one under way).
 pub struct InFlight {

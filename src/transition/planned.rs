@@ -160,7 +160,7 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
             Some(format!(
                 "wait the drain period ({}) so that no live workload certificate chains to the \
                  old root",
-                humantime::format_duration(std::time::Duration::from_secs(options.drain_seconds))
+                crate::clock::fmt_duration(std::time::Duration::from_secs(options.drain_seconds))
             )),
             Then::Pass,
         ),
@@ -315,7 +315,7 @@ mod tests {
             .position(|s| s.action.contains("drain"))
             .unwrap();
         assert_eq!(steps[drain].phase, Phase::RemoveOldRoot);
-        assert!(steps[drain].action.contains("1day"), "{:?}", steps[drain]);
+        assert!(steps[drain].action.contains("(24h)"), "{:?}", steps[drain]);
         assert!(
             steps[..drain]
                 .iter()

@@ -186,7 +186,7 @@ pub(super) async fn check_skipped_restarts(
                  wait of one renewal ({}) before the new root signs with --wait-for-renewal, \
                  or start without --skip-workload-restarts",
                 lacking.join("; "),
-                humantime::format_duration(whole_seconds(renewal))
+                crate::clock::fmt_duration(whole_seconds(renewal))
             )));
         }
         let wait = whole_seconds(renewal).as_secs().max(1);
@@ -199,7 +199,7 @@ pub(super) async fn check_skipped_restarts(
             "--skip-workload-restarts: without restarts a proxy presents a certificate of the \
              old signer until it renews, so the old root must stay trusted that long: --drain \
              must be at least {} (the longest renewal among the proxies)",
-            humantime::format_duration(whole_seconds(renewal) + Duration::from_secs(1))
+            crate::clock::fmt_duration(whole_seconds(renewal) + Duration::from_secs(1))
         )));
     }
     Ok(())

@@ -104,7 +104,7 @@ pub(super) fn show_drain(
     left: std::time::Duration,
     now: OffsetDateTime,
 ) {
-    let left_text = humantime::format_duration(Duration::from_secs(left.as_secs()));
+    let left_text = crate::clock::fmt_duration(left);
     progress.show(Event {
         at: now,
         event: "drain",

@@ -81,13 +81,14 @@ impl Setup {
         ] {
             cmd.env_remove(v);
         }
-        cmd.envs(env.iter().copied());
         cmd.current_dir(self.dir.path())
             .arg("-c")
             .arg("cacertd.toml")
             .args(args)
             .env_remove("RUST_LOG")
-            .env_remove("CACERTD_CONFIG");
+            .env_remove("CACERTD_CONFIG")
+            .env_remove("CACERTD_LOG_FORMAT");
+        cmd.envs(env.iter().copied());
         Run::of(output_within(cmd, RUN_TIMEOUT))
     }
 

@@ -1,0 +1,125 @@
+//! What the command line prints, as a newcomer and a log collector meet it: no escape codes
+//! where stderr is not a terminal, JSON log lines on request, `version`, shell completions,
+//! durations as people write them, and errors that say how to fix them.
+
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Setup;
+
+/// A setup whose root key file is readable by others: `issue` warns about it.
+fn warning_setup() -> Setup {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    std::fs::set_permissions(
+        s.path("state/root/root-key.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn log_lines_carry_no_escape_codes_when_stderr_is_not_a_terminal() {
+    let s = warning_setup();
+    let run = s.cacertd(&["issue"]).ok();
+    assert!(
+        run.stderr.contains("root key file is readable"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
+}
+
+#[test]
+fn log_lines_are_json_objects_on_request() {
+    let s = warning_setup();
+    for run in [
+        s.cacertd(&["--log-format", "json", "issue", "--force"]),
+        s.cacertd_env(&["issue", "--force"], &[("CACERTD_LOG_FORMAT", "json")]),
+    ] {
+        let run = run.ok();
+        let lines: Vec<serde_json::Value> = run
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("root key file is readable"))),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn version_names_the_build() {
+    let s = Setup::new();
+    let run = s.cacertd(&["version"]).ok();
+    assert!(
+        run.stdout
+            .contains(&format!("version: {}", env!("CARGO_PKG_VERSION")))
+            && run.stdout.contains("rustc: rustc 1.")
+            && run.stdout.contains("crypto_provider: aws-lc-rs"),
+        "{}",
+        run.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&s.cacertd(&["version", "-o", "json"]).ok().stdout).unwrap();
+    let commit = json["commit"].as_str().unwrap();
+    assert!(!commit.is_empty(), "{json}");
+    // It needs no configuration.
+    std::fs::remove_file(s.path("cacertd.toml")).unwrap();
+    s.cacertd(&["version"]).ok();
+}
+
+#[test]
+fn shell_completions_are_generated_for_every_command() {
+    let s = Setup::new();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef cacertd"),
+        ("fish", "complete -c cacertd"),
+    ] {
+        let run = s.cacertd(&["completion", shell]).ok();
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("remove-root") && run.stdout.contains("rotate-root"),
+            "{shell}"
+        );
+    }
+    s.cacertd(&["completion", "powershell-9"]).fails_with(2);
+}
+
+#[test]
+fn a_missing_config_says_where_cacertd_looks() {
+    let s = Setup::new();
+    std::fs::remove_file(s.path("cacertd.toml")).unwrap();
+    let run = s.cacertd(&["status"]).fails_with(2);
+    assert!(
+        run.stderr.contains("cacertd.toml")
+            && run.stderr.contains("-c FILE")
+            && run.stderr.contains("CACERTD_CONFIG"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Plans print durations as people write them, and a dry run with nothing to do succeeds.
+#[test]
+fn plans_say_24h_and_a_dry_run_with_nothing_to_do_succeeds() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let plan = s.cacertd(&["rotate-root", "plan"]).ok().stdout;
+    assert!(plan.contains("drain 24h; each gate may wait"), "{plan}");
+    let run = s.cacertd(&["migrate", "start", "--dry-run"]).ok();
+    assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
+    assert!(!s.path("state/transition").exists());
+}
