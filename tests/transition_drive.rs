@@ -106,7 +106,7 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
     }
     let status = s.cacertd(&["transition", "status"]).ok().stdout;
     assert!(
-        status.contains("phase SwitchSigner")
+        status.contains("migrate transition: waiting to enter phase SwitchSigner, active")
             && status.contains("next: wait for an operator's approval to enter SwitchSigner"),
         "{status}"
     );
@@ -128,6 +128,14 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
         .stdout;
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["record"]["phase"], "done");
+    let done = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        done.contains("phase Done, active")
+            && done.contains("cluster1: every phase written")
+            && !done.contains("{")
+            && !done.contains("not written"),
+        "{done}"
+    );
     assert_eq!(audit_count(&s, "transition-issue"), 2);
     assert_eq!(audit_count(&s, "transition-write"), 6);
     // Every replaced version is kept: three writes per cluster, three backups.
