@@ -123,3 +123,23 @@ fn plans_say_24h_and_a_dry_run_with_nothing_to_do_succeeds() {
     assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
     assert!(!s.path("state/transition").exists());
 }
+
+/// `check --connect` on folder targets: a folder that can be written (or made) passes; one
+/// that cannot — its parent is a file — is named, exit 1.
+#[test]
+fn check_connect_names_a_folder_that_cannot_be_written() {
+    let s = Setup::new();
+    let run = s.cacertd(&["check", "--connect"]).ok();
+    assert!(
+        run.stdout.contains("cluster1: ok") && run.stdout.contains("cluster2: ok"),
+        "{}",
+        run.stdout
+    );
+    std::fs::write(s.path("out"), b"a file where a folder should be").unwrap();
+    let run = s.cacertd(&["check", "--connect"]).fails_with(1);
+    assert!(
+        run.stdout.contains("is not a folder cacertd can write"),
+        "{}",
+        run.stdout
+    );
+}

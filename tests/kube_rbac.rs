@@ -436,3 +436,64 @@ fn kubernetes_backups_beyond_the_retention_are_removed_where_granted() {
     );
     assert_eq!(tracked(), after);
 }
+
+/// `check --connect` asks each cluster, permission by permission, whether cacertd may do what
+/// it will need: with the shipped RBAC everything is granted; with any part of it broken the
+/// check fails naming what is missing (or, for a rule only some meshes need, notes it); a
+/// kubeconfig that is missing is named. It writes nothing.
+#[test]
+fn check_connect_names_every_permission_the_shipped_rbac_grants_and_nothing_else() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    for c in CLUSTERS {
+        grant_target_rbac(server.cluster(c), "least");
+    }
+    let s = setup_with_tokens(&server, "", |_| "least".to_string());
+    let run = s.cacertd(&["check", "--connect"]).ok();
+    for c in CLUSTERS {
+        assert!(run.stdout.contains(&format!("{c}: ok (")), "{}", run.stdout);
+    }
+    for c in CLUSTERS {
+        let reqs = server.cluster(c).requests();
+        assert!(
+            reqs.iter()
+                .all(|r| r.method == "GET" || r.path.ends_with("/selfsubjectaccessreviews")),
+            "{c}: {reqs:#?}"
+        );
+    }
+
+    for (what, manifest) in broken_variants(&target_rbac()) {
+        let server = TestApiServer::start(&CLUSTERS);
+        mesh(&server);
+        for c in CLUSTERS {
+            grant_as_shipped(server.cluster(c), &manifest.to_string(), "less");
+        }
+        let s = setup_with_tokens(&server, "", |_| "less".to_string());
+        let run = s.cacertd(&["check", "--connect"]);
+        let optional = what.contains("clustertrustbundles") || what.contains("rollouts");
+        if optional {
+            assert!(
+                run.stdout.contains("note: not allowed"),
+                "{what}: {}",
+                run.stdout
+            );
+        } else {
+            assert_eq!(run.code, 1, "{what}: {}{}", run.stdout, run.stderr);
+            assert!(
+                run.stdout.contains("missing") && run.stderr.contains("rbac.yaml"),
+                "{what}: {}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    }
+
+    // A kubeconfig that is not there.
+    std::fs::remove_file(s.path("kube/cluster2.yaml")).unwrap();
+    let run = s.cacertd(&["check", "--connect"]).fails_with(1);
+    assert!(
+        run.stdout.contains("cluster2: 1 missing") && run.stdout.contains("cannot connect"),
+        "{}",
+        run.stdout
+    );
+}

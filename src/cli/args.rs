@@ -149,8 +149,14 @@ pub enum Command {
     #[command(subcommand)]
     Transition(TransitionCommand),
 
-    /// Check the configuration and policies, and print the topology.
-    Check,
+    /// Check the configuration and policies, and print the topology. With --connect, also
+    /// reach every cluster and ask it whether cacertd may do each thing it will need
+    /// (SelfSubjectAccessReview), and check that every folder target is writable.
+    Check {
+        /// Reach every cluster and check every permission; exit 1 naming what is missing.
+        #[arg(long)]
+        connect: bool,
+    },
 
     /// Print cacertd's version, the commit it was built from, the Rust compiler that built
     /// it and its TLS crypto provider.

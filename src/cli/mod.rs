@@ -1,6 +1,7 @@
 //! The `cacertd` command line: argument parsing, command dispatch, exit codes.
 
 mod args;
+mod connect;
 mod issue;
 mod output;
 mod root;
@@ -241,7 +242,13 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     .await
                 }
                 Command::Status(o) => status(&config, o.output, now).await,
-                Command::Check => check(&config),
+                Command::Check { connect } => {
+                    check(&config)?;
+                    match connect {
+                        true => connect::check_connect(&config).await,
+                        false => Ok(()),
+                    }
+                }
                 Command::Migrate(MigrateCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::Migrate, &a.plan, a.check).await
                 }

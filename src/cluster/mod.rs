@@ -9,6 +9,7 @@ pub(crate) mod retry;
 mod writer;
 
 pub use dir::DirTarget;
+pub use kube::access;
 pub use kube::{BundleObjects, KubeTarget, Proxy, RolloutKind, Workload};
 pub use manifest::cacerts_secret_yaml;
 pub use retention::{BackupEntry, Retention};

@@ -14,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 use zeroize::{Zeroize, Zeroizing};
 
+pub mod access;
 mod argo;
 mod backups;
 mod istiod;

@@ -390,6 +390,24 @@ impl KubeTarget {
         &self,
         exclude_selector: Option<&str>,
     ) -> Result<Vec<Workload>, TargetError> {
+        let namespaces = self.injected_namespaces().await?;
+        if namespaces.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One list per kind across the cluster, not one per namespace: the API calls stay
+        // the same however many namespaces are injected.
+        let selector = exclude_selector
+            .map(|s| format!("!{s}"))
+            .unwrap_or_default();
+        let mut out = self.workloads(None, &selector).await?;
+        out.retain(|w| namespaces.contains(&w.namespace));
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        Ok(out)
+    }
+
+    /// The namespaces with sidecar injection (`istio-injection=enabled` or an `istio.io/rev`
+    /// label).
+    pub async fn injected_namespaces(&self) -> Result<Vec<String>, TargetError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let mut namespaces = Vec::new();
         for selector in ["istio-injection=enabled", "istio.io/rev"] {
@@ -405,18 +423,7 @@ impl KubeTarget {
                 }
             }
         }
-        if namespaces.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One list per kind across the cluster, not one per namespace: the API calls stay
-        // the same however many namespaces are injected.
-        let selector = exclude_selector
-            .map(|s| format!("!{s}"))
-            .unwrap_or_default();
-        let mut out = self.workloads(None, &selector).await?;
-        out.retain(|w| namespaces.contains(&w.namespace));
-        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-        Ok(out)
+        Ok(namespaces)
     }
 
     async fn workloads(

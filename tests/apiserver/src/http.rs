@@ -302,6 +302,9 @@ async fn route(
     if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         return token_review(cluster, req).await;
     }
+    if method == Method::POST && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        return self_subject_access_review(cluster, req).await;
+    }
     let target = match parse_path(path) {
         Ok(t) => t,
         Err(r) => return r,
@@ -816,6 +819,52 @@ async fn token_review(cluster: &Arc<FakeCluster>, req: HttpRequest<Incoming>) ->
             "kind": "TokenReview",
             "spec": review["spec"],
             "status": status,
+        }),
+    )
+}
+
+/// A SelfSubjectAccessReview: whether the caller may do what `spec.resourceAttributes` says,
+/// judged by the same RBAC rules every request is.
+async fn self_subject_access_review(
+    cluster: &Arc<FakeCluster>,
+    req: HttpRequest<Incoming>,
+) -> Response<Body> {
+    let token = bearer(&req);
+    if cluster.user_of(token.as_deref()).is_empty() {
+        return error(401, "Unauthorized");
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(400, "cannot read request body"),
+    };
+    let review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    let attrs = &review["spec"]["resourceAttributes"];
+    let field = |f: &str| attrs[f].as_str().filter(|v| !v.is_empty());
+    let (Some(verb), Some(resource)) = (field("verb"), field("resource")) else {
+        return error(400, "spec.resourceAttributes needs verb and resource");
+    };
+    let allowed = {
+        let st = cluster.lock();
+        FakeCluster::authorize_in(
+            &st,
+            token.as_deref(),
+            verb,
+            (field("group").unwrap_or(""), resource),
+            field("namespace"),
+            field("name"),
+        )
+        .is_ok()
+    };
+    full(
+        201,
+        &json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": review["spec"],
+            "status": {"allowed": allowed},
         }),
     )
 }

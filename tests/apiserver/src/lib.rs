@@ -507,10 +507,29 @@ impl FakeCluster {
         ns: Option<&str>,
         name: Option<&str>,
     ) -> Result<(), (u16, String)> {
+        Self::authorize_in(
+            st,
+            token,
+            verb,
+            (store::group_of(resource), resource),
+            ns,
+            name,
+        )
+    }
+
+    /// [`FakeCluster::authorize`] of a resource in a named API group, one the server may not
+    /// serve (a SelfSubjectAccessReview may ask about any).
+    pub(crate) fn authorize_in(
+        st: &ClusterState,
+        token: Option<&str>,
+        verb: &str,
+        (group, resource): (&str, &str),
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), (u16, String)> {
         let Some(who) = token.and_then(|t| st.tokens.get(t)) else {
             return Err((401, "Unauthorized".to_string()));
         };
-        let group = store::group_of(resource);
         let request = rbac::Attributes {
             verb,
             group,
