@@ -186,17 +186,25 @@ pub fn status_row(
 
 /// What `status -o json` prints (and the daemon serves on /status), with the store's name.
 /// `certs` are the store's, as read by the caller (`None`: the store holds no root). The
-/// clusters in `seen` (the daemon's last pass left them unchanged) are not read again.
+/// clusters in `seen` (the daemon's last pass left them unchanged) are not read again. With
+/// `only`, just those clusters are read and shown.
 pub async fn status_report(
     config: &Config,
     store: &str,
     certs: Option<&RootCerts>,
-    seen: &std::collections::HashMap<String, crate::issuance::Seen>,
+    (seen, only): (
+        &std::collections::HashMap<String, crate::issuance::Seen>,
+        Option<&[String]>,
+    ),
     now: OffsetDateTime,
 ) -> StatusReport {
-    let reads: Vec<_> = config
+    let shown: Vec<&Cluster> = config
         .topology
         .clusters()
+        .iter()
+        .filter(|c| only.is_none_or(|o| o.contains(&c.name)))
+        .collect();
+    let reads: Vec<_> = shown
         .iter()
         .map(|cluster| async move {
             match seen.get(&cluster.name) {
@@ -207,9 +215,7 @@ pub async fn status_report(
         .collect();
     let reads = futures::future::join_all(reads).await;
     let known_roots = crate::issuance::known_roots(config).await;
-    let rows = config
-        .topology
-        .clusters()
+    let rows = shown
         .iter()
         .zip(reads)
         .map(|(cluster, known)| status_row(config, cluster, (certs, &known_roots), known, now))

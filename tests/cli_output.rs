@@ -143,3 +143,89 @@ fn check_connect_names_a_folder_that_cannot_be_written() {
         run.stdout
     );
 }
+
+/// `status CLUSTER...` shows just those clusters; an unknown name is a usage error.
+#[test]
+fn status_shows_the_clusters_named() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let all = s.cacertd(&["status", "-o", "json"]).ok().stdout;
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(all["clusters"].as_array().unwrap().len(), 3);
+    let some = s
+        .cacertd(&["status", "cluster2", "cluster3", "-o", "json"])
+        .ok()
+        .stdout;
+    let some: serde_json::Value = serde_json::from_str(&some).unwrap();
+    let names: Vec<&str> = some["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cluster2", "cluster3"]);
+    let run = s.cacertd(&["status", "cluster9"]).fails_with(2);
+    assert!(
+        run.stderr.contains("unknown cluster \"cluster9\""),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `serve --listen ADDR` serves where it is told, whatever the configuration says.
+#[test]
+fn serve_listens_where_the_flag_says() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    s.cacertd(&["root", "init"]).ok();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cacertd"))
+        .current_dir(s.dir.path())
+        .args(["-c", "cacertd.toml", "serve", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer = loop {
+        if let Ok(mut c) = std::net::TcpStream::connect(&addr) {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `root init --dry-run` says what it would make and makes nothing.
+#[test]
+fn root_init_has_a_dry_run() {
+    let s = Setup::new();
+    let before = s.snapshot();
+    let run = s.cacertd(&["root", "init", "--dry-run"]).ok();
+    assert!(
+        run.stdout.contains("would create a root in file store")
+            && run.stdout.contains("ecdsa-p256")
+            && run.stdout.contains("CN=Root CA")
+            && run.stdout.contains("valid 3650d"),
+        "{}",
+        run.stdout
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["root", "init", "--dry-run"]).fails_with(5);
+}

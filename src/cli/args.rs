@@ -84,7 +84,7 @@ pub enum Command {
     Plan(PlanArgs),
 
     /// Per cluster: intermediate serial, validity, days left, renewal time, trust bundle.
-    Status(OutputArgs),
+    Status(StatusArgs),
 
     /// Validate a cacerts directory the way istiod does (and stricter).
     ///
@@ -118,7 +118,11 @@ pub enum Command {
     /// on state_dir acts; a second process on the same machine stands by and takes over when
     /// the first stops. SIGTERM or Ctrl-C: the current pass finishes, the lock is released.
     #[command(verbatim_doc_comment)]
-    Serve,
+    Serve {
+        /// Listen on this address (host:port) instead of [daemon] listen.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
 
     /// Move clusters from istiod's self-signed CA (or an unrelated root) onto the common root.
     ///
@@ -241,6 +245,16 @@ pub enum TransitionCommand {
     /// bundle holds exactly the roots kept. Refused for the common root, for a root any
     /// primary signs under, and for a root no primary trusts.
     RemoveRoot(RemoveRootArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct StatusArgs {
+    /// Clusters to show (default: every cluster).
+    #[arg(value_name = "CLUSTER")]
+    pub clusters: Vec<String>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -408,6 +422,11 @@ pub enum RootCommand {
         /// import it with --replace.
         #[arg(long, value_name = "FILE")]
         csr: Option<PathBuf>,
+
+        /// Print the root that would be made (key algorithm, subject, lifetime, store) and
+        /// make nothing.
+        #[arg(long, conflicts_with = "csr")]
+        dry_run: bool,
     },
     /// Import an existing root certificate and key (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key),
     /// or a mesh CA below the company's root with --chain. Refuses if a root already exists

@@ -85,15 +85,22 @@ pub(super) async fn issue(
 
 pub(super) async fn status(
     config: &Config,
+    clusters: &[String],
     format: Format,
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
+    // Named clusters must exist (remotes too: they have a status row).
+    if let Some(name) = clusters.iter().find(|n| config.topology.get(n).is_none()) {
+        return Err(super::unknown_cluster(config, name));
+    }
+    let only = (!clusters.is_empty()).then_some(clusters);
     let source = RootSource::open(config).await?;
     let certs = source.load_certs().await;
     source.close().await;
     let store = source.describe();
     let none = std::collections::HashMap::new();
-    let report = crate::status::status_report(config, &store, certs?.as_ref(), &none, now).await;
+    let report =
+        crate::status::status_report(config, &store, certs?.as_ref(), (&none, only), now).await;
     match format {
         Format::Json => output::print_json(&report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),

@@ -28,7 +28,7 @@ use crate::topology::{Cluster, Role};
 use crate::transition::{TransitionKind, driver};
 
 use issue::{issue, restart, serve, status, verify};
-use root::{root_import, root_init, root_request, root_show};
+use root::{root_import, root_init, root_init_dry_run, root_request, root_show};
 use transition::{migrate_start, rotate_root_start, transition_cmd, transition_plan};
 
 /// Everything a command can fail with; each maps to a documented exit code.
@@ -188,8 +188,15 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
         command => {
             let config = Config::load(&config_path)?;
             match command {
-                Command::Root(RootCommand::Init { csr: None }) => root_init(&config, now).await,
-                Command::Root(RootCommand::Init { csr: Some(out) }) => {
+                Command::Root(RootCommand::Init {
+                    csr: None,
+                    dry_run: true,
+                }) => root_init_dry_run(&config).await,
+                Command::Root(RootCommand::Init {
+                    csr: None,
+                    dry_run: false,
+                }) => root_init(&config, now).await,
+                Command::Root(RootCommand::Init { csr: Some(out), .. }) => {
                     root_request(&config, &out, now).await
                 }
                 Command::Root(RootCommand::Import {
@@ -241,7 +248,7 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     )
                     .await
                 }
-                Command::Status(o) => status(&config, o.output, now).await,
+                Command::Status(a) => status(&config, &a.clusters, a.output.output, now).await,
                 Command::Check { connect } => {
                     check(&config)?;
                     match connect {
@@ -262,7 +269,13 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     rotate_root_start(&config, &a, &clock).await
                 }
                 Command::Transition(t) => transition_cmd(&config, t, &clock).await,
-                Command::Serve => serve(config, clock.clone()).await,
+                Command::Serve { listen } => {
+                    let mut config = config;
+                    if let Some(addr) = listen {
+                        config.daemon.listen = addr;
+                    }
+                    serve(config, clock.clone()).await
+                }
                 Command::Restart(a) => restart(&config, a, now).await,
                 Command::Verify(_) | Command::Version(_) | Command::Completion { .. } => {
                     unreachable!("handled above")
@@ -270,6 +283,20 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
             }
         }
     }
+}
+
+/// A cluster named on the command line that the configuration does not have.
+fn unknown_cluster(config: &Config, name: &str) -> CliError {
+    CliError::Usage(format!(
+        "unknown cluster {name:?} (known: {})",
+        config
+            .topology
+            .clusters()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// The primaries named on the command line, or all of them.
@@ -280,16 +307,7 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Cluster>, 
     names
         .iter()
         .map(|n| match config.topology.get(n) {
-            None => Err(CliError::Usage(format!(
-                "unknown cluster {n:?} (known: {})",
-                config
-                    .topology
-                    .clusters()
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            None => Err(unknown_cluster(config, n)),
             Some(c) if c.role == Role::Remote => Err(CliError::Usage(format!(
                 "{n} is a remote cluster: it runs no istiod and gets no cacerts; its workloads are \
                  signed by primary {}",

@@ -102,6 +102,36 @@ fn note_root(
     );
 }
 
+/// `root init --dry-run`: the root `root init` would make, and where; makes nothing.
+pub(super) async fn root_init_dry_run(config: &Config) -> Result<(), CliError> {
+    let store = RootSource::open(config).await?;
+    if let Some(existing) = store.load_cert().await? {
+        return Err(StoreError::AlreadyExists {
+            store: store.describe(),
+            fingerprint: existing.info().fingerprint_sha256.clone(),
+        }
+        .into());
+    }
+    let policy = config.root_policy();
+    policy.check_may_generate_root()?;
+    let spec = policy.root_spec(&config.trust_domain);
+    say!(
+        "dry run: would create a root in {}: {}, subject {}{}, valid {} (policy {}). Nothing \
+         was changed.",
+        store.describe(),
+        spec.key_algorithm,
+        spec.subject
+            .organization
+            .as_deref()
+            .map(|o| format!("O={o}, "))
+            .unwrap_or_default(),
+        format_args!("CN={}", spec.subject.common_name),
+        crate::clock::fmt_duration(spec.validity),
+        policy.name
+    );
+    Ok(())
+}
+
 /// `root init --csr FILE`: a key for the mesh CA, kept where it was made, and a request for
 /// the company's CA to sign.
 pub(super) async fn root_request(

@@ -107,8 +107,14 @@ async fn read_status(d: &Arc<Daemon>) -> (StatusCode, String) {
             // What the last pass saw of the clusters it left unchanged; the others are read.
             let seen = daemon.last_seen.lock().await.clone();
             Ok::<_, crate::root_store::StoreError>(
-                crate::status::status_report(&daemon.config, &store, certs.as_ref(), &seen, now)
-                    .await,
+                crate::status::status_report(
+                    &daemon.config,
+                    &store,
+                    certs.as_ref(),
+                    (&seen, None),
+                    now,
+                )
+                .await,
             )
         })
     })
