@@ -27,15 +27,9 @@ pub(super) async fn root_init_in(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     if let Some(existing) = store.load_cert().await? {
-        return Err(StoreError::AlreadyExists {
-            store: store.describe(),
-            fingerprint: existing.info().fingerprint_sha256.clone(),
-        }
-        .into());
+        return Err(already_holds(store, &existing));
     }
-    let policy = config.root_policy();
-    policy.check_may_generate_root()?;
-    let spec = policy.root_spec(&config.trust_domain);
+    let (policy, spec) = root_to_generate(config)?;
     let cert = if let Some(pki) = store.as_vault_pki() {
         // The key is generated inside Vault and never leaves it.
         let key = crate::root_store::vault::key_type(spec.key_algorithm);
@@ -80,6 +74,25 @@ pub(super) async fn root_init_in(
     Ok(())
 }
 
+/// The refusal to make or import a root where `store` already holds `existing`.
+fn already_holds(store: &RootSource, existing: &crate::pki::Cert) -> CliError {
+    StoreError::AlreadyExists {
+        store: store.describe(),
+        fingerprint: existing.info().fingerprint_sha256.clone(),
+    }
+    .into()
+}
+
+/// The root `root init` would generate, per the root policy — unless the policy names the
+/// anchors allowed (a new root could be none of them).
+fn root_to_generate(
+    config: &Config,
+) -> Result<(&crate::policy::Policy, crate::pki::RootSpec), CliError> {
+    let policy = config.root_policy();
+    policy.check_may_generate_root()?;
+    Ok((policy, policy.root_spec(&config.trust_domain)))
+}
+
 /// Notes a new common root in the audit log: the most consequential event there is.
 fn note_root(
     config: &Config,
@@ -106,15 +119,9 @@ fn note_root(
 pub(super) async fn root_init_dry_run(config: &Config) -> Result<(), CliError> {
     let store = RootSource::open(config).await?;
     if let Some(existing) = store.load_cert().await? {
-        return Err(StoreError::AlreadyExists {
-            store: store.describe(),
-            fingerprint: existing.info().fingerprint_sha256.clone(),
-        }
-        .into());
+        return Err(already_holds(&store, &existing));
     }
-    let policy = config.root_policy();
-    policy.check_may_generate_root()?;
-    let spec = policy.root_spec(&config.trust_domain);
+    let (policy, spec) = root_to_generate(config)?;
     say!(
         "dry run: would create a root in {}: {}, subject {}{}, valid {} (policy {}). Nothing \
          was changed.",
@@ -144,11 +151,7 @@ pub(super) async fn root_request(
     // `root import --replace`); vault-pki replaces its issuer in Vault.
     let existing = store.load_cert().await?;
     if let Some(existing) = existing.as_ref().filter(|_| store.key_is_remote()) {
-        return Err(StoreError::AlreadyExists {
-            store: store.describe(),
-            fingerprint: existing.info().fingerprint_sha256.clone(),
-        }
-        .into());
+        return Err(already_holds(&store, existing));
     }
     if out.exists() {
         return Err(CliError::Refused(format!(
@@ -296,11 +299,7 @@ async fn import_signed_into_vault(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     if let Some(existing) = store.load_cert().await? {
-        return Err(StoreError::AlreadyExists {
-            store: store.describe(),
-            fingerprint: existing.info().fingerprint_sha256.clone(),
-        }
-        .into());
+        return Err(already_holds(store, &existing));
     }
     let cert_pem = read_pem(cert)?;
     let chain_pem = chain.map(read_pem).transpose()?;

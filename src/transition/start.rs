@@ -77,19 +77,15 @@ pub async fn start_migrate(
             "every primary already signs under the common root: nothing to migrate".into(),
         ));
     }
-    let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
-    let record = Record::new(TransitionKind::Migrate, clusters, options);
-    if dry_run {
-        return Ok(record);
-    }
-    if let Some(finished) = finished {
-        files.archive(&finished, now).await?;
-    }
-    let audit = Audit::new(config.daemon.audit_log.clone());
-    save_moving(files, &audit, moving, now).await?;
-    files.save(&record).await?;
-    audit.note(now, "transition-start", None, "migrate", None, None);
-    Ok(record)
+    let start = Start {
+        config,
+        files,
+        finished,
+        now,
+    };
+    start
+        .record(TransitionKind::Migrate, moving, options, dry_run, None)
+        .await
 }
 
 /// What a primary serves now: its `cacerts` or, when `self_signed_ok`, istiod's own CA.
@@ -143,6 +139,50 @@ async fn saved_new(
         .load_files(cluster, NEW)
         .await?
         .filter(|new| verify_cacerts(new, now).is_ok_and(|v| v.anchor() == root)))
+}
+
+/// A start whose material is worked out: what recording it needs.
+struct Start<'a> {
+    config: &'a Config,
+    files: &'a RecordStore,
+    /// A finished transition's record and material, moved aside first.
+    finished: Option<Record>,
+    now: OffsetDateTime,
+}
+
+impl Start<'_> {
+    /// Saves the material of every primary `moving` moves, then the record of a `kind`
+    /// transition over them (the record last: a start that stopped early left no record);
+    /// notes it in the audit log. A dry run only returns the record it would save.
+    async fn record(
+        self,
+        kind: TransitionKind,
+        moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
+        options: Options,
+        dry_run: bool,
+        detail: Option<String>,
+    ) -> Result<Record, DriveError> {
+        let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
+        let record = Record::new(kind, clusters, options);
+        if dry_run {
+            return Ok(record);
+        }
+        if let Some(finished) = self.finished {
+            self.files.archive(&finished, self.now).await?;
+        }
+        let audit = Audit::new(self.config.daemon.audit_log.clone());
+        save_moving(self.files, &audit, moving, self.now).await?;
+        self.files.save(&record).await?;
+        audit.note(
+            self.now,
+            "transition-start",
+            None,
+            kind.name(),
+            None,
+            detail,
+        );
+        Ok(record)
+    }
 }
 
 /// Saves each primary's two sets of material (noting the intermediates issued now).
@@ -553,24 +593,14 @@ pub async fn start_remove_root(
             "no primary's bundle trusts {wanted}: nothing to remove"
         )));
     }
-    let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
-    let record = Record::new(TransitionKind::RemoveRoot, clusters, options);
-    if dry_run {
-        return Ok(record);
-    }
-    if let Some(finished) = finished {
-        files.archive(&finished, now).await?;
-    }
-    let audit = Audit::new(config.daemon.audit_log.clone());
-    save_moving(files, &audit, moving, now).await?;
-    files.save(&record).await?;
-    audit.note(
+    let start = Start {
+        config,
+        files,
+        finished,
         now,
-        "transition-start",
-        None,
-        "remove-root",
-        None,
-        Some(format!("removing {wanted}")),
-    );
-    Ok(record)
+    };
+    let detail = Some(format!("removing {wanted}"));
+    start
+        .record(TransitionKind::RemoveRoot, moving, options, dry_run, detail)
+        .await
 }

@@ -791,13 +791,9 @@ async fn token_review(cluster: &Arc<FakeCluster>, req: HttpRequest<Incoming>) ->
     if cluster.user_of(bearer(&req).as_deref()).is_empty() {
         return error(401, "Unauthorized");
     }
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(400, "cannot read request body"),
-    };
-    let review: Value = match serde_json::from_slice(&body) {
+    let review = match json_body(req).await {
         Ok(v) => v,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+        Err(r) => return r,
     };
     let token = review["spec"]["token"].as_str().unwrap_or_default();
     let user = cluster.user_of(Some(token));
@@ -833,13 +829,9 @@ async fn self_subject_access_review(
     if cluster.user_of(token.as_deref()).is_empty() {
         return error(401, "Unauthorized");
     }
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(400, "cannot read request body"),
-    };
-    let review: Value = match serde_json::from_slice(&body) {
+    let review = match json_body(req).await {
         Ok(v) => v,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+        Err(r) => return r,
     };
     let attrs = &review["spec"]["resourceAttributes"];
     let field = |f: &str| attrs[f].as_str().filter(|v| !v.is_empty());
@@ -867,6 +859,15 @@ async fn self_subject_access_review(
             "status": {"allowed": allowed},
         }),
     )
+}
+
+/// A request's JSON body, or the 400 that says why there is none.
+async fn json_body(req: HttpRequest<Incoming>) -> Result<Value, Response<Body>> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(error(400, "cannot read request body")),
+    };
+    serde_json::from_slice(&body).map_err(|e| error(400, &format!("invalid JSON body: {e}")))
 }
 
 /// Discovery documents, enough for kubectl to map kinds to resources.
