@@ -216,14 +216,7 @@ fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: 
     let steps = transition::remaining_steps(record, &scopes, now);
     match record.state {
         transition::State::RollingBack { to } => {
-            say!(
-                "\nrolling back to {}:",
-                match to {
-                    transition::MaterialOf::Original =>
-                        "the material from before the transition".into(),
-                    transition::MaterialOf::Phase(p) => format!("{p}'s material"),
-                }
-            );
+            say!("\nrolling back to {}:", to.describe());
             print_steps(&steps, false);
         }
         _ => print_steps(&steps, true),

@@ -253,8 +253,8 @@ fn note_moved(progress: Progress, audit: &Audit, record: &Record, now: OffsetDat
         at: now,
         event: "phase",
         record,
-        detail: format!("now {}", state_name(&record.state)),
-        fields: serde_json::json!({"state": state_name(&record.state)}),
+        detail: format!("now {}", record.state.describe()),
+        fields: serde_json::json!({"state": record.state.describe()}),
     });
     let report = match &record.state {
         State::Failed { report, .. } => Some(report.clone()),
@@ -574,10 +574,6 @@ impl Work<'_> {
         }
         Ok(StepOutcome::IstiodRestarted { proxies })
     }
-}
-
-fn state_name(state: &State) -> String {
-    state.describe()
 }
 
 fn describe_material(of: MaterialOf) -> String {
