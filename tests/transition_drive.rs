@@ -715,6 +715,14 @@ fn a_planted_root_is_removed_in_one_phase_keeping_every_signer() {
         run.stderr
     );
     common::assert_unchanged(&before, &s.snapshot());
+    // A primary that cannot be read might trust the root: refused, not skipped.
+    std::fs::rename(s.path("out/cluster2"), s.path("cluster2-aside")).unwrap();
+    std::fs::write(s.path("out/cluster2"), b"not a folder").unwrap();
+    let run = s.cacertd(&["transition", "remove-root", &fp]).fails_with(1);
+    assert!(run.stderr.contains("cluster2"), "{}", run.stderr);
+    std::fs::remove_file(s.path("out/cluster2")).unwrap();
+    std::fs::rename(s.path("cluster2-aside"), s.path("out/cluster2")).unwrap();
+    common::assert_unchanged(&before, &s.snapshot());
 
     // The plan: cluster1 alone, in one phase, its folder waited for.
     let lower = fp.replace(':', "").to_lowercase();

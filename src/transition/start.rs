@@ -538,9 +538,12 @@ pub async fn start_remove_root(
     let mut moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)> = Vec::new();
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
-        let Ok(current) = current_material(config, cluster, false).await else {
+        let current = match current_material(config, cluster, false).await {
+            Ok(c) => c,
             // No cacerts (self-signed, or missing): no bundle of ours trusts anything here.
-            continue;
+            Err(DriveError::CurrentMaterial { .. }) => continue,
+            // A cluster that cannot be read may trust the root: never skipped silently.
+            Err(e) => return Err(e),
         };
         let (trust, _) = TrustBundle::from_pem_lenient(&current.root_cert);
         let Some(root) = trust
