@@ -60,6 +60,7 @@ fn istio_ca_secret(cluster: &str) -> CaCertsFiles {
         ca_key: Zeroizing::new(r.key().to_pem().as_bytes().to_vec()),
         root_cert: r.cert_pem().into_bytes(),
         cert_chain: Vec::new(),
+        ca_crl: Vec::new(),
     }
 }
 

@@ -32,7 +32,7 @@ pub fn cacerts_secret_yaml(files: &CaCertsFiles, meta: &WriteMeta) -> Zeroizing<
         reason = quote(&meta.reason),
     );
     let encoded: Vec<(&str, Zeroizing<String>)> = files
-        .entries()
+        .files()
         .into_iter()
         .map(|(name, bytes)| (name, base64_secret(bytes)))
         .collect();

@@ -8,7 +8,9 @@
 use time::OffsetDateTime;
 
 use crate::audit::Audit;
-use crate::pki::{BundleProblem, CaCertsFiles, Cert, VerifiedCaCerts, verify_cacerts_for_mesh};
+use crate::pki::{
+    BundleProblem, CaCertsFiles, Cert, VerifiedCaCerts, verify_ca_crl, verify_cacerts_for_mesh,
+};
 
 use super::{Observed, Target, TargetError, WriteMeta, WriteReport};
 
@@ -67,6 +69,7 @@ impl<'a> CacertsWriter<'a> {
         };
         let verified = verify_cacerts_for_mesh(files, now, trust_domain)
             .map_err(|problems| BundleProblem::join(&problems))?;
+        verify_ca_crl(files, now)?;
         if let Material::Issued { root: Some(root) } = material
             && verified.anchor() != root
         {
@@ -91,6 +94,21 @@ impl<'a> CacertsWriter<'a> {
     ) -> Result<WriteReport, WriteError> {
         self.check(files, material, meta.written_at)
             .map_err(WriteError::Invalid)?;
+        // Proxies that hold the cluster's revocation lists check every chain against them:
+        // a set without the file would leave them with an empty one, or none (docs/istio.md
+        // §14). Revocation lists leave only through a transition that says so.
+        if let Some(current) = &observed.snapshot.cacerts
+            && !current.ca_crl.iter().all(u8::is_ascii_whitespace)
+            && files.ca_crl.iter().all(u8::is_ascii_whitespace)
+        {
+            return Err(WriteError::Invalid(format!(
+                "the cluster's cacerts carries {} (revocation lists its proxies check) and this \
+                 set has none; re-issue its intermediate with `cacertd revoke {} --reason \
+                 superseded`, which keeps the lists",
+                CaCertsFiles::CA_CRL,
+                meta.cluster
+            )));
+        }
         let report = target.write(files, meta, observed).await?;
         self.audit.note(
             meta.written_at,
@@ -190,5 +208,61 @@ mod tests {
         assert_eq!(audit.lines().count(), 1, "{audit}");
         assert!(audit.contains("\"action\":\"cacerts-write\""), "{audit}");
         assert!(!audit.contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn revocation_lists_are_checked_and_never_dropped_by_a_write() {
+        use crate::pki::{CaKey, crls_pem, sign_crl};
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::Dir(DirTarget::new(dir.path().join("out"), dir.path().join("b")));
+        let audit = Audit::new(dir.path().join("audit.log"));
+        let writer = CacertsWriter::new("cluster.local", &audit, "cacerts-write");
+        let ours = root();
+        let plain = cacerts_under(&ours);
+        let own = Cert::one_from_pem(&plain.ca_cert, "ca-cert.pem").unwrap();
+        let key = CaKey::from_pem(&plain.ca_key, "ca-key.pem").unwrap();
+        let later = now() + time::Duration::days(30);
+        let by_root = sign_crl(ours.cert(), ours.key(), &[], 1, now(), later).unwrap();
+        let by_own = sign_crl(&own, &key, &[], 1, now(), later).unwrap();
+        let material = Material::Issued { root: None };
+
+        // A list istiod would refuse (the intermediate has none): nothing written.
+        let mut half = plain.clone();
+        half.ca_crl = crls_pem(std::slice::from_ref(&by_root));
+        let err = writer
+            .write(&target, &half, material, &meta(now()), &Observed::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Invalid(m) if m.contains("ca-crl.pem")),
+            "{err}"
+        );
+        assert!(!dir.path().join("out").exists());
+
+        let mut full = plain.clone();
+        full.ca_crl = crls_pem(&[by_root, by_own]);
+        writer
+            .write(&target, &full, material, &meta(now()), &Observed::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("out/ca-crl.pem")).unwrap(),
+            full.ca_crl
+        );
+
+        // The next write without lists would take them from the proxies: refused.
+        let observed = target.read().await.unwrap();
+        let err = writer
+            .write(&target, &plain, material, &meta(now()), &observed)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Invalid(m) if m.contains("revoke c1")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("out/ca-crl.pem")).unwrap(),
+            full.ca_crl
+        );
     }
 }

@@ -14,6 +14,9 @@ pub struct CaCertsFiles {
     pub ca_key: Zeroizing<Vec<u8>>,
     pub root_cert: Vec<u8>,
     pub cert_chain: Vec<u8>,
+    /// The optional fifth file, `ca-crl.pem`: revocation lists istiod checks and publishes
+    /// (docs/istio.md §14). Empty when the set has none.
+    pub ca_crl: Vec<u8>,
 }
 
 impl fmt::Debug for CaCertsFiles {
@@ -26,6 +29,7 @@ impl fmt::Debug for CaCertsFiles {
                 "cert_chain",
                 &format_args!("{} bytes", self.cert_chain.len()),
             )
+            .field("ca_crl", &format_args!("{} bytes", self.ca_crl.len()))
             .finish()
     }
 }
@@ -35,6 +39,7 @@ impl CaCertsFiles {
     pub const CA_KEY: &'static str = "ca-key.pem";
     pub const ROOT_CERT: &'static str = "root-cert.pem";
     pub const CERT_CHAIN: &'static str = "cert-chain.pem";
+    pub const CA_CRL: &'static str = "ca-crl.pem";
 
     /// The set for a freshly issued intermediate: `cert-chain.pem` is the intermediate, any
     /// further intermediates above it, then the root — leaf-most first, as istiod expects.
@@ -56,6 +61,7 @@ impl CaCertsFiles {
             ca_key: Zeroizing::new(key_pem.as_bytes().to_vec()),
             root_cert: trust.pem_bytes().to_vec(),
             cert_chain: chain.into_bytes(),
+            ca_crl: Vec::new(),
         }
     }
 
@@ -78,10 +84,11 @@ impl CaCertsFiles {
             ca_key: tls_key,
             root_cert: ca_crt.to_vec(),
             cert_chain,
+            ca_crl: Vec::new(),
         }
     }
 
-    /// (file name, contents) in the order they are written; the key is written with 0600.
+    /// The four files istiod requires, (file name, contents); the key is written with 0600.
     pub fn entries(&self) -> [(&'static str, &[u8]); 4] {
         [
             (Self::CA_CERT, &self.ca_cert),
@@ -89,6 +96,16 @@ impl CaCertsFiles {
             (Self::ROOT_CERT, &self.root_cert),
             (Self::CERT_CHAIN, &self.cert_chain),
         ]
+    }
+
+    /// Every file of the set, in the order they are written: the four, then `ca-crl.pem` when
+    /// the set has one.
+    pub fn files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = self.entries().to_vec();
+        if !self.ca_crl.is_empty() {
+            files.push((Self::CA_CRL, &self.ca_crl));
+        }
+        files
     }
 }
 
@@ -230,6 +247,7 @@ mod tests {
             ),
             root_cert: vec![],
             cert_chain: vec![],
+            ca_crl: vec![],
         };
         let dbg = format!("{files:?}");
         assert!(!dbg.contains("secret") && !dbg.contains("PRIVATE"), "{dbg}");

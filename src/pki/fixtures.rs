@@ -44,3 +44,12 @@ pub fn cacerts_under(root: &RootCa) -> CaCertsFiles {
     let int = issue_intermediate(root, &spec(), now()).unwrap();
     CaCertsFiles::for_intermediate(&int, &[], root.cert(), &TrustBundle::single(root.cert()))
 }
+
+/// A one-year intermediate for `cluster` under `root`.
+pub fn intermediate(root: &RootCa, cluster: &str) -> super::IntermediateCa {
+    let spec = IntermediateSpec {
+        subject: Subject::istio_intermediate(cluster),
+        ..spec()
+    };
+    issue_intermediate(root, &spec, now()).unwrap()
+}

@@ -4,6 +4,7 @@
 mod bundle;
 mod cert;
 mod constraints;
+mod crl;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod intermediate;
@@ -15,6 +16,7 @@ mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256, normalize_fingerprint};
+pub use crl::{Crl, Reason, Revoked, crls_pem, sign_crl, uncovered, verify_ca_crl};
 pub use intermediate::{
     IntermediateCa, IntermediateSpec, check_signed_intermediate, intermediate_params_for_csr,
     issue_intermediate,

@@ -271,6 +271,7 @@ fn an_empty_set_counts_as_missing() {
         ca_key: Default::default(),
         root_cert: b"\n".to_vec(),
         cert_chain: Vec::new(),
+        ca_crl: Vec::new(),
     };
     assert_eq!(judge(&files, &r, &p, t0()).state, ClusterState::Missing);
 }
@@ -296,6 +297,7 @@ fn a_self_signed_cluster_is_not_plugged_in_directly() {
         ca_key: istiod.key().to_pem().as_bytes().to_vec().into(),
         root_cert: istiod.cert_pem().into_bytes(),
         cert_chain: Vec::new(),
+        ca_crl: Vec::new(),
     };
     let snap = Snapshot {
         cacerts: None,

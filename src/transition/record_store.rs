@@ -248,7 +248,7 @@ impl StateFiles {
     ) -> Result<(), DriveError> {
         let dir = self.material_dir(cluster, which);
         create_private_dir(&dir)?;
-        for (name, bytes) in files.entries() {
+        for (name, bytes) in files.files() {
             write_atomic(&dir.join(name), bytes, Mode::Secret)?;
         }
         Ok(())
@@ -270,6 +270,7 @@ impl StateFiles {
             ca_key: Zeroizing::new(ca_key),
             root_cert,
             cert_chain,
+            ca_crl: read(CaCertsFiles::CA_CRL)?.unwrap_or_default(),
         }))
     }
 }
@@ -471,7 +472,7 @@ impl KubeRecord {
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
         let mut data = current.and_then(|s| s.data).unwrap_or_default();
-        for (file, bytes) in files.entries() {
+        for (file, bytes) in files.files() {
             data.insert(format!("{which}.{file}"), ByteString(bytes.to_vec()));
         }
         self.put(&name, data, version).await?;
@@ -497,6 +498,7 @@ impl KubeRecord {
             take(CaCertsFiles::ROOT_CERT),
             take(CaCertsFiles::CERT_CHAIN),
         );
+        let ca_crl = take(CaCertsFiles::CA_CRL).map(|mut b| std::mem::take(&mut *b));
         // The other set's key is in there too.
         wipe(Some(&mut data));
         let (Some(mut ca_cert), Some(ca_key), Some(mut root_cert), Some(mut cert_chain)) = found
@@ -508,6 +510,7 @@ impl KubeRecord {
             ca_key,
             root_cert: std::mem::take(&mut *root_cert),
             cert_chain: std::mem::take(&mut *cert_chain),
+            ca_crl: ca_crl.unwrap_or_default(),
         }))
     }
 

@@ -366,7 +366,7 @@ fn stage(job: &Job) -> Result<StagedWrite, TargetError> {
     // not writable) leaves no backup behind, however often it is retried.
     let manifest = Zeroizing::new(cacerts_secret_yaml(&job.files, &job.meta));
     let mut new = Vec::new();
-    for (name, bytes) in job.files.entries() {
+    for (name, bytes) in job.files.files() {
         let mode = DirTarget::mode_of(name);
         new.push(StagedFile::unsynced(&target.path.join(name), bytes, mode)?);
     }
@@ -386,6 +386,7 @@ fn stage_backup(target: &DirTarget, meta: &WriteMeta) -> Result<Option<Backup>, 
         CaCertsFiles::CA_KEY,
         CaCertsFiles::ROOT_CERT,
         CaCertsFiles::CERT_CHAIN,
+        CaCertsFiles::CA_CRL,
         MANIFEST,
         TLS_CRT,
         TLS_KEY,

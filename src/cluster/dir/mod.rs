@@ -160,6 +160,7 @@ impl DirTarget {
             ca_key: ca_key.unwrap_or_default(),
             root_cert: root_cert.unwrap_or_default(),
             cert_chain: cert_chain.unwrap_or_default(),
+            ca_crl: read(CaCertsFiles::CA_CRL)?.unwrap_or_default(),
         }))
     }
 }
@@ -175,6 +176,7 @@ mod tests {
             ca_key: Zeroizing::new(format!("key {tag}").into_bytes()),
             root_cert: format!("root {tag}").into_bytes(),
             cert_chain: format!("chain {tag}").into_bytes(),
+            ca_crl: Vec::new(),
         }
     }
 

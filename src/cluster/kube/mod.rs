@@ -620,6 +620,7 @@ fn files_of(secret: Secret) -> CaCertsFiles {
             ca_key: Zeroizing::new(take(CaCertsFiles::CA_KEY)),
             root_cert: take(CaCertsFiles::ROOT_CERT),
             cert_chain: take(CaCertsFiles::CERT_CHAIN),
+            ca_crl: take(CaCertsFiles::CA_CRL),
         }
     };
     for v in data.values_mut() {
@@ -651,7 +652,7 @@ fn new_secret(
         annotations.insert(k.to_string(), v);
     }
     let data = files
-        .entries()
+        .files()
         .into_iter()
         .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
         .collect();

@@ -1,0 +1,450 @@
+//! Certificate revocation lists, as istiod and Envoy use them from `ca-crl.pem`
+//! (docs/istio.md §14): signing one with a CA key, reading and checking the ones a file holds,
+//! and istiod's own rule for accepting the file.
+
+use std::fmt;
+
+use rcgen::{
+    CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams,
+    SerialNumber,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::{CaKey, Cert, PkiError};
+
+/// One certificate revocation list: its DER and what cacertd reads from it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Crl {
+    der: Vec<u8>,
+    /// The issuer's name, raw DER, as certificates name their issuer.
+    issuer_raw: Vec<u8>,
+    issuer: String,
+    this_update: OffsetDateTime,
+    next_update: Option<OffsetDateTime>,
+    /// Serial numbers listed, as the raw bytes certificates carry.
+    revoked: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for Crl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crl")
+            .field("issuer", &self.issuer)
+            .field("revoked", &self.revoked.len())
+            .finish()
+    }
+}
+
+/// Why a certificate is revoked, as `revoke --reason` names it (RFC 5280 §5.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Its key leaked, or may have.
+    KeyCompromise,
+    /// It was replaced, and what it signed must not be accepted any more.
+    Superseded,
+    /// Its cluster left the mesh.
+    CessationOfOperation,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::KeyCompromise => "key-compromise",
+            Reason::Superseded => "superseded",
+            Reason::CessationOfOperation => "cessation-of-operation",
+        }
+    }
+
+    fn code(self) -> RevocationReason {
+        match self {
+            Reason::KeyCompromise => RevocationReason::KeyCompromise,
+            Reason::Superseded => RevocationReason::Superseded,
+            Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
+/// A certificate to list: its serial (raw bytes, as in the certificate), when, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revoked {
+    /// The serial number in hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+    /// Unix seconds.
+    pub at: i64,
+    pub reason: Reason,
+}
+
+impl Revoked {
+    pub fn of(cert: &Cert, at: OffsetDateTime, reason: Reason) -> Self {
+        Revoked {
+            serial: hex(cert.x509().raw_serial()),
+            at: at.unix_timestamp(),
+            reason,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Crl {
+    pub fn from_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
+        let bad = |reason: String| PkiError::Invalid {
+            what: what.to_string(),
+            reason: format!("not a valid certificate revocation list: {reason}"),
+        };
+        let (rest, crl) =
+            CertificateRevocationList::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes after it".into()));
+        }
+        let issuer_raw = crl.issuer().as_raw().to_vec();
+        let issuer = crl.issuer().to_string();
+        let this_update = crl.last_update().to_datetime();
+        let next_update = crl.next_update().map(|t| t.to_datetime());
+        let revoked = crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect();
+        Ok(Crl {
+            der,
+            issuer_raw,
+            issuer,
+            this_update,
+            next_update,
+            revoked,
+        })
+    }
+
+    /// Every `X509 CRL` block of `pem_text`; any other block is an error naming it.
+    pub fn all_from_pem(pem_text: &[u8], what: &str) -> Result<Vec<Self>, PkiError> {
+        let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| {
+                let what = format!("{what} (block #{})", i + 1);
+                if block.tag() != "X509 CRL" {
+                    return Err(PkiError::BadPem {
+                        what,
+                        reason: format!("unexpected {:?} block; expected X509 CRL", block.tag()),
+                    });
+                }
+                Crl::from_der(block.into_contents(), &what)
+            })
+            .collect()
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn to_pem(&self) -> String {
+        let block = pem::Pem::new("X509 CRL", self.der.clone());
+        pem::encode_config(
+            &block,
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    }
+
+    /// The issuer's name, as `openssl crl -issuer` prints it.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn this_update(&self) -> OffsetDateTime {
+        self.this_update
+    }
+
+    /// Past this time Envoy rejects every chain the list covers (docs/istio.md §14).
+    pub fn next_update(&self) -> Option<OffsetDateTime> {
+        self.next_update
+    }
+
+    /// Whether `ca` signed this list: its subject is the list's issuer and its key verifies the
+    /// signature.
+    pub fn signed_by(&self, ca: &Cert) -> bool {
+        let x = ca.x509();
+        if x.subject().as_raw() != self.issuer_raw.as_slice() {
+            return false;
+        }
+        let Ok((_, crl)) = CertificateRevocationList::from_der(&self.der) else {
+            return false;
+        };
+        crl.verify_signature(x.public_key()).is_ok()
+    }
+
+    /// Whether this list revokes `cert`: it names `cert`'s issuer and lists its serial.
+    pub fn lists(&self, cert: &Cert) -> bool {
+        let x = cert.x509();
+        x.issuer().as_raw() == self.issuer_raw.as_slice()
+            && self.revoked.iter().any(|s| s.as_slice() == x.raw_serial())
+    }
+
+    /// How many certificates it lists.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
+    }
+}
+
+/// Signs a list of `revoked` certificates with `ca`'s key, valid from `now` until
+/// `next_update`. `number` is the list's CRL number, which must grow with each list a CA signs.
+pub fn sign_crl(
+    ca: &Cert,
+    key: &CaKey,
+    revoked: &[Revoked],
+    number: u64,
+    now: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<Crl, PkiError> {
+    let what = format!("the revocation list of {}", ca.info().subject);
+    let invalid = |reason: String| PkiError::Invalid {
+        what: what.clone(),
+        reason,
+    };
+    if next_update <= now {
+        return Err(invalid("its next update must lie in the future".into()));
+    }
+    let revoked_certs = revoked
+        .iter()
+        .map(|r| {
+            let serial = unhex(&r.serial)
+                .ok_or_else(|| invalid(format!("serial {:?} is not hex", r.serial)))?;
+            let at = OffsetDateTime::from_unix_timestamp(r.at)
+                .map_err(|_| invalid(format!("revocation time {} is out of range", r.at)))?;
+            Ok(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: at,
+                reason_code: Some(r.reason.code()),
+                invalidity_date: None,
+            })
+        })
+        .collect::<Result<Vec<_>, PkiError>>()?;
+    let params = CertificateRevocationListParams {
+        this_update: now - super::BACKDATE,
+        next_update,
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let issuer = Issuer::from_ca_cert_der(&ca.der().into(), key.signer())?;
+    let crl = params.signed_by(&issuer)?;
+    let crl = Crl::from_der(crl.der().to_vec(), &what)?;
+    if !crl.signed_by(ca) {
+        return Err(invalid(
+            "it does not verify with the CA's certificate".into(),
+        ));
+    }
+    Ok(crl)
+}
+
+/// istiod's rule for `ca-crl.pem` (docs/istio.md §14): every certificate of `cert-chain.pem`
+/// must have a list in the file signed by it. Returns the certificates without one.
+pub fn uncovered<'a>(chain: &'a [Cert], crls: &[Crl]) -> Vec<&'a Cert> {
+    chain
+        .iter()
+        .filter(|c| !crls.iter().any(|l| l.signed_by(c)))
+        .collect()
+}
+
+/// Checks a set's `ca-crl.pem` as istiod and Envoy will use it (docs/istio.md §14): every list
+/// parses; every certificate of `cert-chain.pem` has a list signed by it (istiod refuses the
+/// set otherwise); none of those lists is past its next update (Envoy would then reject every
+/// chain it covers); and no certificate of the chain is revoked by the file (the cluster would
+/// cut itself off). Returns the lists; a set without the file passes with none.
+pub fn verify_ca_crl(files: &super::CaCertsFiles, now: OffsetDateTime) -> Result<Vec<Crl>, String> {
+    if files.ca_crl.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let what = super::CaCertsFiles::CA_CRL;
+    let crls = Crl::all_from_pem(&files.ca_crl, what).map_err(|e| e.to_string())?;
+    let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, super::CaCertsFiles::CERT_CHAIN);
+    let missing = uncovered(&chain, &crls);
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|c| c.info().subject.as_str()).collect();
+        return Err(format!(
+            "{what}: no revocation list signed by {} (istiod requires one for every \
+             certificate of cert-chain.pem)",
+            names.join(", ")
+        ));
+    }
+    for crl in &crls {
+        if let Some(next) = crl.next_update()
+            && next <= now
+        {
+            return Err(format!(
+                "{what}: the list of {} expired at {} (Envoy would reject every chain it covers)",
+                crl.issuer(),
+                super::fmt_time(next)
+            ));
+        }
+    }
+    for cert in &chain {
+        if let Some(crl) = crls.iter().find(|l| l.lists(cert)) {
+            return Err(format!(
+                "{what}: the list of {} revokes {} of cert-chain.pem (serial {}): the cluster \
+                 would cut itself off",
+                crl.issuer(),
+                cert.info().subject,
+                hex(cert.x509().raw_serial())
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// The lists as one `ca-crl.pem`, in order, without duplicates.
+pub fn crls_pem(crls: &[Crl]) -> Vec<u8> {
+    let mut out = String::new();
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for crl in crls {
+        if !seen.contains(&crl.der()) {
+            seen.push(crl.der());
+            out.push_str(&crl.to_pem());
+        }
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::fixtures;
+
+    fn now() -> OffsetDateTime {
+        fixtures::now()
+    }
+
+    #[test]
+    fn a_signed_list_names_its_issuer_verifies_and_lists_what_it_revokes() {
+        let root = fixtures::root();
+        let a = fixtures::intermediate(&root, "a");
+        let b = fixtures::intermediate(&root, "b");
+        let crl = sign_crl(
+            root.cert(),
+            root.key(),
+            &[Revoked::of(&a.cert, now(), Reason::KeyCompromise)],
+            2,
+            now(),
+            now() + time::Duration::days(30),
+        )
+        .unwrap();
+        assert!(crl.signed_by(root.cert()));
+        assert!(
+            !crl.signed_by(&a.cert),
+            "a list is signed by its issuer only"
+        );
+        assert!(crl.lists(&a.cert));
+        assert!(!crl.lists(&b.cert));
+        assert_eq!(crl.revoked_count(), 1);
+        let back = Crl::all_from_pem(&crls_pem(&[crl.clone(), crl.clone()]), "f").unwrap();
+        assert_eq!(back, vec![crl], "duplicates are written once");
+    }
+
+    #[test]
+    fn a_list_signed_by_another_key_with_the_same_name_does_not_verify() {
+        let root = fixtures::root();
+        let other = fixtures::root(); // same subject, another key
+        let crl = sign_crl(
+            other.cert(),
+            other.key(),
+            &[],
+            1,
+            now(),
+            now() + time::Duration::days(1),
+        )
+        .unwrap();
+        assert_eq!(root.cert().info().subject, other.cert().info().subject);
+        assert!(!crl.signed_by(root.cert()));
+    }
+
+    #[test]
+    fn istiods_rule_names_each_certificate_of_the_chain_without_its_own_list() {
+        let root = fixtures::root();
+        let a = fixtures::intermediate(&root, "a");
+        let later = now() + time::Duration::days(1);
+        let by_root = sign_crl(root.cert(), root.key(), &[], 1, now(), later).unwrap();
+        let by_a = sign_crl(&a.cert, &a.key, &[], 1, now(), later).unwrap();
+        let chain = [a.cert.clone(), root.cert().clone()];
+        assert!(uncovered(&chain, &[by_root.clone(), by_a.clone()]).is_empty());
+        assert_eq!(uncovered(&chain, &[by_root]), vec![&a.cert]);
+        assert_eq!(uncovered(&chain, &[by_a]), vec![root.cert()]);
+    }
+
+    #[test]
+    fn a_sets_lists_must_cover_its_chain_be_current_and_spare_its_own_chain() {
+        let root = fixtures::root();
+        let mut files = fixtures::cacerts_under(&root);
+        let own = Cert::one_from_pem(&files.ca_cert, "ca-cert.pem").unwrap();
+        let key = CaKey::from_pem(&files.ca_key, "ca-key.pem").unwrap();
+        let later = now() + time::Duration::days(30);
+        let by_root = sign_crl(root.cert(), root.key(), &[], 1, now(), later).unwrap();
+        let by_own = sign_crl(&own, &key, &[], 1, now(), later).unwrap();
+        assert_eq!(
+            verify_ca_crl(&files, now()).unwrap(),
+            vec![],
+            "no file, nothing to check"
+        );
+
+        files.ca_crl = crls_pem(std::slice::from_ref(&by_root));
+        let err = verify_ca_crl(&files, now()).unwrap_err();
+        assert!(
+            err.contains("no revocation list signed by") && err.contains("c1"),
+            "{err}"
+        );
+
+        files.ca_crl = crls_pem(&[by_root, by_own.clone()]);
+        assert_eq!(verify_ca_crl(&files, now()).unwrap().len(), 2);
+        let err = verify_ca_crl(&files, later).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+
+        let revoking = Revoked::of(&own, now(), Reason::KeyCompromise);
+        let by_root = sign_crl(root.cert(), root.key(), &[revoking], 2, now(), later).unwrap();
+        files.ca_crl = crls_pem(&[by_root, by_own]);
+        let err = verify_ca_crl(&files, now()).unwrap_err();
+        assert!(err.contains("cut itself off"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let err = Crl::all_from_pem(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "ca-crl.pem",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ca-crl.pem (block #1)") && err.contains("X509 CRL"),
+            "{err}"
+        );
+        let err = Crl::all_from_pem(
+            b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+            "ca-crl.pem",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("not a valid certificate revocation list"),
+            "{err}"
+        );
+        let root = fixtures::root();
+        assert!(sign_crl(root.cert(), root.key(), &[], 1, now(), now()).is_err());
+    }
+}
