@@ -1,5 +1,7 @@
 //! A workload certificate signed the way istiod signs one, and a mutual-TLS handshake over TCP
-//! checked the way Envoy checks its peer (chain to the trust bundle, then the SPIFFE ID).
+//! checked the way Envoy checks its peer (chain to the trust bundle, then the SPIFFE ID; with
+//! revocation lists in its cluster's `ca-crl.pem`, every CA of the chain must have a current
+//! one that does not list it, as Envoy checks them).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,7 +11,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -24,6 +28,8 @@ pub struct Workload {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: RootCertStore,
+    /// The revocation lists its proxy checks peers against (none: no checks).
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 /// Signs a workload certificate with a cluster's cacerts, like istiod's CA does: SPIFFE URI SAN,
@@ -65,10 +71,17 @@ pub fn workload(cacerts: &Path) -> Workload {
     for root in CertificateDer::pem_slice_iter(&bundle) {
         roots.add(root.unwrap()).unwrap();
     }
+    let crls = match std::fs::read(cacerts.join("ca-crl.pem")) {
+        Ok(pem) => CertificateRevocationListDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap(),
+        Err(_) => Vec::new(),
+    };
     Workload {
         chain,
         key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
         roots,
+        crls,
     }
 }
 
@@ -96,6 +109,8 @@ struct SpiffeVerifier {
     roots: RootCertStore,
     expected: String,
     algs: WebPkiSupportedAlgorithms,
+    /// With revocation lists: the chain checked against them (the peer's name is not).
+    revocation: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -115,6 +130,19 @@ impl ServerCertVerifier for SpiffeVerifier {
             now,
             self.algs.all,
         )?;
+        if let Some(revocation) = &self.revocation {
+            // The chain and its revocation are checked before the name, which a workload
+            // certificate never matches.
+            let name = ServerName::try_from("workload.invalid").unwrap();
+            match revocation.verify_server_cert(end_entity, intermediates, &name, &[], now) {
+                Ok(_) => {}
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if !uri_sans(end_entity).contains(&self.expected) {
             return Err(rustls::Error::General(format!(
                 "peer is not {}",
@@ -151,10 +179,29 @@ impl ServerCertVerifier for SpiffeVerifier {
 /// seen by the server) or the first error either side hit.
 pub fn handshake(server: Workload, client: Workload) -> Result<Vec<String>, String> {
     let provider = provider();
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(server.roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(server.roots), provider.clone());
+    if !server.crls.is_empty() {
+        // Every CA of the chain, an unknown status refused, expired lists refused: as Envoy.
+        builder = builder
+            .with_crls(server.crls)
+            .enforce_revocation_expiration();
+    }
+    let client_verifier = builder.build().map_err(|e| e.to_string())?;
+    let revocation = if client.crls.is_empty() {
+        None
+    } else {
+        Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(client.roots.clone()),
+                provider.clone(),
+            )
+            .with_crls(client.crls)
+            .enforce_revocation_expiration()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?,
+        )
+    };
     let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -165,6 +212,7 @@ pub fn handshake(server: Workload, client: Workload) -> Result<Vec<String>, Stri
         roots: client.roots,
         expected: SPIFFE_ID.to_string(),
         algs: provider.signature_verification_algorithms,
+        revocation,
     };
     let client_config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
