@@ -187,6 +187,7 @@ fn main() {
             exclude_namespaces: Vec::new(),
             max_parallel,
             renewal_wait_seconds: None,
+            list_propagation_seconds: None,
             directories: Default::default(),
         };
         let store = cacertd::transition::record_store::RecordStore::open(&config)

@@ -446,6 +446,7 @@ impl Policy {
             common_name: first(&mut subject.iter_common_name()).unwrap_or_default(),
             locality: first(&mut subject.iter_locality()),
             country: first(&mut subject.iter_country()),
+            serial_number: None,
         };
         if have != want {
             return Some(format!(

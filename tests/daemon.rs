@@ -489,6 +489,7 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
             renewal_wait_seconds: None,
+            list_propagation_seconds: None,
             directories: Default::default(),
         },
     );

@@ -128,6 +128,7 @@ impl Mesh {
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
             renewal_wait_seconds: None,
+            list_propagation_seconds: None,
             directories: Default::default(),
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);
@@ -205,6 +206,7 @@ fn migrating_two_self_signed_primaries_and_a_remote_keeps_mtls_at_every_step() {
             ClusterMaterial {
                 original: from_self_signed(&istio_ca_secret(p)),
                 new: intermediate(&common, p),
+                lists_before: None,
             },
         );
     }
@@ -239,6 +241,7 @@ fn rotating_the_common_root_keeps_mtls_between_all_clusters_at_every_step() {
             ClusterMaterial {
                 original: intermediate(&a, p),
                 new: intermediate(&b, p),
+                lists_before: None,
             },
         );
     }
@@ -269,6 +272,7 @@ fn appending_the_new_root_keeps_the_old_bundle_bytes_verbatim() {
     let m = ClusterMaterial {
         original: original.clone(),
         new: intermediate(&common, "east"),
+        lists_before: None,
     };
     for of in [Phase::AddNewRoot, Phase::SwitchSigner] {
         let served = material(&m, MaterialOf::Phase(of)).unwrap();

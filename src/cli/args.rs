@@ -153,6 +153,28 @@ pub enum Command {
     #[command(subcommand)]
     Transition(TransitionCommand),
 
+    /// Revoke a primary's intermediate (its key leaked, or may have) and replace it, without
+    /// breaking any mTLS connection.
+    ///
+    /// A transition of its own, with gates, restarts, a crash-resumable record, `transition
+    /// status|resume|rollback`, and Istio 1.27+ everywhere (istiod reads ca-crl.pem, with
+    /// PILOT_ENABLE_CA_CRL, on by default):
+    ///   AddNewRoot     every primary gets ca-crl.pem: a list from every intermediate in use,
+    ///                  the successor's included, and from the mesh CA and every CA above it.
+    ///                  A proxy that checks lists rejects a chain through a CA without one, so
+    ///                  this precedes the successor's first signature;
+    ///   SwitchSigner   CLUSTER signs with the successor; its istiod, gateways and workloads
+    ///                  (and its remotes') restart; the gate waits until no proxy there
+    ///                  started before, as one may present a certificate from the revoked CA;
+    ///   RemoveOldRoot  every primary gets the lists in which the mesh CA names the revoked
+    ///                  intermediate; where a primary had no lists before, its gateways and
+    ///                  workloads restart so that their proxies check them.
+    /// Each step waits for istiod to publish the lists (ConfigMap istio-ca-crl) and for
+    /// kubelet to update them in the pods. Trust bundles do not change. File and vault-kv
+    /// stores only.
+    #[command(verbatim_doc_comment)]
+    Revoke(RevokeArgs),
+
     /// Check the configuration and policies, and print the topology. With --connect, also
     /// reach every cluster and ask it whether cacertd may do each thing it will need
     /// (SelfSubjectAccessReview), and check that every folder target is writable.
@@ -267,6 +289,46 @@ pub struct PlanCmdArgs {
     /// that complete mTLS today would not. Changes nothing; exits 5 if a step would break one.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RevokeArgs {
+    /// The primary whose intermediate is revoked.
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: String,
+
+    /// Why, as the mesh CA's list will say.
+    #[arg(long, value_enum)]
+    pub reason: RevokeReason,
+
+    /// A revocation list (PEM) of a CA above the mesh CA — a corporate root or intermediate —
+    /// which cacertd cannot sign; needed for each such CA unless the clusters carry a current
+    /// one already. Repeatable.
+    #[arg(long = "chain-crl", value_name = "FILE")]
+    pub chain_crl: Vec<PathBuf>,
+
+    /// How many clusters are written and restarted at once (default: [transition]
+    /// max_parallel, 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: Option<u16>,
+
+    /// Wait for an operator's `transition resume --approve` before each step after the first.
+    #[arg(long)]
+    pub approve_each_phase: bool,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+/// `revoke --reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RevokeReason {
+    /// Its key leaked, or may have.
+    KeyCompromise,
+    /// Replaced: what it signed must not be accepted any more.
+    Superseded,
+    /// Its cluster left the mesh.
+    CessationOfOperation,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -4,6 +4,7 @@ mod args;
 mod connect;
 mod issue;
 mod output;
+mod revoke;
 mod root;
 mod transition;
 
@@ -269,6 +270,7 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     rotate_root_start(&config, &a, &clock).await
                 }
                 Command::Transition(t) => transition_cmd(&config, t, &clock).await,
+                Command::Revoke(a) => revoke::revoke(&config, &a, &clock).await,
                 Command::Serve { listen } => {
                     let mut config = config;
                     if let Some(addr) = listen {

@@ -12,7 +12,10 @@ use crate::fsutil::StateLock;
 use crate::transition::record_store::RecordStore;
 use crate::transition::{self, TransitionKind, driver};
 
-fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition::Options {
+pub(super) fn transition_options(
+    config: &Config,
+    args: &TransitionPlanArgs,
+) -> transition::Options {
     transition::Options {
         drain_seconds: args.drain.unwrap_or(config.transition.drain).as_secs(),
         gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
@@ -25,6 +28,7 @@ fn transition_options(config: &Config, args: &TransitionPlanArgs) -> transition:
             .map_or(config.transition.max_parallel, usize::from),
         // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
         renewal_wait_seconds: None,
+        list_propagation_seconds: None,
         directories: directories(config),
     }
 }
@@ -106,7 +110,7 @@ pub(super) async fn rotate_root_start(
 }
 
 /// Each primary with the remotes its istiod serves.
-fn scopes(config: &Config) -> Vec<transition::Scope> {
+pub(super) fn scopes(config: &Config) -> Vec<transition::Scope> {
     config
         .topology
         .primaries()
@@ -201,7 +205,12 @@ fn applied_note(clusters: &[String]) -> String {
 }
 
 /// `--dry-run`: which primaries the transition covers and every step still ahead of it.
-fn print_dry_run(config: &Config, record: &transition::Record, what: &str, now: OffsetDateTime) {
+pub(super) fn print_dry_run(
+    config: &Config,
+    record: &transition::Record,
+    what: &str,
+    now: OffsetDateTime,
+) {
     let clusters: Vec<&str> = record.clusters.keys().map(String::as_str).collect();
     say!(
         "dry run: the {what} would cover {} ({}, {}). Nothing was changed.",
@@ -249,7 +258,7 @@ pub(super) fn started(store: &RecordStore, what: &str, record: &transition::Reco
     );
 }
 
-async fn run_drive(
+pub(super) async fn run_drive(
     config: &Config,
     store: &RecordStore,
     args: &DriveArgs,
@@ -383,6 +392,10 @@ async fn check_trust_graph(
                 removed: None,
             },
         ),
+        TransitionKind::Revoke => {
+            say!("check: a revocation changes no cluster's trust bundle; nothing to check");
+            return Ok(());
+        }
         TransitionKind::RemoveRoot => {
             let removed = match removed.map(|fp| (fp, anchor.as_ref())) {
                 Some((fp, Some(a))) if a.info().fingerprint_sha256 == fp => {

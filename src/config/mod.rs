@@ -138,6 +138,9 @@ pub struct TransitionSettings {
     pub exclude_namespaces: Vec<String>,
     /// How many clusters a transition writes and restarts at once within a phase.
     pub max_parallel: usize,
+    /// How long a revocation's gates give kubelet to update the revocation lists mounted in
+    /// every pod once istiod published them (its sync period and ConfigMap cache).
+    pub list_propagation: Duration,
 }
 
 /// `[transition] record`: where a transition's record lives.
@@ -164,6 +167,7 @@ impl Default for TransitionSettings {
             record: RecordLocation::StateDir,
             exclude_namespaces: Vec::new(),
             max_parallel: 1,
+            list_propagation: Duration::from_secs(180),
         }
     }
 }

@@ -51,6 +51,7 @@ pub(super) struct RawTransition {
     pub(super) record_secret: Option<String>,
     pub(super) exclude_namespaces: Option<Vec<String>>,
     pub(super) max_parallel: Option<u16>,
+    pub(super) list_propagation: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -348,6 +348,9 @@ impl Sections<'_> {
             if let Some(g) = &t.gate_timeout {
                 transition.gate_timeout = parse("gate_timeout", g, false)?;
             }
+            if let Some(p) = &t.list_propagation {
+                transition.list_propagation = parse("list_propagation", p, true)?;
+            }
             let field = |f: &str, reason: String| {
                 self.invalid(span.clone(), format!("transition.{f}"), reason)
             };

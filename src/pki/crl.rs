@@ -25,6 +25,8 @@ pub struct Crl {
     next_update: Option<OffsetDateTime>,
     /// Serial numbers listed, as the raw bytes certificates carry.
     revoked: Vec<Vec<u8>>,
+    entries: Vec<Revoked>,
+    number: Option<u64>,
 }
 
 impl fmt::Debug for Crl {
@@ -46,6 +48,8 @@ pub enum Reason {
     Superseded,
     /// Its cluster left the mesh.
     CessationOfOperation,
+    /// Any other reason (as read from a list).
+    Unspecified,
 }
 
 impl Reason {
@@ -54,6 +58,7 @@ impl Reason {
             Reason::KeyCompromise => "key-compromise",
             Reason::Superseded => "superseded",
             Reason::CessationOfOperation => "cessation-of-operation",
+            Reason::Unspecified => "unspecified",
         }
     }
 
@@ -62,6 +67,7 @@ impl Reason {
             Reason::KeyCompromise => RevocationReason::KeyCompromise,
             Reason::Superseded => RevocationReason::Superseded,
             Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
+            Reason::Unspecified => RevocationReason::Unspecified,
         }
     }
 }
@@ -119,6 +125,20 @@ impl Crl {
             .iter_revoked_certificates()
             .map(|r| r.raw_serial().to_vec())
             .collect();
+        let entries = crl
+            .iter_revoked_certificates()
+            .map(|r| Revoked {
+                serial: hex(r.raw_serial()),
+                at: r.revocation_date.timestamp(),
+                reason: match r.reason_code().map(|(_, c)| c.0) {
+                    Some(1) => Reason::KeyCompromise,
+                    Some(4) => Reason::Superseded,
+                    Some(5) => Reason::CessationOfOperation,
+                    _ => Reason::Unspecified,
+                },
+            })
+            .collect();
+        let number = crl.crl_number().and_then(|n| u64::try_from(n.clone()).ok());
         Ok(Crl {
             der,
             issuer_raw,
@@ -126,6 +146,8 @@ impl Crl {
             this_update,
             next_update,
             revoked,
+            entries,
+            number,
         })
     }
 
@@ -195,6 +217,16 @@ impl Crl {
         let x = cert.x509();
         x.issuer().as_raw() == self.issuer_raw.as_slice()
             && self.revoked.iter().any(|s| s.as_slice() == x.raw_serial())
+    }
+
+    /// What it lists.
+    pub fn entries(&self) -> &[Revoked] {
+        &self.entries
+    }
+
+    /// Its CRL number, when it has one that fits.
+    pub fn number(&self) -> Option<u64> {
+        self.number
     }
 
     /// How many certificates it lists.
@@ -354,6 +386,12 @@ mod tests {
         assert!(crl.lists(&a.cert));
         assert!(!crl.lists(&b.cert));
         assert_eq!(crl.revoked_count(), 1);
+        assert_eq!(crl.number(), Some(2));
+        assert_eq!(
+            crl.entries()[0].serial,
+            Revoked::of(&a.cert, now(), Reason::KeyCompromise).serial
+        );
+        assert_eq!(crl.entries()[0].reason, Reason::KeyCompromise);
         let back = Crl::all_from_pem(&crls_pem(&[crl.clone(), crl.clone()]), "f").unwrap();
         assert_eq!(back, vec![crl], "duplicates are written once");
     }

@@ -14,6 +14,12 @@ pub struct Subject {
     pub common_name: String,
     pub locality: Option<String>,
     pub country: Option<String>,
+    /// The DN's serialNumber attribute, which only a revoked intermediate's successor carries:
+    /// its name must differ from its predecessor's, since Envoy and most verifiers pick a
+    /// certificate's revocation list by its issuer's name (docs/istio.md §14). Never set by a
+    /// policy, and never judged as drift.
+    #[serde(skip)]
+    pub serial_number: Option<String>,
 }
 
 impl Subject {
@@ -29,6 +35,7 @@ impl Subject {
             common_name: r(&self.common_name),
             locality: self.locality.as_deref().map(r),
             country: self.country.as_deref().map(r),
+            serial_number: self.serial_number.clone(),
         }
     }
 
@@ -40,6 +47,7 @@ impl Subject {
             common_name: "Root CA".to_string(),
             locality: None,
             country: None,
+            serial_number: None,
         }
     }
 
@@ -51,6 +59,7 @@ impl Subject {
             common_name: "Intermediate CA".to_string(),
             locality: Some(cluster.to_string()),
             country: None,
+            serial_number: None,
         }
     }
 
@@ -69,6 +78,15 @@ impl Subject {
             dn.push(DnType::LocalityName, l.as_str());
         }
         dn.push(DnType::CommonName, self.common_name.as_str());
+        if let Some(serial) = &self.serial_number {
+            // X.520: a PrintableString.
+            if let Ok(value) = rcgen::string::PrintableString::try_from(serial.as_str()) {
+                dn.push(
+                    DnType::CustomDnType(vec![2, 5, 4, 5]),
+                    rcgen::DnValue::PrintableString(value),
+                );
+            }
+        }
         dn
     }
 }

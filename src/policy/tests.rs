@@ -81,6 +81,7 @@ fn templates_render_cluster_and_trust_domain() {
         common_name: "Intermediate CA {cluster}".into(),
         locality: Some("{cluster}".into()),
         country: None,
+        serial_number: None,
     };
     let s = t.render("east", "example.org");
     assert_eq!(s.organization.as_deref(), Some("example.org"));

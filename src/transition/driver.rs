@@ -34,12 +34,20 @@ use super::progress::{Event, Progress, Throttle, show_drain, show_gate_wait};
 /// cacertd issued under the new root, and must chain to exactly `new_root`. A root's removal
 /// keeps each cluster's own intermediate under the common root (checked when it started), so
 /// the whole set is checked as cacertd's own, with whichever root of its bundle it chains to.
-fn written_material(kind: TransitionKind, of: MaterialOf, new_root: Option<&Cert>) -> Material<'_> {
+/// A revocation keeps every signer but the revoked one (`signer_kept`), whose successor gets
+/// every check.
+fn written_material(
+    kind: TransitionKind,
+    of: MaterialOf,
+    new_root: Option<&Cert>,
+    signer_kept: bool,
+) -> Material<'_> {
     match (kind, of) {
         (_, MaterialOf::Original) | (_, MaterialOf::Phase(super::Phase::AddNewRoot)) => {
             Material::ServedBefore
         }
-        (TransitionKind::RemoveRoot, _) => Material::Issued { root: None },
+        (TransitionKind::Revoke, _) if signer_kept => Material::ServedBefore,
+        (TransitionKind::RemoveRoot | TransitionKind::Revoke, _) => Material::Issued { root: None },
         (_, MaterialOf::Phase(_)) => Material::Issued { root: new_root },
     }
 }
@@ -95,6 +103,7 @@ pub async fn drive(
             // Up to `max_parallel` clusters at once, within what this run may still do.
             let batch = next_steps(&record, now, opts.room(done));
             let exclude = record.options.exclude_namespaces.clone();
+            let revoked = record.revocation.as_ref().map(|r| r.cluster.clone());
             let work = Work {
                 config,
                 targets: &targets,
@@ -104,6 +113,7 @@ pub async fn drive(
                 writer: CacertsWriter::new(&config.trust_domain, &audit, "transition-write"),
                 exclude_namespaces: &exclude,
                 kind: record.kind,
+                revoked: revoked.as_deref(),
             };
             done += run_batch(&work, files, &mut record, &batch, now).await?;
             continue;
@@ -318,7 +328,12 @@ async fn open_clusters(
                 .await
                 .map_err(target_err(name))?,
         );
-        materials.insert(name.clone(), files.load_material(name).await?);
+        let mut material = files.load_material(name).await?;
+        material.lists_before = record
+            .revocation
+            .as_ref()
+            .map(|r| r.lists_before.clone().into_bytes());
+        materials.insert(name.clone(), material);
         // The remotes its istiod serves publish its bundle too; their gates count.
         let mut served = Vec::new();
         for remote in config.topology.remotes_of(name) {
@@ -429,6 +444,8 @@ struct Work<'a> {
     writer: CacertsWriter<'a>,
     exclude_namespaces: &'a [String],
     kind: TransitionKind,
+    /// A revocation's cluster: the one whose signer changes.
+    revoked: Option<&'a str>,
 }
 
 impl Work<'_> {
@@ -450,7 +467,12 @@ impl Work<'_> {
         let new_root = self.new_root(cluster)?;
         if let Err(problems) = self.writer.check(
             &want,
-            written_material(self.kind, of, new_root.as_ref()),
+            written_material(
+                self.kind,
+                of,
+                new_root.as_ref(),
+                self.revoked != Some(cluster),
+            ),
             now,
         ) {
             return Err(DriveError::Unwritable {
@@ -469,7 +491,10 @@ impl Work<'_> {
     /// The root `cluster`'s new intermediate was issued under (none for a root's removal,
     /// whose clusters keep their intermediates).
     fn new_root(&self, cluster: &str) -> Result<Option<Cert>, DriveError> {
-        if self.kind == TransitionKind::RemoveRoot {
+        if matches!(
+            self.kind,
+            TransitionKind::RemoveRoot | TransitionKind::Revoke
+        ) {
             return Ok(None);
         }
         Cert::one_from_pem(&self.materials[cluster].new.root_cert, "new root-cert.pem")
@@ -504,7 +529,12 @@ impl Work<'_> {
                 .write(
                     &self.targets[cluster],
                     want,
-                    written_material(self.kind, of, self.new_root(cluster)?.as_ref()),
+                    written_material(
+                        self.kind,
+                        of,
+                        self.new_root(cluster)?.as_ref(),
+                        self.revoked != Some(cluster),
+                    ),
                     &meta,
                     observed,
                 )
@@ -595,7 +625,7 @@ mod tests {
         for of in [MaterialOf::Original, MaterialOf::Phase(Phase::AddNewRoot)] {
             assert!(
                 matches!(
-                    written_material(kind, of, Some(root.cert())),
+                    written_material(kind, of, Some(root.cert()), false),
                     Material::ServedBefore
                 ),
                 "{of:?}"
@@ -604,7 +634,7 @@ mod tests {
         for p in [Phase::SwitchSigner, Phase::RemoveOldRoot, Phase::Done] {
             assert!(
                 matches!(
-                    written_material(kind, MaterialOf::Phase(p), Some(root.cert())),
+                    written_material(kind, MaterialOf::Phase(p), Some(root.cert()), false),
                     Material::Issued { root: Some(r) } if r == root.cert()
                 ),
                 "{p:?}"
@@ -615,8 +645,22 @@ mod tests {
             written_material(
                 TransitionKind::RemoveRoot,
                 MaterialOf::Phase(Phase::RemoveOldRoot),
-                None
+                None,
+                false
             ),
+            Material::Issued { root: None }
+        ));
+        // A revocation: only the revoked cluster's successor is new material.
+        let (revoke, switch) = (
+            TransitionKind::Revoke,
+            MaterialOf::Phase(Phase::SwitchSigner),
+        );
+        assert!(matches!(
+            written_material(revoke, switch, None, true),
+            Material::ServedBefore
+        ));
+        assert!(matches!(
+            written_material(revoke, switch, None, false),
             Material::Issued { root: None }
         ));
     }

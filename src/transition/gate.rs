@@ -73,6 +73,42 @@ pub(super) async fn check_gate(
                 }
             }
         }
+        if let (Some(revocation), Target::Kube(kube)) = (&record.revocation, *target)
+            && of != MaterialOf::Original
+        {
+            let served = std::iter::once((cluster.as_str(), kube)).chain(
+                remotes
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, t)| (n.as_str(), t)),
+            );
+            for (name, target) in served {
+                lists_behind(name, target, &want.ca_crl, &mut behind).await;
+            }
+            // Before the revocation is published, nothing there may still present a
+            // certificate from the revoked intermediate.
+            if of == MaterialOf::Phase(super::Phase::SwitchSigner)
+                && record.state == State::Active
+                && revocation.cluster == *cluster
+                && let Some(progress) = record.clusters.get(cluster)
+            {
+                let served = std::iter::once((cluster.as_str(), kube)).chain(
+                    remotes
+                        .get(cluster)
+                        .into_iter()
+                        .flatten()
+                        .map(|(n, t)| (n.as_str(), t)),
+                );
+                for (name, target) in served {
+                    let since = Since { progress, now };
+                    let why = Why::RevokedSigner;
+                    proxies_behind(name, target, kube, since, why, &record.options, &mut behind)
+                        .await;
+                }
+            }
+            continue;
+        }
         // Before any cluster signs under the new root, every proxy must trust it.
         if of == MaterialOf::Phase(super::Phase::AddNewRoot)
             && record.state == State::Active
@@ -88,11 +124,90 @@ pub(super) async fn check_gate(
             for (name, target) in served {
                 let since = Since { progress, now };
                 let options = &record.options;
-                proxies_behind(name, target, kube, since, options, &mut behind).await;
+                proxies_behind(
+                    name,
+                    target,
+                    kube,
+                    since,
+                    Why::NewRoot,
+                    options,
+                    &mut behind,
+                )
+                .await;
             }
         }
     }
+    if behind.is_empty()
+        && record.revocation.is_some()
+        && of != MaterialOf::Original
+        && let Some(wait) = lists_propagating(record, now)
+    {
+        behind.push(wait);
+    }
     behind
+}
+
+/// While lists just published may not have reached every pod's mounted file: the wait counts
+/// from the gate's first check after the step's writes (istiod publishes within seconds).
+fn lists_propagating(record: &Record, now: OffsetDateTime) -> Option<String> {
+    let wait = record.options.list_propagation_seconds.unwrap_or(0);
+    let since = record.gate_since.unwrap_or(now.unix_timestamp());
+    let until = since.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+    (now.unix_timestamp() < until).then(|| {
+        let at = OffsetDateTime::from_unix_timestamp(until)
+            .map(crate::pki::fmt_time)
+            .unwrap_or_else(|_| until.to_string());
+        format!(
+            "every cluster: kubelet may still be updating the mounted revocation lists in the \
+             pods, until {at}"
+        )
+    })
+}
+
+/// Adds each `istio-ca-crl` ConfigMap of `name` that does not hold exactly the lists of
+/// `want` (compared as sets), or a note that istiod published none.
+async fn lists_behind(name: &str, target: &KubeTarget, want: &[u8], behind: &mut Vec<String>) {
+    let set = |pem: &[u8]| -> Option<Vec<Vec<u8>>> {
+        let mut ders: Vec<Vec<u8>> = crate::pki::Crl::all_from_pem(pem, "ca-crl.pem")
+            .ok()?
+            .iter()
+            .map(|l| l.der().to_vec())
+            .collect();
+        ders.sort();
+        ders.dedup();
+        Some(ders)
+    };
+    let published = match target.published_lists().await {
+        Ok(p) => p,
+        Err(e) => {
+            behind.push(format!("{name}: unreachable: {e}"));
+            return;
+        }
+    };
+    if published.is_empty() {
+        behind.push(format!(
+            "{name}: istiod has not published its revocation lists (ConfigMap istio-ca-crl) \
+             yet; it does from Istio 1.27 on, with PILOT_ENABLE_CA_CRL (on by default)"
+        ));
+        return;
+    }
+    let want = set(want);
+    for (at, pem) in published {
+        if set(&pem) != want {
+            behind.push(format!(
+                "{name}/{at}: does not hold the revocation lists of this step yet"
+            ));
+        }
+    }
+}
+
+/// What the proxies that started before istiod's restart may lack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The new root in their bundle.
+    NewRoot,
+    /// A certificate from the new intermediate: theirs may be from the revoked one.
+    RevokedSigner,
 }
 
 /// How a proxy is kept in the record: its cluster and its pod's uid (a re-created pod has a
@@ -122,6 +237,7 @@ async fn proxies_behind(
     target: &KubeTarget,
     istiod_cluster: &KubeTarget,
     Since { progress, now }: Since<'_>,
+    why: Why,
     options: &super::Options,
     behind: &mut Vec<String>,
 ) {
@@ -146,7 +262,8 @@ async fn proxies_behind(
         .filter(|p| before.contains(proxy_key(name, p).as_str()))
         .filter(|p| !exclude.contains(&p.namespace))
         .collect();
-    let pushed = if old.iter().any(|p| p.takes_pushed_bundles) {
+    // A pushed bundle brings a root, never a new certificate.
+    let pushed = if why == Why::NewRoot && old.iter().any(|p| p.takes_pushed_bundles) {
         matches!(istiod_cluster.istiod_multiroot().await, Ok(Some(true)))
     } else {
         false
@@ -158,7 +275,11 @@ async fn proxies_behind(
     if stale.is_empty() {
         return;
     }
-    if let (Some(wait), Some(at)) = (options.renewal_wait_seconds, progress.istiod_restarted_at) {
+    if let (Some(wait), Some(at), Why::NewRoot) = (
+        options.renewal_wait_seconds,
+        progress.istiod_restarted_at,
+        why,
+    ) {
         // The wait set at start, or longer for a proxy started since with a longer
         // certificate lifetime (one whose renewal cannot be read never counts as renewed).
         let longest = stale
@@ -178,16 +299,24 @@ async fn proxies_behind(
         }
         return;
     }
+    let (started, risk) = match why {
+        Why::NewRoot => ("served the new root", "may not trust it"),
+        Why::RevokedSigner => (
+            "signed with the new intermediate",
+            "may still present a certificate from the revoked one, which the revocation will \
+             cut off",
+        ),
+    };
     for p in stale.iter().take(PROXIES_NAMED) {
         behind.push(format!(
-            "{name}/{}: its proxy started before istiod served the new root and may not trust \
-             it; delete the pod so that it is re-created (or exclude its namespace)",
+            "{name}/{}: its proxy started before istiod {started} and {risk}; delete the pod \
+             so that it is re-created (or exclude its namespace)",
             p.describe()
         ));
     }
     if stale.len() > PROXIES_NAMED {
         behind.push(format!(
-            "{name}: {} more proxies started before istiod served the new root",
+            "{name}: {} more proxies started before istiod {started}",
             stale.len() - PROXIES_NAMED
         ));
     }

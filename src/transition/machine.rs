@@ -44,17 +44,33 @@ impl State {
 }
 
 impl ClusterProgress {
-    /// The next restart stage; none for a directory target, whose restarts are up to whoever
-    /// applies the folder.
-    fn next_restart(&self, skip_workloads: bool, directory: bool) -> Option<Stage> {
-        if directory {
-            return None;
-        }
-        Stage::ALL
-            .into_iter()
-            .filter(|s| !(skip_workloads && *s == Stage::Workloads))
-            .find(|s| !self.restarted.contains(s))
+    /// The first of `stages` not restarted yet.
+    fn next_restart(&self, stages: &[Stage]) -> Option<Stage> {
+        stages.iter().copied().find(|s| !self.restarted.contains(s))
     }
+}
+
+/// What a revocation is about, fixed when it starts ([`TransitionKind::Revoke`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The primary whose intermediate is revoked and re-issued.
+    pub cluster: String,
+    /// The revoked intermediate: subject, serial (hex) and SHA-256 fingerprint.
+    pub subject: String,
+    pub serial: String,
+    pub fingerprint: String,
+    pub reason: crate::pki::Reason,
+    /// `ca-crl.pem` until the revocation is published: a list from every intermediate in use
+    /// (the revoked one and its successor included), from the mesh CA as before, and from
+    /// every CA above it.
+    pub lists_before: String,
+    /// `ca-crl.pem` from `RemoveOldRoot` on: the mesh CA's list names the revoked intermediate.
+    pub lists_after: String,
+    /// Primaries whose cacerts had no revocation lists before: their proxies read the lists
+    /// only once restarted after istiod published them (docs/istio.md §14), so their gateways
+    /// and workloads restart when the revocation is published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_lists: Vec<String>,
 }
 
 /// How a primary with a directory target shows that its cluster took a step's material: cacertd
@@ -123,6 +139,10 @@ pub struct Options {
     /// long for the proxies that started before the restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_wait_seconds: Option<u64>,
+    /// A revocation's wait, once istiod published the lists, for kubelet to update them in
+    /// every pod ([transition] list_propagation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_propagation_seconds: Option<u64>,
 }
 
 fn one() -> usize {
@@ -162,6 +182,9 @@ pub struct Record {
     /// cleared with each gate passed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub applied: bool,
+    /// A revocation's cluster and lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
 }
 
 /// The next thing a driver should do.
@@ -232,7 +255,9 @@ impl Record {
             // A root's removal is the last phase alone.
             phase: match kind {
                 TransitionKind::RemoveRoot => Phase::RemoveOldRoot,
-                _ => Phase::AddNewRoot,
+                TransitionKind::Migrate | TransitionKind::RotateRoot | TransitionKind::Revoke => {
+                    Phase::AddNewRoot
+                }
             },
             state: State::Active,
             options,
@@ -248,6 +273,41 @@ impl Record {
             root_swapped: false,
             behind: Vec::new(),
             applied: false,
+            revocation: None,
+        }
+    }
+
+    /// The restarts `cluster` goes through after its write in the current phase or rollback,
+    /// in order. A directory target's are up to whoever applies the folder. A trust transition
+    /// restarts istiod, gateways and workloads (these skipped on request). A revocation
+    /// restarts only where a signer changes — the revoked cluster, entering SwitchSigner or
+    /// rolling back before it — and, when the revocation is published, the gateways and
+    /// workloads of primaries whose proxies never had lists to check.
+    pub fn restarts(&self, cluster: &str) -> Vec<Stage> {
+        if self.is_directory(cluster) {
+            return Vec::new();
+        }
+        let Some(revocation) = &self.revocation else {
+            let skip = self.options.skip_workload_restarts;
+            return Stage::ALL
+                .into_iter()
+                .filter(|s| !(skip && *s == Stage::Workloads))
+                .collect();
+        };
+        let revoked = revocation.cluster == cluster;
+        match (self.target_material(), &self.state) {
+            (MaterialOf::Phase(Phase::SwitchSigner), State::Active)
+            | (MaterialOf::Phase(Phase::AddNewRoot), State::RollingBack { .. })
+                if revoked =>
+            {
+                Stage::ALL.to_vec()
+            }
+            (MaterialOf::Phase(Phase::RemoveOldRoot), State::Active)
+                if !revoked && revocation.first_lists.iter().any(|c| c == cluster) =>
+            {
+                vec![Stage::Gateways, Stage::Workloads]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -421,6 +481,18 @@ impl Record {
             Some(p) if self.kind != TransitionKind::RemoveRoot => MaterialOf::Phase(p),
             _ => MaterialOf::Original,
         };
+        if let Some(revocation) = &self.revocation
+            && to == MaterialOf::Original
+            && !revocation.first_lists.is_empty()
+            && !(untouched && self.phase == Phase::AddNewRoot)
+        {
+            return Err(format!(
+                "{} had no revocation lists before; istiod published the lists to their \
+                 proxies, and taking them away again could leave those proxies unable to \
+                 verify anyone. Continue with `cacertd transition resume`",
+                revocation.first_lists.join(", ")
+            ));
+        }
         self.reset_progress();
         self.approved = false;
         self.state = State::RollingBack { to };
@@ -526,8 +598,7 @@ pub fn next_step(record: &Record, now: OffsetDateTime) -> Step {
                 material,
             };
         }
-        let skip = record.options.skip_workload_restarts;
-        if let Some(stage) = progress.next_restart(skip, record.is_directory(cluster)) {
+        if let Some(stage) = progress.next_restart(&record.restarts(cluster)) {
             return Step::Restart {
                 cluster: cluster.clone(),
                 stage,
@@ -560,7 +631,6 @@ pub fn next_steps(record: &Record, now: OffsetDateTime, room: usize) -> Vec<Step
         return vec![first];
     }
     let material = record.target_material();
-    let skip = record.options.skip_workload_restarts;
     record
         .clusters
         .iter()
@@ -572,7 +642,7 @@ pub fn next_steps(record: &Record, now: OffsetDateTime, room: usize) -> Vec<Step
                 })
             } else {
                 progress
-                    .next_restart(skip, record.is_directory(cluster))
+                    .next_restart(&record.restarts(cluster))
                     .map(|stage| Step::Restart {
                         cluster: cluster.clone(),
                         stage,
@@ -601,6 +671,7 @@ impl Options {
             directories: BTreeMap::new(),
             max_parallel: 1,
             renewal_wait_seconds: None,
+            list_propagation_seconds: None,
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,

@@ -21,11 +21,13 @@ mod planned;
 mod preflight;
 pub mod progress;
 pub mod record_store;
+pub mod revoke;
 mod serving;
 pub mod start;
 
 pub use machine::{
-    ClusterProgress, DirProof, Options, Record, State, Step, StepOutcome, next_step, next_steps,
+    ClusterProgress, DirProof, Options, Record, Revocation, State, Step, StepOutcome, next_step,
+    next_steps,
 };
 pub use planned::{PlannedStep, Scope, plan_steps, remaining_steps, steps_ahead};
 pub use serving::{ClusterMaterial, from_self_signed, material};
@@ -48,6 +50,12 @@ pub enum TransitionKind {
     /// A root nobody holds (planted, or left by an aborted transition) leaves every bundle
     /// that trusts it: one phase, `RemoveOldRoot`, each cluster keeping its signer.
     RemoveRoot,
+    /// One primary's intermediate is revoked (README, "When a key leaks"): every primary
+    /// publishes a revocation list from its successor (`AddNewRoot`'s place), the primary
+    /// switches to the successor and restarts everything there (`SwitchSigner`), then every
+    /// primary publishes the mesh CA's list naming the revoked intermediate (`RemoveOldRoot`).
+    /// Trust does not change.
+    Revoke,
 }
 
 impl TransitionKind {
@@ -56,6 +64,7 @@ impl TransitionKind {
             TransitionKind::Migrate => "migrate",
             TransitionKind::RotateRoot => "rotate-root",
             TransitionKind::RemoveRoot => "remove-root",
+            TransitionKind::Revoke => "revoke",
         }
     }
 }

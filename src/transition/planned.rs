@@ -112,9 +112,12 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
                     Some(_) => " into its folder",
                     None => "",
                 },
-                match material {
-                    MaterialOf::Phase(p) => describe(kind, *p),
-                    MaterialOf::Original => "the material it had before the transition, verbatim",
+                match (material, &record.revocation) {
+                    (MaterialOf::Phase(p), Some(r)) => describe_revocation(r, cluster, *p),
+                    (MaterialOf::Phase(p), None) => describe(kind, *p).to_string(),
+                    (MaterialOf::Original, _) => {
+                        "the material it had before the transition, verbatim".to_string()
+                    }
                 },
                 match (
                     options.directories.get(cluster),
@@ -209,8 +212,43 @@ fn restart_action(stage: Stage, scope: Option<&Scope>, options: &Options) -> Str
     }
 }
 
+/// A revocation's write, which differs between the revoked cluster and the others.
+fn describe_revocation(r: &super::Revocation, cluster: &str, phase: Phase) -> String {
+    let revoked = r.cluster == cluster;
+    match phase {
+        Phase::AddNewRoot => format!(
+            "its current intermediate and roots, verbatim; ca-crl.pem = a list from every \
+             intermediate in use{}, the mesh CA and every CA above it. Published before the \
+             successor signs anything: a proxy that checks lists rejects a chain through a CA \
+             without one",
+            if revoked {
+                " and from its successor"
+            } else {
+                ", the successor of "
+            }
+            .to_string()
+                + if revoked { "" } else { &r.cluster }
+        ),
+        Phase::SwitchSigner if revoked => format!(
+            "its new intermediate (the successor of {} serial {}); the same roots and lists",
+            r.subject, r.serial
+        ),
+        Phase::SwitchSigner => "unchanged (its signer stays; the same lists)".into(),
+        Phase::RemoveOldRoot | Phase::Done => format!(
+            "ca-crl.pem = the same lists, the mesh CA's now naming {} serial {} ({}): no proxy \
+             accepts a certificate it signed. Only now: before {}'s workloads re-certified under \
+             the successor, this would have cut them off",
+            r.subject,
+            r.serial,
+            r.reason.name(),
+            r.cluster
+        ),
+    }
+}
+
 fn describe(kind: TransitionKind, phase: Phase) -> &'static str {
     match (kind, phase) {
+        (TransitionKind::Revoke, _) => "the revocation's material",
         (TransitionKind::Migrate, Phase::AddNewRoot) => {
             "the current signer, verbatim (from istio-ca-secret if istiod is self-signed); \
              root-cert.pem = the current roots + the common root"
@@ -245,7 +283,12 @@ fn gate_line(record: &Record, material: MaterialOf) -> String {
     if folders.len() == record.clusters.len() {
         return "gate: every folder holds the material of this step".into();
     }
+    let revoke_gate;
     let read = match material {
+        MaterialOf::Phase(p) if record.revocation.is_some() => {
+            revoke_gate = revocation_gate(record, p);
+            revoke_gate.as_str()
+        }
         MaterialOf::Phase(_) if record.kind == TransitionKind::RemoveRoot => {
             "every istio-ca-root-cert ConfigMap holds exactly the roots it keeps; every restart \
              finished"
@@ -262,6 +305,27 @@ fn gate_line(record: &Record, material: MaterialOf) -> String {
             "gate, in every cluster but {} (whose folders hold the material): {read}",
             folders.join(", ")
         ),
+    }
+}
+
+/// A revocation's gate: the lists published everywhere and given time to reach every pod;
+/// after the switch, nothing in the revoked cluster still presenting the revoked signer's
+/// certificates.
+fn revocation_gate(record: &Record, phase: Phase) -> String {
+    let lists = format!(
+        "every primary serves the step's ca-crl.pem and every istio-ca-crl ConfigMap istiod \
+         published holds it, then {} for kubelet to update the mounted file in every pod",
+        crate::clock::fmt_duration(std::time::Duration::from_secs(
+            record.options.list_propagation_seconds.unwrap_or(0)
+        ))
+    );
+    match (phase, &record.revocation) {
+        (Phase::SwitchSigner, Some(r)) => format!(
+            "{lists}; every restart finished and no proxy of {} or its remotes started before its \
+             istiod signed with the successor",
+            r.cluster
+        ),
+        _ => format!("{lists}; every restart finished"),
     }
 }
 

@@ -184,6 +184,7 @@ impl RecordStore {
                 .load_files(cluster, NEW)
                 .await?
                 .ok_or_else(|| missing(NEW))?,
+            lists_before: None,
         })
     }
 }

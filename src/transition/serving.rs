@@ -8,8 +8,12 @@ pub struct ClusterMaterial {
     /// What the cluster served before the transition: its `cacerts`, or for a self-signed
     /// cluster the `cacerts` form of `istio-ca-secret` (see [`from_self_signed`]).
     pub original: CaCertsFiles,
-    /// Its new intermediate under the new root, with `root_cert` = the new root.
+    /// Its new intermediate under the new root, with `root_cert` = the new root. (For a
+    /// revocation: the set it ends with — its own signer, or the revoked one's successor —
+    /// with the lists naming the revoked intermediate.)
     pub new: CaCertsFiles,
+    /// A revocation's `ca-crl.pem` until the revocation is published; `None` otherwise.
+    pub lists_before: Option<Vec<u8>>,
 }
 
 /// The `cacerts` form of istiod's self-signed CA: `istio-ca-secret`'s key and certificate
@@ -32,6 +36,9 @@ pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
 /// (For a root's removal, `new` is the cluster's own set with the root left out of its bundle:
 /// only `RemoveOldRoot` and the original are ever served.)
 pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
+    if let Some(lists) = &m.lists_before {
+        return Ok(revocation_material(m, lists, of));
+    }
     let both = || -> Result<Vec<u8>, PkiError> {
         let new_root = Cert::one_from_pem(&m.new.root_cert, "new root-cert.pem")?;
         Ok(
@@ -53,4 +60,21 @@ pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, Pki
         },
         MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),
     })
+}
+
+/// A revocation's material: trust never changes; the lists that name no revoked intermediate
+/// yet go out first, then the revoked cluster's successor signs, then the lists that name it.
+fn revocation_material(m: &ClusterMaterial, lists_before: &[u8], of: MaterialOf) -> CaCertsFiles {
+    match of {
+        MaterialOf::Original => m.original.clone(),
+        MaterialOf::Phase(Phase::AddNewRoot) => CaCertsFiles {
+            ca_crl: lists_before.to_vec(),
+            ..m.original.clone()
+        },
+        MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
+            ca_crl: lists_before.to_vec(),
+            ..m.new.clone()
+        },
+        MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),
+    }
 }

@@ -68,7 +68,10 @@ pub async fn start_migrate(
         }
         let (new, issued) = match saved_new(files, finished.is_none(), name, &root, now).await? {
             Some(saved) => (saved, false),
-            None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+            None => (
+                issue_new(config, cluster, &signer, &root, None, now).await?,
+                true,
+            ),
         };
         moving.push((name.to_string(), original, new, issued));
     }
@@ -89,7 +92,7 @@ pub async fn start_migrate(
 }
 
 /// What a primary serves now: its `cacerts` or, when `self_signed_ok`, istiod's own CA.
-async fn current_material(
+pub(super) async fn current_material(
     config: &Config,
     cluster: &crate::topology::Cluster,
     self_signed_ok: bool,
@@ -142,19 +145,19 @@ async fn saved_new(
 }
 
 /// A start whose material is worked out: what recording it needs.
-struct Start<'a> {
-    config: &'a Config,
-    files: &'a RecordStore,
+pub(super) struct Start<'a> {
+    pub(super) config: &'a Config,
+    pub(super) files: &'a RecordStore,
     /// A finished transition's record and material, moved aside first.
-    finished: Option<Record>,
-    now: OffsetDateTime,
+    pub(super) finished: Option<Record>,
+    pub(super) now: OffsetDateTime,
 }
 
 impl Start<'_> {
     /// Saves the material of every primary `moving` moves, then the record of a `kind`
     /// transition over them (the record last: a start that stopped early left no record);
     /// notes it in the audit log. A dry run only returns the record it would save.
-    async fn record(
+    pub(super) async fn record(
         self,
         kind: TransitionKind,
         moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
@@ -164,6 +167,18 @@ impl Start<'_> {
     ) -> Result<Record, DriveError> {
         let clusters: Vec<String> = moving.iter().map(|(n, ..)| n.clone()).collect();
         let record = Record::new(kind, clusters, options);
+        self.save(record, moving, dry_run, detail).await
+    }
+
+    /// Saves `record` (made by the caller) after the material of every primary `moving` moves.
+    pub(super) async fn save(
+        self,
+        record: Record,
+        moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
+        dry_run: bool,
+        detail: Option<String>,
+    ) -> Result<Record, DriveError> {
+        let kind = record.kind;
         if dry_run {
             return Ok(record);
         }
@@ -447,7 +462,10 @@ impl Rotation<'_> {
             let name = cluster.name.clone();
             let (new, fresh) = match saved_new(files, self.own, &name, &root, now).await? {
                 Some(saved) => (saved, false),
-                None => (issue_new(config, cluster, &signer, &root, now).await?, true),
+                None => (
+                    issue_new(config, cluster, &signer, &root, None, now).await?,
+                    true,
+                ),
             };
             issued.push((name, original, new, fresh));
         }
@@ -477,16 +495,18 @@ enum NewRoot {
     Vault { waiting: Option<Cert>, stale: bool },
 }
 
-async fn issue_new(
+pub(super) async fn issue_new(
     config: &Config,
     cluster: &crate::topology::Cluster,
     signer: &crate::root_store::Signer,
     root: &Cert,
+    serial_number: Option<String>,
     now: OffsetDateTime,
 ) -> Result<CaCertsFiles, DriveError> {
     let name = cluster.name.as_str();
     let policy = config.policy_for(cluster);
-    let spec = policy.intermediate_spec(name, &config.trust_domain);
+    let mut spec = policy.intermediate_spec(name, &config.trust_domain);
+    spec.subject.serial_number = serial_number;
     policy.check_issuance(name, &spec, root)?;
     let ica = signer
         .issue(&spec, now)

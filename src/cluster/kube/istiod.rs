@@ -12,6 +12,9 @@ use crate::cluster::retry::retrying;
 
 /// The label istiod puts on the bundle ConfigMaps it creates.
 const ISTIOD_LABEL: &str = "istio.io/config=true";
+/// The ConfigMap istiod publishes `ca-crl.pem` in (`PILOT_CRL_CONFIGMAP`'s default), and its key.
+const CRL_CONFIGMAP: &str = "istio-ca-crl";
+const CRL_KEY: &str = "ca-crl.pem";
 /// The ClusterTrustBundle istiod writes instead, when told to.
 pub const CLUSTER_TRUST_BUNDLE: &str = "istio.io:istiod-ca:root-cert";
 
@@ -140,7 +143,24 @@ impl KubeTarget {
         }
     }
 
+    /// The revocation lists istiod published from `cacerts`' `ca-crl.pem` in this cluster (a
+    /// primary, or a remote its istiod serves): `ca-crl.pem` of each ConfigMap named
+    /// `PILOT_CRL_CONFIGMAP` (by default `istio-ca-crl`), with where it is (docs/istio.md §14).
+    /// (A ClusterTrustBundle replaces only the root ConfigMaps; the lists still go to these.)
+    pub async fn published_lists(&self) -> Result<Vec<(String, Vec<u8>)>, TargetError> {
+        self.config_maps(CRL_CONFIGMAP, CRL_KEY).await
+    }
+
     async fn bundle_config_maps(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, TargetError> {
+        self.config_maps(name, "root-cert.pem").await
+    }
+
+    /// `key` of every ConfigMap named `name` that istiod labelled, with `<namespace>/<name>`.
+    async fn config_maps(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, TargetError> {
         let configmaps: Api<ConfigMap> = Api::all(self.client().clone());
         let params = ListParams::default()
             .fields(&format!("metadata.name={name}"))
@@ -160,10 +180,7 @@ impl KubeTarget {
             .into_iter()
             .map(|cm| {
                 let ns = cm.metadata.namespace.unwrap_or_default();
-                let pem = cm
-                    .data
-                    .and_then(|mut d| d.remove("root-cert.pem"))
-                    .unwrap_or_default();
+                let pem = cm.data.and_then(|mut d| d.remove(key)).unwrap_or_default();
                 (format!("{ns}/{name}"), pem.into_bytes())
             })
             .collect())

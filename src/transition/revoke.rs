@@ -1,0 +1,340 @@
+//! Starting a revocation (README, "When a key leaks"): one primary's intermediate is revoked
+//! and replaced by a successor, as a transition of its own ([`TransitionKind::Revoke`]).
+//!
+//! Why three steps (docs/istio.md §14): a proxy that checks revocation lists rejects a chain
+//! through any CA without a list in its file, so a successor's list must reach every proxy
+//! before the successor signs anything; and the list naming the revoked intermediate must wait
+//! until nothing legitimate still presents a certificate it signed, or it would cut off the
+//! revoked cluster's own workloads. Every list is signed here, with keys at hand: each
+//! intermediate's own (empty) list with its key from its cluster's `cacerts`, the successor's
+//! with its fresh key, the mesh CA's with the root store's key. Lists of CAs above the mesh CA
+//! (a corporate anchor) come from the operator.
+
+use time::OffsetDateTime;
+
+use super::error::DriveError;
+use super::record_store::RecordStore;
+use super::start::{Start, current_material, issue_new};
+use super::{ClusterMaterial, MaterialOf, Options, Phase, Record, Revocation, TransitionKind};
+use crate::config::Config;
+use crate::istio_version::IstioVersion;
+use crate::pki::{
+    CaCertsFiles, CaKey, Cert, Crl, Reason, Revoked, crls_pem, issued_by, sign_crl, verify_ca_crl,
+    verify_cacerts,
+};
+use crate::root_store::{RootSource, Signer};
+
+/// The first Istio release whose istiod reads `ca-crl.pem` (docs/istio.md §14).
+pub const LISTS_SINCE: IstioVersion = IstioVersion::new(1, 27, 0);
+
+/// What `revoke` asks.
+pub struct RevokeRequest {
+    /// The primary whose intermediate is revoked.
+    pub cluster: String,
+    pub reason: Reason,
+    /// Lists of the CAs above the mesh CA (`--chain-crl`), which cacertd cannot sign.
+    pub chain_lists: Vec<Crl>,
+}
+
+/// `revoke CLUSTER`: reads every primary (each must sign under the store's mesh CA), issues
+/// the successor, signs the lists, saves the material, then records the revocation. Changes no
+/// cluster. Everything that can be refused is checked before anything is saved.
+pub async fn start_revoke(
+    config: &Config,
+    files: &RecordStore,
+    mut options: Options,
+    request: RevokeRequest,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<Record, DriveError> {
+    let name = request.cluster.as_str();
+    if options.skip_workload_restarts {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "a revocation restarts every workload of {name} and its remotes: each must hold a \
+             certificate from the successor before the revocation is published, or it is cut \
+             off"
+        )));
+    }
+    let Some(revoked_cluster) = config.topology.primaries().find(|c| c.name == name) else {
+        return Err(DriveError::UnknownCluster {
+            cluster: name.to_string(),
+        });
+    };
+    refuse_old_istiod(config).await?;
+    let finished = files.check_room().await?;
+    let signer = RootSource::open(config)
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?
+        .signer()
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    let Signer::Local(mesh_ca) = &signer else {
+        return Err(DriveError::UnsafeForMesh(
+            "revoking with the vault-pki store is not supported yet: Vault would sign the mesh \
+             CA's list, and its lists expire within days (72h by default), so every proxy would \
+             reject every chain unless each fresh list were published before the last expired. \
+             Until cacertd does that, revoke in Vault (pki/revoke) and re-issue the cluster's \
+             intermediate with `cacertd issue`"
+                .into(),
+        ));
+    };
+
+    // Every primary as it is: its set, its intermediate, and the lists it carries.
+    let mut current: Vec<(String, CaCertsFiles, Cert)> = Vec::new();
+    let mut existing: Vec<Crl> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let set = current_material(config, cluster, false).await?;
+        let bad = |reason: String| DriveError::CurrentMaterial {
+            cluster: cluster.name.clone(),
+            reason,
+        };
+        verify_cacerts(&set, now).map_err(|p| {
+            bad(format!(
+                "its cacerts does not validate, so it cannot be carried through a revocation: {}",
+                crate::pki::BundleProblem::join(&p)
+            ))
+        })?;
+        let ica = Cert::one_from_pem(&set.ca_cert, CaCertsFiles::CA_CERT)
+            .map_err(|e| bad(e.to_string()))?;
+        if !issued_by(&ica, mesh_ca.cert()) {
+            return Err(bad(format!(
+                "its intermediate ({}) was not issued by the mesh CA ({}): every primary must \
+                 sign under the common root before lists can be published (`cacertd migrate \
+                 start`; a replaced mesh CA: `cacertd issue`)",
+                ica.info().subject,
+                mesh_ca.cert().info().subject
+            )));
+        }
+        existing.extend(verify_ca_crl(&set, now).map_err(bad)?);
+        current.push((cluster.name.clone(), set, ica));
+    }
+    let Some((_, revoked_set, revoked_ica)) = current.iter().find(|(n, ..)| n == name) else {
+        return Err(DriveError::CurrentMaterial {
+            cluster: name.to_string(),
+            reason: "it has no cacerts to revoke".into(),
+        });
+    };
+    if existing.iter().any(|l| l.lists(revoked_ica)) {
+        return Err(DriveError::NothingToDo(format!(
+            "{name}'s intermediate ({}) is revoked already",
+            revoked_ica.info().subject
+        )));
+    }
+
+    // The successor: same trust, a fresh key.
+    // A name of its own (docs/istio.md §14): the issuance time, in seconds.
+    let generation = Some(now.unix_timestamp().to_string());
+    let mut successor = issue_new(
+        config,
+        revoked_cluster,
+        &signer,
+        mesh_ca.anchor(),
+        generation,
+        now,
+    )
+    .await?;
+    successor.root_cert.clone_from(&revoked_set.root_cert);
+    let successor_cert = Cert::one_from_pem(&successor.ca_cert, "the successor's ca-cert.pem")
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+
+    // A list from every intermediate in use, the successor included.
+    let list_err = |cluster: &str, e: crate::pki::PkiError| DriveError::CurrentMaterial {
+        cluster: cluster.to_string(),
+        reason: format!("its revocation list cannot be signed: {e}"),
+    };
+    let mut lists: Vec<Crl> = Vec::new();
+    for (cluster, set, ica) in current.iter().chain(std::iter::once(&(
+        name.to_string(),
+        successor.clone(),
+        successor_cert.clone(),
+    ))) {
+        if let Some(kept) = existing.iter().find(|l| {
+            l.signed_by(ica) && l.next_update().is_some_and(|n| n >= ica.info().not_after)
+        }) {
+            lists.push(kept.clone());
+            continue;
+        }
+        let key =
+            CaKey::from_pem(&set.ca_key, CaCertsFiles::CA_KEY).map_err(|e| list_err(cluster, e))?;
+        let list = sign_crl(ica, &key, &[], 1, now, ica.info().not_after)
+            .map_err(|e| list_err(cluster, e))?;
+        lists.push(list);
+    }
+
+    // The mesh CA's list, before and after; it keeps every earlier revocation.
+    let signing = mesh_ca.cert();
+    let previous = existing
+        .iter()
+        .filter(|l| l.signed_by(signing))
+        .max_by_key(|l| (l.number(), l.this_update()));
+    let number = previous.and_then(Crl::number).unwrap_or(0);
+    let until = signing.info().not_after;
+    let mesh_err = |e: crate::pki::PkiError| DriveError::NewRoot(e.to_string());
+    let before = match previous {
+        Some(p) => p.clone(),
+        None => sign_crl(signing, mesh_ca.key(), &[], number + 1, now, until).map_err(mesh_err)?,
+    };
+    let mut entries: Vec<Revoked> = previous.map(|p| p.entries().to_vec()).unwrap_or_default();
+    entries.push(Revoked::of(revoked_ica, now, request.reason));
+    let after = sign_crl(
+        signing,
+        mesh_ca.key(),
+        &entries,
+        before.number().unwrap_or(number) + 1,
+        now,
+        until,
+    )
+    .map_err(mesh_err)?;
+
+    // The CAs above the mesh CA: lists the operator gave, or the clusters carry.
+    let above_ca: Vec<Cert> = mesh_ca.chain().to_vec();
+    for given in &request.chain_lists {
+        if !above_ca.iter().any(|c| given.signed_by(c)) {
+            return Err(DriveError::NewRoot(format!(
+                "--chain-crl: the list of {} is signed by none of the CAs above the mesh CA ({})",
+                given.issuer(),
+                names(&above_ca)
+            )));
+        }
+    }
+    let mut above: Vec<Crl> = Vec::new();
+    for ca in &above_ca {
+        let fresh = |l: &&Crl| l.signed_by(ca) && l.next_update().is_some_and(|n| n > now);
+        let newest = request
+            .chain_lists
+            .iter()
+            .chain(existing.iter())
+            .filter(fresh)
+            .max_by_key(|l| l.this_update());
+        match newest {
+            Some(l) => above.push(l.clone()),
+            None => {
+                return Err(DriveError::UnsafeForMesh(format!(
+                    "{} has no current revocation list: a proxy that checks lists rejects every \
+                     chain through a CA without one. Pass the list your PKI publishes for it \
+                     with --chain-crl FILE",
+                    ca.info().subject
+                )));
+            }
+        }
+    }
+    // Lists of intermediates no longer in use (an earlier revocation's) stay while current:
+    // certificates they signed may live on.
+    let ours = |l: &Crl| {
+        lists.iter().chain(&above).any(|k| k.der() == l.der())
+            || l.signed_by(signing)
+            || above_ca.iter().any(|c| l.signed_by(c))
+    };
+    let carried: Vec<Crl> = existing
+        .iter()
+        .filter(|l| !ours(l) && l.next_update().is_some_and(|n| n > now))
+        .cloned()
+        .collect();
+
+    let assemble = |mesh: &Crl| {
+        let mut all = lists.clone();
+        all.push(mesh.clone());
+        all.extend(above.iter().cloned());
+        all.extend(carried.iter().cloned());
+        crls_pem(&all)
+    };
+    let (lists_before, lists_after) = (assemble(&before), assemble(&after));
+
+    let first_lists: Vec<String> = current
+        .iter()
+        .filter(|(_, set, _)| set.ca_crl.iter().all(u8::is_ascii_whitespace))
+        .map(|(n, ..)| n.clone())
+        .collect();
+    let mut moving = Vec::new();
+    for (cluster, set, _) in &current {
+        let revoked = cluster == name;
+        let new = CaCertsFiles {
+            ca_crl: lists_after.clone(),
+            ..if revoked {
+                successor.clone()
+            } else {
+                set.clone()
+            }
+        };
+        // Every set it will serve, as the writer will check it.
+        let m = ClusterMaterial {
+            original: set.clone(),
+            new: new.clone(),
+            lists_before: Some(lists_before.clone()),
+        };
+        for p in [Phase::AddNewRoot, Phase::SwitchSigner, Phase::RemoveOldRoot] {
+            let files = super::material(&m, MaterialOf::Phase(p))
+                .map_err(|e| DriveError::NewRoot(format!("{cluster}: {e}")))?;
+            verify_ca_crl(&files, now).map_err(|reason| DriveError::CurrentMaterial {
+                cluster: cluster.clone(),
+                reason: format!("its cacerts for phase {p} would be refused: {reason}"),
+            })?;
+        }
+        moving.push((cluster.clone(), set.clone(), new, revoked));
+    }
+
+    // No drain: the revocation goes out as soon as the revoked cluster re-certified.
+    options.drain_seconds = 0;
+    options.wait_for_renewal = false;
+    options.renewal_wait_seconds = None;
+    options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
+    let mut record = Record::new(
+        TransitionKind::Revoke,
+        moving.iter().map(|(n, ..)| n.clone()),
+        options,
+    );
+    record.revocation = Some(Revocation {
+        cluster: name.to_string(),
+        subject: revoked_ica.info().subject.clone(),
+        serial: Revoked::of(revoked_ica, now, request.reason).serial,
+        fingerprint: revoked_ica.info().fingerprint_sha256.clone(),
+        reason: request.reason,
+        lists_before: String::from_utf8_lossy(&lists_before).into_owned(),
+        lists_after: String::from_utf8_lossy(&lists_after).into_owned(),
+        first_lists,
+    });
+    let detail = Some(format!(
+        "revoking {name}'s intermediate {} ({})",
+        revoked_ica.info().serial,
+        request.reason.name()
+    ));
+    let start = Start {
+        config,
+        files,
+        finished,
+        now,
+    };
+    start.save(record, moving, dry_run, detail).await
+}
+
+fn names(certs: &[Cert]) -> String {
+    if certs.is_empty() {
+        return "none: the mesh CA is the anchor".into();
+    }
+    certs
+        .iter()
+        .map(|c| c.info().subject.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refused where a primary's istiod is older than [`LISTS_SINCE`]: it would ignore the lists,
+/// and the revoked intermediate would stay trusted there.
+async fn refuse_old_istiod(config: &Config) -> Result<(), DriveError> {
+    let mut old = Vec::new();
+    for (cluster, images) in super::start::istiod_versions(config).await? {
+        for (image, version) in images {
+            if version.is_some_and(|v| v < LISTS_SINCE) {
+                old.push(format!("{cluster} ({image})"));
+            }
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    Err(DriveError::UnsafeForMesh(format!(
+        "istiod before {LISTS_SINCE} ignores revocation lists, so the revoked intermediate would \
+         stay trusted in {}. Upgrade istiod there first",
+        old.join(", ")
+    )))
+}

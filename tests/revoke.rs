@@ -1,0 +1,392 @@
+//! `revoke`: a primary's intermediate is revoked and replaced (file root store, folder
+//! targets confirmed by an operator). After every single step, every live generation of
+//! workloads completes mTLS with every other, each checking the revocation lists its cluster
+//! then serves, as Envoy does; at the end a certificate from the revoked intermediate fails,
+//! with openssl as with the handshake, and the successor's pass. Killed after any step, the
+//! revocation resumes to the same end.
+
+// A test or benchmark: a panic here is a failed assertion, not an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::mtls::{handshake, workload};
+use common::{ACCEPTANCE_CONFIG, Setup};
+
+const PRIMARIES: [&str; 2] = ["cluster1", "cluster2"];
+
+fn config() -> String {
+    format!("{ACCEPTANCE_CONFIG}\n[transition]\nlist_propagation = \"0s\"\n")
+}
+
+/// A mesh with the common root and an intermediate in each primary's folder.
+fn issued() -> Setup {
+    let s = Setup::with_config(&config());
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    s
+}
+
+/// A copy of each primary's folder as it is now, in `<scratch>/gens/<label>-<cluster>`.
+fn keep(s: &Setup, label: &str) -> BTreeMap<String, PathBuf> {
+    PRIMARIES
+        .iter()
+        .map(|c| {
+            let to = s.path(&format!("gens/{label}-{c}"));
+            std::fs::create_dir_all(&to).unwrap();
+            for entry in std::fs::read_dir(s.path(&format!("out/{c}"))).unwrap() {
+                let p = entry.unwrap().path();
+                if p.is_file() {
+                    std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+                }
+            }
+            (c.to_string(), to)
+        })
+        .collect()
+}
+
+fn all_pairs_complete(generations: &[&Path], at: &str) {
+    for a in generations {
+        for b in generations {
+            handshake(workload(a), workload(b))
+                .unwrap_or_else(|e| panic!("{at}: {b:?} → {a:?} failed: {e}"));
+        }
+    }
+}
+
+fn status(s: &Setup) -> serde_json::Value {
+    let out = s
+        .cacertd(&["transition", "status", "-o", "json"])
+        .ok()
+        .stdout;
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `leaf` (PEM, signed by `signer`'s intermediate) verified by openssl against `dir`'s bundle
+/// and revocation lists, with every CA's list required, as Envoy requires them.
+fn openssl_verify(dir: &Path, signer: &Path, leaf: &Path) -> common::Run {
+    let untrusted = signer.join("ca-cert.pem");
+    common::openssl(
+        dir,
+        &[
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            dir.join("root-cert.pem").to_str().unwrap(),
+            "-untrusted",
+            untrusted.to_str().unwrap(),
+            "-CRLfile",
+            dir.join("ca-crl.pem").to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+    )
+}
+
+/// A workload leaf signed with `cacerts`, as a PEM file in `out`.
+fn leaf_of(cacerts: &Path, out: &Path) -> PathBuf {
+    let key_path = out.with_extension("key");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let csr = out.with_extension("csr");
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key_path.to_str().unwrap(),
+        "-subj",
+        "/O=workload",
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let ext = out.with_extension("ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/x\n\
+         extendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        cacerts.join("ca-cert.pem").to_str().unwrap(),
+        "-CAkey",
+        cacerts.join("ca-key.pem").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        out.to_str().unwrap(),
+    ]);
+    out.to_path_buf()
+}
+
+#[test]
+fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_signer() {
+    let s = issued();
+    let original = keep(&s, "0");
+    let before_snapshot = s.snapshot();
+
+    // The dry run says what it would do, in order, and changes nothing.
+    let dry = s
+        .cacertd(&[
+            "revoke",
+            "cluster1",
+            "--reason",
+            "key-compromise",
+            "--dry-run",
+        ])
+        .ok()
+        .stdout;
+    assert!(dry.contains("cluster1, cluster2"), "{dry}");
+    let publish = dry.find("from its successor").expect(&dry);
+    let switch = dry.find("its new intermediate").expect(&dry);
+    let revoke = dry.find("cut them off").expect(&dry);
+    assert!(publish < switch && switch < revoke, "{dry}");
+    common::assert_unchanged(&before_snapshot, &s.snapshot());
+
+    // One step at a time; after each, every generation alive must talk to every other.
+    let mut generations: Vec<PathBuf> = original.values().cloned().collect();
+    let mut run = s.cacertd(&[
+        "revoke",
+        "cluster1",
+        "--reason",
+        "key-compromise",
+        "--stop-after-steps",
+        "1",
+    ]);
+    let mut step = 0;
+    loop {
+        step += 1;
+        assert!(step < 40, "the revocation does not finish");
+        assert!(
+            run.code == 0 || run.stderr.contains("stopped after 1 steps"),
+            "{}",
+            run.stderr
+        );
+        let now = keep(&s, &step.to_string());
+        for (c, dir) in &now {
+            let last = generations
+                .iter()
+                .rev()
+                .find(|g| {
+                    g.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .ends_with(c.as_str())
+                })
+                .unwrap();
+            let same = ["ca-cert.pem", "ca-crl.pem"]
+                .iter()
+                .all(|f| std::fs::read(last.join(f)).ok() == std::fs::read(dir.join(f)).ok());
+            if !same {
+                generations.push(dir.clone());
+            }
+        }
+        // Every generation is live until SwitchSigner's gate held: from then on, nothing of
+        // cluster1 presents a certificate from the revoked intermediate any more.
+        let status = status(&s);
+        let switched =
+            ["remove-old-root", "done"].contains(&status["record"]["phase"].as_str().unwrap());
+        let old_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
+        let live: Vec<&Path> = generations
+            .iter()
+            .filter(|g| !switched || std::fs::read(g.join("ca-cert.pem")).unwrap() != old_ca)
+            .map(PathBuf::as_path)
+            .collect();
+        all_pairs_complete(&live, &format!("after step {step}"));
+        let next = status["next"].as_str().unwrap_or_default().to_string();
+        if next.starts_with("nothing") {
+            break;
+        }
+        run = s.cacertd(&[
+            "transition",
+            "resume",
+            "--approve",
+            "--stop-after-steps",
+            "1",
+        ]);
+    }
+
+    // Done: cluster1 signs with its successor; both serve the same lists.
+    let done = keep(&s, "done");
+    let old_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
+    assert_ne!(
+        std::fs::read(done["cluster1"].join("ca-cert.pem")).unwrap(),
+        old_ca
+    );
+    let lists = std::fs::read(done["cluster1"].join("ca-crl.pem")).unwrap();
+    assert_eq!(
+        std::fs::read(done["cluster2"].join("ca-crl.pem")).unwrap(),
+        lists
+    );
+    for c in PRIMARIES {
+        assert_eq!(
+            std::fs::read(done[c].join("root-cert.pem")).unwrap(),
+            std::fs::read(original[c].join("root-cert.pem")).unwrap(),
+            "{c}: trust unchanged"
+        );
+    }
+
+    // A workload certificate from the revoked intermediate: refused by every peer, and by
+    // openssl with the published lists; the successor's and cluster2's pass.
+    for peer in PRIMARIES {
+        let err = handshake(workload(&done[peer]), workload(&original["cluster1"]))
+            .expect_err("a certificate from the revoked intermediate");
+        assert!(err.contains("Revoked"), "{peer}: {err}");
+    }
+    all_pairs_complete(
+        &[done["cluster1"].as_path(), done["cluster2"].as_path()],
+        "done",
+    );
+    let leaves = s.path("leaves");
+    std::fs::create_dir_all(&leaves).unwrap();
+    let old_leaf = leaf_of(&original["cluster1"], &leaves.join("old.pem"));
+    let run = openssl_verify(&done["cluster2"], &original["cluster1"], &old_leaf);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("revoked"),
+        "{} {}",
+        run.stdout,
+        run.stderr
+    );
+    for c in PRIMARIES {
+        let leaf = leaf_of(&done[c], &leaves.join(format!("{c}.pem")));
+        let run = openssl_verify(&done["cluster2"], &done[c], &leaf);
+        assert_eq!(run.code, 0, "{c}: {} {}", run.stdout, run.stderr);
+    }
+
+    // Audited; nothing of a key in the record or the status.
+    let audit = String::from_utf8(s.read("state/audit.log")).unwrap();
+    assert!(
+        audit.contains("revoke") && audit.contains("key-compromise"),
+        "{audit}"
+    );
+    let record = String::from_utf8(s.read("state/transition/record.json")).unwrap();
+    assert!(!record.contains("PRIVATE KEY"));
+
+    // A list no CA above the mesh CA signed (here the root is the mesh CA): refused, nothing
+    // changed.
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&[
+            "revoke",
+            "cluster2",
+            "--reason",
+            "superseded",
+            "--chain-crl",
+            "out/cluster1/ca-crl.pem",
+        ])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("signed by none of the CAs above"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    // A second revocation keeps the first: both old intermediates stay revoked.
+    let run = s.through_folders(&["revoke", "cluster2", "--reason", "superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let old2 = leaf_of(&original["cluster2"], &leaves.join("old2.pem"));
+    let end = keep(&s, "end");
+    for (leaf, signer) in [(&old_leaf, "cluster1"), (&old2, "cluster2")] {
+        let run = openssl_verify(&end["cluster1"], &original[signer], leaf);
+        assert!(run.stdout.contains("revoked") || run.stderr.contains("revoked"));
+        assert_ne!(run.code, 0, "{leaf:?}: {}", run.stdout);
+    }
+    all_pairs_complete(
+        &[end["cluster1"].as_path(), end["cluster2"].as_path()],
+        "end",
+    );
+}
+
+#[test]
+fn killed_after_any_step_a_revocation_resumes_to_the_same_end() {
+    // 3 steps × 2 primaries × a write + 3 confirmations of the folders + 3 gates.
+    const STEPS: usize = 12;
+    let mut ends = Vec::new();
+    for k in [0, 1, 2, 3, 5, 7, 9, STEPS] {
+        let s = issued();
+        let k_arg = k.to_string();
+        let run = s.cacertd(&[
+            "revoke",
+            "cluster1",
+            "--reason",
+            "key-compromise",
+            "--stop-after-steps",
+            &k_arg,
+        ]);
+        assert!(
+            run.code == 0 || run.stderr.contains("stopped after"),
+            "k={k}: {}",
+            run.stderr
+        );
+        let next = common::drive_folders(&s, false);
+        assert!(next.starts_with("nothing"), "k={k}: {next}");
+        let saved = s.read("state/transition/cluster1/new/ca-cert.pem");
+        assert_eq!(s.read("out/cluster1/ca-cert.pem"), saved, "k={k}");
+        let lists = s.read("out/cluster1/ca-crl.pem");
+        assert_eq!(s.read("out/cluster2/ca-crl.pem"), lists, "k={k}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&s.read("state/transition/record.json")).unwrap();
+        assert_eq!(
+            record["revocation"]["lists_after"]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+            lists.as_slice(),
+            "k={k}"
+        );
+        ends.push(k);
+    }
+    assert_eq!(ends.len(), 8);
+}
+
+#[test]
+fn bad_revocations_are_refused_and_change_nothing() {
+    let s = issued();
+    std::fs::write(
+        s.path("junk.pem"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let before = s.snapshot();
+    // Not a primary.
+    let run = s
+        .cacertd(&["revoke", "cluster3", "--reason", "key-compromise"])
+        .fails_with(5);
+    assert!(run.stderr.contains("cluster3"), "{}", run.stderr);
+    // A --chain-crl that is no list.
+    let run = s
+        .cacertd(&[
+            "revoke",
+            "cluster1",
+            "--reason",
+            "key-compromise",
+            "--chain-crl",
+            "junk.pem",
+        ])
+        .fails_with(3);
+    assert!(run.stderr.contains("junk.pem"), "{}", run.stderr);
+    common::assert_unchanged(&before, &s.snapshot());
+}
