@@ -103,7 +103,9 @@ fn istiod_env(c: &FakeCluster, name: &str) -> Option<String> {
 /// Publishes each primary's bundle where its istiod is configured to, unless paused: into the
 /// ConfigMaps it labelled (`istio.io/config=true`) of its `PILOT_CA_CERT_CONFIGMAP` name, or
 /// into the ClusterTrustBundle with `ENABLE_CLUSTER_TRUST_BUNDLE_API`, in the primary and the
-/// remotes it serves. Like istiod, it never touches a ConfigMap it did not create.
+/// remotes it serves. Like istiod, it never touches a ConfigMap it did not create. With a
+/// `ca-crl.pem` in cacerts, it publishes that too, as `istio-ca-crl` beside each bundle
+/// ConfigMap.
 fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         for (primary, clusters) in [
@@ -119,8 +121,15 @@ fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Ar
                 istiod_env(p, "ENABLE_CLUSTER_TRUST_BUNDLE_API").as_deref() == Some("true");
             let name = istiod_env(p, "PILOT_CA_CERT_CONFIGMAP")
                 .unwrap_or_else(|| "istio-ca-root-cert".to_string());
+            let lists = p
+                .get("secrets", "istio-system", "cacerts")
+                .map(|s| unb64(&s["data"]["ca-crl.pem"]))
+                .filter(|l| !l.is_empty());
             for cluster in clusters {
                 let c = server.cluster(cluster);
+                if let Some(lists) = &lists {
+                    publish_lists(c, &name, lists);
+                }
                 if trust_bundle {
                     cluster_trust_bundle(c, &bundle);
                     continue;
@@ -138,6 +147,29 @@ fn stand_in_istiod(server: Arc<TestApiServer>, paused: Arc<AtomicBool>, stop: Ar
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `istio-ca-crl` holding `lists` in every namespace with istiod's bundle ConfigMap `bundle`.
+fn publish_lists(c: &FakeCluster, bundle: &str, lists: &[u8]) {
+    for cm in c.list("configmaps", None) {
+        if cm["metadata"]["name"] != bundle || cm["metadata"]["labels"]["istio.io/config"] != "true"
+        {
+            continue;
+        }
+        let ns = cm["metadata"]["namespace"].as_str().unwrap();
+        let current = c.get("configmaps", ns, "istio-ca-crl");
+        if current
+            .is_some_and(|l| l["data"]["ca-crl.pem"].as_str().map(str::as_bytes) == Some(lists))
+        {
+            continue;
+        }
+        c.put(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio-ca-crl", "namespace": ns,
+                         "labels": {"istio.io/config": "true"}},
+            "data": {"ca-crl.pem": String::from_utf8(lists.to_vec()).unwrap()},
+        }));
     }
 }
 
@@ -2058,4 +2090,136 @@ fn plan_check_flags_the_step_that_would_break_a_bare_pod() {
         before,
         "the check changes nothing"
     );
+}
+
+/// `revoke` on Kubernetes: the successor's list reaches every published ConfigMap before the
+/// successor signs; only the revoked cluster (and its remote) restarts when it switches, and a
+/// proxy there that no rollout restarts holds the gate, since it may still present a
+/// certificate from the revoked intermediate; the revocation goes out only after it is gone,
+/// and the primary whose proxies never had lists restarts its workloads then.
+#[test]
+fn a_revocation_on_kubernetes_waits_for_the_lists_and_for_every_proxy_of_the_revoked_cluster() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(
+        &s,
+        "[transition]\ngate_timeout = \"3s\"\nlist_propagation = \"1s\"",
+    );
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let istiod = Istiod::start(&server, false);
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let (c1, c2) = (server.cluster("cluster1"), server.cluster("cluster2"));
+    let restarted = |c: &FakeCluster, ns: &str, w: &str| {
+        c.get("deployments", ns, w).unwrap()["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .clone()
+    };
+    let before: Vec<Value> = [
+        (c1, "app", "web"),
+        (server.cluster("cluster3"), "app", "web"),
+        (c2, "app", "web"),
+        (c2, "istio-system", "istiod"),
+    ]
+    .iter()
+    .map(|(c, ns, w)| restarted(c, ns, w))
+    .collect();
+    let signer = |c: &FakeCluster| {
+        unb64(&c.get("secrets", "istio-system", "cacerts").unwrap()["data"]["ca-cert.pem"])
+    };
+    let old_signer = signer(c1);
+    let bare = bare_sidecar_pod(c1, "app", "debug");
+
+    // While cluster2's istiod has not published the lists, the successor does not sign.
+    istiod.paused.store(true, Ordering::SeqCst);
+    let run = s
+        .cacertd(&["revoke", "cluster1", "--reason", "key-compromise", "--wait"])
+        .fails_with(1);
+    assert!(
+        run.stderr
+            .contains("cluster2: istiod has not published its revocation lists"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(signer(c1), old_signer);
+    istiod.paused.store(false, Ordering::SeqCst);
+    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
+    assert!(
+        run.stderr.contains(
+            "cluster1/app/debug (a bare pod: nothing re-creates it): its proxy \
+             started before istiod signed with the new intermediate"
+        ),
+        "{}",
+        run.stderr
+    );
+    // cluster1 signs with its successor; the lists went everywhere first; cluster2 did not
+    // restart, cluster1 and its remote did.
+    assert_ne!(signer(c1), old_signer);
+    let lists = |c: &FakeCluster| {
+        unb64(&c.get("secrets", "istio-system", "cacerts").unwrap()["data"]["ca-crl.pem"])
+    };
+    let phase1 = lists(c2);
+    assert!(!phase1.is_empty());
+    for (name, ns) in [
+        ("cluster2", "app"),
+        ("cluster2", "istio-system"),
+        ("cluster3", "app"),
+    ] {
+        let published = server
+            .cluster(name)
+            .get("configmaps", ns, "istio-ca-crl")
+            .unwrap();
+        assert!(
+            !published["data"]["ca-crl.pem"].as_str().unwrap().is_empty(),
+            "{name}/{ns}"
+        );
+    }
+    let now: Vec<Value> = [
+        (c1, "app", "web"),
+        (server.cluster("cluster3"), "app", "web"),
+        (c2, "app", "web"),
+        (c2, "istio-system", "istiod"),
+    ]
+    .iter()
+    .map(|(c, ns, w)| restarted(c, ns, w))
+    .collect();
+    assert_ne!(now[0], before[0], "cluster1's workloads restarted");
+    assert_ne!(now[1], before[1], "its remote's too");
+    assert_eq!(now[2], before[2], "cluster2's workloads did not");
+    assert_eq!(now[3], before[3], "nor its istiod");
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("in phase SwitchSigner") && status.contains("cluster1/app/debug"),
+        "{status}"
+    );
+
+    // Re-created, it holds a certificate from the successor: the revocation goes out.
+    c1.delete("pods", "app", "debug");
+    let again = bare_sidecar_pod(c1, "app", "debug");
+    assert_ne!(again["metadata"]["uid"], bare["metadata"]["uid"]);
+    s.cacertd(&["transition", "resume", "--wait", "--gate-timeout", "60s"])
+        .ok();
+    let last = lists(c1);
+    assert_ne!(last, phase1, "the lists now name the revoked intermediate");
+    assert_eq!(lists(c2), last);
+    for (name, ns) in [
+        ("cluster1", "app"),
+        ("cluster2", "app"),
+        ("cluster2", "istio-system"),
+        ("cluster3", "app"),
+    ] {
+        let published = server
+            .cluster(name)
+            .get("configmaps", ns, "istio-ca-crl")
+            .unwrap();
+        assert_eq!(
+            published["data"]["ca-crl.pem"].as_str().unwrap().as_bytes(),
+            last,
+            "{name}/{ns}"
+        );
+    }
+    // cluster2's proxies never had lists: its workloads restarted once the revocation was out.
+    assert_ne!(restarted(c2, "app", "web"), before[2]);
+    assert_eq!(restarted(c2, "istio-system", "istiod"), before[3]);
 }
