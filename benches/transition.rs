@@ -188,6 +188,7 @@ fn main() {
             max_parallel,
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
+            emergency: false,
             directories: Default::default(),
         };
         let store = cacertd::transition::record_store::RecordStore::open(&config)

@@ -62,6 +62,40 @@ pub fn root_certs_json(store: &str, certs: &RootCerts, now: OffsetDateTime) -> R
 pub struct StatusReport {
     pub root: Option<RootJson>,
     pub clusters: Vec<StatusRow>,
+    /// Every root some primary's bundle holds, with the primaries that trust it: after a
+    /// root's key leaked, how many clusters still trust it.
+    pub trust: Vec<RootTrust>,
+}
+
+/// One root and the primaries whose `root-cert.pem` holds it.
+#[derive(Serialize)]
+pub struct RootTrust {
+    pub fingerprint_sha256: String,
+    /// Whether it is the store's root (the common root).
+    pub common: bool,
+    pub trusted_by: Vec<String>,
+    /// How many primaries were read (a root's count is out of these).
+    pub primaries_read: usize,
+}
+
+/// Each root of the primaries' bundles in `rows`, first seen first.
+fn root_trust(rows: &[StatusRow], common: Option<&str>) -> Vec<RootTrust> {
+    let read: Vec<&StatusRow> = rows.iter().filter(|r| r.cacerts.is_some()).collect();
+    let mut out: Vec<RootTrust> = Vec::new();
+    for row in &read {
+        for fp in row.cacerts.iter().flat_map(|a| &a.trust_bundle) {
+            match out.iter_mut().find(|t| &t.fingerprint_sha256 == fp) {
+                Some(t) => t.trusted_by.push(row.name.clone()),
+                None => out.push(RootTrust {
+                    fingerprint_sha256: fp.clone(),
+                    common: Some(fp.as_str()) == common,
+                    trusted_by: vec![row.name.clone()],
+                    primaries_read: read.len(),
+                }),
+            }
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -215,14 +249,16 @@ pub async fn status_report(
         .collect();
     let reads = futures::future::join_all(reads).await;
     let known_roots = crate::issuance::known_roots(config).await;
-    let rows = shown
+    let rows: Vec<StatusRow> = shown
         .iter()
         .zip(reads)
         .map(|(cluster, known)| status_row(config, cluster, (certs, &known_roots), known, now))
         .collect();
     let root = certs.map(|c| root_certs_json(store, c, now));
+    let common = certs.map(|c| c.anchor.info().fingerprint_sha256.as_str());
     StatusReport {
         root,
+        trust: root_trust(&rows, common),
         clusters: rows,
     }
 }

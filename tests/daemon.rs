@@ -490,6 +490,7 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
             max_parallel: 1,
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
+            emergency: false,
             directories: Default::default(),
         },
     );

@@ -2223,3 +2223,68 @@ fn a_revocation_on_kubernetes_waits_for_the_lists_and_for_every_proxy_of_the_rev
     assert_ne!(restarted(c2, "app", "web"), before[2]);
     assert_eq!(restarted(c2, "istio-system", "istiod"), before[3]);
 }
+
+/// `rotate-root start --emergency` (the root's key leaked): no drain; instead SwitchSigner's
+/// gate waits until no proxy that started before its istiod switched signer is left — here a
+/// bare pod — and `status` counts the primaries that still trust the compromised root.
+#[test]
+fn an_emergency_rotation_waits_for_every_old_certificate_instead_of_a_drain() {
+    let server = Arc::new(TestApiServer::start(&CLUSTERS));
+    let s = setup(&server, "");
+    append_config(&s, "[transition]\ngate_timeout = \"3s\"\ndrain = \"24h\"");
+    s.cacertd(&["root", "init"]).ok();
+    self_signed_mesh(&server);
+    let _istiod = Istiod::start(&server, false);
+    s.cacertd(&["migrate", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let old_root = s.read("state/root/root-cert.pem");
+    let c2 = server.cluster("cluster2");
+    bare_sidecar_pod(c2, "app", "debug");
+
+    s.cacertd(&["rotate-root", "start", "--emergency", "--drain", "1h"])
+        .fails_with(2);
+    // Before AddNewRoot's gate holds it is re-created, as in any rotation; then it is again a
+    // proxy that started before istiod switched signer.
+    let run = s
+        .cacertd(&["rotate-root", "start", "--emergency", "--wait"])
+        .fails_with(1);
+    assert!(run.stderr.contains("AddNewRoot"), "{}", run.stderr);
+    c2.delete("pods", "app", "debug");
+    bare_sidecar_pod(c2, "app", "debug");
+    let run = s
+        .cacertd(&["transition", "resume", "--wait"])
+        .fails_with(1);
+    assert!(
+        run.stderr.contains(
+            "cluster2/app/debug (a bare pod: nothing re-creates it): its proxy started before \
+             istiod signed under the new root"
+        ),
+        "{}",
+        run.stderr
+    );
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(
+        status.contains("(common root): trusted by 2 of 2 primaries (cluster1, cluster2)"),
+        "{status}"
+    );
+    let json: Value =
+        serde_json::from_str(&s.cacertd(&["status", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(json["trust"].as_array().unwrap().len(), 2, "{json}");
+
+    c2.delete("pods", "app", "debug");
+    bare_sidecar_pod(c2, "app", "debug");
+    // No drain: done as soon as the gate holds.
+    s.cacertd(&["transition", "resume", "--wait", "--gate-timeout", "60s"])
+        .ok();
+    let new_root = s.read("state/root/root-cert.pem");
+    assert_ne!(new_root, old_root);
+    for name in ["cluster1", "cluster2"] {
+        let cacerts = server
+            .cluster(name)
+            .get("secrets", "istio-system", "cacerts")
+            .unwrap();
+        assert_eq!(unb64(&cacerts["data"]["root-cert.pem"]), new_root, "{name}");
+    }
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(!status.contains("trust:"), "{status}");
+}

@@ -129,6 +129,7 @@ impl Mesh {
             max_parallel: 1,
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
+            emergency: false,
             directories: Default::default(),
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);

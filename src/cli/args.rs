@@ -235,6 +235,15 @@ pub struct RotateStartArgs {
     #[arg(long, value_name = "FILE", requires = "new_root_cert")]
     pub new_root_key: Option<PathBuf>,
 
+    /// The current root's key leaked: the shortest safe drain. No drain period; instead
+    /// SwitchSigner's gate waits, in every primary and remote, until no proxy that started
+    /// before its istiod switched signer is left (a bare pod, a Job's pod, a namespace
+    /// excluded from restarts: delete or restart it), so that no certificate under the
+    /// compromised root is in use when every bundle drops it. Not with --drain or
+    /// --skip-workload-restarts.
+    #[arg(long, conflicts_with_all = ["drain", "skip_workload_restarts"])]
+    pub emergency: bool,
+
     #[command(flatten)]
     pub plan: TransitionPlanArgs,
 

@@ -255,8 +255,33 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         ],
         &rows,
     );
+    print_trust(out, report);
     print_unknown_roots(out, report);
     print_istiod_releases(out, report);
+}
+
+/// With more than one root in the primaries' bundles (a rotation under way, a root left
+/// behind), how many primaries trust each: after a key leaked, how far its root still reaches.
+fn print_trust(out: &mut dyn Write, report: &StatusReport) {
+    if report.trust.len() < 2 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "
+trust:"
+    );
+    for t in &report.trust {
+        let _ = writeln!(
+            out,
+            "  sha256 {}{}: trusted by {} of {} primaries ({})",
+            short_fp(&t.fingerprint_sha256),
+            if t.common { " (common root)" } else { "" },
+            t.trusted_by.len(),
+            t.primaries_read,
+            t.trusted_by.join(", ")
+        );
+    }
 }
 
 /// The roots each cluster trusts that nobody configured.

@@ -29,6 +29,7 @@ pub(super) fn transition_options(
         // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
         renewal_wait_seconds: None,
         list_propagation_seconds: None,
+        emergency: false,
         directories: directories(config),
     }
 }
@@ -91,10 +92,15 @@ pub(super) async fn rotate_root_start(
     };
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
+    let mut options = transition_options(config, &args.plan);
+    if args.emergency {
+        options.emergency = true;
+        options.drain_seconds = 0;
+    }
     let record = transition::start::start_rotate_root(
         config,
         &store,
-        transition_options(config, &args.plan),
+        options,
         new_root,
         now,
         args.drive.dry_run,

@@ -109,6 +109,35 @@ pub(super) async fn check_gate(
             }
             continue;
         }
+        // An emergency rotation drops the old root without a drain: nothing may still present
+        // a certificate under it.
+        if of == MaterialOf::Phase(super::Phase::SwitchSigner)
+            && record.options.emergency
+            && record.state == State::Active
+            && let (Target::Kube(kube), Some(progress)) = (*target, record.clusters.get(cluster))
+        {
+            let served = std::iter::once((cluster.as_str(), kube)).chain(
+                remotes
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, t)| (n.as_str(), t)),
+            );
+            for (name, target) in served {
+                let since = Since { progress, now };
+                let options = &record.options;
+                proxies_behind(
+                    name,
+                    target,
+                    kube,
+                    since,
+                    Why::OldSigner,
+                    options,
+                    &mut behind,
+                )
+                .await;
+            }
+        }
         // Before any cluster signs under the new root, every proxy must trust it.
         if of == MaterialOf::Phase(super::Phase::AddNewRoot)
             && record.state == State::Active
@@ -208,6 +237,8 @@ enum Why {
     NewRoot,
     /// A certificate from the new intermediate: theirs may be from the revoked one.
     RevokedSigner,
+    /// A certificate under the new root: theirs may be under the compromised one.
+    OldSigner,
 }
 
 /// How a proxy is kept in the record: its cluster and its pod's uid (a re-created pod has a
@@ -241,7 +272,13 @@ async fn proxies_behind(
     options: &super::Options,
     behind: &mut Vec<String>,
 ) {
-    let exclude = &options.exclude_namespaces;
+    // Namespaces excluded from restarts count too where an old certificate would be cut off:
+    // their owners must restart them.
+    let none = Vec::new();
+    let exclude = match why {
+        Why::NewRoot => &options.exclude_namespaces,
+        Why::RevokedSigner | Why::OldSigner => &none,
+    };
     if progress.proxies_before_istiod.is_empty() {
         return;
     }
@@ -306,12 +343,21 @@ async fn proxies_behind(
             "may still present a certificate from the revoked one, which the revocation will \
              cut off",
         ),
+        Why::OldSigner => (
+            "signed under the new root",
+            "may still present a certificate under the compromised root, which leaves every \
+             bundle next",
+        ),
     };
     for p in stale.iter().take(PROXIES_NAMED) {
         behind.push(format!(
             "{name}/{}: its proxy started before istiod {started} and {risk}; delete the pod \
-             so that it is re-created (or exclude its namespace)",
-            p.describe()
+             so that it is re-created{}",
+            p.describe(),
+            match why {
+                Why::NewRoot => " (or exclude its namespace)",
+                Why::RevokedSigner | Why::OldSigner => "",
+            }
         ));
     }
     if stale.len() > PROXIES_NAMED {

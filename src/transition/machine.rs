@@ -143,6 +143,11 @@ pub struct Options {
     /// every pod ([transition] list_propagation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_propagation_seconds: Option<u64>,
+    /// A root rotation because the old root's key leaked (`rotate-root start --emergency`): no
+    /// drain; SwitchSigner's gate instead waits in every cluster until no proxy that started
+    /// before its istiod switched signer is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency: bool,
 }
 
 fn one() -> usize {
@@ -672,6 +677,7 @@ impl Options {
             max_parallel: 1,
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
+            emergency: false,
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,

@@ -283,15 +283,23 @@ fn gate_line(record: &Record, material: MaterialOf) -> String {
     if folders.len() == record.clusters.len() {
         return "gate: every folder holds the material of this step".into();
     }
-    let revoke_gate;
+    let owned;
     let read = match material {
         MaterialOf::Phase(p) if record.revocation.is_some() => {
-            revoke_gate = revocation_gate(record, p);
-            revoke_gate.as_str()
+            owned = revocation_gate(record, p);
+            owned.as_str()
         }
         MaterialOf::Phase(_) if record.kind == TransitionKind::RemoveRoot => {
             "every istio-ca-root-cert ConfigMap holds exactly the roots it keeps; every restart \
              finished"
+        }
+        MaterialOf::Phase(Phase::SwitchSigner) if record.options.emergency => {
+            owned = format!(
+                "{}; in every cluster no proxy is left that started before its istiod switched \
+                 signer (emergency: the compromised root leaves every bundle without a drain)",
+                gate(Phase::SwitchSigner)
+            );
+            owned.as_str()
         }
         MaterialOf::Phase(p) => gate(p),
         MaterialOf::Original => {
