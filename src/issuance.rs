@@ -43,6 +43,12 @@ pub struct ClusterReport {
     pub not_after: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub renew_at: Option<OffsetDateTime>,
+    /// When the first revocation list the cluster serves expires (`None`: it serves none).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revocation_lists_expire: Option<OffsetDateTime>,
     pub backup: Option<String>,
     /// Old backups `[backups]` removed after the write.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +83,7 @@ impl ClusterReport {
             not_before: None,
             not_after: None,
             renew_at: None,
+            revocation_lists_expire: None,
             backup: None,
             backups_removed: Vec::new(),
             backups_kept_because: None,
@@ -98,6 +105,7 @@ impl ClusterReport {
             self.not_after = Some(info.not_after);
         }
         self.renew_at = assessment.renew_at;
+        self.revocation_lists_expire = assessment.revocation_lists_expire;
         self
     }
 }

@@ -77,6 +77,13 @@ pub struct Assessment {
     /// Kubernetes targets: the bundles istiod published to namespaces.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<Published>,
+    /// When the first revocation list of its `ca-crl.pem` expires (its nextUpdate): from then
+    /// on Envoy rejects every chain that list covers (docs/istio.md §14). `None`: no lists.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revocation_lists_expire: Option<OffsetDateTime>,
     #[serde(skip)]
     pub trust: Option<TrustBundle>,
 }
@@ -147,6 +154,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         problems: Vec::new(),
         warnings: Vec::new(),
         published: None,
+        revocation_lists_expire: None,
         trust: None,
     };
     a.published = published(snapshot, root);
@@ -165,6 +173,9 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         }
         return a;
     };
+    a.revocation_lists_expire = crate::pki::Crl::all_from_pem(&files.ca_crl, CaCertsFiles::CA_CRL)
+        .ok()
+        .and_then(|lists| lists.iter().filter_map(crate::pki::Crl::next_update).min());
     let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();

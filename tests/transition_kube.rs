@@ -2251,9 +2251,7 @@ fn an_emergency_rotation_waits_for_every_old_certificate_instead_of_a_drain() {
     assert!(run.stderr.contains("AddNewRoot"), "{}", run.stderr);
     c2.delete("pods", "app", "debug");
     bare_sidecar_pod(c2, "app", "debug");
-    let run = s
-        .cacertd(&["transition", "resume", "--wait"])
-        .fails_with(1);
+    let run = s.cacertd(&["transition", "resume", "--wait"]).fails_with(1);
     assert!(
         run.stderr.contains(
             "cluster2/app/debug (a bare pod: nothing re-creates it): its proxy started before \

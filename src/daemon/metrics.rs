@@ -27,6 +27,7 @@ pub struct Metrics {
     expiration: Family<Labels, Gauge>,
     not_before: Family<Labels, Gauge>,
     renewal: Family<Labels, Gauge>,
+    lists_expire: Family<Labels, Gauge>,
     ready: Family<Labels, Gauge>,
     unknown_roots: Family<Labels, Gauge>,
     reconciles: Family<Labels, Counter>,
@@ -72,6 +73,11 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             "certificate_renewal_timestamp_seconds",
             "Unix time the intermediate is due for renewal under its policy",
             m.renewal
+        ),
+        (
+            "revocation_list_expiration_timestamp_seconds",
+            "Unix time the first revocation list of the cluster's ca-crl.pem expires (nextUpdate); Envoy then rejects every chain it covers",
+            m.lists_expire
         ),
         (
             "cluster_ready",
@@ -144,6 +150,7 @@ impl Metrics {
             expiration: Family::default(),
             not_before: Family::default(),
             renewal: Family::default(),
+            lists_expire: Family::default(),
             ready: Family::default(),
             unknown_roots: Family::default(),
             reconciles: Family::default(),
@@ -229,6 +236,18 @@ impl Metrics {
             }
             None => {
                 self.renewal.remove(&l);
+            }
+        }
+    }
+
+    pub fn revocation_lists_expire(&self, cluster: &str, at: Option<time::OffsetDateTime>) {
+        let l = labels(&[("cluster", cluster)]);
+        match at {
+            Some(t) => {
+                self.lists_expire.get_or_create(&l).set(t.unix_timestamp());
+            }
+            None => {
+                self.lists_expire.remove(&l);
             }
         }
     }
@@ -337,6 +356,7 @@ impl Metrics {
         self.expiration.clear();
         self.not_before.clear();
         self.renewal.clear();
+        self.lists_expire.clear();
         self.ready.clear();
         self.unknown_roots.clear();
         self.last_success.clear();
@@ -354,6 +374,17 @@ mod tests {
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit_once(' '))
             .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn a_revocation_list_expiry_is_exported_while_the_cluster_serves_lists() {
+        let m = Metrics::new();
+        let series = "cacertd_revocation_list_expiration_timestamp_seconds{cluster=\"c1\"}";
+        let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(5_000);
+        m.revocation_lists_expire("c1", Some(at));
+        assert_eq!(value(&m.encode(), series).as_deref(), Some("5000"));
+        m.revocation_lists_expire("c1", None);
+        assert_eq!(value(&m.encode(), series), None);
     }
 
     #[test]

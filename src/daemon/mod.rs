@@ -291,6 +291,8 @@ impl Daemon {
                 self.metrics.certificate(&r.cluster, "intermediate", &info);
             }
             self.metrics.renewal_at(&r.cluster, r.renew_at);
+            self.metrics
+                .revocation_lists_expire(&r.cluster, r.revocation_lists_expire);
             if matches!(r.outcome, Outcome::Failed) {
                 self.back_off(&mut schedule, &r.cluster, now);
             } else {

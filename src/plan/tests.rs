@@ -445,3 +445,25 @@ fn an_intermediate_from_a_replaced_mesh_ca_is_reissued_keeping_trust() {
         ClusterState::Valid
     );
 }
+
+#[test]
+fn the_first_revocation_list_to_expire_is_reported() {
+    use crate::pki::{CaKey, crls_pem, sign_crl};
+    let p = policy();
+    let r = root(&p);
+    let mut files = cacerts(&r, &p, t0());
+    assert_eq!(judge(&files, &r, &p, t0()).revocation_lists_expire, None);
+    let own = Cert::one_from_pem(&files.ca_cert, "ca-cert.pem").unwrap();
+    let key = CaKey::from_pem(&files.ca_key, "ca-key.pem").unwrap();
+    let (soon, later) = (
+        t0() + time::Duration::days(10),
+        t0() + time::Duration::days(300),
+    );
+    files.ca_crl = crls_pem(&[
+        sign_crl(r.cert(), r.key(), &[], 1, t0(), later).unwrap(),
+        sign_crl(&own, &key, &[], 1, t0(), soon).unwrap(),
+    ]);
+    let a = judge(&files, &r, &p, t0());
+    assert_eq!(a.revocation_lists_expire, Some(soon));
+    assert_eq!(a.state, ClusterState::Valid, "lists change nothing else");
+}
