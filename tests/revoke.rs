@@ -390,3 +390,128 @@ fn bad_revocations_are_refused_and_change_nothing() {
     assert!(run.stderr.contains("junk.pem"), "{}", run.stderr);
     common::assert_unchanged(&before, &s.snapshot());
 }
+
+/// A list for `name` (`<name>.pem`, `<name>.key` in `dir`), as a company's PKI publishes one.
+fn company_list(dir: &Path, name: &str) -> PathBuf {
+    let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
+    let cert = std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&cert, rcgen::KeyPair::from_pem(&key).unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(7u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let out = dir.join(format!("{name}.crl"));
+    std::fs::write(&out, params.signed_by(&issuer).unwrap().pem().unwrap()).unwrap();
+    out
+}
+
+/// A mesh CA below a corporate CA below the company's offline root: their lists come from the
+/// company (--chain-crl), each checked against the chain; with them the revocation works as
+/// with a self-signed root, every CA of every chain covered.
+#[test]
+fn below_a_company_root_the_chains_lists_come_from_the_company() {
+    let s = Setup::with_config(&config());
+    common::CompanyPki::usual().import_into(&s).ok();
+    s.cacertd(&["issue"]).ok();
+    let original = keep(&s, "0");
+    let before = s.snapshot();
+
+    let run = s
+        .cacertd(&["revoke", "cluster1", "--reason", "key-compromise"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("CN=Corporate CA 0") && run.stderr.contains("--chain-crl"),
+        "{}",
+        run.stderr
+    );
+    // A list signed by a key none of the chain holds, under the anchor's name.
+    common::openssl(
+        s.dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "impostor.key",
+            "-out",
+            "impostor.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Corp/CN=Offline Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+    .ok();
+    let impostor = company_list(s.dir.path(), "impostor");
+    let corp = company_list(s.dir.path(), "corp0");
+    let anchor = company_list(s.dir.path(), "anchor");
+    let before = {
+        let mut b = before;
+        for f in [
+            "impostor.key",
+            "impostor.pem",
+            "impostor.crl",
+            "corp0.crl",
+            "anchor.crl",
+        ] {
+            b.insert(s.path(f), s.read(f));
+        }
+        b
+    };
+    let run = s
+        .cacertd(&[
+            "revoke",
+            "cluster1",
+            "--reason",
+            "key-compromise",
+            "--chain-crl",
+            corp.to_str().unwrap(),
+            "--chain-crl",
+            impostor.to_str().unwrap(),
+        ])
+        .fails_with(5);
+    assert!(
+        run.stderr
+            .contains("signed by none of the CAs above the mesh CA"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    let run = s.through_folders(&[
+        "revoke",
+        "cluster1",
+        "--reason",
+        "key-compromise",
+        "--chain-crl",
+        corp.to_str().unwrap(),
+        "--chain-crl",
+        anchor.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let done = keep(&s, "done");
+    // Every CA of every chain has its list: anchor, corporate CA, mesh CA, both intermediates.
+    let lists = String::from_utf8(s.read("out/cluster2/ca-crl.pem")).unwrap();
+    assert_eq!(lists.matches("BEGIN X509 CRL").count(), 5 + 1, "{lists}");
+    all_pairs_complete(
+        &[done["cluster1"].as_path(), done["cluster2"].as_path()],
+        "done",
+    );
+    let err = handshake(workload(&done["cluster2"]), workload(&original["cluster1"]))
+        .expect_err("a certificate from the revoked intermediate");
+    assert!(err.contains("Revoked"), "{err}");
+}
