@@ -1860,3 +1860,41 @@ fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
     );
     assert_no_key_requested(&bao);
 }
+
+/// `revoke` with the root in Vault KV, under exactly the shipped day-to-day policy: the mesh
+/// CA's list is signed with the key fetched for it.
+#[test]
+fn vault_kv_revokes_a_cluster_intermediate_with_the_shipped_policy() {
+    let bao = Bao::start();
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    let s = setup(&bao, KV, &bao.token(&[&kv]));
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("{config}\n[transition]\nlist_propagation = \"0s\"\n"),
+    )
+    .unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    let old = s.path("old-cluster1");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::copy(s.path(&format!("out/cluster1/{f}")), old.join(f)).unwrap();
+    }
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (c1, c2) = (s.path("out/cluster1"), s.path("out/cluster2"));
+    assert_ne!(
+        s.read("out/cluster1/ca-cert.pem"),
+        std::fs::read(old.join("ca-cert.pem")).unwrap()
+    );
+    common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
+    let err = common::mtls::handshake(common::mtls::workload(&c2), common::mtls::workload(&old))
+        .expect_err("a certificate from the revoked intermediate");
+    assert!(err.contains("Revoked"), "{err}");
+}
