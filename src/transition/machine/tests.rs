@@ -537,3 +537,77 @@ fn a_root_removal_is_one_phase_and_rolls_back_to_the_original() {
     );
     assert_eq!(r.state, State::RolledBack);
 }
+
+fn revocation(of: &str, first_lists: &[&str]) -> Revocation {
+    Revocation {
+        cluster: of.into(),
+        subject: "O=Istio, L=a, CN=Intermediate CA".into(),
+        serial: "01".into(),
+        fingerprint: "AA".into(),
+        reason: crate::pki::Reason::KeyCompromise,
+        lists_before: String::new(),
+        lists_after: String::new(),
+        first_lists: first_lists.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+/// A revocation restarts only where a signer changes — the revoked cluster, at the switch —
+/// and, once the revocation is published, the primaries whose proxies had no lists to check;
+/// it has no drain, and a rollback never takes lists away from proxies that had none before.
+#[test]
+fn a_revocation_restarts_where_a_signer_changes_or_lists_are_new() {
+    let names = ["a", "b", "c"].map(String::from);
+    let mut r = Record::new(
+        TransitionKind::Revoke,
+        names.clone(),
+        Options {
+            drain_seconds: 0,
+            ..opts()
+        },
+    );
+    r.revocation = Some(revocation("a", &["a", "b"]));
+    let steps = run(&mut r, t(0));
+    let restarts: Vec<(String, Stage)> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Restart { cluster, stage } => Some((cluster.clone(), *stage)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restarts,
+        vec![
+            ("a".to_string(), Stage::Istiod),
+            ("a".to_string(), Stage::Gateways),
+            ("a".to_string(), Stage::Workloads),
+            ("b".to_string(), Stage::Gateways),
+            ("b".to_string(), Stage::Workloads),
+        ],
+        "{steps:#?}"
+    );
+    assert!(!steps.iter().any(|s| matches!(s, Step::Drain { .. })));
+    assert!(r.is_over());
+
+    // Rolled back from the switch, the revoked cluster restarts on its old signer again.
+    let mut r = Record::new(TransitionKind::Revoke, names.clone(), opts());
+    r.revocation = Some(revocation("a", &[]));
+    for _ in 0..3 {
+        let step = next_step(&r, t(0));
+        r.record(&step, StepOutcome::Written, t(0));
+    }
+    let gate = next_step(&r, t(0));
+    r.record(&gate, StepOutcome::GateHeld, t(0));
+    let write = next_step(&r, t(0));
+    r.record(&write, StepOutcome::Written, t(0));
+    r.rollback().unwrap();
+    assert_eq!(r.restarts("a"), Stage::ALL.to_vec());
+    assert_eq!(r.restarts("b"), vec![]);
+
+    // Back to before the lists, where proxies had none: refused once any was written.
+    let mut r = Record::new(TransitionKind::Revoke, names, opts());
+    r.revocation = Some(revocation("a", &["b"]));
+    let write = next_step(&r, t(0));
+    r.record(&write, StepOutcome::Written, t(0));
+    let err = r.rollback().unwrap_err();
+    assert!(err.contains("b had no revocation lists before"), "{err}");
+}
