@@ -495,6 +495,9 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
         },
     );
     d2.metrics().transition(Some(&record), t0());
+    // And a cluster serving revocation lists (when they expire comes from its assessment).
+    d2.metrics()
+        .revocation_lists_expire("cluster1", Some(time::OffsetDateTime::UNIX_EPOCH));
     let exported = d.metrics().encode() + &d2.metrics().encode();
     let exported_names: std::collections::BTreeSet<&str> = exported
         .lines()
