@@ -1,7 +1,7 @@
 # cacertd's container image: a release build, then a minimal runtime with no shell and no
 # package manager, running as the unprivileged uid 65532.
 #   docker build -t cacertd:0.1.0 .
-# deploy/kubernetes/management runs it with `-c /etc/cacertd/cacertd.toml serve`.
+# deploy/kubernetes/management/base runs it with `-c /etc/cacertd/cacertd.toml serve`.
 
 FROM rust:1.89-bookworm AS build
 WORKDIR /src

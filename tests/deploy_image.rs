@@ -53,7 +53,7 @@ fn the_image_runs_the_release_binary_without_a_shell_as_the_deployments_user() {
             "the runtime stage runs nothing: {line}"
         );
     }
-    let deployment = repo("deploy/kubernetes/management/deployment.yaml");
+    let deployment = repo("deploy/kubernetes/management/base/deployment.yaml");
     assert!(deployment.contains("runAsUser: 65532") && deployment.contains("runAsGroup: 65532"));
     assert!(deployment.contains("image: cacertd:0.1.0"));
     assert!(repo(".dockerignore").lines().any(|l| l.trim() == "target"));

@@ -141,42 +141,117 @@ fn each_part_of_the_shipped_rbac_is_needed() {
     }
 }
 
+/// `kubectl kustomize` of an overlay of deploy/kubernetes/management: its objects, one
+/// YAML document each.
+fn kustomize(overlay: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay)
+        .output()
+        .expect("kubectl is on PATH (the machine image ships it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        overlay.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---\n")
+        .map(str::to_string)
+        .collect()
+}
+
+fn object<'a>(objects: &'a [String], kind: &str) -> Option<&'a String> {
+    objects
+        .iter()
+        .find(|o| o.lines().any(|l| l == format!("kind: {kind}")))
+}
+
 #[test]
-fn the_management_manifests_carry_the_repository_policies_and_a_valid_config() {
+fn the_management_overlays_render_with_the_repository_policies_and_a_valid_config() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mgmt = root.join("deploy/kubernetes/management");
     for p in ["default.toml", "istio-compatible.toml"] {
         assert_eq!(
-            std::fs::read_to_string(mgmt.join("policies").join(p)).unwrap(),
+            std::fs::read_to_string(mgmt.join("base/policies").join(p)).unwrap(),
             std::fs::read_to_string(root.join("policies").join(p)).unwrap(),
-            "deploy/kubernetes/management/policies/{p} must be a copy of policies/{p}"
+            "deploy/kubernetes/management/base/policies/{p} must be a copy of policies/{p}"
         );
     }
-    // The config the CronJob mounts parses (paths are only resolved, not opened).
-    let config = cacertd::config::Config::load(&mgmt.join("cacertd.toml")).unwrap();
-    assert_eq!(config.topology.clusters().len(), 3);
-    // With its Lease, the transition record is shared in the management cluster.
-    assert!(
-        matches!(&config.transition.record,
-            cacertd::config::RecordLocation::Kubernetes { namespace, .. } if namespace == "cacertd"),
-        "{:?}",
-        config.transition.record
-    );
-    // Every ConfigMap key the CronJob mounts is one the generator makes.
-    let kustomization = std::fs::read_to_string(mgmt.join("kustomization.yaml")).unwrap();
-    let deployment = std::fs::read_to_string(mgmt.join("deployment.yaml")).unwrap();
-    for key in ["cacertd.toml", "default.toml", "istio-compatible.toml"] {
+    for (overlay, store, replicas) in [("file", "file", 1), ("vault", "vault-kv", 2)] {
+        let dir = mgmt.join("overlays").join(overlay);
+        // The config parses as the pod mounts it: /etc/cacertd/cacertd.toml beside policies/
+        // (paths are only resolved, not opened).
+        let mounted = tempfile::tempdir().unwrap();
+        std::fs::create_dir(mounted.path().join("policies")).unwrap();
+        for p in ["default.toml", "istio-compatible.toml"] {
+            std::fs::copy(
+                mgmt.join("base/policies").join(p),
+                mounted.path().join("policies").join(p),
+            )
+            .unwrap();
+        }
+        std::fs::copy(dir.join("cacertd.toml"), mounted.path().join("cacertd.toml")).unwrap();
+        let config = cacertd::config::Config::load(&mounted.path().join("cacertd.toml")).unwrap();
+        assert_eq!(config.topology.clusters().len(), 3, "{overlay}");
+        let store_of = match &config.root {
+            cacertd::config::RootStoreConfig::File { .. } => "file",
+            cacertd::config::RootStoreConfig::VaultKv { .. } => "vault-kv",
+            cacertd::config::RootStoreConfig::VaultPki { .. } => "vault-pki",
+        };
+        assert_eq!(store_of, store, "{overlay}");
+        // With its Lease, the transition record is shared in the management cluster.
         assert!(
-            deployment.contains(&format!("{{key: {key},")),
-            "the deployment mounts {key}"
+            matches!(&config.transition.record,
+                cacertd::config::RecordLocation::Kubernetes { namespace, .. } if namespace == "cacertd"),
+            "{overlay}: {:?}",
+            config.transition.record
+        );
+        let objects = kustomize(&dir);
+        // One ConfigMap with every key the Deployment mounts, under the name it mounts.
+        let config_map = object(&objects, "ConfigMap").unwrap();
+        let name = config_map
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: cacertd-config"))
+            .unwrap_or_else(|| panic!("{overlay}: {config_map}"));
+        let deployment = object(&objects, "Deployment").unwrap();
+        assert!(
+            deployment.contains(&format!("name: cacertd-config{name}")),
+            "{overlay}: {deployment}"
+        );
+        for key in ["cacertd.toml", "default.toml", "istio-compatible.toml"] {
+            assert!(
+                config_map.contains(&format!("\n  {key}: |")),
+                "{overlay}: {key}"
+            );
+            assert!(
+                deployment.contains(&format!("key: {key}")),
+                "{overlay}: {key}"
+            );
+        }
+        assert!(
+            deployment.contains(&format!("\n  replicas: {replicas}\n")),
+            "{overlay}: {deployment}"
         );
         assert!(
-            kustomization
-                .lines()
-                .any(|l| l.trim() == format!("- {key}")
-                    || l.trim().starts_with(&format!("- {key}="))),
-            "kustomization generates {key}"
+            object(&objects, "NetworkPolicy").is_some_and(|n| n.contains("port: 9090")),
+            "{overlay}"
         );
+        match overlay {
+            // The root key's volume: one replica, replaced after the old one let go.
+            "file" => {
+                assert!(object(&objects, "PersistentVolumeClaim").is_some());
+                assert!(deployment.contains("claimName: cacertd-state"));
+                assert!(deployment.contains("type: Recreate"));
+            }
+            // Nothing secret in the cluster: two replicas, one evicted at a time.
+            _ => {
+                assert!(object(&objects, "PersistentVolumeClaim").is_none());
+                assert!(deployment.contains("emptyDir:"));
+                assert!(object(&objects, "PodDisruptionBudget").is_some());
+            }
+        }
     }
 }
 

@@ -192,7 +192,7 @@ const NEEDED: &[&str] = &[
     "patch rollouts.argoproj.io in app",
 ];
 
-/// What cacertd does in the management cluster (deploy/kubernetes/management): the leader
+/// What cacertd does in the management cluster (deploy/kubernetes/management/overlays): the leader
 /// Lease, and the transition record and material Secrets of the shipped cacertd.toml.
 const MANAGEMENT_NEEDED: &[&str] = &[
     "create leases.coordination.k8s.io in cacertd",
@@ -220,23 +220,45 @@ const MANAGEMENT_DENIED: &[&str] = &[
     "update leases.coordination.k8s.io/other in cacertd",
 ];
 
-/// Renders deploy/kubernetes/management with kustomize, has the apiserver validate every
-/// object (a server-side dry run), applies them, and checks the service account's rights.
+/// Renders each overlay of deploy/kubernetes/management with kustomize and has the apiserver
+/// validate every object (a server-side dry run); applies the file store's, and checks the
+/// service account's rights.
 fn management_manifests(server: &RealApiserver) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/management");
-    let rendered = server.kubectl(&["kustomize", dir.to_str().unwrap()]).ok();
-    let file = server.path("management.yaml");
-    std::fs::write(&file, &rendered.stdout).unwrap();
-    let file = file.to_str().unwrap();
-    let dry = server
-        .kubectl(&["apply", "--dry-run=server", "-f", file])
-        .ok();
-    for kind in [
-        "deployment.apps/cacertd",
-        "networkpolicy.networking.k8s.io/cacertd",
+    let overlays =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/management/overlays");
+    let mut rendered_file = String::new();
+    for (overlay, extra) in [
+        ("vault", "deployment.apps/cacertd"),
+        ("file", "persistentvolumeclaim/cacertd-state"),
     ] {
-        assert!(dry.stdout.contains(kind), "{kind}: {}", dry.stdout);
+        let dir = overlays.join(overlay);
+        let rendered = server.kubectl(&["kustomize", dir.to_str().unwrap()]).ok();
+        // This apiserver (1.20) predates policy/v1 (1.21): the vault overlay's
+        // PodDisruptionBudget is left out here (tests/kube_rbac.rs checks it is rendered).
+        let objects: Vec<&str> = rendered
+            .stdout
+            .split("\n---\n")
+            .filter(|o| !o.lines().any(|l| l == "kind: PodDisruptionBudget"))
+            .collect();
+        let file = server.path(&format!("management-{overlay}.yaml"));
+        std::fs::write(&file, objects.join("\n---\n")).unwrap();
+        let dry = server
+            .kubectl(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()])
+            .ok();
+        for kind in [
+            "deployment.apps/cacertd",
+            "networkpolicy.networking.k8s.io/cacertd",
+            extra,
+        ] {
+            assert!(
+                dry.stdout.contains(kind),
+                "{overlay}: {kind}: {}",
+                dry.stdout
+            );
+        }
+        rendered_file = file.to_str().unwrap().to_string();
     }
+    let file = rendered_file.as_str();
     server.kubectl(&["apply", "-f", file]).ok();
     server.wait_until(MANAGEMENT_NEEDED[5], true);
     let granted = server.allowed(MANAGEMENT_NEEDED);

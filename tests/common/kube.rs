@@ -85,12 +85,12 @@ pub fn grant_target_rbac(c: &FakeCluster, token: &str) {
     grant_as_shipped(c, &target_rbac().to_string(), token);
 }
 
-/// The management cluster's RBAC (deploy/kubernetes/management/lease-rbac.yaml) as shipped,
+/// The management cluster's RBAC (deploy/kubernetes/management/base/lease-rbac.yaml) as shipped,
 /// in the namespace kustomize puts it in, with `token` for its service account.
 pub fn grant_management_rbac(c: &FakeCluster, token: &str) {
     grant_as_shipped(
         c,
-        &shipped("deploy/kubernetes/management/lease-rbac.yaml"),
+        &shipped("deploy/kubernetes/management/base/lease-rbac.yaml"),
         token,
     );
 }
