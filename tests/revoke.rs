@@ -303,6 +303,17 @@ fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_
     );
     common::assert_unchanged(&before, &s.snapshot());
 
+    // Root rotations do not carry lists yet: refused before anything changes.
+    let run = s
+        .cacertd(&["rotate-root", "start", "--dry-run"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("serves revocation lists"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
     // A second revocation keeps the first: both old intermediates stay revoked.
     let run = s.through_folders(&["revoke", "cluster2", "--reason", "superseded"]);
     assert_eq!(run.code, 0, "{}", run.stderr);

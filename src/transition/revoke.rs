@@ -73,8 +73,8 @@ pub async fn start_revoke(
             "revoking with the vault-pki store is not supported yet: Vault would sign the mesh \
              CA's list, and its lists expire within days (72h by default), so every proxy would \
              reject every chain unless each fresh list were published before the last expired. \
-             Until cacertd does that, revoke in Vault (pki/revoke) and re-issue the cluster's \
-             intermediate with `cacertd issue`"
+             Meanwhile `cacertd issue --force CLUSTER` stops istiod signing with the leaked key, \
+             but proxies keep accepting what it signed until those certificates expire"
                 .into(),
         ));
     };

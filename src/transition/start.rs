@@ -30,6 +30,7 @@ pub async fn start_migrate(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     refuse_known_breakage(config).await?;
+    refuse_lists(config, TransitionKind::Migrate).await?;
     check_skipped_restarts(config, &mut options).await?;
     let finished = files.check_room().await?;
     let signer = RootSource::open(config)
@@ -124,6 +125,32 @@ pub(super) async fn current_material(
             ),
         }),
     }
+}
+
+/// Refused where a primary serves revocation lists: a trust transition does not carry them
+/// yet, so its new intermediates would have no list, which proxies checking lists reject
+/// (docs/istio.md §14); the writer would stop it at the first such write.
+async fn refuse_lists(config: &Config, kind: TransitionKind) -> Result<(), DriveError> {
+    for cluster in config.topology.primaries() {
+        let name = cluster.name.as_str();
+        let target = Target::open(cluster, config)
+            .await
+            .map_err(target_err(name))?;
+        let observed = target.read().await.map_err(target_err(name))?;
+        if observed
+            .snapshot
+            .cacerts
+            .is_some_and(|c| !c.ca_crl.iter().all(u8::is_ascii_whitespace))
+        {
+            return Err(DriveError::UnsafeForMesh(format!(
+                "{name} serves revocation lists (ca-crl.pem), which a {} does not carry yet: \
+                 its new intermediates would have no list, and every proxy that checks lists \
+                 would reject their certificates",
+                kind.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A new intermediate a start that stopped early saved for `cluster`, if it is still good:
@@ -234,6 +261,7 @@ pub async fn start_rotate_root(
 ) -> Result<Record, DriveError> {
     let store = rotation::open(config).await?;
     refuse_known_breakage(config).await?;
+    refuse_lists(config, TransitionKind::RotateRoot).await?;
     check_skipped_restarts(config, &mut options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
