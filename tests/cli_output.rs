@@ -37,9 +37,24 @@ fn log_lines_carry_no_escape_codes_when_stderr_is_not_a_terminal() {
 #[test]
 fn log_lines_are_json_objects_on_request() {
     let s = warning_setup();
+    let text = s.cacertd(&["issue", "--force"]).ok();
+    assert!(
+        !text.stderr.trim_start().starts_with('{'),
+        "{}",
+        text.stderr
+    );
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+    let with_json = Setup::with_config(&format!("{config}\n[daemon]\nlog_format = \"json\"\n"));
+    with_json.cacertd(&["root", "init"]).ok();
+    std::fs::set_permissions(
+        with_json.path("state/root/root-key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     for run in [
         s.cacertd(&["--log-format", "json", "issue", "--force"]),
         s.cacertd_env(&["issue", "--force"], &[("CACERTD_LOG_FORMAT", "json")]),
+        with_json.cacertd(&["issue", "--force"]),
     ] {
         let run = run.ok();
         let lines: Vec<serde_json::Value> = run
@@ -57,6 +72,18 @@ fn log_lines_are_json_objects_on_request() {
             run.stderr
         );
     }
+    // The flag wins over the config; a bad value is named with its line.
+    let run = with_json
+        .cacertd(&["--log-format", "text", "issue", "--force"])
+        .ok();
+    assert!(!run.stderr.trim_start().starts_with('{'), "{}", run.stderr);
+    let bad = Setup::with_config(&format!("{config}\n[daemon]\nlog_format = \"xml\"\n"));
+    let run = bad.cacertd(&["status"]).fails_with(2);
+    assert!(
+        run.stderr.contains("daemon.log_format") && run.stderr.contains("\"xml\""),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

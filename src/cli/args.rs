@@ -45,14 +45,9 @@ pub struct Args {
 
     /// Log lines as text (coloured only when stderr is a terminal and NO_COLOR is unset) or
     /// as one JSON object per line, for log collectors.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "CACERTD_LOG_FORMAT",
-        default_value_t = LogFormat::Text
-    )]
-    pub log_format: LogFormat,
+    /// Without it (or CACERTD_LOG_FORMAT): the config's [daemon] log_format, else text.
+    #[arg(long, global = true, value_enum, env = "CACERTD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     pub command: Command,

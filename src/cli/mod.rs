@@ -79,7 +79,13 @@ impl CliError {
 /// Entry point of the binary: parses arguments, sets up logging, runs, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.verbose, args.log_format);
+    let format =
+        args.log_format
+            .unwrap_or_else(|| match crate::config::log_format_of(&args.config) {
+                Some(crate::config::LogFormat::Json) => args::LogFormat::Json,
+                _ => args::LogFormat::Text,
+            });
+    init_tracing(args.verbose, format);
     if let Err(e) = crate::harden::forbid_core_dumps() {
         tracing::warn!(error = %e, "core dumps could not be turned off: a crash could write key material to disk");
     }

@@ -108,6 +108,22 @@ pub struct DaemonSettings {
     /// Leader election with a Kubernetes Lease (several replicas); `None`: a lock file on
     /// `state_dir` (one machine).
     pub lease: Option<LeaseSettings>,
+    /// How log lines are written when neither `--log-format` nor `CACERTD_LOG_FORMAT` says.
+    pub log_format: LogFormat,
+}
+
+/// `[daemon] log_format`: log lines as text, or one JSON object per line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The `[daemon] log_format` of the configuration at `path`, if it loads: logging starts
+/// before a command reads its configuration (which then reports any error itself).
+pub fn log_format_of(path: &Path) -> Option<LogFormat> {
+    Config::load(path).ok().map(|c| c.daemon.log_format)
 }
 
 /// `[daemon] lease`: the Lease replicas contend for, in the management cluster.

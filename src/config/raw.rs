@@ -40,6 +40,7 @@ pub(super) struct RawDaemon {
     pub(super) backoff_max: Option<String>,
     pub(super) audit_log: Option<PathBuf>,
     pub(super) lease: Option<RawLease>,
+    pub(super) log_format: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -223,6 +223,7 @@ impl Sections<'_> {
             backoff_max: Duration::from_secs(1800),
             audit_log: state_dir.join("audit.log"),
             lease: None,
+            log_format: super::LogFormat::Text,
         };
         if let Some(d) = raw {
             let span = d.span();
@@ -258,6 +259,18 @@ impl Sections<'_> {
             }
             if let Some(a) = &d.audit_log {
                 daemon.audit_log = self.resolve(a);
+            }
+            if let Some(f) = &d.log_format {
+                daemon.log_format = match f.as_str() {
+                    "text" => super::LogFormat::Text,
+                    "json" => super::LogFormat::Json,
+                    other => {
+                        return Err(bad(
+                            "log_format",
+                            format!("{other:?} is not one of \"text\", \"json\""),
+                        ));
+                    }
+                };
             }
             if let Some(l) = &d.lease {
                 let duration = match &l.duration {
