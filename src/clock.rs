@@ -84,3 +84,40 @@ mod duration_tests {
         }
     }
 }
+
+/// RFC 3339 to the second in JSON (`2026-11-30T16:25:46Z`), read back in any RFC 3339 form:
+/// `#[serde(with = "crate::clock::rfc3339_seconds")]`.
+pub mod rfc3339_seconds {
+    use serde::{Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    fn whole(t: OffsetDateTime) -> OffsetDateTime {
+        t.replace_nanosecond(0).unwrap_or(t)
+    }
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        time::serde::rfc3339::serialize(&whole(*t), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        time::serde::rfc3339::deserialize(d)
+    }
+
+    /// The same for an `Option`.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            time::serde::rfc3339::option::serialize(&t.map(whole), s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
+            time::serde::rfc3339::option::deserialize(d)
+        }
+    }
+}

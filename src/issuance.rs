@@ -23,6 +23,8 @@ use crate::topology::Cluster;
 pub enum Outcome {
     Issued,
     WouldIssue,
+    /// Left as it is (`unchanged`, as the table says).
+    #[serde(rename = "unchanged")]
     Kept,
     /// Refused because it would be unsafe (would break trust).
     Refused,
@@ -37,15 +39,15 @@ pub struct ClusterReport {
     pub outcome: Outcome,
     pub reason: Option<String>,
     pub serial: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::clock::rfc3339_seconds::option")]
     pub not_before: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::clock::rfc3339_seconds::option")]
     pub not_after: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::clock::rfc3339_seconds::option")]
     pub renew_at: Option<OffsetDateTime>,
     /// When the first revocation list the cluster serves expires (`None`: it serves none).
     #[serde(
-        with = "time::serde::rfc3339::option",
+        with = "crate::clock::rfc3339_seconds::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub revocation_lists_expire: Option<OffsetDateTime>,

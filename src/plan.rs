@@ -62,7 +62,7 @@ impl ClusterState {
 pub struct Assessment {
     pub state: ClusterState,
     pub intermediate: Option<CertInfo>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::clock::rfc3339_seconds::option")]
     pub renew_at: Option<OffsetDateTime>,
     /// Whether the intermediate's life is capped by the root: renewing would not extend it.
     pub capped_by_root: bool,
@@ -80,7 +80,7 @@ pub struct Assessment {
     /// When the first revocation list of its `ca-crl.pem` expires (its nextUpdate): from then
     /// on Envoy rejects every chain that list covers (docs/istio.md §14). `None`: no lists.
     #[serde(
-        with = "time::serde::rfc3339::option",
+        with = "crate::clock::rfc3339_seconds::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub revocation_lists_expire: Option<OffsetDateTime>,

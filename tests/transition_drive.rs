@@ -823,3 +823,40 @@ fn a_planted_root_is_removed_in_one_phase_keeping_every_signer() {
     );
     common::assert_unchanged(&before, &s.snapshot());
 }
+
+/// `transition resume`, `rollback` and `abort` answer in JSON with `-o json`: where the
+/// transition rests and what comes next, in the words `transition status` uses.
+#[test]
+fn resume_rollback_and_abort_answer_in_json_on_request() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    s.cacertd(&["migrate", "start", "--drain", "0s"]).ok();
+    let json = |run: common::Run| -> serde_json::Value {
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+    };
+    let v = json(
+        s.cacertd(&["transition", "resume", "--approve", "-o", "json"])
+            .ok(),
+    );
+    assert_eq!(v["transition"], "migrate", "{v}");
+    assert_eq!(v["state"], "active", "{v}");
+    assert!(
+        v["rests"]
+            .as_str()
+            .unwrap()
+            .starts_with("wait until the folders"),
+        "{v}"
+    );
+    assert_eq!(
+        v["next"],
+        json(s.cacertd(&["transition", "status", "-o", "json"]).ok())["next"]
+    );
+    let v = json(s.cacertd(&["transition", "rollback", "-o", "json"]).ok());
+    assert!(
+        v["state"].as_str().unwrap().starts_with("rolling back"),
+        "{v}"
+    );
+    let v = json(s.cacertd(&["transition", "abort", "-o", "json"]).ok());
+    assert_eq!(v["transition"], "migrate", "{v}");
+    assert!(v["still_trusted"].is_array(), "{v}");
+    assert!(!s.path("state/transition/record.json").exists());
+}

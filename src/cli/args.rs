@@ -257,7 +257,7 @@ pub enum TransitionCommand {
 
     /// Return every cluster to the previous phase's material (from AddNewRoot: to what it had
     /// before). Backups of everything replaced are kept.
-    Rollback(DriveArgs),
+    Rollback(RollbackArgs),
 
     /// Forget the transition without touching any cluster; its record and material are moved
     /// aside (to <state_dir>/transition-<time>/, or to Secrets suffixed with the time in the
@@ -378,6 +378,9 @@ pub struct ResumeArgs {
 
     #[command(flatten)]
     pub drive: DriveArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -402,6 +405,18 @@ pub struct AbortArgs {
     /// Print what would be moved aside and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub drive: DriveArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -337,7 +337,7 @@ fn print_istiod_releases(out: &mut dyn Write, report: &StatusReport) {
 pub struct VerifyJson {
     pub dir: String,
     pub valid: bool,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::clock::rfc3339_seconds")]
     pub at: OffsetDateTime,
     pub problems: Vec<BundleProblem>,
     pub warnings: Vec<BundleProblem>,

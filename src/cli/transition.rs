@@ -270,6 +270,18 @@ pub(super) async fn run_drive(
     args: &DriveArgs,
     clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
+    run_drive_as(config, store, args, clock, Format::Table).await
+}
+
+/// Drives the transition, then says where it rests: in words, or (`-o json`) as an object
+/// with the transition, its position and state, where it rests and what comes next.
+async fn run_drive_as(
+    config: &Config,
+    store: &RecordStore,
+    args: &DriveArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+    format: Format,
+) -> Result<(), CliError> {
     let opts = driver::DriveOptions {
         clock: clock.clone(),
         wait: args.wait,
@@ -280,25 +292,36 @@ pub(super) async fn run_drive(
         progress: transition::progress::Progress::for_stderr(),
     };
     let rest = driver::drive(config, store, opts).await?;
-    match rest {
-        transition::Step::Finished => say!("transition finished"),
+    let rests = match rest {
+        transition::Step::Finished => "transition finished".to_string(),
         transition::Step::AwaitApproval { phase } => {
-            say!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
+            format!("waiting for approval to enter {phase}: `cacertd transition resume --approve`")
         }
-        transition::Step::AwaitApplied { clusters } => say!("{}", applied_note(&clusters)),
-        transition::Step::Drain { until } => say!(
+        transition::Step::AwaitApplied { clusters } => applied_note(&clusters),
+        transition::Step::Drain { until } => format!(
             "draining until {}: `cacertd transition resume` after that (or with --wait)",
             crate::pki::fmt_time(until)
         ),
-        transition::Step::CheckGate { .. } => say!(
-            "the gate does not hold yet (see `cacertd transition status`); \
-             `cacertd transition resume --wait` waits for it"
-        ),
-        transition::Step::Held { note } => say!(
+        transition::Step::CheckGate { .. } => "the gate does not hold yet (see `cacertd \
+             transition status`); `cacertd transition resume --wait` waits for it"
+            .to_string(),
+        transition::Step::Held { note } => format!(
             "{note}; `cacertd transition resume` goes forward again, `transition rollback` \
              further back"
         ),
-        other => say!("stopped at {other:?}"),
+        transition::Step::Write { .. }
+        | transition::Step::Restart { .. }
+        | transition::Step::Stopped { .. } => "stopped before its next step".to_string(),
+    };
+    match (format, store.load().await?) {
+        (Format::Json, Some(record)) => output::print_json(&serde_json::json!({
+            "transition": record.kind.name(),
+            "position": record.position(),
+            "state": record.state.describe(),
+            "rests": rests,
+            "next": describe_next(config, &record, clock.now()),
+        })),
+        _ => say!("{rests}"),
     }
     Ok(())
 }
@@ -510,7 +533,7 @@ pub(super) async fn transition_cmd(
         }
         TransitionCommand::RemoveRoot(a) => return remove_root_start(config, a, clock).await,
         TransitionCommand::Resume(a) => a.drive.dry_run,
-        TransitionCommand::Rollback(d) => d.dry_run,
+        TransitionCommand::Rollback(a) => a.drive.dry_run,
         TransitionCommand::Abort(a) => a.dry_run,
     };
     // A dry run takes no lock: it may look while the daemon drives.
@@ -545,18 +568,28 @@ pub(super) async fn transition_cmd(
                 .applied
                 .then(|| "the folders are applied".to_string());
             note("transition-resume", &record, confirmed);
-            run_drive(config, &files, &a.drive, clock).await
+            run_drive_as(config, &files, &a.drive, clock, a.output.output).await
         }
-        TransitionCommand::Rollback(d) => {
+        TransitionCommand::Rollback(a) => {
             record.rollback().map_err(CliError::Usage)?;
             files.save(&record).await?;
             note("transition-rollback", &record, None);
-            run_drive(config, &files, &d, clock).await
+            run_drive_as(config, &files, &a.drive, clock, a.output.output).await
         }
-        TransitionCommand::Abort(_) => {
+        TransitionCommand::Abort(a) => {
             let new_root = abandon_new_root(config, &record).await?;
             files.archive(&record, now).await?;
             note("transition-abort", &record, new_root.clone());
+            let trusted = trusted_besides_the_root(config, &record).await;
+            if a.output.output == Format::Json {
+                output::print_json(&serde_json::json!({
+                    "transition": record.kind.name(),
+                    "forgotten_at": record.position(),
+                    "new_root": new_root,
+                    "still_trusted": trusted,
+                }));
+                return Ok(());
+            }
             say!(
                 "transition forgotten at phase {}; clusters keep what they serve now",
                 record.phase
@@ -564,7 +597,7 @@ pub(super) async fn transition_cmd(
             if let Some(new_root) = new_root {
                 say!("{new_root}");
             }
-            for line in trusted_besides_the_root(config, &record).await {
+            for line in trusted {
                 say!("{line}");
             }
             Ok(())

@@ -26,9 +26,9 @@ pub struct CertInfo {
     pub serial: String,
     pub subject: String,
     pub issuer: String,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::clock::rfc3339_seconds")]
     pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::clock::rfc3339_seconds")]
     pub not_after: OffsetDateTime,
     /// SHA-256 over the DER, colon-separated uppercase hex (`openssl x509 -fingerprint -sha256`).
     pub fingerprint_sha256: String,

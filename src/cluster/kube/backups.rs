@@ -26,9 +26,9 @@ pub(super) const TRACKED: &str = "cacertd.io/backups";
 #[derive(Serialize, Deserialize)]
 struct Tracked {
     name: String,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::clock::rfc3339_seconds")]
     at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[serde(with = "crate::clock::rfc3339_seconds::option", default)]
     not_after: Option<OffsetDateTime>,
 }
 
