@@ -40,6 +40,9 @@ pub struct Restarted {
     pub cluster: String,
     pub workload: Workload,
     pub waited: bool,
+    /// Only found, not restarted (`restart --dry-run`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// What to restart and how.
@@ -52,6 +55,8 @@ pub struct RestartOptions {
     pub gateway_selector: String,
     /// Namespaces whose workloads are left alone (istiod and gateways are still restarted).
     pub exclude_namespaces: Vec<String>,
+    /// Find what each stage would restart, and restart nothing.
+    pub dry_run: bool,
 }
 
 impl Default for RestartOptions {
@@ -61,6 +66,7 @@ impl Default for RestartOptions {
             wait: true,
             gateway_selector: DEFAULT_GATEWAY_SELECTOR.to_string(),
             exclude_namespaces: Vec::new(),
+            dry_run: false,
         }
     }
 }
@@ -110,13 +116,13 @@ pub async fn restart_primary(
             };
             batch.push((&cluster.name, target, workloads));
         }
-        for (cluster, target, workloads) in &batch {
+        for (cluster, target, workloads) in batch.iter().filter(|_| !opts.dry_run) {
             for w in workloads {
                 tracing::info!(cluster = %cluster, stage = stage.name(), workload = %w, "restarting");
                 target.restart(w, now).await?;
             }
         }
-        if opts.wait {
+        if opts.wait && !opts.dry_run {
             let timeout = config.kubernetes.rollout_timeout;
             let waits = batch.iter().flat_map(|(_, target, workloads)| {
                 workloads
@@ -134,7 +140,8 @@ pub async fn restart_primary(
                 stage,
                 cluster: cluster.to_string(),
                 workload,
-                waited: opts.wait,
+                waited: opts.wait && !opts.dry_run,
+                dry_run: opts.dry_run,
             }));
         }
     }

@@ -388,6 +388,19 @@ fn verify_names_each_broken_file() {
         "{}",
         later.stdout
     );
+    // A date is midnight UTC; anything else is named.
+    let day = s
+        .cacertd(&["verify", "out/cluster2", "--at", "2040-01-01"])
+        .fails_with(3);
+    assert_eq!(day.stdout, later.stdout);
+    let run = s
+        .cacertd(&["verify", "out/cluster2", "--at", "next year"])
+        .fails_with(2);
+    assert!(
+        run.stderr.contains("--at \"next year\": not a date"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

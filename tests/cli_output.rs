@@ -256,3 +256,22 @@ fn root_init_has_a_dry_run() {
     s.cacertd(&["root", "init"]).ok();
     s.cacertd(&["root", "init", "--dry-run"]).fails_with(5);
 }
+
+/// JSON says what the table says (`unchanged`), with times to the second.
+#[test]
+fn json_uses_the_tables_words_and_whole_seconds() {
+    let s = Setup::new();
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let run = s.cacertd(&["issue", "-o", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let table = s.cacertd(&["issue"]).ok().stdout;
+    assert!(table.contains("unchanged"), "{table}");
+    let reports = v.as_array().unwrap();
+    assert!(reports.iter().all(|r| r["outcome"] == "unchanged"), "{v}");
+    for r in reports {
+        for field in ["not_before", "not_after", "renew_at"] {
+            let t = r[field].as_str().unwrap();
+            assert!(t.ends_with('Z') && !t.contains('.'), "{field}: {t}");
+        }
+    }
+}

@@ -192,7 +192,11 @@ fn the_management_overlays_render_with_the_repository_policies_and_a_valid_confi
             )
             .unwrap();
         }
-        std::fs::copy(dir.join("cacertd.toml"), mounted.path().join("cacertd.toml")).unwrap();
+        std::fs::copy(
+            dir.join("cacertd.toml"),
+            mounted.path().join("cacertd.toml"),
+        )
+        .unwrap();
         let config = cacertd::config::Config::load(&mounted.path().join("cacertd.toml")).unwrap();
         assert_eq!(config.topology.clusters().len(), 3, "{overlay}");
         let store_of = match &config.root {

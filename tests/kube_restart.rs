@@ -159,6 +159,48 @@ fn restarts_go_istiod_then_gateways_then_workloads_across_primary_and_remotes() 
     );
 }
 
+/// `--dry-run` lists every stage's workloads in order, as the restart would find them, and
+/// patches nothing.
+#[test]
+fn a_dry_run_lists_what_each_stage_would_restart_and_restarts_nothing() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    let s = setup(&server, "");
+    let run = s.cacertd(&["restart", "cluster1", "--dry-run"]).ok();
+    let out = &run.stdout;
+    let at = |w: &str| out.find(w).unwrap_or_else(|| panic!("{w} missing: {out}"));
+    assert!(
+        at("deployment/istio-system/istiod") < at("deployment/istio-system/istio-eastwestgateway")
+            && at("deployment/istio-ingress/istio-ingressgateway") < at("deployment/app/web"),
+        "{out}"
+    );
+    assert!(
+        out.contains("daemonset/shop/agent") && out.contains("would restart"),
+        "{out}"
+    );
+    assert!(out.contains("dry run: nothing was restarted"), "{out}");
+    assert!(!out.contains("plain/other"), "{out}");
+    for c in CLUSTERS {
+        let patches = server
+            .cluster(c)
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count();
+        assert_eq!(patches, 0, "{c}");
+    }
+    let json = s
+        .cacertd(&["restart", "cluster1", "--dry-run", "-o", "json"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().all(|r| r["dry_run"] == true),
+        "{v}"
+    );
+    s.cacertd(&["restart", "cluster1", "--dry-run", "--no-wait"])
+        .fails_with(2);
+}
+
 #[test]
 fn a_stage_that_does_not_roll_out_stops_the_run() {
     let server = TestApiServer::start(&CLUSTERS);

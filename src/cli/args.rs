@@ -469,6 +469,10 @@ pub struct RestartArgs {
     #[arg(long)]
     pub no_wait: bool,
 
+    /// List what each stage would restart, in order, and restart nothing.
+    #[arg(long, conflicts_with = "no_wait")]
+    pub dry_run: bool,
+
     /// Label selector of the gateways to restart.
     #[arg(long, default_value = crate::rollout::DEFAULT_GATEWAY_SELECTOR)]
     pub gateway_selector: String,
@@ -593,9 +597,9 @@ pub struct VerifyArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// Judge validity at this instant instead of now (RFC 3339, e.g. 2027-01-01T00:00:00Z):
-    /// "will this still be accepted then?"
-    #[arg(long, value_name = "TIME")]
+    /// Judge validity at this instant instead of now: a date (2027-01-01, midnight UTC) or an
+    /// RFC 3339 time (2027-01-01T12:00:00Z). "Will this still be accepted then?"
+    #[arg(long, value_name = "DATE|TIME")]
     pub at: Option<String>,
 
     #[command(flatten)]

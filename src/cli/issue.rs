@@ -116,6 +116,21 @@ pub(super) async fn status(
     Ok(())
 }
 
+/// `--at`: an RFC 3339 time (`2027-01-01T12:00:00Z`) or a date (`2027-01-01`, midnight UTC).
+fn parse_at(s: &str) -> Result<OffsetDateTime, CliError> {
+    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let date = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &date)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "--at {s:?}: not a date (2027-01-01) or an RFC 3339 time (2027-01-01T12:00:00Z)"
+            ))
+        })
+}
+
 pub(super) fn verify(
     dir: &Path,
     at: Option<&str>,
@@ -123,8 +138,7 @@ pub(super) fn verify(
     now: OffsetDateTime,
 ) -> Result<(), CliError> {
     let at = match at {
-        Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| CliError::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})")))?,
+        Some(s) => parse_at(s)?,
         None => now,
     };
     if !dir.is_dir() {
@@ -200,6 +214,7 @@ pub(super) async fn restart(
         wait: !a.no_wait,
         gateway_selector: a.gateway_selector,
         exclude_namespaces: a.exclude_namespace,
+        dry_run: a.dry_run,
     };
     // Each primary's mesh is independent: one stopping does not spare the others.
     let mut all = Vec::new();
@@ -215,7 +230,12 @@ pub(super) async fn restart(
     }
     match a.output.output {
         Format::Json => output::print_json(&all),
-        Format::Table => output::print_restarts(&mut std::io::stdout(), &all),
+        Format::Table => {
+            output::print_restarts(&mut std::io::stdout(), &all);
+            if a.dry_run {
+                say!("dry run: nothing was restarted");
+            }
+        }
     }
     if !failures.is_empty() {
         return Err(CliError::Partial {

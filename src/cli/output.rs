@@ -138,7 +138,12 @@ pub fn print_restarts(out: &mut dyn Write, done: &[crate::rollout::Restarted]) {
                 r.stage.name().to_string(),
                 r.cluster.clone(),
                 r.workload.to_string(),
-                if r.waited { "rolled out" } else { "restarted" }.to_string(),
+                match (r.dry_run, r.waited) {
+                    (true, _) => "would restart",
+                    (false, true) => "rolled out",
+                    (false, false) => "restarted",
+                }
+                .to_string(),
             ]
         })
         .collect();
