@@ -58,3 +58,39 @@ fn the_image_runs_the_release_binary_without_a_shell_as_the_deployments_user() {
     assert!(deployment.contains("image: cacertd:0.1.0"));
     assert!(repo(".dockerignore").lines().any(|l| l.trim() == "target"));
 }
+
+/// The onboarding script refuses what cacertd would refuse, before touching the cluster: a
+/// server reached over plain HTTP, a server whose CA is not given; and says how it is used.
+#[test]
+fn the_onboarding_script_refuses_a_cluster_cacertd_would_refuse() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/target-cluster/onboard.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |kubeconfig: &str| {
+        let path = dir.path().join("config");
+        std::fs::write(&path, kubeconfig).unwrap();
+        std::process::Command::new(&script)
+            .env("KUBECONFIG", &path)
+            .args(["--context", "c1", "--out"])
+            .arg(dir.path().join("out.yaml"))
+            .output()
+            .unwrap()
+    };
+    let config = |server: &str, ca: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster:\n    server: {server}\n{ca}\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c1\n  context: {{cluster: c1, user: u}}\n\
+             current-context: c1\n"
+        )
+    };
+    let plain = run(&config("http://127.0.0.1:1", ""));
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("not https"));
+    let no_ca = run(&config("https://127.0.0.1:1", ""));
+    assert_eq!(no_ca.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_ca.stderr).contains("names no CA"));
+    assert!(!dir.path().join("out.yaml").exists());
+    let usage = std::process::Command::new(&script).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("--context CONTEXT --out FILE"));
+}

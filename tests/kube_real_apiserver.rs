@@ -1045,4 +1045,56 @@ target = { kind = "kube", kubeconfig = "kube/cluster1.yaml", context = "cacertd"
     // The management cluster's manifests, as kustomize renders them: every object validates
     // against the apiserver, and the service account may touch only the Secrets it names.
     management_manifests(&server);
+
+    // Onboarding: the script applies rbac.yaml again (unchanged) and writes a kubeconfig for
+    // the ServiceAccount with a token from TokenRequest, 0600, that may do what cacertd needs
+    // and nothing the manifest leaves out.
+    onboard(&server);
+}
+
+fn onboard(server: &RealApiserver) {
+    use std::os::unix::fs::PermissionsExt;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/target-cluster/onboard.sh");
+    let out = server.path("onboarded.yaml");
+    let mut cmd = Command::new(&script);
+    cmd.env("KUBECONFIG", server.path("admin.kubeconfig"))
+        .args([
+            "--context",
+            "cacertd-test-admin",
+            "--duration",
+            "1h",
+            "--out",
+        ])
+        .arg(&out);
+    let run = output_within(cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("token valid for 1h"), "{stderr}");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let kubeconfig = std::fs::read_to_string(&out).unwrap();
+    assert!(kubeconfig.contains("server: https://") && kubeconfig.contains("token: "));
+    let can = |args: &[&str]| {
+        let mut cmd = Command::new("kubectl");
+        cmd.env_remove("KUBECONFIG")
+            .arg(format!("--kubeconfig={}", out.display()))
+            .args(["auth", "can-i"])
+            .args(args);
+        String::from_utf8_lossy(&output_within(cmd, KUBECTL_TIMEOUT).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        can(&["update", "secrets/cacerts", "-n", "istio-system"]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["get", "secrets/cacertd-kubeconfigs", "-n", "cacertd"]),
+        "no"
+    );
+    assert_eq!(
+        can(&["delete", "secrets/cacerts", "-n", "istio-system"]),
+        "no"
+    );
 }
