@@ -289,14 +289,10 @@ async fn proxies_behind(
             return;
         }
     };
-    let before: std::collections::HashSet<&str> = progress
-        .proxies_before_istiod
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let before = &progress.proxies_before_istiod;
     let old: Vec<_> = proxies
         .into_iter()
-        .filter(|p| before.contains(proxy_key(name, p).as_str()))
+        .filter(|p| before.contains(&proxy_key(name, p)))
         .filter(|p| !exclude.contains(&p.namespace))
         .collect();
     // A pushed bundle brings a root, never a new certificate.

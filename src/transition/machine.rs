@@ -23,8 +23,8 @@ pub struct ClusterProgress {
     /// The pods (`cluster/uid`) of this primary and its remotes that held a proxy when this phase's
     /// istiod restart had finished: they started before istiod served this phase's bundle, so
     /// unless something replaced them since, their proxies may not hold it (docs/istio.md §13).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub proxies_before_istiod: Vec<String>,
+    #[serde(default, skip_serializing_if = "super::ProxySet::is_empty")]
+    pub proxies_before_istiod: super::ProxySet,
     /// When this phase's istiod restart finished (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub istiod_restarted_at: Option<i64>,
@@ -347,7 +347,7 @@ impl Record {
                 {
                     p.restarted.push(*stage);
                     if let StepOutcome::IstiodRestarted { proxies } = outcome {
-                        p.proxies_before_istiod = proxies;
+                        p.proxies_before_istiod = super::ProxySet::of(proxies);
                         p.istiod_restarted_at = Some(now.unix_timestamp());
                     }
                 }

@@ -20,6 +20,7 @@ mod machine;
 mod planned;
 mod preflight;
 pub mod progress;
+mod proxy_set;
 pub mod record_store;
 pub mod revoke;
 mod serving;
@@ -30,6 +31,7 @@ pub use machine::{
     next_steps,
 };
 pub use planned::{PlannedStep, Scope, plan_steps, remaining_steps, steps_ahead};
+pub use proxy_set::ProxySet;
 pub use serving::{ClusterMaterial, from_self_signed, material};
 
 use std::fmt;
