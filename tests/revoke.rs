@@ -404,20 +404,25 @@ fn bad_revocations_are_refused_and_change_nothing() {
 
 /// A list for `name` (`<name>.pem`, `<name>.key` in `dir`), as a company's PKI publishes one.
 fn company_list(dir: &Path, name: &str) -> PathBuf {
+    company_list_at(dir, name, name, time::Duration::minutes(-5))
+}
+
+/// A list for `name` published `at` from now, written to `<file>.crl`.
+fn company_list_at(dir: &Path, name: &str, file: &str, at: time::Duration) -> PathBuf {
     let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
     let cert = std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap();
     let issuer =
         rcgen::Issuer::from_ca_cert_pem(&cert, rcgen::KeyPair::from_pem(&key).unwrap()).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let params = rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::minutes(5),
+        this_update: now + at,
         next_update: now + time::Duration::days(30),
         crl_number: rcgen::SerialNumber::from(7u64),
         issuing_distribution_point: None,
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
-    let out = dir.join(format!("{name}.crl"));
+    let out = dir.join(format!("{file}.crl"));
     std::fs::write(&out, params.signed_by(&issuer).unwrap().pem().unwrap()).unwrap();
     out
 }
@@ -525,4 +530,78 @@ fn below_a_company_root_the_chains_lists_come_from_the_company() {
     let err = handshake(workload(&done["cluster2"]), workload(&original["cluster1"]))
         .expect_err("a certificate from the revoked intermediate");
     assert!(err.contains("Revoked"), "{err}");
+
+    // The company publishes newer lists before these expire: `crl refresh` puts them in place
+    // of the old ones in every primary, and nothing else changes.
+    let corp2 = company_list_at(s.dir.path(), "corp0", "corp0-next", time::Duration::ZERO);
+    let anchor2 = company_list_at(s.dir.path(), "anchor", "anchor-next", time::Duration::ZERO);
+    let before = s.snapshot();
+    let refresh = |extra: &[&str]| {
+        let mut args = vec![
+            "crl",
+            "refresh",
+            "--chain-crl",
+            corp2.to_str().unwrap(),
+            "--chain-crl",
+            anchor2.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        s.cacertd(&args)
+    };
+    let dry = refresh(&["--dry-run"]).ok();
+    assert_eq!(
+        dry.stdout
+            .matches("would refresh: 2 list(s) replaced")
+            .count(),
+        2,
+        "{}",
+        dry.stdout
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+    let run = s
+        .cacertd(&["crl", "refresh", "--chain-crl", impostor.to_str().unwrap()])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("signed by none of the CAs above"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+    let run = refresh(&[]).ok();
+    assert_eq!(
+        run.stdout.matches("refreshed: 2 list(s) replaced").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    let pem = |p: &Path| String::from_utf8(std::fs::read(p).unwrap()).unwrap();
+    for c in PRIMARIES {
+        let lists = String::from_utf8(s.read(&format!("out/{c}/ca-crl.pem"))).unwrap();
+        assert_eq!(lists.matches("BEGIN X509 CRL").count(), 6, "{c}");
+        assert!(
+            lists.contains(pem(&corp2).trim()) && lists.contains(pem(&anchor2).trim()),
+            "{c}"
+        );
+        assert!(
+            !lists.contains(pem(&corp).trim()) && !lists.contains(pem(&anchor).trim()),
+            "{c}"
+        );
+        assert_eq!(
+            s.read(&format!("out/{c}/ca-cert.pem")),
+            std::fs::read(done[c].join("ca-cert.pem")).unwrap(),
+            "{c}: its signer is unchanged"
+        );
+    }
+    let now = keep(&s, "refreshed");
+    all_pairs_complete(
+        &[now["cluster1"].as_path(), now["cluster2"].as_path()],
+        "refreshed",
+    );
+    let again = refresh(&[]).ok();
+    assert_eq!(
+        again.stdout.matches("unchanged").count(),
+        2,
+        "{}",
+        again.stdout
+    );
 }

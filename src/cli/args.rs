@@ -170,6 +170,10 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Revoke(RevokeArgs),
 
+    /// The revocation lists every primary serves (ca-crl.pem).
+    #[command(subcommand)]
+    Crl(CrlCommand),
+
     /// Check the configuration and policies, and print the topology. With --connect, also
     /// reach every cluster and ask it whether cacertd may do each thing it will need
     /// (SelfSubjectAccessReview), and check that every folder target is writable.
@@ -322,6 +326,31 @@ pub struct RevokeArgs {
 
     #[command(flatten)]
     pub drive: DriveArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrlCommand {
+    /// Put newer revocation lists of the CAs above the mesh CA (a corporate root or
+    /// intermediate, whose lists your PKI publishes) in place of the ones every primary serves,
+    /// before those expire: Envoy rejects every chain an expired list covers. Lists of other
+    /// CAs stay as they are; a list no CA above the mesh CA signed is refused. One write per
+    /// primary whose lists change, checked as istiod will; no restart (istiod and kubelet
+    /// pass the file on). Refused while a transition is under way.
+    Refresh(CrlRefreshArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct CrlRefreshArgs {
+    /// A revocation list (PEM) of a CA above the mesh CA. Repeatable.
+    #[arg(long = "chain-crl", value_name = "FILE", required = true)]
+    pub chain_crl: Vec<PathBuf>,
+
+    /// Say what would change, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `revoke --reason`.

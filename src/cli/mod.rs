@@ -277,6 +277,9 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                 }
                 Command::Transition(t) => transition_cmd(&config, t, &clock).await,
                 Command::Revoke(a) => revoke::revoke(&config, &a, &clock).await,
+                Command::Crl(args::CrlCommand::Refresh(a)) => {
+                    revoke::crl_refresh(&config, &a, now).await
+                }
                 Command::Serve { listen } => {
                     let mut config = config;
                     if let Some(addr) = listen {

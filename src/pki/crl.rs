@@ -342,6 +342,39 @@ pub fn verify_ca_crl(files: &super::CaCertsFiles, now: OffsetDateTime) -> Result
     Ok(crls)
 }
 
+/// `current` with each list of `fresh` in place of the one its signer (one of `signers`)
+/// published before, when it is newer (a later thisUpdate); lists of other signers are kept
+/// as they are. Returns the lists and how many were replaced. A list of `fresh` that none of
+/// `signers` signed is an error naming it.
+pub fn refreshed(
+    current: &[Crl],
+    fresh: &[Crl],
+    signers: &[Cert],
+) -> Result<(Vec<Crl>, usize), String> {
+    let mut out = current.to_vec();
+    let mut replaced = 0;
+    for list in fresh {
+        let Some(signer) = signers.iter().find(|c| list.signed_by(c)) else {
+            return Err(format!(
+                "the list of {} is signed by none of the CAs above the mesh CA",
+                list.issuer()
+            ));
+        };
+        match out.iter_mut().find(|l| l.signed_by(signer)) {
+            Some(old) if old.this_update() < list.this_update() => {
+                *old = list.clone();
+                replaced += 1;
+            }
+            Some(_) => {}
+            None => {
+                out.push(list.clone());
+                replaced += 1;
+            }
+        }
+    }
+    Ok((out, replaced))
+}
+
 /// The lists as one `ca-crl.pem`, in order, without duplicates.
 pub fn crls_pem(crls: &[Crl]) -> Vec<u8> {
     let mut out = String::new();
@@ -458,6 +491,38 @@ mod tests {
         files.ca_crl = crls_pem(&[by_root, by_own]);
         let err = verify_ca_crl(&files, now()).unwrap_err();
         assert!(err.contains("cut itself off"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_list_of_the_same_signer_replaces_the_old_one_and_no_other() {
+        let root = fixtures::root();
+        let a = fixtures::intermediate(&root, "a");
+        let later = now() + time::Duration::days(30);
+        let old = sign_crl(root.cert(), root.key(), &[], 1, now(), later).unwrap();
+        let own = sign_crl(&a.cert, &a.key, &[], 1, now(), later).unwrap();
+        let newer = sign_crl(
+            root.cert(),
+            root.key(),
+            &[],
+            2,
+            now() + time::Duration::days(1),
+            later,
+        )
+        .unwrap();
+        let signers = [root.cert().clone()];
+        let (lists, n) = refreshed(
+            &[own.clone(), old.clone()],
+            std::slice::from_ref(&newer),
+            &signers,
+        )
+        .unwrap();
+        assert_eq!((lists, n), (vec![own.clone(), newer.clone()], 1));
+        // An older one changes nothing.
+        let (lists, n) = refreshed(&[own.clone(), newer.clone()], &[old], &signers).unwrap();
+        assert_eq!((lists, n), (vec![own.clone(), newer], 0));
+        // One signed by a CA that is not above the mesh CA: named.
+        let err = refreshed(&[], &[own], &signers).unwrap_err();
+        assert!(err.contains("signed by none"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256, normalize_fingerprint};
-pub use crl::{Crl, Reason, Revoked, crls_pem, sign_crl, uncovered, verify_ca_crl};
+pub use crl::{Crl, Reason, Revoked, crls_pem, refreshed, sign_crl, uncovered, verify_ca_crl};
 pub use intermediate::{
     IntermediateCa, IntermediateSpec, check_signed_intermediate, intermediate_params_for_csr,
     issue_intermediate,
