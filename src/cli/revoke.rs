@@ -3,8 +3,8 @@
 //! which keeps the lists of the CAs above the mesh CA current.
 
 use super::CliError;
-use super::args::{self, CrlRefreshArgs, RevokeArgs, RevokeReason, TransitionPlanArgs};
-use super::transition::{print_dry_run, run_drive, started, transition_options};
+use super::args::{self, CrlRefreshArgs, RevokeArgs, RevokeReason};
+use super::transition::{fixed_options, print_dry_run, run_drive, started};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fsutil::StateLock;
@@ -182,17 +182,7 @@ pub(super) async fn revoke(
     };
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
-    let plan = TransitionPlanArgs {
-        drain: None,
-        skip_workload_restarts: false,
-        wait_for_renewal: false,
-        approve_each_phase: args.approve_each_phase,
-        max_parallel: args.max_parallel,
-        output: args::OutputArgs {
-            output: args::Format::Table,
-        },
-    };
-    let options = transition_options(config, &plan);
+    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
     let record = start_revoke(config, &store, options, request, now, args.drive.dry_run).await?;
     let what = format!("revocation of {}'s intermediate", args.cluster);
     if args.drive.dry_run {

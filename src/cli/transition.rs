@@ -4,6 +4,7 @@
 use time::OffsetDateTime;
 
 use super::root::{Key, read_root};
+use super::trust_check::check_trust_graph;
 use super::{CliError, DriveArgs, Format, TransitionCommand, TransitionPlanArgs};
 use super::{args, output};
 use crate::clock::Clock;
@@ -32,6 +33,26 @@ pub(super) fn transition_options(
         emergency: false,
         directories: directories(config),
     }
+}
+
+/// The options of a transition whose drain and restarts are fixed (a root's removal, a
+/// revocation): only how many clusters at once and approvals are chosen.
+pub(super) fn fixed_options(
+    config: &Config,
+    max_parallel: Option<u16>,
+    approve_each_phase: bool,
+) -> transition::Options {
+    let plan = TransitionPlanArgs {
+        drain: None,
+        skip_workload_restarts: false,
+        wait_for_renewal: false,
+        approve_each_phase,
+        max_parallel,
+        output: args::OutputArgs {
+            output: Format::Table,
+        },
+    };
+    transition_options(config, &plan)
 }
 
 /// The primaries with a directory target, and how each shows that its cluster took a step.
@@ -337,17 +358,7 @@ async fn remove_root_start(
         .map_err(|reason| CliError::Usage(format!("FINGERPRINT: {reason}")))?;
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
-    let plan = TransitionPlanArgs {
-        drain: None,
-        skip_workload_restarts: false,
-        wait_for_renewal: false,
-        approve_each_phase: false,
-        max_parallel: args.max_parallel,
-        output: args::OutputArgs {
-            output: Format::Table,
-        },
-    };
-    let options = transition_options(config, &plan);
+    let options = fixed_options(config, args.max_parallel, false);
     if args.check {
         return check_trust_graph(
             config,
@@ -373,150 +384,6 @@ async fn remove_root_start(
     }
     started(&store, &format!("removal of {fingerprint}"), &record);
     run_drive(config, &store, &args.drive, clock).await
-}
-
-/// `plan --check`: reads every primary and plays the transition's steps out on the trust
-/// graph (see `transition::check`), printing each step with the pairs it would break.
-async fn check_trust_graph(
-    config: &Config,
-    kind: TransitionKind,
-    options: transition::Options,
-    removed: Option<&str>,
-    format: Format,
-) -> Result<(), CliError> {
-    use transition::check::{self, Roots};
-    // As `plan` does: the steps from a record started at the epoch, every wait passed in order.
-    let now = OffsetDateTime::UNIX_EPOCH;
-    let store = crate::root_store::RootSource::open(config).await?;
-    let anchor = store.load_cert().await?;
-    let label = |fingerprint: &str| format!("root {}", &fingerprint[..fingerprint.len().min(17)]);
-    let name = |c: &crate::pki::Cert| match Some(c) == anchor.as_ref() {
-        true => "the common root".to_string(),
-        false => label(&c.info().fingerprint_sha256),
-    };
-    let primaries = check::read(config, &options.exclude_namespaces, &name).await?;
-    let (moving, roots): (Vec<String>, Roots) = match kind {
-        TransitionKind::Migrate => {
-            if anchor.is_none() {
-                return Err(crate::root_store::StoreError::NoRoot {
-                    store: store.describe(),
-                }
-                .into());
-            }
-            let moving = primaries
-                .iter()
-                .filter(|p| p.signer != "the common root")
-                .map(|p| p.name.clone())
-                .collect();
-            let roots = Roots {
-                new: "the common root".into(),
-                removed: None,
-            };
-            (moving, roots)
-        }
-        TransitionKind::RotateRoot => (
-            primaries.iter().map(|p| p.name.clone()).collect(),
-            Roots {
-                new: "the new root".into(),
-                removed: None,
-            },
-        ),
-        TransitionKind::Revoke => {
-            say!("check: a revocation changes no cluster's trust bundle; nothing to check");
-            return Ok(());
-        }
-        TransitionKind::RemoveRoot => {
-            let removed = match removed.map(|fp| (fp, anchor.as_ref())) {
-                Some((fp, Some(a))) if a.info().fingerprint_sha256 == fp => {
-                    "the common root".to_string()
-                }
-                Some((fp, _)) => label(fp),
-                None => String::new(),
-            };
-            let moving = primaries
-                .iter()
-                .filter(|p| p.bundle.contains(&removed))
-                .map(|p| p.name.clone())
-                .collect();
-            let roots = Roots {
-                new: String::new(),
-                removed: Some(removed),
-            };
-            (moving, roots)
-        }
-    };
-    if moving.is_empty() {
-        say!("check: no primary would move; nothing to check");
-        return Ok(());
-    }
-    let record = transition::Record::new(kind, moving, options);
-    let checked = check::check(&record, &scopes(config), &primaries, &roots, now);
-    let flagged = checked.flagged();
-    if format == Format::Json {
-        output::print_json(&checked);
-    } else {
-        let pinned: Vec<&str> = primaries
-            .iter()
-            .flat_map(|p| p.pinned.iter().map(|x| x.name.as_str()))
-            .collect();
-        say!(
-            "{} on the trust graph: {} primaries read ({} moving); proxies no rollout \
-             restarts: {}. This check changes nothing.",
-            kind.name(),
-            primaries.len(),
-            record.clusters.len(),
-            if pinned.is_empty() {
-                "none".to_string()
-            } else {
-                pinned.join(", ")
-            }
-        );
-        say!("trusting each other now: {}", checked.before.join(", "));
-        let mut phase = None;
-        let mut trusting = &checked.before;
-        for (i, s) in checked.steps.iter().enumerate() {
-            if phase != Some(s.step.phase) {
-                say!("\n{}:", s.step.phase);
-                phase = Some(s.step.phase);
-            }
-            let mark = if s.breaks.is_empty() {
-                "safe"
-            } else {
-                "BREAKS"
-            };
-            match &s.step.cluster {
-                Some(c) => say!("  {:>3}. [{mark}] {c}: {}", i + 1, s.step.action),
-                None => say!("  {:>3}. [{mark}] {}", i + 1, s.step.action),
-            }
-            for b in &s.breaks {
-                say!("         - {b}");
-            }
-            for n in &s.notes {
-                say!("         note: {n}");
-            }
-            // Who completes mTLS with whom, whenever that changes.
-            if &s.trusting != trusting {
-                say!(
-                    "         trusting each other from here: {}",
-                    match s.trusting.is_empty() {
-                        true => "no pair".to_string(),
-                        false => s.trusting.join(", "),
-                    }
-                );
-                trusting = &s.trusting;
-            }
-        }
-        if flagged == 0 {
-            say!("\ncheck: every step keeps every pair of proxies that completes mTLS today");
-        }
-    }
-    match flagged {
-        0 => Ok(()),
-        n => Err(CliError::Refused(format!(
-            "check: {n} step(s) would break pairs of proxies that complete mTLS today (marked \
-             BREAKS)"
-        ))),
-    }
 }
 
 /// `transition status|resume|rollback|abort`.

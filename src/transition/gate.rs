@@ -73,96 +73,33 @@ pub(super) async fn check_gate(
                 }
             }
         }
-        if let (Some(revocation), Target::Kube(kube)) = (&record.revocation, *target)
-            && of != MaterialOf::Original
-        {
-            let served = std::iter::once((cluster.as_str(), kube)).chain(
+        let Target::Kube(kube) = *target else {
+            continue;
+        };
+        // The primary and the remotes its istiod serves: istiod publishes there, and their
+        // proxies get its certificates.
+        let served: Vec<(&str, &KubeTarget)> = std::iter::once((cluster.as_str(), kube))
+            .chain(
                 remotes
                     .get(cluster)
                     .into_iter()
                     .flatten()
                     .map(|(n, t)| (n.as_str(), t)),
-            );
-            for (name, target) in served {
+            )
+            .collect();
+        if record.revocation.is_some() && of != MaterialOf::Original {
+            for (name, target) in &served {
                 lists_behind(name, target, &want.ca_crl, &mut behind).await;
             }
-            // Before the revocation is published, nothing there may still present a
-            // certificate from the revoked intermediate.
-            if of == MaterialOf::Phase(super::Phase::SwitchSigner)
-                && record.state == State::Active
-                && revocation.cluster == *cluster
-                && let Some(progress) = record.clusters.get(cluster)
-            {
-                let served = std::iter::once((cluster.as_str(), kube)).chain(
-                    remotes
-                        .get(cluster)
-                        .into_iter()
-                        .flatten()
-                        .map(|(n, t)| (n.as_str(), t)),
-                );
-                for (name, target) in served {
-                    let since = Since { progress, now };
-                    let why = Why::RevokedSigner;
-                    proxies_behind(name, target, kube, since, why, &record.options, &mut behind)
-                        .await;
-                }
-            }
-            continue;
         }
-        // An emergency rotation drops the old root without a drain: nothing may still present
-        // a certificate under it.
-        if of == MaterialOf::Phase(super::Phase::SwitchSigner)
-            && record.options.emergency
-            && record.state == State::Active
-            && let (Target::Kube(kube), Some(progress)) = (*target, record.clusters.get(cluster))
-        {
-            let served = std::iter::once((cluster.as_str(), kube)).chain(
-                remotes
-                    .get(cluster)
-                    .into_iter()
-                    .flatten()
-                    .map(|(n, t)| (n.as_str(), t)),
-            );
-            for (name, target) in served {
+        if let (Some(why), Some(progress)) = (
+            proxies_gated(record, cluster, of),
+            record.clusters.get(cluster),
+        ) {
+            for (name, target) in &served {
                 let since = Since { progress, now };
                 let options = &record.options;
-                proxies_behind(
-                    name,
-                    target,
-                    kube,
-                    since,
-                    Why::OldSigner,
-                    options,
-                    &mut behind,
-                )
-                .await;
-            }
-        }
-        // Before any cluster signs under the new root, every proxy must trust it.
-        if of == MaterialOf::Phase(super::Phase::AddNewRoot)
-            && record.state == State::Active
-            && let (Target::Kube(kube), Some(progress)) = (*target, record.clusters.get(cluster))
-        {
-            let served = std::iter::once((cluster.as_str(), kube)).chain(
-                remotes
-                    .get(cluster)
-                    .into_iter()
-                    .flatten()
-                    .map(|(n, t)| (n.as_str(), t)),
-            );
-            for (name, target) in served {
-                let since = Since { progress, now };
-                let options = &record.options;
-                proxies_behind(
-                    name,
-                    target,
-                    kube,
-                    since,
-                    Why::NewRoot,
-                    options,
-                    &mut behind,
-                )
-                .await;
+                proxies_behind(name, target, kube, since, why, options, &mut behind).await;
             }
         }
     }
@@ -239,6 +176,29 @@ enum Why {
     RevokedSigner,
     /// A certificate under the new root: theirs may be under the compromised one.
     OldSigner,
+}
+
+/// What the proxies that started before `cluster`'s istiod restart in this phase may lack,
+/// when the gate of `of` waits for them to be replaced:
+/// - before any cluster signs under a new root (`AddNewRoot`), that root in their bundle;
+/// - before an emergency rotation drops the old root without a drain (`SwitchSigner`), a
+///   certificate under the new one;
+/// - before a revocation is published (`SwitchSigner` of the revoked cluster), a certificate
+///   from the successor.
+fn proxies_gated(record: &Record, cluster: &str, of: MaterialOf) -> Option<Why> {
+    use super::Phase::{AddNewRoot, SwitchSigner};
+    if record.state != State::Active {
+        return None;
+    }
+    match (of, &record.revocation) {
+        (MaterialOf::Phase(SwitchSigner), Some(r)) if r.cluster == cluster => {
+            Some(Why::RevokedSigner)
+        }
+        (_, Some(_)) => None,
+        (MaterialOf::Phase(SwitchSigner), None) if record.options.emergency => Some(Why::OldSigner),
+        (MaterialOf::Phase(AddNewRoot), None) => Some(Why::NewRoot),
+        _ => None,
+    }
 }
 
 /// How a proxy is kept in the record: its cluster and its pod's uid (a re-created pod has a

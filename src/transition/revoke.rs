@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::error::DriveError;
 use super::record_store::RecordStore;
-use super::start::{Start, current_material, issue_new};
+use super::start::{Start, current_material, issue_new, store_signer};
 use super::{ClusterMaterial, MaterialOf, Options, Phase, Record, Revocation, TransitionKind};
 use crate::config::Config;
 use crate::istio_version::IstioVersion;
@@ -22,7 +22,7 @@ use crate::pki::{
     CaCertsFiles, CaKey, Cert, Crl, Reason, Revoked, crls_pem, issued_by, sign_crl, verify_ca_crl,
     verify_cacerts,
 };
-use crate::root_store::{RootSource, Signer};
+use crate::root_store::Signer;
 
 /// The first Istio release whose istiod reads `ca-crl.pem` (docs/istio.md §14).
 pub const LISTS_SINCE: IstioVersion = IstioVersion::new(1, 27, 0);
@@ -62,12 +62,7 @@ pub async fn start_revoke(
     };
     refuse_old_istiod(config).await?;
     let finished = files.check_room().await?;
-    let signer = RootSource::open(config)
-        .await
-        .map_err(|e| DriveError::NewRoot(e.to_string()))?
-        .signer()
-        .await
-        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    let signer = store_signer(config).await?;
     let Signer::Local(mesh_ca) = &signer else {
         return Err(DriveError::UnsafeForMesh(
             "revoking with the vault-pki store is not supported yet: Vault would sign the mesh \

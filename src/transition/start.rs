@@ -33,12 +33,7 @@ pub async fn start_migrate(
     refuse_lists(config, TransitionKind::Migrate).await?;
     check_skipped_restarts(config, &mut options).await?;
     let finished = files.check_room().await?;
-    let signer = RootSource::open(config)
-        .await
-        .map_err(|e| DriveError::NewRoot(e.to_string()))?
-        .signer()
-        .await
-        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    let signer = store_signer(config).await?;
     let root = signer.root_cert().clone();
 
     // Worked out in memory first: a refusal leaves nothing behind.
@@ -125,6 +120,17 @@ pub(super) async fn current_material(
             ),
         }),
     }
+}
+
+/// What signs intermediates under the store's root; a store that cannot give it refuses the
+/// start.
+pub(super) async fn store_signer(config: &Config) -> Result<crate::root_store::Signer, DriveError> {
+    RootSource::open(config)
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?
+        .signer()
+        .await
+        .map_err(|e| DriveError::NewRoot(e.to_string()))
 }
 
 /// Refused where a primary serves revocation lists: a trust transition does not carry them
