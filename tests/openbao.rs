@@ -1898,3 +1898,52 @@ fn vault_kv_revokes_a_cluster_intermediate_with_the_shipped_policy() {
         .expect_err("a certificate from the revoked intermediate");
     assert!(err.contains("Revoked"), "{err}");
 }
+
+/// `root init --csr` with the root in Vault KV: the mesh CA's key waits locally (0600) for the
+/// company's signature, then `root import` stores certificate, chain and key in KV under
+/// exactly the shipped policy, and removes the waiting copy.
+#[test]
+fn vault_kv_takes_a_mesh_ca_made_by_request() {
+    use std::os::unix::fs::PermissionsExt;
+    let bao = Bao::start();
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    let s = setup(&bao, KV, &bao.token(&[&kv]));
+    let pki = common::CompanyPki::usual();
+    pki.make(s.path("").as_path());
+    s.cacertd(&["root", "init", "--csr", "request.csr"]).ok();
+    let key = s.path("state/root-request/mesh-ca-key.pem");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::copy(s.path("request.csr"), s.path("signed.csr")).unwrap();
+    pki.sign_mesh_request(s.path("").as_path(), "signed");
+    s.cacertd(&[
+        "root",
+        "import",
+        "--cert",
+        "signed.pem",
+        "--chain",
+        "chain.pem",
+    ])
+    .ok();
+    assert!(
+        !s.path("state/root-request").exists(),
+        "no second copy of the key"
+    );
+    let stored = bao.kv_version("cacertd/root", 1);
+    assert!(same_pem(
+        stored["certificate"].as_str().unwrap(),
+        &std::fs::read_to_string(s.path("signed.pem")).unwrap()
+    ));
+    assert_eq!(
+        stored["chain"]
+            .as_str()
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
+    );
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+}
