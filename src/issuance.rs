@@ -62,6 +62,9 @@ pub struct ClusterReport {
     /// known ([`crate::plan::Expected::known_roots`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unknown_roots: Vec<String>,
+    /// SHA-256 fingerprints of every root its bundle held when it was read.
+    #[serde(skip)]
+    pub trust_bundle: Vec<String>,
     /// When the cluster was left as it is: what was read of it, judged, with its istiod
     /// images — still what it serves, for the daemon's `/status`.
     #[serde(skip)]
@@ -91,6 +94,7 @@ impl ClusterReport {
             backups_kept_because: None,
             seen: None,
             unknown_roots: Vec::new(),
+            trust_bundle: Vec::new(),
         }
     }
 
@@ -310,7 +314,13 @@ impl Pass<'_> {
                 .cloned()
                 .collect(),
         });
+        // What was written, or else what was read.
+        let trust_bundle = match report.outcome {
+            Outcome::Issued => report.trust_bundle.clone(),
+            _ => assessment.trust_bundle.clone(),
+        };
         Ok(ClusterReport {
+            trust_bundle,
             unknown_roots: assessment.unknown_roots,
             seen,
             ..report
@@ -492,6 +502,7 @@ impl Pass<'_> {
         r.backup = written.backup;
         r.backups_removed = written.pruned;
         r.backups_kept_because = written.prune_problem;
+        r.trust_bundle = trust.fingerprints();
         Ok(r)
     }
 }

@@ -169,6 +169,32 @@ fn check_connect_names_a_folder_that_cannot_be_written() {
         "{}",
         run.stdout
     );
+    // The same in JSON: every cluster, and what each lacks.
+    let run = s
+        .cacertd(&["check", "--connect", "-o", "json"])
+        .fails_with(1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["clusters"].as_array().unwrap().len(), 3, "{v}");
+    let connect = v["connect"].as_array().unwrap();
+    let c1 = connect.iter().find(|c| c["cluster"] == "cluster1").unwrap();
+    assert!(
+        c1["missing"][0]
+            .as_str()
+            .unwrap()
+            .contains("is not a folder cacertd can write"),
+        "{v}"
+    );
+    let c3 = connect.iter().find(|c| c["cluster"] == "cluster3").unwrap();
+    assert!(
+        c3.get("missing").is_none(),
+        "a remote without a target: {v}"
+    );
+    let plain = s.cacertd(&["check", "-o", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&plain.stdout).unwrap();
+    assert!(
+        v["connect"].is_null() && v["trust_domain"] == "cluster.local",
+        "{v}"
+    );
 }
 
 /// `status CLUSTER...` shows just those clusters; an unknown name is a usage error.

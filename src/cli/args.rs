@@ -181,6 +181,9 @@ pub enum Command {
         /// Reach every cluster and check every permission; exit 1 naming what is missing.
         #[arg(long)]
         connect: bool,
+
+        #[command(flatten)]
+        output: OutputArgs,
     },
 
     /// Print cacertd's version, the commit it was built from, the Rust compiler that built

@@ -11,23 +11,28 @@ use crate::config::Config;
 use crate::topology::{Cluster, Role, TargetConfig};
 
 /// What one cluster lacks.
+#[derive(serde::Serialize)]
 struct Findings {
     missing: Vec<String>,
     notes: Vec<String>,
     checked: usize,
 }
 
-pub(super) async fn check_connect(config: &Config) -> Result<(), CliError> {
-    let mut failing = Vec::new();
+/// One cluster, reached (or not: no target of its own).
+#[derive(serde::Serialize)]
+pub(super) struct Reached {
+    cluster: String,
+    /// `None`: a remote without a target, reached only through its primary.
+    #[serde(flatten)]
+    findings: Option<Findings>,
+}
+
+/// Reaches every cluster and asks each permission; changes nothing.
+pub(super) async fn reach(config: &Config) -> Vec<Reached> {
+    let mut out = Vec::new();
     for cluster in config.topology.clusters() {
-        let found = match &cluster.target {
-            None => {
-                say!(
-                    "  {}: no target (a remote reached only through its primary)",
-                    cluster.name
-                );
-                continue;
-            }
+        let findings = match &cluster.target {
+            None => None,
             Some(TargetConfig::Dir { path, observe }) => {
                 let mut f = folder(path);
                 if let Some(o) = observe {
@@ -43,9 +48,9 @@ pub(super) async fn check_connect(config: &Config) -> Result<(), CliError> {
                         Err(e) => f.missing.push(format!("its observe kubeconfig: {e}")),
                     }
                 }
-                f
+                Some(f)
             }
-            Some(_) => match Target::open(cluster, config).await {
+            Some(_) => Some(match Target::open(cluster, config).await {
                 Ok(Target::Kube(k)) => kube(cluster, &k).await,
                 Ok(Target::Dir(_)) => unreachable_dir(),
                 Err(e) => Findings {
@@ -53,25 +58,51 @@ pub(super) async fn check_connect(config: &Config) -> Result<(), CliError> {
                     notes: Vec::new(),
                     checked: 0,
                 },
-            },
+            }),
+        };
+        out.push(Reached {
+            cluster: cluster.name.clone(),
+            findings,
+        });
+    }
+    out
+}
+
+/// What [`reach`] found, as `check --connect` prints it.
+pub(super) fn print(reached: &[Reached]) {
+    for r in reached {
+        let Some(found) = &r.findings else {
+            say!(
+                "  {}: no target (a remote reached only through its primary)",
+                r.cluster
+            );
+            continue;
         };
         if found.missing.is_empty() {
             say!(
                 "  {}: ok ({} permission(s) checked)",
-                cluster.name,
+                r.cluster,
                 found.checked
             );
         } else {
-            say!("  {}: {} missing", cluster.name, found.missing.len());
+            say!("  {}: {} missing", r.cluster, found.missing.len());
             for m in &found.missing {
                 say!("      - {m}");
             }
-            failing.push(cluster.name.clone());
         }
         for n in &found.notes {
             say!("      note: {n}");
         }
     }
+}
+
+/// Exit 1 naming every cluster that lacks something.
+pub(super) fn verdict(reached: &[Reached]) -> Result<(), CliError> {
+    let failing: Vec<&str> = reached
+        .iter()
+        .filter(|r| r.findings.as_ref().is_some_and(|f| !f.missing.is_empty()))
+        .map(|r| r.cluster.as_str())
+        .collect();
     match failing.is_empty() {
         true => Ok(()),
         false => Err(CliError::Partial {

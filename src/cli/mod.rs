@@ -257,12 +257,21 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                     .await
                 }
                 Command::Status(a) => status(&config, &a.clusters, a.output.output, now).await,
-                Command::Check { connect } => {
-                    check(&config)?;
-                    match connect {
-                        true => connect::check_connect(&config).await,
-                        false => Ok(()),
+                Command::Check { connect, output } => {
+                    let reached = match connect {
+                        true => Some(connect::reach(&config).await),
+                        false => None,
+                    };
+                    match output.output {
+                        Format::Json => output::print_json(&check_json(&config, &reached)),
+                        Format::Table => {
+                            check(&config)?;
+                            if let Some(reached) = &reached {
+                                connect::print(reached);
+                            }
+                        }
                     }
+                    reached.as_deref().map_or(Ok(()), connect::verdict)
                 }
                 Command::Migrate(MigrateCommand::Plan(a)) => {
                     transition_plan(&config, TransitionKind::Migrate, &a.plan, a.check).await
@@ -328,6 +337,33 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Cluster>, 
             Some(c) => Ok(c),
         })
         .collect()
+}
+
+/// `check -o json`: the configuration as read, and with `--connect` what each cluster lacks.
+fn check_json(config: &Config, reached: &Option<Vec<connect::Reached>>) -> serde_json::Value {
+    let clusters: Vec<serde_json::Value> = config
+        .topology
+        .clusters()
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "role": c.role,
+                "network": c.network,
+                "policy": (c.role == Role::Primary).then_some(&c.policy),
+                "served_by": c.primary,
+                "target": c.target.as_ref().map(ToString::to_string),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "config": config.file.display().to_string(),
+        "trust_domain": config.trust_domain,
+        "state_dir": config.state_dir.display().to_string(),
+        "root_policy": config.default_policy,
+        "clusters": clusters,
+        "connect": reached,
+    })
 }
 
 fn check(config: &Config) -> Result<(), CliError> {

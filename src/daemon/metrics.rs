@@ -30,6 +30,7 @@ pub struct Metrics {
     lists_expire: Family<Labels, Gauge>,
     ready: Family<Labels, Gauge>,
     unknown_roots: Family<Labels, Gauge>,
+    trusted_root: Family<Labels, Gauge>,
     reconciles: Family<Labels, Counter>,
     duration: Histogram,
     last_success: Family<Labels, Gauge>,
@@ -42,6 +43,8 @@ pub struct Metrics {
     transition_errors: Family<Labels, Counter>,
     /// The certificate series exported per (cluster, kind), to drop them when replaced.
     current: Mutex<HashMap<(String, &'static str), Labels>>,
+    /// The trusted-root series exported per cluster, to drop a root that left its bundle.
+    trusted: Mutex<HashMap<String, Vec<Labels>>>,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,11 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             "revocation_list_expiration_timestamp_seconds",
             "Unix time the first revocation list of the cluster's ca-crl.pem expires (nextUpdate); Envoy then rejects every chain it covers",
             m.lists_expire
+        ),
+        (
+            "cluster_trusted_root",
+            "1 for each root (SHA-256 fingerprint) the cluster's trust bundle holds: count by (root) says how many clusters still trust a root",
+            m.trusted_root
         ),
         (
             "cluster_ready",
@@ -151,6 +159,7 @@ impl Metrics {
             not_before: Family::default(),
             renewal: Family::default(),
             lists_expire: Family::default(),
+            trusted_root: Family::default(),
             ready: Family::default(),
             unknown_roots: Family::default(),
             reconciles: Family::default(),
@@ -164,6 +173,7 @@ impl Metrics {
             transition_gate_behind: Gauge::default(),
             transition_errors: Family::default(),
             current: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         register_all(&mut registry, &m);
@@ -250,6 +260,22 @@ impl Metrics {
                 self.lists_expire.remove(&l);
             }
         }
+    }
+
+    /// The roots `cluster`'s bundle holds now; series of roots it no longer holds are dropped.
+    pub fn trusted_roots(&self, cluster: &str, fingerprints: &[String]) {
+        let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        for old in trusted.remove(cluster).unwrap_or_default() {
+            self.trusted_root.remove(&old);
+        }
+        let now: Vec<Labels> = fingerprints
+            .iter()
+            .map(|fp| labels(&[("cluster", cluster), ("root", fp)]))
+            .collect();
+        for l in &now {
+            self.trusted_root.get_or_create(l).set(1);
+        }
+        trusted.insert(cluster.to_string(), now);
     }
 
     pub fn unknown_roots(&self, cluster: &str, count: usize) {
@@ -359,6 +385,11 @@ impl Metrics {
         self.lists_expire.clear();
         self.ready.clear();
         self.unknown_roots.clear();
+        self.trusted_root.clear();
+        self.trusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.last_success.clear();
         self.transition(None, time::OffsetDateTime::UNIX_EPOCH);
     }
@@ -374,6 +405,18 @@ mod tests {
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit_once(' '))
             .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn a_root_that_leaves_a_bundle_leaves_the_trusted_root_series() {
+        let m = Metrics::new();
+        let series =
+            |root: &str| format!("cacertd_cluster_trusted_root{{cluster=\"c1\",root=\"{root}\"}}");
+        m.trusted_roots("c1", &["AA".into(), "BB".into()]);
+        assert_eq!(value(&m.encode(), &series("AA")).as_deref(), Some("1"));
+        m.trusted_roots("c1", &["BB".into()]);
+        assert_eq!(value(&m.encode(), &series("AA")), None);
+        assert_eq!(value(&m.encode(), &series("BB")).as_deref(), Some("1"));
     }
 
     #[test]
