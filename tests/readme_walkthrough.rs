@@ -1,6 +1,7 @@
-//! README's five-minute walkthrough, run as written: every `cacertd`, `cp` and `openssl` line
-//! of its shell blocks, in order, against a copy of `deploy/local` (the `kubectl` lines need a
-//! cluster and are skipped). A line whose comment says `(exit N)` must exit N, every other
+//! README's five-minute walkthrough, run as written after README's first command (as a
+//! newcomer would): every `cacertd`, `rm`, `cp` and `openssl` line of its shell blocks, in
+//! order, against a copy of `deploy/local` (the `kubectl` lines need a cluster and are
+//! skipped). A line whose comment says `(exit N)` must exit N, every other
 //! line 0, and a quoted word in a comment (`"unchanged"`) must appear in what it printed — so
 //! the walkthrough cannot drift from what cacertd does.
 
@@ -52,6 +53,27 @@ fn the_readme_walkthrough_runs_as_written() {
     )
     .unwrap();
 
+    // README's first command, `cargo run -- ARGS`, as the binary.
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let first = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run -- "))
+        .unwrap();
+    let args: Vec<&str> = first["cargo run -- ".len()..]
+        .split("  #")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacertd"));
+    cmd.args(&args).current_dir(scratch.path());
+    let out = common::output_within(cmd, common::RUN_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{first}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut cwd = scratch.path().to_path_buf();
     let mut ran = 0;
     for line in &lines {
@@ -79,6 +101,14 @@ fn the_readme_walkthrough_runs_as_written() {
                     c.arg("-c")
                         .arg(scratch.path().join("deploy/local/cacertd.toml"));
                     c
+                }
+                // Only below the copy of deploy/local.
+                "rm" => {
+                    assert!(
+                        args.iter().skip(1).all(|a| a.starts_with("deploy/local/")),
+                        "{line}"
+                    );
+                    Command::new(program)
                 }
                 "cp" | "openssl" => Command::new(program),
                 other => {
