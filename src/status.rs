@@ -65,6 +65,33 @@ pub struct StatusReport {
     /// Every root some primary's bundle holds, with the primaries that trust it: after a
     /// root's key leaked, how many clusters still trust it.
     pub trust: Vec<RootTrust>,
+    /// The transition under way, if any: until it is over, it owns its clusters' cacerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition: Option<TransitionNow>,
+}
+
+/// A transition under way, in the words `transition status` uses.
+#[derive(Serialize)]
+pub struct TransitionNow {
+    pub kind: &'static str,
+    pub position: String,
+    pub state: String,
+    pub clusters: Vec<String>,
+}
+
+/// The transition whose record says it is not over; `None` without one (or when its record
+/// cannot be read: `transition status` says why).
+async fn transition_now(config: &Config) -> Option<TransitionNow> {
+    let files = crate::transition::record_store::RecordStore::open(config)
+        .await
+        .ok()?;
+    let record = files.load().await.ok()??;
+    (!record.is_over()).then(|| TransitionNow {
+        kind: record.kind.name(),
+        position: record.position(),
+        state: record.state.describe(),
+        clusters: record.clusters.keys().cloned().collect(),
+    })
 }
 
 /// One root and the primaries whose `root-cert.pem` holds it.
@@ -258,6 +285,7 @@ pub async fn status_report(
     let common = certs.map(|c| c.anchor.info().fingerprint_sha256.as_str());
     StatusReport {
         root,
+        transition: transition_now(config).await,
         trust: root_trust(&rows, common),
         clusters: rows,
     }

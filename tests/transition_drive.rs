@@ -833,6 +833,16 @@ fn resume_rollback_and_abort_answer_in_json_on_request() {
     let json = |run: common::Run| -> serde_json::Value {
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
     };
+    // `status` says a transition is under way, and where.
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(
+        status.contains(
+            "a migrate transition is under way over cluster1, cluster2: in phase AddNewRoot"
+        ),
+        "{status}"
+    );
+    let v = json(s.cacertd(&["status", "-o", "json"]).ok());
+    assert_eq!(v["transition"]["kind"], "migrate", "{v}");
     let v = json(
         s.cacertd(&["transition", "resume", "--approve", "-o", "json"])
             .ok(),
@@ -859,4 +869,7 @@ fn resume_rollback_and_abort_answer_in_json_on_request() {
     assert_eq!(v["transition"], "migrate", "{v}");
     assert!(v["still_trusted"].is_array(), "{v}");
     assert!(!s.path("state/transition/record.json").exists());
+    let status = s.cacertd(&["status"]).ok().stdout;
+    assert!(!status.contains("transition is under way"), "{status}");
+    assert!(json(s.cacertd(&["status", "-o", "json"]).ok())["transition"].is_null());
 }

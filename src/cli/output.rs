@@ -260,6 +260,16 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         ],
         &rows,
     );
+    if let Some(t) = &report.transition {
+        let _ = writeln!(
+            out,
+            "\na {} transition is under way over {}: {}, {} (`cacertd transition status`)",
+            t.kind,
+            t.clusters.join(", "),
+            t.position,
+            t.state
+        );
+    }
     print_trust(out, report);
     print_unknown_roots(out, report);
     print_istiod_releases(out, report);
