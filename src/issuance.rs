@@ -187,8 +187,17 @@ pub async fn run(
 
 /// The roots a bundle may hold besides the current one: the configured extra anchors, and
 /// those of the material a transition under way moves between.
-pub async fn known_roots(config: &Config) -> Vec<crate::pki::Cert> {
-    known_roots_and_retention(config).await.0
+pub fn known_roots(
+    config: &Config,
+    in_flight: &crate::transition::InFlight,
+) -> Vec<crate::pki::Cert> {
+    let mut known = config.extra_roots.clone();
+    for root in &in_flight.roots {
+        if !known.contains(root) {
+            known.push(root.clone());
+        }
+    }
+    known
 }
 
 /// [`known_roots`], and the backup rule writes follow: none while a transition may be under
@@ -197,13 +206,10 @@ async fn known_roots_and_retention(
     config: &Config,
 ) -> (Vec<crate::pki::Cert>, Option<crate::config::Retention>) {
     let in_flight = crate::transition::in_flight(config).await;
-    let mut known = config.extra_roots.clone();
-    for root in in_flight.roots {
-        if !known.contains(&root) {
-            known.push(root);
-        }
-    }
-    (known, in_flight.quiet.then_some(config.backups))
+    (
+        known_roots(config, &in_flight),
+        in_flight.quiet.then_some(config.backups),
+    )
 }
 
 /// How many clusters one run works on at once: `kubernetes.concurrency` where any target is a

@@ -79,19 +79,15 @@ pub struct TransitionNow {
     pub clusters: Vec<String>,
 }
 
-/// The transition whose record says it is not over; `None` without one (or when its record
-/// cannot be read: `transition status` says why).
-async fn transition_now(config: &Config) -> Option<TransitionNow> {
-    let files = crate::transition::record_store::RecordStore::open(config)
-        .await
-        .ok()?;
-    let record = files.load().await.ok()??;
-    (!record.is_over()).then(|| TransitionNow {
-        kind: record.kind.name(),
-        position: record.position(),
-        state: record.state.describe(),
-        clusters: record.clusters.keys().cloned().collect(),
-    })
+impl TransitionNow {
+    fn of(record: &crate::transition::Record) -> Self {
+        TransitionNow {
+            kind: record.kind.name(),
+            position: record.position(),
+            state: record.state.describe(),
+            clusters: record.clusters.keys().cloned().collect(),
+        }
+    }
 }
 
 /// One root and the primaries whose `root-cert.pem` holds it.
@@ -275,7 +271,11 @@ pub async fn status_report(
         })
         .collect();
     let reads = futures::future::join_all(reads).await;
-    let known_roots = crate::issuance::known_roots(config).await;
+    // One read of the transition record: the roots it moves between, and where it stands
+    // (none when no transition is under way, or when its record cannot be read:
+    // `transition status` says why).
+    let in_flight = crate::transition::in_flight(config).await;
+    let known_roots = crate::issuance::known_roots(config, &in_flight);
     let rows: Vec<StatusRow> = shown
         .iter()
         .zip(reads)
@@ -285,7 +285,7 @@ pub async fn status_report(
     let common = certs.map(|c| c.anchor.info().fingerprint_sha256.as_str());
     StatusReport {
         root,
-        transition: transition_now(config).await,
+        transition: in_flight.record.as_ref().map(TransitionNow::of),
         trust: root_trust(&rows, common),
         clusters: rows,
     }

@@ -148,6 +148,8 @@ impl MaterialOf {
 pub struct InFlight {
     pub roots: Vec<crate::pki::Cert>,
     pub quiet: bool,
+    /// The record of the transition under way, when it could be read.
+    pub record: Option<Record>,
 }
 
 /// What [`InFlight`] says of the transition record now.
@@ -155,6 +157,7 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
     let unknown = InFlight {
         roots: Vec::new(),
         quiet: false,
+        record: None,
     };
     let Ok(files) = record_store::RecordStore::open(config).await else {
         return unknown;
@@ -165,6 +168,7 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
             return InFlight {
                 roots: Vec::new(),
                 quiet: true,
+                record: None,
             };
         }
         Err(_) => return unknown,
@@ -185,5 +189,6 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
     InFlight {
         roots,
         quiet: false,
+        record: Some(record),
     }
 }
