@@ -4,7 +4,8 @@
 //! once and a stand-in istiod publishing each cluster's bundle to its ConfigMaps — from
 //! `migrate start` to Done with no drain. Prints the wall time (orchestration overhead: nothing
 //! is waited for but the stand-in istiod) and the API requests per cluster and per namespace.
-//! `-- --max-parallel N` drives N clusters at once within each phase (default 1).
+//! `-- --max-parallel N` drives N clusters at once within each phase (default 1); `-- --breakdown`
+//! also counts the requests by method and resource.
 
 // A test or benchmark: a panic here is a failed assertion, not an outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -81,6 +82,26 @@ fn stand_in_istiod(server: &TestApiServer) {
                 config_map(c, cm["metadata"]["namespace"].as_str().unwrap(), &bundle);
             }
         }
+    }
+}
+
+/// A request as "METHOD resource" with "(one)" for a named object and "(namespace)" for a
+/// namespaced collection, for `--breakdown`.
+fn request_kind(method: &str, path: &str) -> String {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... or /apis/GROUP/VERSION/...
+    let rest = match parts.first() {
+        Some(&"api") => &parts[2.min(parts.len())..],
+        _ => &parts[3.min(parts.len())..],
+    };
+    let (scope, rest) = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => ("namespace ", tail),
+        _ => ("", rest),
+    };
+    match rest {
+        [resource] => format!("{method} {resource} ({scope}list)"),
+        [resource, _, ..] => format!("{method} {resource} (one)"),
+        _ => format!("{method} {path}"),
     }
 }
 
@@ -224,6 +245,18 @@ fn main() {
         .map(|c| c.requests().len())
         .sum::<usize>()
         - before;
+    if args.iter().any(|a| a == "--breakdown") {
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        for c in server.clusters() {
+            for r in c.requests() {
+                *kinds.entry(request_kind(&r.method, &r.path)).or_default() += 1;
+            }
+        }
+        for (kind, count) in kinds {
+            println!("  {count:>7}  {kind}");
+        }
+        println!();
+    }
     println!(
         "migrate, {n} self-signed Kubernetes primaries × {namespaces} injected namespaces, \
          up to {max_parallel} at once, test apiserver on loopback\n"

@@ -3,7 +3,6 @@
 //! finish rolling out before the next begins. Restarting gateways before istiod serves the new
 //! material leaves them with "unknown authority".
 
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -124,16 +123,15 @@ pub async fn restart_primary(
         }
         if opts.wait && !opts.dry_run {
             let timeout = config.kubernetes.rollout_timeout;
-            let waits = batch.iter().flat_map(|(_, target, workloads)| {
-                workloads
+            // Every cluster at once, each polling its own rollouts; the first failure ends
+            // the stage: no point waiting out the others' timeouts.
+            futures::future::try_join_all(
+                batch
                     .iter()
-                    .map(move |w| target.wait_rollout(w, timeout))
-            });
-            // The first failure ends the stage: no point waiting out the others' timeouts.
-            let _: Vec<()> = futures::stream::iter(waits)
-                .buffer_unordered(config.kubernetes.concurrency.max(1))
-                .try_collect()
-                .await?;
+                    .filter(|(_, _, workloads)| !workloads.is_empty())
+                    .map(|(_, target, workloads)| target.wait_rollouts(workloads, timeout)),
+            )
+            .await?;
         }
         for (cluster, _, workloads) in batch {
             done.extend(workloads.into_iter().map(|workload| Restarted {

@@ -958,7 +958,6 @@ target = { kind = "kube", kubeconfig = "kube/cluster1.yaml", context = "cacertd"
         [
             "/api/v1/namespaces/istio-system/secrets/cacerts".to_string(),
             "/api/v1/namespaces/istio-system/secrets/istio-ca-secret".to_string(),
-            "/apis/argoproj.io/v1alpha1/namespaces/istio-system/rollouts".to_string(),
             "/apis/argoproj.io/v1alpha1/rollouts".to_string(),
             format!("/apis/certificates.k8s.io/v1alpha1/{ctb}"),
             format!("/apis/certificates.k8s.io/v1beta1/{ctb}"),

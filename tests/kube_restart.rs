@@ -202,6 +202,42 @@ fn a_dry_run_lists_what_each_stage_would_restart_and_restarts_nothing() {
 }
 
 #[test]
+fn a_restart_reads_each_kind_once_per_poll_not_each_workload() {
+    let server = TestApiServer::start(&CLUSTERS);
+    mesh(&server);
+    let c1 = server.cluster("cluster1");
+    for i in 0..8 {
+        let ns = format!("team{i}");
+        c1.namespace(&ns, &[("istio-injection", "enabled")]);
+        workload(c1, "Deployment", &ns, "api", json!({}));
+        workload(c1, "Deployment", &ns, "worker", json!({}));
+    }
+    let s = setup(&server, "");
+    let before = c1.requests().len();
+    s.cacertd(&["restart", "cluster1", "--only", "workloads"])
+        .ok();
+    let requests = c1.requests().split_off(before);
+    let of_one = |method: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == method && r.path.contains("/deployments/"))
+            .count()
+    };
+    // 17 Deployments (web and two per team) restarted: one patch each, and no read of any
+    // one of them — neither before its patch nor while its rollout is waited for.
+    assert_eq!(of_one("PATCH"), 17);
+    assert_eq!(of_one("GET"), 0, "{requests:#?}");
+    let lists = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/deployments"))
+        .count();
+    assert!(lists < 17, "{lists} lists of deployments: {requests:#?}");
+    for i in 0..8 {
+        assert!(restarted(c1, "deployments", &format!("team{i}"), "worker"));
+    }
+}
+
+#[test]
 fn a_stage_that_does_not_roll_out_stops_the_run() {
     let server = TestApiServer::start(&CLUSTERS);
     mesh(&server);

@@ -7,7 +7,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use serde_json::json;
 
 use super::rollouts::RolloutProgress;
-use super::{KubeTarget, RolloutKind, Workload};
+use super::{KubeTarget, Workload};
 use crate::cluster::TargetError;
 use crate::cluster::retry::retrying;
 
@@ -43,10 +43,11 @@ impl KubeTarget {
             Ok(list) => Ok(list
                 .items
                 .into_iter()
-                .map(|r| Workload {
-                    kind: RolloutKind::ArgoRollout,
-                    namespace: r.metadata.namespace.unwrap_or_default(),
-                    name: r.metadata.name.unwrap_or_default(),
+                .map(|r| {
+                    Workload::argo(
+                        r.metadata.namespace.unwrap_or_default(),
+                        r.metadata.name.unwrap_or_default(),
+                    )
                 })
                 .collect()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
@@ -79,29 +80,59 @@ impl KubeTarget {
         .map_err(|e| self.error(format!("restart {w}"), e))
     }
 
-    /// Done once the controller reports a restart at or after the one asked for.
+    /// Where workload `w`, a Rollout, stands.
     pub(super) async fn argo_progress(&self, w: &Workload) -> Result<RolloutProgress, TargetError> {
         let api = self.argo_api(Some(&w.namespace));
         let r = retrying(self.settings(), "get rollout", || api.get(&w.name))
             .await
             .map_err(|e| self.error(format!("get {w}"), e))?;
-        let when = |v: &serde_json::Value| {
-            v.as_str().and_then(|s| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        Ok(progress(&r))
+    }
+
+    /// Where every Rollout in `ns` (every namespace with `None`) stands, by namespace and name:
+    /// one list however many are waited for.
+    pub(super) async fn argo_progress_listed(
+        &self,
+        ns: Option<&str>,
+    ) -> Result<Vec<((String, String), RolloutProgress)>, TargetError> {
+        let api = self.argo_api(ns);
+        let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
+        let params = ListParams::default();
+        let list = retrying(self.settings(), "list rollouts", || api.list(&params))
+            .await
+            .map_err(|e| self.error(format!("list rollouts.argoproj.io in {scope}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.metadata.namespace.clone().unwrap_or_default(),
+                    r.metadata.name.clone().unwrap_or_default(),
+                );
+                (key, progress(r))
             })
-        };
-        let asked = when(&r.data["spec"]["restartAt"]);
-        let done = when(&r.data["status"]["restartedAt"]);
-        Ok(RolloutProgress {
-            generation: r.metadata.generation.unwrap_or(0),
-            done: match (asked, done) {
-                (Some(asked), Some(done)) if done >= asked => Ok(()),
-                (None, _) => Ok(()),
-                (Some(asked), _) => Err(format!(
-                    "waiting for Argo Rollouts to re-create the pods created before {asked}"
-                )),
-            },
-            failed: None,
+            .collect())
+    }
+}
+
+/// Done once the controller reports a restart at or after the one asked for.
+fn progress(r: &DynamicObject) -> RolloutProgress {
+    let when = |v: &serde_json::Value| {
+        v.as_str().and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
         })
+    };
+    let asked = when(&r.data["spec"]["restartAt"]);
+    let done = when(&r.data["status"]["restartedAt"]);
+    RolloutProgress {
+        generation: r.metadata.generation.unwrap_or(0),
+        done: match (asked, done) {
+            (Some(asked), Some(done)) if done >= asked => Ok(()),
+            (None, _) => Ok(()),
+            (Some(asked), _) => Err(format!(
+                "waiting for Argo Rollouts to re-create the pods created before {asked}"
+            )),
+        },
+        failed: None,
     }
 }

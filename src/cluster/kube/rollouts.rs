@@ -42,12 +42,49 @@ impl RolloutKind {
     }
 }
 
-/// One restartable workload.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// One restartable workload, as a listing found it.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Workload {
     pub kind: RolloutKind,
     pub namespace: String,
     pub name: String,
+    /// Why a restart must be refused, as the listing read it (a paused Deployment, the
+    /// OnDelete strategy): checked before the restart, so no second read is needed.
+    #[serde(skip)]
+    refusal: Option<&'static str>,
+}
+
+/// The same workload, whatever its listing read of it.
+impl PartialEq for Workload {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.namespace, &self.name) == (other.kind, &other.namespace, &other.name)
+    }
+}
+
+impl Eq for Workload {}
+
+impl Workload {
+    fn listed<K: RolledOut>(kind: RolloutKind, item: &K) -> Self
+    where
+        K::DynamicType: Default,
+    {
+        Workload {
+            kind,
+            namespace: item.meta().namespace.clone().unwrap_or_default(),
+            name: item.meta().name.clone().unwrap_or_default(),
+            refusal: item.refusal(),
+        }
+    }
+
+    /// An Argo Rollout: never refused (its controller re-creates pods whatever the strategy).
+    pub(super) fn argo(namespace: String, name: String) -> Self {
+        Workload {
+            kind: RolloutKind::ArgoRollout,
+            namespace,
+            name,
+            refusal: None,
+        }
+    }
 }
 
 impl std::fmt::Display for Workload {
@@ -253,6 +290,73 @@ impl KubeTarget {
         })
     }
 
+    /// Where every workload of `kind` in `ns` (every namespace with `None`) stands, from one
+    /// list.
+    async fn progress_listed(
+        &self,
+        kind: RolloutKind,
+        ns: Option<&str>,
+    ) -> Result<Vec<((String, String), RolloutProgress)>, TargetError> {
+        Ok(match kind {
+            RolloutKind::Deployment => self.list_progress::<Deployment>(kind, ns).await?,
+            RolloutKind::DaemonSet => self.list_progress::<DaemonSet>(kind, ns).await?,
+            RolloutKind::StatefulSet => self.list_progress::<StatefulSet>(kind, ns).await?,
+            RolloutKind::ArgoRollout => self.argo_progress_listed(ns).await?,
+        })
+    }
+
+    async fn list_progress<K: RolledOut>(
+        &self,
+        kind: RolloutKind,
+        ns: Option<&str>,
+    ) -> Result<Vec<((String, String), RolloutProgress)>, TargetError>
+    where
+        K::DynamicType: Default,
+    {
+        Ok(self
+            .list::<K>(kind, ns, "")
+            .await?
+            .iter()
+            .map(|item| {
+                let key = (
+                    item.meta().namespace.clone().unwrap_or_default(),
+                    item.meta().name.clone().unwrap_or_default(),
+                );
+                (key, item.progress())
+            })
+            .collect())
+    }
+
+    /// Where each of `ws` (all of one kind) stands: a read of the one workload, or one list
+    /// (of its namespace when they share one) for several; a workload the list lacks is read
+    /// on its own, so that its absence is reported as a read reports it.
+    async fn progress_of(
+        &self,
+        kind: RolloutKind,
+        ws: &[&Workload],
+    ) -> Result<Vec<RolloutProgress>, TargetError> {
+        if let [w] = ws {
+            return Ok(vec![self.progress(w).await?]);
+        }
+        let ns = ws.first().map(|w| w.namespace.as_str());
+        let scope = ns.filter(|n| ws.iter().all(|w| w.namespace == *n));
+        let mut listed: std::collections::HashMap<_, _> = self
+            .progress_listed(kind, scope)
+            .await?
+            .into_iter()
+            .collect();
+        let mut out = Vec::with_capacity(ws.len());
+        for w in ws {
+            out.push(
+                match listed.remove(&(w.namespace.clone(), w.name.clone())) {
+                    Some(p) => p,
+                    None => self.progress(w).await?,
+                },
+            );
+        }
+        Ok(out)
+    }
+
     /// Reads a workload as the type its kind names.
     async fn get_workload<K: RolledOut>(&self, w: &Workload) -> Result<K, TargetError>
     where
@@ -267,10 +371,18 @@ impl KubeTarget {
     }
 
     /// Restarts a workload the way `kubectl rollout restart` does: a strategic merge patch of
-    /// `spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]`. Paused
-    /// Deployments are refused, as kubectl refuses them.
+    /// `spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]`. Refused, as
+    /// kubectl refuses them, for paused Deployments and the OnDelete strategy (as the listing
+    /// that found `w` read it).
     pub async fn restart(&self, w: &Workload, at: time::OffsetDateTime) -> Result<(), TargetError> {
         let action = format!("restart {w}");
+        if let Some(reason) = w.refusal {
+            return Err(TargetError::Refused {
+                target: self.describe(),
+                action,
+                reason: reason.into(),
+            });
+        }
         // Unlike kubectl's whole seconds, the time keeps its fraction: a second restart within
         // the same second (two phases in quick succession) must still change the template, or
         // it would replace no pod while its rollout status reads "done".
@@ -282,16 +394,15 @@ impl KubeTarget {
             "kubectl.kubernetes.io/restartedAt": stamp
         }}}}});
         match w.kind {
-            RolloutKind::Deployment => self.patch_checked::<Deployment>(w, &action, &patch).await,
-            RolloutKind::DaemonSet => self.patch_checked::<DaemonSet>(w, &action, &patch).await,
-            RolloutKind::StatefulSet => self.patch_checked::<StatefulSet>(w, &action, &patch).await,
+            RolloutKind::Deployment => self.patch::<Deployment>(w, &action, &patch).await,
+            RolloutKind::DaemonSet => self.patch::<DaemonSet>(w, &action, &patch).await,
+            RolloutKind::StatefulSet => self.patch::<StatefulSet>(w, &action, &patch).await,
             RolloutKind::ArgoRollout => self.restart_argo(w, at).await,
         }
     }
 
-    /// Reads workload `w`; unless its kind refuses the restart, applies `patch` (strategic
-    /// merge).
-    async fn patch_checked<K: RolledOut>(
+    /// Applies `patch` (strategic merge) to workload `w`.
+    async fn patch<K: RolledOut>(
         &self,
         w: &Workload,
         action: &str,
@@ -300,14 +411,6 @@ impl KubeTarget {
     where
         K::DynamicType: Default,
     {
-        let current: K = self.get_workload(w).await?;
-        if let Some(reason) = current.refusal() {
-            return Err(TargetError::Refused {
-                target: self.describe(),
-                action: action.to_string(),
-                reason: reason.into(),
-            });
-        }
         let api: Api<K> = Api::namespaced(self.client.clone(), &w.namespace);
         let params = PatchParams::default();
         let patch = Patch::Strategic(patch);
@@ -319,32 +422,61 @@ impl KubeTarget {
         .map_err(|e| self.error(action, e))
     }
 
-    /// Waits until a workload's rollout is complete, as `kubectl rollout status` judges it.
-    pub async fn wait_rollout(&self, w: &Workload, timeout: Duration) -> Result<(), TargetError> {
+    /// Waits until the rollouts of `ws` are complete, as `kubectl rollout status` judges each.
+    /// Each poll reads every kind still rolling out once (a list where several are), so the
+    /// API calls do not grow with the number of workloads. The first rollout the controller
+    /// gives up on ends the wait.
+    pub async fn wait_rollouts(
+        &self,
+        ws: &[Workload],
+        timeout: Duration,
+    ) -> Result<(), TargetError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Quick rollouts are seen quickly; long ones are polled once a second.
-        let mut pause = Duration::from_millis(50);
+        let mut pause = Duration::from_millis(10);
+        let mut pending: Vec<&Workload> = ws.iter().collect();
         loop {
-            let p = self.progress(w).await?;
-            if let Some(reason) = p.failed {
-                return Err(TargetError::Refused {
-                    target: self.describe(),
-                    action: format!("wait for {w}"),
-                    reason,
-                });
+            let mut still = Vec::new();
+            for kind in [
+                RolloutKind::Deployment,
+                RolloutKind::DaemonSet,
+                RolloutKind::StatefulSet,
+                RolloutKind::ArgoRollout,
+            ] {
+                let of_kind: Vec<&Workload> =
+                    pending.iter().copied().filter(|w| w.kind == kind).collect();
+                if of_kind.is_empty() {
+                    continue;
+                }
+                for (w, p) in of_kind.iter().zip(self.progress_of(kind, &of_kind).await?) {
+                    if let Some(reason) = p.failed {
+                        return Err(TargetError::Refused {
+                            target: self.describe(),
+                            action: format!("wait for {w}"),
+                            reason,
+                        });
+                    }
+                    if let Err(why) = p.done {
+                        still.push((*w, p.generation, why));
+                    }
+                }
             }
-            let pending = match p.done {
-                Ok(()) => return Ok(()),
-                Err(pending) => pending,
+            let Some((first, generation, why)) = still.first() else {
+                return Ok(());
             };
             if tokio::time::Instant::now() >= deadline {
+                let others = match still.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
                 return Err(TargetError::RolloutTimeout {
                     target: self.describe(),
-                    workload: format!("{w} (generation {})", p.generation),
+                    workload: format!("{first} (generation {generation}){others}"),
                     timeout: humantime::format_duration(timeout).to_string(),
-                    pending,
+                    pending: why.clone(),
                 });
             }
+            pending = still.iter().map(|(w, _, _)| *w).collect();
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
@@ -352,7 +484,8 @@ impl KubeTarget {
 
     /// istiod: Deployments in istio-system labelled `app=istiod`.
     pub async fn istiod(&self) -> Result<Vec<Workload>, TargetError> {
-        self.workloads(Some(NAMESPACE), "app=istiod").await
+        self.listed::<Deployment>(RolloutKind::Deployment, Some(NAMESPACE), "app=istiod")
+            .await
     }
 
     /// What ambient mode runs beside the workloads, restarted with the gateways (after
@@ -360,20 +493,21 @@ impl KubeTarget {
     /// `app.kubernetes.io/name=ztunnel`, in istio-system or kube-system) and the waypoints
     /// (Deployments labelled `gateway.istio.io/managed=istio.io-mesh-controller`).
     pub async fn ambient_infrastructure(&self) -> Result<Vec<Workload>, TargetError> {
-        let mut out = self.workloads(None, ZTUNNEL_SELECTOR).await?;
-        out.extend(self.workloads(None, WAYPOINT_SELECTOR).await?);
+        let mut out = self
+            .listed::<DaemonSet>(RolloutKind::DaemonSet, None, ZTUNNEL_SELECTOR)
+            .await?;
+        out.extend(
+            self.listed::<Deployment>(RolloutKind::Deployment, None, WAYPOINT_SELECTOR)
+                .await?,
+        );
         Ok(out)
     }
 
     /// The image of each ztunnel DaemonSet (its `istio-proxy` container, else its first).
     pub async fn ztunnel_images(&self) -> Result<Vec<String>, TargetError> {
-        let api: Api<DaemonSet> = Api::all(self.client.clone());
-        let params = ListParams::default().labels(ZTUNNEL_SELECTOR);
-        let list = retrying(&self.settings, "list ztunnel", || api.list(&params))
-            .await
-            .map_err(|e| self.error(format!("list daemonsets {ZTUNNEL_SELECTOR}"), e))?;
-        Ok(list
-            .items
+        Ok(self
+            .list::<DaemonSet>(RolloutKind::DaemonSet, None, ZTUNNEL_SELECTOR)
+            .await?
             .iter()
             .filter_map(|d| super::istiod::image_of(d.spec.template.spec.as_ref()?, "istio-proxy"))
             .collect())
@@ -406,59 +540,93 @@ impl KubeTarget {
     }
 
     /// The namespaces with sidecar injection (`istio-injection=enabled` or an `istio.io/rev`
-    /// label).
+    /// label), from one list of namespaces.
     pub async fn injected_namespaces(&self) -> Result<Vec<String>, TargetError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let mut namespaces = Vec::new();
-        for selector in ["istio-injection=enabled", "istio.io/rev"] {
-            let params = ListParams::default().labels(selector);
-            let list = retrying(&self.settings, "list namespaces", || api.list(&params))
-                .await
-                .map_err(|e| self.error(format!("list namespaces labelled {selector}"), e))?;
-            for ns in list.items {
-                if let Some(name) = ns.metadata.name
-                    && !namespaces.contains(&name)
-                {
-                    namespaces.push(name);
-                }
-            }
-        }
-        Ok(namespaces)
+        let params = ListParams::default();
+        let list = retrying(&self.settings, "list namespaces", || api.list(&params))
+            .await
+            .map_err(|e| self.error("list namespaces", e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|ns| {
+                let labels = ns.metadata.labels.as_ref();
+                let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+                label("istio-injection") == Some("enabled") || label("istio.io/rev").is_some()
+            })
+            .filter_map(|ns| ns.metadata.name)
+            .collect())
     }
 
+    /// The workloads of every kind in `ns` (every namespace with `None`) that `selector`
+    /// selects.
     async fn workloads(
         &self,
         ns: Option<&str>,
         selector: &str,
     ) -> Result<Vec<Workload>, TargetError> {
-        let params = ListParams::default().labels(selector);
-        let c = self.client.clone();
-        let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
-        let mut out = Vec::new();
-        macro_rules! collect {
-            ($ty:ty, $kind:expr, $plural:literal) => {{
-                let api: Api<$ty> = match ns {
-                    Some(ns) => Api::namespaced(c.clone(), ns),
-                    None => Api::all(c.clone()),
-                };
-                let list = retrying(&self.settings, concat!("list ", $plural), || {
-                    api.list(&params)
-                })
-                .await
-                .map_err(|e| self.error(format!("list {} in {scope}", $plural), e))?;
-                for item in list.items {
-                    out.push(Workload {
-                        kind: $kind,
-                        namespace: item.metadata.namespace.unwrap_or_default(),
-                        name: item.metadata.name.unwrap_or_default(),
-                    });
-                }
-            }};
-        }
-        collect!(Deployment, RolloutKind::Deployment, "deployments");
-        collect!(DaemonSet, RolloutKind::DaemonSet, "daemonsets");
-        collect!(StatefulSet, RolloutKind::StatefulSet, "statefulsets");
+        let mut out = self
+            .listed::<Deployment>(RolloutKind::Deployment, ns, selector)
+            .await?;
+        out.extend(
+            self.listed::<DaemonSet>(RolloutKind::DaemonSet, ns, selector)
+                .await?,
+        );
+        out.extend(
+            self.listed::<StatefulSet>(RolloutKind::StatefulSet, ns, selector)
+                .await?,
+        );
         out.extend(self.argo_rollouts(ns, selector).await?);
         Ok(out)
+    }
+
+    /// The workloads of one kind in `ns` (every namespace with `None`) that `selector` selects.
+    async fn listed<K: RolledOut>(
+        &self,
+        kind: RolloutKind,
+        ns: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Workload>, TargetError>
+    where
+        K::DynamicType: Default,
+    {
+        Ok(self
+            .list::<K>(kind, ns, selector)
+            .await?
+            .iter()
+            .map(|item| Workload::listed(kind, item))
+            .collect())
+    }
+
+    /// One list of `kind` in `ns` (every namespace with `None`), selected by `selector`.
+    async fn list<K: RolledOut>(
+        &self,
+        kind: RolloutKind,
+        ns: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<K>, TargetError>
+    where
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = match ns {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let params = ListParams::default().labels(selector);
+        let plural = format!("{}s", kind.name());
+        let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
+        let list = retrying(&self.settings, &format!("list {plural}"), || {
+            api.list(&params)
+        })
+        .await
+        .map_err(|e| {
+            let what = match selector {
+                "" => String::new(),
+                s => format!(" labelled {s}"),
+            };
+            self.error(format!("list {plural}{what} in {scope}"), e)
+        })?;
+        Ok(list.items)
     }
 }
