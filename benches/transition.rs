@@ -215,7 +215,8 @@ fn main() {
         let store = cacertd::transition::record_store::RecordStore::open(&config)
             .await
             .unwrap();
-        cacertd::transition::start::start_migrate(&config, &store, options, now, false)
+        let istiods = cacertd::transition::start::istiods(&config).await.unwrap();
+        cacertd::transition::start::start_migrate(&config, &store, &istiods, options, now, false)
             .await
             .unwrap();
         let step = driver::drive(

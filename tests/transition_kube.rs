@@ -1185,11 +1185,36 @@ fn plan_and_every_dry_run_change_no_resource_version_anywhere() {
     let before = versions(&server, &names);
     let plan = s.cacertd(&["migrate", "plan"]).ok().stdout;
     assert_eq!(plan, s.cacertd(&["migrate", "plan"]).ok().stdout, "stable");
+    // Reads of istiod's Deployments beyond those that come with each read of the cluster's
+    // material (a get of `cacerts` and one list of istiod, which says where it publishes).
+    let istiod_reads = |c: &str| {
+        let requests = server.cluster(c).requests();
+        let count = |pred: &dyn Fn(&&cacertd_test_apiserver::Request) -> bool| {
+            requests.iter().filter(pred).count()
+        };
+        count(&|r| {
+            r.path == "/apis/apps/v1/namespaces/istio-system/deployments"
+                && r.query.contains("istiod")
+        }) - count(&|r| r.method == "GET" && r.path.ends_with("/secrets/cacerts"))
+    };
+    let reads_before = [istiod_reads("cluster1"), istiod_reads("cluster2")];
     let run = s
         .cacertd(&["migrate", "start", "--drain", "0s", "--dry-run"])
         .ok();
     assert!(
         run.stdout.contains("would cover cluster1, cluster2"),
+        "{}",
+        run.stdout
+    );
+    // What istiod runs (its releases, multi-root) is read once per primary, and what is
+    // printed is what was checked.
+    assert_eq!(
+        [istiod_reads("cluster1"), istiod_reads("cluster2")],
+        [reads_before[0] + 1, reads_before[1] + 1]
+    );
+    assert!(
+        run.stdout
+            .contains("cluster1: istiod multi-root hot reload"),
         "{}",
         run.stdout
     );

@@ -183,7 +183,17 @@ pub(super) async fn revoke(
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
     let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
-    let record = start_revoke(config, &store, options, request, now, args.drive.dry_run).await?;
+    let istiods = crate::transition::start::istiods(config).await?;
+    let record = start_revoke(
+        config,
+        &store,
+        &istiods,
+        options,
+        request,
+        now,
+        args.drive.dry_run,
+    )
+    .await?;
     let what = format!("revocation of {}'s intermediate", args.cluster);
     if args.drive.dry_run {
         print_dry_run(config, &record, &what, now);

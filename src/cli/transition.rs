@@ -83,16 +83,25 @@ pub(super) async fn migrate_start(
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
     let options = transition_options(config, plan);
-    let record =
-        match transition::start::start_migrate(config, &store, options, now, drive.dry_run).await {
-            // A dry run that finds nothing to do has done what it was asked.
-            Err(driver::DriveError::NothingToDo(why)) if drive.dry_run => {
-                say!("dry run: {why}; nothing to do");
-                return Ok(());
-            }
-            other => other?,
-        };
-    print_istiod(config, &record).await;
+    let istiods = transition::start::istiods(config).await?;
+    let record = match transition::start::start_migrate(
+        config,
+        &store,
+        &istiods,
+        options,
+        now,
+        drive.dry_run,
+    )
+    .await
+    {
+        // A dry run that finds nothing to do has done what it was asked.
+        Err(driver::DriveError::NothingToDo(why)) if drive.dry_run => {
+            say!("dry run: {why}; nothing to do");
+            return Ok(());
+        }
+        other => other?,
+    };
+    print_istiod(&istiods, &record);
     if drive.dry_run {
         print_dry_run(config, &record, "migration", now);
         return Ok(());
@@ -118,16 +127,18 @@ pub(super) async fn rotate_root_start(
         options.emergency = true;
         options.drain_seconds = 0;
     }
+    let istiods = transition::start::istiods(config).await?;
     let record = transition::start::start_rotate_root(
         config,
         &store,
+        &istiods,
         options,
         new_root,
         now,
         args.drive.dry_run,
     )
     .await?;
-    print_istiod(config, &record).await;
+    print_istiod(&istiods, &record);
     if args.drive.dry_run {
         print_dry_run(config, &record, "root rotation", now);
         return Ok(());
@@ -152,32 +163,29 @@ pub(super) fn scopes(config: &Config) -> Vec<transition::Scope> {
         .collect()
 }
 
-/// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH).
-async fn print_istiod(config: &Config, record: &transition::Record) {
-    for (cluster, state) in transition::start::multiroot(config).await {
-        if record.clusters.contains_key(&cluster) {
-            say!("{cluster}: istiod multi-root hot reload {state}");
+/// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH), and
+/// the releases each runs, as read before the transition was recorded (none refused then).
+fn print_istiod(istiods: &[transition::start::Istiod], record: &transition::Record) {
+    for i in istiods {
+        if record.clusters.contains_key(&i.cluster) {
+            say!(
+                "{}: istiod multi-root hot reload {}",
+                i.cluster,
+                i.multiroot
+            );
         }
     }
-    // The versions were read, and none refused, before the transition was recorded.
-    print_istiod_releases(config).await;
+    print_istiod_releases(istiods);
 }
 
 /// Each Kubernetes primary's istiod release and what is known of it (docs/istio.md §12);
 /// `start` refuses where a behaviour is marked so.
-async fn print_istiod_releases(config: &Config) {
-    let versions = match transition::start::istiod_versions(config).await {
-        Ok(v) => v,
-        Err(e) => {
-            say!("istiod releases unknown: {e}");
-            return;
-        }
-    };
-    for (cluster, images) in versions {
-        for (image, _) in images {
-            let release = crate::status::IstiodRelease::of(&image);
+fn print_istiod_releases(istiods: &[transition::start::Istiod]) {
+    for i in istiods {
+        for (image, _) in &i.images {
+            let release = crate::status::IstiodRelease::of(image);
             let version = release.version.as_deref().unwrap_or("version unknown");
-            say!("{cluster}: istiod {version} ({image})");
+            say!("{}: istiod {version} ({image})", i.cluster);
             for b in &release.behaviours {
                 let mark = if b.bearing == "refuse" {
                     "start refuses: "
@@ -718,6 +726,9 @@ pub(super) async fn transition_plan(
              intermediate with trust unchanged."
         );
     }
-    print_istiod_releases(config).await;
+    match transition::start::istiods(config).await {
+        Ok(istiods) => print_istiod_releases(&istiods),
+        Err(e) => say!("istiod releases unknown: {e}"),
+    }
     Ok(())
 }

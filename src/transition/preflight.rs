@@ -34,61 +34,68 @@ impl std::fmt::Display for MultiRoot {
     }
 }
 
-/// Multi-root hot reload of each primary's istiod, read from its Deployment's environment.
-pub async fn multiroot(config: &Config) -> Vec<(String, MultiRoot)> {
-    let mut out = Vec::new();
-    for cluster in config.topology.primaries() {
-        let state = match Target::open(cluster, config).await {
-            Ok(Target::Kube(k)) => match k.istiod_multiroot().await {
-                Ok(Some(true)) => MultiRoot::On,
-                Ok(Some(false)) => MultiRoot::Off,
-                Ok(None) => MultiRoot::NoIstiod,
-                Err(e) => MultiRoot::Unreachable(e.to_string()),
-            },
-            Ok(Target::Dir(_)) => MultiRoot::NotKubernetes,
-            Err(e) => MultiRoot::Unreachable(e.to_string()),
-        };
-        out.push((cluster.name.clone(), state));
-    }
-    out
+/// One primary's istiod as a start reads it, once: the images it runs, with the Istio version
+/// each names (`None` for a tag that names no release), and its multi-root hot reload.
+#[derive(Clone, Debug)]
+pub struct Istiod {
+    pub cluster: String,
+    pub images: Vec<(String, Option<IstioVersion>)>,
+    pub multiroot: MultiRoot,
 }
 
-/// The images each Kubernetes primary's istiod runs, with the Istio version read from each
-/// (`None` for a tag that names no release).
-pub async fn istiod_versions(
-    config: &Config,
-) -> Result<Vec<(String, Vec<(String, Option<IstioVersion>)>)>, DriveError> {
+/// Every primary's istiod, each read once (one list of its Deployments); refused where a
+/// Kubernetes primary cannot be read, since what it runs decides what is safe.
+pub async fn istiods(config: &Config) -> Result<Vec<Istiod>, DriveError> {
     let mut out = Vec::new();
     for cluster in config.topology.primaries() {
-        let Target::Kube(kube) = Target::open(cluster, config)
-            .await
-            .map_err(target_err(&cluster.name))?
-        else {
-            continue;
+        let kube = match Target::open(cluster, config).await {
+            Ok(Target::Kube(kube)) => kube,
+            Ok(Target::Dir(_)) => {
+                out.push(Istiod {
+                    cluster: cluster.name.clone(),
+                    images: Vec::new(),
+                    multiroot: MultiRoot::NotKubernetes,
+                });
+                continue;
+            }
+            Err(e) => return Err(target_err(&cluster.name)(e)),
         };
-        let images = kube
-            .istiod_images()
+        let (images, multiroot) = kube
+            .istiod_images_and_multiroot()
             .await
             .map_err(target_err(&cluster.name))?;
-        let versions = images
-            .into_iter()
-            .map(|image| {
-                let version = IstioVersion::from_image(&image);
-                (image, version)
-            })
-            .collect();
-        out.push((cluster.name.clone(), versions));
+        out.push(Istiod {
+            cluster: cluster.name.clone(),
+            images: images
+                .into_iter()
+                .map(|image| {
+                    let version = IstioVersion::from_image(&image);
+                    (image, version)
+                })
+                .collect(),
+            multiroot: match multiroot {
+                Some(true) => MultiRoot::On,
+                Some(false) => MultiRoot::Off,
+                None => MultiRoot::NoIstiod,
+            },
+        });
     }
     Ok(out)
 }
 
 /// A transition is refused where a primary's istiod runs a release known to break it
 /// (docs/istio.md §12); what the other known behaviours mean is reported by `start`.
-pub(super) async fn refuse_known_breakage(config: &Config) -> Result<(), DriveError> {
+pub(super) async fn refuse_known_breakage(
+    config: &Config,
+    istiods: &[Istiod],
+) -> Result<(), DriveError> {
     let mut refused = Vec::new();
-    for (cluster, images) in istiod_versions(config).await? {
+    for Istiod {
+        cluster, images, ..
+    } in istiods
+    {
         for (image, version) in images {
-            let Some(version) = version else { continue };
+            let Some(version) = *version else { continue };
             for b in behaviours(version) {
                 if b.bearing == Bearing::Refuse {
                     refused.push(format!(
@@ -147,6 +154,7 @@ async fn ztunnel_refusals(config: &Config) -> Result<Vec<String>, DriveError> {
 /// trusted that long (docs/istio.md §9, §13). Sets the renewal wait in `options`.
 pub(super) async fn check_skipped_restarts(
     config: &Config,
+    istiods: &[Istiod],
     options: &mut Options,
 ) -> Result<(), DriveError> {
     if !options.skip_workload_restarts {
@@ -160,7 +168,7 @@ pub(super) async fn check_skipped_restarts(
             z.describe()
         )));
     }
-    refuse_without_multiroot(config).await?;
+    refuse_without_multiroot(istiods)?;
     let mut renewal = Duration::ZERO;
     for (cluster, p) in &proxies {
         match &p.renewal {
@@ -210,12 +218,11 @@ fn whole_seconds(d: Duration) -> Duration {
 }
 
 /// Multi-root hot reload on every Kubernetes primary's istiod.
-async fn refuse_without_multiroot(config: &Config) -> Result<(), DriveError> {
-    let lacking: Vec<String> = multiroot(config)
-        .await
-        .into_iter()
-        .filter(|(_, m)| !matches!(m, MultiRoot::On | MultiRoot::NotKubernetes))
-        .map(|(c, m)| format!("{c}: {m}"))
+fn refuse_without_multiroot(istiods: &[Istiod]) -> Result<(), DriveError> {
+    let lacking: Vec<String> = istiods
+        .iter()
+        .filter(|i| !matches!(i.multiroot, MultiRoot::On | MultiRoot::NotKubernetes))
+        .map(|i| format!("{}: {}", i.cluster, i.multiroot))
         .collect();
     if lacking.is_empty() {
         return Ok(());

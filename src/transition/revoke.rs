@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::error::DriveError;
 use super::record_store::RecordStore;
-use super::start::{Start, current_material, issue_new, store_signer};
+use super::start::{Istiod, Start, current_material, issue_new, store_signer};
 use super::{ClusterMaterial, MaterialOf, Options, Phase, Record, Revocation, TransitionKind};
 use crate::config::Config;
 use crate::istio_version::IstioVersion;
@@ -42,6 +42,7 @@ pub struct RevokeRequest {
 pub async fn start_revoke(
     config: &Config,
     files: &RecordStore,
+    istiods: &[Istiod],
     mut options: Options,
     request: RevokeRequest,
     now: OffsetDateTime,
@@ -60,7 +61,7 @@ pub async fn start_revoke(
             cluster: name.to_string(),
         });
     };
-    refuse_old_istiod(config).await?;
+    refuse_old_istiod(istiods)?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
     let Signer::Local(mesh_ca) = &signer else {
@@ -315,9 +316,12 @@ fn names(certs: &[Cert]) -> String {
 
 /// Refused where a primary's istiod is older than [`LISTS_SINCE`]: it would ignore the lists,
 /// and the revoked intermediate would stay trusted there.
-async fn refuse_old_istiod(config: &Config) -> Result<(), DriveError> {
+fn refuse_old_istiod(istiods: &[Istiod]) -> Result<(), DriveError> {
     let mut old = Vec::new();
-    for (cluster, images) in super::start::istiod_versions(config).await? {
+    for Istiod {
+        cluster, images, ..
+    } in istiods
+    {
         for (image, version) in images {
             if version.is_some_and(|v| v < LISTS_SINCE) {
                 old.push(format!("{cluster} ({image})"));

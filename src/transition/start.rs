@@ -9,7 +9,7 @@ use crate::audit::Audit;
 use crate::cluster::Target;
 use crate::config::Config;
 
-pub use super::preflight::{MultiRoot, istiod_versions, multiroot};
+pub use super::preflight::{Istiod, MultiRoot, istiods};
 use super::preflight::{check_skipped_restarts, refuse_known_breakage};
 use crate::pki::{
     CaCertsFiles, Cert, RootCa, TrustBundle, verify_cacerts, verify_cacerts_for_mesh,
@@ -25,13 +25,14 @@ use crate::root_store::RootSource;
 pub async fn start_migrate(
     config: &Config,
     files: &RecordStore,
+    istiods: &[Istiod],
     mut options: Options,
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
-    refuse_known_breakage(config).await?;
+    refuse_known_breakage(config, istiods).await?;
     refuse_lists(config, TransitionKind::Migrate).await?;
-    check_skipped_restarts(config, &mut options).await?;
+    check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
     let root = signer.root_cert().clone();
@@ -260,15 +261,16 @@ async fn save_moving(
 pub async fn start_rotate_root(
     config: &Config,
     files: &RecordStore,
+    istiods: &[Istiod],
     mut options: Options,
     new_root: Option<crate::pki::RootCa>,
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     let store = rotation::open(config).await?;
-    refuse_known_breakage(config).await?;
+    refuse_known_breakage(config, istiods).await?;
     refuse_lists(config, TransitionKind::RotateRoot).await?;
-    check_skipped_restarts(config, &mut options).await?;
+    check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
     let audit = Audit::new(config.daemon.audit_log.clone());

@@ -58,6 +58,12 @@ pub(super) fn images_of(deployments: &[Deployment]) -> Vec<String> {
         .collect()
 }
 
+/// Whether every one of `deployments` runs with `ISTIO_MULTIROOT_MESH=true`; `None` for none.
+fn multiroot_of(deployments: &[Deployment]) -> Option<bool> {
+    let envs = env_of(deployments);
+    (!envs.is_empty()).then(|| envs.iter().all(|env| is_true(env, "ISTIO_MULTIROOT_MESH")))
+}
+
 /// Where istiod publishes its bundle, from its Deployments; the default where there is none.
 pub(super) fn bundle_objects_of(deployments: &[Deployment]) -> BundleObjects {
     let envs = env_of(deployments);
@@ -85,11 +91,6 @@ pub(super) fn bundle_objects_of(deployments: &[Deployment]) -> BundleObjects {
 }
 
 impl KubeTarget {
-    /// The image of each istiod Deployment.
-    pub async fn istiod_images(&self) -> Result<Vec<String>, TargetError> {
-        Ok(images_of(&self.istiod_deployments().await?))
-    }
-
     /// istiod's Deployments (`app=istiod` in istio-system): one list, whatever is read of them.
     pub(super) async fn istiod_deployments(&self) -> Result<Vec<Deployment>, TargetError> {
         let api: Api<Deployment> = Api::namespaced(self.client().clone(), NAMESPACE);
@@ -103,13 +104,16 @@ impl KubeTarget {
     /// Whether every istiod Deployment runs with `ISTIO_MULTIROOT_MESH=true` (multi-root hot
     /// reload of `root-cert.pem`): `None` when there is no istiod Deployment to look at.
     pub async fn istiod_multiroot(&self) -> Result<Option<bool>, TargetError> {
-        let envs = env_of(&self.istiod_deployments().await?);
-        if envs.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            envs.iter().all(|env| is_true(env, "ISTIO_MULTIROOT_MESH")),
-        ))
+        Ok(multiroot_of(&self.istiod_deployments().await?))
+    }
+
+    /// The images istiod runs and whether multi-root hot reload is on everywhere, from one
+    /// read of its Deployments.
+    pub async fn istiod_images_and_multiroot(
+        &self,
+    ) -> Result<(Vec<String>, Option<bool>), TargetError> {
+        let deployments = self.istiod_deployments().await?;
+        Ok((images_of(&deployments), multiroot_of(&deployments)))
     }
 
     /// Where this primary's istiod publishes its bundle; the default where no istiod
