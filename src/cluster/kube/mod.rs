@@ -43,6 +43,16 @@ pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cacertd");
 const BACKUP_OF: &str = "cacertd.io/backup-of";
 
+/// Whether `cluster` is reached without verified TLS for the first time in this process: said
+/// once, not at every connection (a transition opens each cluster many times).
+fn first_time_insecure(cluster: &str) -> bool {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    WARNED
+        .lock()
+        .map_or(true, |mut warned| warned.insert(cluster.to_string()))
+}
+
 pub struct KubeTarget {
     client: Client,
     cluster: String,
@@ -95,7 +105,9 @@ impl KubeTarget {
                      loopback tunnel)"
                 )));
             }
-            tracing::warn!(cluster, reason = %why, "reaching the cluster without verified TLS (danger_insecure_transport)");
+            if first_time_insecure(cluster) {
+                tracing::warn!(cluster, reason = %why, "reaching the cluster without verified TLS (danger_insecure_transport)");
+            }
         }
         Self::from_config(cluster, config, settings, config_err)
     }
