@@ -301,3 +301,43 @@ fn json_uses_the_tables_words_and_whole_seconds() {
         }
     }
 }
+
+/// `-o yaml` is the JSON document as YAML, wherever there is `-o`; and with `--init-root`, the
+/// new root is announced on stderr so that stdout stays one document.
+#[test]
+fn yaml_is_the_json_document_and_stdout_stays_one_document() {
+    let s = Setup::new();
+    let first = s.cacertd(&["issue", "--init-root", "-o", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
+    assert_eq!(v[0]["outcome"], "issued", "{v}");
+    assert!(first.stderr.contains("created root"), "{}", first.stderr);
+    for args in [
+        &["issue"][..],
+        &["status"],
+        &["plan"],
+        &["root", "show"],
+        &["check"],
+        &["version"],
+        &["migrate", "plan"],
+    ] {
+        let json = s.cacertd(&[args, &["-o", "json"]].concat()).ok().stdout;
+        let yaml = s.cacertd(&[args, &["-o", "yaml"]].concat()).ok().stdout;
+        let from_json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let from_yaml: serde_json::Value = yaml_serde::from_str(&yaml)
+            .unwrap_or_else(|e| panic!("{args:?}: not YAML ({e}):\n{yaml}"));
+        assert!(!yaml.trim_start().starts_with('{'), "{args:?}: {yaml}");
+        // Times and days move on between the two runs; the documents' shapes do not.
+        assert_eq!(shape(&from_yaml), shape(&from_json), "{args:?}");
+    }
+}
+
+/// A document with every leaf replaced by its kind.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), shape(v))).collect(),
+        serde_json::Value::Array(a) => a.iter().map(shape).collect(),
+        serde_json::Value::String(_) => "string".into(),
+        serde_json::Value::Number(_) => "number".into(),
+        other => other.clone(),
+    }
+}

@@ -649,4 +649,12 @@ pub struct OutputArgs {
 pub enum Format {
     Table,
     Json,
+    Yaml,
+}
+
+impl Format {
+    /// JSON or YAML: the same document, for machines.
+    pub fn structured(self) -> bool {
+        self != Format::Table
+    }
 }

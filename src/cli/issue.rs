@@ -35,7 +35,18 @@ pub(super) async fn issue(
                     .into(),
             ));
         }
-        root_init_in(config, &store, now).await?;
+        let info = root_init_in(config, &store, now).await?;
+        if format.structured() {
+            // stdout carries one document: the issuance's.
+            eprintln!(
+                "created root in {} (sha256 {})",
+                store.describe(),
+                info.fingerprint_sha256
+            );
+        } else {
+            say!("created root in {}", store.describe());
+            output::print_root(&mut std::io::stdout(), &info, now);
+        }
     }
     // Fails (changing nothing) when there is no root; then, one writer at a time from reading
     // the targets to writing them.
@@ -54,7 +65,7 @@ pub(super) async fn issue(
     drop(signer);
     store.close().await;
     match format {
-        Format::Json => output::print_json(&reports),
+        Format::Json | Format::Yaml => output::print_as(format, &reports),
         Format::Table => output::print_reports(&mut std::io::stdout(), &reports),
     }
     let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
@@ -102,7 +113,7 @@ pub(super) async fn status(
     let report =
         crate::status::status_report(config, &store, certs?.as_ref(), (&none, only), now).await;
     match format {
-        Format::Json => output::print_json(&report),
+        Format::Json | Format::Yaml => output::print_as(format, &report),
         Format::Table => output::print_status(&mut std::io::stdout(), &store, &report),
     }
     // A cluster that could not be read is not a healthy status, however it is printed.
@@ -160,7 +171,9 @@ pub(super) fn verify(
     let result = verify_cacerts(&files, at);
     let mut out = std::io::stdout();
     match (&result, format) {
-        (_, Format::Json) => output::print_json(&output::verify_json(dir, &result, at)),
+        (_, Format::Json | Format::Yaml) => {
+            output::print_as(format, &output::verify_json(dir, &result, at))
+        }
         (Ok(v), Format::Table) => output::print_verified(&mut out, dir, v, at),
         (Err(problems), Format::Table) => {
             let _ = writeln!(
@@ -229,7 +242,7 @@ pub(super) async fn restart(
         }
     }
     match a.output.output {
-        Format::Json => output::print_json(&all),
+        Format::Json | Format::Yaml => output::print_as(a.output.output, &all),
         Format::Table => {
             output::print_restarts(&mut std::io::stdout(), &all);
             if a.dry_run {

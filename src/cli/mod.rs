@@ -152,11 +152,14 @@ fn version(format: Format) {
         ("crypto_provider", "aws-lc-rs (rustls)"),
     ];
     match format {
-        Format::Json => output::print_json(&serde_json::Map::from_iter(
-            fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))),
-        )),
+        Format::Json | Format::Yaml => output::print_as(
+            format,
+            &serde_json::Map::from_iter(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))),
+            ),
+        ),
         Format::Table => {
             for (k, v) in fields {
                 say!("{k}: {v}");
@@ -263,7 +266,9 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
                         false => None,
                     };
                     match output.output {
-                        Format::Json => output::print_json(&check_json(&config, &reached)),
+                        Format::Json | Format::Yaml => {
+                            output::print_as(output.output, &check_json(&config, &reached))
+                        }
                         Format::Table => {
                             check(&config)?;
                             if let Some(reached) = &reached {

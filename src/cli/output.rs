@@ -1,4 +1,4 @@
-//! Human (table) and machine (JSON) renderings of command results.
+//! Human (table) and machine (JSON, YAML) renderings of command results.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,15 +6,24 @@ use std::path::Path;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::args::Format;
 use crate::issuance::{ClusterReport, Outcome};
 use crate::pki::{BundleProblem, CertInfo, VerifiedCaCerts, fmt_time};
 use crate::status::{StatusReport, StatusRow, days_left};
 use crate::topology::Role;
 
-pub fn print_json<T: Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => say!("{s}"),
-        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+/// Prints `value` as `format` asks: pretty JSON, or the same document as YAML. (A table is
+/// each command's own.)
+pub fn print_as<T: Serialize>(format: Format, value: &T) {
+    let rendered = match format {
+        Format::Yaml => yaml_serde::to_string(value).map_err(|e| e.to_string()),
+        Format::Json | Format::Table => {
+            serde_json::to_string_pretty(value).map_err(|e| e.to_string())
+        }
+    };
+    match rendered {
+        Ok(s) => say!("{}", s.trim_end()),
+        Err(e) => eprintln!("error: cannot render {format:?} output: {e}"),
     }
 }
 

@@ -144,7 +144,9 @@ pub(super) async fn crl_refresh(
         });
     }
     match args.output.output {
-        args::Format::Json => super::output::print_json(&results),
+        args::Format::Json | args::Format::Yaml => {
+            super::output::print_as(args.output.output, &results)
+        }
         args::Format::Table => {
             for r in &results {
                 say!("{}: {}: {}", r.cluster, r.result, r.detail);

@@ -18,14 +18,19 @@ use crate::root_store::{PendingRequest, RootSource, StoreError};
 
 pub(super) async fn root_init(config: &Config, now: OffsetDateTime) -> Result<(), CliError> {
     let store = RootSource::open(config).await?;
-    root_init_in(config, &store, now).await
+    let info = root_init_in(config, &store, now).await?;
+    say!("created root in {}", store.describe());
+    output::print_root(&mut std::io::stdout(), &info, now);
+    Ok(())
 }
 
+/// Creates the root in `store` (refused where it holds one); returns what was created, for the
+/// caller to show.
 pub(super) async fn root_init_in(
     config: &Config,
     store: &RootSource,
     now: OffsetDateTime,
-) -> Result<(), CliError> {
+) -> Result<crate::pki::CertInfo, CliError> {
     if let Some(existing) = store.load_cert().await? {
         return Err(already_holds(store, &existing));
     }
@@ -69,9 +74,7 @@ pub(super) async fn root_init_in(
         &store.describe(),
         cert.info(),
     );
-    say!("created root in {}", store.describe());
-    output::print_root(&mut std::io::stdout(), cert.info(), now);
-    Ok(())
+    Ok(cert.info().clone())
 }
 
 /// The refusal to make or import a root where `store` already holds `existing`.
@@ -502,7 +505,10 @@ pub(super) async fn root_show(
         })?;
     let location = store.location().await?;
     match format {
-        Format::Json => output::print_json(&crate::status::root_certs_json(&location, &certs, now)),
+        Format::Json | Format::Yaml => output::print_as(
+            format,
+            &crate::status::root_certs_json(&location, &certs, now),
+        ),
         Format::Table => {
             say!("store: {location}");
             output::print_root(&mut std::io::stdout(), certs.anchor.info(), now);

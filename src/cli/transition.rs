@@ -343,13 +343,16 @@ async fn run_drive_as(
         | transition::Step::Stopped { .. } => "stopped before its next step".to_string(),
     };
     match (format, store.load().await?) {
-        (Format::Json, Some(record)) => output::print_json(&serde_json::json!({
-            "transition": record.kind.name(),
-            "position": record.position(),
-            "state": record.state.describe(),
-            "rests": rests,
-            "next": describe_next(config, &record, clock.now()),
-        })),
+        (Format::Json | Format::Yaml, Some(record)) => output::print_as(
+            format,
+            &serde_json::json!({
+                "transition": record.kind.name(),
+                "position": record.position(),
+                "state": record.state.describe(),
+                "rests": rests,
+                "next": describe_next(config, &record, clock.now()),
+            }),
+        ),
         _ => say!("{rests}"),
     }
     Ok(())
@@ -456,13 +459,16 @@ pub(super) async fn transition_cmd(
             files.archive(&record, now).await?;
             note("transition-abort", &record, new_root.clone());
             let trusted = trusted_besides_the_root(config, &record).await;
-            if a.output.output == Format::Json {
-                output::print_json(&serde_json::json!({
-                    "transition": record.kind.name(),
-                    "forgotten_at": record.position(),
-                    "new_root": new_root,
-                    "still_trusted": trusted,
-                }));
+            if a.output.output.structured() {
+                output::print_as(
+                    a.output.output,
+                    &serde_json::json!({
+                        "transition": record.kind.name(),
+                        "forgotten_at": record.position(),
+                        "new_root": new_root,
+                        "still_trusted": trusted,
+                    }),
+                );
                 return Ok(());
             }
             say!(
@@ -575,11 +581,14 @@ async fn transition_status(
         return Ok(());
     };
     let next = describe_next(config, &record, now);
-    if format == Format::Json {
-        output::print_json(&serde_json::json!({
-            "record": record,
-            "next": next,
-        }));
+    if format.structured() {
+        output::print_as(
+            format,
+            &serde_json::json!({
+                "record": record,
+                "next": next,
+            }),
+        );
         return Ok(());
     }
     say!(
@@ -698,8 +707,8 @@ pub(super) async fn transition_plan(
         return check_trust_graph(config, kind, options, None, args.output.output).await;
     }
     let steps = transition::plan_steps(kind, &scopes, &options);
-    if args.output.output == Format::Json {
-        output::print_json(&steps);
+    if args.output.output.structured() {
+        output::print_as(args.output.output, &steps);
         return Ok(());
     }
     let name = kind.name();

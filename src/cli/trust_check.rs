@@ -86,8 +86,8 @@ pub(super) async fn check_trust_graph(
     let record = transition::Record::new(kind, moving, options);
     let checked = check::check(&record, &scopes(config), &primaries, &roots, now);
     let flagged = checked.flagged();
-    if format == Format::Json {
-        output::print_json(&checked);
+    if format.structured() {
+        output::print_as(format, &checked);
     } else {
         let pinned: Vec<&str> = primaries
             .iter()
