@@ -2213,6 +2213,32 @@ fn plan_check_flags_the_step_that_would_break_a_bare_pod() {
         "{}",
         run.stdout
     );
+    // The trust table names the roots read: each primary's own self-signed root now, the
+    // common root alone at the end; the remote as its primary.
+    let json = s
+        .cacertd(&["migrate", "plan", "--check", "-o", "json"])
+        .ok()
+        .stdout;
+    let checked: Value = serde_json::from_str(&json).unwrap();
+    let rows = checked["trust"].as_array().unwrap();
+    let row = |c: &str| rows.iter().find(|r| r["cluster"] == c).unwrap();
+    let now = |c: &str| row(c)["columns"][0]["trusts"].clone();
+    assert_ne!(now("cluster1"), now("cluster2"), "{checked:#}");
+    assert_eq!(now("cluster3"), now("cluster1"));
+    assert_eq!(row("cluster3")["served_by"], "cluster1");
+    for c in CLUSTERS {
+        assert_eq!(
+            row(c)["columns"][3],
+            json!({"when": "after RemoveOldRoot", "trusts": ["the common root"],
+                   "signs_under": "the common root"}),
+            "{c}"
+        );
+    }
+    assert!(
+        run.stdout.contains("cluster3 (remote of cluster1): trusts"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(
         versions(&server, &CLUSTERS),
         before,

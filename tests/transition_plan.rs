@@ -84,6 +84,23 @@ fn flags_and_config_shape_the_plan() {
     let out = s.cacertd(&["rotate-root", "plan"]).ok().stdout;
     assert!(out.contains("drain 2h; each gate may wait 5m"), "{out}");
     assert!(out.contains("wait the drain period (2h)"), "{out}");
+    // The trust table: each cluster, now and after each phase.
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("trust, now and after each phase"))
+        .collect();
+    assert!(
+        table
+            .get(1)
+            .is_some_and(|h| h.contains("after SwitchSigner")),
+        "{out}"
+    );
+    assert!(
+        table.iter().any(|l| l.starts_with("cluster1: trusts")
+            && l.contains("its current root + the new root")
+            && l.trim_end().ends_with("the new root")),
+        "{out}"
+    );
     assert!(
         out.contains("To replace only the mesh CA under the same anchor")
             && out.contains("--replace"),

@@ -103,7 +103,7 @@ pub fn print_reports(out: &mut dyn Write, reports: &[ClusterReport]) {
 }
 
 /// Left-aligned columns; the last column is not padded.
-fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -727,6 +727,9 @@ pub(super) async fn transition_plan(
         crate::clock::fmt_duration(config.transition.gate_timeout)
     );
     print_steps(&steps, true);
+    super::trust_check::print_trust_table(&transition::check::planned_trust(
+        kind, &scopes, options,
+    ));
     if kind == TransitionKind::RotateRoot {
         say!(
             "\nA rotation changes every cluster's trust anchor. To replace only the mesh CA under \

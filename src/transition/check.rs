@@ -174,6 +174,128 @@ pub struct Checked {
     /// Every pair of proxy groups (`a ↔ b`) that completes mTLS now.
     pub before: Vec<String>,
     pub steps: Vec<CheckedStep>,
+    /// What each cluster's `cacerts` says now and after each phase ahead.
+    pub trust: Vec<TrustRow>,
+}
+
+/// One cluster (a primary, or a remote with its primary's istiod) in the trust table: what its
+/// `cacerts` (a remote's: its primary's) trusts and signs under, now and after each phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrustRow {
+    pub cluster: String,
+    /// For a remote, the primary whose istiod serves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+    pub columns: Vec<TrustCell>,
+}
+
+/// One column of the trust table.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrustCell {
+    /// `now`, or `after <phase>`.
+    pub when: String,
+    /// The roots the bundle holds.
+    pub trusts: Vec<String>,
+    /// The root the signing certificate chains to.
+    pub signs_under: String,
+}
+
+/// The phases whose material `steps` write, in order.
+fn phases_written(steps: &[(Step, Option<PlannedStep>)]) -> Vec<Phase> {
+    let mut phases = Vec::new();
+    for (step, _) in steps {
+        if let Step::Write {
+            material: MaterialOf::Phase(phase),
+            ..
+        } = step
+            && !phases.contains(phase)
+        {
+            phases.push(*phase);
+        }
+    }
+    phases
+}
+
+/// The trust table of a plan that reads no cluster: every primary moves from what it trusts
+/// and signs under now ("its current root") to the root the transition brings.
+pub fn planned_trust(
+    kind: TransitionKind,
+    scopes: &[Scope],
+    options: super::Options,
+) -> Vec<TrustRow> {
+    let current = "its current root".to_string();
+    let roots = Roots {
+        new: match kind {
+            TransitionKind::Migrate => "the common root".into(),
+            _ => "the new root".into(),
+        },
+        removed: None,
+    };
+    let primaries: Vec<Primary> = scopes
+        .iter()
+        .map(|s| Primary {
+            name: s.primary.clone(),
+            bundle: [current.clone()].into(),
+            signer: current.clone(),
+            multiroot: false,
+            directory: false,
+            pinned: Vec::new(),
+        })
+        .collect();
+    let record = Record::new(kind, scopes.iter().map(|s| s.primary.clone()), options);
+    let phases = phases_written(&super::steps_ahead(
+        &record,
+        scopes,
+        OffsetDateTime::UNIX_EPOCH,
+    ));
+    trust_table(&record, scopes, &primaries, &roots, &phases)
+}
+
+/// The trust table: each primary of `scopes` and its remotes, now and after each of `phases`
+/// (what a moving primary serves then; one not moving keeps what it serves).
+fn trust_table(
+    record: &Record,
+    scopes: &[Scope],
+    primaries: &[Primary],
+    roots: &Roots,
+    phases: &[Phase],
+) -> Vec<TrustRow> {
+    let mut rows = Vec::new();
+    for scope in scopes {
+        let Some(p) = primaries.iter().find(|p| p.name == scope.primary) else {
+            continue;
+        };
+        let moving = record.clusters.contains_key(&p.name);
+        let cell = |when: String, of: MaterialOf| {
+            let (trusts, signs_under) = match moving {
+                true => material(record.kind, p, roots, of),
+                false => (p.bundle.clone(), p.signer.clone()),
+            };
+            TrustCell {
+                when,
+                trusts: trusts.into_iter().collect(),
+                signs_under,
+            }
+        };
+        let columns: Vec<TrustCell> = std::iter::once(cell("now".into(), MaterialOf::Original))
+            .chain(
+                phases
+                    .iter()
+                    .map(|&ph| cell(format!("after {ph}"), MaterialOf::Phase(ph))),
+            )
+            .collect();
+        rows.push(TrustRow {
+            cluster: p.name.clone(),
+            served_by: None,
+            columns: columns.clone(),
+        });
+        rows.extend(scope.remotes.iter().map(|r| TrustRow {
+            cluster: r.clone(),
+            served_by: Some(p.name.clone()),
+            columns: columns.clone(),
+        }));
+    }
+    rows
 }
 
 impl Checked {
@@ -218,7 +340,9 @@ pub fn check(
             .collect::<Vec<_>>()
     };
     let mut out = Vec::new();
-    for (step, line) in super::steps_ahead(record, scopes, now) {
+    let ahead = super::steps_ahead(record, scopes, now);
+    let phases = phases_written(&ahead);
+    for (step, line) in ahead {
         let mut notes = Vec::new();
         play(&step, record, roots, &mut states, &mut notes);
         let Some(line) = line else {
@@ -240,6 +364,7 @@ pub fn check(
     Checked {
         before: shown(&before),
         steps: out,
+        trust: trust_table(record, scopes, primaries, roots, &phases),
     }
 }
 
@@ -494,6 +619,67 @@ mod tests {
             &roots,
             OffsetDateTime::UNIX_EPOCH,
         )
+    }
+
+    /// The trust table: what each cluster (a remote as its primary) trusts and signs under,
+    /// now and after each phase; a primary already on the new root does not move.
+    #[test]
+    fn the_trust_table_shows_each_cluster_now_and_after_each_phase() {
+        let mesh = [primary("a", "old", vec![]), primary("b", "new", vec![])];
+        let record = Record::new(
+            TransitionKind::RotateRoot,
+            ["a".to_string()],
+            Options::for_tests(),
+        );
+        let mut scopes = scopes(&["a", "b"]);
+        scopes[0].remotes.push("r".into());
+        let roots = Roots {
+            new: "new".into(),
+            removed: None,
+        };
+        let table = check(&record, &scopes, &mesh, &roots, OffsetDateTime::UNIX_EPOCH).trust;
+        let cells = |row: &TrustRow| -> Vec<(String, Vec<String>, String)> {
+            row.columns
+                .iter()
+                .map(|c| (c.when.clone(), c.trusts.clone(), c.signs_under.clone()))
+                .collect()
+        };
+        let of = |when: &str, trusts: &[&str], signer: &str| {
+            (
+                when.to_string(),
+                trusts.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                signer.to_string(),
+            )
+        };
+        let names: Vec<&str> = table.iter().map(|r| r.cluster.as_str()).collect();
+        assert_eq!(names, ["a", "r", "b"]);
+        assert_eq!(table[1].served_by.as_deref(), Some("a"));
+        assert_eq!(
+            cells(&table[0]),
+            [
+                of("now", &["old"], "old"),
+                of("after AddNewRoot", &["new", "old"], "old"),
+                of("after SwitchSigner", &["new", "old"], "new"),
+                of("after RemoveOldRoot", &["new"], "new"),
+            ]
+        );
+        assert_eq!(cells(&table[1]), cells(&table[0]));
+        assert!(
+            cells(&table[2])
+                .iter()
+                .all(|(_, trusts, signer)| trusts == &["new"] && signer == "new")
+        );
+        // The plan's table, reading nothing, says the same in words.
+        let planned = planned_trust(TransitionKind::Migrate, &scopes, Options::for_tests());
+        assert_eq!(planned.len(), 3);
+        assert_eq!(
+            cells(&planned[2]).last().unwrap(),
+            &of(
+                "after RemoveOldRoot",
+                &["the common root"],
+                "the common root"
+            )
+        );
     }
 
     #[test]
