@@ -127,8 +127,70 @@ fn a_migration_runs_through_every_phase_to_the_common_root() {
         .ok()
         .stdout;
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["record"]["phase"], "done");
+    assert_eq!(v["phase"], "done");
+    // The documented shape (README, "Following a transition"), not the raw record.
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "clusters",
+            "gate",
+            "next",
+            "phase",
+            "position",
+            "started_at",
+            "state",
+            "timeline",
+            "transition"
+        ]
+    );
+    assert_eq!(v["transition"], "migrate");
+    assert!(v["started_at"].as_str().unwrap().ends_with('Z'), "{v:#}");
+    let root: serde_json::Value =
+        serde_json::from_str(&s.cacertd(&["root", "show", "-o", "json"]).ok().stdout).unwrap();
+    for c in v["clusters"].as_array().unwrap() {
+        assert_eq!(c["write"], "every phase written", "{v:#}");
+        assert_eq!(
+            c["to_roots"],
+            serde_json::json!([root["fingerprint_sha256"]]),
+            "{v:#}"
+        );
+        let from = c["from_roots"].as_array().unwrap();
+        assert!(
+            !from.is_empty() && !from.contains(&root["fingerprint_sha256"]),
+            "{v:#}"
+        );
+    }
+    let timeline: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["what"].as_str().unwrap())
+        .collect();
+    // Each folder step was confirmed applied by an operator: said where it happened.
+    assert!(
+        timeline.contains(&"an operator confirmed the folders are applied"),
+        "{v:#}"
+    );
+    let milestones: Vec<&str> = timeline
+        .into_iter()
+        .filter(|m| !m.starts_with("an operator"))
+        .collect();
+    assert_eq!(
+        milestones,
+        [
+            "started",
+            "entered phase SwitchSigner",
+            "entered phase RemoveOldRoot",
+            "entered phase Done"
+        ],
+        "{v:#}"
+    );
     let done = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        done.contains("\ntimeline:\n") && done.contains("  entered phase SwitchSigner"),
+        "{done}"
+    );
     assert!(
         done.contains("phase Done, active")
             && done.contains("cluster1: every phase written")

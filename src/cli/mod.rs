@@ -7,6 +7,7 @@ mod output;
 mod revoke;
 mod root;
 mod transition;
+mod transition_status;
 mod trust_check;
 
 use std::process::ExitCode;

@@ -407,7 +407,8 @@ pub(super) async fn transition_cmd(
     let files = RecordStore::open(config).await?;
     let dry_run = match &cmd {
         TransitionCommand::Status(o) => {
-            return transition_status(config, &files, o.output, now).await;
+            let next = |record: &transition::Record| describe_next(config, record, now);
+            return super::transition_status::show(&files, o.output, now, &next).await;
         }
         TransitionCommand::RemoveRoot(a) => return remove_root_start(config, a, clock).await,
         TransitionCommand::Resume(a) => a.drive.dry_run,
@@ -450,6 +451,7 @@ pub(super) async fn transition_cmd(
         }
         TransitionCommand::Rollback(a) => {
             record.rollback().map_err(CliError::Usage)?;
+            record.note(now, "rollback asked");
             files.save(&record).await?;
             note("transition-rollback", &record, None);
             run_drive_as(config, &files, &a.drive, clock, a.output.output).await
@@ -568,70 +570,6 @@ async fn abandon_new_root(
         .map(|what| format!("destroyed {what}: nothing was ever signed under the new root")))
 }
 
-/// `transition status`: where the transition stands, each cluster's steps, the gate's wait
-/// and what comes next.
-async fn transition_status(
-    config: &Config,
-    files: &RecordStore,
-    format: Format,
-    now: OffsetDateTime,
-) -> Result<(), CliError> {
-    let Some(record) = files.load().await? else {
-        say!("no transition is under way");
-        return Ok(());
-    };
-    let next = describe_next(config, &record, now);
-    if format.structured() {
-        output::print_as(
-            format,
-            &serde_json::json!({
-                "record": record,
-                "next": next,
-            }),
-        );
-        return Ok(());
-    }
-    say!(
-        "{} transition: {}, {}",
-        record.kind.name(),
-        record.position(),
-        record.state.describe()
-    );
-    let done = record.phase == transition::Phase::Done;
-    for (c, p) in &record.clusters {
-        let restarts: Vec<&str> = p.restarted.iter().map(|s| s.name()).collect();
-        say!(
-            "  {c}: {}; restarted: {}",
-            match (done, p.written) {
-                (true, _) => "every phase written",
-                (false, true) => "written",
-                (false, false) => "not written",
-            },
-            if restarts.is_empty() {
-                "-".to_string()
-            } else {
-                restarts.join(", ")
-            }
-        );
-    }
-    if let (Some(since), transition::State::Active | transition::State::RollingBack { .. }) =
-        (record.gate_since, &record.state)
-    {
-        say!(
-            "gate: waiting for {}s (fails after {}s){}",
-            now.unix_timestamp().saturating_sub(since),
-            record.options.gate_timeout_seconds,
-            if record.behind.is_empty() {
-                String::new()
-            } else {
-                format!("; behind: {}", record.behind.join("; "))
-            }
-        );
-    }
-    say!("next: {next}");
-    Ok(())
-}
-
 /// `--dry-run` of `resume`, `rollback` and `abort`: what they would do, changing nothing.
 fn transition_dry_run(
     config: &Config,
@@ -680,13 +618,26 @@ fn resume_record(
         }
         record.options.gate_timeout_seconds = timeout.as_secs();
     }
+    let stopped = matches!(
+        record.state,
+        transition::State::Failed { .. } | transition::State::Held { .. }
+    );
     record.resume().map_err(CliError::Usage)?;
+    if stopped {
+        record.note(now, "resumed");
+    }
     if a.approve {
         // After a step's writes to folders nobody observes, the approval says they are
         // applied; before a phase (--approve-each-phase), that the phase may begin.
         match transition::next_step(record, now) {
-            transition::Step::AwaitApplied { .. } => record.confirm_applied(),
-            _ => record.approve(),
+            transition::Step::AwaitApplied { .. } => {
+                record.confirm_applied();
+                record.note(now, "an operator confirmed the folders are applied");
+            }
+            _ => {
+                record.approve();
+                record.note(now, format!("an operator approved phase {}", record.phase));
+            }
         }
     }
     Ok(())

@@ -252,6 +252,7 @@ async fn swap_root_when_done(
         );
     }
     record.root_swapped = true;
+    record.note(now, "the new root replaced the old one in the root store");
     files.save(record).await?;
     Ok(())
 }

@@ -190,6 +190,17 @@ pub struct Record {
     /// A revocation's cluster and lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<Revocation>,
+    /// What happened when: the start, each phase entered, failures, rollbacks, resumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Milestone>,
+}
+
+/// One moment of a transition's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Milestone {
+    /// Unix seconds.
+    pub at: i64,
+    pub what: String,
 }
 
 /// The next thing a driver should do.
@@ -249,6 +260,9 @@ pub enum StepOutcome {
     GateBehind(Vec<String>),
 }
 
+/// The timeline's first entry.
+pub const STARTED: &str = "started";
+
 impl Record {
     pub fn new(
         kind: TransitionKind,
@@ -279,7 +293,24 @@ impl Record {
             behind: Vec::new(),
             applied: false,
             revocation: None,
+            timeline: Vec::new(),
         }
+    }
+
+    /// Adds `what`, at `now`, to the timeline.
+    pub fn note(&mut self, now: OffsetDateTime, what: impl Into<String>) {
+        self.timeline.push(Milestone {
+            at: now.unix_timestamp(),
+            what: what.into(),
+        });
+    }
+
+    /// When the transition was started, if its timeline says so (older records do not).
+    pub fn started_at(&self) -> Option<i64> {
+        self.timeline
+            .iter()
+            .find(|m| m.what == STARTED)
+            .map(|m| m.at)
     }
 
     /// The restarts `cluster` goes through after its write in the current phase or rollback,
@@ -374,6 +405,7 @@ impl Record {
                         ),
                         rolling_back_to,
                     };
+                    self.note(now, format!("failed: the gate of {what} did not hold"));
                 }
             }
             // An outcome that does not belong to the step changes nothing.
@@ -390,11 +422,13 @@ impl Record {
                 }
                 self.phase = self.phase.next();
                 self.approved = false;
+                self.note(now, format!("entered phase {}", self.phase));
             }
             State::RollingBack { to } => match to {
                 MaterialOf::Original => {
                     self.phase = Phase::AddNewRoot;
                     self.state = State::RolledBack;
+                    self.note(now, "rolled back to the original material");
                 }
                 MaterialOf::Phase(p) => {
                     if p < Phase::SwitchSigner && self.new_signer_used {
@@ -407,6 +441,7 @@ impl Record {
                     self.state = State::Held {
                         note: format!("rolled back to the material of phase {p}"),
                     };
+                    self.note(now, format!("rolled back to the material of phase {p}"));
                 }
             },
             State::Failed { .. } | State::Held { .. } | State::RolledBack => {}

@@ -207,12 +207,13 @@ impl Start<'_> {
     /// Saves `record` (made by the caller) after the material of every primary `moving` moves.
     pub(super) async fn save(
         self,
-        record: Record,
+        mut record: Record,
         moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
         dry_run: bool,
         detail: Option<String>,
     ) -> Result<Record, DriveError> {
         let kind = record.kind;
+        record.note(self.now, super::machine::STARTED);
         if dry_run {
             return Ok(record);
         }

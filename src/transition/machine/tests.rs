@@ -273,6 +273,14 @@ fn a_gate_that_does_not_hold_in_time_fails_with_who_is_behind_and_resume_continu
     let Step::Stopped { report } = next_step(&r, t(600)) else {
         panic!("expected a stop")
     };
+    let failed = r.timeline.last().unwrap();
+    assert_eq!(
+        (failed.at, failed.what.as_str()),
+        (
+            t(600).unix_timestamp(),
+            "failed: the gate of phase AddNewRoot did not hold"
+        )
+    );
     assert!(
         report.contains("a/bookinfo") && report.contains("AddNewRoot"),
         "{report}"
@@ -342,6 +350,16 @@ fn rollback_returns_every_cluster_to_the_previous_phases_material() {
     )));
     assert_eq!(r.state, State::RolledBack);
     assert_eq!(next_step(&r, t(3)), Step::Finished);
+    // The timeline says when each phase was entered and each rollback ended.
+    let timeline: Vec<&str> = r.timeline.iter().map(|m| m.what.as_str()).collect();
+    assert_eq!(
+        timeline,
+        [
+            "entered phase SwitchSigner",
+            "rolled back to the material of phase AddNewRoot",
+            "rolled back to the original material"
+        ]
+    );
 }
 
 #[test]
