@@ -120,6 +120,27 @@ impl ClusterReport {
 /// and records what it decided in `audit`. `root` signs; with `dry_run` nothing is signed,
 /// written or audited. Each cluster is independent: one
 /// failing or hanging does not stop the others. Reports come back in the order given.
+/// Logs what a run did to one cluster: an issuance at info, a failure or refusal at warn,
+/// nothing when it was left alone. For the daemon, whose log is its report; the CLI reports in
+/// its table (or document) instead, so that each failure is said once.
+pub fn log_report(report: &ClusterReport) {
+    match report.outcome {
+        Outcome::Issued => tracing::info!(
+            cluster = %report.cluster,
+            serial = report.serial.as_deref().unwrap_or(""),
+            reason = report.reason.as_deref().unwrap_or(""),
+            "issued intermediate"
+        ),
+        Outcome::Failed | Outcome::Refused | Outcome::PolicyRefused => tracing::warn!(
+            cluster = %report.cluster,
+            outcome = ?report.outcome,
+            reason = report.reason.as_deref().unwrap_or(""),
+            "cluster not updated"
+        ),
+        Outcome::Kept | Outcome::WouldIssue => {}
+    }
+}
+
 pub async fn run(
     config: &Config,
     root: &Signer,
@@ -157,27 +178,7 @@ pub async fn run(
             .collect()
             .await;
     reports.sort_by_key(|(i, _)| *i);
-    let reports: Vec<ClusterReport> = reports
-        .into_iter()
-        .map(|(_, report)| {
-            match report.outcome {
-                Outcome::Issued => tracing::info!(
-                    cluster = %report.cluster,
-                    serial = report.serial.as_deref().unwrap_or(""),
-                    reason = report.reason.as_deref().unwrap_or(""),
-                    "issued intermediate"
-                ),
-                Outcome::Failed | Outcome::Refused | Outcome::PolicyRefused => tracing::warn!(
-                    cluster = %report.cluster,
-                    outcome = ?report.outcome,
-                    reason = report.reason.as_deref().unwrap_or(""),
-                    "cluster not updated"
-                ),
-                Outcome::Kept | Outcome::WouldIssue => {}
-            }
-            report
-        })
-        .collect();
+    let reports: Vec<ClusterReport> = reports.into_iter().map(|(_, report)| report).collect();
     if !dry_run {
         audit_reports(audit, &reports, now);
         audit.sync();

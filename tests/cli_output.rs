@@ -341,3 +341,27 @@ fn shape(v: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// A cluster that cannot be reached fails once, in the table's row: no log line says it again.
+#[test]
+fn a_failure_is_reported_once() {
+    let s = Setup::with_config(
+        "trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n\n[[clusters]]\nname = \"c1\"\nrole = \"primary\"\ntarget = { kind = \"kube\", kubeconfig = \"c1.yaml\" }\n",
+    );
+    std::fs::write(
+        s.path("c1.yaml"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster: {server: \"https://127.0.0.1:1\"}\n\
+         contexts:\n- name: c1\n  context: {cluster: c1, user: u}\ncurrent-context: c1\n\
+         users:\n- name: u\n  user: {token: abc}\n",
+    )
+    .unwrap();
+    let run = s.cacertd(&["issue", "--init-root"]).fails_with(1);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("c1       FAILED"), "{all}");
+    assert_eq!(
+        all.matches("nothing listens at that address").count(),
+        1,
+        "{all}"
+    );
+    assert!(run.stderr.contains("1 cluster(s) failed"), "{all}");
+}

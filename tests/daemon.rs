@@ -435,6 +435,15 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
     let status = common::wait_within(&mut child, std::time::Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     reader.join().unwrap();
+    // Its log is its report: each issuance said once.
+    let logged: Vec<String> = lines.try_iter().collect();
+    for c in ["cluster1", "cluster2"] {
+        let said = logged
+            .iter()
+            .filter(|l| l.contains("issued intermediate") && l.contains(&format!("cluster={c}")))
+            .count();
+        assert_eq!(said, 1, "{c}: {logged:#?}");
+    }
     // The lock is free again: a CLI run that needs it succeeds.
     s.cacertd(&["issue", "--force"]).ok();
 }

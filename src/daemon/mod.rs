@@ -133,6 +133,7 @@ impl Daemon {
         )
         .await;
         drop(signer);
+        reports.iter().for_each(issuance::log_report);
         self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
         self.note_pass(&reports, seconds, now).await;
