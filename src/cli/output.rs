@@ -16,7 +16,7 @@ use crate::topology::Role;
 /// each command's own.)
 pub fn print_as<T: Serialize>(format: Format, value: &T) {
     let rendered = match format {
-        Format::Yaml => yaml_serde::to_string(value).map_err(|e| e.to_string()),
+        Format::Yaml => serde_saphyr::to_string(value).map_err(|e| e.to_string()),
         Format::Json | Format::Table => {
             serde_json::to_string_pretty(value).map_err(|e| e.to_string())
         }
