@@ -1534,6 +1534,49 @@ fn with_a_bare_pod_no_handshake_between_live_proxies_ever_fails_during_a_migrati
     assert_eq!(proxies.failures(true), Vec::<String>::new(), "after");
 }
 
+/// On a terminal, `--wait` draws a bar of the steps with what is under way beside it — the
+/// gate's list of who is behind while it waits; off a terminal (every other test) there is no
+/// bar, only JSON lines.
+#[test]
+fn on_a_terminal_a_waiting_run_shows_a_bar_and_who_the_gate_waits_for() {
+    let (server, s, _) = self_signed_setup("4s");
+    // cluster2's istiod publishes nothing: the first gate never holds.
+    let _istiod = Istiod::start(&server, true);
+    let command = format!(
+        "{} -c cacertd.toml migrate start --drain 0s --wait",
+        env!("CARGO_BIN_EXE_cacertd")
+    );
+    // `script` runs the command on a pseudo-terminal and copies what it draws to stdout.
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .current_dir(s.dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("CACERTD_LOG_FORMAT")
+        .output()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(drawn.contains(" steps "), "{drawn}");
+    assert!(
+        drawn.contains("gate: 1 behind: cluster2") || drawn.contains("behind: cluster2"),
+        "{drawn}"
+    );
+    assert!(
+        drawn.contains("\u{1b}["),
+        "the bar is redrawn in place: {drawn}"
+    );
+    assert!(drawn.contains("did not hold"), "{drawn}");
+    // Off a terminal: JSON lines, no bar.
+    let run = s.cacertd(&["transition", "resume", "--wait"]);
+    assert!(!run.stderr.contains(" steps "), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"event\":\"gate\"")),
+        "{}",
+        run.stderr
+    );
+}
+
 /// With `--skip-workload-restarts` every proxy must take the bundles istiod pushes (PCDS):
 /// multi-root istiod alone is not enough. Refused, naming a proxy, until the workloads run
 /// with PROXY_CONFIG_XDS_AGENT=true; then the migration completes without restarting them.

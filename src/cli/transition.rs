@@ -149,18 +149,7 @@ pub(super) async fn rotate_root_start(
 
 /// Each primary with the remotes its istiod serves.
 pub(super) fn scopes(config: &Config) -> Vec<transition::Scope> {
-    config
-        .topology
-        .primaries()
-        .map(|p| transition::Scope {
-            primary: p.name.clone(),
-            remotes: config
-                .topology
-                .remotes_of(&p.name)
-                .map(|r| r.name.clone())
-                .collect(),
-        })
-        .collect()
+    transition::Scope::all(config)
 }
 
 /// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH), and
@@ -311,6 +300,7 @@ async fn run_drive_as(
     clock: &std::sync::Arc<dyn Clock>,
     format: Format,
 ) -> Result<(), CliError> {
+    let progress = transition::progress::Progress::for_stderr();
     let opts = driver::DriveOptions {
         clock: clock.clone(),
         wait: args.wait,
@@ -318,9 +308,11 @@ async fn run_drive_as(
         stop_after: args.stop_after_steps,
         max_steps: None,
         budget: None,
-        progress: transition::progress::Progress::for_stderr(),
+        progress: progress.clone(),
     };
-    let rest = driver::drive(config, store, opts).await?;
+    let driven = driver::drive(config, store, opts).await;
+    progress.finish();
+    let rest = driven?;
     let rests = match rest {
         transition::Step::Finished => "transition finished".to_string(),
         transition::Step::AwaitApproval { phase } => {

@@ -93,8 +93,10 @@ pub async fn drive(
     let mut done = 0usize;
     let mut shown = Throttle::default();
     let started = std::time::Instant::now();
+    let mut bar = Bar::new(&opts.progress, config);
     loop {
         let now = opts.clock.now();
+        bar.count(&record, now);
         let step = next_step(&record, now);
         if step != Step::Finished && opts.rest_after(done, started)? {
             return Ok(step);
@@ -115,11 +117,20 @@ pub async fn drive(
                 kind: record.kind,
                 revoked: revoked.as_deref(),
             };
+            opts.progress.doing(
+                batch
+                    .iter()
+                    .map(describe_step)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             done += run_batch(&work, files, &mut record, &batch, now).await?;
             continue;
         }
         let outcome = match &step {
             Step::CheckGate { material: of } => {
+                opts.progress
+                    .doing(format!("checking the gate of {}", of.describe()));
                 let read = gate_targets(&targets, &observed);
                 match check_gate(&read, &remotes, &materials, &record, *of, now).await {
                     behind if behind.is_empty() => StepOutcome::GateHeld,
@@ -132,8 +143,12 @@ pub async fn drive(
                 }
                 let left = (*until - now).unsigned_abs();
                 tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
+                opts.progress.doing(format!(
+                    "draining: the old root stays trusted until {}",
+                    fmt_time(*until)
+                ));
                 if shown.due(std::time::Instant::now()) {
-                    show_drain(opts.progress, &record, *until, left, now);
+                    show_drain(&opts.progress, &record, *until, left, now);
                 }
                 tokio::time::sleep(left.min(Duration::from_secs(60))).await;
                 continue;
@@ -155,16 +170,21 @@ pub async fn drive(
         files.save(&record).await?;
         done += 1;
         if (record.phase, record.state.clone()) != before {
-            note_moved(opts.progress, &audit, &record, now);
+            note_moved(&opts.progress, &audit, &record, now);
         }
         if behind && matches!(record.state, State::Active | State::RollingBack { .. }) {
             if !opts.wait {
                 return Ok(step);
             }
-            if let (StepOutcome::GateBehind(who), true) =
-                (&outcome_seen, shown.due(std::time::Instant::now()))
-            {
-                show_gate_wait(opts.progress, &record, who, now);
+            if let StepOutcome::GateBehind(who) = &outcome_seen {
+                opts.progress.doing(format!(
+                    "gate: {} behind: {}",
+                    who.len(),
+                    who.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                ));
+                if shown.due(std::time::Instant::now()) {
+                    show_gate_wait(&opts.progress, &record, who, now);
+                }
             }
             tokio::time::sleep(opts.poll).await;
         }
@@ -258,7 +278,7 @@ async fn swap_root_when_done(
 }
 
 /// A transition that moved to another phase or state: shown, logged and audited.
-fn note_moved(progress: Progress, audit: &Audit, record: &Record, now: OffsetDateTime) {
+fn note_moved(progress: &Progress, audit: &Audit, record: &Record, now: OffsetDateTime) {
     tracing::info!(phase = %record.phase, state = ?record.state, "transition moved");
     progress.show(Event {
         at: now,
@@ -279,6 +299,51 @@ fn note_moved(progress: Progress, audit: &Audit, record: &Record, now: OffsetDat
         None,
         report,
     );
+}
+
+/// A cluster step in words, beside the bar.
+fn describe_step(step: &Step) -> String {
+    match step {
+        Step::Write { cluster, material } => {
+            format!("{cluster}: writing {}", material.describe())
+        }
+        Step::Restart { cluster, stage } => format!("{cluster}: restarting {}", stage.name()),
+        _ => String::new(),
+    }
+}
+
+/// The bar's count of steps: how many are done of all, the steps ahead counted afresh from the
+/// record (a rollback adds some). Counts only where a bar is shown.
+struct Bar<'a> {
+    progress: &'a Progress,
+    scopes: Vec<super::Scope>,
+    total: usize,
+}
+
+impl<'a> Bar<'a> {
+    fn new(progress: &'a Progress, config: &Config) -> Self {
+        let scopes = match progress {
+            Progress::Bar(_) => super::Scope::all(config),
+            _ => Vec::new(),
+        };
+        Bar {
+            progress,
+            scopes,
+            total: 0,
+        }
+    }
+
+    fn count(&mut self, record: &Record, now: OffsetDateTime) {
+        if !matches!(self.progress, Progress::Bar(_)) {
+            return;
+        }
+        // The last step ahead is the end itself.
+        let ahead = super::steps_ahead(record, &self.scopes, now)
+            .len()
+            .saturating_sub(1);
+        self.total = self.total.max(ahead);
+        self.progress.steps(self.total - ahead, ahead);
+    }
 }
 
 /// What a driver works on: each primary's target and material, and the Kubernetes remotes its

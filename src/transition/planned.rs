@@ -26,6 +26,22 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// Every primary of `config`'s topology with the remotes its istiod serves.
+    pub fn all(config: &crate::config::Config) -> Vec<Scope> {
+        config
+            .topology
+            .primaries()
+            .map(|p| Scope {
+                primary: p.name.clone(),
+                remotes: config
+                    .topology
+                    .remotes_of(&p.name)
+                    .map(|r| r.name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
     fn clusters(&self) -> String {
         std::iter::once(self.primary.as_str())
             .chain(self.remotes.iter().map(String::as_str))

@@ -1,5 +1,5 @@
-//! How a foreground transition shows where it stands: human lines on a terminal, JSON lines
-//! otherwise.
+//! How a foreground transition shows where it stands: a progress bar with human lines above
+//! it on a terminal, JSON lines otherwise.
 
 use std::time::Duration;
 
@@ -8,34 +8,62 @@ use time::OffsetDateTime;
 use super::Record;
 use crate::pki::fmt_time;
 
-/// How a foreground driver shows where it stands while it waits (a gate, the drain) and when
-/// the phase changes, on stderr: human lines on a terminal, JSON lines otherwise (for CI logs
-/// and log collectors). The daemon exports metrics instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a foreground driver shows where it stands while it works and waits (a gate, the
+/// drain) and when the phase changes, on stderr: on a terminal, a bar of the steps done with
+/// the step under way (or who the gate waits for) beside it and human lines above it; JSON
+/// lines otherwise (for CI logs and log collectors). The daemon exports metrics instead.
+#[derive(Clone, Debug)]
 pub enum Progress {
     Off,
+    /// Human lines, no bar.
     Lines,
     Json,
+    /// Human lines above a bar of the steps.
+    Bar(indicatif::ProgressBar),
 }
 
 impl Progress {
-    /// Lines on a terminal, JSON otherwise.
+    /// A bar on a terminal, JSON lines otherwise.
     pub fn for_stderr() -> Self {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            Progress::Lines
+            Progress::Bar(bar())
         } else {
             Progress::Json
         }
     }
 
-    pub(super) fn show(self, event: Event<'_>) {
-        if let Some(line) = self.line(event) {
-            eprintln!("{line}");
+    pub(super) fn show(&self, event: Event<'_>) {
+        match (self.line(event), self) {
+            (Some(line), Progress::Bar(bar)) => bar.println(line),
+            (Some(line), _) => eprintln!("{line}"),
+            (None, _) => {}
         }
     }
 
-    fn line(self, e: Event<'_>) -> Option<String> {
+    /// `done` steps taken of `done + ahead`.
+    pub(super) fn steps(&self, done: usize, ahead: usize) {
+        if let Progress::Bar(bar) = self {
+            bar.set_length(u64::try_from(done + ahead).unwrap_or(u64::MAX));
+            bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// What is under way (beside the bar).
+    pub(super) fn doing(&self, what: String) {
+        if let Progress::Bar(bar) = self {
+            bar.set_message(what);
+        }
+    }
+
+    /// The run is over: the bar goes, the lines above it stay.
+    pub fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, e: Event<'_>) -> Option<String> {
         let Event {
             at,
             event,
@@ -46,9 +74,10 @@ impl Progress {
         let time = fmt_time(at);
         match self {
             Progress::Off => None,
-            Progress::Lines => Some(format!(
-                "[{time}] {:?} {} — {detail}",
-                record.kind, record.phase
+            Progress::Lines | Progress::Bar(_) => Some(format!(
+                "[{time}] {} {} — {detail}",
+                record.kind.name(),
+                record.phase
             )),
             Progress::Json => {
                 let mut line = serde_json::json!({
@@ -67,6 +96,18 @@ impl Progress {
             }
         }
     }
+}
+
+/// The bar: steps done of all, the time taken, and what is under way.
+fn bar() -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} steps  {wide_msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = indicatif::ProgressBar::new(0).with_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 /// Shows a wait at most every 10 s (and its first time at once).
@@ -98,7 +139,7 @@ pub(super) struct Event<'a> {
 
 /// Shows how long the old root stays trusted.
 pub(super) fn show_drain(
-    progress: Progress,
+    progress: &Progress,
     record: &Record,
     until: OffsetDateTime,
     left: std::time::Duration,
@@ -119,7 +160,7 @@ pub(super) fn show_drain(
 
 /// Shows who a gate still waits for, and for how long it has.
 pub(super) fn show_gate_wait(
-    progress: Progress,
+    progress: &Progress,
     record: &Record,
     who: &[String],
     now: OffsetDateTime,
@@ -171,7 +212,7 @@ mod tests {
         };
         let line = Progress::Lines.line(event()).unwrap();
         assert!(
-            line.contains("Migrate AddNewRoot — waiting for the gate"),
+            line.contains("] migrate AddNewRoot — waiting for the gate"),
             "{line}"
         );
         let json: serde_json::Value =
