@@ -77,16 +77,62 @@ pub struct TransitionNow {
     pub position: String,
     pub state: String,
     pub clusters: Vec<String>,
+    /// Each moving primary (and its remotes): what it trusted and signed under before the
+    /// transition, and after each phase still ahead; roots by the first bytes of their
+    /// SHA-256 fingerprint, or "the common root".
+    pub trust: Vec<crate::transition::check::TrustRow>,
 }
 
 impl TransitionNow {
-    fn of(record: &crate::transition::Record) -> Self {
-        TransitionNow {
+    fn of(
+        config: &Config,
+        in_flight: &crate::transition::InFlight,
+        common: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Option<Self> {
+        use crate::transition::check::{Primary, Roots, trust_ahead};
+        let record = in_flight.record.as_ref()?;
+        let name = |c: &crate::pki::Cert| {
+            let fp = &c.info().fingerprint_sha256;
+            match Some(fp.as_str()) == common {
+                true => "the common root".to_string(),
+                false => format!("root {}", &fp[..fp.len().min(11)]),
+            }
+        };
+        let unknown = || "an unknown root".to_string();
+        let primaries: Vec<Primary> = in_flight
+            .moving
+            .iter()
+            .map(|m| Primary {
+                name: m.cluster.clone(),
+                bundle: m.bundle_before.iter().map(name).collect(),
+                signer: m.signer_before.as_ref().map_or_else(unknown, name),
+                multiroot: false,
+                directory: false,
+                pinned: Vec::new(),
+            })
+            .collect();
+        let roots = Roots {
+            new: in_flight
+                .moving
+                .iter()
+                .find_map(|m| m.signer_after.as_ref())
+                .map_or_else(unknown, name),
+            removed: None,
+        };
+        let scopes = crate::transition::Scope::all(config);
+        Some(TransitionNow {
             kind: record.kind.name(),
             position: record.position(),
             state: record.state.describe(),
             clusters: record.clusters.keys().cloned().collect(),
-        }
+            trust: match record.kind {
+                // A removal's and a revocation's roots are not a move between two.
+                crate::transition::TransitionKind::RemoveRoot
+                | crate::transition::TransitionKind::Revoke => Vec::new(),
+                _ => trust_ahead(record, &scopes, &primaries, &roots, now),
+            },
+        })
     }
 }
 
@@ -285,7 +331,7 @@ pub async fn status_report(
     let common = certs.map(|c| c.anchor.info().fingerprint_sha256.as_str());
     StatusReport {
         root,
-        transition: in_flight.record.as_ref().map(TransitionNow::of),
+        transition: TransitionNow::of(config, &in_flight, common, now),
         trust: root_trust(&rows, common),
         clusters: rows,
     }

@@ -935,3 +935,40 @@ fn resume_rollback_and_abort_answer_in_json_on_request() {
     assert!(!status.contains("transition is under way"), "{status}");
     assert!(json(s.cacertd(&["status", "-o", "json"]).ok())["transition"].is_null());
 }
+
+/// While a transition is under way, `status` shows its clusters' trust before it and after
+/// each phase still ahead: the other root before, both once the signer switched, the common
+/// root alone at the end.
+#[test]
+fn status_shows_the_trust_ahead_of_a_transition_under_way() {
+    let s = migrating(ACCEPTANCE_CONFIG);
+    s.cacertd(&["migrate", "start", "--drain", "0s"]).ok();
+    let v: serde_json::Value =
+        serde_json::from_str(&s.cacertd(&["status", "-o", "json"]).ok().stdout).unwrap();
+    let rows = v["transition"]["trust"].as_array().unwrap();
+    let row = rows.iter().find(|r| r["cluster"] == "cluster1").unwrap();
+    let cols = row["columns"].as_array().unwrap();
+    let whens: Vec<&str> = cols.iter().map(|c| c["when"].as_str().unwrap()).collect();
+    // AddNewRoot is written (the folders wait to be applied): the phases ahead follow it.
+    assert_eq!(
+        whens,
+        ["before", "after SwitchSigner", "after RemoveOldRoot"],
+        "{v:#}"
+    );
+    let other = cols[0]["signs_under"].as_str().unwrap();
+    assert!(other.starts_with("root "), "{v:#}");
+    assert_eq!(cols[0]["trusts"], serde_json::json!([other]));
+    assert_eq!(
+        cols[1]["trusts"],
+        serde_json::json!([other, "the common root"]),
+        "{v:#}"
+    );
+    assert_eq!(cols[1]["signs_under"], "the common root");
+    assert_eq!(cols[2]["trusts"], serde_json::json!(["the common root"]));
+    let text = s.cacertd(&["status"]).ok().stdout;
+    assert!(
+        text.contains("its clusters' trust, before it and after each phase ahead:")
+            && text.contains("cluster1: trusts"),
+        "{text}"
+    );
+}

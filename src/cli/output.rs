@@ -102,8 +102,38 @@ pub fn print_reports(out: &mut dyn Write, reports: &[ClusterReport]) {
     }
 }
 
+/// A trust table under `title`: per cluster, the roots its bundle holds and the root it signs
+/// under, in each column (now or before, after each phase).
+pub(super) fn print_trust_table(
+    out: &mut dyn Write,
+    title: &str,
+    rows: &[crate::transition::check::TrustRow],
+) {
+    let Some(first) = rows.first() else { return };
+    let mut header = vec!["cluster".to_string()];
+    header.extend(first.columns.iter().map(|c| c.when.clone()));
+    let mut lines = Vec::new();
+    for row in rows {
+        let name = match &row.served_by {
+            Some(p) => format!("{} (remote of {p})", row.cluster),
+            None => row.cluster.clone(),
+        };
+        let mut trusts = vec![format!("{name}: trusts")];
+        let mut signs = vec!["  signs under".to_string()];
+        for c in &row.columns {
+            trusts.push(c.trusts.join(" + "));
+            signs.push(c.signs_under.clone());
+        }
+        lines.push(trusts);
+        lines.push(signs);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let _ = writeln!(out, "\n{title}");
+    table(out, &header, &lines);
+}
+
 /// Left-aligned columns; the last column is not padded.
-pub(super) fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -277,6 +307,11 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
             t.clusters.join(", "),
             t.position,
             t.state
+        );
+        print_trust_table(
+            out,
+            "its clusters' trust, before it and after each phase ahead:",
+            &t.trust,
         );
     }
     print_trust(out, report);

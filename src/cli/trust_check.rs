@@ -154,28 +154,11 @@ pub(super) async fn check_trust_graph(
     }
 }
 
-/// Each cluster's trust, now and after each phase: the roots its bundle holds, and the root
-/// its signer chains to.
+/// Each cluster's trust, now and after each phase.
 pub(super) fn print_trust_table(rows: &[transition::check::TrustRow]) {
-    let Some(first) = rows.first() else { return };
-    let mut header = vec!["cluster".to_string()];
-    header.extend(first.columns.iter().map(|c| c.when.clone()));
-    let mut table = Vec::new();
-    for row in rows {
-        let name = match &row.served_by {
-            Some(p) => format!("{} (remote of {p})", row.cluster),
-            None => row.cluster.clone(),
-        };
-        let mut trusts = vec![format!("{name}: trusts")];
-        let mut signs = vec!["  signs under".to_string()];
-        for c in &row.columns {
-            trusts.push(c.trusts.join(" + "));
-            signs.push(c.signs_under.clone());
-        }
-        table.push(trusts);
-        table.push(signs);
-    }
-    let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    say!("\ntrust, now and after each phase:");
-    output::table(&mut std::io::stdout(), &header, &table);
+    output::print_trust_table(
+        &mut std::io::stdout(),
+        "trust, now and after each phase:",
+        rows,
+    );
 }

@@ -54,6 +54,19 @@ pub struct Roots {
     pub removed: Option<String>,
 }
 
+/// The root of `files`' bundle that its signing certificate (through `cert-chain.pem`) chains
+/// to, if any.
+pub(super) fn signing_root(files: &crate::pki::CaCertsFiles) -> Option<crate::pki::Cert> {
+    use crate::pki::{CaCertsFiles, Cert, TrustBundle, issuing_root};
+    let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
+    let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+        .0
+        .into_iter()
+        .next()?;
+    let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+    issuing_root(&signing, &chain, trust.roots())
+}
+
 /// Reads every primary of the topology as [`check`] needs it: its bundle and signer (roots
 /// named by `name`), whether its istiod pushes bundles, and — for Kubernetes primaries and
 /// their Kubernetes remotes — the proxies no rollout of cacertd's restarts (pods with no
@@ -65,7 +78,7 @@ pub async fn read(
     name: &dyn Fn(&crate::pki::Cert) -> String,
 ) -> Result<Vec<Primary>, super::error::DriveError> {
     use crate::cluster::Target;
-    use crate::pki::{CaCertsFiles, Cert, TrustBundle, issuing_root};
+    use crate::pki::TrustBundle;
     const RESTARTED: [&str; 3] = ["ReplicaSet", "DaemonSet", "StatefulSet"];
     let mut out = Vec::new();
     for cluster in config.topology.primaries() {
@@ -88,15 +101,8 @@ pub async fn read(
             });
         };
         let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
-        let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
-            .0
-            .into_iter()
-            .next();
-        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
-        let signer = signing
-            .as_ref()
-            .and_then(|s| issuing_root(s, &chain, trust.roots()))
-            .map_or_else(|| "an unknown root".to_string(), |r| name(&r));
+        let signer =
+            signing_root(&files).map_or_else(|| "an unknown root".to_string(), |r| name(&r));
         let mut primary = Primary {
             name: cluster.name.clone(),
             bundle: trust.roots().iter().map(name).collect(),
@@ -248,7 +254,26 @@ pub fn planned_trust(
         scopes,
         OffsetDateTime::UNIX_EPOCH,
     ));
-    trust_table(&record, scopes, &primaries, &roots, &phases)
+    trust_table(&record, scopes, &primaries, &roots, &phases, "now")
+}
+
+/// The trust table of a transition under way, for `status`: each of its primaries (from
+/// what it trusted and signed under before the transition, in `primaries`) before it and after
+/// each phase still ahead of `record`.
+pub fn trust_ahead(
+    record: &Record,
+    scopes: &[Scope],
+    primaries: &[Primary],
+    roots: &Roots,
+    now: OffsetDateTime,
+) -> Vec<TrustRow> {
+    let scopes: Vec<Scope> = scopes
+        .iter()
+        .filter(|s| record.clusters.contains_key(&s.primary))
+        .cloned()
+        .collect();
+    let phases = phases_written(&super::steps_ahead(record, &scopes, now));
+    trust_table(record, &scopes, primaries, roots, &phases, "before")
 }
 
 /// The trust table: each primary of `scopes` and its remotes, now and after each of `phases`
@@ -259,6 +284,7 @@ fn trust_table(
     primaries: &[Primary],
     roots: &Roots,
     phases: &[Phase],
+    first: &str,
 ) -> Vec<TrustRow> {
     let mut rows = Vec::new();
     for scope in scopes {
@@ -277,7 +303,7 @@ fn trust_table(
                 signs_under,
             }
         };
-        let columns: Vec<TrustCell> = std::iter::once(cell("now".into(), MaterialOf::Original))
+        let columns: Vec<TrustCell> = std::iter::once(cell(first.into(), MaterialOf::Original))
             .chain(
                 phases
                     .iter()
@@ -364,7 +390,7 @@ pub fn check(
     Checked {
         before: shown(&before),
         steps: out,
-        trust: trust_table(record, scopes, primaries, roots, &phases),
+        trust: trust_table(record, scopes, primaries, roots, &phases, "now"),
     }
 }
 

@@ -150,6 +150,17 @@ pub struct InFlight {
     pub quiet: bool,
     /// The record of the transition under way, when it could be read.
     pub record: Option<Record>,
+    /// Each primary it moves whose saved material could be read: the roots its bundle held
+    /// before, and the root each of its signers (before, after) chains to.
+    pub moving: Vec<Moving>,
+}
+
+/// One primary a transition moves, as its saved material says.
+pub struct Moving {
+    pub cluster: String,
+    pub bundle_before: Vec<crate::pki::Cert>,
+    pub signer_before: Option<crate::pki::Cert>,
+    pub signer_after: Option<crate::pki::Cert>,
 }
 
 /// What [`InFlight`] says of the transition record now.
@@ -158,6 +169,7 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
         roots: Vec::new(),
         quiet: false,
         record: None,
+        moving: Vec::new(),
     };
     let Ok(files) = record_store::RecordStore::open(config).await else {
         return unknown;
@@ -169,15 +181,26 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
                 roots: Vec::new(),
                 quiet: true,
                 record: None,
+                moving: Vec::new(),
             };
         }
         Err(_) => return unknown,
     };
     let mut roots: Vec<crate::pki::Cert> = Vec::new();
+    let mut moving = Vec::new();
     for cluster in record.clusters.keys() {
         let Ok(material) = files.load_material(cluster).await else {
             continue;
         };
+        moving.push(Moving {
+            cluster: cluster.clone(),
+            bundle_before: crate::pki::TrustBundle::from_pem_lenient(&material.original.root_cert)
+                .0
+                .roots()
+                .to_vec(),
+            signer_before: check::signing_root(&material.original),
+            signer_after: check::signing_root(&material.new),
+        });
         for pem in [&material.original.root_cert, &material.new.root_cert] {
             for root in crate::pki::TrustBundle::from_pem_lenient(pem).0.roots() {
                 if !roots.contains(root) {
@@ -190,5 +213,6 @@ pub async fn in_flight(config: &crate::config::Config) -> InFlight {
         roots,
         quiet: false,
         record: Some(record),
+        moving,
     }
 }
