@@ -147,11 +147,6 @@ pub(super) async fn rotate_root_start(
     run_drive(config, &store, &args.drive, clock).await
 }
 
-/// Each primary with the remotes its istiod serves.
-pub(super) fn scopes(config: &Config) -> Vec<transition::Scope> {
-    transition::Scope::all(config)
-}
-
 /// Whether each primary's istiod hot-reloads a new root bundle (ISTIO_MULTIROOT_MESH), and
 /// the releases each runs, as read before the transition was recorded (none refused then).
 fn print_istiod(istiods: &[transition::start::Istiod], record: &transition::Record) {
@@ -205,7 +200,7 @@ fn describe_next(config: &Config, record: &transition::Record, now: OffsetDateTi
             _ => "swap the new root into the root store: `cacertd transition resume`".into(),
         },
         _ => {
-            let steps = transition::remaining_steps(record, &scopes(config), now);
+            let steps = transition::remaining_steps(record, &transition::Scope::all(config), now);
             match steps.first() {
                 Some(s) => match &s.cluster {
                     Some(c) => format!("{c}: {}", s.action),
@@ -242,7 +237,7 @@ pub(super) fn print_dry_run(
         record.position(),
         record.state.describe()
     );
-    let scopes: Vec<transition::Scope> = scopes(config)
+    let scopes: Vec<transition::Scope> = transition::Scope::all(config)
         .into_iter()
         .filter(|s| record.clusters.contains_key(&s.primary))
         .collect();
@@ -645,7 +640,7 @@ pub(super) async fn transition_plan(
 ) -> Result<(), CliError> {
     let drain = args.drain.unwrap_or(config.transition.drain);
     let options = transition_options(config, args);
-    let scopes = scopes(config);
+    let scopes = transition::Scope::all(config);
     if check {
         return check_trust_graph(config, kind, options, None, args.output.output).await;
     }

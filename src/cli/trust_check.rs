@@ -4,7 +4,6 @@
 
 use time::OffsetDateTime;
 
-use super::transition::scopes;
 use super::{CliError, Format, output};
 use crate::config::Config;
 use crate::transition::{self, TransitionKind};
@@ -84,7 +83,13 @@ pub(super) async fn check_trust_graph(
         return Ok(());
     }
     let record = transition::Record::new(kind, moving, options);
-    let checked = check::check(&record, &scopes(config), &primaries, &roots, now);
+    let checked = check::check(
+        &record,
+        &transition::Scope::all(config),
+        &primaries,
+        &roots,
+        now,
+    );
     let flagged = checked.flagged();
     if format.structured() {
         output::print_as(format, &checked);
