@@ -115,6 +115,12 @@ pub async fn restart_primary(
             };
             batch.push((&cluster.name, target, workloads));
         }
+        // A restart kubectl would refuse stops the stage before anything in it restarts.
+        for (_, target, workloads) in batch.iter().filter(|_| !opts.dry_run) {
+            if let Some(w) = workloads.iter().find(|w| w.refusal().is_some()) {
+                return Err(target.refused(w));
+            }
+        }
         for (cluster, target, workloads) in batch.iter().filter(|_| !opts.dry_run) {
             for w in workloads {
                 tracing::info!(cluster = %cluster, stage = stage.name(), workload = %w, "restarting");

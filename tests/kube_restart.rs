@@ -315,6 +315,9 @@ fn what_kubectl_would_not_roll_out_is_refused_or_judged_like_kubectl() {
         .cacertd(&["restart", "cluster1", "--only", "workloads"])
         .fails_with(1);
     assert!(run.stderr.contains("OnDelete"), "{}", run.stderr);
+    // Refused before anything of the stage restarted, in the primary either.
+    let c1 = server.cluster("cluster1");
+    assert!(!restarted(c1, "deployments", "app", "web"));
     let mut agent = c3.get("daemonsets", "shop", "agent").unwrap();
     agent["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
     c3.put(agent);

@@ -76,6 +76,11 @@ impl Workload {
         }
     }
 
+    /// Why a restart of it must be refused, if it must.
+    pub fn refusal(&self) -> Option<&'static str> {
+        self.refusal
+    }
+
     /// An Argo Rollout: never refused (its controller re-creates pods whatever the strategy).
     pub(super) fn argo(namespace: String, name: String) -> Self {
         Workload {
@@ -375,14 +380,10 @@ impl KubeTarget {
     /// kubectl refuses them, for paused Deployments and the OnDelete strategy (as the listing
     /// that found `w` read it).
     pub async fn restart(&self, w: &Workload, at: time::OffsetDateTime) -> Result<(), TargetError> {
-        let action = format!("restart {w}");
-        if let Some(reason) = w.refusal {
-            return Err(TargetError::Refused {
-                target: self.describe(),
-                action,
-                reason: reason.into(),
-            });
+        if w.refusal.is_some() {
+            return Err(self.refused(w));
         }
+        let action = format!("restart {w}");
         // Unlike kubectl's whole seconds, the time keeps its fraction: a second restart within
         // the same second (two phases in quick succession) must still change the template, or
         // it would replace no pod while its rollout status reads "done".
@@ -398,6 +399,16 @@ impl KubeTarget {
             RolloutKind::DaemonSet => self.patch::<DaemonSet>(w, &action, &patch).await,
             RolloutKind::StatefulSet => self.patch::<StatefulSet>(w, &action, &patch).await,
             RolloutKind::ArgoRollout => self.restart_argo(w, at).await,
+        }
+    }
+
+    /// The refusal of a restart of `w`, as kubectl refuses it (a paused Deployment, the
+    /// OnDelete strategy).
+    pub fn refused(&self, w: &Workload) -> TargetError {
+        TargetError::Refused {
+            target: self.describe(),
+            action: format!("restart {w}"),
+            reason: w.refusal.unwrap_or("refused").into(),
         }
     }
 
