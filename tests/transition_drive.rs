@@ -971,4 +971,9 @@ fn status_shows_the_trust_ahead_of_a_transition_under_way() {
             && text.contains("cluster1: trusts"),
         "{text}"
     );
+    // The bundles hold two roots now: the common one is labelled.
+    let common = v["root"]["fingerprint_sha256"].as_str().unwrap();
+    let label = format!("{} (common)", &common[..11]);
+    let row = text.lines().find(|l| l.starts_with("cluster1 ")).unwrap();
+    assert!(row.contains(&label) && row.contains(','), "{text}");
 }

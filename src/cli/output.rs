@@ -194,7 +194,8 @@ fn short_fp(fp: &str) -> String {
 }
 
 /// One cluster's row of the `status` table.
-fn status_row(c: &StatusRow) -> Vec<String> {
+/// One cluster's row; the common root's fingerprint (`common`) is labelled in its bundle.
+fn status_row(c: &StatusRow, common: Option<&str>) -> Vec<String> {
     let dash = || "-".to_string();
     let mut row = vec![
         c.name.clone(),
@@ -236,7 +237,14 @@ fn status_row(c: &StatusRow) -> Vec<String> {
                     })
                     .unwrap_or_else(dash),
             );
-            let trust: Vec<String> = a.trust_bundle.iter().map(|f| short_fp(f)).collect();
+            let trust: Vec<String> = a
+                .trust_bundle
+                .iter()
+                .map(|f| match Some(f.as_str()) == common {
+                    true => format!("{} (common)", short_fp(f)),
+                    false => short_fp(f),
+                })
+                .collect();
             let mut last = if trust.is_empty() {
                 dash()
             } else {
@@ -282,7 +290,16 @@ pub fn print_status(out: &mut dyn Write, store: &str, report: &StatusReport) {
         }
     }
     let _ = writeln!(out);
-    let rows: Vec<Vec<String>> = report.clusters.iter().map(status_row).collect();
+    let common = report
+        .trust
+        .iter()
+        .find(|t| t.common)
+        .map(|t| t.fingerprint_sha256.as_str());
+    let rows: Vec<Vec<String>> = report
+        .clusters
+        .iter()
+        .map(|c| status_row(c, common))
+        .collect();
     table(
         out,
         &[
