@@ -65,6 +65,9 @@ pub struct ClusterReport {
     /// SHA-256 fingerprints of every root its bundle held when it was read.
     #[serde(skip)]
     pub trust_bundle: Vec<String>,
+    /// When each of those roots expires.
+    #[serde(skip)]
+    pub trust_bundle_expiries: Vec<OffsetDateTime>,
     /// When the cluster was left as it is: what was read of it, judged, with its istiod
     /// images — still what it serves, for the daemon's `/status`.
     #[serde(skip)]
@@ -95,6 +98,7 @@ impl ClusterReport {
             seen: None,
             unknown_roots: Vec::new(),
             trust_bundle: Vec::new(),
+            trust_bundle_expiries: Vec::new(),
         }
     }
 
@@ -322,12 +326,19 @@ impl Pass<'_> {
                 .collect(),
         });
         // What was written, or else what was read.
-        let trust_bundle = match report.outcome {
-            Outcome::Issued => report.trust_bundle.clone(),
-            _ => assessment.trust_bundle.clone(),
+        let (trust_bundle, trust_bundle_expiries) = match report.outcome {
+            Outcome::Issued => (
+                report.trust_bundle.clone(),
+                report.trust_bundle_expiries.clone(),
+            ),
+            _ => (
+                assessment.trust_bundle.clone(),
+                assessment.trust_bundle_expiries.clone(),
+            ),
         };
         Ok(ClusterReport {
             trust_bundle,
+            trust_bundle_expiries,
             unknown_roots: assessment.unknown_roots,
             seen,
             ..report
@@ -510,6 +521,7 @@ impl Pass<'_> {
         r.backups_removed = written.pruned;
         r.backups_kept_because = written.prune_problem;
         r.trust_bundle = trust.fingerprints();
+        r.trust_bundle_expiries = trust.expiries();
         Ok(r)
     }
 }

@@ -68,6 +68,9 @@ pub struct Assessment {
     pub capped_by_root: bool,
     pub trusts_root: bool,
     pub trust_bundle: Vec<String>,
+    /// When each root of `trust_bundle` expires (for the per-root expiry metric).
+    #[serde(skip)]
+    pub trust_bundle_expiries: Vec<OffsetDateTime>,
     /// SHA-256 fingerprints of the bundle's roots that are neither the current root nor known
     /// (see [`Expected::known_roots`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +153,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         capped_by_root: false,
         trusts_root: false,
         trust_bundle: Vec::new(),
+        trust_bundle_expiries: Vec::new(),
         unknown_roots: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -164,6 +168,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         if let Some(ss) = &snapshot.self_signed_ca {
             let (trust, _) = TrustBundle::from_pem_lenient(&ss.root_cert);
             a.trust_bundle = trust.fingerprints();
+            a.trust_bundle_expiries = trust.expiries();
             a.intermediate = Cert::lenient_from_pem(&ss.ca_cert, CaCertsFiles::CA_CERT)
                 .0
                 .into_iter()
@@ -179,6 +184,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
     let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();
+    a.trust_bundle_expiries = trust.expiries();
     if let Some(root) = root.filter(|_| a.trusts_root) {
         a.unknown_roots = unknown_roots(&trust, root, known_roots);
     }

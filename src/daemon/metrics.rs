@@ -31,6 +31,7 @@ pub struct Metrics {
     ready: Family<Labels, Gauge>,
     unknown_roots: Family<Labels, Gauge>,
     trusted_root: Family<Labels, Gauge>,
+    root_expiration: Family<Labels, Gauge>,
     reconciles: Family<Labels, Counter>,
     duration: Histogram,
     last_success: Family<Labels, Gauge>,
@@ -86,6 +87,11 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             "cluster_trusted_root",
             "1 for each root (SHA-256 fingerprint) the cluster's trust bundle holds: count by (root) says how many clusters still trust a root",
             m.trusted_root
+        ),
+        (
+            "trust_bundle_root_expiration_timestamp_seconds",
+            "When each root of the cluster's trust bundle expires (every root: istiod's own metric reports only the first)",
+            m.root_expiration
         ),
         (
             "cluster_ready",
@@ -160,6 +166,7 @@ impl Metrics {
             renewal: Family::default(),
             lists_expire: Family::default(),
             trusted_root: Family::default(),
+            root_expiration: Family::default(),
             ready: Family::default(),
             unknown_roots: Family::default(),
             reconciles: Family::default(),
@@ -262,18 +269,32 @@ impl Metrics {
         }
     }
 
-    /// The roots `cluster`'s bundle holds now; series of roots it no longer holds are dropped.
-    pub fn trusted_roots(&self, cluster: &str, fingerprints: &[String]) {
+    /// The roots `cluster`'s bundle holds now, by fingerprint, with when each expires; series
+    /// of roots it no longer holds are dropped.
+    pub fn trusted_roots(
+        &self,
+        cluster: &str,
+        fingerprints: &[String],
+        expiries: &[time::OffsetDateTime],
+    ) {
         let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
         for old in trusted.remove(cluster).unwrap_or_default() {
             self.trusted_root.remove(&old);
+            if let [(_, c), (_, fp)] = old.as_slice() {
+                self.root_expiration
+                    .remove(&labels(&[("cluster", c), ("root_sha256", fp)]));
+            }
         }
-        let now: Vec<Labels> = fingerprints
-            .iter()
-            .map(|fp| labels(&[("cluster", cluster), ("root", fp)]))
-            .collect();
-        for l in &now {
-            self.trusted_root.get_or_create(l).set(1);
+        let mut now: Vec<Labels> = Vec::new();
+        for (i, fp) in fingerprints.iter().enumerate() {
+            let l = labels(&[("cluster", cluster), ("root", fp)]);
+            self.trusted_root.get_or_create(&l).set(1);
+            if let Some(at) = expiries.get(i) {
+                self.root_expiration
+                    .get_or_create(&labels(&[("cluster", cluster), ("root_sha256", fp)]))
+                    .set(at.unix_timestamp());
+            }
+            now.push(l);
         }
         trusted.insert(cluster.to_string(), now);
     }
@@ -386,6 +407,7 @@ impl Metrics {
         self.ready.clear();
         self.unknown_roots.clear();
         self.trusted_root.clear();
+        self.root_expiration.clear();
         self.trusted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -412,11 +434,21 @@ mod tests {
         let m = Metrics::new();
         let series =
             |root: &str| format!("cacertd_cluster_trusted_root{{cluster=\"c1\",root=\"{root}\"}}");
-        m.trusted_roots("c1", &["AA".into(), "BB".into()]);
+        let expiry = |root: &str| {
+            format!(
+                "cacertd_trust_bundle_root_expiration_timestamp_seconds{{cluster=\"c1\",root_sha256=\"{root}\"}}"
+            )
+        };
+        let at = |s: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
+        m.trusted_roots("c1", &["AA".into(), "BB".into()], &[at(100), at(200)]);
         assert_eq!(value(&m.encode(), &series("AA")).as_deref(), Some("1"));
-        m.trusted_roots("c1", &["BB".into()]);
+        assert_eq!(value(&m.encode(), &expiry("AA")).as_deref(), Some("100"));
+        assert_eq!(value(&m.encode(), &expiry("BB")).as_deref(), Some("200"));
+        m.trusted_roots("c1", &["BB".into()], &[at(200)]);
         assert_eq!(value(&m.encode(), &series("AA")), None);
+        assert_eq!(value(&m.encode(), &expiry("AA")), None);
         assert_eq!(value(&m.encode(), &series("BB")).as_deref(), Some("1"));
+        assert_eq!(value(&m.encode(), &expiry("BB")).as_deref(), Some("200"));
     }
 
     #[test]

@@ -276,7 +276,8 @@ impl Daemon {
             if matches!(r.outcome, Outcome::Issued | Outcome::Kept) || !r.unknown_roots.is_empty() {
                 self.metrics
                     .unknown_roots(&r.cluster, r.unknown_roots.len());
-                self.metrics.trusted_roots(&r.cluster, &r.trust_bundle);
+                self.metrics
+                    .trusted_roots(&r.cluster, &r.trust_bundle, &r.trust_bundle_expiries);
             }
             if let (Some(serial), Some(nb), Some(na)) = (&r.serial, r.not_before, r.not_after) {
                 let info = crate::pki::CertInfo {

@@ -201,6 +201,11 @@ impl TrustBundle {
             .map(|r| r.info().fingerprint_sha256.clone())
             .collect()
     }
+
+    /// When each root expires, in the order of [`TrustBundle::fingerprints`].
+    pub fn expiries(&self) -> Vec<time::OffsetDateTime> {
+        self.roots.iter().map(|r| r.info().not_after).collect()
+    }
 }
 
 #[cfg(test)]
