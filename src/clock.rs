@@ -43,13 +43,16 @@ impl Clock for FixedClock {
     }
 }
 
-/// A duration as people write it: `24h`, `90m`, `1h 30m`, `45s`; whole weeks and more in
-/// days (`365d`). Sub-second parts are dropped.
+/// A duration as people write it: `24h`, `90m`, `1h 30m`, `45s`; a week and more in days,
+/// to the hour (`365d`, `121d 21h`). Sub-second parts are dropped.
 pub fn fmt_duration(d: std::time::Duration) -> String {
     const DAY: u64 = 86_400;
     let secs = d.as_secs();
-    if secs >= 7 * DAY && secs.is_multiple_of(DAY) {
-        return format!("{}d", secs / DAY);
+    if secs >= 7 * DAY {
+        return match secs % DAY / 3600 {
+            0 => format!("{}d", secs / DAY),
+            h => format!("{}d {h}h", secs / DAY),
+        };
     }
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
     let parts: Vec<String> = [(h, "h"), (m, "m"), (s, "s")]
@@ -78,6 +81,7 @@ mod duration_tests {
             (12 * 3600 + 29 * 60, "12h 29m"),
             (3 * 86_400 + 1, "72h 1s"),
             (365 * 86_400, "365d"),
+            (121 * 86_400 + 21 * 3600 + 35 * 60, "121d 21h"),
         ];
         for (secs, text) in cases {
             assert_eq!(fmt_duration(Duration::from_secs(secs)), text, "{secs}");
