@@ -402,11 +402,61 @@ impl Pass<'_> {
         if let Err(v) = policy.check_issuance(name, &spec, root.root_cert()) {
             return Ok(ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string()));
         }
+        if let Target::Kube(kube) = target {
+            let longest = self.longest_workload_cert(cluster, kube).await?;
+            if let Err(v) = policy.check_workload_certs(name, longest.ttl, &longest.source) {
+                return Ok(
+                    ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string())
+                );
+            }
+        }
         if dry_run {
             return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));
         }
         self.issue_and_write(cluster, target, observed, why, trust, attempted)
             .await
+    }
+
+    /// The longest workload certificate `primary`'s istiod signs, for it or its remotes
+    /// (docs/istio.md §13): read only when an intermediate is about to be issued, since it
+    /// lists every pod of the primary and of each remote on Kubernetes. A cluster whose pods
+    /// cannot be listed (a remote that is down, RBAC that allows no cluster-wide list) is
+    /// warned about and left out: the policy's own `workload_cert_ttl` still holds, and an
+    /// intermediate due for renewal is not held back by a remote's outage.
+    async fn longest_workload_cert(
+        &self,
+        cluster: &Cluster,
+        primary: &crate::cluster::KubeTarget,
+    ) -> Result<crate::cluster::LongestWorkloadCert, TargetError> {
+        let limits = primary.signing_limits().await?;
+        let mut proxies = Vec::new();
+        let served = std::iter::once(cluster).chain(self.config.topology.remotes_of(&cluster.name));
+        for each in served {
+            let listed = match each.name == cluster.name {
+                true => primary.proxies().await,
+                false => match Target::open(each, self.config).await {
+                    Ok(Target::Kube(kube)) => kube.proxies().await,
+                    Ok(Target::Dir(_)) => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            match listed {
+                Ok(list) => proxies.push((each.name.clone(), list)),
+                Err(e) => tracing::warn!(
+                    cluster = %cluster.name,
+                    pods_of = %each.name,
+                    error = %e,
+                    "cannot list the pods, so the certificate lifetimes their proxies ask for \
+                     are not checked against the policy"
+                ),
+            }
+        }
+        Ok(crate::cluster::longest_workload_cert(
+            limits,
+            proxies
+                .iter()
+                .flat_map(|(name, list)| list.iter().map(move |p| (name.as_str(), p))),
+        ))
     }
 
     /// Reads what `cluster` serves and assesses it on the blocking pool, one cluster per core

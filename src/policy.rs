@@ -123,6 +123,11 @@ pub struct IntermediatePolicy {
     pub path_len: u8,
     pub subject: SubjectTemplate,
     pub dns_names: Vec<String>,
+    /// The longest workload certificate the mesh's istiod signs
+    /// (`intermediate.workload_cert_ttl`, Istio's default 24 h): an intermediate must have at
+    /// least this much life left when it is renewed. For Kubernetes primaries, cacertd also
+    /// reads what the proxies ask for when it issues ([`Policy::check_workload_certs`]).
+    pub workload_cert_ttl: Duration,
 }
 
 /// One issuance policy, validated on load.
@@ -165,6 +170,7 @@ struct RawIntermediate {
     path_len: u8,
     subject: SubjectTemplate,
     dns_names: Vec<String>,
+    workload_cert_ttl: Option<String>,
 }
 
 impl Policy {
@@ -185,7 +191,13 @@ impl Policy {
             .map_err(|m| invalid("intermediate.validity", m))?;
         let renew_before = RenewBefore::parse(&raw.intermediate.renew_before)
             .map_err(|m| invalid("intermediate.renew_before", m))?;
-        check_lifetimes(root_validity, int_validity, renew_before)
+        let workload_cert_ttl = match &raw.intermediate.workload_cert_ttl {
+            None => WORKLOAD_CERT_TTL,
+            Some(text) => {
+                parse_duration(text).map_err(|m| invalid("intermediate.workload_cert_ttl", m))?
+            }
+        };
+        check_lifetimes(root_validity, int_validity, renew_before, workload_cert_ttl)
             .map_err(|(field, message)| invalid(field, message))?;
         check_names(&raw).map_err(|(field, message)| invalid(field, message))?;
         let allowed = raw
@@ -226,6 +238,7 @@ impl Policy {
                 path_len: raw.intermediate.path_len,
                 subject: raw.intermediate.subject,
                 dns_names: raw.intermediate.dns_names,
+                workload_cert_ttl,
             },
         })
     }
@@ -260,6 +273,31 @@ impl Policy {
             RenewBefore::Duration(d) => time::Duration::try_from(d).unwrap_or(lifetime),
         };
         (info.not_after - before).clamp(info.not_before, info.not_after)
+    }
+
+    /// Whether the intermediates this policy issues outlive the longest workload certificate
+    /// the mesh signs under them: `ttl`, as read from `cluster`'s istiod and proxies
+    /// (`source` says where). Checked when issuing, beside the policy's own
+    /// `workload_cert_ttl`.
+    pub fn check_workload_certs(
+        &self,
+        cluster: &str,
+        ttl: Duration,
+        source: &str,
+    ) -> Result<(), PolicyViolation> {
+        let left = left_at_renewal(self.intermediate.validity, self.intermediate.renew_before);
+        match left < ttl {
+            false => Ok(()),
+            true => Err(PolicyViolation {
+                policy: self.name.clone(),
+                cluster: cluster.to_string(),
+                rule: "workload certificates must not outlive the intermediate",
+                detail: format!(
+                    "{}; or, if those certificates are not wanted, shorten them",
+                    outlived(left, ttl, source)
+                ),
+            }),
+        }
     }
 
     /// Whether this policy lets a new root be generated: not when it names the anchors allowed
@@ -566,11 +604,13 @@ impl PolicySet {
 type Refusal = (&'static str, String);
 
 /// Lifetimes a policy may set: a root of a day to a century, an intermediate of at least an
-/// hour that never outlives the root, renewed before it expires.
+/// hour that never outlives the root, renewed before it expires with at least a workload
+/// certificate's lifetime left.
 fn check_lifetimes(
     root_validity: Duration,
     int_validity: Duration,
     renew_before: RenewBefore,
+    workload_cert_ttl: Duration,
 ) -> Result<(), Refusal> {
     if root_validity < Duration::from_secs(86400) {
         return Err(("root.validity", "must be at least one day".to_string()));
@@ -601,25 +641,42 @@ fn check_lifetimes(
             "must be shorter than intermediate.validity, or every run would renew".to_string(),
         ));
     }
-    let left_at_renewal = match renew_before {
-        RenewBefore::Fraction(f) => int_validity.mul_f64(f),
-        RenewBefore::Duration(d) => d,
-    };
-    if left_at_renewal < WORKLOAD_CERT_TTL {
+    if workload_cert_ttl < Duration::from_secs(60) {
+        return Err((
+            "intermediate.workload_cert_ttl",
+            "must be at least one minute".to_string(),
+        ));
+    }
+    let left = left_at_renewal(int_validity, renew_before);
+    if left < workload_cert_ttl {
         return Err((
             "intermediate.renew_before",
-            format!(
-                "leaves {} of the intermediate's life at renewal, less than a workload \
-                 certificate's {}: workload certificates istiod signs just before the renewal \
-                 would outlive the intermediate (istiod before 1.28.7, 1.29.3 and 1.30.0 does \
-                 not shorten them: istio/istio#59768); renew earlier or issue longer-lived \
-                 intermediates",
-                humantime::format_duration(Duration::from_secs(left_at_renewal.as_secs())),
-                humantime::format_duration(WORKLOAD_CERT_TTL)
-            ),
+            outlived(left, workload_cert_ttl, "intermediate.workload_cert_ttl"),
         ));
     }
     Ok(())
+}
+
+/// How much of an intermediate's life is left when it is renewed.
+fn left_at_renewal(validity: Duration, renew_before: RenewBefore) -> Duration {
+    match renew_before {
+        RenewBefore::Fraction(f) => validity.mul_f64(f),
+        RenewBefore::Duration(d) => d.min(validity),
+    }
+}
+
+/// Why an intermediate with `left` of its life at renewal is refused when workload
+/// certificates of `ttl` (as `source` says) are signed.
+fn outlived(left: Duration, ttl: Duration, source: &str) -> String {
+    let whole = crate::clock::fmt_duration;
+    format!(
+        "leaves {} of the intermediate's life at renewal, less than a workload certificate's \
+         {} ({source}): workload certificates istiod signs just before the renewal would \
+         outlive the intermediate (istiod before 1.28.7, 1.29.3 and 1.30.0 does not shorten \
+         them: istio/istio#59768); renew earlier or issue longer-lived intermediates",
+        whole(left),
+        whole(ttl),
+    )
 }
 
 /// The lifetime of the workload certificates istiod signs by default

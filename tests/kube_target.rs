@@ -786,3 +786,53 @@ fn connection_failures_say_why() {
         assert!(out.contains(why), "{why}: {out}");
     }
 }
+
+#[test]
+fn an_intermediate_that_workload_certificates_would_outlive_is_refused_naming_who_asks() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    let (c1, c3) = (server.cluster("cluster1"), server.cluster("cluster3"));
+    let istiod = |max: Option<&str>| {
+        let env = match max {
+            Some(v) => json!([{"name": "MAX_WORKLOAD_CERT_TTL", "value": v}]),
+            None => json!([]),
+        };
+        c1.put(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                     "template": {"metadata": {"labels": {"app": "istiod"}},
+                                  "spec": {"containers": [{"name": "discovery",
+                                                           "image": "docker.io/istio/pilot:1.28.7",
+                                                           "env": env}]}}},
+        }));
+    };
+    // A pod of the remote asks for 125-day certificates, and istiod grants up to 4000 h: one
+    // signed just before a renewal (one-year intermediates renewed with a third of their life
+    // left, about 122 days) would outlive its intermediate.
+    istiod(Some("4000h"));
+    c3.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "legacy", "namespace": "app",
+                     "annotations": {"sidecar.istio.io/status": "{}"}},
+        "spec": {"containers": [{"name": "istio-proxy", "image": "istio/proxyv2",
+                                 "env": [{"name": "SECRET_TTL", "value": "3000h"}]}]},
+        "status": {"phase": "Running"},
+    }));
+    let run = s.cacertd(&["issue", "--init-root"]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        text.contains("cluster3: pod app/legacy asks for certificates of 125d (SECRET_TTL)")
+            && text.contains("istio/istio#59768"),
+        "{text}"
+    );
+    assert!(cacerts(c1).is_none(), "nothing written for cluster1");
+    assert!(cacerts(server.cluster("cluster2")).is_some());
+
+    // With istiod's own maximum (90 days) it refuses that request, so no certificate outlives
+    // the intermediate.
+    istiod(None);
+    let run = s.cacertd(&["issue"]).ok();
+    assert!(run.stdout.contains("cluster1  issued"), "{}", run.stdout);
+}

@@ -10,7 +10,10 @@ mod writer;
 
 pub use dir::DirTarget;
 pub use kube::access;
-pub use kube::{BundleObjects, KubeTarget, Proxy, RolloutKind, Workload};
+pub use kube::{
+    BundleObjects, KubeTarget, LongestWorkloadCert, Proxy, RolloutKind, SigningLimits, Workload,
+    longest_workload_cert,
+};
 pub use manifest::cacerts_secret_yaml;
 pub use retention::{BackupEntry, Retention};
 pub use writer::{CacertsWriter, Material, WriteError};

@@ -248,3 +248,58 @@ fn an_intermediate_renewed_with_less_life_left_than_a_workload_certificate_is_re
         }
     }
 }
+
+#[test]
+fn a_policy_may_say_the_mesh_gives_workloads_longer_certificates() {
+    let good = EMBEDDED[0].1;
+    let with = |ttl: &str, renew_before: &str| {
+        let text = good
+            .replace(
+                "renew_before = \"33.4%\"",
+                &format!("renew_before = {renew_before}\nworkload_cert_ttl = {ttl}"),
+            )
+            .to_string();
+        Policy::parse("p", &text, "p.toml")
+    };
+    let week = with("\"7d\"", "\"30d\"").unwrap();
+    assert_eq!(
+        week.intermediate.workload_cert_ttl,
+        Duration::from_secs(7 * DAY)
+    );
+    assert_eq!(
+        default_policy().intermediate.workload_cert_ttl,
+        WORKLOAD_CERT_TTL
+    );
+    let e = with("\"40d\"", "\"30d\"").unwrap_err().to_string();
+    assert!(
+        e.contains("intermediate.workload_cert_ttl") && e.contains("40d"),
+        "{e}"
+    );
+    let e = with("\"a week\"", "\"30d\"").unwrap_err().to_string();
+    assert!(
+        e.contains("intermediate.workload_cert_ttl") && e.contains("a week"),
+        "{e}"
+    );
+    assert!(with("\"1s\"", "\"30d\"").is_err());
+}
+
+#[test]
+fn what_the_mesh_signs_is_held_to_the_renewal_point() {
+    // One-year intermediates renewed with a third of their life left: about 122 days.
+    let p = default_policy();
+    let day = |n: u64| Duration::from_secs(n * DAY);
+    assert!(
+        p.check_workload_certs("c1", day(1), "istiod's default")
+            .is_ok()
+    );
+    assert!(p.check_workload_certs("c1", day(120), "x").is_ok());
+    let v = p
+        .check_workload_certs("c1", day(125), "pod ns/web asks SECRET_TTL=3000h")
+        .unwrap_err();
+    let text = v.to_string();
+    assert_eq!(v.cluster, "c1");
+    assert!(
+        text.contains("SECRET_TTL=3000h") && text.contains("125d") && text.contains("#59768"),
+        "{text}"
+    );
+}

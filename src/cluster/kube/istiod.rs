@@ -32,7 +32,7 @@ pub enum BundleObjects {
 }
 
 /// The environment of each istiod Deployment, every container's variables together.
-fn env_of(deployments: &[Deployment]) -> Vec<Vec<(String, String)>> {
+pub(super) fn env_of(deployments: &[Deployment]) -> Vec<Vec<(String, String)>> {
     deployments
         .iter()
         .map(|d| {
@@ -234,7 +234,7 @@ pub(super) fn image_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) ->
         .clone()
 }
 
-fn value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
     env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 

@@ -20,10 +20,12 @@ mod backups;
 mod istiod;
 mod proxies;
 mod rollouts;
+mod workload_certs;
 
 pub use istiod::BundleObjects;
 pub use proxies::Proxy;
 pub use rollouts::{RolloutKind, Workload};
+pub use workload_certs::{LongestWorkloadCert, SigningLimits, longest_workload_cert};
 
 use super::retry::retrying;
 use super::{Observed, TargetError, WriteMeta, WriteReport};

@@ -55,6 +55,9 @@ pub struct Proxy {
     /// jitter; Istio's defaults where unset: 24 h and half, so about 12 h). `Err`: a setting
     /// that cannot be read, named.
     pub renewal: Result<Duration, String>,
+    /// The lifetime its agent asks for its certificate (`SECRET_TTL`; 24 h where unset or
+    /// unreadable, as the agent falls back; zero asks for istiod's default).
+    pub requested_ttl: Duration,
 }
 
 impl Proxy {
@@ -129,6 +132,9 @@ fn proxy_of(pod: &Pod) -> Option<Proxy> {
         ztunnel,
         takes_pushed_bundles: !ztunnel && sidecar.is_some_and(pushed_bundles_on),
         renewal: renewal(sidecar),
+        requested_ttl: env_of(sidecar, SECRET_TTL)
+            .and_then(go_duration)
+            .unwrap_or(DEFAULT_TTL),
     })
 }
 
@@ -162,9 +168,12 @@ fn renewal(sidecar: Option<&Container>) -> Result<Duration, String> {
     Ok(ttl.mul_f64(latest))
 }
 
-/// A Go duration as the agent parses it (`24h`, `12h0m0s`, `90m`, `1.5h`, `500ms`).
-fn go_duration(text: &str) -> Option<Duration> {
+/// A Go duration as the agent and istiod parse it (`24h`, `12h0m0s`, `90m`, `1.5h`, `500ms`).
+pub(super) fn go_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
     if rest.is_empty() {
         return None;
     }
@@ -283,6 +292,28 @@ mod tests {
         assert_eq!(short.unwrap().as_secs(), (5400.0 * 0.81 * 1.02) as u64);
         let bad = with_env(serde_json::json!([{"name": "SECRET_TTL", "value": "a day"}]));
         assert!(bad.unwrap_err().contains("SECRET_TTL"));
+        for (env, asked) in [
+            (serde_json::json!([]), 86400),
+            (
+                serde_json::json!([{"name": "SECRET_TTL", "value": "a day"}]),
+                86400,
+            ),
+            (
+                serde_json::json!([{"name": "SECRET_TTL", "value": "48h"}]),
+                2 * 86400,
+            ),
+            (serde_json::json!([{"name": "SECRET_TTL", "value": "0"}]), 0),
+        ] {
+            let p = pod(serde_json::json!({
+                "metadata": {"name": "w", "namespace": "app"},
+                "spec": {"containers": [{"name": "istio-proxy", "env": env}]},
+            }));
+            assert_eq!(
+                proxy_of(&p).unwrap().requested_ttl.as_secs(),
+                asked,
+                "{env}"
+            );
+        }
         for (text, secs) in [
             ("24h", 86400.0),
             ("12h0m0s", 43200.0),
