@@ -24,6 +24,7 @@ pub mod net_error;
 pub mod pki;
 pub mod plan;
 pub mod policy;
+pub mod revocation;
 pub mod rollout;
 pub mod root_store;
 pub mod status;

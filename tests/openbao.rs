@@ -1947,3 +1947,154 @@ fn vault_kv_takes_a_mesh_ca_made_by_request() {
     s.cacertd(&["issue"]).ok();
     assert_issued_and_trusted(&s);
 }
+
+/// The files of each primary's folder, to compare before and after a refused run.
+fn folders(s: &Setup) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for c in ["cluster1", "cluster2"] {
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "root-cert.pem",
+            "cert-chain.pem",
+            "ca-crl.pem",
+        ] {
+            out.push((
+                format!("{c}/{f}"),
+                std::fs::read(s.path(&format!("out/{c}/{f}"))).unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+/// `revoke` with the vault-pki store, under exactly the shipped policies: Vault revokes the
+/// intermediate it signed and its issuer signs the mesh CA's list (the key never leaves
+/// Vault). A list that would expire too soon, or a token without the revoke grant, is refused
+/// before any folder changes. Afterwards `crl refresh`, and `serve` once the served list is
+/// due, publish the list Vault rebuilds.
+#[test]
+fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
+    let bao = Bao::start();
+    bao.enable_pki("pki");
+    let pki = bao.shipped_policy("cacertd-pki.hcl");
+    let init = bao.shipped_policy("cacertd-pki-init.hcl");
+    let revoke = bao.shipped_policy("cacertd-pki-revoke.hcl");
+    let day_to_day = bao.token(&[&pki]);
+    let with_revoke = bao.token(&[&pki, &revoke]);
+    let s = setup(&bao, PKI, &bao.token(&[&pki, &init]));
+    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!("{config}\n[transition]\nlist_propagation = \"0s\"\n"),
+    )
+    .unwrap();
+    s.cacertd(&["root", "init"]).ok();
+    std::fs::write(s.path("vault-token"), &day_to_day).unwrap();
+    s.cacertd(&["issue"]).ok();
+    let old = s.path("old-cluster1");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::copy(s.path(&format!("out/cluster1/{f}")), old.join(f)).unwrap();
+    }
+    let untouched = folders(&s);
+
+    // Vault's lists expire 72h after they are built by default: too soon to publish.
+    std::fs::write(s.path("vault-token"), &with_revoke).unwrap();
+    let run = s
+        .cacertd(&["revoke", "cluster1", "--reason", "key-compromise"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("config/crl expiry=720h"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(bao.count("pki/revoke"), 0);
+    assert!(folders(&s) == untouched);
+
+    // Without the revoke grant, Vault refuses; nothing is published.
+    bao.ok("POST", "pki/config/crl", Some(json!({"expiry": "720h"})));
+    std::fs::write(s.path("vault-token"), &day_to_day).unwrap();
+    let run = s.cacertd(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("403") && run.stderr.contains("pki/revoke"),
+        "{}",
+        run.stderr
+    );
+    assert!(folders(&s) == untouched);
+
+    // As if a run had stopped right after Vault revoked: Vault's list names the intermediate
+    // now, and the list from before, kept in state_dir by the refused run, is what the first
+    // phase publishes.
+    let serial = openssl(&old, &["x509", "-in", "ca-cert.pem", "-noout", "-serial"])
+        .ok()
+        .stdout;
+    let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
+    let colons: Vec<String> = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let kept = s.path(&format!("state/revocation-{serial}-list-before.pem"));
+    assert!(kept.exists(), "{kept:?}");
+    bao.ok(
+        "POST",
+        "pki/revoke",
+        Some(json!({"serial_number": colons.join(":")})),
+    );
+    std::fs::write(s.path("vault-token"), &with_revoke).unwrap();
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(bao.count("pki/revoke"), 3, "refused, by hand, done");
+    assert!(!kept.exists(), "recorded: the list from before is not kept");
+    let cert = bao.ok("GET", &format!("pki/cert/{}", colons.join(":")), None);
+    assert_ne!(cert["data"]["revocation_time"], 0, "{cert}");
+    let (c1, c2) = (s.path("out/cluster1"), s.path("out/cluster2"));
+    common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
+    let err = common::mtls::handshake(common::mtls::workload(&c2), common::mtls::workload(&old))
+        .expect_err("a certificate from the revoked intermediate");
+    assert!(err.contains("Revoked"), "{err}");
+    assert_no_key_requested(&bao);
+
+    // `crl refresh` publishes the list Vault rebuilds now (its thisUpdate is to the second).
+    std::fs::write(s.path("vault-token"), &day_to_day).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let published = s.read("out/cluster2/ca-crl.pem");
+    let run = s.cacertd(&["crl", "refresh"]).ok();
+    assert!(
+        run.stdout.contains("cluster1: refreshed") && run.stdout.contains("cluster2: refreshed"),
+        "{}",
+        run.stdout
+    );
+    let refreshed = s.read("out/cluster2/ca-crl.pem");
+    assert_ne!(published, refreshed);
+    common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
+
+    // `serve`: once the served list is due (half of its 30 days gone), Vault rebuilds it and
+    // every primary gets it; looked at again within the hour, Vault is not asked.
+    std::thread::sleep(Duration::from_millis(1100));
+    let rotations = bao.count("pki/crl/rotate");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = cacertd::config::Config::load(&s.path("cacertd.toml")).unwrap();
+        let later =
+            time::OffsetDateTime::now_utc() + time::Duration::days(15) + time::Duration::hours(1);
+        let clock = Arc::new(cacertd::clock::FixedClock::new(later));
+        let daemon = cacertd::daemon::Daemon::new(config, clock.clone());
+        daemon.refresh_vault_lists().await;
+        assert_eq!(bao.count("pki/crl/rotate"), rotations + 1);
+        assert_ne!(s.read("out/cluster2/ca-crl.pem"), refreshed);
+        clock.advance(time::Duration::minutes(30));
+        daemon.refresh_vault_lists().await;
+        assert_eq!(bao.count("pki/crl/rotate"), rotations + 1);
+        daemon.close_root_source().await;
+    });
+    common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
+}

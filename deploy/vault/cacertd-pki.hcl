@@ -10,7 +10,13 @@ path "pki/root/sign-intermediate" {
 path "pki/cert/ca" {
   capabilities = ["read"]
 }
-# With [root] issuer = "<name>", grant that issuer only, instead of the two paths above:
+# Rebuilding the issuer's revocation list (same entries, a fresh expiry): once a primary serves
+# revocation lists, `serve` and `crl refresh` publish Vault's list before it expires. Reading
+# the list itself (pki/issuer/<ref>/crl) needs no policy.
+path "pki/crl/rotate" {
+  capabilities = ["read"]
+}
+# With [root] issuer = "<name>", grant that issuer only, instead of the first two paths above:
 #
 # path "pki/issuer/<name>/sign-intermediate" {
 #   capabilities = ["update"]

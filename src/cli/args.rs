@@ -333,19 +333,22 @@ pub struct RevokeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CrlCommand {
-    /// Put newer revocation lists of the CAs above the mesh CA (a corporate root or
-    /// intermediate, whose lists your PKI publishes) in place of the ones every primary serves,
-    /// before those expire: Envoy rejects every chain an expired list covers. Lists of other
-    /// CAs stay as they are; a list no CA above the mesh CA signed is refused. One write per
-    /// primary whose lists change, checked as istiod will; no restart (istiod and kubelet
-    /// pass the file on). Refused while a transition is under way.
+    /// Put newer revocation lists in place of the ones every primary serves, before those
+    /// expire: Envoy rejects every chain an expired list covers. The lists of the CAs above
+    /// the mesh CA (a corporate root or intermediate) come from your PKI (--chain-crl); with
+    /// the vault-pki store, the mesh CA's list is Vault's, rebuilt now (`serve` also does this
+    /// by itself once half of the served list's life has passed). Lists of other CAs stay as
+    /// they are; a list no CA above the mesh CA signed is refused. One write per primary whose
+    /// lists change, checked as istiod will; no restart (istiod and kubelet pass the file on).
+    /// Refused while a transition is under way.
     Refresh(CrlRefreshArgs),
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct CrlRefreshArgs {
-    /// A revocation list (PEM) of a CA above the mesh CA. Repeatable.
-    #[arg(long = "chain-crl", value_name = "FILE", required = true)]
+    /// A revocation list (PEM) of a CA above the mesh CA. Repeatable; required unless the
+    /// root store is vault-pki.
+    #[arg(long = "chain-crl", value_name = "FILE")]
     pub chain_crl: Vec<PathBuf>,
 
     /// Say what would change, and write nothing.

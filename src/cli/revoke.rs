@@ -23,24 +23,13 @@ fn read_lists(paths: &[std::path::PathBuf]) -> Result<Vec<Crl>, CliError> {
     Ok(lists)
 }
 
-/// What `crl refresh` did to one primary.
-#[derive(serde::Serialize)]
-struct Refreshed {
-    cluster: String,
-    /// `refreshed`, `would refresh`, `unchanged`, `no lists` or `failed`.
-    result: &'static str,
-    detail: String,
-}
-
-/// `cacertd crl refresh --chain-crl FILE...`.
+/// `cacertd crl refresh [--chain-crl FILE...]`.
 pub(super) async fn crl_refresh(
     config: &Config,
     args: &CrlRefreshArgs,
     now: time::OffsetDateTime,
 ) -> Result<(), CliError> {
-    use crate::cluster::{CacertsWriter, Material, Target, WriteError, WriteMeta};
-    use crate::pki::{CaCertsFiles, crls_pem, refreshed};
-    let fresh = read_lists(&args.chain_crl)?;
+    let mut fresh = read_lists(&args.chain_crl)?;
     if !crate::transition::in_flight(config).await.quiet {
         return Err(CliError::Refused(
             "a transition is under way (or its record cannot be read): it writes the clusters' \
@@ -55,20 +44,23 @@ pub(super) async fn crl_refresh(
         .ok_or_else(|| crate::root_store::StoreError::NoRoot {
             store: store.describe(),
         })?;
-    store.close().await;
     // The CAs above the mesh CA: those between it and the anchor, and the anchor itself.
-    let mut above: Vec<crate::pki::Cert> = certs.between.iter().skip(1).cloned().collect();
+    let mut signers: Vec<crate::pki::Cert> = certs.between.iter().skip(1).cloned().collect();
     if !certs.between.is_empty() {
-        above.push(certs.anchor.clone());
+        signers.push(certs.anchor.clone());
     }
-    if let Some(stray) = fresh.iter().find(|l| !above.iter().any(|c| l.signed_by(c))) {
+    if let Some(stray) = fresh
+        .iter()
+        .find(|l| !signers.iter().any(|c| l.signed_by(c)))
+    {
+        store.close().await;
         return Err(CliError::Refused(format!(
             "the list of {} is signed by none of the CAs above the mesh CA ({}): cacertd \
              signs the mesh CA's and the intermediates' lists itself",
             stray.issuer(),
-            match above.is_empty() {
+            match signers.is_empty() {
                 true => "none: the mesh CA is the anchor".to_string(),
-                false => above
+                false => signers
                     .iter()
                     .map(|c| c.info().subject.clone())
                     .collect::<Vec<_>>()
@@ -76,73 +68,43 @@ pub(super) async fn crl_refresh(
             }
         )));
     }
+    // Where Vault signs the mesh CA's list: Vault's, rebuilt now.
+    let vault = match store.as_vault_pki() {
+        Some(pki) => Some(
+            crate::revocation::vault_list(
+                pki,
+                !args.dry_run,
+                crate::transition::revoke::VAULT_LIST_MIN_LIFE,
+                now,
+            )
+            .await
+            .map_err(CliError::Refused),
+        ),
+        None => None,
+    };
+    store.close().await;
+    match vault {
+        Some(list) => {
+            fresh.push(list?);
+            signers.push(certs.signing_ca().clone());
+        }
+        None if fresh.is_empty() => {
+            return Err(CliError::Usage(
+                "nothing to refresh: name the lists of the CAs above the mesh CA with \
+                 --chain-crl FILE (cacertd signs the mesh CA's own lists, except with the \
+                 vault-pki store, whose list this command fetches from Vault)"
+                    .into(),
+            ));
+        }
+        None => {}
+    }
     let _lock = match args.dry_run {
         true => None,
         false => Some(StateLock::acquire(&config.state_dir)?),
     };
-    let audit = crate::audit::Audit::new(config.daemon.audit_log.clone());
-    let writer = CacertsWriter::new(&config.trust_domain, &audit, "crl-refresh");
-    let mut results = Vec::new();
-    for cluster in config.topology.primaries() {
-        let name = cluster.name.clone();
-        let outcome = async {
-            let target = Target::open(cluster, config)
-                .await
-                .map_err(|e| e.to_string())?;
-            let observed = target.read().await.map_err(|e| e.to_string())?;
-            let Some(current) = observed.snapshot.cacerts.clone() else {
-                return Ok(("no lists", "no cacerts".to_string()));
-            };
-            let lists = Crl::all_from_pem(&current.ca_crl, CaCertsFiles::CA_CRL)
-                .map_err(|e| e.to_string())?;
-            if lists.is_empty() {
-                return Ok(("no lists", "its cacerts has no ca-crl.pem".to_string()));
-            }
-            let (lists, replaced) = refreshed(&lists, &fresh, &above)?;
-            if replaced == 0 {
-                return Ok((
-                    "unchanged",
-                    "it serves these lists or newer ones".to_string(),
-                ));
-            }
-            let files = CaCertsFiles {
-                ca_crl: crls_pem(&lists),
-                ..current
-            };
-            writer.check(&files, Material::ServedBefore, now)?;
-            let detail = format!("{replaced} list(s) replaced");
-            if args.dry_run {
-                return Ok(("would refresh", detail));
-            }
-            let meta = WriteMeta {
-                cluster: name.clone(),
-                serial: crate::pki::Cert::one_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
-                    .map(|c| c.info().serial.clone())
-                    .unwrap_or_default(),
-                written_at: now,
-                reason: "revocation lists refreshed".into(),
-                retention: Some(config.backups),
-            };
-            writer
-                .write(&target, &files, Material::ServedBefore, &meta, &observed)
-                .await
-                .map_err(|e: WriteError| e.to_string())?;
-            Ok(("refreshed", detail))
-        }
-        .await;
-        results.push(match outcome {
-            Ok((result, detail)) => Refreshed {
-                cluster: name,
-                result,
-                detail,
-            },
-            Err(detail) => Refreshed {
-                cluster: name,
-                result: "failed",
-                detail,
-            },
-        });
-    }
+    let results =
+        crate::revocation::refresh(config, &fresh, &signers, "crl-refresh", args.dry_run, now)
+            .await;
     match args.output.output {
         args::Format::Json | args::Format::Yaml => {
             super::output::print_as(args.output.output, &results)
@@ -156,7 +118,7 @@ pub(super) async fn crl_refresh(
             }
         }
     }
-    let failed = results.iter().filter(|r| r.result == "failed").count();
+    let failed = results.iter().filter(|r| r.failed()).count();
     if failed > 0 {
         return Err(CliError::Partial {
             message: format!("{failed} cluster(s) failed"),

@@ -6,6 +6,7 @@
 
 mod http;
 mod leader;
+mod lists;
 mod metrics;
 mod watch;
 
@@ -71,6 +72,8 @@ pub struct Daemon {
     /// What the last pass read of each cluster it left unchanged, for `/status`; dropped when
     /// the cluster changes (a write, a watch, a transition), so `/status` reads it again.
     last_seen: Mutex<HashMap<String, crate::issuance::Seen>>,
+    /// When Vault's revocation list was last looked at and published ([`lists`]).
+    lists: Mutex<lists::ListWatch>,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -96,6 +99,7 @@ impl Daemon {
             status_cache: tokio::sync::Mutex::new(None),
             root_source: tokio::sync::Mutex::new(None),
             last_seen: Mutex::new(HashMap::new()),
+            lists: Mutex::new(lists::ListWatch::default()),
         })
     }
 
@@ -481,6 +485,7 @@ impl Daemon {
                         self.notice_dir_changes().await;
                         // A pass is finished, not abandoned midway, before shutdown is noticed.
                         self.tick().await;
+                        self.refresh_vault_lists().await;
                     }
                 }
             }

@@ -8,14 +8,14 @@ pub mod vault;
 
 pub use file::FileRootStore;
 pub use request::PendingRequest;
-pub use vault::{VaultAuth, VaultError, VaultSettings};
+pub use vault::{VaultAuth, VaultError, VaultPki, VaultSettings};
 
 use time::OffsetDateTime;
 
 use crate::config::{Config, RootStoreConfig};
 use crate::fsutil::FsError;
 use crate::pki::{Cert, IntermediateCa, IntermediateSpec, PkiError, RootCa, issue_intermediate};
-use vault::{SignError, VaultKv, VaultPki, VaultSession};
+use vault::{SignError, VaultKv, VaultSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -103,6 +103,13 @@ pub enum Signer {
 
 /// A handle to the PKI store a [`Signer::Vault`] signs through.
 pub struct VaultPkiRef(std::sync::Arc<VaultPki>);
+
+impl VaultPkiRef {
+    /// The PKI store that signs.
+    pub fn store(&self) -> &VaultPki {
+        &self.0
+    }
+}
 
 impl RootSource {
     pub async fn open(config: &Config) -> Result<Self, StoreError> {

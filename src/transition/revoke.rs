@@ -5,10 +5,11 @@
 //! through any CA without a list in its file, so a successor's list must reach every proxy
 //! before the successor signs anything; and the list naming the revoked intermediate must wait
 //! until nothing legitimate still presents a certificate it signed, or it would cut off the
-//! revoked cluster's own workloads. Every list is signed here, with keys at hand: each
-//! intermediate's own (empty) list with its key from its cluster's `cacerts`, the successor's
-//! with its fresh key, the mesh CA's with the root store's key. Lists of CAs above the mesh CA
-//! (a corporate anchor) come from the operator.
+//! revoked cluster's own workloads. Each intermediate's own (empty) list is signed here with
+//! its key from its cluster's `cacerts`, the successor's with its fresh key; the mesh CA's
+//! with the root store's key (file, vault-kv), or by Vault's PKI engine, which revokes the
+//! intermediate it signed and keeps the list (vault-pki). Lists of CAs above the mesh CA (a
+//! corporate anchor) come from the operator.
 
 use time::OffsetDateTime;
 
@@ -64,15 +65,11 @@ pub async fn start_revoke(
     refuse_old_istiod(istiods)?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
-    let Signer::Local(mesh_ca) = &signer else {
-        return Err(DriveError::UnsafeForMesh(
-            "revoking with the vault-pki store is not supported yet: Vault would sign the mesh \
-             CA's list, and its lists expire within days (72h by default), so every proxy would \
-             reject every chain unless each fresh list were published before the last expired. \
-             Meanwhile `cacertd issue --force CLUSTER` stops istiod signing with the leaked key, \
-             but proxies keep accepting what it signed until those certificates expire"
-                .into(),
-        ));
+    // The mesh CA, and the CAs above it up to the anchor (none when it is the anchor).
+    let signing = signer.signing_cert().clone();
+    let above_ca: Vec<Cert> = match &signer {
+        Signer::Local(mesh_ca) => mesh_ca.chain().to_vec(),
+        Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
     };
 
     // Every primary as it is: its set, its intermediate, and the lists it carries.
@@ -92,13 +89,13 @@ pub async fn start_revoke(
         })?;
         let ica = Cert::one_from_pem(&set.ca_cert, CaCertsFiles::CA_CERT)
             .map_err(|e| bad(e.to_string()))?;
-        if !issued_by(&ica, mesh_ca.cert()) {
+        if !issued_by(&ica, &signing) {
             return Err(bad(format!(
                 "its intermediate ({}) was not issued by the mesh CA ({}): every primary must \
                  sign under the common root before lists can be published (`cacertd migrate \
                  start`; a replaced mesh CA: `cacertd issue`)",
                 ica.info().subject,
-                mesh_ca.cert().info().subject
+                signing.info().subject
             )));
         }
         existing.extend(verify_ca_crl(&set, now).map_err(bad)?);
@@ -124,7 +121,7 @@ pub async fn start_revoke(
         config,
         revoked_cluster,
         &signer,
-        mesh_ca.anchor(),
+        signer.root_cert(),
         generation,
         now,
     )
@@ -157,33 +154,7 @@ pub async fn start_revoke(
         lists.push(list);
     }
 
-    // The mesh CA's list, before and after; it keeps every earlier revocation.
-    let signing = mesh_ca.cert();
-    let previous = existing
-        .iter()
-        .filter(|l| l.signed_by(signing))
-        .max_by_key(|l| (l.number(), l.this_update()));
-    let number = previous.and_then(Crl::number).unwrap_or(0);
-    let until = signing.info().not_after;
-    let mesh_err = |e: crate::pki::PkiError| DriveError::NewRoot(e.to_string());
-    let before = match previous {
-        Some(p) => p.clone(),
-        None => sign_crl(signing, mesh_ca.key(), &[], number + 1, now, until).map_err(mesh_err)?,
-    };
-    let mut entries: Vec<Revoked> = previous.map(|p| p.entries().to_vec()).unwrap_or_default();
-    entries.push(Revoked::of(revoked_ica, now, request.reason));
-    let after = sign_crl(
-        signing,
-        mesh_ca.key(),
-        &entries,
-        before.number().unwrap_or(number) + 1,
-        now,
-        until,
-    )
-    .map_err(mesh_err)?;
-
     // The CAs above the mesh CA: lists the operator gave, or the clusters carry.
-    let above_ca: Vec<Cert> = mesh_ca.chain().to_vec();
     for given in &request.chain_lists {
         if !above_ca.iter().any(|c| given.signed_by(c)) {
             return Err(DriveError::NewRoot(format!(
@@ -218,7 +189,7 @@ pub async fn start_revoke(
     // certificates they signed may live on.
     let ours = |l: &Crl| {
         lists.iter().chain(&above).any(|k| k.der() == l.der())
-            || l.signed_by(signing)
+            || l.signed_by(&signing)
             || above_ca.iter().any(|c| l.signed_by(c))
     };
     let carried: Vec<Crl> = existing
@@ -227,6 +198,17 @@ pub async fn start_revoke(
         .cloned()
         .collect();
 
+    // The mesh CA's list, before and after: last, since with Vault getting it revokes there
+    // (nothing after this refuses but an internal inconsistency).
+    let (before, after) = match &signer {
+        Signer::Local(mesh_ca) => {
+            signed_here(mesh_ca, &existing, revoked_ica, request.reason, now)?
+        }
+        Signer::Vault { pki, .. } => {
+            let pki = pki.store();
+            signed_by_vault(config, pki, revoked_ica, now, dry_run).await?
+        }
+    };
     let assemble = |mesh: &Crl| {
         let mut all = lists.clone();
         all.push(mesh.clone());
@@ -300,7 +282,139 @@ pub async fn start_revoke(
         finished,
         now,
     };
-    start.save(record, moving, dry_run, detail).await
+    let saved = start.save(record, moving, dry_run, detail).await?;
+    // Recorded: the list from before is in the record now.
+    let kept = kept_list(config, revoked_ica);
+    if !dry_run && kept.exists() {
+        let _ = std::fs::remove_file(&kept);
+    }
+    Ok(saved)
+}
+
+/// The mesh CA's lists before and after the revocation, signed here with its key: the newest
+/// list the clusters carry (or an empty one), and that list's entries with `revoked` added.
+fn signed_here(
+    mesh_ca: &crate::pki::RootCa,
+    existing: &[Crl],
+    revoked: &Cert,
+    reason: Reason,
+    now: OffsetDateTime,
+) -> Result<(Crl, Crl), DriveError> {
+    let signing = mesh_ca.cert();
+    let previous = existing
+        .iter()
+        .filter(|l| l.signed_by(signing))
+        .max_by_key(|l| (l.number(), l.this_update()));
+    let number = previous.and_then(Crl::number).unwrap_or(0);
+    let until = signing.info().not_after;
+    let mesh_err = |e: crate::pki::PkiError| DriveError::NewRoot(e.to_string());
+    let before = match previous {
+        Some(p) => p.clone(),
+        None => sign_crl(signing, mesh_ca.key(), &[], number + 1, now, until).map_err(mesh_err)?,
+    };
+    let mut entries: Vec<Revoked> = previous.map(|p| p.entries().to_vec()).unwrap_or_default();
+    entries.push(Revoked::of(revoked, now, reason));
+    let after = sign_crl(
+        signing,
+        mesh_ca.key(),
+        &entries,
+        before.number().unwrap_or(number) + 1,
+        now,
+        until,
+    )
+    .map_err(mesh_err)?;
+    Ok((before, after))
+}
+
+/// The least life a list Vault signs must have when cacertd publishes it: room for the
+/// revocation to finish, for `serve` to publish the next list ten days before this one
+/// expires ([`crate::revocation::REFRESH_BEFORE`]), and for the alert a week before, if that
+/// fails. Vault's default CRL expiry (72h) is refused; 720h is a good setting.
+pub const VAULT_LIST_MIN_LIFE: time::Duration = time::Duration::days(14);
+
+/// The mesh CA's lists before and after the revocation, from Vault's PKI engine, whose issuer
+/// signs them: its list now (rebuilt, so it is fresh), then — once that list is kept in the
+/// state directory, so a run interrupted after Vault revoked still has it — the revocation
+/// in Vault and the list Vault rebuilt with it. A dry run revokes nothing: the list before
+/// stands in for both.
+async fn signed_by_vault(
+    config: &Config,
+    pki: &crate::root_store::VaultPki,
+    revoked: &Cert,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<(Crl, Crl), DriveError> {
+    let vault =
+        |e: crate::root_store::VaultError| DriveError::NewRoot(format!("{}: {e}", pki.describe()));
+    let serial = revoked.info().serial.clone();
+    let kept = kept_list(config, revoked);
+    if !dry_run {
+        pki.rebuild_revocation_lists().await.map_err(vault)?;
+    }
+    let current = pki.revocation_list().await.map_err(vault)?;
+    long_enough(pki, &current, now)?;
+    let before = match current.lists(revoked) {
+        false => current,
+        // Revoked in Vault by a run that stopped before it was recorded: its list before.
+        true => std::fs::read(&kept)
+            .ok()
+            .and_then(|pem| Crl::all_from_pem(&pem, &kept.display().to_string()).ok())
+            .and_then(|mut l| l.pop())
+            .filter(|l| !l.lists(revoked))
+            .ok_or_else(|| {
+                DriveError::UnsafeForMesh(format!(
+                    "{} lists {}'s intermediate (serial {serial}) already, and no list of \
+                     Vault's from before it is kept in {}: publishing Vault's list now would \
+                     cut off the cluster's workloads before they hold certificates from a \
+                     successor. Run `cacertd issue --force` for the cluster, restart its \
+                     workloads, then `cacertd crl refresh`",
+                    pki.describe(),
+                    revoked.info().subject,
+                    kept.display()
+                ))
+            })?,
+    };
+    let after = match dry_run {
+        true => before.clone(),
+        false => {
+            crate::fsutil::write_atomic(
+                &kept,
+                &crls_pem(std::slice::from_ref(&before)),
+                crate::fsutil::Mode::Public,
+            )
+            .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+            pki.revoke(&serial).await.map_err(vault)?;
+            let after = pki.revocation_list().await.map_err(vault)?;
+            if !after.lists(revoked) {
+                return Err(DriveError::NewRoot(format!(
+                    "{} revoked serial {serial}, but its rebuilt list does not name it",
+                    pki.describe()
+                )));
+            }
+            after
+        }
+    };
+    long_enough(pki, &before, now)?;
+    long_enough(pki, &after, now)?;
+    Ok((before, after))
+}
+
+/// Where Vault's list from before a revocation of `revoked` waits until the revocation is
+/// recorded.
+fn kept_list(config: &Config, revoked: &Cert) -> std::path::PathBuf {
+    config.state_dir.join(format!(
+        "revocation-{}-list-before.pem",
+        revoked.info().serial
+    ))
+}
+
+fn long_enough(
+    pki: &crate::root_store::VaultPki,
+    list: &Crl,
+    now: OffsetDateTime,
+) -> Result<(), DriveError> {
+    crate::revocation::long_enough(pki, list, VAULT_LIST_MIN_LIFE, now)
+        .map_err(DriveError::UnsafeForMesh)
 }
 
 fn names(certs: &[Cert]) -> String {
