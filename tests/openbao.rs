@@ -2049,6 +2049,24 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
         Some(json!({"serial_number": colons.join(":")})),
     );
     std::fs::write(s.path("vault-token"), &with_revoke).unwrap();
+    let rebuilds = bao.count("pki/crl/rotate");
+    let run = s
+        .cacertd(&[
+            "revoke",
+            "cluster1",
+            "--reason",
+            "key-compromise",
+            "--dry-run",
+        ])
+        .ok();
+    assert!(run.stdout.contains("cluster1"), "{}", run.stdout);
+    assert_eq!(
+        bao.count("pki/crl/rotate"),
+        rebuilds,
+        "a dry run changes nothing in Vault"
+    );
+    assert_eq!(bao.count("pki/revoke"), 2);
+    assert!(folders(&s) == untouched);
     let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(bao.count("pki/revoke"), 3, "refused, by hand, done");
