@@ -155,7 +155,14 @@ impl CaKey {
                 "EC PRIVATE KEY",
             ),
         };
-        let pair = match KeyPair::try_from(&key_der) {
+        // An EC key is parsed once, on its curve: rcgen's own detection tries Ed25519 first,
+        // and aws-lc checks the key pair while failing that (a point multiplication per key).
+        let parsed = match ec_curve(&der) {
+            Some(alg) => KeyPair::from_der_and_sign_algo(&key_der, alg.signature_algorithm())
+                .or_else(|_| KeyPair::try_from(&key_der)),
+            None => KeyPair::try_from(&key_der),
+        };
+        let pair = match parsed {
             Ok(pair) => WipedKeyPair(pair),
             Err(_) => {
                 return Err(match unsupported_curve_name(&der) {
@@ -247,6 +254,19 @@ fn rsa_bits(spki_der: &[u8]) -> Option<usize> {
 
 /// Names a curve that aws-lc refused to load, so the error says why rather than "corrupt".
 /// Looks for the DER-encoded OIDs of curves people commonly try.
+/// The curve an EC key names (PKCS#8 or SEC1), when it is one cacertd signs with.
+fn ec_curve(der: &[u8]) -> Option<KeyAlgorithm> {
+    // 1.2.840.10045.3.1.7 (P-256), 1.3.132.0.34 (P-384)
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    match (has(P256), has(P384)) {
+        (true, false) => Some(KeyAlgorithm::EcdsaP256),
+        (false, true) => Some(KeyAlgorithm::EcdsaP384),
+        _ => None,
+    }
+}
+
 fn unsupported_curve_name(der: &[u8]) -> Option<&'static str> {
     const KNOWN: [(&[u8], &str); 4] = [
         // 1.3.132.0.10
