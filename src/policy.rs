@@ -1,9 +1,8 @@
 //! Issuance policies (`policies/*.toml`): what roots and intermediates look like, when they are
 //! renewed, and which clusters they may be issued for. Enforced before every signature.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -531,195 +530,12 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// All policies available to a configuration.
-#[derive(Clone, Debug)]
-pub struct PolicySet {
-    policies: BTreeMap<String, Policy>,
-    source_desc: String,
-}
+mod limits;
+mod set;
 
-impl PolicySet {
-    /// The policies compiled into cacertd (copies of `policies/`).
-    pub fn embedded() -> Result<Self, PolicyError> {
-        let mut policies = BTreeMap::new();
-        for (name, text) in EMBEDDED {
-            let file = format!("(built-in) policies/{name}.toml");
-            policies.insert(name.to_string(), Policy::parse(name, text, &file)?);
-        }
-        Ok(PolicySet {
-            policies,
-            source_desc: "the built-in policies".to_string(),
-        })
-    }
-
-    /// Every `*.toml` in `dir`; the policy's name is the file stem.
-    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::ReadDir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        let mut policies = BTreeMap::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|source| PolicyError::ReadDir {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?
-                .path();
-            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-                continue;
-            }
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
-                file: path.clone(),
-                source,
-            })?;
-            let policy = Policy::parse(name, &text, &path.display().to_string())?;
-            policies.insert(name.to_string(), policy);
-        }
-        Ok(PolicySet {
-            policies,
-            source_desc: dir.display().to_string(),
-        })
-    }
-
-    pub fn get(&self, name: &str) -> Result<&Policy, PolicyError> {
-        self.policies
-            .get(name)
-            .ok_or_else(|| PolicyError::NotFound {
-                name: name.to_string(),
-                source_desc: self.source_desc.clone(),
-                available: if self.policies.is_empty() {
-                    "none".to_string()
-                } else {
-                    self.policies.keys().cloned().collect::<Vec<_>>().join(", ")
-                },
-            })
-    }
-}
-
-/// A policy field that does not hold, and why.
-type Refusal = (&'static str, String);
-
-/// Lifetimes a policy may set: a root of a day to a century, an intermediate of at least an
-/// hour that never outlives the root, renewed before it expires with at least a workload
-/// certificate's lifetime left.
-fn check_lifetimes(
-    root_validity: Duration,
-    int_validity: Duration,
-    renew_before: RenewBefore,
-    workload_cert_ttl: Duration,
-) -> Result<(), Refusal> {
-    if root_validity < Duration::from_secs(86400) {
-        return Err(("root.validity", "must be at least one day".to_string()));
-    }
-    if root_validity > MAX_ROOT_VALIDITY {
-        return Err((
-            "root.validity",
-            "must be at most 100 years (36500d)".to_string(),
-        ));
-    }
-    if int_validity < Duration::from_secs(3600) {
-        return Err((
-            "intermediate.validity",
-            "must be at least one hour".to_string(),
-        ));
-    }
-    if int_validity > root_validity {
-        return Err((
-            "intermediate.validity",
-            "is longer than root.validity; an intermediate never outlives its root".to_string(),
-        ));
-    }
-    if let RenewBefore::Duration(d) = renew_before
-        && d >= int_validity
-    {
-        return Err((
-            "intermediate.renew_before",
-            "must be shorter than intermediate.validity, or every run would renew".to_string(),
-        ));
-    }
-    if workload_cert_ttl < Duration::from_secs(60) {
-        return Err((
-            "intermediate.workload_cert_ttl",
-            "must be at least one minute".to_string(),
-        ));
-    }
-    let left = left_at_renewal(int_validity, renew_before);
-    if left < workload_cert_ttl {
-        return Err((
-            "intermediate.renew_before",
-            outlived(left, workload_cert_ttl, "intermediate.workload_cert_ttl"),
-        ));
-    }
-    Ok(())
-}
-
-/// How much of an intermediate's life is left when it is renewed.
-fn left_at_renewal(validity: Duration, renew_before: RenewBefore) -> Duration {
-    match renew_before {
-        RenewBefore::Fraction(f) => validity.mul_f64(f),
-        RenewBefore::Duration(d) => d.min(validity),
-    }
-}
-
-/// Why an intermediate with `left` of its life at renewal is refused when workload
-/// certificates of `ttl` (as `source` says) are signed.
-fn outlived(left: Duration, ttl: Duration, source: &str) -> String {
-    let whole = crate::clock::fmt_duration;
-    format!(
-        "leaves {} of the intermediate's life at renewal, less than a workload certificate's \
-         {} ({source}): workload certificates istiod signs just before the renewal would \
-         outlive the intermediate (istiod before 1.28.7, 1.29.3 and 1.30.0 does not shorten \
-         them: istio/istio#59768); renew earlier or issue longer-lived intermediates",
-        whole(left),
-        whole(ttl),
-    )
-}
-
-/// The lifetime of the workload certificates istiod signs by default
-/// (`DEFAULT_WORKLOAD_CERT_TTL`, and the agent's `SECRET_TTL`; docs/istio.md §13).
-pub const WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Names a policy may set: some clusters, subjects with a common name and an ISO country,
-/// valid DNS names for istiod.
-fn check_names(raw: &RawPolicy) -> Result<(), Refusal> {
-    if raw.clusters.is_empty() {
-        return Err((
-            "clusters",
-            "is empty; use [\"*\"] to allow every cluster".to_string(),
-        ));
-    }
-    for (field, subject) in [
-        ("root.subject", &raw.root.subject),
-        ("intermediate.subject", &raw.intermediate.subject),
-    ] {
-        if subject.common_name.trim().is_empty() {
-            return Err((field, "common_name must not be empty".to_string()));
-        }
-        if let Some(c) = &subject.country
-            && (c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
-        {
-            return Err((
-                field,
-                format!("country {c:?} must be a two-letter ISO code"),
-            ));
-        }
-    }
-    for n in &raw.intermediate.dns_names {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if n.len() > 253 || !n.split('.').all(label_ok) {
-            return Err(("intermediate.dns_names", format!("{n:?} is not a DNS name")));
-        }
-    }
-    Ok(())
-}
+pub use limits::WORKLOAD_CERT_TTL;
+use limits::{check_lifetimes, check_names, left_at_renewal, outlived};
+pub use set::PolicySet;
 
 #[cfg(test)]
 mod tests;

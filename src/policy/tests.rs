@@ -1,5 +1,6 @@
 use super::*;
 use crate::pki::{RootSpec, generate_root, issue_intermediate};
+use std::path::Path;
 use time::macros::datetime;
 
 const DAY: u64 = 86400;

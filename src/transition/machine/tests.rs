@@ -1,5 +1,24 @@
 use super::*;
 
+impl Options {
+    /// One cluster at a time, a day's drain, ten minutes for a gate, every restart.
+    pub(crate) fn for_tests() -> Self {
+        Options {
+            exclude_namespaces: Vec::new(),
+            directories: BTreeMap::new(),
+            max_parallel: 1,
+            renewal_wait_seconds: None,
+            list_propagation_seconds: None,
+            emergency: false,
+            drain_seconds: 86_400,
+            gate_timeout_seconds: 600,
+            skip_workload_restarts: false,
+            wait_for_renewal: false,
+            approve_each_phase: false,
+        }
+    }
+}
+
 fn opts() -> Options {
     Options::for_tests()
 }
