@@ -199,117 +199,135 @@ pub async fn run(args: Args, clock: std::sync::Arc<dyn Clock>) -> Result<(), Cli
         }
         command => {
             let config = Config::load(&config_path)?;
-            match command {
-                Command::Root(RootCommand::Init {
-                    csr: None,
-                    dry_run: true,
-                }) => root_init_dry_run(&config).await,
-                Command::Root(RootCommand::Init {
-                    csr: None,
-                    dry_run: false,
-                }) => root_init(&config, now).await,
-                Command::Root(RootCommand::Init { csr: Some(out), .. }) => {
-                    root_request(&config, &out, now).await
-                }
-                Command::Root(RootCommand::Import {
-                    cert,
-                    key,
-                    chain,
-                    replace,
-                }) => {
-                    root_import(
-                        &config,
-                        (&cert, key.as_deref(), chain.as_deref()),
-                        replace,
-                        now,
-                    )
-                    .await
-                }
-                Command::Root(RootCommand::Show(o)) => root_show(&config, o.output, now).await,
-                Command::Issue(a) => {
-                    let opts = PlanOptions {
-                        force: a.force,
-                        danger_replace_trust_bundle: a.danger_replace_trust_bundle,
-                        keep_unknown_roots: a.keep_unknown_roots,
-                    };
-                    issue(
-                        &config,
-                        &a.clusters,
-                        opts,
-                        a.init_root,
-                        a.dry_run,
-                        a.output.output,
-                        now,
-                    )
-                    .await
-                }
-                Command::Plan(a) => {
-                    let opts = PlanOptions {
-                        force: a.force,
-                        danger_replace_trust_bundle: false,
-                        keep_unknown_roots: false,
-                    };
-                    issue(
-                        &config,
-                        &a.clusters,
-                        opts,
-                        false,
-                        true,
-                        a.output.output,
-                        now,
-                    )
-                    .await
-                }
-                Command::Status(a) => status(&config, &a.clusters, a.output.output, now).await,
-                Command::Check { connect, output } => {
-                    let reached = match connect {
-                        true => Some(connect::reach(&config).await),
-                        false => None,
-                    };
-                    match output.output {
-                        Format::Json | Format::Yaml => {
-                            output::print_as(output.output, &check_json(&config, &reached))
-                        }
-                        Format::Table => {
-                            check(&config)?;
-                            if let Some(reached) = &reached {
-                                connect::print(reached);
-                            }
-                        }
-                    }
-                    reached.as_deref().map_or(Ok(()), connect::verdict)
-                }
-                Command::Migrate(MigrateCommand::Plan(a)) => {
-                    transition_plan(&config, TransitionKind::Migrate, &a.plan, a.check).await
-                }
-                Command::Migrate(MigrateCommand::Start(a)) => {
-                    migrate_start(&config, &a.plan, &a.drive, &clock).await
-                }
-                Command::RotateRoot(RotateRootCommand::Plan(a)) => {
-                    transition_plan(&config, TransitionKind::RotateRoot, &a.plan, a.check).await
-                }
-                Command::RotateRoot(RotateRootCommand::Start(a)) => {
-                    rotate_root_start(&config, &a, &clock).await
-                }
-                Command::Transition(t) => transition_cmd(&config, t, &clock).await,
-                Command::Revoke(a) => revoke::revoke(&config, &a, &clock).await,
-                Command::Crl(args::CrlCommand::Refresh(a)) => {
-                    revoke::crl_refresh(&config, &a, now).await
-                }
-                Command::Serve { listen } => {
-                    let mut config = config;
-                    if let Some(addr) = listen {
-                        config.daemon.listen = addr;
-                    }
-                    serve(config, clock.clone()).await
-                }
-                Command::Restart(a) => restart(&config, a, now).await,
-                Command::Verify(_) | Command::Version(_) | Command::Completion { .. } => {
-                    unreachable!("handled above")
-                }
+            run_with_config(config, command, clock, now).await
+        }
+    }
+}
+
+/// A command that reads the configuration.
+async fn run_with_config(
+    config: Config,
+    command: Command,
+    clock: std::sync::Arc<dyn Clock>,
+    now: time::OffsetDateTime,
+) -> Result<(), CliError> {
+    match command {
+        Command::Root(r) => root_cmd(&config, r, now).await,
+        Command::Issue(a) => {
+            let opts = PlanOptions {
+                force: a.force,
+                danger_replace_trust_bundle: a.danger_replace_trust_bundle,
+                keep_unknown_roots: a.keep_unknown_roots,
+            };
+            issue(
+                &config,
+                &a.clusters,
+                opts,
+                a.init_root,
+                a.dry_run,
+                a.output.output,
+                now,
+            )
+            .await
+        }
+        Command::Plan(a) => {
+            let opts = PlanOptions {
+                force: a.force,
+                danger_replace_trust_bundle: false,
+                keep_unknown_roots: false,
+            };
+            issue(
+                &config,
+                &a.clusters,
+                opts,
+                false,
+                true,
+                a.output.output,
+                now,
+            )
+            .await
+        }
+        Command::Status(a) => status(&config, &a.clusters, a.output.output, now).await,
+        Command::Check { connect, output } => check_cmd(&config, connect, output.output).await,
+        Command::Migrate(MigrateCommand::Plan(a)) => {
+            transition_plan(&config, TransitionKind::Migrate, &a.plan, a.check).await
+        }
+        Command::Migrate(MigrateCommand::Start(a)) => {
+            migrate_start(&config, &a.plan, &a.drive, &clock).await
+        }
+        Command::RotateRoot(RotateRootCommand::Plan(a)) => {
+            transition_plan(&config, TransitionKind::RotateRoot, &a.plan, a.check).await
+        }
+        Command::RotateRoot(RotateRootCommand::Start(a)) => {
+            rotate_root_start(&config, &a, &clock).await
+        }
+        Command::Transition(t) => transition_cmd(&config, t, &clock).await,
+        Command::Revoke(a) => revoke::revoke(&config, &a, &clock).await,
+        Command::Crl(args::CrlCommand::Refresh(a)) => revoke::crl_refresh(&config, &a, now).await,
+        Command::Serve { listen } => {
+            let mut config = config;
+            if let Some(addr) = listen {
+                config.daemon.listen = addr;
+            }
+            serve(config, clock.clone()).await
+        }
+        Command::Restart(a) => restart(&config, a, now).await,
+        Command::Verify(_) | Command::Version(_) | Command::Completion { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// `cacertd root …`.
+async fn root_cmd(
+    config: &Config,
+    command: RootCommand,
+    now: time::OffsetDateTime,
+) -> Result<(), CliError> {
+    match command {
+        RootCommand::Init {
+            csr: None,
+            dry_run: true,
+        } => root_init_dry_run(config).await,
+        RootCommand::Init {
+            csr: None,
+            dry_run: false,
+        } => root_init(config, now).await,
+        RootCommand::Init { csr: Some(out), .. } => root_request(config, &out, now).await,
+        RootCommand::Import {
+            cert,
+            key,
+            chain,
+            replace,
+        } => {
+            root_import(
+                config,
+                (&cert, key.as_deref(), chain.as_deref()),
+                replace,
+                now,
+            )
+            .await
+        }
+        RootCommand::Show(o) => root_show(config, o.output, now).await,
+    }
+}
+
+/// `cacertd check [--connect]`.
+async fn check_cmd(config: &Config, connect: bool, format: Format) -> Result<(), CliError> {
+    let reached = match connect {
+        true => Some(connect::reach(config).await),
+        false => None,
+    };
+    match format {
+        Format::Json | Format::Yaml => output::print_as(format, &check_json(config, &reached)),
+        Format::Table => {
+            check(config)?;
+            if let Some(reached) = &reached {
+                connect::print(reached);
             }
         }
     }
+    reached.as_deref().map_or(Ok(()), connect::verdict)
 }
 
 /// A cluster named on the command line that the configuration does not have.

@@ -29,7 +29,7 @@ pub(super) async fn crl_refresh(
     args: &CrlRefreshArgs,
     now: time::OffsetDateTime,
 ) -> Result<(), CliError> {
-    let mut fresh = read_lists(&args.chain_crl)?;
+    let fresh = read_lists(&args.chain_crl)?;
     if !crate::transition::in_flight(config).await.quiet {
         return Err(CliError::Refused(
             "a transition is under way (or its record cannot be read): it writes the clusters' \
@@ -37,6 +37,34 @@ pub(super) async fn crl_refresh(
                 .into(),
         ));
     }
+    let (fresh, signers) = lists_and_signers(config, fresh, args.dry_run, now).await?;
+    let _lock = match args.dry_run {
+        true => None,
+        false => Some(StateLock::acquire(&config.state_dir)?),
+    };
+    let results =
+        crate::revocation::refresh(config, &fresh, &signers, "crl-refresh", args.dry_run, now)
+            .await;
+    print_refreshed(args, &results);
+    let failed = results.iter().filter(|r| r.failed()).count();
+    if failed > 0 {
+        return Err(CliError::Partial {
+            message: format!("{failed} cluster(s) failed"),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+/// The lists to put in place and who may have signed them: the lists given, which must be
+/// signed by CAs above the mesh CA; with the vault-pki store, also Vault's list, rebuilt now
+/// (unless `dry_run`), signed by the mesh CA.
+async fn lists_and_signers(
+    config: &Config,
+    mut fresh: Vec<Crl>,
+    dry_run: bool,
+    now: time::OffsetDateTime,
+) -> Result<(Vec<Crl>, Vec<crate::pki::Cert>), CliError> {
     let store = crate::root_store::RootSource::open(config).await?;
     let certs = store
         .load_certs()
@@ -73,7 +101,7 @@ pub(super) async fn crl_refresh(
         Some(pki) => Some(
             crate::revocation::vault_list(
                 pki,
-                !args.dry_run,
+                !dry_run,
                 crate::transition::revoke::VAULT_LIST_MIN_LIFE,
                 now,
             )
@@ -98,19 +126,17 @@ pub(super) async fn crl_refresh(
         }
         None => {}
     }
-    let _lock = match args.dry_run {
-        true => None,
-        false => Some(StateLock::acquire(&config.state_dir)?),
-    };
-    let results =
-        crate::revocation::refresh(config, &fresh, &signers, "crl-refresh", args.dry_run, now)
-            .await;
+    Ok((fresh, signers))
+}
+
+/// What `crl refresh` did, as a document or a line per primary.
+fn print_refreshed(args: &CrlRefreshArgs, results: &[crate::revocation::Refreshed]) {
     match args.output.output {
         args::Format::Json | args::Format::Yaml => {
             super::output::print_as(args.output.output, &results)
         }
         args::Format::Table => {
-            for r in &results {
+            for r in results {
                 say!("{}: {}: {}", r.cluster, r.result, r.detail);
             }
             if args.dry_run {
@@ -118,14 +144,6 @@ pub(super) async fn crl_refresh(
             }
         }
     }
-    let failed = results.iter().filter(|r| r.failed()).count();
-    if failed > 0 {
-        return Err(CliError::Partial {
-            message: format!("{failed} cluster(s) failed"),
-            code: 1,
-        });
-    }
-    Ok(())
 }
 
 pub(super) async fn revoke(

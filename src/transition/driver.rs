@@ -106,17 +106,15 @@ pub async fn drive(
             let batch = next_steps(&record, now, opts.room(done));
             let exclude = record.options.exclude_namespaces.clone();
             let revoked = record.revocation.as_ref().map(|r| r.cluster.clone());
-            let work = Work {
+            let opened = (&targets, &remotes, &materials);
+            let work = Work::new(
                 config,
-                targets: &targets,
-                remotes: &remotes,
-                materials: &materials,
-                audit: &audit,
-                writer: CacertsWriter::new(&config.trust_domain, &audit, "transition-write"),
-                exclude_namespaces: &exclude,
-                kind: record.kind,
-                revoked: revoked.as_deref(),
-            };
+                &audit,
+                opened,
+                &exclude,
+                &record,
+                revoked.as_deref(),
+            );
             opts.progress.doing(
                 batch
                     .iter()
@@ -141,16 +139,7 @@ pub async fn drive(
                 if !opts.wait {
                     return Ok(step);
                 }
-                let left = (*until - now).unsigned_abs();
-                tracing::info!(until = %fmt_time(*until), "draining: the old root stays trusted until then");
-                opts.progress.doing(format!(
-                    "draining: the old root stays trusted until {}",
-                    fmt_time(*until)
-                ));
-                if shown.due(std::time::Instant::now()) {
-                    show_drain(&opts.progress, &record, *until, left, now);
-                }
-                tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+                drain_a_while(&opts, &mut shown, &record, *until, now).await;
                 continue;
             }
             Step::Finished => {
@@ -177,17 +166,48 @@ pub async fn drive(
                 return Ok(step);
             }
             if let StepOutcome::GateBehind(who) = &outcome_seen {
-                opts.progress.doing(format!(
-                    "gate: {} behind: {}",
-                    who.len(),
-                    who.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-                ));
-                if shown.due(std::time::Instant::now()) {
-                    show_gate_wait(&opts.progress, &record, who, now);
-                }
+                say_who_is_behind(&opts, &mut shown, &record, who, now);
             }
             tokio::time::sleep(opts.poll).await;
         }
+    }
+}
+
+/// Waits up to a minute of a drain, saying until when (and, now and then, what it is for).
+async fn drain_a_while(
+    opts: &DriveOptions,
+    shown: &mut Throttle,
+    record: &Record,
+    until: OffsetDateTime,
+    now: OffsetDateTime,
+) {
+    let left = (until - now).unsigned_abs();
+    tracing::info!(until = %fmt_time(until), "draining: the old root stays trusted until then");
+    opts.progress.doing(format!(
+        "draining: the old root stays trusted until {}",
+        fmt_time(until)
+    ));
+    if shown.due(std::time::Instant::now()) {
+        show_drain(&opts.progress, record, until, left, now);
+    }
+    tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+}
+
+/// Says who a gate waits for: the first few at once, everyone now and then.
+fn say_who_is_behind(
+    opts: &DriveOptions,
+    shown: &mut Throttle,
+    record: &Record,
+    who: &[String],
+    now: OffsetDateTime,
+) {
+    opts.progress.doing(format!(
+        "gate: {} behind: {}",
+        who.len(),
+        who.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+    ));
+    if shown.due(std::time::Instant::now()) {
+        show_gate_wait(&opts.progress, record, who, now);
     }
 }
 

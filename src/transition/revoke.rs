@@ -44,63 +44,17 @@ pub async fn start_revoke(
     config: &Config,
     files: &RecordStore,
     istiods: &[Istiod],
-    mut options: Options,
+    options: Options,
     request: RevokeRequest,
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     let name = request.cluster.as_str();
-    if options.skip_workload_restarts {
-        return Err(DriveError::UnsafeForMesh(format!(
-            "a revocation restarts every workload of {name} and its remotes: each must hold a \
-             certificate from the successor before the revocation is published, or it is cut \
-             off"
-        )));
-    }
-    let Some(revoked_cluster) = config.topology.primaries().find(|c| c.name == name) else {
-        return Err(DriveError::UnknownCluster {
-            cluster: name.to_string(),
-        });
-    };
+    let revoked_cluster = revocable(config, &options, name)?;
     refuse_old_istiod(istiods)?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
-    // The mesh CA, and the CAs above it up to the anchor (none when it is the anchor).
-    let signing = signer.signing_cert().clone();
-    let above_ca: Vec<Cert> = match &signer {
-        Signer::Local(mesh_ca) => mesh_ca.chain().to_vec(),
-        Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
-    };
-
-    // Every primary as it is: its set, its intermediate, and the lists it carries.
-    let mut current: Vec<(String, CaCertsFiles, Cert)> = Vec::new();
-    let mut existing: Vec<Crl> = Vec::new();
-    for cluster in config.topology.primaries() {
-        let set = current_material(config, cluster, false).await?;
-        let bad = |reason: String| DriveError::CurrentMaterial {
-            cluster: cluster.name.clone(),
-            reason,
-        };
-        verify_cacerts(&set, now).map_err(|p| {
-            bad(format!(
-                "its cacerts does not validate, so it cannot be carried through a revocation: {}",
-                crate::pki::BundleProblem::join(&p)
-            ))
-        })?;
-        let ica = Cert::one_from_pem(&set.ca_cert, CaCertsFiles::CA_CERT)
-            .map_err(|e| bad(e.to_string()))?;
-        if !issued_by(&ica, &signing) {
-            return Err(bad(format!(
-                "its intermediate ({}) was not issued by the mesh CA ({}): every primary must \
-                 sign under the common root before lists can be published (`cacertd migrate \
-                 start`; a replaced mesh CA: `cacertd issue`)",
-                ica.info().subject,
-                signing.info().subject
-            )));
-        }
-        existing.extend(verify_ca_crl(&set, now).map_err(bad)?);
-        current.push((cluster.name.clone(), set, ica));
-    }
+    let (current, existing) = read_primaries(config, signer.signing_cert(), now).await?;
     let Some((_, revoked_set, revoked_ica)) = current.iter().find(|(n, ..)| n == name) else {
         return Err(DriveError::CurrentMaterial {
             cluster: name.to_string(),
@@ -114,154 +68,36 @@ pub async fn start_revoke(
         )));
     }
 
-    // The successor: same trust, a fresh key.
-    // A name of its own (docs/istio.md §14): the issuance time, in seconds.
-    let generation = Some(now.unix_timestamp().to_string());
-    let mut successor = issue_new(
+    let (successor, successor_cert) =
+        issue_successor(config, revoked_cluster, &signer, revoked_set, now).await?;
+
+    let mut in_use = current.clone();
+    in_use.push((name.to_string(), successor.clone(), successor_cert));
+    let (lists_before, lists_after) = all_lists(
         config,
-        revoked_cluster,
         &signer,
-        signer.root_cert(),
-        generation,
+        (&in_use, &existing),
+        &request,
+        revoked_ica,
         now,
+        dry_run,
     )
     .await?;
-    successor.root_cert.clone_from(&revoked_set.root_cert);
-    let successor_cert = Cert::one_from_pem(&successor.ca_cert, "the successor's ca-cert.pem")
-        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
-
-    // A list from every intermediate in use, the successor included.
-    let list_err = |cluster: &str, e: crate::pki::PkiError| DriveError::CurrentMaterial {
-        cluster: cluster.to_string(),
-        reason: format!("its revocation list cannot be signed: {e}"),
-    };
-    let mut lists: Vec<Crl> = Vec::new();
-    for (cluster, set, ica) in current.iter().chain(std::iter::once(&(
-        name.to_string(),
-        successor.clone(),
-        successor_cert.clone(),
-    ))) {
-        if let Some(kept) = existing.iter().find(|l| {
-            l.signed_by(ica) && l.next_update().is_some_and(|n| n >= ica.info().not_after)
-        }) {
-            lists.push(kept.clone());
-            continue;
-        }
-        let key =
-            CaKey::from_pem(&set.ca_key, CaCertsFiles::CA_KEY).map_err(|e| list_err(cluster, e))?;
-        let list = sign_crl(ica, &key, &[], 1, now, ica.info().not_after)
-            .map_err(|e| list_err(cluster, e))?;
-        lists.push(list);
-    }
-
-    // The CAs above the mesh CA: lists the operator gave, or the clusters carry.
-    for given in &request.chain_lists {
-        if !above_ca.iter().any(|c| given.signed_by(c)) {
-            return Err(DriveError::NewRoot(format!(
-                "--chain-crl: the list of {} is signed by none of the CAs above the mesh CA ({})",
-                given.issuer(),
-                names(&above_ca)
-            )));
-        }
-    }
-    let mut above: Vec<Crl> = Vec::new();
-    for ca in &above_ca {
-        let fresh = |l: &&Crl| l.signed_by(ca) && l.next_update().is_some_and(|n| n > now);
-        let newest = request
-            .chain_lists
-            .iter()
-            .chain(existing.iter())
-            .filter(fresh)
-            .max_by_key(|l| l.this_update());
-        match newest {
-            Some(l) => above.push(l.clone()),
-            None => {
-                return Err(DriveError::UnsafeForMesh(format!(
-                    "{} has no current revocation list: a proxy that checks lists rejects every \
-                     chain through a CA without one. Pass the list your PKI publishes for it \
-                     with --chain-crl FILE",
-                    ca.info().subject
-                )));
-            }
-        }
-    }
-    // Lists of intermediates no longer in use (an earlier revocation's) stay while current:
-    // certificates they signed may live on.
-    let ours = |l: &Crl| {
-        lists.iter().chain(&above).any(|k| k.der() == l.der())
-            || l.signed_by(&signing)
-            || above_ca.iter().any(|c| l.signed_by(c))
-    };
-    let carried: Vec<Crl> = existing
-        .iter()
-        .filter(|l| !ours(l) && l.next_update().is_some_and(|n| n > now))
-        .cloned()
-        .collect();
-
-    // The mesh CA's list, before and after: last, since with Vault getting it revokes there
-    // (nothing after this refuses but an internal inconsistency).
-    let (before, after) = match &signer {
-        Signer::Local(mesh_ca) => {
-            signed_here(mesh_ca, &existing, revoked_ica, request.reason, now)?
-        }
-        Signer::Vault { pki, .. } => {
-            let pki = pki.store();
-            signed_by_vault(config, pki, revoked_ica, now, dry_run).await?
-        }
-    };
-    let assemble = |mesh: &Crl| {
-        let mut all = lists.clone();
-        all.push(mesh.clone());
-        all.extend(above.iter().cloned());
-        all.extend(carried.iter().cloned());
-        crls_pem(&all)
-    };
-    let (lists_before, lists_after) = (assemble(&before), assemble(&after));
 
     let first_lists: Vec<String> = current
         .iter()
         .filter(|(_, set, _)| set.ca_crl.iter().all(u8::is_ascii_whitespace))
         .map(|(n, ..)| n.clone())
         .collect();
-    let mut moving = Vec::new();
-    for (cluster, set, _) in &current {
-        let revoked = cluster == name;
-        let new = CaCertsFiles {
-            ca_crl: lists_after.clone(),
-            ..if revoked {
-                successor.clone()
-            } else {
-                set.clone()
-            }
-        };
-        // Every set it will serve, as the writer will check it.
-        let m = ClusterMaterial {
-            original: set.clone(),
-            new: new.clone(),
-            lists_before: Some(lists_before.clone()),
-        };
-        for p in [Phase::AddNewRoot, Phase::SwitchSigner, Phase::RemoveOldRoot] {
-            let files = super::material(&m, MaterialOf::Phase(p))
-                .map_err(|e| DriveError::NewRoot(format!("{cluster}: {e}")))?;
-            verify_ca_crl(&files, now).map_err(|reason| DriveError::CurrentMaterial {
-                cluster: cluster.clone(),
-                reason: format!("its cacerts for phase {p} would be refused: {reason}"),
-            })?;
-        }
-        moving.push((cluster.clone(), set.clone(), new, revoked));
-    }
+    let moving = moving_sets(
+        &current,
+        name,
+        &successor,
+        (&lists_before, &lists_after),
+        now,
+    )?;
 
-    // No drain: the revocation goes out as soon as the revoked cluster re-certified.
-    options.drain_seconds = 0;
-    options.wait_for_renewal = false;
-    options.renewal_wait_seconds = None;
-    options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
-    let mut record = Record::new(
-        TransitionKind::Revoke,
-        moving.iter().map(|(n, ..)| n.clone()),
-        options,
-    );
-    record.revocation = Some(Revocation {
+    let revocation = Revocation {
         cluster: name.to_string(),
         subject: revoked_ica.info().subject.clone(),
         serial: Revoked::of(revoked_ica, now, request.reason).serial,
@@ -270,7 +106,8 @@ pub async fn start_revoke(
         lists_before: String::from_utf8_lossy(&lists_before).into_owned(),
         lists_after: String::from_utf8_lossy(&lists_after).into_owned(),
         first_lists,
-    });
+    };
+    let record = revocation_record(config, options, &moving, revocation);
     let detail = Some(format!(
         "revoking {name}'s intermediate {} ({})",
         revoked_ica.info().serial,
@@ -289,6 +126,281 @@ pub async fn start_revoke(
         let _ = std::fs::remove_file(&kept);
     }
     Ok(saved)
+}
+
+/// The lists every primary serves during the revocation, as one `ca-crl.pem` each: a list
+/// from every intermediate `in_use`, the mesh CA's, those of the CAs above it and those
+/// carried from earlier revocations — before and after the mesh CA's list names the revoked
+/// intermediate.
+async fn all_lists(
+    config: &Config,
+    signer: &Signer,
+    (in_use, existing): (&[(String, CaCertsFiles, Cert)], &[Crl]),
+    request: &RevokeRequest,
+    revoked_ica: &Cert,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<(Vec<u8>, Vec<u8>), DriveError> {
+    // The mesh CA, and the CAs above it up to the anchor (none when it is the anchor).
+    let signing = signer.signing_cert();
+    let above_ca: Vec<Cert> = match signer {
+        Signer::Local(mesh_ca) => mesh_ca.chain().to_vec(),
+        Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
+    };
+    let lists = intermediate_lists(in_use.iter(), existing, now)?;
+
+    let above = above_lists(&above_ca, &request.chain_lists, existing, now)?;
+    let carried = carried_lists(existing, (&lists, &above), signing, &above_ca, now);
+
+    // The mesh CA's list, before and after: last, since with Vault getting it revokes there
+    // (nothing after this refuses but an internal inconsistency).
+    let (before, after) = match signer {
+        Signer::Local(mesh_ca) => signed_here(mesh_ca, existing, revoked_ica, request.reason, now)?,
+        Signer::Vault { pki, .. } => {
+            let pki = pki.store();
+            signed_by_vault(config, pki, revoked_ica, now, dry_run).await?
+        }
+    };
+    let assemble = |mesh: &Crl| {
+        let mut all = lists.clone();
+        all.push(mesh.clone());
+        all.extend(above.iter().cloned());
+        all.extend(carried.iter().cloned());
+        crls_pem(&all)
+    };
+    Ok((assemble(&before), assemble(&after)))
+}
+
+/// The record of a revocation moving `moving`: no drain, since the revocation goes out as
+/// soon as the revoked cluster re-certified, and each phase's lists given time to reach the
+/// pods.
+fn revocation_record(
+    config: &Config,
+    mut options: Options,
+    moving: &[(String, CaCertsFiles, CaCertsFiles, bool)],
+    revocation: Revocation,
+) -> Record {
+    options.drain_seconds = 0;
+    options.wait_for_renewal = false;
+    options.renewal_wait_seconds = None;
+    options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
+    let mut record = Record::new(
+        TransitionKind::Revoke,
+        moving.iter().map(|(n, ..)| n.clone()),
+        options,
+    );
+    record.revocation = Some(revocation);
+    record
+}
+
+/// The primary named `name`, unless a revocation there is refused: one without workload
+/// restarts would publish the revocation while its workloads still present certificates from
+/// the revoked intermediate.
+fn revocable<'a>(
+    config: &'a Config,
+    options: &Options,
+    name: &str,
+) -> Result<&'a crate::topology::Cluster, DriveError> {
+    if options.skip_workload_restarts {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "a revocation restarts every workload of {name} and its remotes: each must hold a \
+             certificate from the successor before the revocation is published, or it is cut \
+             off"
+        )));
+    }
+    config
+        .topology
+        .primaries()
+        .find(|c| c.name == name)
+        .ok_or_else(|| DriveError::UnknownCluster {
+            cluster: name.to_string(),
+        })
+}
+
+/// The revoked cluster's successor: same trust (the bundle it serves now), a fresh key, and
+/// a name of its own (docs/istio.md §14): the issuance time, in seconds.
+async fn issue_successor(
+    config: &Config,
+    cluster: &crate::topology::Cluster,
+    signer: &Signer,
+    revoked_set: &CaCertsFiles,
+    now: OffsetDateTime,
+) -> Result<(CaCertsFiles, Cert), DriveError> {
+    let generation = Some(now.unix_timestamp().to_string());
+    let mut successor =
+        issue_new(config, cluster, signer, signer.root_cert(), generation, now).await?;
+    successor.root_cert.clone_from(&revoked_set.root_cert);
+    let cert = Cert::one_from_pem(&successor.ca_cert, "the successor's ca-cert.pem")
+        .map_err(|e| DriveError::NewRoot(e.to_string()))?;
+    Ok((successor, cert))
+}
+
+/// Every primary as it is: its name, its set and its intermediate, which the mesh CA
+/// (`signing`) must have issued; and the lists they carry.
+async fn read_primaries(
+    config: &Config,
+    signing: &Cert,
+    now: OffsetDateTime,
+) -> Result<(Vec<(String, CaCertsFiles, Cert)>, Vec<Crl>), DriveError> {
+    let mut current: Vec<(String, CaCertsFiles, Cert)> = Vec::new();
+    let mut existing: Vec<Crl> = Vec::new();
+    for cluster in config.topology.primaries() {
+        let set = current_material(config, cluster, false).await?;
+        let bad = |reason: String| DriveError::CurrentMaterial {
+            cluster: cluster.name.clone(),
+            reason,
+        };
+        verify_cacerts(&set, now).map_err(|p| {
+            bad(format!(
+                "its cacerts does not validate, so it cannot be carried through a revocation: {}",
+                crate::pki::BundleProblem::join(&p)
+            ))
+        })?;
+        let ica = Cert::one_from_pem(&set.ca_cert, CaCertsFiles::CA_CERT)
+            .map_err(|e| bad(e.to_string()))?;
+        if !issued_by(&ica, signing) {
+            return Err(bad(format!(
+                "its intermediate ({}) was not issued by the mesh CA ({}): every primary must \
+                 sign under the common root before lists can be published (`cacertd migrate \
+                 start`; a replaced mesh CA: `cacertd issue`)",
+                ica.info().subject,
+                signing.info().subject
+            )));
+        }
+        existing.extend(verify_ca_crl(&set, now).map_err(bad)?);
+        current.push((cluster.name.clone(), set, ica));
+    }
+    Ok((current, existing))
+}
+
+/// A list from every intermediate `in_use`, signed with its key (one the clusters carry that
+/// lasts as long as the intermediate is kept).
+fn intermediate_lists<'a>(
+    in_use: impl Iterator<Item = &'a (String, CaCertsFiles, Cert)>,
+    existing: &[Crl],
+    now: OffsetDateTime,
+) -> Result<Vec<Crl>, DriveError> {
+    let list_err = |cluster: &str, e: crate::pki::PkiError| DriveError::CurrentMaterial {
+        cluster: cluster.to_string(),
+        reason: format!("its revocation list cannot be signed: {e}"),
+    };
+    let mut lists: Vec<Crl> = Vec::new();
+    for (cluster, set, ica) in in_use {
+        if let Some(kept) = existing.iter().find(|l| {
+            l.signed_by(ica) && l.next_update().is_some_and(|n| n >= ica.info().not_after)
+        }) {
+            lists.push(kept.clone());
+            continue;
+        }
+        let key =
+            CaKey::from_pem(&set.ca_key, CaCertsFiles::CA_KEY).map_err(|e| list_err(cluster, e))?;
+        let list = sign_crl(ica, &key, &[], 1, now, ica.info().not_after)
+            .map_err(|e| list_err(cluster, e))?;
+        lists.push(list);
+    }
+
+    Ok(lists)
+}
+
+/// The lists of the CAs above the mesh CA (`above_ca`): the newest current one of each, from
+/// those the operator gave or the clusters carry; refused where one has none.
+fn above_lists(
+    above_ca: &[Cert],
+    given_lists: &[Crl],
+    existing: &[Crl],
+    now: OffsetDateTime,
+) -> Result<Vec<Crl>, DriveError> {
+    for given in given_lists {
+        if !above_ca.iter().any(|c| given.signed_by(c)) {
+            return Err(DriveError::NewRoot(format!(
+                "--chain-crl: the list of {} is signed by none of the CAs above the mesh CA ({})",
+                given.issuer(),
+                names(above_ca)
+            )));
+        }
+    }
+    let mut above: Vec<Crl> = Vec::new();
+    for ca in above_ca {
+        let fresh = |l: &&Crl| l.signed_by(ca) && l.next_update().is_some_and(|n| n > now);
+        let newest = given_lists
+            .iter()
+            .chain(existing.iter())
+            .filter(fresh)
+            .max_by_key(|l| l.this_update());
+        match newest {
+            Some(l) => above.push(l.clone()),
+            None => {
+                return Err(DriveError::UnsafeForMesh(format!(
+                    "{} has no current revocation list: a proxy that checks lists rejects every \
+                     chain through a CA without one. Pass the list your PKI publishes for it \
+                     with --chain-crl FILE",
+                    ca.info().subject
+                )));
+            }
+        }
+    }
+    Ok(above)
+}
+
+/// Lists the clusters carry of intermediates no longer in use (an earlier revocation's): kept
+/// while current, since certificates they signed may live on.
+fn carried_lists(
+    existing: &[Crl],
+    (lists, above): (&[Crl], &[Crl]),
+    signing: &Cert,
+    above_ca: &[Cert],
+    now: OffsetDateTime,
+) -> Vec<Crl> {
+    let ours = |l: &Crl| {
+        lists.iter().chain(above).any(|k| k.der() == l.der())
+            || l.signed_by(signing)
+            || above_ca.iter().any(|c| l.signed_by(c))
+    };
+    existing
+        .iter()
+        .filter(|l| !ours(l) && l.next_update().is_some_and(|n| n > now))
+        .cloned()
+        .collect()
+}
+
+/// What each primary moves between: the revoked one to its successor, every one to the lists
+/// after; every set it will serve checked as the writer will check it.
+fn moving_sets(
+    current: &[(String, CaCertsFiles, Cert)],
+    name: &str,
+    successor: &CaCertsFiles,
+    (lists_before, lists_after): (&[u8], &[u8]),
+    now: OffsetDateTime,
+) -> Result<Vec<(String, CaCertsFiles, CaCertsFiles, bool)>, DriveError> {
+    let mut moving = Vec::new();
+    for (cluster, set, _) in current {
+        let revoked = cluster == name;
+        let new = CaCertsFiles {
+            ca_crl: lists_after.to_vec(),
+            ..if revoked {
+                successor.clone()
+            } else {
+                set.clone()
+            }
+        };
+        // Every set it will serve, as the writer will check it.
+        let m = ClusterMaterial {
+            original: set.clone(),
+            new: new.clone(),
+            lists_before: Some(lists_before.to_vec()),
+        };
+        for p in [Phase::AddNewRoot, Phase::SwitchSigner, Phase::RemoveOldRoot] {
+            let files = super::material(&m, MaterialOf::Phase(p))
+                .map_err(|e| DriveError::NewRoot(format!("{cluster}: {e}")))?;
+            verify_ca_crl(&files, now).map_err(|reason| DriveError::CurrentMaterial {
+                cluster: cluster.clone(),
+                reason: format!("its cacerts for phase {p} would be refused: {reason}"),
+            })?;
+        }
+        moving.push((cluster.clone(), set.clone(), new, revoked));
+    }
+
+    Ok(moving)
 }
 
 /// The mesh CA's lists before and after the revocation, signed here with its key: the newest

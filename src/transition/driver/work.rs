@@ -18,6 +18,37 @@ pub(super) struct Work<'a> {
     pub(super) revoked: Option<&'a str>,
 }
 
+/// The clusters a run opened: targets, each primary's remotes, each primary's material.
+type OpenedRefs<'a> = (
+    &'a BTreeMap<String, Target>,
+    &'a BTreeMap<String, Vec<(String, KubeTarget)>>,
+    &'a BTreeMap<String, ClusterMaterial>,
+);
+
+impl<'a> Work<'a> {
+    /// What the cluster steps of `record` need, writing through one writer.
+    pub(super) fn new(
+        config: &'a Config,
+        audit: &'a Audit,
+        (targets, remotes, materials): OpenedRefs<'a>,
+        exclude_namespaces: &'a [String],
+        record: &Record,
+        revoked: Option<&'a str>,
+    ) -> Self {
+        Work {
+            config,
+            targets,
+            remotes,
+            materials,
+            audit,
+            writer: CacertsWriter::new(&config.trust_domain, audit, "transition-write"),
+            exclude_namespaces,
+            kind: record.kind,
+            revoked,
+        }
+    }
+}
+
 impl Work<'_> {
     /// The material a write would serve (validated) and what the cluster holds now.
     pub(super) async fn prepare_write(
