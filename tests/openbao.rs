@@ -1861,22 +1861,19 @@ fn vault_pki_signs_with_an_intermediate_issuer_below_a_root_mount() {
     assert_no_key_requested(&bao);
 }
 
-/// `revoke` with the root in Vault KV, under exactly the shipped day-to-day policy: the mesh
-/// CA's list is signed with the key fetched for it.
-#[test]
-fn vault_kv_revokes_a_cluster_intermediate_with_the_shipped_policy() {
-    let bao = Bao::start();
-    let kv = bao.shipped_policy("cacertd-kv.hcl");
-    let s = setup(&bao, KV, &bao.token(&[&kv]));
+/// `[transition] list_propagation = "0s"`: folder targets need no time for kubelet.
+fn lists_propagate_at_once(s: &Setup) {
     let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
     std::fs::write(
         s.path("cacertd.toml"),
         format!("{config}\n[transition]\nlist_propagation = \"0s\"\n"),
     )
     .unwrap();
-    s.cacertd(&["root", "init"]).ok();
-    s.cacertd(&["issue"]).ok();
-    let old = s.path("old-cluster1");
+}
+
+/// A copy of `cluster`'s set as it is now (`old-<cluster>`), to sign workloads with later.
+fn keep_set(s: &Setup, cluster: &str) -> PathBuf {
+    let old = s.path(&format!("old-{cluster}"));
     std::fs::create_dir_all(&old).unwrap();
     for f in [
         "ca-cert.pem",
@@ -1884,8 +1881,22 @@ fn vault_kv_revokes_a_cluster_intermediate_with_the_shipped_policy() {
         "root-cert.pem",
         "cert-chain.pem",
     ] {
-        std::fs::copy(s.path(&format!("out/cluster1/{f}")), old.join(f)).unwrap();
+        std::fs::copy(s.path(&format!("out/{cluster}/{f}")), old.join(f)).unwrap();
     }
+    old
+}
+
+/// `revoke` with the root in Vault KV, under exactly the shipped day-to-day policy: the mesh
+/// CA's list is signed with the key fetched for it.
+#[test]
+fn vault_kv_revokes_a_cluster_intermediate_with_the_shipped_policy() {
+    let bao = Bao::start();
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    let s = setup(&bao, KV, &bao.token(&[&kv]));
+    lists_propagate_at_once(&s);
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    let old = keep_set(&s, "cluster1");
     let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let (c1, c2) = (s.path("out/cluster1"), s.path("out/cluster2"));
@@ -1983,25 +1994,11 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
     let day_to_day = bao.token(&[&pki]);
     let with_revoke = bao.token(&[&pki, &revoke]);
     let s = setup(&bao, PKI, &bao.token(&[&pki, &init]));
-    let config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
-    std::fs::write(
-        s.path("cacertd.toml"),
-        format!("{config}\n[transition]\nlist_propagation = \"0s\"\n"),
-    )
-    .unwrap();
+    lists_propagate_at_once(&s);
     s.cacertd(&["root", "init"]).ok();
     std::fs::write(s.path("vault-token"), &day_to_day).unwrap();
     s.cacertd(&["issue"]).ok();
-    let old = s.path("old-cluster1");
-    std::fs::create_dir_all(&old).unwrap();
-    for f in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-    ] {
-        std::fs::copy(s.path(&format!("out/cluster1/{f}")), old.join(f)).unwrap();
-    }
+    let old = keep_set(&s, "cluster1");
     let untouched = folders(&s);
 
     // Vault's lists expire 72h after they are built by default: too soon to publish.
