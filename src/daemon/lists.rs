@@ -25,9 +25,9 @@ pub struct ListWatch {
 }
 
 impl Daemon {
-    /// With the vault-pki store, hourly: Vault's list, rebuilt once it is due, put in place of the older one wherever a primary serves lists. Not while a
-    /// transition is under way (it writes the lists itself); a failure is logged and tried
-    /// again at the next look.
+    /// With the vault-pki store, hourly: Vault's list, rebuilt once it is due, put in place of
+    /// the older one wherever a primary serves lists. Not while a transition is under way (it
+    /// writes the lists itself); a failure is logged and tried again at the next look.
     pub async fn refresh_vault_lists(&self) {
         if !matches!(
             self.config.root,
