@@ -147,34 +147,14 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         ..
     } = *expected;
     let mut a = Assessment {
-        state: ClusterState::Missing,
-        intermediate: None,
-        renew_at: None,
-        capped_by_root: false,
-        trusts_root: false,
-        trust_bundle: Vec::new(),
-        trust_bundle_expiries: Vec::new(),
-        unknown_roots: Vec::new(),
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        published: None,
-        revocation_lists_expire: None,
-        trust: None,
+        published: published(snapshot, root),
+        ..Assessment::missing()
     };
-    a.published = published(snapshot, root);
     let Some(files) = snapshot.cacerts.as_ref().filter(|f| !is_empty(f)) else {
         // No plug-in CA: istiod signs with its self-signed CA, if it has one. Plugging in the
         // common root now would leave every running workload trusting only the old root.
         if let Some(ss) = &snapshot.self_signed_ca {
-            let (trust, _) = TrustBundle::from_pem_lenient(&ss.root_cert);
-            a.trust_bundle = trust.fingerprints();
-            a.trust_bundle_expiries = trust.expiries();
-            a.intermediate = Cert::lenient_from_pem(&ss.ca_cert, CaCertsFiles::CA_CERT)
-                .0
-                .into_iter()
-                .next()
-                .map(|c| c.info().clone());
-            a.state = ClusterState::SelfSigned;
+            self_signed(&mut a, ss);
         }
         return a;
     };
@@ -239,6 +219,41 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         a.state = ClusterState::UnknownRoots;
     }
     a
+}
+
+impl Assessment {
+    /// A cluster without `cacerts`, before anything else is known.
+    fn missing() -> Self {
+        Assessment {
+            state: ClusterState::Missing,
+            intermediate: None,
+            renew_at: None,
+            capped_by_root: false,
+            trusts_root: false,
+            trust_bundle: Vec::new(),
+            trust_bundle_expiries: Vec::new(),
+            unknown_roots: Vec::new(),
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            published: None,
+            revocation_lists_expire: None,
+            trust: None,
+        }
+    }
+}
+
+/// A cluster whose istiod signs with its self-signed CA (`istio-ca-secret`): what it trusts
+/// and signs with.
+fn self_signed(a: &mut Assessment, ss: &CaCertsFiles) {
+    let (trust, _) = TrustBundle::from_pem_lenient(&ss.root_cert);
+    a.trust_bundle = trust.fingerprints();
+    a.trust_bundle_expiries = trust.expiries();
+    a.intermediate = Cert::lenient_from_pem(&ss.ca_cert, CaCertsFiles::CA_CERT)
+        .0
+        .into_iter()
+        .next()
+        .map(|c| c.info().clone());
+    a.state = ClusterState::SelfSigned;
 }
 
 /// How many namespaces' published bundles there are, and how many hold the root.

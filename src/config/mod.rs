@@ -227,6 +227,81 @@ pub struct Config {
     pub extra_roots: Vec<crate::pki::Cert>,
 }
 
+/// The trust domain and `state_dir`, checked.
+fn top_level(sections: &Sections, raw: &RawConfig) -> Result<(String, PathBuf), ConfigError> {
+    let trust_domain = raw.trust_domain.get_ref().trim().to_string();
+    if trust_domain.is_empty() || trust_domain.contains(['/', ' ', ':']) {
+        return Err(sections.invalid(
+            raw.trust_domain.span(),
+            "trust_domain".into(),
+            format!(
+                "{:?} is not a valid SPIFFE trust domain",
+                raw.trust_domain.get_ref()
+            ),
+        ));
+    }
+    if raw.state_dir.get_ref().as_os_str().is_empty() {
+        return Err(sections.invalid(
+            raw.state_dir.span(),
+            "state_dir".into(),
+            "must not be empty".into(),
+        ));
+    }
+    Ok((trust_domain, sections.resolve(raw.state_dir.get_ref())))
+}
+
+/// The policies (`policies_dir`, or the built-in ones) and the name of the default one, which
+/// must exist.
+fn policies(sections: &Sections, raw: &RawConfig) -> Result<(PolicySet, String), ConfigError> {
+    let file = sections.file;
+    let policies = match &raw.policies_dir {
+        Some(dir) => PolicySet::load_dir(&sections.resolve(dir)),
+        None => PolicySet::embedded(),
+    }
+    .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
+    let default_policy = match &raw.policy {
+        Some(p) => {
+            policies
+                .get(p.get_ref())
+                .map_err(|e| sections.invalid(p.span(), "policy".into(), e.to_string()))?;
+            p.get_ref().clone()
+        }
+        None => {
+            policies
+                .get("default")
+                .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
+            "default".to_string()
+        }
+    };
+    Ok((policies, default_policy))
+}
+
+/// What no cluster's target may overlap: the state, the file root store, the audit log.
+fn kept_apart(
+    state_dir: &Path,
+    root: &RootStoreConfig,
+    daemon: &DaemonSettings,
+) -> Vec<clusters::Apart> {
+    let mut apart = vec![clusters::Apart {
+        what: "state_dir",
+        path: state_dir.to_path_buf(),
+        why: "the state (root, backups, transitions)",
+    }];
+    if let RootStoreConfig::File { dir } = root {
+        apart.push(clusters::Apart {
+            what: "the root store",
+            path: dir.clone(),
+            why: "the root key",
+        });
+    }
+    apart.push(clusters::Apart {
+        what: "the audit log",
+        path: daemon.audit_log.clone(),
+        why: "the audit log",
+    });
+    apart
+}
+
 impl Config {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
@@ -249,71 +324,12 @@ impl Config {
             base
         };
         let sections = Sections { text, file, base };
-        let resolve = |p: &Path| sections.resolve(p);
-        let invalid = |span: std::ops::Range<usize>, field: String, message: String| {
-            sections.invalid(span, field, message)
-        };
-
-        let trust_domain = raw.trust_domain.get_ref().trim().to_string();
-        if trust_domain.is_empty() || trust_domain.contains(['/', ' ', ':']) {
-            return Err(invalid(
-                raw.trust_domain.span(),
-                "trust_domain".into(),
-                format!(
-                    "{:?} is not a valid SPIFFE trust domain",
-                    raw.trust_domain.get_ref()
-                ),
-            ));
-        }
-        if raw.state_dir.get_ref().as_os_str().is_empty() {
-            return Err(invalid(
-                raw.state_dir.span(),
-                "state_dir".into(),
-                "must not be empty".into(),
-            ));
-        }
-        let state_dir = resolve(raw.state_dir.get_ref());
-
-        let policies = match &raw.policies_dir {
-            Some(dir) => PolicySet::load_dir(&resolve(dir)),
-            None => PolicySet::embedded(),
-        }
-        .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
-        let default_policy = match &raw.policy {
-            Some(p) => {
-                policies
-                    .get(p.get_ref())
-                    .map_err(|e| invalid(p.span(), "policy".into(), e.to_string()))?;
-                p.get_ref().clone()
-            }
-            None => {
-                policies
-                    .get("default")
-                    .map_err(|e| ConfigError::Policy(e, file.to_path_buf()))?;
-                "default".to_string()
-            }
-        };
-
+        let (trust_domain, state_dir) = top_level(&sections, &raw)?;
+        let (policies, default_policy) = policies(&sections, &raw)?;
         let root = sections.root(raw.root, &state_dir);
         let vault = sections.vault(raw.vault)?;
         let daemon = sections.daemon(raw.daemon, &state_dir)?;
-        let mut apart = vec![clusters::Apart {
-            what: "state_dir",
-            path: state_dir.clone(),
-            why: "the state (root, backups, transitions)",
-        }];
-        if let RootStoreConfig::File { dir } = &root {
-            apart.push(clusters::Apart {
-                what: "the root store",
-                path: dir.clone(),
-                why: "the root key",
-            });
-        }
-        apart.push(clusters::Apart {
-            what: "the audit log",
-            path: daemon.audit_log.clone(),
-            why: "the audit log",
-        });
+        let apart = kept_apart(&state_dir, &root, &daemon);
         let clusters = sections.clusters(&raw.clusters, &policies, &default_policy, &apart)?;
         let kubernetes = sections.kubernetes(raw.kubernetes)?;
         let transition = sections.transition(raw.transition, &daemon)?;

@@ -84,12 +84,7 @@ pub async fn drive(
         return Err(DriveError::NoTransition);
     };
     let audit = Audit::new(config.daemon.audit_log.clone());
-    let Opened {
-        targets,
-        observed,
-        materials,
-        remotes,
-    } = open_clusters(config, files, &record).await?;
+    let opened = open_clusters(config, files, &record).await?;
     let mut done = 0usize;
     let mut shown = Throttle::default();
     let started = std::time::Instant::now();
@@ -104,33 +99,19 @@ pub async fn drive(
         if matches!(step, Step::Write { .. } | Step::Restart { .. }) {
             // Up to `max_parallel` clusters at once, within what this run may still do.
             let batch = next_steps(&record, now, opts.room(done));
-            let exclude = record.options.exclude_namespaces.clone();
-            let revoked = record.revocation.as_ref().map(|r| r.cluster.clone());
-            let opened = (&targets, &remotes, &materials);
-            let work = Work::new(
-                config,
-                &audit,
-                opened,
-                &exclude,
-                &record,
-                revoked.as_deref(),
-            );
-            opts.progress.doing(
-                batch
-                    .iter()
-                    .map(describe_step)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-            done += run_batch(&work, files, &mut record, &batch, now).await?;
+            let doing: Vec<String> = batch.iter().map(describe_step).collect();
+            opts.progress.doing(doing.join(", "));
+            done +=
+                run_cluster_steps(config, &audit, &opened, files, &mut record, &batch, now).await?;
             continue;
         }
         let outcome = match &step {
             Step::CheckGate { material: of } => {
                 opts.progress
                     .doing(format!("checking the gate of {}", of.describe()));
-                let read = gate_targets(&targets, &observed);
-                match check_gate(&read, &remotes, &materials, &record, *of, now).await {
+                let read = gate_targets(&opened.targets, &opened.observed);
+                let (remotes, materials) = (&opened.remotes, &opened.materials);
+                match check_gate(&read, remotes, materials, &record, *of, now).await {
                     behind if behind.is_empty() => StepOutcome::GateHeld,
                     behind => StepOutcome::GateBehind(behind),
                 }
@@ -143,7 +124,7 @@ pub async fn drive(
                 continue;
             }
             Step::Finished => {
-                swap_root_when_done(config, files, &mut record, &materials, now).await?;
+                swap_root_when_done(config, files, &mut record, &opened.materials, now).await?;
                 return Ok(step);
             }
             Step::AwaitApproval { .. } | Step::AwaitApplied { .. } | Step::Held { .. } => {
@@ -171,6 +152,24 @@ pub async fn drive(
             tokio::time::sleep(opts.poll).await;
         }
     }
+}
+
+/// Carries out `batch`, the next write or restart steps (up to `max_parallel` clusters at
+/// once), each through a [`Work`] holding what the opened clusters need.
+async fn run_cluster_steps(
+    config: &Config,
+    audit: &Audit,
+    opened: &Opened,
+    files: &RecordStore,
+    record: &mut Record,
+    batch: &[Step],
+    now: OffsetDateTime,
+) -> Result<usize, DriveError> {
+    let exclude = record.options.exclude_namespaces.clone();
+    let revoked = record.revocation.as_ref().map(|r| r.cluster.clone());
+    let refs = (&opened.targets, &opened.remotes, &opened.materials);
+    let work = Work::new(config, audit, refs, &exclude, record, revoked.as_deref());
+    run_batch(&work, files, record, batch, now).await
 }
 
 /// Waits up to a minute of a drain, saying until when (and, now and then, what it is for).

@@ -52,26 +52,9 @@ pub(super) async fn check_gate(
         let expected = roots_of(&want.root_cert);
         let published = observed.snapshot.published_bundles.unwrap_or_default();
         bundles_behind(cluster, &published, &expected, &mut behind);
-        // The remotes it serves hold the bundle objects its istiod writes.
-        let objects = match target {
-            Target::Kube(kube) if remotes.get(cluster).is_some_and(|r| !r.is_empty()) => {
-                match kube.bundle_objects().await {
-                    Ok(o) => Some(o),
-                    Err(e) => {
-                        behind.push(format!("{cluster}: unreachable: {e}"));
-                        continue;
-                    }
-                }
-            }
-            _ => None,
-        };
-        if let Some(objects) = &objects {
-            for (remote, target) in remotes.get(cluster).into_iter().flatten() {
-                match target.published_bundles(objects).await {
-                    Ok(published) => bundles_behind(remote, &published, &expected, &mut behind),
-                    Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
-                }
-            }
+        let served_remotes = remotes.get(cluster).map(Vec::as_slice).unwrap_or_default();
+        if !remote_bundles_behind(cluster, target, served_remotes, &expected, &mut behind).await {
+            continue;
         }
         let Target::Kube(kube) = *target else {
             continue;
@@ -111,6 +94,38 @@ pub(super) async fn check_gate(
         behind.push(wait);
     }
     behind
+}
+
+/// Notes in `behind` each remote `cluster` serves whose bundle objects (those its istiod
+/// writes) do not hold `expected`. `false` when `cluster`'s istiod could not be read, noted
+/// too: nothing more is to be learnt of it now.
+async fn remote_bundles_behind(
+    cluster: &str,
+    target: &Target,
+    remotes: &[(String, KubeTarget)],
+    expected: &[Vec<u8>],
+    behind: &mut Vec<String>,
+) -> bool {
+    let Target::Kube(kube) = target else {
+        return true;
+    };
+    if remotes.is_empty() {
+        return true;
+    }
+    let objects = match kube.bundle_objects().await {
+        Ok(o) => o,
+        Err(e) => {
+            behind.push(format!("{cluster}: unreachable: {e}"));
+            return false;
+        }
+    };
+    for (remote, target) in remotes {
+        match target.published_bundles(&objects).await {
+            Ok(published) => bundles_behind(remote, &published, expected, behind),
+            Err(e) => behind.push(format!("{remote}: unreachable: {e}")),
+        }
+    }
+    true
 }
 
 /// While lists just published may not have reached every pod's mounted file: the wait counts

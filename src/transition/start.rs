@@ -287,6 +287,62 @@ pub(super) async fn issue_new(
     Ok(files)
 }
 
+/// `current` with the root `wanted` dropped from its bundle; `None` if its bundle does not
+/// hold it. Refused where the cluster signs under that root, or trusts it alone.
+fn without_root(
+    config: &Config,
+    name: &str,
+    current: &CaCertsFiles,
+    wanted: &str,
+    now: OffsetDateTime,
+) -> Result<Option<CaCertsFiles>, DriveError> {
+    let (trust, _) = TrustBundle::from_pem_lenient(&current.root_cert);
+    let Some(root) = trust
+        .roots()
+        .iter()
+        .find(|r| r.info().fingerprint_sha256 == wanted)
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    // Its workloads' certificates must not chain to the root leaving their bundle.
+    let signing = Cert::lenient_from_pem(&current.ca_cert, CaCertsFiles::CA_CERT)
+        .0
+        .into_iter()
+        .next();
+    let (chain, _) = Cert::lenient_from_pem(&current.cert_chain, CaCertsFiles::CERT_CHAIN);
+    let signs_under = signing
+        .as_ref()
+        .and_then(|s| crate::pki::issuing_root(s, &chain, trust.roots()));
+    if signs_under.as_ref() == Some(&root) {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "{name} signs under {wanted}: removing it would break every certificate its \
+             istiod issued. Move {name} onto the common root first (`cacertd migrate \
+             start`)"
+        )));
+    }
+    if trust.roots().len() == 1 {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "{name} trusts {wanted} alone: nothing would be left in its bundle"
+        )));
+    }
+    let kept = trust.without(&root);
+    let new = CaCertsFiles {
+        root_cert: kept.pem_bytes().to_vec(),
+        ..current.clone()
+    };
+    verify_cacerts_for_mesh(&new, now, Some(&config.trust_domain)).map_err(|problems| {
+        DriveError::CurrentMaterial {
+            cluster: name.to_string(),
+            reason: format!(
+                "its cacerts without {wanted} would not validate: {}",
+                crate::pki::BundleProblem::join(&problems)
+            ),
+        }
+    })?;
+    Ok(Some(new))
+}
+
 /// `transition remove-root FINGERPRINT`: every primary whose bundle trusts that root keeps its
 /// signer and drops the root from its bundle, in one phase with its restarts and gate. Refused
 /// for the common root (and its mesh CA's anchor), for a root any primary still signs under,
@@ -328,50 +384,9 @@ pub async fn start_remove_root(
             // A cluster that cannot be read may trust the root: never skipped silently.
             Err(e) => return Err(e),
         };
-        let (trust, _) = TrustBundle::from_pem_lenient(&current.root_cert);
-        let Some(root) = trust
-            .roots()
-            .iter()
-            .find(|r| r.info().fingerprint_sha256 == wanted)
-            .cloned()
-        else {
+        let Some(new) = without_root(config, name, &current, wanted, now)? else {
             continue;
         };
-        // Its workloads' certificates must not chain to the root leaving their bundle.
-        let signing = Cert::lenient_from_pem(&current.ca_cert, CaCertsFiles::CA_CERT)
-            .0
-            .into_iter()
-            .next();
-        let (chain, _) = Cert::lenient_from_pem(&current.cert_chain, CaCertsFiles::CERT_CHAIN);
-        let signs_under = signing
-            .as_ref()
-            .and_then(|s| crate::pki::issuing_root(s, &chain, trust.roots()));
-        if signs_under.as_ref() == Some(&root) {
-            return Err(DriveError::UnsafeForMesh(format!(
-                "{name} signs under {wanted}: removing it would break every certificate its \
-                 istiod issued. Move {name} onto the common root first (`cacertd migrate \
-                 start`)"
-            )));
-        }
-        if trust.roots().len() == 1 {
-            return Err(DriveError::UnsafeForMesh(format!(
-                "{name} trusts {wanted} alone: nothing would be left in its bundle"
-            )));
-        }
-        let kept = trust.without(&root);
-        let new = CaCertsFiles {
-            root_cert: kept.pem_bytes().to_vec(),
-            ..current.clone()
-        };
-        verify_cacerts_for_mesh(&new, now, Some(&config.trust_domain)).map_err(|problems| {
-            DriveError::CurrentMaterial {
-                cluster: name.to_string(),
-                reason: format!(
-                    "its cacerts without {wanted} would not validate: {}",
-                    crate::pki::BundleProblem::join(&problems)
-                ),
-            }
-        })?;
         moving.push((name.to_string(), current, new, false));
     }
     if moving.is_empty() {
