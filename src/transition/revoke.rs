@@ -71,12 +71,15 @@ pub async fn start_revoke(
     let (successor, successor_cert) =
         issue_successor(config, revoked_cluster, &signer, revoked_set, now).await?;
 
-    let mut in_use = current.clone();
-    in_use.push((name.to_string(), successor.clone(), successor_cert));
+    // A list from every intermediate in use, the successor's included.
+    let successor_in_use = (name.to_string(), successor.clone(), successor_cert);
+    let in_use = current.iter().chain(std::iter::once(&successor_in_use));
+    let lists = intermediate_lists(in_use, &existing, now)?;
+    drop(successor_in_use);
     let (lists_before, lists_after) = all_lists(
         config,
         &signer,
-        (&in_use, &existing),
+        (&lists, &existing),
         &request,
         revoked_ica,
         now,
@@ -128,14 +131,14 @@ pub async fn start_revoke(
     Ok(saved)
 }
 
-/// The lists every primary serves during the revocation, as one `ca-crl.pem` each: a list
-/// from every intermediate `in_use`, the mesh CA's, those of the CAs above it and those
+/// The lists every primary serves during the revocation, as one `ca-crl.pem` each: `lists`
+/// (one from every intermediate in use), the mesh CA's, those of the CAs above it and those
 /// carried from earlier revocations — before and after the mesh CA's list names the revoked
 /// intermediate.
 async fn all_lists(
     config: &Config,
     signer: &Signer,
-    (in_use, existing): (&[(String, CaCertsFiles, Cert)], &[Crl]),
+    (lists, existing): (&[Crl], &[Crl]),
     request: &RevokeRequest,
     revoked_ica: &Cert,
     now: OffsetDateTime,
@@ -147,10 +150,8 @@ async fn all_lists(
         Signer::Local(mesh_ca) => mesh_ca.chain().to_vec(),
         Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
     };
-    let lists = intermediate_lists(in_use.iter(), existing, now)?;
-
     let above = above_lists(&above_ca, &request.chain_lists, existing, now)?;
-    let carried = carried_lists(existing, (&lists, &above), signing, &above_ca, now);
+    let carried = carried_lists(existing, (lists, &above), signing, &above_ca, now);
 
     // The mesh CA's list, before and after: last, since with Vault getting it revokes there
     // (nothing after this refuses but an internal inconsistency).
@@ -162,7 +163,7 @@ async fn all_lists(
         }
     };
     let assemble = |mesh: &Crl| {
-        let mut all = lists.clone();
+        let mut all = lists.to_vec();
         all.push(mesh.clone());
         all.extend(above.iter().cloned());
         all.extend(carried.iter().cloned());
