@@ -106,21 +106,37 @@ pub async fn refresh(
     results
 }
 
+/// Why Vault's list cannot be published.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultListError {
+    /// Vault did not answer as asked.
+    #[error("{store}: {source}")]
+    Vault { store: String, source: VaultError },
+    /// The list would expire too soon ([`long_enough`]).
+    #[error("{0}")]
+    TooShort(String),
+}
+
 /// The mesh CA's list as Vault signs it: rebuilt first unless `rebuild` is false (a dry run
 /// changes nothing in Vault either). Refused with less than `min_life` left, since publishing
-/// it would soon cut every chain off.
+/// it would soon cut every chain off; a list not rebuilt is judged by how long Vault makes its
+/// lists last, as a rebuild would make it.
 pub async fn vault_list(
     pki: &VaultPki,
     rebuild: bool,
     min_life: time::Duration,
     now: OffsetDateTime,
-) -> Result<Crl, String> {
-    let vault = |e: VaultError| format!("{}: {e}", pki.describe());
+) -> Result<Crl, VaultListError> {
+    let vault = |source: VaultError| VaultListError::Vault {
+        store: pki.describe(),
+        source,
+    };
     if rebuild {
         pki.rebuild_revocation_lists().await.map_err(vault)?;
     }
     let list = pki.revocation_list().await.map_err(vault)?;
-    long_enough(pki, &list, min_life, now)?;
+    let at = if rebuild { now } else { list.this_update() };
+    long_enough(pki, &list, min_life, at).map_err(VaultListError::TooShort)?;
     Ok(list)
 }
 

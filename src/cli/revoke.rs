@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fsutil::StateLock;
 use crate::pki::{Crl, Reason};
+use crate::revocation::VaultListError;
 use crate::transition::record_store::RecordStore;
 use crate::transition::revoke::{RevokeRequest, start_revoke};
 
@@ -106,7 +107,12 @@ async fn lists_and_signers(
                 now,
             )
             .await
-            .map_err(CliError::Refused),
+            .map_err(|e| match e {
+                VaultListError::Vault { store, source } => {
+                    CliError::Store(crate::root_store::StoreError::Vault { store, source })
+                }
+                VaultListError::TooShort(why) => CliError::Refused(why),
+            }),
         ),
         None => None,
     };

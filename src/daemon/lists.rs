@@ -71,15 +71,14 @@ impl Daemon {
             return Ok(());
         }
         let list = match stale {
-            true => {
-                vault_list(
-                    pki,
-                    true,
-                    crate::transition::revoke::VAULT_LIST_MIN_LIFE,
-                    now,
-                )
-                .await?
-            }
+            true => vault_list(
+                pki,
+                true,
+                crate::transition::revoke::VAULT_LIST_MIN_LIFE,
+                now,
+            )
+            .await
+            .map_err(|e| e.to_string())?,
             false => current,
         };
         let results = refresh(

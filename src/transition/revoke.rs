@@ -457,20 +457,17 @@ async fn signed_by_vault(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<(Crl, Crl), DriveError> {
+    use crate::revocation::VaultListError;
     let vault =
         |e: crate::root_store::VaultError| DriveError::NewRoot(format!("{}: {e}", pki.describe()));
     let serial = revoked.info().serial.clone();
     let kept = kept_list(config, revoked);
-    if !dry_run {
-        pki.rebuild_revocation_lists().await.map_err(vault)?;
-    }
-    let current = pki.revocation_list().await.map_err(vault)?;
-    // A dry run rebuilds nothing: what matters is how long Vault makes its lists last.
-    long_enough(
-        pki,
-        &current,
-        if dry_run { current.this_update() } else { now },
-    )?;
+    let current = crate::revocation::vault_list(pki, !dry_run, VAULT_LIST_MIN_LIFE, now)
+        .await
+        .map_err(|e| match e {
+            VaultListError::Vault { .. } => DriveError::NewRoot(e.to_string()),
+            VaultListError::TooShort(why) => DriveError::UnsafeForMesh(why),
+        })?;
     let before = match current.lists(revoked) {
         false => current,
         // Revoked in Vault by a run that stopped before it was recorded: its list before.
