@@ -136,10 +136,10 @@ pub enum CrlCommand {
     /// expire: Envoy rejects every chain an expired list covers. The lists of the CAs above
     /// the mesh CA (a corporate root or intermediate) come from your PKI (--chain-crl); with
     /// the vault-pki store, the mesh CA's list is Vault's, rebuilt now (`serve` also does this
-    /// by itself once half of the served list's life has passed). Lists of other CAs stay as
-    /// they are; a list no CA above the mesh CA signed is refused. One write per primary whose
-    /// lists change, checked as istiod will; no restart (istiod and kubelet pass the file on).
-    /// Refused while a transition is under way.
+    /// by itself once the served list is due: half its life gone, or ten days left). Lists of
+    /// other CAs stay as they are; a list no CA above the mesh CA signed is refused. One write
+    /// per primary whose lists change, checked as istiod will; no restart (istiod and kubelet
+    /// pass the file on). Refused while a transition is under way.
     Refresh(CrlRefreshArgs),
 }
 

@@ -119,6 +119,7 @@ fn proxy_of(pod: &Pod) -> Option<Proxy> {
     if sidecar.is_none() && !injected && !ztunnel {
         return None;
     }
+    let asked = requested_ttl(sidecar);
     Some(Proxy {
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
@@ -131,11 +132,18 @@ fn proxy_of(pod: &Pod) -> Option<Proxy> {
             .map(|o| o.kind.clone()),
         ztunnel,
         takes_pushed_bundles: !ztunnel && sidecar.is_some_and(pushed_bundles_on),
-        renewal: renewal(sidecar),
-        requested_ttl: env_of(sidecar, SECRET_TTL)
-            .and_then(go_duration)
-            .unwrap_or(DEFAULT_TTL),
+        renewal: asked.clone().and_then(|ttl| renewal(sidecar, ttl)),
+        requested_ttl: asked.unwrap_or(DEFAULT_TTL),
     })
+}
+
+/// The lifetime the agent asks for (`SECRET_TTL`, its default where unset); `Err` names a
+/// value that is no duration (the agent then falls back to the default).
+fn requested_ttl(sidecar: Option<&Container>) -> Result<Duration, String> {
+    match env_of(sidecar, SECRET_TTL) {
+        None => Ok(DEFAULT_TTL),
+        Some(v) => go_duration(v).ok_or_else(|| format!("{SECRET_TTL}={v:?} is not a duration")),
+    }
 }
 
 fn env_of<'a>(c: Option<&'a Container>, name: &str) -> Option<&'a str> {
@@ -148,11 +156,7 @@ fn env_of<'a>(c: Option<&'a Container>, name: &str) -> Option<&'a str> {
 
 /// When the agent renews: `TTL × (1 − ratio + jitter)` after issuance at the latest
 /// (docs/istio.md §13), plus a small margin.
-fn renewal(sidecar: Option<&Container>) -> Result<Duration, String> {
-    let ttl = match env_of(sidecar, SECRET_TTL) {
-        None => DEFAULT_TTL,
-        Some(v) => go_duration(v).ok_or_else(|| format!("{SECRET_TTL}={v:?} is not a duration"))?,
-    };
+fn renewal(sidecar: Option<&Container>, ttl: Duration) -> Result<Duration, String> {
     let fraction = |name: &str, default: f64| match env_of(sidecar, name) {
         None => Ok(default),
         Some(v) => v
