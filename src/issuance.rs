@@ -52,6 +52,10 @@ pub struct ClusterReport {
     )]
     pub revocation_lists_expire: Option<OffsetDateTime>,
     pub backup: Option<String>,
+    /// Refused because its cacerts carries revocation lists: its renewal must publish the
+    /// successor's list first, as a transition (`cacertd renew`), which `serve` starts.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renew_by_transition: bool,
     /// Old backups `[backups]` removed after the write.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backups_removed: Vec<String>,
@@ -93,6 +97,7 @@ impl ClusterReport {
             renew_at: None,
             revocation_lists_expire: None,
             backup: None,
+            renew_by_transition: false,
             backups_removed: Vec::new(),
             backups_kept_because: None,
             seen: None,
@@ -100,6 +105,20 @@ impl ClusterReport {
             trust_bundle: Vec::new(),
             trust_bundle_expiries: Vec::new(),
         }
+    }
+
+    /// Refused: `cluster`'s cacerts carries revocation lists, so its renewal (`why`) takes a
+    /// transition that publishes the successor's list first (docs/istio.md §14).
+    fn renew_by_transition(cluster: &str, why: &str) -> Self {
+        let mut report = ClusterReport::new(cluster, Outcome::Refused).with_reason(format!(
+            "{why}; its cacerts carries revocation lists ({}), and a proxy that checks them \
+             rejects a chain through a CA without one, so its successor's list must reach every \
+             primary before the successor signs: renew it with `cacertd renew {cluster}` (serve \
+             starts that by itself)",
+            CaCertsFiles::CA_CRL
+        ));
+        report.renew_by_transition = true;
+        report
     }
 
     fn with_reason(mut self, reason: impl Into<String>) -> Self {
@@ -229,6 +248,15 @@ fn in_flight(config: &Config, clusters: &[&Cluster]) -> usize {
         true => DIRECTORIES_AT_ONCE,
         false => config.kubernetes.concurrency.max(1),
     }
+}
+
+/// `observed`'s cacerts carries revocation lists (docs/istio.md §14).
+fn serves_lists(observed: &Observed) -> bool {
+    observed
+        .snapshot
+        .cacerts
+        .as_ref()
+        .is_some_and(|c| !c.ca_crl.iter().all(u8::is_ascii_whitespace))
 }
 
 /// Records in the audit log what an issuance run decided: issued, refused and failed clusters
@@ -409,6 +437,9 @@ impl Pass<'_> {
                     ClusterReport::new(name, Outcome::PolicyRefused).with_reason(v.to_string())
                 );
             }
+        }
+        if serves_lists(observed) {
+            return Ok(ClusterReport::renew_by_transition(name, &why).with_served(assessment));
         }
         if dry_run {
             return Ok(ClusterReport::new(name, Outcome::WouldIssue).with_reason(why));

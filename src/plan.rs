@@ -158,9 +158,11 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         }
         return a;
     };
-    a.revocation_lists_expire = crate::pki::Crl::all_from_pem(&files.ca_crl, CaCertsFiles::CA_CRL)
-        .ok()
-        .and_then(|lists| lists.iter().filter_map(crate::pki::Crl::next_update).min());
+    // Lists of CAs outside its chain (another cluster's predecessor) lapse harmlessly.
+    a.revocation_lists_expire = crate::pki::own_lists(files)
+        .iter()
+        .filter_map(crate::pki::Crl::next_update)
+        .min();
     let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
     a.trusts_root = root.is_some_and(|r| trust.contains(r));
     a.trust_bundle = trust.fingerprints();

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::cluster::{CacertsWriter, Material, Target, WriteError, WriteMeta};
 use crate::config::Config;
-use crate::pki::{CaCertsFiles, Cert, Crl, crls_pem, refreshed};
+use crate::pki::{CaCertsFiles, Cert, Crl, crls_pem, refreshed, without_lapsed};
 use crate::root_store::{VaultError, VaultPki};
 
 /// What a refresh did to one primary.
@@ -44,66 +44,96 @@ pub async fn refresh(
     let writer = CacertsWriter::new(&config.trust_domain, &audit, actor);
     let mut results = Vec::new();
     for cluster in config.topology.primaries() {
-        let name = cluster.name.clone();
-        let outcome = async {
-            let target = Target::open(cluster, config)
-                .await
-                .map_err(|e| e.to_string())?;
-            let observed = target.read().await.map_err(|e| e.to_string())?;
-            let Some(current) = observed.snapshot.cacerts.clone() else {
-                return Ok(("no lists", "no cacerts".to_string()));
-            };
-            let lists = Crl::all_from_pem(&current.ca_crl, CaCertsFiles::CA_CRL)
-                .map_err(|e| e.to_string())?;
-            if lists.is_empty() {
-                return Ok(("no lists", "its cacerts has no ca-crl.pem".to_string()));
-            }
-            let (lists, replaced) = refreshed(&lists, fresh, signers)?;
-            if replaced == 0 {
-                return Ok((
-                    "unchanged",
-                    "it serves these lists or newer ones".to_string(),
-                ));
-            }
-            let files = CaCertsFiles {
-                ca_crl: crls_pem(&lists),
-                ..current
-            };
-            writer.check(&files, Material::ServedBefore, now)?;
-            let detail = format!("{replaced} list(s) replaced");
-            if dry_run {
-                return Ok(("would refresh", detail));
-            }
-            let meta = WriteMeta {
-                cluster: name.clone(),
-                serial: Cert::one_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
-                    .map(|c| c.info().serial.clone())
-                    .unwrap_or_default(),
-                written_at: now,
-                reason: "revocation lists refreshed".into(),
-                retention: Some(config.backups),
-            };
-            writer
-                .write(&target, &files, Material::ServedBefore, &meta, &observed)
-                .await
-                .map_err(|e: WriteError| e.to_string())?;
-            Ok(("refreshed", detail))
-        }
-        .await;
-        results.push(match outcome {
-            Ok((result, detail)) => Refreshed {
-                cluster: name,
-                result,
-                detail,
-            },
-            Err(detail) => Refreshed {
-                cluster: name,
-                result: "failed",
-                detail,
-            },
+        let lists = Lists {
+            fresh,
+            signers,
+            dry_run,
+            now,
+        };
+        let (result, detail) = refresh_one(config, &writer, cluster, lists)
+            .await
+            .unwrap_or_else(|detail| ("failed", detail));
+        results.push(Refreshed {
+            cluster: cluster.name.clone(),
+            result,
+            detail,
         });
     }
     results
+}
+
+/// What [`refresh`] puts in place, and how.
+#[derive(Clone, Copy)]
+struct Lists<'a> {
+    fresh: &'a [Crl],
+    signers: &'a [Cert],
+    dry_run: bool,
+    now: OffsetDateTime,
+}
+
+/// [`refresh`] in one primary: what it did, in a word and in words.
+async fn refresh_one(
+    config: &Config,
+    writer: &CacertsWriter<'_>,
+    cluster: &crate::topology::Cluster,
+    lists: Lists<'_>,
+) -> Result<(&'static str, String), String> {
+    let Lists {
+        fresh,
+        signers,
+        dry_run,
+        now,
+    } = lists;
+    let target = Target::open(cluster, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let observed = target.read().await.map_err(|e| e.to_string())?;
+    let Some(current) = observed.snapshot.cacerts.clone() else {
+        return Ok(("no lists", "no cacerts".to_string()));
+    };
+    let lists =
+        Crl::all_from_pem(&current.ca_crl, CaCertsFiles::CA_CRL).map_err(|e| e.to_string())?;
+    if lists.is_empty() {
+        return Ok(("no lists", "its cacerts has no ca-crl.pem".to_string()));
+    }
+    let (lists, replaced) = refreshed(&lists, fresh, signers)?;
+    let (chain, _) = Cert::lenient_from_pem(&current.cert_chain, CaCertsFiles::CERT_CHAIN);
+    let kept = without_lapsed(&lists, &chain, now);
+    let lapsed = lists.len() - kept.len();
+    if replaced + lapsed == 0 {
+        return Ok((
+            "unchanged",
+            "it serves these lists or newer ones".to_string(),
+        ));
+    }
+    let files = CaCertsFiles {
+        ca_crl: crls_pem(&kept),
+        ..current
+    };
+    writer.check(&files, Material::ServedBefore, now)?;
+    let detail = match lapsed {
+        0 => format!("{replaced} list(s) replaced"),
+        n => format!(
+            "{replaced} list(s) replaced, {n} lapsed list(s) of CAs no longer in use left out"
+        ),
+    };
+    if dry_run {
+        return Ok(("would refresh", detail));
+    }
+    let meta = WriteMeta {
+        cluster: cluster.name.clone(),
+        serial: Cert::one_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+            .map(|c| c.info().serial.clone())
+            .unwrap_or_default(),
+        written_at: now,
+        reason: "revocation lists refreshed".into(),
+        retention: Some(config.backups),
+    };
+    writer
+        .write(&target, &files, Material::ServedBefore, &meta, &observed)
+        .await
+        .map_err(|e: WriteError| e.to_string())?;
+    Ok(("refreshed", detail))
 }
 
 /// Why Vault's list cannot be published.

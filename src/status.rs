@@ -129,7 +129,8 @@ impl TransitionNow {
             trust: match record.kind {
                 // A removal's and a revocation's roots are not a move between two.
                 crate::transition::TransitionKind::RemoveRoot
-                | crate::transition::TransitionKind::Revoke => Vec::new(),
+                | crate::transition::TransitionKind::Revoke
+                | crate::transition::TransitionKind::Renew => Vec::new(),
                 _ => trust_ahead(record, &scopes, &primaries, &roots, now),
             },
         })

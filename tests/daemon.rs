@@ -904,3 +904,115 @@ async fn status_is_served_from_the_last_pass() {
         (before.0 + 1, before.1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_lists_are_served_a_due_renewal_runs_as_a_transition_of_its_own() {
+    use cacertd::transition::record_store::RecordStore;
+    let s = Setup::with_config(&format!(
+        "{ACCEPTANCE_CONFIG}\n[transition]\nlist_propagation = \"0s\"\n"
+    ));
+    s.cacertd(&["root", "init"]).ok();
+    s.cacertd(&["issue"]).ok();
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let lists = String::from_utf8(s.read("out/cluster2/ca-crl.pem")).unwrap();
+
+    let clock = Arc::new(FixedClock::new(t0()));
+    let d = daemon(&s, &clock);
+    assert!(d.try_lead().await);
+    let first = d.tick().await;
+    assert!(
+        first.iter().all(|r| r.outcome == Outcome::Kept),
+        "{first:?}"
+    );
+    let renew_at = first.iter().filter_map(|r| r.renew_at).max().unwrap();
+
+    // Both are due: each pass refuses the single write, and the leader renews one cluster at
+    // a time, as a transition of its own that holds the clusters until it is over.
+    clock.set(renew_at);
+    let config = Config::load(&s.path("cacertd.toml")).unwrap();
+    let store = RecordStore::open(&config).await.unwrap();
+    renew_one_at_a_time(&s, &d, &store, &clock).await;
+    let after = String::from_utf8(s.read("out/cluster1/ca-crl.pem")).unwrap();
+    assert_eq!(
+        after.matches("BEGIN X509 CRL").count(),
+        lists.matches("BEGIN X509 CRL").count() + 2,
+        "both successors' lists"
+    );
+    assert_eq!(s.read("out/cluster2/ca-crl.pem"), after.as_bytes());
+    // Renewed: the next pass (a day on, when both are looked at again) finds nothing to do.
+    clock.advance(time::Duration::days(1));
+    let next = d.tick().await;
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|r| r.outcome == Outcome::Kept), "{next:?}");
+
+    // At the next renewal the first intermediates (the revoked one too) have lapsed: their
+    // lists are left out, and the renewals go through as before.
+    clock.set(next.iter().filter_map(|r| r.renew_at).max().unwrap());
+    renew_one_at_a_time(&s, &d, &store, &clock).await;
+    let after = String::from_utf8(s.read("out/cluster1/ca-crl.pem")).unwrap();
+    assert_eq!(
+        after.matches("BEGIN X509 CRL").count(),
+        5,
+        "two intermediates in use, their predecessors, the mesh CA: {after}"
+    );
+    clock.advance(time::Duration::days(1));
+    let next = d.tick().await;
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|r| r.outcome == Outcome::Kept), "{next:?}");
+}
+
+/// Both primaries are due: the passes renew one at a time, each as a transition the leader
+/// drives to its end.
+async fn renew_one_at_a_time(
+    s: &Setup,
+    d: &Daemon,
+    store: &cacertd::transition::record_store::RecordStore,
+    clock: &FixedClock,
+) {
+    use cacertd::transition::TransitionKind;
+    let serials = [serial(s, "cluster1"), serial(s, "cluster2")];
+    for (i, cluster) in ["cluster1", "cluster2"].into_iter().enumerate() {
+        // A cluster whose renewal waits is looked at again a minute later.
+        clock.advance(time::Duration::minutes(i as i64));
+        let due = d.tick().await;
+        let report = due.iter().find(|r| r.cluster == cluster).unwrap();
+        assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+        assert!(report.renew_by_transition);
+        assert_eq!(
+            serial(s, cluster),
+            serials[i],
+            "nothing written by the pass"
+        );
+        let record = store.load().await.unwrap().unwrap();
+        assert_eq!(record.kind, TransitionKind::Renew);
+        assert_eq!(record.revocation.as_ref().unwrap().cluster, cluster);
+        assert!(d.tick().await.is_empty(), "the clusters are left to it");
+        drive_to_the_end(d, store, clock).await;
+        assert_ne!(serial(s, cluster), serials[i]);
+    }
+}
+
+/// Lets the leader drive the transition under way to its end, confirming each step's
+/// folders applied as an operator would (`transition resume --approve`).
+async fn drive_to_the_end(
+    d: &Daemon,
+    store: &cacertd::transition::record_store::RecordStore,
+    clock: &FixedClock,
+) {
+    use cacertd::transition::{Step, next_step};
+    for _ in 0..30 {
+        d.drive_transition().await;
+        let mut record = store.load().await.unwrap().unwrap();
+        if record.is_over() {
+            return;
+        }
+        if let Step::AwaitApplied { .. } = next_step(&record, clock.now()) {
+            record.confirm_applied();
+            store.save(&record).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    }
+    panic!("the transition does not finish");
+}

@@ -2112,4 +2112,33 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
         daemon.close_root_source().await;
     });
     common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
+
+    // `renew`, with the day-to-day policy: Vault signs the successor and revokes nothing;
+    // its list, the predecessor's and the successor's are served; no pair breaks.
+    let (revokes, predecessor) = (bao.count("pki/revoke"), s.path("predecessor"));
+    std::fs::create_dir_all(&predecessor).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        std::fs::copy(c2.join(f), predecessor.join(f)).unwrap();
+    }
+    let run = s.through_folders(&["renew", "cluster2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    assert_ne!(
+        s.read("out/cluster2/ca-cert.pem"),
+        std::fs::read(predecessor.join("ca-cert.pem")).unwrap()
+    );
+    assert_eq!(bao.count("pki/revoke"), revokes);
+    std::fs::copy(c1.join("ca-crl.pem"), predecessor.join("ca-crl.pem")).unwrap();
+    for (a, b) in [(&c1, &c2), (&c1, &predecessor), (&c2, &predecessor)] {
+        common::mtls::handshake(common::mtls::workload(a), common::mtls::workload(b)).unwrap();
+    }
+    let err = common::mtls::handshake(common::mtls::workload(&c2), common::mtls::workload(&old))
+        .expect_err("a certificate from the revoked intermediate");
+    assert!(err.contains("Revoked"), "{err}");
+    assert_no_key_requested(&bao);
 }

@@ -138,6 +138,68 @@ fn leaf_of(cacerts: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// Runs `first` (a `revoke`, `renew` or `rotate-root start`) one step at a time, then resumes
+/// it (confirming the folders) one step at a time to the end. After each step a primary whose
+/// signer, bundle or lists changed adds a generation, and every generation still `live` (given
+/// the transition's status, and whether it is recent: the newest of its primary, or the one
+/// the step just replaced) completes mTLS with every other.
+fn step_through(
+    s: &Setup,
+    first: &[&str],
+    generations: &mut Vec<PathBuf>,
+    live: impl Fn(&serde_json::Value, &Path, bool) -> bool,
+) {
+    let newest = |gens: &[PathBuf], c: &str| -> PathBuf {
+        gens.iter()
+            .rev()
+            .find(|g| g.file_name().unwrap().to_str().unwrap().ends_with(c))
+            .unwrap()
+            .clone()
+    };
+    let mut run = s.cacertd(&[first, &["--stop-after-steps", "1"]].concat());
+    let mut step = 0;
+    loop {
+        step += 1;
+        assert!(step < 40, "{first:?} does not finish");
+        assert!(
+            run.code == 0 || run.stderr.contains("stopped after 1 steps"),
+            "{}",
+            run.stderr
+        );
+        let now = keep(s, &format!("{}-{step}", first[0]));
+        let mut recent: Vec<PathBuf> = Vec::new();
+        for (c, dir) in &now {
+            let last = newest(generations, c);
+            let same = ["ca-cert.pem", "root-cert.pem", "ca-crl.pem"]
+                .iter()
+                .all(|f| std::fs::read(last.join(f)).ok() == std::fs::read(dir.join(f)).ok());
+            if !same {
+                generations.push(dir.clone());
+                recent.push(last);
+            }
+            recent.push(newest(generations, c));
+        }
+        let status = status(s);
+        let alive: Vec<&Path> = generations
+            .iter()
+            .filter(|g| live(&status, g, recent.contains(g)))
+            .map(PathBuf::as_path)
+            .collect();
+        all_pairs_complete(&alive, &format!("after step {step}"));
+        let next = status["next"].as_str().unwrap_or_default().to_string();
+        if next.starts_with("nothing") {
+            return;
+        }
+        run = s.cacertd(&[
+            "transition",
+            "resume",
+            "--approve",
+            "--stop-after-steps",
+            "1",
+        ]);
+    }
+}
+
 #[test]
 fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_signer() {
     let s = issued();
@@ -163,71 +225,22 @@ fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_
     common::assert_unchanged(&before_snapshot, &s.snapshot());
 
     // One step at a time; after each, every generation alive must talk to every other.
+    // Every generation is live until SwitchSigner's gate held: from then on, nothing of
+    // cluster1 presents a certificate from the revoked intermediate any more.
+    let old_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
     let mut generations: Vec<PathBuf> = original.values().cloned().collect();
-    let mut run = s.cacertd(&[
-        "revoke",
-        "cluster1",
-        "--reason",
-        "key-compromise",
-        "--stop-after-steps",
-        "1",
-    ]);
-    let mut step = 0;
-    loop {
-        step += 1;
-        assert!(step < 40, "the revocation does not finish");
-        assert!(
-            run.code == 0 || run.stderr.contains("stopped after 1 steps"),
-            "{}",
-            run.stderr
-        );
-        let now = keep(&s, &step.to_string());
-        for (c, dir) in &now {
-            let last = generations
-                .iter()
-                .rev()
-                .find(|g| {
-                    g.file_name()
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .ends_with(c.as_str())
-                })
-                .unwrap();
-            let same = ["ca-cert.pem", "ca-crl.pem"]
-                .iter()
-                .all(|f| std::fs::read(last.join(f)).ok() == std::fs::read(dir.join(f)).ok());
-            if !same {
-                generations.push(dir.clone());
-            }
-        }
-        // Every generation is live until SwitchSigner's gate held: from then on, nothing of
-        // cluster1 presents a certificate from the revoked intermediate any more.
-        let status = status(&s);
-        let switched = ["remove-old-root", "done"].contains(&status["phase"].as_str().unwrap());
-        let old_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
-        let live: Vec<&Path> = generations
-            .iter()
-            .filter(|g| !switched || std::fs::read(g.join("ca-cert.pem")).unwrap() != old_ca)
-            .map(PathBuf::as_path)
-            .collect();
-        all_pairs_complete(&live, &format!("after step {step}"));
-        let next = status["next"].as_str().unwrap_or_default().to_string();
-        if next.starts_with("nothing") {
-            break;
-        }
-        run = s.cacertd(&[
-            "transition",
-            "resume",
-            "--approve",
-            "--stop-after-steps",
-            "1",
-        ]);
-    }
+    step_through(
+        &s,
+        &["revoke", "cluster1", "--reason", "key-compromise"],
+        &mut generations,
+        |status, g, _| {
+            let switched = ["remove-old-root", "done"].contains(&status["phase"].as_str().unwrap());
+            !switched || std::fs::read(g.join("ca-cert.pem")).unwrap() != old_ca
+        },
+    );
 
     // Done: cluster1 signs with its successor; both serve the same lists.
     let done = keep(&s, "done");
-    let old_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
     assert_ne!(
         std::fs::read(done["cluster1"].join("ca-cert.pem")).unwrap(),
         old_ca
@@ -302,10 +315,8 @@ fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_
     );
     common::assert_unchanged(&before, &s.snapshot());
 
-    // Root rotations do not carry lists yet: refused before anything changes.
-    let run = s
-        .cacertd(&["rotate-root", "start", "--dry-run"])
-        .fails_with(5);
+    // A migration does not carry lists: refused before anything changes.
+    let run = s.cacertd(&["migrate", "start", "--dry-run"]).fails_with(5);
     assert!(
         run.stderr.contains("serves revocation lists"),
         "{}",
@@ -327,6 +338,202 @@ fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_
     all_pairs_complete(
         &[end["cluster1"].as_path(), end["cluster2"].as_path()],
         "end",
+    );
+}
+
+#[test]
+fn where_lists_are_served_a_renewal_publishes_the_successors_list_first_and_breaks_no_pair() {
+    let s = issued();
+    let original = keep(&s, "0");
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let revoked = keep(&s, "revoked");
+
+    // One write cannot renew a cluster whose proxies check lists: `issue` refuses, names the
+    // way, and changes nothing.
+    let before = s.snapshot();
+    let run = s.cacertd(&["issue", "--force", "cluster2"]).fails_with(5);
+    assert!(
+        run.stdout.contains("cacertd renew cluster2"),
+        "{}",
+        run.stdout
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    // The dry run: the successor's list everywhere first, then the switch; nothing revoked,
+    // nothing restarted; nothing changed.
+    let dry = s.cacertd(&["renew", "cluster2", "--dry-run"]).ok().stdout;
+    let publish = dry.find("and from its successor").expect(&dry);
+    let switch = dry.find("its new intermediate").expect(&dry);
+    assert!(publish < switch, "{dry}");
+    assert!(dry.contains("nothing is revoked"), "{dry}");
+    assert!(
+        !dry.contains("RemoveOldRoot") && !dry.contains("restarts"),
+        "{dry}"
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+
+    // Step by step, every generation talks to every other — but cluster1's revoked one, and,
+    // once AddNewRoot's gate held (kubelet put the new lists in every pod), those holding
+    // the lists from before.
+    let revoked_ca = std::fs::read(original["cluster1"].join("ca-cert.pem")).unwrap();
+    let mut generations: Vec<PathBuf> = revoked.values().cloned().collect();
+    step_through(
+        &s,
+        &["renew", "cluster2"],
+        &mut generations,
+        |status, g, _| {
+            let name = g.file_name().unwrap().to_str().unwrap();
+            let cluster = PRIMARIES.iter().find(|c| name.ends_with(*c)).unwrap();
+            let lists = |d: &Path| std::fs::read(d.join("ca-crl.pem")).unwrap();
+            let propagated = status["phase"] != "add-new-root";
+            std::fs::read(g.join("ca-cert.pem")).unwrap() != revoked_ca
+                && (!propagated || lists(g) == lists(&s.path(&format!("out/{cluster}"))))
+        },
+    );
+
+    // cluster2 signs with its successor, cluster1 as before; both serve the same lists, one
+    // more than before (the successor's).
+    let done = keep(&s, "renewed");
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_ne!(
+        read(&done["cluster2"], "ca-cert.pem"),
+        read(&revoked["cluster2"], "ca-cert.pem")
+    );
+    assert_eq!(
+        read(&done["cluster1"], "ca-cert.pem"),
+        read(&revoked["cluster1"], "ca-cert.pem")
+    );
+    let lists = read(&done["cluster1"], "ca-crl.pem");
+    assert_eq!(read(&done["cluster2"], "ca-crl.pem"), lists);
+    let count = |pem: &[u8]| {
+        String::from_utf8_lossy(pem)
+            .matches("BEGIN X509 CRL")
+            .count()
+    };
+    assert_eq!(
+        count(&lists),
+        count(&read(&revoked["cluster1"], "ca-crl.pem")) + 1
+    );
+
+    // What the predecessor signed is still trusted, the successor's too; the revoked
+    // intermediate's is not.
+    let leaves = s.path("leaves");
+    std::fs::create_dir_all(&leaves).unwrap();
+    for (signer, trusted) in [
+        (&revoked["cluster2"], true),
+        (&done["cluster2"], true),
+        (&original["cluster1"], false),
+    ] {
+        let leaf = leaf_of(
+            signer,
+            &leaves.join(format!("{trusted}-{}.pem", count(&lists))),
+        );
+        let run = openssl_verify(&done["cluster1"], signer, &leaf);
+        assert_eq!(
+            run.code == 0,
+            trusted,
+            "{signer:?}: {} {}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    let err = handshake(workload(&done["cluster2"]), workload(&original["cluster1"]))
+        .expect_err("a certificate from the revoked intermediate");
+    assert!(err.contains("Revoked"), "{err}");
+
+    // Nothing is due any more; the renewal is audited.
+    s.cacertd(&["issue"]).ok();
+    let audit = String::from_utf8(s.read("state/audit.log")).unwrap();
+    assert!(audit.contains("renewing cluster2"), "{audit}");
+}
+
+#[test]
+fn where_lists_are_served_a_root_rotation_carries_them_and_breaks_no_pair() {
+    let s = issued();
+    let original = keep(&s, "0");
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let revoked = keep(&s, "revoked");
+    let cert = |d: &Path, f: &str| {
+        cacertd::pki::Cert::one_from_pem(&std::fs::read(d.join(f)).unwrap(), f).unwrap()
+    };
+    let old_root = cert(&revoked["cluster1"], "root-cert.pem");
+
+    // Step by step: after each, the newest generation of each primary and the one the step
+    // just replaced complete mTLS with each other, each checking the lists it holds.
+    let mut generations: Vec<PathBuf> = revoked.values().cloned().collect();
+    step_through(
+        &s,
+        &["rotate-root", "start", "--drain", "0s"],
+        &mut generations,
+        |_, _, recent| recent,
+    );
+
+    // Every primary trusts and signs under the new root, named apart from the old one, and
+    // serves the lists of the new CAs alone: the new root's and each new intermediate's.
+    let done = keep(&s, "rotated");
+    let new_root = cert(&done["cluster1"], "root-cert.pem");
+    assert_ne!(new_root, old_root);
+    assert_ne!(new_root.info().subject, old_root.info().subject);
+    let lists = std::fs::read(done["cluster1"].join("ca-crl.pem")).unwrap();
+    assert_eq!(
+        std::fs::read(done["cluster2"].join("ca-crl.pem")).unwrap(),
+        lists
+    );
+    let lists = cacertd::pki::Crl::all_from_pem(&lists, "ca-crl.pem").unwrap();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    for c in PRIMARIES {
+        let ica = cert(&done[c], "ca-cert.pem");
+        assert_ne!(
+            ica.info().subject,
+            cert(&revoked[c], "ca-cert.pem").info().subject
+        );
+        assert!(lists.iter().any(|l| l.signed_by(&ica)), "{c}");
+    }
+    assert!(lists.iter().any(|l| l.signed_by(&new_root)));
+    all_pairs_complete(
+        &[done["cluster1"].as_path(), done["cluster2"].as_path()],
+        "rotated",
+    );
+    let err = handshake(workload(&done["cluster2"]), workload(&original["cluster1"]))
+        .expect_err("a certificate from the revoked intermediate, under the old root");
+    assert!(!err.is_empty());
+
+    // Renewals and revocations go on under the new root.
+    let run = s.through_folders(&["renew", "cluster2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let renewed = keep(&s, "renewed");
+    assert_ne!(
+        cert(&renewed["cluster2"], "ca-cert.pem"),
+        cert(&done["cluster2"], "ca-cert.pem")
+    );
+    // The predecessor's workloads, holding the lists kubelet brought them, are still trusted.
+    let predecessor = s.path("gens/predecessor-cluster2");
+    std::fs::create_dir_all(&predecessor).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        std::fs::copy(done["cluster2"].join(f), predecessor.join(f)).unwrap();
+    }
+    std::fs::copy(
+        renewed["cluster2"].join("ca-crl.pem"),
+        predecessor.join("ca-crl.pem"),
+    )
+    .unwrap();
+    all_pairs_complete(
+        &[
+            renewed["cluster1"].as_path(),
+            renewed["cluster2"].as_path(),
+            &predecessor,
+        ],
+        "renewed",
     );
 }
 

@@ -2497,6 +2497,62 @@ fn a_revocation_on_kubernetes_waits_for_the_lists_and_for_every_proxy_of_the_rev
     // cluster2's proxies never had lists: its workloads restarted once the revocation was out.
     assert_ne!(restarted(c2, "app", "web"), before[2]);
     assert_eq!(restarted(c2, "istio-system", "istiod"), before[3]);
+
+    // A renewal restarts nothing, and its successor signs only once every istiod published
+    // the successor's list.
+    let workloads = [
+        (c1, "app", "web"),
+        (c1, "istio-system", "istiod"),
+        (c2, "app", "web"),
+        (server.cluster("cluster3"), "app", "web"),
+    ];
+    let before: Vec<Value> = workloads
+        .iter()
+        .map(|(c, ns, w)| restarted(c, ns, w))
+        .collect();
+    let renewed_from = signer(c1);
+    istiod.paused.store(true, Ordering::SeqCst);
+    let run = s.cacertd(&["renew", "cluster1", "--wait"]).fails_with(1);
+    assert!(
+        run.stderr
+            .contains("does not hold the revocation lists of this step yet"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(signer(c1), renewed_from);
+    istiod.paused.store(false, Ordering::SeqCst);
+    s.cacertd(&["transition", "resume", "--wait"]).ok();
+    assert_ne!(signer(c1), renewed_from);
+    let after: Vec<Value> = workloads
+        .iter()
+        .map(|(c, ns, w)| restarted(c, ns, w))
+        .collect();
+    assert_eq!(after, before, "nothing restarted");
+
+    // A root rotation carries the lists: in the end every primary and every ConfigMap istiod
+    // published holds the new root's list and each new intermediate's, and nothing else.
+    c1.delete("pods", "app", "debug");
+    s.cacertd(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let last = lists(c1);
+    assert_eq!(lists(c2), last);
+    assert_eq!(
+        String::from_utf8_lossy(&last)
+            .matches("BEGIN X509 CRL")
+            .count(),
+        3
+    );
+    for (name, ns) in [("cluster2", "app"), ("cluster3", "app")] {
+        let published = server
+            .cluster(name)
+            .get("configmaps", ns, "istio-ca-crl")
+            .unwrap();
+        assert_eq!(
+            published["data"]["ca-crl.pem"].as_str().unwrap().as_bytes(),
+            last,
+            "{name}/{ns}"
+        );
+    }
 }
 
 /// `rotate-root start --emergency` (the root's key leaked): no drain; instead SwitchSigner's

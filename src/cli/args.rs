@@ -6,8 +6,9 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 mod transition;
 pub use transition::{
-    CrlCommand, CrlRefreshArgs, DriveArgs, MigrateCommand, RemoveRootArgs, ResumeArgs, RevokeArgs,
-    RevokeReason, RotateRootCommand, RotateStartArgs, TransitionCommand, TransitionPlanArgs,
+    CrlCommand, CrlRefreshArgs, DriveArgs, MigrateCommand, RemoveRootArgs, RenewArgs, ResumeArgs,
+    RevokeArgs, RevokeReason, RotateRootCommand, RotateStartArgs, TransitionCommand,
+    TransitionPlanArgs,
 };
 
 const EXIT_CODES: &str = "\
@@ -171,10 +172,25 @@ pub enum Command {
     ///                  intermediate; where a primary had no lists before, its gateways and
     ///                  workloads restart so that their proxies check them.
     /// Each step waits for istiod to publish the lists (ConfigMap istio-ca-crl) and for
-    /// kubelet to update them in the pods. Trust bundles do not change. File and vault-kv
-    /// stores only.
+    /// kubelet to update them in the pods. Trust bundles do not change. With the vault-pki
+    /// store, Vault revokes the intermediate and signs the mesh CA's list.
     #[command(verbatim_doc_comment)]
     Revoke(RevokeArgs),
+
+    /// Renew a primary's intermediate where the clusters serve revocation lists (after a
+    /// `revoke`), without breaking any mTLS connection. `issue` refuses there, since a proxy
+    /// that checks lists rejects a chain through a CA without one; `serve` starts this by
+    /// itself when the intermediate is due.
+    ///
+    /// A transition of its own, like `revoke` without the revocation and the restarts:
+    ///   AddNewRoot     every primary gets ca-crl.pem with a list from the successor too;
+    ///                  the gate waits for istiod to publish it (ConfigMap istio-ca-crl) and
+    ///                  for kubelet to update it in the pods;
+    ///   SwitchSigner   CLUSTER signs with the successor (istiod takes it without a restart);
+    ///   RemoveOldRoot  nothing changes: the predecessor's list stays while what it signed
+    ///                  lives.
+    #[command(verbatim_doc_comment)]
+    Renew(RenewArgs),
 
     /// The revocation lists every primary serves (ca-crl.pem).
     #[command(subcommand)]

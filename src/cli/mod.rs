@@ -263,6 +263,7 @@ async fn run_with_config(
         }
         Command::Transition(t) => transition_cmd(&config, t, &clock).await,
         Command::Revoke(a) => revoke::revoke(&config, &a, &clock).await,
+        Command::Renew(a) => revoke::renew(&config, &a, &clock).await,
         Command::Crl(args::CrlCommand::Refresh(a)) => revoke::crl_refresh(&config, &a, now).await,
         Command::Serve { listen } => {
             let mut config = config;

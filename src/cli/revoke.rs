@@ -1,9 +1,10 @@
 //! `cacertd revoke CLUSTER`: starts the revocation of a primary's intermediate
-//! (`transition::revoke`), then drives it like any transition; and `cacertd crl refresh`,
-//! which keeps the lists of the CAs above the mesh CA current.
+//! (`transition::revoke`), then drives it like any transition; `cacertd renew CLUSTER`, the
+//! same without the revocation, for a renewal where the clusters serve lists; and `cacertd
+//! crl refresh`, which keeps the lists of the CAs above the mesh CA current.
 
 use super::CliError;
-use super::args::{self, CrlRefreshArgs, RevokeArgs, RevokeReason};
+use super::args::{self, CrlRefreshArgs, DriveArgs, RenewArgs, RevokeArgs, RevokeReason};
 use super::transition::{fixed_options, print_dry_run, run_drive, started};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -157,20 +158,43 @@ pub(super) async fn revoke(
     args: &RevokeArgs,
     clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
-    let now = clock.now();
     let chain_lists = read_lists(&args.chain_crl)?;
     let request = RevokeRequest {
         cluster: args.cluster.clone(),
-        reason: match args.reason {
+        reason: Some(match args.reason {
             RevokeReason::KeyCompromise => Reason::KeyCompromise,
             RevokeReason::Superseded => Reason::Superseded,
             RevokeReason::CessationOfOperation => Reason::CessationOfOperation,
-        },
+        }),
         chain_lists,
     };
+    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
+    let what = format!("revocation of {}'s intermediate", args.cluster);
+    start_and_drive(config, request, options, (&what, &args.drive), clock).await
+}
+
+pub(super) async fn renew(
+    config: &Config,
+    args: &RenewArgs,
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let request = RevokeRequest::renewal(&args.cluster);
+    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
+    let what = format!("renewal of {}'s intermediate", args.cluster);
+    start_and_drive(config, request, options, (&what, &args.drive), clock).await
+}
+
+/// Starts the revocation (or renewal) `request` asks, then prints it (a dry run) or drives it.
+async fn start_and_drive(
+    config: &Config,
+    request: RevokeRequest,
+    options: crate::transition::Options,
+    (what, drive): (&str, &DriveArgs),
+    clock: &std::sync::Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    let now = clock.now();
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
-    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
     let istiods = crate::transition::start::istiods(config).await?;
     let record = start_revoke(
         config,
@@ -179,14 +203,13 @@ pub(super) async fn revoke(
         options,
         request,
         now,
-        args.drive.dry_run,
+        drive.dry_run,
     )
     .await?;
-    let what = format!("revocation of {}'s intermediate", args.cluster);
-    if args.drive.dry_run {
-        print_dry_run(config, &record, &what, now);
+    if drive.dry_run {
+        print_dry_run(config, &record, what, now);
         return Ok(());
     }
-    started(&store, &what, &record);
-    run_drive(config, &store, &args.drive, clock).await
+    started(&store, what, &record);
+    run_drive(config, &store, drive, clock).await
 }

@@ -20,21 +20,14 @@ pub(super) fn transition_options(
     config: &Config,
     args: &TransitionPlanArgs,
 ) -> transition::Options {
+    let defaults = transition::Options::from_config(config);
     transition::Options {
-        drain_seconds: args.drain.unwrap_or(config.transition.drain).as_secs(),
-        gate_timeout_seconds: config.transition.gate_timeout.as_secs(),
+        drain_seconds: args.drain.map_or(defaults.drain_seconds, |d| d.as_secs()),
         skip_workload_restarts: args.skip_workload_restarts,
         wait_for_renewal: args.wait_for_renewal,
         approve_each_phase: args.approve_each_phase,
-        exclude_namespaces: config.transition.exclude_namespaces.clone(),
-        max_parallel: args
-            .max_parallel
-            .map_or(config.transition.max_parallel, usize::from),
-        // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
-        renewal_wait_seconds: None,
-        list_propagation_seconds: None,
-        emergency: false,
-        directories: directories(config),
+        max_parallel: args.max_parallel.map_or(defaults.max_parallel, usize::from),
+        ..defaults
     }
 }
 
@@ -56,24 +49,6 @@ pub(super) fn fixed_options(
         },
     };
     transition_options(config, &plan)
-}
-
-/// The primaries with a directory target, and how each shows that its cluster took a step.
-fn directories(config: &Config) -> std::collections::BTreeMap<String, transition::DirProof> {
-    config
-        .topology
-        .primaries()
-        .filter_map(|p| match &p.target {
-            Some(crate::topology::TargetConfig::Dir { observe, .. }) => Some((
-                p.name.clone(),
-                match observe {
-                    Some(_) => transition::DirProof::Observed,
-                    None => transition::DirProof::Approval,
-                },
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 pub(super) async fn migrate_start(

@@ -99,7 +99,7 @@ fn moving_and_roots(
                 removed: None,
             },
         ),
-        TransitionKind::Revoke => return Ok(None),
+        TransitionKind::Revoke | TransitionKind::Renew => return Ok(None),
         TransitionKind::RemoveRoot => {
             let removed = match removed.map(|fp| (fp, anchor)) {
                 Some((fp, Some(a))) if a.info().fingerprint_sha256 == fp => {

@@ -103,8 +103,8 @@ impl<'a> CacertsWriter<'a> {
         {
             return Err(WriteError::Invalid(format!(
                 "the cluster's cacerts carries {} (revocation lists its proxies check) and this \
-                 set has none; re-issue its intermediate with `cacertd revoke {} --reason \
-                 superseded`, which keeps the lists",
+                 set has none; renew its intermediate with `cacertd renew {}`, which keeps the \
+                 lists",
                 CaCertsFiles::CA_CRL,
                 meta.cluster
             )));
@@ -257,7 +257,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, WriteError::Invalid(m) if m.contains("revoke c1")),
+            matches!(&err, WriteError::Invalid(m) if m.contains("cacertd renew c1")),
             "{err}"
         );
         assert_eq!(

@@ -8,6 +8,7 @@ mod http;
 mod leader;
 mod lists;
 mod metrics;
+mod renewals;
 mod watch;
 
 use leader::{LeaseHold, lease_identity};
@@ -141,6 +142,7 @@ impl Daemon {
         self.remember_dirs(&reports).await;
         let seconds = started.elapsed().as_secs_f64() / reports.len().max(1) as f64;
         self.note_pass(&reports, seconds, now).await;
+        self.start_renewal(&reports).await;
         reports
     }
 
@@ -310,6 +312,11 @@ impl Daemon {
                     && renew > now
                 {
                     next = next.min(renew);
+                }
+                // Its renewal waits for a transition (another's, or one that could not start):
+                // looked at again soon, so that it follows as soon as it may.
+                if r.renew_by_transition {
+                    next = next.min(now + renewals::RETRY);
                 }
                 // Changed while this pass ran, perhaps after it read the cluster: look again.
                 if marked.remove(&r.cluster) {

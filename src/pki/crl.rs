@@ -296,11 +296,40 @@ pub fn uncovered<'a>(chain: &'a [Cert], crls: &[Crl]) -> Vec<&'a Cert> {
         .collect()
 }
 
+/// `lists` without those past their next update (at `now`) that no certificate of `chain`
+/// signed. Such a list is of a CA outside the set's own chain — another cluster's
+/// predecessor, a revoked intermediate — and runs until that CA's `notAfter`, after which
+/// nothing it covers verifies anyway: it is left out wherever the lists are rewritten.
+pub fn without_lapsed(lists: &[Crl], chain: &[Cert], now: OffsetDateTime) -> Vec<Crl> {
+    lists
+        .iter()
+        .filter(|l| chain.iter().any(|c| l.signed_by(c)) || l.next_update().is_none_or(|n| n > now))
+        .cloned()
+        .collect()
+}
+
+/// The lists of `files` that its own chain's certificates signed (`cert-chain.pem`): those
+/// that, once expired, make Envoy reject the cluster's own chains.
+pub fn own_lists(files: &super::CaCertsFiles) -> Vec<Crl> {
+    if files.ca_crl.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let Ok(lists) = Crl::all_from_pem(&files.ca_crl, super::CaCertsFiles::CA_CRL) else {
+        return Vec::new();
+    };
+    let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, super::CaCertsFiles::CERT_CHAIN);
+    lists
+        .into_iter()
+        .filter(|l| chain.iter().any(|c| l.signed_by(c)))
+        .collect()
+}
+
 /// Checks a set's `ca-crl.pem` as istiod and Envoy will use it (docs/istio.md §14): every list
 /// parses; every certificate of `cert-chain.pem` has a list signed by it (istiod refuses the
 /// set otherwise); none of those lists is past its next update (Envoy would then reject every
-/// chain it covers); and no certificate of the chain is revoked by the file (the cluster would
-/// cut itself off). Returns the lists; a set without the file passes with none.
+/// chain it covers — a lapsed list of a CA outside the chain covers nothing alive, see
+/// [`without_lapsed`]); and no certificate of the chain is revoked by the file (the cluster
+/// would cut itself off). Returns the lists; a set without the file passes with none.
 pub fn verify_ca_crl(files: &super::CaCertsFiles, now: OffsetDateTime) -> Result<Vec<Crl>, String> {
     if files.ca_crl.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
@@ -320,6 +349,7 @@ pub fn verify_ca_crl(files: &super::CaCertsFiles, now: OffsetDateTime) -> Result
     for crl in &crls {
         if let Some(next) = crl.next_update()
             && next <= now
+            && chain.iter().any(|c| crl.signed_by(c))
         {
             return Err(format!(
                 "{what}: the list of {} expired at {} (Envoy would reject every chain it covers)",
@@ -491,6 +521,46 @@ mod tests {
         files.ca_crl = crls_pem(&[by_root, by_own]);
         let err = verify_ca_crl(&files, now()).unwrap_err();
         assert!(err.contains("cut itself off"), "{err}");
+    }
+
+    /// A list of a CA outside the set's chain (a predecessor's) lapses at that CA's end,
+    /// harmlessly: it is not refused, not counted as the set's expiry, and left out when the
+    /// lists are rewritten; a lapsed list of the chain's own CA still is refused.
+    #[test]
+    fn a_lapsed_list_of_a_ca_outside_the_chain_is_harmless_and_left_out() {
+        let root = fixtures::root();
+        let mut files = fixtures::cacerts_under(&root);
+        let own = Cert::one_from_pem(&files.ca_cert, "ca-cert.pem").unwrap();
+        let key = CaKey::from_pem(&files.ca_key, "ca-key.pem").unwrap();
+        let predecessor = fixtures::intermediate(&root, "old");
+        let soon = now() + time::Duration::days(3);
+        let later = now() + time::Duration::days(30);
+        let by_root = sign_crl(root.cert(), root.key(), &[], 1, now(), later).unwrap();
+        let by_own = sign_crl(&own, &key, &[], 1, now(), later).unwrap();
+        let by_old = sign_crl(&predecessor.cert, &predecessor.key, &[], 1, now(), soon).unwrap();
+        files.ca_crl = crls_pem(&[by_root.clone(), by_own.clone(), by_old]);
+        let after = soon + time::Duration::days(1);
+
+        assert_eq!(verify_ca_crl(&files, after).unwrap().len(), 3);
+        let own_expiries: Vec<_> = own_lists(&files)
+            .iter()
+            .filter_map(Crl::next_update)
+            .collect();
+        assert_eq!(own_expiries, vec![later, later]);
+        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, "cert-chain.pem");
+        let all = Crl::all_from_pem(&files.ca_crl, "ca-crl.pem").unwrap();
+        assert_eq!(without_lapsed(&all, &chain, now()).len(), 3);
+        assert_eq!(
+            without_lapsed(&all, &chain, after),
+            vec![by_root.clone(), by_own.clone()]
+        );
+
+        // The chain's own list lapsing is another matter.
+        let own_soon = sign_crl(&own, &key, &[], 2, now(), soon).unwrap();
+        files.ca_crl = crls_pem(&[by_root, own_soon]);
+        let err = verify_ca_crl(&files, after).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+        assert_eq!(without_lapsed(&all[..1], &chain, after).len(), 1);
     }
 
     #[test]

@@ -16,13 +16,16 @@ mod verify;
 
 pub use bundle::{CaCertsFiles, TrustBundle};
 pub use cert::{Cert, CertInfo, KeyDescription, fingerprint_sha256, normalize_fingerprint};
-pub use crl::{Crl, Reason, Revoked, crls_pem, refreshed, sign_crl, uncovered, verify_ca_crl};
+pub use crl::{
+    Crl, Reason, Revoked, crls_pem, own_lists, refreshed, sign_crl, uncovered, verify_ca_crl,
+    without_lapsed,
+};
 pub use intermediate::{
     IntermediateCa, IntermediateSpec, check_signed_intermediate, intermediate_params_for_csr,
     issue_intermediate,
 };
 pub use key::{CaKey, KeyAlgorithm};
-pub use profile::Subject;
+pub use profile::{Subject, generation};
 pub use root::{
     BACKDATE, RootCa, RootSpec, check_signing_ca, generate_root, import_root,
     import_root_with_chain, mesh_ca_request, request_public_key,

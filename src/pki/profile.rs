@@ -91,6 +91,17 @@ impl Subject {
     }
 }
 
+/// A value for a DN's serialNumber attribute that names a CA apart from its predecessor
+/// ([`Subject::serial_number`]): its issuance time in unix seconds, and four random bytes, so
+/// that two issued in the same second still differ.
+pub fn generation(now: time::OffsetDateTime) -> String {
+    let mut bytes = [0u8; 4];
+    // The OS random source failing is not recoverable and says nothing secret.
+    #[allow(clippy::expect_used)]
+    aws_lc_rs::rand::fill(&mut bytes).expect("operating system random source");
+    format!("{}-{:08x}", now.unix_timestamp(), u32::from_be_bytes(bytes))
+}
+
 /// A random positive 128-bit serial. rcgen would otherwise derive the serial from the public
 /// key (docs/istio.md §2). The top bit is cleared so DER needs no sign byte, and the first byte
 /// is kept non-zero so the encoding is always exactly 16 bytes (127 bits of entropy).

@@ -34,8 +34,8 @@ use super::progress::{Event, Progress, Throttle, show_drain, show_gate_wait};
 /// cacertd issued under the new root, and must chain to exactly `new_root`. A root's removal
 /// keeps each cluster's own intermediate under the common root (checked when it started), so
 /// the whole set is checked as cacertd's own, with whichever root of its bundle it chains to.
-/// A revocation keeps every signer but the revoked one (`signer_kept`), whose successor gets
-/// every check.
+/// A revocation (or a renewal) keeps every signer but the revoked (renewed) one
+/// (`signer_kept`), whose successor gets every check.
 fn written_material(
     kind: TransitionKind,
     of: MaterialOf,
@@ -46,8 +46,12 @@ fn written_material(
         (_, MaterialOf::Original) | (_, MaterialOf::Phase(super::Phase::AddNewRoot)) => {
             Material::ServedBefore
         }
-        (TransitionKind::Revoke, _) if signer_kept => Material::ServedBefore,
-        (TransitionKind::RemoveRoot | TransitionKind::Revoke, _) => Material::Issued { root: None },
+        (TransitionKind::Revoke | TransitionKind::Renew, _) if signer_kept => {
+            Material::ServedBefore
+        }
+        (TransitionKind::RemoveRoot | TransitionKind::Revoke | TransitionKind::Renew, _) => {
+            Material::Issued { root: None }
+        }
         (_, MaterialOf::Phase(_)) => Material::Issued { root: new_root },
     }
 }

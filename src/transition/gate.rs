@@ -70,7 +70,9 @@ pub(super) async fn check_gate(
                     .map(|(n, t)| (n.as_str(), t)),
             )
             .collect();
-        if record.revocation.is_some() && of != MaterialOf::Original {
+        // Where the step serves lists, istiod must have published them where its proxies
+        // read them (a revocation, a renewal, a rotation in a mesh with lists).
+        if of != MaterialOf::Original && !want.ca_crl.iter().all(u8::is_ascii_whitespace) {
             for (name, target) in &served {
                 lists_behind(name, target, &want.ca_crl, &mut behind).await;
             }
@@ -87,7 +89,7 @@ pub(super) async fn check_gate(
         }
     }
     if behind.is_empty()
-        && record.revocation.is_some()
+        && record.options.list_propagation_seconds.is_some()
         && of != MaterialOf::Original
         && let Some(wait) = lists_propagating(record, now)
     {
@@ -131,6 +133,12 @@ async fn remote_bundles_behind(
 /// While lists just published may not have reached every pod's mounted file: the wait counts
 /// from the gate's first check after the step's writes (istiod publishes within seconds).
 fn lists_propagating(record: &Record, now: OffsetDateTime) -> Option<String> {
+    // A renewal changes the lists only where the successor's list is published.
+    if record.kind == super::TransitionKind::Renew
+        && record.target_material() != MaterialOf::Phase(super::Phase::AddNewRoot)
+    {
+        return None;
+    }
     let wait = record.options.list_propagation_seconds.unwrap_or(0);
     let since = record.gate_since.unwrap_or(now.unix_timestamp());
     let until = since.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
@@ -206,7 +214,9 @@ fn proxies_gated(record: &Record, cluster: &str, of: MaterialOf) -> Option<Why> 
         return None;
     }
     match (of, &record.revocation) {
-        (MaterialOf::Phase(SwitchSigner), Some(r)) if r.cluster == cluster => {
+        (MaterialOf::Phase(SwitchSigner), Some(r))
+            if r.cluster == cluster && record.kind == super::TransitionKind::Revoke =>
+        {
             Some(Why::RevokedSigner)
         }
         (_, Some(_)) => None,

@@ -274,9 +274,10 @@ impl Record {
             // A root's removal is the last phase alone.
             phase: match kind {
                 TransitionKind::RemoveRoot => Phase::RemoveOldRoot,
-                TransitionKind::Migrate | TransitionKind::RotateRoot | TransitionKind::Revoke => {
-                    Phase::AddNewRoot
-                }
+                TransitionKind::Migrate
+                | TransitionKind::RotateRoot
+                | TransitionKind::Revoke
+                | TransitionKind::Renew => Phase::AddNewRoot,
             },
             state: State::Active,
             options,
@@ -318,9 +319,11 @@ impl Record {
     /// restarts istiod, gateways and workloads (these skipped on request). A revocation
     /// restarts only where a signer changes — the revoked cluster, entering SwitchSigner or
     /// rolling back before it — and, when the revocation is published, the gateways and
-    /// workloads of primaries whose proxies never had lists to check.
+    /// workloads of primaries whose proxies never had lists to check. A renewal restarts
+    /// nothing: istiod takes a new intermediate without a restart (docs/istio.md §3), and
+    /// nothing is revoked that a proxy must check.
     pub fn restarts(&self, cluster: &str) -> Vec<Stage> {
-        if self.is_directory(cluster) {
+        if self.is_directory(cluster) || self.kind == TransitionKind::Renew {
             return Vec::new();
         }
         let Some(revocation) = &self.revocation else {
@@ -420,7 +423,11 @@ impl Record {
                 if self.phase == Phase::SwitchSigner {
                     self.switched_at = Some(now.unix_timestamp());
                 }
-                self.phase = self.phase.next();
+                self.phase = match (self.kind, self.phase) {
+                    // A renewal revokes nothing: switched, it is done.
+                    (TransitionKind::Renew, Phase::SwitchSigner) => Phase::Done,
+                    (_, p) => p.next(),
+                };
                 self.approved = false;
                 self.note(now, format!("entered phase {}", self.phase));
             }
@@ -491,11 +498,18 @@ impl Record {
     /// Starts returning every cluster to the previous phase's material.
     pub fn rollback(&mut self) -> Result<(), String> {
         if self.phase == Phase::Done && self.state == State::Active {
-            return Err(
-                "the transition is done; the old root is no longer trusted anywhere, \
-                 so rolling back would break mTLS — start a new transition instead"
-                    .into(),
-            );
+            return Err(match self.kind {
+                TransitionKind::Revoke | TransitionKind::Renew => {
+                    "the transition is done; its cluster signs with the successor, whose list \
+                     every primary serves — to replace it again, start a new one (`cacertd \
+                     renew`)"
+                }
+                _ => {
+                    "the transition is done; the old root is no longer trusted anywhere, \
+                     so rolling back would break mTLS — start a new transition instead"
+                }
+            }
+            .into());
         }
         if matches!(self.state, State::RollingBack { .. }) {
             return Err(

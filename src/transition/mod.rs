@@ -58,6 +58,13 @@ pub enum TransitionKind {
     /// primary publishes the mesh CA's list naming the revoked intermediate (`RemoveOldRoot`).
     /// Trust does not change.
     Revoke,
+    /// One primary's intermediate is renewed where the clusters serve revocation lists
+    /// (README, "When a key leaks"): every primary publishes a list from the successor first
+    /// (`AddNewRoot`'s place), then the primary signs with it (`SwitchSigner`; istiod picks
+    /// it up without a restart, docs/istio.md §3). Nothing is revoked: the predecessor's
+    /// list stays while what it signed lives, so `RemoveOldRoot` changes nothing. Trust does
+    /// not change.
+    Renew,
 }
 
 impl TransitionKind {
@@ -67,8 +74,49 @@ impl TransitionKind {
             TransitionKind::RotateRoot => "rotate-root",
             TransitionKind::RemoveRoot => "remove-root",
             TransitionKind::Revoke => "revoke",
+            TransitionKind::Renew => "renew",
         }
     }
+}
+
+impl Options {
+    /// A transition's options as `[transition]` sets them: restarts as needed, no approvals,
+    /// and each directory target proven as its `observe` setting allows.
+    pub fn from_config(config: &crate::config::Config) -> Options {
+        let t = &config.transition;
+        Options {
+            drain_seconds: t.drain.as_secs(),
+            gate_timeout_seconds: t.gate_timeout.as_secs(),
+            skip_workload_restarts: false,
+            wait_for_renewal: false,
+            approve_each_phase: false,
+            exclude_namespaces: t.exclude_namespaces.clone(),
+            max_parallel: t.max_parallel,
+            // Set by `start` from the proxies' settings when `--wait-for-renewal` is given.
+            renewal_wait_seconds: None,
+            list_propagation_seconds: None,
+            emergency: false,
+            directories: directories(config),
+        }
+    }
+}
+
+/// The primaries with a directory target, and how each shows that its cluster took a step.
+fn directories(config: &crate::config::Config) -> std::collections::BTreeMap<String, DirProof> {
+    config
+        .topology
+        .primaries()
+        .filter_map(|p| match &p.target {
+            Some(crate::topology::TargetConfig::Dir { observe, .. }) => Some((
+                p.name.clone(),
+                match observe {
+                    Some(_) => DirProof::Observed,
+                    None => DirProof::Approval,
+                },
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The phases, in order.

@@ -122,42 +122,19 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
     match step {
         Step::Write { cluster, material } => (
             Some(cluster.clone()),
-            Some(format!(
-                "write cacerts{}: {}{}",
-                match options.directories.get(cluster) {
-                    Some(_) => " into its folder",
-                    None => "",
-                },
-                match (material, &record.revocation) {
-                    (MaterialOf::Phase(p), Some(r)) => describe_revocation(r, cluster, *p),
-                    (MaterialOf::Phase(p), None) => describe(kind, *p).to_string(),
-                    (MaterialOf::Original, _) => {
-                        "the material it had before the transition, verbatim".to_string()
-                    }
-                },
-                match (
-                    options.directories.get(cluster),
-                    options.skip_workload_restarts
-                ) {
-                    (Some(_), false) => {
-                        "; whoever applies the folder then restarts istiod, the gateways and \
-                         the workloads there, in that order"
-                    }
-                    (Some(_), true) => {
-                        "; whoever applies the folder then restarts istiod and the gateways \
-                         there"
-                    }
-                    (None, _) => "",
-                }
-            )),
+            Some(write_action(record, cluster, *material)),
             Then::Record(StepOutcome::Written),
         ),
         Step::AwaitApplied { clusters } => (
             None,
             Some(format!(
-                "wait until the folders of {} are applied to their clusters (and their restarts \
-                 done), confirmed with `cacertd transition resume --approve`",
-                clusters.join(", ")
+                "wait until the folders of {} are applied to their clusters{}, confirmed with \
+                 `cacertd transition resume --approve`",
+                clusters.join(", "),
+                match kind {
+                    TransitionKind::Renew => "",
+                    _ => " (and their restarts done)",
+                }
             )),
             Then::Pass,
         ),
@@ -206,6 +183,40 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
     }
 }
 
+/// A write of `material` to `cluster`, as a plan line: where it goes, what it holds, and
+/// what applying a folder takes.
+fn write_action(record: &Record, cluster: &str, material: MaterialOf) -> String {
+    let (kind, options) = (record.kind, &record.options);
+    let folder = options.directories.get(cluster);
+    format!(
+        "write cacerts{}: {}{}",
+        match folder {
+            Some(_) => " into its folder",
+            None => "",
+        },
+        match (material, &record.revocation) {
+            (MaterialOf::Phase(p), Some(r)) => describe_revocation(r, kind, cluster, p),
+            (MaterialOf::Phase(p), None) => describe(kind, p).to_string(),
+            (MaterialOf::Original, _) => {
+                "the material it had before the transition, verbatim".to_string()
+            }
+        },
+        match (folder, options.skip_workload_restarts) {
+            (Some(_), _) if kind == TransitionKind::Renew => {
+                "; applying the folder is enough: istiod takes it without a restart"
+            }
+            (Some(_), false) => {
+                "; whoever applies the folder then restarts istiod, the gateways and the \
+                 workloads there, in that order"
+            }
+            (Some(_), true) => {
+                "; whoever applies the folder then restarts istiod and the gateways there"
+            }
+            (None, _) => "",
+        }
+    )
+}
+
 /// What a restart stage does, in the scope (the primary and its remotes) it covers.
 fn restart_action(stage: Stage, scope: Option<&Scope>, options: &Options) -> String {
     match (stage, scope) {
@@ -228,9 +239,16 @@ fn restart_action(stage: Stage, scope: Option<&Scope>, options: &Options) -> Str
     }
 }
 
-/// A revocation's write, which differs between the revoked cluster and the others.
-fn describe_revocation(r: &super::Revocation, cluster: &str, phase: Phase) -> String {
+/// A revocation's (or a renewal's) write, which differs between the revoked (renewed)
+/// cluster and the others.
+fn describe_revocation(
+    r: &super::Revocation,
+    kind: TransitionKind,
+    cluster: &str,
+    phase: Phase,
+) -> String {
     let revoked = r.cluster == cluster;
+    let renewal = kind == TransitionKind::Renew;
     match phase {
         Phase::AddNewRoot => format!(
             "its current intermediate and roots, verbatim; ca-crl.pem = a list from every \
@@ -246,8 +264,13 @@ fn describe_revocation(r: &super::Revocation, cluster: &str, phase: Phase) -> St
                 + if revoked { "" } else { &r.cluster }
         ),
         Phase::SwitchSigner if revoked => format!(
-            "its new intermediate (the successor of {} serial {}); the same roots and lists",
-            r.subject, r.serial
+            "its new intermediate (the successor of {} serial {}); the same roots and lists{}",
+            r.subject,
+            r.serial,
+            match renewal {
+                true => " (the predecessor's stays while what it signed lives; nothing is revoked)",
+                false => "",
+            }
         ),
         Phase::SwitchSigner => "unchanged (its signer stays; the same lists)".into(),
         Phase::RemoveOldRoot | Phase::Done => format!(
@@ -265,6 +288,7 @@ fn describe_revocation(r: &super::Revocation, cluster: &str, phase: Phase) -> St
 fn describe(kind: TransitionKind, phase: Phase) -> &'static str {
     match (kind, phase) {
         (TransitionKind::Revoke, _) => "the revocation's material",
+        (TransitionKind::Renew, _) => "the renewal's material",
         (TransitionKind::Migrate, Phase::AddNewRoot) => {
             "the current signer, verbatim (from istio-ca-secret if istiod is self-signed); \
              root-cert.pem = the current roots + the common root"
@@ -323,6 +347,19 @@ fn gate_line(record: &Record, material: MaterialOf) -> String {
              istio-ca-root-cert ConfigMap holds exactly its roots"
         }
     };
+    // A trust transition that carries revocation lists waits for them like a revocation.
+    let with_lists;
+    let read = match record.options.list_propagation_seconds {
+        Some(wait) if record.revocation.is_none() && material != MaterialOf::Original => {
+            with_lists = format!(
+                "{read}; every istio-ca-crl ConfigMap istiod published holds the step's \
+                 ca-crl.pem, then {} for kubelet to update the mounted file in every pod",
+                crate::clock::fmt_duration(std::time::Duration::from_secs(wait))
+            );
+            with_lists.as_str()
+        }
+        _ => read,
+    };
     match folders.is_empty() {
         true => format!("gate, in every cluster: {read}"),
         false => format!(
@@ -344,7 +381,7 @@ fn revocation_gate(record: &Record, phase: Phase) -> String {
         ))
     );
     match (phase, &record.revocation) {
-        (Phase::SwitchSigner, Some(r)) => format!(
+        (Phase::SwitchSigner, Some(r)) if record.kind == TransitionKind::Revoke => format!(
             "{lists}; every restart finished and no proxy of {} or its remotes started before its \
              istiod signed with the successor",
             r.cluster

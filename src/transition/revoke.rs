@@ -10,6 +10,10 @@
 //! with the root store's key (file, vault-kv), or by Vault's PKI engine, which revokes the
 //! intermediate it signed and keeps the list (vault-pki). Lists of CAs above the mesh CA (a
 //! corporate anchor) come from the operator.
+//!
+//! A renewal where the clusters serve lists ([`TransitionKind::Renew`]) is the same first two
+//! steps without the revocation: the successor's list reaches every proxy before it signs, and
+//! its predecessor's list stays, since what it signed is still trusted.
 
 use time::OffsetDateTime;
 
@@ -28,18 +32,31 @@ use crate::root_store::Signer;
 /// The first Istio release whose istiod reads `ca-crl.pem` (docs/istio.md §14).
 pub const LISTS_SINCE: IstioVersion = IstioVersion::new(1, 27, 0);
 
-/// What `revoke` asks.
+/// What `revoke` (or `renew`) asks.
 pub struct RevokeRequest {
-    /// The primary whose intermediate is revoked.
+    /// The primary whose intermediate is revoked (or renewed).
     pub cluster: String,
-    pub reason: Reason,
+    /// Why it is revoked; `None`: it is renewed, not revoked.
+    pub reason: Option<Reason>,
     /// Lists of the CAs above the mesh CA (`--chain-crl`), which cacertd cannot sign.
     pub chain_lists: Vec<Crl>,
 }
 
-/// `revoke CLUSTER`: reads every primary (each must sign under the store's mesh CA), issues
-/// the successor, signs the lists, saves the material, then records the revocation. Changes no
-/// cluster. Everything that can be refused is checked before anything is saved.
+impl RevokeRequest {
+    /// The renewal of `cluster`'s intermediate where the clusters serve lists.
+    pub fn renewal(cluster: &str) -> Self {
+        RevokeRequest {
+            cluster: cluster.to_string(),
+            reason: None,
+            chain_lists: Vec::new(),
+        }
+    }
+}
+
+/// `revoke CLUSTER` (or `renew CLUSTER`): reads every primary (each must sign under the
+/// store's mesh CA), issues the successor, signs the lists, saves the material, then records
+/// the revocation (renewal). Changes no cluster. Everything that can be refused is checked
+/// before anything is saved.
 pub async fn start_revoke(
     config: &Config,
     files: &RecordStore,
@@ -50,7 +67,7 @@ pub async fn start_revoke(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     let name = request.cluster.as_str();
-    let revoked_cluster = revocable(config, &options, name)?;
+    let revoked_cluster = revocable(config, &options, &request)?;
     refuse_old_istiod(istiods)?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
@@ -58,7 +75,7 @@ pub async fn start_revoke(
     let Some((_, revoked_set, revoked_ica)) = current.iter().find(|(n, ..)| n == name) else {
         return Err(DriveError::CurrentMaterial {
             cluster: name.to_string(),
-            reason: "it has no cacerts to revoke".into(),
+            reason: "it has no cacerts".into(),
         });
     };
     if existing.iter().any(|l| l.lists(revoked_ica)) {
@@ -87,11 +104,6 @@ pub async fn start_revoke(
     )
     .await?;
 
-    let first_lists: Vec<String> = current
-        .iter()
-        .filter(|(_, set, _)| set.ca_crl.iter().all(u8::is_ascii_whitespace))
-        .map(|(n, ..)| n.clone())
-        .collect();
     let moving = moving_sets(
         &current,
         name,
@@ -99,23 +111,14 @@ pub async fn start_revoke(
         (&lists_before, &lists_after),
         now,
     )?;
-
-    let revocation = Revocation {
-        cluster: name.to_string(),
-        subject: revoked_ica.info().subject.clone(),
-        serial: Revoked::of(revoked_ica, now, request.reason).serial,
-        fingerprint: revoked_ica.info().fingerprint_sha256.clone(),
-        reason: request.reason,
-        lists_before: String::from_utf8_lossy(&lists_before).into_owned(),
-        lists_after: String::from_utf8_lossy(&lists_after).into_owned(),
-        first_lists,
-    };
-    let record = revocation_record(config, options, &moving, revocation);
-    let detail = Some(format!(
-        "revoking {name}'s intermediate {} ({})",
-        revoked_ica.info().serial,
-        request.reason.name()
-    ));
+    let (revocation, detail) = revocation_of(
+        &request,
+        revoked_ica,
+        &current,
+        (lists_before, lists_after),
+        now,
+    );
+    let record = revocation_record(config, options, &moving, revocation, &request);
     let start = Start {
         config,
         files,
@@ -129,6 +132,46 @@ pub async fn start_revoke(
         let _ = std::fs::remove_file(&kept);
     }
     Ok(saved)
+}
+
+/// What the record keeps of the revocation (or renewal) `request` asks of `revoked`, and the
+/// audit log's words for it.
+fn revocation_of(
+    request: &RevokeRequest,
+    revoked: &Cert,
+    current: &[(String, CaCertsFiles, Cert)],
+    (lists_before, lists_after): (Vec<u8>, Vec<u8>),
+    now: OffsetDateTime,
+) -> (Revocation, Option<String>) {
+    let name = &request.cluster;
+    let info = revoked.info();
+    let revocation = Revocation {
+        cluster: name.clone(),
+        subject: info.subject.clone(),
+        serial: Revoked::of(revoked, now, Reason::Superseded).serial,
+        fingerprint: info.fingerprint_sha256.clone(),
+        reason: request.reason.unwrap_or(Reason::Superseded),
+        lists_before: String::from_utf8_lossy(&lists_before).into_owned(),
+        lists_after: String::from_utf8_lossy(&lists_after).into_owned(),
+        first_lists: current
+            .iter()
+            .filter(|(_, set, _)| set.ca_crl.iter().all(u8::is_ascii_whitespace))
+            .map(|(n, ..)| n.clone())
+            .collect(),
+    };
+    let detail = match request.reason {
+        Some(reason) => format!(
+            "revoking {name}'s intermediate {} ({})",
+            info.serial,
+            reason.name()
+        ),
+        None => format!(
+            "renewing {name}'s intermediate {}, whose successor's revocation list is published \
+             first",
+            info.serial
+        ),
+    };
+    (revocation, Some(detail))
 }
 
 /// The lists every primary serves during the revocation, as one `ca-crl.pem` each: `lists`
@@ -154,12 +197,22 @@ async fn all_lists(
     let carried = carried_lists(existing, (lists, &above), signing, &above_ca, now);
 
     // The mesh CA's list, before and after: last, since with Vault getting it revokes there
-    // (nothing after this refuses but an internal inconsistency).
-    let (before, after) = match signer {
-        Signer::Local(mesh_ca) => signed_here(mesh_ca, existing, revoked_ica, request.reason, now)?,
-        Signer::Vault { pki, .. } => {
+    // (nothing after this refuses but an internal inconsistency). A renewal keeps it.
+    let (before, after) = match (signer, request.reason) {
+        (Signer::Local(mesh_ca), Some(reason)) => {
+            signed_here(mesh_ca, existing, revoked_ica, reason, now)?
+        }
+        (Signer::Local(mesh_ca), None) => {
+            let current = mesh_list_here(mesh_ca, existing, now)?;
+            (current.clone(), current)
+        }
+        (Signer::Vault { pki, .. }, Some(_)) => {
             let pki = pki.store();
             signed_by_vault(config, pki, revoked_ica, now, dry_run).await?
+        }
+        (Signer::Vault { pki, .. }, None) => {
+            let current = vault_list_now(pki.store(), now, dry_run).await?;
+            (current.clone(), current)
         }
     };
     let assemble = |mesh: &Crl| {
@@ -172,37 +225,39 @@ async fn all_lists(
     Ok((assemble(&before), assemble(&after)))
 }
 
-/// The record of a revocation moving `moving`: no drain, since the revocation goes out as
-/// soon as the revoked cluster re-certified, and each phase's lists given time to reach the
-/// pods.
+/// The record of a revocation (or renewal) moving `moving`: no drain, since the revocation
+/// goes out as soon as the revoked cluster re-certified, and each phase's lists given time to
+/// reach the pods.
 fn revocation_record(
     config: &Config,
     mut options: Options,
     moving: &[(String, CaCertsFiles, CaCertsFiles, bool)],
     revocation: Revocation,
+    request: &RevokeRequest,
 ) -> Record {
     options.drain_seconds = 0;
     options.wait_for_renewal = false;
     options.renewal_wait_seconds = None;
     options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
-    let mut record = Record::new(
-        TransitionKind::Revoke,
-        moving.iter().map(|(n, ..)| n.clone()),
-        options,
-    );
+    let kind = match request.reason {
+        Some(_) => TransitionKind::Revoke,
+        None => TransitionKind::Renew,
+    };
+    let mut record = Record::new(kind, moving.iter().map(|(n, ..)| n.clone()), options);
     record.revocation = Some(revocation);
     record
 }
 
-/// The primary named `name`, unless a revocation there is refused: one without workload
+/// The primary `request` names, unless a revocation there is refused: one without workload
 /// restarts would publish the revocation while its workloads still present certificates from
 /// the revoked intermediate.
 fn revocable<'a>(
     config: &'a Config,
     options: &Options,
-    name: &str,
+    request: &RevokeRequest,
 ) -> Result<&'a crate::topology::Cluster, DriveError> {
-    if options.skip_workload_restarts {
+    let name = request.cluster.as_str();
+    if options.skip_workload_restarts && request.reason.is_some() {
         return Err(DriveError::UnsafeForMesh(format!(
             "a revocation restarts every workload of {name} and its remotes: each must hold a \
              certificate from the successor before the revocation is published, or it is cut \
@@ -219,7 +274,7 @@ fn revocable<'a>(
 }
 
 /// The revoked cluster's successor: same trust (the bundle it serves now), a fresh key, and
-/// a name of its own (docs/istio.md §14): the issuance time, in seconds.
+/// a name of its own (docs/istio.md §14): its issuance time and a random part ([`crate::pki::generation`]).
 async fn issue_successor(
     config: &Config,
     cluster: &crate::topology::Cluster,
@@ -227,7 +282,7 @@ async fn issue_successor(
     revoked_set: &CaCertsFiles,
     now: OffsetDateTime,
 ) -> Result<(CaCertsFiles, Cert), DriveError> {
-    let generation = Some(now.unix_timestamp().to_string());
+    let generation = Some(crate::pki::generation(now));
     let mut successor =
         issue_new(config, cluster, signer, signer.root_cert(), generation, now).await?;
     successor.root_cert.clone_from(&revoked_set.root_cert);
@@ -404,8 +459,34 @@ fn moving_sets(
     Ok(moving)
 }
 
-/// The mesh CA's lists before and after the revocation, signed here with its key: the newest
-/// list the clusters carry (or an empty one), and that list's entries with `revoked` added.
+/// The mesh CA's list as it stands, signed here with its key: the newest list the clusters
+/// carry, or an empty one.
+fn mesh_list_here(
+    mesh_ca: &crate::pki::RootCa,
+    existing: &[Crl],
+    now: OffsetDateTime,
+) -> Result<Crl, DriveError> {
+    let signing = mesh_ca.cert();
+    let previous = existing
+        .iter()
+        .filter(|l| l.signed_by(signing))
+        .max_by_key(|l| (l.number(), l.this_update()));
+    match previous {
+        Some(p) => Ok(p.clone()),
+        None => sign_crl(
+            signing,
+            mesh_ca.key(),
+            &[],
+            1,
+            now,
+            signing.info().not_after,
+        )
+        .map_err(|e| DriveError::NewRoot(e.to_string())),
+    }
+}
+
+/// The mesh CA's lists before and after the revocation, signed here with its key: the list as
+/// it stands ([`mesh_list_here`]), and its entries with `revoked` added.
 fn signed_here(
     mesh_ca: &crate::pki::RootCa,
     existing: &[Crl],
@@ -414,28 +495,14 @@ fn signed_here(
     now: OffsetDateTime,
 ) -> Result<(Crl, Crl), DriveError> {
     let signing = mesh_ca.cert();
-    let previous = existing
-        .iter()
-        .filter(|l| l.signed_by(signing))
-        .max_by_key(|l| (l.number(), l.this_update()));
-    let number = previous.and_then(Crl::number).unwrap_or(0);
+    let before = mesh_list_here(mesh_ca, existing, now)?;
+    let number = before.number().unwrap_or(0);
     let until = signing.info().not_after;
     let mesh_err = |e: crate::pki::PkiError| DriveError::NewRoot(e.to_string());
-    let before = match previous {
-        Some(p) => p.clone(),
-        None => sign_crl(signing, mesh_ca.key(), &[], number + 1, now, until).map_err(mesh_err)?,
-    };
-    let mut entries: Vec<Revoked> = previous.map(|p| p.entries().to_vec()).unwrap_or_default();
+    let mut entries: Vec<Revoked> = before.entries().to_vec();
     entries.push(Revoked::of(revoked, now, reason));
-    let after = sign_crl(
-        signing,
-        mesh_ca.key(),
-        &entries,
-        before.number().unwrap_or(number) + 1,
-        now,
-        until,
-    )
-    .map_err(mesh_err)?;
+    let after =
+        sign_crl(signing, mesh_ca.key(), &entries, number + 1, now, until).map_err(mesh_err)?;
     Ok((before, after))
 }
 
@@ -457,17 +524,11 @@ async fn signed_by_vault(
     now: OffsetDateTime,
     dry_run: bool,
 ) -> Result<(Crl, Crl), DriveError> {
-    use crate::revocation::VaultListError;
     let vault =
         |e: crate::root_store::VaultError| DriveError::NewRoot(format!("{}: {e}", pki.describe()));
     let serial = revoked.info().serial.clone();
     let kept = kept_list(config, revoked);
-    let current = crate::revocation::vault_list(pki, !dry_run, VAULT_LIST_MIN_LIFE, now)
-        .await
-        .map_err(|e| match e {
-            VaultListError::Vault { .. } => DriveError::NewRoot(e.to_string()),
-            VaultListError::TooShort(why) => DriveError::UnsafeForMesh(why),
-        })?;
+    let current = vault_list_now(pki, now, dry_run).await?;
     let before = match current.lists(revoked) {
         false => current,
         // Revoked in Vault by a run that stopped before it was recorded: its list before.
@@ -514,6 +575,25 @@ async fn signed_by_vault(
         long_enough(pki, &after, now)?;
     }
     Ok((before, after))
+}
+
+/// Vault's list as it stands, rebuilt (unless `dry_run`) so that it is fresh.
+async fn vault_list_now(
+    pki: &crate::root_store::VaultPki,
+    now: OffsetDateTime,
+    dry_run: bool,
+) -> Result<Crl, DriveError> {
+    use crate::revocation::VaultListError;
+    let list = crate::revocation::vault_list(pki, !dry_run, VAULT_LIST_MIN_LIFE, now)
+        .await
+        .map_err(|e| match e {
+            VaultListError::Vault { .. } => DriveError::NewRoot(e.to_string()),
+            VaultListError::TooShort(why) => DriveError::UnsafeForMesh(why),
+        })?;
+    if !dry_run {
+        long_enough(pki, &list, now)?;
+    }
+    Ok(list)
 }
 
 /// Where Vault's list from before a revocation of `revoked` waits until the revocation is

@@ -35,6 +35,10 @@ pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
 /// byte-substring of the new).
 /// (For a root's removal, `new` is the cluster's own set with the root left out of its bundle:
 /// only `RemoveOldRoot` and the original are ever served.)
+/// Where the clusters serve revocation lists, a rotation saves as `original` the cluster's set
+/// with the lists of both roots' CAs, and as `new` its new set with the new CAs' lists: while
+/// both roots are trusted (`SwitchSigner`) the lists of both are served, since a proxy that
+/// checks lists rejects a chain through a CA without one (docs/istio.md §14).
 pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
     if let Some(lists) = &m.lists_before {
         return Ok(revocation_material(m, lists, of));
@@ -56,6 +60,10 @@ pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, Pki
         },
         MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
             root_cert: both()?,
+            ca_crl: match m.original.ca_crl.iter().all(u8::is_ascii_whitespace) {
+                true => m.new.ca_crl.clone(),
+                false => m.original.ca_crl.clone(),
+            },
             ..m.new.clone()
         },
         MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),

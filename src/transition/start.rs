@@ -20,6 +20,7 @@ use super::error::DriveError;
 use super::error::target_err;
 use crate::root_store::RootSource;
 
+mod lists;
 mod rotate;
 pub use rotate::start_rotate_root;
 
@@ -34,7 +35,13 @@ pub async fn start_migrate(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     refuse_known_breakage(config, istiods).await?;
-    refuse_lists(config, TransitionKind::Migrate).await?;
+    if let Some(name) = serving_lists(config).await? {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "{name} serves revocation lists (ca-crl.pem), which a migration does not carry: \
+             the intermediates it issues would have no list, and every proxy that checks lists \
+             would reject their certificates"
+        )));
+    }
     check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
@@ -137,10 +144,10 @@ pub(super) async fn store_signer(config: &Config) -> Result<crate::root_store::S
         .map_err(|e| DriveError::NewRoot(e.to_string()))
 }
 
-/// Refused where a primary serves revocation lists: a trust transition does not carry them
-/// yet, so its new intermediates would have no list, which proxies checking lists reject
-/// (docs/istio.md §14); the writer would stop it at the first such write.
-async fn refuse_lists(config: &Config, kind: TransitionKind) -> Result<(), DriveError> {
+/// The first primary that serves revocation lists, if any: a transition that issues
+/// intermediates must then publish a list from each before it signs anything, since proxies
+/// that check lists reject a chain through a CA without one (docs/istio.md §14).
+async fn serving_lists(config: &Config) -> Result<Option<String>, DriveError> {
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
         let target = Target::open(cluster, config)
@@ -152,15 +159,10 @@ async fn refuse_lists(config: &Config, kind: TransitionKind) -> Result<(), Drive
             .cacerts
             .is_some_and(|c| !c.ca_crl.iter().all(u8::is_ascii_whitespace))
         {
-            return Err(DriveError::UnsafeForMesh(format!(
-                "{name} serves revocation lists (ca-crl.pem), which a {} does not carry yet: \
-                 its new intermediates would have no list, and every proxy that checks lists \
-                 would reject their certificates",
-                kind.name()
-            )));
+            return Ok(Some(name.to_string()));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A new intermediate a start that stopped early saved for `cluster`, if it is still good:

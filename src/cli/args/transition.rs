@@ -130,6 +130,24 @@ pub struct RevokeArgs {
     pub drive: DriveArgs,
 }
 
+#[derive(Debug, ClapArgs)]
+pub struct RenewArgs {
+    /// The primary whose intermediate is renewed.
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: String,
+
+    /// How many clusters are written at once (default: [transition] max_parallel, 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: Option<u16>,
+
+    /// Wait for an operator's `transition resume --approve` before each step after the first.
+    #[arg(long)]
+    pub approve_each_phase: bool,
+
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CrlCommand {
     /// Put newer revocation lists in place of the ones every primary serves, before those

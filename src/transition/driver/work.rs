@@ -94,7 +94,7 @@ impl Work<'_> {
     fn new_root(&self, cluster: &str) -> Result<Option<Cert>, DriveError> {
         if matches!(
             self.kind,
-            TransitionKind::RemoveRoot | TransitionKind::Revoke
+            TransitionKind::RemoveRoot | TransitionKind::Revoke | TransitionKind::Renew
         ) {
             return Ok(None);
         }

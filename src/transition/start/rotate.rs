@@ -18,7 +18,16 @@ pub async fn start_rotate_root(
 ) -> Result<Record, DriveError> {
     let store = rotation::open(config).await?;
     refuse_known_breakage(config, istiods).await?;
-    refuse_lists(config, TransitionKind::RotateRoot).await?;
+    let lists_served = serving_lists(config).await?;
+    if let Some(name) = &lists_served
+        && store.keeps_key_inside()
+    {
+        return Err(DriveError::UnsafeForMesh(format!(
+            "{name} serves revocation lists (ca-crl.pem): a rotation carries them with the file \
+             and vault-kv stores, not yet with vault-pki, whose new issuer's list Vault would \
+             have to sign"
+        )));
+    }
     check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
@@ -34,7 +43,11 @@ pub async fn start_rotate_root(
     };
     let new = match store.keeps_key_inside() {
         true => rotation.vault_new_root(new_root.is_some()).await?,
-        false => rotation.local_new_root(new_root).await?,
+        false => {
+            rotation
+                .local_new_root(new_root, lists_served.is_some())
+                .await?
+        }
     };
     let new_cert = match &new {
         NewRoot::Local { root, .. } => Some(root.cert().clone()),
@@ -46,11 +59,21 @@ pub async fn start_rotate_root(
         ));
     }
     let moving = rotation.moving(new_cert.as_ref()).await?;
+    let lists = lists::served(&moving, now)?;
+    if let (Some(served), NewRoot::Local { root, .. }) = (&lists, &new) {
+        lists::check_new_root(root, &current, served)?;
+    }
+    if lists.is_some() {
+        // The new CAs' lists must reach pods that no restart replaces before they sign.
+        options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
+    }
     if dry_run {
         let clusters = moving.into_iter().map(|(c, _)| c.name.clone());
         return Ok(Record::new(TransitionKind::RotateRoot, clusters, options));
     }
-    let clusters = rotation.issue_and_keep(new, moving, finished).await?;
+    let clusters = rotation
+        .issue_and_keep(new, moving, finished, lists)
+        .await?;
     let record = Record::new(TransitionKind::RotateRoot, clusters, options);
     files.save(&record).await?;
     audit.note(now, "transition-start", None, "rotate-root", None, None);
@@ -125,8 +148,14 @@ impl Rotation<'_> {
     }
 
     /// File and vault-kv stores: the root kept by a start that stopped early, else the one
-    /// given, else one generated under the root policy.
-    async fn local_new_root(&self, given: Option<RootCa>) -> Result<NewRoot, DriveError> {
+    /// given, else one generated under the root policy — where revocation lists are served
+    /// (`lists`), named apart from the current root by a serialNumber attribute (its
+    /// issuance time and a random part, [`crate::pki::generation`]), since a proxy picks a CA's list by its name (docs/istio.md §14).
+    async fn local_new_root(
+        &self,
+        given: Option<RootCa>,
+        lists: bool,
+    ) -> Result<NewRoot, DriveError> {
         let (config, store) = (self.config, self.store);
         let (waiting, over) = match store.pending().await? {
             Some(Pending::Held { root, version }) => (Some(root), version),
@@ -162,7 +191,11 @@ impl Rotation<'_> {
                 policy
                     .check_may_generate_root()
                     .map_err(|v| DriveError::NewRoot(v.to_string()))?;
-                crate::pki::generate_root(&policy.root_spec(&config.trust_domain), self.now)
+                let mut spec = policy.root_spec(&config.trust_domain);
+                if lists {
+                    spec.subject.serial_number = Some(crate::pki::generation(self.now));
+                }
+                crate::pki::generate_root(&spec, self.now)
                     .map_err(|e| DriveError::NewRoot(e.to_string()))?
             }
         };
@@ -218,13 +251,16 @@ impl Rotation<'_> {
     }
 
     /// The new root's signer (for vault-pki: the new issuer, generated now unless a start
-    /// that stopped early made it), then every new intermediate, in memory; then saved: the
-    /// new root before anything issued under it. Returns the clusters that move.
+    /// that stopped early made it), then every new intermediate, in memory — where the
+    /// primaries serve `lists`, each named apart from its predecessor and the lists carried
+    /// ([`lists::carry`]); then saved: the new root before anything issued under it. Returns
+    /// the clusters that move.
     async fn issue_and_keep(
         &self,
         new: NewRoot,
         moving: Vec<(&crate::topology::Cluster, CaCertsFiles)>,
         finished: Option<Record>,
+        lists: Option<Vec<crate::pki::Crl>>,
     ) -> Result<Vec<String>, DriveError> {
         let (config, files, now) = (self.config, self.files, self.now);
         let keep = match &new {
@@ -242,17 +278,31 @@ impl Rotation<'_> {
             }
         };
         let root = signer.root_cert().clone();
+        let generation = lists.as_ref().map(|_| crate::pki::generation(now));
         let mut issued = Vec::new();
         for (cluster, original) in moving {
             let name = cluster.name.clone();
             let (new, fresh) = match saved_new(files, self.own, &name, &root, now).await? {
                 Some(saved) => (saved, false),
                 None => (
-                    issue_new(config, cluster, &signer, &root, None, now).await?,
+                    issue_new(config, cluster, &signer, &root, generation.clone(), now).await?,
                     true,
                 ),
             };
             issued.push((name, original, new, fresh));
+        }
+        match (&lists, &signer) {
+            (Some(served), crate::root_store::Signer::Local(new_root)) => {
+                lists::carry(&mut issued, new_root, served, now)?;
+            }
+            // Refused at the start: the vault-pki store does not carry lists yet.
+            (Some(_), crate::root_store::Signer::Vault { .. }) => {
+                return Err(DriveError::UnsafeForMesh(
+                    "the vault-pki store does not carry revocation lists through a rotation yet"
+                        .into(),
+                ));
+            }
+            (None, _) => {}
         }
         if let Some(finished) = finished {
             files.archive(&finished, now).await?;

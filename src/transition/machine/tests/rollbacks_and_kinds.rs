@@ -227,3 +227,38 @@ fn a_revocation_restarts_where_a_signer_changes_or_lists_are_new() {
     let err = r.rollback().unwrap_err();
     assert!(err.contains("b had no revocation lists before"), "{err}");
 }
+
+/// A renewal where lists are served restarts nothing (istiod takes a new intermediate by
+/// itself) and ends once the renewed cluster switched: there is no revocation to publish.
+#[test]
+fn a_renewal_restarts_nothing_and_ends_at_the_switch() {
+    let names = ["a", "b"].map(String::from);
+    let mut r = Record::new(TransitionKind::Renew, names, opts());
+    r.revocation = Some(revocation("a", &["b"]));
+    let steps = run(&mut r, t(0));
+    assert!(
+        !steps.iter().any(|s| matches!(s, Step::Restart { .. })),
+        "{steps:#?}"
+    );
+    let written: Vec<Phase> = r
+        .timeline
+        .iter()
+        .filter_map(|m| {
+            Phase::ALL
+                .into_iter()
+                .find(|p| m.what == format!("entered phase {p}"))
+        })
+        .collect();
+    assert_eq!(written, vec![Phase::SwitchSigner, Phase::Done]);
+    let writes = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Write { .. }))
+        .count();
+    assert_eq!(
+        writes, 4,
+        "AddNewRoot and SwitchSigner, each cluster: {steps:#?}"
+    );
+    assert!(r.is_over());
+    let err = r.rollback().unwrap_err();
+    assert!(err.contains("is done"), "{err}");
+}
