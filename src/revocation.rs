@@ -1,11 +1,15 @@
 //! Keeping the revocation lists every primary serves current (README, "When a key leaks"):
 //! a list past its nextUpdate makes every proxy reject every chain it covers (docs/istio.md
 //! §14), so each is replaced by a newer one of the same signer before it expires. The lists
-//! of the CAs above the mesh CA come from the operator's PKI (`crl refresh --chain-crl`); the
+//! of the CAs above the mesh CA come from the operator's PKI (`crl refresh --chain-crl`, or
+//! fetched where the certificates say they are published, [`fetch_published`]); the
 //! mesh CA's, when Vault's PKI engine signs it, from Vault — by hand with `crl refresh`, and
 //! by `serve` once it is due ([`due_for_refresh`]).
 
 use time::OffsetDateTime;
+
+mod published;
+pub use published::{FETCH_TIMEOUT, MAX_LIST_BYTES, fetch_published};
 
 use crate::cluster::{CacertsWriter, Material, Target, WriteError, WriteMeta};
 use crate::config::Config;

@@ -2103,11 +2103,11 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
             time::OffsetDateTime::now_utc() + time::Duration::days(15) + time::Duration::hours(1);
         let clock = Arc::new(cacertd::clock::FixedClock::new(later));
         let daemon = cacertd::daemon::Daemon::new(config, clock.clone());
-        daemon.refresh_vault_lists().await;
+        daemon.refresh_lists().await;
         assert_eq!(bao.count("pki/crl/rotate"), rotations + 1);
         assert_ne!(s.read("out/cluster2/ca-crl.pem"), refreshed);
         clock.advance(time::Duration::minutes(30));
-        daemon.refresh_vault_lists().await;
+        daemon.refresh_lists().await;
         assert_eq!(bao.count("pki/crl/rotate"), rotations + 1);
         daemon.close_root_source().await;
     });
@@ -2140,5 +2140,32 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
     let err = common::mtls::handshake(common::mtls::workload(&c2), common::mtls::workload(&old))
         .expect_err("a certificate from the revoked intermediate");
     assert!(err.contains("Revoked"), "{err}");
+    assert_no_key_requested(&bao);
+
+    // A root rotation carries the lists: Vault generates the new issuer, named apart from the
+    // old one, and signs its list; in the end every primary serves the new CAs' lists alone.
+    let rotate = bao.shipped_policy("cacertd-pki-rotate.hcl");
+    std::fs::write(s.path("vault-token"), bao.token(&[&pki, &rotate])).unwrap();
+    let old_root = s.read("out/cluster1/root-cert.pem");
+    s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    let new_root = s.read("out/cluster1/root-cert.pem");
+    assert_ne!(new_root, old_root);
+    let subject = |pem: &[u8]| {
+        cacertd::pki::Cert::one_from_pem(pem, "root-cert.pem")
+            .unwrap()
+            .info()
+            .subject
+            .clone()
+    };
+    assert_ne!(subject(&new_root), subject(&old_root));
+    let lists = s.read("out/cluster1/ca-crl.pem");
+    assert_eq!(s.read("out/cluster2/ca-crl.pem"), lists);
+    let lists = cacertd::pki::Crl::all_from_pem(&lists, "ca-crl.pem").unwrap();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    let root = cacertd::pki::Cert::one_from_pem(&new_root, "root-cert.pem").unwrap();
+    assert!(lists.iter().any(|l| l.signed_by(&root)));
+    common::mtls::handshake(common::mtls::workload(&c1), common::mtls::workload(&c2)).unwrap();
     assert_no_key_requested(&bao);
 }

@@ -341,6 +341,87 @@ fn a_revocation_keeps_every_pair_working_at_every_step_and_cuts_off_the_revoked_
     );
 }
 
+/// Whether the lists `dir` serves hold `list` (a PEM file).
+fn serves_list(dir: &Path, list: &Path) -> bool {
+    let read = |p: &Path, what: &str| {
+        cacertd::pki::Crl::all_from_pem(&std::fs::read(p).unwrap(), what).unwrap()
+    };
+    let wanted = read(list, "the list");
+    read(&dir.join("ca-crl.pem"), "ca-crl.pem")
+        .iter()
+        .any(|l| l.der() == wanted[0].der())
+}
+
+/// Below a company's CAs whose certificates name where their issuers publish their lists,
+/// `revoke` and `crl refresh` without --chain-crl, and `serve` by itself, fetch them there: each newer
+/// one goes in place in every primary; one its CA did not sign is refused and changes nothing.
+#[test]
+fn the_companys_lists_are_fetched_where_the_chain_says_they_are_published() {
+    let s = Setup::with_config(&config());
+    let base = common::serve_files(s.path(""));
+    common::CompanyPki::usual().make_published(&s.path(""), Some(&base));
+    s.cacertd(&common::import_mesh_ca("chain.pem")).ok();
+    s.cacertd(&["issue"]).ok();
+    // `revoke` fetches them too, when it is given none.
+    let corp = company_list(s.dir.path(), "corp0");
+    company_list(s.dir.path(), "anchor");
+    let run = s.through_folders(&["revoke", "cluster1", "--reason", "key-compromise"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(common::drive_folders(&s, false).starts_with("nothing"));
+    assert!(serves_list(&s.path("out/cluster2"), &corp));
+
+    // Nothing newer is published: nothing changes.
+    let run = s.cacertd(&["crl", "refresh"]).ok();
+    assert!(run.stdout.contains("cluster1: unchanged"), "{}", run.stdout);
+
+    // The company publishes a newer list: fetched, put in place everywhere.
+    let newer = company_list_at(s.dir.path(), "corp0", "corp0", time::Duration::minutes(-1));
+    let run = s.cacertd(&["crl", "refresh"]).ok();
+    assert!(
+        run.stdout.contains("cluster1: refreshed") && run.stdout.contains("cluster2: refreshed"),
+        "{}",
+        run.stdout
+    );
+    for c in PRIMARIES {
+        assert!(serves_list(&s.path(&format!("out/{c}")), &newer), "{c}");
+    }
+    let done = keep(&s, "refreshed");
+    all_pairs_complete(
+        &[done["cluster1"].as_path(), done["cluster2"].as_path()],
+        "refreshed",
+    );
+
+    // `serve` fetches them by itself.
+    let newest = company_list_at(s.dir.path(), "corp0", "corp0", time::Duration::seconds(-10));
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let config = cacertd::config::Config::load(&s.path("cacertd.toml")).unwrap();
+        let clock = std::sync::Arc::new(cacertd::clock::FixedClock::new(
+            time::OffsetDateTime::now_utc(),
+        ));
+        let daemon = cacertd::daemon::Daemon::new(config, clock);
+        assert!(daemon.try_lead().await);
+        daemon.tick().await;
+        daemon.refresh_lists().await;
+        daemon.step_down().await;
+    });
+    for c in PRIMARIES {
+        assert!(serves_list(&s.path(&format!("out/{c}")), &newest), "{c}");
+    }
+
+    // A list under the anchor's name that the anchor did not sign: refused, nothing changed.
+    impostor_anchor(s.dir.path());
+    company_list_at(s.dir.path(), "impostor", "anchor", time::Duration::ZERO);
+    let before = s.snapshot();
+    let run = s.cacertd(&["crl", "refresh"]).fails_with(1);
+    assert!(
+        run.stderr.contains("/anchor.crl") && run.stderr.contains("not a list"),
+        "{}",
+        run.stderr
+    );
+    common::assert_unchanged(&before, &s.snapshot());
+}
+
 #[test]
 fn where_lists_are_served_a_renewal_publishes_the_successors_list_first_and_breaks_no_pair() {
     let s = issued();
@@ -613,6 +694,35 @@ fn company_list(dir: &Path, name: &str) -> PathBuf {
     company_list_at(dir, name, name, time::Duration::minutes(-5))
 }
 
+/// `impostor.pem`/`.key` in `dir`: a CA with the company anchor's name and another key.
+fn impostor_anchor(dir: &Path) {
+    common::openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "impostor.key",
+            "-out",
+            "impostor.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Corp/CN=Offline Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+    .ok();
+}
+
 /// A list for `name` published `at` from now, written to `<file>.crl`.
 fn company_list_at(dir: &Path, name: &str, file: &str, at: time::Duration) -> PathBuf {
     let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
@@ -653,31 +763,7 @@ fn below_a_company_root_the_chains_lists_come_from_the_company() {
         run.stderr
     );
     // A list signed by a key none of the chain holds, under the anchor's name.
-    common::openssl(
-        s.dir.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-384",
-            "-nodes",
-            "-keyout",
-            "impostor.key",
-            "-out",
-            "impostor.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/O=Corp/CN=Offline Root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )
-    .ok();
+    impostor_anchor(s.dir.path());
     let impostor = company_list(s.dir.path(), "impostor");
     let corp = company_list(s.dir.path(), "corp0");
     let anchor = company_list(s.dir.path(), "anchor");

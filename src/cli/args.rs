@@ -6,8 +6,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 mod transition;
 pub use transition::{
-    CrlCommand, CrlRefreshArgs, DriveArgs, MigrateCommand, RemoveRootArgs, RenewArgs, ResumeArgs,
-    RevokeArgs, RevokeReason, RotateRootCommand, RotateStartArgs, TransitionCommand,
+    CrlCommand, CrlRefreshArgs, DriveArgs, FixedRunArgs, MigrateCommand, RemoveRootArgs, RenewArgs,
+    ResumeArgs, RevokeArgs, RevokeReason, RotateRootCommand, RotateStartArgs, TransitionCommand,
     TransitionPlanArgs,
 };
 

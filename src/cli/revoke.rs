@@ -4,7 +4,7 @@
 //! crl refresh`, which keeps the lists of the CAs above the mesh CA current.
 
 use super::CliError;
-use super::args::{self, CrlRefreshArgs, DriveArgs, RenewArgs, RevokeArgs, RevokeReason};
+use super::args::{self, CrlRefreshArgs, FixedRunArgs, RenewArgs, RevokeArgs, RevokeReason};
 use super::transition::{fixed_options, print_dry_run, run_drive, started};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -58,16 +58,28 @@ pub(super) async fn crl_refresh(
     Ok(())
 }
 
-/// The lists to put in place and who may have signed them: the lists given, which must be
-/// signed by CAs above the mesh CA; with the vault-pki store, also Vault's list, rebuilt now
-/// (unless `dry_run`), signed by the mesh CA.
+/// The lists to put in place and who may have signed them: the lists given (or else fetched
+/// where the chain says they are published), which must be signed by CAs above the mesh CA;
+/// with the vault-pki store, also Vault's list, rebuilt now (unless `dry_run`), signed by the
+/// mesh CA.
 async fn lists_and_signers(
     config: &Config,
-    mut fresh: Vec<Crl>,
+    fresh: Vec<Crl>,
     dry_run: bool,
     now: time::OffsetDateTime,
 ) -> Result<(Vec<Crl>, Vec<crate::pki::Cert>), CliError> {
     let store = crate::root_store::RootSource::open(config).await?;
+    let gathered = gather_lists(&store, fresh, dry_run, now).await;
+    store.close().await;
+    gathered
+}
+
+async fn gather_lists(
+    store: &crate::root_store::RootSource,
+    mut fresh: Vec<Crl>,
+    dry_run: bool,
+    now: time::OffsetDateTime,
+) -> Result<(Vec<Crl>, Vec<crate::pki::Cert>), CliError> {
     let certs = store
         .load_certs()
         .await?
@@ -79,61 +91,70 @@ async fn lists_and_signers(
     if !certs.between.is_empty() {
         signers.push(certs.anchor.clone());
     }
-    if let Some(stray) = fresh
-        .iter()
-        .find(|l| !signers.iter().any(|c| l.signed_by(c)))
-    {
-        store.close().await;
-        return Err(CliError::Refused(format!(
-            "the list of {} is signed by none of the CAs above the mesh CA ({}): cacertd \
-             signs the mesh CA's and the intermediates' lists itself",
-            stray.issuer(),
-            match signers.is_empty() {
-                true => "none: the mesh CA is the anchor".to_string(),
-                false => signers
-                    .iter()
-                    .map(|c| c.info().subject.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+    refuse_strays(&fresh, &signers)?;
+    // The lists of the CAs above the mesh CA, unless given: fetched where they are published.
+    if fresh.is_empty() && !certs.between.is_empty() {
+        let chain = certs.path();
+        match crate::revocation::fetch_published(&chain).await {
+            Ok(published) => fresh = published,
+            // Vault's own list is still worth refreshing: said, not fatal.
+            Err(e) if store.as_vault_pki().is_some() => {
+                tracing::warn!(error = %e, "the company's lists are not refreshed; Vault's is");
             }
-        )));
+            Err(e) => {
+                return Err(CliError::Partial {
+                    message: format!("cannot fetch the published revocation lists: {e}"),
+                    code: 1,
+                });
+            }
+        }
     }
     // Where Vault signs the mesh CA's list: Vault's, rebuilt now.
-    let vault = match store.as_vault_pki() {
-        Some(pki) => Some(
-            crate::revocation::vault_list(
-                pki,
-                !dry_run,
-                crate::transition::revoke::VAULT_LIST_MIN_LIFE,
-                now,
-            )
+    if let Some(pki) = store.as_vault_pki() {
+        let min = crate::transition::revoke::VAULT_LIST_MIN_LIFE;
+        let list = crate::revocation::vault_list(pki, !dry_run, min, now)
             .await
             .map_err(|e| match e {
                 VaultListError::Vault { store, source } => {
                     CliError::Store(crate::root_store::StoreError::Vault { store, source })
                 }
                 VaultListError::TooShort(why) => CliError::Refused(why),
-            }),
-        ),
-        None => None,
-    };
-    store.close().await;
-    match vault {
-        Some(list) => {
-            fresh.push(list?);
-            signers.push(certs.signing_ca().clone());
-        }
-        None if fresh.is_empty() => {
-            return Err(CliError::Usage(
-                "nothing to refresh: name the lists of the CAs above the mesh CA with \
-                 --chain-crl FILE (cacertd signs the mesh CA's own lists, except with the \
-                 vault-pki store, whose list this command fetches from Vault)"
-                    .into(),
-            ));
-        }
-        None => {}
+            })?;
+        fresh.push(list);
+        signers.push(certs.signing_ca().clone());
+    }
+    if fresh.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to refresh: the mesh CA is the anchor, and cacertd signs the mesh CA's \
+             own lists (except with the vault-pki store, whose list this command fetches \
+             from Vault)"
+                .into(),
+        ));
     }
     Ok((fresh, signers))
+}
+
+/// Refused: a list given that none of the CAs above the mesh CA (`signers`) signed.
+fn refuse_strays(given: &[Crl], signers: &[crate::pki::Cert]) -> Result<(), CliError> {
+    let Some(stray) = given
+        .iter()
+        .find(|l| !signers.iter().any(|c| l.signed_by(c)))
+    else {
+        return Ok(());
+    };
+    Err(CliError::Refused(format!(
+        "the list of {} is signed by none of the CAs above the mesh CA ({}): cacertd signs the \
+         mesh CA's and the intermediates' lists itself",
+        stray.issuer(),
+        match signers.is_empty() {
+            true => "none: the mesh CA is the anchor".to_string(),
+            false => signers
+                .iter()
+                .map(|c| c.info().subject.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    )))
 }
 
 /// What `crl refresh` did, as a document or a line per primary.
@@ -168,9 +189,8 @@ pub(super) async fn revoke(
         }),
         chain_lists,
     };
-    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
     let what = format!("revocation of {}'s intermediate", args.cluster);
-    start_and_drive(config, request, options, (&what, &args.drive), clock).await
+    start_and_drive(config, request, (&what, &args.run), clock).await
 }
 
 pub(super) async fn renew(
@@ -179,20 +199,20 @@ pub(super) async fn renew(
     clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
     let request = RevokeRequest::renewal(&args.cluster);
-    let options = fixed_options(config, args.max_parallel, args.approve_each_phase);
     let what = format!("renewal of {}'s intermediate", args.cluster);
-    start_and_drive(config, request, options, (&what, &args.drive), clock).await
+    start_and_drive(config, request, (&what, &args.run), clock).await
 }
 
 /// Starts the revocation (or renewal) `request` asks, then prints it (a dry run) or drives it.
 async fn start_and_drive(
     config: &Config,
     request: RevokeRequest,
-    options: crate::transition::Options,
-    (what, drive): (&str, &DriveArgs),
+    (what, run): (&str, &FixedRunArgs),
     clock: &std::sync::Arc<dyn Clock>,
 ) -> Result<(), CliError> {
     let now = clock.now();
+    let options = fixed_options(config, run.max_parallel, run.approve_each_phase);
+    let drive = &run.drive;
     let _lock = StateLock::acquire(&config.state_dir)?;
     let store = RecordStore::open(config).await?;
     let istiods = crate::transition::start::istiods(config).await?;

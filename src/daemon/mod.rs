@@ -387,51 +387,63 @@ impl Daemon {
             None
         };
         let record = if active {
-            let opts = crate::transition::driver::DriveOptions {
-                clock: self.clock.clone(),
-                wait: false,
-                poll: Duration::from_secs(5),
-                stop_after: None,
-                // Back within the margin the leader check keeps; at least one step each time.
-                max_steps: None,
-                budget: Some(match &self.config.daemon.lease {
-                    Some(l) => l.grace / 2,
-                    None => Duration::from_secs(10),
-                }),
-                progress: crate::transition::progress::Progress::Off,
-            };
             let Ok(store) = self.transition_store().await else {
                 return;
             };
-            let outcome = crate::transition::driver::drive(&self.config, store, opts).await;
-            let after = store.load().await.ok().flatten();
-            match outcome {
-                Ok(crate::transition::Step::Drain { .. }) => pause = Duration::from_secs(60),
-                // An operator must act (approve the phase, or confirm that folders are
-                // applied): looked at again soon, so that the next step follows promptly.
-                Ok(
-                    crate::transition::Step::AwaitApproval { .. }
-                    | crate::transition::Step::AwaitApplied { .. },
-                ) => pause = Duration::from_secs(2),
-                // A gate that was checked and does not hold yet.
-                Ok(crate::transition::Step::CheckGate { .. })
-                    if after.as_ref().is_some_and(|r| r.gate_since.is_some()) => {}
-                Ok(step) => {
-                    tracing::debug!(?step, "transition step done");
-                    pause = Duration::ZERO;
-                }
-                Err(e) => {
-                    self.metrics.transition_error(e.reason());
-                    tracing::warn!(error = %e, reason = e.reason(), "the trust transition stopped");
-                    pause = Duration::from_secs(30);
-                }
-            }
+            let (after, wait) = self.drive_some(store).await;
+            pause = wait;
             after
         } else {
             record
         };
         self.metrics.transition(record.as_ref(), self.clock.now());
         *next = std::time::Instant::now() + pause;
+    }
+
+    /// Drives the transition under way for one leader-check margin; returns its record after,
+    /// and how long to wait before driving again.
+    async fn drive_some(
+        &self,
+        store: &RecordStore,
+    ) -> (Option<crate::transition::Record>, Duration) {
+        use crate::transition::Step;
+        let opts = crate::transition::driver::DriveOptions {
+            clock: self.clock.clone(),
+            wait: false,
+            poll: Duration::from_secs(5),
+            stop_after: None,
+            // Back within the margin the leader check keeps; at least one step each time.
+            max_steps: None,
+            budget: Some(match &self.config.daemon.lease {
+                Some(l) => l.grace / 2,
+                None => Duration::from_secs(10),
+            }),
+            progress: crate::transition::progress::Progress::Off,
+        };
+        let outcome = crate::transition::driver::drive(&self.config, store, opts).await;
+        let after = store.load().await.ok().flatten();
+        let pause = match outcome {
+            Ok(Step::Drain { .. }) => Duration::from_secs(60),
+            // An operator must act (approve the phase, or confirm that folders are applied):
+            // looked at again soon, so that the next step follows promptly.
+            Ok(Step::AwaitApproval { .. } | Step::AwaitApplied { .. }) => Duration::from_secs(2),
+            // A gate that was checked and does not hold yet.
+            Ok(Step::CheckGate { .. })
+                if after.as_ref().is_some_and(|r| r.gate_since.is_some()) =>
+            {
+                Duration::from_secs(5)
+            }
+            Ok(step) => {
+                tracing::debug!(?step, "transition step done");
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.metrics.transition_error(e.reason());
+                tracing::warn!(error = %e, reason = e.reason(), "the trust transition stopped");
+                Duration::from_secs(30)
+            }
+        };
+        (after, pause)
     }
 
     async fn transition_store(&self) -> Result<&RecordStore, DriveError> {
@@ -492,7 +504,7 @@ impl Daemon {
                         self.notice_dir_changes().await;
                         // A pass is finished, not abandoned midway, before shutdown is noticed.
                         self.tick().await;
-                        self.refresh_vault_lists().await;
+                        self.refresh_lists().await;
                     }
                 }
             }

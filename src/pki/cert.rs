@@ -178,6 +178,28 @@ impl Cert {
             .expect("DER parsed at construction")
     }
 
+    /// The URIs of its CRL distribution points (RFC 5280 §4.2.1.13): where its issuer
+    /// publishes the revocation list that covers it.
+    pub fn crl_distribution_points(&self) -> Vec<String> {
+        use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+        let mut uris = Vec::new();
+        for ext in self.x509().extensions() {
+            let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+                continue;
+            };
+            for point in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    for name in names {
+                        if let GeneralName::URI(uri) = name {
+                            uris.push((*uri).to_string());
+                        }
+                    }
+                }
+            }
+        }
+        uris
+    }
+
     pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
         self.info.not_before <= now && now <= self.info.not_after
     }

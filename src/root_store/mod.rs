@@ -80,6 +80,16 @@ impl RootCerts {
         self.between.first().unwrap_or(&self.anchor)
     }
 
+    /// The signing CA, then the CAs above it up to the anchor (`[signer, …, anchor]`); just
+    /// the anchor when it signs.
+    pub fn path(&self) -> Vec<Cert> {
+        self.between
+            .iter()
+            .chain(std::iter::once(&self.anchor))
+            .cloned()
+            .collect()
+    }
+
     /// From the signing CA's path to its anchor (`[signer, …, anchor]`).
     fn of_path(mut path: Vec<Cert>) -> Option<Self> {
         let anchor = path.pop()?;

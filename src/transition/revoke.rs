@@ -193,7 +193,8 @@ async fn all_lists(
         Signer::Local(mesh_ca) => mesh_ca.chain().to_vec(),
         Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
     };
-    let above = above_lists(&above_ca, &request.chain_lists, existing, now)?;
+    let given = given_or_published(signing, &above_ca, request, existing, now).await?;
+    let above = above_lists(&above_ca, &given, existing, now)?;
     let carried = carried_lists(existing, (lists, &above), signing, &above_ca, now);
 
     // The mesh CA's list, before and after: last, since with Vault getting it revokes there
@@ -358,6 +359,36 @@ fn intermediate_lists<'a>(
     Ok(lists)
 }
 
+/// The lists of the CAs above the mesh CA (`above_ca`, `signing` below them) to choose from
+/// besides those the clusters carry: those given (`--chain-crl`), or else, where some CA has no
+/// current list among `existing`, those published where the chain says
+/// ([`crate::revocation::fetch_published`]); a fetch that fails leaves the choice to
+/// [`above_lists`], which names what is missing.
+async fn given_or_published(
+    signing: &Cert,
+    above_ca: &[Cert],
+    request: &RevokeRequest,
+    existing: &[Crl],
+    now: OffsetDateTime,
+) -> Result<Vec<Crl>, DriveError> {
+    let current = |ca: &Cert| {
+        existing
+            .iter()
+            .any(|l| l.signed_by(ca) && l.next_update().is_some_and(|n| n > now))
+    };
+    if !request.chain_lists.is_empty() || above_ca.iter().all(current) {
+        return Ok(request.chain_lists.clone());
+    }
+    let chain: Vec<Cert> = std::iter::once(signing).chain(above_ca).cloned().collect();
+    match crate::revocation::fetch_published(&chain).await {
+        Ok(published) => Ok(published),
+        Err(e) => {
+            tracing::warn!(error = %e, "the company's published revocation lists cannot be fetched");
+            Ok(Vec::new())
+        }
+    }
+}
+
 /// The lists of the CAs above the mesh CA (`above_ca`): the newest current one of each, from
 /// those the operator gave or the clusters carry; refused where one has none.
 fn above_lists(
@@ -389,7 +420,8 @@ fn above_lists(
                 return Err(DriveError::UnsafeForMesh(format!(
                     "{} has no current revocation list: a proxy that checks lists rejects every \
                      chain through a CA without one. Pass the list your PKI publishes for it \
-                     with --chain-crl FILE",
+                     with --chain-crl FILE (none could be fetched from the CRL distribution \
+                     points of the chain)",
                     ca.info().subject
                 )));
             }

@@ -337,6 +337,12 @@ impl CompanyPki {
     /// Writes into `dir`: `anchor.pem`, `mesh.pem` and `mesh.key` (the mesh CA), and
     /// `chain.pem` (the certificates above the mesh CA, nearest first, the anchor last).
     pub fn make(&self, dir: &Path) {
+        self.make_published(dir, None);
+    }
+
+    /// [`CompanyPki::make`], each certificate naming as its CRL distribution point
+    /// `<base>/<issuer>.crl` when `base` is given (`anchor.crl`, `corp0.crl`…).
+    pub fn make_published(&self, dir: &Path, base: Option<&str>) {
         openssl(
             dir,
             &[
@@ -368,18 +374,26 @@ impl CompanyPki {
             let name = format!("corp{i}");
             let digest = if i == 0 { self.anchor_digest } else { "sha256" };
             let subject = format!("/O=Corp/CN=Corporate CA {i}");
+            let cdp = base.map(|b| format!("{b}/{issuer}.crl"));
             sign_ca(
                 dir,
-                &name,
-                &subject,
+                (&name, &subject),
                 &issuer,
                 self.corporate_pathlen,
-                digest,
+                (digest, cdp.as_deref()),
             );
             above.insert(0, format!("{name}.pem"));
             issuer = name;
         }
-        self.sign_mesh_ca(dir, "mesh");
+        let (mesh_issuer, digest) = self.mesh_issuer();
+        let cdp = base.map(|b| format!("{b}/{mesh_issuer}.crl"));
+        sign_ca(
+            dir,
+            ("mesh", "/O=Corp/CN=Mesh CA"),
+            &mesh_issuer,
+            self.mesh_pathlen,
+            (digest, cdp.as_deref()),
+        );
         let chain: Vec<u8> = above
             .iter()
             .flat_map(|f| std::fs::read(dir.join(f)).unwrap())
@@ -391,16 +405,16 @@ impl CompanyPki {
     /// [`CompanyPki::make`] issued `mesh` (so `chain.pem` is its chain too).
     pub fn sign_mesh_ca(&self, dir: &Path, name: &str) {
         let (issuer, digest) = self.mesh_issuer();
+        let subject = match name {
+            "mesh" => "/O=Corp/CN=Mesh CA".to_string(),
+            _ => format!("/O=Corp/CN=Mesh CA {name}"),
+        };
         sign_ca(
             dir,
-            name,
-            &match name {
-                "mesh" => "/O=Corp/CN=Mesh CA".to_string(),
-                _ => format!("/O=Corp/CN=Mesh CA {name}"),
-            },
+            (name, &subject),
             &issuer,
             self.mesh_pathlen,
-            digest,
+            (digest, None),
         );
     }
 }
@@ -421,14 +435,14 @@ impl CompanyPki {
     }
 }
 
-/// `<issuer>.pem`/`.key` in `dir` sign a new P-256 CA, `<name>.pem`/`.key`.
+/// `<issuer>.pem`/`.key` in `dir` sign a new P-256 CA, `<name>.pem`/`.key`, with `digest`
+/// and, if given, a CRL distribution point.
 fn sign_ca(
     dir: &Path,
-    name: &str,
-    subject: &str,
+    (name, subject): (&str, &str),
     issuer: &str,
     pathlen: Option<u32>,
-    digest: &str,
+    (digest, cdp): (&str, Option<&str>),
 ) {
     let run = |args: &[&str]| openssl(dir, args).ok();
     run(&[
@@ -445,17 +459,30 @@ fn sign_ca(
         "-subj",
         subject,
     ]);
-    sign_request(dir, name, issuer, pathlen, digest);
+    sign_request_published(dir, name, issuer, pathlen, (digest, cdp));
 }
 
 /// `<issuer>.pem`/`.key` in `dir` sign the request `<name>.csr` as a CA: `<name>.pem`.
 pub fn sign_request(dir: &Path, name: &str, issuer: &str, pathlen: Option<u32>, digest: &str) {
+    sign_request_published(dir, name, issuer, pathlen, (digest, None));
+}
+
+/// [`sign_request`], naming `cdp` as the certificate's CRL distribution point if given.
+fn sign_request_published(
+    dir: &Path,
+    name: &str,
+    issuer: &str,
+    pathlen: Option<u32>,
+    (digest, cdp): (&str, Option<&str>),
+) {
     let run = |args: &[&str]| openssl(dir, args).ok();
     let ext = format!(
         "[ca]\nbasicConstraints = critical, CA:TRUE{}\nkeyUsage = critical, keyCertSign, \
-         cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+         cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n{}",
         pathlen
             .map(|p| format!(", pathlen:{p}"))
+            .unwrap_or_default(),
+        cdp.map(|u| format!("crlDistributionPoints = URI:{u}\n"))
             .unwrap_or_default()
     );
     std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
@@ -519,4 +546,51 @@ pub fn drive_folders(s: &Setup, approvals: bool) -> String {
         }
     }
     panic!("the transition did not come to rest");
+}
+
+/// Serves the files of `dir` over plain HTTP on a free loopback port, as a company publishes
+/// its revocation lists (GET /NAME: the file, or 404), until the test ends. Returns the base
+/// URL.
+pub fn serve_files(dir: PathBuf) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // The rest of the request head.
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let name = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let body = (!name.contains('/'))
+                .then(|| std::fs::read(dir.join(name)).ok())
+                .flatten();
+            let _ = match body {
+                Some(body) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    stream
+                        .write_all(head.as_bytes())
+                        .and_then(|()| stream.write_all(&body))
+                }
+                None => stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    base
 }

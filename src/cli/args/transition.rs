@@ -113,21 +113,13 @@ pub struct RevokeArgs {
 
     /// A revocation list (PEM) of a CA above the mesh CA — a corporate root or intermediate —
     /// which cacertd cannot sign; needed for each such CA unless the clusters carry a current
-    /// one already. Repeatable.
+    /// one already, or it is published where the chain's certificates say (their http:// CRL
+    /// distribution points). Repeatable.
     #[arg(long = "chain-crl", value_name = "FILE")]
     pub chain_crl: Vec<PathBuf>,
 
-    /// How many clusters are written and restarted at once (default: [transition]
-    /// max_parallel, 1).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_parallel: Option<u16>,
-
-    /// Wait for an operator's `transition resume --approve` before each step after the first.
-    #[arg(long)]
-    pub approve_each_phase: bool,
-
     #[command(flatten)]
-    pub drive: DriveArgs,
+    pub run: FixedRunArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -136,7 +128,15 @@ pub struct RenewArgs {
     #[arg(value_name = "CLUSTER")]
     pub cluster: String,
 
-    /// How many clusters are written at once (default: [transition] max_parallel, 1).
+    #[command(flatten)]
+    pub run: FixedRunArgs,
+}
+
+/// How a transition whose phases are fixed (a revocation, a renewal) runs.
+#[derive(Debug, ClapArgs)]
+pub struct FixedRunArgs {
+    /// How many clusters are written (and restarted) at once (default: [transition]
+    /// max_parallel, 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel: Option<u16>,
 
@@ -152,7 +152,8 @@ pub struct RenewArgs {
 pub enum CrlCommand {
     /// Put newer revocation lists in place of the ones every primary serves, before those
     /// expire: Envoy rejects every chain an expired list covers. The lists of the CAs above
-    /// the mesh CA (a corporate root or intermediate) come from your PKI (--chain-crl); with
+    /// the mesh CA (a corporate root or intermediate) come from your PKI (--chain-crl, or
+    /// fetched from the CRL distribution points of the chain; `serve` fetches them hourly); with
     /// the vault-pki store, the mesh CA's list is Vault's, rebuilt now (`serve` also does this
     /// by itself once the served list is due: half its life gone, or ten days left). Lists of
     /// other CAs stay as they are; a list no CA above the mesh CA signed is refused. One write
@@ -163,8 +164,9 @@ pub enum CrlCommand {
 
 #[derive(Debug, ClapArgs)]
 pub struct CrlRefreshArgs {
-    /// A revocation list (PEM) of a CA above the mesh CA. Repeatable; required unless the
-    /// root store is vault-pki.
+    /// A revocation list (PEM) of a CA above the mesh CA. Repeatable. Without it, the lists of
+    /// the CAs above the mesh CA are fetched from the http:// CRL distribution points their
+    /// certificates name (each must be signed by its CA).
     #[arg(long = "chain-crl", value_name = "FILE")]
     pub chain_crl: Vec<PathBuf>,
 

@@ -89,13 +89,15 @@ pub trait RootRotation: Send + Sync {
     /// Keeps `root` as the new root; `over` is the version of a stale one to write over.
     async fn keep(&self, root: &RootCa, over: Option<u64>) -> Result<(), RotationError>;
 
-    /// What signs under a new root made inside the store: generated now unless `reuse`; a
-    /// `stale` one (an earlier rotation's) is moved out of the way first.
+    /// What signs under a new root made inside the store: generated now unless `reuse` (with
+    /// `serial_number` in its subject, if given, to name it apart); a `stale` one (an earlier
+    /// rotation's) is moved out of the way first.
     async fn signer_inside(
         &self,
         _config: &Config,
         _reuse: bool,
         _stale: bool,
+        _serial_number: Option<String>,
         _now: OffsetDateTime,
     ) -> Result<Signer, RotationError> {
         Err(RotationError::Refused(format!(

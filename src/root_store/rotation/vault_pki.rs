@@ -114,6 +114,7 @@ impl RootRotation for VaultPkiRotation {
         config: &Config,
         reuse: bool,
         stale: bool,
+        serial_number: Option<String>,
         now: OffsetDateTime,
     ) -> Result<Signer, RotationError> {
         let pki = &self.pki;
@@ -137,6 +138,7 @@ impl RootRotation for VaultPkiRotation {
                     &spec.subject.common_name,
                     key_type(spec.key_algorithm),
                     spec.validity,
+                    serial_number.as_deref(),
                 )
                 .await
                 .map_err(vault_err)?;

@@ -232,7 +232,8 @@ impl VaultPki {
     }
 
     /// Has Vault generate a further root inside the PKI engine as issuer `name` (the key is
-    /// never returned); the mount's default issuer is left as it is.
+    /// never returned), with `serial_number` in its subject if given; the mount's default
+    /// issuer is left as it is.
     pub async fn generate_issuer(
         &self,
         name: &str,
@@ -240,6 +241,7 @@ impl VaultPki {
         common_name: &str,
         key: (&str, u64),
         ttl: Duration,
+        serial_number: Option<&str>,
     ) -> Result<Cert, VaultError> {
         let path = format!("{}/root/generate/internal", self.mount);
         let mut body = serde_json::json!({
@@ -251,6 +253,9 @@ impl VaultPki {
         });
         if let Some(o) = organization {
             body["organization"] = serde_json::json!([o]);
+        }
+        if let Some(serial) = serial_number {
+            body["serial_number"] = serde_json::json!(serial);
         }
         let data = self.raw("generate root", path.clone(), Some(body)).await?;
         let what = format!("{} generated root {name}", self.describe());

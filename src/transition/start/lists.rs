@@ -43,14 +43,16 @@ pub(super) fn served(
     Ok(any.then_some(newest))
 }
 
-/// Refused where the new root cannot be told apart from the current one by name, or a CA
-/// above it has no list among `served` (cacertd cannot sign one for it).
+/// Refused where the new root (`new`, below the CAs `above` it) cannot be told apart from the
+/// current one by name, or a CA above it has no list among `served` (cacertd cannot sign one
+/// for it).
 pub(super) fn check_new_root(
-    new: &RootCa,
+    new: &Cert,
+    above: &[Cert],
     current: &Cert,
     served: &[Crl],
 ) -> Result<(), DriveError> {
-    if new.cert().info().subject == current.info().subject {
+    if new.info().subject == current.info().subject {
         return Err(DriveError::UnsafeForMesh(format!(
             "the new root has the current root's name ({}): where revocation lists are served, \
              a proxy picks a CA's list by its name, so the two roots' lists would be mistaken \
@@ -59,8 +61,7 @@ pub(super) fn check_new_root(
             current.info().subject
         )));
     }
-    if let Some(bare) = new
-        .chain()
+    if let Some(bare) = above
         .iter()
         .find(|ca| !served.iter().any(|l| l.signed_by(ca)))
     {
@@ -73,12 +74,42 @@ pub(super) fn check_new_root(
     Ok(())
 }
 
+/// The new root's own list: signed here with its key (file, vault-kv), or Vault's for the
+/// new issuer, rebuilt now (vault-pki), which must last as a revocation's must.
+pub(super) async fn new_root_list(
+    signer: &crate::root_store::Signer,
+    now: OffsetDateTime,
+) -> Result<Crl, DriveError> {
+    use crate::revocation::VaultListError;
+    match signer {
+        crate::root_store::Signer::Local(root) => sign_crl(
+            root.cert(),
+            root.key(),
+            &[],
+            1,
+            now,
+            root.cert().info().not_after,
+        )
+        .map_err(|e| DriveError::NewRoot(e.to_string())),
+        crate::root_store::Signer::Vault { pki, .. } => {
+            let min = crate::transition::revoke::VAULT_LIST_MIN_LIFE;
+            crate::revocation::vault_list(pki.store(), true, min, now)
+                .await
+                .map_err(|e| match e {
+                    VaultListError::Vault { .. } => DriveError::NewRoot(e.to_string()),
+                    VaultListError::TooShort(why) => DriveError::UnsafeForMesh(why),
+                })
+        }
+    }
+}
+
 /// Puts the lists into every primary's saved material: `original` gets those it serves with
 /// the new CAs' added (served until the old root is gone, and by a rollback), `new` the new
-/// CAs' alone. The new root's list is signed with its key, each intermediate's with its own.
+/// CAs' alone: `root_list`, the lists `served` of the CAs `above` the new root, and each new
+/// intermediate's, signed with its own key.
 pub(super) fn carry(
     issued: &mut [(String, CaCertsFiles, CaCertsFiles, bool)],
-    root: &RootCa,
+    (root_list, above): (Crl, &[Cert]),
     served: &[Crl],
     now: OffsetDateTime,
 ) -> Result<(), DriveError> {
@@ -86,8 +117,8 @@ pub(super) fn carry(
         sign_crl(ca, key, &[], 1, now, ca.info().not_after)
             .map_err(|e| DriveError::NewRoot(e.to_string()))
     };
-    let mut new_lists = vec![sign(root.cert(), root.key())?];
-    for ca in root.chain() {
+    let mut new_lists = vec![root_list];
+    for ca in above {
         new_lists.extend(served.iter().filter(|l| l.signed_by(ca)).cloned());
     }
     for (cluster, _, new, _) in issued.iter() {

@@ -19,15 +19,6 @@ pub async fn start_rotate_root(
     let store = rotation::open(config).await?;
     refuse_known_breakage(config, istiods).await?;
     let lists_served = serving_lists(config).await?;
-    if let Some(name) = &lists_served
-        && store.keeps_key_inside()
-    {
-        return Err(DriveError::UnsafeForMesh(format!(
-            "{name} serves revocation lists (ca-crl.pem): a rotation carries them with the file \
-             and vault-kv stores, not yet with vault-pki, whose new issuer's list Vault would \
-             have to sign"
-        )));
-    }
     check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let current = store.current().await?;
@@ -61,7 +52,7 @@ pub async fn start_rotate_root(
     let moving = rotation.moving(new_cert.as_ref()).await?;
     let lists = lists::served(&moving, now)?;
     if let (Some(served), NewRoot::Local { root, .. }) = (&lists, &new) {
-        lists::check_new_root(root, &current, served)?;
+        lists::check_new_root(root.cert(), root.chain(), &current, served)?;
     }
     if lists.is_some() {
         // The new CAs' lists must reach pods that no restart replaces before they sign.
@@ -269,16 +260,29 @@ impl Rotation<'_> {
             } => Some(*over),
             _ => None,
         };
+        let generation = lists.as_ref().map(|_| crate::pki::generation(now));
         let signer = match new {
             NewRoot::Local { root, .. } => crate::root_store::Signer::Local(root),
             NewRoot::Vault { ref waiting, stale } => {
+                let name_apart = generation.clone();
                 self.store
-                    .signer_inside(config, waiting.is_some(), stale, now)
+                    .signer_inside(config, waiting.is_some(), stale, name_apart, now)
                     .await?
             }
         };
         let root = signer.root_cert().clone();
-        let generation = lists.as_ref().map(|_| crate::pki::generation(now));
+        let above: Vec<Cert> = match &signer {
+            crate::root_store::Signer::Local(r) => r.chain().to_vec(),
+            crate::root_store::Signer::Vault { path, .. } => path.iter().skip(1).cloned().collect(),
+        };
+        let lists = match lists {
+            Some(served) => {
+                lists::check_new_root(&root, &above, self.current, &served)?;
+                let root_list = lists::new_root_list(&signer, now).await?;
+                Some((served, root_list))
+            }
+            None => None,
+        };
         let mut issued = Vec::new();
         for (cluster, original) in moving {
             let name = cluster.name.clone();
@@ -291,18 +295,8 @@ impl Rotation<'_> {
             };
             issued.push((name, original, new, fresh));
         }
-        match (&lists, &signer) {
-            (Some(served), crate::root_store::Signer::Local(new_root)) => {
-                lists::carry(&mut issued, new_root, served, now)?;
-            }
-            // Refused at the start: the vault-pki store does not carry lists yet.
-            (Some(_), crate::root_store::Signer::Vault { .. }) => {
-                return Err(DriveError::UnsafeForMesh(
-                    "the vault-pki store does not carry revocation lists through a rotation yet"
-                        .into(),
-                ));
-            }
-            (None, _) => {}
+        if let Some((served, root_list)) = lists {
+            lists::carry(&mut issued, (root_list, &above), &served, now)?;
         }
         if let Some(finished) = finished {
             files.archive(&finished, now).await?;
