@@ -210,6 +210,7 @@ fn main() {
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
             emergency: false,
+            lists_only: Vec::new(),
             directories: Default::default(),
         };
         let store = cacertd::transition::record_store::RecordStore::open(&config)

@@ -500,6 +500,7 @@ async fn alerts_and_dashboard_query_metrics_that_exist() {
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
             emergency: false,
+            lists_only: Vec::new(),
             directories: Default::default(),
         },
     );

@@ -130,6 +130,7 @@ impl Mesh {
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
             emergency: false,
+            lists_only: Vec::new(),
             directories: Default::default(),
         };
         let mut record = Record::new(kind, self.primaries.keys().cloned(), options);

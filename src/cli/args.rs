@@ -142,12 +142,18 @@ pub enum Command {
     /// writes the transition waits until their clusters serve it (read through the target's
     /// `observe` kubeconfig) or an operator confirms the folders applied with
     /// `transition resume --approve`.
+    /// Where the primaries on the common root serve revocation lists (after a `revoke`),
+    /// they join only to serve a list from each migrating cluster's new intermediate from the
+    /// first step (no restart there); the migrating clusters get the lists at RemoveOldRoot.
     /// `start` records the transition and drives it as far as it can without waiting;
     /// `transition resume` continues it (`--wait`: through gates and the drain period).
     #[command(subcommand, verbatim_doc_comment)]
     Migrate(MigrateCommand),
 
-    /// Replace the common root with a new one, in the same three phases as `migrate`.
+    /// Replace the common root with a new one, in the same three phases as `migrate`. Where
+    /// the primaries serve revocation lists, the new root's and new intermediates' lists are
+    /// served from the first step, both roots' while both are trusted, the new ones' alone at
+    /// the end.
     #[command(subcommand)]
     RotateRoot(RotateRootCommand),
 

@@ -418,10 +418,12 @@ async fn open_clusters(
                 .map_err(target_err(name))?,
         );
         let mut material = files.load_material(name).await?;
-        material.lists_before = record
-            .revocation
-            .as_ref()
-            .map(|r| r.lists_before.clone().into_bytes());
+        material.lists_before = match &record.revocation {
+            Some(r) => Some(r.lists_before.clone().into_bytes()),
+            // Its signer and bundle stay; its lists are the new ones from the first write.
+            None if record.options.lists_only.contains(name) => Some(material.new.ca_crl.clone()),
+            None => None,
+        };
         materials.insert(name.clone(), material);
         // The remotes its istiod serves publish its bundle too; their gates count.
         let mut served = Vec::new();

@@ -210,7 +210,7 @@ enum Why {
 ///   from the successor.
 fn proxies_gated(record: &Record, cluster: &str, of: MaterialOf) -> Option<Why> {
     use super::Phase::{AddNewRoot, SwitchSigner};
-    if record.state != State::Active {
+    if record.state != State::Active || record.options.lists_only.iter().any(|c| c == cluster) {
         return None;
     }
     match (of, &record.revocation) {

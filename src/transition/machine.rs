@@ -148,6 +148,11 @@ pub struct Options {
     /// before its istiod switched signer is left.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub emergency: bool,
+    /// Primaries a migration writes only to add revocation lists (the migrating clusters'
+    /// new intermediates'), keeping their signer and bundle: already on the common root where
+    /// the clusters serve lists. Nothing restarts there, and no proxy there is waited for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists_only: Vec<String>,
 }
 
 fn one() -> usize {
@@ -323,7 +328,10 @@ impl Record {
     /// nothing: istiod takes a new intermediate without a restart (docs/istio.md §3), and
     /// nothing is revoked that a proxy must check.
     pub fn restarts(&self, cluster: &str) -> Vec<Stage> {
-        if self.is_directory(cluster) || self.kind == TransitionKind::Renew {
+        if self.is_directory(cluster)
+            || self.kind == TransitionKind::Renew
+            || self.options.lists_only.iter().any(|c| c == cluster)
+        {
             return Vec::new();
         }
         let Some(revocation) = &self.revocation else {

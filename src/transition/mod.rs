@@ -96,6 +96,7 @@ impl Options {
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
             emergency: false,
+            lists_only: Vec::new(),
             directories: directories(config),
         }
     }

@@ -188,6 +188,7 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
 fn write_action(record: &Record, cluster: &str, material: MaterialOf) -> String {
     let (kind, options) = (record.kind, &record.options);
     let folder = options.directories.get(cluster);
+    let lists_only = options.lists_only.iter().any(|c| c == cluster);
     format!(
         "write cacerts{}: {}{}",
         match folder {
@@ -195,6 +196,12 @@ fn write_action(record: &Record, cluster: &str, material: MaterialOf) -> String 
             None => "",
         },
         match (material, &record.revocation) {
+            (MaterialOf::Phase(_), None) if lists_only => {
+                "its current intermediate and roots, verbatim; ca-crl.pem = the lists it serves \
+                 and one from each migrating cluster's new intermediate, published before any \
+                 of them signs"
+                    .to_string()
+            }
             (MaterialOf::Phase(p), Some(r)) => describe_revocation(r, kind, cluster, p),
             (MaterialOf::Phase(p), None) => describe(kind, p).to_string(),
             (MaterialOf::Original, _) => {
@@ -202,7 +209,7 @@ fn write_action(record: &Record, cluster: &str, material: MaterialOf) -> String 
             }
         },
         match (folder, options.skip_workload_restarts) {
-            (Some(_), _) if kind == TransitionKind::Renew => {
+            (Some(_), _) if kind == TransitionKind::Renew || lists_only => {
                 "; applying the folder is enough: istiod takes it without a restart"
             }
             (Some(_), false) => {

@@ -37,8 +37,10 @@ pub fn from_self_signed(istio_ca_secret: &CaCertsFiles) -> CaCertsFiles {
 /// only `RemoveOldRoot` and the original are ever served.)
 /// Where the clusters serve revocation lists, a rotation saves as `original` the cluster's set
 /// with the lists of both roots' CAs, and as `new` its new set with the new CAs' lists: while
-/// both roots are trusted (`SwitchSigner`) the lists of both are served, since a proxy that
-/// checks lists rejects a chain through a CA without one (docs/istio.md §14).
+/// both roots are trusted (`SwitchSigner`) the original's lists are served, since a proxy that
+/// checks lists rejects a chain through a CA without one (docs/istio.md §14). A migrating
+/// cluster had no lists, so it gets them only with the common root alone (`RemoveOldRoot`):
+/// until then its own proxies present certificates from its old CA, which has none.
 pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, PkiError> {
     if let Some(lists) = &m.lists_before {
         return Ok(revocation_material(m, lists, of));
@@ -60,10 +62,7 @@ pub fn material(m: &ClusterMaterial, of: MaterialOf) -> Result<CaCertsFiles, Pki
         },
         MaterialOf::Phase(Phase::SwitchSigner) => CaCertsFiles {
             root_cert: both()?,
-            ca_crl: match m.original.ca_crl.iter().all(u8::is_ascii_whitespace) {
-                true => m.new.ca_crl.clone(),
-                false => m.original.ca_crl.clone(),
-            },
+            ca_crl: m.original.ca_crl.clone(),
             ..m.new.clone()
         },
         MaterialOf::Phase(Phase::RemoveOldRoot | Phase::Done) => m.new.clone(),

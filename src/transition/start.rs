@@ -25,7 +25,9 @@ mod rotate;
 pub use rotate::start_rotate_root;
 
 /// `migrate start`: reads every primary, saves the material it moves between (issuing each
-/// new intermediate once), then records the transition. Changes no cluster.
+/// new intermediate once), then records the transition. Changes no cluster. Where the
+/// clusters on the common root serve revocation lists, the migration carries them
+/// ([`with_lists`]).
 pub async fn start_migrate(
     config: &Config,
     files: &RecordStore,
@@ -35,20 +37,69 @@ pub async fn start_migrate(
     dry_run: bool,
 ) -> Result<Record, DriveError> {
     refuse_known_breakage(config, istiods).await?;
-    if let Some(name) = serving_lists(config).await? {
-        return Err(DriveError::UnsafeForMesh(format!(
-            "{name} serves revocation lists (ca-crl.pem), which a migration does not carry: \
-             the intermediates it issues would have no list, and every proxy that checks lists \
-             would reject their certificates"
-        )));
-    }
     check_skipped_restarts(config, istiods, &mut options).await?;
     let finished = files.check_room().await?;
     let signer = store_signer(config).await?;
     let root = signer.root_cert().clone();
 
     // Worked out in memory first: a refusal leaves nothing behind.
+    let (migrating, on_root) = read_for_migration(config, &root, now).await?;
+    if migrating.is_empty() {
+        return Err(DriveError::NothingToDo(
+            "every primary already signs under the common root: nothing to migrate".into(),
+        ));
+    }
+    let served = lists::served(&on_root, now)?;
+    let generation = served.as_ref().map(|_| crate::pki::generation(now));
     let mut moving: Vec<(String, CaCertsFiles, CaCertsFiles, bool)> = Vec::new();
+    for (cluster, original) in migrating {
+        let name = cluster.name.as_str();
+        if dry_run {
+            moving.push((name.to_string(), original.clone(), original, false));
+            continue;
+        }
+        let (new, issued) = match saved_new(files, finished.is_none(), name, &root, now).await? {
+            Some(saved) => (saved, false),
+            None => (
+                issue_new(config, cluster, &signer, &root, generation.clone(), now).await?,
+                true,
+            ),
+        };
+        moving.push((name.to_string(), original, new, issued));
+    }
+    if let Some(served) = served {
+        with_lists(
+            &mut moving,
+            on_root,
+            &served,
+            &mut options,
+            (config, now, dry_run),
+        )?;
+    }
+    let start = Start {
+        config,
+        files,
+        finished,
+        now,
+    };
+    start
+        .record(TransitionKind::Migrate, moving, options, dry_run, None)
+        .await
+}
+
+/// Every primary as it is, those to migrate apart from those already on the common `root`.
+async fn read_for_migration<'a>(
+    config: &'a Config,
+    root: &Cert,
+    now: OffsetDateTime,
+) -> Result<
+    (
+        Vec<(&'a crate::topology::Cluster, CaCertsFiles)>,
+        Vec<(&'a crate::topology::Cluster, CaCertsFiles)>,
+    ),
+    DriveError,
+> {
+    let (mut migrating, mut on_root) = (Vec::new(), Vec::new());
     for cluster in config.topology.primaries() {
         let name = cluster.name.as_str();
         // What the cluster serves now: nothing was written without a record.
@@ -62,40 +113,61 @@ pub async fn start_migrate(
                     crate::pki::BundleProblem::join(&problems)
                 ),
             })?;
-        if verified.anchor() == &root {
+        if verified.anchor() == root {
             tracing::info!(
                 cluster = name,
                 "already signs under the common root; not migrated"
             );
-            continue;
+            on_root.push((cluster, original));
+        } else {
+            migrating.push((cluster, original));
         }
-        if dry_run {
-            moving.push((name.to_string(), original.clone(), original, false));
-            continue;
+    }
+    Ok((migrating, on_root))
+}
+
+/// A migration where the primaries on the common root serve revocation lists (`served`): a
+/// proxy that checks lists rejects a chain through a CA without one (docs/istio.md §14), so
+/// every primary on the common root serves, from the first step, a list from each migrating
+/// cluster's new intermediate as well (it joins the transition for that alone: no restart, no
+/// other change), before any of them signs; a migrating cluster serves the lists once it
+/// trusts the common root alone (until then its own proxies present certificates from its
+/// old CA, which has none).
+fn with_lists(
+    moving: &mut Vec<(String, CaCertsFiles, CaCertsFiles, bool)>,
+    on_root: Vec<(&crate::topology::Cluster, CaCertsFiles)>,
+    served: &[crate::pki::Crl],
+    options: &mut Options,
+    (config, now, dry_run): (&Config, OffsetDateTime, bool),
+) -> Result<(), DriveError> {
+    let mut lists = served.to_vec();
+    if !dry_run {
+        for (name, _, new, _) in moving.iter() {
+            let bad = |e: crate::pki::PkiError| DriveError::CurrentMaterial {
+                cluster: name.clone(),
+                reason: format!("its new intermediate's list cannot be signed: {e}"),
+            };
+            let ica = Cert::one_from_pem(&new.ca_cert, CaCertsFiles::CA_CERT).map_err(bad)?;
+            let key =
+                crate::pki::CaKey::from_pem(&new.ca_key, CaCertsFiles::CA_KEY).map_err(bad)?;
+            let until = ica.info().not_after;
+            lists.push(crate::pki::sign_crl(&ica, &key, &[], 1, now, until).map_err(bad)?);
         }
-        let (new, issued) = match saved_new(files, finished.is_none(), name, &root, now).await? {
-            Some(saved) => (saved, false),
-            None => (
-                issue_new(config, cluster, &signer, &root, None, now).await?,
-                true,
-            ),
+    }
+    let pem = crate::pki::crls_pem(&lists);
+    for (_, _, new, _) in moving.iter_mut() {
+        new.ca_crl.clone_from(&pem);
+    }
+    for (cluster, current) in on_root {
+        let with = CaCertsFiles {
+            ca_crl: pem.clone(),
+            ..current.clone()
         };
-        moving.push((name.to_string(), original, new, issued));
+        moving.push((cluster.name.clone(), current, with, false));
+        options.lists_only.push(cluster.name.clone());
     }
-    if moving.is_empty() {
-        return Err(DriveError::NothingToDo(
-            "every primary already signs under the common root: nothing to migrate".into(),
-        ));
-    }
-    let start = Start {
-        config,
-        files,
-        finished,
-        now,
-    };
-    start
-        .record(TransitionKind::Migrate, moving, options, dry_run, None)
-        .await
+    options.list_propagation_seconds = Some(config.transition.list_propagation.as_secs());
+    Ok(())
 }
 
 /// What a primary serves now: its `cacerts` or, when `self_signed_ok`, istiod's own CA.

@@ -16,6 +16,8 @@ pub(super) struct Work<'a> {
     pub(super) kind: TransitionKind,
     /// A revocation's cluster: the one whose signer changes.
     pub(super) revoked: Option<&'a str>,
+    /// Primaries a migration only gives revocation lists, keeping their signer.
+    pub(super) lists_only: Vec<String>,
 }
 
 /// The clusters a run opened: targets, each primary's remotes, each primary's material.
@@ -45,11 +47,26 @@ impl<'a> Work<'a> {
             exclude_namespaces,
             kind: record.kind,
             revoked,
+            lists_only: record.options.lists_only.clone(),
         }
     }
 }
 
 impl Work<'_> {
+    /// How the writer checks `cluster`'s material of `of` ([`written_material`]); a cluster
+    /// that only gets lists keeps its signer, checked as it served it.
+    fn checked_as<'b>(
+        &self,
+        cluster: &str,
+        of: MaterialOf,
+        new_root: Option<&'b Cert>,
+    ) -> crate::cluster::Material<'b> {
+        if self.lists_only.iter().any(|c| c == cluster) {
+            return crate::cluster::Material::ServedBefore;
+        }
+        written_material(self.kind, of, new_root, self.revoked != Some(cluster))
+    }
+
     /// The material a write would serve (validated) and what the cluster holds now.
     pub(super) async fn prepare_write(
         &self,
@@ -66,16 +83,10 @@ impl Work<'_> {
         // transition was held, say): stop before touching the cluster, with the writer's own
         // checks.
         let new_root = self.new_root(cluster)?;
-        if let Err(problems) = self.writer.check(
-            &want,
-            written_material(
-                self.kind,
-                of,
-                new_root.as_ref(),
-                self.revoked != Some(cluster),
-            ),
-            now,
-        ) {
+        if let Err(problems) =
+            self.writer
+                .check(&want, self.checked_as(cluster, of, new_root.as_ref()), now)
+        {
             return Err(DriveError::Unwritable {
                 cluster: cluster.to_string(),
                 what: describe_material(of),
@@ -95,7 +106,8 @@ impl Work<'_> {
         if matches!(
             self.kind,
             TransitionKind::RemoveRoot | TransitionKind::Revoke | TransitionKind::Renew
-        ) {
+        ) || self.lists_only.iter().any(|c| c == cluster)
+        {
             return Ok(None);
         }
         Cert::one_from_pem(&self.materials[cluster].new.root_cert, "new root-cert.pem")
@@ -130,12 +142,7 @@ impl Work<'_> {
                 .write(
                     &self.targets[cluster],
                     want,
-                    written_material(
-                        self.kind,
-                        of,
-                        self.new_root(cluster)?.as_ref(),
-                        self.revoked != Some(cluster),
-                    ),
+                    self.checked_as(cluster, of, self.new_root(cluster)?.as_ref()),
                     &meta,
                     observed,
                 )

@@ -10,6 +10,7 @@ impl Options {
             renewal_wait_seconds: None,
             list_propagation_seconds: None,
             emergency: false,
+            lists_only: Vec::new(),
             drain_seconds: 86_400,
             gate_timeout_seconds: 600,
             skip_workload_restarts: false,

@@ -262,3 +262,32 @@ fn a_renewal_restarts_nothing_and_ends_at_the_switch() {
     let err = r.rollback().unwrap_err();
     assert!(err.contains("is done"), "{err}");
 }
+
+/// A migration where the clusters serve lists: a primary already on the common root that
+/// only gets the newcomers' lists restarts nothing; the newcomer restarts as in any migration.
+#[test]
+fn a_primary_that_only_gets_lists_restarts_nothing() {
+    let names = ["mesh", "newcomer"].map(String::from);
+    let mut r = Record::new(
+        TransitionKind::Migrate,
+        names,
+        Options {
+            lists_only: vec!["mesh".into()],
+            drain_seconds: 0,
+            ..opts()
+        },
+    );
+    let steps = run(&mut r, t(0));
+    let restarted: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Restart { cluster, .. } => Some(cluster.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !restarted.is_empty() && restarted.iter().all(|c| *c == "newcomer"),
+        "{steps:#?}"
+    );
+    assert!(r.is_over());
+}
