@@ -163,24 +163,7 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         .iter()
         .filter_map(crate::pki::Crl::next_update)
         .min();
-    let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
-    a.trusts_root = root.is_some_and(|r| trust.contains(r));
-    a.trust_bundle = trust.fingerprints();
-    a.trust_bundle_expiries = trust.expiries();
-    if let Some(root) = root.filter(|_| a.trusts_root) {
-        a.unknown_roots = unknown_roots(&trust, root, known_roots);
-    }
-    let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
-        .0
-        .into_iter()
-        .next();
-    a.intermediate = signing.as_ref().map(|c| c.info().clone());
-    // Who signs: the root of the bundle the signing certificate chains to, by signature.
-    let signer_root = signing.as_ref().and_then(|c| {
-        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
-        issuing_root(c, &chain, trust.roots())
-    });
-    a.trust = Some(trust);
+    let signer_root = read_trust(&mut a, files, root, known_roots);
 
     let verified = verify_cacerts_for_mesh(files, now, Some(trust_domain));
     match &verified {
@@ -221,6 +204,34 @@ pub fn assess(snapshot: &Snapshot, expected: &Expected<'_>, now: OffsetDateTime)
         a.state = ClusterState::UnknownRoots;
     }
     a
+}
+
+/// Notes in `a` what `files` trust (against the common `root` and the `known` others) and the
+/// intermediate they sign with; returns the root of the bundle it chains to, by signature.
+fn read_trust(
+    a: &mut Assessment,
+    files: &CaCertsFiles,
+    root: Option<&Cert>,
+    known: &[Cert],
+) -> Option<Cert> {
+    let (trust, _) = TrustBundle::from_pem_lenient(&files.root_cert);
+    a.trusts_root = root.is_some_and(|r| trust.contains(r));
+    a.trust_bundle = trust.fingerprints();
+    a.trust_bundle_expiries = trust.expiries();
+    if let Some(root) = root.filter(|_| a.trusts_root) {
+        a.unknown_roots = unknown_roots(&trust, root, known);
+    }
+    let signing = Cert::lenient_from_pem(&files.ca_cert, CaCertsFiles::CA_CERT)
+        .0
+        .into_iter()
+        .next();
+    a.intermediate = signing.as_ref().map(|c| c.info().clone());
+    let signer_root = signing.as_ref().and_then(|c| {
+        let (chain, _) = Cert::lenient_from_pem(&files.cert_chain, CaCertsFiles::CERT_CHAIN);
+        issuing_root(c, &chain, trust.roots())
+    });
+    a.trust = Some(trust);
+    signer_root
 }
 
 impl Assessment {

@@ -197,6 +197,12 @@ pub fn long_enough(
     ))
 }
 
+/// The least life a list Vault signs must have when cacertd publishes it: room for the
+/// revocation to finish, for `serve` to publish the next list ten days before this one
+/// expires ([`REFRESH_BEFORE`]), and for the alert a week before, if that
+/// fails. Vault's default CRL expiry (72h) is refused; 720h is a good setting.
+pub const VAULT_LIST_MIN_LIFE: time::Duration = time::Duration::days(14);
+
 /// A list Vault signs is replaced at the latest this long before it expires: three days before
 /// `CacertdRevocationListExpiringSoon` fires (7 days), so the alert means the refresh failed.
 pub const REFRESH_BEFORE: time::Duration = time::Duration::days(10);

@@ -111,7 +111,7 @@ async fn gather_lists(
     }
     // Where Vault signs the mesh CA's list: Vault's, rebuilt now.
     if let Some(pki) = store.as_vault_pki() {
-        let min = crate::transition::revoke::VAULT_LIST_MIN_LIFE;
+        let min = crate::revocation::VAULT_LIST_MIN_LIFE;
         let list = crate::revocation::vault_list(pki, !dry_run, min, now)
             .await
             .map_err(|e| match e {

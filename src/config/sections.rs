@@ -273,31 +273,46 @@ impl Sections<'_> {
                 };
             }
             if let Some(l) = &d.lease {
-                let duration = match &l.duration {
-                    Some(v) => dur("lease.duration", v)?,
-                    None => Duration::from_secs(15),
-                };
-                let grace = match &l.grace {
-                    Some(v) => dur("lease.grace", v)?,
-                    None => duration / 3,
-                };
-                if grace >= duration || duration < Duration::from_secs(2) {
-                    return Err(bad(
-                        "lease",
-                        "needs duration of at least 2s and grace shorter than duration".into(),
-                    ));
-                }
-                daemon.lease = Some(LeaseSettings {
-                    kubeconfig: l.kubeconfig.as_deref().map(|p| self.resolve(p)),
-                    context: l.context.clone(),
-                    namespace: l.namespace.clone().unwrap_or_else(|| "cacertd".into()),
-                    name: l.name.clone().unwrap_or_else(|| "cacertd-leader".into()),
-                    duration,
-                    grace,
-                });
+                daemon.lease = Some(self.lease(l, &bad)?);
             }
         }
         Ok(daemon)
+    }
+
+    /// `[daemon.lease]`: the Kubernetes Lease replicas contend for; `bad` names a bad field.
+    fn lease(
+        &self,
+        l: &RawLease,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<LeaseSettings, ConfigError> {
+        let dur = |field: &str, v: &str| {
+            humantime::parse_duration(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad(field, format!("{v:?} is not a positive duration")))
+        };
+        let duration = match &l.duration {
+            Some(v) => dur("lease.duration", v)?,
+            None => Duration::from_secs(15),
+        };
+        let grace = match &l.grace {
+            Some(v) => dur("lease.grace", v)?,
+            None => duration / 3,
+        };
+        if grace >= duration || duration < Duration::from_secs(2) {
+            return Err(bad(
+                "lease",
+                "needs duration of at least 2s and grace shorter than duration".into(),
+            ));
+        }
+        Ok(LeaseSettings {
+            kubeconfig: l.kubeconfig.as_deref().map(|p| self.resolve(p)),
+            context: l.context.clone(),
+            namespace: l.namespace.clone().unwrap_or_else(|| "cacertd".into()),
+            name: l.name.clone().unwrap_or_else(|| "cacertd-leader".into()),
+            duration,
+            grace,
+        })
     }
 
     /// `[backups]`: how many backups of each cluster's `cacerts` are kept, for how long.
@@ -367,39 +382,11 @@ impl Sections<'_> {
             let field = |f: &str, reason: String| {
                 self.invalid(span.clone(), format!("transition.{f}"), reason)
             };
-            let secret = t
-                .record_secret
-                .clone()
-                .unwrap_or_else(|| DEFAULT_RECORD_SECRET.into());
-            if !valid_dns_label(&secret) || secret.len() > 40 {
-                return Err(field(
-                    "record_secret",
-                    format!("{secret:?} is not a lowercase DNS label of at most 40 characters"),
-                ));
-            }
-            transition.record = match (t.record.as_deref(), &daemon.lease) {
-                (None | Some("kubernetes"), Some(l)) => RecordLocation::Kubernetes {
-                    kubeconfig: l.kubeconfig.clone(),
-                    context: l.context.clone(),
-                    namespace: l.namespace.clone(),
-                    name: secret,
-                },
-                (Some("kubernetes"), None) => {
-                    return Err(field(
-                        "record",
-                        "\"kubernetes\" keeps the record in the management cluster, which \
-                         [daemon] lease names: configure the lease, or use \"state_dir\""
-                            .into(),
-                    ));
-                }
-                (None | Some("state_dir"), _) => RecordLocation::StateDir,
-                (Some(other), _) => {
-                    return Err(field(
-                        "record",
-                        format!("{other:?}: expected \"kubernetes\" or \"state_dir\""),
-                    ));
-                }
-            };
+            transition.record = self.record_location(
+                span.clone(),
+                (t.record.as_deref(), t.record_secret.clone()),
+                daemon,
+            )?;
             for ns in t.exclude_namespaces.iter().flatten() {
                 if !valid_dns_label(ns) {
                     return Err(field(
@@ -415,15 +402,48 @@ impl Sections<'_> {
                 }
                 transition.max_parallel = usize::from(n);
             }
-        } else if let Some(l) = &daemon.lease {
-            transition.record = RecordLocation::Kubernetes {
+        } else {
+            transition.record = self.record_location(0..0, (None, None), daemon)?;
+        }
+        Ok(transition)
+    }
+
+    /// Where the transition record lives (`[transition] record`, `record_secret`): in the
+    /// management cluster where `[daemon] lease` names one, else in `state_dir`.
+    fn record_location(
+        &self,
+        span: std::ops::Range<usize>,
+        (record, secret): (Option<&str>, Option<String>),
+        daemon: &DaemonSettings,
+    ) -> Result<RecordLocation, ConfigError> {
+        let field =
+            |f: &str, reason: String| self.invalid(span.clone(), format!("transition.{f}"), reason);
+        let secret = secret.unwrap_or_else(|| DEFAULT_RECORD_SECRET.into());
+        if !valid_dns_label(&secret) || secret.len() > 40 {
+            return Err(field(
+                "record_secret",
+                format!("{secret:?} is not a lowercase DNS label of at most 40 characters"),
+            ));
+        }
+        match (record, &daemon.lease) {
+            (None | Some("kubernetes"), Some(l)) => Ok(RecordLocation::Kubernetes {
                 kubeconfig: l.kubeconfig.clone(),
                 context: l.context.clone(),
                 namespace: l.namespace.clone(),
-                name: DEFAULT_RECORD_SECRET.into(),
-            };
+                name: secret,
+            }),
+            (Some("kubernetes"), None) => Err(field(
+                "record",
+                "\"kubernetes\" keeps the record in the management cluster, which [daemon] \
+                 lease names: configure the lease, or use \"state_dir\""
+                    .into(),
+            )),
+            (None | Some("state_dir"), _) => Ok(RecordLocation::StateDir),
+            (Some(other), _) => Err(field(
+                "record",
+                format!("{other:?}: expected \"kubernetes\" or \"state_dir\""),
+            )),
         }
-        Ok(transition)
     }
 }
 

@@ -45,13 +45,8 @@ impl Daemon {
             }
             watch.checked = Some(now);
         }
-        match self.transition_record().await {
-            Ok(Some(record)) if !record.is_over() => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the transition record; revocation lists wait");
-                return;
-            }
+        if !self.no_transition("revocation lists").await {
+            return;
         }
         if matches!(
             self.config.root,
@@ -117,14 +112,9 @@ impl Daemon {
             return Ok(());
         }
         let list = match stale {
-            true => vault_list(
-                pki,
-                true,
-                crate::transition::revoke::VAULT_LIST_MIN_LIFE,
-                now,
-            )
-            .await
-            .map_err(|e| e.to_string())?,
+            true => vault_list(pki, true, crate::revocation::VAULT_LIST_MIN_LIFE, now)
+                .await
+                .map_err(|e| e.to_string())?,
             false => current,
         };
         let results = refresh(

@@ -56,13 +56,27 @@ impl Default for Metrics {
 
 /// Registers every metric under its name and help; the registry keeps a handle sharing the
 /// field's value.
+/// Registers each `(name, help, metric)` in `registry`.
+macro_rules! register {
+    ($registry:expr, $(($name:literal, $help:literal, $metric:expr),)*) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 fn register_all(registry: &mut Registry, m: &Metrics) {
-    macro_rules! register {
-        ($(($name:literal, $help:literal, $metric:expr),)*) => {
-            $(registry.register($name, $help, $metric.clone());)*
-        };
-    }
+    register_certificates(registry, m);
+    register_passes(registry, m);
+    let info = prometheus_client::metrics::info::Info::new(vec![(
+        "version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    )]);
+    registry.register("build", "cacertd build information", info);
+}
+
+/// What each cluster serves: certificates, lists, bundles, readiness.
+fn register_certificates(registry: &mut Registry, m: &Metrics) {
     register!(
+        registry,
         (
             "certificate_expiration_timestamp_seconds",
             "Unix time the certificate expires (notAfter)",
@@ -103,6 +117,13 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             "Roots the cluster's trust bundle holds that are neither the common root nor a configured extra anchor (nor a transition's)",
             m.unknown_roots
         ),
+    );
+}
+
+/// What the daemon did: passes, the root store, leadership, the transition under way.
+fn register_passes(registry: &mut Registry, m: &Metrics) {
+    register!(
+        registry,
         (
             "reconcile",
             "Reconciliations by cluster and result",
@@ -150,11 +171,6 @@ fn register_all(registry: &mut Registry, m: &Metrics) {
             m.transition_errors
         ),
     );
-    let info = prometheus_client::metrics::info::Info::new(vec![(
-        "version".to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    )]);
-    registry.register("build", "cacertd build information", info);
 }
 
 impl Metrics {

@@ -456,6 +456,19 @@ impl Daemon {
         self.transition_store().await?.load().await
     }
 
+    /// No transition is under way (one writes the clusters itself). A record that cannot be
+    /// read counts as one, and is logged: `what` waits.
+    async fn no_transition(&self, what: &str) -> bool {
+        match self.transition_record().await {
+            Ok(Some(record)) => record.is_over(),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the transition record; {what} wait");
+                false
+            }
+        }
+    }
+
     fn back_off(
         &self,
         schedule: &mut HashMap<String, Schedule>,

@@ -26,13 +26,8 @@ impl Daemon {
         else {
             return;
         };
-        match self.transition_record().await {
-            Ok(Some(record)) if !record.is_over() => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the transition record; renewals wait");
-                return;
-            }
+        if !self.no_transition("renewals").await {
+            return;
         }
         // As when driving: with a Lease and the record in `state_dir`, the lock keeps a
         // `transition` command from starting one at the same moment.

@@ -160,42 +160,7 @@ pub fn check_signed_intermediate(
     }
     // The signer must have kept the CSR's subject and SANs (use_csr_values), or every later
     // run would see a cluster whose intermediate does not match its policy.
-    let x = cert.x509();
-    let cn = x
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or("");
-    if cn != spec.subject.common_name {
-        return Err(invalid(format!(
-            "subject CN is {cn:?}, {:?} was asked for",
-            spec.subject.common_name
-        )));
-    }
-    let mut dns: Vec<String> = x
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut want = spec.dns_names.clone();
-    dns.sort();
-    want.sort();
-    if dns != want {
-        return Err(invalid(format!(
-            "DNS SANs are {dns:?}, {want:?} were asked for"
-        )));
-    }
+    kept_names(cert, spec).map_err(invalid)?;
     if cert.x509().issuer().as_raw() != root.x509().subject().as_raw() {
         return Err(invalid(format!(
             "issued by {:?}, not by the root {:?}",
@@ -217,6 +182,45 @@ pub fn check_signed_intermediate(
             fmt_time(info.not_after),
             humantime::format_duration(spec.validity)
         )));
+    }
+    Ok(())
+}
+
+/// Why `cert` does not carry the CN and DNS SANs `spec` asked for, if it does not.
+fn kept_names(cert: &Cert, spec: &IntermediateSpec) -> Result<(), String> {
+    let x = cert.x509();
+    let cn = x
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("");
+    if cn != spec.subject.common_name {
+        return Err(format!(
+            "subject CN is {cn:?}, {:?} was asked for",
+            spec.subject.common_name
+        ));
+    }
+    let mut dns: Vec<String> = x
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut want = spec.dns_names.clone();
+    dns.sort();
+    want.sort();
+    if dns != want {
+        return Err(format!("DNS SANs are {dns:?}, {want:?} were asked for"));
     }
     Ok(())
 }

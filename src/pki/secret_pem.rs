@@ -76,33 +76,10 @@ fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), St
         {
             let (tag, body, headers) = (std::mem::take(tag), std::mem::take(body), *headers);
             current = None;
-            if end != tag {
-                fail(
-                    format!("line {}: END {end} closes BEGIN {tag}", n + 1),
-                    &mut skipped,
-                )?;
-                continue;
+            match closed_block((tag, end), &body, headers, n + 1) {
+                Ok(block) => blocks.push(block),
+                Err(msg) => fail(msg, &mut skipped)?,
             }
-            if headers {
-                // RFC 1421 headers: only legacy encrypted keys carry them.
-                fail(
-                    format!(
-                        "the {tag} block has headers (a legacy encrypted key?); decrypt it first \
-                         (openssl pkey -in F -out F.plain)"
-                    ),
-                    &mut skipped,
-                )?;
-                continue;
-            }
-            let mut der = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
-            if STANDARD.decode_vec(body.as_bytes(), &mut der).is_err() {
-                fail(
-                    format!("the {tag} block is not valid base64 (truncated or corrupt)"),
-                    &mut skipped,
-                )?;
-                continue;
-            }
-            blocks.push(SecretBlock { tag, der });
         } else if line.contains(':') {
             *headers = true;
         } else {
@@ -116,6 +93,33 @@ fn scan(text: &[u8], strict: bool) -> Result<(Vec<SecretBlock>, Vec<String>), St
         )?;
     }
     Ok((blocks, skipped))
+}
+
+/// The block `tag` whose END line (number `line`, naming `end`) closed it: its base64 `body`
+/// decoded, unless the END names another block, it had headers, or the body is not base64.
+fn closed_block(
+    (tag, end): (String, &str),
+    body: &str,
+    headers: bool,
+    line: usize,
+) -> Result<SecretBlock, String> {
+    if end != tag {
+        return Err(format!("line {line}: END {end} closes BEGIN {tag}"));
+    }
+    if headers {
+        // RFC 1421 headers: only legacy encrypted keys carry them.
+        return Err(format!(
+            "the {tag} block has headers (a legacy encrypted key?); decrypt it first (openssl \
+             pkey -in F -out F.plain)"
+        ));
+    }
+    let mut der = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
+    if STANDARD.decode_vec(body.as_bytes(), &mut der).is_err() {
+        return Err(format!(
+            "the {tag} block is not valid base64 (truncated or corrupt)"
+        ));
+    }
+    Ok(SecretBlock { tag, der })
 }
 
 /// The buffer for the base64 body of a block whose BEGIN line `rest` follows. The body ends at

@@ -70,8 +70,7 @@ pub(super) async fn check_gate(
                     .map(|(n, t)| (n.as_str(), t)),
             )
             .collect();
-        // Where the step serves lists, istiod must have published them where its proxies
-        // read them (a revocation, a renewal, a rotation in a mesh with lists).
+        // Lists the step serves must be where the proxies read them.
         if of != MaterialOf::Original && !want.ca_crl.iter().all(u8::is_ascii_whitespace) {
             for (name, target) in &served {
                 lists_behind(name, target, &want.ca_crl, &mut behind).await;

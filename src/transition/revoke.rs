@@ -29,6 +29,9 @@ use crate::pki::{
 };
 use crate::root_store::Signer;
 
+mod vault;
+use vault::{kept_list, signed_by_vault, vault_list_now};
+
 /// The first Istio release whose istiod reads `ca-crl.pem` (docs/istio.md §14).
 pub const LISTS_SINCE: IstioVersion = IstioVersion::new(1, 27, 0);
 
@@ -536,114 +539,6 @@ fn signed_here(
     let after =
         sign_crl(signing, mesh_ca.key(), &entries, number + 1, now, until).map_err(mesh_err)?;
     Ok((before, after))
-}
-
-/// The least life a list Vault signs must have when cacertd publishes it: room for the
-/// revocation to finish, for `serve` to publish the next list ten days before this one
-/// expires ([`crate::revocation::REFRESH_BEFORE`]), and for the alert a week before, if that
-/// fails. Vault's default CRL expiry (72h) is refused; 720h is a good setting.
-pub const VAULT_LIST_MIN_LIFE: time::Duration = time::Duration::days(14);
-
-/// The mesh CA's lists before and after the revocation, from Vault's PKI engine, whose issuer
-/// signs them: its list now (rebuilt, so it is fresh), then — once that list is kept in the
-/// state directory, so a run interrupted after Vault revoked still has it — the revocation
-/// in Vault and the list Vault rebuilt with it. A dry run revokes nothing: the list before
-/// stands in for both.
-async fn signed_by_vault(
-    config: &Config,
-    pki: &crate::root_store::VaultPki,
-    revoked: &Cert,
-    now: OffsetDateTime,
-    dry_run: bool,
-) -> Result<(Crl, Crl), DriveError> {
-    let vault =
-        |e: crate::root_store::VaultError| DriveError::NewRoot(format!("{}: {e}", pki.describe()));
-    let serial = revoked.info().serial.clone();
-    let kept = kept_list(config, revoked);
-    let current = vault_list_now(pki, now, dry_run).await?;
-    let before = match current.lists(revoked) {
-        false => current,
-        // Revoked in Vault by a run that stopped before it was recorded: its list before.
-        true => std::fs::read(&kept)
-            .ok()
-            .and_then(|pem| Crl::all_from_pem(&pem, &kept.display().to_string()).ok())
-            .and_then(|mut l| l.pop())
-            .filter(|l| !l.lists(revoked))
-            .ok_or_else(|| {
-                DriveError::UnsafeForMesh(format!(
-                    "{} lists {}'s intermediate (serial {serial}) already, and no list of \
-                     Vault's from before it is kept in {}: publishing Vault's list now would \
-                     cut off the cluster's workloads before they hold certificates from a \
-                     successor. Run `cacertd issue --force` for the cluster, restart its \
-                     workloads, then `cacertd crl refresh`",
-                    pki.describe(),
-                    revoked.info().subject,
-                    kept.display()
-                ))
-            })?,
-    };
-    let after = match dry_run {
-        true => before.clone(),
-        false => {
-            crate::fsutil::write_atomic(
-                &kept,
-                &crls_pem(std::slice::from_ref(&before)),
-                crate::fsutil::Mode::Public,
-            )
-            .map_err(|e| DriveError::NewRoot(e.to_string()))?;
-            pki.revoke(&serial).await.map_err(vault)?;
-            let after = pki.revocation_list().await.map_err(vault)?;
-            if !after.lists(revoked) {
-                return Err(DriveError::NewRoot(format!(
-                    "{} revoked serial {serial}, but its rebuilt list does not name it",
-                    pki.describe()
-                )));
-            }
-            after
-        }
-    };
-    if !dry_run {
-        long_enough(pki, &before, now)?;
-        long_enough(pki, &after, now)?;
-    }
-    Ok((before, after))
-}
-
-/// Vault's list as it stands, rebuilt (unless `dry_run`) so that it is fresh.
-async fn vault_list_now(
-    pki: &crate::root_store::VaultPki,
-    now: OffsetDateTime,
-    dry_run: bool,
-) -> Result<Crl, DriveError> {
-    use crate::revocation::VaultListError;
-    let list = crate::revocation::vault_list(pki, !dry_run, VAULT_LIST_MIN_LIFE, now)
-        .await
-        .map_err(|e| match e {
-            VaultListError::Vault { .. } => DriveError::NewRoot(e.to_string()),
-            VaultListError::TooShort(why) => DriveError::UnsafeForMesh(why),
-        })?;
-    if !dry_run {
-        long_enough(pki, &list, now)?;
-    }
-    Ok(list)
-}
-
-/// Where Vault's list from before a revocation of `revoked` waits until the revocation is
-/// recorded.
-fn kept_list(config: &Config, revoked: &Cert) -> std::path::PathBuf {
-    config.state_dir.join(format!(
-        "revocation-{}-list-before.pem",
-        revoked.info().serial
-    ))
-}
-
-fn long_enough(
-    pki: &crate::root_store::VaultPki,
-    list: &Crl,
-    now: OffsetDateTime,
-) -> Result<(), DriveError> {
-    crate::revocation::long_enough(pki, list, VAULT_LIST_MIN_LIFE, now)
-        .map_err(DriveError::UnsafeForMesh)
 }
 
 fn names(certs: &[Cert]) -> String {

@@ -67,30 +67,41 @@ pub(in crate::cli) async fn transition_cmd(
             files.archive(&record, now).await?;
             note("transition-abort", &record, new_root.clone());
             let trusted = trusted_besides_the_root(config, &record).await;
-            if a.output.output.structured() {
-                output::print_as(
-                    a.output.output,
-                    &serde_json::json!({
-                        "transition": record.kind.name(),
-                        "forgotten_at": record.position(),
-                        "new_root": new_root,
-                        "still_trusted": trusted,
-                    }),
-                );
-                return Ok(());
-            }
-            say!(
-                "transition forgotten at phase {}; clusters keep what they serve now",
-                record.phase
-            );
-            if let Some(new_root) = new_root {
-                say!("{new_root}");
-            }
-            for line in trusted {
-                say!("{line}");
-            }
+            print_aborted(a.output.output, &record, new_root, &trusted);
             Ok(())
         }
+    }
+}
+
+/// What `transition abort` left: where the transition was forgotten, what became of the new
+/// root, and the roots clusters still trust besides the common root.
+fn print_aborted(
+    format: Format,
+    record: &transition::Record,
+    new_root: Option<String>,
+    trusted: &[String],
+) {
+    if format.structured() {
+        output::print_as(
+            format,
+            &serde_json::json!({
+                "transition": record.kind.name(),
+                "forgotten_at": record.position(),
+                "new_root": new_root,
+                "still_trusted": trusted,
+            }),
+        );
+        return;
+    }
+    say!(
+        "transition forgotten at phase {}; clusters keep what they serve now",
+        record.phase
+    );
+    if let Some(new_root) = new_root {
+        say!("{new_root}");
+    }
+    for line in trusted {
+        say!("{line}");
     }
 }
 

@@ -94,38 +94,10 @@ impl KubeTarget {
         let named = retrying(settings, "get remote secret", || secrets.get_opt(&by_name))
             .await
             .map_err(|e| via.error(format!("get secret {NAMESPACE}/{by_name}"), e))?;
-        let mut kubeconfig = named.and_then(|s| take_key(s, cluster));
-        if kubeconfig.is_none() {
-            // Other names count only when istioctl's cluster annotation vouches for them, so a
-            // Secret someone merely labelled cannot redirect cacertd.
-            let params = ListParams::default().labels("istio/multiCluster=true");
-            match retrying(settings, "list remote secrets", || secrets.list(&params)).await {
-                Ok(list) => {
-                    for s in list.items {
-                        let vouched = s
-                            .metadata
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get("networking.istio.io/cluster"))
-                            .is_some_and(|c| c == cluster);
-                        let found = take_key(s, cluster);
-                        if vouched && kubeconfig.is_none() {
-                            kubeconfig = found;
-                        } else if let Some(mut other) = found {
-                            other.0.zeroize();
-                        }
-                    }
-                }
-                // With only the named Secret granted, "not found" is the useful answer.
-                Err(kube::Error::Api(s)) if s.code == 403 => {}
-                Err(e) => {
-                    return Err(via.error(
-                        format!("list secrets labelled istio/multiCluster=true in {NAMESPACE}"),
-                        e,
-                    ));
-                }
-            }
-        }
+        let kubeconfig = match named.and_then(|s| take_key(s, cluster)) {
+            Some(found) => Some(found),
+            None => vouched_remote_secret(cluster, via, settings).await?,
+        };
         let config_err = |message: String| TargetError::KubeConfig {
             target: format!("cluster {cluster}"),
             message,
@@ -166,6 +138,45 @@ impl KubeTarget {
             })?;
         Self::from_config(cluster, config, settings, config_err)
     }
+}
+
+/// The kubeconfig for `cluster` in a Secret labelled `istio/multiCluster=true` of `via` that
+/// istioctl's cluster annotation vouches for: other names count only then, so a Secret
+/// someone merely labelled cannot redirect cacertd. Every other kubeconfig read is wiped.
+async fn vouched_remote_secret(
+    cluster: &str,
+    via: &KubeTarget,
+    settings: &KubeSettings,
+) -> Result<Option<ByteString>, TargetError> {
+    let secrets = via.secrets();
+    let params = ListParams::default().labels("istio/multiCluster=true");
+    let list = match retrying(settings, "list remote secrets", || secrets.list(&params)).await {
+        Ok(list) => list,
+        // With only the named Secret granted, "not found" is the useful answer.
+        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(None),
+        Err(e) => {
+            return Err(via.error(
+                format!("list secrets labelled istio/multiCluster=true in {NAMESPACE}"),
+                e,
+            ));
+        }
+    };
+    let mut kubeconfig = None;
+    for s in list.items {
+        let vouched = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("networking.istio.io/cluster"))
+            .is_some_and(|c| c == cluster);
+        let found = take_key(s, cluster);
+        if vouched && kubeconfig.is_none() {
+            kubeconfig = found;
+        } else if let Some(mut other) = found {
+            other.0.zeroize();
+        }
+    }
+    Ok(kubeconfig)
 }
 
 /// Why a kubeconfig could not be used, saying where and never quoting it: the YAML parser's

@@ -494,15 +494,32 @@ impl VaultPki {
             .validity
             .min(left.saturating_sub(Duration::from_secs(60)));
         let ttl = format!("{}s", validity.as_secs());
+        let certificate = self.signed_certificate(spec, &csr, ttl).await?;
+        let what = format!("certificate signed by {}", self.describe());
+        let cert = Cert::one_from_pem(certificate.as_bytes(), &what)?;
+        crate::pki::check_signed_intermediate(&cert, &key, root, spec, &what)?;
+        check_lifetime(&cert, validity, &self.mount, &what)?;
+        Ok(IntermediateCa { cert, key })
+    }
+}
+
+impl VaultPki {
+    /// Has the configured issuer (or the mount's default) sign `csr` as a CA for `ttl`, with
+    /// the CSR's own subject and SANs; returns the certificate's PEM.
+    async fn signed_certificate(
+        &self,
+        spec: &IntermediateSpec,
+        csr: &str,
+        ttl: String,
+    ) -> Result<String, SignError> {
         let cn = spec.subject.common_name.clone();
         let path = match &self.issuer {
             Some(i) => format!("{}/issuer/{i}/sign-intermediate", self.mount),
             None => format!("{}/root/sign-intermediate", self.mount),
         };
-        let (certificate, chain) = match &self.issuer {
+        Ok(match &self.issuer {
             Some(issuer) => {
-                let r = self
-                    .session
+                self.session
                     .call_write("sign intermediate", &path, async |c: &VaultClient| {
                         let mut opts =
                             vaultrs::api::pki::requests::SignIntermediateIssuerRequest::builder();
@@ -513,19 +530,18 @@ impl VaultPki {
                         vaultrs::pki::issuer::sign_intermediate(
                             c,
                             &self.mount,
-                            &csr,
+                            csr,
                             &cn,
                             Some(issuer),
                             Some(&mut opts),
                         )
                         .await
                     })
-                    .await?;
-                (r.certificate, r.ca_chain)
+                    .await?
+                    .certificate
             }
             None => {
-                let r = self
-                    .session
+                self.session
                     .call_write("sign intermediate", &path, async |c: &VaultClient| {
                         let mut opts =
                             vaultrs::api::pki::requests::SignIntermediateRequest::builder();
@@ -536,22 +552,16 @@ impl VaultPki {
                         vaultrs::pki::cert::ca::sign_intermediate(
                             c,
                             &self.mount,
-                            &csr,
+                            csr,
                             &cn,
                             Some(&mut opts),
                         )
                         .await
                     })
-                    .await?;
-                (r.certificate, r.ca_chain.unwrap_or_default())
+                    .await?
+                    .certificate
             }
-        };
-        drop(chain);
-        let what = format!("certificate signed by {}", self.describe());
-        let cert = Cert::one_from_pem(certificate.as_bytes(), &what)?;
-        crate::pki::check_signed_intermediate(&cert, &key, root, spec, &what)?;
-        check_lifetime(&cert, validity, &self.mount, &what)?;
-        Ok(IntermediateCa { cert, key })
+        })
     }
 }
 

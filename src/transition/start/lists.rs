@@ -92,7 +92,7 @@ pub(super) async fn new_root_list(
         )
         .map_err(|e| DriveError::NewRoot(e.to_string())),
         crate::root_store::Signer::Vault { pki, .. } => {
-            let min = crate::transition::revoke::VAULT_LIST_MIN_LIFE;
+            let min = crate::revocation::VAULT_LIST_MIN_LIFE;
             crate::revocation::vault_list(pki.store(), true, min, now)
                 .await
                 .map_err(|e| match e {
