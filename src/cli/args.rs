@@ -193,8 +193,8 @@ pub enum Command {
     ///                  the gate waits for istiod to publish it (ConfigMap istio-ca-crl) and
     ///                  for kubelet to update it in the pods;
     ///   SwitchSigner   CLUSTER signs with the successor (istiod takes it without a restart);
-    ///   RemoveOldRoot  nothing changes: the predecessor's list stays while what it signed
-    ///                  lives.
+    ///                  then it is done: nothing is revoked, and the predecessor's list stays
+    ///                  while what it signed lives.
     #[command(verbatim_doc_comment)]
     Renew(RenewArgs),
 

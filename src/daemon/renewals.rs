@@ -17,7 +17,7 @@ pub(super) const RETRY: time::Duration = time::Duration::minutes(1);
 impl Daemon {
     /// Starts the renewal of the first primary of `reports` whose renewal needs a transition,
     /// unless a transition is under way (or its record cannot be read). A start that fails is
-    /// logged, counted, and tried again at the cluster's next look.
+    /// logged, counted, and tried again after `[daemon] interval`.
     pub(super) async fn start_renewal(&self, reports: &[ClusterReport]) {
         let Some(cluster) = reports
             .iter()
@@ -64,6 +64,10 @@ impl Daemon {
             Err(e) => {
                 self.metrics.transition_error(e.reason());
                 tracing::warn!(cluster, error = %e, reason = e.reason(), "cannot start the renewal");
+                // Tried again at the next interval, not every minute.
+                if let Some(s) = self.schedule.lock().await.get_mut(cluster) {
+                    s.next = now + self.config.daemon.interval;
+                }
             }
         }
     }

@@ -62,8 +62,8 @@ pub enum TransitionKind {
     /// (README, "When a key leaks"): every primary publishes a list from the successor first
     /// (`AddNewRoot`'s place), then the primary signs with it (`SwitchSigner`; istiod picks
     /// it up without a restart, docs/istio.md §3). Nothing is revoked: the predecessor's
-    /// list stays while what it signed lives, so `RemoveOldRoot` changes nothing. Trust does
-    /// not change.
+    /// list stays while what it signed lives, so it is done once switched (no
+    /// `RemoveOldRoot`). Trust does not change.
     Renew,
 }
 

@@ -156,9 +156,10 @@ pub enum CrlCommand {
     /// fetched from the CRL distribution points of the chain; `serve` fetches them hourly); with
     /// the vault-pki store, the mesh CA's list is Vault's, rebuilt now (`serve` also does this
     /// by itself once the served list is due: half its life gone, or ten days left). Lists of
-    /// other CAs stay as they are; a list no CA above the mesh CA signed is refused. One write
-    /// per primary whose lists change, checked as istiod will; no restart (istiod and kubelet
-    /// pass the file on). Refused while a transition is under way.
+    /// other CAs stay as they are, but for lapsed ones of CAs no longer in use, left out; a
+    /// list no CA above the mesh CA signed is refused. One write per primary whose lists
+    /// change, checked as istiod will; no restart (istiod and kubelet pass the file on).
+    /// Refused while a transition is under way.
     Refresh(CrlRefreshArgs),
 }
 
