@@ -250,15 +250,6 @@ fn in_flight(config: &Config, clusters: &[&Cluster]) -> usize {
     }
 }
 
-/// `observed`'s cacerts carries revocation lists (docs/istio.md §14).
-fn serves_lists(observed: &Observed) -> bool {
-    observed
-        .snapshot
-        .cacerts
-        .as_ref()
-        .is_some_and(|c| !c.ca_crl.iter().all(u8::is_ascii_whitespace))
-}
-
 /// Records in the audit log what an issuance run decided: issued, refused and failed clusters
 /// (unchanged ones are not events; the writes themselves are noted by the writer).
 fn audit_reports(audit: &Audit, reports: &[ClusterReport], at: OffsetDateTime) {
@@ -438,7 +429,13 @@ impl Pass<'_> {
                 );
             }
         }
-        if serves_lists(observed) {
+        // Revocation lists in place (docs/istio.md §14): one write cannot renew it.
+        if observed
+            .snapshot
+            .cacerts
+            .as_ref()
+            .is_some_and(CaCertsFiles::has_lists)
+        {
             return Ok(ClusterReport::renew_by_transition(name, &why).with_served(assessment));
         }
         if dry_run {

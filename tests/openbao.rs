@@ -2116,15 +2116,7 @@ fn vault_pki_revokes_through_vault_and_keeps_its_list_current() {
     // `renew`, with the day-to-day policy: Vault signs the successor and revokes nothing;
     // its list, the predecessor's and the successor's are served; no pair breaks.
     let (revokes, predecessor) = (bao.count("pki/revoke"), s.path("predecessor"));
-    std::fs::create_dir_all(&predecessor).unwrap();
-    for f in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        std::fs::copy(c2.join(f), predecessor.join(f)).unwrap();
-    }
+    common::copy_cacerts(&c2, &predecessor);
     let run = s.through_folders(&["renew", "cluster2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(common::drive_folders(&s, false).starts_with("nothing"));

@@ -597,15 +597,7 @@ fn where_lists_are_served_a_root_rotation_carries_them_and_breaks_no_pair() {
     );
     // The predecessor's workloads, holding the lists kubelet brought them, are still trusted.
     let predecessor = s.path("gens/predecessor-cluster2");
-    std::fs::create_dir_all(&predecessor).unwrap();
-    for f in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        std::fs::copy(done["cluster2"].join(f), predecessor.join(f)).unwrap();
-    }
+    common::copy_cacerts(&done["cluster2"], &predecessor);
     std::fs::copy(
         renewed["cluster2"].join("ca-crl.pem"),
         predecessor.join("ca-crl.pem"),
@@ -633,19 +625,7 @@ fn where_lists_are_served_a_newcomer_migrates_with_them_and_breaks_no_pair() {
     assert!(common::drive_folders(&s, false).starts_with("nothing"));
     let other = Setup::new();
     other.cacertd(&["issue", "--init-root"]).ok();
-    std::fs::create_dir_all(s.path("out/cluster4")).unwrap();
-    for f in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        std::fs::copy(
-            other.path(&format!("out/cluster1/{f}")),
-            s.path(&format!("out/cluster4/{f}")),
-        )
-        .unwrap();
-    }
+    common::copy_cacerts(&other.path("out/cluster1"), &s.path("out/cluster4"));
     let mut config = std::fs::read_to_string(s.path("cacertd.toml")).unwrap();
     config.push_str(
         "\n[[clusters]]\nname = \"cluster4\"\nrole = \"primary\"\nnetwork = \"network4\"\n\
@@ -785,31 +765,7 @@ fn company_list(dir: &Path, name: &str) -> PathBuf {
 
 /// `impostor.pem`/`.key` in `dir`: a CA with the company anchor's name and another key.
 fn impostor_anchor(dir: &Path) {
-    common::openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-384",
-            "-nodes",
-            "-keyout",
-            "impostor.key",
-            "-out",
-            "impostor.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/O=Corp/CN=Offline Root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )
-    .ok();
+    common::self_signed_ca(dir, "impostor", "/O=Corp/CN=Offline Root", 30);
 }
 
 /// A list for `name` published `at` from now, written to `<file>.crl`.

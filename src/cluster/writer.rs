@@ -98,8 +98,8 @@ impl<'a> CacertsWriter<'a> {
         // a set without the file would leave them with an empty one, or none (docs/istio.md
         // §14). Revocation lists leave only through a transition that says so.
         if let Some(current) = &observed.snapshot.cacerts
-            && !current.ca_crl.iter().all(u8::is_ascii_whitespace)
-            && files.ca_crl.iter().all(u8::is_ascii_whitespace)
+            && current.has_lists()
+            && !files.has_lists()
         {
             return Err(WriteError::Invalid(format!(
                 "the cluster's cacerts carries {} (revocation lists its proxies check) and this \

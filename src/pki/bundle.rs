@@ -41,6 +41,11 @@ impl CaCertsFiles {
     pub const CERT_CHAIN: &'static str = "cert-chain.pem";
     pub const CA_CRL: &'static str = "ca-crl.pem";
 
+    /// It carries revocation lists (`ca-crl.pem` is there and not blank).
+    pub fn has_lists(&self) -> bool {
+        !self.ca_crl.iter().all(u8::is_ascii_whitespace)
+    }
+
     /// The set for a freshly issued intermediate: `cert-chain.pem` is the intermediate, any
     /// further intermediates above it, then the root — leaf-most first, as istiod expects.
     pub fn for_intermediate(

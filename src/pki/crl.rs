@@ -311,7 +311,7 @@ pub fn without_lapsed(lists: &[Crl], chain: &[Cert], now: OffsetDateTime) -> Vec
 /// The lists of `files` that its own chain's certificates signed (`cert-chain.pem`): those
 /// that, once expired, make Envoy reject the cluster's own chains.
 pub fn own_lists(files: &super::CaCertsFiles) -> Vec<Crl> {
-    if files.ca_crl.iter().all(u8::is_ascii_whitespace) {
+    if !files.has_lists() {
         return Vec::new();
     }
     let Ok(lists) = Crl::all_from_pem(&files.ca_crl, super::CaCertsFiles::CA_CRL) else {
@@ -331,7 +331,7 @@ pub fn own_lists(files: &super::CaCertsFiles) -> Vec<Crl> {
 /// [`without_lapsed`]); and no certificate of the chain is revoked by the file (the cluster
 /// would cut itself off). Returns the lists; a set without the file passes with none.
 pub fn verify_ca_crl(files: &super::CaCertsFiles, now: OffsetDateTime) -> Result<Vec<Crl>, String> {
-    if files.ca_crl.iter().all(u8::is_ascii_whitespace) {
+    if !files.has_lists() {
         return Ok(Vec::new());
     }
     let what = super::CaCertsFiles::CA_CRL;

@@ -87,15 +87,12 @@ async fn fetch_one(client: &reqwest::Client, uri: &str, issuer: &Cert) -> Result
         }
         body.extend_from_slice(&chunk);
     }
-    let list = match body.starts_with(b"-----BEGIN") {
-        true => Crl::all_from_pem(&body, uri)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|l| l.signed_by(issuer)),
-        false => Crl::from_der(body, uri)
-            .map(Some)
-            .map_err(|e| e.to_string())?,
+    let lists = match body.starts_with(b"-----BEGIN") {
+        true => Crl::all_from_pem(&body, uri).map_err(|e| e.to_string())?,
+        false => vec![Crl::from_der(body, uri).map_err(|e| e.to_string())?],
     };
-    list.filter(|l| l.signed_by(issuer))
+    lists
+        .into_iter()
+        .find(|l| l.signed_by(issuer))
         .ok_or_else(|| format!("not a list {} signed", issuer.info().subject))
 }

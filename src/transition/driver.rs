@@ -421,7 +421,7 @@ async fn open_clusters(
         material.lists_before = match &record.revocation {
             Some(r) => Some(r.lists_before.clone().into_bytes()),
             // Its signer and bundle stay; its lists are the new ones from the first write.
-            None if record.options.lists_only.contains(name) => Some(material.new.ca_crl.clone()),
+            None if record.only_lists(name) => Some(material.new.ca_crl.clone()),
             None => None,
         };
         materials.insert(name.clone(), material);

@@ -71,7 +71,7 @@ pub(super) async fn check_gate(
             )
             .collect();
         // Lists the step serves must be where the proxies read them.
-        if of != MaterialOf::Original && !want.ca_crl.iter().all(u8::is_ascii_whitespace) {
+        if of != MaterialOf::Original && want.has_lists() {
             for (name, target) in &served {
                 lists_behind(name, target, &want.ca_crl, &mut behind).await;
             }
@@ -209,7 +209,7 @@ enum Why {
 ///   from the successor.
 fn proxies_gated(record: &Record, cluster: &str, of: MaterialOf) -> Option<Why> {
     use super::Phase::{AddNewRoot, SwitchSigner};
-    if record.state != State::Active || record.options.lists_only.iter().any(|c| c == cluster) {
+    if record.state != State::Active || record.only_lists(cluster) {
         return None;
     }
     match (of, &record.revocation) {

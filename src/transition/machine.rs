@@ -59,6 +59,7 @@ pub struct Revocation {
     pub subject: String,
     pub serial: String,
     pub fingerprint: String,
+    /// Why (a renewal, which revokes nothing: `superseded`, never published).
     pub reason: crate::pki::Reason,
     /// `ca-crl.pem` until the revocation is published: a list from every intermediate in use
     /// (the revoked one and its successor included), from the mesh CA as before, and from
@@ -330,7 +331,7 @@ impl Record {
     pub fn restarts(&self, cluster: &str) -> Vec<Stage> {
         if self.is_directory(cluster)
             || self.kind == TransitionKind::Renew
-            || self.options.lists_only.iter().any(|c| c == cluster)
+            || self.only_lists(cluster)
         {
             return Vec::new();
         }
@@ -475,6 +476,12 @@ impl Record {
     /// An operator confirms that the folders written in this step are applied.
     pub fn confirm_applied(&mut self) {
         self.applied = true;
+    }
+
+    /// `cluster` is in the transition only to be given revocation lists
+    /// ([`Options::lists_only`]).
+    pub fn only_lists(&self, cluster: &str) -> bool {
+        self.options.lists_only.iter().any(|c| c == cluster)
     }
 
     fn is_directory(&self, cluster: &str) -> bool {

@@ -188,7 +188,7 @@ fn line(step: &Step, record: &Record, scopes: &[Scope]) -> (Option<String>, Opti
 fn write_action(record: &Record, cluster: &str, material: MaterialOf) -> String {
     let (kind, options) = (record.kind, &record.options);
     let folder = options.directories.get(cluster);
-    let lists_only = options.lists_only.iter().any(|c| c == cluster);
+    let lists_only = record.only_lists(cluster);
     format!(
         "write cacerts{}: {}{}",
         match folder {

@@ -158,7 +158,7 @@ fn revocation_of(
         lists_after: String::from_utf8_lossy(&lists_after).into_owned(),
         first_lists: current
             .iter()
-            .filter(|(_, set, _)| set.ca_crl.iter().all(u8::is_ascii_whitespace))
+            .filter(|(_, set, _)| !set.has_lists())
             .map(|(n, ..)| n.clone())
             .collect(),
     };

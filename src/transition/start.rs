@@ -226,11 +226,7 @@ async fn serving_lists(config: &Config) -> Result<Option<String>, DriveError> {
             .await
             .map_err(target_err(name))?;
         let observed = target.read().await.map_err(target_err(name))?;
-        if observed
-            .snapshot
-            .cacerts
-            .is_some_and(|c| !c.ca_crl.iter().all(u8::is_ascii_whitespace))
-        {
+        if observed.snapshot.cacerts.is_some_and(|c| c.has_lists()) {
             return Ok(Some(name.to_string()));
         }
     }

@@ -343,31 +343,7 @@ impl CompanyPki {
     /// [`CompanyPki::make`], each certificate naming as its CRL distribution point
     /// `<base>/<issuer>.crl` when `base` is given (`anchor.crl`, `corp0.crl`…).
     pub fn make_published(&self, dir: &Path, base: Option<&str>) {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-384",
-                "-nodes",
-                "-keyout",
-                "anchor.key",
-                "-out",
-                "anchor.pem",
-                "-days",
-                "3650",
-                "-subj",
-                "/O=Corp/CN=Offline Root",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        )
-        .ok();
+        self_signed_ca(dir, "anchor", "/O=Corp/CN=Offline Root", 3650);
         let mut issuer = "anchor".to_string();
         let mut above = vec!["anchor.pem".to_string()];
         for i in 0..self.corporate {
@@ -593,4 +569,52 @@ pub fn serve_files(dir: PathBuf) -> String {
         }
     });
     base
+}
+
+/// `<name>.pem`/`.key` in `dir`: a self-signed P-384 CA named `subject`, valid `days` days.
+pub fn self_signed_ca(dir: &Path, name: &str, subject: &str, days: u32) {
+    let (key, cert, days) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        days.to_string(),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            &days,
+            "-subj",
+            subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+    .ok();
+}
+
+/// The four files of the `cacerts` in `from` (its signer, chain and bundle) copied into `to`,
+/// which is created: a workload generation of that signer, before any lists are added.
+pub fn copy_cacerts(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
 }

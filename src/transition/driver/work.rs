@@ -53,6 +53,10 @@ impl<'a> Work<'a> {
 }
 
 impl Work<'_> {
+    fn only_lists(&self, cluster: &str) -> bool {
+        self.lists_only.iter().any(|c| c == cluster)
+    }
+
     /// How the writer checks `cluster`'s material of `of` ([`written_material`]); a cluster
     /// that only gets lists keeps its signer, checked as it served it.
     fn checked_as<'b>(
@@ -61,7 +65,7 @@ impl Work<'_> {
         of: MaterialOf,
         new_root: Option<&'b Cert>,
     ) -> crate::cluster::Material<'b> {
-        if self.lists_only.iter().any(|c| c == cluster) {
+        if self.only_lists(cluster) {
             return crate::cluster::Material::ServedBefore;
         }
         written_material(self.kind, of, new_root, self.revoked != Some(cluster))
@@ -106,7 +110,7 @@ impl Work<'_> {
         if matches!(
             self.kind,
             TransitionKind::RemoveRoot | TransitionKind::Revoke | TransitionKind::Renew
-        ) || self.lists_only.iter().any(|c| c == cluster)
+        ) || self.only_lists(cluster)
         {
             return Ok(None);
         }

@@ -18,7 +18,7 @@ pub(super) fn served(
     let mut newest: Vec<Crl> = Vec::new();
     let mut any = false;
     for (cluster, set) in moving {
-        if set.ca_crl.iter().all(u8::is_ascii_whitespace) {
+        if !set.has_lists() {
             continue;
         }
         any = true;
