@@ -1,6 +1,7 @@
 //! Parsed certificates: the DER bytes plus the facts cacertd reasons about.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -9,6 +10,7 @@ use x509_parser::oid_registry::{
     OID_SIG_ED25519,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
+use yoke::{Yoke, Yokeable};
 
 use super::{KeyAlgorithm, PkiError, fmt_time};
 
@@ -37,19 +39,36 @@ pub struct CertInfo {
     pub key_algorithm: String,
 }
 
-/// An X.509 certificate that parsed cleanly. Holds its DER and the facts above.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Cert {
-    der: Vec<u8>,
+/// An X.509 certificate that parsed cleanly. Holds its DER, its parsed form (read many times
+/// per check: parsing it again each time was most of a run with nothing to do) and the facts
+/// above. Clones share all of it.
+#[derive(Clone)]
+pub struct Cert(Arc<Parts>);
+
+struct Parts {
+    parsed: Yoke<Parsed<'static>, Vec<u8>>,
     info: CertInfo,
     key: KeyDescription,
 }
 
+/// The parsed form, borrowing from the DER it is kept with.
+#[derive(Yokeable)]
+struct Parsed<'a>(X509Certificate<'a>);
+
+/// Two certificates are the same when their DER is (the rest follows from it).
+impl PartialEq for Cert {
+    fn eq(&self, other: &Self) -> bool {
+        self.der() == other.der()
+    }
+}
+
+impl Eq for Cert {}
+
 impl fmt::Debug for Cert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cert")
-            .field("subject", &self.info.subject)
-            .field("serial", &self.info.serial)
+            .field("subject", &self.0.info.subject)
+            .field("serial", &self.0.info.serial)
             .finish()
     }
 }
@@ -59,20 +78,22 @@ impl Cert {
         if let Some(known) = parsed::known(&der) {
             return Ok(known);
         }
-        let (info, key) = {
-            let (rest, x509) = X509Certificate::from_der(&der).map_err(|e| PkiError::BadCert {
-                what: what.to_string(),
-                reason: e.to_string(),
-            })?;
-            if !rest.is_empty() {
-                return Err(PkiError::BadCert {
-                    what: what.to_string(),
-                    reason: format!("{} trailing bytes after the certificate", rest.len()),
-                });
+        let parsed = Yoke::<Parsed<'static>, Vec<u8>>::try_attach_to_cart(der, |der| {
+            match X509Certificate::from_der(der) {
+                Ok((rest, _)) if !rest.is_empty() => Err(format!(
+                    "{} trailing bytes after the certificate",
+                    rest.len()
+                )),
+                Ok((_, x509)) => Ok(Parsed(x509)),
+                Err(e) => Err(e.to_string()),
             }
-            describe(&x509, &der, what)?
-        };
-        let cert = Cert { der, info, key };
+        })
+        .map_err(|reason| PkiError::BadCert {
+            what: what.to_string(),
+            reason,
+        })?;
+        let (info, key) = describe(&parsed.get().0, parsed.backing_cart(), what)?;
+        let cert = Cert(Arc::new(Parts { parsed, info, key }));
         parsed::remember(&cert);
         Ok(cert)
     }
@@ -150,32 +171,28 @@ impl Cert {
     }
 
     pub fn der(&self) -> &[u8] {
-        &self.der
+        self.0.parsed.backing_cart()
     }
 
     pub fn info(&self) -> &CertInfo {
-        &self.info
+        &self.0.info
     }
 
     pub fn key(&self) -> &KeyDescription {
-        &self.key
+        &self.0.key
     }
 
     /// PEM with LF line endings (the `pem` crate defaults to CRLF).
     pub fn to_pem(&self) -> String {
         pem::encode_config(
-            &pem::Pem::new("CERTIFICATE", self.der.clone()),
+            &pem::Pem::new("CERTIFICATE", self.der().to_vec()),
             pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
         )
     }
 
-    /// Re-borrows the parsed form. Cannot fail: the DER parsed when this value was built and
-    /// is immutable since.
-    pub fn x509(&self) -> X509Certificate<'_> {
-        #[allow(clippy::expect_used)]
-        X509Certificate::from_der(&self.der)
-            .map(|(_, c)| c)
-            .expect("DER parsed at construction")
+    /// The parsed form.
+    pub fn x509(&self) -> &X509Certificate<'_> {
+        &self.0.parsed.get().0
     }
 
     /// The URIs of its CRL distribution points (RFC 5280 §4.2.1.13): where its issuer
@@ -201,7 +218,7 @@ impl Cert {
     }
 
     pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
-        self.info.not_before <= now && now <= self.info.not_after
+        self.0.info.not_before <= now && now <= self.0.info.not_after
     }
 
     /// The subjectPublicKey bytes, for comparing with a private key's public half.
@@ -216,16 +233,16 @@ impl Cert {
 
     /// Checks the expiry window at `now`, naming `what` on failure.
     pub fn check_valid_at(&self, now: OffsetDateTime, what: &str) -> Result<(), PkiError> {
-        if now < self.info.not_before {
+        if now < self.0.info.not_before {
             return Err(PkiError::NotYetValid {
                 what: what.to_string(),
-                not_before: fmt_time(self.info.not_before),
+                not_before: fmt_time(self.0.info.not_before),
             });
         }
-        if now > self.info.not_after {
+        if now > self.0.info.not_after {
             return Err(PkiError::Expired {
                 what: what.to_string(),
-                not_after: fmt_time(self.info.not_after),
+                not_after: fmt_time(self.0.info.not_after),
             });
         }
         Ok(())
@@ -233,7 +250,7 @@ impl Cert {
 
     /// Checks the key algorithm is one istiod supports and returns it.
     pub fn supported_key(&self, what: &str) -> Result<KeyAlgorithm, PkiError> {
-        match &self.key {
+        match &self.0.key {
             KeyDescription::Supported(a) => Ok(*a),
             KeyDescription::Unsupported(found) => Err(PkiError::UnsupportedKey {
                 what: what.to_string(),
@@ -326,7 +343,7 @@ mod parsed {
     use super::Cert;
 
     /// Bounds the memory (a few KiB per certificate): cleared when full.
-    const REMEMBERED: usize = 1024;
+    const REMEMBERED: usize = 256;
 
     fn cache() -> &'static Mutex<HashMap<Vec<u8>, Cert>> {
         static PARSED: OnceLock<Mutex<HashMap<Vec<u8>, Cert>>> = OnceLock::new();
@@ -342,19 +359,23 @@ mod parsed {
             if m.len() >= REMEMBERED {
                 m.clear();
             }
-            m.insert(cert.der.clone(), cert.clone());
+            m.insert(cert.der().to_vec(), cert.clone());
         }
     }
 }
 
 pub fn fingerprint_sha256(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    let mut out = String::with_capacity(digest.as_ref().len() * 3);
+    for (i, b) in digest.as_ref().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// A SHA-256 fingerprint as `status` prints it (upper-case hex pairs joined by `:`), from

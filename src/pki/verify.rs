@@ -486,7 +486,7 @@ fn verify_signature(child: &Cert, issuer: &Cert) -> Result<(), String> {
     }
     let i = issuer.x509();
     let verified = match alg.as_str() {
-        ECDSA_WITH_SHA512 => verify_ecdsa_sha512(i.public_key(), &c),
+        ECDSA_WITH_SHA512 => verify_ecdsa_sha512(i.public_key(), c),
         _ => x509_parser::verify::verify_signature(
             i.public_key(),
             &c.signature_algorithm,
