@@ -1,6 +1,7 @@
 //! `[[clusters]]`: names, roles, targets and policies, and what refers to what.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::raw::*;
@@ -21,7 +22,7 @@ impl Sections<'_> {
     ) -> Result<Vec<Cluster>, ConfigError> {
         let apart: Vec<(PathBuf, &Apart)> = apart.iter().map(|a| (resolved(&a.path), a)).collect();
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut dir_targets: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut dir_targets = DirTargets::default();
         let mut clusters = Vec::new();
         for (i, rc) in raw.iter().enumerate() {
             let cluster = self.cluster(
@@ -45,7 +46,7 @@ impl Sections<'_> {
         rc: &RawCluster,
         (policies, default_policy): (&PolicySet, &str),
         apart: &[(PathBuf, &Apart)],
-        (seen, dir_targets): (&mut HashMap<String, usize>, &mut BTreeMap<PathBuf, String>),
+        (seen, dir_targets): (&mut HashMap<String, usize>, &mut DirTargets),
     ) -> Result<Cluster, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
         let name = rc.name.get_ref().clone();
@@ -73,7 +74,7 @@ impl Sections<'_> {
         self.check_role(i, rc, role, &name, target.is_some())?;
         if let (Some(TargetConfig::Dir { path, .. }), Some(t)) = (&target, &rc.target) {
             let key = self.dir_target_key(i, t.span(), &name, path, apart, dir_targets)?;
-            dir_targets.insert(key, name.clone());
+            dir_targets.insert(&key, &name);
         }
         let policy = match &rc.policy {
             Some(p) => {
@@ -226,10 +227,10 @@ impl Sections<'_> {
         name: &str,
         path: &Path,
         apart: &[(PathBuf, &Apart)],
-        dir_targets: &BTreeMap<PathBuf, String>,
+        dir_targets: &mut DirTargets,
     ) -> Result<PathBuf, ConfigError> {
         let field = |f: &str| format!("clusters[{i}].{f}");
-        let key = resolved(path);
+        let key = dir_targets.resolve(path);
         if let Some((_, place)) = apart.iter().find(|(p, _)| overlaps(&key, p)) {
             let through = if key != normalize(path) {
                 format!(" (it resolves to {})", key.display())
@@ -248,7 +249,7 @@ impl Sections<'_> {
                 ),
             ));
         }
-        if let Some(other) = nested(dir_targets, &key) {
+        if let Some(other) = dir_targets.nested(&key) {
             return Err(self.invalid(
                 span,
                 field("target.path"),
@@ -385,16 +386,61 @@ fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
-/// The cluster whose folder is `key`, contains it or lies inside it, if any: `key`'s
-/// ancestors are looked up, and the folders inside it follow it in the map's order (paths
-/// compare component by component), so a large mesh is checked in O(n log n), not O(n²).
-fn nested<'a>(dir_targets: &'a BTreeMap<PathBuf, String>, key: &Path) -> Option<&'a String> {
-    let containing = key.ancestors().find_map(|a| dir_targets.get(a));
-    containing.or_else(|| {
-        dir_targets
-            .range(key.to_path_buf()..)
-            .next()
-            .filter(|(p, _)| p.starts_with(key))
-            .map(|(_, name)| name)
-    })
+/// The directory targets of the clusters read so far, to find two that nest, checked in
+/// O(n log n) for a large mesh, not O(n²).
+#[derive(Default)]
+struct DirTargets {
+    /// Each folder's resolved path as bytes with a `/` after it, to the cluster writing
+    /// there: in byte order, the folders inside one follow it, and it is a prefix of them.
+    by_path: BTreeMap<Vec<u8>, String>,
+    /// Parent folders already resolved: the targets of a mesh share a few.
+    parents: HashMap<PathBuf, PathBuf>,
+}
+
+impl DirTargets {
+    /// [`resolved`], with each parent folder resolved once.
+    fn resolve(&mut self, path: &Path) -> PathBuf {
+        let path = normalize(path);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return resolved(&path);
+        };
+        // A symlink is resolved whole, whatever its parent resolved to.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return resolved(&path);
+        }
+        let parent = match self.parents.get(parent) {
+            Some(known) => known.clone(),
+            None => {
+                let real = resolved(parent);
+                self.parents.insert(parent.to_path_buf(), real.clone());
+                real
+            }
+        };
+        normalize(&parent.join(name))
+    }
+
+    fn key(path: &Path) -> Vec<u8> {
+        let mut key = path.as_os_str().as_bytes().to_vec();
+        key.push(b'/');
+        key
+    }
+
+    fn insert(&mut self, path: &Path, cluster: &str) {
+        self.by_path.insert(Self::key(path), cluster.to_string());
+    }
+
+    /// The cluster whose folder is `path`, contains it or lies inside it, if any.
+    fn nested(&self, path: &Path) -> Option<&String> {
+        let containing = path
+            .ancestors()
+            .find_map(|a| self.by_path.get(&Self::key(a)));
+        let key = Self::key(path);
+        containing.or_else(|| {
+            self.by_path
+                .range(key.clone()..)
+                .next()
+                .filter(|(p, _)| p.starts_with(&key))
+                .map(|(_, name)| name)
+        })
+    }
 }
