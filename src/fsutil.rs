@@ -98,6 +98,17 @@ impl StagedFile {
             .map_err(fs_err("cannot fsync", self.temp.path()))
     }
 
+    /// The file, as a second descriptor of the same open file (an fsync through it is one
+    /// through this), and its temporary name: for fsyncing it on another thread.
+    pub fn handle(&self) -> Result<(File, PathBuf), FsError> {
+        let file = self
+            .temp
+            .as_file()
+            .try_clone()
+            .map_err(fs_err("cannot fsync", self.temp.path()))?;
+        Ok((file, self.temp.path().to_path_buf()))
+    }
+
     /// Renames the file into place, replacing whatever is there.
     pub fn commit(self) -> Result<(), FsError> {
         self.place(false)

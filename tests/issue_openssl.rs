@@ -171,6 +171,41 @@ fn a_second_run_changes_nothing_and_force_keeps_a_backup() {
     assert_eq!(std::fs::read(b.join("ca-key.pem")).unwrap(), old_key);
 }
 
+/// A forced issue to many folders at once under the usual limit of 1,024 open files: each
+/// write holds up to a dozen temporary files open while it waits to be made durable, so the
+/// writes held at once are bounded (150 unbounded would need ~1,800 descriptors).
+#[test]
+fn a_forced_issue_to_many_folders_stays_within_the_usual_open_file_limit() {
+    let mut config = String::from("trust_domain = \"cluster.local\"\nstate_dir = \"state\"\n");
+    for i in 0..150 {
+        config.push_str(&format!(
+            "\n[[clusters]]\nname = \"c{i}\"\nrole = \"primary\"\n\
+             target = {{ kind = \"dir\", path = \"out/c{i}\" }}\n"
+        ));
+    }
+    let s = Setup::with_config(&config);
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let before = s.read("out/c149/ca-key.pem");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.current_dir(s.dir.path())
+        .args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_cacertd"))
+        .args(["-c", "cacertd.toml", "issue", "--force"]);
+    let out = common::output_within(cmd, common::RUN_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("previous cacerts kept in").count(),
+        150,
+        "{stdout}"
+    );
+    assert_ne!(s.read("out/c149/ca-key.pem"), before);
+}
+
 /// `[backups] keep = 2`: old intermediate keys do not pile up. After five forced issues the
 /// two newest backups are left, the others are removed (said in the output and the audit
 /// log), and the newest holds the key that was replaced last.

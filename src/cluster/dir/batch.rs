@@ -1,13 +1,14 @@
 //! Writes to directory targets, made durable in batches.
 //!
-//! Written one at a time, every file costs the file system a journal commit: seven or more
+//! Written one at a time, every file costs the file system a commit of its own: seven or more
 //! fsyncs per cluster, one after another, which is where issuing to many directory targets
-//! spent its time. Here one writer thread takes every write waiting when it is free as one
-//! batch, and takes the batch through the steps a single write goes through, each step for all
-//! its writes before the next:
-//! 1. the new files, and copies of the files they replace, are written under temporary names
-//!    (keys 0600 from creation);
-//! 2. every one of them is fsynced — the first commit carries the others, so the rest are cheap;
+//! spent its time. Here each write goes through the steps a single write goes through, the
+//! first on its own and the rest together with every other write waiting at the time:
+//! 1. the write's new files, and copies of the files they replace, are written under
+//!    temporary names (keys 0600 from creation), on the blocking pool, while the writes before
+//!    it are being made durable;
+//! 2. one writer thread takes every staged write waiting as one batch and fsyncs every one of
+//!    their files, many at once — fsyncs issued together share the device's flushes;
 //! 3. the copies are renamed into their fresh backup folders, and those folders fsynced: a
 //!    backup is durable before what it keeps is replaced;
 //! 4. the new files are renamed into place, and the target folders fsynced.
@@ -15,35 +16,36 @@
 //! Durability is that of one write at a time: every file is fsynced before it is renamed,
 //! every rename's folder is fsynced, and a crash leaves each file old or new, never torn, with
 //! the previous set safe in its backup (a set mixing old and new files fails validation and is
-//! re-issued). Writes queue for the thread while it works, so batches grow with load and a
-//! lone write waits for nobody. A write that fails at any step fails alone; the others of its
-//! batch go on.
+//! re-issued). A folder has one write under way at a time (a second write backs up what the
+//! first wrote, so it waits for it). Batches grow with load and a lone write waits for
+//! nobody. A write that fails at any step fails alone; the others of its batch go on.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use zeroize::Zeroizing;
 
-use super::{BACKUP_STAMP, CA_CRT, DirTarget, MANIFEST, TLS_CRT, TLS_KEY};
+use super::{BACKUP_STAMP, CA_CRT, DirTarget, MANIFEST, TLS_CRT, TLS_KEY, fsyncs};
 use crate::cluster::{TargetError, WriteMeta, WriteReport, cacerts_secret_yaml};
 use crate::fsutil::{
     FsError, Mode, StagedFile, create_new_private_dir, create_private_dir, fs_err, read_optional,
-    sync_dir,
 };
 use crate::pki::CaCertsFiles;
 
-/// At most this many writes in one batch: bounds the temporary files open at once.
-const MAX_BATCH: usize = 256;
+/// At most this many writes staged and not yet done: each holds its temporary files open (up
+/// to a dozen descriptors), so this bounds the descriptors a large run holds at once.
+const STAGED_AT_ONCE: usize = 64;
 
-/// One write handed to the writer thread. The copy of the key it carries is wiped when the
-/// write is done.
+/// At most this many writes staged at the same moment, on the blocking pool.
+const STAGING_AT_ONCE: usize = 4;
+
+/// One write asked for. The copy of the key it carries is wiped when the write is done.
 struct Job {
     target: DirTarget,
     files: CaCertsFiles,
     meta: WriteMeta,
-    reply: oneshot::Sender<Result<WriteReport, TargetError>>,
 }
 
 /// Replaces `target`'s set with `files`, backing up what is there first; returns when the
@@ -53,60 +55,118 @@ pub(super) async fn write(
     files: &CaCertsFiles,
     meta: &WriteMeta,
 ) -> Result<WriteReport, TargetError> {
-    let (reply, answer) = oneshot::channel();
-    let job = Job {
-        target: target.clone(),
-        files: files.clone(),
-        meta: meta.clone(),
-        reply,
-    };
+    let claim = Claim::take(&target.path).await;
     let stopped = || {
         TargetError::Io(fs_err("cannot write", &target.path)(std::io::Error::other(
             "cacertd's directory writer thread stopped",
         )))
     };
-    writer().send(job).map_err(|_| stopped())?;
+    let (staged_at_once, staging_at_once) = limits();
+    let slot = staged_at_once
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| stopped())?;
+    let job = Job {
+        target: target.clone(),
+        files: files.clone(),
+        meta: meta.clone(),
+    };
+    let (job, (backup, new, created)) = {
+        let _staging = staging_at_once.acquire().await.map_err(|_| stopped())?;
+        match tokio::task::spawn_blocking(move || stage(&job).map(|staged| (job, staged))).await {
+            Ok(staged) => staged?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(stopped()),
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let staged = Staged {
+        job,
+        backup,
+        new,
+        created,
+        reply,
+        _held: (claim, slot),
+    };
+    writer().send(staged).map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
 }
 
+/// The two limits above, shared by every write of the process.
+fn limits() -> &'static (Arc<Semaphore>, Semaphore) {
+    static LIMITS: OnceLock<(Arc<Semaphore>, Semaphore)> = OnceLock::new();
+    LIMITS.get_or_init(|| {
+        (
+            Arc::new(Semaphore::new(STAGED_AT_ONCE)),
+            Semaphore::new(STAGING_AT_ONCE),
+        )
+    })
+}
+
+/// A folder with a write under way, from staging until the write is answered: held by the
+/// write, so it is let go by whoever finishes it (a caller that stops waiting does not free
+/// the folder while the writer thread still works on it).
+struct Claim(PathBuf);
+
+/// The folders claimed, and a signal each time one is let go.
+fn claimed() -> &'static (Mutex<HashSet<PathBuf>>, Notify) {
+    static CLAIMED: OnceLock<(Mutex<HashSet<PathBuf>>, Notify)> = OnceLock::new();
+    CLAIMED.get_or_init(Default::default)
+}
+
+impl Claim {
+    /// Waits until no other write works on `folder`, and claims it.
+    async fn take(folder: &Path) -> Claim {
+        let (folders, freed) = claimed();
+        loop {
+            let notified = freed.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so a folder let go meanwhile still wakes this.
+            notified.as_mut().enable();
+            let taken = folders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(folder.to_path_buf());
+            if taken {
+                return Claim(folder.to_path_buf());
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let (folders, freed) = claimed();
+        folders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+        freed.notify_waiters();
+    }
+}
+
 /// The writer thread's queue, the thread started on first use.
-fn writer() -> &'static mpsc::Sender<Job> {
-    static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+fn writer() -> &'static mpsc::Sender<Staged> {
+    static QUEUE: OnceLock<mpsc::Sender<Staged>> = OnceLock::new();
     QUEUE.get_or_init(|| {
-        let (queue, jobs) = mpsc::channel();
-        // Should the thread not start, `jobs` is dropped with the closure and every write
+        let (queue, staged) = mpsc::channel();
+        // Should the thread not start, `staged` is dropped with the closure and every write
         // fails with "writer thread stopped".
         let _ = std::thread::Builder::new()
             .name("cacertd-dir-writer".into())
-            .spawn(move || run(jobs));
+            .spawn(move || run(staged));
         queue
     })
 }
 
-/// Takes every write waiting as one batch, until the process ends. Two writes to one folder
-/// never share a batch (the second backs up what the first wrote): the later one waits for
-/// the next.
-fn run(jobs: mpsc::Receiver<Job>) {
-    let mut deferred: Vec<Job> = Vec::new();
-    loop {
-        let mut waiting = std::mem::take(&mut deferred);
-        if waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => waiting.push(job),
-                Err(_) => return,
-            }
-        }
-        while waiting.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => waiting.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut folders = HashSet::new();
-        let (batch, later): (Vec<Job>, Vec<Job>) = waiting
-            .into_iter()
-            .partition(|job| folders.insert(job.target.path.clone()));
-        deferred = later;
+/// Takes every staged write waiting as one batch, until the process ends. A folder has one
+/// write under way at a time ([`Claim`]), so no two writes of a batch share one.
+fn run(staged: mpsc::Receiver<Staged>) {
+    while let Ok(first) = staged.recv() {
+        let mut batch = vec![first];
+        batch.extend(staged.try_iter());
         write_batch(batch);
     }
 }
@@ -118,6 +178,9 @@ struct Staged {
     new: Vec<StagedFile>,
     /// The target folder was created for this write: its parent gains an entry.
     created: bool,
+    reply: oneshot::Sender<Result<WriteReport, TargetError>>,
+    /// The folder's claim and the write's place among [`STAGED_AT_ONCE`], let go with it.
+    _held: (Claim, OwnedSemaphorePermit),
 }
 
 /// The copies of what a write replaces, bound for a fresh folder under the backups folder.
@@ -148,17 +211,20 @@ enum Durable<'a> {
 }
 
 impl Durable<'_> {
-    fn sync(&self) -> Result<(), FsError> {
+    /// What an fsync thread needs to make it durable.
+    fn to_sync(&self) -> Result<fsyncs::ToSync, FsError> {
         match self {
-            Durable::File(f) => f.sync(),
-            Durable::Dir(d) => sync_dir(d),
+            Durable::File(f) => f
+                .handle()
+                .map(|(file, path)| fsyncs::ToSync::File(file, path)),
+            Durable::Dir(d) => Ok(fsyncs::ToSync::Dir(d.clone())),
         }
     }
 }
 
 impl Staged {
     fn fail(self, e: impl Into<TargetError>) {
-        let _ = self.job.reply.send(Err(e.into()));
+        let _ = self.reply.send(Err(e.into()));
     }
 
     /// Step 2: every file, backups and new, under its temporary name.
@@ -214,21 +280,7 @@ impl Staged {
     }
 }
 
-fn write_batch(batch: Vec<Job>) {
-    let mut staged = Vec::with_capacity(batch.len());
-    for job in batch {
-        match stage(&job) {
-            Ok((backup, new, created)) => staged.push(Staged {
-                job,
-                backup,
-                new,
-                created,
-            }),
-            Err(e) => {
-                let _ = job.reply.send(Err(e));
-            }
-        }
-    }
+fn write_batch(staged: Vec<Staged>) {
     let staged = make_durable(staged, Staged::files);
     let staged = keep_ok(staged, Staged::place_backup);
     let staged = make_durable(staged, Staged::backup_dirs);
@@ -240,7 +292,7 @@ fn write_batch(batch: Vec<Job>) {
             backup,
             ..WriteReport::default()
         };
-        let _ = done.job.reply.send(Ok(report));
+        let _ = done.reply.send(Ok(report));
     }
 }
 
@@ -284,7 +336,7 @@ fn make_durable(
             }
         }
         failed.resize_with(staged.len(), || None);
-        let results = in_parallel(&work, |(item, _)| item.sync());
+        let results = fsyncs::sync_all(&work, |(item, _)| item.to_sync());
         for ((_, writes), result) in work.iter().zip(results) {
             if let Err(e) = result {
                 for &i in writes {
@@ -305,46 +357,6 @@ fn make_durable(
         }
     }
     kept
-}
-
-/// At most this many fsyncs in flight at once.
-const SYNC_THREADS: usize = 32;
-
-/// Runs `f` over `items` on up to [`SYNC_THREADS`] threads. Fsyncs issued together ride one
-/// journal commit and one device cache flush; issued one after another, each waits for a
-/// commit and a flush of its own. Results come back in the order of `items`.
-fn in_parallel<T: Sync>(
-    items: &[T],
-    f: impl Fn(&T) -> Result<(), FsError> + Sync,
-) -> Vec<Result<(), FsError>> {
-    if items.len() < 2 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(SYNC_THREADS);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let running: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let work = move || part.iter().map(f).collect::<Vec<_>>();
-                // A thread that cannot be started: its part runs here instead.
-                (part, std::thread::Builder::new().spawn_scoped(scope, work))
-            })
-            .collect();
-        running
-            .into_iter()
-            .flat_map(|(part, thread)| match thread {
-                // Never taken as durable unless the fsync said so.
-                Ok(handle) => handle.join().unwrap_or_else(|_| {
-                    let lost = || std::io::Error::other("the fsync thread panicked");
-                    part.iter()
-                        .map(|_| Err(fs_err("cannot fsync", Path::new("?"))(lost())))
-                        .collect()
-                }),
-                Err(_) => part.iter().map(f).collect(),
-            })
-            .collect()
-    })
 }
 
 type StagedWrite = (Option<Backup>, Vec<StagedFile>, bool);
@@ -470,12 +482,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let target = DirTarget::new(tmp.path().join("out"), tmp.path().join("backups"));
         write(&target, &files("1"), &meta()).await.unwrap();
-        let (reply, _answer) = oneshot::channel();
         let job = Job {
             target: target.clone(),
             files: files("2"),
             meta: meta(),
-            reply,
         };
         let (backup, new, _) = stage(&job).unwrap();
         let dir = backup.as_ref().unwrap().dir.clone();

@@ -2,6 +2,7 @@
 //! Writes go through [`batch`], which makes many of them durable at once.
 
 mod batch;
+mod fsyncs;
 
 use std::path::PathBuf;
 
