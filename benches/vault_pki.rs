@@ -46,12 +46,7 @@ fn main() {
         source
             .as_vault_pki()
             .unwrap()
-            .generate_root(
-                root_spec.subject.organization.as_deref(),
-                &root_spec.subject.common_name,
-                ("ec", 256),
-                root_spec.validity,
-            )
+            .generate_root(&root_spec)
             .await
             .unwrap();
         source.signer().await.unwrap()

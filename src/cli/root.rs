@@ -37,19 +37,7 @@ pub(super) async fn root_init_in(
     let (policy, spec) = root_to_generate(config)?;
     let cert = if let Some(pki) = store.as_vault_pki() {
         // The key is generated inside Vault and never leaves it.
-        let key = crate::root_store::vault::key_type(spec.key_algorithm);
-        let cert = pki
-            .generate_root(
-                spec.subject.organization.as_deref(),
-                &spec.subject.common_name,
-                key,
-                spec.validity,
-            )
-            .await
-            .map_err(|source| StoreError::Vault {
-                store: store.describe(),
-                source,
-            })?;
+        let cert = pki.generate_root(&spec).await.map_err(in_vault(store))?;
         policy.check_root(&cert)?;
         cert
     } else {
@@ -66,15 +54,16 @@ pub(super) async fn root_init_in(
         store = %store.describe(),
         "created root"
     );
-    note_root(
-        config,
-        now,
-        "root-init",
-        "created",
-        &store.describe(),
-        cert.info(),
-    );
+    note_root(config, store, ("root-init", "created"), cert.info(), now);
     Ok(cert.info().clone())
+}
+
+/// A Vault failure, as the failure of `store`.
+fn in_vault(store: &RootSource) -> impl Fn(crate::root_store::VaultError) -> StoreError + '_ {
+    |source| StoreError::Vault {
+        store: store.describe(),
+        source,
+    }
 }
 
 /// The refusal to make or import a root where `store` already holds `existing`.
@@ -99,11 +88,10 @@ fn root_to_generate(
 /// Notes a new common root in the audit log: the most consequential event there is.
 fn note_root(
     config: &Config,
-    now: OffsetDateTime,
-    action: &str,
-    outcome: &str,
-    store: &str,
+    store: &RootSource,
+    (action, outcome): (&str, &str),
     info: &crate::pki::CertInfo,
+    now: OffsetDateTime,
 ) {
     crate::audit::Audit::new(config.daemon.audit_log.clone()).note(
         now,
@@ -112,8 +100,10 @@ fn note_root(
         outcome,
         Some(info.serial.clone()),
         Some(format!(
-            "{} in {store}, sha256 {}",
-            info.subject, info.fingerprint_sha256
+            "{} in {}, sha256 {}",
+            info.subject,
+            store.describe(),
+            info.fingerprint_sha256
         )),
     );
 }
@@ -164,18 +154,10 @@ pub(super) async fn root_request(
     }
     let spec = config.root_policy().root_spec(&config.trust_domain);
     let (request, kept) = if let Some(pki) = store.as_vault_pki() {
-        let key = crate::root_store::vault::key_type(spec.key_algorithm);
         let request = pki
-            .generate_request(
-                spec.subject.organization.as_deref(),
-                &spec.subject.common_name,
-                key,
-            )
+            .generate_request(&spec)
             .await
-            .map_err(|source| StoreError::Vault {
-                store: store.describe(),
-                source,
-            })?;
+            .map_err(in_vault(&store))?;
         // Only the request: the signed certificate is checked against it before Vault sees it.
         PendingRequest::new(&config.state_dir).save_request(&request)?;
         (request, format!("inside Vault ({})", store.describe()))
@@ -267,14 +249,7 @@ pub(super) async fn root_import(
         }
     }
     let info = root.cert().info();
-    note_root(
-        config,
-        now,
-        "root-import",
-        "imported",
-        &store.describe(),
-        info,
-    );
+    note_root(config, &store, ("root-import", "imported"), info, now);
     if root.chain().is_empty() {
         say!("imported root into {}", store.describe());
     } else {
@@ -340,18 +315,14 @@ async fn import_signed_into_vault(
     let id = pki
         .set_signed(&signing, &above)
         .await
-        .map_err(|source| StoreError::Vault {
-            store: store.describe(),
-            source,
-        })?;
+        .map_err(in_vault(store))?;
     pending.remove()?;
     note_root(
         config,
-        now,
-        "root-import",
-        "imported",
-        &store.describe(),
+        store,
+        ("root-import", "imported"),
         signing.info(),
+        now,
     );
     say!(
         "Vault paired the signed mesh CA with the key it made (issuer {id}, now the default \
@@ -397,11 +368,10 @@ async fn replace_signing_ca(
     };
     note_root(
         config,
-        now,
-        "root-replace",
-        "replaced",
-        &store.describe(),
+        store,
+        ("root-replace", "replaced"),
         root.cert().info(),
+        now,
     );
     say!(
         "replaced the CA that signs intermediates in {}; the previous one is kept: {kept}",

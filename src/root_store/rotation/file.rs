@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 
-use super::{Pending, RootRotation, RotationError, Swapped, not_the_new_root};
+use super::{Pending, RootRotation, RotationError, SwapResult, Swapped, not_the_new_root};
 use crate::fsutil::{create_private_dir, fs_err, sync_dir};
 use crate::pki::{Cert, RootCa};
 use crate::root_store::{FileRootStore, StoreError};
@@ -56,11 +56,7 @@ impl RootRotation for FileRotation {
             .map_err(refused)
     }
 
-    async fn swap(
-        &self,
-        new_root: &Cert,
-        now: OffsetDateTime,
-    ) -> Result<Option<Swapped>, RotationError> {
+    async fn swap(&self, new_root: &Cert, now: OffsetDateTime) -> SwapResult {
         let store = FileRootStore::new(self.dir.clone());
         if store.load_cert().ok().flatten().as_ref() == Some(new_root) {
             return Ok(None);

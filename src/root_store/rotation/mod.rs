@@ -60,6 +60,10 @@ pub struct Swapped {
     pub kept: String,
 }
 
+/// What [`RootRotation::swap`] answers: what it did, `None` if the new root already was the
+/// store's.
+pub type SwapResult = Result<Option<Swapped>, RotationError>;
+
 /// A root store's rotation primitives: keep a pending root, read it, swap it in, destroy the
 /// pending copy. Every method that changes something is idempotent, so a rotation that stopped
 /// anywhere completes by running the same call again.
@@ -108,11 +112,7 @@ pub trait RootRotation: Send + Sync {
 
     /// Makes `new_root` — the one waiting, which every cluster now signs under — the store's
     /// root, keeping the old one. `None`: it already was (an earlier attempt swapped it).
-    async fn swap(
-        &self,
-        new_root: &Cert,
-        now: OffsetDateTime,
-    ) -> Result<Option<Swapped>, RotationError>;
+    async fn swap(&self, new_root: &Cert, now: OffsetDateTime) -> SwapResult;
 
     /// Destroys the copy of a new root's key that waited for the rotation (every version of
     /// it, for vault-kv), once the store holds the root itself or the root is given up before

@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Pending, RootRotation, RotationError, Swapped, not_the_new_root};
+use super::{Pending, RootRotation, RotationError, SwapResult, Swapped, not_the_new_root};
 use crate::pki::{Cert, RootCa};
 use crate::root_store::VaultError;
 use crate::root_store::vault::VaultKv;
@@ -67,11 +67,7 @@ impl RootRotation for VaultKvRotation {
         }
     }
 
-    async fn swap(
-        &self,
-        new_root: &Cert,
-        _now: OffsetDateTime,
-    ) -> Result<Option<Swapped>, RotationError> {
+    async fn swap(&self, new_root: &Cert, _now: OffsetDateTime) -> SwapResult {
         let (kv, stop) = (&self.kv, RotationError::Swap);
         let Some((current, version)) = kv.load().await.map_err(|e| stop(self.err(e)))? else {
             return Err(stop(format!("{}: the root is gone", kv.describe())));

@@ -6,10 +6,10 @@
 
 use time::OffsetDateTime;
 
-use super::{Pending, RootRotation, RotationError, Swapped, not_the_new_root};
+use super::{Pending, RootRotation, RotationError, SwapResult, Swapped, not_the_new_root};
 use crate::config::{Config, RootStoreConfig};
 use crate::pki::{Cert, RootCa};
-use crate::root_store::vault::{VaultPki, key_type};
+use crate::root_store::vault::VaultPki;
 use crate::root_store::{RootSource, Signer, StoreError, VaultError};
 
 pub(super) struct VaultPkiRotation {
@@ -132,14 +132,7 @@ impl RootRotation for VaultPkiRotation {
                 .map_err(|v| RotationError::Refused(v.to_string()))?;
             let spec = policy.root_spec(&config.trust_domain);
             let cert = pki
-                .generate_issuer(
-                    &next,
-                    spec.subject.organization.as_deref(),
-                    &spec.subject.common_name,
-                    key_type(spec.key_algorithm),
-                    spec.validity,
-                    serial_number.as_deref(),
-                )
+                .generate_issuer(&next, &spec, serial_number.as_deref())
                 .await
                 .map_err(vault_err)?;
             policy
@@ -162,11 +155,7 @@ impl RootRotation for VaultPkiRotation {
 
     /// `<base>-next` takes the configured issuer's name (the old issuer renamed
     /// `<name>-replaced-<unix time>`), or becomes the mount's default issuer.
-    async fn swap(
-        &self,
-        new_root: &Cert,
-        now: OffsetDateTime,
-    ) -> Result<Option<Swapped>, RotationError> {
+    async fn swap(&self, new_root: &Cert, now: OffsetDateTime) -> SwapResult {
         let (pki, stop) = (&self.pki, RotationError::Swap);
         let vault_err = |e: VaultError| stop(self.err(e));
         let next = self.next();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use vaultrs::client::VaultClient;
 
 use super::{RawRequest, VaultError, VaultSession};
-use crate::pki::{CaKey, Cert, IntermediateCa, IntermediateSpec, PkiError};
+use crate::pki::{CaKey, Cert, IntermediateCa, IntermediateSpec, PkiError, RootSpec};
 
 mod revocation;
 
@@ -237,12 +237,14 @@ impl VaultPki {
     pub async fn generate_issuer(
         &self,
         name: &str,
-        organization: Option<&str>,
-        common_name: &str,
-        key: (&str, u64),
-        ttl: Duration,
+        spec: &RootSpec,
         serial_number: Option<&str>,
     ) -> Result<Cert, VaultError> {
+        let (organization, common_name) = (
+            spec.subject.organization.as_deref(),
+            &spec.subject.common_name,
+        );
+        let (key, ttl) = (key_type(spec.key_algorithm), spec.validity);
         let path = format!("{}/root/generate/internal", self.mount);
         let mut body = serde_json::json!({
             "common_name": common_name,
@@ -329,12 +331,12 @@ impl VaultPki {
     /// Asks Vault for a mesh CA key and a request for the company CA to sign
     /// (`intermediate/generate/internal`: the key stays inside the PKI engine). Returns the
     /// request (PEM).
-    pub async fn generate_request(
-        &self,
-        organization: Option<&str>,
-        common_name: &str,
-        key: (&str, u64),
-    ) -> Result<String, VaultError> {
+    pub async fn generate_request(&self, spec: &RootSpec) -> Result<String, VaultError> {
+        let (organization, common_name) = (
+            spec.subject.organization.as_deref(),
+            &spec.subject.common_name,
+        );
+        let key = key_type(spec.key_algorithm);
         self.check_mount().await?;
         if let Some(issuer) = &self.issuer {
             return Err(VaultError::Config(format!(
@@ -402,13 +404,12 @@ impl VaultPki {
 
     /// Asks Vault to generate the root inside the PKI engine (`root/generate/internal`: the
     /// key is never returned).
-    pub async fn generate_root(
-        &self,
-        organization: Option<&str>,
-        common_name: &str,
-        key: (&str, u64),
-        ttl: Duration,
-    ) -> Result<Cert, VaultError> {
+    pub async fn generate_root(&self, spec: &RootSpec) -> Result<Cert, VaultError> {
+        let (organization, common_name) = (
+            spec.subject.organization.as_deref(),
+            &spec.subject.common_name,
+        );
+        let (key, ttl) = (key_type(spec.key_algorithm), spec.validity);
         self.check_mount().await?;
         if let Some(issuer) = &self.issuer {
             return Err(VaultError::Config(format!(
