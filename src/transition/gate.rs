@@ -297,25 +297,44 @@ async fn proxies_behind(
         progress.istiod_restarted_at,
         why,
     ) {
-        // The wait set at start, or longer for a proxy started since with a longer
-        // certificate lifetime (one whose renewal cannot be read never counts as renewed).
-        let longest = stale
-            .iter()
-            .map(|p| p.renewal.as_ref().map_or(u64::MAX, |d| d.as_secs()))
-            .fold(wait, u64::max);
-        let renewed_by = at.saturating_add(i64::try_from(longest).unwrap_or(i64::MAX));
-        if now.unix_timestamp() < renewed_by {
-            let by = OffsetDateTime::from_unix_timestamp(renewed_by)
-                .map(crate::pki::fmt_time)
-                .unwrap_or_else(|_| renewed_by.to_string());
-            behind.push(format!(
-                "{name}: {} proxies started before istiod served the new root and learn it at \
-                 their next certificate renewal, by {by} (--wait-for-renewal)",
-                stale.len()
-            ));
-        }
+        behind.extend(renewal_not_over(name, &stale, wait, at, now));
         return;
     }
+    name_stale(name, &stale, why, behind);
+}
+
+/// With `--wait-for-renewal`: `stale` proxies learn the new root at their next certificate
+/// renewal, due `wait` seconds after istiod restarted at `at` — or later for a proxy started
+/// since with a longer certificate lifetime (one whose renewal cannot be read never counts as
+/// renewed). What still waits, if the renewals are not all due by `now`.
+fn renewal_not_over(
+    name: &str,
+    stale: &[&crate::cluster::Proxy],
+    wait: u64,
+    at: i64,
+    now: OffsetDateTime,
+) -> Option<String> {
+    let longest = stale
+        .iter()
+        .map(|p| p.renewal.as_ref().map_or(u64::MAX, |d| d.as_secs()))
+        .fold(wait, u64::max);
+    let renewed_by = at.saturating_add(i64::try_from(longest).unwrap_or(i64::MAX));
+    if now.unix_timestamp() >= renewed_by {
+        return None;
+    }
+    let by = OffsetDateTime::from_unix_timestamp(renewed_by)
+        .map(crate::pki::fmt_time)
+        .unwrap_or_else(|_| renewed_by.to_string());
+    Some(format!(
+        "{name}: {} proxies started before istiod served the new root and learn it at \
+         their next certificate renewal, by {by} (--wait-for-renewal)",
+        stale.len()
+    ))
+}
+
+/// Names the proxies of `name` that started too early (the first [`PROXIES_NAMED`], then how
+/// many more), each with what to do about it.
+fn name_stale(name: &str, stale: &[&crate::cluster::Proxy], why: Why, behind: &mut Vec<String>) {
     let (started, risk) = match why {
         Why::NewRoot => ("served the new root", "may not trust it"),
         Why::RevokedSigner => (
