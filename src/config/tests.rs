@@ -170,6 +170,25 @@ fn targets_live_apart_from_the_root_the_audit_log_and_what_symlinks_reach() {
     std::fs::remove_file(dir.path().join("link")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link")).unwrap();
     Config::parse(&text, &dir.path().join("cacertd.toml")).unwrap();
+
+    // A target folder that is itself a symlink into state_dir, beside a sibling that is not
+    // (their parent folder is resolved once, for both).
+    let own = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(own.path().join("state/inside")).unwrap();
+    std::fs::create_dir_all(own.path().join("out/cluster1")).unwrap();
+    std::os::unix::fs::symlink(
+        own.path().join("state/inside"),
+        own.path().join("out/cluster2"),
+    )
+    .unwrap();
+    let text = ACCEPTANCE.replace("policies_dir = \"policies\"\n", "");
+    let e = Config::parse(&text, &own.path().join("cacertd.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("overlaps state_dir") && e.contains("state/inside"),
+        "{e}"
+    );
 }
 
 #[test]
