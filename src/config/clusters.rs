@@ -408,14 +408,10 @@ impl DirTargets {
         if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
             return resolved(&path);
         }
-        let parent = match self.parents.get(parent) {
-            Some(known) => known.clone(),
-            None => {
-                let real = resolved(parent);
-                self.parents.insert(parent.to_path_buf(), real.clone());
-                real
-            }
-        };
+        let parent = self
+            .parents
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| resolved(parent));
         normalize(&parent.join(name))
     }
 

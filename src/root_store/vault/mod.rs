@@ -32,7 +32,7 @@ mod kv;
 mod pki;
 
 pub use kv::VaultKv;
-pub use pki::{SignError, VaultPki, key_type};
+pub use pki::{SignError, VaultPki};
 
 /// Why a Vault call failed, in terms a security team can act on.
 #[derive(Debug, thiserror::Error)]

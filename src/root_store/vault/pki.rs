@@ -10,7 +10,7 @@ use crate::pki::{CaKey, Cert, IntermediateCa, IntermediateSpec, PkiError, RootSp
 mod revocation;
 
 /// The `key_type` and `key_bits` Vault's PKI engine takes for a key algorithm.
-pub fn key_type(alg: crate::pki::KeyAlgorithm) -> (&'static str, u64) {
+fn key_type(alg: crate::pki::KeyAlgorithm) -> (&'static str, u64) {
     use crate::pki::KeyAlgorithm;
     match alg {
         KeyAlgorithm::EcdsaP256 => ("ec", 256),
