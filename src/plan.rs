@@ -1,6 +1,8 @@
 //! Planning, pure: from what a cluster holds, the root, the policy and the time, decide what to
 //! do. `status` shows the assessment, `plan` the decision, `issue` carries it out.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -272,13 +274,17 @@ fn self_signed(a: &mut Assessment, ss: &CaCertsFiles) {
 /// How many namespaces' published bundles there are, and how many hold the root.
 fn published(snapshot: &Snapshot, root: Option<&Cert>) -> Option<Published> {
     let bundles = snapshot.published_bundles.as_ref()?;
+    // Every namespace holds the same text once istiod caught up: each text is read once.
+    let mut judged: HashMap<&[u8], bool> = HashMap::new();
     Some(Published {
         namespaces: bundles.len(),
         with_root: bundles
             .iter()
             .filter(|(_, pem)| {
-                let (b, _) = TrustBundle::from_pem_lenient(pem);
-                root.is_some_and(|r| b.contains(r))
+                *judged.entry(pem.as_slice()).or_insert_with(|| {
+                    let (b, _) = TrustBundle::from_pem_lenient(pem);
+                    root.is_some_and(|r| b.contains(r))
+                })
             })
             .count(),
     })

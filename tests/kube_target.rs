@@ -380,6 +380,44 @@ fn a_self_signed_cluster_is_reported_and_left_alone() {
     assert!(cacerts(c1).is_none());
 }
 
+/// istiod publishes its bundle in every namespace: a cluster of 1,201 namespaces is read 500
+/// ConfigMaps at a time, never in one answer, and every namespace counts.
+#[test]
+fn published_bundles_are_read_a_page_at_a_time() {
+    const NAMESPACES: usize = 1_201;
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let root = String::from_utf8(s.read("state/root/root-cert.pem")).unwrap();
+    let c1 = server.cluster("cluster1");
+    for i in 0..NAMESPACES {
+        let ns = format!("app-{i:04}");
+        c1.namespace(&ns, &[]);
+        c1.put(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio-ca-root-cert", "namespace": ns,
+                     "labels": {"istio.io/config": "true"}},
+            "data": {"root-cert.pem": root},
+        }));
+    }
+    let before = c1.requests().len();
+    let st = s.cacertd(&["status", "-o", "json", "cluster1"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let c = &json["clusters"][0]["cacerts"];
+    assert_eq!(c["published"]["namespaces"], NAMESPACES, "{c}");
+    assert_eq!(c["published"]["with_root"], NAMESPACES, "{c}");
+    let pages: Vec<_> = c1.requests()[before..]
+        .iter()
+        .filter(|r| r.path.ends_with("/configmaps") && r.query.contains("istio-ca-root-cert"))
+        .cloned()
+        .collect();
+    assert_eq!(pages.len(), 3, "{pages:#?}");
+    assert!(
+        pages.iter().all(|r| r.query.contains("limit=500")),
+        "{pages:#?}"
+    );
+}
+
 #[test]
 fn clusters_are_reached_through_istios_remote_secrets() {
     // Remote secrets must reach their clusters over verified TLS.

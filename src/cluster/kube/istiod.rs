@@ -169,25 +169,17 @@ impl KubeTarget {
         let params = ListParams::default()
             .fields(&format!("metadata.name={name}"))
             .labels(ISTIOD_LABEL);
-        let published = retrying(self.settings(), "list bundle configmaps", || {
-            configmaps.list(&params)
-        })
-        .await
-        .map_err(|e| {
-            self.error(
-                format!("list configmaps {name} ({ISTIOD_LABEL}) in all namespaces"),
-                e,
-            )
-        })?;
-        Ok(published
-            .items
-            .into_iter()
-            .map(|cm| {
+        self.list_paged(
+            &configmaps,
+            params,
+            &format!("list configmaps {name} ({ISTIOD_LABEL}) in all namespaces"),
+            |cm| {
                 let ns = cm.metadata.namespace.unwrap_or_default();
                 let pem = cm.data.and_then(|mut d| d.remove(key)).unwrap_or_default();
-                (format!("{ns}/{name}"), pem.into_bytes())
-            })
-            .collect())
+                Some((format!("{ns}/{name}"), pem.into_bytes()))
+            },
+        )
+        .await
     }
 
     /// `spec.trustBundle` of istiod's ClusterTrustBundle (v1beta1 since Istio 1.27, v1alpha1

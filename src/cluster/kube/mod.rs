@@ -17,6 +17,7 @@ mod argo;
 mod backups;
 mod connect;
 mod istiod;
+mod paged;
 mod proxies;
 mod rollouts;
 mod workload_certs;

@@ -10,7 +10,6 @@ use kube::api::{Api, ListParams};
 
 use super::KubeTarget;
 use crate::cluster::TargetError;
-use crate::cluster::retry::retrying;
 
 /// The sidecar container istiod injects (docs/istio.md §11, §13).
 const PROXY_CONTAINER: &str = "istio-proxy";
@@ -18,8 +17,6 @@ const PROXY_CONTAINER: &str = "istio-proxy";
 const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 /// The proxy setting that makes it take trust bundles istiod pushes (PCDS).
 const PUSHED_BUNDLES: &str = "PROXY_CONFIG_XDS_AGENT";
-/// Pods listed per request.
-const PAGE: u32 = 500;
 
 /// The agent's settings for its certificate (docs/istio.md §13): the lifetime it asks for, and
 /// the fraction of that lifetime left (± a random jitter) when it renews.
@@ -76,22 +73,13 @@ impl KubeTarget {
     /// Every running or starting pod of the cluster that holds a workload identity.
     pub async fn proxies(&self) -> Result<Vec<Proxy>, TargetError> {
         let api: Api<Pod> = Api::all(self.client().clone());
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut params = ListParams::default().limit(PAGE);
-            if let Some(t) = &token {
-                params = params.continue_token(t);
-            }
-            let page = retrying(self.settings(), "list pods", || api.list(&params))
-                .await
-                .map_err(|e| self.error("list pods in all namespaces", e))?;
-            out.extend(page.items.iter().filter_map(proxy_of));
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+        self.list_paged(
+            &api,
+            ListParams::default(),
+            "list pods in all namespaces",
+            |pod| proxy_of(&pod),
+        )
+        .await
     }
 }
 

@@ -371,20 +371,14 @@ impl KubeTarget {
     /// label), from one list of namespaces.
     pub async fn injected_namespaces(&self) -> Result<Vec<String>, TargetError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let params = ListParams::default();
-        let list = retrying(&self.settings, "list namespaces", || api.list(&params))
-            .await
-            .map_err(|e| self.error("list namespaces", e))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|ns| {
-                let labels = ns.metadata.labels.as_ref();
-                let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-                label("istio-injection") == Some("enabled") || label("istio.io/rev").is_some()
-            })
-            .filter_map(|ns| ns.metadata.name)
-            .collect())
+        self.list_paged(&api, ListParams::default(), "list namespaces", |ns| {
+            let labels = ns.metadata.labels.as_ref();
+            let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+            let injected =
+                label("istio-injection") == Some("enabled") || label("istio.io/rev").is_some();
+            if injected { ns.metadata.name } else { None }
+        })
+        .await
     }
 
     /// The workloads of every kind in `ns` (every namespace with `None`) that `selector`
@@ -444,17 +438,16 @@ impl KubeTarget {
         let params = ListParams::default().labels(selector);
         let plural = format!("{}s", kind.name());
         let scope = ns.map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
-        let list = retrying(&self.settings, &format!("list {plural}"), || {
-            api.list(&params)
-        })
+        let what = match selector {
+            "" => String::new(),
+            s => format!(" labelled {s}"),
+        };
+        self.list_paged(
+            &api,
+            params,
+            &format!("list {plural}{what} in {scope}"),
+            Some,
+        )
         .await
-        .map_err(|e| {
-            let what = match selector {
-                "" => String::new(),
-                s => format!(" labelled {s}"),
-            };
-            self.error(format!("list {plural}{what} in {scope}"), e)
-        })?;
-        Ok(list.items)
     }
 }

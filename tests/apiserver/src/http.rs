@@ -611,19 +611,38 @@ fn list(
         Ok(s) => s,
         Err(e) => return error(400, &e),
     };
+    // Pages as the apiserver serves them (`limit`, then `continue` with the token the previous
+    // page gave); here the token is the position of the next item.
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let from: usize = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(token) => match token.parse() {
+            Ok(n) => n,
+            Err(_) => return error(400, "invalid continue token"),
+        },
+    };
     let st = cluster.lock();
-    let items: Vec<Value> = st
+    let matching = st
         .store
         .list(rt.plural, ns)
         .into_iter()
         .filter(|o| selector.matches(o))
-        .cloned()
-        .collect();
+        .skip(from);
+    let mut items: Vec<Value> = if limit == 0 {
+        matching.cloned().collect()
+    } else {
+        matching.take(limit + 1).cloned().collect()
+    };
+    let mut metadata = json!({"resourceVersion": st.store.current_rv().to_string()});
+    if limit != 0 && items.len() > limit {
+        items.truncate(limit);
+        metadata["continue"] = json!((from + limit).to_string());
+    }
     full(
         200,
         &json!({
             "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
-            "metadata": {"resourceVersion": st.store.current_rv().to_string()},
+            "metadata": metadata,
             "items": items,
         }),
     )
