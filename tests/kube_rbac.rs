@@ -8,7 +8,7 @@
 
 mod common;
 
-use cacertd_test_apiserver::{TestApiServer, Value, json};
+use cacertd_test_apiserver::{FaultAction, TestApiServer, Value, json};
 use common::kube::{CLUSTERS, grant_as_shipped, grant_target_rbac, setup_with_tokens, target_rbac};
 
 /// A root rotation's first steps: a write, then istiod's restart, which notes every pod that
@@ -497,6 +497,20 @@ fn kubernetes_backups_beyond_the_retention_are_removed_where_granted() {
         "least",
     );
     let before = backups();
+    // A replacement refused after its dry run passed (an injected 403 on the real write) removes
+    // no old backup, and the one made for it goes: what it copies is still in place.
+    c1.inject_on(
+        "PUT",
+        "/api/v1/namespaces/istio-system/secrets/cacerts",
+        FaultAction::Status(403),
+        1,
+    );
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(run.stdout.contains("cluster1  FAILED"), "{}", run.stdout);
+    assert!(!run.stdout.contains("is kept"), "{}", run.stdout);
+    c1.clear_faults();
+    assert_eq!(backups(), before);
+    assert_eq!(tracked(), before);
     let run = s.cacertd(&["issue", "--force", "cluster1"]).ok();
     assert_eq!(
         run.stdout

@@ -126,6 +126,13 @@ fn a_concurrent_writer_causes_a_reread_not_a_lost_update() {
 
     let run = s.cacertd(&["-v", "issue", "--force", "cluster1"]).ok();
     assert!(run.stderr.contains("re-reading"), "{}", run.stderr);
+    // The backup made for the write that lost the race stays, and is named.
+    assert!(
+        run.stderr.contains("secret istio-system/cacerts-backup-")
+            && run.stderr.contains("is kept"),
+        "{}",
+        run.stderr
+    );
     let after = cacerts(c1).unwrap();
     assert_ne!(
         decode(&after, "ca-cert.pem"),

@@ -10,18 +10,18 @@
 //! named, and each write says which to delete.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DeleteParams;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{CACERTS, KubeTarget, NAMESPACE};
 use crate::cluster::retention::to_remove;
-use crate::cluster::retry::retrying;
 use crate::cluster::{BackupEntry, Retention};
 use crate::pki::{CaCertsFiles, Cert};
 
 /// The annotation of `cacerts` that names its backups.
 pub(super) const TRACKED: &str = "cacertd.io/backups";
+/// How every backup's name begins.
+pub(super) const BACKUP_PREFIX: &str = "cacerts-backup-";
 
 #[derive(Serialize, Deserialize)]
 struct Tracked {
@@ -46,12 +46,27 @@ pub(super) fn tracked(cacerts: &Secret) -> Vec<BackupEntry> {
     let tracked: Vec<Tracked> = serde_json::from_str(text).unwrap_or_default();
     tracked
         .into_iter()
+        // Whoever may write `cacerts` may write this annotation: only the names cacertd gives
+        // its backups count, so it cannot be made to delete another Secret (istiod's CA, a
+        // remote secret).
+        .filter(|t| is_backup_name(&t.name))
         .map(|t| BackupEntry {
             name: t.name,
             taken_at: t.at,
             not_after: t.not_after,
         })
         .collect()
+}
+
+/// Whether `name` is one cacertd gives a backup: `cacerts-backup-<time>[-n]`, the time in
+/// digits and lowercase letters.
+fn is_backup_name(name: &str) -> bool {
+    name.strip_prefix(BACKUP_PREFIX).is_some_and(|rest| {
+        rest.starts_with(|c: char| c.is_ascii_digit())
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c == '-')
+    })
 }
 
 /// When the intermediate in `cacerts` expires, if it can be read.
@@ -86,27 +101,49 @@ pub(super) fn annotate(secret: &mut Secret, backups: &[BackupEntry]) {
     }
 }
 
-/// What [`KubeTarget::prune`] did.
-pub(super) struct Pruned {
+/// The backups a write of `cacerts` keeps, and those it removes once `cacerts` no longer
+/// names them ([`KubeTarget::plan_prune`]).
+pub(super) struct PrunePlan {
     /// The backups that remain, to name in `cacerts`.
     pub kept: Vec<BackupEntry>,
+    /// The backups to delete once `cacerts` is replaced: their deletion passed a dry run.
+    deletable: Vec<String>,
+    problem: Option<String>,
+}
+
+impl PrunePlan {
+    /// Every backup kept, nothing removed (no `[backups]` rule: a trust transition may be
+    /// under way).
+    pub fn keep_all(backups: Vec<BackupEntry>) -> Self {
+        PrunePlan {
+            kept: backups,
+            deletable: Vec::new(),
+            problem: None,
+        }
+    }
+}
+
+/// What [`KubeTarget::prune`] did.
+pub(super) struct Pruned {
     pub removed: Vec<String>,
     pub problem: Option<String>,
 }
 
 impl KubeTarget {
-    /// Deletes the backups `rule` no longer keeps. One that is already gone is forgotten; one
-    /// that cannot be deleted stays named, and the problem says which to delete by hand.
-    pub(super) async fn prune(
+    /// Which of `backups` `rule` no longer keeps, and which of those may go: each deletion is
+    /// tried as a server-side dry run (authorized and admitted like the real one), and nothing
+    /// is deleted yet — only once the new `cacerts` is in place ([`KubeTarget::prune`]), so a
+    /// write that fails removes no backup. One already gone is forgotten; one that cannot be
+    /// deleted stays named, and the problem says which to delete by hand.
+    pub(super) async fn plan_prune(
         &self,
         backups: Vec<BackupEntry>,
         rule: &Retention,
         now: OffsetDateTime,
-    ) -> Pruned {
+    ) -> PrunePlan {
         let due = to_remove(&backups, rule, now);
-        let secrets = self.secrets();
-        let params = DeleteParams::default();
-        let mut removed = Vec::new();
+        let mut deletable = Vec::new();
+        let mut gone = Vec::new();
         let mut stuck = Vec::new();
         let mut problem = None;
         for name in &due {
@@ -114,13 +151,9 @@ impl KubeTarget {
                 stuck.push(name.clone());
                 continue;
             }
-            let deleted = retrying(&self.settings, "delete backup", || {
-                secrets.delete(name, &params)
-            })
-            .await;
-            match deleted {
-                Ok(_) => removed.push(format!("secret {NAMESPACE}/{name}")),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+            match self.delete_secret(name, true).await {
+                Ok(()) => deletable.push(name.clone()),
+                Err(kube::Error::Api(s)) if s.code == 404 => gone.push(name.clone()),
                 Err(e) => {
                     let e = self.error(format!("delete secret {NAMESPACE}/{name}"), e);
                     problem = Some(e.to_string());
@@ -138,12 +171,78 @@ impl KubeTarget {
         });
         let kept = backups
             .into_iter()
-            .filter(|b| !due.contains(&b.name) || stuck.contains(&b.name))
+            .filter(|b| !deletable.contains(&b.name) && !gone.contains(&b.name))
             .collect();
-        Pruned {
+        PrunePlan {
             kept,
-            removed,
+            deletable,
             problem,
         }
+    }
+
+    /// Deletes what `plan` found deletable, now that `cacerts` no longer names it. One that
+    /// cannot be deleted after all is named in the problem, with the command that deletes it.
+    pub(super) async fn prune(&self, plan: PrunePlan) -> Pruned {
+        let mut removed = Vec::new();
+        let mut left = Vec::new();
+        let mut problem = plan.problem;
+        for name in &plan.deletable {
+            match self.delete_secret(name, false).await {
+                Ok(()) => removed.push(format!("secret {NAMESPACE}/{name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    let e = self.error(format!("delete secret {NAMESPACE}/{name}"), e);
+                    left.push((name.clone(), e.to_string()));
+                }
+            }
+        }
+        if let Some((_, first)) = left.first() {
+            let names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
+            let note = format!(
+                "{first}; backups of {CACERTS} removed by [backups] from its list are left: \
+                 delete them: kubectl -n {NAMESPACE} delete secret {}",
+                names.join(" ")
+            );
+            problem = Some(match problem {
+                Some(p) => format!("{p}; {note}"),
+                None => note,
+            });
+        }
+        Pruned { removed, problem }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn only_names_cacertd_gives_its_backups_are_tracked() {
+        let names = [
+            "cacerts-backup-20261201t103000z",
+            "cacerts-backup-20261201t103000z-2",
+            "istio-ca-secret",
+            "istio-remote-secret-cluster2",
+            "cacerts",
+            "cacerts-backup-",
+            "cacerts-backup-../x",
+            "cacerts-backup-Ab",
+        ];
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| format!(r#"{{"name":"{n}","at":"2026-12-01T10:30:00Z"}}"#))
+            .collect();
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(TRACKED.to_string(), format!("[{}]", list.join(",")));
+        let cacerts = Secret {
+            metadata: ObjectMeta {
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        let kept: Vec<String> = tracked(&cacerts).into_iter().map(|b| b.name).collect();
+        assert_eq!(kept, names[..2]);
     }
 }

@@ -158,7 +158,10 @@ impl KubeTarget {
             .await;
             wipe(&mut secret);
             return match created {
-                Ok(_) => Ok(WriteReport::default()),
+                Ok(mut made) => {
+                    wipe(&mut made);
+                    Ok(WriteReport::default())
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     Err(conflict("created by someone else meanwhile".into()))
                 }
@@ -205,8 +208,17 @@ impl KubeTarget {
                 prune_problem: pruned.problem,
             }),
             Err(Step::Backup(e)) => Err(e),
-            Err(Step::Replace(kube::Error::Api(s))) if s.code == 409 => Err(conflict(s.message)),
-            Err(Step::Replace(e)) => Err(self.error(action, e)),
+            Err(Step::Replace(e, backup)) => {
+                let kept = backup
+                    .map(|b| format!(" (the backup made for it, secret {NAMESPACE}/{b}, is kept)"))
+                    .unwrap_or_default();
+                match e {
+                    kube::Error::Api(s) if s.code == 409 => {
+                        Err(conflict(format!("{}{kept}", s.message)))
+                    }
+                    e => Err(self.error(format!("{action}{kept}"), e)),
+                }
+            }
         }
     }
 
@@ -215,7 +227,8 @@ impl KubeTarget {
     /// run, which the apiserver authorizes, admits and checks against the resourceVersion
     /// like the real one: a write that is bound to fail (forbidden, conflicting, refused by a
     /// webhook) fails before any backup is made, so retrying it does not leave a copy of the
-    /// key each time. Old backups are removed once the new one exists ([`backups`]).
+    /// key each time. Old backups are removed once the new `cacerts` no longer names them
+    /// ([`backups`]); a write that fails removes none.
     async fn backup_and_replace(
         &self,
         current: &Secret,
@@ -227,11 +240,13 @@ impl KubeTarget {
             dry_run: true,
             ..PostParams::default()
         };
-        retrying(&self.settings, "try replacing cacerts", || {
+        let mut tried = retrying(&self.settings, "try replacing cacerts", || {
             secrets.replace(CACERTS, &dry_run, secret)
         })
         .await
-        .map_err(Step::Replace)?;
+        .map_err(|e| Step::Replace(e, None))?;
+        // The answer echoes the key: wiped like every other copy.
+        wipe(&mut tried);
         let backup = self.backup(current, meta).await.map_err(Step::Backup)?;
         let mut tracked = backups::tracked(current);
         tracked.push(crate::cluster::BackupEntry {
@@ -239,23 +254,65 @@ impl KubeTarget {
             taken_at: meta.written_at,
             not_after: backups::not_after_of(current),
         });
-        let pruned = match &meta.retention {
-            Some(rule) => self.prune(tracked, rule, meta.written_at).await,
-            None => backups::Pruned {
-                kept: tracked,
-                removed: Vec::new(),
-                problem: None,
-            },
+        let plan = match &meta.retention {
+            Some(rule) => self.plan_prune(tracked, rule, meta.written_at).await,
+            None => backups::PrunePlan::keep_all(tracked),
         };
-        backups::annotate(secret, &pruned.kept);
+        backups::annotate(secret, &plan.kept);
         let post = PostParams::default();
         let secret = &*secret;
-        retrying(&self.settings, "replace cacerts", || {
+        let replaced = retrying(&self.settings, "replace cacerts", || {
             secrets.replace(CACERTS, &post, secret)
         })
-        .await
-        .map_err(Step::Replace)?;
-        Ok((backup, pruned))
+        .await;
+        match replaced {
+            Ok(mut written) => {
+                wipe(&mut written);
+                Ok((backup, self.prune(plan).await))
+            }
+            Err(e) => {
+                // Refused outright (invalid, unauthorized, forbidden, unprocessable, throttled):
+                // nothing changed, and the backup copies what is still in place, so it goes.
+                // Otherwise someone else replaced or deleted what it holds (409, 404), or the
+                // write may have landed after all (a lost answer, a server error): it stays,
+                // named in the error.
+                let refused = matches!(&e, kube::Error::Api(s) if matches!(s.code, 400 | 401 | 403 | 422 | 429));
+                let left = match refused && self.delete_backup(&backup).await {
+                    true => None,
+                    false => Some(backup),
+                };
+                Err(Step::Replace(e, left))
+            }
+        }
+    }
+
+    /// Deletes the backup `name` made for a write that was refused; whether it is gone.
+    async fn delete_backup(&self, name: &str) -> bool {
+        match self.delete_secret(name, false).await {
+            Ok(()) => true,
+            Err(kube::Error::Api(s)) => s.code == 404,
+            Err(_) => false,
+        }
+    }
+
+    /// Deletes Secret `name` of istio-system (with `dry_run`, only tries to), wiping the answer:
+    /// the apiserver may answer with the deleted Secret, key and all.
+    pub(super) async fn delete_secret(&self, name: &str, dry_run: bool) -> Result<(), kube::Error> {
+        let secrets = self.secrets();
+        let params = kube::api::DeleteParams {
+            dry_run,
+            ..kube::api::DeleteParams::default()
+        };
+        let what = if dry_run {
+            "try deleting secret"
+        } else {
+            "delete secret"
+        };
+        let deleted = retrying(&self.settings, what, || secrets.delete(name, &params)).await?;
+        if let Some(mut echoed) = deleted.left() {
+            wipe(&mut echoed);
+        }
+        Ok(())
     }
 
     /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]` and returns its name.
@@ -269,9 +326,9 @@ impl KubeTarget {
             .unwrap_or_else(|_| meta.written_at.unix_timestamp().to_string());
         for n in 0..100 {
             let name = if n == 0 {
-                format!("{CACERTS}-backup-{stamp}")
+                format!("{}{stamp}", backups::BACKUP_PREFIX)
             } else {
-                format!("{CACERTS}-backup-{stamp}-{n}")
+                format!("{}{stamp}-{n}", backups::BACKUP_PREFIX)
             };
             let mut labels = BTreeMap::new();
             labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
@@ -306,7 +363,10 @@ impl KubeTarget {
             .await;
             wipe(&mut backup);
             match created {
-                Ok(_) => return Ok(name),
+                Ok(mut made) => {
+                    wipe(&mut made);
+                    return Ok(name);
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => {
                     return Err(self.error(format!("create backup secret {NAMESPACE}/{name}"), e));
@@ -324,7 +384,8 @@ impl KubeTarget {
 /// Where a write of `cacerts` stopped.
 enum Step {
     Backup(TargetError),
-    Replace(kube::Error),
+    /// The replacement failed, with the backup made for it (if it got that far).
+    Replace(kube::Error, Option<String>),
 }
 
 /// The files of a `cacerts`-shaped Secret (four-key or cert-manager form). The key moves out

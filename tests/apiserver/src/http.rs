@@ -181,7 +181,7 @@ async fn handle(
         record(cluster, method, path, query, status, &user)
     };
     let mut response = None;
-    let fault = cluster.next_fault(is_write);
+    let fault = cluster.next_fault(is_write, (method.as_str(), &path, &query));
     match fault {
         Some(FaultAction::Drop) => {
             record(&cluster, &method, &path, &query, 0);
@@ -439,14 +439,28 @@ async fn route(
                     Err(r) => return r,
                 },
             };
-            if q.get("dryRun").is_some_and(|d| d == "All") {
-                if verb != "update" {
-                    return error(400, "the test apiserver dry-runs updates only");
-                }
-                // Checked as the update would be, and nothing stored.
-                return match cluster.lock().store.try_replace(rt, &ns, &name, &input) {
-                    Ok(()) => full(200, &input),
-                    Err(e) => store_error(&e),
+            // A dry run is asked for in the query, or, for a delete, in its DeleteOptions.
+            let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
+                || (verb == "delete"
+                    && input["dryRun"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|v| v == "All")));
+            if dry_run {
+                // Checked as the write would be (authorized above), and nothing stored.
+                let st = cluster.lock();
+                return match verb {
+                    "update" => match st.store.try_replace(rt, &ns, &name, &input) {
+                        Ok(()) => full(200, &input),
+                        Err(e) => store_error(&e),
+                    },
+                    "delete" => match st.store.get(rt.plural, &ns, &name) {
+                        Some(o) => full(200, o),
+                        None => store_error(&StoreError::NotFound {
+                            plural: rt.plural.into(),
+                            name,
+                        }),
+                    },
+                    _ => error(400, "the test apiserver dry-runs updates and deletes only"),
                 };
             }
             let manager = q

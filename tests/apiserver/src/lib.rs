@@ -129,6 +129,8 @@ struct Fault {
     skip: usize,
     remaining: usize,
     writes_only: bool,
+    /// Only requests with this method to this path, and not dry runs.
+    only: Option<(&'static str, String)>,
 }
 
 /// One recorded request.
@@ -402,6 +404,20 @@ impl FakeCluster {
             skip,
             remaining: count,
             writes_only,
+            only: None,
+        });
+    }
+
+    /// Applies `action` to the next `count` requests with `method` to `path` (the request's
+    /// path, without its query) that are not dry runs (`dryRun=All` in the query: a create,
+    /// update or patch).
+    pub fn inject_on(&self, method: &'static str, path: &str, action: FaultAction, count: usize) {
+        self.lock().faults.push(Fault {
+            action,
+            skip: 0,
+            remaining: count,
+            writes_only: false,
+            only: Some((method, path.to_string())),
         });
     }
 
@@ -461,12 +477,21 @@ impl FakeCluster {
     }
 
     /// Takes the next fault that applies to a request, if any.
-    pub(crate) fn next_fault(&self, is_write: bool) -> Option<FaultAction> {
+    pub(crate) fn next_fault(
+        &self,
+        is_write: bool,
+        (method, path, query): (&str, &str, &str),
+    ) -> Option<FaultAction> {
         let mut st = self.lock();
+        let dry_run = query.split('&').any(|p| p == "dryRun=All");
+        let applies = |f: &Fault| match &f.only {
+            Some((m, p)) => *m == method && p == path && !dry_run,
+            None => !f.writes_only || is_write,
+        };
         let i = st
             .faults
             .iter()
-            .position(|f| f.remaining > 0 && (!f.writes_only || is_write))?;
+            .position(|f| f.remaining > 0 && applies(f))?;
         if st.faults[i].skip > 0 {
             st.faults[i].skip -= 1;
             return None;
