@@ -629,6 +629,34 @@ fn kubeconfigs_must_use_verified_tls_and_remote_secrets_match_their_pins() {
         "{out}"
     );
     assert!(cacerts(plain.cluster("cluster1")).is_none());
+
+    // A local kubeconfig over TLS that is not verified: refused alike.
+    let unverified = TestApiServer::start_tls(&CLUSTERS);
+    let u = setup(&unverified, "");
+    let config = std::fs::read_to_string(u.path("cacertd.toml")).unwrap();
+    std::fs::write(
+        u.path("cacertd.toml"),
+        config.replace("danger_insecure_transport = true", ""),
+    )
+    .unwrap();
+    let kubeconfig = std::fs::read_to_string(u.path("kube/cluster1.yaml")).unwrap();
+    let skipping: String = kubeconfig
+        .lines()
+        .map(|l| match l.find("certificate-authority-data:") {
+            Some(at) => format!("{}insecure-skip-tls-verify: true", &l[..at]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(skipping, kubeconfig);
+    std::fs::write(u.path("kube/cluster1.yaml"), skipping).unwrap();
+    let run = u.cacertd(&["issue", "--init-root"]).fails_with(1);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("insecure-skip-tls-verify") && out.contains("danger_insecure_transport"),
+        "{out}"
+    );
+    assert!(cacerts(unverified.cluster("cluster1")).is_none());
 }
 
 #[test]
@@ -765,6 +793,44 @@ fn unparseable_answers_are_never_logged() {
         let out = format!("{}{}", run.stdout, run.stderr);
         assert!(out.contains("cluster1"), "{out}");
         assert!(!out.contains("a2V5LWh1bnRlcjQ"), "{verbosity:?}: {out}");
+    }
+}
+
+/// A kubeconfig found by the default loading rules (KUBECONFIG, with or without a context)
+/// that does not parse is reported by position, never by its text.
+#[test]
+fn a_default_kubeconfig_that_does_not_parse_is_never_quoted() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    let config = String::from_utf8(s.read("cacertd.toml")).unwrap();
+    std::fs::write(
+        s.path("bad-kubeconfig.yaml"),
+        "apiVersion: v1\nkind: Config\nusers: token-hunter5\n",
+    )
+    .unwrap();
+    let kubeconfig = s.path("bad-kubeconfig.yaml");
+    for target in [
+        r#"{ kind = "kube" }"#,
+        r#"{ kind = "kube", context = "cluster1" }"#,
+    ] {
+        let edited = config.replace(
+            r#"{ kind = "kube", kubeconfig = "kube/cluster1.yaml" }"#,
+            target,
+        );
+        assert_ne!(edited, config);
+        std::fs::write(s.path("cacertd.toml"), edited).unwrap();
+        let run = s
+            .cacertd_env(
+                &["status", "cluster1"],
+                &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+            )
+            .fails_with(1);
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            out.contains("the default kubeconfig") && out.contains("malformed YAML at line 3"),
+            "{target}: {out}"
+        );
+        assert!(!out.contains("hunter5"), "{target}: {out}");
     }
 }
 

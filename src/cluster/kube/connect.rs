@@ -44,23 +44,31 @@ impl KubeTarget {
             context: context.map(str::to_string),
             ..Default::default()
         };
-        let config = match kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    config_err(format!("{}: {}", path.display(), kubeconfig_error(&e)))
-                })?;
-                Config::from_custom_kubeconfig(kc, &options)
-                    .await
-                    .map_err(|e| {
-                        config_err(format!("{}: {}", path.display(), kubeconfig_error(&e)))
-                    })?
+        // A kubeconfig is read here, not by the client's own loading rules, so that a file that
+        // does not parse is reported by position: the parser's message quotes the text, which
+        // may be a token.
+        let (read, source) = match kubeconfig {
+            Some(path) => (Kubeconfig::read_from(path), path.display().to_string()),
+            None => (
+                Kubeconfig::read(),
+                "the default kubeconfig (KUBECONFIG, ~/.kube/config)".to_string(),
+            ),
+        };
+        let config = match read {
+            Ok(kc) => Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| config_err(format!("{source}: {}", kubeconfig_error(&e))))?,
+            // No kubeconfig at all, and none named: inside a pod, its service account.
+            Err(KubeconfigError::FindPath | KubeconfigError::ReadConfig(..))
+                if kubeconfig.is_none() && context.is_none() =>
+            {
+                Config::incluster().map_err(|e| {
+                    config_err(format!(
+                        "no kubeconfig (KUBECONFIG, ~/.kube/config), and not in a pod: {e}"
+                    ))
+                })?
             }
-            None if context.is_some() => Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| config_err(e.to_string()))?,
-            None => Config::infer()
-                .await
-                .map_err(|e| config_err(e.to_string()))?,
+            Err(e) => return Err(config_err(format!("{source}: {}", kubeconfig_error(&e)))),
         };
         if let Some(why) = unverified_transport(&config) {
             if !settings.insecure_transport {
