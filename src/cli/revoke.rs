@@ -19,7 +19,7 @@ fn read_lists(paths: &[std::path::PathBuf]) -> Result<Vec<Crl>, CliError> {
     let mut lists = Vec::new();
     for path in paths {
         let what = path.display().to_string();
-        let text = std::fs::read(path).map_err(|e| CliError::Usage(format!("{what}: {e}")))?;
+        let text = crate::fsutil::read_pem(path).map_err(|e| CliError::Usage(e.to_string()))?;
         lists.extend(Crl::all_from_pem(&text, &what)?);
     }
     Ok(lists)

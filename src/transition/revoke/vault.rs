@@ -26,8 +26,9 @@ pub(super) async fn signed_by_vault(
     let before = match current.lists(revoked) {
         false => current,
         // Revoked in Vault by a run that stopped before it was recorded: its list before.
-        true => std::fs::read(&kept)
+        true => crate::fsutil::read_optional(&kept)
             .ok()
+            .flatten()
             .and_then(|pem| Crl::all_from_pem(&pem, &kept.display().to_string()).ok())
             .and_then(|mut l| l.pop())
             .filter(|l| !l.lists(revoked))
