@@ -655,6 +655,27 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
         run.stdout
     );
     assert_eq!(key_copies(&s, &key), 1);
+    // Both transitions were moved aside with their material, but without its intermediate
+    // keys: each is in its cluster's folder or backups.
+    let archived: Vec<String> = s
+        .snapshot()
+        .keys()
+        .filter_map(|p| p.strip_prefix(s.path("state")).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with("transition-"))
+        .collect();
+    assert!(
+        archived
+            .iter()
+            .filter(|p| p.ends_with("/ca-cert.pem"))
+            .count()
+            >= 2,
+        "{archived:#?}"
+    );
+    assert!(
+        !archived.iter().any(|p| p.ends_with("/ca-key.pem")),
+        "{archived:#?}"
+    );
 }
 
 #[test]

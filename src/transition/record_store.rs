@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Record;
 use super::error::DriveError;
@@ -123,8 +123,9 @@ impl RecordStore {
         Ok(Some(existing))
     }
 
-    /// Moves a transition's record and material aside (nothing is deleted) without touching
-    /// any cluster, so that a new one can start.
+    /// Moves a transition's record and material aside without touching any cluster, so that
+    /// a new one can start. The material is kept without its intermediate keys (each is in
+    /// its cluster's `cacerts` or backups by then); nothing else is deleted.
     pub async fn archive(&self, record: &Record, now: OffsetDateTime) -> Result<(), DriveError> {
         let stamp = stamp(now);
         match self {
@@ -231,10 +232,13 @@ impl StateFiles {
         Ok(())
     }
 
+    /// Moves the transition's folder aside as `transition-<stamp>`, without the intermediate
+    /// keys of its material: once it is over, each is in its cluster's `cacerts` or in that
+    /// cluster's backups, and a copy kept here would outlive every retention rule.
     fn archive(&self, stamp: &str) -> Result<(), DriveError> {
         let to = self.dir.with_file_name(format!("transition-{stamp}"));
         std::fs::rename(&self.dir, &to).map_err(fs_err("cannot move aside", &self.dir))?;
-        Ok(())
+        remove_material_keys(&to)
     }
 
     fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
@@ -278,7 +282,6 @@ impl StateFiles {
 
 /// Overwrites every value of a Secret's data (key material among it) before it is dropped.
 fn wipe(data: Option<&mut BTreeMap<String, ByteString>>) {
-    use zeroize::Zeroize;
     for v in data.into_iter().flat_map(|d| d.values_mut()) {
         v.0.zeroize();
     }
@@ -531,7 +534,18 @@ impl KubeRecord {
                 continue;
             };
             let copy = format!("{name}-{stamp}");
-            let mut archived = self.secret(&copy, secret.data.unwrap_or_default(), None);
+            // Kept without the intermediate keys of its material: once the transition is over,
+            // each is in its cluster's `cacerts` or in that cluster's backups.
+            let mut data = secret.data.unwrap_or_default();
+            let key_suffix = format!(".{}", CaCertsFiles::CA_KEY);
+            data.retain(|file, bytes| {
+                let keep = !file.ends_with(&key_suffix);
+                if !keep {
+                    bytes.0.zeroize();
+                }
+                keep
+            });
+            let mut archived = self.secret(&copy, data, None);
             if let Some(labels) = archived.metadata.labels.as_mut() {
                 labels.insert("cacertd.io/archived".into(), "true".into());
             }
@@ -589,4 +603,33 @@ impl KubeRecord {
         self.set_version(None);
         Ok(())
     }
+}
+
+/// Removes `ca-key.pem` from every `<cluster>/<which>/` folder of an archived transition.
+/// The new root waiting in `new-root/` is not material: `transition abort` decides about it.
+fn remove_material_keys(archive: &Path) -> Result<(), DriveError> {
+    let entries = |dir: &Path| -> Result<Vec<PathBuf>, DriveError> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(fs_err("cannot read", dir))? {
+            let entry = entry.map_err(fs_err("cannot read", dir))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
+    };
+    for cluster in entries(archive)? {
+        if cluster.file_name().is_some_and(|n| n == "new-root") {
+            continue;
+        }
+        for material in entries(&cluster)? {
+            let key = material.join(CaCertsFiles::CA_KEY);
+            match std::fs::remove_file(&key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fs_err("cannot remove", &key)(e).into()),
+            }
+        }
+    }
+    Ok(())
 }
