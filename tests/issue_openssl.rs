@@ -507,6 +507,17 @@ fn a_mesh_ca_below_the_companys_offline_root() {
             "{}",
             run.stdout
         );
+        // The import is audited, with the mesh CA it stored, never its key.
+        let audit = std::fs::read_to_string(s.path("state/audit.log")).unwrap();
+        let import = audit
+            .lines()
+            .find(|l| l.contains("\"action\":\"root-import\""))
+            .unwrap_or_else(|| panic!("no root-import event: {audit}"));
+        assert!(
+            import.contains("\"outcome\":\"imported\"") && import.contains("sha256"),
+            "{import}"
+        );
+        assert!(!audit.contains("PRIVATE KEY"), "{audit}");
         s.cacertd(&["issue"]).ok();
         assert_issued_and_trusted(&s);
         let anchor = s.read("anchor.pem");
