@@ -29,7 +29,8 @@ fn mesh(server: &TestApiServer) {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
         // cluster1's istiod publishes a ClusterTrustBundle; cluster2's (none) ConfigMaps.
-        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {"containers": [
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                 "template": {"metadata": {"labels": {"app": "istiod"}}, "spec": {"containers": [
             {"name": "discovery", "image": "istio/pilot",
              "env": [{"name": "ENABLE_CLUSTER_TRUST_BUNDLE_API", "value": "true"}]}]}}},
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
@@ -38,7 +39,9 @@ fn mesh(server: &TestApiServer) {
     c1.put(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "app"},
-        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {}}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "web:1"}]}}},
     }));
 }
 
@@ -354,29 +357,137 @@ fn the_namespaced_restart_variant_suffices_and_confines_restarts() {
     assert!(out.contains("forbidden") && out.contains("other"), "{out}");
 }
 
-/// deploy/kubernetes/target-cluster/admission-policy.yaml cannot be evaluated here (its
-/// ValidatingAdmissionPolicy needs Kubernetes 1.30; the apiservers of these tests are older):
-/// what it names is checked against what cacertd does instead. Its user is the service
-/// account rbac.yaml binds; every Secret cacertd creates has a name it admits; and every change
-/// cacertd makes to a workload is to the one annotation it allows, nothing else.
+/// One ValidatingAdmissionPolicy of deploy/kubernetes/target-cluster/admission-policy.yaml.
+struct Policy {
+    name: String,
+    operations: Vec<String>,
+    resources: Vec<String>,
+    conditions: Vec<String>,
+    variables: Vec<(String, String)>,
+    validations: Vec<(String, String)>,
+}
+
+/// The shipped admission policies, as written.
+fn shipped_policies() -> Vec<Policy> {
+    let text = common::kube::shipped("deploy/kubernetes/target-cluster/admission-policy.yaml");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let pairs = |v: &Value, a: &str, b: &str| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let b = e[b].as_str().unwrap_or("").to_string();
+                (e[a].as_str().unwrap().to_string(), b)
+            })
+            .collect()
+    };
+    text.split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
+        .filter(|doc| doc["kind"] == "ValidatingAdmissionPolicy")
+        .map(|doc| {
+            let spec = &doc["spec"];
+            let rules = spec["matchConstraints"]["resourceRules"]
+                .as_array()
+                .unwrap();
+            assert_eq!(spec["failurePolicy"], "Fail");
+            Policy {
+                name: doc["metadata"]["name"].as_str().unwrap().to_string(),
+                operations: rules
+                    .iter()
+                    .flat_map(|r| strings(&r["operations"]))
+                    .collect(),
+                resources: rules
+                    .iter()
+                    .flat_map(|r| strings(&r["resources"]))
+                    .collect(),
+                conditions: pairs(&spec["matchConditions"], "expression", "name")
+                    .into_iter()
+                    .map(|(e, _)| e)
+                    .collect(),
+                variables: pairs(&spec["variables"], "name", "expression"),
+                validations: pairs(&spec["validations"], "expression", "message"),
+            }
+        })
+        .collect()
+}
+
+/// A request as the admission policies see it.
+struct Admission<'a> {
+    operation: &'a str,
+    resource: &'a str,
+    namespace: &'a str,
+    user: &'a str,
+    object: Value,
+    old: Value,
+}
+
+/// Whether `policies` admit `req`, evaluated as the apiserver does: a policy applies to the
+/// operations and resources it names when every match condition holds; its variables are
+/// worked out in order; every validation must hold, and one that cannot be evaluated denies
+/// (failurePolicy Fail). The denial is the message of the first validation that fails.
+fn admit(policies: &[Policy], req: &Admission) -> Result<(), String> {
+    use cel_interpreter::{Context, Program, Value as Cel};
+    let eval = |expr: &str, ctx: &Context| -> Result<Cel, String> {
+        let program = Program::compile(expr).map_err(|e| format!("{expr}: {e}"))?;
+        program.execute(ctx).map_err(|e| format!("{expr}: {e}"))
+    };
+    for policy in policies {
+        if !policy.operations.iter().any(|o| o == req.operation)
+            || !policy.resources.iter().any(|r| r == req.resource)
+        {
+            continue;
+        }
+        let mut ctx = Context::default();
+        ctx.add_variable("object", &req.object).unwrap();
+        ctx.add_variable("oldObject", &req.old).unwrap();
+        ctx.add_variable(
+            "request",
+            json!({"operation": req.operation, "namespace": req.namespace,
+                   "userInfo": {"username": req.user}}),
+        )
+        .unwrap();
+        let mut applies = true;
+        for condition in &policy.conditions {
+            applies &= matches!(eval(condition, &ctx)?, Cel::Bool(true));
+        }
+        if !applies {
+            continue;
+        }
+        let mut variables = std::collections::HashMap::<String, Cel>::new();
+        for (name, expr) in &policy.variables {
+            let value = eval(expr, &ctx)?;
+            variables.insert(name.clone(), value);
+            ctx.add_variable_from_value("variables", Cel::from(variables.clone()));
+        }
+        for (expr, message) in &policy.validations {
+            match eval(expr, &ctx) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(other) => return Err(format!("{}: {message} ({other:?})", policy.name)),
+                Err(e) => return Err(format!("{}: {message} ({e})", policy.name)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// deploy/kubernetes/target-cluster/admission-policy.yaml (a ValidatingAdmissionPolicy, for
+/// Kubernetes 1.30 and later; the apiservers of these tests are older) evaluated with a CEL
+/// interpreter as the apiserver would: every change cacertd really makes — each workload
+/// restart, each Secret it creates or deletes, recorded by the test apiserver from cacertd's
+/// own requests — is admitted; the same requests changing anything else, aimed at another
+/// Secret, or in another namespace are denied; other users are not its business.
 #[test]
 fn the_admission_policy_admits_exactly_what_cacertd_does() {
-    let policy = common::kube::shipped("deploy/kubernetes/target-cluster/admission-policy.yaml");
-    let quoted = |after: &str| -> String {
-        let rest = &policy[policy.find(after).unwrap() + after.len()..];
-        rest.split('"').next().unwrap().to_string()
-    };
-    let user = quoted("request.userInfo.username == \"");
-    let (ns, name) = common::kube::SERVICE_ACCOUNT;
-    assert_eq!(user, format!("system:serviceaccount:{ns}:{name}"));
-    let backup_prefix = quoted("object.metadata.name.startsWith(\"");
-    let annotation = policy
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("expression: \"'"))
-        .unwrap()
-        .trim_end_matches("'\"")
-        .to_string();
-    assert_eq!(annotation, "kubectl.kubernetes.io/restartedAt");
+    let policies = shipped_policies();
+    assert_eq!(policies.len(), 4);
+    let (sa_ns, sa_name) = common::kube::SERVICE_ACCOUNT;
+    let user = format!("system:serviceaccount:{sa_ns}:{sa_name}");
 
     let server = TestApiServer::start(&CLUSTERS);
     mesh(&server);
@@ -384,51 +495,185 @@ fn the_admission_policy_admits_exactly_what_cacertd_does() {
         grant_target_rbac(server.cluster(c), "least");
     }
     let s = setup_with_tokens(&server, "", |_| "least".to_string());
+    std::fs::write(
+        s.path("cacertd.toml"),
+        format!(
+            "{}\n[backups]\nkeep = 1\n",
+            String::from_utf8(s.read("cacertd.toml")).unwrap()
+        ),
+    )
+    .unwrap();
+    grant_as_shipped(
+        server.cluster("cluster1"),
+        &common::kube::shipped("deploy/kubernetes/target-cluster/rbac-backup-retention.yaml"),
+        "least",
+    );
     s.cacertd(&["issue", "--init-root"]).ok();
-    s.cacertd(&["issue", "--force"]).ok();
+    for _ in 0..3 {
+        s.cacertd(&["issue", "--force", "cluster1"]).ok();
+    }
     s.cacertd(&["restart", "cluster1"]).ok();
     let c1 = server.cluster("cluster1");
     assert!(c1.requests().iter().all(|r| r.user == user));
-    let created: Vec<String> = c1
-        .list("secrets", Some("istio-system"))
-        .iter()
-        .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        created.iter().any(|n| n.starts_with(&backup_prefix)),
-        "{created:?}"
-    );
-    assert!(
-        created
-            .iter()
-            .all(|n| n == "cacerts" || n.starts_with(&backup_prefix)),
-        "{created:?}"
-    );
+    let as_cacertd = |operation, resource, namespace, object: Value, old: Value| Admission {
+        operation,
+        resource,
+        namespace,
+        user: &user,
+        object,
+        old,
+    };
+
+    // Workloads: each restart cacertd made is admitted; anything more is not.
     for (ns, name) in [("istio-system", "istiod"), ("app", "web")] {
         let history = c1.history("deployments", ns, name);
         assert!(history.len() >= 2, "{ns}/{name} restarted");
         for pair in history.windows(2) {
-            let (old, new) = (&pair[0], &pair[1]);
-            assert_eq!(
-                new["spec"]["template"]["spec"],
-                old["spec"]["template"]["spec"]
+            let (old, new) = (pair[0].clone(), pair[1].clone());
+            let restart = as_cacertd("UPDATE", "deployments", ns, new.clone(), old.clone());
+            admit(&policies, &restart).unwrap();
+            let mut changed = new.clone();
+            changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:latest");
+            let denied = admit(
+                &policies,
+                &Admission {
+                    object: changed.clone(),
+                    ..restart
+                },
             );
-            assert_eq!(new["spec"]["replicas"], old["spec"]["replicas"]);
-            assert_eq!(new["spec"]["selector"], old["spec"]["selector"]);
-            let annotations = |v: &Value| {
-                let mut a = v["spec"]["template"]["metadata"]["annotations"].clone();
-                if let Some(map) = a.as_object_mut() {
-                    map.remove(&annotation);
-                }
-                if a.as_object().is_some_and(|m| m.is_empty()) {
-                    Value::Null
-                } else {
-                    a
-                }
+            assert!(denied.unwrap_err().contains("not change its pods"));
+            // The same change by anyone else is not this policy's business.
+            let theirs = Admission {
+                user: "system:serviceaccount:ci:deployer",
+                ..as_cacertd("UPDATE", "deployments", ns, changed, old.clone())
             };
-            assert_eq!(annotations(new), annotations(old), "{ns}/{name}");
+            admit(&policies, &theirs).unwrap();
+            let mut annotated = new.clone();
+            annotated["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] =
+                json!("false");
+            let req = as_cacertd("UPDATE", "deployments", ns, annotated, old.clone());
+            assert!(
+                admit(&policies, &req)
+                    .unwrap_err()
+                    .contains("restartedAt annotation")
+            );
+            let mut labelled = new.clone();
+            labelled["spec"]["template"]["metadata"]["labels"]["version"] = json!("v9");
+            let req = as_cacertd("UPDATE", "deployments", ns, labelled, old.clone());
+            assert!(admit(&policies, &req).unwrap_err().contains("pod labels"));
+            let mut scaled = new.clone();
+            scaled["spec"]["replicas"] = json!(0);
+            let req = as_cacertd("UPDATE", "deployments", ns, scaled, old);
+            assert!(
+                admit(&policies, &req)
+                    .unwrap_err()
+                    .contains("selector or replicas")
+            );
         }
     }
+
+    // Secrets: every one cacertd made is admitted, as is deleting a backup; nothing else.
+    let secrets = c1.list("secrets", Some("istio-system"));
+    let made: Vec<&Value> = secrets
+        .iter()
+        .filter(|s| {
+            let name = s["metadata"]["name"].as_str().unwrap();
+            name == "cacerts" || name.starts_with("cacerts-backup-")
+        })
+        .collect();
+    assert!(made.len() >= 2, "{made:#?}");
+    for secret in &made {
+        let create = as_cacertd(
+            "CREATE",
+            "secrets",
+            "istio-system",
+            (*secret).clone(),
+            Value::Null,
+        );
+        admit(&policies, &create).unwrap();
+        let elsewhere = Admission {
+            namespace: "default",
+            ..create
+        };
+        assert!(
+            admit(&policies, &elsewhere)
+                .unwrap_err()
+                .contains("only cacerts")
+        );
+    }
+    let deletes = c1
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.status == 200)
+        .count();
+    assert!(deletes > 0, "[backups] removed old backups");
+    let backup = made
+        .iter()
+        .find(|s| s["metadata"]["name"] != "cacerts")
+        .unwrap();
+    admit(
+        &policies,
+        &as_cacertd(
+            "DELETE",
+            "secrets",
+            "istio-system",
+            Value::Null,
+            (*backup).clone(),
+        ),
+    )
+    .unwrap();
+    let mut unlabelled = (*backup).clone();
+    unlabelled["metadata"]["labels"] = json!({});
+    let mut others: Vec<Value> = ["istio-ca-secret", "istio-remote-secret-cluster2", "cacerts"]
+        .iter()
+        .map(|n| json!({"metadata": {"name": n, "namespace": "istio-system"}}))
+        .collect();
+    others.push(unlabelled);
+    for other in others {
+        let name = other["metadata"]["name"].clone();
+        let create = as_cacertd(
+            "CREATE",
+            "secrets",
+            "istio-system",
+            other.clone(),
+            Value::Null,
+        );
+        if name != "cacerts" && !name.as_str().unwrap().starts_with("cacerts-backup-") {
+            assert!(admit(&policies, &create).is_err(), "create {name}");
+        }
+        let delete = as_cacertd("DELETE", "secrets", "istio-system", Value::Null, other);
+        assert!(
+            admit(&policies, &delete)
+                .unwrap_err()
+                .contains("only the backups of cacerts"),
+            "delete {name}"
+        );
+    }
+
+    // Argo Rollouts: setting spec.restartAt is admitted; a template change is not.
+    let rollout = json!({"spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
+    let mut restarted = rollout.clone();
+    restarted["spec"]["restartAt"] = json!("2026-12-01T10:00:00Z");
+    let restart = as_cacertd(
+        "UPDATE",
+        "rollouts",
+        "app",
+        restarted.clone(),
+        rollout.clone(),
+    );
+    admit(&policies, &restart).unwrap();
+    restarted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:2");
+    let changed = Admission {
+        object: restarted,
+        ..restart
+    };
+    assert!(
+        admit(&policies, &changed)
+            .unwrap_err()
+            .contains("spec.restartAt")
+    );
 }
 
 /// `[backups]` on a Kubernetes target: without deploy/kubernetes/target-cluster/
