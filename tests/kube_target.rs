@@ -152,6 +152,15 @@ fn a_concurrent_writer_causes_a_reread_not_a_lost_update() {
         .collect();
     assert_eq!(backups.len(), 2, "{backups:#?}");
     assert!(backups.iter().all(|b| b["data"] == before["data"]));
+    // Both are named in cacerts, the one kept from the lost race too: [backups] sees them.
+    let named = after["metadata"]["annotations"]["cacertd.io/backups"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for b in &backups {
+        let name = b["metadata"]["name"].as_str().unwrap();
+        assert!(named.contains(name), "{name} in {named}");
+    }
 }
 
 #[test]
@@ -687,6 +696,48 @@ fn a_write_whose_answer_is_lost_is_recognised_as_done() {
         .filter(|o| o["metadata"]["labels"]["cacertd.io/backup-of"] == "cacerts")
         .count();
     assert_eq!(backups, 1);
+}
+
+/// A replacement that lands unseen (its answer lost) and whose retry is then refused ends in an
+/// error, but the backup made for it stays: what it holds is no longer in place. Only a
+/// replacement that left `cacerts` as it was gives its backup up.
+#[test]
+fn a_refusal_after_a_write_that_landed_unseen_keeps_the_backup() {
+    let server = TestApiServer::start(&CLUSTERS);
+    let s = setup(&server, "");
+    s.cacertd(&["issue", "--init-root"]).ok();
+    let c1 = server.cluster("cluster1");
+    let before = cacerts(c1).unwrap();
+    let path = "/api/v1/namespaces/istio-system/secrets/cacerts";
+    c1.inject_on("PUT", path, FaultAction::StatusAfterCommit(504), 1);
+    c1.inject_on("PUT", path, FaultAction::Status(403), 1);
+    let run = s.cacertd(&["issue", "--force", "cluster1"]);
+    let backups: Vec<Value> = c1
+        .list("secrets", Some("istio-system"))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["cacertd.io/backup-of"] == "cacerts")
+        .collect();
+    assert_ne!(cacerts(c1).unwrap()["data"], before["data"], "it landed");
+    assert_eq!(backups.len(), 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(backups[0]["data"], before["data"]);
+
+    // Refused with cacerts untouched: the backup made for it goes.
+    let before = cacerts(c1).unwrap();
+    c1.inject_on("PUT", path, FaultAction::Status(403), 1);
+    let run = s.cacertd(&["issue", "--force", "cluster1"]).fails_with(1);
+    assert!(
+        run.stdout.contains("injected fault (403)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("is kept"), "{}", run.stdout);
+    assert_eq!(cacerts(c1).unwrap(), before);
+    let count = c1
+        .list("secrets", Some("istio-system"))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["cacertd.io/backup-of"] == "cacerts")
+        .count();
+    assert_eq!(count, 1);
 }
 
 #[test]

@@ -101,11 +101,13 @@ pub(super) fn annotate(secret: &mut Secret, backups: &[BackupEntry]) {
     }
 }
 
-/// The backups a write of `cacerts` keeps, and those it removes once `cacerts` no longer
-/// names them ([`KubeTarget::plan_prune`]).
+/// The backups a write of `cacerts` names, and those it removes once the new `cacerts` is in
+/// place ([`KubeTarget::plan_prune`]).
 pub(super) struct PrunePlan {
-    /// The backups that remain, to name in `cacerts`.
-    pub kept: Vec<BackupEntry>,
+    /// The backups to name in `cacerts`: those that remain, and those about to be deleted
+    /// (named until a later write finds them gone, so that one whose deletion does not happen
+    /// — a failure, a crash — is never lost track of).
+    pub named: Vec<BackupEntry>,
     /// The backups to delete once `cacerts` is replaced: their deletion passed a dry run.
     deletable: Vec<String>,
     problem: Option<String>,
@@ -116,7 +118,7 @@ impl PrunePlan {
     /// under way).
     pub fn keep_all(backups: Vec<BackupEntry>) -> Self {
         PrunePlan {
-            kept: backups,
+            named: backups,
             deletable: Vec::new(),
             problem: None,
         }
@@ -169,19 +171,20 @@ impl KubeTarget {
                 stuck.join(" ")
             )
         });
-        let kept = backups
+        let named = backups
             .into_iter()
-            .filter(|b| !deletable.contains(&b.name) && !gone.contains(&b.name))
+            .filter(|b| !gone.contains(&b.name))
             .collect();
         PrunePlan {
-            kept,
+            named,
             deletable,
             problem,
         }
     }
 
-    /// Deletes what `plan` found deletable, now that `cacerts` no longer names it. One that
-    /// cannot be deleted after all is named in the problem, with the command that deletes it.
+    /// Deletes what `plan` found deletable, now that the new `cacerts` is in place. One that
+    /// cannot be deleted after all stays named in `cacerts` (the next write tries again), and
+    /// the problem says so, with the command that deletes it.
     pub(super) async fn prune(&self, plan: PrunePlan) -> Pruned {
         let mut removed = Vec::new();
         let mut left = Vec::new();
@@ -199,8 +202,8 @@ impl KubeTarget {
         if let Some((_, first)) = left.first() {
             let names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
             let note = format!(
-                "{first}; backups of {CACERTS} removed by [backups] from its list are left: \
-                 delete them: kubectl -n {NAMESPACE} delete secret {}",
+                "{first}; backups of {CACERTS} due for removal by [backups] are left (the next \
+                 write tries again), or delete them: kubectl -n {NAMESPACE} delete secret {}",
                 names.join(" ")
             );
             problem = Some(match problem {

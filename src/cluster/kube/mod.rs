@@ -49,6 +49,9 @@ pub struct KubeTarget {
     cluster: String,
     url: String,
     settings: KubeSettings,
+    /// Backups kept for a replacement that did not go as planned (it lost a race, or may
+    /// have landed unseen), which `cacerts` does not name yet: the next write names them.
+    unnamed: std::sync::Mutex<Vec<crate::cluster::BackupEntry>>,
 }
 
 impl KubeTarget {
@@ -71,6 +74,7 @@ impl KubeTarget {
             cluster: cluster.to_string(),
             url,
             settings: settings.clone(),
+            unnamed: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -227,7 +231,7 @@ impl KubeTarget {
     /// run, which the apiserver authorizes, admits and checks against the resourceVersion
     /// like the real one: a write that is bound to fail (forbidden, conflicting, refused by a
     /// webhook) fails before any backup is made, so retrying it does not leave a copy of the
-    /// key each time. Old backups are removed once the new `cacerts` no longer names them
+    /// key each time. Old backups are removed only once the new `cacerts` is in place
     /// ([`backups`]); a write that fails removes none.
     async fn backup_and_replace(
         &self,
@@ -247,18 +251,31 @@ impl KubeTarget {
         .map_err(|e| Step::Replace(e, None))?;
         // The answer echoes the key: wiped like every other copy.
         wipe(&mut tried);
-        let backup = self.backup(current, meta).await.map_err(Step::Backup)?;
         let mut tracked = backups::tracked(current);
-        tracked.push(crate::cluster::BackupEntry {
+        let unnamed = self.unnamed.lock().map(|u| u.clone()).unwrap_or_default();
+        for u in unnamed {
+            if !tracked.contains(&u) {
+                tracked.push(u);
+            }
+        }
+        // A name cacerts still gives a backup (one deleted, until a write finds it gone) is
+        // never reused: the old entry would take the new backup with it.
+        let taken: Vec<&str> = tracked.iter().map(|b| b.name.as_str()).collect();
+        let backup = self
+            .backup(current, meta, &taken)
+            .await
+            .map_err(Step::Backup)?;
+        let entry = crate::cluster::BackupEntry {
             name: backup.clone(),
             taken_at: meta.written_at,
             not_after: backups::not_after_of(current),
-        });
+        };
+        tracked.push(entry.clone());
         let plan = match &meta.retention {
             Some(rule) => self.plan_prune(tracked, rule, meta.written_at).await,
             None => backups::PrunePlan::keep_all(tracked),
         };
-        backups::annotate(secret, &plan.kept);
+        backups::annotate(secret, &plan.named);
         let post = PostParams::default();
         let secret = &*secret;
         let replaced = retrying(&self.settings, "replace cacerts", || {
@@ -268,25 +285,47 @@ impl KubeTarget {
         match replaced {
             Ok(mut written) => {
                 wipe(&mut written);
+                if let Ok(mut u) = self.unnamed.lock() {
+                    u.clear();
+                }
                 Ok((backup, self.prune(plan).await))
             }
             Err(e) => {
-                // Refused outright (invalid, unauthorized, forbidden, unprocessable, throttled):
-                // nothing changed, and the backup copies what is still in place, so it goes.
-                // Otherwise someone else replaced or deleted what it holds (409, 404), or the
-                // write may have landed after all (a lost answer, a server error): it stays,
-                // named in the error.
-                let refused = matches!(&e, kube::Error::Api(s) if matches!(s.code, 400 | 401 | 403 | 422 | 429));
-                let left = match refused && self.delete_backup(&backup).await {
+                // Whether the replacement landed is read, not guessed from the error (a retried
+                // call may end in a refusal after an earlier attempt committed unseen). While
+                // cacerts still stands at the version backed up, nothing was replaced: the
+                // backup copies what is in place, and goes. Otherwise it stays, named in the
+                // error, and the next write names it in cacerts.
+                let version = current.metadata.resource_version.as_deref();
+                let left = match self.still_at(version).await && self.delete_backup(&backup).await {
                     true => None,
-                    false => Some(backup),
+                    false => {
+                        if let Ok(mut u) = self.unnamed.lock() {
+                            u.push(entry);
+                        }
+                        Some(backup)
+                    }
                 };
                 Err(Step::Replace(e, left))
             }
         }
     }
 
-    /// Deletes the backup `name` made for a write that was refused; whether it is gone.
+    /// Whether `cacerts` still stands at `version` (a fresh read; `false` when that cannot be
+    /// told).
+    async fn still_at(&self, version: Option<&str>) -> bool {
+        let secrets = self.secrets();
+        match retrying(&self.settings, "get cacerts", || secrets.get_opt(CACERTS)).await {
+            Ok(Some(mut now)) => {
+                let same = version.is_some() && now.metadata.resource_version.as_deref() == version;
+                wipe(&mut now);
+                same
+            }
+            _ => false,
+        }
+    }
+
+    /// Deletes the backup `name` made for a write that replaced nothing; whether it is gone.
     async fn delete_backup(&self, name: &str) -> bool {
         match self.delete_secret(name, false).await {
             Ok(()) => true,
@@ -315,8 +354,14 @@ impl KubeTarget {
         Ok(())
     }
 
-    /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]` and returns its name.
-    async fn backup(&self, current: &Secret, meta: &WriteMeta) -> Result<String, TargetError> {
+    /// Copies `current` to a new Secret `cacerts-backup-<time>[-n]`, of a name not `taken`, and
+    /// returns its name.
+    async fn backup(
+        &self,
+        current: &Secret,
+        meta: &WriteMeta,
+        taken: &[&str],
+    ) -> Result<String, TargetError> {
         let secrets = self.secrets();
         let stamp = meta
             .written_at
@@ -330,6 +375,9 @@ impl KubeTarget {
             } else {
                 format!("{}{stamp}-{n}", backups::BACKUP_PREFIX)
             };
+            if taken.contains(&name.as_str()) {
+                continue;
+            }
             let mut labels = BTreeMap::new();
             labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
             labels.insert(BACKUP_OF.to_string(), CACERTS.to_string());

@@ -129,8 +129,9 @@ struct Fault {
     skip: usize,
     remaining: usize,
     writes_only: bool,
-    /// Only requests with this method to this path, and not dry runs.
-    only: Option<(&'static str, String)>,
+    /// Only requests with this method to this path whose query holds this text, and not dry
+    /// runs.
+    only: Option<(&'static str, String, &'static str)>,
 }
 
 /// One recorded request.
@@ -412,12 +413,25 @@ impl FakeCluster {
     /// path, without its query) that are not dry runs (`dryRun=All` in the query: a create,
     /// update or patch).
     pub fn inject_on(&self, method: &'static str, path: &str, action: FaultAction, count: usize) {
+        self.inject_on_query(method, path, "", action, count);
+    }
+
+    /// Like [`FakeCluster::inject_on`], for requests whose query holds `query` (say
+    /// `continue=`: the pages of a list after its first).
+    pub fn inject_on_query(
+        &self,
+        method: &'static str,
+        path: &str,
+        query: &'static str,
+        action: FaultAction,
+        count: usize,
+    ) {
         self.lock().faults.push(Fault {
             action,
             skip: 0,
             remaining: count,
             writes_only: false,
-            only: Some((method, path.to_string())),
+            only: Some((method, path.to_string(), query)),
         });
     }
 
@@ -485,7 +499,7 @@ impl FakeCluster {
         let mut st = self.lock();
         let dry_run = query.split('&').any(|p| p == "dryRun=All");
         let applies = |f: &Fault| match &f.only {
-            Some((m, p)) => *m == method && p == path && !dry_run,
+            Some((m, p, q)) => *m == method && p == path && query.contains(q) && !dry_run,
             None => !f.writes_only || is_write,
         };
         let i = st
