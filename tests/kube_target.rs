@@ -432,6 +432,27 @@ fn published_bundles_are_read_a_page_at_a_time() {
         pages.iter().all(|r| r.query.contains("limit=500")),
         "{pages:#?}"
     );
+
+    // A continue token that expired (410 Gone) is answered as client-go's pager does: the
+    // list is read again whole, and every namespace still counts.
+    c1.inject_on_query(
+        "GET",
+        "/api/v1/configmaps",
+        "continue=",
+        FaultAction::Status(410),
+        1,
+    );
+    let before = c1.requests().len();
+    let st = s.cacertd(&["status", "-o", "json", "cluster1"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let c = &json["clusters"][0]["cacerts"];
+    assert_eq!(c["published"]["namespaces"], NAMESPACES, "{c}");
+    let lists: Vec<_> = c1.requests()[before..]
+        .iter()
+        .filter(|r| r.path.ends_with("/configmaps") && r.query.contains("istio-ca-root-cert"))
+        .map(|r| (r.query.contains("limit="), r.status))
+        .collect();
+    assert_eq!(lists, [(true, 200), (true, 410), (false, 200)], "{lists:?}");
 }
 
 #[test]

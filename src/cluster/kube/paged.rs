@@ -34,9 +34,18 @@ impl KubeTarget {
             if let Some(t) = &token {
                 page_params = page_params.continue_token(t);
             }
-            let page = retrying(self.settings(), action, || api.list(&page_params))
-                .await
-                .map_err(|e| self.error(action, e))?;
+            let page = match retrying(self.settings(), action, || api.list(&page_params)).await {
+                Ok(page) => page,
+                // The continue token expired (the apiserver keeps one for minutes): as
+                // client-go's pager does, the list is read again whole, in one answer.
+                Err(kube::Error::Api(s)) if s.code == 410 && token.is_some() => {
+                    let whole = retrying(self.settings(), action, || api.list(&params))
+                        .await
+                        .map_err(|e| self.error(action, e))?;
+                    return Ok(whole.items.into_iter().filter_map(keep).collect());
+                }
+                Err(e) => return Err(self.error(action, e)),
+            };
             token = page.metadata.continue_.filter(|t| !t.is_empty());
             out.extend(page.items.into_iter().filter_map(&mut keep));
             if token.is_none() {
