@@ -904,6 +904,23 @@ fn a_default_kubeconfig_that_does_not_parse_is_never_quoted() {
         );
         assert!(!out.contains("hunter5"), "{target}: {out}");
     }
+    // One that cannot be read is an error too, not a reason to fall back to a pod's account.
+    let bare = config.replace(
+        r#"{ kind = "kube", kubeconfig = "kube/cluster1.yaml" }"#,
+        r#"{ kind = "kube" }"#,
+    );
+    std::fs::write(s.path("cacertd.toml"), bare).unwrap();
+    let run = s
+        .cacertd_env(
+            &["status", "cluster1"],
+            &[("KUBECONFIG", s.path("kube").to_str().unwrap())],
+        )
+        .fails_with(1);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("failed to read kubeconfig") && !out.contains("not in a pod"),
+        "{out}"
+    );
 }
 
 /// A cluster that cannot be reached is reported with the reason: nothing listening, a name

@@ -58,13 +58,16 @@ impl KubeTarget {
             Ok(kc) => Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(|e| config_err(format!("{source}: {}", kubeconfig_error(&e))))?,
-            // No kubeconfig at all, and none named: inside a pod, its service account.
-            Err(KubeconfigError::FindPath | KubeconfigError::ReadConfig(..))
-                if kubeconfig.is_none() && context.is_none() =>
+            // No kubeconfig at all, and none named: inside a pod, its service account. A
+            // kubeconfig that exists but cannot be read is an error, never a reason to write
+            // to whatever cluster the pod runs in.
+            Err(e @ (KubeconfigError::FindPath | KubeconfigError::ReadConfig(..)))
+                if kubeconfig.is_none() && context.is_none() && no_such_file(&e) =>
             {
-                Config::incluster().map_err(|e| {
+                Config::incluster().map_err(|in_pod| {
                     config_err(format!(
-                        "no kubeconfig (KUBECONFIG, ~/.kube/config), and not in a pod: {e}"
+                        "{source}: {}; and not in a pod: {in_pod}",
+                        kubeconfig_error(&e)
                     ))
                 })?
             }
@@ -201,6 +204,15 @@ fn kubeconfig_error(e: &KubeconfigError) -> String {
             None => "not a valid kubeconfig: malformed YAML".into(),
         },
         other => other.to_string(),
+    }
+}
+
+/// Whether `e` says only that there is no kubeconfig where the default rules look.
+fn no_such_file(e: &KubeconfigError) -> bool {
+    match e {
+        KubeconfigError::FindPath => true,
+        KubeconfigError::ReadConfig(io, _) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 
