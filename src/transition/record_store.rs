@@ -235,9 +235,12 @@ impl StateFiles {
     /// keys of its material: once it is over, each is in its cluster's `cacerts` or in that
     /// cluster's backups, and a copy kept here would outlive every retention rule.
     fn archive(&self, stamp: &str) -> Result<(), DriveError> {
+        // The keys go first: should the move fail, running the command again finds the
+        // transition where it was and finishes.
+        remove_material_keys(&self.dir)?;
         let to = self.dir.with_file_name(format!("transition-{stamp}"));
         std::fs::rename(&self.dir, &to).map_err(fs_err("cannot move aside", &self.dir))?;
-        remove_material_keys(&to)
+        Ok(())
     }
 
     fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
@@ -286,7 +289,7 @@ fn to_json(record: &Record) -> Result<Vec<u8>, DriveError> {
     })
 }
 
-/// Removes `ca-key.pem` from every `<cluster>/<which>/` folder of an archived transition.
+/// Removes `ca-key.pem` from every `<cluster>/<which>/` folder of a transition being archived.
 /// The new root waiting in `new-root/` is not material: `transition abort` decides about it.
 fn remove_material_keys(archive: &Path) -> Result<(), DriveError> {
     let entries = |dir: &Path| -> Result<Vec<PathBuf>, DriveError> {
