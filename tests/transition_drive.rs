@@ -615,6 +615,11 @@ const ROTATE_APPROVING_EACH_PHASE: &[&str] = &[
 fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() {
     let s = Setup::new();
     s.cacertd(&["issue", "--init-root"]).ok();
+    // An archive as earlier versions left it, keys included.
+    let old = s.path("state/transition-20250101T000000Z/cluster1/new");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("ca-key.pem"), "an old key").unwrap();
+    std::fs::write(old.join("ca-cert.pem"), "an old certificate").unwrap();
     s.cacertd(ROTATE_APPROVING_EACH_PHASE).ok();
     let key = s.read("state/transition/new-root/root-key.pem");
     let run = s.cacertd(&["transition", "abort"]).ok();
@@ -656,13 +661,13 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
     );
     assert_eq!(key_copies(&s, &key), 1);
     // Both transitions were moved aside with their material, but without its intermediate
-    // keys: each is in its cluster's folder or backups.
+    // keys: each is in its cluster's folder or backups (or was never written).
     let archived: Vec<String> = s
         .snapshot()
         .keys()
         .filter_map(|p| p.strip_prefix(s.path("state")).ok())
         .map(|p| p.display().to_string())
-        .filter(|p| p.starts_with("transition-"))
+        .filter(|p| p.starts_with("transition-") && !p.starts_with("transition-2025"))
         .collect();
     assert!(
         archived
@@ -676,6 +681,9 @@ fn an_aborted_rotation_destroys_its_unused_new_root_key_and_says_what_it_kept() 
         !archived.iter().any(|p| p.ends_with("/ca-key.pem")),
         "{archived:#?}"
     );
+    // The older archive lost its key too, and kept the rest.
+    assert!(!old.join("ca-key.pem").exists());
+    assert!(old.join("ca-cert.pem").exists());
 }
 
 #[test]

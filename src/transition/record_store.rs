@@ -240,7 +240,30 @@ impl StateFiles {
         remove_material_keys(&self.dir)?;
         let to = self.dir.with_file_name(format!("transition-{stamp}"));
         std::fs::rename(&self.dir, &to).map_err(fs_err("cannot move aside", &self.dir))?;
+        self.strip_older_archives();
         Ok(())
+    }
+
+    /// Takes the keys out of the archives of earlier transitions too: versions of cacertd
+    /// before this one archived them with their keys. A folder that cannot be cleaned is
+    /// named in a warning, and the move that just happened stands.
+    fn strip_older_archives(&self) {
+        let Some(parent) = self.dir.parent() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let archived = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("transition-")
+                && entry.file_type().is_ok_and(|t| t.is_dir());
+            if archived && let Err(e) = remove_material_keys(&entry.path()) {
+                tracing::warn!(error = %e, "an archived transition still holds intermediate keys");
+            }
+        }
     }
 
     fn material_dir(&self, cluster: &str, which: &str) -> PathBuf {
