@@ -367,6 +367,8 @@ async fn only_the_lock_holder_acts_and_a_standby_takes_over() {
     );
 }
 
+/// `serve` as it runs: it answers, can dump no core, bounds the connections it holds, stops on
+/// SIGTERM with each issuance logged once, and frees the lock.
 #[test]
 fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
     let s = Setup::new();
@@ -428,6 +430,34 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
         ["0", "0"],
         "{core}"
     );
+    // At most 64 connections at once: 64 held open without a request leave no room for one
+    // more, which is closed at once; each of them is closed when no headers come within 10 s,
+    // and the endpoints answer again.
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let closed = |mut c: &std::net::TcpStream, within: u64| {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(within)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        matches!(c.read(&mut byte), Ok(0))
+    };
+    let extra = std::net::TcpStream::connect(addr).unwrap();
+    assert!(closed(&extra, 20), "one more than 64 is closed");
+    assert!(
+        idle.iter().all(|c| closed(c, 30)),
+        "silent connections are closed"
+    );
+    drop(idle);
+    let mut health = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        health,
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    health.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -1,7 +1,9 @@
-//! The daemon's HTTP endpoints: /metrics, /healthz, /readyz and /status.
+//! The daemon's HTTP endpoints: /metrics, /healthz, /readyz and /status, and the server that
+//! bounds what its clients can hold: connections at once, and the time headers may take.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +12,69 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Daemon;
+
+/// Connections served at once: one more is closed as soon as it is accepted. Scrapers and
+/// probes need a handful; this bounds what idle connections can hold.
+pub(super) const MAX_CONNECTIONS: usize = 64;
+/// How long a request's headers may take to arrive (also between requests on a kept-alive
+/// connection): a client that opens a connection and sends nothing is disconnected.
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop` changes, [`MAX_CONNECTIONS`] at a time, each
+/// request's headers within [`HEADER_TIMEOUT`]. On stop, connections finish the request
+/// under way (for at most five seconds) and close.
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: the next accept may succeed.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Forget the connections that ended.
+        while connections.try_join_next().is_some() {}
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}
 
 impl Daemon {
     /// The HTTP endpoints: /metrics, /healthz, /readyz, /status.

@@ -500,11 +500,7 @@ impl Daemon {
         let listen = listener.local_addr()?;
         tracing::info!(%listen, "serving /metrics, /healthz, /readyz, /status");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut http_stop = stop_rx.clone();
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
-            let _ = http_stop.changed().await;
-        });
-        let http = tokio::spawn(async move { server.await });
+        let http = tokio::spawn(http::serve(listener, self.router(), stop_rx.clone()));
         tokio::pin!(shutdown);
         let watchers = self.spawn_watchers();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
