@@ -407,14 +407,18 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(s.path("out/cluster1/ca-cert.pem").exists());
-    let mut health = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        health,
-        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    health.read_to_string(&mut out).unwrap();
+    let healthz = || {
+        let mut health = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            health,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        health.read_to_string(&mut out).unwrap();
+        out
+    };
+    let out = healthz();
     assert!(
         out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n"),
         "{out}"
@@ -449,14 +453,7 @@ fn serve_stops_cleanly_on_sigterm_and_releases_the_lock() {
         "silent connections are closed"
     );
     drop(idle);
-    let mut health = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        health,
-        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    health.read_to_string(&mut out).unwrap();
+    let out = healthz();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
