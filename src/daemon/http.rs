@@ -15,10 +15,10 @@ use super::Daemon;
 
 /// Connections served at once: one more is closed as soon as it is accepted. Scrapers and
 /// probes need a handful; this bounds what idle connections can hold.
-pub(super) const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 64;
 /// How long a request's headers may take to arrive (also between requests on a kept-alive
 /// connection): a client that opens a connection and sends nothing is disconnected.
-pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `stop` changes, [`MAX_CONNECTIONS`] at a time, each
 /// request's headers within [`HEADER_TIMEOUT`]. On stop, connections finish the request

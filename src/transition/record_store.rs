@@ -123,8 +123,8 @@ impl RecordStore {
     }
 
     /// Moves a transition's record and material aside without touching any cluster, so that
-    /// a new one can start. The material is kept without its intermediate keys (each is in
-    /// its cluster's `cacerts` or backups by then); nothing else is deleted.
+    /// a new one can start. The material is kept without its intermediate keys (each one a
+    /// cluster was given is in its `cacerts` or backups by then); nothing else is deleted.
     pub async fn archive(&self, record: &Record, now: OffsetDateTime) -> Result<(), DriveError> {
         let stamp = stamp(now);
         match self {
@@ -232,8 +232,9 @@ impl StateFiles {
     }
 
     /// Moves the transition's folder aside as `transition-<stamp>`, without the intermediate
-    /// keys of its material: once it is over, each is in its cluster's `cacerts` or in that
-    /// cluster's backups, and a copy kept here would outlive every retention rule.
+    /// keys of its material: once it is over, each one a cluster was given is in its `cacerts`
+    /// or backups (one never written signed nothing), and a copy kept here would outlive
+    /// every retention rule.
     fn archive(&self, stamp: &str) -> Result<(), DriveError> {
         // The keys go first: should the move fail, running the command again finds the
         // transition where it was and finishes.

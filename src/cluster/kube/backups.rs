@@ -58,6 +58,16 @@ pub(super) fn tracked(cacerts: &Secret) -> Vec<BackupEntry> {
         .collect()
 }
 
+/// The problem `first` with backups of `cacerts` that [`KubeTarget::prune`] could not remove:
+/// why they stay, and the command that deletes them.
+fn delete_by_hand(first: &str, why: &str, names: &[String]) -> String {
+    format!(
+        "{first}; backups of {CACERTS} due for removal by [backups] {why}, or delete them: \
+         kubectl -n {NAMESPACE} delete secret {}",
+        names.join(" ")
+    )
+}
+
 /// Whether `name` is one cacertd gives a backup: `cacerts-backup-<time>[-n]`, the time in
 /// digits and lowercase letters.
 fn is_backup_name(name: &str) -> bool {
@@ -164,12 +174,8 @@ impl KubeTarget {
             }
         }
         let problem = problem.map(|p| {
-            format!(
-                "{p}; backups of {CACERTS} due for removal by [backups] are kept: grant \
-                 deploy/kubernetes/target-cluster/rbac-backup-retention.yaml, or delete them: \
-                 kubectl -n {NAMESPACE} delete secret {}",
-                stuck.join(" ")
-            )
+            let why = "are kept: grant deploy/kubernetes/target-cluster/rbac-backup-retention.yaml";
+            delete_by_hand(&p, why, &stuck)
         });
         let named = backups
             .into_iter()
@@ -200,12 +206,8 @@ impl KubeTarget {
             }
         }
         if let Some((_, first)) = left.first() {
-            let names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
-            let note = format!(
-                "{first}; backups of {CACERTS} due for removal by [backups] are left (the next \
-                 write tries again), or delete them: kubectl -n {NAMESPACE} delete secret {}",
-                names.join(" ")
-            );
+            let names: Vec<String> = left.iter().map(|(n, _)| n.clone()).collect();
+            let note = delete_by_hand(first, "are left (the next write tries again)", &names);
             problem = Some(match problem {
                 Some(p) => format!("{p}; {note}"),
                 None => note,

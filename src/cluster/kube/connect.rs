@@ -61,9 +61,7 @@ impl KubeTarget {
             // No kubeconfig at all, and none named: inside a pod, its service account. A
             // kubeconfig that exists but cannot be read is an error, never a reason to write
             // to whatever cluster the pod runs in.
-            Err(e @ (KubeconfigError::FindPath | KubeconfigError::ReadConfig(..)))
-                if kubeconfig.is_none() && context.is_none() && no_such_file(&e) =>
-            {
+            Err(e) if kubeconfig.is_none() && context.is_none() && no_such_file(&e) => {
                 Config::incluster().map_err(|in_pod| {
                     config_err(format!(
                         "{source}: {}; and not in a pod: {in_pod}",

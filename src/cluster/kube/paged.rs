@@ -12,7 +12,7 @@ use crate::cluster::TargetError;
 use crate::cluster::retry::retrying;
 
 /// Objects asked for per request.
-pub(super) const PAGE: u32 = 500;
+const PAGE: u32 = 500;
 
 impl KubeTarget {
     /// Every object `params` selects in `api`, each turned by `keep` into what is kept of it

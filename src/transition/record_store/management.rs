@@ -263,7 +263,7 @@ impl KubeRecord {
             };
             let copy = format!("{name}-{stamp}");
             // Kept without the intermediate keys of its material: once the transition is over,
-            // each is in its cluster's `cacerts` or in that cluster's backups.
+            // each one a cluster was given is in its `cacerts` or backups.
             let mut data = secret.data.unwrap_or_default();
             let key_suffix = format!(".{}", CaCertsFiles::CA_KEY);
             data.retain(|file, bytes| {
